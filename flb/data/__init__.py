@@ -1,0 +1,1 @@
+"""Data: the generated default tasks, loading and normalising any source, partitioning."""

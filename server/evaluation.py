@@ -1,0 +1,87 @@
+"""Evaluation of a global adapter on the held-out split: loss, perplexity, exact-match accuracy.
+
+Loss uses trl's own tokenization and completion-only masking, so it measures exactly what the
+clients optimise. Accuracy is greedy decoding compared with the reference answer, per task family.
+"""
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from client.sft import sft_config, to_dataset
+from flb.config import EvalSettings, SFTSettings
+from flb.modeling import set_adapter_state
+from flb.types import AdapterState
+
+
+@dataclass
+class Evaluator:
+    model: object
+    tokenizer: object
+    records: list[dict]
+    settings: EvalSettings
+    sft: SFTSettings
+    work_dir: Path
+    use_cpu: bool = True
+    task_column: str = "task"
+    _trainer: object = field(default=None, init=False, repr=False)
+
+    def evaluate(self, adapter: AdapterState) -> dict:
+        set_adapter_state(self.model, adapter)
+        loss = self._eval_loss()
+        metrics = {"eval_loss": loss, "perplexity": math.exp(min(loss, 50.0))}
+        if "prompt" in self.records[0]:
+            metrics.update(self._exact_match())
+        return metrics
+
+    def _eval_loss(self) -> float:
+        if self._trainer is None:
+            from trl import SFTTrainer
+
+            args = sft_config(self.sft, max_steps=1, output_dir=self.work_dir / "eval", use_cpu=self.use_cpu, seed=0)
+            args.per_device_eval_batch_size = self.settings.batch_size
+            dataset = to_dataset(self.records)  # trl insists on a train set; this trainer never trains
+            self._trainer = SFTTrainer(model=self.model, args=args, train_dataset=dataset, eval_dataset=dataset,
+                                       processing_class=self.tokenizer)
+        return float(self._trainer.evaluate()["eval_loss"])
+
+    @torch.no_grad()
+    def _exact_match(self) -> dict:
+        correct, total = defaultdict(int), defaultdict(int)
+        size = self.settings.batch_size
+        for start in range(0, len(self.records), size):
+            batch = self.records[start:start + size]
+            for record, answer in zip(batch, self._generate([r["prompt"] for r in batch])):
+                task = str(record.get(self.task_column, "all"))
+                total[task] += 1
+                correct[task] += int(answer.strip() == record["completion"][-1]["content"].strip())
+        by_task = {task: correct[task] / total[task] for task in sorted(total)}
+        return {"accuracy": sum(correct.values()) / sum(total.values()), "accuracy_by_task": by_task}
+
+    def _generate(self, prompts: list[list[dict]]) -> list[str]:
+        was_training = self.model.training
+        self.model.eval()
+        input_ids, attention_mask = left_padded(self.tokenizer, prompts)
+        device = next(self.model.parameters()).device
+        output = self.model.generate(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
+                                     max_new_tokens=self.settings.max_new_tokens, do_sample=False, use_cache=True,
+                                     pad_token_id=self.tokenizer.pad_token_id)
+        self.model.train(was_training)
+        return self.tokenizer.batch_decode(output[:, input_ids.shape[1]:], skip_special_tokens=True)
+
+
+def left_padded(tokenizer, prompts: list[list[dict]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Chat-templated prompts, left-padded so generation continues every row at the same column."""
+    texts = [tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=False) for p in prompts]
+    ids = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts]
+    width = max(map(len, ids))
+    input_ids = torch.full((len(ids), width), tokenizer.pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(ids), width), dtype=torch.long)
+    for row, sequence in enumerate(ids):
+        input_ids[row, width - len(sequence):] = torch.tensor(sequence)
+        attention_mask[row, width - len(sequence):] = 1
+    return input_ids, attention_mask
