@@ -10,37 +10,16 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tqdm.auto import tqdm
+from transformers import TrainerCallback
+
 from client.privacy import NoPrivacy, UpdatePrivacy
 from flb.config import SFTSettings
-from flb.errors import ConfigError
 from flb.digests import adapter_digest, records_digest
 from flb.modeling import get_adapter_state, set_adapter_state
 from flb.seeding import derived_seed
+from flb.training import quiet_trainer, sft_config, to_dataset
 from flb.types import AdapterState, ClientUpdate
-
-
-def sft_config(settings: SFTSettings, *, max_steps: int, output_dir: str | Path, use_cpu: bool, seed: int):
-    """trl's SFTConfig from our settings; `sft.training_arguments` override anything here."""
-    from trl import SFTConfig
-
-    arguments = dict(
-        output_dir=str(output_dir), max_steps=max_steps, per_device_train_batch_size=settings.batch_size,
-        per_device_eval_batch_size=settings.batch_size, learning_rate=settings.learning_rate,
-        max_length=settings.max_length, lr_scheduler_type="constant", activation_checkpointing=False,
-        report_to="none", save_strategy="no", logging_strategy="no", use_cpu=use_cpu, seed=seed,
-        dataloader_pin_memory=not use_cpu, disable_tqdm=True,
-    )
-    arguments.update(settings.training_arguments)
-    try:
-        return SFTConfig(**arguments)
-    except TypeError as exc:
-        raise ConfigError(f"sft.training_arguments: {exc}; use trl SFTConfig's argument names") from None
-
-
-def to_dataset(records: list[dict]):
-    from datasets import Dataset
-
-    return Dataset.from_list(records)
 
 
 @dataclass
@@ -57,7 +36,15 @@ class SFTClient:
     work_dir: Path
     use_cpu: bool = True
     privacy: UpdatePrivacy = field(default_factory=NoPrivacy)
-    _trainer: object = field(default=None, init=False, repr=False)
+    _trainer: object = field(init=False, repr=False)
+
+    def __post_init__(self):
+        # Built now, not at the first fit: building tokenizes the shard, and for a quantized base trl
+        # casts the LoRA weights to bf16, which must happen before the initial global adapter is read.
+        args = sft_config(self.settings, max_steps=self.local_steps, output_dir=self.work_dir / f"client_{self.client_id}",
+                          use_cpu=self.use_cpu, seed=self.seed)
+        self._trainer = quiet_trainer(self.model, self.tokenizer, args, to_dataset(self.records))
+        self._trainer.add_callback(StepProgress(f"client {self.client_id}"))
 
     @property
     def num_examples(self) -> int:
@@ -72,7 +59,7 @@ class SFTClient:
 
         started = time.perf_counter()
         set_adapter_state(self.model, global_adapter)
-        trainer = self._get_trainer()
+        trainer = self._trainer
         set_seed(derived_seed(self.seed, round, self.client_id))
         trainer.optimizer, trainer.lr_scheduler = None, None
         result = trainer.train()
@@ -85,12 +72,19 @@ class SFTClient:
             privacy=privacy,
         )
 
-    def _get_trainer(self):
-        if self._trainer is None:
-            from trl import SFTTrainer
 
-            args = sft_config(self.settings, max_steps=self.local_steps, output_dir=self.work_dir / f"client_{self.client_id}",
-                              use_cpu=self.use_cpu, seed=self.seed)
-            self._trainer = SFTTrainer(model=self.model, args=args, train_dataset=to_dataset(self.records),
-                                       processing_class=self.tokenizer)
-        return self._trainer
+class StepProgress(TrainerCallback):
+    """A tqdm bar over one client's local steps."""
+
+    def __init__(self, label: str):
+        self.label = label
+        self.bar = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.bar = tqdm(total=state.max_steps, desc=self.label, leave=False)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.bar.update(1)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.bar.close()

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import torch
 
-from client.sft import sft_config, to_dataset
 from flb.config import EvalSettings, SFTSettings
 from flb.modeling import set_adapter_state
+from flb.training import quiet_trainer, sft_config, to_dataset
 from flb.types import AdapterState
 
 
@@ -28,7 +28,13 @@ class Evaluator:
     work_dir: Path
     use_cpu: bool = True
     task_column: str = "task"
-    _trainer: object = field(default=None, init=False, repr=False)
+    _trainer: object = field(init=False, repr=False)
+
+    def __post_init__(self):
+        args = sft_config(self.sft, max_steps=1, output_dir=self.work_dir / "eval", use_cpu=self.use_cpu, seed=0)
+        args.per_device_eval_batch_size = self.settings.batch_size
+        dataset = to_dataset(self.records)  # trl insists on a train set; this trainer never trains
+        self._trainer = quiet_trainer(self.model, self.tokenizer, args, dataset, dataset)
 
     def evaluate(self, adapter: AdapterState) -> dict:
         set_adapter_state(self.model, adapter)
@@ -39,14 +45,6 @@ class Evaluator:
         return metrics
 
     def _eval_loss(self) -> float:
-        if self._trainer is None:
-            from trl import SFTTrainer
-
-            args = sft_config(self.sft, max_steps=1, output_dir=self.work_dir / "eval", use_cpu=self.use_cpu, seed=0)
-            args.per_device_eval_batch_size = self.settings.batch_size
-            dataset = to_dataset(self.records)  # trl insists on a train set; this trainer never trains
-            self._trainer = SFTTrainer(model=self.model, args=args, train_dataset=dataset, eval_dataset=dataset,
-                                       processing_class=self.tokenizer)
         return float(self._trainer.evaluate()["eval_loss"])
 
     @torch.no_grad()
