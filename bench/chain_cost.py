@@ -1,6 +1,6 @@
 """Gas and wall time per recorded round, by number of clients, on the embedded EVM and on anvil.
 
-    python bench/chain_cost.py [--rounds 3] [--clients 2 8 32]
+    python -m bench.chain_cost [--rounds 3] [--clients 2 8 32]
 
 Every client first records its data upload (as in a run); then each round is one owner
 transaction. gas_per_round/gas_per_client are for rounds after the first (the first round also
@@ -16,12 +16,10 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from chain.errors import ChainError  # noqa: E402
-from chain.ledger import open_ledger  # noqa: E402
-from flb.config import ChainSettings  # noqa: E402
-from flb.types import RoundRecord  # noqa: E402
+from chain.errors import ChainError
+from chain.ledger import open_ledger
+from flb.config import ChainSettings
+from flb.types import RoundRecord
 
 GAS_PER_CLIENT_TARGET = 30_000
 
