@@ -73,6 +73,10 @@ def open_ledger(config: Config, run_path: Path):
     return open_chain_ledger(config.chain, run_path, config.num_clients)
 
 
+def scores_by_quality(config: Config) -> bool:
+    return config.chain_record and config.chain.scoring == "quality"
+
+
 def run(config: Config, resume: str | None = None, export_merged: bool = False) -> Path:
     from client.sft import SFTClient
     from flb.digests import adapter_digest
@@ -99,7 +103,7 @@ def run(config: Config, resume: str | None = None, export_merged: bool = False) 
     coordinator = RoundCoordinator(clients=clients, strategy=strategy, evaluate=evaluator.evaluate, ledger=ledger,
                                    run=run_dir, peft_config=model.peft_config["default"],
                                    clients_per_round=config.clients_per_round, min_clients=config.server.min_clients,
-                                   seed=config.seed)
+                                   seed=config.seed, contribution_loss=evaluator.eval_loss if scores_by_quality(config) else None)
     try:
         if resume:
             last_round, global_adapter, strategy_state = run_dir.read_checkpoint()
@@ -117,15 +121,22 @@ def run(config: Config, resume: str | None = None, export_merged: bool = False) 
     print("\n" + summary_table(run_dir.metrics()))
     print(f"\nfinal adapter: {final_dir}  (sha256 {summary['final_digest']})")
     print(f"plots: {run_dir.path / 'plots'}   metrics: {run_dir.path / 'metrics.jsonl'}")
-    if hasattr(ledger, "summary"):
-        print(_format_ledger_summary(ledger.summary()))
+    if config.chain_record:
+        print(format_ledger_summary(ledger.summary()))
     if export_merged:
         print(f"merged model: {export_merged_model(config, model, tokenizer, global_adapter, run_dir.path)}")
     return run_dir.path
 
 
-def _format_ledger_summary(summary: dict) -> str:
-    return "\n".join(["ledger:"] + [f"  {key}: {value}" for key, value in summary.items()])
+def format_ledger_summary(summary: dict) -> str:
+    lines = [f"\nledger: {summary['chain']} (chain id {summary['chain_id']}), FLB contract {summary['contract']}"]
+    for tx in summary["transactions"]:
+        link = f"  {tx['link']}" if tx.get("link") else ""
+        lines.append(f"  {tx['record']:<32} {tx['status']:<10} {tx['tx'] or '-'}{link}")
+    if summary["pending"] or summary["failed"]:
+        lines.append(f"  {summary['pending']} records pending (sent on --resume), {summary['failed']} failed (see run.log)")
+    lines.append(f"inspect: {summary['explorer']}\nverify the files against the chain: {summary['verify']}")
+    return "\n".join(lines)
 
 
 def export_merged_model(config: Config, model, tokenizer, adapter, run_path: Path) -> Path:
@@ -150,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     for name in ("flb", "server", "client", "chain"):
         logging.getLogger(name).setLevel(logging.INFO)
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)  # a CPU kernel hint on import, not a problem
     try:
         args = parse_args(argv)
         run(resolve_config(args), resume=args.resume, export_merged=args.export_merged)

@@ -175,7 +175,7 @@ class Config:
     local_steps: int = _help("Optimizer steps each sampled client takes per round.", default=10)
     seed: int = _help("Seed of every random choice: data, sampling, training, noise.", default=42)
     output_dir: str = _help("Runs are written to output_dir/<run-id>/; output_dir/latest links the newest.", default="runs")
-    chain_record: bool = _help("Record data uploads and rounds on a ledger.", default=False)
+    chain_record: bool = _help("Record data uploads and rounds on the chain ledger (see chain.*).", default=True)
 
     def __post_init__(self):
         _require(self.num_clients >= 1, "num_clients", self.num_clients, "an integer >= 1")

@@ -49,6 +49,7 @@ def write_plots(run: RunDir) -> list[Path]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     metrics = run.metrics()
     rounds = [r for r in round_rows(metrics) if not r.get("skipped")]
@@ -57,6 +58,7 @@ def write_plots(run: RunDir) -> list[Path]:
     written = []
 
     def save(fig, name):
+        fig.axes[0].xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         path = folder / name
         fig.savefig(path, dpi=100, bbox_inches="tight")
         plt.close(fig)

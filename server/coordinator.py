@@ -11,6 +11,7 @@ from flb.errors import UpdateRejected
 from flb.rundir import RunDir
 from flb.seeding import round_rng
 from flb.types import AdapterState, Client, ClientUpdate, Ledger, RoundRecord
+from server.contribution import leave_one_out_scores
 from server.strategy.base import Strategy
 from server.validation import validate_update
 
@@ -29,6 +30,7 @@ class RoundCoordinator:
     clients_per_round: int
     min_clients: int
     seed: int
+    contribution_loss: Callable[[AdapterState], float] | None = None  # set: leave-one-out scores each round
 
     def run_rounds(self, global_adapter: AdapterState, first_round: int, last_round: int) -> AdapterState:
         from tqdm.auto import trange
@@ -38,12 +40,10 @@ class RoundCoordinator:
         return global_adapter
 
     def record_baseline(self, global_adapter: AdapterState) -> None:
-        """Round 0: the base model (LoRA B is zero), its evaluation, and every client's data upload."""
+        """Round 0: every client's data upload, then the base model (LoRA B is zero) evaluated and recorded."""
         for client in self.clients:
             self.ledger.record_data_upload(client.client_id, client.data_digest)
-        metrics = self.evaluate(global_adapter)
-        self._save(0, global_adapter, [], {**metrics, "num_sampled": 0, "round_time_s": 0.0})
-        self.run.write_checkpoint(0, global_adapter, self.strategy.state_dict())
+        self._complete(0, global_adapter, [], {**self.evaluate(global_adapter), "num_sampled": 0, "round_time_s": 0.0})
 
     def run_round(self, round: int, global_adapter: AdapterState) -> AdapterState:
         started = time.perf_counter()
@@ -52,23 +52,19 @@ class RoundCoordinator:
         if len(updates) < self.min_clients:
             log.warning("round %d skipped: %d valid updates, server.min_clients is %d", round, len(updates),
                         self.min_clients)
-            self._save(round, global_adapter, [], {"skipped": True, "rejected": rejected, "num_sampled": len(sampled),
-                                                   "round_time_s": time.perf_counter() - started})
-            self.run.write_checkpoint(round, global_adapter, self.strategy.state_dict())
+            self._complete(round, global_adapter, [], {"skipped": True, "rejected": rejected, "num_sampled": len(sampled),
+                                                       "round_time_s": time.perf_counter() - started})
             return global_adapter
+        previous_adapter = global_adapter
         global_adapter = self.strategy.aggregate(global_adapter, updates, round, len(sampled))
         aggregate_done = time.perf_counter()
         metrics = self.evaluate(global_adapter)
+        if self.contribution_loss is not None:
+            metrics["scores"] = leave_one_out_scores(self.contribution_loss, self.strategy, previous_adapter, updates,
+                                                     metrics["eval_loss"], round)
         metrics.update(rejected=rejected, num_sampled=len(sampled), round_time_s=aggregate_done - started,
                        eval_time_s=time.perf_counter() - aggregate_done)
-        self._save(round, global_adapter, updates, metrics)
-        self.ledger.record_round(RoundRecord(
-            round=round, global_digest=adapter_digest(global_adapter), client_ids=[u.client_id for u in updates],
-            update_digests=[u.digest for u in updates], num_examples=[u.num_examples for u in updates],
-            update_num_bytes=[u.num_bytes for u in updates], metrics=metrics,
-        ))
-        # Last: a round is complete for --resume only once its files and its ledger record are durable.
-        self.run.write_checkpoint(round, global_adapter, self.strategy.state_dict())
+        self._complete(round, global_adapter, updates, metrics)
         return global_adapter
 
     def sample(self, round: int) -> list[Client]:
@@ -95,11 +91,20 @@ class RoundCoordinator:
             updates.append(update)
         return updates, rejected
 
-    def _save(self, round: int, global_adapter: AdapterState, updates: list[ClientUpdate], metrics: dict) -> None:
+    def _complete(self, round: int, global_adapter: AdapterState, updates: list[ClientUpdate], metrics: dict) -> None:
+        """Files and metrics, then the ledger record, then the checkpoint: a round counts as done for
+        --resume only once everything before it is durable."""
+        digest = adapter_digest(global_adapter)
         self.run.save_round(round, global_adapter, self.peft_config, {u.client_id: u.tensors for u in updates})
         self.run.append_metrics(*(_client_metrics(u) for u in updates),
-                                {"kind": "round", "round": round, "global_digest": adapter_digest(global_adapter),
-                                 "num_clients": len(updates), **metrics})
+                                {"kind": "round", "round": round, "global_digest": digest, "num_clients": len(updates),
+                                 **metrics})
+        self.ledger.record_round(RoundRecord(
+            round=round, global_digest=digest, client_ids=[u.client_id for u in updates],
+            update_digests=[u.digest for u in updates], num_examples=[u.num_examples for u in updates],
+            update_num_bytes=[u.num_bytes for u in updates], metrics=metrics,
+        ))
+        self.run.write_checkpoint(round, global_adapter, self.strategy.state_dict())
 
 
 def _client_metrics(update: ClientUpdate) -> dict:

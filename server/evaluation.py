@@ -37,14 +37,14 @@ class Evaluator:
         self._trainer = quiet_trainer(self.model, self.tokenizer, args, dataset, dataset)
 
     def evaluate(self, adapter: AdapterState) -> dict:
-        set_adapter_state(self.model, adapter)
-        loss = self._eval_loss()
+        loss = self.eval_loss(adapter)
         metrics = {"eval_loss": loss, "perplexity": math.exp(min(loss, 50.0))}
         if "prompt" in self.records[0]:
             metrics.update(self._exact_match())
         return metrics
 
-    def _eval_loss(self) -> float:
+    def eval_loss(self, adapter: AdapterState) -> float:
+        set_adapter_state(self.model, adapter)
         return float(self._trainer.evaluate()["eval_loss"])
 
     @torch.no_grad()

@@ -11,10 +11,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 
-def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: loads the real SmolLM2 model (end to end)")
-
-
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     """2 layers, hidden 64: one LoRA step takes well under a second; the tokenizer is SmolLM2's own."""

@@ -70,3 +70,17 @@ def test_cli_use_server_dp_false_is_false(capsys):
     assert main_simple_fl.resolve_config(args).strategy.name == "fedavg"
     assert main_simple_fl.main(["--use_server_dp=maybe"]) == 2
     assert "allowed: true | false" in capsys.readouterr().err
+
+
+def test_export_merged_matches_base_plus_adapter(tiny_overrides, tiny_model_dir):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    run_path = run(tiny_overrides + ["num_rounds=1", "local_steps=2"], export_merged=True)
+    merged = AutoModelForCausalLM.from_pretrained(run_path / "merged").eval()
+    with_adapter = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+                                             run_path / "final_adapter").eval()
+    tokens = torch.tensor([[1, 5, 9, 200, 3000]])
+    with torch.no_grad():
+        assert torch.allclose(merged(tokens).logits, with_adapter(tokens).logits, atol=1e-4)
