@@ -77,11 +77,23 @@ def scores_by_quality(config: Config) -> bool:
     return config.chain_record and config.chain.scoring == "quality"
 
 
-def run(config: Config, resume: str | None = None, export_merged: bool = False) -> Path:
+def build_clients(config: Config, shards: list[list[dict]], model, tokenizer, work_dir: Path) -> list:
+    from client.privacy import local_privacy
     from client.sft import SFTClient
+
+    return [SFTClient(client_id=i, records=shard, model=model, tokenizer=tokenizer, settings=config.sft,
+                      local_steps=config.local_steps, seed=config.seed, work_dir=work_dir,
+                      use_cpu=config.model.device_map == "cpu",
+                      privacy=local_privacy(config.client, num_examples=len(shard), batch_size=config.sft.batch_size,
+                                            learning_rate=config.sft.learning_rate, local_steps=config.local_steps,
+                                            num_rounds=config.num_rounds, seed=config.seed, client_id=i))
+            for i, shard in enumerate(shards)]
+
+
+def run(config: Config, resume: str | None = None, export_merged: bool = False) -> Path:
     from flb.digests import adapter_digest
     from flb.modeling import get_adapter_state
-    from flb.report import summary_table, write_plots, write_summary
+    from flb.report import privacy_lines, summary_table, write_plots, write_summary
     from flb.rundir import RunDir
     from server.coordinator import RoundCoordinator
     from server.evaluation import Evaluator
@@ -92,12 +104,9 @@ def run(config: Config, resume: str | None = None, export_merged: bool = False) 
     log.info("run directory: %s", run_dir.path)
     shards, eval_records = build_data(config)
     tokenizer, model = build_model(config)
-    use_cpu = config.model.device_map == "cpu"
-    clients = [SFTClient(client_id=i, records=shard, model=model, tokenizer=tokenizer, settings=config.sft,
-                         local_steps=config.local_steps, seed=config.seed, work_dir=run_dir.path / "work", use_cpu=use_cpu)
-               for i, shard in enumerate(shards)]
+    clients = build_clients(config, shards, model, tokenizer, run_dir.path / "work")
     evaluator = Evaluator(model=model, tokenizer=tokenizer, records=eval_records, settings=config.eval, sft=config.sft,
-                          work_dir=run_dir.path / "work", use_cpu=use_cpu)
+                          work_dir=run_dir.path / "work", use_cpu=config.model.device_map == "cpu")
     strategy = build_strategy(config)
     ledger = open_ledger(config, run_dir.path)
     coordinator = RoundCoordinator(clients=clients, strategy=strategy, evaluate=evaluator.evaluate, ledger=ledger,
@@ -106,8 +115,8 @@ def run(config: Config, resume: str | None = None, export_merged: bool = False) 
                                    seed=config.seed, contribution_loss=evaluator.eval_loss if scores_by_quality(config) else None)
     try:
         if resume:
-            last_round, global_adapter, strategy_state = run_dir.read_checkpoint()
-            strategy.load_state_dict(strategy_state)
+            last_round, global_adapter, strategy_state, client_states = run_dir.read_checkpoint()
+            coordinator.restore(strategy_state, client_states)
             log.info("resuming after round %d", last_round)
         else:
             last_round, global_adapter = 0, get_adapter_state(model)
@@ -119,6 +128,8 @@ def run(config: Config, resume: str | None = None, export_merged: bool = False) 
     summary = write_summary(run_dir, adapter_digest(global_adapter))
     write_plots(run_dir)
     print("\n" + summary_table(run_dir.metrics()))
+    for line in privacy_lines(run_dir.metrics()):
+        print(line)
     print(f"\nfinal adapter: {final_dir}  (sha256 {summary['final_digest']})")
     print(f"plots: {run_dir.path / 'plots'}   metrics: {run_dir.path / 'metrics.jsonl'}")
     if config.chain_record:

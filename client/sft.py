@@ -2,7 +2,8 @@
 
 The base model is shared by every client in the process: a client only swaps the adapter in,
 trains `local_steps`, and reads the adapter out. Its trainer (and so its tokenized shard) is built
-once and reused every round with a fresh optimizer.
+once and reused every round with a fresh optimizer. With DP-SGD the client trains with its own
+opacus loop over that trainer's tokenized shard and collator instead.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 from transformers import TrainerCallback
 
+from client.dpsgd import DPSGD
 from client.privacy import NoPrivacy, UpdatePrivacy
 from flb.config import SFTSettings
 from flb.digests import adapter_digest, records_digest
@@ -59,18 +61,34 @@ class SFTClient:
 
         started = time.perf_counter()
         set_adapter_state(self.model, global_adapter)
-        trainer = self._trainer
         set_seed(derived_seed(self.seed, round, self.client_id))
+        train_loss = self._train(round)
+        local = self.privacy.privatize(get_adapter_state(self.model), global_adapter, round)
+        return ClientUpdate(
+            client_id=self.client_id, round=round, tensors=local, num_examples=self.num_examples,
+            train_loss=train_loss, wall_time_s=time.perf_counter() - started,
+            num_bytes=sum(t.numel() * t.element_size() for t in local.values()), digest=adapter_digest(local),
+            privacy=self.privacy.spent(),
+        )
+
+    def _train(self, round: int) -> float:
+        """`local_steps` steps with trl's trainer, or with DP-SGD over that trainer's tokenized shard and collator."""
+        trainer = self._trainer
+        if isinstance(self.privacy, DPSGD):
+            return self.privacy.train(self.model, trainer, round)
         trainer.optimizer, trainer.lr_scheduler = None, None
         result = trainer.train()
         trainer.optimizer, trainer.lr_scheduler = None, None  # keep memory flat across clients
-        local, privacy = self.privacy.privatize(get_adapter_state(self.model), global_adapter, round)
-        return ClientUpdate(
-            client_id=self.client_id, round=round, tensors=local, num_examples=self.num_examples,
-            train_loss=float(result.training_loss), wall_time_s=time.perf_counter() - started,
-            num_bytes=sum(t.numel() * t.element_size() for t in local.values()), digest=adapter_digest(local),
-            privacy=privacy,
-        )
+        return float(result.training_loss)
+
+    def privacy_spent(self) -> dict:
+        return self.privacy.spent()
+
+    def state_dict(self) -> dict:
+        return self.privacy.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.privacy.load_state_dict(state)
 
 
 class StepProgress(TrainerCallback):

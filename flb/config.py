@@ -80,20 +80,64 @@ class SFTSettings:
         _require(self.batch_size >= 1, "sft.batch_size", self.batch_size, "an integer >= 1")
 
 
+def _probability(key: str, value: float) -> None:
+    _require(0 < value < 1, key, value, "a number in (0, 1)")
+
+
 @dataclass(frozen=True)
-class ClientSettings:
-    local_dp: bool = _help("Client-side differential privacy on what leaves the client.", default=False)
+class ClientDPSettings:
+    mode: str = _help("update: clip the update and add Gaussian noise before it leaves | dpsgd: opacus DP-SGD on "
+                      "the LoRA parameters.", default="update")
+    clip_norm: float = _help("C: L2 bound on the whole update (update) or on each example's gradient (dpsgd).",
+                             default=1.0)
+    noise_multiplier: Optional[float] = _help("z: noise std = z * C; null derives z from target_epsilon over "
+                                              "num_rounds.", default=None)
+    target_epsilon: Optional[float] = _help("Epsilon the client may spend over the whole run (used when "
+                                            "noise_multiplier is null).", default=8.0)
+    delta: float = _help("Delta of the client's (epsilon, delta) guarantee.", default=1e-5)
 
     def __post_init__(self):
-        _require(not self.local_dp, "client.local_dp", self.local_dp,
-                 "false (client-side DP is not available in this version; use --use_server_dp=true for server-side DP)")
+        _one_of("client.dp.mode", self.mode, ("update", "dpsgd"))
+        _require(self.clip_norm > 0, "client.dp.clip_norm", self.clip_norm, "a number > 0")
+        _require(self.noise_multiplier is None or self.noise_multiplier >= 0, "client.dp.noise_multiplier",
+                 self.noise_multiplier, "a number >= 0, or null to derive it from client.dp.target_epsilon")
+        _require(self.target_epsilon is None or self.target_epsilon > 0, "client.dp.target_epsilon",
+                 self.target_epsilon, "a number > 0")
+        _require(self.noise_multiplier is not None or self.target_epsilon is not None, "client.dp.target_epsilon",
+                 self.target_epsilon, "a number > 0 when client.dp.noise_multiplier is null")
+        _probability("client.dp.delta", self.delta)
+
+
+@dataclass(frozen=True)
+class ClientSettings:
+    local_dp: bool = _help("Client-side differential privacy, as client.dp says.", default=False)
+    dp: ClientDPSettings = _help("Local DP mechanism and budget.", default_factory=ClientDPSettings)
+
+
+@dataclass(frozen=True)
+class ServerDPSettings:
+    delta: float = _help("Delta at which the server-side DP strategies report epsilon.", default=1e-5)
+    target_quantile: float = _help("dp_adaptive_clipping: gamma, the fraction of updates C should leave "
+                                   "unclipped.", default=0.5)
+    clip_learning_rate: float = _help("dp_adaptive_clipping: eta in C <- C * exp(-eta * (b - gamma)).", default=0.2)
+    clipped_count_stddev: float = _help("dp_adaptive_clipping: sigma_b, the noise std on the count of unclipped "
+                                        "updates; needs server.noise_multiplier < 2 * sigma_b.", default=1.0)
+
+    def __post_init__(self):
+        _probability("server.dp.delta", self.delta)
+        _probability("server.dp.target_quantile", self.target_quantile)
+        _require(self.clip_learning_rate > 0, "server.dp.clip_learning_rate", self.clip_learning_rate, "a number > 0")
+        _require(self.clipped_count_stddev >= 0, "server.dp.clipped_count_stddev", self.clipped_count_stddev,
+                 "a number >= 0")
 
 
 @dataclass(frozen=True)
 class ServerSettings:
-    clip_threshold: float = _help("DP-FedAvg: L2 bound C on each client's update (whole adapter).", default=1.0)
+    clip_threshold: float = _help("DP-FedAvg: L2 bound C on each client's update (whole adapter); "
+                                  "dp_adaptive_clipping starts from it.", default=1.0)
     noise_multiplier: float = _help("DP-FedAvg: z; noise sigma = z * C / m for m aggregated clients.", default=0.5)
     min_clients: int = _help("Fewest valid updates a round needs; with fewer the round is skipped.", default=1)
+    dp: ServerDPSettings = _help("Server-side DP accounting and adaptive clipping.", default_factory=ServerDPSettings)
 
     def __post_init__(self):
         _require(self.clip_threshold > 0, "server.clip_threshold", self.clip_threshold, "a number > 0")
@@ -103,13 +147,13 @@ class ServerSettings:
 
 @dataclass(frozen=True)
 class StrategySettings:
-    name: str = _help("Aggregation strategy: fedavg | dp_fixed_clipping.", default="fedavg")
+    name: str = _help("Aggregation strategy: fedavg | dp_fixed_clipping | dp_adaptive_clipping.", default="fedavg")
 
     def __post_init__(self):
         _one_of("strategy.name", self.name, STRATEGY_NAMES)
 
 
-STRATEGY_NAMES = ("fedavg", "dp_fixed_clipping")
+STRATEGY_NAMES = ("fedavg", "dp_fixed_clipping", "dp_adaptive_clipping")
 
 
 @dataclass(frozen=True)
@@ -185,9 +229,18 @@ class Config:
                  f"an integer in [1, clients_per_round={self.clients_per_round}]")
         _require(self.num_rounds >= 1, "num_rounds", self.num_rounds, "an integer >= 1")
         _require(self.local_steps >= 1, "local_steps", self.local_steps, "an integer >= 1")
+        if self.strategy.name == "dp_adaptive_clipping":
+            check_adaptive_noise(self.server.noise_multiplier, self.server.dp.clipped_count_stddev)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def check_adaptive_noise(noise_multiplier: float, clipped_count_stddev: float) -> None:
+    """Adaptive clipping splits z between the update and the unclipped count; that needs z < 2 * sigma_b."""
+    _require(noise_multiplier == 0 or noise_multiplier < 2 * clipped_count_stddev, "server.noise_multiplier",
+             noise_multiplier, f"a number < 2 * server.dp.clipped_count_stddev = {2 * clipped_count_stddev:g} with "
+             "dp_adaptive_clipping (or raise server.dp.clipped_count_stddev)")
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] = (), use_server_dp: bool | None = None) -> Config:

@@ -1,6 +1,7 @@
 """What a run shows at the end: a summary table, summary.json and PNG plots, all from metrics.jsonl."""
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from pathlib import Path
 
@@ -11,22 +12,57 @@ def round_rows(metrics: list[dict]) -> list[dict]:
     return [m for m in metrics if m["kind"] == "round"]
 
 
+MECHANISMS = {
+    "dp_fixed_clipping": "server DP-FedAvg, fixed clipping: subsampled Gaussian, one step per round",
+    "dp_adaptive_clipping": "server DP-FedAvg, adaptive clipping (Andrew et al. 2021): subsampled Gaussian with the "
+                            "combined z, one step per round",
+    "local_update": "local DP on the update (clip, Gaussian noise): Gaussian mechanism, one step per round taken part in",
+    "local_dpsgd": "local DP-SGD (opacus): Poisson-subsampled Gaussian, one step per optimizer step",
+}
+
+
 def summary_table(metrics: list[dict]) -> str:
-    """One line per round: clients, eval loss, perplexity, accuracy, mean client train loss, time."""
+    """One line per round: clients, eval loss, perplexity, accuracy, mean client train loss, time, and the run's
+    epsilon so far when it uses DP."""
     train_loss = defaultdict(list)
     for m in metrics:
         if m["kind"] == "client":
             train_loss[m["round"]].append(m["train_loss"])
-    lines = [f"{'round':>5} {'clients':>7} {'eval_loss':>9} {'ppl':>8} {'accuracy':>8} {'train_loss':>10} {'time_s':>7}"]
+    private = any("privacy" in row for row in round_rows(metrics))
+    lines = [f"{'round':>5} {'clients':>7} {'eval_loss':>9} {'ppl':>8} {'accuracy':>8} {'train_loss':>10} {'time_s':>7}"
+             + (f" {'epsilon':>8}" if private else "")]
     for row in round_rows(metrics):
         losses = train_loss.get(row["round"])
         lines.append(
             f"{row['round']:>5} {row['num_clients']:>7} {_fmt(row.get('eval_loss'), 9, 4)} {_fmt(row.get('perplexity'), 8, 2)} "
             f"{_fmt(row.get('accuracy'), 8, 3)} {_fmt(sum(losses) / len(losses) if losses else None, 10, 4)} "
             f"{_fmt(row.get('round_time_s', 0) + row.get('eval_time_s', 0), 7, 1)}"
+            + (f" {_epsilon(row['privacy']['epsilon']):>8}" if private else "")
             + ("  skipped" if row.get("skipped") else "")
         )
     return "\n".join(lines)
+
+
+def privacy_lines(metrics: list[dict]) -> list[str]:
+    """What the run's last round spent, with the numbers that let a reader recompute each epsilon."""
+    rows = [row for row in round_rows(metrics) if "privacy" in row]
+    if not rows:
+        return []
+    privacy = rows[-1]["privacy"]
+    clients = sorted(privacy.get("clients", {}).items(), key=lambda item: int(item[0]))
+    parts = ([("server", privacy["server"])] if "server" in privacy else []) + \
+        [(f"client {client_id}", part) for client_id, part in clients]
+    lines = [f"\nprivacy after round {rows[-1]['round']}: epsilon = {_epsilon(privacy['epsilon'])} for the run (the "
+             "largest below); each from opacus' RDP accountant over (z, q, steps) at its delta"]
+    for who, part in parts:
+        lines.append(f"  {who:<9} epsilon = {_epsilon(part['epsilon'])} at delta = {part['delta']:g}: z = "
+                     f"{part['noise_multiplier']:.4g}, C = {part['clip_norm']:.4g}, q = {part['sample_rate']:.4g}, "
+                     f"{part['steps']} steps; {MECHANISMS[part['mechanism']]}")
+    return lines
+
+
+def _epsilon(value: float | None) -> str:
+    return "inf" if value is None else f"{value:.3f}"
 
 
 def _fmt(value, width: int, digits: int) -> str:
@@ -39,12 +75,15 @@ def write_summary(run: RunDir, final_digest: str) -> dict:
     summary = {"run_dir": str(run.path), "rounds": last["round"], "final_adapter": str(run.path / "final_adapter"),
                "final_digest": final_digest, "eval_loss": {"round_0": first.get("eval_loss"), "final": last.get("eval_loss")},
                "accuracy": {"round_0": first.get("accuracy"), "final": last.get("accuracy")}}
+    if "privacy" in last:
+        summary["privacy"] = last["privacy"]
     write_json_atomic(run.path / "summary.json", summary)
     return summary
 
 
 def write_plots(run: RunDir) -> list[Path]:
-    """eval_loss.png, accuracy.png (overall and per task family), client_train_loss.png."""
+    """eval_loss.png, accuracy.png (overall and per task family), client_train_loss.png, and epsilon.png when the
+    run uses DP."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -89,4 +128,26 @@ def write_plots(run: RunDir) -> list[Path]:
     if by_client:
         ax.legend(fontsize=7)
     save(fig, "client_train_loss.png")
+
+    private = [r for r in round_rows(metrics) if "privacy" in r]
+    if private:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for label, epsilons in epsilon_series(private).items():
+            ax.plot([r["round"] for r in private], epsilons, marker="o", linewidth=3 if label == "run" else 1, label=label)
+        ax.set(xlabel="round", ylabel="epsilon (unbounded: not drawn)", title="Privacy spent (RDP accountant)")
+        ax.legend(fontsize=7)
+        save(fig, "epsilon.png")
     return written
+
+
+def epsilon_series(rows: list[dict]) -> dict[str, list]:
+    """Epsilon per round for the run, the server and each client (NaN where unbounded, so it is not drawn)."""
+    def value(part):
+        return math.nan if part is None or part["epsilon"] is None else part["epsilon"]
+
+    series = {"run": [value(r["privacy"]) for r in rows]}
+    if "server" in rows[-1]["privacy"]:
+        series["server"] = [value(r["privacy"].get("server")) for r in rows]
+    for client_id in sorted(rows[-1]["privacy"].get("clients", {}), key=int):
+        series[f"client {client_id}"] = [value(r["privacy"].get("clients", {}).get(client_id)) for r in rows]
+    return series

@@ -6,7 +6,7 @@ Layout:
   round_<n>/                  global adapter after round n (peft adapter dir; round_0 = base model)
   round_<n>/updates/client_<id>.safetensors   each accepted update of round n
   final_adapter/              the last global adapter
-  checkpoint.json             the last completed round, its adapter digest, strategy state
+  checkpoint.json             the last completed round, its adapter digest, strategy and client states
   plots/*.png, summary.json
 """
 from __future__ import annotations
@@ -92,12 +92,13 @@ class RunDir:
             return []
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
-    def write_checkpoint(self, round: int, adapter: AdapterState, strategy_state: dict) -> None:
+    def write_checkpoint(self, round: int, adapter: AdapterState, strategy_state: dict, client_states: dict) -> None:
+        """Strategy and client states are JSON (privacy accountants, the adaptive clip norm), never pickles."""
         write_json_atomic(self.path / CHECKPOINT, {"round": round, "global_digest": adapter_digest(adapter),
-                                                   "strategy": strategy_state})
+                                                   "strategy": strategy_state, "clients": client_states})
 
-    def read_checkpoint(self) -> tuple[int, AdapterState, dict]:
-        """The last completed round, its global adapter (digest-checked) and the strategy state.
+    def read_checkpoint(self) -> tuple[int, AdapterState, dict, dict]:
+        """The last completed round, its global adapter (digest-checked), the strategy and client states.
 
         metrics.jsonl lines written after that checkpoint (a round cut off mid-way) are dropped.
         """
@@ -113,7 +114,7 @@ class RunDir:
             raise RunDirError(f"--resume: {weights} is missing or does not match the checkpoint digest; the run "
                               "directory was modified")
         self._drop_metrics_after(state["round"])
-        return state["round"], load_file(str(weights)), state["strategy"]
+        return state["round"], load_file(str(weights)), state["strategy"], state.get("clients", {})
 
     def _drop_metrics_after(self, round: int) -> None:
         kept = [m for m in self.metrics() if m["round"] <= round]

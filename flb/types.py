@@ -49,6 +49,14 @@ class Client(Protocol):
 
     def fit(self, global_adapter: AdapterState, round: int) -> ClientUpdate: ...
 
+    def privacy_spent(self) -> dict:
+        """Epsilon its local DP has spent so far and how (flb.accounting.spent); {} without local DP."""
+
+    def state_dict(self) -> dict:
+        """JSON state a resumed run needs (its privacy accountant)."""
+
+    def load_state_dict(self, state: dict) -> None: ...
+
 
 class Ledger(Protocol):
     """Where data uploads and rounds are recorded; `chain/` implements it on an EVM."""

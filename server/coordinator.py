@@ -1,4 +1,4 @@
-"""The round loop, readable top to bottom: sample, fit, validate, aggregate, evaluate, save, record."""
+"""The round loop, readable top to bottom: sample, fit, validate, aggregate, evaluate, save, record, checkpoint."""
 from __future__ import annotations
 
 import logging
@@ -6,6 +6,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+from flb.accounting import run_privacy
 from flb.digests import adapter_digest
 from flb.errors import UpdateRejected
 from flb.rundir import RunDir
@@ -45,6 +46,12 @@ class RoundCoordinator:
             self.ledger.record_data_upload(client.client_id, client.data_digest)
         self._complete(0, global_adapter, [], {**self.evaluate(global_adapter), "num_sampled": 0, "round_time_s": 0.0})
 
+    def restore(self, strategy_state: dict, client_states: dict[str, dict]) -> None:
+        """Put back the strategy's and every client's checkpointed state (accountants, adaptive clip norm)."""
+        self.strategy.load_state_dict(strategy_state)
+        for client in self.clients:
+            client.load_state_dict(client_states.get(str(client.client_id), {}))
+
     def run_round(self, round: int, global_adapter: AdapterState) -> AdapterState:
         started = time.perf_counter()
         sampled = self.sample(round)
@@ -55,13 +62,13 @@ class RoundCoordinator:
             self._complete(round, global_adapter, [], {"skipped": True, "rejected": rejected, "num_sampled": len(sampled),
                                                        "round_time_s": time.perf_counter() - started})
             return global_adapter
-        previous_adapter = global_adapter
+        previous_adapter, previous_state = global_adapter, self.strategy.state_dict()
         global_adapter = self.strategy.aggregate(global_adapter, updates, round, len(sampled))
         aggregate_done = time.perf_counter()
         metrics = self.evaluate(global_adapter)
         if self.contribution_loss is not None:
-            metrics["scores"] = leave_one_out_scores(self.contribution_loss, self.strategy, previous_adapter, updates,
-                                                     metrics["eval_loss"], round)
+            metrics["scores"] = leave_one_out_scores(self.contribution_loss, self.strategy, previous_state,
+                                                     previous_adapter, updates, metrics["eval_loss"], round)
         metrics.update(rejected=rejected, num_sampled=len(sampled), round_time_s=aggregate_done - started,
                        eval_time_s=time.perf_counter() - aggregate_done)
         self._complete(round, global_adapter, updates, metrics)
@@ -95,6 +102,7 @@ class RoundCoordinator:
         """Files and metrics, then the ledger record, then the checkpoint: a round counts as done for
         --resume only once everything before it is durable."""
         digest = adapter_digest(global_adapter)
+        metrics.update(self.privacy_metrics())
         self.run.save_round(round, global_adapter, self.peft_config, {u.client_id: u.tensors for u in updates})
         self.run.append_metrics(*(_client_metrics(u) for u in updates),
                                 {"kind": "round", "round": round, "global_digest": digest, "num_clients": len(updates),
@@ -104,7 +112,14 @@ class RoundCoordinator:
             update_digests=[u.digest for u in updates], num_examples=[u.num_examples for u in updates],
             update_num_bytes=[u.num_bytes for u in updates], metrics=metrics,
         ))
-        self.run.write_checkpoint(round, global_adapter, self.strategy.state_dict())
+        self.run.write_checkpoint(round, global_adapter, self.strategy.state_dict(),
+                                  {str(c.client_id): c.state_dict() for c in self.clients})
+
+    def privacy_metrics(self) -> dict:
+        """Epsilon spent so far by the server's DP and by every client's local DP, and the run's (the largest)."""
+        clients = {str(c.client_id): c.privacy_spent() for c in self.clients}
+        privacy = run_privacy(self.strategy.privacy_spent(), {k: v for k, v in clients.items() if v})
+        return {"privacy": privacy} if privacy else {}
 
 
 def _client_metrics(update: ClientUpdate) -> dict:

@@ -29,7 +29,8 @@ def test_overrides_parse_as_yaml():
     ("num_rounds=two", "num_rounds: invalid value 'two'; allowed: an integer"),
     ("chain_record=yes please", "chain_record: invalid value 'yes please'; allowed: true | false"),
     ("clients_per_round=9", "clients_per_round: invalid value 9; allowed: an integer in [1, num_clients=3]"),
-    ("strategy.name=fedprox", "strategy.name: invalid value 'fedprox'; allowed: fedavg | dp_fixed_clipping"),
+    ("strategy.name=fedprox", "strategy.name: invalid value 'fedprox'; allowed: fedavg | dp_fixed_clipping | "
+                              "dp_adaptive_clipping"),
     ("server.clip_threshold=0", "server.clip_threshold: invalid value 0.0; allowed: a number > 0"),
     ("num_clients", "--set: 'num_clients' is not KEY=VALUE"),
 ])
@@ -38,6 +39,35 @@ def test_bad_values_name_key_value_and_fix(override, message):
         load_config(None, [override])
     assert str(info.value).startswith(message)
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("client.dp.target_epsilon=0", "client.dp.target_epsilon: invalid value 0.0; allowed: a number > 0"),
+    ("client.dp.target_epsilon=-1", "client.dp.target_epsilon: invalid value -1.0; allowed: a number > 0"),
+    ("client.dp.delta=1", "client.dp.delta: invalid value 1.0; allowed: a number in (0, 1)"),
+    ("client.dp.delta=0", "client.dp.delta: invalid value 0.0; allowed: a number in (0, 1)"),
+    ("server.dp.delta=1.5", "server.dp.delta: invalid value 1.5; allowed: a number in (0, 1)"),
+    ("client.dp.clip_norm=0", "client.dp.clip_norm: invalid value 0.0; allowed: a number > 0"),
+    ("client.dp.noise_multiplier=-0.1", "client.dp.noise_multiplier: invalid value -0.1; allowed: a number >= 0"),
+    ("server.noise_multiplier=-1", "server.noise_multiplier: invalid value -1.0; allowed: a number >= 0"),
+    ("server.dp.target_quantile=1", "server.dp.target_quantile: invalid value 1.0; allowed: a number in (0, 1)"),
+    ("server.dp.target_quantile=0", "server.dp.target_quantile: invalid value 0.0; allowed: a number in (0, 1)"),
+    ("client.dp.mode=central", "client.dp.mode: invalid value 'central'; allowed: update | dpsgd"),
+])
+def test_bad_privacy_values_name_key_value_and_fix(override, message):
+    with pytest.raises(ConfigError) as info:
+        load_config(None, [override])
+    assert str(info.value).startswith(message)
+
+
+def test_privacy_settings_that_only_fail_together():
+    with pytest.raises(ConfigError, match="client.dp.target_epsilon: invalid value None; allowed: a number > 0 when "
+                                          "client.dp.noise_multiplier is null"):
+        load_config(None, ["client.dp.target_epsilon=null"])
+    with pytest.raises(ConfigError, match=r"server.noise_multiplier: invalid value 0.5; allowed: a number < 2 \* "
+                                          r"server.dp.clipped_count_stddev = 0.4"):
+        load_config(None, ["strategy.name=dp_adaptive_clipping", "server.dp.clipped_count_stddev=0.2"])
+    assert load_config(None, ["strategy.name=dp_adaptive_clipping"]).server.dp.clipped_count_stddev == 1.0
 
 
 def test_use_server_dp_is_a_real_boolean():

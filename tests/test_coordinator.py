@@ -23,6 +23,9 @@ class CorruptingClient:
         self.damage(update.tensors)
         return update
 
+    def __getattr__(self, name):  # privacy_spent, state_dict, load_state_dict: the inner client's
+        return getattr(self.inner, name)
+
 
 def nan_first(tensors):
     first = sorted(tensors)[0]

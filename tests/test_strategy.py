@@ -1,15 +1,18 @@
-"""Aggregation math on tiny hand-checked tensors."""
+"""Aggregation math and the server-side DP strategies on tiny hand-checked tensors."""
 from __future__ import annotations
 
+import json
 import math
 
+import numpy as np
 import pytest
 import torch
 
 from flb.digests import adapter_digest
 from flb.errors import ConfigError
 from flb.types import ClientUpdate
-from server.strategy.aggregate import add_gaussian_noise_inplace, clip_inplace, l2_norm, weighted_average
+from server.strategy.aggregate import weighted_average
+from server.strategy.dp_adaptive_clipping import DPAdaptiveClipping
 from server.strategy.dp_fixed_clipping import DPFixedClipping
 from server.strategy.fedavg import FedAvg
 
@@ -34,28 +37,10 @@ def test_weighted_average_keeps_dtype():
     assert weighted_average(states)["w"].item() == 2.0
 
 
-def test_clip_bounds_the_whole_adapter_norm():
-    state = {"a": torch.tensor([3.0, 0.0]), "b": torch.tensor([0.0, 4.0])}  # norm 5
-    before = clip_inplace(state, 1.0)
-    assert before == pytest.approx(5.0)
-    assert l2_norm(state) == pytest.approx(1.0)
-    assert state["a"].tolist() == pytest.approx([0.6, 0.0])
-    small = {"a": torch.tensor([0.3, 0.4])}
-    clip_inplace(small, 1.0)
-    assert small["a"].tolist() == pytest.approx([0.3, 0.4])
-
-
-def test_noise_has_the_requested_std():
-    state = {"w": torch.zeros(200_000)}
-    add_gaussian_noise_inplace(state, 0.25, torch.Generator().manual_seed(0))
-    assert state["w"].std().item() == pytest.approx(0.25, rel=0.01)
-    assert state["w"].mean().item() == pytest.approx(0.0, abs=0.005)
-
-
 def test_dp_fixed_clipping_clips_deltas_and_averages_uniformly():
     global_adapter = update(9, [1, 1, 1, 1], 1).tensors
     updates = [update(0, [1 + 30, 1, 1, 1 + 40], 100), update(1, [1, 1, 1, 1], 1)]  # delta norms 50 and 0
-    strategy = DPFixedClipping(FedAvg(), clip_norm=5.0, noise_multiplier=0.0, seed=0)
+    strategy = DPFixedClipping(FedAvg(), clip_norm=5.0, noise_multiplier=0.0, sample_rate=1.0, delta=1e-5, seed=0)
     result = strategy.aggregate(global_adapter, updates, round=1, num_sampled=2)
     # clipped deltas [3,0,0,4] and 0, averaged UNIFORMLY (not 100:1), then added to global
     assert result["a"].tolist() == pytest.approx([2.5, 1.0])
@@ -65,7 +50,7 @@ def test_dp_fixed_clipping_clips_deltas_and_averages_uniformly():
 def test_dp_noise_std_is_z_c_over_m():
     global_adapter = {"w": torch.zeros(100_000)}
     updates = [ClientUpdate(i, 1, {"w": torch.zeros(100_000)}, 1, 0.0, 0.0, 0, "") for i in range(4)]
-    strategy = DPFixedClipping(FedAvg(), clip_norm=2.0, noise_multiplier=1.5, seed=3)
+    strategy = DPFixedClipping(FedAvg(), clip_norm=2.0, noise_multiplier=1.5, sample_rate=1.0, delta=1e-5, seed=3)
     result = strategy.aggregate(global_adapter, updates, round=1, num_sampled=4)
     assert strategy.last_noise_std == pytest.approx(1.5 * 2.0 / 4)
     assert result["w"].std().item() == pytest.approx(0.75, rel=0.02)
@@ -74,7 +59,8 @@ def test_dp_noise_std_is_z_c_over_m():
 def test_dp_warns_when_fewer_clients_return(caplog):
     global_adapter = {"w": torch.zeros(3)}
     updates = [ClientUpdate(0, 1, {"w": torch.ones(3)}, 1, 0.0, 0.0, 0, "")]
-    DPFixedClipping(FedAvg(), clip_norm=1.0, noise_multiplier=0.0, seed=0).aggregate(global_adapter, updates, 1, 3)
+    strategy = DPFixedClipping(FedAvg(), clip_norm=1.0, noise_multiplier=0.0, sample_rate=1.0, delta=1e-5, seed=0)
+    strategy.aggregate(global_adapter, updates, 1, 3)
     assert "1 of 3 sampled clients" in caplog.text
 
 
@@ -82,15 +68,84 @@ def test_dp_warns_when_fewer_clients_return(caplog):
                                          ({"clip_norm": 1.0, "noise_multiplier": -1.0}, "server.noise_multiplier")])
 def test_dp_rejects_bad_parameters(kwargs, key):
     with pytest.raises(ConfigError, match=key):
-        DPFixedClipping(FedAvg(), seed=0, **kwargs)
+        DPFixedClipping(FedAvg(), sample_rate=1.0, delta=1e-5, seed=0, **kwargs)
 
 
 def test_noise_is_reproducible_per_round():
     global_adapter = {"w": torch.zeros(10)}
     updates = [ClientUpdate(0, 1, {"w": torch.zeros(10)}, 1, 0.0, 0.0, 0, "")]
-    make = lambda: DPFixedClipping(FedAvg(), clip_norm=1.0, noise_multiplier=1.0, seed=7)
+    make = lambda: DPFixedClipping(FedAvg(), clip_norm=1.0, noise_multiplier=1.0, sample_rate=1.0, delta=1e-5, seed=7)
     first = make().aggregate(global_adapter, updates, 2, 1)["w"]
     again = make().aggregate(global_adapter, updates, 2, 1)["w"]
     other_round = make().aggregate(global_adapter, updates, 3, 1)["w"]
     assert torch.equal(first, again) and not torch.equal(first, other_round)
     assert math.isfinite(first.sum().item())
+
+
+def zero_updates(count, size=4):
+    return [ClientUpdate(i, 1, {"w": torch.zeros(size)}, 1, 0.0, 0.0, 0, "") for i in range(count)]
+
+
+def test_server_epsilon_is_opacus_rdp_over_rounds_at_q():
+    from opacus.accountants import RDPAccountant
+
+    strategy = DPFixedClipping(FedAvg(), clip_norm=1.0, noise_multiplier=1.1, sample_rate=0.25, delta=1e-5, seed=0)
+    reference = RDPAccountant()
+    for round_number in range(1, 6):
+        strategy.aggregate({"w": torch.zeros(4)}, zero_updates(2), round_number, 2)
+        reference.step(noise_multiplier=1.1, sample_rate=0.25)
+        spent = strategy.privacy_spent()
+        assert spent["epsilon"] == reference.get_epsilon(delta=1e-5)
+    assert spent["steps"] == 5 and spent["sample_rate"] == 0.25 and spent["mechanism"] == "dp_fixed_clipping"
+
+
+def test_server_accountant_survives_a_json_round_trip():
+    make = lambda: DPFixedClipping(FedAvg(), clip_norm=1.0, noise_multiplier=0.8, sample_rate=0.5, delta=1e-5, seed=0)
+    first = make()
+    for round_number in (1, 2):
+        first.aggregate({"w": torch.zeros(4)}, zero_updates(2), round_number, 2)
+    resumed = make()
+    resumed.load_state_dict(json.loads(json.dumps(first.state_dict())))
+    assert resumed.privacy_spent() == first.privacy_spent()
+    first.aggregate({"w": torch.zeros(4)}, zero_updates(2), 3, 2)
+    resumed.aggregate({"w": torch.zeros(4)}, zero_updates(2), 3, 2)
+    assert resumed.privacy_spent() == first.privacy_spent()
+
+
+def adaptive(initial_clip_norm, **kwargs):
+    settings = dict(noise_multiplier=1.0, target_quantile=0.5, learning_rate=0.5, clipped_count_stddev=5.0,
+                    sample_rate=1.0, delta=1e-5, seed=0)
+    return DPAdaptiveClipping(FedAvg(), initial_clip_norm=initial_clip_norm, **{**settings, **kwargs})
+
+
+@pytest.mark.parametrize("start", [0.01, 100.0])  # the median norm is 1: 100x too small and 100x too large
+def test_adaptive_clipping_leaves_the_target_fraction_unclipped(start):
+    norms = np.random.default_rng(0)
+    strategy = adaptive(start)
+    global_adapter = {"w": torch.zeros(1)}
+    for round_number in range(1, 51):
+        drawn = norms.lognormal(0.0, 1.0, size=100)  # sigma_b = m / 20, as Andrew et al. suggest
+        updates = [ClientUpdate(i, round_number, {"w": torch.tensor([n], dtype=torch.float32)}, 1, 0.0, 0.0, 0, "")
+                   for i, n in enumerate(drawn)]
+        strategy.aggregate(global_adapter, updates, round_number, len(updates))
+    population = norms.lognormal(0.0, 1.0, size=100_000)
+    assert abs((population <= strategy.clip_norm).mean() - 0.5) < 0.1
+
+
+def test_adaptive_clipping_splits_the_noise_and_checkpoints_its_norm():
+    strategy = adaptive(1.0, noise_multiplier=1.0, clipped_count_stddev=1.0)
+    assert strategy.update_noise_multiplier == pytest.approx((1.0 - 0.25) ** -0.5)
+    strategy.aggregate({"w": torch.zeros(4)}, zero_updates(3), 1, 3)
+    assert strategy.clip_norm != 1.0
+    resumed = adaptive(1.0, noise_multiplier=1.0, clipped_count_stddev=1.0)
+    resumed.load_state_dict(json.loads(json.dumps(strategy.state_dict())))
+    assert resumed.clip_norm == strategy.clip_norm and resumed.privacy_spent() == strategy.privacy_spent()
+    assert resumed.privacy_spent()["noise_multiplier"] == 1.0  # the accountant composes the combined z
+
+
+@pytest.mark.parametrize("kwargs, key", [({"noise_multiplier": 1.0, "clipped_count_stddev": 0.5}, "server.noise_multiplier"),
+                                         ({"target_quantile": 1.0}, "server.dp.target_quantile"),
+                                         ({"learning_rate": 0.0}, "server.dp.clip_learning_rate")])
+def test_adaptive_clipping_rejects_bad_parameters(kwargs, key):
+    with pytest.raises(ConfigError, match=key):
+        adaptive(1.0, **kwargs)

@@ -1,4 +1,7 @@
-"""Aggregation math as pure functions over adapter states (dicts of tensors); no I/O."""
+"""Aggregation math as pure functions over adapter states (dicts of tensors) and numbers; no I/O.
+
+Adapter arithmetic shared with the clients (difference, norm, clipping, noise) is in flb.adapter_math.
+"""
 from __future__ import annotations
 
 import math
@@ -21,40 +24,22 @@ def weighted_average(states_and_weights: list[tuple[AdapterState, float]]) -> Ad
     return result
 
 
-def subtract(left: AdapterState, right: AdapterState) -> AdapterState:
-    return {name: left[name] - right[name] for name in left}
-
-
-def add(left: AdapterState, right: AdapterState) -> AdapterState:
-    return {name: left[name] + right[name] for name in left}
-
-
-def l2_norm(state: AdapterState) -> float:
-    """L2 norm over all tensors together, as one flat vector."""
-    return math.sqrt(sum(float(t.to(torch.float64).pow(2).sum()) for t in state.values()))
-
-
-def clip_inplace(state: AdapterState, clip_norm: float) -> float:
-    """Scale `state` so its whole-adapter L2 norm is at most `clip_norm`; return the norm before.
-
-    Fixed clipping of DP-FedAvg (McMahan et al., 2018, https://arxiv.org/abs/1710.06963).
-    """
-    norm = l2_norm(state)
-    if norm > clip_norm:
-        scale = clip_norm / norm
-        for tensor in state.values():
-            tensor.mul_(scale)
-    return norm
-
-
-def add_gaussian_noise_inplace(state: AdapterState, std: float, generator: torch.Generator) -> None:
-    """Add N(0, std^2) independently to every element."""
-    for name in sorted(state):
-        tensor = state[name]
-        noise = torch.randn(tensor.shape, generator=generator, dtype=torch.float32)
-        tensor.add_((noise * std).to(tensor.dtype))
-
-
 def dp_fedavg_noise_std(noise_multiplier: float, clip_norm: float, num_clients: int) -> float:
     """sigma = z * C / m: the sensitivity of an unweighted mean of m updates clipped to C is C / m."""
     return noise_multiplier * clip_norm / num_clients
+
+
+def adaptive_update_noise_multiplier(noise_multiplier: float, clipped_count_stddev: float) -> float:
+    """z_update = (z^-2 - (2 sigma_b)^-2)^(-1/2): the update's share of z when the unclipped count is released
+    with N(0, sigma_b^2) too, so that both together are as private as one Gaussian with multiplier z
+    (Andrew et al., 2021, https://arxiv.org/abs/1905.03871, section 3). Needs z < 2 sigma_b; z = 0 stays 0."""
+    if noise_multiplier == 0:
+        return 0.0
+    return (noise_multiplier ** -2 - (2 * clipped_count_stddev) ** -2) ** -0.5
+
+
+def next_clip_norm(clip_norm: float, unclipped_fraction: float, target_quantile: float, learning_rate: float) -> float:
+    """C * exp(-eta * (b - gamma)): the geometric step that moves C towards the gamma-quantile of the update
+    norms, b being the (noised) fraction of updates left unclipped (Andrew et al., 2021,
+    https://arxiv.org/abs/1905.03871, section 2)."""
+    return clip_norm * math.exp(-learning_rate * (unclipped_fraction - target_quantile))

@@ -12,6 +12,10 @@ class Strategy(ABC):
                   num_sampled: int) -> AdapterState:
         """The next global adapter from the current one and the round's valid updates."""
 
+    def privacy_spent(self) -> dict:
+        """Epsilon so far and how it is computed (flb.accounting.spent); empty for strategies without DP."""
+        return {}
+
     def state_dict(self) -> dict:
         """JSON-serialisable state to checkpoint (empty for stateless strategies)."""
         return {}

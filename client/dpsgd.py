@@ -1,0 +1,127 @@
+"""Sample-level DP for one client: opacus DP-SGD on the LoRA parameters with Poisson sampling
+(Abadi et al., 2016, https://arxiv.org/abs/1607.00133).
+
+trl's trainer cannot be wrapped by opacus, so this is the client's own loop, over the SAME tokenized
+shard and collator its SFTTrainer prepared, under the same mixed-precision autocast (trl's default
+bf16 applies on CPU too): both modes train on identical tokens at the same precision. The accountant
+lives as long as the client, so epsilon composes over every round it trains in. Every client and the
+evaluator share one peft model: it is wrapped in a GradSampleModule only while this client trains and
+unwrapped after (hooks and per-sample attributes removed), so nobody else sees opacus.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+
+from flb.accounting import accountant_state, rdp_accountant, spent
+from flb.seeding import derived_seed
+from flb.types import AdapterState
+
+_NOISE_STREAM = 0x5D
+_SAMPLING_STREAM = 0x5E
+
+
+class DPSGD:
+    mechanism = "local_dpsgd"
+
+    def __init__(self, *, clip_norm: float, noise_multiplier: float, delta: float, sample_rate: float,
+                 learning_rate: float, local_steps: int, seed: int, client_id: int):
+        self.clip_norm, self.noise_multiplier, self.delta = clip_norm, noise_multiplier, delta
+        self.sample_rate, self.learning_rate, self.local_steps = sample_rate, learning_rate, local_steps
+        self.seed, self.client_id = seed, client_id
+        self.accountant = rdp_accountant()
+
+    def train(self, model, trainer, round: int) -> float:
+        """`local_steps` DP-SGD steps on `model`'s trainable (LoRA) parameters over `trainer`'s tokenized shard;
+        the mean loss of the batches."""
+        import torch
+        from opacus import GradSampleModule
+        from opacus.optimizers import DPOptimizer
+
+        parameters = [p for p in model.parameters() if p.requires_grad]
+        device = parameters[0].device
+        module = GradSampleModule(model)
+        try:
+            optimizer = DPOptimizer(
+                torch.optim.AdamW(parameters, lr=self.learning_rate, weight_decay=0.0),
+                noise_multiplier=self.noise_multiplier, max_grad_norm=self.clip_norm,
+                expected_batch_size=self.sample_rate * len(trainer.train_dataset),
+                generator=torch.Generator(device).manual_seed(self._seed(round, _NOISE_STREAM)))
+            optimizer.attach_step_hook(self.accountant.get_optimizer_hook_fn(sample_rate=self.sample_rate))
+            module.train()
+            with warnings.catch_warnings():  # opacus' hook on the first LoRA layer, whose input needs no gradient
+                warnings.filterwarnings("ignore", message="Full backward hook is firing")
+                batches = self._poisson_batches(trainer.train_dataset, trainer.data_collator, round)
+                losses = [dp_step(module, optimizer, batch, device, trainer.accelerator.autocast) for batch in batches]
+        finally:
+            module._close()
+            for p in parameters:
+                vars(p).pop("summed_grad", None)  # the one attribute DPOptimizer leaves behind
+        losses = [loss for loss in losses if loss is not None]
+        return sum(losses) / len(losses) if losses else math.nan
+
+    def _poisson_batches(self, dataset, collator, round: int):
+        """`local_steps` batches; every example joins each one independently with probability q (opacus'
+        sampler). An empty batch comes out as None."""
+        import torch
+        from opacus.utils.uniform_sampler import UniformWithReplacementSampler
+        from torch.utils.data import DataLoader
+
+        sampler = UniformWithReplacementSampler(
+            num_samples=len(dataset), sample_rate=self.sample_rate, steps=self.local_steps,
+            generator=torch.Generator().manual_seed(self._seed(round, _SAMPLING_STREAM)))
+        return DataLoader(dataset, batch_sampler=sampler, collate_fn=lambda rows: collator(rows) if rows else None)
+
+    def _seed(self, round: int, stream: int) -> int:
+        return derived_seed(self.seed, round, self.client_id, stream)
+
+    def privatize(self, local: AdapterState, global_adapter: AdapterState, round: int) -> AdapterState:
+        return local  # already private: every step that made it was clipped and noised
+
+    def spent(self) -> dict:
+        return spent(self.accountant, mechanism=self.mechanism, delta=self.delta, noise_multiplier=self.noise_multiplier,
+                     clip_norm=self.clip_norm, sample_rate=self.sample_rate)
+
+    def state_dict(self) -> dict:
+        return {"accountant": accountant_state(self.accountant)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.accountant = rdp_accountant(state.get("accountant"))
+
+
+def dp_step(module, optimizer, batch, device, autocast) -> float | None:
+    """One DP-SGD step; the loss, or None for an empty Poisson batch, which still takes its noise-only step
+    (and is counted), as the analysis of Poisson sampling assumes. The forward runs in `autocast` explicitly:
+    accelerate patches it into the model's forward only once some trainer has run, and a resumed run must
+    compute exactly what an uninterrupted one did."""
+    if batch is None:
+        for p in optimizer.params:
+            p.grad_sample = p.new_zeros((0, *p.shape))
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return None
+    with autocast():
+        logits = module(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)).logits
+    loss = per_example_mean_loss(logits, batch["labels"].to(device))
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return float(loss.detach())
+
+
+def per_example_mean_loss(logits, labels):
+    """Mean over examples of each example's mean next-token loss on its labelled (completion) tokens.
+
+    Unlike a token mean over the whole batch, each example's gradient then depends on that example alone,
+    which per-example clipping needs to bound one example's influence. Only labelled positions go through
+    the softmax: over a 49k vocabulary it would otherwise cost more than a small model's whole step.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    targets = labels[:, 1:]
+    counted = targets != -100
+    token_loss = F.cross_entropy(logits[:, :-1][counted].float(), targets[counted], reduction="none")
+    per_example = torch.zeros(len(labels), dtype=token_loss.dtype, device=token_loss.device)
+    per_example = per_example.index_add(0, counted.nonzero()[:, 0], token_loss)
+    return (per_example / counted.sum(dim=1).clamp(min=1)).mean()

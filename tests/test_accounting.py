@@ -1,0 +1,71 @@
+"""Privacy accounting: opacus' RDP accountant, its JSON state, noise for a target epsilon, warnings."""
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+
+from flb.accounting import (accountant_state, epsilon, noise_multiplier_for, rdp_accountant, run_privacy, spent,
+                            warn_if_delta_too_large)
+from flb.errors import ConfigError
+
+
+@pytest.mark.parametrize("z, q, steps", [(1.0, 1.0, 3), (0.8, 0.01, 200), (2.0, 0.3, 10)])
+def test_epsilon_equals_opacus_rdp_for_the_same_z_q_steps(z, q, steps):
+    from opacus.accountants import RDPAccountant
+    from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
+
+    ours = rdp_accountant()
+    for _ in range(steps):
+        ours.step(noise_multiplier=z, sample_rate=q)
+    reference, _ = get_privacy_spent(orders=RDPAccountant.DEFAULT_ALPHAS, delta=1e-5,
+                                     rdp=compute_rdp(q=q, noise_multiplier=z, steps=steps, orders=RDPAccountant.DEFAULT_ALPHAS))
+    assert epsilon(ours, 1e-5) == pytest.approx(reference, rel=1e-12)
+
+
+def test_state_round_trips_through_json_exactly():
+    accountant = rdp_accountant()
+    for z in (1.0, 1.0, 0.7):
+        accountant.step(noise_multiplier=z, sample_rate=0.1)
+    restored = rdp_accountant(json.loads(json.dumps(accountant_state(accountant))))
+    assert epsilon(restored, 1e-5) == epsilon(accountant, 1e-5)
+    restored.step(noise_multiplier=0.7, sample_rate=0.1)
+    assert restored.history[-1] == (0.7, 0.1, 2)
+
+
+def test_no_noise_means_no_bound_and_spent_names_the_inputs():
+    accountant = rdp_accountant()
+    assert epsilon(accountant, 1e-5) == 0
+    accountant.step(noise_multiplier=0.0, sample_rate=1.0)
+    assert epsilon(accountant, 1e-5) is None
+    report = spent(accountant, mechanism="local_update", delta=1e-5, noise_multiplier=0.0, clip_norm=2.0, sample_rate=1.0)
+    assert report == {"mechanism": "local_update", "epsilon": None, "delta": 1e-5, "noise_multiplier": 0.0,
+                      "clip_norm": 2.0, "sample_rate": 1.0, "steps": 1}
+
+
+@pytest.mark.parametrize("target, q, steps", [(8.0, 1.0, 2), (2.0, 0.01, 50)])
+def test_noise_for_a_target_spends_at_most_the_target(target, q, steps):
+    z = noise_multiplier_for(target_epsilon=target, delta=1e-5, sample_rate=q, steps=steps, key="k")
+    accountant = rdp_accountant({"history": [[z, q, steps]]})
+    assert target - 0.05 < epsilon(accountant, 1e-5) <= target
+
+
+def test_an_unreachable_target_is_a_config_error():
+    with pytest.raises(ConfigError, match="client.dp.target_epsilon: invalid value 1e-09"):
+        noise_multiplier_for(target_epsilon=1e-9, delta=1e-5, sample_rate=1.0, steps=10, key="client.dp.target_epsilon")
+
+
+def test_delta_of_one_over_n_or_more_warns(caplog):
+    with caplog.at_level(logging.WARNING):
+        warn_if_delta_too_large(1e-5, 1000, "client.dp.delta", "examples")
+        assert not caplog.records
+        warn_if_delta_too_large(0.01, 100, "client.dp.delta", "examples")
+    assert "client.dp.delta = 0.01 is >= 1/100" in caplog.text
+
+
+def test_the_run_epsilon_is_the_largest_and_unbounded_wins():
+    assert run_privacy({}, {}) == {}
+    server, client = {"epsilon": 3.0}, {"epsilon": 5.0}
+    assert run_privacy(server, {"0": client}) == {"epsilon": 5.0, "server": server, "clients": {"0": client}}
+    assert run_privacy(server, {"0": {"epsilon": None}})["epsilon"] is None

@@ -1,0 +1,72 @@
+"""DP-SGD on the tiny model (client/dpsgd.py): it trains, epsilon grows, the shared model stays clean."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import main_simple_fl
+from client.dpsgd import DPSGD
+from client.privacy import NoPrivacy
+from client.sft import SFTClient
+from flb.accounting import epsilon, rdp_accountant
+from flb.config import load_config
+from flb.modeling import get_adapter_state
+
+
+@pytest.fixture(scope="module")
+def shared(tiny_model_dir, tmp_path_factory):
+    config = load_config(None, [f"model.model_path={tiny_model_dir}", "num_clients=2", "clients_per_round=2",
+                                "sft.max_length=96", "sft.learning_rate=0.01", "model.lora.dropout=0.0",
+                                "local_steps=2", "eval.size=8"])
+    shards, _ = main_simple_fl.build_data(config)
+    tokenizer, model = main_simple_fl.build_model(config)
+    return config, [shard[:40] for shard in shards], tokenizer, model, tmp_path_factory.mktemp("work")
+
+
+def client(shared, client_id, privacy):
+    config, shards, tokenizer, model, work = shared
+    return SFTClient(client_id=client_id, records=shards[client_id], model=model, tokenizer=tokenizer,
+                     settings=config.sft, local_steps=config.local_steps, seed=config.seed, work_dir=work,
+                     privacy=privacy)
+
+
+def dpsgd(sample_rate=0.1, noise_multiplier=1.0):
+    return DPSGD(clip_norm=1.0, noise_multiplier=noise_multiplier, delta=1e-5, sample_rate=sample_rate,
+                 learning_rate=0.01, local_steps=2, seed=0, client_id=0)
+
+
+def test_a_dpsgd_client_trains_and_its_epsilon_grows(shared):
+    model = shared[3]
+    dp_client = client(shared, 0, dpsgd())
+    start = get_adapter_state(model)
+    first = dp_client.fit(start, round=1)
+    second = dp_client.fit(first.tensors, round=2)
+    assert math.isfinite(first.train_loss)
+    assert any(not torch.equal(first.tensors[n], start[n]) for n in start if "lora_B" in n)
+    assert 0 < first.privacy["epsilon"] < second.privacy["epsilon"]
+    assert second.privacy["steps"] == 4 and second.privacy["mechanism"] == "local_dpsgd"
+    assert second.privacy["epsilon"] == epsilon(rdp_accountant({"history": [[1.0, 0.1, 4]]}), 1e-5)
+
+
+def test_the_shared_model_is_unwrapped_after_a_dpsgd_fit(shared):
+    model = shared[3]
+    plain = client(shared, 1, NoPrivacy())
+    start = get_adapter_state(model)
+    before = plain.fit(start, round=1).digest
+    client(shared, 0, dpsgd()).fit(start, round=1)
+    assert not hasattr(model, "autograd_grad_sample_hooks")
+    assert not [n for n, p in model.named_parameters() if hasattr(p, "grad_sample") or hasattr(p, "summed_grad")]
+    assert all(not module._forward_hooks and not module._backward_hooks for module in model.modules())
+    assert plain.fit(start, round=1).digest == before  # another client trains exactly as if DP-SGD never ran
+
+
+def test_empty_poisson_batches_still_take_a_counted_noise_only_step(shared):
+    model = shared[3]
+    dp_client = client(shared, 0, dpsgd(sample_rate=1e-9))
+    start = get_adapter_state(model)
+    update = dp_client.fit(start, round=1)
+    assert math.isnan(update.train_loss)  # no example was drawn
+    assert update.privacy["steps"] == 2
+    assert any(not torch.equal(update.tensors[n], start[n]) for n in start)
