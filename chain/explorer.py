@@ -80,7 +80,7 @@ def _rounds_on_disk(run_dir: Path) -> set[int]:
 
 
 def format_trail(trail: dict) -> list[str]:
-    names = _account_names(trail)
+    names = account_names(trail)
 
     def name(address: str) -> str:
         return f"{address} ({names[address]})" if address in names else address
@@ -121,7 +121,7 @@ def _short(value) -> str:
     return json.dumps(value) if isinstance(value, (list, dict)) else str(value)
 
 
-def _account_names(trail: dict) -> dict[str, str]:
+def account_names(trail: dict) -> dict[str, str]:
     accounts = trail.get("accounts") or {}
     names = {address: f"client {i}" for i, address in enumerate(accounts.get("clients", []))}
     if accounts.get("admin"):

