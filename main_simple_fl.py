@@ -99,15 +99,18 @@ def run(config: Config, resume: str | None = None, export_merged: bool = False) 
     from server.evaluation import Evaluator
     from server.strategy import build_strategy
 
+    if export_merged and config.model.quantization is not None:
+        raise ConfigError("--export-merged: cannot merge into a quantized base; rerun with model.quantization: null")
+    # Everything that can reject the config or the inputs runs before a run directory exists.
+    shards, eval_records = build_data(config)
+    tokenizer, model = build_model(config)
+    strategy = build_strategy(config)
     run_dir = RunDir.open(resume) if resume else RunDir.create(config.output_dir, config.to_dict())
     _log_to(run_dir.path / "run.log")
     log.info("run directory: %s", run_dir.path)
-    shards, eval_records = build_data(config)
-    tokenizer, model = build_model(config)
     clients = build_clients(config, shards, model, tokenizer, run_dir.path / "work")
     evaluator = Evaluator(model=model, tokenizer=tokenizer, records=eval_records, settings=config.eval, sft=config.sft,
                           work_dir=run_dir.path / "work", use_cpu=config.model.device_map == "cpu")
-    strategy = build_strategy(config)
     ledger = open_ledger(config, run_dir.path)
     coordinator = RoundCoordinator(clients=clients, strategy=strategy, evaluate=evaluator.evaluate, ledger=ledger,
                                    run=run_dir, peft_config=model.peft_config["default"],
@@ -135,7 +138,7 @@ def run(config: Config, resume: str | None = None, export_merged: bool = False) 
     if config.chain_record:
         print(format_ledger_summary(ledger.summary()))
     if export_merged:
-        print(f"merged model: {export_merged_model(config, model, tokenizer, global_adapter, run_dir.path)}")
+        print(f"merged model: {export_merged_model(model, tokenizer, global_adapter, run_dir.path)}")
     return run_dir.path
 
 
@@ -150,11 +153,9 @@ def format_ledger_summary(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def export_merged_model(config: Config, model, tokenizer, adapter, run_path: Path) -> Path:
+def export_merged_model(model, tokenizer, adapter, run_path: Path) -> Path:
     from flb.modeling import set_adapter_state
 
-    if config.model.quantization is not None:
-        raise ConfigError("--export-merged: cannot merge into a quantized base; rerun with model.quantization: null")
     set_adapter_state(model, adapter)
     target = run_path / "merged"
     model.merge_and_unload().save_pretrained(target)

@@ -84,3 +84,14 @@ def test_export_merged_matches_base_plus_adapter(tiny_overrides, tiny_model_dir)
     tokens = torch.tensor([[1, 5, 9, 200, 3000]])
     with torch.no_grad():
         assert torch.allclose(merged(tokens).logits, with_adapter(tokens).logits, atol=1e-4)
+
+
+def test_bad_input_leaves_no_run_directory_behind(tiny_overrides, tmp_path, capsys):
+    overrides = tiny_overrides + [f"dataset_name={tmp_path / 'missing.jsonl'}"]
+    assert main_simple_fl.main(sum((["--set", o] for o in overrides), [])) == 2
+    assert "dataset_name" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+    assert main_simple_fl.main(sum((["--set", o] for o in tiny_overrides), []) + ["--set", "model.quantization=4",
+                                                                                   "--export-merged"]) == 2
+    assert "--export-merged: cannot merge into a quantized base" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
