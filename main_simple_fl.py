@@ -78,24 +78,30 @@ def scores_by_quality(config: Config) -> bool:
 
 
 def build_clients(config: Config, shards: list[list[dict]], model, tokenizer, work_dir: Path) -> list:
+    return [build_client(config, i, shard, model, tokenizer, work_dir) for i, shard in enumerate(shards)]
+
+
+def build_client(config: Config, client_id: int, shard: list[dict], model, tokenizer, work_dir: Path):
+    """One SFTClient with its privacy hook; the Flower ClientApp builds its single client with this too."""
     from client.privacy import local_privacy
     from client.sft import SFTClient
 
-    return [SFTClient(client_id=i, records=shard, model=model, tokenizer=tokenizer, settings=config.sft,
-                      local_steps=config.local_steps, seed=config.seed, work_dir=work_dir,
-                      use_cpu=config.model.device_map == "cpu",
-                      privacy=local_privacy(config.client, num_examples=len(shard), batch_size=config.sft.batch_size,
-                                            learning_rate=config.sft.learning_rate, local_steps=config.local_steps,
-                                            num_rounds=config.num_rounds, seed=config.seed, client_id=i))
-            for i, shard in enumerate(shards)]
+    return SFTClient(client_id=client_id, records=shard, model=model, tokenizer=tokenizer, settings=config.sft,
+                     local_steps=config.local_steps, seed=config.seed, work_dir=work_dir,
+                     use_cpu=config.model.device_map == "cpu",
+                     privacy=local_privacy(config.client, num_examples=len(shard), batch_size=config.sft.batch_size,
+                                           learning_rate=config.sft.learning_rate, local_steps=config.local_steps,
+                                           num_rounds=config.num_rounds, seed=config.seed, client_id=client_id))
 
 
-def run(config: Config, resume: str | None = None, export_merged: bool = False) -> Path:
+def run(config: Config, resume: str | None = None, export_merged: bool = False, fleet=None) -> Path:
+    """One whole run. `fleet` (the Flower ServerApp's) supplies clients on other machines and how to fit them;
+    without it the clients train here, in turn."""
     from flb.digests import adapter_digest
     from flb.modeling import get_adapter_state
     from flb.report import privacy_lines, summary_table, write_plots, write_summary
     from flb.rundir import RunDir
-    from server.coordinator import RoundCoordinator
+    from server.coordinator import RoundCoordinator, fit_in_turn
     from server.evaluation import Evaluator
     from server.strategy import build_strategy
 
@@ -108,14 +114,18 @@ def run(config: Config, resume: str | None = None, export_merged: bool = False) 
     run_dir = RunDir.open(resume) if resume else RunDir.create(config.output_dir, config.to_dict())
     _log_to(run_dir.path / "run.log")
     log.info("run directory: %s", run_dir.path)
-    clients = build_clients(config, shards, model, tokenizer, run_dir.path / "work")
+    if fleet is None:
+        clients, fit_all = build_clients(config, shards, model, tokenizer, run_dir.path / "work"), fit_in_turn
+    else:
+        clients, fit_all = fleet.clients, fleet.fit_all
     evaluator = Evaluator(model=model, tokenizer=tokenizer, records=eval_records, settings=config.eval, sft=config.sft,
                           work_dir=run_dir.path / "work", use_cpu=config.model.device_map == "cpu")
     ledger = open_ledger(config, run_dir.path)
     coordinator = RoundCoordinator(clients=clients, strategy=strategy, evaluate=evaluator.evaluate, ledger=ledger,
                                    run=run_dir, peft_config=model.peft_config["default"],
                                    clients_per_round=config.clients_per_round, min_clients=config.server.min_clients,
-                                   seed=config.seed, contribution_loss=evaluator.eval_loss if scores_by_quality(config) else None)
+                                   seed=config.seed, fit_all=fit_all,
+                                   contribution_loss=evaluator.eval_loss if scores_by_quality(config) else None)
     try:
         if resume:
             last_round, global_adapter, strategy_state, client_states = run_dir.read_checkpoint()
@@ -169,11 +179,15 @@ def _log_to(path: Path) -> None:
     logging.getLogger().addHandler(handler)
 
 
-def main(argv: list[str] | None = None) -> int:
+def configure_logging() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    for name in ("flb", "server", "client", "chain"):
+    for name in ("flb", "server", "client", "chain", "flb_flower"):
         logging.getLogger(name).setLevel(logging.INFO)
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)  # a CPU kernel hint on import, not a problem
+
+
+def main(argv: list[str] | None = None) -> int:
+    configure_logging()
     try:
         args = parse_args(argv)
         run(resolve_config(args), resume=args.resume, export_merged=args.export_merged)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 from flb.accounting import run_privacy
 from flb.digests import adapter_digest
@@ -18,6 +18,19 @@ from server.validation import validate_update
 
 log = logging.getLogger(__name__)
 _SAMPLING_STREAM = 0x5A
+FitAll = Callable[[Sequence[Client], AdapterState, int], list["ClientUpdate | Exception"]]
+
+
+def fit_in_turn(clients: Sequence[Client], global_adapter: AdapterState, round: int) -> list[ClientUpdate | Exception]:
+    """In-process clients share one model, so they train one after another; a failure is returned, not raised."""
+    results = []
+    for client in clients:
+        try:
+            results.append(client.fit(global_adapter, round))
+        except Exception as exc:  # one failing client must not end the round for the others
+            log.exception("round %d: client %d failed", round, client.client_id)
+            results.append(exc)
+    return results
 
 
 @dataclass
@@ -32,6 +45,7 @@ class RoundCoordinator:
     min_clients: int
     seed: int
     contribution_loss: Callable[[AdapterState], float] | None = None  # set: leave-one-out scores each round
+    fit_all: FitAll = fit_in_turn  # the Flower app sends to every sampled SuperNode at once
 
     def run_rounds(self, global_adapter: AdapterState, first_round: int, last_round: int) -> AdapterState:
         from tqdm.auto import trange
@@ -83,19 +97,13 @@ class RoundCoordinator:
     def collect(self, sampled: list[Client], global_adapter: AdapterState, round: int):
         """Fit every sampled client; keep the updates that validate, log why the others do not."""
         updates, rejected = [], []
-        for client in sampled:
-            try:
-                update = client.fit(global_adapter, round)
-                validate_update(update, global_adapter)
-            except UpdateRejected as exc:
-                log.warning("round %d: update rejected: %s", round, exc)
-                rejected.append({"client_id": client.client_id, "reason": str(exc)})
+        for client, result in zip(sampled, self.fit_all(sampled, global_adapter, round)):
+            reason = _rejection(result, global_adapter)
+            if reason is None:
+                updates.append(result)
                 continue
-            except Exception as exc:  # one failing client must not end the round for the others
-                log.exception("round %d: client %d failed", round, client.client_id)
-                rejected.append({"client_id": client.client_id, "reason": f"{type(exc).__name__}: {exc}"})
-                continue
-            updates.append(update)
+            log.warning("round %d: client %d update rejected: %s", round, client.client_id, reason)
+            rejected.append({"client_id": client.client_id, "reason": reason})
         return updates, rejected
 
     def _complete(self, round: int, global_adapter: AdapterState, updates: list[ClientUpdate], metrics: dict) -> None:
@@ -120,6 +128,17 @@ class RoundCoordinator:
         clients = {str(c.client_id): c.privacy_spent() for c in self.clients}
         privacy = run_privacy(self.strategy.privacy_spent(), {k: v for k, v in clients.items() if v})
         return {"privacy": privacy} if privacy else {}
+
+
+def _rejection(result: ClientUpdate | Exception, global_adapter: AdapterState) -> str | None:
+    """Why a fit result cannot be aggregated (the client failed, or its update does not validate); None if it can."""
+    if isinstance(result, Exception):
+        return f"{type(result).__name__}: {result}"
+    try:
+        validate_update(result, global_adapter)
+    except UpdateRejected as exc:
+        return str(exc)
+    return None
 
 
 def _client_metrics(update: ClientUpdate) -> dict:

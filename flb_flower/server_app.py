@@ -1,0 +1,29 @@
+"""The ServerApp: main_simple_fl.run with the clients on SuperNodes.
+
+Run config (pyproject.toml [tool.flwr.app.config], override with `flwr run . <connection> --run-config`):
+`flb-args` holds main_simple_fl's own flags (`--config`, `--set k=v`, `--resume`, `--use_server_dp`), so the
+config is the same config.yaml; the timeouts say how long to wait for nodes, for a query and for a round.
+"""
+from __future__ import annotations
+
+import shlex
+
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+
+app = ServerApp()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    import main_simple_fl
+    from flb_flower.fleet import Fleet
+
+    main_simple_fl.configure_logging()
+    settings = context.run_config
+    args = main_simple_fl.parse_args(shlex.split(str(settings["flb-args"])))
+    config = main_simple_fl.resolve_config(args)
+    fleet = Fleet(grid, config.to_dict(), round_timeout_s=float(settings["round-timeout-s"]),
+                  query_timeout_s=float(settings["query-timeout-s"]))
+    fleet.wait_for_clients(config.num_clients, float(settings["wait-for-nodes-s"]))
+    main_simple_fl.run(config, resume=args.resume, export_merged=args.export_merged, fleet=fleet)
