@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import warnings
 
-from flb.accounting import accountant_state, rdp_accountant, spent
+from flb.accounting import Accounted, rdp_accountant
 from flb.seeding import derived_seed
 from flb.types import AdapterState
 
@@ -21,7 +21,7 @@ _NOISE_STREAM = 0x5D
 _SAMPLING_STREAM = 0x5E
 
 
-class DPSGD:
+class DPSGD(Accounted):
     mechanism = "local_dpsgd"
 
     def __init__(self, *, clip_norm: float, noise_multiplier: float, delta: float, sample_rate: float,
@@ -78,15 +78,6 @@ class DPSGD:
     def privatize(self, local: AdapterState, global_adapter: AdapterState, round: int) -> AdapterState:
         return local  # already private: every step that made it was clipped and noised
 
-    def spent(self) -> dict:
-        return spent(self.accountant, mechanism=self.mechanism, delta=self.delta, noise_multiplier=self.noise_multiplier,
-                     clip_norm=self.clip_norm, sample_rate=self.sample_rate)
-
-    def state_dict(self) -> dict:
-        return {"accountant": accountant_state(self.accountant)}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.accountant = rdp_accountant(state.get("accountant"))
 
 
 def dp_step(module, optimizer, batch, device, autocast) -> float | None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from flb.accounting import accountant_state, noise_multiplier_for, rdp_accountant, spent, warn_if_delta_too_large
+from flb.accounting import Accounted, noise_multiplier_for, rdp_accountant, warn_if_delta_too_large
 from flb.adapter_math import add, add_gaussian_noise_inplace, clip_inplace, subtract
 from flb.config import ClientDPSettings, ClientSettings
 from flb.seeding import derived_seed
@@ -21,7 +21,7 @@ class UpdatePrivacy(Protocol):
     def privatize(self, local: AdapterState, global_adapter: AdapterState, round: int) -> AdapterState:
         """The adapter to send after training `local` from `global_adapter`."""
 
-    def spent(self) -> dict:
+    def privacy_spent(self) -> dict:
         """Epsilon so far and how it is computed (flb.accounting.spent); {} without DP."""
 
     def state_dict(self) -> dict: ...
@@ -33,7 +33,7 @@ class NoPrivacy:
     def privatize(self, local: AdapterState, global_adapter: AdapterState, round: int) -> AdapterState:
         return local
 
-    def spent(self) -> dict:
+    def privacy_spent(self) -> dict:
         return {}
 
     def state_dict(self) -> dict:
@@ -43,13 +43,14 @@ class NoPrivacy:
         pass
 
 
-class GaussianUpdate:
+class GaussianUpdate(Accounted):
     """Local DP on what leaves the client: the update delta = local - global is clipped to C in L2 over the
     whole adapter and N(0, (z C)^2) is added to every element; the clipped, noised delta is what is sent.
     Each participation is one Gaussian mechanism on the client's whole shard (sample rate 1), composed over
     the rounds the client takes part in (McMahan et al., 2018, https://arxiv.org/abs/1710.06963)."""
 
     mechanism = "local_update"
+    sample_rate = 1.0
 
     def __init__(self, *, clip_norm: float, noise_multiplier: float, delta: float, seed: int, client_id: int):
         self.clip_norm, self.noise_multiplier, self.delta = clip_norm, noise_multiplier, delta
@@ -63,18 +64,9 @@ class GaussianUpdate:
         clip_inplace(delta, self.clip_norm)
         generator = torch.Generator().manual_seed(derived_seed(self.seed, round, self.client_id, _NOISE_STREAM))
         add_gaussian_noise_inplace(delta, self.noise_multiplier * self.clip_norm, generator)
-        self.accountant.step(noise_multiplier=self.noise_multiplier, sample_rate=1.0)
+        self.accountant.step(noise_multiplier=self.noise_multiplier, sample_rate=self.sample_rate)
         return add(global_adapter, delta)
 
-    def spent(self) -> dict:
-        return spent(self.accountant, mechanism=self.mechanism, delta=self.delta, noise_multiplier=self.noise_multiplier,
-                     clip_norm=self.clip_norm, sample_rate=1.0)
-
-    def state_dict(self) -> dict:
-        return {"accountant": accountant_state(self.accountant)}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.accountant = rdp_accountant(state.get("accountant"))
 
 
 def local_privacy(settings: ClientSettings, *, num_examples: int, batch_size: int, learning_rate: float,

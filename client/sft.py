@@ -68,7 +68,7 @@ class SFTClient:
             client_id=self.client_id, round=round, tensors=local, num_examples=self.num_examples,
             train_loss=train_loss, wall_time_s=time.perf_counter() - started,
             num_bytes=sum(t.numel() * t.element_size() for t in local.values()), digest=adapter_digest(local),
-            privacy=self.privacy.spent(),
+            privacy=self.privacy.privacy_spent(),
         )
 
     def _train(self, round: int) -> float:
@@ -82,7 +82,7 @@ class SFTClient:
         return float(result.training_loss)
 
     def privacy_spent(self) -> dict:
-        return self.privacy.spent()
+        return self.privacy.privacy_spent()
 
     def state_dict(self) -> dict:
         return self.privacy.state_dict()

@@ -47,6 +47,22 @@ def spent(accountant, *, mechanism: str, delta: float, noise_multiplier: float, 
             "steps": sum(entry[2] for entry in accountant.history), **extra}
 
 
+class Accounted:
+    """What every DP mechanism shares: one opacus RDP accountant for the whole run, its epsilon report and its
+    checkpoint state. A mechanism sets `mechanism`, `accountant`, `delta`, `noise_multiplier`, `clip_norm` and
+    `sample_rate`."""
+
+    def privacy_spent(self) -> dict:
+        return spent(self.accountant, mechanism=self.mechanism, delta=self.delta, noise_multiplier=self.noise_multiplier,
+                     clip_norm=self.clip_norm, sample_rate=self.sample_rate)
+
+    def state_dict(self) -> dict:
+        return {"accountant": accountant_state(self.accountant)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.accountant = rdp_accountant(state.get("accountant"))
+
+
 def noise_multiplier_for(*, target_epsilon: float, delta: float, sample_rate: float, steps: int, key: str) -> float:
     """The smallest z (opacus' binary search, to 0.01 in epsilon) whose `steps` compositions at sample rate
     `sample_rate` spend at most `target_epsilon` at `delta`."""

@@ -14,7 +14,7 @@ import torch
 
 from flb.config import EvalSettings, SFTSettings
 from flb.modeling import set_adapter_state
-from flb.training import quiet_trainer, sft_config, to_dataset
+from flb.training import left_padded, quiet_trainer, sft_config, to_dataset
 from flb.types import AdapterState
 
 
@@ -70,16 +70,3 @@ class Evaluator:
                                      pad_token_id=self.tokenizer.pad_token_id)
         self.model.train(was_training)
         return self.tokenizer.batch_decode(output[:, input_ids.shape[1]:], skip_special_tokens=True)
-
-
-def left_padded(tokenizer, prompts: list[list[dict]]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Chat-templated prompts, left-padded so generation continues every row at the same column."""
-    texts = [tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=False) for p in prompts]
-    ids = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts]
-    width = max(map(len, ids))
-    input_ids = torch.full((len(ids), width), tokenizer.pad_token_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(ids), width), dtype=torch.long)
-    for row, sequence in enumerate(ids):
-        input_ids[row, width - len(sequence):] = torch.tensor(sequence)
-        attention_mask[row, width - len(sequence):] = 1
-    return input_ids, attention_mask

@@ -51,12 +51,12 @@ def test_epsilon_composes_over_participations_and_survives_a_checkpoint():
     spent = []
     for round_number in (1, 2, 3):
         privacy.privatize(trained(1.0), GLOBAL, round_number)
-        spent.append(privacy.spent()["epsilon"])
+        spent.append(privacy.privacy_spent()["epsilon"])
     assert spent[0] < spent[1] < spent[2]
     assert spent[2] == epsilon(rdp_accountant({"history": [[1.5, 1.0, 3]]}), 1e-5)
     resumed = gaussian(noise_multiplier=1.5)
     resumed.load_state_dict(json.loads(json.dumps(privacy.state_dict())))
-    assert resumed.spent() == privacy.spent()
+    assert resumed.privacy_spent() == privacy.privacy_spent()
 
 
 def settings(**dp):
@@ -72,14 +72,14 @@ def test_a_target_epsilon_is_met_over_the_planned_rounds():
     privacy = build(settings(mode="update", target_epsilon=8.0, noise_multiplier=None, delta=1e-5), num_rounds=3)
     for round_number in (1, 2, 3):
         privacy.privatize(trained(1.0), GLOBAL, round_number)
-    assert 7.9 < privacy.spent()["epsilon"] <= 8.0
+    assert 7.9 < privacy.privacy_spent()["epsilon"] <= 8.0
 
 
 def test_the_hook_follows_the_config(caplog):
     assert isinstance(local_privacy(ClientSettings(), num_examples=10, batch_size=4, learning_rate=1e-3,
                                     local_steps=2, num_rounds=2, seed=0, client_id=0), NoPrivacy)
     assert isinstance(build(settings(mode="update", noise_multiplier=1.0)), GaussianUpdate)
-    assert NoPrivacy().spent() == {} and NoPrivacy().state_dict() == {}
+    assert NoPrivacy().privacy_spent() == {} and NoPrivacy().state_dict() == {}
     with caplog.at_level(logging.WARNING):
         build(settings(mode="update", noise_multiplier=1.0, delta=0.05), num_examples=50)
     assert "client.dp.delta = 0.05 is >= 1/50" in caplog.text

@@ -37,7 +37,7 @@ def stream_reply(tokenizer, model, lock, messages: list[dict], adapter, temperat
     from transformers import TextIteratorStreamer
 
     from flb.modeling import set_adapter_state
-    from server.evaluation import left_padded
+    from flb.training import left_padded
 
     input_ids, attention_mask = left_padded(tokenizer, [messages])
     device = next(model.parameters()).device

@@ -17,7 +17,7 @@ import logging
 
 import torch
 
-from flb.accounting import accountant_state, rdp_accountant, spent
+from flb.accounting import Accounted, rdp_accountant
 from flb.adapter_math import add, add_gaussian_noise_inplace, clip_inplace, subtract
 from flb.errors import ConfigError
 from flb.seeding import derived_seed
@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 _NOISE_STREAM = 0xD9
 
 
-class DPFixedClipping(Strategy):
+class DPFixedClipping(Accounted, Strategy):
     mechanism = "dp_fixed_clipping"
 
     def __init__(self, strategy: Strategy, *, clip_norm: float, noise_multiplier: float, sample_rate: float,
@@ -71,12 +71,3 @@ class DPFixedClipping(Strategy):
         clip_inplace(delta, self.clip_norm)
         return dataclasses.replace(update, tensors=add(global_adapter, delta), num_examples=1)
 
-    def privacy_spent(self) -> dict:
-        return spent(self.accountant, mechanism=self.mechanism, delta=self.delta, noise_multiplier=self.noise_multiplier,
-                     clip_norm=self.clip_norm, sample_rate=self.sample_rate)
-
-    def state_dict(self) -> dict:
-        return {"accountant": accountant_state(self.accountant)}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.accountant = rdp_accountant(state.get("accountant"))
