@@ -17,7 +17,7 @@ from typing import Any, Optional
 
 import yaml
 
-from flb.errors import ConfigError
+from flb.errors import ConfigError, shown
 
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "config.yaml"
 
@@ -28,7 +28,8 @@ def _help(text: str, **kwargs):
 
 def _require(ok: bool, key: str, value: Any, allowed: str) -> None:
     if not ok:
-        raise ConfigError(f"{key}: invalid value {value!r}; allowed: {allowed}")
+        raise ConfigError(f"{key}: invalid value {shown(value)}; allowed: {allowed}")
+
 
 
 def _one_of(key: str, value: Any, options: tuple) -> None:
@@ -78,6 +79,26 @@ class SFTSettings:
         _require(self.learning_rate > 0, "sft.learning_rate", self.learning_rate, "a number > 0")
         _require(self.max_length >= 8, "sft.max_length", self.max_length, "an integer >= 8")
         _require(self.batch_size >= 1, "sft.batch_size", self.batch_size, "an integer >= 1")
+        for name, value in self.training_arguments.items():
+            _require(isinstance(name, str) and name.isidentifier(), "sft.training_arguments", name,
+                     "argument names of trl's SFTConfig")
+            # config.json must hold it: YAML dates, sets and self-referencing anchors are not JSON
+            _require(_json_like(value), f"sft.training_arguments.{name}", value,
+                     "null, true/false, a number, a string, or lists and mappings of those")
+
+
+def _json_like(value: Any, depth: int = 0) -> bool:
+    if depth > 20:
+        return False
+    if value is None or isinstance(value, (bool, int, str)):
+        return True
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, list):
+        return all(_json_like(item, depth + 1) for item in value)
+    if isinstance(value, dict):
+        return all(isinstance(key, str) and _json_like(item, depth + 1) for key, item in value.items())
+    return False
 
 
 def _probability(key: str, value: float) -> None:
@@ -95,9 +116,19 @@ class ClientDPSettings:
     target_epsilon: Optional[float] = _help("Epsilon the client may spend over the whole run (used when "
                                             "noise_multiplier is null).", default=8.0)
     delta: float = _help("Delta of the client's (epsilon, delta) guarantee.", default=1e-5)
+    adjacency: str = _help("The unit of privacy: add_remove (a shard, or one example with dpsgd, against none: "
+                           "sensitivity C) | replace (against any other: sensitivity 2C; update mode only).",
+                           default="add_remove")
+    allow_over_target: bool = _help("When a resumed run is extended past what target_epsilon allows, go on at the "
+                                    "current noise instead of refusing (--allow-over-budget; the summary records it).",
+                                    default=False)
 
     def __post_init__(self):
         _one_of("client.dp.mode", self.mode, ("update", "dpsgd"))
+        _one_of("client.dp.adjacency", self.adjacency, ("add_remove", "replace"))
+        _require(not (self.mode == "dpsgd" and self.adjacency == "replace"), "client.dp.adjacency", self.adjacency,
+                 "add_remove with client.dp.mode dpsgd (opacus' accountant for Poisson sampling is exact for "
+                 "add/remove only)")
         _require(self.clip_norm > 0, "client.dp.clip_norm", self.clip_norm, "a number > 0")
         _require(self.noise_multiplier is None or self.noise_multiplier >= 0, "client.dp.noise_multiplier",
                  self.noise_multiplier, "a number >= 0, or null to derive it from client.dp.target_epsilon")
@@ -137,12 +168,19 @@ class ServerSettings:
                                   "dp_adaptive_clipping starts from it.", default=1.0)
     noise_multiplier: float = _help("DP-FedAvg: z; noise sigma = z * C / m for m aggregated clients.", default=0.5)
     min_clients: int = _help("Fewest valid updates a round needs; with fewer the round is skipped.", default=1)
+    max_update_norm: Optional[float] = _help("Largest L2 norm (whole adapter) of an update's change to the global "
+                                             "adapter; null: 10 x the round's lower-median norm.", default=None)
+    max_client_failures: int = _help("Client failures other than timeouts and rejected updates a run tolerates "
+                                     "before it stops.", default=0)
     dp: ServerDPSettings = _help("Server-side DP accounting and adaptive clipping.", default_factory=ServerDPSettings)
 
     def __post_init__(self):
         _require(self.clip_threshold > 0, "server.clip_threshold", self.clip_threshold, "a number > 0")
         _require(self.noise_multiplier >= 0, "server.noise_multiplier", self.noise_multiplier, "a number >= 0")
         _require(self.min_clients >= 1, "server.min_clients", self.min_clients, "an integer >= 1")
+        _require(self.max_update_norm is None or self.max_update_norm > 0, "server.max_update_norm",
+                 self.max_update_norm, "a number > 0, or null for 10 x the round's lower-median update norm")
+        _require(self.max_client_failures >= 0, "server.max_client_failures", self.max_client_failures, "an integer >= 0")
 
 
 @dataclass(frozen=True)
@@ -164,7 +202,8 @@ class PartitionSettings:
 
     def __post_init__(self):
         _one_of("partition.method", self.method, ("iid", "dirichlet", "column"))
-        _require(self.alpha > 0, "partition.alpha", self.alpha, "a number > 0")
+        # numpy's Dirichlet sampler overflows to NaN shares far above this; Dir(1e6) is already an even split
+        _require(0 < self.alpha <= 1e6, "partition.alpha", self.alpha, "a number in (0, 1e6]")
 
 
 @dataclass(frozen=True)
@@ -189,6 +228,8 @@ class ChainSettings:
     keystore_dir: Optional[str] = _help("Folder of encrypted keystores admin.json, client_<i>.json (backend rpc).", default=None)
     password_env: str = _help("Environment variable holding the keystores' password.", default="FLB_KEYSTORE_PASSWORD")
     explorer_url: Optional[str] = _help("Link template per transaction, e.g. https://explorer.example/tx/{tx}.", default=None)
+    record_participants: bool = _help("Record each round's clients, update digests and scores; false records a salted "
+                                      "commitment to them instead (no scores).", default=True)
 
     def __post_init__(self):
         _one_of("chain.backend", self.backend, ("embedded", "anvil", "rpc"))
@@ -217,7 +258,8 @@ class Config:
     clients_per_round: int = _help("Clients sampled each round.", default=3)
     num_rounds: int = _help("Federated rounds.", default=2)
     local_steps: int = _help("Optimizer steps each sampled client takes per round.", default=10)
-    seed: int = _help("Seed of every random choice: data, sampling, training, noise.", default=42)
+    seed: int = _help("Seed of the random choices that decide no privacy: data split, initialisation, data order, "
+                      "sampling without DP (DP draws come from each party's secret generator).", default=42)
     output_dir: str = _help("Runs are written to output_dir/<run-id>/; output_dir/latest links the newest.", default="runs")
     chain_record: bool = _help("Record data uploads and rounds on the chain ledger (see chain.*).", default=True)
 
@@ -229,8 +271,23 @@ class Config:
                  f"an integer in [1, clients_per_round={self.clients_per_round}]")
         _require(self.num_rounds >= 1, "num_rounds", self.num_rounds, "an integer >= 1")
         _require(self.local_steps >= 1, "local_steps", self.local_steps, "an integer >= 1")
+        # numpy's and transformers' set_seed take 32-bit seeds
+        _require(0 <= self.seed < 2**32, "seed", self.seed, "an integer in [0, 2**32)")
         if self.strategy.name == "dp_adaptive_clipping":
             check_adaptive_noise(self.server.noise_multiplier, self.server.dp.clipped_count_stddev)
+        _require(not (self.uses_dp and self.chain_record and self.chain.scoring == "quality"), "chain.scoring",
+                 self.chain.scoring, "flb with differential privacy (quality scores publish each client's effect on "
+                 "the held-out loss, which no DP mechanism covers)")
+
+    @property
+    def server_dp(self) -> bool:
+        """The server aggregates with a DP strategy."""
+        return self.strategy.name in ("dp_fixed_clipping", "dp_adaptive_clipping")
+
+    @property
+    def uses_dp(self) -> bool:
+        """Some party adds DP noise: then privacy-deciding randomness is secret and the chain holds commitments."""
+        return self.server_dp or self.client.local_dp
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -246,12 +303,7 @@ def check_adaptive_noise(noise_multiplier: float, clipped_count_stddev: float) -
 def load_config(path: str | Path | None = None, overrides: list[str] = (), use_server_dp: bool | None = None) -> Config:
     """Read YAML (config.yaml by default), apply `a.b=value` overrides, build and validate."""
     path = Path(path) if path is not None else DEFAULT_CONFIG_PATH
-    if not path.is_file():
-        raise ConfigError(f"--config: file {str(path)!r} not found; pass an existing YAML file")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"--config: {str(path)!r} is not valid YAML ({_first_line(exc)}); fix the syntax") from None
+    data = _read_yaml(path)
     if not isinstance(data, dict):
         raise ConfigError(f"--config: {str(path)!r} must hold a mapping of keys, not {type(data).__name__}")
     for item in overrides:
@@ -261,14 +313,38 @@ def load_config(path: str | Path | None = None, overrides: list[str] = (), use_s
     return build(Config, data)
 
 
+# PyYAML raises more than YAMLError on bad input: ValueError for `2001-13-01`, RecursionError for deep
+# nesting, AttributeError for `!!timestamp x`.
+_YAML_FAILURES = (yaml.YAMLError, ValueError, RecursionError, AttributeError)
+
+
+def _read_yaml(path: Path) -> Any:
+    if not path.is_file():
+        raise ConfigError(f"--config: file {str(path)!r} not found; pass an existing YAML file")
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"--config: cannot read {str(path)!r} ({exc.strerror}); check its permissions") from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(f"--config: {str(path)!r} is not UTF-8 text (byte {data[exc.start]:#04x} on line {line}); "
+                          "save it as UTF-8") from None
+    try:
+        return yaml.safe_load(text) or {}
+    except _YAML_FAILURES as exc:
+        raise ConfigError(f"--config: {str(path)!r} is not valid YAML ({_first_line(exc)}); fix the syntax") from None
+
+
 def _apply_use_server_dp(data: dict, use_server_dp: bool) -> None:
-    """FLB's flag: true selects DP-FedAvg; false turns it off, keeping any other chosen strategy."""
+    """FLB's flag: true selects DP-FedAvg with fixed clipping; false means no server-side DP at all."""
     strategy = data.setdefault("strategy", {})
     if not isinstance(strategy, dict):
-        raise ConfigError(f"strategy: expected a mapping of keys, got {strategy!r}")
+        raise ConfigError(f"strategy: expected a mapping of keys, got {shown(strategy)}")
     if use_server_dp:
         strategy["name"] = "dp_fixed_clipping"
-    elif strategy.get("name") == "dp_fixed_clipping":
+    elif strategy.get("name") in ("dp_fixed_clipping", "dp_adaptive_clipping"):
         strategy["name"] = "fedavg"
 
 
@@ -284,10 +360,12 @@ def apply_override(data: dict, item: str) -> None:
         raise ConfigError(f"--set: {item!r} is not KEY=VALUE; write e.g. --set num_rounds=3")
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError:
+    except _YAML_FAILURES:
         value = raw
     node = data
     parts = key.strip().split(".")
+    if not all(parts):
+        raise ConfigError(f"--set: {key!r} has an empty part between dots; write e.g. --set model.lora.r=4")
     for part in parts[:-1]:
         child = node.setdefault(part, {})
         if not isinstance(child, dict):
@@ -299,16 +377,21 @@ def apply_override(data: dict, item: str) -> None:
 def build(cls, data: Any, prefix: str = ""):
     """Build dataclass `cls` from a mapping, rejecting unknown keys and values of the wrong type."""
     if not isinstance(data, dict):
-        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping of keys, got {data!r}")
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping of keys, got {shown(data)}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for key in data:
         if key not in fields:
             close = difflib.get_close_matches(str(key), fields, n=1)
             hint = f"did you mean {prefix}{close[0]!r}?" if close else f"valid keys: {', '.join(fields)}"
-            raise ConfigError(f"{prefix}{key}: unknown key; {hint}")
+            raise ConfigError(f"{prefix}{_key_text(key)}: unknown key; {hint}")
     hints = typing.get_type_hints(cls)
     kwargs = {name: _coerce(hints[name], data[name], prefix + name) for name in fields if name in data}
     return cls(**kwargs)
+
+
+def _key_text(key: Any) -> str:
+    """A key as typed, or its repr when it is not plain text (a YAML key may be a number or hold a newline)."""
+    return key if isinstance(key, str) and key.isprintable() and key.strip() == key != "" else shown(key)
 
 
 def _coerce(kind, value, key: str):
@@ -323,13 +406,15 @@ def _coerce(kind, value, key: str):
         return value
     if kind is int:
         _require(isinstance(value, int) and not isinstance(value, bool), key, value, "an integer")
+        _require(-2**63 <= value < 2**63, key, value, "an integer that fits in 64 bits")
         return value
     if kind is float:
         number = _to_float(value)
         _require(number is not None and math.isfinite(number), key, value, "a finite number")
         return number
     if kind is str:
-        _require(isinstance(value, str) and value != "", key, value, "a non-empty string")
+        _require(isinstance(value, str) and value != "" and "\0" not in value, key, value,
+                 "a non-empty string without NUL characters")
         return value
     if origin is list:
         _require(isinstance(value, list) and all(isinstance(v, str) for v in value), key, value, "a list of strings")
@@ -341,16 +426,12 @@ def _coerce(kind, value, key: str):
 
 
 def _to_float(value) -> float | None:
-    if isinstance(value, bool):
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
         return None
-    if isinstance(value, (int, float)):
-        return float(value)
-    if isinstance(value, str):
-        try:
-            return float(value)  # YAML 1.1 reads "1e-3" as a string
-        except ValueError:
-            return None
-    return None
+    try:
+        return float(value)  # YAML 1.1 reads "1e-3" as a string
+    except (ValueError, OverflowError):  # OverflowError: an integer beyond any float, 10**400
+        return None
 
 
 def _first_line(exc: Exception) -> str:

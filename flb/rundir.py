@@ -12,24 +12,33 @@ Layout:
 from __future__ import annotations
 
 import json
+import logging
 import os
 import secrets
 import time
 from pathlib import Path
 
-from flb.digests import adapter_digest, adapter_file_digest
-from flb.errors import RunDirError
+from flb.digests import adapter_digest
+from flb.errors import RunDirError, first_line
+from flb.redaction import redact_config
 from flb.types import AdapterState
 
 CHECKPOINT = "checkpoint.json"
 METRICS = "metrics.jsonl"
 CONFIG = "config.json"
+RESUMES = "resumes.jsonl"
+PRIVATE = "private"
+START_AGAIN = "the run cannot be resumed; start a new run"
+
+log = logging.getLogger(__name__)
 
 
-def write_json_atomic(path: Path, data) -> None:
-    """Write to a temporary file, fsync, then rename over the target: readers see old or new, never half."""
+def write_json_atomic(path: Path, data, mode: int = 0o644) -> None:
+    """Write to a temporary file, fsync, then rename over the target: readers see old or new, never half.
+    `mode` 0o600 keeps a party's private file from everyone else."""
     partial = path.with_name(path.name + ".partial")
-    with open(partial, "w") as handle:
+    descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(descriptor, "w") as handle:
         json.dump(data, handle, indent=2, sort_keys=True)
         handle.flush()
         os.fsync(handle.fileno())
@@ -42,23 +51,42 @@ class RunDir:
 
     @classmethod
     def create(cls, output_dir: str | Path, config: dict) -> "RunDir":
+        """A new run directory under output_dir; config.json holds `config` with credentials in URLs redacted."""
         output_dir = Path(output_dir)
         run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
         run = cls(output_dir / run_id)
-        run.path.mkdir(parents=True)
-        write_json_atomic(run.path / CONFIG, config)
+        _check_output_dir(output_dir)
+        try:
+            run.path.mkdir(parents=True)
+        except (OSError, ValueError) as exc:  # ValueError: a path the OS cannot represent
+            raise RunDirError(f"output_dir: cannot create {str(run.path)!r} ({first_line(exc)}); choose a folder you "
+                              "can write to") from None
+        write_json_atomic(run.path / CONFIG, redact_config(config))
         _point_latest(output_dir, run_id)
         return run
 
     @classmethod
     def open(cls, path: str | Path) -> "RunDir":
-        run = cls(Path(path).resolve())
+        try:
+            run = cls(Path(path).resolve())
+        except (OSError, ValueError, RuntimeError) as exc:  # a NUL byte, a symlink loop
+            raise RunDirError(f"--resume: {str(path)!r} is not a usable path ({first_line(exc)}); give "
+                              "output_dir/<run-id>") from None
         if not (run.path / CONFIG).is_file():
             raise RunDirError(f"--resume: {str(path)!r} is not a run directory (no {CONFIG}); give output_dir/<run-id>")
         return run
 
     def config(self) -> dict:
-        return json.loads((self.path / CONFIG).read_text())
+        config = _load_json(self.path / CONFIG)
+        if not isinstance(config, dict):
+            raise RunDirError(f"{str(self.path / CONFIG)!r} holds {type(config).__name__}, not a config; {START_AGAIN}")
+        return config
+
+    def private_dir(self, party: str) -> Path:
+        """RUN_DIR/private/<party>/, where a party keeps its secrets; private/ is readable by its owner only."""
+        root = self.path / PRIVATE
+        root.mkdir(mode=0o700, exist_ok=True)
+        return root / party
 
     def round_dir(self, round: int) -> Path:
         return self.path / f"round_{round}"
@@ -87,40 +115,133 @@ class RunDir:
             os.fsync(handle.fileno())
 
     def metrics(self) -> list[dict]:
+        """Every record of metrics.jsonl; a torn last line (a write cut short, or still going on) is left out."""
+        return self._read_metrics()[0]
+
+    def _read_metrics(self) -> tuple[list[dict], bool]:
+        """The records, and whether the last line was torn. A bad line anywhere else is a RunDirError."""
         path = self.path / METRICS
         if not path.exists():
-            return []
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+            return [], False
+        lines = [(number, line) for number, line in enumerate(_read_text(path).split("\n"), 1) if line.strip()]
+        records = []
+        for number, line in lines:
+            try:
+                record = json.loads(line)
+            except (ValueError, RecursionError):
+                if number == lines[-1][0]:
+                    return records, True
+                record = None
+            if not (isinstance(record, dict) and isinstance(record.get("round"), int)):
+                raise RunDirError(f"{str(path)!r} line {number} is not a metrics record; the file was damaged, "
+                                  f"{START_AGAIN}")
+            records.append(record)
+        return records, False
 
-    def write_checkpoint(self, round: int, adapter: AdapterState, strategy_state: dict, client_states: dict) -> None:
-        """Strategy and client states are JSON (privacy accountants, the adaptive clip norm), never pickles."""
+    def write_checkpoint(self, round: int, adapter: AdapterState, strategy_state: dict, declared: dict) -> None:
+        """The strategy's state (privacy accountant, adaptive clip norm) and what each client declared at round 0
+        (shard size, address), as JSON, never pickles. No party's secrets: those are in private/."""
         write_json_atomic(self.path / CHECKPOINT, {"round": round, "global_digest": adapter_digest(adapter),
-                                                   "strategy": strategy_state, "clients": client_states})
+                                                   "strategy": strategy_state, "declared": declared})
 
-    def read_checkpoint(self) -> tuple[int, AdapterState, dict, dict]:
-        """The last completed round, its global adapter (digest-checked), the strategy and client states.
+    def read_checkpoint(self) -> dict:
+        """The last completed round, its global adapter (digest-checked) as "adapter", the strategy's state and the
+        clients' declarations.
 
         metrics.jsonl lines written after that checkpoint (a round cut off mid-way) are dropped.
         """
-        from safetensors.torch import load_file
-
         path = self.path / CHECKPOINT
         if not path.is_file():
             raise RunDirError(f"--resume: {str(self.path)!r} has no {CHECKPOINT}; the run stopped before its first "
                               "round was saved, so start it again")
-        state = json.loads(path.read_text())
+        state = _load_json(path)
+        if not isinstance(state, dict):
+            raise RunDirError(f"--resume: {str(path)!r} holds {type(state).__name__}, not a checkpoint; {START_AGAIN}")
+        for key, kind in CHECKPOINT_KEYS.items():
+            if not _is(state.get(key), kind):
+                raise RunDirError(f"--resume: {str(path)!r} has no valid {key!r} (expected {kind.__name__}); "
+                                  f"{START_AGAIN}")
         weights = self.round_dir(state["round"]) / "adapter_model.safetensors"
-        if not weights.is_file() or adapter_file_digest(weights) != state["global_digest"]:
+        adapter = _load_adapter(weights)
+        if adapter is None or adapter_digest(adapter) != state["global_digest"]:
             raise RunDirError(f"--resume: {weights} is missing or does not match the checkpoint digest; the run "
                               "directory was modified")
         self._drop_metrics_after(state["round"])
-        return state["round"], load_file(str(weights)), state["strategy"], state.get("clients", {})
+        return {**state, "adapter": adapter}
+
+    def record_resume(self, config: dict) -> None:
+        """Write the resumed run's config back (redacted) and append what it changed to resumes.jsonl."""
+        before, after = self.config(), redact_config(config)
+        changed = _flat_diff(before, after)
+        with open(self.path / RESUMES, "a") as handle:
+            handle.write(json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "changed": changed},
+                                    sort_keys=True) + "\n")
+        write_json_atomic(self.path / CONFIG, after)
 
     def _drop_metrics_after(self, round: int) -> None:
-        kept = [m for m in self.metrics() if m["round"] <= round]
+        """Keep the lines of rounds up to `round`: later ones (and a torn last line) are from a round cut short."""
+        records, torn = self._read_metrics()
+        if torn:
+            log.warning("%s: dropped its torn last line (the run stopped while writing it)", self.path / METRICS)
+        kept = [m for m in records if m["round"] <= round]
         partial = self.path / (METRICS + ".partial")
         partial.write_text("".join(json.dumps(m, sort_keys=True) + "\n" for m in kept))
         os.replace(partial, self.path / METRICS)
+
+
+# what write_checkpoint writes and read_checkpoint needs back
+CHECKPOINT_KEYS = {"round": int, "global_digest": str, "strategy": dict, "declared": dict}
+
+
+def _is(value, kind: type) -> bool:
+    return isinstance(value, kind) and not (kind is int and isinstance(value, bool))
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_bytes().decode("utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RunDirError(f"{str(path)!r} cannot be read ({first_line(exc)}); {START_AGAIN}") from None
+
+
+def _load_json(path: Path):
+    try:
+        return json.loads(_read_text(path))
+    except (ValueError, RecursionError) as exc:  # an empty or truncated file, a crash mid-write
+        raise RunDirError(f"{str(path)!r} is not valid JSON ({first_line(exc)}); {START_AGAIN}") from None
+
+
+def _load_adapter(weights: Path):
+    """The tensors of a saved adapter, or None when the file is missing or not a whole safetensors file."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(weights))
+    except (OSError, SafetensorError):
+        return None
+
+
+def _check_output_dir(output_dir: Path) -> None:
+    """Refuse before creating anything: an output_dir that is a file, or a `latest` that is not our link."""
+    if output_dir.exists() and not output_dir.is_dir():
+        raise RunDirError(f"output_dir: {str(output_dir)!r} is a file, not a folder; choose another output_dir")
+    latest = output_dir / "latest"
+    if latest.exists() and not latest.is_symlink():
+        raise RunDirError(f"output_dir: {str(latest)!r} is not the link FLB keeps to the newest run; move it away "
+                          "or choose another output_dir")
+
+
+def _flat_diff(before: dict, after: dict, prefix: str = "") -> dict[str, tuple]:
+    """Dotted key -> (before, after) for every leaf value that differs."""
+    changed = {}
+    for key in sorted(set(before) | set(after)):
+        old, new = before.get(key), after.get(key)
+        if isinstance(old, dict) and isinstance(new, dict):
+            changed.update(_flat_diff(old, new, f"{prefix}{key}."))
+        elif old != new:
+            changed[f"{prefix}{key}"] = (old, new)
+    return changed
 
 
 def _point_latest(output_dir: Path, run_id: str) -> None:

