@@ -25,8 +25,10 @@ def runs(epsilons: list[float], config) -> list[tuple[str, float | None, list[st
     planned = []
     for epsilon in epsilons:
         local = ["client.local_dp=true", f"client.dp.target_epsilon={epsilon}", f"client.dp.delta={DELTA}"]
-        server_z = noise_multiplier_for(target_epsilon=epsilon, delta=DELTA, steps=config.num_rounds, key="--epsilons",
+        server_z = noise_multiplier_for(target_epsilon=epsilon, delta=DELTA, steps=config.num_rounds,
                                         sample_rate=config.clients_per_round / config.num_clients)
+        if server_z is None:
+            raise SystemExit(f"--epsilons: no noise multiplier reaches epsilon {epsilon} over {config.num_rounds} rounds")
         planned += [("update", epsilon, local + ["client.dp.mode=update"]),
                     ("dpsgd", epsilon, local + ["client.dp.mode=dpsgd"]),
                     ("server", epsilon, ["strategy.name=dp_fixed_clipping", f"server.noise_multiplier={server_z}",

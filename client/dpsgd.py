@@ -13,46 +13,45 @@ from __future__ import annotations
 import math
 import warnings
 
-from flb.accounting import Accounted, rdp_accountant
-from flb.seeding import derived_seed
+from flb.accounting import NoisePlan, PlannedNoise
+from flb.secret_random import SecretRandom
 from flb.types import AdapterState
 
-_NOISE_STREAM = 0x5D
-_SAMPLING_STREAM = 0x5E
 
+class DPSGD(PlannedNoise):
+    """Add/remove of one example of the client's shard: each step's per-example gradients are clipped to C and
+    N(0, (zC)^2) is added to their sum (replace adjacency is refused by the config: opacus' accountant is exact
+    for add/remove under Poisson sampling only)."""
 
-class DPSGD(Accounted):
     mechanism = "local_dpsgd"
 
-    def __init__(self, *, clip_norm: float, noise_multiplier: float, delta: float, sample_rate: float,
-                 learning_rate: float, local_steps: int, seed: int, client_id: int):
-        self.clip_norm, self.noise_multiplier, self.delta = clip_norm, noise_multiplier, delta
-        self.sample_rate, self.learning_rate, self.local_steps = sample_rate, learning_rate, local_steps
-        self.seed, self.client_id = seed, client_id
-        self.accountant = rdp_accountant()
+    def __init__(self, *, clip_norm: float, delta: float, sample_rate: float, learning_rate: float, local_steps: int,
+                 plan: NoisePlan):
+        self.clip_norm, self.delta, self.sample_rate = clip_norm, delta, sample_rate
+        self.learning_rate, self.local_steps = learning_rate, local_steps
+        super().__init__(plan, adjacency="add_remove")
 
-    def train(self, model, trainer, round: int) -> float:
+    def train(self, model, trainer, random: SecretRandom) -> float:
         """`local_steps` DP-SGD steps on `model`'s trainable (LoRA) parameters over `trainer`'s tokenized shard;
-        the mean loss of the batches."""
+        the mean loss of the batches. Batches and noise come from the client's secret generator."""
         import torch
         from opacus import GradSampleModule
-        from opacus.optimizers import DPOptimizer
 
         parameters = [p for p in model.parameters() if p.requires_grad]
         device = parameters[0].device
         module = GradSampleModule(model)
         try:
-            optimizer = DPOptimizer(
-                torch.optim.AdamW(parameters, lr=self.learning_rate, weight_decay=0.0),
+            optimizer = secret_noise_optimizer(
+                torch.optim.AdamW(parameters, lr=self.learning_rate, weight_decay=0.0), random=random,
                 noise_multiplier=self.noise_multiplier, max_grad_norm=self.clip_norm,
-                expected_batch_size=self.sample_rate * len(trainer.train_dataset),
-                generator=torch.Generator(device).manual_seed(self._seed(round, _NOISE_STREAM)))
+                expected_batch_size=self.sample_rate * len(trainer.train_dataset))
             optimizer.attach_step_hook(self.accountant.get_optimizer_hook_fn(sample_rate=self.sample_rate))
             module.train()
             with warnings.catch_warnings():  # opacus' hook on the first LoRA layer, whose input needs no gradient
                 warnings.filterwarnings("ignore", message="Full backward hook is firing")
-                batches = self._poisson_batches(trainer.train_dataset, trainer.data_collator, round)
-                losses = [dp_step(module, optimizer, batch, device, trainer.accelerator.autocast) for batch in batches]
+                losses = [dp_step(module, optimizer, batch, device, trainer.accelerator.autocast)
+                          for batch in poisson_batches(trainer.train_dataset, trainer.data_collator, self.sample_rate,
+                                                       self.local_steps, random)]
         finally:
             module._close()
             for p in parameters:
@@ -60,24 +59,33 @@ class DPSGD(Accounted):
         losses = [loss for loss in losses if loss is not None]
         return sum(losses) / len(losses) if losses else math.nan
 
-    def _poisson_batches(self, dataset, collator, round: int):
-        """`local_steps` batches; every example joins each one independently with probability q (opacus'
-        sampler). An empty batch comes out as None."""
-        import torch
-        from opacus.utils.uniform_sampler import UniformWithReplacementSampler
-        from torch.utils.data import DataLoader
-
-        sampler = UniformWithReplacementSampler(
-            num_samples=len(dataset), sample_rate=self.sample_rate, steps=self.local_steps,
-            generator=torch.Generator().manual_seed(self._seed(round, _SAMPLING_STREAM)))
-        return DataLoader(dataset, batch_sampler=sampler, collate_fn=lambda rows: collator(rows) if rows else None)
-
-    def _seed(self, round: int, stream: int) -> int:
-        return derived_seed(self.seed, round, self.client_id, stream)
-
-    def privatize(self, local: AdapterState, global_adapter: AdapterState, round: int) -> AdapterState:
+    def privatize(self, local: AdapterState, global_adapter: AdapterState, random: SecretRandom) -> AdapterState:
         return local  # already private: every step that made it was clipped and noised
 
+
+def poisson_batches(dataset, collator, sample_rate: float, steps: int, random: SecretRandom):
+    """`steps` batches; every example joins each one independently with probability `sample_rate`, decided by the
+    secret generator (Poisson sampling, what the accountant assumes). An empty batch comes out as None."""
+    for _ in range(steps):
+        chosen = random.bernoulli(len(dataset), sample_rate).nonzero()[0]
+        yield collator([dataset[int(i)] for i in chosen]) if len(chosen) else None
+
+
+def secret_noise_optimizer(optimizer, *, random: SecretRandom, **kwargs):
+    """opacus' DPOptimizer over `optimizer`, its Gaussian noise drawn from `random` instead of a torch generator
+    (whose state an observer of the seed could rebuild)."""
+    from opacus.optimizers import DPOptimizer
+    from opacus.optimizers.optimizer import _check_processed_flag, _mark_as_processed
+
+    class SecretNoiseDPOptimizer(DPOptimizer):
+        def add_noise(self):
+            std = self.noise_multiplier * self.max_grad_norm
+            for p in self.params:
+                _check_processed_flag(p.summed_grad)
+                p.grad = (p.summed_grad + random.normal(p.summed_grad.shape, std).to(p.summed_grad)).view_as(p)
+                _mark_as_processed(p.summed_grad)
+
+    return SecretNoiseDPOptimizer(optimizer, **kwargs)
 
 
 def dp_step(module, optimizer, batch, device, autocast) -> float | None:

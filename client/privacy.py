@@ -2,35 +2,36 @@
 
 `NoPrivacy` sends the adapter as is. `GaussianUpdate` is local DP on the update; `client.dpsgd.DPSGD`
 is sample-level DP in training. Each keeps an opacus accountant for the whole run, so its epsilon
-is cumulative, and hands its state to the checkpoint so a resumed run continues it.
+is cumulative, and hands its state to the client's private state (never to the server), so a resumed
+run continues it. Their noise comes from the client's secret generator (flb.secret_random).
 """
 from __future__ import annotations
 
 from typing import Protocol
 
-from flb.accounting import Accounted, noise_multiplier_for, rdp_accountant, warn_if_delta_too_large
+from flb.accounting import NoisePlan, PlannedNoise, warn_if_delta_too_large
 from flb.adapter_math import add, add_gaussian_noise_inplace, clip_inplace, subtract
 from flb.config import ClientDPSettings, ClientSettings
-from flb.seeding import derived_seed
+from flb.secret_random import SecretRandom
 from flb.types import AdapterState
-
-_NOISE_STREAM = 0x1D
 
 
 class UpdatePrivacy(Protocol):
-    def privatize(self, local: AdapterState, global_adapter: AdapterState, round: int) -> AdapterState:
-        """The adapter to send after training `local` from `global_adapter`."""
+    def privatize(self, local: AdapterState, global_adapter: AdapterState, random: SecretRandom) -> AdapterState:
+        """The adapter to send after training `local` from `global_adapter`; noise comes from the client's
+        secret generator."""
 
     def privacy_spent(self) -> dict:
         """Epsilon so far and how it is computed (flb.accounting.spent); {} without DP."""
 
     def state_dict(self) -> dict: ...
 
-    def load_state_dict(self, state: dict) -> None: ...
+    def restore(self, state: dict, rounds_done: int) -> None:
+        """Continue from `state_dict()` output saved after the client's round `rounds_done`."""
 
 
 class NoPrivacy:
-    def privatize(self, local: AdapterState, global_adapter: AdapterState, round: int) -> AdapterState:
+    def privatize(self, local: AdapterState, global_adapter: AdapterState, random: SecretRandom) -> AdapterState:
         return local
 
     def privacy_spent(self) -> dict:
@@ -39,38 +40,35 @@ class NoPrivacy:
     def state_dict(self) -> dict:
         return {}
 
-    def load_state_dict(self, state: dict) -> None:
+    def restore(self, state: dict, rounds_done: int) -> None:
         pass
 
 
-class GaussianUpdate(Accounted):
+class GaussianUpdate(PlannedNoise):
     """Local DP on what leaves the client: the update delta = local - global is clipped to C in L2 over the
     whole adapter and N(0, (z C)^2) is added to every element; the clipped, noised delta is what is sent.
     Each participation is one Gaussian mechanism on the client's whole shard (sample rate 1), composed over
-    the rounds the client takes part in (McMahan et al., 2018, https://arxiv.org/abs/1710.06963)."""
+    the rounds the client takes part in (McMahan et al., 2018, https://arxiv.org/abs/1710.06963). Under
+    add/remove adjacency (the shard against no shard) the delta moves by at most C; under replace (the shard
+    against any other) by 2C."""
 
     mechanism = "local_update"
     sample_rate = 1.0
 
-    def __init__(self, *, clip_norm: float, noise_multiplier: float, delta: float, seed: int, client_id: int):
-        self.clip_norm, self.noise_multiplier, self.delta = clip_norm, noise_multiplier, delta
-        self.seed, self.client_id = seed, client_id
-        self.accountant = rdp_accountant()
+    def __init__(self, *, clip_norm: float, delta: float, plan: NoisePlan, adjacency: str = "add_remove"):
+        self.clip_norm, self.delta = clip_norm, delta
+        super().__init__(plan, adjacency=adjacency)
 
-    def privatize(self, local: AdapterState, global_adapter: AdapterState, round: int) -> AdapterState:
-        import torch
-
+    def privatize(self, local: AdapterState, global_adapter: AdapterState, random: SecretRandom) -> AdapterState:
         delta = subtract(local, global_adapter)
         clip_inplace(delta, self.clip_norm)
-        generator = torch.Generator().manual_seed(derived_seed(self.seed, round, self.client_id, _NOISE_STREAM))
-        add_gaussian_noise_inplace(delta, self.noise_multiplier * self.clip_norm, generator)
-        self.accountant.step(noise_multiplier=self.noise_multiplier, sample_rate=self.sample_rate)
+        add_gaussian_noise_inplace(delta, self.noise_multiplier * self.clip_norm, random)
+        self.accountant.step(noise_multiplier=self.accounting_multiplier, sample_rate=self.sample_rate)
         return add(global_adapter, delta)
 
 
-
 def local_privacy(settings: ClientSettings, *, num_examples: int, batch_size: int, learning_rate: float,
-                  local_steps: int, num_rounds: int, seed: int, client_id: int) -> UpdatePrivacy:
+                  local_steps: int, num_rounds: int, client_id: int) -> UpdatePrivacy:
     """The privacy hook `client.local_dp` and `client.dp` ask for, for one client with `num_examples` records.
 
     A z derived from client.dp.target_epsilon is planned for the worst case, the client taking part in all
@@ -81,18 +79,15 @@ def local_privacy(settings: ClientSettings, *, num_examples: int, batch_size: in
     dp = settings.dp
     warn_if_delta_too_large(dp.delta, num_examples, "client.dp.delta", f"client {client_id}'s examples")
     if dp.mode == "update":
-        return GaussianUpdate(clip_norm=dp.clip_norm, noise_multiplier=_noise_multiplier(dp, 1.0, num_rounds),
-                              delta=dp.delta, seed=seed, client_id=client_id)
+        return GaussianUpdate(clip_norm=dp.clip_norm, delta=dp.delta, adjacency=dp.adjacency,
+                              plan=_plan(dp, num_rounds, steps_per_round=1))
     from client.dpsgd import DPSGD
 
-    sample_rate = min(1.0, batch_size / num_examples)
-    return DPSGD(clip_norm=dp.clip_norm, noise_multiplier=_noise_multiplier(dp, sample_rate, num_rounds * local_steps),
-                 delta=dp.delta, sample_rate=sample_rate, learning_rate=learning_rate,
-                 local_steps=local_steps, seed=seed, client_id=client_id)
+    return DPSGD(clip_norm=dp.clip_norm, delta=dp.delta, sample_rate=min(1.0, batch_size / num_examples),
+                 learning_rate=learning_rate, local_steps=local_steps,
+                 plan=_plan(dp, num_rounds, steps_per_round=local_steps))
 
 
-def _noise_multiplier(dp: ClientDPSettings, sample_rate: float, steps: int) -> float:
-    if dp.noise_multiplier is not None:
-        return dp.noise_multiplier
-    return noise_multiplier_for(target_epsilon=dp.target_epsilon, delta=dp.delta, sample_rate=sample_rate, steps=steps,
-                                key="client.dp.target_epsilon")
+def _plan(dp: ClientDPSettings, num_rounds: int, steps_per_round: int) -> NoisePlan:
+    return NoisePlan(noise_multiplier=dp.noise_multiplier, target_epsilon=dp.target_epsilon, num_rounds=num_rounds,
+                     steps_per_round=steps_per_round, allow_over_target=dp.allow_over_target)

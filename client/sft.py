@@ -1,7 +1,9 @@
 """A client that fine-tunes the shared LoRA model on its own shard with trl's SFTTrainer.
 
 The base model is shared by every client in the process: a client only swaps the adapter in,
-trains `local_steps`, and reads the adapter out. Its trainer (and so its tokenized shard) is built
+trains `local_steps`, and reads the adapter out. Randomness that decides privacy (noise, Poisson
+batches, salts) comes from the client's own secret generator; the rest (dropout, data order without
+DP-SGD) from the public seed, so a run without DP reproduces bit for bit. Its trainer (and so its tokenized shard) is built
 once and reused every round with a fresh optimizer. With DP-SGD the client trains with its own
 opacus loop over that trainer's tokenized shard and collator instead.
 """
@@ -16,17 +18,21 @@ from transformers import TrainerCallback
 
 from client.dpsgd import DPSGD
 from client.privacy import NoPrivacy, UpdatePrivacy
+from client.signing import ClientSigner
 from flb.config import SFTSettings
 from flb.digests import adapter_digest, records_digest
 from flb.modeling import get_adapter_state, set_adapter_state
+from flb.private_state import PrivateState
+from flb.secret_random import SecretRandom
 from flb.seeding import derived_seed
 from flb.training import quiet_trainer, sft_config, to_dataset
-from flb.types import AdapterState, ClientUpdate
+from flb.types import AdapterState, ClientUpdate, SignedUpload
 
 
 @dataclass
 class SFTClient:
-    """Implements flb.types.Client over a shared peft model."""
+    """Implements flb.types.Client over a shared peft model. Its secrets (generator, accountant, salts, key) live
+    in `private_dir`, which nothing on the server side reads."""
 
     client_id: int
     records: list[dict]
@@ -36,8 +42,10 @@ class SFTClient:
     local_steps: int
     seed: int
     work_dir: Path
+    private_dir: Path
     use_cpu: bool = True
     privacy: UpdatePrivacy = field(default_factory=NoPrivacy)
+    signer: ClientSigner | None = None  # None: the run records nothing on chain
     _trainer: object = field(init=False, repr=False)
 
     def __post_init__(self):
@@ -47,6 +55,16 @@ class SFTClient:
                           use_cpu=self.use_cpu, seed=self.seed)
         self._trainer = quiet_trainer(self.model, self.tokenizer, args, to_dataset(self.records))
         self._trainer.add_callback(StepProgress(f"client {self.client_id}"))
+        self.private = PrivateState(self.private_dir)
+        state = self.private.latest()
+        if state is None:
+            self.random, self.data_record = SecretRandom(), None
+            if self.signer is not None:
+                self.data_record = self.signer.recorded(self.data_digest, self.signer.disclosure.commit_data,
+                                                        self.random, self.private, "data upload")
+            self._save(0)
+        else:
+            self._restore(state)
 
     @property
     def num_examples(self) -> int:
@@ -56,26 +74,43 @@ class SFTClient:
     def data_digest(self) -> str:
         return records_digest(self.records)
 
+    @property
+    def address(self) -> str | None:
+        return self.signer.address if self.signer else None
+
+    def bind_ledger(self, domain) -> None:
+        self.signer.domain = domain
+
+    def data_upload(self) -> SignedUpload:
+        return self.signer.upload(self.data_record)
+
     def fit(self, global_adapter: AdapterState, round: int) -> ClientUpdate:
         from transformers import set_seed
 
         started = time.perf_counter()
+        self._restore(self.private.load_before(round))  # a round run again starts from the same secret state
         set_adapter_state(self.model, global_adapter)
         set_seed(derived_seed(self.seed, round, self.client_id))
-        train_loss = self._train(round)
-        local = self.privacy.privatize(get_adapter_state(self.model), global_adapter, round)
+        train_loss = self._train()
+        local = self.privacy.privatize(get_adapter_state(self.model), global_adapter, self.random)
+        digest = adapter_digest(local)
+        attestation = None if self.signer is None else self.signer.attest(
+            round=round, global_digest=adapter_digest(global_adapter), digest=digest, num_examples=self.num_examples,
+            random=self.random, private=self.private)
+        self._save(round)
         return ClientUpdate(
             client_id=self.client_id, round=round, tensors=local, num_examples=self.num_examples,
-            train_loss=train_loss, wall_time_s=time.perf_counter() - started,
-            num_bytes=sum(t.numel() * t.element_size() for t in local.values()), digest=adapter_digest(local),
-            privacy=self.privacy.privacy_spent(),
+            train_loss=None if self.privacy.privacy_spent() else train_loss,
+            wall_time_s=time.perf_counter() - started,
+            num_bytes=sum(t.numel() * t.element_size() for t in local.values()), digest=digest,
+            privacy=self.privacy.privacy_spent(), attestation=attestation,
         )
 
-    def _train(self, round: int) -> float:
+    def _train(self) -> float:
         """`local_steps` steps with trl's trainer, or with DP-SGD over that trainer's tokenized shard and collator."""
         trainer = self._trainer
         if isinstance(self.privacy, DPSGD):
-            return self.privacy.train(self.model, trainer, round)
+            return self.privacy.train(self.model, trainer, self.random)
         trainer.optimizer, trainer.lr_scheduler = None, None
         result = trainer.train()
         trainer.optimizer, trainer.lr_scheduler = None, None  # keep memory flat across clients
@@ -84,11 +119,15 @@ class SFTClient:
     def privacy_spent(self) -> dict:
         return self.privacy.privacy_spent()
 
-    def state_dict(self) -> dict:
-        return self.privacy.state_dict()
+    def _save(self, round: int) -> None:
+        self.private.save(round, {"random": self.random.state_dict(), "privacy": self.privacy.state_dict(),
+                                  "data_record": self.data_record})
 
-    def load_state_dict(self, state: dict) -> None:
-        self.privacy.load_state_dict(state)
+    def _restore(self, state: dict) -> None:
+        self.random = SecretRandom.from_state(state["random"])
+        self.data_record = state["data_record"]
+        if state["privacy"]:
+            self.privacy.restore(state["privacy"], state["round"])
 
 
 class StepProgress(TrainerCallback):

@@ -10,10 +10,12 @@ from __future__ import annotations
 import logging
 import math
 import warnings
+from dataclasses import dataclass
 
 from flb.errors import ConfigError
 
 log = logging.getLogger(__name__)
+MAX_NOISE_MULTIPLIER = 1e6
 
 
 def rdp_accountant(state: dict | None = None):
@@ -41,20 +43,32 @@ def epsilon(accountant, delta: float) -> float | None:
 
 def spent(accountant, *, mechanism: str, delta: float, noise_multiplier: float, clip_norm: float,
           sample_rate: float, **extra) -> dict:
-    """Epsilon with everything a reader needs to recompute it: mechanism, delta, z, C, q and steps."""
+    """Epsilon with everything a reader needs to recompute it: mechanism, delta, z, C, q, the step count and the
+    accountant's whole history of (z, q, steps) segments (opacus' RDPAccountant on it gives the same epsilon)."""
+    history = accountant_state(accountant)["history"]
     return {"mechanism": mechanism, "epsilon": epsilon(accountant, delta), "delta": delta,
             "noise_multiplier": noise_multiplier, "clip_norm": clip_norm, "sample_rate": sample_rate,
-            "steps": sum(entry[2] for entry in accountant.history), **extra}
+            "steps": sum(entry[2] for entry in history), "history": history, **extra}
 
 
 class Accounted:
     """What every DP mechanism shares: one opacus RDP accountant for the whole run, its epsilon report and its
-    checkpoint state. A mechanism sets `mechanism`, `accountant`, `delta`, `noise_multiplier`, `clip_norm` and
-    `sample_rate`."""
+    checkpoint state. A mechanism sets `mechanism`, `accountant`, `delta`, `noise_multiplier` (z: noise std is
+    z * C), `clip_norm` (C) and `sample_rate`. `sensitivity` is how far, in units of C, one unit of privacy can
+    move what is noised: 1 under add/remove adjacency, 2 under replace, so the accountant composes z / sensitivity.
+    """
+
+    adjacency = "add_remove"
+    sensitivity = 1.0
+
+    @property
+    def accounting_multiplier(self) -> float:
+        return self.noise_multiplier / self.sensitivity
 
     def privacy_spent(self) -> dict:
         return spent(self.accountant, mechanism=self.mechanism, delta=self.delta, noise_multiplier=self.noise_multiplier,
-                     clip_norm=self.clip_norm, sample_rate=self.sample_rate)
+                     clip_norm=self.clip_norm, sample_rate=self.sample_rate, adjacency=self.adjacency,
+                     sensitivity=self.sensitivity * self.clip_norm)
 
     def state_dict(self) -> dict:
         return {"accountant": accountant_state(self.accountant)}
@@ -63,19 +77,105 @@ class Accounted:
         self.accountant = rdp_accountant(state.get("accountant"))
 
 
-def noise_multiplier_for(*, target_epsilon: float, delta: float, sample_rate: float, steps: int, key: str) -> float:
-    """The smallest z (opacus' binary search, to 0.01 in epsilon) whose `steps` compositions at sample rate
-    `sample_rate` spend at most `target_epsilon` at `delta`."""
-    from opacus.accountants.utils import get_noise_multiplier
+@dataclass(frozen=True)
+class NoisePlan:
+    """How a client's z is chosen: `noise_multiplier` fixed, or (None) the smallest z whose worst case, the client
+    in every one of `num_rounds` rounds at `steps_per_round` accountant steps each, spends at most
+    `target_epsilon`. `allow_over_target` lets an extended run continue at the old z when no z can keep the total
+    within the target (the report then says so)."""
 
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Optimal order")
-            return float(get_noise_multiplier(target_epsilon=target_epsilon, target_delta=delta,
-                                              sample_rate=sample_rate, steps=steps, accountant="rdp"))
-    except ValueError:
-        raise ConfigError(f"{key}: invalid value {target_epsilon!r}; no noise multiplier up to 1e6 reaches it over "
-                          f"{steps} steps at delta {delta:g}; allow a larger epsilon or fewer rounds") from None
+    noise_multiplier: float | None
+    target_epsilon: float | None
+    num_rounds: int
+    steps_per_round: int
+    allow_over_target: bool = False
+
+
+class PlannedNoise(Accounted):
+    """A client mechanism whose z follows a NoisePlan. The plan is made once and kept in the private state; when
+    the run is extended (more rounds than planned) z is planned again for the remaining rounds on top of the
+    accountant's history, so the total stays within the target, or the run is refused."""
+
+    def __init__(self, plan: NoisePlan, *, adjacency: str):
+        self.plan, self.adjacency = plan, adjacency
+        self.sensitivity = 2.0 if adjacency == "replace" else 1.0
+        self.accountant = rdp_accountant()
+        self.planned_rounds, self.over_target = plan.num_rounds, False
+        self.noise_multiplier = self._planned_multiplier(rounds_done=0)
+
+    def _planned_multiplier(self, rounds_done: int) -> float:
+        plan = self.plan
+        if plan.noise_multiplier is not None:
+            return plan.noise_multiplier
+        remaining = (plan.num_rounds - rounds_done) * plan.steps_per_round
+        found = noise_multiplier_for(target_epsilon=plan.target_epsilon, delta=self.delta, sample_rate=self.sample_rate,
+                                     steps=max(remaining, 1), history=accountant_state(self.accountant)["history"])
+        if found is not None:
+            if rounds_done:
+                log.info("extended to %d rounds: noise multiplier z = %.4g for the remaining rounds keeps epsilon "
+                         "within %g", plan.num_rounds, found * self.sensitivity, plan.target_epsilon)
+            return found * self.sensitivity
+        spent_so_far = epsilon(self.accountant, self.delta)
+        if rounds_done == 0:
+            raise ConfigError(f"client.dp.target_epsilon: invalid value {plan.target_epsilon!r}; no noise multiplier up "
+                              f"to {MAX_NOISE_MULTIPLIER:g} reaches it over {remaining} steps at delta {self.delta:g}; "
+                              "allow a larger epsilon or fewer rounds")
+        if not plan.allow_over_target:
+            raise ConfigError(f"num_rounds: {plan.num_rounds} rounds would spend more than client.dp.target_epsilon = "
+                              f"{plan.target_epsilon:g} (already spent {spent_so_far:.3f} in {rounds_done} rounds); "
+                              "ask for fewer rounds, or pass --allow-over-budget to go on at the current noise")
+        log.warning("extending past client.dp.target_epsilon = %g as --allow-over-budget asks: the noise stays at "
+                    "z = %.4g and epsilon will exceed the target", plan.target_epsilon, self.noise_multiplier)
+        self.over_target = True
+        return self.noise_multiplier
+
+    def privacy_spent(self) -> dict:
+        report = super().privacy_spent()
+        if self.plan.target_epsilon is not None and self.plan.noise_multiplier is None:
+            report.update(target_epsilon=self.plan.target_epsilon, planned_rounds=self.planned_rounds)
+        if self.over_target:
+            report["over_target_allowed"] = True
+        return report
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "noise_multiplier": self.noise_multiplier, "planned_rounds": self.planned_rounds,
+                "over_target": self.over_target}
+
+    def restore(self, state: dict, rounds_done: int) -> None:
+        """Continue from a saved state after the client's round `rounds_done`; plan again if the run was extended."""
+        self.load_state_dict(state)
+        self.noise_multiplier = state["noise_multiplier"]
+        self.over_target = state.get("over_target", False)
+        if state["planned_rounds"] != self.plan.num_rounds:
+            self.noise_multiplier = self._planned_multiplier(rounds_done)
+            self.planned_rounds = self.plan.num_rounds
+
+
+def noise_multiplier_for(*, target_epsilon: float, delta: float, sample_rate: float, steps: int,
+                         history: list | tuple = (), tolerance: float = 0.01) -> float | None:
+    """The smallest z (binary search to `tolerance` in epsilon, as opacus' get_noise_multiplier) such that
+    `history` followed by `steps` steps at (z, sample_rate) spends at most `target_epsilon` at `delta`; None
+    when no z up to 1e6 does (the history alone may already spend the target)."""
+    accountant = rdp_accountant()
+
+    def spent_with(z: float) -> float:
+        accountant.history = [tuple(entry) for entry in history] + [(z, sample_rate, steps)]
+        value = epsilon(accountant, delta)
+        return math.inf if value is None else value
+
+    low, high = 0.0, 10.0
+    while (spent_high := spent_with(high)) > target_epsilon:
+        high *= 2
+        if high > MAX_NOISE_MULTIPLIER:
+            return None
+    while target_epsilon - spent_high > tolerance:
+        middle = (low + high) / 2
+        spent_middle = spent_with(middle)
+        if spent_middle < target_epsilon:
+            high, spent_high = middle, spent_middle
+        else:
+            low = middle
+    return high
 
 
 def warn_if_delta_too_large(delta: float, num_records: int, key: str, records: str) -> None:

@@ -33,11 +33,25 @@ def clip_inplace(state: AdapterState, clip_norm: float) -> float:
     return norm
 
 
-def add_gaussian_noise_inplace(state: AdapterState, std: float, generator) -> None:
-    """Add N(0, std^2) independently to every element, drawn from `generator` (a torch.Generator)."""
-    import torch
-
+def add_gaussian_noise_inplace(state: AdapterState, std: float, random) -> None:
+    """Add N(0, std^2) independently to every element, drawn from `random` (a flb.secret_random.SecretRandom,
+    so nobody but its owner can regenerate the noise)."""
     for name in sorted(state):
         tensor = state[name]
-        noise = torch.randn(tensor.shape, generator=generator, dtype=torch.float32)
-        tensor.add_((noise * std).to(tensor.dtype))
+        tensor.add_(random.normal(tensor.shape, std).to(tensor.dtype))
+
+
+def weighted_average(states_and_weights: list[tuple[AdapterState, float]]) -> AdapterState:
+    """sum_i w_i * state_i / sum_i w_i, per tensor, in float32 in list order, then cast back: FedAvg's mean, which
+    `python -m chain.explorer --verify --recompute` recomputes bit for bit from the published updates."""
+    import torch
+
+    total = float(sum(weight for _, weight in states_and_weights))
+    first = states_and_weights[0][0]
+    result = {}
+    for name, reference in first.items():
+        accumulator = torch.zeros_like(reference, dtype=torch.float32)
+        for state, weight in states_and_weights:
+            accumulator.add_(state[name].to(torch.float32), alpha=weight / total)
+        result[name] = accumulator.to(reference.dtype)
+    return result

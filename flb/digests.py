@@ -42,3 +42,27 @@ def records_digest(records: Iterable[dict]) -> str:
         hasher.update(json.dumps(record, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode())
         hasher.update(b"\n")
     return hasher.hexdigest()
+
+
+def json_digest(value) -> str:
+    """Hex sha256 of `value` as canonical JSON (sorted keys, no spaces)."""
+    return hashlib.sha256(json.dumps(value, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+def adapter_config_digest(source) -> str:
+    """Hex sha256 of an adapter_config.json as canonical JSON: of a peft adapter directory, or of a peft config
+    (saved the way every adapter directory of the run is). The tensors' digest says nothing of how they are
+    scaled (lora_alpha / r), so this one is anchored on chain too."""
+    import tempfile
+
+    if isinstance(source, (str, Path)):
+        config = json.loads((Path(source) / ADAPTER_CONFIG).read_text())
+        # peft writes sets (target_modules...) in hash order, which changes from process to process
+        return json_digest({key: sorted(value) if isinstance(value, list) and all(isinstance(v, str) for v in value)
+                            else value for key, value in config.items()})
+    with tempfile.TemporaryDirectory() as folder:
+        source.save_pretrained(folder)
+        return adapter_config_digest(folder)

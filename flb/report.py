@@ -26,7 +26,7 @@ def summary_table(metrics: list[dict]) -> str:
     epsilon so far when it uses DP."""
     train_loss = defaultdict(list)
     for m in metrics:
-        if m["kind"] == "client":
+        if m["kind"] == "client" and m["train_loss"] is not None:  # None: under local DP it stays with the client
             train_loss[m["round"]].append(m["train_loss"])
     private = any("privacy" in row for row in round_rows(metrics))
     lines = [f"{'round':>5} {'clients':>7} {'eval_loss':>9} {'ppl':>8} {'accuracy':>8} {'train_loss':>10} {'time_s':>7}"
@@ -53,11 +53,18 @@ def privacy_lines(metrics: list[dict]) -> list[str]:
     parts = ([("server", privacy["server"])] if "server" in privacy else []) + \
         [(f"client {client_id}", part) for client_id, part in clients]
     lines = [f"\nprivacy after round {rows[-1]['round']}: epsilon = {_epsilon(privacy['epsilon'])} for the run (the "
-             "largest below); each from opacus' RDP accountant over (z, q, steps) at its delta"]
+             "largest below); each from opacus' RDP accountant over its (z, q, steps) history at its delta"]
     for who, part in parts:
         lines.append(f"  {who:<9} epsilon = {_epsilon(part['epsilon'])} at delta = {part['delta']:g}: z = "
                      f"{part['noise_multiplier']:.4g}, C = {part['clip_norm']:.4g}, q = {part['sample_rate']:.4g}, "
-                     f"{part['steps']} steps; {MECHANISMS[part['mechanism']]}")
+                     f"{part['steps']} steps; {MECHANISMS[part['mechanism']]}"
+                     + ("; reported by the client" if who != "server" else "")
+                     + ("; OVER its target (--allow-over-budget)" if part.get("over_target_allowed") else ""))
+        known = part.get("known_participants")
+        if known:
+            lines.append(f"  {'':<9} epsilon = {_epsilon(known['epsilon'])} against anyone who knows who took part "
+                         f"(the ledger, metrics.jsonl): q = 1 over the {known['steps']} rounds of the most-sampled "
+                         "client")
     return lines
 
 
@@ -69,14 +76,25 @@ def _fmt(value, width: int, digits: int) -> str:
     return f"{'-':>{width}}" if value is None else f"{value:>{width}.{digits}f}"
 
 
-def write_summary(run: RunDir, final_digest: str) -> dict:
-    rows = [r for r in round_rows(run.metrics()) if not r.get("skipped")]
-    first, last = rows[0], rows[-1]
-    summary = {"run_dir": str(run.path), "rounds": last["round"], "final_adapter": str(run.path / "final_adapter"),
-               "final_digest": final_digest, "eval_loss": {"round_0": first.get("eval_loss"), "final": last.get("eval_loss")},
+def write_summary(run: RunDir, final_digest: str, config) -> dict:
+    """summary.json: the final adapter and its digest, loss and accuracy before and after, how many rounds
+    aggregated anything, the privacy spent (and whether a client went past its target as --allow-over-budget
+    allowed), and what the ledger publishes (flb.disclosure)."""
+    from flb.disclosure import Disclosure
+
+    rows = round_rows(run.metrics())
+    aggregated = [r for r in rows if not r.get("skipped")]
+    first, last = aggregated[0], aggregated[-1]
+    summary = {"run_dir": str(run.path), "rounds": rows[-1]["round"], "rounds_aggregated": len(aggregated) - 1,
+               "final_adapter": str(run.path / "final_adapter"), "final_digest": final_digest,
+               "eval_loss": {"round_0": first.get("eval_loss"), "final": last.get("eval_loss")},
                "accuracy": {"round_0": first.get("accuracy"), "final": last.get("accuracy")}}
-    if "privacy" in last:
-        summary["privacy"] = last["privacy"]
+    if "privacy" in rows[-1]:
+        summary["privacy"] = rows[-1]["privacy"]
+        summary["over_target_allowed"] = any(part.get("over_target_allowed")
+                                             for part in rows[-1]["privacy"].get("clients", {}).values())
+    if config.chain_record:
+        summary["disclosure"] = Disclosure.of(config).to_dict()
     write_json_atomic(run.path / "summary.json", summary)
     return summary
 
@@ -120,7 +138,7 @@ def write_plots(run: RunDir) -> list[Path]:
     fig, ax = plt.subplots(figsize=(6, 4))
     by_client = defaultdict(list)
     for m in metrics:
-        if m["kind"] == "client":
+        if m["kind"] == "client" and m["train_loss"] is not None:
             by_client[m["client_id"]].append((m["round"], m["train_loss"]))
     for client_id, points in sorted(by_client.items()):
         ax.plot(*zip(*points), marker="o", label=f"client {client_id}")

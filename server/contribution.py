@@ -9,6 +9,7 @@ move no adaptive clipping norm.
 """
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 from flb.types import AdapterState, ClientUpdate
@@ -19,15 +20,22 @@ POINTS_PER_LOSS = 1_000_000
 
 def leave_one_out_scores(eval_loss: Callable[[AdapterState], float], strategy: Strategy, state_before: dict,
                          global_adapter: AdapterState, updates: list[ClientUpdate], loss_all: float,
-                         round_number: int) -> list[int]:
+                         round_number: int) -> tuple[list[int], dict[int, str]]:
     """`loss_all` is the eval loss of the round's aggregate of every update; `state_before` is
-    `strategy.state_dict()` from before that aggregate."""
+    `strategy.state_dict()` from before that aggregate. Returns the scores and, for each client scored 0 because
+    a loss was not a finite number, why."""
     state_after = strategy.state_dict()
-    scores = []
-    for left_out in range(len(updates)):
+    scores, unscored = [], {}
+    for left_out, update in enumerate(updates):
         rest = updates[:left_out] + updates[left_out + 1:]
         strategy.load_state_dict(state_before)
         without = strategy.aggregate(global_adapter, rest, round_number, len(rest)) if rest else global_adapter
-        scores.append(max(0, round((eval_loss(without) - loss_all) * POINTS_PER_LOSS)))
+        loss_without = eval_loss(without)
+        if math.isfinite(loss_without) and math.isfinite(loss_all):
+            scores.append(max(0, round((loss_without - loss_all) * POINTS_PER_LOSS)))
+        else:
+            scores.append(0)
+            unscored[update.client_id] = (f"eval loss {loss_all:g} with it and {loss_without:g} without it is not "
+                                          "finite; scored 0")
     strategy.load_state_dict(state_after)
-    return scores
+    return scores, unscored

@@ -8,7 +8,6 @@ import pytest
 
 from flb.accounting import (accountant_state, epsilon, noise_multiplier_for, rdp_accountant, run_privacy, spent,
                             warn_if_delta_too_large)
-from flb.errors import ConfigError
 
 
 @pytest.mark.parametrize("z, q, steps", [(1.0, 1.0, 3), (0.8, 0.01, 200), (2.0, 0.3, 10)])
@@ -41,19 +40,30 @@ def test_no_noise_means_no_bound_and_spent_names_the_inputs():
     assert epsilon(accountant, 1e-5) is None
     report = spent(accountant, mechanism="local_update", delta=1e-5, noise_multiplier=0.0, clip_norm=2.0, sample_rate=1.0)
     assert report == {"mechanism": "local_update", "epsilon": None, "delta": 1e-5, "noise_multiplier": 0.0,
-                      "clip_norm": 2.0, "sample_rate": 1.0, "steps": 1}
+                      "clip_norm": 2.0, "sample_rate": 1.0, "steps": 1, "history": [[0.0, 1.0, 1]]}
 
 
 @pytest.mark.parametrize("target, q, steps", [(8.0, 1.0, 2), (2.0, 0.01, 50)])
 def test_noise_for_a_target_spends_at_most_the_target(target, q, steps):
-    z = noise_multiplier_for(target_epsilon=target, delta=1e-5, sample_rate=q, steps=steps, key="k")
+    from opacus.accountants.utils import get_noise_multiplier
+
+    z = noise_multiplier_for(target_epsilon=target, delta=1e-5, sample_rate=q, steps=steps)
     accountant = rdp_accountant({"history": [[z, q, steps]]})
     assert target - 0.05 < epsilon(accountant, 1e-5) <= target
+    assert z == get_noise_multiplier(target_epsilon=target, target_delta=1e-5, sample_rate=q, steps=steps)
 
 
-def test_an_unreachable_target_is_a_config_error():
-    with pytest.raises(ConfigError, match="client.dp.target_epsilon: invalid value 1e-09"):
-        noise_multiplier_for(target_epsilon=1e-9, delta=1e-5, sample_rate=1.0, steps=10, key="client.dp.target_epsilon")
+def test_noise_on_top_of_a_history_keeps_the_total_within_the_target():
+    history = [[1.5, 1.0, 2]]
+    z = noise_multiplier_for(target_epsilon=8.0, delta=1e-5, sample_rate=1.0, steps=3, history=history)
+    total = rdp_accountant({"history": history + [[z, 1.0, 3]]})
+    assert 7.95 < epsilon(total, 1e-5) <= 8.0
+
+
+def test_an_unreachable_target_gives_none():
+    assert noise_multiplier_for(target_epsilon=1e-9, delta=1e-5, sample_rate=1.0, steps=10) is None
+    spent_already = [[0.5, 1.0, 10]]
+    assert noise_multiplier_for(target_epsilon=2.0, delta=1e-5, sample_rate=1.0, steps=1, history=spent_already) is None
 
 
 def test_delta_of_one_over_n_or_more_warns(caplog):

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from flb.adapter_math import add, add_gaussian_noise_inplace, clip_inplace, l2_norm, subtract
+from flb.secret_random import SecretRandom
 
 
 def test_clip_bounds_the_whole_adapter_norm():
@@ -20,7 +21,7 @@ def test_clip_bounds_the_whole_adapter_norm():
 
 def test_noise_has_the_requested_std():
     state = {"w": torch.zeros(200_000)}
-    add_gaussian_noise_inplace(state, 0.25, torch.Generator().manual_seed(0))
+    add_gaussian_noise_inplace(state, 0.25, SecretRandom())
     assert state["w"].std().item() == pytest.approx(0.25, rel=0.01)
     assert state["w"].mean().item() == pytest.approx(0.0, abs=0.005)
 

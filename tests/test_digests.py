@@ -22,3 +22,17 @@ def test_digest_is_order_independent_and_sensitive_to_every_part(tmp_path):
 def test_records_digest_depends_on_content_and_order():
     assert records_digest([{"a": 1}, {"b": 2}]) != records_digest([{"b": 2}, {"a": 1}])
     assert records_digest([{"a": 1, "c": 2}]) == records_digest([{"c": 2, "a": 1}])
+
+
+def test_the_adapter_config_digest_is_the_same_in_every_process():
+    """peft writes target_modules (a set) in hash order: the digest must not depend on PYTHONHASHSEED."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("from peft import LoraConfig; from flb.digests import adapter_config_digest as d; "
+            "print(d(LoraConfig(r=8, lora_alpha=16, target_modules=['q_proj', 'v_proj', 'k_proj', 'o_proj'], "
+            "task_type='CAUSAL_LM')))")
+    digests = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                              env={**os.environ, "PYTHONHASHSEED": seed}).stdout.strip() for seed in ("1", "2", "3")}
+    assert len(digests) == 1 and len(digests.pop()) == 64

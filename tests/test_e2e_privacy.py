@@ -1,42 +1,60 @@
-"""Whole runs with DP through the real entry point: epsilon is reported, plotted and survives a resume."""
+"""Whole runs with DP through the real entry point: epsilon is reported and plotted, a resume restores every
+party's secret state exactly, and an extended run stays within the client's target epsilon."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import main_simple_fl
 from flb.config import load_config
 from flb.digests import adapter_file_digest
 
-PRIVATE = ["local_steps=2", "eval.size=8", "client.local_dp=true", "client.dp.mode=dpsgd",
-           "client.dp.noise_multiplier=1.0", "strategy.name=dp_adaptive_clipping"]
+PRIVATE = ["num_clients=3", "clients_per_round=2", "local_steps=2", "eval.size=8", "client.local_dp=true",
+           "client.dp.mode=dpsgd", "client.dp.noise_multiplier=1.0", "strategy.name=dp_adaptive_clipping"]
 
 
 def metrics(run_path):
     return [json.loads(line) for line in (run_path / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_epsilon_and_clip_norm_after_resume_equal_an_uninterrupted_run(tiny_overrides):
+def rounds(run_path):
+    return [m for m in metrics(run_path) if m["kind"] == "round"]
+
+
+def resume(run_path, *overrides):
+    args = ["--resume", str(run_path)] + [arg for override in overrides for arg in ("--set", override)]
+    return main_simple_fl.run(main_simple_fl.resolve_config(main_simple_fl.parse_args(args)), resume=str(run_path))
+
+
+def test_a_resumed_dp_run_ends_exactly_where_the_uninterrupted_one_does(tiny_overrides, monkeypatch, tmp_path):
+    """The run directory is copied as it stood after round 1 (secrets included); the uninterrupted run goes on to
+    round 2, the copy is resumed: every secret draw (sampling, DP-SGD batches and noise, server noise) repeats."""
+    from server import coordinator as coordinator_module
+
+    snapshot = tmp_path / "after-round-1"
+    complete = coordinator_module.RoundCoordinator._complete
+
+    def complete_and_copy(self, round, *args):
+        complete(self, round, *args)
+        if round == 1:
+            shutil.copytree(self.run.path, snapshot)
+
+    monkeypatch.setattr(coordinator_module.RoundCoordinator, "_complete", complete_and_copy)
     uninterrupted = main_simple_fl.run(load_config(None, tiny_overrides + PRIVATE))
-    cut_short = main_simple_fl.run(load_config(None, tiny_overrides + PRIVATE + ["num_rounds=1"]))
-    resumed = main_simple_fl.run(main_simple_fl.resolve_config(
-        main_simple_fl.parse_args(["--resume", str(cut_short), "--set", "num_rounds=2"])), resume=str(cut_short))
+    monkeypatch.undo()
+    resumed = resume(snapshot)
 
-    final = [json.loads((path / "checkpoint.json").read_text()) for path in (uninterrupted, resumed)]
-    assert final[0]["strategy"] == final[1]["strategy"] and final[0]["clients"] == final[1]["clients"]
-    assert [m for m in metrics(resumed) if m["kind"] == "round"][-1]["privacy"] == \
-        [m for m in metrics(uninterrupted) if m["kind"] == "round"][-1]["privacy"]
     assert adapter_file_digest(resumed / "final_adapter") == adapter_file_digest(uninterrupted / "final_adapter")
-
-    rounds = [m for m in metrics(uninterrupted) if m["kind"] == "round"]
-    server = [r["privacy"]["server"] for r in rounds]
+    assert rounds(resumed)[-1]["privacy"] == rounds(uninterrupted)[-1]["privacy"]
+    assert json.loads((resumed / "checkpoint.json").read_text())["strategy"] == \
+        json.loads((uninterrupted / "checkpoint.json").read_text())["strategy"]
+    server = [r["privacy"]["server"] for r in rounds(uninterrupted)]
     assert [s["steps"] for s in server] == [0, 1, 2] and server[1]["epsilon"] < server[2]["epsilon"]
-    assert server[2]["clip_norm"] == final[0]["strategy"]["clip_norm"] != 1.0  # adapted, and checkpointed
-    client_lines = [m for m in metrics(uninterrupted) if m["kind"] == "client"]
-    assert all(m["privacy"]["mechanism"] == "local_dpsgd" for m in client_lines)
-    assert rounds[-1]["privacy"]["epsilon"] == max([server[2]["epsilon"]] +
-                                                  [c["epsilon"] for c in rounds[-1]["privacy"]["clients"].values()])
+    assert server[2]["clip_norm"] != 1.0  # adapted, and restored
+    assert all(m["privacy"]["mechanism"] == "local_dpsgd" and m["train_loss"] is None
+               for m in metrics(uninterrupted) if m["kind"] == "client")
     summary = json.loads((uninterrupted / "summary.json").read_text())
-    assert summary["privacy"] == rounds[-1]["privacy"]
+    assert summary["privacy"] == rounds(uninterrupted)[-1]["privacy"] and summary["over_target_allowed"] is False
     assert (uninterrupted / "plots" / "epsilon.png").stat().st_size > 1000
 
 
@@ -44,8 +62,26 @@ def test_update_level_local_dp_reports_each_clients_epsilon(tiny_overrides, caps
     run_path = main_simple_fl.run(load_config(None, tiny_overrides + [
         "num_rounds=1", "local_steps=2", "eval.size=8", "client.local_dp=true", "client.dp.mode=update",
         "client.dp.target_epsilon=8", "client.dp.clip_norm=0.1"]))
-    last = [m for m in metrics(run_path) if m["kind"] == "round"][-1]
+    last = rounds(run_path)[-1]
     assert set(last["privacy"]["clients"]) == {"0", "1"} and "server" not in last["privacy"]
     assert all(7.9 < c["epsilon"] <= 8.0 for c in last["privacy"]["clients"].values())  # planned for num_rounds=1
     printed = capsys.readouterr().out
-    assert "privacy after round 1" in printed and "client 1" in printed and "z = " in printed
+    assert "privacy after round 1" in printed and "client 1" in printed and "reported by the client" in printed
+
+
+def test_an_extended_run_replans_its_noise_and_stays_within_the_target(tiny_overrides):
+    from opacus.accountants import RDPAccountant
+
+    first = main_simple_fl.run(load_config(None, tiny_overrides + [
+        "num_rounds=1", "local_steps=1", "eval.size=8", "client.local_dp=true", "client.dp.mode=update",
+        "client.dp.target_epsilon=8"]))
+    extended = resume(first, "num_rounds=3")
+    report = rounds(extended)[-1]["privacy"]["clients"]["0"]
+    assert 7.8 < report["epsilon"] <= 8.0 and report["planned_rounds"] == 3 and report["steps"] == 3
+    assert len(report["history"]) == 2 and report["history"][1][0] > report["history"][0][0]
+    reference = RDPAccountant()
+    reference.history = [tuple(entry) for entry in report["history"]]
+    assert reference.get_epsilon(delta=report["delta"]) == report["epsilon"]
+    assert json.loads((extended / "config.json").read_text())["num_rounds"] == 3
+    resumes = [json.loads(line) for line in (extended / "resumes.jsonl").read_text().splitlines()]
+    assert resumes[-1]["changed"] == {"num_rounds": [1, 3]}

@@ -10,8 +10,9 @@ import torch
 
 from flb.digests import adapter_digest
 from flb.errors import ConfigError
+from flb.secret_random import SecretRandom
 from flb.types import ClientUpdate
-from server.strategy.aggregate import weighted_average
+from flb.adapter_math import weighted_average
 from server.strategy.dp_adaptive_clipping import DPAdaptiveClipping
 from server.strategy.dp_fixed_clipping import DPFixedClipping
 from server.strategy.fedavg import FedAvg
@@ -40,7 +41,7 @@ def test_weighted_average_keeps_dtype():
 def test_dp_fixed_clipping_clips_deltas_and_averages_uniformly():
     global_adapter = update(9, [1, 1, 1, 1], 1).tensors
     updates = [update(0, [1 + 30, 1, 1, 1 + 40], 100), update(1, [1, 1, 1, 1], 1)]  # delta norms 50 and 0
-    strategy = DPFixedClipping(FedAvg(), clip_norm=5.0, noise_multiplier=0.0, sample_rate=1.0, delta=1e-5, seed=0)
+    strategy = DPFixedClipping(FedAvg(), clip_norm=5.0, noise_multiplier=0.0, sample_rate=1.0, delta=1e-5, random=SecretRandom())
     result = strategy.aggregate(global_adapter, updates, round=1, num_sampled=2)
     # clipped deltas [3,0,0,4] and 0, averaged UNIFORMLY (not 100:1), then added to global
     assert result["a"].tolist() == pytest.approx([2.5, 1.0])
@@ -50,7 +51,7 @@ def test_dp_fixed_clipping_clips_deltas_and_averages_uniformly():
 def test_dp_noise_std_is_z_c_over_m():
     global_adapter = {"w": torch.zeros(100_000)}
     updates = [ClientUpdate(i, 1, {"w": torch.zeros(100_000)}, 1, 0.0, 0.0, 0, "") for i in range(4)]
-    strategy = DPFixedClipping(FedAvg(), clip_norm=2.0, noise_multiplier=1.5, sample_rate=1.0, delta=1e-5, seed=3)
+    strategy = DPFixedClipping(FedAvg(), clip_norm=2.0, noise_multiplier=1.5, sample_rate=1.0, delta=1e-5, random=SecretRandom())
     result = strategy.aggregate(global_adapter, updates, round=1, num_sampled=4)
     assert strategy.last_noise_std == pytest.approx(1.5 * 2.0 / 4)
     assert result["w"].std().item() == pytest.approx(0.75, rel=0.02)
@@ -59,7 +60,7 @@ def test_dp_noise_std_is_z_c_over_m():
 def test_dp_warns_when_fewer_clients_return(caplog):
     global_adapter = {"w": torch.zeros(3)}
     updates = [ClientUpdate(0, 1, {"w": torch.ones(3)}, 1, 0.0, 0.0, 0, "")]
-    strategy = DPFixedClipping(FedAvg(), clip_norm=1.0, noise_multiplier=0.0, sample_rate=1.0, delta=1e-5, seed=0)
+    strategy = DPFixedClipping(FedAvg(), clip_norm=1.0, noise_multiplier=0.0, sample_rate=1.0, delta=1e-5, random=SecretRandom())
     strategy.aggregate(global_adapter, updates, 1, 3)
     assert "1 of 3 sampled clients" in caplog.text
 
@@ -68,18 +69,37 @@ def test_dp_warns_when_fewer_clients_return(caplog):
                                          ({"clip_norm": 1.0, "noise_multiplier": -1.0}, "server.noise_multiplier")])
 def test_dp_rejects_bad_parameters(kwargs, key):
     with pytest.raises(ConfigError, match=key):
-        DPFixedClipping(FedAvg(), sample_rate=1.0, delta=1e-5, seed=0, **kwargs)
+        DPFixedClipping(FedAvg(), sample_rate=1.0, delta=1e-5, random=SecretRandom(), **kwargs)
 
 
-def test_noise_is_reproducible_per_round():
+def test_noise_comes_from_the_servers_secret_generator_alone():
+    """Two servers with the same config draw different noise; the same secret state draws the same noise."""
     global_adapter = {"w": torch.zeros(10)}
     updates = [ClientUpdate(0, 1, {"w": torch.zeros(10)}, 1, 0.0, 0.0, 0, "")]
-    make = lambda: DPFixedClipping(FedAvg(), clip_norm=1.0, noise_multiplier=1.0, sample_rate=1.0, delta=1e-5, seed=7)
-    first = make().aggregate(global_adapter, updates, 2, 1)["w"]
-    again = make().aggregate(global_adapter, updates, 2, 1)["w"]
-    other_round = make().aggregate(global_adapter, updates, 3, 1)["w"]
-    assert torch.equal(first, again) and not torch.equal(first, other_round)
+    make = lambda random: DPFixedClipping(FedAvg(), clip_norm=1.0, noise_multiplier=1.0, sample_rate=1.0, delta=1e-5,
+                                          random=random)
+    secret = SecretRandom()
+    state = secret.state_dict()
+    first = make(secret).aggregate(global_adapter, updates, 2, 1)["w"]
+    replayed = make(SecretRandom.from_state(state)).aggregate(global_adapter, updates, 2, 1)["w"]
+    stranger = make(SecretRandom()).aggregate(global_adapter, updates, 2, 1)["w"]
+    assert torch.equal(first, replayed) and not torch.equal(first, stranger)
     assert math.isfinite(first.sum().item())
+
+
+def test_epsilon_against_someone_who_knows_the_participants_has_q_one():
+    from opacus.accountants import RDPAccountant
+
+    strategy = DPFixedClipping(FedAvg(), clip_norm=1.0, noise_multiplier=1.1, sample_rate=0.25, delta=1e-5,
+                               random=SecretRandom())
+    for round_number, clients in ((1, [0, 1]), (2, [0, 2]), (3, [0, 1])):
+        updates = [ClientUpdate(i, round_number, {"w": torch.zeros(4)}, 1, 0.0, 0.0, 0, "") for i in clients]
+        strategy.aggregate({"w": torch.zeros(4)}, updates, round_number, 2)
+    known = strategy.privacy_spent()["known_participants"]
+    reference = RDPAccountant()
+    reference.history = [(1.1, 1.0, 3)]  # client 0 took part in all 3 rounds
+    assert known["epsilon"] == reference.get_epsilon(delta=1e-5) > strategy.privacy_spent()["epsilon"]
+    assert known["history"] == [[1.1, 1.0, 3]]
 
 
 def zero_updates(count, size=4):
@@ -89,7 +109,7 @@ def zero_updates(count, size=4):
 def test_server_epsilon_is_opacus_rdp_over_rounds_at_q():
     from opacus.accountants import RDPAccountant
 
-    strategy = DPFixedClipping(FedAvg(), clip_norm=1.0, noise_multiplier=1.1, sample_rate=0.25, delta=1e-5, seed=0)
+    strategy = DPFixedClipping(FedAvg(), clip_norm=1.0, noise_multiplier=1.1, sample_rate=0.25, delta=1e-5, random=SecretRandom())
     reference = RDPAccountant()
     for round_number in range(1, 6):
         strategy.aggregate({"w": torch.zeros(4)}, zero_updates(2), round_number, 2)
@@ -100,7 +120,8 @@ def test_server_epsilon_is_opacus_rdp_over_rounds_at_q():
 
 
 def test_server_accountant_survives_a_json_round_trip():
-    make = lambda: DPFixedClipping(FedAvg(), clip_norm=1.0, noise_multiplier=0.8, sample_rate=0.5, delta=1e-5, seed=0)
+    make = lambda: DPFixedClipping(FedAvg(), clip_norm=1.0, noise_multiplier=0.8, sample_rate=0.5, delta=1e-5,
+                                   random=SecretRandom())
     first = make()
     for round_number in (1, 2):
         first.aggregate({"w": torch.zeros(4)}, zero_updates(2), round_number, 2)
@@ -114,7 +135,7 @@ def test_server_accountant_survives_a_json_round_trip():
 
 def adaptive(initial_clip_norm, **kwargs):
     settings = dict(noise_multiplier=1.0, target_quantile=0.5, learning_rate=0.5, clipped_count_stddev=5.0,
-                    sample_rate=1.0, delta=1e-5, seed=0)
+                    sample_rate=1.0, delta=1e-5, random=SecretRandom())
     return DPAdaptiveClipping(FedAvg(), initial_clip_norm=initial_clip_norm, **{**settings, **kwargs})
 
 

@@ -1,27 +1,11 @@
 """Aggregation math as pure functions over adapter states (dicts of tensors) and numbers; no I/O.
 
-Adapter arithmetic shared with the clients (difference, norm, clipping, noise) is in flb.adapter_math.
+Adapter arithmetic shared with the clients and the verifier (difference, norm, clipping, noise, the weighted
+mean) is in flb.adapter_math.
 """
 from __future__ import annotations
 
 import math
-
-import torch
-
-from flb.types import AdapterState
-
-
-def weighted_average(states_and_weights: list[tuple[AdapterState, float]]) -> AdapterState:
-    """sum_i w_i * state_i / sum_i w_i, per tensor, in float32 then cast back."""
-    total = float(sum(weight for _, weight in states_and_weights))
-    first = states_and_weights[0][0]
-    result = {}
-    for name, reference in first.items():
-        acc = torch.zeros_like(reference, dtype=torch.float32)
-        for state, weight in states_and_weights:
-            acc.add_(state[name].to(torch.float32), alpha=weight / total)
-        result[name] = acc.to(reference.dtype)
-    return result
 
 
 def dp_fedavg_noise_std(noise_multiplier: float, clip_norm: float, num_clients: int) -> float:
@@ -38,8 +22,13 @@ def adaptive_update_noise_multiplier(noise_multiplier: float, clipped_count_stdd
     return (noise_multiplier ** -2 - (2 * clipped_count_stddev) ** -2) ** -0.5
 
 
+MAX_CLIP_STEP = 30.0  # |log| of the largest factor one round may move C by: keeps C a finite positive number
+
+
 def next_clip_norm(clip_norm: float, unclipped_fraction: float, target_quantile: float, learning_rate: float) -> float:
     """C * exp(-eta * (b - gamma)): the geometric step that moves C towards the gamma-quantile of the update
     norms, b being the (noised) fraction of updates left unclipped (Andrew et al., 2021,
-    https://arxiv.org/abs/1905.03871, section 2)."""
-    return clip_norm * math.exp(-learning_rate * (unclipped_fraction - target_quantile))
+    https://arxiv.org/abs/1905.03871, section 2). A step is capped at e^30 either way (only absurd eta or
+    sigma_b reach it), so the norm never overflows to inf or underflows to 0."""
+    exponent = -learning_rate * (unclipped_fraction - target_quantile)
+    return clip_norm * math.exp(max(-MAX_CLIP_STEP, min(MAX_CLIP_STEP, exponent)))

@@ -12,13 +12,11 @@ from __future__ import annotations
 from flb.adapter_math import l2_norm, subtract
 from flb.config import check_adaptive_noise
 from flb.errors import ConfigError
-from flb.seeding import round_rng
+from flb.secret_random import SecretRandom
 from flb.types import AdapterState, ClientUpdate
 from server.strategy.aggregate import adaptive_update_noise_multiplier, next_clip_norm
 from server.strategy.base import Strategy
 from server.strategy.dp_fixed_clipping import DPFixedClipping
-
-_COUNT_NOISE_STREAM = 0xDA
 
 
 class DPAdaptiveClipping(DPFixedClipping):
@@ -26,8 +24,8 @@ class DPAdaptiveClipping(DPFixedClipping):
 
     def __init__(self, strategy: Strategy, *, initial_clip_norm: float, noise_multiplier: float,
                  target_quantile: float, learning_rate: float, clipped_count_stddev: float, sample_rate: float,
-                 delta: float, seed: int):
-        super().__init__(strategy, clip_norm=initial_clip_norm, noise_multiplier=noise_multiplier, seed=seed,
+                 delta: float, random: SecretRandom):
+        super().__init__(strategy, clip_norm=initial_clip_norm, noise_multiplier=noise_multiplier, random=random,
                          sample_rate=sample_rate, delta=delta)
         if not 0 < target_quantile < 1:
             raise ConfigError(f"server.dp.target_quantile: invalid value {target_quantile!r}; allowed: a number in (0, 1)")
@@ -46,7 +44,7 @@ class DPAdaptiveClipping(DPFixedClipping):
                   num_sampled: int) -> AdapterState:
         unclipped = sum(l2_norm(subtract(u.tensors, global_adapter)) <= self.clip_norm for u in updates)
         aggregated = super().aggregate(global_adapter, updates, round, num_sampled)
-        count_noise = round_rng(self.seed, round, _COUNT_NOISE_STREAM).normal(0.0, self.clipped_count_stddev)
+        count_noise = self.random.normal_scalar(self.clipped_count_stddev)
         self.clip_norm = next_clip_norm(self.clip_norm, (unclipped + count_noise) / len(updates),
                                         self.target_quantile, self.learning_rate)
         return aggregated

@@ -5,35 +5,36 @@ clipped updates are aggregated with UNIFORM weights (sigma = z * C / m is calibr
 unweighted mean of m updates); then N(0, sigma^2) is added to every element.
 McMahan et al., 2018, https://arxiv.org/abs/1710.06963
 
-Privacy: each round is one subsampled Gaussian step with q = clients_per_round / num_clients and
-multiplier z, composed over rounds by opacus' RDP accountant (flb.accounting). The clients are sampled
-without replacement, a fixed number per round; the RDP bound is the one for Poisson sampling at the
-same rate, as is usual for DP-FedAvg.
+Privacy: the unit is one client's whole update (add/remove a client: the sum moves by at most C). Each
+round is one subsampled Gaussian step with q = clients_per_round / num_clients and multiplier z, composed
+over rounds by opacus' RDP accountant (flb.accounting). The clients are sampled without replacement, a
+fixed number per round, by the server's secret generator; the RDP bound is the one for Poisson sampling
+at the same rate, as is usual for DP-FedAvg. That amplification holds only against someone who does not
+know who took part: against a reader of the ledger or of metrics.jsonl, each round a client took part in
+is a full Gaussian step (q = 1), which `privacy_spent()["known_participants"]` reports for the client
+sampled most often. The noise comes from the server's secret generator (flb.secret_random).
 """
 from __future__ import annotations
 
 import dataclasses
 import logging
 
-import torch
-
-from flb.accounting import Accounted, rdp_accountant
+from flb.accounting import Accounted, epsilon, rdp_accountant
 from flb.adapter_math import add, add_gaussian_noise_inplace, clip_inplace, subtract
 from flb.errors import ConfigError
-from flb.seeding import derived_seed
+from flb.secret_random import SecretRandom
 from flb.types import AdapterState, ClientUpdate
 from server.strategy.aggregate import dp_fedavg_noise_std
 from server.strategy.base import Strategy
 
 log = logging.getLogger(__name__)
-_NOISE_STREAM = 0xD9
 
 
 class DPFixedClipping(Accounted, Strategy):
     mechanism = "dp_fixed_clipping"
 
     def __init__(self, strategy: Strategy, *, clip_norm: float, noise_multiplier: float, sample_rate: float,
-                 delta: float, seed: int):
+                 delta: float, random: SecretRandom):
         if clip_norm <= 0:
             raise ConfigError(f"server.clip_threshold: invalid value {clip_norm!r}; allowed: a number > 0")
         if noise_multiplier < 0:
@@ -49,8 +50,9 @@ class DPFixedClipping(Accounted, Strategy):
         self.update_noise_multiplier = noise_multiplier  # the noise on the aggregate; adaptive clipping takes less
         self.sample_rate = sample_rate
         self.delta = delta
-        self.seed = seed
+        self.random = random
         self.accountant = rdp_accountant()
+        self.participations: dict[str, int] = {}
         self.last_noise_std = 0.0
 
     def aggregate(self, global_adapter: AdapterState, updates: list[ClientUpdate], round: int,
@@ -61,10 +63,28 @@ class DPFixedClipping(Accounted, Strategy):
         clipped = [self._clipped(global_adapter, update) for update in updates]
         aggregated = self.strategy.aggregate(global_adapter, clipped, round, num_sampled)
         self.last_noise_std = dp_fedavg_noise_std(self.update_noise_multiplier, self.clip_norm, len(updates))
-        generator = torch.Generator().manual_seed(derived_seed(self.seed, round, _NOISE_STREAM))
-        add_gaussian_noise_inplace(aggregated, self.last_noise_std, generator)
+        add_gaussian_noise_inplace(aggregated, self.last_noise_std, self.random)
         self.accountant.step(noise_multiplier=self.noise_multiplier, sample_rate=self.sample_rate)
+        for update in updates:
+            self.participations[str(update.client_id)] = self.participations.get(str(update.client_id), 0) + 1
         return aggregated
+
+    def privacy_spent(self) -> dict:
+        return {**super().privacy_spent(), "known_participants": self.known_participants_spent()}
+
+    def known_participants_spent(self) -> dict:
+        """Epsilon against someone who knows who took part: q = 1 over the rounds of the most-sampled client."""
+        most = max(self.participations.values(), default=0)
+        history = [[self.noise_multiplier, 1.0, most]] if most else []
+        return {"epsilon": epsilon(rdp_accountant({"history": history}), self.delta), "sample_rate": 1.0,
+                "steps": most, "history": history}
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "participations": dict(self.participations)}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.participations = dict(state.get("participations", {}))
 
     def _clipped(self, global_adapter: AdapterState, update: ClientUpdate) -> ClientUpdate:
         delta = subtract(update.tensors, global_adapter)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from flb.types import AdapterState, ClientUpdate
-from server.strategy.aggregate import weighted_average
+from flb.adapter_math import weighted_average
 from server.strategy.base import Strategy
 
 

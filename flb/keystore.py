@@ -1,0 +1,65 @@
+"""Signing keys: each party holds its own and never sends, prints or logs it.
+
+An encrypted eth-account keystore (scrypt JSON) whose password comes from an environment variable, for
+real chains; or, on the development chains, a key created for the run in its owner's private directory
+(a file only its owner can read, like an SSH key). eth_account is imported inside the functions.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from flb.errors import FLBError
+
+RUN_KEY_FILE = "signing_key"
+
+
+class KeystoreError(FLBError):
+    """A keystore is missing, unreadable, or its password is not set."""
+
+
+def keystore_password(password_env: str) -> str:
+    password = os.environ.get(password_env)
+    if not password:
+        raise KeystoreError(f"keystore password: environment variable {password_env} is not set; export it before running")
+    return password
+
+
+def load_keystore(path: str | Path, password: str):
+    """The account in an encrypted keystore file."""
+    from eth_account import Account
+
+    path = Path(path)
+    if not path.is_file():
+        raise KeystoreError(f"keystore {path}: not found; create it with "
+                            f"`python -m chain.accounts create --role {_role_of(path)} --out {path}`")
+    try:
+        key = Account.decrypt(json.loads(path.read_text()), password)
+    except ValueError:
+        raise KeystoreError(f"keystore {path}: cannot decrypt; check the password variable") from None
+    return Account.from_key(key)
+
+
+def run_key_account(private_dir: str | Path):
+    """The account whose key lives in `private_dir`, created there (mode 600) on first use."""
+    from eth_account import Account
+
+    path = Path(private_dir) / RUN_KEY_FILE
+    if not path.is_file():
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        partial = path.with_name(path.name + ".partial")
+        descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(Account.create().key.hex())
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(partial, path)
+    try:
+        return Account.from_key(bytes.fromhex(path.read_text().strip().removeprefix("0x")))
+    except ValueError:
+        raise KeystoreError(f"{path}: not a private key; delete it only if this party has recorded nothing yet") from None
+
+
+def _role_of(path: Path) -> str:
+    return "admin" if path.stem == "admin" else "client"
