@@ -1,9 +1,9 @@
-"""Who signs: an admin (the contract owner) and one account per client.
+"""The admin account (the contract owner, who sends every transaction) and encrypted keystores.
 
-Dev chains (embedded, anvil) use the public development mnemonic their genesis funds; real chains
-use encrypted JSON keystores (admin.json, client_<i>.json) whose password comes from an
-environment variable. Keys stay inside eth-account objects: never printed, logged or written
-unencrypted.
+Dev chains (embedded, anvil) use account 0 of the public development mnemonic their genesis funds;
+real chains use the encrypted JSON keystore admin.json whose password comes from an environment
+variable. Clients sign with their own keys (flb.keystore; client_<i>.json on a real chain), which
+this package never holds. Keys stay inside eth-account objects: never printed or logged.
 
     python -m chain.accounts create --role admin --out keys/admin.json
 """
@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from chain.errors import AccountError
+from flb.keystore import keystore_password, load_keystore
 
 DEV_MNEMONIC = "test test test test test test test test test test test junk"  # anvil's public dev mnemonic
 DEV_HD_PATH = "m/44'/60'/0'/0"
@@ -26,20 +27,11 @@ DEV_HD_PATH = "m/44'/60'/0'/0"
 @dataclass(frozen=True)
 class Accounts:
     admin: object = field(repr=False)
-    clients: tuple = field(repr=False)
-
-    def client(self, client_id: int):
-        if not 0 <= client_id < len(self.clients):
-            raise AccountError(f"client {client_id}: no account (the ledger has {len(self.clients)}); "
-                               "open the ledger with num_clients covering every client id")
-        return self.clients[client_id]
-
-    def public(self) -> dict:
-        return {"admin": self.admin.address, "clients": [a.address for a in self.clients]}
+    clients: tuple = field(repr=False, default=())  # dev chains' funded client accounts (tests, benchmarks)
 
 
 def dev_accounts(num_clients: int) -> Accounts:
-    """Account 0 of the dev mnemonic is the admin, account i+1 is client i."""
+    """Account 0 of the dev mnemonic is the admin, account i+1 is dev client i."""
     from eth_account import Account
 
     Account.enable_unaudited_hdwallet_features()
@@ -47,35 +39,12 @@ def dev_accounts(num_clients: int) -> Accounts:
     return Accounts(admin=derived[0], clients=tuple(derived[1:]))
 
 
-def keystore_accounts(keystore_dir: str | Path | None, password_env: str, num_clients: int) -> Accounts:
+def keystore_admin(keystore_dir: str | Path | None, password_env: str) -> Accounts:
+    """The admin (contract owner) from keystore_dir/admin.json; clients keep their own keystores."""
     if keystore_dir is None:
-        raise AccountError("chain.keystore_dir: not set; backend rpc needs admin.json and client_<i>.json keystores "
-                           "(create them with `python -m chain.accounts create`)")
-    password = keystore_password(password_env)
-    folder = Path(keystore_dir)
-    admin = load_keystore(folder / "admin.json", password)
-    clients = tuple(load_keystore(folder / f"client_{i}.json", password) for i in range(num_clients))
-    return Accounts(admin=admin, clients=clients)
-
-
-def keystore_password(password_env: str) -> str:
-    password = os.environ.get(password_env)
-    if not password:
-        raise AccountError(f"keystore password: environment variable {password_env} is not set; export it before running")
-    return password
-
-
-def load_keystore(path: Path, password: str):
-    from eth_account import Account
-
-    if not path.is_file():
-        raise AccountError(f"keystore {path}: not found; create it with "
-                           f"`python -m chain.accounts create --role {_role_of(path)} --out {path}`")
-    try:
-        key = Account.decrypt(json.loads(path.read_text()), password)
-    except ValueError:
-        raise AccountError(f"keystore {path}: cannot decrypt; check the password variable") from None
-    return Account.from_key(key)
+        raise AccountError("chain.keystore_dir: not set; backend rpc needs the admin's admin.json keystore "
+                           "(create it with `python -m chain.accounts create --role admin`)")
+    return Accounts(admin=load_keystore(Path(keystore_dir) / "admin.json", keystore_password(password_env)))
 
 
 def create_keystore(out: Path, password: str, iterations: int | None = None) -> str:
@@ -91,10 +60,6 @@ def create_keystore(out: Path, password: str, iterations: int | None = None) -> 
     with os.fdopen(descriptor, "w") as handle:
         json.dump(keystore, handle)
     return account.address
-
-
-def _role_of(path: Path) -> str:
-    return "admin" if path.stem == "admin" else "client"
 
 
 def _password_for_create(password_env: str) -> str:

@@ -12,7 +12,8 @@ const CONTRACT = "FLB";
 const SETTINGS = {
   evmVersion: "cancun", // solc 0.8.37 defaults to osaka, which py-evm and public chains reject
   optimizer: { enabled: true, runs: 200 },
-  outputSelection: { "*": { "*": ["abi", "evm.bytecode.object", "evm.deployedBytecode.object"] } },
+  viaIR: true, // recordRound's seven calldata arguments are too deep for the legacy code generator
+  outputSelection: { "*": { "*": ["abi", "metadata", "evm.bytecode.object", "evm.deployedBytecode.object"] } },
 };
 
 function findImports(importPath) {
@@ -34,10 +35,11 @@ function compile() {
   return {
     contractName: CONTRACT,
     sourceName: SOURCE,
-    compiler: { name: "solc", version: solc.version(), settings: { evmVersion: SETTINGS.evmVersion, optimizer: SETTINGS.optimizer } },
+    compiler: { name: "solc", version: solc.version(), settings: { evmVersion: SETTINGS.evmVersion, optimizer: SETTINGS.optimizer, viaIR: SETTINGS.viaIR } },
     abi: contract.abi,
     bytecode: "0x" + contract.evm.bytecode.object,
     deployedBytecode: "0x" + contract.evm.deployedBytecode.object,
+    metadata: contract.metadata, // solc's metadata JSON: what Sourcify/Etherscan need to verify the deployed code
   };
 }
 

@@ -9,28 +9,15 @@ import argparse
 import sys
 from pathlib import Path
 
-from chain.contract import flb_contract
-from chain.errors import ChainError
-from chain.transact import send_signed, sign_call
-
-RECEIPT_TIMEOUT_S = 120.0
-
-
-def deploy(w3, admin):
-    """Send the deployment signed by `admin` (who becomes the owner); returns the receipt."""
-    signed = sign_call(w3, admin, flb_contract(w3).constructor(admin.address), "contract deployment")
-    receipt = send_signed(w3, signed, RECEIPT_TIMEOUT_S)
-    if receipt["status"] != 1:
-        raise ChainError(f"contract deployment: transaction 0x{bytes(receipt['transactionHash']).hex()} failed; "
-                         "check the admin account's balance")
-    return receipt
+from chain.deployment import deploy
+from flb.errors import FLBError
 
 
 def main(argv: list[str] | None = None) -> int:
     from web3 import Web3
 
-    from chain.accounts import keystore_password, load_keystore
     from chain.backends import check_chain_id
+    from flb.keystore import keystore_password, load_keystore
 
     parser = argparse.ArgumentParser(prog="python -m chain.deploy", description="Deploy the FLB contract.")
     parser.add_argument("--rpc-url", required=True)
@@ -43,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
         w3 = Web3(Web3.HTTPProvider(args.rpc_url, request_kwargs={"timeout": 30}))
         check_chain_id(w3, args.chain_id, args.rpc_url)
         receipt = deploy(w3, admin)
-    except (ChainError, OSError) as exc:
+    except (FLBError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(f"FLB deployed at {receipt['contractAddress']} (owner {admin.address}, "

@@ -1,82 +1,36 @@
-"""Inspect and verify a run's audit trail.
+"""Inspect a run's audit trail, and verify a run directory against a chain node.
 
-    python -m chain.explorer RUN_DIR                        # from RUN_DIR/chain/trail.json
-    python -m chain.explorer --rpc URL --address ADDR       # live, from any node
-    python -m chain.explorer --verify RUN_DIR               # recompute adapter digests, compare to chain
+    python -m chain.explorer RUN_DIR                          # the trail the run exported (RUN_DIR/chain/trail.json)
+    python -m chain.explorer --rpc URL --address ADDR         # live, from any node
+    python -m chain.explorer RUN_DIR --verify [--recompute]   # the run's files against the chain
 
-Prints blocks, transactions, decoded calls and events, cumulative scores per client and per-round
-digests. --verify exits 1 naming each round and client whose file does not match the chain."""
+--verify never trusts the run's own trail.json: it reads the chain from a node, the run's rpc node or
+`--rpc URL`; where the only copy of the chain is one the run wrote itself (the embedded chain or an
+anvil state in RUN_DIR/chain) it reads that copy and says in its first line that this is a consistency
+check of a local export, not independent evidence. It exits 1 naming every file, signature or record
+that does not match (chain/verify.py says what is checked). Openings of salted commitments are read from
+`--openings DIR` and from RUN_DIR/private/*/ when present (their owners' files).
+"""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import shutil
 import sys
+import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
+from chain.deployment import check_same_chain
 from chain.errors import ChainError
 from chain.trail import collect_trail, contract_tx_hashes, read_trail
+from chain.verify import Report, rounds_from, scores_from, verify
+from flb.redaction import REDACTED, redact_text, redact_url
 
-
-def rounds_from(trail: dict) -> dict[int, dict]:
-    """Every RoundRecorded event: round -> global digest, clients, update digests, scores."""
-    rounds = {}
-    for event in _events(trail, "RoundRecorded"):
-        args = event["args"]
-        rounds[args["round"]] = {"global_digest": args["globalDigest"], "clients": args["clients"],
-                                 "update_digests": args["updateDigests"], "scores": args["scores"]}
-    return rounds
-
-
-def scores_from(trail: dict) -> dict[str, int]:
-    """Cumulative score per address: the sum of its ScoreAdd events."""
-    scores: dict[str, int] = {}
-    for event in _events(trail, "ScoreAdd"):
-        scores[event["args"]["user"]] = scores.get(event["args"]["user"], 0) + event["args"]["score"]
-    return scores
-
-
-def _events(trail: dict, name: str):
-    for tx in trail["transactions"]:
-        if tx["status"] == 1:
-            yield from (event for event in tx["events"] if event["event"] == name)
-
-
-def verify(run_dir: Path, trail: dict) -> tuple[list[str], int]:
-    """Problems found comparing RUN_DIR's adapter files with the chain, and how many files matched."""
-    problems, matched = [], 0
-    rounds = rounds_from(trail)
-    client_ids = {address: i for i, address in enumerate(trail.get("accounts", {}).get("clients", []))}
-    for number, record in sorted(rounds.items()):
-        folder = run_dir / f"round_{number}"
-        checks = [(folder / "adapter_model.safetensors", record["global_digest"], f"round {number} global adapter")]
-        for address, digest in zip(record["clients"], record["update_digests"]):
-            if address not in client_ids:
-                problems.append(f"round {number}: client address {address} is not an account of this run")
-                continue
-            client = client_ids[address]
-            checks.append((folder / "updates" / f"client_{client}.safetensors", digest, f"round {number} client {client}"))
-        for path, expected, what in checks:
-            problem = _check_file(path, expected, what)
-            problems += [problem] if problem else []
-            matched += problem is None
-    for number in sorted(_rounds_on_disk(run_dir) - rounds.keys()):
-        problems.append(f"round {number}: {run_dir / f'round_{number}'} exists but the chain holds no record of it")
-    return problems, matched
-
-
-def _check_file(path: Path, expected: str, what: str) -> str | None:
-    from flb.digests import adapter_file_digest
-
-    expected = expected.removeprefix("0x")
-    if not path.is_file():
-        return f"{what}: {path} is missing; the chain holds digest {expected}"
-    actual = adapter_file_digest(path)
-    return None if actual == expected else f"{what}: {path} has digest {actual} but the chain holds {expected}"
-
-
-def _rounds_on_disk(run_dir: Path) -> set[int]:
-    return {int(p.name[6:]) for p in run_dir.glob("round_*") if p.is_dir() and p.name[6:].isdigit()}
+INDEPENDENT = "verify: reading {source}, a node independent of the run directory"
+LOCAL_EXPORT = ("verify: a consistency check of a local export, not independent evidence: the only copy of this "
+                "chain is the one the run wrote itself ({source}); check against a node with --rpc URL")
 
 
 def format_trail(trail: dict) -> list[str]:
@@ -98,9 +52,14 @@ def format_trail(trail: dict) -> list[str]:
     lines += [f"  {name(address)}  {score}" for address, score in sorted(scores_from(trail).items(), key=lambda kv: names.get(kv[0], kv[0]))]
     lines += ["", "rounds"]
     for number, record in sorted(rounds_from(trail).items()):
-        lines.append(f"  round {number}  global adapter {record['global_digest']}")
-        for address, digest, score in zip(record["clients"], record["update_digests"], record["scores"]):
-            lines.append(f"    {name(address)}  update {digest}  score {score}")
+        lines.append(f"  round {number}  global adapter 0x{record['global_digest']}")
+        if "participants_commitment" in record:
+            lines.append(f"    participants sealed: commitment 0x{record['participants_commitment']}")
+            continue
+        for address, digest, count, score in zip(record["clients"], record["update_digests"], record["num_examples"],
+                                                 record["scores"]):
+            lines.append(f"    {name(address)}  update 0x{digest}  examples {count}  score {score}")
+    lines += [f"resent: {entry['record']}: {entry['note']}" for entry in trail.get("resent", [])]
     return lines
 
 
@@ -129,30 +88,93 @@ def account_names(trail: dict) -> dict[str, str]:
     return names
 
 
-def live_trail(rpc_url: str, address: str, from_block: int, run_dir: Path | None, explorer_url: str | None) -> dict:
-    from web3 import Web3
-    from web3.middleware import ExtraDataToPOAMiddleware
-
-    w3 = Web3(Web3.HTTPProvider(rpc_url, request_kwargs={"timeout": 30}))
-    w3.middleware_onion.inject(ExtraDataToPOAMiddleware, layer=0)
-    accounts_file = run_dir / "chain" / "accounts.json" if run_dir else None
-    accounts = json.loads(accounts_file.read_text()) if accounts_file and accounts_file.is_file() else {}
-    meta = {"backend": "rpc", "chain": f"rpc at {rpc_url}", "chain_id": w3.eth.chain_id, "accounts": accounts,
+def live_trail(w3, address: str, from_block: int, accounts: dict, description: str, explorer_url=None) -> dict:
+    """The trail as a node holds it now: every transaction that emitted an event of the contract, decoded."""
+    meta = {"backend": "node", "chain": description, "chain_id": w3.eth.chain_id, "accounts": accounts,
             "explorer_url": explorer_url}
     return collect_trail(w3, address, contract_tx_hashes(w3, address, from_block), meta)
 
 
-def load(args) -> dict:
-    run_dir = args.verify or args.run_dir
-    if args.rpc:
+@contextlib.contextmanager
+def chain_of_run(run_dir: Path, rpc: str | None):
+    """(w3, first line) for the chain `run_dir` was recorded on: `rpc`, the run's rpc node, or the run's own
+    copy (embedded chain file, anvil state) read from a scratch copy that is never written back."""
+    from web3 import Web3
+
+    deployment = _deployment(run_dir)
+    backend = deployment.get("backend")
+    if rpc or backend == "rpc":
+        url = rpc or json.loads((run_dir / "config.json").read_text())["chain"]["rpc_url"]
+        if REDACTED in url:
+            raise ChainError("--verify: the run's chain.rpc_url is stored with its credentials redacted; pass --rpc URL")
+        yield Web3(Web3.HTTPProvider(url, request_kwargs={"timeout": 30})), INDEPENDENT.format(source=redact_url(url))
+        return
+    with tempfile.TemporaryDirectory() as scratch:
+        if backend == "embedded":
+            from chain.embedded import EMBEDDED_CHAIN_FILE, open_embedded_export
+
+            source = run_dir / "chain" / EMBEDDED_CHAIN_FILE
+            yield open_embedded_export(source), LOCAL_EXPORT.format(source=source)
+        elif backend == "anvil":
+            from chain.anvil import AnvilProcess
+            from chain.backends import ANVIL_STATE_FILE
+
+            source = run_dir / "chain" / ANVIL_STATE_FILE
+            copy = Path(scratch) / ANVIL_STATE_FILE
+            shutil.copyfile(source, copy)
+            anvil = AnvilProcess(copy, num_accounts=1)
+            anvil.start()
+            try:
+                yield Web3(Web3.HTTPProvider(anvil.url)), LOCAL_EXPORT.format(source=source)
+            finally:
+                anvil.stop()
+        else:
+            raise ChainError(f"--verify: {run_dir / 'chain' / 'deployment.json'} names backend {backend!r}; "
+                             "pass --rpc URL of the node that holds the run's contract")
+
+
+def _deployment(run_dir: Path) -> dict:
+    path = run_dir / "chain" / "deployment.json"
+    if not path.is_file():
+        raise ChainError(f"{path}: not found; this run recorded nothing on a chain (chain_record: false?)")
+    return json.loads(path.read_text())
+
+
+def read_openings(folders: list[Path]) -> dict[str, dict]:
+    """Commitment -> opening, from every openings.json in `folders` (a party's private directory)."""
+    openings = {}
+    for folder in folders:
+        path = Path(folder) / "openings.json"
+        if path.is_file():
+            openings.update(json.loads(path.read_text()))
+    return openings
+
+
+def verify_run(run_dir: Path, rpc: str | None, openings: list[Path], recompute: bool) -> tuple[str, Report]:
+    """The first line saying what was read, and the report."""
+    deployment = _deployment(run_dir)
+    accounts_path = run_dir / "chain" / "accounts.json"
+    accounts = json.loads(accounts_path.read_text()) if accounts_path.is_file() else {}
+    with chain_of_run(run_dir, rpc) as (w3, first_line):
+        check_same_chain(w3, deployment, w3.eth.chain_id, "the node --verify reads")
+        trail = live_trail(w3, deployment["address"], deployment.get("block") or 0, accounts, first_line)
+    owners = [p for p in (run_dir / "private").glob("*") if p.is_dir()] if (run_dir / "private").is_dir() else []
+    return first_line, verify(run_dir, trail, openings=read_openings(owners + openings), recompute=recompute)
+
+
+def load_trail(args) -> dict:
+    if args.rpc and not args.run_dir:
+        from web3 import Web3
+
         if not args.address:
-            raise ChainError("--rpc needs --address ADDR, the FLB contract to read")
-        return live_trail(args.rpc, args.address, args.from_block, run_dir, args.explorer_url)
-    if run_dir is None:
+            raise ChainError("--rpc needs --address ADDR (the FLB contract) or a RUN_DIR")
+        w3 = Web3(Web3.HTTPProvider(args.rpc, request_kwargs={"timeout": 30}))
+        return live_trail(w3, args.address, args.from_block, {}, f"rpc at {redact_url(args.rpc)}", args.explorer_url)
+    if args.run_dir is None:
         raise ChainError("give a RUN_DIR, or --rpc URL --address ADDR for a live chain")
-    trail = read_trail(run_dir)
+    trail = read_trail(args.run_dir)
     if trail is None:
-        raise ChainError(f"{run_dir / 'chain' / 'trail.json'}: not found; run with chain_record: true, "
+        raise ChainError(f"{args.run_dir / 'chain' / 'trail.json'}: not found; run with chain_record: true, "
                          "or read a live chain with --rpc URL --address ADDR")
     if args.explorer_url:
         trail["explorer_url"] = args.explorer_url
@@ -161,26 +183,34 @@ def load(args) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m chain.explorer", description=__doc__.splitlines()[0])
-    parser.add_argument("run_dir", nargs="?", type=Path, help="a run directory (reads RUN_DIR/chain/trail.json)")
-    parser.add_argument("--verify", type=Path, metavar="RUN_DIR", help="check RUN_DIR's adapter files against the chain")
-    parser.add_argument("--rpc", metavar="URL", help="read a live chain instead of the run's exported trail")
-    parser.add_argument("--address", help="the FLB contract address (with --rpc)")
-    parser.add_argument("--from-block", type=int, default=0, help="first block to scan (with --rpc)")
+    parser.add_argument("run_dir", nargs="?", type=Path, help="a run directory")
+    parser.add_argument("--verify", action="store_true", help="check RUN_DIR's files against the chain")
+    parser.add_argument("--recompute", action="store_true", help="with --verify: recompute every FedAvg round")
+    parser.add_argument("--openings", type=Path, action="append", default=[], metavar="DIR",
+                        help="with --verify: a folder holding an openings.json of salted commitments (repeatable)")
+    parser.add_argument("--rpc", metavar="URL", help="read this node instead of the run's own chain or export")
+    parser.add_argument("--address", help="the FLB contract address (with --rpc and no RUN_DIR)")
+    parser.add_argument("--from-block", type=int, default=0, help="first block to scan (with --rpc and no RUN_DIR)")
     parser.add_argument("--explorer-url", help="link template per transaction, e.g. https://explorer/tx/{tx}")
     args = parser.parse_args(argv)
     try:
-        trail = load(args)
-    except (ChainError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        if args.verify:
+            if args.run_dir is None:
+                raise ChainError("--verify needs a RUN_DIR: python -m chain.explorer RUN_DIR --verify")
+            first_line, report = verify_run(args.run_dir, args.rpc, args.openings, args.recompute)
+        else:
+            print("\n".join(format_trail(load_trail(args))))
+            return 0
+    except (ChainError, OSError, ValueError) as exc:
+        print(f"error: {redact_text(str(exc))}", file=sys.stderr)
         return 2
-    if not args.verify:
-        print("\n".join(format_trail(trail)))
-        return 0
-    problems, matched = verify(args.verify, trail)
-    for problem in problems:
+    print(first_line)
+    for problem in report.problems:
         print(f"MISMATCH {problem}")
-    print(f"verify: {matched} adapter files match the chain, {len(problems)} problems")
-    return 1 if problems else 0
+    for note in report.notes:
+        print(f"NOTE {note}")
+    print(f"verify: {report.passed} checks passed, {len(report.problems)} problems")
+    return 1 if report.problems else 0
 
 
 if __name__ == "__main__":

@@ -5,10 +5,10 @@ file outlives it); the explorer reads that file or collects the same dict live f
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from chain.contract import flb_contract
+from flb.rundir import write_json_atomic
 
 TRAIL_FILE = "trail.json"
 
@@ -43,11 +43,20 @@ def _transaction(w3, contract, tx_hash: str) -> dict | None:
     except TransactionNotFound:
         return None
     function, args = _decode_call(contract, tx)
+    if function == "constructor":
+        args = {"code_matches_artifact": _is_artifact_deployment(tx["input"])}
     return {
         "hash": _hex(tx_hash), "block": receipt["blockNumber"], "from": tx["from"], "to": tx.get("to"),
         "nonce": tx["nonce"], "status": receipt["status"], "gas_used": receipt["gasUsed"],
         "function": function, "args": args, "events": _decode_events(contract, receipt),
     }
+
+
+def _is_artifact_deployment(data) -> bool:
+    """The deployment's code is the committed artifact's bytecode (followed by the constructor's arguments)."""
+    from chain.contract import load_artifact
+
+    return _hex(data).lower().startswith(load_artifact()["bytecode"].lower())
 
 
 def _decode_call(contract, tx) -> tuple[str, dict]:
@@ -101,12 +110,3 @@ def write_trail(chain_dir: Path, trail: dict) -> None:
 def read_trail(run_dir: Path) -> dict | None:
     path = Path(run_dir) / "chain" / TRAIL_FILE
     return json.loads(path.read_text()) if path.is_file() else None
-
-
-def write_json_atomic(path: Path, data: dict) -> None:
-    temporary = path.with_suffix(path.suffix + ".tmp")
-    with open(temporary, "w", encoding="utf-8") as handle:
-        json.dump(data, handle, indent=1)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)

@@ -13,6 +13,25 @@ else:
     AdapterState = dict
 
 
+@dataclass(frozen=True)
+class Attestation:
+    """A client's signed statement about one update, as the ledger records it: the recorded digest (the update's
+    digest, or a salted commitment to it where the chain may not hold the digest), the recorded example count (0
+    where it is not published) and the client's EIP-712 signature over them (flb.attestation)."""
+
+    recorded_digest: str
+    recorded_num_examples: int
+    signature: str
+
+
+@dataclass(frozen=True)
+class SignedUpload:
+    """A client's data upload: its shard's digest (or a salted commitment to it) and its signature."""
+
+    recorded_digest: str
+    signature: str
+
+
 @dataclass
 class ClientUpdate:
     """What one client returns from one round: its full local adapter and how it got there."""
@@ -21,61 +40,85 @@ class ClientUpdate:
     round: int
     tensors: AdapterState
     num_examples: int
-    train_loss: float
+    train_loss: float | None  # None under local DP: an un-noised statistic of the client's data
     wall_time_s: float
     num_bytes: int
     digest: str
-    privacy: dict = field(default_factory=dict)
+    privacy: dict = field(default_factory=dict)  # the client's own epsilon report
+    attestation: Attestation | None = None  # None when the run records nothing on chain
 
 
 @dataclass
 class RoundRecord:
-    """One completed round, as the ledger records it."""
+    """One completed round, as the ledger records it. Per client (one entry each, in the same order): its id, its
+    registered address, the recorded digest and example count it signed, its signature and update size.
+    `participants_commitment` is set instead of publishing them when chain.record_participants is false."""
 
     round: int
+    previous_global_digest: str | None  # None for round 0
     global_digest: str
     client_ids: list[int]
+    addresses: list[str]
     update_digests: list[str]
     num_examples: list[int]
+    signatures: list[str]
     update_num_bytes: list[int]
     metrics: dict
+    participants_commitment: str | None = None
 
 
 @runtime_checkable
 class Client(Protocol):
     client_id: int
     num_examples: int
-    data_digest: str
+    address: str  # the account it signs with
+
+    def bind_ledger(self, domain) -> None:
+        """Sign from now on for this contract (a flb.attestation.SigningDomain)."""
+
+    def data_upload(self) -> SignedUpload:
+        """Its shard's recorded digest, signed for the bound ledger."""
 
     def fit(self, global_adapter: AdapterState, round: int) -> ClientUpdate: ...
 
     def privacy_spent(self) -> dict:
-        """Epsilon its local DP has spent so far and how (flb.accounting.spent); {} without local DP."""
-
-    def state_dict(self) -> dict:
-        """JSON state a resumed run needs (its privacy accountant)."""
-
-    def load_state_dict(self, state: dict) -> None: ...
+        """Epsilon its local DP has spent so far, as the client reports it; {} without local DP."""
 
 
 class Ledger(Protocol):
     """Where data uploads and rounds are recorded; `chain/` implements it on an EVM."""
 
-    def record_data_upload(self, client_id: int, data_digest: str) -> None: ...
+    signing_domain: object  # flb.attestation.SigningDomain, or None when nothing is recorded
+
+    def register_clients(self, addresses: dict[int, str]) -> None: ...
+
+    def record_data_upload(self, client_id: int, upload: SignedUpload) -> None: ...
 
     def record_round(self, record: RoundRecord) -> None: ...
 
-    def close(self) -> None: ...
+    def check(self) -> None:
+        """Raise flb.errors.RunFailed when a record cannot be sent for a permanent cause."""
+
+    def close(self) -> str | None:
+        """Finish sending; why the records are not all on chain, or None when they are."""
 
 
 class NullLedger:
     """The ledger when `chain_record` is false: records nothing."""
 
-    def record_data_upload(self, client_id: int, data_digest: str) -> None:
+    signing_domain = None
+
+    def register_clients(self, addresses: dict[int, str]) -> None:
+        pass
+
+    def record_data_upload(self, client_id: int, upload: SignedUpload) -> None:
         pass
 
     def record_round(self, record: RoundRecord) -> None:
         pass
 
-    def close(self) -> None:
+    def check(self) -> None:
         pass
+
+    def close(self) -> None:
+        return None

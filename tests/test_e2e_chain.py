@@ -1,63 +1,219 @@
-"""A whole run recorded on the embedded chain, inspected and verified with the explorer."""
+"""Whole runs of the tiny model through main_simple_fl, recorded on a chain, that must not end silently: a client
+that crashes, an admin that cannot pay, a run killed with kill -9 (no anvil left behind, --resume works)."""
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
-import torch
-from safetensors.torch import load_file, save_file
 
 import main_simple_fl
 from chain import explorer
-from flb.config import load_config
+from chain.trail import read_trail
+from tests.chain.conftest import run_overrides
 
 pytestmark = pytest.mark.chain
+REPO = Path(__file__).resolve().parents[1]
+PASSWORD_ENV = "FLB_TEST_KEYSTORE_PASSWORD"
+anvil_installed = pytest.mark.skipif(not (REPO / "chain" / "node_modules").is_dir(),
+                                     reason="chain/node_modules is absent; run `cd chain && npm ci`")
+
+
+def as_flags(overrides: list[str]) -> list[str]:
+    return [flag for override in overrides for flag in ("--set", override)]
+
+
+def error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("error:")]
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def verify_exit_code(run_dir: Path) -> int:
+    with contextlib.redirect_stdout(io.StringIO()):
+        return explorer.main([str(run_dir), "--verify"])
+
+
+def raise_in_client_1_round_2(patch) -> None:
+    from client.sft import SFTClient
+
+    fit = SFTClient.fit
+
+    def crashing_fit(self, global_adapter, round):
+        if self.client_id == 1 and round == 2:
+            raise RuntimeError("simulated out of memory")
+        return fit(self, global_adapter, round)
+
+    patch.setattr(SFTClient, "fit", crashing_fit)
 
 
 @pytest.fixture
-def chain_overrides(tiny_overrides):
-    return tiny_overrides + ["chain_record=true", "chain.backend=embedded", "local_steps=2"]
+def copy_run_dir(tmp_path):
+    """copy_run_dir(run_dir) -> a copy of that run directory to resume."""
+    import shutil
+
+    return lambda run_dir: Path(shutil.copytree(run_dir, tmp_path / run_dir.name, symlinks=True))
 
 
-def test_default_style_run_leaves_a_verifiable_trail(chain_overrides, capsys):
-    run_path = main_simple_fl.run(load_config(None, chain_overrides))
-    printed = capsys.readouterr().out
-    assert "FLB contract 0x" in printed and f"python -m chain.explorer --verify {run_path}" in printed
-
-    trail = json.loads((run_path / "chain" / "trail.json").read_text())
-    rounds = explorer.rounds_from(trail)
-    assert sorted(rounds) == [0, 1, 2]
-    assert rounds[0]["clients"] == [] and len(rounds[2]["clients"]) == 2
-    assert all(score > 0 for score in explorer.scores_from(trail).values())
-
-    assert explorer.main(["--verify", str(run_path)]) == 0
-    assert explorer.main([str(run_path)]) == 0
-    assert "RoundRecorded" in capsys.readouterr().out
-
-    tampered = run_path / "round_2" / "updates" / "client_1.safetensors"
-    tensors = load_file(str(tampered))
-    first = sorted(tensors)[0]
-    tensors[first] = tensors[first] + torch.full_like(tensors[first], 1e-3)
-    save_file(tensors, str(tampered))
-    capsys.readouterr()
-    assert explorer.main(["--verify", str(run_path)]) == 1
-    assert "round 2 client 1" in capsys.readouterr().out
+@pytest.fixture(scope="module")
+def crashed_run(tiny_model_dir, tmp_path_factory):
+    """main on a 2-round run with quality scores whose client 1 raises RuntimeError in round 2:
+    (exit code, stderr, run directory)."""
+    output = tmp_path_factory.mktemp("crashed-runs")
+    stderr = io.StringIO()
+    with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stderr(stderr):
+        raise_in_client_1_round_2(patch)
+        code = main_simple_fl.main(as_flags(run_overrides(tiny_model_dir, output, "chain.scoring=quality")))
+    return code, stderr.getvalue(), (output / "latest").resolve()
 
 
-def test_quality_scores_are_leave_one_out_and_recorded(chain_overrides):
-    run_path = main_simple_fl.run(load_config(None, chain_overrides + ["chain.scoring=quality", "num_rounds=1"]))
-    rows = [json.loads(l) for l in (run_path / "metrics.jsonl").read_text().splitlines()]
-    round_1 = next(r for r in rows if r["kind"] == "round" and r["round"] == 1)
-    trail = json.loads((run_path / "chain" / "trail.json").read_text())
-    assert explorer.rounds_from(trail)[1]["scores"] == round_1["scores"]
+def test_a_client_that_crashes_fails_the_run_with_one_line(crashed_run):
+    code, stderr, run_dir = crashed_run
+    assert code == 3
+    (error,) = error_lines(stderr)
+    assert error.startswith("error: round 2: client 1 failed with RuntimeError: simulated out of memory")
+    assert "server.max_client_failures = 0" in error
+
+
+def test_rounds_before_the_crash_are_saved_and_recorded(crashed_run):
+    _, _, run_dir = crashed_run
+    assert json.loads((run_dir / "checkpoint.json").read_text())["round"] == 1
+    assert (run_dir / "round_1" / "adapter_model.safetensors").is_file()
+    assert not (run_dir / "round_2").exists() and not (run_dir / "final_adapter").exists()
+    assert sorted(explorer.rounds_from(read_trail(run_dir))) == [0, 1]
+
+
+def test_quality_scores_are_leave_one_out_and_recorded(crashed_run):
+    _, _, run_dir = crashed_run
+    round_1 = next(r for r in metrics(run_dir) if r["kind"] == "round" and r["round"] == 1)
     assert len(round_1["scores"]) == 2 and all(isinstance(s, int) and s >= 0 for s in round_1["scores"])
-    assert explorer.main(["--verify", str(run_path)]) == 0
+    recorded = explorer.rounds_from(read_trail(run_dir))[1]
+    addresses = json.loads((run_dir / "chain" / "accounts.json").read_text())["clients"]
+    by_client = dict(zip(recorded["clients"], recorded["scores"]))
+    assert [by_client[address] for address in addresses] == round_1["scores"]
 
 
-def test_resume_records_the_remaining_rounds_and_still_verifies(chain_overrides):
-    cut_short = main_simple_fl.run(load_config(None, chain_overrides + ["num_rounds=1"]))
-    args = main_simple_fl.parse_args(["--resume", str(cut_short), "--set", "num_rounds=2"])
-    main_simple_fl.run(main_simple_fl.resolve_config(args), resume=str(cut_short))
-    trail = json.loads((cut_short / "chain" / "trail.json").read_text())
-    assert sorted(explorer.rounds_from(trail)) == [0, 1, 2]
-    assert explorer.main(["--verify", str(cut_short)]) == 0
+def test_a_tolerated_client_crash_is_a_rejection(crashed_run, copy_run_dir, monkeypatch, capsys):
+    run_dir = copy_run_dir(crashed_run[2])
+    raise_in_client_1_round_2(monkeypatch)
+    assert main_simple_fl.main(["--resume", str(run_dir), "--set", "server.max_client_failures=1"]) == 0
+    round_2 = next(r for r in metrics(run_dir) if r["kind"] == "round" and r["round"] == 2)
+    assert round_2["num_clients"] == 1
+    assert round_2["rejected"] == [{"client_id": 1, "reason": "RuntimeError: simulated out of memory"}]
+    assert f"python -m chain.explorer {run_dir} --verify" in capsys.readouterr().out
+    assert verify_exit_code(run_dir) == 0
+
+
+@pytest.fixture
+def anvil(tmp_path):
+    """A fresh anvil, the node of an rpc run."""
+    from chain.anvil import AnvilProcess
+
+    node = AnvilProcess(tmp_path / "node" / "anvil_state.json", num_accounts=1)
+    node.start()
+    yield node
+    node.stop()
+
+
+@pytest.mark.anvil
+@anvil_installed
+def test_a_run_whose_admin_cannot_pay_is_refused_before_it_starts(tiny_model_dir, tmp_path, anvil, monkeypatch,
+                                                                  capsys):
+    from chain.accounts import create_keystore
+
+    keys = tmp_path / "keys"
+    admin = create_keystore(keys / "admin.json", "pw", iterations=2**10)  # never funded
+    for i in range(2):
+        create_keystore(keys / f"client_{i}.json", "pw", iterations=2**10)
+    monkeypatch.setenv(PASSWORD_ENV, "pw")
+    output = tmp_path / "runs"
+    overrides = run_overrides(tiny_model_dir, output, "chain.backend=rpc", f"chain.rpc_url={anvil.url}",
+                              "chain.chain_id=31337", f"chain.keystore_dir={keys}", f"chain.password_env={PASSWORD_ENV}")
+    assert main_simple_fl.main(as_flags(overrides)) == 2
+    (error,) = error_lines(capsys.readouterr().err)
+    assert error.startswith(f"error: chain.keystore_dir: the admin account {admin} has no funds")
+    assert not output.exists()
+
+
+# --- kill -9 ---------------------------------------------------------------------------------------
+
+def live_anvils_of(run_dir: Path) -> list[int]:
+    """Pids of running (not zombie) processes whose command line names anvil and this run directory."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue  # it exited meanwhile
+        if "anvil" in cmdline and str(run_dir) in cmdline and state != "Z":
+            pids.append(int(proc.name))
+    return pids
+
+
+def is_running(pid: int) -> bool:
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def wait_for(condition, timeout_s: float, what: str):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+def checkpoint_round(run_dir: Path) -> int | None:
+    try:
+        return json.loads((run_dir / "checkpoint.json").read_text())["round"]
+    except (OSError, ValueError):
+        return None
+
+
+@pytest.mark.anvil
+@anvil_installed
+def test_a_run_killed_with_sigkill_leaves_no_anvil_and_resumes(tiny_model_dir, tmp_path):
+    output = tmp_path / "runs"
+    command = [sys.executable, "main_simple_fl.py",
+               *as_flags(run_overrides(tiny_model_dir, output, "chain.backend=anvil", "num_rounds=1"))]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    with open(tmp_path / "run.err", "wb") as stderr:
+        process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
+    try:
+        run_dir = wait_for(lambda: (output / "latest").exists() and (output / "latest").resolve(), 120, "the run dir")
+        wait_for(lambda: checkpoint_round(run_dir) == 0, 180, "round 0's checkpoint")  # then round 1 trains
+        lock = (run_dir / "chain" / "anvil_state.json.lock").read_text()
+        anvil_pid = int(lock.split("(anvil ")[1].rstrip(")\n"))
+        assert is_running(anvil_pid) and live_anvils_of(run_dir) == [anvil_pid]
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    wait_for(lambda: not is_running(anvil_pid), 20, f"anvil {anvil_pid} to exit after its run was killed")
+    assert live_anvils_of(run_dir) == []
+    assert checkpoint_round(run_dir) == 0  # killed mid-run: round 1 never completed
+
+    resumed = subprocess.run([sys.executable, "main_simple_fl.py", "--resume", str(run_dir)], cwd=REPO, env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=300)
+    assert resumed.returncode == 0, error_lines(resumed.stderr)
+    assert sorted(explorer.rounds_from(read_trail(run_dir))) == [0, 1]
+    assert verify_exit_code(run_dir) == 0
+    assert live_anvils_of(run_dir) == []

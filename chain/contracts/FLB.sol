@@ -2,136 +2,344 @@
 pragma solidity ^0.8.24;
 
 import {Ownable} from "@openzeppelin/contracts/access/Ownable.sol";
-import {EnumerableMap} from "@openzeppelin/contracts/utils/structs/EnumerableMap.sol";
+import {Ownable2Step} from "@openzeppelin/contracts/access/Ownable2Step.sol";
+import {ECDSA} from "@openzeppelin/contracts/utils/cryptography/ECDSA.sol";
+import {EIP712} from "@openzeppelin/contracts/utils/cryptography/EIP712.sol";
+import {SafeCast} from "@openzeppelin/contracts/utils/math/SafeCast.sol";
+import {EnumerableSet} from "@openzeppelin/contracts/utils/structs/EnumerableSet.sol";
 
-/// @title FLB audit trail: data uploads, cumulative contribution scores and per-round digests.
-/// @notice A round's full arrays live in its RoundRecorded event (found by its indexed round);
-/// storage keeps two words per round, the global digest and a hash of the arrays, so a round
-/// costs two new storage slots whatever the number of clients, and anyone can check a claimed
-/// record against the chain with `verifyRound`.
-contract FLB is Ownable {
-    using EnumerableMap for EnumerableMap.AddressToUintMap;
+/// @title FLB audit trail, version 2: who may take part, their data uploads, and every round in order.
+/// @notice Stored: the registered clients; each data digest with the client that signed it; each
+/// user's cumulative score; and per round two words, the global adapter digest and a hash of the
+/// round's record (the full record is in the round's event). Every update digest and data digest is
+/// accepted only with the client's own EIP-712 signature (domain "FLB", version "2", this chain and
+/// this contract), so the owner cannot attribute to a client an update it did not send, and nobody
+/// else can claim a client's data. Rounds are chained: round n is recorded only after round n-1, and
+/// each client signs the global digest its update started from, read here, not chosen by the owner.
+contract FLB is Ownable2Step, EIP712 {
+    using EnumerableSet for EnumerableSet.AddressSet;
+
+    /// @dev One word per user (a client that uploaded or was credited), so a first upload or credit
+    /// writes one new slot besides the user list: its place in `_users` (1-based, 0 = not a user),
+    /// how many data digests it has, and its cumulative score.
+    struct User {
+        uint32 position;
+        uint32 dataCount;
+        uint192 score;
+    }
 
     struct Round {
         bytes32 globalDigest;
         bytes32 recordHash;
     }
 
-    EnumerableMap.AddressToUintMap private _scores;
-    mapping(address => string[]) private _userData;
+    bytes32 private constant UPDATE_TYPEHASH =
+        keccak256("Update(uint256 round,bytes32 previousGlobalDigest,bytes32 updateDigest,uint256 numExamples)");
+    bytes32 private constant DATA_UPLOAD_TYPEHASH = keccak256("DataUpload(bytes32 dataDigest)");
+
+    EnumerableSet.AddressSet private _clients;
+    address[] private _users;
+    mapping(address => User) private _userOf;
+    mapping(address => mapping(uint256 => bytes32)) private _userData;
     mapping(bytes32 => address) private _uploaderOf;
     mapping(uint256 => Round) private _rounds;
 
-    event ScoreAdd(address indexed user, uint256 score);
-    event DataUpload(address indexed user);
+    /// @notice The round the next recordRound/recordSealedRound must carry.
+    uint256 public nextRound;
+    /// @notice The global digest of the last recorded round (0x0 before round 0).
+    bytes32 public lastGlobalDigest;
+    /// @notice sha256 of the run's canonical adapter_config.json (LoRA rank, alpha, target modules...): the
+    /// tensors' digests say nothing of how they are scaled, so the config every adapter file carries is
+    /// anchored too. Set once by the owner (0x0 until then).
+    bytes32 public adapterConfigDigest;
+
+    event AdapterConfigAnchored(bytes32 adapterConfigDigest);
+    event ClientRegistered(address indexed client);
+    event DataUpload(address indexed user, bytes32 dataDigest);
+    event ScoreAdd(address indexed user, uint256 indexed round, uint256 score);
     event RoundRecorded(
         uint256 indexed round,
+        bytes32 previousGlobalDigest,
         bytes32 globalDigest,
         address[] clients,
         bytes32[] updateDigests,
+        uint256[] numExamples,
         uint256[] scores
     );
+    event RoundSealed(
+        uint256 indexed round, bytes32 previousGlobalDigest, bytes32 globalDigest, bytes32 participantsCommitment
+    );
 
-    constructor(address initialOwner) Ownable(initialOwner) {}
+    error ZeroAddress();
+    error AlreadyRegistered(address client);
+    error NotRegistered(address client);
+    error ZeroDigest();
+    error AlreadyUploaded(bytes32 dataDigest);
+    error BadSignature(address client);
+    error WrongRound(uint256 expected, uint256 given);
+    error LengthMismatch();
+    error ClientsNotAscending(uint256 index);
+    error RenounceDisabled();
+    error AlreadyAnchored(bytes32 adapterConfigDigest);
 
-    /// @notice Add `score` points to `user`'s cumulative score.
-    function addScore(address user, uint256 score) external onlyOwner {
-        _addScore(user, score);
+    constructor(address initialOwner) Ownable(initialOwner) EIP712("FLB", "2") {}
+
+    /// @notice Ownership moves only by transferOwnership + acceptOwnership; an ownerless trail
+    /// could record no further round, so renouncing always reverts.
+    function renounceOwnership() public pure override {
+        revert RenounceDisabled();
     }
 
-    /// @notice Record a data upload (a content digest) by the sender; each datum once, ever.
-    function uploadUserData(string calldata data) external {
-        bytes32 key = keccak256(bytes(data));
-        require(_uploaderOf[key] == address(0), "Data already uploaded");
-        _uploaderOf[key] = msg.sender;
-        _userData[msg.sender].push(data);
-        if (!_scores.contains(msg.sender)) {
-            _scores.set(msg.sender, 0);
+    /// @notice Anchor the run's adapter config digest; once, never zero.
+    function anchorAdapterConfig(bytes32 digest) external onlyOwner {
+        if (digest == 0) revert ZeroDigest();
+        if (adapterConfigDigest != 0) revert AlreadyAnchored(adapterConfigDigest);
+        adapterConfigDigest = digest;
+        emit AdapterConfigAnchored(digest);
+    }
+
+    /// @notice Allow `clients` to upload data and take part in rounds; each address once, never zero.
+    function registerClients(address[] calldata clients) external onlyOwner {
+        for (uint256 i = 0; i < clients.length; ++i) {
+            address client = clients[i];
+            if (client == address(0)) revert ZeroAddress();
+            if (!_clients.add(client)) revert AlreadyRegistered(client);
+            emit ClientRegistered(client);
         }
-        emit DataUpload(msg.sender);
     }
 
-    /// @notice One round in one transaction: its digests, and each client's score added.
+    /// @notice Whether `account` is a registered client.
+    function isClient(address account) external view returns (bool) {
+        return _clients.contains(account);
+    }
+
+    /// @notice How many clients are registered.
+    function clientCount() external view returns (uint256) {
+        return _clients.length();
+    }
+
+    /// @notice The registered client at `index` (registration order), 0 <= index < clientCount().
+    function clientAt(uint256 index) external view returns (address) {
+        return _clients.at(index);
+    }
+
+    /// @notice Record `dataDigest` as `client`'s data. Anyone may relay the call: the record goes to
+    /// the client whose EIP-712 signature over DataUpload(dataDigest) is given, and each digest is
+    /// recorded once, ever.
+    function uploadUserData(address client, bytes32 dataDigest, bytes calldata signature) external {
+        if (dataDigest == 0) revert ZeroDigest();
+        if (!_clients.contains(client)) revert NotRegistered(client);
+        if (_uploaderOf[dataDigest] != address(0)) revert AlreadyUploaded(dataDigest);
+        _checkSignature(client, _dataUploadHash(dataDigest), signature);
+        _uploaderOf[dataDigest] = client;
+        User storage user = _enroll(client);
+        _userData[client][user.dataCount++] = dataDigest;
+        emit DataUpload(client, dataDigest);
+    }
+
+    /// @notice Record round `round` (must equal nextRound) in one transaction: its global digest,
+    /// and per client its update digest and example count (each signed by that client over this
+    /// round and the stored lastGlobalDigest) and the score credited to it. No clients is valid
+    /// (round 0, the base model, and skipped rounds).
     function recordRound(
         uint256 round,
         bytes32 globalDigest,
         address[] calldata clients,
         bytes32[] calldata updateDigests,
-        uint256[] calldata scores
+        uint256[] calldata numExamples,
+        uint256[] calldata scores,
+        bytes[] calldata signatures
     ) external onlyOwner {
-        require(clients.length == updateDigests.length && clients.length == scores.length, "Length mismatch");
-        require(_rounds[round].recordHash == 0, "Round already recorded");
-        for (uint256 i = 0; i < clients.length; i++) {
-            _addScore(clients[i], scores[i]);
+        uint256 count = clients.length;
+        if (
+            updateDigests.length != count || numExamples.length != count || scores.length != count
+                || signatures.length != count
+        ) revert LengthMismatch();
+        bytes32 previous = _checkNextRound(round, globalDigest);
+        for (uint256 i = 0; i < count; ++i) {
+            // Strictly ascending addresses are distinct without a storage or memory lookup per pair.
+            if (i > 0 && clients[i] <= clients[i - 1]) revert ClientsNotAscending(i);
+            if (updateDigests[i] == 0) revert ZeroDigest();
+            _checkUpdate(clients[i], _updateHash(round, previous, updateDigests[i], numExamples[i]), signatures[i]);
+            _credit(clients[i], round, scores[i]);
         }
-        _rounds[round] = Round(globalDigest, _recordHash(clients, updateDigests, scores));
-        emit RoundRecorded(round, globalDigest, clients, updateDigests, scores);
+        _storeRound(round, globalDigest, _recordHash(previous, clients, updateDigests, numExamples, scores));
+        emit RoundRecorded(round, previous, globalDigest, clients, updateDigests, numExamples, scores);
     }
 
+    /// @notice Record round `round` (must equal nextRound) without publishing who took part: only a
+    /// commitment to the participants (e.g. a salted hash kept by the owner). Credits no scores.
+    function recordSealedRound(uint256 round, bytes32 globalDigest, bytes32 participantsCommitment)
+        external
+        onlyOwner
+    {
+        if (participantsCommitment == 0) revert ZeroDigest();
+        bytes32 previous = _checkNextRound(round, globalDigest);
+        _storeRound(round, globalDigest, _sealedHash(previous, participantsCommitment));
+        emit RoundSealed(round, previous, globalDigest, participantsCommitment);
+    }
+
+    /// @notice `user`'s cumulative score (0 for an unknown address).
     function getScore(address user) external view returns (uint256) {
-        (, uint256 score) = _scores.tryGet(user);
-        return score;
+        return _userOf[user].score;
     }
 
-    function getUserData(address user) external view returns (string[] memory) {
-        return _userData[user];
+    /// @notice Every data digest recorded for `user`, in upload order.
+    function getUserData(address user) external view returns (bytes32[] memory digests) {
+        digests = new bytes32[](_userOf[user].dataCount);
+        for (uint256 i = 0; i < digests.length; ++i) {
+            digests[i] = _userData[user][i];
+        }
     }
 
+    /// @notice How many data digests are recorded for `user`.
     function getUserDataCount(address user) external view returns (uint256) {
-        return _userData[user].length;
+        return _userOf[user].dataCount;
     }
 
+    /// @notice How many users (clients that uploaded or were credited) there are.
     function getUserCount() external view returns (uint256) {
-        return _scores.length();
+        return _users.length;
     }
 
+    /// @notice The user at `index` with its cumulative score, 0 <= index < getUserCount().
     function getUserScore(uint256 index) external view returns (address user, uint256 score) {
-        return _scores.at(index);
+        user = _users[index];
+        score = _userOf[user].score;
     }
 
+    /// @notice Whether `user` has uploaded data or been credited.
     function userExists(address user) external view returns (bool) {
-        return _scores.contains(user);
+        return _userOf[user].position != 0;
     }
 
-    /// @notice Who uploaded `data`, or the zero address when nobody has.
-    function uploaderOf(string calldata data) external view returns (address) {
-        return _uploaderOf[keccak256(bytes(data))];
+    /// @notice The client `dataDigest` is recorded for, or the zero address when nobody.
+    function uploaderOf(bytes32 dataDigest) external view returns (address) {
+        return _uploaderOf[dataDigest];
     }
 
-    /// @notice A round's stored words; its arrays are in the RoundRecorded event with this round.
+    /// @notice A round's stored words; its record is in the RoundRecorded or RoundSealed event with this round.
     function getRound(uint256 round) external view returns (bytes32 globalDigest, bytes32 recordHash) {
         Round storage r = _rounds[round];
         return (r.globalDigest, r.recordHash);
     }
 
+    /// @notice Whether `round` is recorded (rounds are recorded in order, so: round < nextRound).
     function roundExists(uint256 round) external view returns (bool) {
-        return _rounds[round].recordHash != 0;
+        return round < nextRound;
     }
 
-    /// @notice True when the given arrays are exactly what was recorded for `round`.
+    /// @notice True when the given record is exactly what recordRound stored for `round`.
     function verifyRound(
         uint256 round,
+        bytes32 previousGlobalDigest,
         bytes32 globalDigest,
         address[] calldata clients,
         bytes32[] calldata updateDigests,
+        uint256[] calldata numExamples,
         uint256[] calldata scores
     ) external view returns (bool) {
-        Round storage r = _rounds[round];
-        return r.recordHash != 0 && r.globalDigest == globalDigest
-            && r.recordHash == _recordHash(clients, updateDigests, scores);
+        return _isStored(
+            round, globalDigest, _recordHash(previousGlobalDigest, clients, updateDigests, numExamples, scores)
+        );
     }
 
-    function _addScore(address user, uint256 score) private {
-        (, uint256 current) = _scores.tryGet(user);
-        _scores.set(user, current + score);
-        emit ScoreAdd(user, score);
+    /// @notice True when the given record is exactly what recordSealedRound stored for `round`.
+    function verifySealedRound(
+        uint256 round,
+        bytes32 previousGlobalDigest,
+        bytes32 globalDigest,
+        bytes32 participantsCommitment
+    ) external view returns (bool) {
+        return _isStored(round, globalDigest, _sealedHash(previousGlobalDigest, participantsCommitment));
     }
 
-    function _recordHash(address[] calldata clients, bytes32[] calldata updateDigests, uint256[] calldata scores)
-        private
-        pure
+    /// @notice The EIP-712 domain separator signatures are checked against.
+    function domainSeparator() external view returns (bytes32) {
+        return _domainSeparatorV4();
+    }
+
+    /// @notice The EIP-712 digest a client signs for an Update; lets anyone check an off-chain signer.
+    function updateHash(uint256 round, bytes32 previousGlobalDigest, bytes32 updateDigest, uint256 numExamples)
+        external
+        view
         returns (bytes32)
     {
-        return keccak256(abi.encode(clients, updateDigests, scores));
+        return _updateHash(round, previousGlobalDigest, updateDigest, numExamples);
+    }
+
+    /// @notice The EIP-712 digest a client signs for a DataUpload.
+    function dataUploadHash(bytes32 dataDigest) external view returns (bytes32) {
+        return _dataUploadHash(dataDigest);
+    }
+
+    function _checkNextRound(uint256 round, bytes32 globalDigest) private view returns (bytes32 previous) {
+        if (round != nextRound) revert WrongRound(nextRound, round);
+        if (globalDigest == 0) revert ZeroDigest();
+        return lastGlobalDigest;
+    }
+
+    function _storeRound(uint256 round, bytes32 globalDigest, bytes32 recordHash) private {
+        _rounds[round] = Round(globalDigest, recordHash);
+        lastGlobalDigest = globalDigest;
+        nextRound = round + 1;
+    }
+
+    function _isStored(uint256 round, bytes32 globalDigest, bytes32 recordHash) private view returns (bool) {
+        Round storage r = _rounds[round];
+        return round < nextRound && r.globalDigest == globalDigest && r.recordHash == recordHash;
+    }
+
+    function _checkUpdate(address client, bytes32 digest, bytes calldata signature) private view {
+        if (!_clients.contains(client)) revert NotRegistered(client);
+        _checkSignature(client, digest, signature);
+    }
+
+    /// @dev OpenZeppelin's recovery rejects malformed and malleable (high-s) signatures.
+    function _checkSignature(address signer, bytes32 digest, bytes calldata signature) private pure {
+        (address recovered, ECDSA.RecoverError err,) = ECDSA.tryRecoverCalldata(digest, signature);
+        if (err != ECDSA.RecoverError.NoError || recovered != signer) revert BadSignature(signer);
+    }
+
+    function _credit(address account, uint256 round, uint256 score) private {
+        User storage user = _enroll(account);
+        user.score = SafeCast.toUint192(user.score + score);
+        emit ScoreAdd(account, round, score);
+    }
+
+    function _enroll(address account) private returns (User storage user) {
+        user = _userOf[account];
+        if (user.position == 0) {
+            _users.push(account);
+            user.position = SafeCast.toUint32(_users.length);
+        }
+    }
+
+    function _updateHash(uint256 round, bytes32 previousGlobalDigest, bytes32 updateDigest, uint256 numExamples)
+        private
+        view
+        returns (bytes32)
+    {
+        return _hashTypedDataV4(
+            keccak256(abi.encode(UPDATE_TYPEHASH, round, previousGlobalDigest, updateDigest, numExamples))
+        );
+    }
+
+    function _dataUploadHash(bytes32 dataDigest) private view returns (bytes32) {
+        return _hashTypedDataV4(keccak256(abi.encode(DATA_UPLOAD_TYPEHASH, dataDigest)));
+    }
+
+    function _recordHash(
+        bytes32 previousGlobalDigest,
+        address[] calldata clients,
+        bytes32[] calldata updateDigests,
+        uint256[] calldata numExamples,
+        uint256[] calldata scores
+    ) private pure returns (bytes32) {
+        return keccak256(abi.encode(previousGlobalDigest, clients, updateDigests, numExamples, scores));
+    }
+
+    function _sealedHash(bytes32 previousGlobalDigest, bytes32 participantsCommitment) private pure returns (bytes32) {
+        return keccak256(abi.encode(previousGlobalDigest, participantsCommitment));
     }
 }

@@ -1,100 +1,147 @@
-"""Accounts: encrypted keystores, the create CLI, and the rpc backend over a real node."""
+"""Accounts: encrypted keystores (the admin's, each client's own), the create CLI, and the rpc backend on a real node."""
 import json
 
 import pytest
 
-from chain.accounts import create_keystore, keystore_accounts, main
-from chain.errors import AccountError
+from chain.accounts import create_keystore, keystore_admin, main
+from chain.errors import AccountError, ChainError
+from flb.config import ChainSettings
+from flb.keystore import KeystoreError, keystore_password, load_keystore
+from tests.chain.conftest import ADAPTER_CONFIG_DIGEST, signed_record, signed_upload
 
 pytestmark = pytest.mark.chain
 PASSWORD_ENV = "FLB_TEST_KEYSTORE_PASSWORD"
+PASSWORD = "test-password"
 
 
 def make_keystores(folder, num_clients: int) -> list[str]:
+    """admin.json and client_<i>.json in `folder`; their addresses, admin first."""
     names = ["admin.json"] + [f"client_{i}.json" for i in range(num_clients)]
-    return [create_keystore(folder / name, "test-password", iterations=2**10) for name in names]
+    return [create_keystore(folder / name, PASSWORD, iterations=2**10) for name in names]
 
 
-def test_keystores_round_trip_and_stay_encrypted(tmp_path, monkeypatch):
-    addresses = make_keystores(tmp_path, 2)
-    monkeypatch.setenv(PASSWORD_ENV, "test-password")
-    accounts = keystore_accounts(tmp_path, PASSWORD_ENV, 2)
-    assert [accounts.admin.address, *(a.address for a in accounts.clients)] == addresses
+def fund(url: str, addresses: list[str]) -> None:
+    """1 ETH to each address from anvil's funded dev account 0."""
+    from web3 import Web3
+
+    from chain.accounts import dev_accounts
+    from chain.transact import fee_fields
+
+    w3 = Web3(Web3.HTTPProvider(url))
+    funder = dev_accounts(0).admin
+    nonce = w3.eth.get_transaction_count(funder.address)
+    for offset, address in enumerate(addresses):
+        tx = {"to": address, "value": 10**18, "gas": 21000, "nonce": nonce + offset, "chainId": 31337, **fee_fields(w3)}
+        w3.eth.wait_for_transaction_receipt(w3.eth.send_raw_transaction(funder.sign_transaction(tx).raw_transaction))
+
+
+def rpc_settings(url: str, keys) -> ChainSettings:
+    return ChainSettings(backend="rpc", rpc_url=url, chain_id=31337, keystore_dir=str(keys), password_env=PASSWORD_ENV)
+
+
+def test_admin_keystore_round_trips_and_stays_encrypted(tmp_path, monkeypatch):
+    (address,) = make_keystores(tmp_path, 0)
+    monkeypatch.setenv(PASSWORD_ENV, PASSWORD)
+    admin = keystore_admin(tmp_path, PASSWORD_ENV).admin
+    assert admin.address == address
     stored = (tmp_path / "admin.json").read_text()
-    assert accounts.admin.key.hex().removeprefix("0x") not in stored and "ciphertext" in stored
+    assert bytes(admin.key).hex() not in stored and "ciphertext" in stored
     assert (tmp_path / "admin.json").stat().st_mode & 0o077 == 0
 
 
-def test_missing_password_and_wrong_password_say_the_fix(tmp_path, monkeypatch):
+def test_client_keystore_opens_with_the_shared_password_variable(tmp_path, monkeypatch):
+    addresses = make_keystores(tmp_path, 2)
+    monkeypatch.setenv(PASSWORD_ENV, PASSWORD)
+    opened = [load_keystore(tmp_path / f"client_{i}.json", keystore_password(PASSWORD_ENV)) for i in range(2)]
+    assert [account.address for account in opened] == addresses[1:]
+
+
+def test_missing_password_wrong_password_and_missing_dir_say_the_fix(tmp_path, monkeypatch):
     make_keystores(tmp_path, 0)
     monkeypatch.delenv(PASSWORD_ENV, raising=False)
-    with pytest.raises(AccountError, match=f"{PASSWORD_ENV} is not set"):
-        keystore_accounts(tmp_path, PASSWORD_ENV, 0)
+    with pytest.raises(KeystoreError, match=f"{PASSWORD_ENV} is not set"):
+        keystore_admin(tmp_path, PASSWORD_ENV)
     monkeypatch.setenv(PASSWORD_ENV, "wrong")
-    with pytest.raises(AccountError, match="cannot decrypt"):
-        keystore_accounts(tmp_path, PASSWORD_ENV, 0)
+    with pytest.raises(KeystoreError, match="cannot decrypt"):
+        keystore_admin(tmp_path, PASSWORD_ENV)
+    with pytest.raises(AccountError, match="chain.keystore_dir: not set"):
+        keystore_admin(None, PASSWORD_ENV)
+    with pytest.raises(KeystoreError, match="create it with `python -m chain.accounts create --role client"):
+        load_keystore(tmp_path / "client_3.json", "wrong")
 
 
-def test_create_cli_prints_the_address_only(tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv(PASSWORD_ENV, "test-password")
+def test_create_cli_prints_the_address_only_and_never_overwrites(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv(PASSWORD_ENV, PASSWORD)
     out = tmp_path / "keys" / "client_0.json"
     assert main(["create", "--role", "client", "--out", str(out), "--password-env", PASSWORD_ENV]) == 0
     printed = capsys.readouterr().out
     address = "0x" + json.loads(out.read_text())["address"]
     assert address.lower() in printed.lower() and "ciphertext" not in printed
+    before = out.read_bytes()
     assert main(["create", "--role", "client", "--out", str(out), "--password-env", PASSWORD_ENV]) == 1
+    assert out.read_bytes() == before
 
 
 @pytest.mark.anvil
-def test_rpc_backend_with_keystores_records_a_round(tmp_path, monkeypatch, anvil, make_record):
-    from web3 import Web3
-
-    from chain.accounts import dev_accounts
+def test_rpc_backend_records_rounds_signed_with_each_clients_own_keystore(tmp_path, monkeypatch, anvil):
     from chain.ledger import open_ledger
-    from chain.transact import fee_fields
-    from flb.config import ChainSettings
 
     keys = tmp_path / "keys"
-    w3 = Web3(Web3.HTTPProvider(anvil.url))
-    funder = dev_accounts(0).admin
-    for nonce, address in enumerate(make_keystores(keys, 2)):
-        tx = {"to": address, "value": 10**18, "gas": 21000, "nonce": nonce, "chainId": 31337, **fee_fields(w3)}
-        w3.eth.wait_for_transaction_receipt(w3.eth.send_raw_transaction(funder.sign_transaction(tx).raw_transaction))
-    monkeypatch.setenv(PASSWORD_ENV, "test-password")
-    settings = ChainSettings(backend="rpc", rpc_url=anvil.url, chain_id=31337, keystore_dir=str(keys), password_env=PASSWORD_ENV)
-    ledger = open_ledger(settings, tmp_path / "run", num_clients=2)
-    ledger.record_data_upload(1, "sha256:" + "1a" * 32)
-    ledger.record_round(make_record(1))
-    assert ledger.wait_until_sent(30)
-    assert ledger.get_round(1)["scores"] == [0 * 1000 + 10, 1 * 1000 + 11]
-    ledger.close()
+    admin_address, *_ = make_keystores(keys, 2)
+    fund(anvil.url, [admin_address])  # only the admin pays: clients' uploads and updates are relayed
+    monkeypatch.setenv(PASSWORD_ENV, PASSWORD)
+    clients = [load_keystore(keys / f"client_{i}.json", keystore_password(PASSWORD_ENV)) for i in range(2)]
+    ledger = open_ledger(rpc_settings(anvil.url, keys), tmp_path / "run", ADAPTER_CONFIG_DIGEST)
+    try:
+        assert ledger.node.accounts.admin.address == admin_address and ledger.node.accounts.clients == ()
+        ledger.register_clients({i: account.address for i, account in enumerate(clients)})
+        ledger.record_data_upload(1, signed_upload(ledger.signing_domain, clients[1], "1a" * 32))
+        ledger.record_round(signed_record(ledger.signing_domain, clients, 0, client_ids=()))
+        ledger.record_round(signed_record(ledger.signing_domain, clients, 1))
+        assert ledger.wait_until_sent(30)
+        assert ledger.scores() == {0: 0 * 1000 + 10, 1: 1 * 1000 + 11}
+        assert ledger.contract.functions.owner().call() == admin_address
+    finally:
+        assert ledger.close() is None
+
+
+@pytest.mark.anvil
+def test_preflight_refuses_an_unfunded_admin_and_a_missing_client_keystore(tmp_path, monkeypatch, anvil):
+    from chain.ledger import preflight
+
+    keys = tmp_path / "keys"
+    admin_address, *_ = make_keystores(keys, 1)
+    monkeypatch.setenv(PASSWORD_ENV, PASSWORD)
+    with pytest.raises(ChainError, match=f"the admin account {admin_address} has no funds on chain 31337"):
+        preflight(rpc_settings(anvil.url, keys), client_keystores=True, num_clients=1)
+    fund(anvil.url, [admin_address])
+    preflight(rpc_settings(anvil.url, keys), client_keystores=True, num_clients=1)
+    with pytest.raises(KeystoreError, match="client_1.json: not found"):
+        preflight(rpc_settings(anvil.url, keys), client_keystores=True, num_clients=2)
 
 
 @pytest.mark.anvil
 def test_rpc_backend_rejects_a_wrong_chain_id(tmp_path, anvil):
-    from chain.errors import ChainError
     from chain.ledger import open_ledger
-    from flb.config import ChainSettings
 
+    settings = ChainSettings(backend="rpc", rpc_url=anvil.url, chain_id=5)
     with pytest.raises(ChainError, match="chain id 31337, not 5"):
-        open_ledger(ChainSettings(backend="rpc", rpc_url=anvil.url, chain_id=5), tmp_path, num_clients=1)
+        open_ledger(settings, tmp_path, ADAPTER_CONFIG_DIGEST)
 
 
 @pytest.mark.anvil
 def test_deploy_cli_deploys_with_the_admin_keystore(tmp_path, monkeypatch, anvil, capsys):
     from web3 import Web3
 
-    from chain.accounts import dev_accounts
     from chain.deploy import main as deploy_main
-    from chain.transact import fee_fields
 
-    w3 = Web3(Web3.HTTPProvider(anvil.url))
     (admin_address,) = make_keystores(tmp_path, 0)
-    tx = {"to": admin_address, "value": 10**18, "gas": 21000, "nonce": 0, "chainId": 31337, **fee_fields(w3)}
-    w3.eth.wait_for_transaction_receipt(w3.eth.send_raw_transaction(dev_accounts(0).admin.sign_transaction(tx).raw_transaction))
-    monkeypatch.setenv(PASSWORD_ENV, "test-password")
-    argv = ["--rpc-url", anvil.url, "--chain-id", "31337", "--keystore", str(tmp_path / "admin.json"), "--password-env", PASSWORD_ENV]
+    fund(anvil.url, [admin_address])
+    monkeypatch.setenv(PASSWORD_ENV, PASSWORD)
+    argv = ["--rpc-url", anvil.url, "--chain-id", "31337", "--keystore", str(tmp_path / "admin.json"),
+            "--password-env", PASSWORD_ENV]
     assert deploy_main(argv) == 0
     printed = capsys.readouterr().out
     address = printed.split("chain.contract_address: ")[1].strip()
+    w3 = Web3(Web3.HTTPProvider(anvil.url))
     assert w3.eth.get_code(address) and f"owner {admin_address}" in printed

@@ -22,9 +22,23 @@ def test_committed_artifact_matches_a_fresh_compile(tmp_path):
 
 def test_artifact_loads_from_the_package():
     artifact = load_artifact()
-    assert artifact["compiler"]["settings"] == {"evmVersion": "cancun", "optimizer": {"enabled": True, "runs": 200}}
-    assert {item.get("name") for item in artifact["abi"]} >= {"addScore", "uploadUserData", "recordRound", "getRound", "RoundRecorded"}
-    assert artifact["bytecode"].startswith("0x60")
+    assert artifact["compiler"]["settings"] == {"evmVersion": "cancun", "optimizer": {"enabled": True, "runs": 200},
+                                                "viaIR": True}
+    assert {item.get("name") for item in artifact["abi"]} >= {
+        "registerClients", "uploadUserData", "recordRound", "recordSealedRound", "verifyRound", "RoundRecorded",
+        "BadSignature", "WrongRound"}
+    assert "addScore" not in {item.get("name") for item in artifact["abi"]}
+    assert artifact["deployedBytecode"][2:] in artifact["bytecode"], "the creation code holds the runtime code"
+
+
+def test_artifact_carries_the_metadata_public_verifiers_need():
+    """Sourcify and Etherscan rebuild the bytecode from solc's metadata: compiler, settings, source hashes."""
+    artifact = load_artifact()
+    metadata = json.loads(artifact["metadata"])
+    assert metadata["compiler"]["version"] == artifact["compiler"]["version"].removesuffix(".Emscripten.clang")
+    assert metadata["settings"]["evmVersion"] == "cancun" and metadata["settings"]["viaIR"] is True
+    assert metadata["settings"]["compilationTarget"] == {"contracts/FLB.sol": "FLB"}
+    assert "@openzeppelin/contracts/access/Ownable2Step.sol" in metadata["sources"]
 
 
 def test_pins_are_exact():

@@ -1,85 +1,366 @@
-"""The FLB contract itself, on the embedded EVM and on a real anvil."""
-import pytest
+"""The FLB contract (version 2) itself, on the embedded EVM and on a real anvil."""
+from dataclasses import dataclass
 
+import pytest
+from eth_account import Account
 from web3.logs import DISCARD
 
-from chain.contract import flb_contract
+from chain.contract import flb_contract, revert_reason, reverted
 from chain.errors import TransactionReverted
 from chain.transact import send_signed, sign_call
+from flb.attestation import SigningDomain, sign_data_upload, sign_update
 
 pytestmark = pytest.mark.chain
-DIGEST_A = "sha256:" + "aa" * 32
+DIGEST_A = b"\xaa" * 32
+DIGEST_B = b"\xbb" * 32
+ZERO = bytes(32)
+OUTSIDER = Account.from_key(b"\x07" * 32)  # a key nobody registered; it signs, it never sends
 
 
-def transact(w3, account, call):
-    receipt = send_signed(w3, sign_call(w3, account, call, "test call"), timeout_s=30)
-    assert receipt["status"] == 1
-    return receipt
+@dataclass
+class Deployed:
+    w3: object
+    accounts: object
+    contract: object
+    domain: SigningDomain
+
+    def send(self, call, sender=None):
+        receipt = send_signed(self.w3, sign_call(self.w3, sender or self.accounts.admin, call, "test call"), timeout_s=30)
+        assert receipt["status"] == 1
+        return receipt
+
+    def rejects(self, call, error: str, sender=None):
+        with pytest.raises(TransactionReverted, match=error):
+            sign_call(self.w3, sender or self.accounts.admin, call, "test call")
+
+    def events(self, name, receipt):
+        return [e["args"] for e in getattr(self.contract.events, name)().process_receipt(receipt, errors=DISCARD)]
 
 
 @pytest.fixture
 def deployed(evm):
+    """FLB deployed by the admin, with the dev clients registered."""
     w3, accounts = evm
-    receipt = transact(w3, accounts.admin, flb_contract(w3).constructor(accounts.admin.address))
-    return w3, accounts, flb_contract(w3, receipt["contractAddress"])
+    admin = accounts.admin
+    receipt = send_signed(w3, sign_call(w3, admin, flb_contract(w3).constructor(admin.address), "deploy"), 30)
+    contract = flb_contract(w3, receipt["contractAddress"])
+    chain = Deployed(w3, accounts, contract, SigningDomain(w3.eth.chain_id, contract.address))
+    chain.send(contract.functions.registerClients([a.address for a in accounts.clients]))
+    return chain
 
 
-def test_non_owner_add_score_reverts(deployed):
-    w3, accounts, contract = deployed
-    with pytest.raises(TransactionReverted, match="not the contract owner"):
-        sign_call(w3, accounts.clients[0], contract.functions.addScore(accounts.clients[0].address, 5), "addScore")
+def upload(chain, signer, digest=DIGEST_A, signature=None, client=None):
+    signature = signature or sign_data_upload(signer, chain.domain, digest)
+    return chain.contract.functions.uploadUserData(client or signer.address, digest, signature)
 
 
-def test_owner_add_score_is_cumulative(deployed):
-    w3, accounts, contract = deployed
-    user = accounts.clients[1].address
-    transact(w3, accounts.admin, contract.functions.addScore(user, 5))
-    receipt = transact(w3, accounts.admin, contract.functions.addScore(user, 7))
-    assert contract.functions.getScore(user).call() == 12
-    assert contract.functions.getUserScore(0).call() == [user, 12]
-    event = contract.events.ScoreAdd().process_receipt(receipt, errors=DISCARD)[0]
-    assert (event["args"]["user"], event["args"]["score"]) == (user, 7)
+def round_args(chain, round_number, signers, previous=ZERO, global_digest=None, num_examples=None, scores=None,
+               domain=None):
+    """recordRound's arguments with each signer's update signed over (round, previous, digest, count)."""
+    signers = sorted(signers, key=lambda a: int(a.address, 16))
+    digests = [bytes([round_number + 1, i + 1]) * 16 for i in range(len(signers))]
+    counts = num_examples or [10 + i for i in range(len(signers))]
+    signatures = [sign_update(a, domain or chain.domain, round=round_number, previous_global_digest=previous,
+                              update_digest=d, num_examples=n) for a, d, n in zip(signers, digests, counts)]
+    return [round_number, global_digest or bytes([round_number + 1]) * 32, [a.address for a in signers], digests,
+            counts, scores or [3 * (i + 1) for i in range(len(signers))], signatures]
 
 
-def test_duplicate_upload_reverts(deployed):
-    w3, accounts, contract = deployed
-    transact(w3, accounts.clients[0], contract.functions.uploadUserData(DIGEST_A))
-    for uploader in (accounts.clients[0], accounts.clients[1]):
-        with pytest.raises(TransactionReverted, match="Data already uploaded"):
-            sign_call(w3, uploader, contract.functions.uploadUserData(DIGEST_A), "upload")
+def record(chain, args):
+    return chain.send(chain.contract.functions.recordRound(*args))
 
 
-def test_upload_event_and_getters(deployed):
-    w3, accounts, contract = deployed
-    client = accounts.clients[0]
-    receipt = transact(w3, client, contract.functions.uploadUserData(DIGEST_A))
-    assert contract.events.DataUpload().process_receipt(receipt, errors=DISCARD)[0]["args"]["user"] == client.address
-    assert contract.functions.getUserData(client.address).call() == [DIGEST_A]
-    assert contract.functions.getUserDataCount(client.address).call() == 1
-    assert contract.functions.userExists(client.address).call()
-    assert contract.functions.getUserCount().call() == 1
-    assert contract.functions.uploaderOf(DIGEST_A).call() == client.address
+# --- data uploads ----------------------------------------------------------------------------
+
+def test_signed_upload_is_recorded_with_its_digest(deployed):
+    client = deployed.accounts.clients[0]
+    receipt = deployed.send(upload(deployed, client), sender=client)
+    assert deployed.events("DataUpload", receipt) == [{"user": client.address, "dataDigest": DIGEST_A}]
+    functions = deployed.contract.functions
+    assert functions.uploaderOf(DIGEST_A).call() == client.address
+    assert functions.getUserData(client.address).call() == [DIGEST_A]
+    assert functions.getUserDataCount(client.address).call() == 1
+    assert functions.userExists(client.address).call() and functions.getUserCount().call() == 1
+    assert receipt["gasUsed"] < 150_000, "a v1 upload (a 71-byte string) cost ~210k gas"
 
 
-def test_round_record_round_trips(deployed):
-    w3, accounts, contract = deployed
-    clients = [a.address for a in accounts.clients]
-    digests = [bytes([i + 1]) * 32 for i in range(len(clients))]
-    scores = [3, 0, 11]
-    receipt = transact(w3, accounts.admin, contract.functions.recordRound(4, b"\x07" * 32, clients, digests, scores))
-    event = contract.events.RoundRecorded().process_receipt(receipt, errors=DISCARD)[0]["args"]
-    assert (event["round"], event["globalDigest"], event["clients"], event["updateDigests"], event["scores"]) == (
-        4, b"\x07" * 32, clients, digests, scores)
-    assert contract.functions.getRound(4).call()[0] == b"\x07" * 32
-    assert contract.functions.verifyRound(4, b"\x07" * 32, clients, digests, scores).call()
-    assert not contract.functions.verifyRound(4, b"\x07" * 32, clients, digests, [3, 0, 12]).call()
-    assert [contract.functions.getScore(c).call() for c in clients] == scores
-    with pytest.raises(TransactionReverted, match="Round already recorded"):
-        sign_call(w3, accounts.admin, contract.functions.recordRound(4, b"\x07" * 32, clients, digests, scores), "round")
+def test_upload_signed_by_an_unregistered_account_reverts(deployed):
+    deployed.rejects(upload(deployed, OUTSIDER), "NotRegistered", sender=deployed.accounts.clients[1])
 
 
-def test_non_owner_round_record_reverts(deployed):
-    w3, accounts, contract = deployed
-    call = contract.functions.recordRound(1, b"\x01" * 32, [accounts.clients[0].address], [b"\x02" * 32], [1])
-    with pytest.raises(TransactionReverted, match="not the contract owner"):
-        sign_call(w3, accounts.clients[0], call, "round")
+def test_front_runner_cannot_claim_a_relayed_upload(deployed):
+    victim, front_runner = deployed.accounts.clients[0], deployed.accounts.clients[1]
+    signature = sign_data_upload(victim, deployed.domain, DIGEST_A)
+    deployed.rejects(upload(deployed, front_runner, signature=signature), "BadSignature", sender=front_runner)
+    deployed.send(upload(deployed, victim, signature=signature), sender=front_runner)
+    assert deployed.contract.functions.uploaderOf(DIGEST_A).call() == victim.address
+    assert deployed.contract.functions.getUserData(front_runner.address).call() == []
+    deployed.rejects(upload(deployed, victim, signature=signature), "AlreadyUploaded", sender=victim)
+
+
+def test_signature_over_another_digest_reverts(deployed):
+    client = deployed.accounts.clients[0]
+    signature = sign_data_upload(client, deployed.domain, DIGEST_B)
+    deployed.rejects(upload(deployed, client, DIGEST_A, signature), "BadSignature", sender=client)
+
+
+def test_zero_data_digest_reverts(deployed):
+    client = deployed.accounts.clients[0]
+    deployed.rejects(upload(deployed, client, ZERO), "ZeroDigest", sender=client)
+
+
+@pytest.mark.parametrize("mangle", [lambda s: s[:-2], lambda s: s[:-2] + "00"], ids=["64 bytes", "v=0"])
+def test_malformed_upload_signature_reverts(deployed, mangle):
+    client = deployed.accounts.clients[0]
+    signature = mangle(sign_data_upload(client, deployed.domain, DIGEST_A))
+    deployed.rejects(upload(deployed, client, signature=signature), "BadSignature", sender=client)
+
+
+def test_malleable_twin_of_a_valid_signature_reverts(deployed):
+    """(r, n - s, v ^ 1) recovers the same signer through ecrecover; OpenZeppelin accepts only low s."""
+    client = deployed.accounts.clients[0]
+    raw = bytes.fromhex(sign_data_upload(client, deployed.domain, DIGEST_A)[2:])
+    n = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
+    twin = raw[:32] + (n - int.from_bytes(raw[32:64], "big")).to_bytes(32, "big") + bytes([raw[64] ^ 1])
+    deployed.rejects(upload(deployed, client, signature=twin), "BadSignature", sender=client)
+
+
+# --- client registry -------------------------------------------------------------------------
+
+def test_registration_is_recorded_once_per_client(deployed):
+    functions = deployed.contract.functions
+    receipt = deployed.send(functions.registerClients([OUTSIDER.address]))
+    assert deployed.events("ClientRegistered", receipt) == [{"client": OUTSIDER.address}]
+    assert functions.isClient(OUTSIDER.address).call()
+    assert functions.clientCount().call() == len(deployed.accounts.clients) + 1
+    assert functions.clientAt(len(deployed.accounts.clients)).call() == OUTSIDER.address
+    deployed.rejects(functions.registerClients([OUTSIDER.address]), "AlreadyRegistered")
+    deployed.rejects(functions.registerClients(["0x" + "00" * 20]), "ZeroAddress")
+
+
+def test_non_owner_cannot_register_or_record(deployed):
+    stranger = deployed.accounts.clients[0]
+    deployed.rejects(deployed.contract.functions.registerClients([OUTSIDER.address]), "not the contract owner", stranger)
+    call = deployed.contract.functions.recordRound(*round_args(deployed, 0, []))
+    deployed.rejects(call, "not the contract owner", stranger)
+    deployed.rejects(deployed.contract.functions.recordSealedRound(0, b"\x01" * 32, b"\x02" * 32), "OwnableUnauthorized",
+                     stranger)
+
+
+# --- rounds ----------------------------------------------------------------------------------
+
+def test_rounds_are_chained_and_signed_by_their_clients(deployed):
+    base = round_args(deployed, 0, [])
+    record(deployed, base)
+    args = round_args(deployed, 1, deployed.accounts.clients[:2], previous=base[1])
+    receipt = record(deployed, args)
+    event = deployed.events("RoundRecorded", receipt)[0]
+    assert [event[k] for k in ("round", "previousGlobalDigest", "globalDigest", "clients", "updateDigests",
+                               "numExamples", "scores")] == [1, base[1], *args[1:6]]
+    functions = deployed.contract.functions
+    assert functions.nextRound().call() == 2 and functions.lastGlobalDigest().call() == args[1]
+    assert functions.getRound(1).call()[0] == args[1] and functions.roundExists(1).call()
+    assert not functions.roundExists(2).call()
+    assert [functions.getScore(c).call() for c in args[2]] == args[5]
+
+
+def test_score_add_names_the_round(deployed):
+    client = deployed.accounts.clients[0]
+    record(deployed, round_args(deployed, 0, []))
+    record(deployed, round_args(deployed, 1, [client], previous=b"\x01" * 32))
+    receipt = record(deployed, round_args(deployed, 2, [client], previous=b"\x02" * 32, scores=[5]))
+    assert deployed.events("ScoreAdd", receipt) == [{"user": client.address, "round": 2, "score": 5}]
+    assert deployed.contract.functions.getScore(client.address).call() == 3 + 5
+
+
+@pytest.mark.parametrize("forgery, error", [
+    ("signed by another client", "BadSignature"),
+    ("signed by a non-client for itself", "NotRegistered"),
+    ("signed by a non-client for a client", "BadSignature"),
+    ("over another round", "BadSignature"),
+    ("over another previous digest", "BadSignature"),
+    ("over another num_examples", "BadSignature"),
+    ("for another contract", "BadSignature"),
+    ("for another chain id", "BadSignature"),
+    ("missing", "BadSignature"),
+])
+def test_forged_update_signature_reverts(deployed, forgery, error):
+    record(deployed, round_args(deployed, 0, []))
+    previous = b"\x01" * 32
+    client, other = deployed.accounts.clients[0], deployed.accounts.clients[1]
+    args = round_args(deployed, 1, [client], previous=previous)
+    resign = {"round": 1, "previous_global_digest": previous, "update_digest": args[3][0], "num_examples": args[4][0]}
+    domain = deployed.domain
+    if forgery == "signed by another client":
+        args[6] = [sign_update(other, domain, **resign)]
+    elif forgery == "signed by a non-client for itself":
+        args = round_args(deployed, 1, [OUTSIDER], previous=previous)
+    elif forgery == "signed by a non-client for a client":
+        args[6] = [sign_update(OUTSIDER, domain, **resign)]
+    elif forgery == "over another round":
+        args[6] = [sign_update(client, domain, **{**resign, "round": 2})]
+    elif forgery == "over another previous digest":
+        args[6] = [sign_update(client, domain, **{**resign, "previous_global_digest": ZERO})]
+    elif forgery == "over another num_examples":
+        args[6] = [sign_update(client, domain, **{**resign, "num_examples": args[4][0] + 1})]
+    elif forgery == "for another contract":
+        args[6] = [sign_update(client, SigningDomain(domain.chain_id, OUTSIDER.address), **resign)]
+    elif forgery == "for another chain id":
+        args[6] = [sign_update(client, SigningDomain(domain.chain_id + 1, domain.contract), **resign)]
+    else:
+        args[6] = [b""]
+    deployed.rejects(deployed.contract.functions.recordRound(*args), error)
+
+
+def test_duplicate_client_reverts(deployed):
+    client = deployed.accounts.clients[0]
+    args = round_args(deployed, 0, [client])
+    twice = [args[0], args[1]] + [column * 2 for column in args[2:]]
+    deployed.rejects(deployed.contract.functions.recordRound(*twice), r"ClientsNotAscending\(index=1\)")
+
+
+def test_clients_out_of_address_order_revert(deployed):
+    args = round_args(deployed, 0, deployed.accounts.clients[:2])
+    descending = args[:2] + [column[::-1] for column in args[2:]]
+    deployed.rejects(deployed.contract.functions.recordRound(*descending), r"ClientsNotAscending\(index=1\)")
+
+
+def test_rounds_cannot_be_skipped_or_repeated(deployed):
+    record(deployed, round_args(deployed, 0, []))
+    functions = deployed.contract.functions
+    deployed.rejects(functions.recordRound(*round_args(deployed, 2, [])),
+                     r"WrongRound\(expected=1, given=2\); rounds are recorded in order; this contract expects round 1")
+    deployed.rejects(functions.recordRound(*round_args(deployed, 0, [])), r"WrongRound\(expected=1, given=0\)")
+    deployed.rejects(functions.recordSealedRound(0, b"\x01" * 32, b"\x02" * 32), r"WrongRound\(expected=1, given=0\)")
+
+
+def test_zero_global_digest_reverts(deployed):
+    args = round_args(deployed, 0, [])
+    args[1] = ZERO
+    deployed.rejects(deployed.contract.functions.recordRound(*args), "ZeroDigest")
+
+
+def test_zero_update_digest_reverts_even_when_signed(deployed):
+    client = deployed.accounts.clients[0]
+    args = round_args(deployed, 0, [client])
+    args[3] = [ZERO]
+    args[6] = [sign_update(client, deployed.domain, round=0, previous_global_digest=ZERO, update_digest=ZERO,
+                           num_examples=args[4][0])]
+    deployed.rejects(deployed.contract.functions.recordRound(*args), "ZeroDigest")
+
+
+@pytest.mark.parametrize("column", [3, 4, 5, 6], ids=["updateDigests", "numExamples", "scores", "signatures"])
+def test_arrays_of_other_lengths_revert(deployed, column):
+    args = round_args(deployed, 0, deployed.accounts.clients[:2])
+    args[column] = args[column][:1]
+    deployed.rejects(deployed.contract.functions.recordRound(*args), "LengthMismatch")
+
+
+def test_verify_round_accepts_only_the_exact_record(deployed):
+    record(deployed, round_args(deployed, 0, []))
+    previous = b"\x01" * 32
+    args = round_args(deployed, 1, deployed.accounts.clients[:2], previous=previous)
+    record(deployed, args)
+    claim = [1, previous, *args[1:6]]
+    verify = deployed.contract.functions.verifyRound
+    assert verify(*claim).call()
+    alterations = {
+        "round": (0, 0), "previousGlobalDigest": (1, ZERO), "globalDigest": (2, DIGEST_A),
+        "clients": (3, claim[3][::-1]), "updateDigests": (4, [DIGEST_A, claim[4][1]]),
+        "numExamples": (5, [claim[5][0] + 1, claim[5][1]]), "scores": (6, [claim[6][0], claim[6][1] + 1]),
+    }
+    for field, (index, value) in alterations.items():
+        altered = claim[:index] + [value] + claim[index + 1:]
+        assert not verify(*altered).call(), f"verifyRound accepted an altered {field}"
+
+
+def test_sealed_rounds_are_chained_and_verifiable(deployed):
+    functions = deployed.contract.functions
+    base = round_args(deployed, 0, [])
+    record(deployed, base)
+    commitment = b"\x5e" * 32
+    receipt = deployed.send(functions.recordSealedRound(1, b"\x02" * 32, commitment))
+    assert deployed.events("RoundSealed", receipt) == [{"round": 1, "previousGlobalDigest": base[1],
+                                                        "globalDigest": b"\x02" * 32, "participantsCommitment": commitment}]
+    assert functions.verifySealedRound(1, base[1], b"\x02" * 32, commitment).call()
+    assert not functions.verifySealedRound(1, base[1], b"\x02" * 32, DIGEST_A).call()
+    assert not functions.verifySealedRound(1, ZERO, b"\x02" * 32, commitment).call()
+    assert deployed.events("ScoreAdd", receipt) == []
+    record(deployed, round_args(deployed, 2, deployed.accounts.clients[:1], previous=b"\x02" * 32))
+    deployed.rejects(functions.recordSealedRound(3, b"\x04" * 32, ZERO), "ZeroDigest")
+    assert functions.nextRound().call() == 3
+
+
+# --- ownership -------------------------------------------------------------------------------
+
+def test_adapter_config_is_anchored_once_by_the_owner(deployed):
+    functions = deployed.contract.functions
+    assert functions.adapterConfigDigest().call() == ZERO
+    deployed.rejects(functions.anchorAdapterConfig(DIGEST_A), "OwnableUnauthorizedAccount",
+                     sender=deployed.accounts.clients[0])
+    deployed.rejects(functions.anchorAdapterConfig(ZERO), "ZeroDigest")
+    receipt = deployed.send(functions.anchorAdapterConfig(DIGEST_A))
+    assert deployed.events("AdapterConfigAnchored", receipt) == [{"adapterConfigDigest": DIGEST_A}]
+    deployed.rejects(functions.anchorAdapterConfig(DIGEST_B), "AlreadyAnchored")
+    assert functions.adapterConfigDigest().call() == DIGEST_A
+
+
+def test_ownership_moves_only_when_the_new_owner_accepts(deployed):
+    functions = deployed.contract.functions
+    admin, heir, stranger = deployed.accounts.admin, deployed.accounts.clients[0], deployed.accounts.clients[1]
+    deployed.send(functions.transferOwnership(heir.address))
+    assert functions.owner().call() == admin.address and functions.pendingOwner().call() == heir.address
+    deployed.rejects(functions.acceptOwnership(), "OwnableUnauthorizedAccount", stranger)
+    deployed.send(functions.acceptOwnership(), sender=heir)
+    assert functions.owner().call() == heir.address
+    deployed.rejects(functions.recordRound(*round_args(deployed, 0, [])), "not the contract owner", admin)
+
+
+def test_ownership_cannot_be_renounced(deployed):
+    deployed.rejects(deployed.contract.functions.renounceOwnership(), r"RenounceDisabled\(\); ownership cannot be renounced")
+    assert deployed.contract.functions.owner().call() == deployed.accounts.admin.address
+
+
+# --- reverts made readable, on each backend --------------------------------------------------
+
+@pytest.mark.parametrize("how", ["call", "estimate_gas"])
+def test_revert_reason_decodes_custom_errors(deployed, how):
+    call = deployed.contract.functions.recordSealedRound(5, b"\x01" * 32, b"\x02" * 32)
+    with pytest.raises(Exception) as caught:
+        getattr(call, how)({"from": deployed.accounts.admin.address})
+    assert revert_reason(caught.value) == "WrongRound(expected=0, given=5)"
+
+
+def test_revert_reason_decodes_panics_and_ignores_other_errors(deployed):
+    with pytest.raises(Exception) as caught:
+        deployed.contract.functions.clientAt(99).call()
+    assert revert_reason(caught.value) == "Panic(code=0x32)"
+    assert revert_reason(ConnectionError("node is down")) is None
+
+
+def test_reverted_message_is_one_line_with_the_fix():
+    error = reverted("round 3", "NotRegistered(client=0x1234)")
+    assert str(error) == ("round 3: the contract reverted with NotRegistered(client=0x1234); 0x1234 is not a registered "
+                          "client; the owner registers it with registerClients first")
+    assert "chain/contracts/FLB.sol" in str(reverted("upload", "some require\nstring"))
+    assert "\n" not in str(reverted("upload", "some require\nstring"))
+
+
+# --- gas -------------------------------------------------------------------------------------
+
+def test_gas_of_uploads_and_signed_rounds(deployed, capsys):
+    """Figures for the README; only the upload bound is asserted (v1 uploads cost 210k-228k, 143k after)."""
+    client = deployed.accounts.clients[0]
+    first = deployed.send(upload(deployed, client, DIGEST_A), sender=client)["gasUsed"]
+    second = deployed.send(upload(deployed, client, DIGEST_B), sender=client)["gasUsed"]
+    signers = [Account.from_key(bytes([i + 1]) * 32) for i in range(10)]
+    deployed.send(deployed.contract.functions.registerClients([a.address for a in signers]))
+    record(deployed, round_args(deployed, 0, []))
+    gas = {}
+    for round_number, label, group in [(1, "2 new", signers[:2]), (2, "8 new", signers[2:]), (3, "8 known", signers[2:]),
+                                       (4, "2 known", signers[:2])]:
+        previous = bytes([round_number]) * 32
+        gas[label] = record(deployed, round_args(deployed, round_number, group, previous=previous))["gasUsed"]
+    with capsys.disabled():
+        print(f"\ngas: upload {first} (first), {second} (next); recordRound by clients: {gas}")
+    assert first < 150_000 and second < first

@@ -1,72 +1,59 @@
-"""The explorer prints the trail from a run directory; --verify catches a tampered adapter file."""
+"""The explorer prints a run's trail (blocks, decoded calls and events, scores, rounds) and reads live chains.
+Its --verify is tested on whole runs in test_chain_verify.py."""
 import pytest
-import torch
-from safetensors.torch import save_file
 
 from chain.explorer import main
-from chain.ledger import open_ledger
 from flb.config import ChainSettings
-from flb.digests import adapter_digest
-from flb.types import RoundRecord
+from tests.chain.conftest import global_digest, register, signed_record, signed_upload, update_digest
 
 pytestmark = pytest.mark.chain
+DATA_DIGEST = "0e" * 32
 
 
-def write_adapter(path, seed: int) -> str:
-    generator = torch.Generator().manual_seed(seed)
-    state = {"base_model.model.layers.0.q_proj.lora_A.weight": torch.randn(2, 8, generator=generator),
-             "base_model.model.layers.0.q_proj.lora_B.weight": torch.randn(8, 2, generator=generator)}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(state, str(path))
-    return adapter_digest(state)
+def record_a_short_run(ledger, clients):
+    register(ledger, clients[:2])
+    ledger.record_data_upload(0, signed_upload(ledger.signing_domain, clients[0], DATA_DIGEST))
+    ledger.record_round(signed_record(ledger.signing_domain, clients, 0, client_ids=()))
+    ledger.record_round(signed_record(ledger.signing_domain, clients, 1))
+    ledger.record_round(signed_record(ledger.signing_domain, clients, 2, client_ids=(1,)))
+    assert ledger.wait_until_sent(30)
 
 
 @pytest.fixture
-def recorded_run(tmp_path):
-    """A run directory with two rounds of adapter files, recorded on the embedded chain."""
-    ledger = open_ledger(ChainSettings(explorer_url="https://explorer.example/tx/{tx}"), tmp_path, num_clients=2)
-    ledger.record_data_upload(0, "sha256:" + "0e" * 32)
-    for round_number in (1, 2):
-        folder = tmp_path / f"round_{round_number}"
-        updates = [write_adapter(folder / "updates" / f"client_{c}.safetensors", 10 * round_number + c) for c in (0, 1)]
-        global_digest = write_adapter(folder / "adapter_model.safetensors", round_number)
-        ledger.record_round(RoundRecord(round_number, global_digest, [0, 1], updates, [5, 6], [100, 100], {}))
-    assert ledger.wait_until_sent(30)
-    ledger.close()
+def recorded_run(open_run_ledger, clients, tmp_path):
+    """A run directory whose ledger registered 2 clients, recorded client 0's upload and rounds 0-2 (embedded)."""
+    ledger = open_run_ledger(ChainSettings(explorer_url="https://explorer.example/tx/{tx}"))
+    record_a_short_run(ledger, clients)
+    assert ledger.close() is None
     return tmp_path
 
 
-def test_explorer_prints_blocks_calls_events_scores_and_rounds(recorded_run, capsys):
-    assert main([str(recorded_run)]) == 0
-    out = capsys.readouterr().out
-    for expected in ("constructor()", "uploadUserData(data=sha256:", "event DataUpload(", "recordRound(round=1",
-                     "event RoundRecorded(round=2", "(client 0)  210", "(client 1)  12", "round 2  global adapter 0x",
-                     "https://explorer.example/tx/0x"):
+def explorer_output(run_dir, capsys) -> str:
+    assert main([str(run_dir)]) == 0
+    return capsys.readouterr().out
+
+
+def test_explorer_decodes_the_deployment_registration_and_upload(recorded_run, clients, capsys):
+    out = explorer_output(recorded_run, capsys)
+    client_0 = f"{clients[0].address} (client 0)"
+    for expected in ("constructor(code_matches_artifact=True)", "(admin)  nonce 0  ok",
+                     f"event ClientRegistered(client={client_0})",
+                     f"uploadUserData(client={clients[0].address}, dataDigest=0x{DATA_DIGEST}, signature=0x",
+                     f"event DataUpload(user={client_0}, dataDigest=0x{DATA_DIGEST})"):
         assert expected in out
 
 
-def test_verify_passes_on_untouched_files(recorded_run, capsys):
-    assert main(["--verify", str(recorded_run)]) == 0
-    assert "6 adapter files match the chain, 0 problems" in capsys.readouterr().out
-
-
-def test_verify_names_round_and_client_of_a_tampered_update(recorded_run, capsys):
-    write_adapter(recorded_run / "round_2" / "updates" / "client_1.safetensors", seed=999)
-    assert main(["--verify", str(recorded_run)]) == 1
-    out = capsys.readouterr().out
-    assert "MISMATCH round 2 client 1:" in out and "round 1 client" not in out
-
-
-def test_verify_catches_a_tampered_global_adapter(recorded_run, capsys):
-    write_adapter(recorded_run / "round_1" / "adapter_model.safetensors", seed=999)
-    assert main(["--verify", str(recorded_run)]) == 1
-    assert "MISMATCH round 1 global adapter" in capsys.readouterr().out
-
-
-def test_verify_flags_a_round_missing_from_the_chain(recorded_run, capsys):
-    write_adapter(recorded_run / "round_3" / "adapter_model.safetensors", seed=3)
-    assert main(["--verify", str(recorded_run)]) == 1
-    assert "round 3:" in capsys.readouterr().out
+def test_explorer_decodes_rounds_with_previous_digest_counts_and_per_round_scores(recorded_run, clients, capsys):
+    out = explorer_output(recorded_run, capsys)
+    assert (f"event RoundRecorded(round=2, previousGlobalDigest=0x{global_digest(1)}, "
+            f"globalDigest=0x{global_digest(2)}, clients=[\"{clients[1].address}\"], "
+            f"updateDigests=[\"0x{update_digest(2, 1)}\"], numExamples=[11], scores=[11])") in out
+    assert f"event ScoreAdd(user={clients[0].address} (client 0), round=1, score=1010)" in out  # 1 upload x 1000 B + 10
+    assert f"event ScoreAdd(user={clients[1].address} (client 1), round=2, score=11)" in out
+    assert f"{clients[1].address} (client 1)  22" in out  # cumulative: 11 in round 1 and 11 in round 2
+    assert f"round 2  global adapter 0x{global_digest(2)}" in out
+    assert f"(client 1)  update 0x{update_digest(2, 1)}  examples 11  score 11" in out
+    assert out.count("https://explorer.example/tx/0x") == out.count("  tx 0x")
 
 
 def test_explorer_without_trail_says_what_to_do(tmp_path, capsys):
@@ -74,14 +61,23 @@ def test_explorer_without_trail_says_what_to_do(tmp_path, capsys):
     assert "chain_record: true" in capsys.readouterr().err
 
 
+def test_verify_of_a_run_that_recorded_nothing_says_so(tmp_path, capsys):
+    assert main([str(tmp_path), "--verify"]) == 2
+    assert "this run recorded nothing on a chain" in capsys.readouterr().err
+
+
+def test_verify_without_a_run_dir_shows_the_usage(capsys):
+    assert main(["--verify"]) == 2
+    assert "python -m chain.explorer RUN_DIR --verify" in capsys.readouterr().err
+
+
 @pytest.mark.anvil
-def test_explorer_reads_a_live_chain(tmp_path, capsys):
-    ledger = open_ledger(ChainSettings(backend="anvil"), tmp_path, num_clients=2)
-    ledger.record_data_upload(1, "sha256:" + "0f" * 32)
-    assert ledger.wait_until_sent(30)
+def test_explorer_reads_a_live_chain(open_run_ledger, clients, tmp_path, capsys):
+    ledger = open_run_ledger(ChainSettings(backend="anvil"))
+    record_a_short_run(ledger, clients)
     address = ledger.summary()["contract"]
-    try:
-        assert main(["--rpc", ledger.node.anvil.url, "--address", address, str(tmp_path)]) == 0
-    finally:
-        ledger.close()
-    assert "event DataUpload(user=0x3C44CdDdB6a900fa2b585dd299e03d12FA4293BC (client 1))" in capsys.readouterr().out
+    assert main(["--rpc", ledger.node.anvil.url, "--address", address]) == 0
+    out = capsys.readouterr().out
+    assert f"event DataUpload(user={clients[0].address}, dataDigest=0x{DATA_DIGEST})" in out
+    assert "event AdapterConfigAnchored(adapterConfigDigest=0x" in out  # every event, not just the outbox's
+    assert f"round 2  global adapter 0x{global_digest(2)}" in out

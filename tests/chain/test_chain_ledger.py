@@ -1,18 +1,25 @@
-"""The ledger: outbox, background sending, resume, reverts surfaced, no keys in any output."""
+"""The ledger: the run's contract found again on every reopen, records queued in a durable outbox and sent in the
+background, each record sent once, lost records sent again, permanent failures ending the run, no key in any output."""
 import json
 import logging
+import shutil
 import time
 
 import pytest
+from eth_account import Account
 
-from chain.backends import embedded_node
 from chain.contract import flb_contract
-from chain.ledger import ChainLedger, open_ledger
-from chain.outbox import CONFIRMED, FAILED
+from chain.embedded import EMBEDDED_CHAIN_FILE
+from chain.errors import ChainError
+from chain.outbox import CONFIRMED
+from chain.sender import LOST
 from chain.transact import send_signed, sign_call
 from flb.config import ChainSettings
+from flb.errors import RunFailed
+from tests.chain.conftest import global_digest, register, signed_record, signed_upload
 
 pytestmark = pytest.mark.chain
+OUTSIDER = Account.from_key(b"\x07" * 32)  # a key no one registered
 
 
 def outbox_lines(run_dir):
@@ -23,137 +30,330 @@ def submissions(run_dir, entry_id):
     return [line for line in outbox_lines(run_dir) if line["id"] == entry_id and line["status"] == "submitted"]
 
 
-def test_embedded_ledger_records_uploads_and_rounds(tmp_path, make_record):
-    ledger = open_ledger(ChainSettings(), tmp_path, num_clients=2)
-    ledger.record_data_upload(0, "sha256:" + "01" * 32)
-    ledger.record_data_upload(1, "02" * 32)  # a bare hex digest is recorded as sha256:<hex>
-    ledger.record_round(make_record(1))
+def record_rounds(ledger, clients, rounds, **kwargs):
+    for number in rounds:
+        ids = () if number == 0 else (0, 1)
+        ledger.record_round(signed_record(ledger.signing_domain, clients, number, client_ids=ids, **kwargs))
+
+
+def stored_global_digest(ledger, number: int) -> str:
+    return bytes(ledger.contract.functions.getRound(number).call()[0]).hex()
+
+
+def fails_with(ledger, text: str) -> str:
+    """The one-line RunFailed the ledger ends the run with once its sender stopped on `text`."""
+    deadline = time.monotonic() + 30
+    while ledger.sender.fatal_error is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    with pytest.raises(RunFailed, match=text) as failure:
+        ledger.check()
+    message = str(failure.value)
+    assert "\n" not in message
+    return message
+
+
+def test_embedded_ledger_records_registration_uploads_and_rounds(open_run_ledger, clients, tmp_path):
+    ledger = open_run_ledger()
+    register(ledger, clients)
+    ledger.record_data_upload(0, signed_upload(ledger.signing_domain, clients[0], "01" * 32))
+    record_rounds(ledger, clients, (0, 1))
     assert ledger.wait_until_sent(30)
-    assert ledger.outbox.get("upload:1:sha256:" + "02" * 32).status == CONFIRMED
-    recorded = ledger.get_round(1)
-    assert recorded["global_digest"] == make_record(1).global_digest
-    assert recorded["update_digests"] == make_record(1).update_digests
-    assert recorded["scores"] == [1 * 1000 + 10, 1 * 1000 + 11]  # uploads x bytes + examples
-    assert ledger.scores() == {0: 1010, 1: 1011}
-    ledger.close()
+    functions = ledger.contract.functions
+    assert [functions.isClient(a.address).call() for a in (*clients, OUTSIDER)] == [True, True, True, False]
+    assert functions.uploaderOf(bytes.fromhex("01" * 32)).call() == clients[0].address
+    assert stored_global_digest(ledger, 1) == global_digest(1) and functions.nextRound().call() == 2
+    assert ledger.scores() == {0: 1 * 1000 + 10, 1: 0 * 1000 + 11, 2: 0}  # uploads x update bytes + examples
+    assert ledger.close() is None
     summary = ledger.summary()
     assert summary["backend"] == "embedded" and summary["pending"] == 0 and summary["failed"] == 0
-    assert [tx["record"] for tx in summary["transactions"]][0] == "deploy"
+    assert [tx["record"] for tx in summary["transactions"]] == ["deploy", "register", "upload:0", "round:0", "round:1"]
     assert all(tx["tx"] for tx in summary["transactions"])
     assert (tmp_path / "chain" / "trail.json").is_file()
 
 
-def test_record_calls_return_at_once(tmp_path, make_record):
-    ledger = open_ledger(ChainSettings(), tmp_path, num_clients=2)
+def test_record_calls_return_at_once(open_run_ledger, clients):
+    ledger = open_run_ledger()
+    register(ledger, clients)
     start = time.monotonic()
-    for round_number in range(1, 6):
-        ledger.record_round(make_record(round_number))
-    assert time.monotonic() - start < 2.0  # sending them takes ~0.1 s each; queueing does not wait for it
+    record_rounds(ledger, clients, range(6))
+    assert time.monotonic() - start < 2.0  # sending takes ~0.1-0.3 s a record; queueing does not wait for it
     assert ledger.wait_until_sent(60)
-    ledger.close()
+    assert ledger.contract.functions.nextRound().call() == 6
 
 
-def test_duplicate_upload_is_recorded_as_failed_with_cause(tmp_path, caplog):
-    ledger = open_ledger(ChainSettings(), tmp_path, num_clients=2)
-    ledger.record_data_upload(0, "sha256:" + "05" * 32)
-    ledger.record_data_upload(1, "sha256:" + "05" * 32)
-    with caplog.at_level(logging.ERROR, logger="chain.ledger"):
-        assert ledger.wait_until_sent(30)
-    failed = ledger.outbox.get("upload:1:sha256:" + "05" * 32)
-    assert failed.status == FAILED and "Data already uploaded" in failed.error
-    assert "Data already uploaded" in caplog.text
-    ledger.close()
+def test_the_ledger_signs_for_its_own_contract(open_run_ledger):
+    ledger = open_run_ledger()
+    assert ledger.signing_domain.contract == ledger.contract.address == ledger.deployment["address"]
+    assert ledger.signing_domain.chain_id == ledger.node.w3.eth.chain_id
+    anchored = bytes(ledger.contract.functions.adapterConfigDigest().call()).hex()
+    assert anchored == "c0" * 32
 
 
-def test_not_owner_is_recorded_as_failed_with_cause(tmp_path, make_record):
-    node = embedded_node(num_clients=2)
-    stranger = node.accounts.clients[1]
-    receipt = send_signed(node.w3, sign_call(node.w3, stranger, flb_contract(node.w3).constructor(stranger.address), "deploy"), 30)
-    ledger = ChainLedger(node, ChainSettings(contract_address=receipt["contractAddress"]), tmp_path)
-    ledger.record_round(make_record(1))
-    assert ledger.wait_until_sent(30)
-    assert "not the contract owner" in ledger.outbox.get("round:1").error
-    ledger.close()
+@pytest.mark.parametrize("forgery", ["another key", "another round"])
+def test_a_round_the_client_did_not_sign_is_refused_by_the_chain(open_run_ledger, clients, forgery):
+    ledger = open_run_ledger()
+    register(ledger, clients)
+    record_rounds(ledger, clients, (0,))
+    forged = {"signers": [clients[0], clients[2]]} if forgery == "another key" else {"signed_round": 2}
+    ledger.record_round(signed_record(ledger.signing_domain, clients, 1, **forged))
+    message = fails_with(ledger, "BadSignature")
+    assert "round 1 record" in message
+    assert not ledger.contract.functions.roundExists(1).call()
+    assert "BadSignature" in ledger.close()
 
 
-def test_reopened_embedded_run_resends_to_the_new_chain(tmp_path, make_record):
-    first = open_ledger(ChainSettings(), tmp_path, num_clients=2)
-    first.record_data_upload(0, "sha256:" + "0a" * 32)
-    first.record_round(make_record(1))
-    first.close()
-    second = open_ledger(ChainSettings(), tmp_path, num_clients=2)
-    second.record_data_upload(0, "sha256:" + "0a" * 32)  # a resumed run records its shards again: no duplicate
-    second.record_round(make_record(2))
+def test_an_upload_signed_by_another_key_is_refused(open_run_ledger, clients):
+    ledger = open_run_ledger()
+    register(ledger, clients)
+    ledger.record_data_upload(1, signed_upload(ledger.signing_domain, OUTSIDER, "02" * 32))
+    assert "data upload of client 1" in fails_with(ledger, "BadSignature")
+    assert ledger.contract.functions.uploaderOf(bytes.fromhex("02" * 32)).call() == "0x" + "00" * 20
+
+
+def test_a_round_naming_an_unregistered_address_is_refused(open_run_ledger, clients):
+    ledger = open_run_ledger()
+    register(ledger, clients[:2])
+    record_rounds(ledger, clients, (0,))
+    outsiders = [clients[0], OUTSIDER]  # the outsider signs its own update correctly, but was never registered
+    ledger.record_round(signed_record(ledger.signing_domain, outsiders, 1))
+    assert OUTSIDER.address in fails_with(ledger, "NotRegistered")
+
+
+def test_a_data_digest_already_uploaded_by_another_client_ends_the_run(open_run_ledger, clients):
+    ledger = open_run_ledger()
+    register(ledger, clients)
+    ledger.record_data_upload(0, signed_upload(ledger.signing_domain, clients[0], "05" * 32))
+    ledger.record_data_upload(1, signed_upload(ledger.signing_domain, clients[1], "05" * 32))
+    message = fails_with(ledger, "data upload of client 1")
+    assert f"uploaded by {clients[0].address}" in message
+    assert ledger.outbox.get("upload:0").status == CONFIRMED
+
+
+def test_a_contract_owned_by_another_account_is_refused_at_open(tmp_path, open_run_ledger):
+    from chain.backends import connect
+
+    settings = ChainSettings()
+    node = connect(settings, tmp_path)  # the run's own chain, where a stranger deployed a contract first
+    stranger = Account.from_key(b"\x09" * 32)
+    node.w3.eth.send_transaction({"from": node.accounts.admin.address, "to": stranger.address, "value": 10**18})
+    call = flb_contract(node.w3).constructor(stranger.address)
+    address = send_signed(node.w3, sign_call(node.w3, stranger, call, "deploy"), 30)["contractAddress"]
+    node.stop()
+    with pytest.raises(ChainError, match=f"owned by {stranger.address}, not by this run's admin"):
+        open_run_ledger(ChainSettings(contract_address=address))
+
+
+def test_reopened_embedded_run_continues_the_same_chain(open_run_ledger, clients, tmp_path):
+    first = open_run_ledger()
+    register(first, clients)
+    ledger_upload = signed_upload(first.signing_domain, clients[0], "0a" * 32)
+    first.record_data_upload(0, ledger_upload)
+    record_rounds(first, clients, (0, 1))
+    assert first.close() is None
+    deployment = json.loads((tmp_path / "chain" / "deployment.json").read_text())
+
+    second = open_run_ledger()
+    assert second.deployment == deployment and second.signing_domain == first.signing_domain  # no new deploy
+    register(second, clients)  # a resumed run queues its registration and uploads again: nothing is re-sent
+    second.record_data_upload(0, ledger_upload)
+    record_rounds(second, clients, (2,))
     assert second.wait_until_sent(30)
-    assert second.get_round(1) is not None and second.get_round(2) is not None
+    assert [stored_global_digest(second, n) for n in (0, 1, 2)] == [global_digest(n) for n in (0, 1, 2)]
     assert second.scores()[0] == 2 * (1000 + 10)
-    assert second.outbox.count(CONFIRMED) == 3
-    second.close()
+    for entry_id in ("register", "upload:0", "round:0", "round:1", "round:2"):
+        assert len(submissions(tmp_path, entry_id)) == 1
+    assert second.node.w3.eth.get_block(deployment["block"])["hash"].hex().removeprefix("0x") == \
+        deployment["block_hash"].removeprefix("0x")
 
 
-def test_quality_scoring_takes_scores_from_metrics(tmp_path, make_record):
-    ledger = open_ledger(ChainSettings(scoring="quality"), tmp_path, num_clients=2)
-    record = make_record(1)
-    record.metrics["scores"] = [0, 42]
-    ledger.record_round(record)
+def test_a_record_the_chain_lost_is_sent_again_on_reopen(open_run_ledger, clients, tmp_path):
+    chain_file = tmp_path / "chain" / EMBEDDED_CHAIN_FILE
+    first = open_run_ledger()
+    register(first, clients)
+    record_rounds(first, clients, (0,))
+    assert first.wait_until_sent(30)
+    shutil.copyfile(chain_file, tmp_path / "before_round_1.db")
+    record_rounds(first, clients, (1,))
+    assert first.close() is None
+    shutil.copyfile(tmp_path / "before_round_1.db", chain_file)  # the chain rewound: round 1 is gone
+
+    second = open_run_ledger()
+    record_rounds(second, clients, (2,))  # sent after round 1: the sender checks the chain before sending anything
+    assert second.wait_until_sent(30)
+    assert [stored_global_digest(second, n) for n in (1, 2)] == [global_digest(1), global_digest(2)]
+    assert LOST in second.outbox.get("round:1").error
+    assert len(submissions(tmp_path, "round:1")) == 2
+    assert second.close() is None
+    trail = json.loads((tmp_path / "chain" / "trail.json").read_text())
+    assert [entry["record"] for entry in trail["resent"]] == ["round:1"]
+
+
+def test_a_chain_without_the_runs_deployment_is_refused(open_run_ledger, clients, tmp_path):
+    first = open_run_ledger()
+    register(first, clients)
+    assert first.close() is None
+    (tmp_path / "chain" / EMBEDDED_CHAIN_FILE).unlink()  # a fresh chain would start over at genesis
+    with pytest.raises(ChainError, match="not the chain the run started on"):
+        open_run_ledger()
+
+
+def test_quality_scoring_takes_scores_from_metrics(open_run_ledger, clients):
+    ledger = open_run_ledger(ChainSettings(scoring="quality"))
+    register(ledger, clients)
+    record_rounds(ledger, clients, (0,))
+    record_rounds(ledger, clients, (1,), metrics={"scores": [0, 42]})
     assert ledger.wait_until_sent(30)
-    assert ledger.get_round(1)["scores"] == [0, 42]
-    ledger.close()
+    assert ledger.scores() == {0: 0, 1: 42, 2: 0}
 
 
 @pytest.mark.anvil
-def test_outbox_keeps_every_record_while_anvil_is_down(tmp_path, make_record):
-    ledger = open_ledger(ChainSettings(backend="anvil"), tmp_path, num_clients=2)
-    ledger.record_data_upload(0, "sha256:" + "0b" * 32)
-    ledger.record_round(make_record(1))
+def test_outbox_keeps_every_record_while_anvil_is_down(open_run_ledger, clients, tmp_path):
+    ledger = open_run_ledger(ChainSettings(backend="anvil"))
+    register(ledger, clients)
+    record_rounds(ledger, clients, (0, 1))
     assert ledger.wait_until_sent(30)
     ledger.node.anvil.stop()
     start = time.monotonic()
-    ledger.record_round(make_record(2))
-    ledger.record_round(make_record(3))
+    record_rounds(ledger, clients, (2, 3))
     assert time.monotonic() - start < 2.0  # training is not blocked
     assert not ledger.wait_until_sent(1.5)
+    assert ledger.sender.fatal_error is None
     ledger.node.anvil.start()  # same port, state reloaded from run_dir/chain/anvil_state.json
     assert ledger.wait_until_sent(30)
-    for round_number in (1, 2, 3):
-        assert ledger.get_round(round_number)["global_digest"] == make_record(round_number).global_digest
-        assert len(submissions(tmp_path, f"round:{round_number}")) == 1
-    ledger.close()
+    for number in (1, 2, 3):
+        assert stored_global_digest(ledger, number) == global_digest(number)
+        assert len(submissions(tmp_path, f"round:{number}")) == 1
+    assert ledger.close() is None
 
 
 @pytest.mark.anvil
-def test_reopened_anvil_run_sends_nothing_twice(tmp_path, make_record):
-    first = open_ledger(ChainSettings(backend="anvil"), tmp_path, num_clients=2)
-    first.record_data_upload(0, "sha256:" + "0c" * 32)
-    first.record_round(make_record(1))
+def test_a_record_the_node_lost_while_the_sender_was_idle_is_sent_again(open_run_ledger, clients, tmp_path):
+    from chain.backends import ANVIL_STATE_FILE
+
+    ledger = open_run_ledger(ChainSettings(backend="anvil"))
+    state = tmp_path / "chain" / ANVIL_STATE_FILE
+    register(ledger, clients)
+    record_rounds(ledger, clients, (0,))
+    assert ledger.wait_until_sent(30)
+    ledger.node.anvil.stop()  # anvil writes its state on SIGTERM
+    shutil.copyfile(state, tmp_path / "before_round_1.json")
+    ledger.node.anvil.start()
+    record_rounds(ledger, clients, (1,))
+    assert ledger.wait_until_sent(30)
+    ledger.node.anvil.stop()
+    shutil.copyfile(tmp_path / "before_round_1.json", state)
+    ledger.node.anvil.start()  # between two records: no failed request tells the sender
+    record_rounds(ledger, clients, (2,))
+    assert ledger.wait_until_sent(30) and ledger.sender.fatal_error is None
+    assert [stored_global_digest(ledger, n) for n in (1, 2)] == [global_digest(1), global_digest(2)]
+    assert LOST in ledger.outbox.get("round:1").error
+    assert ledger.close() is None
+
+
+@pytest.mark.anvil
+def test_reopened_anvil_run_sends_nothing_twice(open_run_ledger, clients, tmp_path):
+    first = open_run_ledger(ChainSettings(backend="anvil"))
+    register(first, clients)
+    record_rounds(first, clients, (0, 1))
     assert first.wait_until_sent(30)
     round_tx = first.outbox.get("round:1").tx
-    first.close()
+    assert first.close() is None
     with open(tmp_path / "chain" / "outbox.jsonl", "a") as outbox:  # a crash after sending, before the receipt
         outbox.write(json.dumps({"id": "round:1", "status": "submitted", "tx": round_tx}) + "\n")
     lines_before = len(outbox_lines(tmp_path))
-    second = open_ledger(ChainSettings(backend="anvil"), tmp_path, num_clients=2)
-    second.record_data_upload(0, "sha256:" + "0c" * 32)
-    second.record_round(make_record(1))
+    second = open_run_ledger(ChainSettings(backend="anvil"))
+    register(second, clients)
+    record_rounds(second, clients, (1,))
     assert second.wait_until_sent(30)
     assert second.outbox.get("round:1").status == CONFIRMED and second.outbox.get("round:1").tx == round_tx
     assert len(submissions(tmp_path, "round:1")) == 2 and len(outbox_lines(tmp_path)) == lines_before + 1
-    second.close()
+    assert second.close() is None
 
 
-def test_no_private_key_in_logs_output_or_files(tmp_path, make_record, caplog, capfd):
+@pytest.mark.anvil
+def test_an_admin_that_cannot_pay_ends_the_run_with_one_line(open_run_ledger, clients):
+    ledger = open_run_ledger(ChainSettings(backend="anvil"))
+    register(ledger, clients)
+    record_rounds(ledger, clients, (0,))
+    assert ledger.wait_until_sent(30)
+    ledger.node.w3.provider.make_request("anvil_setBalance", [ledger.node.accounts.admin.address, "0x0"])
+    record_rounds(ledger, clients, (1,))
+    message = fails_with(ledger, "the admin account cannot pay")
+    assert message.startswith("round 1 record:") and "outbox.jsonl" in message
+    assert "cannot pay" in ledger.close()
+
+
+def test_no_private_key_in_logs_output_or_files(open_run_ledger, clients, tmp_path, caplog, capfd):
     from chain.accounts import dev_accounts
 
     with caplog.at_level(logging.DEBUG):
-        ledger = open_ledger(ChainSettings(), tmp_path, num_clients=2)
-        ledger.record_data_upload(0, "sha256:" + "0d" * 32)
-        ledger.record_round(make_record(1))
+        ledger = open_run_ledger()
+        register(ledger, clients)
+        ledger.record_data_upload(0, signed_upload(ledger.signing_domain, clients[0], "0d" * 32))
+        record_rounds(ledger, clients, (0, 1))
         assert ledger.wait_until_sent(30)
         print(ledger.summary(), repr(ledger.node), repr(ledger.node.accounts))
-        ledger.close()
-    accounts = dev_accounts(2)
-    secrets = [a.key.hex().removeprefix("0x") for a in (accounts.admin, *accounts.clients)]
-    output = caplog.text + "".join(capfd.readouterr())
-    files = "".join(path.read_text() for path in (tmp_path / "chain").iterdir())
-    for secret in secrets:
-        assert secret.lower() not in output.lower() and secret.lower() not in files.lower()
+        assert ledger.close() is None
+    keys = [bytes(account.key) for account in (dev_accounts(0).admin, *clients)]
+    output = (caplog.text + "".join(capfd.readouterr())).lower().encode()
+    files = b"".join(path.read_bytes() for path in (tmp_path / "chain").iterdir() if path.is_file())
+    assert (tmp_path / "chain" / EMBEDDED_CHAIN_FILE).stat().st_size > 0
+    for key in keys:
+        assert key.hex().encode() not in output and key.hex().encode() not in files.lower()
+        assert key not in files  # the embedded chain file is binary: the raw key must not be in it either
+
+
+def test_a_configured_contract_is_written_to_deployment_json(open_run_ledger, tmp_path):
+    """A run on a contract deployed beforehand (python -m chain.deploy) names it where --verify looks for it."""
+    from chain.backends import embedded_node
+    from chain.deployment import deploy
+
+    node = embedded_node(tmp_path / "shared" / EMBEDDED_CHAIN_FILE)
+    address = deploy(node.w3, node.accounts.admin)["contractAddress"]
+    node.stop()
+    run_dir = tmp_path / "run"
+    (run_dir / "chain").mkdir(parents=True)
+    shutil.copyfile(tmp_path / "shared" / EMBEDDED_CHAIN_FILE, run_dir / "chain" / EMBEDDED_CHAIN_FILE)
+    ledger = open_run_ledger(ChainSettings(contract_address=address), run_dir)
+    assert json.loads((run_dir / "chain" / "deployment.json").read_text())["address"] == address
+    assert bytes(ledger.contract.functions.adapterConfigDigest().call()).hex() == "c0" * 32
+
+
+@pytest.mark.anvil
+def test_a_run_whose_admin_runs_out_of_funds_exits_3_after_saving_its_rounds(anvil_run, copy_run, monkeypatch,
+                                                                              capsys):
+    import main_simple_fl
+    from chain.ledger import ChainLedger
+
+    record_round = ChainLedger.record_round
+
+    def drain_admin_before_round_2(ledger, record):
+        if record.round == 2:
+            assert ledger.wait_until_sent(60)
+            ledger.node.w3.provider.make_request("anvil_setBalance", [ledger.node.accounts.admin.address, "0x0"])
+        record_round(ledger, record)
+
+    monkeypatch.setattr(ChainLedger, "record_round", drain_admin_before_round_2)
+    run_dir = copy_run(anvil_run[0])
+    capsys.readouterr()
+    assert main_simple_fl.main(["--resume", str(run_dir), "--set", "num_rounds=2"]) == 3
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith("error: round 2 record: the admin account cannot pay for it")
+    assert (run_dir / "round_2" / "adapter_model.safetensors").is_file()
+    assert json.loads((run_dir / "checkpoint.json").read_text())["round"] == 2
+    outbox = [json.loads(line) for line in (run_dir / "chain" / "outbox.jsonl").read_text().splitlines()]
+    assert [line["status"] for line in outbox if line["id"] == "round:2"] == ["queued"]  # kept for --resume
+
+
+def test_a_clients_key_is_in_no_file_of_the_run_but_its_own(embedded_run):
+    """Each client's signing key stays in RUN_DIR/private/client_<i>/ (issue 9): not in the chain database, the
+    outbox, the trail, the logs or the other parties' private state."""
+    for client in ("client_0", "client_1"):
+        own = embedded_run / "private" / client
+        key = (own / "signing_key").read_text().strip().removeprefix("0x").lower()
+        others = [p for p in embedded_run.rglob("*") if p.is_file() and own not in p.parents]
+        assert any(p.name == "embedded_chain.db" for p in others)
+        for path in others:
+            data = path.read_bytes()  # the chain database is binary: look for the raw key too
+            assert key.encode() not in data.lower() and bytes.fromhex(key) not in data, path
+        assert (own / "signing_key").stat().st_mode & 0o077 == 0

@@ -1,0 +1,109 @@
+"""The run's FLB contract: deployed once, then found again on every reopen, on the same chain or not at all.
+
+RUN_DIR/chain/deployment.json names the chain id, the contract, the deployment transaction and the hash
+of the block that holds it. Reopening checks the node against it: another chain id, no contract there,
+or a deployment block with another hash (a reset or different chain that happens to have code at the
+same address) is an error, never a silent fresh start that would orphan the run's records.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from chain.contract import flb_contract
+from chain.errors import ChainError
+from flb.rundir import write_json_atomic
+from chain.transact import send_signed, sign_call
+
+log = logging.getLogger(__name__)
+DEPLOYMENT_FILE = "deployment.json"
+RECEIPT_TIMEOUT_S = 120.0
+
+
+def deploy(w3, admin):
+    """Send the deployment signed by `admin` (who becomes the owner); returns the receipt."""
+    signed = sign_call(w3, admin, flb_contract(w3).constructor(admin.address), "contract deployment")
+    return _mined(send_signed(w3, signed, RECEIPT_TIMEOUT_S), "contract deployment")
+
+
+def _mined(receipt, action: str):
+    if receipt["status"] != 1:
+        raise ChainError(f"{action}: transaction 0x{bytes(receipt['transactionHash']).hex()} failed; "
+                         "check the admin account's balance")
+    return receipt
+
+
+def read_deployment(chain_dir: Path) -> dict | None:
+    path = Path(chain_dir) / DEPLOYMENT_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def deploy_or_attach(node, chain_dir: Path, configured_address: str | None, adapter_config_digest: bytes) -> dict:
+    """The run's deployment record: the one in `chain_dir` checked against the node, the configured contract
+    checked, or a new deployment written there."""
+    w3, admin = node.w3, node.accounts.admin
+    chain_id = w3.eth.chain_id
+    recorded = read_deployment(chain_dir)
+    if recorded is not None:
+        check_same_chain(w3, recorded, chain_id, node.description)
+        deployment = recorded
+    elif configured_address is not None:
+        deployment = {"backend": node.backend, "chain_id": chain_id,
+                      "address": w3.to_checksum_address(configured_address), "tx": None, "block": 0,
+                      "block_hash": None, "owner": admin.address}
+        if not w3.eth.get_code(deployment["address"]):
+            raise ChainError(f"chain.contract_address: no contract at {configured_address} on {node.description}; "
+                             "fix the address or set it to null to deploy a new one")
+        write_json_atomic(Path(chain_dir) / DEPLOYMENT_FILE, deployment)  # where --verify finds the run's contract
+    else:
+        receipt = deploy(w3, admin)
+        deployment = {"backend": node.backend, "chain_id": chain_id, "address": receipt["contractAddress"],
+                      "tx": _hex(receipt["transactionHash"]), "block": receipt["blockNumber"],
+                      "block_hash": _hex(receipt["blockHash"]), "owner": admin.address}
+        write_json_atomic(Path(chain_dir) / DEPLOYMENT_FILE, deployment)
+        log.info("deployed FLB at %s on %s", deployment["address"], node.description)
+    _check_contract(w3, deployment, admin, adapter_config_digest, node.description)
+    return deployment
+
+
+def check_same_chain(w3, recorded: dict, chain_id: int, description: str) -> None:
+    if chain_id != recorded["chain_id"]:
+        raise ChainError(f"{description} serves chain id {chain_id}, but this run's contract is on chain "
+                         f"{recorded['chain_id']}; point the run at that chain")
+    if recorded.get("block_hash"):
+        try:
+            block_hash = _hex(w3.eth.get_block(recorded["block"])["hash"])
+        except Exception:  # web3 raises BlockNotFound, or a provider error for a block past the head
+            block_hash = None
+        if block_hash != recorded["block_hash"]:
+            raise ChainError(f"{description} does not hold this run's contract deployment (block {recorded['block']} "
+                             f"is {block_hash or 'missing'}, the run deployed in {recorded['block_hash']}): it is not "
+                             "the chain the run started on; restore that chain's state or start a new run")
+
+
+def _check_contract(w3, deployment: dict, admin_account, adapter_config_digest: bytes, description: str) -> None:
+    """The contract is there, owned by the run's admin, and anchors the run's adapter config (anchored now when
+    it anchors none yet: a new deployment, or one made with `python -m chain.deploy`)."""
+    admin = admin_account.address
+    address = deployment["address"]
+    if not w3.eth.get_code(address):
+        raise ChainError(f"{description} has no contract at {address}, where this run's FLB contract was deployed; "
+                         "restore that chain's state or start a new run")
+    contract = flb_contract(w3, address)
+    owner = contract.functions.owner().call()
+    if owner != admin:
+        raise ChainError(f"the FLB contract at {address} is owned by {owner}, not by this run's admin {admin}; "
+                         "use the admin keystore that deployed it")
+    anchored = bytes(contract.functions.adapterConfigDigest().call())
+    if anchored == bytes(32):
+        signed = sign_call(w3, admin_account, contract.functions.anchorAdapterConfig(adapter_config_digest),
+                           "adapter config anchor")
+        _mined(send_signed(w3, signed, RECEIPT_TIMEOUT_S), "adapter config anchor")
+    elif anchored != adapter_config_digest:
+        raise ChainError(f"the FLB contract at {address} anchors adapter config 0x{anchored.hex()}, not this run's "
+                         f"0x{adapter_config_digest.hex()}; the LoRA settings changed: start a new run")
+
+
+def _hex(value) -> str:
+    return value if isinstance(value, str) else "0x" + bytes(value).hex()

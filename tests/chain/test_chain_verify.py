@@ -1,0 +1,243 @@
+"""`python -m chain.explorer RUN_DIR --verify [--recompute] [--rpc URL]` on whole tiny runs: it reads the chain
+from a node (never the run's own trail.json), says whether that is independent evidence, and fails on every file
+an attacker could change: global adapters, final_adapter/, adapter_config.json, summary.json, metrics.jsonl,
+updates; --recompute catches a server that aggregated something other than the recorded updates; a record the
+chain lost is sent again on --resume and --verify says so."""
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file, save_file
+
+import main_simple_fl
+from chain.explorer import main
+from chain.trail import read_trail
+from chain.verify import rounds_from
+from flb.digests import adapter_file_digest
+from tests.chain.conftest import whole_run
+
+pytestmark = pytest.mark.chain
+REPO = Path(__file__).resolve().parents[2]
+LOCAL_EXPORT = "verify: a consistency check of a local export, not independent evidence"
+
+
+def verify(capsys, run_dir, *flags) -> tuple[int, list[str]]:
+    """Exit code and printed lines of `python -m chain.explorer RUN_DIR --verify FLAGS`."""
+    capsys.readouterr()
+    code = main([str(run_dir), "--verify", *flags])
+    return code, capsys.readouterr().out.splitlines()
+
+
+def mismatches(lines: list[str]) -> list[str]:
+    return [line for line in lines if line.startswith("MISMATCH")]
+
+
+def last_round(run_dir: Path) -> int:
+    return json.loads((run_dir / "summary.json").read_text())["rounds"]
+
+
+def nudge_tensor(path: Path, target: Path | None = None) -> None:
+    """Add 1e-3 to one tensor of an adapter file and save it to `target` (default: in place)."""
+    tensors = load_file(str(path))
+    name = sorted(tensors)[0]
+    tensors[name] = tensors[name] + 1e-3
+    save_file(tensors, str(target or path), metadata={"format": "pt"})
+
+
+def edit_json(path: Path, change) -> None:
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data, indent=2))
+
+
+def replace_everywhere(run_dir: Path, old: str, new: str, names: tuple[str, ...]) -> None:
+    for name in names:
+        text = (run_dir / name).read_text()
+        assert old in text, name
+        (run_dir / name).write_text(text.replace(old, new))
+
+
+@pytest.fixture(params=["embedded", pytest.param("anvil", marks=pytest.mark.anvil)])
+def finished_run(request) -> Path:
+    """The shared finished run of each backend (read-only)."""
+    return request.getfixturevalue("embedded_run") if request.param == "embedded" else \
+        request.getfixturevalue("anvil_run")[0]
+
+
+# --- an untouched run ----------------------------------------------------------------------------
+
+def test_untouched_run_passes_and_says_it_checks_a_local_export(finished_run, capsys):
+    code, lines = verify(capsys, finished_run)
+    assert code == 0 and mismatches(lines) == []
+    assert lines[0].startswith(LOCAL_EXPORT) and str(finished_run / "chain") in lines[0]
+    assert lines[-1].endswith("checks passed, 0 problems")
+
+
+def test_recompute_of_an_honest_run_is_bit_exact(embedded_run, capsys):
+    code, lines = verify(capsys, embedded_run, "--recompute")
+    assert code == 0 and not any("not recomputable" in line for line in lines)
+
+
+def test_the_module_verifies_with_the_flag_after_the_run_dir(embedded_run):
+    result = subprocess.run([sys.executable, "-m", "chain.explorer", str(embedded_run), "--verify"], cwd=REPO,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[0].startswith(LOCAL_EXPORT)
+
+
+@pytest.mark.anvil
+def test_verify_with_rpc_reads_that_node_and_calls_it_independent(anvil_run, tmp_path, capsys):
+    from chain.anvil import AnvilProcess
+    from chain.backends import ANVIL_STATE_FILE
+
+    run_dir, _ = anvil_run
+    shutil.copyfile(run_dir / "chain" / ANVIL_STATE_FILE, tmp_path / "node_state.json")
+    node = AnvilProcess(tmp_path / "node_state.json", num_accounts=1)  # another node holding the same chain
+    node.start()
+    try:
+        code, lines = verify(capsys, run_dir, "--rpc", node.url)
+    finally:
+        node.stop()
+    assert code == 0
+    assert lines[0] == f"verify: reading {node.url}, a node independent of the run directory"
+
+
+@pytest.mark.anvil
+def test_verify_with_rpc_of_a_node_without_the_run_fails(anvil_run, anvil, capsys):
+    capsys.readouterr()
+    assert main([str(anvil_run[0]), "--verify", "--rpc", anvil.url]) == 2  # a fresh chain: none of the run's records
+    (error,) = capsys.readouterr().err.splitlines()
+    assert error.startswith("error: the node --verify reads does not hold this run's contract deployment")
+    assert "not the chain the run started on" in error
+
+
+# --- tampering -----------------------------------------------------------------------------------
+
+def test_forged_adapter_with_a_matching_trail_fails(finished_run, copy_run, capsys):
+    run_dir = copy_run(finished_run)
+    last = last_round(run_dir)
+    global_file = run_dir / f"round_{last}" / "adapter_model.safetensors"
+    old = adapter_file_digest(global_file)
+    nudge_tensor(global_file)
+    shutil.copyfile(global_file, run_dir / "final_adapter" / "adapter_model.safetensors")
+    new = adapter_file_digest(global_file)
+    replace_everywhere(run_dir, old, new, ("summary.json", "metrics.jsonl", "chain/trail.json"))
+    assert rounds_from(read_trail(run_dir))[last]["global_digest"] == new  # the run's own trail now agrees
+
+    code, lines = verify(capsys, run_dir)
+    assert code == 1
+    problems = "\n".join(mismatches(lines))
+    for what in (f"round {last} global adapter", "final_adapter", "summary.json: final_digest",
+                 f"metrics.jsonl: round {last} global_digest"):
+        assert what in problems
+    assert f"the chain holds {old}" in problems
+
+
+@pytest.mark.parametrize("folder", ["round_2", "final_adapter"])
+def test_lora_alpha_edit_fails(embedded_run, copy_run, capsys, folder):
+    run_dir = copy_run(embedded_run)
+
+    def scale_up(config):
+        assert config["lora_alpha"] == 16
+        config["lora_alpha"] = 1600  # the same tensors, their effect x100
+
+    edit_json(run_dir / folder / "adapter_config.json", scale_up)
+    code, lines = verify(capsys, run_dir)
+    assert code == 1
+    (problem,) = mismatches(lines)
+    what = "round 2 global adapter" if folder == "round_2" else "final_adapter"
+    assert problem.startswith(f"MISMATCH {what}: ") and "its LoRA settings were changed" in problem
+
+
+def test_edited_summary_final_digest_fails(embedded_run, copy_run, capsys):
+    run_dir = copy_run(embedded_run)
+    edit_json(run_dir / "summary.json", lambda summary: summary.update(final_digest="ab" * 32))
+    code, lines = verify(capsys, run_dir)
+    assert code == 1
+    (problem,) = mismatches(lines)
+    assert problem.startswith("MISMATCH summary.json: final_digest " + "ab" * 32)
+
+
+def test_edited_client_digest_in_metrics_fails(embedded_run, copy_run, capsys):
+    run_dir = copy_run(embedded_run)
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    row = next(r for r in rows if r["kind"] == "client" and r["round"] == 2 and r["client_id"] == 1)
+    replace_everywhere(run_dir, row["digest"], "cd" * 32, ("metrics.jsonl",))
+    code, lines = verify(capsys, run_dir)
+    assert code == 1
+    assert mismatches(lines) == ["MISMATCH metrics.jsonl: round 2 client 1 digest is not the chain's"]
+
+
+def test_tampered_update_names_its_round_and_client(embedded_run, copy_run, capsys):
+    run_dir = copy_run(embedded_run)
+    nudge_tensor(run_dir / "round_2" / "updates" / "client_1.safetensors")
+    code, lines = verify(capsys, run_dir)
+    assert code == 1
+    (problem,) = mismatches(lines)
+    assert problem.startswith("MISMATCH round 2 client 1: ")
+
+
+def test_a_round_directory_the_chain_does_not_hold_fails(embedded_run, copy_run, capsys):
+    run_dir = copy_run(embedded_run)
+    shutil.copytree(run_dir / "round_2", run_dir / "round_3")
+    code, lines = verify(capsys, run_dir)
+    assert code == 1
+    (problem,) = mismatches(lines)
+    assert problem.startswith("MISMATCH round 3: ") and "the chain holds no record of it" in problem
+
+
+# --- a lying server --------------------------------------------------------------------------------
+
+def test_recompute_catches_a_server_that_aggregated_something_else(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    from server.strategy.fedavg import FedAvg
+
+    fedavg = FedAvg.aggregate
+
+    def mean_plus_epsilon(self, global_adapter, updates, round, num_sampled):
+        return {name: tensor + 1e-4 for name, tensor in fedavg(self, global_adapter, updates, round, num_sampled).items()}
+
+    monkeypatch.setattr(FedAvg, "aggregate", mean_plus_epsilon)
+    run_dir = whole_run(tiny_model_dir, tmp_path, "num_rounds=1")
+    code, lines = verify(capsys, run_dir)
+    assert code == 0  # files and chain agree with each other: only recomputing shows the lie
+    code, lines = verify(capsys, run_dir, "--recompute")
+    assert code == 1
+    (problem,) = mismatches(lines)
+    assert problem.startswith("MISMATCH round 1: FedAvg of the recorded updates has digest ")
+    assert "is not the aggregate of the recorded updates" in problem
+
+
+# --- a chain that lost records -------------------------------------------------------------------------
+
+@pytest.mark.anvil
+def test_a_round_the_node_lost_is_sent_again_on_resume_and_verify_says_so(anvil_run, copy_run, capsys):
+    from chain.backends import ANVIL_STATE_FILE
+
+    run_dir = copy_run(anvil_run[0])
+    shutil.copyfile(anvil_run[1], run_dir / "chain" / ANVIL_STATE_FILE)  # the node restarted on an older state
+    assert main_simple_fl.main(["--resume", str(run_dir), "--set", "num_rounds=2"]) == 0
+    outbox = [json.loads(line) for line in (run_dir / "chain" / "outbox.jsonl").read_text().splitlines()]
+    lost = [line for line in outbox if "lost by the chain" in (line.get("error") or "")]
+    assert [line["id"] for line in lost] == ["round:1"] and lost[0]["error"].endswith("sent again")
+    assert sorted(rounds_from(read_trail(run_dir))) == [0, 1, 2]
+
+    code, lines = verify(capsys, run_dir)
+    assert code == 0
+    notes = [line for line in lines if line.startswith("NOTE ")]
+    assert len(notes) == 1 and notes[0].startswith("NOTE round:1: lost by the chain")
+
+
+@pytest.mark.anvil
+def test_resume_on_a_chain_without_the_runs_contract_is_refused(anvil_run, copy_run, capsys):
+    from chain.backends import ANVIL_STATE_FILE
+
+    run_dir = copy_run(anvil_run[0])
+    (run_dir / "chain" / ANVIL_STATE_FILE).unlink()  # the node lost everything, the deployment included
+    capsys.readouterr()
+    assert main_simple_fl.main(["--resume", str(run_dir), "--set", "num_rounds=2"]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "not the chain the run started on" in errors[0]
+    assert not (run_dir / "round_2").exists()
