@@ -6,14 +6,21 @@ ledger -> the round coordinator -> outputs.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from flb.config import Config, config_from_dict, load_config, apply_override, parse_bool
-from flb.errors import FLBError, ConfigError
+from flb.errors import ConfigError, FLBError, RunFailed
 
 log = logging.getLogger("flb")
+
+
+# What --resume --set may change: nothing here alters what has been trained, recorded or spent so far.
+RESUMABLE_KEYS = ("num_rounds", "eval.max_new_tokens", "eval.batch_size", "server.max_client_failures",
+                  "chain.rpc_url", "chain.explorer_url", "chain.password_env", "client.dp.allow_over_target")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -23,22 +30,34 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="override one config key, e.g. --set num_rounds=3 (repeatable)")
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last completed round")
     parser.add_argument("--use_server_dp", metavar="true|false", help="server-side DP-FedAvg with fixed clipping")
+    parser.add_argument("--allow-over-budget", action="store_true",
+                        help="let an extended run go past client.dp.target_epsilon (recorded in the summary)")
     parser.add_argument("--export-merged", action="store_true", help="also save base + final adapter merged")
     return parser.parse_args(argv)
 
 
 def resolve_config(args: argparse.Namespace) -> Config:
     use_server_dp = parse_bool("--use_server_dp", args.use_server_dp) if args.use_server_dp is not None else None
+    overrides = args.overrides + (["client.dp.allow_over_target=true"] if args.allow_over_budget else [])
     if not args.resume:
-        return load_config(args.config, args.overrides, use_server_dp)
+        return load_config(args.config, overrides, use_server_dp)
     if args.config or use_server_dp is not None:
         raise ConfigError("--resume: the run keeps its own config; drop --config/--use_server_dp (only --set may extend it)")
+    from flb.redaction import REDACTED
     from flb.rundir import RunDir
 
     data = RunDir.open(args.resume).config()
-    for item in args.overrides:
+    for item in overrides:
+        key = item.partition("=")[0].strip()
+        if key not in RESUMABLE_KEYS:
+            raise ConfigError(f"--resume --set {key}: would change what the run has already done; allowed: "
+                              f"{', '.join(RESUMABLE_KEYS)} (start a new run for anything else)")
         apply_override(data, item)
-    return config_from_dict(data)
+    config = config_from_dict(data)
+    if config.chain_record and config.chain.rpc_url and REDACTED in config.chain.rpc_url:
+        raise ConfigError("chain.rpc_url: the run directory keeps it with its credentials redacted; pass "
+                          "--set chain.rpc_url=URL again")
+    return config
 
 
 def build_data(config: Config):
@@ -63,82 +82,175 @@ def build_model(config: Config):
     return tokenizer, add_lora(base, config.model)
 
 
-def open_ledger(config: Config, run_path: Path):
+def check_chain(config: Config) -> None:
+    """What can make the ledger fail at once (a wrong chain id, a keystore that does not open, no anvil), checked
+    before a run directory exists."""
+    if config.chain_record:
+        from chain.ledger import preflight
+
+        preflight(config.chain, client_keystores=config.chain.backend == "rpc", num_clients=config.num_clients)
+
+
+def open_ledger(config: Config, run_path: Path, peft_config):
     from flb.types import NullLedger
 
     if not config.chain_record:
         return NullLedger()
     from chain.ledger import open_ledger as open_chain_ledger
+    from flb.digests import adapter_config_digest
 
-    return open_chain_ledger(config.chain, run_path, config.num_clients)
+    return open_chain_ledger(config.chain, run_path, adapter_config_digest(peft_config))
 
 
 def scores_by_quality(config: Config) -> bool:
     return config.chain_record and config.chain.scoring == "quality"
 
 
-def build_clients(config: Config, shards: list[list[dict]], model, tokenizer, work_dir: Path) -> list:
-    return [build_client(config, i, shard, model, tokenizer, work_dir) for i, shard in enumerate(shards)]
+def build_clients(config: Config, shards: list[list[dict]], model, tokenizer, run_dir) -> list:
+    """The in-process clients; client i keeps its secrets in RUN_DIR/private/client_<i>/ and signs with
+    chain.keystore_dir/client_<i>.json on rpc, or with a key made for the run in that directory."""
+    def keystore(client_id: int) -> Path | None:
+        return Path(config.chain.keystore_dir) / f"client_{client_id}.json" if config.chain.backend == "rpc" else None
+
+    return [build_client(config, i, shard, model, tokenizer, work_dir=run_dir.path / "work",
+                         private_dir=run_dir.private_dir(f"client_{i}"), keystore=keystore(i))
+            for i, shard in enumerate(shards)]
 
 
-def build_client(config: Config, client_id: int, shard: list[dict], model, tokenizer, work_dir: Path):
-    """One SFTClient with its privacy hook; the Flower ClientApp builds its single client with this too."""
+def build_client(config: Config, client_id: int, shard: list[dict], model, tokenizer, *, work_dir: Path,
+                 private_dir: Path, keystore: Path | None = None):
+    """One SFTClient with its privacy hook and its signing key; the Flower ClientApp builds its client with this."""
     from client.privacy import local_privacy
     from client.sft import SFTClient
 
     return SFTClient(client_id=client_id, records=shard, model=model, tokenizer=tokenizer, settings=config.sft,
-                     local_steps=config.local_steps, seed=config.seed, work_dir=work_dir,
-                     use_cpu=config.model.device_map == "cpu",
+                     local_steps=config.local_steps, seed=config.seed, work_dir=work_dir, private_dir=private_dir,
+                     use_cpu=config.model.device_map == "cpu", signer=build_signer(config, private_dir, keystore),
                      privacy=local_privacy(config.client, num_examples=len(shard), batch_size=config.sft.batch_size,
                                            learning_rate=config.sft.learning_rate, local_steps=config.local_steps,
-                                           num_rounds=config.num_rounds, seed=config.seed, client_id=client_id))
+                                           num_rounds=config.num_rounds, client_id=client_id))
 
 
-def run(config: Config, resume: str | None = None, export_merged: bool = False, fleet=None) -> Path:
-    """One whole run. `fleet` (the Flower ServerApp's) supplies clients on other machines and how to fit them;
-    without it the clients train here, in turn."""
-    from flb.digests import adapter_digest
-    from flb.modeling import get_adapter_state
-    from flb.report import privacy_lines, summary_table, write_plots, write_summary
-    from flb.rundir import RunDir
-    from server.coordinator import RoundCoordinator, fit_in_turn
-    from server.evaluation import Evaluator
+def build_signer(config: Config, private_dir: Path, keystore: Path | None):
+    """The client's signer: its encrypted keystore when given, else a key kept in its private directory."""
+    if not config.chain_record:
+        return None
+    from client.signing import ClientSigner
+    from flb.disclosure import Disclosure
+    from flb.keystore import keystore_password, load_keystore, run_key_account
+
+    account = (load_keystore(keystore, keystore_password(config.chain.password_env)) if keystore
+               else run_key_account(private_dir))
+    return ClientSigner(account=account, disclosure=Disclosure.of(config))
+
+
+@dataclass
+class Prepared:
+    """What a run checks and builds before its run directory exists."""
+
+    shards: list[list[dict]]
+    eval_records: list[dict]
+    tokenizer: object
+    model: object
+    strategy: object
+    server_random: object  # the server's flb.secret_random.SecretRandom
+
+
+def prepare(config: Config, export_merged: bool = False) -> Prepared:
+    """Everything that can reject the config or the inputs, run before a run directory exists."""
+    from flb.secret_random import SecretRandom
+    from flb.training import check_training_arguments
     from server.strategy import build_strategy
 
     if export_merged and config.model.quantization is not None:
         raise ConfigError("--export-merged: cannot merge into a quantized base; rerun with model.quantization: null")
-    # Everything that can reject the config or the inputs runs before a run directory exists.
+    check_training_arguments(config.sft, use_cpu=config.model.device_map == "cpu")
     shards, eval_records = build_data(config)
+    check_privacy(config, shards)
     tokenizer, model = build_model(config)
-    strategy = build_strategy(config)
+    server_random = SecretRandom()
+    strategy = build_strategy(config, server_random)
+    check_chain(config)
+    return Prepared(shards, eval_records, tokenizer, model, strategy, server_random)
+
+
+def check_privacy(config: Config, shards: list[list[dict]]) -> None:
+    """Plan every client's noise now: a target epsilon no noise can reach is a config error before anything exists."""
+    from client.privacy import local_privacy
+
+    for client_id, shard in enumerate(shards):
+        local_privacy(config.client, num_examples=len(shard), batch_size=config.sft.batch_size,
+                      learning_rate=config.sft.learning_rate, local_steps=config.local_steps,
+                      num_rounds=config.num_rounds, client_id=client_id)
+
+
+def run(config: Config, resume: str | None = None, export_merged: bool = False, fleet=None) -> Path:
+    """One whole run. `fleet` (the Flower ServerApp's) supplies clients on other machines and how to fit them;
+    without it the clients train here, in turn. Raises RunFailed (after saving what was done) when a client
+    crashes, every round is skipped or a ledger record cannot be sent."""
+    from flb.rundir import RunDir
+    from flb.runlock import RunLock
+
+    prepared = prepare(config, export_merged)
     run_dir = RunDir.open(resume) if resume else RunDir.create(config.output_dir, config.to_dict())
-    _log_to(run_dir.path / "run.log")
-    log.info("run directory: %s", run_dir.path)
-    if fleet is None:
-        clients, fit_all = build_clients(config, shards, model, tokenizer, run_dir.path / "work"), fit_in_turn
-    else:
-        clients, fit_all = fleet.clients, fleet.fit_all
-    evaluator = Evaluator(model=model, tokenizer=tokenizer, records=eval_records, settings=config.eval, sft=config.sft,
-                          work_dir=run_dir.path / "work", use_cpu=config.model.device_map == "cpu")
-    ledger = open_ledger(config, run_dir.path)
-    coordinator = RoundCoordinator(clients=clients, strategy=strategy, evaluate=evaluator.evaluate, ledger=ledger,
-                                   run=run_dir, peft_config=model.peft_config["default"],
-                                   clients_per_round=config.clients_per_round, min_clients=config.server.min_clients,
-                                   seed=config.seed, fit_all=fit_all,
-                                   contribution_loss=evaluator.eval_loss if scores_by_quality(config) else None)
-    try:
+    with RunLock(run_dir.path), _logging_to(run_dir.path / "run.log"):
+        checkpoint = None
         if resume:
-            last_round, global_adapter, strategy_state, client_states = run_dir.read_checkpoint()
-            coordinator.restore(strategy_state, client_states)
-            log.info("resuming after round %d", last_round)
-        else:
-            last_round, global_adapter = 0, get_adapter_state(model)
-            coordinator.record_baseline(global_adapter)
-        global_adapter = coordinator.run_rounds(global_adapter, last_round + 1, config.num_rounds)
-    finally:
-        ledger.close()
-    final_dir = run_dir.save_final(global_adapter, model.peft_config["default"])
-    summary = write_summary(run_dir, adapter_digest(global_adapter))
+            checkpoint = run_dir.read_checkpoint()
+            run_dir.record_resume(config.to_dict())
+        log.info("run directory: %s", run_dir.path)
+        ledger = open_ledger(config, run_dir.path, prepared.model.peft_config["default"])
+        try:
+            global_adapter = train(config, run_dir, checkpoint, prepared, ledger, fleet)
+        finally:
+            ledger_problem = ledger.close()
+        finish(config, run_dir, prepared, global_adapter, ledger, export_merged)
+        if ledger_problem:
+            raise RunFailed(ledger_problem)
+    return run_dir.path
+
+
+def train(config: Config, run_dir, checkpoint: dict | None, prepared: Prepared, ledger, fleet):
+    """The clients and the round coordinator, from round 0 or from `checkpoint`; the final global adapter."""
+    from flb.disclosure import Disclosure
+    from flb.modeling import get_adapter_state
+    from server.coordinator import RoundCoordinator, fit_in_turn
+    from server.evaluation import Evaluator
+
+    model = prepared.model
+    clients = (build_clients(config, prepared.shards, model, prepared.tokenizer, run_dir) if fleet is None
+               else fleet.join(run_dir.path.name, config.num_clients))
+    if ledger.signing_domain is not None:
+        for client in clients:
+            client.bind_ledger(ledger.signing_domain)
+    evaluator = Evaluator(model=model, tokenizer=prepared.tokenizer, records=prepared.eval_records,
+                          settings=config.eval, sft=config.sft, work_dir=run_dir.path / "work",
+                          use_cpu=config.model.device_map == "cpu")
+    coordinator = RoundCoordinator(
+        clients=clients, strategy=prepared.strategy, evaluate=evaluator.evaluate, ledger=ledger, run=run_dir,
+        peft_config=model.peft_config["default"], clients_per_round=config.clients_per_round,
+        min_clients=config.server.min_clients, seed=config.seed, disclosure=Disclosure.of(config),
+        random=prepared.server_random, secret_sampling=config.uses_dp, max_update_norm=config.server.max_update_norm,
+        max_client_failures=config.server.max_client_failures, fit_all=fit_in_turn if fleet is None else fleet.fit_all,
+        contribution_loss=evaluator.eval_loss if scores_by_quality(config) else None)
+    if checkpoint is not None:
+        coordinator.restore(checkpoint)
+        last_round, global_adapter = checkpoint["round"], checkpoint["adapter"]
+        log.info("resuming after round %d", last_round)
+    else:
+        last_round, global_adapter = 0, get_adapter_state(model)
+        coordinator.record_baseline(global_adapter)
+    return coordinator.run_rounds(global_adapter, last_round + 1, config.num_rounds)
+
+
+def finish(config: Config, run_dir, prepared: Prepared, global_adapter, ledger, export_merged: bool) -> None:
+    """The final adapter, summary, plots and printed report; RunFailed when no round aggregated anything."""
+    from flb.digests import adapter_digest
+    from flb.report import privacy_lines, summary_table, write_plots, write_summary
+
+    peft_config = prepared.model.peft_config["default"]
+    final_dir = run_dir.save_final(global_adapter, peft_config)
+    summary = write_summary(run_dir, adapter_digest(global_adapter), config)
     write_plots(run_dir)
     print("\n" + summary_table(run_dir.metrics()))
     for line in privacy_lines(run_dir.metrics()):
@@ -148,8 +260,10 @@ def run(config: Config, resume: str | None = None, export_merged: bool = False, 
     if config.chain_record:
         print(format_ledger_summary(ledger.summary()))
     if export_merged:
-        print(f"merged model: {export_merged_model(model, tokenizer, global_adapter, run_dir.path)}")
-    return run_dir.path
+        print(f"merged model: {export_merged_model(prepared.model, prepared.tokenizer, global_adapter, run_dir.path)}")
+    if summary["rounds_aggregated"] == 0:
+        raise RunFailed(f"every round was skipped (no round had server.min_clients = {config.server.min_clients} valid "
+                        f"updates; see 'rejected' in {run_dir.path / 'metrics.jsonl'}); the final adapter is the base")
 
 
 def format_ledger_summary(summary: dict) -> str:
@@ -173,26 +287,47 @@ def export_merged_model(model, tokenizer, adapter, run_path: Path) -> Path:
     return target
 
 
-def _log_to(path: Path) -> None:
+@contextlib.contextmanager
+def _logging_to(path: Path):
+    """Also log to `path` (URLs redacted) while the run goes on; the handler is removed when it ends."""
+    from flb.redaction import RedactingFilter
+
     handler = logging.FileHandler(path)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(RedactingFilter())
     logging.getLogger().addHandler(handler)
+    try:
+        yield
+    finally:
+        logging.getLogger().removeHandler(handler)
+        handler.close()
 
 
 def configure_logging() -> None:
+    from flb.redaction import RedactingFilter
+
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(RedactingFilter())
     for name in ("flb", "server", "client", "chain", "flb_flower"):
         logging.getLogger(name).setLevel(logging.INFO)
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)  # a CPU kernel hint on import, not a problem
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Exit codes: 0 the run completed and everything is recorded; 2 bad input (nothing was created, or a resume
+    was refused); 3 the run started but failed (what was done before is saved)."""
+    from flb.redaction import redact_text
+
     configure_logging()
     try:
         args = parse_args(argv)
         run(resolve_config(args), resume=args.resume, export_merged=args.export_merged)
+    except RunFailed as exc:
+        print(f"error: {redact_text(str(exc))}", file=sys.stderr)
+        return 3
     except FLBError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {redact_text(str(exc))}", file=sys.stderr)
         return 2
     return 0
 

@@ -3,31 +3,39 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 from flb.accounting import run_privacy
-from flb.digests import adapter_digest
-from flb.errors import UpdateRejected
+from flb.attestation import SALT_BYTES, commitment
+from flb.digests import adapter_digest, json_digest
+from flb.disclosure import Disclosure
+from flb.errors import ClientUnavailable, RunFailed, UpdateRejected, first_line
+from flb.private_state import PrivateState
 from flb.rundir import RunDir
+from flb.secret_random import SecretRandom
 from flb.seeding import round_rng
 from flb.types import AdapterState, Client, ClientUpdate, Ledger, RoundRecord
 from server.contribution import leave_one_out_scores
 from server.strategy.base import Strategy
-from server.validation import validate_update
+from server.validation import Expected, outliers, validate_update
 
 log = logging.getLogger(__name__)
 _SAMPLING_STREAM = 0x5A
 FitAll = Callable[[Sequence[Client], AdapterState, int], list["ClientUpdate | Exception"]]
 
 
+EXPECTED_FAILURES = (ClientUnavailable, UpdateRejected)
+
+
 def fit_in_turn(clients: Sequence[Client], global_adapter: AdapterState, round: int) -> list[ClientUpdate | Exception]:
-    """In-process clients share one model, so they train one after another; a failure is returned, not raised."""
+    """In-process clients share one model, so they train one after another; a failure is returned, not raised, and
+    the coordinator decides what it costs."""
     results = []
     for client in clients:
         try:
             results.append(client.fit(global_adapter, round))
-        except Exception as exc:  # one failing client must not end the round for the others
+        except Exception as exc:
             log.exception("round %d: client %d failed", round, client.client_id)
             results.append(exc)
     return results
@@ -44,8 +52,18 @@ class RoundCoordinator:
     clients_per_round: int
     min_clients: int
     seed: int
+    disclosure: Disclosure
+    random: SecretRandom = field(default_factory=SecretRandom)  # the server's secret generator (salts; sampling)
+    secret_sampling: bool = False  # under DP who takes part is drawn from `random`, not from the seed
+    max_update_norm: float | None = None
+    max_client_failures: int = 0
     contribution_loss: Callable[[AdapterState], float] | None = None  # set: leave-one-out scores each round
     fit_all: FitAll = fit_in_turn  # the Flower app sends to every sampled SuperNode at once
+    declared: dict[int, dict] = field(default_factory=dict)  # client id -> its round-0 shard size and address
+    failures: int = 0
+
+    def __post_init__(self):
+        self.private = PrivateState(self.run.private_dir("server"))
 
     def run_rounds(self, global_adapter: AdapterState, first_round: int, last_round: int) -> AdapterState:
         from tqdm.auto import trange
@@ -55,16 +73,23 @@ class RoundCoordinator:
         return global_adapter
 
     def record_baseline(self, global_adapter: AdapterState) -> None:
-        """Round 0: every client's data upload, then the base model (LoRA B is zero) evaluated and recorded."""
-        for client in self.clients:
-            self.ledger.record_data_upload(client.client_id, client.data_digest)
-        self._complete(0, global_adapter, [], {**self.evaluate(global_adapter), "num_sampled": 0, "round_time_s": 0.0})
+        """Round 0: the clients' addresses and signed data uploads, then the base model (LoRA B is zero) evaluated
+        and recorded."""
+        self.declared = {c.client_id: {"num_examples": c.num_examples, "address": c.address} for c in self.clients}
+        if self.ledger.signing_domain is not None:
+            self.ledger.register_clients({c.client_id: c.address for c in self.clients})
+            for client in self.clients:
+                self.ledger.record_data_upload(client.client_id, client.data_upload())
+        self._complete(0, None, global_adapter, [], {**self.evaluate(global_adapter), "num_sampled": 0,
+                                                      "round_time_s": 0.0})
 
-    def restore(self, strategy_state: dict, client_states: dict[str, dict]) -> None:
-        """Put back the strategy's and every client's checkpointed state (accountants, adaptive clip norm)."""
-        self.strategy.load_state_dict(strategy_state)
-        for client in self.clients:
-            client.load_state_dict(client_states.get(str(client.client_id), {}))
+    def restore(self, checkpoint: dict) -> None:
+        """Put back the strategy's state, the clients' round-0 declarations and the server's secret generator."""
+        self.strategy.load_state_dict(checkpoint["strategy"])
+        self.declared = {int(k): v for k, v in checkpoint["declared"].items()}
+        secret = self.private.load_before(checkpoint["round"] + 1)
+        if secret is not None:
+            self.random.load_state_dict(secret["random"])
 
     def run_round(self, round: int, global_adapter: AdapterState) -> AdapterState:
         started = time.perf_counter()
@@ -73,72 +98,123 @@ class RoundCoordinator:
         if len(updates) < self.min_clients:
             log.warning("round %d skipped: %d valid updates, server.min_clients is %d", round, len(updates),
                         self.min_clients)
-            self._complete(round, global_adapter, [], {"skipped": True, "rejected": rejected, "num_sampled": len(sampled),
-                                                       "round_time_s": time.perf_counter() - started})
+            self._complete(round, global_adapter, global_adapter, [],
+                           {"skipped": True, "rejected": rejected, "num_sampled": len(sampled),
+                            "round_time_s": time.perf_counter() - started})
             return global_adapter
         previous_adapter, previous_state = global_adapter, self.strategy.state_dict()
         global_adapter = self.strategy.aggregate(global_adapter, updates, round, len(sampled))
         aggregate_done = time.perf_counter()
         metrics = self.evaluate(global_adapter)
         if self.contribution_loss is not None:
-            metrics["scores"] = leave_one_out_scores(self.contribution_loss, self.strategy, previous_state,
-                                                     previous_adapter, updates, metrics["eval_loss"], round)
+            metrics["scores"], unscored = leave_one_out_scores(self.contribution_loss, self.strategy, previous_state,
+                                                               previous_adapter, updates, metrics["eval_loss"], round)
+            if unscored:
+                metrics["unscored"] = {str(client_id): reason for client_id, reason in unscored.items()}
         metrics.update(rejected=rejected, num_sampled=len(sampled), round_time_s=aggregate_done - started,
                        eval_time_s=time.perf_counter() - aggregate_done)
-        self._complete(round, global_adapter, updates, metrics)
+        self._complete(round, previous_adapter, global_adapter, updates, metrics)
         return global_adapter
 
     def sample(self, round: int) -> list[Client]:
-        """clients_per_round clients without replacement, drawn from (seed, round) alone."""
-        chosen = round_rng(self.seed, round, _SAMPLING_STREAM).choice(len(self.clients), self.clients_per_round,
-                                                                       replace=False)
+        """clients_per_round clients without replacement: under DP from the server's secret generator (who takes
+        part decides the amplification by sampling), otherwise from (seed, round) alone."""
+        if self.secret_sampling:
+            chosen = self.random.sample(len(self.clients), self.clients_per_round)
+        else:
+            chosen = round_rng(self.seed, round, _SAMPLING_STREAM).choice(len(self.clients), self.clients_per_round,
+                                                                           replace=False)
         return [self.clients[i] for i in sorted(chosen)]
 
     def collect(self, sampled: list[Client], global_adapter: AdapterState, round: int):
-        """Fit every sampled client; keep the updates that validate, log why the others do not."""
-        updates, rejected = [], []
+        """Fit every sampled client; keep the updates that validate, log why the others do not. A failure that is
+        neither a timeout nor a rejection counts against server.max_client_failures."""
+        global_digest = adapter_digest(global_adapter)
+        valid, rejected = [], []
         for client, result in zip(sampled, self.fit_all(sampled, global_adapter, round)):
-            reason = _rejection(result, global_adapter)
+            reason = self._rejection(client, result, global_adapter, global_digest, round)
             if reason is None:
-                updates.append(result)
-                continue
-            log.warning("round %d: client %d update rejected: %s", round, client.client_id, reason)
-            rejected.append({"client_id": client.client_id, "reason": reason})
-        return updates, rejected
+                valid.append(result)
+            else:
+                rejected.append({"client_id": client.client_id, "reason": reason})
+        too_large = outliers(valid, global_adapter, self.max_update_norm)
+        rejected += [{"client_id": client_id, "reason": reason} for client_id, reason in too_large.items()]
+        for entry in rejected:
+            log.warning("round %d: client %d update rejected: %s", round, entry["client_id"], entry["reason"])
+        return [u for u in valid if u.client_id not in too_large], rejected
 
-    def _complete(self, round: int, global_adapter: AdapterState, updates: list[ClientUpdate], metrics: dict) -> None:
-        """Files and metrics, then the ledger record, then the checkpoint: a round counts as done for
-        --resume only once everything before it is durable."""
+    def _rejection(self, client: Client, result, global_adapter: AdapterState, global_digest: str,
+                   round: int) -> str | None:
+        """Why `result` cannot be aggregated, or None if it can; raises RunFailed when a client failed in a way
+        that is not expected of a sound run once more than server.max_client_failures times."""
+        if isinstance(result, BaseException):
+            if not isinstance(result, EXPECTED_FAILURES):
+                self.failures += 1
+                if self.failures > self.max_client_failures:
+                    raise RunFailed(f"round {round}: client {client.client_id} failed with {type(result).__name__}: "
+                                    f"{first_line(result)} (failure {self.failures}, server.max_client_failures = "
+                                    f"{self.max_client_failures}); rounds before {round} are saved, see run.log")
+            return f"{type(result).__name__}: {first_line(result)}"
+        try:
+            validate_update(result, self._expected(client.client_id, round), global_adapter, global_digest)
+        except UpdateRejected as exc:
+            return str(exc)
+        return None
+
+    def _expected(self, client_id: int, round: int) -> Expected:
+        declared = self.declared[client_id]
+        domain = self.ledger.signing_domain
+        return Expected(client_id=client_id, round=round, max_examples=declared["num_examples"],
+                        address=declared["address"] if domain is not None else None, domain=domain,
+                        disclosure=self.disclosure)
+
+    def _complete(self, round: int, previous: AdapterState | None, global_adapter: AdapterState,
+                  updates: list[ClientUpdate], metrics: dict) -> None:
+        """Files and metrics, then the ledger record, then the server's secrets and the checkpoint: a round counts
+        as done for --resume only once everything before it is durable."""
         digest = adapter_digest(global_adapter)
         metrics.update(self.privacy_metrics())
         self.run.save_round(round, global_adapter, self.peft_config, {u.client_id: u.tensors for u in updates})
         self.run.append_metrics(*(_client_metrics(u) for u in updates),
                                 {"kind": "round", "round": round, "global_digest": digest, "num_clients": len(updates),
                                  **metrics})
-        self.ledger.record_round(RoundRecord(
-            round=round, global_digest=digest, client_ids=[u.client_id for u in updates],
-            update_digests=[u.digest for u in updates], num_examples=[u.num_examples for u in updates],
-            update_num_bytes=[u.num_bytes for u in updates], metrics=metrics,
-        ))
-        self.run.write_checkpoint(round, global_adapter, self.strategy.state_dict(),
-                                  {str(c.client_id): c.state_dict() for c in self.clients})
+        if self.ledger.signing_domain is not None:
+            self.ledger.record_round(self._record(round, previous, digest, updates, metrics))
+        self.private.save(round, {"random": self.random.state_dict()})
+        self.run.write_checkpoint(round, global_adapter, self.strategy.state_dict(), self.declared)
+        self.ledger.check()
+
+    def _record(self, round: int, previous: AdapterState | None, digest: str, updates: list[ClientUpdate],
+                metrics: dict) -> RoundRecord:
+        record = RoundRecord(
+            round=round, previous_global_digest=None if previous is None else adapter_digest(previous),
+            global_digest=digest, client_ids=[u.client_id for u in updates],
+            addresses=[self.declared[u.client_id]["address"] for u in updates],
+            update_digests=[u.attestation.recorded_digest for u in updates],
+            num_examples=[u.attestation.recorded_num_examples for u in updates],
+            signatures=[u.attestation.signature for u in updates],
+            update_num_bytes=[u.num_bytes for u in updates], metrics=metrics)
+        if not self.disclosure.record_participants:
+            record.participants_commitment = self._participants_commitment(record)
+        return record
+
+    def _participants_commitment(self, record: RoundRecord) -> str:
+        """A salted commitment to who took part and what they signed; the opening stays in the server's
+        private state for an auditor."""
+        participants = {"clients": record.addresses, "update_digests": record.update_digests,
+                        "num_examples": record.num_examples, "signatures": record.signatures}
+        salt = self.random.random_bytes(SALT_BYTES)
+        committed = commitment(salt, json_digest(participants))
+        self.private.record_opening(committed, salt, json_digest(participants), f"round {record.round} participants",
+                                    value=participants)
+        return committed
 
     def privacy_metrics(self) -> dict:
-        """Epsilon spent so far by the server's DP and by every client's local DP, and the run's (the largest)."""
+        """Epsilon spent so far by the server's DP and by every client's local DP as each client reports it, and
+        the run's (the largest)."""
         clients = {str(c.client_id): c.privacy_spent() for c in self.clients}
         privacy = run_privacy(self.strategy.privacy_spent(), {k: v for k, v in clients.items() if v})
         return {"privacy": privacy} if privacy else {}
-
-
-def _rejection(result: ClientUpdate | Exception, global_adapter: AdapterState) -> str | None:
-    """Why a fit result cannot be aggregated (the client failed, or its update does not validate); None if it can."""
-    if isinstance(result, Exception):
-        return f"{type(result).__name__}: {result}"
-    try:
-        validate_update(result, global_adapter)
-    except UpdateRejected as exc:
-        return str(exc)
-    return None
 
 
 def _client_metrics(update: ClientUpdate) -> dict:

@@ -1,30 +1,117 @@
-"""Checks every client update before it is aggregated; a bad one is rejected with its reason."""
+"""Checks every client update before any strategy or score sees it; a bad one is rejected with its reason.
+
+An update is taken only if it is what the sampled client was asked for (its id, this round), holds
+finite tensors with the global adapter's names, shapes and dtypes, claims a positive whole number of
+examples no larger than the shard the client declared at round 0, matches its digest, and, when the
+run is recorded, carries the client's own signature over what the ledger will record. Then, over the
+round, an update whose change to the global adapter is far larger than the others' is rejected
+(`server.max_update_norm`), so one client cannot take over the model.
+"""
 from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass
 
 import torch
 
+from flb.adapter_math import l2_norm, subtract
 from flb.digests import adapter_digest
-from flb.errors import UpdateRejected
+from flb.disclosure import Disclosure
+from flb.errors import FLBError, UpdateRejected
 from flb.types import AdapterState, ClientUpdate
 
+NORM_BOUND_MULTIPLE = 10.0
 
-def validate_update(update: ClientUpdate, global_adapter: AdapterState) -> None:
-    """Raise UpdateRejected unless keys, shapes, dtypes, values, count and digest are all sound."""
-    who = f"client {update.client_id}"
-    missing = sorted(set(global_adapter) - set(update.tensors))
-    extra = sorted(set(update.tensors) - set(global_adapter))
+
+@dataclass(frozen=True)
+class Expected:
+    """What the update of one sampled client must be."""
+
+    client_id: int
+    round: int
+    max_examples: int  # the shard size the client declared at round 0
+    address: str | None = None  # its registered signing address; None when the run records nothing
+    domain: object = None  # flb.attestation.SigningDomain
+    disclosure: Disclosure | None = None
+
+
+def validate_update(update: object, expected: Expected, global_adapter: AdapterState, global_digest: str) -> None:
+    """Raise UpdateRejected unless `update` is a sound answer to `expected`."""
+    who = f"client {expected.client_id}"
+    if not isinstance(update, ClientUpdate):
+        raise UpdateRejected(f"{who}: sent a {type(update).__name__}, not a ClientUpdate")
+    if update.client_id != expected.client_id or update.round != expected.round:
+        raise UpdateRejected(f"{who}: the update says client {update.client_id!r}, round {update.round!r}; "
+                             f"it was asked for round {expected.round}")
+    _check_tensors(who, update.tensors, global_adapter)
+    count = update.num_examples
+    if not (isinstance(count, numbers.Integral) and not isinstance(count, bool) and 1 <= count <= expected.max_examples):
+        raise UpdateRejected(f"{who}: claims {count!r} training examples; allowed: a whole number from 1 to the "
+                             f"{expected.max_examples} it declared at round 0")
+    if not isinstance(update.digest, str) or adapter_digest(update.tensors) != update.digest:
+        raise UpdateRejected(f"{who}: digest does not match its tensors")
+    if expected.address is not None:
+        _check_attestation(who, update, expected, global_digest)
+
+
+def _check_tensors(who: str, tensors: object, global_adapter: AdapterState) -> None:
+    if not isinstance(tensors, dict):
+        raise UpdateRejected(f"{who}: tensors are a {type(tensors).__name__}, not a dict of named tensors")
+    missing = sorted(set(global_adapter) - set(tensors))
+    extra = sorted(map(str, set(tensors) - set(global_adapter)))
     if missing or extra:
         raise UpdateRejected(f"{who}: tensor names differ from the global adapter "
                              f"(missing {missing[:2]}, unexpected {extra[:2]})")
     for name, reference in global_adapter.items():
-        tensor = update.tensors[name]
+        tensor = tensors[name]
+        if not isinstance(tensor, torch.Tensor) or tensor.is_meta or tensor.device.type != "cpu":
+            raise UpdateRejected(f"{who}: {name} is not a tensor with data on the CPU ({type(tensor).__name__})")
         if tensor.shape != reference.shape:
             raise UpdateRejected(f"{who}: {name} has shape {tuple(tensor.shape)}, expected {tuple(reference.shape)}")
         if tensor.dtype != reference.dtype:
             raise UpdateRejected(f"{who}: {name} has dtype {tensor.dtype}, expected {reference.dtype}")
         if not torch.isfinite(tensor).all():
             raise UpdateRejected(f"{who}: {name} holds NaN or infinite values")
-    if update.num_examples < 1:
-        raise UpdateRejected(f"{who}: claims {update.num_examples} training examples; at least 1 is needed")
-    if adapter_digest(update.tensors) != update.digest:
-        raise UpdateRejected(f"{who}: digest does not match its tensors")
+
+
+def _check_attestation(who: str, update: ClientUpdate, expected: Expected, global_digest: str) -> None:
+    from flb.attestation import update_signer
+
+    attestation, disclosure = update.attestation, expected.disclosure
+    if attestation is None:
+        raise UpdateRejected(f"{who}: the update is not signed; the ledger records only updates their client signed")
+    if not disclosure.commit_updates and attestation.recorded_digest != update.digest:
+        raise UpdateRejected(f"{who}: signed digest {attestation.recorded_digest!r} is not its update's")
+    published = update.num_examples if disclosure.publish_num_examples else 0
+    if attestation.recorded_num_examples != published:
+        raise UpdateRejected(f"{who}: signed {attestation.recorded_num_examples!r} examples; the record needs {published}")
+    try:
+        signer = update_signer(expected.domain, round=expected.round, previous_global_digest=global_digest,
+                               update_digest=attestation.recorded_digest, num_examples=published,
+                               signature=attestation.signature)
+    except (FLBError, ValueError, TypeError) as exc:
+        raise UpdateRejected(f"{who}: unreadable signature ({exc})") from None
+    if signer != expected.address:
+        raise UpdateRejected(f"{who}: signed by {signer}, not by its registered address {expected.address}")
+
+
+def update_norm_bound(norms: list[float], max_update_norm: float | None) -> float:
+    """The configured bound, or NORM_BOUND_MULTIPLE x the lower median of the round's norms: with 2 updates that
+    is the smaller one, so a single outlier never sets its own bound."""
+    if max_update_norm is not None:
+        return max_update_norm
+    ordered = sorted(norms)
+    return NORM_BOUND_MULTIPLE * ordered[(len(ordered) - 1) // 2]
+
+
+def outliers(updates: list[ClientUpdate], global_adapter: AdapterState, max_update_norm: float | None) -> dict[int, str]:
+    """Client id -> reason, for each update whose change to the global adapter exceeds the round's bound."""
+    if not updates:
+        return {}
+    norms = [l2_norm(subtract(u.tensors, global_adapter)) for u in updates]
+    bound = update_norm_bound(norms, max_update_norm)
+    source = "server.max_update_norm" if max_update_norm is not None else \
+        f"{NORM_BOUND_MULTIPLE:g} x the round's lower-median norm"
+    return {u.client_id: f"client {u.client_id}: update norm {norm:.4g} exceeds {bound:.4g} ({source})"
+            for u, norm in zip(updates, norms) if not norm <= bound or not math.isfinite(norm)}

@@ -1,80 +1,106 @@
-"""The round loop with real (tiny) clients and a faulty one: bad updates are dropped, rounds go on."""
+"""The round loop with real (tiny) clients and a hostile or broken one: bad updates are rejected with their reason,
+the attacker never moves the global adapter, the rounds go on; a run that aggregates nothing fails."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 import main_simple_fl
+from flb.adapter_math import weighted_average
 from flb.config import load_config
+from flb.digests import adapter_digest, adapter_file_digest
+from flb.errors import RunFailed
 from flb.types import ClientUpdate
 
 
 class CorruptingClient:
-    """A real client whose update is damaged on the way out, as a buggy or hostile party would send."""
+    """A real client whose update is altered on the way out, as a buggy or hostile party would send it."""
 
     def __init__(self, inner, damage):
         self.inner, self.damage = inner, damage
-        self.client_id, self.num_examples, self.data_digest = inner.client_id, inner.num_examples, inner.data_digest
 
     def fit(self, global_adapter, round) -> ClientUpdate:
-        update = self.inner.fit(global_adapter, round)
-        self.damage(update.tensors)
-        return update
+        return self.damage(self.inner.fit(global_adapter, round), round)
 
-    def __getattr__(self, name):  # privacy_spent, state_dict, load_state_dict: the inner client's
+    def __getattr__(self, name):  # client_id, num_examples, address, privacy_spent: the inner client's
         return getattr(self.inner, name)
 
 
-def nan_first(tensors):
-    first = sorted(tensors)[0]
-    tensors[first] = torch.full_like(tensors[first], float("nan"))
+def with_tensors(update, tensors):
+    return dataclasses.replace(update, tensors=tensors, digest=adapter_digest(tensors))
 
 
-def drop_first(tensors):
-    del tensors[sorted(tensors)[0]]
+def nan_first(update, round):
+    first = sorted(update.tensors)[0]
+    update.tensors[first] = torch.full_like(update.tensors[first], float("nan"))
+    return update
 
 
-def reshape_first(tensors):
-    first = sorted(tensors)[0]
-    tensors[first] = tensors[first].reshape(-1)
+def rotate_attacks(update, round):
+    """Round 1: huge values (digest kept consistent); 2: a claim of 10^12 examples; 3: posing as client 0;
+    4: a stale update from the round before."""
+    if round == 1:
+        return with_tensors(update, {n: t + 1e6 for n, t in update.tensors.items()})
+    if round == 2:
+        return dataclasses.replace(update, num_examples=10**12)
+    if round == 3:
+        return dataclasses.replace(update, client_id=0)
+    return dataclasses.replace(update, round=round - 1)
 
 
-@pytest.mark.parametrize("damage", [nan_first, drop_first, reshape_first])
-def test_malformed_update_is_rejected_and_round_completes(tiny_overrides, monkeypatch, damage):
+def run_with(monkeypatch, overrides, damage, victims):
     from server import coordinator as coordinator_module
-
-    built = []
 
     class Coordinator(coordinator_module.RoundCoordinator):
         def __init__(self, **kwargs):
             super().__init__(**kwargs)
-            self.clients = [CorruptingClient(c, damage) if c.client_id == 0 else c for c in self.clients]
-            built.append(self)
+            self.clients = [CorruptingClient(c, damage) if c.client_id in victims else c for c in self.clients]
 
     monkeypatch.setattr(coordinator_module, "RoundCoordinator", Coordinator)
-    run_path = main_simple_fl.run(load_config(None, tiny_overrides + ["num_rounds=1", "local_steps=2"]))
-    assert built
-    rounds = [json.loads(l) for l in (run_path / "metrics.jsonl").read_text().splitlines()]
-    last = [m for m in rounds if m["kind"] == "round"][-1]
+    return main_simple_fl.run(load_config(None, overrides))
+
+
+def rows(run_path):
+    return [json.loads(line) for line in (run_path / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_an_attacker_is_rejected_every_round_and_never_moves_the_global_adapter(tiny_overrides, monkeypatch):
+    run_path = run_with(monkeypatch, tiny_overrides + ["num_clients=3", "clients_per_round=3", "num_rounds=4",
+                                                       "local_steps=1"], rotate_attacks, victims={2})
+    rounds = [r for r in rows(run_path) if r["kind"] == "round"][1:]
+    reasons = [r["rejected"][0]["reason"] for r in rounds]
+    assert all(r["num_clients"] == 2 and [x["client_id"] for x in r["rejected"]] == [2] for r in rounds)
+    assert "update norm" in reasons[0] and "training examples" in reasons[1]
+    assert "asked for round 3" in reasons[2] and "asked for round 4" in reasons[3]
+    for number in range(1, 5):  # each global adapter is the FedAvg of the two honest updates alone
+        folder = run_path / f"round_{number}"
+        assert sorted(p.name for p in (folder / "updates").iterdir()) == ["client_0.safetensors", "client_1.safetensors"]
+        honest = [(load_file(str(folder / "updates" / f"client_{i}.safetensors")), 1) for i in (0, 1)]
+        shard_sizes = [m["num_examples"] for m in rows(run_path) if m["kind"] == "client" and m["round"] == number]
+        mean = weighted_average([(state, size) for (state, _), size in zip(honest, shard_sizes)])
+        assert adapter_digest(mean) == adapter_file_digest(folder)
+    final = load_file(str(run_path / "final_adapter" / "adapter_model.safetensors"))
+    assert max(t.abs().max().item() for t in final.values()) < 10
+
+
+@pytest.mark.parametrize("damage", [nan_first])
+def test_a_malformed_update_is_rejected_and_the_round_completes(tiny_overrides, monkeypatch, damage):
+    run_path = run_with(monkeypatch, tiny_overrides + ["num_rounds=1", "local_steps=2"], damage, victims={0})
+    last = [m for m in rows(run_path) if m["kind"] == "round"][-1]
     assert last["round"] == 1 and last["num_clients"] == 1 and not last.get("skipped")
     assert [r["client_id"] for r in last["rejected"]] == [0]
     assert not (run_path / "round_1" / "updates" / "client_0.safetensors").exists()
-    assert (run_path / "round_1" / "updates" / "client_1.safetensors").exists()
 
 
-def test_round_is_skipped_when_too_few_updates_remain(tiny_overrides, monkeypatch):
-    from server import coordinator as coordinator_module
-
-    class Coordinator(coordinator_module.RoundCoordinator):
-        def __init__(self, **kwargs):
-            super().__init__(**kwargs)
-            self.clients = [CorruptingClient(c, nan_first) for c in self.clients]
-
-    monkeypatch.setattr(coordinator_module, "RoundCoordinator", Coordinator)
-    run_path = main_simple_fl.run(load_config(None, tiny_overrides + ["num_rounds=1", "local_steps=1"]))
-    rows = [json.loads(l) for l in (run_path / "metrics.jsonl").read_text().splitlines()]
-    last = rows[-1]
+def test_a_run_whose_every_round_is_skipped_fails_after_saving_its_files(tiny_overrides, monkeypatch, tmp_path):
+    with pytest.raises(RunFailed, match="every round was skipped"):
+        run_with(monkeypatch, tiny_overrides + ["num_rounds=1", "local_steps=1"], nan_first, victims={0, 1})
+    run_path = (tmp_path / "runs" / "latest").resolve()
+    last = rows(run_path)[-1]
     assert last["kind"] == "round" and last["skipped"] is True and len(last["rejected"]) == 2
-    assert last["global_digest"] == rows[0]["global_digest"]
+    assert last["global_digest"] == rows(run_path)[0]["global_digest"]
+    assert (run_path / "final_adapter" / "adapter_model.safetensors").is_file()

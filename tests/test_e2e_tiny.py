@@ -65,8 +65,9 @@ def test_cli_config_error_is_one_line(capsys):
     assert err == "error: model.quantization: invalid value 3; allowed: 4 | 8 | null"
 
 
-def test_cli_use_server_dp_false_is_false(capsys):
-    args = main_simple_fl.parse_args(["--use_server_dp=false", "--set", "strategy.name=dp_fixed_clipping"])
+@pytest.mark.parametrize("strategy", ["dp_fixed_clipping", "dp_adaptive_clipping"])
+def test_cli_use_server_dp_false_means_no_server_dp(capsys, strategy):
+    args = main_simple_fl.parse_args(["--use_server_dp=false", "--set", f"strategy.name={strategy}"])
     assert main_simple_fl.resolve_config(args).strategy.name == "fedavg"
     assert main_simple_fl.main(["--use_server_dp=maybe"]) == 2
     assert "allowed: true | false" in capsys.readouterr().err

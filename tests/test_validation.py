@@ -1,23 +1,48 @@
-"""Malformed updates are rejected with a reason; sound ones pass."""
+"""Update validation as an attacker meets it: malformed, spoofed, unsigned, mis-signed or outsized updates are
+rejected with a reason before any strategy sees them; sound ones pass; nothing else is ever raised."""
 from __future__ import annotations
+
+import math
 
 import pytest
 import torch
+from eth_account import Account
+from hypothesis import given, settings, strategies as st
 
+from flb.attestation import SigningDomain, sign_update
 from flb.digests import adapter_digest
+from flb.disclosure import Disclosure
 from flb.errors import UpdateRejected
-from flb.types import ClientUpdate
-from server.validation import validate_update
+from flb.types import Attestation, ClientUpdate
+from server.validation import NORM_BOUND_MULTIPLE, Expected, outliers, validate_update
 
 GLOBAL = {"x.lora_A.weight": torch.zeros(2, 3), "x.lora_B.weight": torch.zeros(3, 2)}
+GLOBAL_DIGEST = adapter_digest(GLOBAL)
+CLIENT = Account.from_key(b"\x01" * 32)
+DOMAIN = SigningDomain(31337, "0x" + "12" * 20)
+PLAIN = Disclosure(commit_data=False, commit_updates=False, publish_num_examples=True, record_participants=True)
+EXPECTED = Expected(client_id=0, round=1, max_examples=10)
+SIGNED = Expected(client_id=0, round=1, max_examples=10, address=CLIENT.address, domain=DOMAIN, disclosure=PLAIN)
 
 
-def make(tensors, num_examples=5, digest=None):
-    return ClientUpdate(0, 1, tensors, num_examples, 0.0, 0.0, 0, digest or adapter_digest(tensors))
+def make(tensors=None, num_examples=5, digest=None, client_id=0, round=1, signer=None, sign_round=1):
+    tensors = tensors if tensors is not None else {k: torch.ones_like(v) for k, v in GLOBAL.items()}
+    digest = digest or adapter_digest(tensors)
+    attestation = None
+    if signer is not None:
+        signature = sign_update(signer, DOMAIN, round=sign_round, previous_global_digest=GLOBAL_DIGEST,
+                                update_digest=digest, num_examples=num_examples)
+        attestation = Attestation(digest, num_examples, signature)
+    return ClientUpdate(client_id, round, tensors, num_examples, 0.0, 0.0, 0, digest, attestation=attestation)
 
 
-def test_sound_update_passes():
-    validate_update(make({k: torch.ones_like(v) for k, v in GLOBAL.items()}), GLOBAL)
+def check(update, expected=EXPECTED):
+    validate_update(update, expected, GLOBAL, GLOBAL_DIGEST)
+
+
+def test_sound_updates_pass():
+    check(make())
+    check(make(signer=CLIENT), SIGNED)
 
 
 @pytest.mark.parametrize("tensors, reason", [
@@ -25,12 +50,100 @@ def test_sound_update_passes():
     ({"x.lora_A.weight": torch.zeros(2, 3)}, "missing"),
     ({"x.lora_A.weight": torch.zeros(2, 4), "x.lora_B.weight": torch.zeros(3, 2)}, "shape"),
     ({"x.lora_A.weight": torch.zeros(2, 3, dtype=torch.float16), "x.lora_B.weight": torch.zeros(3, 2)}, "dtype"),
+    ({"x.lora_A.weight": [[0.0] * 3] * 2, "x.lora_B.weight": torch.zeros(3, 2)}, "not a tensor"),
+    ({"x.lora_A.weight": None, "x.lora_B.weight": torch.zeros(3, 2)}, "not a tensor"),
+    ({"x.lora_A.weight": torch.zeros(2, 3, device="meta"), "x.lora_B.weight": torch.zeros(3, 2)}, "not a tensor"),
 ])
-def test_malformed_update_is_rejected_with_reason(tensors, reason):
+def test_malformed_tensors_are_rejected_with_reason(tensors, reason):
     with pytest.raises(UpdateRejected, match=reason):
-        validate_update(make(tensors), GLOBAL)
+        check(make(tensors, digest="0" * 64))
+
+
+def test_something_that_is_not_an_update_is_rejected():
+    with pytest.raises(UpdateRejected, match="not a ClientUpdate"):
+        check({"tensors": GLOBAL})
+    with pytest.raises(UpdateRejected, match="not a dict"):
+        check(make(tensors=[1, 2], digest="0" * 64))
 
 
 def test_digest_must_match_tensors():
     with pytest.raises(UpdateRejected, match="digest"):
-        validate_update(make(dict(GLOBAL), digest="0" * 64), GLOBAL)
+        check(make(digest="0" * 64))
+
+
+@pytest.mark.parametrize("client_id, round", [(1, 1), (0, 0), ("0", 1)])
+def test_a_spoofed_client_or_a_stale_round_is_rejected(client_id, round):
+    with pytest.raises(UpdateRejected, match="asked for round 1"):
+        check(make(client_id=client_id, round=round))
+
+
+@pytest.mark.parametrize("count", [0, -1, 11, 10**12, math.nan, math.inf, "5", True, 2.5])
+def test_the_example_count_must_be_a_whole_number_within_the_declared_shard(count):
+    with pytest.raises(UpdateRejected, match="training examples"):
+        check(make(num_examples=count))
+
+
+@pytest.mark.parametrize("signer, sign_round, reason", [
+    (None, 1, "not signed"),
+    (Account.from_key(b"\x02" * 32), 1, "not by its registered address"),
+    (CLIENT, 2, "not by its registered address"),  # a signature replayed from another round
+])
+def test_an_update_the_client_did_not_sign_is_rejected(signer, sign_round, reason):
+    with pytest.raises(UpdateRejected, match=reason):
+        check(make(signer=signer, sign_round=sign_round), SIGNED)
+
+
+def test_a_signed_statement_must_match_the_update():
+    update = make(signer=CLIENT)
+    update.attestation = Attestation("ab" * 32, update.attestation.recorded_num_examples, update.attestation.signature)
+    with pytest.raises(UpdateRejected, match="is not its update's"):
+        check(update, SIGNED)
+    hidden = Expected(**{**SIGNED.__dict__, "disclosure": Disclosure(True, True, False, True)})
+    with pytest.raises(UpdateRejected, match="the record needs 0"):
+        check(make(signer=CLIENT), hidden)
+
+
+def shifted(client_id, scale):
+    return make({k: torch.full_like(v, scale) for k, v in GLOBAL.items()}, client_id=client_id)
+
+
+def test_an_outsized_update_is_rejected_even_against_one_honest_peer():
+    honest, attacker = shifted(0, 0.01), shifted(1, 1e6)
+    rejected = outliers([honest, attacker], GLOBAL, None)
+    assert set(rejected) == {1} and "update norm" in rejected[1] and "lower-median" in rejected[1]
+    assert outliers([honest, shifted(1, 0.02)], GLOBAL, None) == {}
+    assert outliers([shifted(0, 1e30), shifted(1, 0.01), shifted(2, 0.01)], GLOBAL, None).keys() == {0}
+    assert outliers([honest], GLOBAL, None) == {}
+
+
+def test_a_configured_norm_bound_applies_to_every_update():
+    updates = [shifted(0, 0.01), shifted(1, 1.0)]
+    assert set(outliers(updates, GLOBAL, max_update_norm=0.5)) == {1}
+    assert NORM_BOUND_MULTIPLE == 10.0
+
+
+values = st.one_of(st.none(), st.integers(), st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=3),
+                   st.booleans(), st.lists(st.floats(), max_size=3))
+tensors = st.one_of(
+    st.builds(lambda scale: torch.full((2, 3), scale), st.floats(allow_nan=True, allow_infinity=True, width=32)),
+    st.sampled_from([torch.zeros(3, 2), torch.zeros(2, 3, dtype=torch.float64), torch.zeros(6), torch.zeros(2, 3)]),
+    values)
+
+
+@settings(max_examples=150, deadline=None)
+@given(a=tensors, b=tensors, extra=st.booleans(), count=st.one_of(values, st.integers(1, 10)),
+       client_id=st.one_of(values, st.just(0)), round=st.one_of(values, st.just(1)), real_digest=st.booleans())
+def test_fuzzed_updates_are_rejected_or_sound(a, b, extra, count, client_id, round, real_digest):
+    update_tensors = {"x.lora_A.weight": a, "x.lora_B.weight": b, **({"y": torch.zeros(1)} if extra else {})}
+    all_tensors = all(isinstance(t, torch.Tensor) for t in update_tensors.values())
+    digest = adapter_digest(update_tensors) if real_digest and all_tensors else "0" * 64
+    update = ClientUpdate(client_id, round, update_tensors, count, 0.0, 0.0, 0, digest)
+    try:
+        check(update)
+    except UpdateRejected as exc:
+        assert "\n" not in str(exc)
+        return
+    # accepted: then it is exactly what item 1 of the issue allows
+    assert client_id == 0 and round == 1 and isinstance(count, int) and not isinstance(count, bool) and 1 <= count <= 10
+    assert all(isinstance(t, torch.Tensor) and torch.isfinite(t).all() for t in update_tensors.values())
+    assert digest == adapter_digest(update_tensors)
