@@ -3,7 +3,8 @@
     python -m bench.flower_overhead [--steps 4] [--rounds 2]
 
 Tiny model, 2 clients, the same seed and steps on both paths. The Flower path runs a SuperLink and two
-SuperNodes on loopback (insecure). Round time excludes evaluation (the coordinator's round_time_s).
+SuperNodes on loopback (insecure), each keeping its client's secrets in its own state-dir under the
+benchmark's work folder. Round time excludes evaluation (the coordinator's round_time_s).
 Bytes are the messages' array and config payloads (Flower's framing not counted), as the fleet logs them.
 """
 from __future__ import annotations

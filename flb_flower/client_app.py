@@ -1,13 +1,18 @@
 """The ClientApp: one SuperNode trains one partition with the same SFTClient as the in-process run.
 
 Node config: `partition-id` (this node's client id), `num-partitions` (must equal the config's num_clients),
-optional `data-path` (this node's own data file, used whole instead of its partition of dataset_name).
-Flower 1.41 starts a fresh ClientApp process per message, so the model and client are built once per
-process; the client's privacy state comes with each train message and goes back with the reply.
+optional `data-path` (this node's own data file, used whole instead of its partition of dataset_name),
+`state-dir` (where this node keeps its secrets: its secret generator, privacy accountant, salts and run
+signing key, one folder per run; default: a folder in the system's temporary directory, so set it on a real
+node) and `keystore` (an encrypted keystore to sign with, its password in FLB_KEYSTORE_PASSWORD; default: a
+key made for the run in the state folder). None of these ever leaves the node: the server receives updates,
+signatures and the client's own epsilon report. Flower 1.41 starts a fresh ClientApp process per message,
+so the model and client are built once per process and the client state is read back from `state-dir`.
 """
 from __future__ import annotations
 
 import functools
+import re
 import tempfile
 from pathlib import Path
 
@@ -17,42 +22,62 @@ from flwr.clientapp import ClientApp
 from flb_flower import wire
 
 app = ClientApp()
+_RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # a run directory's name: one folder under state-dir
 
 
 @app.query()
-def describe(message: Message, context: Context) -> Message:
-    """Which client this node is, its example count and data digest (what the ledger records at round 0)."""
-    config_json, _, _ = wire.read_run(message.content)
-    client = local_client(config_json, *_node_settings(context))
-    return Message(wire.info_content(client.client_id, client.num_examples, client.data_digest), reply_to=message)
+def query(message: Message, context: Context) -> Message:
+    """`describe`: which client this node is, its example count and signing address (what round 0 registers);
+    `upload`: its data upload, signed for the run's contract."""
+    run = wire.read_run(message.content)
+    client = local_client(run["config"], run["run_id"], *_node_settings(context))
+    if run["action"] == wire.UPLOAD:
+        _bind(client, run["domain"])
+        return Message(wire.upload_content(client.data_upload()), reply_to=message)
+    return Message(wire.info_content(client.client_id, client.num_examples, client.address), reply_to=message)
 
 
 @app.train()
 def train(message: Message, context: Context) -> Message:
-    config_json, round, client_state = wire.read_run(message.content)
-    client = local_client(config_json, *_node_settings(context))
-    client.load_state_dict(client_state)
-    update = client.fit(wire.read_adapter(message.content), round)
-    return Message(wire.update_content(update, client.state_dict()), reply_to=message)
+    run = wire.read_run(message.content)
+    client = local_client(run["config"], run["run_id"], *_node_settings(context))
+    _bind(client, run["domain"])
+    update = client.fit(wire.read_adapter(message.content), run["round"])
+    return Message(wire.update_content(update), reply_to=message)
 
 
-def _node_settings(context: Context) -> tuple[int, int, str]:
+def _bind(client, domain: dict | None) -> None:
+    from flb.attestation import SigningDomain
+
+    if domain is not None:
+        client.bind_ledger(SigningDomain.from_dict(domain))
+
+
+def _node_settings(context: Context) -> tuple[int, int, str, str, str]:
     node = context.node_config
     if "partition-id" not in node or "num-partitions" not in node:
         raise ValueError("node config: partition-id and num-partitions are required; start the SuperNode with "
                          "--node-config \"partition-id=0 num-partitions=2\"")
-    return int(node["partition-id"]), int(node["num-partitions"]), str(node.get("data-path", ""))
+    partition_id = int(node["partition-id"])
+    state_dir = str(node.get("state-dir", Path(tempfile.gettempdir()) / f"flb-node-{partition_id}"))
+    return partition_id, int(node["num-partitions"]), str(node.get("data-path", "")), state_dir, \
+        str(node.get("keystore", ""))
 
 
 @functools.lru_cache(maxsize=1)
-def local_client(config_json: str, partition_id: int, num_partitions: int, data_path: str):
-    """The model (loaded once per process) and this node's SFTClient, built exactly as main_simple_fl builds them."""
+def local_client(config_json: str, run_id: str, partition_id: int, num_partitions: int, data_path: str,
+                 state_dir: str, keystore: str):
+    """The model (loaded once per process) and this node's SFTClient, built exactly as main_simple_fl builds them,
+    its secrets in state-dir/<run id>/."""
     import json
 
     import main_simple_fl
     from flb.config import config_from_dict
     from flb.errors import ConfigError
 
+    if not _RUN_ID.fullmatch(run_id):
+        raise ValueError(f"run id {run_id!r} from the server is not a plain folder name; this node keeps its state only "
+                         f"in folders directly under state-dir={state_dir}")
     main_simple_fl.configure_logging()
     config = config_from_dict(json.loads(config_json))
     if num_partitions != config.num_clients or not 0 <= partition_id < num_partitions:
@@ -61,8 +86,9 @@ def local_client(config_json: str, partition_id: int, num_partitions: int, data_
                           f"partition-id in 0..{config.num_clients - 1}")
     shard = _own_records(data_path) if data_path else main_simple_fl.build_data(config)[0][partition_id]
     tokenizer, model = main_simple_fl.build_model(config)
-    work_dir = Path(tempfile.gettempdir()) / f"flb-node-{partition_id}"
-    return main_simple_fl.build_client(config, partition_id, shard, model, tokenizer, work_dir)
+    run_state = Path(state_dir) / run_id
+    return main_simple_fl.build_client(config, partition_id, shard, model, tokenizer, work_dir=run_state / "work",
+                                       private_dir=run_state / "private", keystore=Path(keystore) if keystore else None)
 
 
 def _own_records(data_path: str) -> list[dict]:

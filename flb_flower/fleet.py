@@ -1,9 +1,11 @@
 """The SuperNodes of a run seen as flb.types.Client objects, so server.coordinator drives them unchanged.
 
 Each round the fleet sends one train message per sampled client to the node serving it, all at once, and
-waits until every reply is in or `round_timeout_s` passes: a node that died mid-round costs the round its
-update, not the run. Before each round it asks nodes it does not know yet which client they serve, so a node
-that joins late (or restarts) takes part from the next round.
+waits until every reply is in or `round_timeout_s` passes: a node that died mid-round (no reply, or the
+SuperLink reporting it unavailable) costs the round its update, not the run, and a malformed reply is a
+rejected update with its reason. Before each round it asks nodes it does not know yet which client they
+serve, so a node that joins late (or restarts) takes part from the next round. The config sent to nodes has
+the credentials in its URLs redacted: nodes never reach the server's chain node.
 """
 from __future__ import annotations
 
@@ -12,24 +14,33 @@ import time
 from dataclasses import dataclass, field
 
 from flwr.app import Message
+from flwr.common.constant import ErrorCode
 
-from flb.errors import FLBError
-from flb.types import AdapterState, ClientUpdate
+from flb.errors import ClientUnavailable, RunFailed, UpdateRejected
+from flb.types import AdapterState, ClientUpdate, SignedUpload
 from flb_flower import wire
 
 log = logging.getLogger(__name__)
+# Errors the SuperLink itself returns when a node is gone or its message expired: the node is unavailable.
+UNAVAILABLE = (ErrorCode.NODE_UNAVAILABLE, ErrorCode.MESSAGE_UNAVAILABLE, ErrorCode.REPLY_MESSAGE_UNAVAILABLE)
 
 
 @dataclass
 class RemoteClient:
-    """flb.types.Client for the client a SuperNode serves; its privacy state is kept here and sent along."""
+    """flb.types.Client for the client a SuperNode serves. Its secrets stay on the node; what is kept here is what
+    the node declared (example count, signing address) and its last epsilon report."""
 
     client_id: int
     num_examples: int
-    data_digest: str
+    address: str | None
     fleet: "Fleet" = field(repr=False)
-    state: dict = field(default_factory=dict)
     spent: dict = field(default_factory=dict)
+
+    def bind_ledger(self, domain) -> None:
+        self.fleet.domain = domain.to_dict()
+
+    def data_upload(self) -> SignedUpload:
+        return self.fleet.request_upload(self.client_id)
 
     def fit(self, global_adapter: AdapterState, round: int) -> ClientUpdate:
         (result,) = self.fleet.fit_all([self], global_adapter, round)
@@ -40,31 +51,36 @@ class RemoteClient:
     def privacy_spent(self) -> dict:
         return self.spent
 
-    def state_dict(self) -> dict:
-        return self.state
-
-    def load_state_dict(self, state: dict) -> None:
-        self.state = state
-
 
 class Fleet:
-    def __init__(self, grid, config: dict, *, round_timeout_s: float, query_timeout_s: float, poll_s: float = 0.2):
-        self.grid, self.config = grid, config
-        self.round_timeout_s, self.query_timeout_s, self.poll_s = round_timeout_s, query_timeout_s, poll_s
+    def __init__(self, grid, config: dict, *, wait_for_nodes_s: float, round_timeout_s: float, query_timeout_s: float,
+                 poll_s: float = 0.2):
+        from flb.redaction import redact_config
+
+        self.grid, self.config = grid, redact_config(config)
+        self.wait_for_nodes_s, self.round_timeout_s = wait_for_nodes_s, round_timeout_s
+        self.query_timeout_s, self.poll_s = query_timeout_s, poll_s
+        self.run_id = ""
+        self.domain: dict | None = None  # the ledger's signing domain, sent with every message once bound
         self.nodes: dict[int, int] = {}  # client id -> id of the node serving it
-        self.info: dict[int, tuple[int, str]] = {}  # client id -> (num_examples, data_digest)
+        self.info: dict[int, tuple[int, str | None]] = {}  # client id -> (num_examples, address)
         self.silent: set[int] = set()  # listed nodes that missed a deadline: not asked again while listed
+        self.uploads: dict[int, SignedUpload | RunFailed] = {}  # signed data uploads fetched, not yet recorded
         self.clients: list[RemoteClient] = []
 
-    def wait_for_clients(self, num_clients: int, timeout_s: float) -> list[RemoteClient]:
-        """Block until a node serves every client id (round 0 records every client's data digest)."""
-        deadline = time.monotonic() + timeout_s
+    def join(self, run_id: str, num_clients: int) -> list[RemoteClient]:
+        """The run's clients: block until a node serves every client id (round 0 registers every client), each
+        keeping its secrets under its state-dir/<run_id>."""
+        self.run_id = run_id
+        deadline = time.monotonic() + self.wait_for_nodes_s
+        self.discover()
         while missing := [i for i in range(num_clients) if i not in self.nodes]:
             if time.monotonic() > deadline:
-                raise FLBError(f"no SuperNode serves partition-id {missing} after wait-for-nodes-s={timeout_s:g}; "
-                               f"start one per partition (--node-config \"partition-id=N num-partitions={num_clients}\")")
-            self.discover()
+                raise RunFailed(f"no SuperNode serves partition-id {missing} after wait-for-nodes-s="
+                                f"{self.wait_for_nodes_s:g}; start one per partition "
+                                f"(--node-config \"partition-id=N num-partitions={num_clients}\")")
             time.sleep(1.0)  # each query starts a ClientApp process on the node: do not spin
+            self.discover()
         self.clients = [RemoteClient(i, *self.info[i], fleet=self) for i in range(num_clients)]
         return self.clients
 
@@ -74,8 +90,7 @@ class Fleet:
         listed = set(self.grid.get_node_ids())
         self.silent &= listed
         new = sorted(listed - set(self.nodes.values()) - self.silent)
-        messages = [Message(wire.query_content(self.config), dst_node_id=node, message_type=wire.QUERY,
-                            group_id="discover") for node in new]
+        messages = [self._query(node, wire.DESCRIBE, "discover") for node in new]
         for node, reply in zip(new, self.exchange(messages, self.query_timeout_s)):
             if reply is None:
                 self.silent.add(node)
@@ -83,17 +98,49 @@ class Fleet:
                 log.warning("SuperNode %d did not say which client it serves: %s", node,
                             reply.error.reason if reply else f"no reply within query-timeout-s={self.query_timeout_s:g}")
                 continue
-            client_id, num_examples, data_digest = wire.read_info(reply.content)
-            self.nodes[client_id], self.info[client_id] = node, (num_examples, data_digest)
+            try:
+                client_id, num_examples, address = wire.read_info(reply.content)
+            except (KeyError, TypeError, ValueError) as exc:  # ValueError: a reply without content too
+                log.warning("SuperNode %d sent a malformed description (%s); ignored", node, exc)
+                continue
+            self.nodes[client_id], self.info[client_id] = node, (num_examples, address)
             log.info("SuperNode %d serves client %d (%d examples)", node, client_id, num_examples)
+
+    def request_upload(self, client_id: int) -> SignedUpload:
+        """Client `client_id`'s data upload, signed on its node for the bound ledger. The first request asks every
+        client's node at once: each answer starts a ClientApp process, so they run side by side, not in turn."""
+        if client_id not in self.uploads:
+            pending = [c.client_id for c in self.clients if c.client_id not in self.uploads]
+            messages = [self._query(self.nodes[i], wire.UPLOAD, "upload") for i in pending]
+            for i, reply in zip(pending, self.exchange(messages, self.query_timeout_s)):
+                self.uploads[i] = self._upload(i, reply)
+        upload = self.uploads.pop(client_id)
+        if isinstance(upload, RunFailed):
+            raise upload
+        return upload
+
+    def _upload(self, client_id: int, reply) -> SignedUpload | RunFailed:
+        if reply is None or reply.has_error():
+            return RunFailed(f"client {client_id}: its SuperNode did not sign its data upload "
+                             f"({reply.error.reason if reply else 'no reply within query-timeout-s'})")
+        try:
+            return wire.read_upload(reply.content)
+        except (KeyError, TypeError, ValueError) as exc:
+            return RunFailed(f"client {client_id}: its SuperNode sent a malformed data upload "
+                             f"({type(exc).__name__}: {exc})")
+
+    def _query(self, node: int, action: str, group: str) -> Message:
+        return Message(wire.query_content(self.config, self.run_id, action, self.domain), dst_node_id=node,
+                       message_type=wire.QUERY, group_id=group)
 
     def fit_all(self, clients: list[RemoteClient], global_adapter: AdapterState, round: int):
         """One train message per client whose node is known, sent together; a ClientUpdate or the Exception
         saying why there is none, per client, in order."""
         self.discover()
         served = [c for c in clients if c.client_id in self.nodes]
-        messages = [Message(wire.train_content(self.config, global_adapter, round, c.state), message_type=wire.TRAIN,
-                            dst_node_id=self.nodes[c.client_id], group_id=f"round-{round}") for c in served]
+        messages = [Message(wire.train_content(self.config, self.run_id, global_adapter, round, self.domain),
+                            message_type=wire.TRAIN, dst_node_id=self.nodes[c.client_id], group_id=f"round-{round}")
+                    for c in served]
         replies = dict(zip((c.client_id for c in served), self.exchange(messages, self.round_timeout_s)))
         log.info("round %d: %d bytes to SuperNodes, %d bytes back", round,
                  sum(wire.payload_bytes(m.content) for m in messages),
@@ -101,18 +148,26 @@ class Fleet:
         return [self._result(c, replies, round) for c in clients]
 
     def _result(self, client: RemoteClient, replies: dict, round: int) -> ClientUpdate | Exception:
+        """The reply to client's train message as a ClientUpdate, or why there is none: ClientUnavailable (no node,
+        no reply, node gone), UpdateRejected (a malformed reply), or the node's own error."""
         if client.client_id not in replies:
-            return LookupError(f"no SuperNode serves client {client.client_id}; start one with --node-config "
-                               f"\"partition-id={client.client_id} num-partitions={len(self.clients)}\"")
+            return ClientUnavailable(f"no SuperNode serves client {client.client_id}; start one with --node-config "
+                                     f"\"partition-id={client.client_id} num-partitions={len(self.clients)}\"")
         reply = replies[client.client_id]
-        if reply is None:
+        if reply is None or (reply.has_error() and reply.error.code in UNAVAILABLE):
             node = self.nodes.pop(client.client_id)
             self.silent.add(node)
-            return TimeoutError(f"SuperNode {node} sent no reply in round {round} within "
-                                f"round-timeout-s={self.round_timeout_s:g}; raise it if the node is only slow")
+            why = (f"sent no reply in round {round} within round-timeout-s={self.round_timeout_s:g}; raise it if the "
+                   "node is only slow") if reply is None else f"is unavailable in round {round}: {reply.error.reason}"
+            return ClientUnavailable(f"SuperNode {node} {why}")
         if reply.has_error():
             return RuntimeError(f"SuperNode {self.nodes[client.client_id]}: {reply.error.reason}")
-        update, client.state = wire.read_update(reply.content)
+        if not reply.has_content():
+            return UpdateRejected(f"client {client.client_id}: the reply holds no update")
+        try:
+            update = wire.read_update(reply.content, client.client_id)
+        except UpdateRejected as exc:
+            return exc
         client.spent = update.privacy
         return update
 

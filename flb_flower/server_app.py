@@ -23,7 +23,6 @@ def main(grid: Grid, context: Context) -> None:
     settings = context.run_config
     args = main_simple_fl.parse_args(shlex.split(str(settings["flb-args"])))
     config = main_simple_fl.resolve_config(args)
-    fleet = Fleet(grid, config.to_dict(), round_timeout_s=float(settings["round-timeout-s"]),
-                  query_timeout_s=float(settings["query-timeout-s"]))
-    fleet.wait_for_clients(config.num_clients, float(settings["wait-for-nodes-s"]))
+    fleet = Fleet(grid, config.to_dict(), wait_for_nodes_s=float(settings["wait-for-nodes-s"]),
+                  round_timeout_s=float(settings["round-timeout-s"]), query_timeout_s=float(settings["query-timeout-s"]))
     main_simple_fl.run(config, resume=args.resume, export_merged=args.export_merged, fleet=fleet)

@@ -1,65 +1,158 @@
 """What travels between the ServerApp and the ClientApps: the run config as JSON, adapter tensors as Flower
-arrays, and an update's numbers in a ConfigRecord. Nothing is pickled."""
+arrays, and an update's numbers, signature and the client's own epsilon report in a ConfigRecord. Nothing is
+pickled, and nothing secret travels: a client's generator, accountant, salts and key stay on its node.
+
+A reply is read defensively: whatever a node sends, reading it gives a ClientUpdate or an UpdateRejected
+naming what is wrong, never another exception."""
 from __future__ import annotations
 
 import json
+import math
 
 from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 
-from flb.types import AdapterState, ClientUpdate
+from flb.errors import UpdateRejected, first_line, shown
+from flb.types import AdapterState, Attestation, ClientUpdate, SignedUpload
 
 TRAIN = "train"
 QUERY = "query"
+DESCRIBE, UPLOAD = "describe", "upload"
+CLIENT_MECHANISMS = ("local_update", "local_dpsgd")  # client.privacy.GaussianUpdate, client.dpsgd.DPSGD
 
 
-def query_content(config: dict) -> RecordDict:
-    return RecordDict({"run": ConfigRecord({"config": json.dumps(config)})})
+def query_content(config: dict, run_id: str, action: str, domain: dict | None = None) -> RecordDict:
+    return RecordDict({"run": ConfigRecord({"config": json.dumps(config), "run-id": run_id, "action": action,
+                                            "domain": json.dumps(domain)})})
 
 
-def train_content(config: dict, global_adapter: AdapterState, round: int, client_state: dict) -> RecordDict:
+def train_content(config: dict, run_id: str, global_adapter: AdapterState, round: int, domain: dict | None) -> RecordDict:
     return RecordDict({"global": ArrayRecord(torch_state_dict=global_adapter),
-                       "run": ConfigRecord({"config": json.dumps(config), "round": round,
-                                            "client-state": json.dumps(client_state)})})
+                       "run": ConfigRecord({"config": json.dumps(config), "run-id": run_id, "round": round,
+                                            "domain": json.dumps(domain)})})
 
 
-def read_run(content: RecordDict) -> tuple[str, int, dict]:
-    """The config JSON (kept as text: it keys the node's cache), the round and the client's state."""
+def read_run(content: RecordDict) -> dict:
+    """The config JSON (kept as text: it keys the node's cache), run id, round, action and signing domain."""
     run = content.config_records["run"]
-    return run["config"], int(run.get("round", 0)), json.loads(run.get("client-state", "{}"))
+    return {"config": run["config"], "run_id": str(run["run-id"]), "round": int(run.get("round", 0)),
+            "action": str(run.get("action", TRAIN)), "domain": json.loads(run.get("domain", "null"))}
 
 
 def read_adapter(content: RecordDict, key: str = "global") -> AdapterState:
     return dict(content.array_records[key].to_torch_state_dict())
 
 
-def info_content(client_id: int, num_examples: int, data_digest: str) -> RecordDict:
+def info_content(client_id: int, num_examples: int, address: str | None) -> RecordDict:
     return RecordDict({"info": ConfigRecord({"client-id": client_id, "num-examples": num_examples,
-                                             "data-digest": data_digest})})
+                                             "address": address or ""})})
 
 
-def read_info(content: RecordDict) -> tuple[int, int, str]:
+def read_info(content: RecordDict) -> tuple[int, int, str | None]:
+    """(client id, example count, signing address); KeyError, TypeError or ValueError when malformed."""
     info = content.config_records["info"]
-    return int(info["client-id"]), int(info["num-examples"]), str(info["data-digest"])
+    return _count(info["client-id"]), _count(info["num-examples"]), _text(info["address"]) or None
 
 
-def update_content(update: ClientUpdate, client_state: dict) -> RecordDict:
-    return RecordDict({"update": ArrayRecord(torch_state_dict=update.tensors),
-                       "result": ConfigRecord({"client-id": update.client_id, "round": update.round,
-                                               "num-examples": update.num_examples, "train-loss": update.train_loss,
-                                               "wall-time-s": update.wall_time_s, "num-bytes": update.num_bytes,
-                                               "digest": update.digest, "privacy": json.dumps(update.privacy),
-                                               "client-state": json.dumps(client_state)})})
+def upload_content(upload: SignedUpload) -> RecordDict:
+    return RecordDict({"upload": ConfigRecord({"recorded-digest": upload.recorded_digest,
+                                               "signature": upload.signature})})
 
 
-def read_update(content: RecordDict) -> tuple[ClientUpdate, dict]:
-    """The ClientUpdate and the client's new state (its privacy accountant) from a train reply."""
-    result = content.config_records["result"]
-    update = ClientUpdate(client_id=int(result["client-id"]), round=int(result["round"]),
-                          tensors=read_adapter(content, "update"), num_examples=int(result["num-examples"]),
-                          train_loss=float(result["train-loss"]), wall_time_s=float(result["wall-time-s"]),
-                          num_bytes=int(result["num-bytes"]), digest=str(result["digest"]),
-                          privacy=json.loads(result["privacy"]))
-    return update, json.loads(result["client-state"])
+def read_upload(content: RecordDict) -> SignedUpload:
+    """The signed data upload; KeyError, TypeError or ValueError when malformed."""
+    upload = content.config_records["upload"]
+    return SignedUpload(_text(upload["recorded-digest"]), _text(upload["signature"]))
+
+
+def update_content(update: ClientUpdate) -> RecordDict:
+    result = {"client-id": update.client_id, "round": update.round, "num-examples": update.num_examples,
+              "wall-time-s": update.wall_time_s, "num-bytes": update.num_bytes, "digest": update.digest,
+              "privacy": json.dumps(update.privacy)}
+    if update.train_loss is not None:
+        result["train-loss"] = update.train_loss
+    if update.attestation is not None:
+        result.update({"recorded-digest": update.attestation.recorded_digest,
+                       "recorded-num-examples": update.attestation.recorded_num_examples,
+                       "signature": update.attestation.signature})
+    return RecordDict({"update": ArrayRecord(torch_state_dict=update.tensors), "result": ConfigRecord(result)})
+
+
+def read_update(content: RecordDict, client_id: int) -> ClientUpdate:
+    """The ClientUpdate in a train reply; UpdateRejected naming the problem when the reply is malformed. Whether
+    the update itself is acceptable (its id, round, tensors, count, signature) is server.validation's to say."""
+    try:
+        result = content.config_records["result"]
+        tensors = read_adapter(content, "update")
+        attestation = None
+        if "signature" in result:
+            attestation = Attestation(recorded_digest=_text(result["recorded-digest"]),
+                                      recorded_num_examples=_count(result["recorded-num-examples"]),
+                                      signature=_text(result["signature"]))
+        return ClientUpdate(client_id=_count(result["client-id"]), round=_count(result["round"]), tensors=tensors,
+                            num_examples=_count(result["num-examples"]), train_loss=_loss(result.get("train-loss")),
+                            wall_time_s=_seconds(result["wall-time-s"]), num_bytes=_count(result["num-bytes"]),
+                            digest=_text(result["digest"]), privacy=_privacy_report(result.get("privacy", "{}")),
+                            attestation=attestation)
+    except Exception as exc:  # whatever a node sends: numpy, torch and Flower raise many kinds on bad arrays
+        raise UpdateRejected(f"client {client_id}: malformed reply ({type(exc).__name__}: {first_line(exc)})") from None
+
+
+def _count(value) -> int:
+    """A whole number as sent; anything else (a float, NaN, text) is refused rather than rounded."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{shown(value)} is not a whole number")
+    return value
+
+
+def _text(value) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"{shown(value)} is not text")
+    return value
+
+
+def _number(value) -> float:
+    """A finite number as sent (not text, not a bool)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{shown(value)} is not a finite number")
+    return float(value)
+
+
+def _seconds(value) -> float:
+    seconds = _number(value)
+    if seconds < 0:
+        raise ValueError(f"{shown(value)} is not a duration")
+    return seconds
+
+
+def _loss(value) -> float | None:
+    if value is None:
+        return None
+    loss = float(value)
+    return loss if math.isfinite(loss) else None
+
+
+def _privacy_report(text) -> dict:
+    """The client's own epsilon report: {} without local DP, or a report the server can show and compose
+    (a client mechanism, epsilon None or >= 0, finite delta, z, C and q, whole steps, its (z, q, steps) history).
+    The server cannot check the numbers; it records them as the client's own statement."""
+    report = json.loads(text)
+    if not isinstance(report, dict):
+        raise ValueError(f"privacy report {shown(text)} is not a JSON object")
+    if not report:
+        return report
+    if report.get("mechanism") not in CLIENT_MECHANISMS:
+        raise ValueError(f"privacy report mechanism {shown(report.get('mechanism'))} is not one of {CLIENT_MECHANISMS}")
+    if report.get("epsilon") is not None and _number(report["epsilon"]) < 0:
+        raise ValueError(f"privacy report epsilon {shown(report['epsilon'])} is negative")
+    for key in ("delta", "noise_multiplier", "clip_norm", "sample_rate"):
+        _number(report.get(key))
+    _count(report.get("steps"))
+    history = report.get("history")
+    if not isinstance(history, list) or not all(isinstance(entry, list) and len(entry) == 3 for entry in history):
+        raise ValueError("privacy report history is not a list of [z, q, steps]")
+    for z, q, steps in history:
+        _number(z), _number(q), _count(steps)
+    return report
 
 
 def payload_bytes(content: RecordDict) -> int:

@@ -5,7 +5,6 @@ start `flower-superexec` children that outlive them; stopping a process stops it
 """
 from __future__ import annotations
 
-import json
 import os
 import shlex
 import signal
@@ -32,6 +31,7 @@ class Loopback:
         self.env = {**os.environ, "FLWR_HOME": str(self.home), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
         self.port = free_port()
         self.processes: list[subprocess.Popen] = []
+        self.log_files: dict[int, Path] = {}  # pid -> its output
 
     def start_superlink(self) -> None:
         self.home.mkdir(parents=True, exist_ok=True)
@@ -41,10 +41,16 @@ class Loopback:
                                   "--host", "127.0.0.1", "--port", str(self.port)])
         wait_for_port(self.port, timeout_s=30)
 
+    def state_dir(self, partition_id: int) -> Path:
+        """Where the node serving `partition_id` keeps its secrets (a node started again for it reuses it, as a
+        restarted machine would)."""
+        return self.work / f"node-{partition_id}-state"
+
     def start_supernode(self, partition_id: int, num_partitions: int) -> subprocess.Popen:
+        node_config = f'partition-id={partition_id} num-partitions={num_partitions} state-dir="{self.state_dir(partition_id)}"'
         return self._start(f"supernode-{partition_id}-{len(self.processes)}", [
             "flower-supernode", "--insecure", "--superlink", f"127.0.0.1:{self.port}", "--port", str(free_port()),
-            "--node-config", f"partition-id={partition_id} num-partitions={num_partitions}"])
+            "--node-config", node_config])
 
     def flwr_run(self, flb_args: list[str], timeout_s: float, **run_config) -> subprocess.Popen:
         """`flwr run . local --stream` with main_simple_fl flags in flb-args; returns the running process."""
@@ -54,11 +60,24 @@ class Loopback:
                                         "--run-config", pairs])
 
     def _start(self, name: str, argv: list[str]) -> subprocess.Popen:
-        log = open(self.work / f"{name}.log", "w")
-        process = subprocess.Popen(argv, cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
+        path = self.work / f"{name}.log"
+        with open(path, "w") as log:
+            process = subprocess.Popen(argv, cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                       start_new_session=True)
         self.processes.append(process)
+        self.log_files[process.pid] = path
         return process
+
+    def received(self, node: subprocess.Popen, message_type: str) -> int:
+        """How many `message_type` messages the SuperNode has taken in so far (as its log says)."""
+        return self.log_files[node.pid].read_text().count(f"Receiving: {message_type} message")
+
+    def wait_until_received(self, node: subprocess.Popen, message_type: str, count: int, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while self.received(node, message_type) < count:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the SuperNode did not receive {count} {message_type} messages in {timeout_s:g}s")
+            time.sleep(0.1)
 
     def stop_all(self) -> None:
         for process in reversed(self.processes):
@@ -85,22 +104,6 @@ def stop(process: subprocess.Popen) -> None:
     except ProcessLookupError:
         pass
     process.wait(timeout=10)
-
-
-def wait_for_round(run_root: Path, round: int, timeout_s: float) -> None:
-    """Until the newest run under `run_root` has written round `round`'s metrics."""
-    deadline = time.monotonic() + timeout_s
-    metrics = run_root / "latest" / "metrics.jsonl"
-    while time.monotonic() < deadline:
-        if metrics.exists() and round in _written_rounds(metrics):
-            return
-        time.sleep(0.1)
-    raise TimeoutError(f"round {round} not written under {run_root} within {timeout_s:g}s")
-
-
-def _written_rounds(metrics: Path) -> set[int]:
-    records = [json.loads(line) for line in metrics.read_text().splitlines() if line.endswith("}")]  # whole lines
-    return {record["round"] for record in records if record["kind"] == "round"}
 
 
 def _toml(value) -> str:

@@ -2,22 +2,28 @@
 
 The final adapter of a Flower run equals the in-process run's bit for bit: the nodes run the same
 SFTClient with the same derived seeds, adapters travel as float32 arrays (exact), and the server
-aggregates with the same strategy code.
+aggregates with the same strategy code. A second run, recorded on the embedded chain with local DP,
+loses a node mid-round and gains its restarted replacement; its tests check what that run left behind.
 """
 from __future__ import annotations
 
 import json
-import shlex
 
 import pytest
 
 import main_simple_fl
+from chain import explorer
+from flb.accounting import epsilon, rdp_accountant
 from flb.config import load_config
 from flb.digests import adapter_file_digest
-from tests.flower_loopback import Loopback, stop, wait_for_round
+from flb.private_state import PrivateState
+from tests.flower_loopback import Loopback, stop
 
 pytestmark = pytest.mark.flower
 RUN_TIMEOUT_S = 240
+# Well above a healthy round on a busy 2-core machine (each message starts a fresh ClientApp process that
+# loads the model: 15-35 s here); the round that lost a node waits this long.
+ROUND_TIMEOUT_S = 60
 
 
 @pytest.fixture(scope="module")
@@ -43,23 +49,59 @@ def finish(loopback: Loopback, run) -> None:
 
 
 def test_flower_run_gives_the_in_process_final_adapter(loopback, tiny_overrides, tmp_path):
+    overrides = tiny_overrides + ["local_steps=2", "eval.size=8", "eval.max_new_tokens=2"]
     flower_runs = tmp_path / "flower-runs"
-    run = loopback.flwr_run(flb_args(tiny_overrides + [f"output_dir={flower_runs}"]), RUN_TIMEOUT_S)
-    in_process = main_simple_fl.run(load_config(None, tiny_overrides))
+    run = loopback.flwr_run(flb_args(overrides + [f"output_dir={flower_runs}"]), RUN_TIMEOUT_S)
+    in_process = main_simple_fl.run(load_config(None, overrides))
     finish(loopback, run)
     flower = (flower_runs / "latest").resolve()
     assert [r["num_clients"] for r in round_records(flower)] == [0, 2, 2]
     assert adapter_file_digest(flower / "final_adapter") == adapter_file_digest(in_process / "final_adapter")
 
 
-def test_a_node_killed_mid_run_costs_its_update_and_a_late_node_joins(loopback, tiny_overrides, tmp_path):
-    runs = tmp_path / "flower-runs"
-    run = loopback.flwr_run(flb_args(tiny_overrides + [f"output_dir={runs}", "num_rounds=3"]), RUN_TIMEOUT_S,
-                            **{"round-timeout-s": 25})
-    wait_for_round(runs, 1, RUN_TIMEOUT_S)
-    stop(loopback.nodes[1])  # round 2 is under way: its message to node 1 is never answered
-    loopback.start_supernode(1, 2)  # a replacement joins late: it takes part from round 3
+@pytest.fixture(scope="module")
+def recorded_run(loopback, tiny_model_dir, tmp_path_factory):
+    """Two rounds with local DP, recorded on the embedded chain. Node 1 is killed once round 1's messages are out
+    and started again on the same state-dir (a restarted machine): it signs again as client 1 from round 2."""
+    runs = tmp_path_factory.mktemp("recorded") / "runs"
+    overrides = [f"model.model_path={tiny_model_dir}", f"output_dir={runs}", "num_clients=2", "clients_per_round=2",
+                 "num_rounds=2", "local_steps=2", "eval.size=8", "eval.max_new_tokens=2", "sft.max_length=96",
+                 "model.lora.dropout=0.0", "chain_record=true", "chain.backend=embedded", "client.local_dp=true",
+                 "client.dp.mode=update"]
+    node_0, trained_before = loopback.nodes[0], loopback.received(loopback.nodes[0], "train")
+    run = loopback.flwr_run(flb_args(overrides), RUN_TIMEOUT_S, **{"round-timeout-s": ROUND_TIMEOUT_S})
+    loopback.wait_until_received(node_0, "train", trained_before + 1, RUN_TIMEOUT_S)  # round 1 is under way
+    stop(loopback.nodes[1])  # its round 1 message is never answered
+    loopback.nodes[1] = loopback.start_supernode(1, 2)
     finish(loopback, run)
-    rounds = round_records((runs / "latest").resolve())
-    assert [r["num_clients"] for r in rounds] == [0, 2, 1, 2]
-    assert "sent no reply in round 2" in rounds[2]["rejected"][0]["reason"]
+    return (runs / "latest").resolve()
+
+
+def test_a_node_killed_mid_run_costs_its_update_and_its_restart_joins_late(recorded_run):
+    rounds = round_records(recorded_run)
+    assert [r["num_clients"] for r in rounds] == [0, 1, 2]
+    (missing,) = rounds[1]["rejected"]
+    assert missing["client_id"] == 1 and missing["reason"].startswith("ClientUnavailable: SuperNode")
+
+
+def test_the_recorded_flower_run_verifies_against_its_chain(recorded_run, capsys):
+    assert explorer.main([str(recorded_run), "--verify"]) == 0, capsys.readouterr().out
+    assert "0 problems" in capsys.readouterr().out
+
+
+def test_each_clients_secrets_stay_in_its_nodes_state_dir(recorded_run, loopback):
+    assert not list((recorded_run / "private").glob("client_*"))
+    for partition in range(2):
+        private = loopback.state_dir(partition) / recorded_run.name / "private"
+        assert (private / "signing_key").is_file() and PrivateState(private).latest() is not None
+
+
+def test_the_server_reports_each_clients_own_epsilon(recorded_run, loopback):
+    """The epsilon in metrics.jsonl is the one the client's accountant, on its node, gives."""
+    clients = round_records(recorded_run)[-1]["privacy"]["clients"]
+    assert clients["0"]["steps"] == 2  # one Gaussian step per round taken part in
+    for partition in range(2):
+        report = clients[str(partition)]
+        state = PrivateState(loopback.state_dir(partition) / recorded_run.name / "private").latest()
+        on_node = epsilon(rdp_accountant(state["privacy"]["accountant"]), report["delta"])
+        assert report["mechanism"] == "local_update" and report["epsilon"] == on_node

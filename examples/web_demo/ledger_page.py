@@ -1,6 +1,6 @@
-"""Ledger: the run's audit trail like a block explorer: contract and chain, score leaderboard, each
-round's digests with a verified / mismatch badge (chain.explorer's own --verify), blocks,
-transactions and decoded events."""
+"""Ledger: the run's audit trail like a block explorer: contract and chain, registered clients and their
+signed data uploads, score leaderboard, each round's digests with a verified / mismatch badge (chain.explorer's
+own --verify), blocks, transactions and decoded events."""
 from __future__ import annotations
 
 from datetime import datetime, timezone
@@ -22,18 +22,22 @@ def render(run: rundata.Run) -> None:
     deployment = trail.get("deployment") or {}
     st.markdown(f"**{trail.get('chain', 'chain')}** · chain id `{trail.get('chain_id')}` · "
                 f"contract `{trail['contract']}`" + (f" · owner `{deployment['owner']}`" if deployment.get("owner") else ""))
-    problems, matched = rundata.verify(run, trail)
+    anchors = _event_args(trail, "AdapterConfigAnchored")
+    if anchors:
+        st.caption(f"LoRA config anchored on chain: `{anchors[0]['adapterConfigDigest']}` (sha256 of adapter_config.json)")
+    rounds = rounds_from(trail)
     cards = st.columns(4)
     cards[0].metric("Blocks", len(trail["blocks"]))
     cards[1].metric("Transactions", len(trail["transactions"]))
-    cards[2].metric("Rounds recorded", len(rounds_from(trail)))
-    cards[3].metric("Adapter files matching the chain", matched)
-    if problems:
-        count = sum(map(len, problems.values()))
-        st.error(f"Mismatch: {count} problem{'s' * (count != 1)} between the files and the chain "
-                 f"(`python -m chain.explorer --verify {run.path}` reports the same)", icon=":material/gpp_bad:")
+    cards[2].metric("Rounds recorded", len(rounds))
+    try:
+        verification = rundata.verify(run)
+    except rundata.RunProblem as exc:  # the trail is still worth showing
+        verification = None
+        st.error(str(exc), icon=":material/error:")
     else:
-        st.success(f"Verified: all {matched} adapter files match the digests on chain", icon=":material/verified:")
+        cards[3].metric("Checks passed", verification.passed)
+        _verdict(run, verification)
 
     st.subheader("Score leaderboard")
     rows = [{"client": names.get(address, address), "address": address, "score": score}
@@ -42,11 +46,15 @@ def render(run: rundata.Run) -> None:
     if rows:
         st.container(key="leaderboard").table([{"rank": rank, **row} for rank, row in enumerate(rows, 1)], hide_index=True)
     else:
-        st.caption("No scores yet.")
+        st.caption("No scores: none recorded yet, or who took part is sealed (chain.record_participants: false).")
+
+    st.subheader("Clients and their data uploads")
+    _clients(trail, names)
 
     st.subheader("Rounds")
-    for number, record in sorted(rounds_from(trail).items()):
-        _round(number, record, problems.get(number, []), names)
+    problems = verification.problems if verification else {}
+    for number, record in sorted(rounds.items()):
+        _round(number, record, None if verification is None else problems.get(number, []), names)
     for problem in problems.get(-1, []):
         st.error(problem)
 
@@ -66,23 +74,64 @@ def _no_trail(run: rundata.Run) -> None:
                    "(see `chain/outbox.jsonl` for writes still pending).", icon=":material/hourglass_top:")
 
 
-def _round(number: int, record: dict, problems: list[str], names: dict[str, str]) -> None:
+def _verdict(run: rundata.Run, verification: rundata.Verification) -> None:
+    """The banner, what --verify read (independent node or the run's own copy) and its notes."""
+    count = verification.count
+    if count:
+        st.error(f"Mismatch: {count} problem{'s' * (count != 1)} between the files and the chain "
+                 f"(`python -m chain.explorer {run.path} --verify` reports the same)", icon=":material/gpp_bad:")
+    else:
+        st.success(f"Verified: the run's files pass all {verification.passed} checks against the chain",
+                   icon=":material/verified:")
+    st.container(key="verify-source").caption(verification.source)
+    if verification.notes:
+        with st.expander(f"Notes from --verify ({len(verification.notes)})"):
+            for note in verification.notes:
+                st.markdown(f"- {note}")
+
+
+def _clients(trail: dict, names: dict[str, str]) -> None:
+    registered = [args["client"] for args in _event_args(trail, "ClientRegistered")]
+    uploads = {tx["args"]["client"]: tx["args"]["dataDigest"] for tx in trail["transactions"]
+               if tx["function"] == "uploadUserData" and tx["status"] == 1}
+    if not registered:
+        st.caption("No client registered yet.")
+        return
+    st.table([{"client": names.get(address, address), "address": address,
+               "data upload (digest, or a salted commitment under DP)": uploads.get(address, "not yet")}
+              for address in registered], hide_index=True)
+
+
+def _round(number: int, record: dict, problems: list[str] | None, names: dict[str, str]) -> None:
+    """One round's record; `problems` None when the run could not be checked."""
     with st.container(border=True, key=f"round-{number}"):
         head, badge = st.columns([5, 1])
         head.markdown(f"**Round {number}** · global adapter `{record['global_digest']}`")
         with badge:
-            if problems:
+            if problems is None:
+                st.badge("not checked", icon=":material/help:", color="gray")
+            elif problems:
                 st.badge("mismatch", icon=":material/close:", color="red")
             else:
                 st.badge("verified", icon=":material/check:", color="green")
-        for problem in problems:
+        for problem in problems or []:
             st.error(problem)
-        if record["clients"]:
-            st.table([{"client": names.get(address, address), "update digest": digest, "score": score}
-                      for address, digest, score in zip(record["clients"], record["update_digests"], record["scores"])],
+        if "participants_commitment" in record:
+            st.caption(f"Who took part is sealed: commitment `{record['participants_commitment']}` "
+                       "(chain.record_participants: false; the server's opening reveals it to an auditor).")
+        elif record["clients"]:
+            st.table([{"client": names.get(address, address), "update digest": digest,
+                       "examples": str(count) if count else "not published (DP)", "score": score}
+                      for address, digest, count, score in zip(record["clients"], record["update_digests"],
+                                                               record["num_examples"], record["scores"])],
                      hide_index=True)
         else:
             st.caption("No client updates (the base adapter, or a skipped round).")
+
+
+def _event_args(trail: dict, name: str) -> list[dict]:
+    return [event["args"] for tx in trail["transactions"] if tx["status"] == 1
+            for event in tx["events"] if event["event"] == name]
 
 
 def _transactions(trail: dict, names: dict[str, str]) -> None:

@@ -99,16 +99,39 @@ def model_settings(run: Run):
         raise RunProblem(f"{run.path / 'config.json'}: {exc}") from None
 
 
-def verify(run: Run, trail: dict) -> tuple[dict[int, list[str]], int]:
-    """chain.explorer's --verify on this run: its problems grouped by round, and the files matched."""
-    from chain.explorer import verify as verify_files
+@dataclass(frozen=True)
+class Verification:
+    """chain.explorer's --verify on a run: what it read (its first line), the problems by round (-1: not about
+    one round), its notes and how many checks passed."""
 
-    problems, matched = verify_files(run.path, trail)
-    by_round: dict[int, list[str]] = {}
-    for problem in problems:
-        number = re.match(r"round (\d+)\b", problem)
-        by_round.setdefault(int(number.group(1)) if number else -1, []).append(problem)
-    return by_round, matched
+    source: str
+    problems: dict[int, list[str]]
+    notes: list[str]
+    passed: int
+
+    @property
+    def count(self) -> int:
+        return sum(map(len, self.problems.values()))
+
+
+_ROUND_PROBLEM = re.compile(r"round (\d+)\b")  # chain.verify starts every problem about one round with it
+
+
+def verify(run: Run) -> Verification:
+    """`python -m chain.explorer RUN_DIR --verify` on this run: its files against the chain it was recorded on
+    (for the embedded chain and anvil, the copy the run wrote; for rpc, the node in its config)."""
+    from chain.errors import ChainError
+    from chain.explorer import verify_run
+
+    try:
+        source, report = verify_run(run.path, rpc=None, openings=[], recompute=False)
+    except (ChainError, OSError, ValueError, KeyError, TypeError) as exc:
+        raise RunProblem(f"Run {run.name} cannot be checked against its chain: {first_line(exc)}") from None
+    problems: dict[int, list[str]] = {}
+    for problem in report.problems:
+        number = _ROUND_PROBLEM.match(problem)
+        problems.setdefault(int(number.group(1)) if number else -1, []).append(problem)
+    return Verification(source, problems, report.notes, report.passed)
 
 
 def first_line(exc: Exception) -> str:

@@ -1,12 +1,16 @@
 """Training: the run's curves from metrics.jsonl (eval loss, perplexity, accuracy per task family,
-per-client train loss and ε) and its resolved config; refreshes by itself while the run is going."""
+per-client train loss, and ε: each client's as it reports it, the server's against users of the model and
+against a chain reader) and its resolved config; refreshes by itself while the run is going."""
 from __future__ import annotations
+
+import logging
 
 import streamlit as st
 
 import rundata
 
 REFRESH_SECONDS = 5
+log = logging.getLogger("flb.web_demo")
 
 
 def render(run: rundata.Run) -> None:
@@ -18,13 +22,21 @@ def render(run: rundata.Run) -> None:
 
 
 def dashboard(run: rundata.Run) -> None:
+    """The refreshing part of the page. A fragment rerun is outside the app's error guard, so it has its own."""
+    try:
+        _dashboard(run)
+    except rundata.RunProblem as exc:
+        st.error(str(exc), icon=":material/error:")
+    except Exception as exc:
+        log.exception("web demo training dashboard failed")
+        st.error(f"The training curves could not be shown: {type(exc).__name__}: {rundata.first_line(exc)} (the full "
+                 "traceback is in the terminal running streamlit)", icon=":material/error:")
+
+
+def _dashboard(run: rundata.Run) -> None:
     import pandas as pd
 
-    try:
-        metrics = run.metrics()
-    except rundata.RunProblem as exc:  # a fragment rerun is outside the app's error guard
-        st.error(str(exc), icon=":material/error:")
-        return
+    metrics = run.metrics()
     rounds = [m for m in metrics if m.get("kind") == "round" and not m.get("skipped")]
     clients = [m for m in metrics if m.get("kind") == "client"]
     if not rounds:
@@ -52,13 +64,13 @@ def dashboard(run: rundata.Run) -> None:
     if "accuracy" in by_round:
         families = pd.DataFrame([{"all": m["accuracy"], **m.get("accuracy_by_task", {})} for m in rounds], index=by_round.index)
         _chart(accuracy, "Exact-match accuracy per task family", families, fraction=True)
-    if clients:
-        _chart(train_loss, "Local train loss per client", _per_client(clients, lambda m: m.get("train_loss")))
-        epsilon = _per_client(clients, lambda m: (m.get("privacy") or {}).get("epsilon"))
-        if epsilon.notna().any().any():
-            _chart(st, "Privacy budget ε per client (client-side DP)", epsilon)
-        else:
-            st.caption("No ε recorded: client-side differential privacy (client.local_dp) was off in this run.")
+    losses = _per_client(clients, lambda m: m.get("train_loss"))
+    if losses.notna().any().any():
+        _chart(train_loss, "Local train loss per client", losses)
+    elif clients:
+        train_loss.caption("No local train loss: under client-side DP it stays with each client (it is a statistic "
+                           "of the client's data that no noise covers).")
+    _privacy(metrics, [m for m in rounds if m.get("privacy")])
     rejected = [(m["round"], r["client_id"], r["reason"]) for m in rounds + [m for m in metrics if m.get("skipped")]
                 for r in m.get("rejected", [])]
     if rejected:
@@ -66,10 +78,55 @@ def dashboard(run: rundata.Run) -> None:
         st.table(pd.DataFrame(rejected, columns=["round", "client", "reason"]))
 
 
+def _privacy(metrics: list[dict], rounds: list[dict]) -> None:
+    """ε after each round: each client's, as the client reports it, and the server's, against users of the model
+    (amplified by sampling) and against anyone who knows who took part (the chain, metrics.jsonl)."""
+    import pandas as pd
+
+    from flb.report import privacy_lines
+
+    if not rounds:
+        st.caption("No ε recorded: this run used no differential privacy (client.local_dp and server DP were off).")
+        return
+    st.subheader("Privacy")
+    last = rounds[-1]["privacy"]
+    st.metric(f"ε of the run after round {rounds[-1]['round']} (the largest below)", _epsilon(last.get("epsilon")))
+    index = pd.Index([m["round"] for m in rounds], name="round")
+    clients = pd.DataFrame([{f"client {client_id}": _number(part.get("epsilon"))
+                             for client_id, part in sorted(m["privacy"].get("clients", {}).items(), key=lambda kv: int(kv[0]))}
+                            for m in rounds], index=index)
+    server = pd.DataFrame([_server_epsilons(m["privacy"].get("server") or {}) for m in rounds], index=index)
+    charts = [(title, data.dropna(axis="columns", how="all")) for title, data in (
+        ("ε per client (client-side DP, as each client reports it)", clients),
+        ("ε of the server's DP, against model users and chain readers", server)) if data.notna().any().any()]
+    for column, (title, data) in zip(st.columns(2), charts):
+        _chart(column, title, data)
+    with st.expander("How each ε is computed (opacus' RDP accountant over its (z, q, steps) history)"):
+        st.code("\n".join(privacy_lines(metrics)).strip(), language=None)
+
+
+def _server_epsilons(server: dict) -> dict[str, float]:
+    """Against users of the model (amplified by sampling), and against anyone who knows who took part (the
+    chain's readers, with q = 1)."""
+    return {"model users": _number(server.get("epsilon")),
+            "chain readers": _number((server.get("known_participants") or {}).get("epsilon"))}
+
+
+def _epsilon(value) -> str:
+    return "unbounded" if value is None else f"{value:.3f}"
+
+
+def _number(value) -> float:
+    """A reported ε as a number for a chart; unbounded (None) is not drawn."""
+    return float("nan") if value is None else float(value)
+
+
 def _per_client(clients: list[dict], value):
     import pandas as pd
 
-    rows = [{"round": m["round"], "client": f"client {m['client_id']}", "value": value(m)} for m in clients]
+    rows = [{"round": m["round"], "client": f"client {m['client_id']}", "value": _number(value(m))} for m in clients]
+    if not rows:
+        return pd.DataFrame()
     return pd.DataFrame(rows).pivot_table(index="round", columns="client", values="value", dropna=False)
 
 

@@ -15,7 +15,6 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-import torch
 from safetensors.torch import load_file, save_file
 
 import main_simple_fl
@@ -31,23 +30,37 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-back
                   "--disable-component-update", "--disable-sync", "--no-first-run"]
 
 
+def recorded_run_overrides(model_dir: Path, output: Path) -> list[str]:
+    return [f"model.model_path={model_dir}", f"output_dir={output}", "num_clients=2", "clients_per_round=2",
+            "num_rounds=1", "local_steps=1", "eval.size=4", "eval.max_new_tokens=2", "sft.max_length=64",
+            "chain_record=true", "chain.backend=embedded"]
+
+
 @pytest.fixture(scope="module")
 def web_run(tiny_model_dir, tmp_path_factory) -> Path:
-    """One round, two clients, recorded on the embedded chain; a tampered copy and a corrupt run beside it."""
+    """One round, two clients, recorded on the embedded chain; beside it a tampered copy, a copy without its chain
+    and a corrupt run."""
     output = tmp_path_factory.mktemp("web") / "runs"
-    overrides = [f"model.model_path={tiny_model_dir}", f"output_dir={output}", "num_clients=2", "clients_per_round=2",
-                 "num_rounds=1", "local_steps=1", "eval.size=4", "eval.max_new_tokens=2", "sft.max_length=64",
-                 "chain_record=true", "chain.backend=embedded"]
-    run_path = main_simple_fl.run(load_config(None, overrides))
+    run_path = main_simple_fl.run(load_config(None, recorded_run_overrides(tiny_model_dir, output)))
     tampered = shutil.copytree(run_path, output / "tampered")
     update = tampered / "round_1" / "updates" / "client_1.safetensors"
     tensors = load_file(str(update))
     first = sorted(tensors)[0]
     tensors[first] = tensors[first] + 1e-3
     save_file(tensors, str(update))
+    unverifiable = shutil.copytree(run_path, output / "unverifiable")
+    (unverifiable / "chain" / "embedded_chain.db").unlink()
     (output / "broken").mkdir()
     (output / "broken" / "config.json").write_text("{not json")
     return run_path
+
+
+@pytest.fixture(scope="module")
+def private_run(web_run, tiny_model_dir) -> Path:
+    """The same run with client-side DP, beside the others: the chain holds commitments, the clients' losses stay
+    with them."""
+    overrides = recorded_run_overrides(tiny_model_dir, web_run.parent) + ["client.local_dp=true", "client.dp.mode=update"]
+    return main_simple_fl.run(load_config(None, overrides))
 
 
 def start_app(run: Path, log: Path):
@@ -163,8 +176,31 @@ def test_ledger_page_shows_the_scores_and_verified_rounds(app_url, web_run, page
     assert len(scores) == 2
     for address, score in scores.items():
         expect(leaderboard.get_by_role("row").filter(has_text=names[address])).to_contain_text(str(score))
+    expect(page.locator(".st-key-verify-source")).to_contain_text("a consistency check of a local export")
     text = settle_and_screenshot(page, "ledger")
     assert trail["contract"] in text and "mismatch" not in text.lower()
+
+
+def test_training_page_of_a_private_run_shows_each_clients_epsilon(app_url, private_run, page):
+    from playwright.sync_api import expect
+
+    page.goto(f"{app_url}/training?run={private_run.name}")
+    expect(page.get_by_text("ε of the run after round 1")).to_be_visible()
+    expect(page.get_by_text("No local train loss")).to_be_visible()
+    expect(page.get_by_test_id("stVegaLiteChart")).to_have_count(4)  # loss, perplexity, accuracy, ε per client
+    text = settle_and_screenshot(page, "training-private")
+    assert "No ε recorded" not in text
+
+
+def test_ledger_page_of_a_private_run_verifies_and_publishes_no_counts(app_url, private_run, page):
+    from playwright.sync_api import expect
+
+    page.goto(f"{app_url}/ledger?run={private_run.name}")
+    for number in (0, 1):
+        expect(page.locator(f".st-key-round-{number}")).to_contain_text("verified")
+    expect(page.locator(".st-key-round-1")).to_contain_text("not published (DP)")
+    text = settle_and_screenshot(page, "ledger-private")
+    assert "mismatch" not in text.lower()
 
 
 def test_ledger_page_flags_a_tampered_update(app_url, page):
@@ -175,6 +211,17 @@ def test_ledger_page_flags_a_tampered_update(app_url, page):
     expect(page.locator(".st-key-round-1")).to_contain_text("round 1 client 1")
     expect(page.locator(".st-key-round-0")).to_contain_text("verified")
     settle_and_screenshot(page, "ledger-tampered")
+
+
+def test_a_run_without_its_chain_shows_the_trail_and_why_it_is_not_checked(app_url, page):
+    from playwright.sync_api import expect
+
+    page.goto(f"{app_url}/ledger?run=unverifiable")
+    expect(page.get_by_text("Run unverifiable cannot be checked against its chain")).to_be_visible()
+    for number in (0, 1):
+        expect(page.locator(f".st-key-round-{number}")).to_contain_text("not checked")
+    text = settle_and_screenshot(page, "ledger-unverifiable")
+    assert "embedded_chain.db" in text and "verified" not in text.lower()
 
 
 def test_a_corrupt_run_shows_a_clear_message(app_url, page):
