@@ -104,7 +104,7 @@ def _hex(value) -> str:
 
 
 def write_trail(chain_dir: Path, trail: dict) -> None:
-    write_json_atomic(chain_dir / TRAIL_FILE, trail)
+    write_json_atomic(chain_dir / TRAIL_FILE, trail, sort_keys=False)  # decoded arguments in the ABI's order
 
 
 def read_trail(run_dir: Path) -> dict | None:

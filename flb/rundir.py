@@ -33,13 +33,13 @@ START_AGAIN = "the run cannot be resumed; start a new run"
 log = logging.getLogger(__name__)
 
 
-def write_json_atomic(path: Path, data, mode: int = 0o644) -> None:
+def write_json_atomic(path: Path, data, mode: int = 0o644, sort_keys: bool = True) -> None:
     """Write to a temporary file, fsync, then rename over the target: readers see old or new, never half.
-    `mode` 0o600 keeps a party's private file from everyone else."""
+    `mode` 0o600 keeps a party's private file from everyone else; `sort_keys=False` keeps the data's order."""
     partial = path.with_name(path.name + ".partial")
     descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     with os.fdopen(descriptor, "w") as handle:
-        json.dump(data, handle, indent=2, sort_keys=True)
+        json.dump(data, handle, indent=2, sort_keys=sort_keys)
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(partial, path)
