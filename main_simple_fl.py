@@ -271,8 +271,8 @@ def format_ledger_summary(summary: dict) -> str:
     for tx in summary["transactions"]:
         link = f"  {tx['link']}" if tx.get("link") else ""
         lines.append(f"  {tx['record']:<32} {tx['status']:<10} {tx['tx'] or '-'}{link}")
-    if summary["pending"] or summary["failed"]:
-        lines.append(f"  {summary['pending']} records pending (sent on --resume), {summary['failed']} failed (see run.log)")
+    if summary["pending"]:
+        lines.append(f"  {summary['pending']} records not yet on chain (sent by --resume; see run.log)")
     lines.append(f"inspect: {summary['explorer']}\nverify the files against the chain: {summary['verify']}")
     return "\n".join(lines)
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from chain.contract import flb_contract
 from chain.deployment import deploy_or_attach, read_deployment
 from chain.errors import ChainError
-from chain.outbox import CONFIRMED, FAILED, QUEUED, SUBMITTED, Outbox
+from chain.outbox import CONFIRMED, QUEUED, SUBMITTED, Outbox
 from chain.records import REGISTER, ROUND, UPLOAD, register_payload, round_payload, upload_payload
 from chain.sender import LOST, OutboxSender, is_transient, permanent
 from chain.trail import collect_trail, contract_tx_hashes, write_trail
@@ -129,7 +129,7 @@ class ChainLedger:
         return {
             "chain": self.node.description, "backend": self.node.backend, "chain_id": deployment["chain_id"],
             "contract": deployment["address"], "transactions": transactions,
-            "pending": self.outbox.count(QUEUED, SUBMITTED), "failed": self.outbox.count(FAILED),
+            "pending": self.outbox.count(QUEUED, SUBMITTED),
             "explorer": f"python -m chain.explorer {self.run_dir}",
             "verify": f"python -m chain.explorer {self.run_dir} --verify",
         }

@@ -1,6 +1,6 @@
 """A durable outbox: every ledger write is an append-only, fsynced JSON line before it is sent.
 
-The state of each record is the replay of its lines (queued -> submitted -> confirmed | failed,
+The state of each record is the replay of its lines (queued -> submitted -> confirmed,
 and back to queued when a confirmed record is missing from the chain), so a crash at any point
 loses nothing: a torn last line is ignored, everything before it is kept."""
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 
 from chain.errors import ChainError
 
-QUEUED, SUBMITTED, CONFIRMED, FAILED = "queued", "submitted", "confirmed", "failed"
+QUEUED, SUBMITTED, CONFIRMED = "queued", "submitted", "confirmed"
 
 
 @dataclass
@@ -93,7 +93,7 @@ class Outbox:
             return list(self._entries.values())
 
     def next_pending(self) -> Entry | None:
-        """The oldest record not yet confirmed or failed (records go out in the order queued)."""
+        """The oldest record not yet confirmed (records go out in the order queued)."""
         with self._lock:
             return next((e for e in self._entries.values() if e.status in (QUEUED, SUBMITTED)), None)
 

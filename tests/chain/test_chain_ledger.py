@@ -65,7 +65,7 @@ def test_embedded_ledger_records_registration_uploads_and_rounds(open_run_ledger
     assert ledger.scores() == {0: 1 * 1000 + 10, 1: 0 * 1000 + 11, 2: 0}  # uploads x update bytes + examples
     assert ledger.close() is None
     summary = ledger.summary()
-    assert summary["backend"] == "embedded" and summary["pending"] == 0 and summary["failed"] == 0
+    assert summary["backend"] == "embedded" and summary["pending"] == 0
     assert [tx["record"] for tx in summary["transactions"]] == ["deploy", "register", "upload:0", "round:0", "round:1"]
     assert all(tx["tx"] for tx in summary["transactions"])
     assert (tmp_path / "chain" / "trail.json").is_file()
