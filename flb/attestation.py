@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-import secrets
 from dataclasses import dataclass
 
 from flb.errors import FLBError
@@ -123,12 +122,8 @@ def commitment(salt: bytes, digest) -> str:
     if not isinstance(salt, bytes) or len(salt) != SALT_BYTES:
         got = f"{len(salt)} bytes" if isinstance(salt, bytes) else type(salt).__name__
         raise AttestationError(f"commitment salt: got {got}, need {SALT_BYTES} random bytes; "
-                               "make one with flb.attestation.new_salt() and keep it")
+                               "draw them from the owner's secret generator and keep them")
     return hashlib.sha256(salt + digest_bytes(digest, "committed digest")).hexdigest()
-
-
-def new_salt() -> bytes:
-    return secrets.token_bytes(SALT_BYTES)
 
 
 def digest_bytes(digest, what: str) -> bytes:

@@ -203,10 +203,9 @@ class RoundCoordinator:
         private state for an auditor."""
         participants = {"clients": record.addresses, "update_digests": record.update_digests,
                         "num_examples": record.num_examples, "signatures": record.signatures}
-        salt = self.random.random_bytes(SALT_BYTES)
-        committed = commitment(salt, json_digest(participants))
-        self.private.record_opening(committed, salt, json_digest(participants), f"round {record.round} participants",
-                                    value=participants)
+        digest, salt = json_digest(participants), self.random.random_bytes(SALT_BYTES)
+        committed = commitment(salt, digest)
+        self.private.record_opening(committed, salt, digest, f"round {record.round} participants", value=participants)
         return committed
 
     def privacy_metrics(self) -> dict:

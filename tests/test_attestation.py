@@ -6,9 +6,10 @@ import pytest
 from eth_account import Account
 
 from flb.attestation import (DOMAIN_NAME, DOMAIN_VERSION, AttestationError, SignatureError, SigningDomain,
-                             commitment, data_upload_hash, data_upload_signer, domain_separator, new_salt,
+                             commitment, data_upload_hash, data_upload_signer, domain_separator,
                              sign_data_upload, sign_update, update_hash, update_signer)
 from flb.errors import FLBError
+from flb.secret_random import SecretRandom
 
 CLIENT = Account.from_key(b"\x11" * 32)
 OTHER = Account.from_key(b"\x22" * 32)
@@ -84,7 +85,7 @@ def test_signing_domain_round_trips_through_json_checksummed():
 
 
 def test_commitment_depends_on_the_salt_and_hides_the_digest():
-    first, second = new_salt(), new_salt()
+    first, second = SecretRandom().random_bytes(32), SecretRandom().random_bytes(32)
     assert len(first) == 32 and first != second
     assert commitment(first, DIGEST) == commitment(first, "sha256:" + DIGEST)
     assert commitment(first, DIGEST) != commitment(second, DIGEST)
