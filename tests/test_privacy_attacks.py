@@ -80,3 +80,33 @@ def test_under_dp_the_chain_holds_no_raw_update_or_data_digest(tiny_overrides):
     trail = json.loads((run_path / "chain" / "trail.json").read_text())
     recorded = [e["args"] for tx in trail["transactions"] for e in tx["events"] if e["event"] == "RoundRecorded"]
     assert recorded[1]["numExamples"] == [0, 0]  # example counts are not published under DP either
+
+
+def test_a_sealed_run_hides_who_took_part_each_round_yet_its_server_can_prove_it(tiny_overrides, tmp_path, capsys):
+    """chain.record_participants: false: a chain reader sees no round's participants or scores; the server's opening
+    shows an auditor every signed update, and a tampered update file is still caught."""
+    import shutil
+
+    from chain import explorer
+
+    run_path = run(tiny_overrides + ONE_ROUND + SERVER_DP + ["chain_record=true", "chain.record_participants=false"])
+    trail = json.loads((run_path / "chain" / "trail.json").read_text())
+    events = [e for tx in trail["transactions"] for e in tx["events"]]
+    assert [e["args"]["round"] for e in events if e["event"] == "RoundSealed"] == [0, 1]
+    assert not [e for e in events if e["event"] in ("RoundRecorded", "ScoreAdd")]
+    round_calls = [tx for tx in trail["transactions"] if tx["function"] == "recordSealedRound"]
+    assert len(round_calls) == 2 and "clients" not in json.dumps([tx["args"] for tx in round_calls])
+
+    capsys.readouterr()
+    assert explorer.main([str(run_path), "--verify"]) == 0  # the server's and clients' openings are in private/
+    audited = capsys.readouterr().out
+    public = tmp_path / "published"
+    shutil.copytree(run_path, public, ignore=shutil.ignore_patterns("private"))
+    assert explorer.main([str(public), "--verify"]) == 0
+    assert "round 1: who took part is sealed" in capsys.readouterr().out
+    assert "who took part is sealed" not in audited and "0 problems" in audited
+
+    tampered = run_path / "round_1" / "updates" / "client_0.safetensors"
+    shutil.copyfile(run_path / "round_1" / "updates" / "client_1.safetensors", tampered)
+    assert explorer.main([str(run_path), "--verify"]) == 1
+    assert "round 1 client 0" in capsys.readouterr().out
