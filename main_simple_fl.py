@@ -79,7 +79,7 @@ def build_model(config: Config):
     tokenizer = load_tokenizer(config.model)
     base = load_base_model(config.model)
     set_seed(config.seed)  # the initial LoRA A matrices
-    return tokenizer, add_lora(base, config.model)
+    return tokenizer, add_lora(base, config.model, freeze_lora_a=config.strategy.lora_a_frozen)
 
 
 def check_chain(config: Config) -> None:
@@ -119,16 +119,20 @@ def build_clients(config: Config, shards: list[list[dict]], model, tokenizer, ru
 
 def build_client(config: Config, client_id: int, shard: list[dict], model, tokenizer, *, work_dir: Path,
                  private_dir: Path, keystore: Path | None = None):
-    """One SFTClient with its privacy hook and its signing key; the Flower ClientApp builds its client with this."""
+    """One SFTClient with its privacy hook, its strategy's local objective and its signing key; the Flower ClientApp
+    builds its client with this."""
     from client.privacy import local_privacy
     from client.sft import SFTClient
+    from flb.local_objective import LocalObjective
 
     return SFTClient(client_id=client_id, records=shard, model=model, tokenizer=tokenizer, settings=config.sft,
                      local_steps=config.local_steps, seed=config.seed, work_dir=work_dir, private_dir=private_dir,
                      use_cpu=config.model.device_map == "cpu", signer=build_signer(config, private_dir, keystore),
+                     objective=LocalObjective.of(config.strategy),
                      privacy=local_privacy(config.client, num_examples=len(shard), batch_size=config.sft.batch_size,
                                            learning_rate=config.sft.learning_rate, local_steps=config.local_steps,
-                                           num_rounds=config.num_rounds, client_id=client_id))
+                                           num_rounds=config.num_rounds, client_id=client_id,
+                                           lora_a_frozen=config.strategy.lora_a_frozen))
 
 
 def build_signer(config: Config, private_dir: Path, keystore: Path | None):
@@ -213,13 +217,13 @@ def run(config: Config, resume: str | None = None, export_merged: bool = False, 
 def train(config: Config, run_dir, checkpoint: dict | None, prepared: Prepared, ledger, fleet):
     """The clients and the round coordinator, from round 0 or from `checkpoint`; the final global adapter."""
     from flb.disclosure import Disclosure
-    from flb.modeling import get_adapter_state
+    from flb.modeling import base_model_digest, get_adapter_state
     from server.coordinator import RoundCoordinator, fit_in_turn
     from server.evaluation import Evaluator
 
     model = prepared.model
     clients = (build_clients(config, prepared.shards, model, prepared.tokenizer, run_dir) if fleet is None
-               else fleet.join(run_dir.path.name, config.num_clients))
+               else fleet.join(run_dir.path.name, config.num_clients, base_model_digest(model)))
     if ledger.signing_domain is not None:
         for client in clients:
             client.bind_ledger(ledger.signing_domain)
@@ -231,7 +235,8 @@ def train(config: Config, run_dir, checkpoint: dict | None, prepared: Prepared, 
         peft_config=model.peft_config["default"], clients_per_round=config.clients_per_round,
         min_clients=config.server.min_clients, seed=config.seed, disclosure=Disclosure.of(config),
         random=prepared.server_random, secret_sampling=config.uses_dp, max_update_norm=config.server.max_update_norm,
-        max_client_failures=config.server.max_client_failures, fit_all=fit_in_turn if fleet is None else fleet.fit_all,
+        max_client_failures=config.server.max_client_failures, lora_a_frozen=config.strategy.lora_a_frozen,
+        fit_all=fit_in_turn if fleet is None else fleet.fit_all,
         contribution_loss=evaluator.eval_loss if scores_by_quality(config) else None)
     if checkpoint is not None:
         coordinator.restore(checkpoint)

@@ -14,6 +14,7 @@ import math
 import warnings
 
 from flb.accounting import NoisePlan, PlannedNoise
+from flb.local_objective import GradientCorrection
 from flb.secret_random import SecretRandom
 from flb.types import AdapterState
 
@@ -31,9 +32,10 @@ class DPSGD(PlannedNoise):
         self.learning_rate, self.local_steps = learning_rate, local_steps
         super().__init__(plan, adjacency="add_remove")
 
-    def train(self, model, trainer, random: SecretRandom) -> float:
+    def train(self, model, trainer, random: SecretRandom, correction: GradientCorrection | None = None) -> float:
         """`local_steps` DP-SGD steps on `model`'s trainable (LoRA) parameters over `trainer`'s tokenized shard;
-        the mean loss of the batches. Batches and noise come from the client's secret generator."""
+        the mean loss of the batches. Batches and noise come from the client's secret generator. `correction`
+        (FedProx's data-independent term, flb.local_objective) is applied to the noised gradient: post-processing."""
         import torch
         from opacus import GradSampleModule
 
@@ -46,6 +48,8 @@ class DPSGD(PlannedNoise):
                 noise_multiplier=self.noise_multiplier, max_grad_norm=self.clip_norm,
                 expected_batch_size=self.sample_rate * len(trainer.train_dataset))
             optimizer.attach_step_hook(self.accountant.get_optimizer_hook_fn(sample_rate=self.sample_rate))
+            if correction is not None:  # the inner AdamW steps only after opacus has clipped, noised and scaled
+                optimizer.original_optimizer.register_step_pre_hook(lambda *_: correction.apply())
             module.train()
             with warnings.catch_warnings():  # opacus' hook on the first LoRA layer, whose input needs no gradient
                 warnings.filterwarnings("ignore", message="Full backward hook is firing")

@@ -12,6 +12,7 @@ from typing import Protocol
 from flb.accounting import NoisePlan, PlannedNoise, warn_if_delta_too_large
 from flb.adapter_math import add, add_gaussian_noise_inplace, clip_inplace, subtract
 from flb.config import ClientDPSettings, ClientSettings
+from flb.lora_aggregation import trained_part
 from flb.secret_random import SecretRandom
 from flb.types import AdapterState
 
@@ -50,25 +51,30 @@ class GaussianUpdate(PlannedNoise):
     Each participation is one Gaussian mechanism on the client's whole shard (sample rate 1), composed over
     the rounds the client takes part in (McMahan et al., 2018, https://arxiv.org/abs/1710.06963). Under
     add/remove adjacency (the shard against no shard) the delta moves by at most C; under replace (the shard
-    against any other) by 2C."""
+    against any other) by 2C.
+
+    Under ffa (`lora_a_frozen`) LoRA A is sent as the global adapter's: a value the client was given, which
+    carries none of its data, so the mechanism on the trained tensors alone keeps the same guarantee; noise on A
+    would only unfreeze it and lose ffa's exact aggregation."""
 
     mechanism = "local_update"
     sample_rate = 1.0
 
-    def __init__(self, *, clip_norm: float, delta: float, plan: NoisePlan, adjacency: str = "add_remove"):
-        self.clip_norm, self.delta = clip_norm, delta
+    def __init__(self, *, clip_norm: float, delta: float, plan: NoisePlan, adjacency: str = "add_remove",
+                 lora_a_frozen: bool = False):
+        self.clip_norm, self.delta, self.lora_a_frozen = clip_norm, delta, lora_a_frozen
         super().__init__(plan, adjacency=adjacency)
 
     def privatize(self, local: AdapterState, global_adapter: AdapterState, random: SecretRandom) -> AdapterState:
-        delta = subtract(local, global_adapter)
+        delta = trained_part(subtract(local, global_adapter), self.lora_a_frozen)
         clip_inplace(delta, self.clip_norm)
         add_gaussian_noise_inplace(delta, self.noise_multiplier * self.clip_norm, random)
         self.accountant.step(noise_multiplier=self.accounting_multiplier, sample_rate=self.sample_rate)
-        return add(global_adapter, delta)
+        return {**global_adapter, **add(delta, global_adapter)}
 
 
 def local_privacy(settings: ClientSettings, *, num_examples: int, batch_size: int, learning_rate: float,
-                  local_steps: int, num_rounds: int, client_id: int) -> UpdatePrivacy:
+                  local_steps: int, num_rounds: int, client_id: int, lora_a_frozen: bool = False) -> UpdatePrivacy:
     """The privacy hook `client.local_dp` and `client.dp` ask for, for one client with `num_examples` records.
 
     A z derived from client.dp.target_epsilon is planned for the worst case, the client taking part in all
@@ -80,7 +86,7 @@ def local_privacy(settings: ClientSettings, *, num_examples: int, batch_size: in
     warn_if_delta_too_large(dp.delta, num_examples, "client.dp.delta", f"client {client_id}'s examples")
     if dp.mode == "update":
         return GaussianUpdate(clip_norm=dp.clip_norm, delta=dp.delta, adjacency=dp.adjacency,
-                              plan=_plan(dp, num_rounds, steps_per_round=1))
+                              plan=_plan(dp, num_rounds, steps_per_round=1), lora_a_frozen=lora_a_frozen)
     from client.dpsgd import DPSGD
 
     return DPSGD(clip_norm=dp.clip_norm, delta=dp.delta, sample_rate=min(1.0, batch_size / num_examples),

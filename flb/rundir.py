@@ -7,6 +7,8 @@ Layout:
   round_<n>/updates/client_<id>.safetensors   each accepted update of round n
   final_adapter/              the last global adapter
   checkpoint.json             the last completed round, its adapter digest, strategy and client states
+  checkpoint_<n>.safetensors  the tensors of the strategy's state after round n (moments, control variates),
+                              named in checkpoint.json with their digest
   plots/*.png, summary.json
 """
 from __future__ import annotations
@@ -21,9 +23,11 @@ from pathlib import Path
 from flb.digests import adapter_digest
 from flb.errors import RunDirError, first_line
 from flb.redaction import redact_config
+from flb.state_tensors import join_tensors, split_tensors
 from flb.types import AdapterState
 
 CHECKPOINT = "checkpoint.json"
+STATE_TENSORS = "checkpoint_{round}.safetensors"
 METRICS = "metrics.jsonl"
 CONFIG = "config.json"
 RESUMES = "resumes.jsonl"
@@ -36,10 +40,15 @@ log = logging.getLogger(__name__)
 def write_json_atomic(path: Path, data, mode: int = 0o644, sort_keys: bool = True) -> None:
     """Write to a temporary file, fsync, then rename over the target: readers see old or new, never half.
     `mode` 0o600 keeps a party's private file from everyone else; `sort_keys=False` keeps the data's order."""
+    write_bytes_atomic(path, json.dumps(data, indent=2, sort_keys=sort_keys).encode(), mode)
+
+
+def write_bytes_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """As write_json_atomic, for bytes."""
     partial = path.with_name(path.name + ".partial")
     descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(descriptor, "w") as handle:
-        json.dump(data, handle, indent=2, sort_keys=sort_keys)
+    with os.fdopen(descriptor, "wb") as handle:
+        handle.write(data)
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(partial, path)
@@ -139,10 +148,23 @@ class RunDir:
         return records, False
 
     def write_checkpoint(self, round: int, adapter: AdapterState, strategy_state: dict, declared: dict) -> None:
-        """The strategy's state (privacy accountant, adaptive clip norm) and what each client declared at round 0
-        (shard size, address), as JSON, never pickles. No party's secrets: those are in private/."""
-        write_json_atomic(self.path / CHECKPOINT, {"round": round, "global_digest": adapter_digest(adapter),
-                                                   "strategy": strategy_state, "declared": declared})
+        """The strategy's state (privacy accountant, adaptive clip norm, moments) and what each client declared at
+        round 0 (shard size, address), as JSON and safetensors, never pickles. No party's secrets: those are in
+        private/. Tensors in the strategy's state go to checkpoint_<round>.safetensors, written before
+        checkpoint.json names it, so a crash between the two leaves the previous pair whole."""
+        from safetensors.torch import save
+
+        state, tensors = split_tensors(strategy_state)
+        checkpoint = {"round": round, "global_digest": adapter_digest(adapter), "strategy": state, "declared": declared}
+        kept = None
+        if tensors:
+            kept = STATE_TENSORS.format(round=round)
+            write_bytes_atomic(self.path / kept, save(tensors))
+            checkpoint["strategy_tensors"] = {"file": kept, "digest": adapter_digest(tensors)}
+        write_json_atomic(self.path / CHECKPOINT, checkpoint)
+        for stale in self.path.glob(STATE_TENSORS.format(round="*")):
+            if stale.name != kept:
+                stale.unlink()
 
     def read_checkpoint(self) -> dict:
         """The last completed round, its global adapter (digest-checked) as "adapter", the strategy's state and the
@@ -167,7 +189,25 @@ class RunDir:
             raise RunDirError(f"--resume: {weights} is missing or does not match the checkpoint digest; the run "
                               "directory was modified")
         self._drop_metrics_after(state["round"])
-        return {**state, "adapter": adapter}
+        return {**state, "strategy": self._strategy_state(state, path), "adapter": adapter}
+
+    def _strategy_state(self, checkpoint: dict, path: Path) -> dict:
+        """The checkpoint's strategy state with its tensors put back from the digest-checked safetensors file."""
+        reference = checkpoint.get("strategy_tensors")
+        if reference is None:  # a state of plain JSON, as every checkpoint before tensors were allowed
+            return checkpoint["strategy"]
+        name = reference.get("file") if isinstance(reference, dict) else None
+        if not (isinstance(name, str) and Path(name).name == name and name.endswith(".safetensors")):
+            raise RunDirError(f"--resume: {str(path)!r} has no valid 'strategy_tensors'; {START_AGAIN}")
+        tensors = _load_adapter(self.path / name)
+        if tensors is None or adapter_digest(tensors) != reference.get("digest"):
+            raise RunDirError(f"--resume: {str(self.path / name)!r} is missing or does not match the digest in "
+                              f"{CHECKPOINT}; the run directory was modified")
+        try:
+            return join_tensors(checkpoint["strategy"], tensors)
+        except (KeyError, TypeError):
+            raise RunDirError(f"--resume: {str(path)!r} names a strategy tensor that {name} does not hold; "
+                              f"{START_AGAIN}") from None
 
     def record_resume(self, config: dict) -> None:
         """Write the resumed run's config back (redacted) and append what it changed to resumes.jsonl."""

@@ -46,6 +46,10 @@ class ClientUpdate:
     digest: str
     privacy: dict = field(default_factory=dict)  # the client's own epsilon report
     attestation: Attestation | None = None  # None when the run records nothing on chain
+    # what the strategy's client-side part returns beside the adapter (SCAFFOLD's delta c_i): exactly the names,
+    # shapes and dtypes of the extras the round sent; empty for most strategies. `digest` covers them too
+    # (flb.digests.update_content).
+    extras: AdapterState = field(default_factory=dict)
 
 
 @dataclass
@@ -79,7 +83,9 @@ class Client(Protocol):
     def data_upload(self) -> SignedUpload:
         """Its shard's recorded digest, signed for the bound ledger."""
 
-    def fit(self, global_adapter: AdapterState, round: int) -> ClientUpdate: ...
+    def fit(self, global_adapter: AdapterState, round: int, extras: AdapterState | None = None) -> ClientUpdate:
+        """Train from `global_adapter`; `extras` are the strategy's tensors sent with it (SCAFFOLD's server control
+        variate; None or empty for most strategies)."""
 
     def privacy_spent(self) -> dict:
         """Epsilon its local DP has spent so far, as the client reports it; {} without local DP."""

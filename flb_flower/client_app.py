@@ -4,8 +4,10 @@ Node config: `partition-id` (this node's client id), `num-partitions` (must equa
 optional `data-path` (this node's own data file, used whole instead of its partition of dataset_name),
 `state-dir` (where this node keeps its secrets: its secret generator, privacy accountant, salts and run
 signing key, one folder per run; default: a folder in the system's temporary directory, so set it on a real
-node) and `keystore` (an encrypted keystore to sign with, its password in FLB_KEYSTORE_PASSWORD; default: a
-key made for the run in the state folder). None of these ever leaves the node: the server receives updates,
+node), `keystore` (an encrypted keystore to sign with, its password in FLB_KEYSTORE_PASSWORD; default: a
+key made for the run in the state folder) and `model-path` (this node's own copy of the base model, in place of
+the server's model.model_path; each train message carries the digest of the server's base model and the node
+refuses to train one with another digest). None of these ever leaves the node: the server receives updates,
 signatures and the client's own epsilon report. Flower 1.41 starts a fresh ClientApp process per message,
 so the model and client are built once per process and the client state is read back from `state-dir`.
 """
@@ -41,8 +43,9 @@ def query(message: Message, context: Context) -> Message:
 def train(message: Message, context: Context) -> Message:
     run = wire.read_run(message.content)
     client = local_client(run["config"], run["run_id"], *_node_settings(context))
+    _check_base_model(client.model, run["base_model"], str(context.node_config.get("model-path", "")))
     _bind(client, run["domain"])
-    update = client.fit(wire.read_adapter(message.content), run["round"])
+    update = client.fit(wire.read_adapter(message.content), run["round"], wire.read_adapter(message.content, "extras"))
     return Message(wire.update_content(update), reply_to=message)
 
 
@@ -53,7 +56,20 @@ def _bind(client, domain: dict | None) -> None:
         client.bind_ledger(SigningDomain.from_dict(domain))
 
 
-def _node_settings(context: Context) -> tuple[int, int, str, str, str]:
+def _check_base_model(model, server_digest: str, node_model_path: str) -> None:
+    """Refuse to train a base model other than the server's: the update would belong to another model."""
+    from flb.errors import ModelError
+    from flb.modeling import base_model_digest
+
+    digest = base_model_digest(model)
+    if digest != server_digest:
+        source = f"node config model-path={node_model_path!r}" if node_model_path else "model.model_path on this node"
+        theirs = f"{server_digest[:16]}..." if server_digest else "not sent"
+        raise ModelError(f"{source} holds a base model with digest {digest[:16]}..., the server's is {theirs}; "
+                         "point model-path at a copy of the server's base model")
+
+
+def _node_settings(context: Context) -> tuple[int, int, str, str, str, str]:
     node = context.node_config
     if "partition-id" not in node or "num-partitions" not in node:
         raise ValueError("node config: partition-id and num-partitions are required; start the SuperNode with "
@@ -61,31 +77,39 @@ def _node_settings(context: Context) -> tuple[int, int, str, str, str]:
     partition_id = int(node["partition-id"])
     state_dir = str(node.get("state-dir", Path(tempfile.gettempdir()) / f"flb-node-{partition_id}"))
     return partition_id, int(node["num-partitions"]), str(node.get("data-path", "")), state_dir, \
-        str(node.get("keystore", ""))
+        str(node.get("keystore", "")), str(node.get("model-path", ""))
 
 
 @functools.lru_cache(maxsize=1)
 def local_client(config_json: str, run_id: str, partition_id: int, num_partitions: int, data_path: str,
-                 state_dir: str, keystore: str):
-    """The model (loaded once per process) and this node's SFTClient, built exactly as main_simple_fl builds them,
-    its secrets in state-dir/<run id>/."""
+                 state_dir: str, keystore: str, model_path: str):
+    """The model (loaded once per process, from model-path when the node has its own copy) and this node's
+    SFTClient, built exactly as main_simple_fl builds them, its secrets in state-dir/<run id>/."""
     import json
 
     import main_simple_fl
     from flb.config import config_from_dict
-    from flb.errors import ConfigError
+    from flb.errors import ConfigError, ModelError
 
     if not _RUN_ID.fullmatch(run_id):
         raise ValueError(f"run id {run_id!r} from the server is not a plain folder name; this node keeps its state only "
                          f"in folders directly under state-dir={state_dir}")
     main_simple_fl.configure_logging()
-    config = config_from_dict(json.loads(config_json))
+    settings = json.loads(config_json)
+    if model_path:
+        settings["model"]["model_path"] = model_path
+    config = config_from_dict(settings)
     if num_partitions != config.num_clients or not 0 <= partition_id < num_partitions:
         raise ConfigError(f"node config: partition-id={partition_id} num-partitions={num_partitions} does not fit "
                           f"num_clients={config.num_clients}; set num-partitions={config.num_clients} and "
                           f"partition-id in 0..{config.num_clients - 1}")
     shard = _own_records(data_path) if data_path else main_simple_fl.build_data(config)[0][partition_id]
-    tokenizer, model = main_simple_fl.build_model(config)
+    try:
+        tokenizer, model = main_simple_fl.build_model(config)
+    except ModelError as exc:
+        if not model_path:
+            raise
+        raise ModelError(f"node config model-path: {exc}") from None
     run_state = Path(state_dir) / run_id
     return main_simple_fl.build_client(config, partition_id, shard, model, tokenizer, work_dir=run_state / "work",
                                        private_dir=run_state / "private", keystore=Path(keystore) if keystore else None)

@@ -42,8 +42,8 @@ class RemoteClient:
     def data_upload(self) -> SignedUpload:
         return self.fleet.request_upload(self.client_id)
 
-    def fit(self, global_adapter: AdapterState, round: int) -> ClientUpdate:
-        (result,) = self.fleet.fit_all([self], global_adapter, round)
+    def fit(self, global_adapter: AdapterState, round: int, extras: AdapterState | None = None) -> ClientUpdate:
+        (result,) = self.fleet.fit_all([self], global_adapter, round, extras or {})
         if isinstance(result, Exception):
             raise result
         return result
@@ -61,6 +61,7 @@ class Fleet:
         self.wait_for_nodes_s, self.round_timeout_s = wait_for_nodes_s, round_timeout_s
         self.query_timeout_s, self.poll_s = query_timeout_s, poll_s
         self.run_id = ""
+        self.base_model_digest = ""  # the server's base model (flb.modeling.base_model_digest), known once joined
         self.domain: dict | None = None  # the ledger's signing domain, sent with every message once bound
         self.nodes: dict[int, int] = {}  # client id -> id of the node serving it
         self.info: dict[int, tuple[int, str | None]] = {}  # client id -> (num_examples, address)
@@ -68,21 +69,29 @@ class Fleet:
         self.uploads: dict[int, SignedUpload | RunFailed] = {}  # signed data uploads fetched, not yet recorded
         self.clients: list[RemoteClient] = []
 
-    def join(self, run_id: str, num_clients: int) -> list[RemoteClient]:
+    def join(self, run_id: str, num_clients: int, base_model_digest: str) -> list[RemoteClient]:
         """The run's clients: block until a node serves every client id (round 0 registers every client), each
-        keeping its secrets under its state-dir/<run_id>."""
-        self.run_id = run_id
+        keeping its secrets under its state-dir/<run_id> and training only the base model with this digest."""
+        self.run_id, self.base_model_digest = run_id, base_model_digest
         deadline = time.monotonic() + self.wait_for_nodes_s
         self.discover()
         while missing := [i for i in range(num_clients) if i not in self.nodes]:
             if time.monotonic() > deadline:
-                raise RunFailed(f"no SuperNode serves partition-id {missing} after wait-for-nodes-s="
-                                f"{self.wait_for_nodes_s:g}; start one per partition "
-                                f"(--node-config \"partition-id=N num-partitions={num_clients}\")")
+                raise self._nodes_missing(missing, num_clients)
             time.sleep(1.0)  # each query starts a ClientApp process on the node: do not spin
             self.discover()
         self.clients = [RemoteClient(i, *self.info[i], fleet=self) for i in range(num_clients)]
         return self.clients
+
+    def _nodes_missing(self, missing: list[int], num_clients: int) -> RunFailed:
+        """Why round 0 cannot start, with the likely causes: a node that never reached the SuperLink says why only
+        in its own log."""
+        return RunFailed(f"no SuperNode serves partition-id {missing} after wait-for-nodes-s={self.wait_for_nodes_s:g} "
+                         f"({len(self.grid.get_node_ids())} connected); start one per partition (--node-config "
+                         f"\"partition-id=N num-partitions={num_clients}\"). If one was started, see its log: "
+                         "unregistered under --enable-supernode-auth (\"Failed to activate SuperNode\": run `flwr "
+                         "supernode register`), a --root-certificates that does not verify the SuperLink's "
+                         "certificate, or an error answering this ServerApp (logged above)")
 
     def discover(self) -> None:
         """Ask every connected node that serves no client yet which client it serves. A node that missed a
@@ -133,12 +142,13 @@ class Fleet:
         return Message(wire.query_content(self.config, self.run_id, action, self.domain), dst_node_id=node,
                        message_type=wire.QUERY, group_id=group)
 
-    def fit_all(self, clients: list[RemoteClient], global_adapter: AdapterState, round: int):
-        """One train message per client whose node is known, sent together; a ClientUpdate or the Exception
-        saying why there is none, per client, in order."""
+    def fit_all(self, clients: list[RemoteClient], global_adapter: AdapterState, round: int, extras: AdapterState):
+        """One train message per client whose node is known (the global adapter and the strategy's extras), sent
+        together; a ClientUpdate or the Exception saying why there is none, per client, in order."""
         self.discover()
         served = [c for c in clients if c.client_id in self.nodes]
-        messages = [Message(wire.train_content(self.config, self.run_id, global_adapter, round, self.domain),
+        messages = [Message(wire.train_content(self.config, self.run_id, global_adapter, round, self.domain,
+                                               self.base_model_digest, extras),
                             message_type=wire.TRAIN, dst_node_id=self.nodes[c.client_id], group_id=f"round-{round}")
                     for c in served]
         replies = dict(zip((c.client_id for c in served), self.exchange(messages, self.round_timeout_s)))

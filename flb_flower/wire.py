@@ -1,6 +1,7 @@
-"""What travels between the ServerApp and the ClientApps: the run config as JSON, adapter tensors as Flower
-arrays, and an update's numbers, signature and the client's own epsilon report in a ConfigRecord. Nothing is
-pickled, and nothing secret travels: a client's generator, accountant, salts and key stay on its node.
+"""What travels between the ServerApp and the ClientApps: the run config as JSON, adapter tensors and the
+strategy's extras (SCAFFOLD's control variates: the server's with a train message, the client's delta with its
+reply) as Flower arrays, and an update's numbers, signature and the client's own epsilon report in a ConfigRecord.
+Nothing is pickled, and nothing secret travels: a client's generator, accountant, salts and key stay on its node.
 
 A reply is read defensively: whatever a node sends, reading it gives a ClientUpdate or an UpdateRejected
 naming what is wrong, never another exception."""
@@ -25,21 +26,32 @@ def query_content(config: dict, run_id: str, action: str, domain: dict | None = 
                                             "domain": json.dumps(domain)})})
 
 
-def train_content(config: dict, run_id: str, global_adapter: AdapterState, round: int, domain: dict | None) -> RecordDict:
+def train_content(config: dict, run_id: str, global_adapter: AdapterState, round: int, domain: dict | None,
+                  base_model: str, extras: AdapterState) -> RecordDict:
+    """`base_model`: flb.modeling.base_model_digest of the server's base model; the node refuses to train another.
+    `extras`: the strategy's tensors for the clients (Strategy.client_extras)."""
     return RecordDict({"global": ArrayRecord(torch_state_dict=global_adapter),
+                       "extras": _arrays(extras),
                        "run": ConfigRecord({"config": json.dumps(config), "run-id": run_id, "round": round,
-                                            "domain": json.dumps(domain)})})
+                                            "domain": json.dumps(domain), "base-model": base_model})})
 
 
 def read_run(content: RecordDict) -> dict:
-    """The config JSON (kept as text: it keys the node's cache), run id, round, action and signing domain."""
+    """The config JSON (kept as text: it keys the node's cache), run id, round, action, signing domain and the
+    server's base model digest (train messages only)."""
     run = content.config_records["run"]
     return {"config": run["config"], "run_id": str(run["run-id"]), "round": int(run.get("round", 0)),
-            "action": str(run.get("action", TRAIN)), "domain": json.loads(run.get("domain", "null"))}
+            "action": str(run.get("action", TRAIN)), "domain": json.loads(run.get("domain", "null")),
+            "base_model": str(run.get("base-model", ""))}
 
 
 def read_adapter(content: RecordDict, key: str = "global") -> AdapterState:
     return dict(content.array_records[key].to_torch_state_dict())
+
+
+def _arrays(tensors: AdapterState) -> ArrayRecord:
+    """Tensors as Flower arrays; ArrayRecord refuses an empty state dict, so none is an empty record."""
+    return ArrayRecord(torch_state_dict=tensors) if tensors else ArrayRecord()
 
 
 def info_content(client_id: int, num_examples: int, address: str | None) -> RecordDict:
@@ -74,7 +86,8 @@ def update_content(update: ClientUpdate) -> RecordDict:
         result.update({"recorded-digest": update.attestation.recorded_digest,
                        "recorded-num-examples": update.attestation.recorded_num_examples,
                        "signature": update.attestation.signature})
-    return RecordDict({"update": ArrayRecord(torch_state_dict=update.tensors), "result": ConfigRecord(result)})
+    return RecordDict({"update": ArrayRecord(torch_state_dict=update.tensors),
+                       "extras": _arrays(update.extras), "result": ConfigRecord(result)})
 
 
 def read_update(content: RecordDict, client_id: int) -> ClientUpdate:
@@ -92,7 +105,7 @@ def read_update(content: RecordDict, client_id: int) -> ClientUpdate:
                             num_examples=_count(result["num-examples"]), train_loss=_loss(result.get("train-loss")),
                             wall_time_s=_seconds(result["wall-time-s"]), num_bytes=_count(result["num-bytes"]),
                             digest=_text(result["digest"]), privacy=_privacy_report(result.get("privacy", "{}")),
-                            attestation=attestation)
+                            attestation=attestation, extras=read_adapter(content, "extras"))
     except Exception as exc:  # whatever a node sends: numpy, torch and Flower raise many kinds on bad arrays
         raise UpdateRejected(f"client {client_id}: malformed reply ({type(exc).__name__}: {first_line(exc)})") from None
 

@@ -8,9 +8,10 @@ from typing import Callable, Sequence
 
 from flb.accounting import run_privacy
 from flb.attestation import SALT_BYTES, commitment
-from flb.digests import adapter_digest, json_digest
+from flb.digests import adapter_digest, json_digest, update_content
 from flb.disclosure import Disclosure
 from flb.errors import ClientUnavailable, RunFailed, UpdateRejected, first_line
+from flb.lora_aggregation import aggregation_error
 from flb.private_state import PrivateState
 from flb.rundir import RunDir
 from flb.secret_random import SecretRandom
@@ -22,19 +23,21 @@ from server.validation import Expected, outliers, validate_update
 
 log = logging.getLogger(__name__)
 _SAMPLING_STREAM = 0x5A
-FitAll = Callable[[Sequence[Client], AdapterState, int], list["ClientUpdate | Exception"]]
+# (clients, global adapter, round, the strategy's extras for the clients) -> an update or a failure per client
+FitAll = Callable[[Sequence[Client], AdapterState, int, AdapterState], list["ClientUpdate | Exception"]]
 
 
 EXPECTED_FAILURES = (ClientUnavailable, UpdateRejected)
 
 
-def fit_in_turn(clients: Sequence[Client], global_adapter: AdapterState, round: int) -> list[ClientUpdate | Exception]:
+def fit_in_turn(clients: Sequence[Client], global_adapter: AdapterState, round: int,
+                extras: AdapterState) -> list[ClientUpdate | Exception]:
     """In-process clients share one model, so they train one after another; a failure is returned, not raised, and
     the coordinator decides what it costs."""
     results = []
     for client in clients:
         try:
-            results.append(client.fit(global_adapter, round))
+            results.append(client.fit(global_adapter, round, extras))
         except Exception as exc:
             log.exception("round %d: client %d failed", round, client.client_id)
             results.append(exc)
@@ -57,6 +60,7 @@ class RoundCoordinator:
     secret_sampling: bool = False  # under DP who takes part is drawn from `random`, not from the seed
     max_update_norm: float | None = None
     max_client_failures: int = 0
+    lora_a_frozen: bool = False  # ffa: an update whose LoRA A is not the global's is rejected
     contribution_loss: Callable[[AdapterState], float] | None = None  # set: leave-one-out scores each round
     fit_all: FitAll = fit_in_turn  # the Flower app sends to every sampled SuperNode at once
     declared: dict[int, dict] = field(default_factory=dict)  # client id -> its round-0 shard size and address
@@ -106,6 +110,8 @@ class RoundCoordinator:
         global_adapter = self.strategy.aggregate(global_adapter, updates, round, len(sampled))
         aggregate_done = time.perf_counter()
         metrics = self.evaluate(global_adapter)
+        metrics["lora_aggregation_error"] = aggregation_error(
+            list(zip([u.tensors for u in updates], self.strategy.mean_weights(updates))), global_adapter)
         if self.contribution_loss is not None:
             metrics["scores"], unscored = leave_one_out_scores(self.contribution_loss, self.strategy, previous_state,
                                                                previous_adapter, updates, metrics["eval_loss"], round)
@@ -127,12 +133,13 @@ class RoundCoordinator:
         return [self.clients[i] for i in sorted(chosen)]
 
     def collect(self, sampled: list[Client], global_adapter: AdapterState, round: int):
-        """Fit every sampled client; keep the updates that validate, log why the others do not. A failure that is
-        neither a timeout nor a rejection counts against server.max_client_failures."""
+        """Fit every sampled client, sending it the strategy's extras too; keep the updates that validate, log why the
+        others do not. A failure that is neither a timeout nor a rejection counts against server.max_client_failures."""
         global_digest = adapter_digest(global_adapter)
+        extras = self.strategy.client_extras(global_adapter)
         valid, rejected = [], []
-        for client, result in zip(sampled, self.fit_all(sampled, global_adapter, round)):
-            reason = self._rejection(client, result, global_adapter, global_digest, round)
+        for client, result in zip(sampled, self.fit_all(sampled, global_adapter, round, extras)):
+            reason = self._rejection(client, result, global_adapter, global_digest, extras, round)
             if reason is None:
                 valid.append(result)
             else:
@@ -144,7 +151,7 @@ class RoundCoordinator:
         return [u for u in valid if u.client_id not in too_large], rejected
 
     def _rejection(self, client: Client, result, global_adapter: AdapterState, global_digest: str,
-                   round: int) -> str | None:
+                   extras: AdapterState, round: int) -> str | None:
         """Why `result` cannot be aggregated, or None if it can; raises RunFailed when a client failed in a way
         that is not expected of a sound run once more than server.max_client_failures times."""
         if isinstance(result, BaseException):
@@ -156,7 +163,7 @@ class RoundCoordinator:
                                     f"{self.max_client_failures}); rounds before {round} are saved, see run.log")
             return f"{type(result).__name__}: {first_line(result)}"
         try:
-            validate_update(result, self._expected(client.client_id, round), global_adapter, global_digest)
+            validate_update(result, self._expected(client.client_id, round), global_adapter, global_digest, extras)
         except UpdateRejected as exc:
             return str(exc)
         return None
@@ -166,7 +173,7 @@ class RoundCoordinator:
         domain = self.ledger.signing_domain
         return Expected(client_id=client_id, round=round, max_examples=declared["num_examples"],
                         address=declared["address"] if domain is not None else None, domain=domain,
-                        disclosure=self.disclosure)
+                        disclosure=self.disclosure, lora_a_frozen=self.lora_a_frozen)
 
     def _complete(self, round: int, previous: AdapterState | None, global_adapter: AdapterState,
                   updates: list[ClientUpdate], metrics: dict) -> None:
@@ -174,7 +181,7 @@ class RoundCoordinator:
         as done for --resume only once everything before it is durable."""
         digest = adapter_digest(global_adapter)
         metrics.update(self.privacy_metrics())
-        self.run.save_round(round, global_adapter, self.peft_config, {u.client_id: u.tensors for u in updates})
+        self.run.save_round(round, global_adapter, self.peft_config, {u.client_id: update_content(u.tensors, u.extras) for u in updates})
         self.run.append_metrics(*(_client_metrics(u) for u in updates),
                                 {"kind": "round", "round": round, "global_digest": digest, "num_clients": len(updates),
                                  **metrics})

@@ -1,11 +1,11 @@
 """Checks every client update before any strategy or score sees it; a bad one is rejected with its reason.
 
 An update is taken only if it is what the sampled client was asked for (its id, this round), holds
-finite tensors with the global adapter's names, shapes and dtypes, claims a positive whole number of
-examples no larger than the shard the client declared at round 0, matches its digest, and, when the
-run is recorded, carries the client's own signature over what the ledger will record. Then, over the
-round, an update whose change to the global adapter is far larger than the others' is rejected
-(`server.max_update_norm`), so one client cannot take over the model.
+finite tensors with the global adapter's names, shapes and dtypes (under ffa, the global's LoRA A itself),
+claims a positive whole number of examples no larger than the shard the client declared at round 0, matches
+its digest, and, when the run is recorded, carries the client's own signature over what the ledger will
+record. Then, over the round, an update whose change to the global adapter is far larger than the others' is
+rejected (`server.max_update_norm`), so one client cannot take over the model.
 """
 from __future__ import annotations
 
@@ -16,9 +16,10 @@ from dataclasses import dataclass
 import torch
 
 from flb.adapter_math import l2_norm, subtract
-from flb.digests import adapter_digest
+from flb.digests import adapter_digest, update_content
 from flb.disclosure import Disclosure
 from flb.errors import FLBError, UpdateRejected
+from flb.lora_aggregation import is_lora_a
 from flb.types import AdapterState, ClientUpdate
 
 NORM_BOUND_MULTIPLE = 10.0
@@ -34,10 +35,13 @@ class Expected:
     address: str | None = None  # its registered signing address; None when the run records nothing
     domain: object = None  # flb.attestation.SigningDomain
     disclosure: Disclosure | None = None
+    lora_a_frozen: bool = False  # ffa: its LoRA A must be the global adapter's, bit for bit
 
 
-def validate_update(update: object, expected: Expected, global_adapter: AdapterState, global_digest: str) -> None:
-    """Raise UpdateRejected unless `update` is a sound answer to `expected`."""
+def validate_update(update: object, expected: Expected, global_adapter: AdapterState, global_digest: str,
+                    extras: AdapterState | None = None) -> None:
+    """Raise UpdateRejected unless `update` is a sound answer to `expected`; its `extras` must match the names,
+    shapes and dtypes of the `extras` the round sent (SCAFFOLD's variate; none for most strategies)."""
     who = f"client {expected.client_id}"
     if not isinstance(update, ClientUpdate):
         raise UpdateRejected(f"{who}: sent a {type(update).__name__}, not a ClientUpdate")
@@ -45,26 +49,31 @@ def validate_update(update: object, expected: Expected, global_adapter: AdapterS
         raise UpdateRejected(f"{who}: the update says client {update.client_id!r}, round {update.round!r}; "
                              f"it was asked for round {expected.round}")
     _check_tensors(who, update.tensors, global_adapter)
+    if expected.lora_a_frozen:
+        _check_frozen_lora_a(who, update.tensors, global_adapter)
+    _check_tensors(who, update.extras, extras or {}, what="extras", source="the extras the round sent")
     count = update.num_examples
     if not (isinstance(count, numbers.Integral) and not isinstance(count, bool) and 1 <= count <= expected.max_examples):
         raise UpdateRejected(f"{who}: claims {count!r} training examples; allowed: a whole number from 1 to the "
                              f"{expected.max_examples} it declared at round 0")
-    if not isinstance(update.digest, str) or adapter_digest(update.tensors) != update.digest:
+    sent = update_content(update.tensors, update.extras)
+    if not isinstance(update.digest, str) or adapter_digest(sent) != update.digest:
         raise UpdateRejected(f"{who}: digest does not match its tensors")
     if expected.address is not None:
         _check_attestation(who, update, expected, global_digest)
 
 
-def _check_tensors(who: str, tensors: object, global_adapter: AdapterState) -> None:
+def _check_tensors(who: str, tensors: object, global_adapter: AdapterState, what: str = "tensors",
+                   source: str = "the global adapter") -> None:
     if not isinstance(tensors, dict):
-        raise UpdateRejected(f"{who}: tensors are a {type(tensors).__name__}, not a dict of named tensors")
+        raise UpdateRejected(f"{who}: {what} are a {type(tensors).__name__}, not a dict of named tensors")
     missing = sorted(set(global_adapter) - set(tensors))
     extra = sorted(map(str, set(tensors) - set(global_adapter)))
     if missing or extra:
-        raise UpdateRejected(f"{who}: tensor names differ from the global adapter "
+        raise UpdateRejected(f"{who}: the names of its {what} differ from {source} "
                              f"(missing {missing[:2]}, unexpected {extra[:2]})")
-    for name, reference in global_adapter.items():
-        tensor = tensors[name]
+    for key, reference in global_adapter.items():
+        tensor, name = tensors[key], key if what == "tensors" else f"{what} {key}"
         if not isinstance(tensor, torch.Tensor) or tensor.is_meta or tensor.device.type != "cpu":
             raise UpdateRejected(f"{who}: {name} is not a tensor with data on the CPU ({type(tensor).__name__})")
         if tensor.shape != reference.shape:
@@ -73,6 +82,14 @@ def _check_tensors(who: str, tensors: object, global_adapter: AdapterState) -> N
             raise UpdateRejected(f"{who}: {name} has dtype {tensor.dtype}, expected {reference.dtype}")
         if not torch.isfinite(tensor).all():
             raise UpdateRejected(f"{who}: {name} holds NaN or infinite values")
+
+
+def _check_frozen_lora_a(who: str, tensors: AdapterState, global_adapter: AdapterState) -> None:
+    changed = [name for name in sorted(global_adapter)
+               if is_lora_a(name) and not torch.equal(tensors[name], global_adapter[name])]
+    if changed:
+        raise UpdateRejected(f"{who}: {changed[0]} differs from the global adapter's; strategy.lora_aggregation ffa "
+                             "keeps LoRA A frozen, so train B only")
 
 
 def _check_attestation(who: str, update: ClientUpdate, expected: Expected, global_digest: str) -> None:

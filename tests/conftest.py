@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from tests.tiny_model import save_tiny_llama
+from tests.tiny_model import save_tiny_llama, tiny_run_overrides
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -20,6 +20,4 @@ def tiny_model_dir(tmp_path_factory):
 @pytest.fixture
 def tiny_overrides(tiny_model_dir, tmp_path):
     """--set overrides for a fast federated run on the tiny model."""
-    return [f"model.model_path={tiny_model_dir}", f"output_dir={tmp_path / 'runs'}", "num_clients=2",
-            "clients_per_round=2", "num_rounds=2", "local_steps=4", "eval.size=12", "eval.max_new_tokens=4",
-            "sft.learning_rate=0.01", "sft.max_length=96", "chain_record=false", "model.lora.dropout=0.0"]
+    return tiny_run_overrides(tiny_model_dir, tmp_path / "runs")

@@ -30,3 +30,13 @@ def test_subtract_then_add_round_trips():
     left, right = {"a": torch.tensor([3.0, 1.0])}, {"a": torch.tensor([1.0, 1.0])}
     assert subtract(left, right)["a"].tolist() == [2.0, 0.0]
     assert add(subtract(left, right), right)["a"].tolist() == [3.0, 1.0]
+
+
+def test_the_weighted_average_of_equal_tensors_is_that_tensor_bit_for_bit():
+    from flb.adapter_math import weighted_average
+
+    frozen = torch.randn(8, 64, generator=torch.Generator().manual_seed(0))
+    states = [({"a": frozen.clone(), "b": torch.full((2,), float(k))}, weight) for k, weight in enumerate((1, 1, 1))]
+    result = weighted_average(states)
+    assert torch.equal(result["a"], frozen)  # a float32 sum of thirds would round some elements
+    assert result["b"].tolist() == pytest.approx([1.0, 1.0])

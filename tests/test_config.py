@@ -29,8 +29,13 @@ def test_overrides_parse_as_yaml():
     ("num_rounds=two", "num_rounds: invalid value 'two'; allowed: an integer"),
     ("chain_record=yes please", "chain_record: invalid value 'yes please'; allowed: true | false"),
     ("clients_per_round=9", "clients_per_round: invalid value 9; allowed: an integer in [1, num_clients=3]"),
-    ("strategy.name=fedprox", "strategy.name: invalid value 'fedprox'; allowed: fedavg | dp_fixed_clipping | "
-                              "dp_adaptive_clipping"),
+    ("strategy.name=fedsgd", "strategy.name: invalid value 'fedsgd'; allowed: fedavg | fedprox | fedavgm | "
+                             "fedadagrad | fedadam | fedyogi | scaffold | median | trimmed_mean | krum | multi_krum | "
+                             "bulyan | norm_bounding | dp_fixed_clipping | dp_adaptive_clipping"),
+    ("strategy.wraps=dp_fixed_clipping", "strategy.wraps: invalid value 'dp_fixed_clipping'; allowed: fedavg | "
+                                         "fedprox | fedavgm"),
+    ("strategy.lora_aggregation=mean", "strategy.lora_aggregation: invalid value 'mean'; allowed: separate | ffa | svd"),
+    ("strategy.fedadam.tau=0", "strategy.fedadam.tau: invalid value 0.0; allowed: a number > 0"),
     ("server.clip_threshold=0", "server.clip_threshold: invalid value 0.0; allowed: a number > 0"),
     ("num_clients", "--set: 'num_clients' is not KEY=VALUE"),
 ])

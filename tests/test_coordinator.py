@@ -23,8 +23,8 @@ class CorruptingClient:
     def __init__(self, inner, damage):
         self.inner, self.damage = inner, damage
 
-    def fit(self, global_adapter, round) -> ClientUpdate:
-        return self.damage(self.inner.fit(global_adapter, round), round)
+    def fit(self, global_adapter, round, extras=None) -> ClientUpdate:
+        return self.damage(self.inner.fit(global_adapter, round, extras), round)
 
     def __getattr__(self, name):  # client_id, num_examples, address, privacy_spent: the inner client's
         return getattr(self.inner, name)

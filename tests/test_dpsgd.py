@@ -13,7 +13,8 @@ from client.privacy import NoPrivacy
 from client.sft import SFTClient
 from flb.accounting import NoisePlan, epsilon, rdp_accountant
 from flb.config import load_config
-from flb.modeling import get_adapter_state
+from flb.local_objective import LocalObjective
+from flb.modeling import adapter_parameters, get_adapter_state, set_adapter_state
 
 
 @pytest.fixture(scope="module")
@@ -81,3 +82,20 @@ def test_batches_and_noise_come_from_the_clients_secret_state_alone(shared, tmp_
     first = client(shared, 0, dpsgd(), tmp_path / "a").fit(start, round=1).digest
     assert client(shared, 0, dpsgd(), tmp_path / "b").fit(start, round=1).digest != first
     assert client(shared, 0, dpsgd(), tmp_path / "a").fit(start, round=1).digest == first
+
+
+def test_fedprox_term_joins_each_noised_step_after_clipping(shared):
+    """With every example's gradient clipped to ~0 and no noise, only FedProx's term can move the adapter, and it
+    does, towards the global adapter at every step: it is added after opacus' clipping and noise, not through the
+    loss (where clipping would remove it)."""
+    model = shared[3]
+    start = get_adapter_state(model)
+    towards = {name: tensor + 1.0 for name, tensor in start.items()}
+    plan = NoisePlan(noise_multiplier=0.0, target_epsilon=None, num_rounds=3, steps_per_round=2)
+    dp_client = client(shared, 0, DPSGD(clip_norm=1e-12, delta=1e-5, sample_rate=0.1, learning_rate=0.01,
+                                        local_steps=2, plan=plan))
+    set_adapter_state(model, start)
+    correction = LocalObjective(proximal_mu=1.0).correction(adapter_parameters(model), towards, {}, {})
+    dp_client.privacy.train(model, dp_client._trainer, dp_client.random, correction)
+    moved = get_adapter_state(model)
+    assert correction.steps == 2 and all((moved[name] > start[name]).all() for name in start)

@@ -48,10 +48,10 @@ def raise_in_client_1_round_2(patch) -> None:
 
     fit = SFTClient.fit
 
-    def crashing_fit(self, global_adapter, round):
+    def crashing_fit(self, global_adapter, round, extras=None):
         if self.client_id == 1 and round == 2:
             raise RuntimeError("simulated out of memory")
-        return fit(self, global_adapter, round)
+        return fit(self, global_adapter, round, extras)
 
     patch.setattr(SFTClient, "fit", crashing_fit)
 

@@ -7,7 +7,9 @@ import pytest
 
 import main_simple_fl
 from flb.config import load_config
-from flb.digests import adapter_file_digest
+from flb.digests import adapter_digest, adapter_file_digest
+from flb.rundir import RunDir
+from flb.state_tensors import split_tensors
 
 
 def run(overrides, **kwargs):
@@ -49,6 +51,21 @@ def test_resume_gives_the_identical_final_digest(tiny_overrides):
     assert resumed == cut_short
     assert adapter_file_digest(resumed / "final_adapter") == adapter_file_digest(uninterrupted / "final_adapter")
     assert [r["round"] for r in round_metrics(resumed)] == [0, 1, 2]
+
+
+@pytest.mark.parametrize("strategy", ["fedprox", "scaffold"])
+def test_a_strategy_with_client_side_parts_resumes_to_the_identical_digest(tiny_overrides, strategy):
+    """Round 2 trains with FedProx's term, or with SCAFFOLD's c - c_i: the server's c from the checkpoint and each
+    client's c_i from its private state must come back exactly for the digests to match."""
+    overrides = tiny_overrides + [f"strategy.name={strategy}", "strategy.fedprox.mu=0.5", "local_steps=2"]
+    uninterrupted = run(overrides)
+    cut_short = run(overrides + ["num_rounds=1"])
+    resumed = main_simple_fl.run(main_simple_fl.resolve_config(
+        main_simple_fl.parse_args(["--resume", str(cut_short), "--set", "num_rounds=2"])), resume=str(cut_short))
+    assert adapter_file_digest(resumed / "final_adapter") == adapter_file_digest(uninterrupted / "final_adapter")
+    variates = [split_tensors(RunDir.open(path).read_checkpoint()["strategy"])[1] for path in (uninterrupted, resumed)]
+    assert adapter_digest(variates[0]) == adapter_digest(variates[1])
+    assert bool(variates[0]) == (strategy == "scaffold") and all(t.abs().sum() > 0 for t in variates[0].values())
 
 
 def test_server_dp_run_completes(tiny_overrides):

@@ -5,6 +5,7 @@ The fleet's grid is a transport stub (the SuperLink's part: node ids, push, pull
 and the client are the real ones."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -20,7 +21,7 @@ from client.privacy import GaussianUpdate
 from flb.accounting import NoisePlan
 from flb.attestation import SigningDomain
 from flb.config import load_config
-from flb.digests import adapter_digest
+from flb.digests import adapter_digest, update_content
 from flb.errors import ClientUnavailable, RunFailed, UpdateRejected
 from flb.keystore import RUN_KEY_FILE
 from flb.modeling import get_adapter_state
@@ -28,9 +29,12 @@ from flb.private_state import OPENINGS, PrivateState
 from flb.types import ClientUpdate, SignedUpload
 from flb_flower import wire
 from flb_flower.fleet import Fleet
+from server.strategy.scaffold import Scaffold
+from server.validation import Expected, validate_update
 
 DOMAIN = SigningDomain(31337, "0x" + "ab" * 20)
 RUN_ID = "20260101-000000-abcd"
+BASE_MODEL = "ef" * 32  # a base model digest, as flb.modeling.base_model_digest gives
 
 
 # --- no secret travels -------------------------------------------------------------------------
@@ -69,7 +73,8 @@ def payload(content: RecordDict) -> tuple[str, bytes]:
 
 def test_no_secret_of_the_client_is_in_any_message(private_client):
     config, client, global_adapter, update = private_client
-    messages = {"train": wire.train_content(config.to_dict(), RUN_ID, global_adapter, 1, DOMAIN.to_dict()),
+    messages = {"train": wire.train_content(config.to_dict(), RUN_ID, global_adapter, 1, DOMAIN.to_dict(), BASE_MODEL,
+                                            {}),
                 "query": wire.query_content(config.to_dict(), RUN_ID, wire.UPLOAD, DOMAIN.to_dict()),
                 "describe reply": wire.info_content(client.client_id, client.num_examples, client.address),
                 "upload reply": wire.upload_content(client.data_upload()),
@@ -87,7 +92,7 @@ def test_no_accountant_or_generator_state_is_in_any_message(private_client):
     """The reply carries the client's epsilon report (its history is public by design), not its private state."""
     config, client, global_adapter, update = private_client
     state = PrivateState(client.private_dir).latest()
-    contents = [wire.train_content(config.to_dict(), RUN_ID, global_adapter, 1, DOMAIN.to_dict()),
+    contents = [wire.train_content(config.to_dict(), RUN_ID, global_adapter, 1, DOMAIN.to_dict(), BASE_MODEL, {}),
                 wire.update_content(update)]
     for content in contents:
         texts, _ = payload(content)
@@ -140,9 +145,9 @@ def without(record: str) -> RecordDict:
     return RecordDict({name: rec for name, rec in content.items() if name != record})
 
 
-def with_arrays(array: Array) -> RecordDict:
+def with_arrays(array: Array, record: str = "update") -> RecordDict:
     content = wire.update_content(plain_update())
-    return RecordDict({"update": ArrayRecord({"lora_A": array}), "result": content.config_records["result"]})
+    return RecordDict({**content, record: ArrayRecord({"lora_A": array})})
 
 
 MALFORMED = {
@@ -164,6 +169,8 @@ MALFORMED = {
     "array bytes short of its shape": lambda: with_arrays(Array(dtype="float32", shape=(-1,), stype="numpy.ndarray",
                                                                 data=b"")),
     "array of text": lambda: with_arrays(Array(np.array(["abc", "d"]))),
+    "extras of text": lambda: with_arrays(Array(np.array(["abc", "d"])), "extras"),
+    "no extras record": lambda: without("extras"),
 }
 
 
@@ -234,7 +241,7 @@ def test_the_fleet_turns_every_malformed_reply_into_a_rejection(server_task):
     cases = list(MALFORMED)
     grid = StubGrid([100 + i for i in range(len(cases))], node_answers(lambda client: MALFORMED[cases[client]]()))
     fleet = fleet_over(grid)
-    results = fleet.fit_all(fleet.join(RUN_ID, len(cases)), plain_update().tensors, 1)
+    results = fleet.fit_all(fleet.join(RUN_ID, len(cases), BASE_MODEL), plain_update().tensors, 1, {})
     for case, result in zip(cases, results):
         assert isinstance(result, UpdateRejected) and "malformed reply" in str(result), case
 
@@ -242,22 +249,22 @@ def test_the_fleet_turns_every_malformed_reply_into_a_rejection(server_task):
 def test_the_fleet_passes_on_a_well_formed_update_and_the_clients_epsilon(server_task):
     grid = StubGrid([100], node_answers(lambda client: wire.update_content(plain_update(privacy_report()))))
     fleet = fleet_over(grid)
-    (client,) = fleet.join(RUN_ID, 1)
-    (update,) = fleet.fit_all([client], plain_update().tensors, 1)
+    (client,) = fleet.join(RUN_ID, 1, BASE_MODEL)
+    (update,) = fleet.fit_all([client], plain_update().tensors, 1, {})
     assert update.digest == plain_update().digest and client.privacy_spent() == privacy_report()
 
 
 def test_a_node_the_superlink_reports_gone_is_unavailable_not_a_failure(server_task):
     gone = Error(code=ErrorCode.NODE_UNAVAILABLE, reason="Error: Node Unavailable")
     fleet = fleet_over(StubGrid([100], node_answers(lambda client: gone)))
-    (result,) = fleet.fit_all(fleet.join(RUN_ID, 1), plain_update().tensors, 1)
+    (result,) = fleet.fit_all(fleet.join(RUN_ID, 1, BASE_MODEL), plain_update().tensors, 1, {})
     assert isinstance(result, ClientUnavailable) and "unavailable in round 1" in str(result)
     assert fleet.nodes == {}  # asked again only once the SuperLink lists a node for it anew
 
 
 def test_a_node_that_never_replies_is_unavailable(server_task):
     fleet = fleet_over(StubGrid([100], node_answers(lambda client: None)))
-    (result,) = fleet.fit_all(fleet.join(RUN_ID, 1), plain_update().tensors, 1)
+    (result,) = fleet.fit_all(fleet.join(RUN_ID, 1, BASE_MODEL), plain_update().tensors, 1, {})
     assert isinstance(result, ClientUnavailable) and "sent no reply in round 1" in str(result)
 
 
@@ -268,7 +275,7 @@ def test_a_malformed_data_upload_fails_the_run_in_one_line(server_task):
         return wire.info_content(0, 5, "0x" + "cd" * 20)
 
     fleet = fleet_over(StubGrid([100], answer))
-    (client,) = fleet.join(RUN_ID, 1)
+    (client,) = fleet.join(RUN_ID, 1, BASE_MODEL)
     with pytest.raises(RunFailed, match=r"^client 0: its SuperNode sent a malformed data upload \(.+\)$"):
         client.data_upload()
 
@@ -281,7 +288,7 @@ def test_a_well_formed_data_upload_reads_back(server_task):
             wire.info_content(0, 5, "0x" + "cd" * 20)
 
     fleet = fleet_over(StubGrid([100], answer))
-    (client,) = fleet.join(RUN_ID, 1)
+    (client,) = fleet.join(RUN_ID, 1, BASE_MODEL)
     assert client.data_upload() == signed and client.address == "0x" + "cd" * 20
 
 
@@ -289,6 +296,35 @@ def test_nodes_receive_the_config_without_url_credentials(server_task):
     config = {"num_clients": 1, "chain": {"backend": "rpc", "rpc_url": "https://alice:hunter2@rpc.example/v1"}}
     grid = StubGrid([100], node_answers(lambda client: wire.update_content(plain_update())))
     fleet = fleet_over(grid, config)
-    fleet.fit_all(fleet.join(RUN_ID, 1), plain_update().tensors, 1)
+    fleet.fit_all(fleet.join(RUN_ID, 1, BASE_MODEL), plain_update().tensors, 1, {})
     assert grid.pushed and all("hunter2" not in payload(m.content)[0] for m in grid.pushed)
     assert all("rpc.example/v1" in payload(m.content)[0] for m in grid.pushed)
+
+
+# --- the strategy's extras: SCAFFOLD's control variates --------------------------------------------
+
+def test_scaffold_variates_travel_both_ways_bit_for_bit(server_task):
+    """The server's c goes out with the train message, the client's delta c_i comes back in its reply, and the
+    update read back passes validation against what was sent."""
+    global_adapter = plain_update().tensors
+    strategy = Scaffold(server_learning_rate=1.0, num_clients=2)
+    strategy.load_state_dict({"variate": {"lora_A": torch.linspace(-1, 1, 6).reshape(2, 3),
+                                          "lora_B": torch.linspace(3, 4, 6).reshape(3, 2)}})
+    server_variate = strategy.client_extras(global_adapter)
+    client_delta = {name: tensor / 7 - 1e-3 for name, tensor in server_variate.items()}
+    received = []
+
+    def answer(node: int, message: Message):
+        if message.metadata.message_type == wire.QUERY:
+            return wire.info_content(0, 5, None)
+        received.append(wire.read_adapter(message.content, "extras"))  # as the ClientApp reads it
+        update = plain_update()
+        digest = adapter_digest(update_content(update.tensors, client_delta))
+        return wire.update_content(dataclasses.replace(update, extras=client_delta, digest=digest))
+
+    fleet = fleet_over(StubGrid([100], answer))
+    (update,) = fleet.fit_all(fleet.join(RUN_ID, 1, BASE_MODEL), global_adapter, 1, server_variate)
+    assert adapter_digest(received[0]) == adapter_digest(server_variate)
+    assert adapter_digest(update.extras) == adapter_digest(client_delta)
+    validate_update(update, Expected(client_id=0, round=1, max_examples=5), global_adapter,
+                    adapter_digest(global_adapter), server_variate)

@@ -138,3 +138,16 @@ def test_the_hook_follows_the_config(caplog):
     assert "client.dp.delta = 0.05 is >= 1/50" in caplog.text
     with pytest.raises(ConfigError, match="client.dp.adjacency"):
         settings(mode="dpsgd", adjacency="replace")
+
+
+def test_under_ffa_lora_a_is_sent_as_the_global_one_and_only_b_is_clipped_and_noised():
+    def frozen(noise_multiplier):
+        plan = NoisePlan(noise_multiplier=noise_multiplier, target_epsilon=None, num_rounds=3, steps_per_round=1)
+        return GaussianUpdate(clip_norm=0.5, delta=1e-5, plan=plan, lora_a_frozen=True)
+
+    clipped = frozen(0.0).privatize(trained(10.0), GLOBAL, SecretRandom())
+    assert torch.equal(clipped["a.lora_A.weight"], GLOBAL["a.lora_A.weight"])
+    assert l2_norm(subtract(clipped, GLOBAL)) == pytest.approx(0.5, rel=1e-5)  # all of C goes to B
+    noised = frozen(1.0).privatize(trained(10.0), GLOBAL, SecretRandom())
+    assert torch.equal(noised["a.lora_A.weight"], GLOBAL["a.lora_A.weight"])
+    assert not torch.equal(noised["a.lora_B.weight"], clipped["a.lora_B.weight"])

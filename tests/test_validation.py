@@ -10,7 +10,7 @@ from eth_account import Account
 from hypothesis import given, settings, strategies as st
 
 from flb.attestation import SigningDomain, sign_update
-from flb.digests import adapter_digest
+from flb.digests import adapter_digest, update_content
 from flb.disclosure import Disclosure
 from flb.errors import UpdateRejected
 from flb.types import Attestation, ClientUpdate
@@ -57,6 +57,43 @@ def test_sound_updates_pass():
 def test_malformed_tensors_are_rejected_with_reason(tensors, reason):
     with pytest.raises(UpdateRejected, match=reason):
         check(make(tensors, digest="0" * 64))
+
+
+SENT = {"x.lora_A.weight": torch.ones(2, 3), "x.lora_B.weight": torch.ones(3, 2)}  # extras the round sent
+
+
+@pytest.mark.parametrize("extras, sent, reason", [
+    ({}, SENT, r"the names of its extras differ from the extras the round sent \(missing \['x.lora_A.weight'"),
+    (dict(SENT), {}, r"the names of its extras differ .+ unexpected \['x.lora_A.weight'"),
+    ({**SENT, "x.lora_A.weight": torch.ones(3, 2)}, SENT, r"extras x.lora_A.weight has shape \(3, 2\), expected"),
+    ({**SENT, "x.lora_B.weight": torch.full((3, 2), math.inf)}, SENT, "extras x.lora_B.weight holds NaN or infinite"),
+    ({**SENT, "x.lora_B.weight": torch.ones(3, 2, dtype=torch.float64)}, SENT, "extras x.lora_B.weight has dtype"),
+    ([1.0], SENT, "extras are a list, not a dict of named tensors"),
+])
+def test_extras_must_match_what_the_round_sent(extras, sent, reason):
+    update = make()
+    update.extras = extras
+    with pytest.raises(UpdateRejected, match=f"^client 0: {reason}"):
+        validate_update(update, EXPECTED, GLOBAL, GLOBAL_DIGEST, sent)
+    update.extras = {name: tensor.clone() for name, tensor in sent.items()}
+    update.digest = adapter_digest(update_content(update.tensors, update.extras))
+    validate_update(update, EXPECTED, GLOBAL, GLOBAL_DIGEST, sent)
+
+
+def test_extras_changed_after_the_client_signed_are_rejected():
+    """The digest a client signs covers its extras (SCAFFOLD's delta c_i): changed in transit, or by a server that
+    re-digests them, the update no longer matches its digest or its signature."""
+    returned = {name: torch.full_like(tensor, 0.5) for name, tensor in SENT.items()}
+    update = make(digest=adapter_digest(update_content({k: torch.ones_like(v) for k, v in GLOBAL.items()}, returned)),
+                  signer=CLIENT)
+    update.extras = dict(returned)
+    validate_update(update, SIGNED, GLOBAL, GLOBAL_DIGEST, SENT)
+    update.extras = {**returned, "x.lora_B.weight": torch.full((3, 2), 9.0)}
+    with pytest.raises(UpdateRejected, match="digest does not match"):
+        validate_update(update, SIGNED, GLOBAL, GLOBAL_DIGEST, SENT)
+    update.digest = adapter_digest(update_content(update.tensors, update.extras))
+    with pytest.raises(UpdateRejected, match="signed digest"):
+        validate_update(update, SIGNED, GLOBAL, GLOBAL_DIGEST, SENT)
 
 
 def test_something_that_is_not_an_update_is_rejected():
@@ -147,3 +184,13 @@ def test_fuzzed_updates_are_rejected_or_sound(a, b, extra, count, client_id, rou
     assert client_id == 0 and round == 1 and isinstance(count, int) and not isinstance(count, bool) and 1 <= count <= 10
     assert all(isinstance(t, torch.Tensor) and torch.isfinite(t).all() for t in update_tensors.values())
     assert digest == adapter_digest(update_tensors)
+
+
+def test_under_ffa_an_update_that_changed_lora_a_is_rejected():
+    frozen = Expected(client_id=0, round=1, max_examples=10, lora_a_frozen=True)
+    trained_b = {**GLOBAL, "x.lora_B.weight": torch.ones(3, 2)}
+    check(make(trained_b), frozen)
+    check(make())  # without ffa, A may change
+    with pytest.raises(UpdateRejected, match="x.lora_A.weight differs from the global adapter's; "
+                                             "strategy.lora_aggregation ffa keeps LoRA A frozen"):
+        check(make(), frozen)

@@ -24,9 +24,9 @@ class DPAdaptiveClipping(DPFixedClipping):
 
     def __init__(self, strategy: Strategy, *, initial_clip_norm: float, noise_multiplier: float,
                  target_quantile: float, learning_rate: float, clipped_count_stddev: float, sample_rate: float,
-                 delta: float, random: SecretRandom):
+                 delta: float, random: SecretRandom, lora_a_frozen: bool = False):
         super().__init__(strategy, clip_norm=initial_clip_norm, noise_multiplier=noise_multiplier, random=random,
-                         sample_rate=sample_rate, delta=delta)
+                         sample_rate=sample_rate, delta=delta, lora_a_frozen=lora_a_frozen)
         if not 0 < target_quantile < 1:
             raise ConfigError(f"server.dp.target_quantile: invalid value {target_quantile!r}; allowed: a number in (0, 1)")
         if learning_rate <= 0:

@@ -22,6 +22,7 @@ import logging
 from flb.accounting import Accounted, epsilon, rdp_accountant
 from flb.adapter_math import add, add_gaussian_noise_inplace, clip_inplace, subtract
 from flb.errors import ConfigError
+from flb.lora_aggregation import trained_part
 from flb.secret_random import SecretRandom
 from flb.types import AdapterState, ClientUpdate
 from server.strategy.aggregate import dp_fedavg_noise_std
@@ -34,7 +35,7 @@ class DPFixedClipping(Accounted, Strategy):
     mechanism = "dp_fixed_clipping"
 
     def __init__(self, strategy: Strategy, *, clip_norm: float, noise_multiplier: float, sample_rate: float,
-                 delta: float, random: SecretRandom):
+                 delta: float, random: SecretRandom, lora_a_frozen: bool = False):
         if clip_norm <= 0:
             raise ConfigError(f"server.clip_threshold: invalid value {clip_norm!r}; allowed: a number > 0")
         if noise_multiplier < 0:
@@ -44,6 +45,9 @@ class DPFixedClipping(Accounted, Strategy):
                               "in (0, 1]")
         if not 0 < delta < 1:
             raise ConfigError(f"server.dp.delta: invalid value {delta!r}; allowed: a number in (0, 1)")
+        if not strategy.output_is_mean:
+            raise ConfigError(f"strategy.wraps: {type(strategy).__name__} does not output a mean of the clipped "
+                              f"updates, which {self.mechanism}'s noise is calibrated for; wrap fedavg or fedprox")
         self.strategy = strategy
         self.clip_norm = clip_norm
         self.noise_multiplier = noise_multiplier
@@ -51,6 +55,7 @@ class DPFixedClipping(Accounted, Strategy):
         self.sample_rate = sample_rate
         self.delta = delta
         self.random = random
+        self.lora_a_frozen = lora_a_frozen
         self.accountant = rdp_accountant()
         self.participations: dict[str, int] = {}
         self.last_noise_std = 0.0
@@ -63,11 +68,19 @@ class DPFixedClipping(Accounted, Strategy):
         clipped = [self._clipped(global_adapter, update) for update in updates]
         aggregated = self.strategy.aggregate(global_adapter, clipped, round, num_sampled)
         self.last_noise_std = dp_fedavg_noise_std(self.update_noise_multiplier, self.clip_norm, len(updates))
-        add_gaussian_noise_inplace(aggregated, self.last_noise_std, self.random)
+        # under ffa the clipped updates carry the global A (`_clipped`), so the aggregate's A holds no client's
+        # data: released without noise it costs no privacy, and A stays frozen
+        add_gaussian_noise_inplace(trained_part(aggregated, self.lora_a_frozen), self.last_noise_std, self.random)
         self.accountant.step(noise_multiplier=self.noise_multiplier, sample_rate=self.sample_rate)
         for update in updates:
             self.participations[str(update.client_id)] = self.participations.get(str(update.client_id), 0) + 1
         return aggregated
+
+    def client_extras(self, global_adapter: AdapterState) -> AdapterState:
+        return self.strategy.client_extras(global_adapter)
+
+    def mean_weights(self, updates: list[ClientUpdate]) -> list[float]:
+        return [1.0] * len(updates)
 
     def privacy_spent(self) -> dict:
         return {**super().privacy_spent(), "known_participants": self.known_participants_spent()}
@@ -80,14 +93,16 @@ class DPFixedClipping(Accounted, Strategy):
                 "steps": most, "history": history}
 
     def state_dict(self) -> dict:
-        return {**super().state_dict(), "participations": dict(self.participations)}
+        return {**super().state_dict(), "participations": dict(self.participations),
+                "inner": self.strategy.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
         self.participations = dict(state.get("participations", {}))
+        self.strategy.load_state_dict(state.get("inner", {}))
 
     def _clipped(self, global_adapter: AdapterState, update: ClientUpdate) -> ClientUpdate:
-        delta = subtract(update.tensors, global_adapter)
+        delta = trained_part(subtract(update.tensors, global_adapter), self.lora_a_frozen)
         clip_inplace(delta, self.clip_norm)
-        return dataclasses.replace(update, tensors=add(global_adapter, delta), num_examples=1)
+        return dataclasses.replace(update, tensors={**global_adapter, **add(delta, global_adapter)}, num_examples=1)
 

@@ -241,3 +241,37 @@ def test_resume_on_a_chain_without_the_runs_contract_is_refused(anvil_run, copy_
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "not the chain the run started on" in errors[0]
     assert not (run_dir / "round_2").exists()
+
+
+def test_recompute_follows_the_runs_lora_aggregation(tmp_path):
+    """svd rounds are recomputed bit for bit, or (another LAPACK build: here a singular pair with its signs flipped)
+    to SVD_TOLERANCE in B A with a note; a server that averaged the factors apart is caught."""
+    import torch
+
+    from chain.verify import Report, _recompute
+    from flb.adapter_math import weighted_average
+    from flb.digests import adapter_digest
+    from flb.lora_aggregation import svd_average
+
+    generator = torch.Generator().manual_seed(0)
+    updates = [({"m.lora_A.weight": torch.randn(2, 6, generator=generator),
+                 "m.lora_B.weight": torch.randn(5, 2, generator=generator)}, n) for n in (3, 5)]
+    (tmp_path / "round_1" / "updates").mkdir(parents=True)
+    for i, (state, _) in enumerate(updates):
+        save_file(state, str(tmp_path / "round_1" / "updates" / f"client_{i}.safetensors"))
+    (tmp_path / "config.json").write_text(json.dumps({"strategy": {"name": "fedavg", "lora_aggregation": "svd"}}))
+    honest = svd_average(updates)
+    flipped = {"m.lora_A.weight": honest["m.lora_A.weight"] * torch.tensor([[-1.0], [1.0]]),
+               "m.lora_B.weight": honest["m.lora_B.weight"] * torch.tensor([-1.0, 1.0])}
+
+    def recompute(recorded):
+        save_file(recorded, str(tmp_path / "round_1" / "adapter_model.safetensors"))
+        report = Report()
+        rounds = {1: {"clients": ["0xa", "0xb"], "num_examples": [3, 5], "previous": "00",
+                      "global_digest": adapter_digest(recorded)}}
+        _recompute(report, tmp_path, rounds, ["0xa", "0xb"])
+        return report
+
+    assert (recompute(honest).problems, recompute(honest).notes) == ([], [])
+    assert recompute(flipped).problems == [] and "not bit for bit" in recompute(flipped).notes[0]
+    assert "is not the aggregate of the recorded updates" in recompute(weighted_average(updates)).problems[0]
