@@ -1,5 +1,8 @@
-"""A SuperLink and SuperNodes on loopback, as subprocesses, for tests and benchmarks.
+"""A SuperLink and SuperNodes on loopback, as subprocesses, for tests and benchmarks: insecure, or secure (TLS
+and node authentication with the certificates and keys `python -m flb_flower.certs` makes).
 
+The commands are built by the functions below, and the README's multi-machine section gives the same commands
+(tests/test_flower_secure.py checks it), so what the README says is what the tests run.
 Each process starts in its own process group (its pid is the group id) because SuperLink and SuperNode
 start `flower-superexec` children that outlive them; stopping a process stops its whole group.
 """
@@ -14,6 +17,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+CONNECTION = "loopback"  # the connection's name in $FLWR_HOME/config.toml
 
 
 def free_port() -> int:
@@ -22,11 +26,54 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-class Loopback:
-    """Processes of one insecure loopback federation; `stop_all` in a finalizer."""
+def certs_argv(credentials: Path | str, nodes: int) -> list[str]:
+    return ["python", "-m", "flb_flower.certs", str(credentials), "--nodes", str(nodes)]
 
-    def __init__(self, work: Path):
-        self.work = work
+
+def superlink_argv(port: int, credentials: Path | str | None) -> list[str]:
+    """With `credentials`: TLS with its certificates, and only registered SuperNodes admitted."""
+    security = ["--ssl-ca-certfile", f"{credentials}/ca.crt", "--ssl-certfile", f"{credentials}/server.pem",
+                "--ssl-keyfile", f"{credentials}/server.key", "--enable-supernode-auth"]
+    return ["flower-superlink", "--disable-runtime-dependency-installation", "--host", "127.0.0.1", "--port", str(port),
+            *(security if credentials else ["--insecure"])]
+
+
+def connection_toml(port: int, credentials: Path | str | None) -> str:
+    """$FLWR_HOME/config.toml for `flwr`; Flower 1.41 takes only an absolute root-certificates path."""
+    security = f'root-certificates = "{credentials}/ca.crt"' if credentials else "insecure = true"
+    return (f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\naddress = "127.0.0.1:{port}"\n'
+            f"{security}\n")
+
+
+def register_argv(credentials: Path | str, key: str) -> list[str]:
+    return ["flwr", "supernode", "register", f"{credentials}/{key}.pub", CONNECTION]
+
+
+def supernode_argv(superlink_port: int, port: int, node_config: str, credentials: Path | str | None,
+                   key: str) -> list[str]:
+    """With `credentials`: verify the SuperLink with their CA and authenticate with the private key `key`."""
+    security = ["--root-certificates", f"{credentials}/ca.crt", "--auth-supernode-private-key",
+                f"{credentials}/{key}"] if credentials else ["--insecure"]
+    return ["flower-supernode", "--superlink", f"127.0.0.1:{superlink_port}", *security, "--port", str(port),
+            "--node-config", node_config]
+
+
+def flwr_run_argv(run_config: str) -> list[str]:
+    return ["flwr", "run", ".", CONNECTION, "--stream", "--run-config", run_config]
+
+
+def node_config(partition_id: int, num_partitions: int, state_dir: Path | str, model_path: Path | None = None) -> str:
+    """Node config is TOML: text values quoted (single quotes, literal strings: a backslash stays as written)."""
+    settings = f"partition-id={partition_id} num-partitions={num_partitions} state-dir='{state_dir}'"
+    return settings + (f" model-path='{model_path}'" if model_path else "")
+
+
+class Loopback:
+    """Processes of one loopback federation, secure when given `credentials` (a folder `flb_flower.certs` wrote);
+    `stop_all` in a finalizer."""
+
+    def __init__(self, work: Path, credentials: Path | None = None):
+        self.work, self.credentials = work, credentials
         self.home = work / "flwr-home"
         self.env = {**os.environ, "FLWR_HOME": str(self.home), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
         self.port = free_port()
@@ -35,29 +82,35 @@ class Loopback:
 
     def start_superlink(self) -> None:
         self.home.mkdir(parents=True, exist_ok=True)
-        (self.home / "config.toml").write_text(
-            f'[superlink]\ndefault = "local"\n\n[superlink.local]\naddress = "127.0.0.1:{self.port}"\ninsecure = true\n')
-        self._start("superlink", ["flower-superlink", "--insecure", "--disable-runtime-dependency-installation",
-                                  "--host", "127.0.0.1", "--port", str(self.port)])
+        (self.home / "config.toml").write_text(connection_toml(self.port, self.credentials))
+        self._start("superlink", superlink_argv(self.port, self.credentials))
         wait_for_port(self.port, timeout_s=30)
+
+    def register(self, key: str) -> None:
+        """`flwr supernode register` the public key of SuperNode key pair `key` (e.g. node-0)."""
+        done = subprocess.run(register_argv(self.credentials, key), cwd=REPO, env=self.env, capture_output=True,
+                              text=True, timeout=60)
+        if done.returncode != 0:
+            raise RuntimeError(f"flwr supernode register {key}.pub failed:\n{done.stdout}{done.stderr}")
 
     def state_dir(self, partition_id: int) -> Path:
         """Where the node serving `partition_id` keeps its secrets (a node started again for it reuses it, as a
         restarted machine would)."""
         return self.work / f"node-{partition_id}-state"
 
-    def start_supernode(self, partition_id: int, num_partitions: int) -> subprocess.Popen:
-        node_config = f'partition-id={partition_id} num-partitions={num_partitions} state-dir="{self.state_dir(partition_id)}"'
-        return self._start(f"supernode-{partition_id}-{len(self.processes)}", [
-            "flower-supernode", "--insecure", "--superlink", f"127.0.0.1:{self.port}", "--port", str(free_port()),
-            "--node-config", node_config])
+    def start_supernode(self, partition_id: int, num_partitions: int, key: str | None = None,
+                        model_path: Path | None = None) -> subprocess.Popen:
+        """A SuperNode serving `partition_id`; when secure, it authenticates with key pair `key` (default
+        node-<partition_id>) and loads the base model from `model_path` when given (its own copy)."""
+        config = node_config(partition_id, num_partitions, self.state_dir(partition_id), model_path)
+        argv = supernode_argv(self.port, free_port(), config, self.credentials, key or f"node-{partition_id}")
+        return self._start(f"supernode-{partition_id}-{len(self.processes)}", argv)
 
     def flwr_run(self, flb_args: list[str], timeout_s: float, **run_config) -> subprocess.Popen:
-        """`flwr run . local --stream` with main_simple_fl flags in flb-args; returns the running process."""
+        """`flwr run . loopback --stream` with main_simple_fl flags in flb-args; returns the running process."""
         settings = {"flb-args": shlex.join(flb_args), **run_config}
         pairs = " ".join(f"{key}={_toml(value)}" for key, value in settings.items())
-        return self._start("flwr-run", ["timeout", str(int(timeout_s)), "flwr", "run", ".", "local", "--stream",
-                                        "--run-config", pairs])
+        return self._start("flwr-run", ["timeout", str(int(timeout_s)), *flwr_run_argv(pairs)])
 
     def _start(self, name: str, argv: list[str]) -> subprocess.Popen:
         path = self.work / f"{name}.log"
