@@ -30,9 +30,11 @@ _RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # a run directory's n
 @app.query()
 def query(message: Message, context: Context) -> Message:
     """`describe`: which client this node is, its example count and signing address (what round 0 registers);
-    `upload`: its data upload, signed for the run's contract."""
+    `upload`: its data upload, signed for the run's contract. A node whose base model is not the server's says so
+    here, before round 0 records anything of it."""
     run = wire.read_run(message.content)
     client = local_client(run["config"], run["run_id"], *_node_settings(context))
+    _check_base_model(client.model, run["base_model"], str(context.node_config.get("model-path", "")))
     if run["action"] == wire.UPLOAD:
         _bind(client, run["domain"])
         return Message(wire.upload_content(client.data_upload()), reply_to=message)

@@ -139,7 +139,8 @@ class Fleet:
                              f"({type(exc).__name__}: {exc})")
 
     def _query(self, node: int, action: str, group: str) -> Message:
-        return Message(wire.query_content(self.config, self.run_id, action, self.domain), dst_node_id=node,
+        return Message(wire.query_content(self.config, self.run_id, action, self.domain, self.base_model_digest),
+                       dst_node_id=node,
                        message_type=wire.QUERY, group_id=group)
 
     def fit_all(self, clients: list[RemoteClient], global_adapter: AdapterState, round: int, extras: AdapterState):

@@ -21,9 +21,11 @@ DESCRIBE, UPLOAD = "describe", "upload"
 CLIENT_MECHANISMS = ("local_update", "local_dpsgd")  # client.privacy.GaussianUpdate, client.dpsgd.DPSGD
 
 
-def query_content(config: dict, run_id: str, action: str, domain: dict | None = None) -> RecordDict:
+def query_content(config: dict, run_id: str, action: str, domain: dict | None = None,
+                  base_model: str = "") -> RecordDict:
+    """`base_model`: as in train_content, so a node with another base model is refused before round 0 records it."""
     return RecordDict({"run": ConfigRecord({"config": json.dumps(config), "run-id": run_id, "action": action,
-                                            "domain": json.dumps(domain)})})
+                                            "domain": json.dumps(domain), "base-model": base_model})})
 
 
 def train_content(config: dict, run_id: str, global_adapter: AdapterState, round: int, domain: dict | None,
@@ -38,7 +40,7 @@ def train_content(config: dict, run_id: str, global_adapter: AdapterState, round
 
 def read_run(content: RecordDict) -> dict:
     """The config JSON (kept as text: it keys the node's cache), run id, round, action, signing domain and the
-    server's base model digest (train messages only)."""
+    server's base model digest."""
     run = content.config_records["run"]
     return {"config": run["config"], "run_id": str(run["run-id"]), "round": int(run.get("round", 0)),
             "action": str(run.get("action", TRAIN)), "domain": json.loads(run.get("domain", "null")),

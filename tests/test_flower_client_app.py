@@ -92,6 +92,16 @@ def test_the_refusal_reaches_the_server_as_that_clients_failure(server, other_mo
     assert isinstance(result, RuntimeError) and "holds a base model with digest" in str(result)
 
 
+def test_a_node_with_a_different_base_model_does_not_even_say_which_client_it_serves(server, other_model, tmp_path):
+    """Refused at the first query, the node never joins: round 0 records no data upload of a client that could not
+    train the server's model."""
+    config, _, digest = server
+    query = Message(wire.query_content(config.to_dict(), RUN_ID, wire.DESCRIBE, None, digest), dst_node_id=7,
+                    message_type=wire.QUERY)
+    with pytest.raises(ModelError, match="holds a base model with digest"):
+        client_app.query(query, node_context(tmp_path / "state", other_model))
+
+
 def test_a_node_refuses_a_train_message_without_the_servers_digest(server, tiny_model_dir, tmp_path):
     with pytest.raises(ModelError, match=r"the server's is not sent;"):
         client_app.train(train_message(server, ""), node_context(tmp_path / "state", tiny_model_dir))
