@@ -49,11 +49,11 @@ class AttackingClient:
     def __getattr__(self, name):
         return getattr(self.client, name)
 
-    def fit(self, global_adapter, round: int, *payload):
+    def fit(self, global_adapter, round: int, extras=None):
         from flb.adapter_math import add, l2_norm, subtract
         from flb.digests import adapter_digest, update_content
 
-        update = self.client.fit(global_adapter, round, *payload)
+        update = self.client.fit(global_adapter, round, extras)
         change = subtract(update.tensors, global_adapter)
         if self.attack == "sign_flip":
             tensors = add(global_adapter, {name: -ATTACK_SCALE * t for name, t in change.items()})
@@ -88,11 +88,13 @@ class AttackFleet:
     def __init__(self, config, attack: str, state_dir: Path):
         self.config, self.attack, self.state_dir = config, attack, state_dir
 
-    def join(self, run_id: str, num_clients: int) -> list:
+    def join(self, run_id: str, num_clients: int, base_model_digest: str) -> list:
         import main_simple_fl
+        from flb.modeling import base_model_digest as digest_of
 
         shards = main_simple_fl.build_data(self.config)[0]
         tokenizer, model = main_simple_fl.build_model(self.config)
+        assert digest_of(model) == base_model_digest, "the clients' copy of the base model is not the server's"
         clients = []
         for i, shard in enumerate(shards):
             if i in MALICIOUS and self.attack == "shuffled_answers":
@@ -104,10 +106,10 @@ class AttackFleet:
                            if i in MALICIOUS and self.attack != "shuffled_answers" else client)
         return clients
 
-    def fit_all(self, clients, global_adapter, round: int, *payload):
+    def fit_all(self, clients, global_adapter, round: int, extras):
         from server.coordinator import fit_in_turn
 
-        return fit_in_turn(clients, global_adapter, round, *payload)
+        return fit_in_turn(clients, global_adapter, round, extras)
 
 
 def measure(overrides: list[str], attack: str) -> dict:
