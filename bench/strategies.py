@@ -72,12 +72,14 @@ def plot(results: list[dict], path: Path) -> None:
     for column, partition in enumerate(partitions):
         for row, metric in enumerate(("eval_loss", "accuracy")):
             ax = axes[row][column]
+            ax.set_prop_cycle(color=plt.cm.tab20.colors)  # 13 strategies: the default cycle repeats after 10
             for result in (r for r in results if r["partition"] in (partition, CENTRALIZED)):
                 style = dict(color="black", linewidth=3) if result["partition"] == CENTRALIZED else {}
                 ax.plot([m["round"] for m in result["rounds"]], [m[metric] for m in result["rounds"]], marker=".",
                         label=result["strategy"], **style)
             ax.set(xlabel="round", ylabel=metric, title=f"{partition}: {metric}")
         axes[0][column].legend(fontsize=7, ncol=2)
+    fig.tight_layout()
     fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)
 
