@@ -9,7 +9,7 @@ an IID split and once with Dirichlet(alpha) over the task column; "centralized" 
 the shards for the same total steps per round (clients x steps). Printed: eval loss and exact-match accuracy after
 every round; one plot of both. Krum, multi-Krum and Bulyan tolerate f = 1 here (Bulyan needs n >= 4f + 3), so
 every round must aggregate all the clients (server.min_clients = clients). Every other setting is config.yaml's,
-with short examples (sft.max_length 128, batch 2) so that the 27 runs of SmolLM2 fit in about 40 minutes on 2
+with short examples (sft.max_length 128, batch 2) so that the 27 runs of SmolLM2 take about 23 minutes on 2
 CPUs; raise --rounds and --steps where there is more time.
 """
 from __future__ import annotations
@@ -52,12 +52,12 @@ def base_overrides(args, output_dir: str) -> list[str]:
 
 def table(results: list[dict]) -> str:
     rounds = range(len(results[0]["rounds"]))
-    header = f"{'partition':<10} {'strategy':<14}" + "".join(f" {'loss@' + str(r):>8}" for r in rounds) + \
+    header = f"{'partition':<11} {'strategy':<15}" + "".join(f" {'loss@' + str(r):>8}" for r in rounds) + \
         f" {'acc@' + str(rounds[-1]):>7}"
     lines = [header]
     for result in results:
         losses = "".join(f" {row['eval_loss']:>8.4f}" for row in result["rounds"])
-        lines.append(f"{result['partition']:<10} {result['strategy']:<14}{losses} {result['rounds'][-1]['accuracy']:>7.3f}")
+        lines.append(f"{result['partition']:<11} {result['strategy']:<15}{losses} {result['rounds'][-1]['accuracy']:>7.3f}")
     return "\n".join(lines)
 
 
