@@ -27,13 +27,14 @@ MALICIOUS = (0, 1)
 NUM_CLIENTS = 8
 ATTACK_SCALE = 10.0
 ATTACKS = ("sign_flip", "gaussian", "shuffled_answers")
-# f = 2 malicious: Krum needs n >= 2f + 3 = 7, Bulyan n >= 4f + 3 = 11, so Bulyan tolerates only f = 1 of 8
+# f = 2 malicious; the leave-one-out scores aggregate n = 7 of the 8: Krum needs n >= 2f + 3 = 7, Multi-Krum
+# m <= n - f = 5, Bulyan n >= 4f + 3 = 11, so Bulyan tolerates only f = 1 here
 AGGREGATORS = {
     "fedavg": [],
     "median": [],
     "trimmed_mean": ["strategy.trimmed_mean.beta=0.25"],
     "krum": ["strategy.krum.num_malicious=2"],
-    "multi_krum": ["strategy.multi_krum.num_malicious=2", "strategy.multi_krum.num_selected=6"],
+    "multi_krum": ["strategy.multi_krum.num_malicious=2", "strategy.multi_krum.num_selected=5"],
     "bulyan": ["strategy.bulyan.num_malicious=1"],
     "norm_bounding": [],  # strategy.norm_bounding.max_norm 1.0: just above an honest update's norm (~0.8 here)
 }

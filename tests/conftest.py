@@ -18,6 +18,15 @@ def tiny_model_dir(tmp_path_factory):
 
 
 @pytest.fixture
+def flower_task(monkeypatch):
+    """Flower's Message needs the identity a ServerApp process would have; set it for one test only."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    for attribute, value in (("_run_id", 1), ("_task_id", 1), ("_node_id", 0)):
+        monkeypatch.setattr(TaskIdentity, attribute, value)
+
+
+@pytest.fixture
 def tiny_overrides(tiny_model_dir, tmp_path):
     """--set overrides for a fast federated run on the tiny model."""
     return tiny_run_overrides(tiny_model_dir, tmp_path / "runs")

@@ -2,16 +2,6 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
-
-
-@pytest.fixture
-def flower_task(monkeypatch):
-    """Flower's Message needs the identity a ServerApp process would have; set it for one test only."""
-    from flwr.supercore.task_identity import TaskIdentity
-
-    for attribute, value in (("_run_id", 1), ("_task_id", 1), ("_node_id", 0)):
-        monkeypatch.setattr(TaskIdentity, attribute, value)
 
 
 def flower_replies(states: list[dict], num_examples: list[int]) -> list:

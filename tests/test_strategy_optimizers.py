@@ -22,7 +22,7 @@ from server.strategy.fedavg import FedAvg
 from server.strategy.fedavgm import FedAvgM
 from server.strategy.fedyogi import FedYogi
 from server.strategy.norm_bounding import NormBounding
-from tests.flower_oracle import flower_aggregate, flower_task, max_difference  # noqa: F401 (a fixture)
+from tests.flower_oracle import flower_aggregate, max_difference
 
 SHAPES = {"m.lora_A.weight": (2, 3), "m.lora_B.weight": (3, 2), "bias": (4,)}
 NUM_EXAMPLES = [3, 10, 1, 7, 4]

@@ -18,7 +18,7 @@ from server.strategy.median import Median
 from server.strategy.multi_krum import MultiKrum
 from server.strategy.norm_bounding import NormBounding
 from server.strategy.trimmed_mean import TrimmedMean
-from tests.flower_oracle import flower_aggregate, flower_task, max_difference  # noqa: F401 (a fixture)
+from tests.flower_oracle import flower_aggregate, max_difference
 
 SHAPES = {"layer.lora_A": (2, 3), "layer.lora_B": (3, 2), "bias": (4,)}
 
