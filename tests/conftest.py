@@ -27,6 +27,34 @@ def flower_task(monkeypatch):
 
 
 @pytest.fixture
+def run_and_resume_after_round_1(monkeypatch, tmp_path):
+    """run(overrides) -> (the whole run, a copy of its directory as it stood after round 1 resumed to the end): the
+    copy holds every party's secrets and the strategy's state as they were, so both must end alike."""
+    import shutil
+
+    import main_simple_fl
+    from flb.config import load_config
+    from server import coordinator as coordinator_module
+
+    def run(overrides: list[str]):
+        snapshot = tmp_path / "after-round-1"
+        complete = coordinator_module.RoundCoordinator._complete
+
+        def complete_and_copy(self, round, *args):
+            complete(self, round, *args)
+            if round == 1:
+                shutil.copytree(self.run.path, snapshot)
+
+        monkeypatch.setattr(coordinator_module.RoundCoordinator, "_complete", complete_and_copy)
+        uninterrupted = main_simple_fl.run(load_config(None, overrides))
+        monkeypatch.undo()
+        args = main_simple_fl.parse_args(["--resume", str(snapshot)])
+        return uninterrupted, main_simple_fl.run(main_simple_fl.resolve_config(args), resume=str(snapshot))
+
+    return run
+
+
+@pytest.fixture
 def tiny_overrides(tiny_model_dir, tmp_path):
     """--set overrides for a fast federated run on the tiny model."""
     return tiny_run_overrides(tiny_model_dir, tmp_path / "runs")

@@ -3,7 +3,6 @@ party's secret state exactly, and an extended run stays within the client's targ
 from __future__ import annotations
 
 import json
-import shutil
 
 import main_simple_fl
 from flb.config import load_config
@@ -26,23 +25,10 @@ def resume(run_path, *overrides):
     return main_simple_fl.run(main_simple_fl.resolve_config(main_simple_fl.parse_args(args)), resume=str(run_path))
 
 
-def test_a_resumed_dp_run_ends_exactly_where_the_uninterrupted_one_does(tiny_overrides, monkeypatch, tmp_path):
+def test_a_resumed_dp_run_ends_exactly_where_the_uninterrupted_one_does(tiny_overrides, run_and_resume_after_round_1):
     """The run directory is copied as it stood after round 1 (secrets included); the uninterrupted run goes on to
     round 2, the copy is resumed: every secret draw (sampling, DP-SGD batches and noise, server noise) repeats."""
-    from server import coordinator as coordinator_module
-
-    snapshot = tmp_path / "after-round-1"
-    complete = coordinator_module.RoundCoordinator._complete
-
-    def complete_and_copy(self, round, *args):
-        complete(self, round, *args)
-        if round == 1:
-            shutil.copytree(self.run.path, snapshot)
-
-    monkeypatch.setattr(coordinator_module.RoundCoordinator, "_complete", complete_and_copy)
-    uninterrupted = main_simple_fl.run(load_config(None, tiny_overrides + PRIVATE))
-    monkeypatch.undo()
-    resumed = resume(snapshot)
+    uninterrupted, resumed = run_and_resume_after_round_1(tiny_overrides + PRIVATE)
 
     assert adapter_file_digest(resumed / "final_adapter") == adapter_file_digest(uninterrupted / "final_adapter")
     assert rounds(resumed)[-1]["privacy"] == rounds(uninterrupted)[-1]["privacy"]

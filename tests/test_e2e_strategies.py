@@ -4,12 +4,9 @@ exactly."""
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
 
-import main_simple_fl
-from flb.config import load_config
 from flb.digests import adapter_file_digest
 
 # one step of one example per client, two eval examples of one new token: what is checked is the strategy's state
@@ -25,23 +22,9 @@ STATEFUL = {"fedavgm", "fedadagrad", "fedadam", "fedyogi", "norm_bounding"}  # n
     ["strategy.name=bulyan", *THREE_CLIENTS],
     ["strategy.name=norm_bounding", "strategy.wraps=fedadam", "strategy.norm_bounding.max_norm=0.05"],
 ], ids=lambda overrides: overrides[0].removeprefix("strategy.name="))
-def test_a_run_resumed_after_round_1_ends_where_the_uninterrupted_one_does(strategy, tiny_overrides, monkeypatch,
-                                                                            tmp_path):
-    from server import coordinator as coordinator_module
-
-    snapshot = tmp_path / "after-round-1"
-    complete = coordinator_module.RoundCoordinator._complete
-
-    def complete_and_copy(self, round, *args):
-        complete(self, round, *args)
-        if round == 1:
-            shutil.copytree(self.run.path, snapshot)
-
-    monkeypatch.setattr(coordinator_module.RoundCoordinator, "_complete", complete_and_copy)
-    uninterrupted = main_simple_fl.run(load_config(None, tiny_overrides + CHEAP + strategy))
-    monkeypatch.undo()
-    resumed = main_simple_fl.run(main_simple_fl.resolve_config(main_simple_fl.parse_args(["--resume", str(snapshot)])),
-                                 resume=str(snapshot))
+def test_a_run_resumed_after_round_1_ends_where_the_uninterrupted_one_does(strategy, tiny_overrides,
+                                                                            run_and_resume_after_round_1):
+    uninterrupted, resumed = run_and_resume_after_round_1(tiny_overrides + CHEAP + strategy)
 
     assert adapter_file_digest(resumed / "final_adapter") == adapter_file_digest(uninterrupted / "final_adapter")
     assert adapter_file_digest(uninterrupted / "round_2") != adapter_file_digest(uninterrupted / "round_1")
