@@ -1,20 +1,14 @@
-"""FedYogi (Reddi et al., 2021, https://arxiv.org/abs/2003.00295): v <- v - (1 - beta_2) Delta^2 sign(v - Delta^2),
-so v grows no faster than Delta^2 allows (Zaheer et al., 2018, Yogi)."""
+"""FedYogi (Reddi et al., 2021, https://arxiv.org/abs/2003.00295): FedAdam with v <- v - (1 - beta_2) Delta^2
+sign(v - Delta^2), so v grows no faster than Delta^2 allows (Zaheer et al., 2018, Yogi)."""
 from __future__ import annotations
 
-from flb.adapter_math import weighted_average
 from flb.types import AdapterState
 from server.strategy.aggregate import yogi_second_moment
-from server.strategy.server_optimizer import AdaptiveServerOptimizer, Mean, check_beta_2
+from server.strategy.fedadam import FedAdam
 
 
-class FedYogi(AdaptiveServerOptimizer):
+class FedYogi(FedAdam):
     name = "fedyogi"
-
-    def __init__(self, *, eta: float, beta_1: float, beta_2: float, tau: float, mean: Mean = weighted_average):
-        super().__init__(eta=eta, beta_1=beta_1, tau=tau, mean=mean)
-        check_beta_2(self.name, beta_2)
-        self.beta_2 = beta_2
 
     def second_moment(self, v: AdapterState, delta: AdapterState) -> AdapterState:
         return yogi_second_moment(v, delta, self.beta_2)
