@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from chain.errors import AccountError
-from flb.keystore import keystore_password, load_keystore
+from flb.keystore import keystore_password, load_keystore, write_new_private_file
 
 DEV_MNEMONIC = "test test test test test test test test test test test junk"  # anvil's public dev mnemonic
 DEV_HD_PATH = "m/44'/60'/0'/0"
@@ -56,9 +56,7 @@ def create_keystore(out: Path, password: str, iterations: int | None = None) -> 
     account = Account.create()
     keystore = Account.encrypt(account.key, password, iterations=iterations)
     out.parent.mkdir(parents=True, exist_ok=True)
-    descriptor = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(descriptor, "w") as handle:
-        json.dump(keystore, handle)
+    write_new_private_file(out, json.dumps(keystore).encode())
     return account.address
 
 

@@ -19,6 +19,14 @@ class KeystoreError(FLBError):
     """A keystore is missing, unreadable, or its password is not set."""
 
 
+def write_new_private_file(path: Path, data: bytes) -> None:
+    """Create `path` readable by its owner only (mode 600 from the first byte) and write `data`; an existing file
+    is never overwritten (FileExistsError)."""
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "wb") as handle:
+        handle.write(data)
+
+
 def keystore_password(password_env: str) -> str:
     password = os.environ.get(password_env)
     if not password:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import ipaddress
-import os
 import sys
 from pathlib import Path
 
@@ -25,6 +24,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from flb.keystore import write_new_private_file
 
 VALID_DAYS = 30
 LOOPBACK_NAMES = ("localhost", "127.0.0.1")
@@ -46,11 +47,11 @@ def write_dev_credentials(out_dir: Path, nodes: int, hosts: tuple[str, ...] = ()
     (out_dir / "ca.crt").write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
     (out_dir / "server.pem").write_bytes(
         _server_certificate(server_key, ca_key, ca_cert, names).public_bytes(serialization.Encoding.PEM))
-    _write_private(out_dir / "server.key", server_key.private_bytes(
+    write_new_private_file(out_dir / "server.key", server_key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
     for i in range(nodes):
         node_key = ec.generate_private_key(ec.SECP384R1())
-        _write_private(out_dir / f"node-{i}", node_key.private_bytes(
+        write_new_private_file(out_dir / f"node-{i}", node_key.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()))
         (out_dir / f"node-{i}.pub").write_bytes(node_key.public_key().public_bytes(
             serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH) + b"\n")
@@ -89,13 +90,6 @@ def _general_name(name: str) -> x509.GeneralName:
         return x509.IPAddress(ipaddress.ip_address(name))
     except ValueError:
         return x509.DNSName(name)
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    """Created with mode 600, so the key is never readable by others, not even briefly."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as file:
-        file.write(data)
 
 
 def main(argv: list[str] | None = None) -> int:
