@@ -5,6 +5,7 @@ import os
 
 import pytest
 
+from tests.flower_loopback import FLOWER_RUN
 from tests.tiny_model import save_tiny_llama, tiny_run_overrides
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -15,6 +16,17 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 def tiny_model_dir(tmp_path_factory):
     """2 layers, hidden 64: one LoRA step takes well under a second; the tokenizer is SmolLM2's own."""
     return save_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="session")
+def flower_reference_run(tiny_model_dir, tmp_path_factory):
+    """The in-process run of the Flower loopback tests' config (tiny_run_overrides + FLOWER_RUN): its run
+    directory. test_flower.py and test_flower_secure.py compare their Flower runs with it."""
+    import main_simple_fl
+    from flb.config import load_config
+
+    overrides = tiny_run_overrides(tiny_model_dir, tmp_path_factory.mktemp("in-process") / "runs") + FLOWER_RUN
+    return main_simple_fl.run(load_config(None, overrides))
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 CONNECTION = "loopback"  # the connection's name in $FLWR_HOME/config.toml
+FLOWER_RUN = ["local_steps=2", "eval.size=8", "eval.max_new_tokens=2"]  # with tiny_run_overrides: the runs compared
 
 
 def free_port() -> int:

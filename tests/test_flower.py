@@ -11,13 +11,12 @@ import json
 
 import pytest
 
-import main_simple_fl
 from chain import explorer
 from flb.accounting import epsilon, rdp_accountant
-from flb.config import load_config
 from flb.digests import adapter_file_digest
 from flb.private_state import PrivateState
-from tests.flower_loopback import Loopback, stop
+from tests.flower_loopback import FLOWER_RUN, Loopback, stop
+from tests.tiny_model import tiny_run_overrides
 
 pytestmark = pytest.mark.flower
 RUN_TIMEOUT_S = 240
@@ -48,11 +47,10 @@ def finish(loopback: Loopback, run) -> None:
     assert run.wait(timeout=RUN_TIMEOUT_S + 10) == 0, loopback.logs()
 
 
-def test_flower_run_gives_the_in_process_final_adapter(loopback, tiny_overrides, tmp_path):
-    overrides = tiny_overrides + ["local_steps=2", "eval.size=8", "eval.max_new_tokens=2"]
+def test_flower_run_gives_the_in_process_final_adapter(loopback, tiny_model_dir, tmp_path, flower_reference_run):
     flower_runs = tmp_path / "flower-runs"
-    run = loopback.flwr_run(flb_args(overrides + [f"output_dir={flower_runs}"]), RUN_TIMEOUT_S)
-    in_process = main_simple_fl.run(load_config(None, overrides))
+    run = loopback.flwr_run(flb_args(tiny_run_overrides(tiny_model_dir, flower_runs) + FLOWER_RUN), RUN_TIMEOUT_S)
+    in_process = flower_reference_run  # built (or already built) while the Flower run goes on
     finish(loopback, run)
     flower = (flower_runs / "latest").resolve()
     assert [r["num_clients"] for r in round_records(flower)] == [0, 2, 2]

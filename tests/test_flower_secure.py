@@ -13,12 +13,10 @@ import subprocess
 
 import pytest
 
-import main_simple_fl
-from flb.config import load_config
 from flb.digests import adapter_file_digest
 from flb.errors import RunFailed
 from flb_flower.fleet import Fleet
-from tests.flower_loopback import (REPO, Loopback, certs_argv, connection_toml, flwr_run_argv, node_config,
+from tests.flower_loopback import (FLOWER_RUN, REPO, Loopback, certs_argv, connection_toml, flwr_run_argv, node_config,
                                    register_argv, superlink_argv, supernode_argv)
 from tests.test_flower import RUN_TIMEOUT_S, finish, flb_args, round_records
 from tests.test_flower_wire import StubGrid
@@ -42,17 +40,16 @@ def secure(tmp_path_factory, request):
 
 
 @pytest.fixture(scope="module")
-def secure_run(secure, tiny_model_dir, tmp_path_factory):
+def secure_run(secure, tiny_model_dir, tmp_path_factory, flower_reference_run):
     """test_flower.py's 2-round run on the tiny model, through the secure SuperLink, with an intruder (key node-2,
-    never registered) started as partition 1 while it runs; the in-process run of the same config alongside."""
+    never registered) started as partition 1 while it runs; and the in-process run of the same config."""
     work = tmp_path_factory.mktemp("secure-run")
     own_copy = shutil.copytree(tiny_model_dir, work / "node-0-model")
     secure.nodes = [secure.start_supernode(0, 2, model_path=own_copy), secure.start_supernode(1, 2)]
-    overrides = tiny_run_overrides(tiny_model_dir, work / "runs") + ["local_steps=2", "eval.size=8",
-                                                                      "eval.max_new_tokens=2"]
-    run = secure.flwr_run(flb_args(overrides + [f"output_dir={work / 'flower-runs'}"]), RUN_TIMEOUT_S)
+    overrides = tiny_run_overrides(tiny_model_dir, work / "flower-runs") + FLOWER_RUN
+    run = secure.flwr_run(flb_args(overrides), RUN_TIMEOUT_S)
     intruder = secure.start_supernode(1, 2, key="node-2")
-    in_process = main_simple_fl.run(load_config(None, overrides))
+    in_process = flower_reference_run
     finish(secure, run)
     return (work / "flower-runs" / "latest").resolve(), in_process, intruder
 
