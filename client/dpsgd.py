@@ -26,15 +26,13 @@ class DPSGD(PlannedNoise):
 
     mechanism = "local_dpsgd"
 
-    def __init__(self, *, clip_norm: float, delta: float, sample_rate: float, learning_rate: float, local_steps: int,
-                 plan: NoisePlan):
-        self.clip_norm, self.delta, self.sample_rate = clip_norm, delta, sample_rate
-        self.learning_rate, self.local_steps = learning_rate, local_steps
+    def __init__(self, *, clip_norm: float, delta: float, sample_rate: float, local_steps: int, plan: NoisePlan):
+        self.clip_norm, self.delta, self.sample_rate, self.local_steps = clip_norm, delta, sample_rate, local_steps
         super().__init__(plan, adjacency="add_remove")
 
     def train(self, model, trainer, random: SecretRandom, correction: GradientCorrection | None = None) -> float:
-        """`local_steps` DP-SGD steps on `model`'s trainable (LoRA) parameters over `trainer`'s tokenized shard;
-        the mean loss of the batches. Batches and noise come from the client's secret generator. `correction`
+        """`local_steps` DP-SGD steps on `model`'s trainable (LoRA) parameters over `trainer`'s tokenized shard, at
+        the trainer's learning rate (the round's, flb.training.round_learning_rate); the mean loss of the batches. Batches and noise come from the client's secret generator. `correction`
         (FedProx's data-independent term, flb.local_objective) is applied to the noised gradient: post-processing."""
         import torch
         from opacus import GradSampleModule
@@ -44,7 +42,7 @@ class DPSGD(PlannedNoise):
         module = GradSampleModule(model)
         try:
             optimizer = secret_noise_optimizer(
-                torch.optim.AdamW(parameters, lr=self.learning_rate, weight_decay=0.0), random=random,
+                torch.optim.AdamW(parameters, lr=trainer.args.learning_rate, weight_decay=0.0), random=random,
                 noise_multiplier=self.noise_multiplier, max_grad_norm=self.clip_norm,
                 expected_batch_size=self.sample_rate * len(trainer.train_dataset))
             optimizer.attach_step_hook(self.accountant.get_optimizer_hook_fn(sample_rate=self.sample_rate))

@@ -73,8 +73,7 @@ class GaussianUpdate(PlannedNoise):
         return {**global_adapter, **add(delta, global_adapter)}
 
 
-def local_privacy(settings: ClientSettings, *, num_examples: int, batch_size: int, learning_rate: float,
-                  local_steps: int, num_rounds: int, client_id: int, lora_a_frozen: bool = False) -> UpdatePrivacy:
+def local_privacy(settings: ClientSettings, *, num_examples: int, batch_size: int, local_steps: int, num_rounds: int, client_id: int, lora_a_frozen: bool = False) -> UpdatePrivacy:
     """The privacy hook `client.local_dp` and `client.dp` ask for, for one client with `num_examples` records.
 
     A z derived from client.dp.target_epsilon is planned for the worst case, the client taking part in all
@@ -90,7 +89,7 @@ def local_privacy(settings: ClientSettings, *, num_examples: int, batch_size: in
     from client.dpsgd import DPSGD
 
     return DPSGD(clip_norm=dp.clip_norm, delta=dp.delta, sample_rate=min(1.0, batch_size / num_examples),
-                 learning_rate=learning_rate, local_steps=local_steps,
+                 local_steps=local_steps,
                  plan=_plan(dp, num_rounds, steps_per_round=local_steps))
 
 

@@ -28,7 +28,7 @@ from flb.modeling import adapter_parameters, get_adapter_state, set_adapter_stat
 from flb.private_state import PrivateState
 from flb.secret_random import SecretRandom
 from flb.seeding import derived_seed
-from flb.training import quiet_trainer, sft_config, to_dataset
+from flb.training import quiet_trainer, round_learning_rate, sft_config, to_dataset
 from flb.types import AdapterState, ClientUpdate, SignedUpload
 
 
@@ -43,6 +43,7 @@ class SFTClient:
     tokenizer: object
     settings: SFTSettings
     local_steps: int
+    num_rounds: int  # sft.lr_schedule anneals over them
     seed: int
     work_dir: Path
     private_dir: Path
@@ -99,6 +100,7 @@ class SFTClient:
         set_seed(derived_seed(self.seed, round, self.client_id))
         extras = extras or {}
         correction = self.objective.correction(adapter_parameters(self.model), global_adapter, extras, self.variate)
+        self._trainer.args.learning_rate = round_learning_rate(self.settings, round, self.num_rounds)
         train_loss = self._train(correction)
         returned, self.variate = self.objective.returned(correction, extras, self.variate)
         local = self.privacy.privatize(get_adapter_state(self.model), global_adapter, self.random)

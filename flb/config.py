@@ -48,6 +48,9 @@ class LoraSettings:
         _require(0 <= self.dropout < 1, "model.lora.dropout", self.dropout, "a number in [0, 1)")
 
 
+TARGET_MODULE_RULES = ("auto", "all-linear")
+
+
 @dataclass(frozen=True)
 class ModelSettings:
     model_path: str = _help(
@@ -58,25 +61,37 @@ class ModelSettings:
     quantization: Optional[int] = _help("Load the base model in 4 or 8 bits with bitsandbytes, or null.", default=None)
     device_map: str = _help("Where the model runs: cpu | cuda | mps | auto.", default="cpu")
     dtype: str = _help("Weights dtype: float32 | bfloat16 | float16.", default="float32")
-    target_modules: list[str] = _help("Module names that get LoRA adapters.", default_factory=lambda: ["q_proj", "v_proj"])
+    target_modules: str | list[str] = _help(
+        "Modules that get LoRA: auto (the attention projections of the model's architecture, see "
+        "flb.target_modules) | all-linear (every linear layer but the output head) | a list of module names.",
+        default="auto")
     lora: LoraSettings = _help("LoRA hyper-parameters.", default_factory=LoraSettings)
 
     def __post_init__(self):
         _one_of("model.quantization", self.quantization, (4, 8, None))
         _one_of("model.device_map", self.device_map, ("cpu", "cuda", "mps", "auto"))
         _one_of("model.dtype", self.dtype, ("float32", "bfloat16", "float16"))
-        _require(len(self.target_modules) > 0, "model.target_modules", self.target_modules, "a non-empty list of module names")
+        _require(self.target_modules in TARGET_MODULE_RULES if isinstance(self.target_modules, str)
+                 else len(self.target_modules) > 0, "model.target_modules", self.target_modules,
+                 f"{' | '.join(TARGET_MODULE_RULES)} | a non-empty list of module names")
 
 
 @dataclass(frozen=True)
 class SFTSettings:
-    learning_rate: float = _help("Local AdamW learning rate.", default=1e-3)
+    learning_rate: float = _help("Local AdamW learning rate (with cosine_over_rounds: round 1's).", default=1e-3)
+    lr_schedule: str = _help("The learning rate across rounds: constant | cosine_over_rounds (from learning_rate in "
+                             "round 1 to min_learning_rate in round num_rounds).",
+                             default="constant")
+    min_learning_rate: float = _help("cosine_over_rounds: the last round's learning rate.", default=1e-6)
     max_length: int = _help("Longest tokenized example; longer ones are truncated.", default=256)
     batch_size: int = _help("Per-device train batch size.", default=4)
     training_arguments: dict = _help("Extra keyword arguments passed through to trl's SFTConfig.", default_factory=dict)
 
     def __post_init__(self):
         _require(self.learning_rate > 0, "sft.learning_rate", self.learning_rate, "a number > 0")
+        _one_of("sft.lr_schedule", self.lr_schedule, ("constant", "cosine_over_rounds"))
+        _require(0 <= self.min_learning_rate <= self.learning_rate, "sft.min_learning_rate", self.min_learning_rate,
+                 f"a number in [0, sft.learning_rate={self.learning_rate:g}]")
         _require(self.max_length >= 8, "sft.max_length", self.max_length, "an integer >= 8")
         _require(self.batch_size >= 1, "sft.batch_size", self.batch_size, "an integer >= 1")
         for name, value in self.training_arguments.items():
@@ -362,16 +377,82 @@ class PartitionSettings:
         _require(0 < self.alpha <= 1e6, "partition.alpha", self.alpha, "a number in (0, 1e6]")
 
 
+def _optional_limit(key: str, value: Optional[int]) -> None:
+    _require(value is None or value >= 1, key, value, "an integer >= 1, or null for all")
+
+
+@dataclass(frozen=True)
+class MultipleChoiceSettings:
+    path: Optional[str] = _help("MMLU-style questions: a .jsonl/.json/.parquet file, a dataset directory or a hub "
+                                "name, with question, choices (or A, B, C, D columns), answer (a letter or an index) "
+                                "and optionally subject.", default=None)
+    split: str = _help("The split read from a dataset directory or hub name.", default="test")
+    limit: Optional[int] = _help("Evaluate the first N questions only; null: all.", default=None)
+
+    def __post_init__(self):
+        _optional_limit("eval.multiple_choice.limit", self.limit)
+
+
+@dataclass(frozen=True)
+class HumanEvalSettings:
+    limit: Optional[int] = _help("Evaluate the first N of the 164 problems only; null: all.", default=None)
+    max_new_tokens: int = _help("Greedy decoding budget per completion.", default=256)
+    timeout_s: float = _help("Wall-clock limit for one completion's tests, in its own sandboxed process.", default=10.0)
+    memory_mb: int = _help("Address-space limit of that process, in MiB.", default=1024)
+
+    def __post_init__(self):
+        _optional_limit("eval.humaneval.limit", self.limit)
+        _require(self.max_new_tokens >= 1, "eval.humaneval.max_new_tokens", self.max_new_tokens, "an integer >= 1")
+        _require(self.timeout_s > 0, "eval.humaneval.timeout_s", self.timeout_s, "a number > 0")
+        _require(self.memory_mb >= 64, "eval.humaneval.memory_mb", self.memory_mb, "an integer >= 64")
+
+
+@dataclass(frozen=True)
+class LmEvalSettings:
+    tasks: list[str] = _help("lm-evaluation-harness task names, e.g. [arc_easy]; their data must be available "
+                             "offline (HF_DATASETS_OFFLINE).", default_factory=list)
+    limit: Optional[int] = _help("Examples per task; null: all.", default=None)
+
+    def __post_init__(self):
+        _optional_limit("eval.lm_eval.limit", self.limit)
+
+
+EVAL_SUITES = ("exact_match", "multiple_choice", "humaneval", "lm_eval")
+
+
 @dataclass(frozen=True)
 class EvalSettings:
     size: int = _help("Held-out examples (never trained on) evaluated after every round.", default=48)
     max_new_tokens: int = _help("Greedy decoding budget for exact-match accuracy.", default=24)
     batch_size: int = _help("Evaluation batch size.", default=16)
+    suites: list[str] = _help("What is measured every round besides the held-out loss: " + " | ".join(EVAL_SUITES)
+                              + ".", default_factory=lambda: ["exact_match"])
+    multiple_choice: MultipleChoiceSettings = _help("The multiple_choice suite.", default_factory=MultipleChoiceSettings)
+    humaneval: HumanEvalSettings = _help("The humaneval suite.", default_factory=HumanEvalSettings)
+    lm_eval: LmEvalSettings = _help("The lm_eval suite.", default_factory=LmEvalSettings)
 
     def __post_init__(self):
         _require(self.size >= 1, "eval.size", self.size, "an integer >= 1")
         _require(self.max_new_tokens >= 1, "eval.max_new_tokens", self.max_new_tokens, "an integer >= 1")
         _require(self.batch_size >= 1, "eval.batch_size", self.batch_size, "an integer >= 1")
+        for suite in self.suites:
+            _one_of("eval.suites", suite, EVAL_SUITES)
+        _require(len(set(self.suites)) == len(self.suites), "eval.suites", self.suites, "each suite at most once")
+        _require("multiple_choice" not in self.suites or self.multiple_choice.path is not None,
+                 "eval.multiple_choice.path", None, "a questions file, dataset directory or hub name when eval.suites "
+                 "has multiple_choice")
+        _require("lm_eval" not in self.suites or self.lm_eval.tasks, "eval.lm_eval.tasks", [],
+                 "a non-empty list of lm-evaluation-harness task names when eval.suites has lm_eval")
+
+
+@dataclass(frozen=True)
+class CommSettings:
+    budget_mb: Optional[float] = _help("Warn once when the adapter bytes sent to and from clients pass this many "
+                                       "MB (10^6 bytes) in total; null: no budget.", default=None)
+
+    def __post_init__(self):
+        _require(self.budget_mb is None or self.budget_mb > 0, "comm.budget_mb", self.budget_mb,
+                 "a number > 0, or null for no budget")
 
 
 @dataclass(frozen=True)
@@ -404,6 +485,7 @@ class Config:
     strategy: StrategySettings = _help("Aggregation strategy.", default_factory=StrategySettings)
     partition: PartitionSettings = _help("Data partitioning.", default_factory=PartitionSettings)
     eval: EvalSettings = _help("Evaluation.", default_factory=EvalSettings)
+    comm: CommSettings = _help("Communication accounting.", default_factory=CommSettings)
     chain: ChainSettings = _help("Ledger backend and scoring (used when chain_record is true).", default_factory=ChainSettings)
     dataset_name: str = _help(
         "Training data: 'flb-tasks' (our generated tasks), a .json/.jsonl/.csv/.parquet file, a local "
@@ -586,7 +668,11 @@ def _coerce(kind, value, key: str):
     origin = typing.get_origin(kind)
     if origin in (typing.Union, types.UnionType):
         options = [a for a in typing.get_args(kind) if a is not type(None)]
-        return None if value is None else _coerce(options[0], value, key)
+        if value is None:
+            return None
+        # str | list[str]: the option of the value's own kind
+        chosen = next((o for o in options if isinstance(value, typing.get_origin(o) or o)), options[0])
+        return _coerce(chosen, value, key)
     if kind is bool:
         _require(isinstance(value, bool), key, value, "true | false")
         return value

@@ -14,11 +14,26 @@ from pathlib import Path
 from flb.config import ModelSettings
 from flb.errors import ModelError, first_line
 from flb.lora_aggregation import is_lora_a
+from flb.target_modules import requested_target_modules
 from flb.types import AdapterState
 
 log = logging.getLogger(__name__)
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
+
+# FLB's own chat template for a tokenizer that has none (base models, GPT-2): each turn is a role tag such as
+# <|user|> on a line of its own, then the text; an assistant turn ends with the EOS token, where generation stops.
+# A prompt rendered with add_generation_prompt is a prefix of the prompt and its answer rendered together, as trl's
+# completion-only loss on prompt/completion data needs. The tags are no model's own: the model learns them in training.
+FALLBACK_CHAT_TEMPLATE = (
+    "{% if bos_token %}{{ bos_token }}{% endif %}"
+    "{% for message in messages %}"
+    "{% if not loop.first %}{{ '\\n' }}{% endif %}"
+    "{{ '<|' + message['role'] + '|>\\n' + message['content'] }}"
+    "{% if message['role'] == 'assistant' and eos_token %}{{ eos_token }}{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '\\n<|assistant|>\\n' }}{% endif %}"
+)
 
 
 def resolve_source(model_path: str) -> tuple[Path | str, str | None]:
@@ -107,6 +122,11 @@ def load_tokenizer(settings: ModelSettings):
     tokenizer = _from_pretrained(AutoTokenizer, source, settings.model_path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    if tokenizer.chat_template is None:
+        log.warning("model.model_path: the tokenizer of %r has no chat template; using FLB's fallback "
+                    "(flb.modeling.FALLBACK_CHAT_TEMPLATE: <|user|> and <|assistant|> turns, answers end with %s)",
+                    settings.model_path, tokenizer.eos_token)
+        tokenizer.chat_template = FALLBACK_CHAT_TEMPLATE
     return tokenizer
 
 
@@ -158,17 +178,18 @@ def _from_pretrained(auto_class, source, model_path: str, **kwargs):
 
 
 def add_lora(model, settings: ModelSettings, *, freeze_lora_a: bool = False):
-    """LoRA on `settings.target_modules`; with `freeze_lora_a` (strategy.lora_aggregation ffa) A stays at its
-    initialisation and only B trains (FFA-LoRA, Sun et al., 2024, https://arxiv.org/abs/2403.12313)."""
+    """LoRA on `settings.target_modules` (flb.target_modules resolves auto); with `freeze_lora_a`
+    (strategy.lora_aggregation ffa) A stays at its initialisation and only B trains (FFA-LoRA, Sun et al., 2024, https://arxiv.org/abs/2403.12313)."""
     from peft import LoraConfig, get_peft_model
 
+    target_modules = requested_target_modules(settings.target_modules, model.config.model_type)
     config = LoraConfig(r=settings.lora.r, lora_alpha=settings.lora.alpha, lora_dropout=settings.lora.dropout,
-                        target_modules=list(settings.target_modules), task_type="CAUSAL_LM")
+                        target_modules=target_modules, task_type="CAUSAL_LM")
     try:
         peft_model = get_peft_model(model, config)
     except ValueError as exc:
-        raise ModelError(f"model.target_modules: {list(settings.target_modules)} ({first_line(exc)}); "
-                         "name modules the model has, e.g. q_proj, v_proj") from None
+        raise ModelError(f"model.target_modules: {target_modules} ({first_line(exc)}); "
+                         "name modules the model has, e.g. q_proj, v_proj, or use auto or all-linear") from None
     except (RuntimeError, MemoryError) as exc:  # the allocator refuses LoRA matrices of an absurd rank
         raise ModelError(f"model.lora.r: rank {settings.lora.r} does not fit in memory ({first_line(exc)}); "
                          "lower model.lora.r") from None

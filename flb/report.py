@@ -5,6 +5,7 @@ import math
 from collections import defaultdict
 from pathlib import Path
 
+from flb.comm import MB
 from flb.rundir import RunDir, write_json_atomic
 
 
@@ -22,21 +23,21 @@ MECHANISMS = {
 
 
 def summary_table(metrics: list[dict]) -> str:
-    """One line per round: clients, eval loss, perplexity, accuracy, mean client train loss, time, and the run's
-    epsilon so far when it uses DP."""
+    """One line per round: clients, eval loss, perplexity, accuracy, mean client train loss, time, MB sent to and
+    from the clients, and the run's epsilon so far when it uses DP."""
     train_loss = defaultdict(list)
     for m in metrics:
         if m["kind"] == "client" and m["train_loss"] is not None:  # None: under local DP it stays with the client
             train_loss[m["round"]].append(m["train_loss"])
     private = any("privacy" in row for row in round_rows(metrics))
     lines = [f"{'round':>5} {'clients':>7} {'eval_loss':>9} {'ppl':>8} {'accuracy':>8} {'train_loss':>10} {'time_s':>7}"
-             + (f" {'epsilon':>8}" if private else "")]
+             f" {'comm_MB':>8}" + (f" {'epsilon':>8}" if private else "")]
     for row in round_rows(metrics):
         losses = train_loss.get(row["round"])
         lines.append(
             f"{row['round']:>5} {row['num_clients']:>7} {_fmt(row.get('eval_loss'), 9, 4)} {_fmt(row.get('perplexity'), 8, 2)} "
             f"{_fmt(row.get('accuracy'), 8, 3)} {_fmt(sum(losses) / len(losses) if losses else None, 10, 4)} "
-            f"{_fmt(row.get('round_time_s', 0) + row.get('eval_time_s', 0), 7, 1)}"
+            f"{_fmt(row.get('round_time_s', 0) + row.get('eval_time_s', 0), 7, 1)} {_fmt(_round_mb(row), 8, 3)}"
             + (f" {_epsilon(row['privacy']['epsilon']):>8}" if private else "")
             + ("  skipped" if row.get("skipped") else "")
         )
@@ -68,6 +69,31 @@ def privacy_lines(metrics: list[dict]) -> list[str]:
     return lines
 
 
+# the number each suite is judged by; lm_eval's tasks report several, the first of these found is shown
+HEADLINE = {"multiple_choice": "accuracy", "humaneval": "pass@1"}
+LM_EVAL_HEADLINES = ("acc", "acc_norm", "exact_match", "pass@1")
+
+
+def suite_scores(row: dict) -> dict[str, float]:
+    """One round's headline number per suite ('multiple_choice accuracy', 'humaneval pass@1', 'lm_eval arc_easy
+    acc'), from its `suites` metrics."""
+    scores = {}
+    for suite, metrics in row.get("suites", {}).items():
+        if suite in HEADLINE:
+            scores[f"{suite} {HEADLINE[suite]}"] = metrics[HEADLINE[suite]]
+            continue
+        for task, values in metrics.items():
+            metric = next((m for headline in LM_EVAL_HEADLINES for m in values  # "exact_match,strict-match" too
+                           if m.split(",")[0] == headline and isinstance(values[m], (int, float))), None)
+            if metric is not None:
+                scores[f"{suite} {task} {metric}"] = values[metric]
+    return scores
+
+
+def _round_mb(row: dict) -> float | None:
+    return (row["comm_down_bytes"] + row["comm_up_bytes"]) / MB if "comm_down_bytes" in row else None
+
+
 def _epsilon(value: float | None) -> str:
     return "inf" if value is None else f"{value:.3f}"
 
@@ -77,9 +103,9 @@ def _fmt(value, width: int, digits: int) -> str:
 
 
 def write_summary(run: RunDir, final_digest: str, config) -> dict:
-    """summary.json: the final adapter and its digest, loss and accuracy before and after, how many rounds
-    aggregated anything, the privacy spent (and whether a client went past its target as --allow-over-budget
-    allowed), and what the ledger publishes (flb.disclosure)."""
+    """summary.json: the final adapter and its digest, loss and accuracy (and each suite's headline score) before
+    and after, how many rounds aggregated anything, the bytes sent to and from the clients in all, the privacy spent (and whether a client
+    went past its target as --allow-over-budget allowed), and what the ledger publishes (flb.disclosure)."""
     from flb.disclosure import Disclosure
 
     rows = round_rows(run.metrics())
@@ -88,7 +114,11 @@ def write_summary(run: RunDir, final_digest: str, config) -> dict:
     summary = {"run_dir": str(run.path), "rounds": rows[-1]["round"], "rounds_aggregated": len(aggregated) - 1,
                "final_adapter": str(run.path / "final_adapter"), "final_digest": final_digest,
                "eval_loss": {"round_0": first.get("eval_loss"), "final": last.get("eval_loss")},
-               "accuracy": {"round_0": first.get("accuracy"), "final": last.get("accuracy")}}
+               "accuracy": {"round_0": first.get("accuracy"), "final": last.get("accuracy")},
+               "comm": {"down_bytes": rows[-1].get("comm_total_down_bytes", 0),
+                        "up_bytes": rows[-1].get("comm_total_up_bytes", 0)}}
+    if "suites" in first:
+        summary["suites"] = {"round_0": suite_scores(first), "final": suite_scores(last)}
     if "privacy" in rows[-1]:
         summary["privacy"] = rows[-1]["privacy"]
         summary["over_target_allowed"] = any(part.get("over_target_allowed")
@@ -100,8 +130,9 @@ def write_summary(run: RunDir, final_digest: str, config) -> dict:
 
 
 def write_plots(run: RunDir) -> list[Path]:
-    """eval_loss.png, accuracy.png (overall and per task family), client_train_loss.png, and epsilon.png when the
-    run uses DP."""
+    """eval_loss.png, accuracy.png (overall and per task family), client_train_loss.png, comm.png (MB per round and
+    in total), suites.png (each eval suite's headline score) when eval.suites has more than exact_match, and
+    epsilon.png when the run uses DP."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -146,6 +177,30 @@ def write_plots(run: RunDir) -> list[Path]:
     if by_client:
         ax.legend(fontsize=7)
     save(fig, "client_train_loss.png")
+
+    scored = [(r["round"], suite_scores(r)) for r in rounds if "suites" in r]
+    if scored:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for name in scored[-1][1]:
+            ax.plot([round for round, scores in scored], [scores.get(name, math.nan) for _, scores in scored],
+                    marker="o", label=name)
+        ax.set(xlabel="round", ylabel="score", title="Evaluation suites (eval.suites)", ylim=(-0.05, 1.05))
+        ax.legend(fontsize=7)
+        save(fig, "suites.png")
+
+    sent = [r for r in round_rows(metrics) if "comm_down_bytes" in r]
+    if sent:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        x = [r["round"] for r in sent]
+        ax.bar([v - 0.2 for v in x], [r["comm_down_bytes"] / MB for r in sent], width=0.4, label="to clients")
+        ax.bar([v + 0.2 for v in x], [r["comm_up_bytes"] / MB for r in sent], width=0.4, label="from clients")
+        total = ax.twinx()
+        total.plot(x, [(r["comm_total_down_bytes"] + r["comm_total_up_bytes"]) / MB for r in sent], color="black",
+                   marker="o", label="total so far")
+        ax.set(xlabel="round", ylabel="MB in the round", title="Adapter bytes sent (tensor payload)")
+        total.set_ylabel("MB in total")
+        ax.legend(fontsize=7, loc="upper left")
+        save(fig, "comm.png")
 
     private = [r for r in round_rows(metrics) if "privacy" in r]
     if private:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import enum
+import math
 import tempfile
 import types
 import typing
@@ -17,7 +18,7 @@ FLB_SETS = {
     "output_dir": "FLB gives each client its own folder in the run directory",
     "max_steps": "set local_steps instead",
     "seed": "set seed instead (each client and round derives its own from it)",
-    "learning_rate": "set sft.learning_rate instead (DP-SGD reads it too)",
+    "learning_rate": "set sft.learning_rate (and sft.lr_schedule) instead",
     "per_device_train_batch_size": "set sft.batch_size instead (DP-SGD's sample rate depends on it)",
     "per_device_eval_batch_size": "set eval.batch_size instead",
     "max_length": "set sft.max_length instead",
@@ -41,6 +42,18 @@ def sft_config(settings: SFTSettings, *, max_steps: int, output_dir: str | Path,
         return SFTConfig(**arguments)
     except TypeError as exc:
         raise ConfigError(f"sft.training_arguments: {exc}; use trl SFTConfig's argument names") from None
+
+
+def round_learning_rate(settings: SFTSettings, round: int, num_rounds: int) -> float:
+    """The clients' learning rate in `round` (1-based): sft.learning_rate throughout (constant), or cosine annealing
+    over the rounds (cosine_over_rounds, as FlowerTune's protocol) from sft.learning_rate in round 1 to
+    sft.min_learning_rate in round num_rounds. Within a round trl's lr_scheduler_type applies to it (constant
+    unless sft.training_arguments says otherwise)."""
+    if settings.lr_schedule == "constant" or num_rounds == 1:
+        return settings.learning_rate
+    progress = min(max(round - 1, 0), num_rounds - 1) / (num_rounds - 1)
+    low, high = settings.min_learning_rate, settings.learning_rate
+    return low + 0.5 * (high - low) * (1 + math.cos(math.pi * progress))
 
 
 def check_training_arguments(settings: SFTSettings, *, use_cpu: bool) -> None:
@@ -150,14 +163,17 @@ def quiet_trainer(model, tokenizer, args, train_dataset, eval_dataset=None):
     return trainer
 
 
-def left_padded(tokenizer, prompts: list[list[dict]]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Chat-templated prompts, left-padded so generation continues every row at the same column."""
+def chat_prompt(tokenizer, messages: list[dict]) -> str:
+    """`messages` in the tokenizer's chat template, ending where the assistant's reply begins."""
+    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+
+def left_padded(ids: list[list[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token id rows, left-padded so generation continues every row at the same column; and their attention mask."""
     import torch
 
-    texts = [tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=False) for p in prompts]
-    ids = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts]
     width = max(map(len, ids))
-    input_ids = torch.full((len(ids), width), tokenizer.pad_token_id, dtype=torch.long)
+    input_ids = torch.full((len(ids), width), pad_token_id, dtype=torch.long)
     attention_mask = torch.zeros((len(ids), width), dtype=torch.long)
     for row, sequence in enumerate(ids):
         input_ids[row, width - len(sequence):] = torch.tensor(sequence)

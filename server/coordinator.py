@@ -8,6 +8,7 @@ from typing import Callable, Sequence
 
 from flb.accounting import run_privacy
 from flb.attestation import SALT_BYTES, commitment
+from flb.comm import CommTracker
 from flb.digests import adapter_digest, json_digest, update_content
 from flb.disclosure import Disclosure
 from flb.errors import ClientUnavailable, RunFailed, UpdateRejected, first_line
@@ -63,6 +64,8 @@ class RoundCoordinator:
     lora_a_frozen: bool = False  # ffa: an update whose LoRA A is not the global's is rejected
     contribution_loss: Callable[[AdapterState], float] | None = None  # set: leave-one-out scores each round
     fit_all: FitAll = fit_in_turn  # the Flower app sends to every sampled SuperNode at once
+    comm: CommTracker = field(default_factory=CommTracker)
+    learning_rate: Callable[[int], float] | None = None  # the clients' learning rate in a round, for the metrics
     declared: dict[int, dict] = field(default_factory=dict)  # client id -> its round-0 shard size and address
     failures: int = 0
 
@@ -91,6 +94,7 @@ class RoundCoordinator:
         """Put back the strategy's state, the clients' round-0 declarations and the server's secret generator."""
         self.strategy.load_state_dict(checkpoint["strategy"])
         self.declared = {int(k): v for k, v in checkpoint["declared"].items()}
+        self.comm.restore([m for m in self.run.metrics() if m["kind"] == "round"][-1])
         secret = self.private.load_before(checkpoint["round"] + 1)
         if secret is not None:
             self.random.load_state_dict(secret["random"])
@@ -98,13 +102,15 @@ class RoundCoordinator:
     def run_round(self, round: int, global_adapter: AdapterState) -> AdapterState:
         started = time.perf_counter()
         sampled = self.sample(round)
-        updates, rejected = self.collect(sampled, global_adapter, round)
+        updates, rejected, cost = self.collect(sampled, global_adapter, round)
+        if self.learning_rate is not None:
+            cost["learning_rate"] = self.learning_rate(round)
         if len(updates) < self.min_clients:
             log.warning("round %d skipped: %d valid updates, server.min_clients is %d", round, len(updates),
                         self.min_clients)
             self._complete(round, global_adapter, global_adapter, [],
                            {"skipped": True, "rejected": rejected, "num_sampled": len(sampled),
-                            "round_time_s": time.perf_counter() - started})
+                            "round_time_s": time.perf_counter() - started, **cost})
             return global_adapter
         previous_adapter, previous_state = global_adapter, self.strategy.state_dict()
         global_adapter = self.strategy.aggregate(global_adapter, updates, round, len(sampled))
@@ -118,7 +124,7 @@ class RoundCoordinator:
             if unscored:
                 metrics["unscored"] = {str(client_id): reason for client_id, reason in unscored.items()}
         metrics.update(rejected=rejected, num_sampled=len(sampled), round_time_s=aggregate_done - started,
-                       eval_time_s=time.perf_counter() - aggregate_done)
+                       eval_time_s=time.perf_counter() - aggregate_done, **cost)
         self._complete(round, previous_adapter, global_adapter, updates, metrics)
         return global_adapter
 
@@ -134,11 +140,15 @@ class RoundCoordinator:
 
     def collect(self, sampled: list[Client], global_adapter: AdapterState, round: int):
         """Fit every sampled client, sending it the strategy's extras too; keep the updates that validate, log why the
-        others do not. A failure that is neither a timeout nor a rejection counts against server.max_client_failures."""
+        others do not. A failure that is neither a timeout nor a rejection counts against server.max_client_failures.
+        Returns the valid updates, the rejections, and the round's bytes sent and received (flb.comm)."""
         global_digest = adapter_digest(global_adapter)
         extras = self.strategy.client_extras(global_adapter)
+        results = self.fit_all(sampled, global_adapter, round, extras)
+        comm = self.comm.count(round, global_adapter, extras, len(sampled),
+                               [r for r in results if isinstance(r, ClientUpdate)])
         valid, rejected = [], []
-        for client, result in zip(sampled, self.fit_all(sampled, global_adapter, round, extras)):
+        for client, result in zip(sampled, results):
             reason = self._rejection(client, result, global_adapter, global_digest, extras, round)
             if reason is None:
                 valid.append(result)
@@ -148,7 +158,7 @@ class RoundCoordinator:
         rejected += [{"client_id": client_id, "reason": reason} for client_id, reason in too_large.items()]
         for entry in rejected:
             log.warning("round %d: client %d update rejected: %s", round, entry["client_id"], entry["reason"])
-        return [u for u in valid if u.client_id not in too_large], rejected
+        return [u for u in valid if u.client_id not in too_large], rejected, comm
 
     def _rejection(self, client: Client, result, global_adapter: AdapterState, global_digest: str,
                    extras: AdapterState, round: int) -> str | None:

@@ -79,6 +79,15 @@ CASES = {
                      "the tokenizer in '{tmp}/m.gguf' cannot be loaded"),
     "target_modules_missing": ({}, ["model.target_modules=[no_such_proj]"],
                                "error: model.target_modules: ['no_such_proj']"),
+    "questions_file_missing": ({}, ["eval.suites=[multiple_choice]", "eval.multiple_choice.path={tmp}/none.jsonl"],
+                               "error: eval.multiple_choice.path:"),
+    "questions_without_answers": ({"q.jsonl": '{"question": "q", "choices": ["a", "b"]}\n'},
+                                  ["eval.suites=[multiple_choice]", "eval.multiple_choice.path={tmp}/q.jsonl"],
+                                  "error: eval.multiple_choice.path:"),
+    "lm_eval_not_installed": ({}, ["eval.suites=[lm_eval]", "eval.lm_eval.tasks=[arc_easy]"],
+                              "error: eval.lm_eval: lm-evaluation-harness is not installed"),
+    "device_without_a_gpu": ({}, ["model.device_map=cuda", "sft.training_arguments={bf16: true}"],
+                             "error: model.device_map: 'cuda' was asked for but no CUDA device is available"),
 }
 
 

@@ -16,6 +16,7 @@ def test_overrides_parse_as_yaml():
                                 "num_rounds=5"])
     assert config.model.quantization == 4
     assert config.model.target_modules == ["q_proj", "k_proj"]
+    assert load_config(None, ["model.target_modules=all-linear"]).model.target_modules == "all-linear"
     assert config.sft.learning_rate == pytest.approx(2e-4)
     assert config.num_rounds == 5
 
@@ -112,6 +113,18 @@ def test_resolved_config_round_trips():
     ("model..r=4", "--set: 'model..r' has an empty part between dots"),
     ("seed=2001-13-01", "seed: invalid value '2001-13-01'; allowed: an integer"),
     ("model.target_modules=" + "x" * 500, "model.target_modules: invalid value 'xxxx"),
+    ("model.target_modules=[]", "model.target_modules: invalid value []; allowed: auto | all-linear | a non-empty"),
+    ("model.target_modules=all_linear", "model.target_modules: invalid value 'all_linear'; allowed: auto | all-linear"),
+    ("sft.lr_schedule=cosine", "sft.lr_schedule: invalid value 'cosine'; allowed: constant | cosine_over_rounds"),
+    ("sft.min_learning_rate=0.1", "sft.min_learning_rate: invalid value 0.1; allowed: a number in [0, "
+                                  "sft.learning_rate=0.001]"),
+    ("eval.suites=[mmlu]", "eval.suites: invalid value 'mmlu'; allowed: exact_match | multiple_choice | humaneval"),
+    ("eval.suites=[humaneval, humaneval]", "eval.suites: invalid value ['humaneval', 'humaneval']; allowed: each "
+                                           "suite at most once"),
+    ("eval.suites=[multiple_choice]", "eval.multiple_choice.path: invalid value None; allowed: a questions file"),
+    ("eval.suites=[lm_eval]", "eval.lm_eval.tasks: invalid value []; allowed: a non-empty list of lm-evaluation"),
+    ("eval.humaneval.memory_mb=1", "eval.humaneval.memory_mb: invalid value 1; allowed: an integer >= 64"),
+    ("comm.budget_mb=0", "comm.budget_mb: invalid value 0.0; allowed: a number > 0, or null for no budget"),
 ])
 def test_absurd_values_are_one_line_errors(override, message):
     with pytest.raises(ConfigError) as info:

@@ -31,13 +31,13 @@ def client(shared, client_id, privacy, private_dir=None):
     config, shards, tokenizer, model, work = shared
     private_dir = private_dir or Path(tempfile.mkdtemp(dir=work))
     return SFTClient(client_id=client_id, records=shards[client_id], model=model, tokenizer=tokenizer,
-                     settings=config.sft, local_steps=config.local_steps, seed=config.seed, work_dir=work,
-                     private_dir=private_dir, privacy=privacy)
+                     settings=config.sft, local_steps=config.local_steps, num_rounds=config.num_rounds,
+                     seed=config.seed, work_dir=work, private_dir=private_dir, privacy=privacy)
 
 
 def dpsgd(sample_rate=0.1, noise_multiplier=1.0):
     plan = NoisePlan(noise_multiplier=noise_multiplier, target_epsilon=None, num_rounds=3, steps_per_round=2)
-    return DPSGD(clip_norm=1.0, delta=1e-5, sample_rate=sample_rate, learning_rate=0.01, local_steps=2, plan=plan)
+    return DPSGD(clip_norm=1.0, delta=1e-5, sample_rate=sample_rate, local_steps=2, plan=plan)
 
 
 def test_a_dpsgd_client_trains_and_its_epsilon_grows(shared):
@@ -92,7 +92,7 @@ def test_fedprox_term_joins_each_noised_step_after_clipping(shared):
     start = get_adapter_state(model)
     towards = {name: tensor + 1.0 for name, tensor in start.items()}
     plan = NoisePlan(noise_multiplier=0.0, target_epsilon=None, num_rounds=3, steps_per_round=2)
-    dp_client = client(shared, 0, DPSGD(clip_norm=1e-12, delta=1e-5, sample_rate=0.1, learning_rate=0.01,
+    dp_client = client(shared, 0, DPSGD(clip_norm=1e-12, delta=1e-5, sample_rate=0.1,
                                         local_steps=2, plan=plan))
     set_adapter_state(model, start)
     correction = LocalObjective(proximal_mu=1.0).correction(adapter_parameters(model), towards, {}, {})

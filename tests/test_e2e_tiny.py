@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from unittest import mock
 
 import pytest
 
@@ -22,7 +23,6 @@ def round_metrics(run_path):
 
 
 def test_two_rounds_lower_eval_loss_and_adapter_loads_with_plain_peft(tiny_overrides, tiny_model_dir):
-    import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
@@ -66,6 +66,45 @@ def test_a_strategy_with_client_side_parts_resumes_to_the_identical_digest(tiny_
     variates = [split_tensors(RunDir.open(path).read_checkpoint()["strategy"])[1] for path in (uninterrupted, resumed)]
     assert adapter_digest(variates[0]) == adapter_digest(variates[1])
     assert bool(variates[0]) == (strategy == "scaffold") and all(t.abs().sum() > 0 for t in variates[0].values())
+
+
+def test_cosine_learning_rate_and_comm_bytes_per_round_also_after_resume(tiny_overrides, run_and_resume_after_round_1):
+    """3 rounds of SCAFFOLD (extras go both ways) under cosine_over_rounds: every optimizer step of round r runs at
+    the schedule's rate, in the uninterrupted run and in its copy resumed after round 1; the bytes counted are
+    those of the tensors sent (global adapter and c to each client) and received (each update file's tensors)."""
+    from safetensors.torch import load_file
+
+    from client.sft import CorrectedSteps
+    from flb.comm import tensor_bytes
+
+    step_rates = []
+    before_step = CorrectedSteps.on_pre_optimizer_step
+
+    def recording_the_rate(self, *args, **kwargs):
+        step_rates.append(kwargs["optimizer"].param_groups[0]["lr"])
+        return before_step(self, *args, **kwargs)
+
+    with mock.patch.object(CorrectedSteps, "on_pre_optimizer_step", recording_the_rate):  # the fixture undoes monkeypatch
+        uninterrupted, resumed = run_and_resume_after_round_1(tiny_overrides + [
+            "strategy.name=scaffold", "num_rounds=3", "local_steps=2", "sft.lr_schedule=cosine_over_rounds",
+            "sft.learning_rate=0.01", "sft.min_learning_rate=0.001"])
+    expected = {1: 0.01, 2: 0.0055, 3: 0.001}  # 0.001 + 0.5 * 0.009 * (1 + cos(pi * (r - 1) / 2))
+    per_round = 2 * 2  # clients x local steps
+    assert step_rates == pytest.approx([expected[r] for r in (1, 2, 3, 2, 3) for _ in range(per_round)])
+    for path in (uninterrupted, resumed):
+        rounds = round_metrics(path)[1:]
+        assert [r["learning_rate"] for r in rounds] == pytest.approx(list(expected.values()))
+        total = 0
+        for r in rounds:
+            adapter = tensor_bytes(load_file(path / f"round_{r['round'] - 1}" / "adapter_model.safetensors"))
+            updates = sorted((path / f"round_{r['round']}" / "updates").glob("*.safetensors"))
+            assert r["comm_down_bytes"] == 2 * adapter * 2  # (adapter + c, of the adapter's shapes) x 2 clients
+            assert r["comm_up_bytes"] == sum(tensor_bytes(load_file(f)) for f in updates) == 2 * adapter * 2
+            total += r["comm_down_bytes"] + r["comm_up_bytes"]
+            assert r["comm_total_down_bytes"] + r["comm_total_up_bytes"] == total
+        summary = json.loads((path / "summary.json").read_text())
+        assert summary["comm"] == {"down_bytes": total // 2, "up_bytes": total // 2}
+    assert (uninterrupted / "plots" / "comm.png").stat().st_size > 1000
 
 
 def test_server_dp_run_completes(tiny_overrides):

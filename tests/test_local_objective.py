@@ -105,8 +105,8 @@ def tiny(tiny_model_dir, tmp_path_factory):
 def fitted(tiny, name: str, objective: LocalObjective, start: dict, extras: dict):
     config, shard, tokenizer, model, work = tiny
     client = SFTClient(client_id=0, records=shard, model=model, tokenizer=tokenizer, settings=config.sft,
-                       local_steps=config.local_steps, seed=config.seed, work_dir=work, private_dir=work / name,
-                       privacy=NoPrivacy(), objective=objective)
+                       local_steps=config.local_steps, num_rounds=config.num_rounds, seed=config.seed, work_dir=work,
+                       private_dir=work / name, privacy=NoPrivacy(), objective=objective)
     return client, client.fit(start, 1, extras)
 
 

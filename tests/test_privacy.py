@@ -72,7 +72,7 @@ def settings(**dp):
 
 
 def build(client_settings, num_examples=1000, num_rounds=3):
-    return local_privacy(client_settings, num_examples=num_examples, batch_size=4, learning_rate=1e-3, local_steps=2,
+    return local_privacy(client_settings, num_examples=num_examples, batch_size=4, local_steps=2,
                          num_rounds=num_rounds, client_id=0)
 
 
@@ -129,7 +129,7 @@ def test_an_unreachable_target_is_a_config_error():
 
 
 def test_the_hook_follows_the_config(caplog):
-    assert isinstance(local_privacy(ClientSettings(), num_examples=10, batch_size=4, learning_rate=1e-3,
+    assert isinstance(local_privacy(ClientSettings(), num_examples=10, batch_size=4,
                                     local_steps=2, num_rounds=2, client_id=0), NoPrivacy)
     assert isinstance(build(settings(mode="update", noise_multiplier=1.0)), GaussianUpdate)
     assert NoPrivacy().privacy_spent() == {} and NoPrivacy().state_dict() == {}

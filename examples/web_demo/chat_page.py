@@ -37,9 +37,10 @@ def stream_reply(tokenizer, model, lock, messages: list[dict], adapter, temperat
     from transformers import TextIteratorStreamer
 
     from flb.modeling import set_adapter_state
-    from flb.training import left_padded
+    from flb.training import chat_prompt, left_padded
 
-    input_ids, attention_mask = left_padded(tokenizer, [messages])
+    prompt_ids = tokenizer(chat_prompt(tokenizer, messages), add_special_tokens=False)["input_ids"]
+    input_ids, attention_mask = left_padded([prompt_ids], tokenizer.pad_token_id)
     device = next(model.parameters()).device
     streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
     sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}

@@ -1,6 +1,7 @@
 """Training: the run's curves from metrics.jsonl (eval loss, perplexity, accuracy per task family,
-per-client train loss, and ε: each client's as it reports it, the server's against users of the model and
-against a chain reader) and its resolved config; refreshes by itself while the run is going."""
+per-client train loss, the eval suites' scores, the adapter bytes sent to and from the clients, and ε: each client's as it reports it, the
+server's against users of the model and against a chain reader) and its resolved config; refreshes by itself while
+the run is going."""
 from __future__ import annotations
 
 import logging
@@ -70,12 +71,48 @@ def _dashboard(run: rundata.Run) -> None:
     elif clients:
         train_loss.caption("No local train loss: under client-side DP it stays with each client (it is a statistic "
                            "of the client's data that no noise covers).")
+    _suites([m for m in rounds if "suites" in m])
+    _communication([m for m in metrics if m.get("kind") == "round" and "comm_down_bytes" in m])
     _privacy(metrics, [m for m in rounds if m.get("privacy")])
     rejected = [(m["round"], r["client_id"], r["reason"]) for m in rounds + [m for m in metrics if m.get("skipped")]
                 for r in m.get("rejected", [])]
     if rejected:
         st.subheader("Rejected updates")
         st.table(pd.DataFrame(rejected, columns=["round", "client", "reason"]))
+
+
+def _suites(rounds: list[dict]) -> None:
+    """Each eval suite's headline score per round (multiple-choice accuracy, HumanEval pass@1, lm-eval's tasks)."""
+    import pandas as pd
+
+    from flb.report import suite_scores
+
+    if not rounds:
+        return
+    st.subheader("Evaluation suites")
+    scores = pd.DataFrame([suite_scores(m) for m in rounds], index=pd.Index([m["round"] for m in rounds], name="round"))
+    _chart(st, "Score per suite (eval.suites)", scores, fraction=True)
+    with st.expander("Every suite metric of the last round"):
+        st.json(rounds[-1]["suites"])
+
+
+def _communication(rounds: list[dict]) -> None:
+    """MB of adapter tensors sent to and received from the clients, per round (skipped ones too) and in all."""
+    import pandas as pd
+
+    from flb.comm import MB
+
+    if not rounds:
+        return
+    st.subheader("Communication")
+    last = rounds[-1]
+    total = (last["comm_total_down_bytes"] + last["comm_total_up_bytes"]) / MB
+    st.metric("Adapter tensors sent to and from clients in all", f"{total:.3f} MB",
+              help="the tensors' own bytes (the global adapter and the strategy's extras to each sampled client, each "
+                   "update back), without message framing; comm.budget_mb warns when passed")
+    per_round = pd.DataFrame([{"to clients": m["comm_down_bytes"] / MB, "from clients": m["comm_up_bytes"] / MB}
+                              for m in rounds], index=pd.Index([m["round"] for m in rounds], name="round"))
+    _chart(st, "MB per round", per_round)
 
 
 def _privacy(metrics: list[dict], rounds: list[dict]) -> None:

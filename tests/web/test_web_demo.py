@@ -30,10 +30,14 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-back
                   "--disable-component-update", "--disable-sync", "--no-first-run"]
 
 
+QUESTIONS = REPO / "tests" / "data" / "multiple_choice.jsonl"
+
+
 def recorded_run_overrides(model_dir: Path, output: Path) -> list[str]:
     return [f"model.model_path={model_dir}", f"output_dir={output}", "num_clients=2", "clients_per_round=2",
             "num_rounds=1", "local_steps=1", "eval.size=4", "eval.max_new_tokens=2", "sft.max_length=64",
-            "chain_record=true", "chain.backend=embedded"]
+            "chain_record=true", "chain.backend=embedded", "eval.suites=[exact_match, multiple_choice]",
+            f"eval.multiple_choice.path={QUESTIONS}"]
 
 
 @pytest.fixture(scope="module")
@@ -157,9 +161,11 @@ def test_training_page_shows_the_curves_and_the_config(app_url, page):
     page.goto(f"{app_url}/training")
     expect(page.get_by_text("Rounds done")).to_be_visible()
     expect(page.get_by_text("Resolved config")).to_be_visible()
-    expect(page.get_by_test_id("stVegaLiteChart")).to_have_count(4)
+    expect(page.get_by_test_id("stVegaLiteChart")).to_have_count(6)
     text = settle_and_screenshot(page, "training")
+    assert "Evaluation suites" in text and "Score per suite (eval.suites)" in text
     assert "1 / 1" in text and "Resolved config" in text and "No ε recorded" in text
+    assert "Communication" in text and re.search(r"Adapter tensors sent to and from clients in all\s+0\.\d{3} MB", text)
 
 
 def test_ledger_page_shows_the_scores_and_verified_rounds(app_url, web_run, page):
@@ -187,7 +193,7 @@ def test_training_page_of_a_private_run_shows_each_clients_epsilon(app_url, priv
     page.goto(f"{app_url}/training?run={private_run.name}")
     expect(page.get_by_text("ε of the run after round 1")).to_be_visible()
     expect(page.get_by_text("No local train loss")).to_be_visible()
-    expect(page.get_by_test_id("stVegaLiteChart")).to_have_count(4)  # loss, perplexity, accuracy, ε per client
+    expect(page.get_by_test_id("stVegaLiteChart")).to_have_count(6)  # loss, perplexity, accuracy, suites, MB, ε per client
     text = settle_and_screenshot(page, "training-private")
     assert "No ε recorded" not in text
 
