@@ -662,17 +662,23 @@ def _key_text(key: Any) -> str:
     return key if isinstance(key, str) and key.isprintable() and key.strip() == key != "" else shown(key)
 
 
+_KIND_NAMES = {str: "a string", list: "a list of strings"}
+
+
 def _coerce(kind, value, key: str):
     if dataclasses.is_dataclass(kind):
         return build(kind, value if value is not None else {}, key + ".")
     origin = typing.get_origin(kind)
     if origin in (typing.Union, types.UnionType):
         options = [a for a in typing.get_args(kind) if a is not type(None)]
-        if value is None:
+        if value is None and len(options) < len(typing.get_args(kind)):  # Optional[...]
             return None
+        if len(options) == 1:
+            return _coerce(options[0], value, key)
         # str | list[str]: the option of the value's own kind
-        chosen = next((o for o in options if isinstance(value, typing.get_origin(o) or o)), options[0])
-        return _coerce(chosen, value, key)
+        chosen = [o for o in options if isinstance(value, typing.get_origin(o) or o)]
+        _require(bool(chosen), key, value, " or ".join(_KIND_NAMES[typing.get_origin(o) or o] for o in options))
+        return _coerce(chosen[0], value, key)
     if kind is bool:
         _require(isinstance(value, bool), key, value, "true | false")
         return value

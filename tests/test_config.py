@@ -113,6 +113,7 @@ def test_resolved_config_round_trips():
     ("model..r=4", "--set: 'model..r' has an empty part between dots"),
     ("seed=2001-13-01", "seed: invalid value '2001-13-01'; allowed: an integer"),
     ("model.target_modules=" + "x" * 500, "model.target_modules: invalid value 'xxxx"),
+    ("model.target_modules=null", "model.target_modules: invalid value None; allowed: a string or a list of strings"),
     ("model.target_modules=[]", "model.target_modules: invalid value []; allowed: auto | all-linear | a non-empty"),
     ("model.target_modules=all_linear", "model.target_modules: invalid value 'all_linear'; allowed: auto | all-linear"),
     ("sft.lr_schedule=cosine", "sft.lr_schedule: invalid value 'cosine'; allowed: constant | cosine_over_rounds"),
