@@ -22,7 +22,7 @@ pytestmark = pytest.mark.flower
 RUN_TIMEOUT_S = 240
 # Well above a healthy round on a busy 2-core machine (each message starts a fresh ClientApp process that
 # loads the model: 15-35 s here); the round that lost a node waits this long.
-ROUND_TIMEOUT_S = 60
+ROUND_TIMEOUT_S = 45
 
 
 @pytest.fixture(scope="module")

@@ -63,5 +63,5 @@ def save_tiny_family(family: str, path: Path) -> Path:
 def tiny_run_overrides(model_dir: Path, output_dir: Path) -> list[str]:
     """--set overrides for a fast federated run on the tiny model (the `tiny_overrides` fixture's)."""
     return [f"model.model_path={model_dir}", f"output_dir={output_dir}", "num_clients=2", "clients_per_round=2",
-            "num_rounds=2", "local_steps=4", "eval.size=12", "eval.max_new_tokens=4", "sft.learning_rate=0.01",
+            "num_rounds=2", "local_steps=3", "eval.size=12", "eval.max_new_tokens=4", "sft.learning_rate=0.01",
             "sft.max_length=96", "chain_record=false", "model.lora.dropout=0.0"]
