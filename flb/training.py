@@ -4,14 +4,19 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import enum
+import functools
 import math
 import tempfile
 import types
 import typing
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from flb.config import SFTSettings
 from flb.errors import ConfigError, first_line, shown
+
+if TYPE_CHECKING:
+    import torch
 
 # SFTConfig arguments FLB sets from its own keys; overriding them in sft.training_arguments would break the run
 FLB_SETS = {
@@ -150,17 +155,75 @@ def to_dataset(records: list[dict]):
 
 
 def quiet_trainer(model, tokenizer, args, train_dataset, eval_dataset=None):
-    """An SFTTrainer that prints nothing by itself (our own bars show rounds and steps)."""
+    """An SFTTrainer (target_scoring_trainer's) that prints nothing by itself (our own bars show rounds and steps)."""
     from datasets.utils.logging import disable_progress_bar
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
-    from trl import SFTTrainer
 
     disable_progress_bar()
-    trainer = SFTTrainer(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
-                         processing_class=tokenizer)
+    trainer = target_scoring_trainer()(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
+                                       processing_class=tokenizer)
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
     return trainer
+
+
+# Batches with other inputs (trl's padding_free position_ids...) and models whose logits are scaled keep trl's loss.
+SCORED_INPUTS = {"input_ids", "attention_mask", "labels"}
+LOGIT_SCALES = ("logit_scale", "output_multiplier", "lm_head_multiplier", "logits_scaling")
+HEAD_CHUNK_ELEMENTS = 2**25  # logits the LM head computes at once: 128 MB in float32
+
+
+@functools.cache
+def target_scoring_trainer():
+    """trl's SFTTrainer with its loss computed on the target positions only (target_log_probs): the same loss,
+    trl's sum of the targets' negative log-probabilities over their count, but trl's fused LM-head kernel scores
+    every position, prompt and padding included, on any device without Triton, which on the CPU costs more than a
+    small model's whole step. Both in-process execution modes (client.batched) and the evaluation score this way."""
+    import torch
+    from trl import SFTTrainer
+
+    class TargetScoringSFTTrainer(SFTTrainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            base = self.accelerator.unwrap_model(model)
+            text_config = base.config.get_text_config()
+            if set(inputs) - SCORED_INPUTS or any(getattr(text_config, key, None) for key in LOGIT_SCALES):
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            with self.accelerator.autocast():
+                log_probs, mask = target_log_probs(base, inputs["input_ids"], inputs["attention_mask"],
+                                                   inputs["labels"])
+            count = mask.sum() if num_items_in_batch is None else num_items_in_batch
+            loss = -log_probs.sum() / torch.as_tensor(count, device=log_probs.device).clamp(min=1)
+            return (loss, {"loss": loss}) if return_outputs else loss
+
+    return TargetScoringSFTTrainer
+
+
+def target_log_probs(model, input_ids, attention_mask, labels):
+    """log p(label) at every target position of a causal-LM batch (labels shifted by one, -100 ignored), row by
+    row, and the mask of those positions. The LM head runs on the target positions only, in checkpointed chunks:
+    a chunk's logits are recomputed in the backward pass instead of kept."""
+    import torch
+    from torch.utils.checkpoint import checkpoint
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    backbone = getattr(base, base.base_model_prefix)
+    hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state[:, :-1]
+    targets = labels[:, 1:]
+    mask = targets != -100
+    head = base.get_output_embeddings()
+    softcap = getattr(base.config.get_text_config(), "final_logit_softcapping", None)
+    chunk = max(1, HEAD_CHUNK_ELEMENTS // head.weight.shape[0])
+    hidden, targets = hidden[mask], targets[mask]
+    parts = [checkpoint(_label_log_probs, hidden[start:start + chunk], targets[start:start + chunk], head, softcap,
+                        use_reentrant=False) for start in range(0, len(targets), chunk)]
+    return (torch.cat(parts) if parts else hidden.sum(-1)), mask
+
+
+def _label_log_probs(hidden, labels, head, softcap: float | None):
+    logits = head(hidden).float()
+    if softcap:
+        logits = softcap * (logits / softcap).tanh()
+    return logits.log_softmax(-1).gather(1, labels[:, None]).squeeze(1)
 
 
 def chat_prompt(tokenizer, messages: list[dict]) -> str:
