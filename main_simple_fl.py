@@ -21,7 +21,9 @@ log = logging.getLogger("flb")
 
 # What --resume --set may change: nothing here alters what has been trained, recorded or spent so far.
 RESUMABLE_KEYS = ("num_rounds", "eval.max_new_tokens", "eval.batch_size", "server.max_client_failures",
-                  "chain.rpc_url", "chain.explorer_url", "chain.password_env", "client.dp.allow_over_target")
+                  "chain.rpc_url", "chain.explorer_url", "chain.password_env", "client.dp.allow_over_target",
+                  "execution.mode", "execution.workers", "execution.devices", "execution.memory_budget_mb",
+                  "notify.url", "notify.command", "notify.timeout_s")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -55,9 +57,11 @@ def resolve_config(args: argparse.Namespace) -> Config:
                               f"{', '.join(RESUMABLE_KEYS)} (start a new run for anything else)")
         apply_override(data, item)
     config = config_from_dict(data)
-    if config.chain_record and config.chain.rpc_url and REDACTED in config.chain.rpc_url:
-        raise ConfigError("chain.rpc_url: the run directory keeps it with its credentials redacted; pass "
-                          "--set chain.rpc_url=URL again")
+    for key, value in (("chain.rpc_url", config.chain.rpc_url if config.chain_record else None),
+                       ("notify.url", config.notify.url), ("notify.command", config.notify.command)):
+        if value and REDACTED in value:
+            raise ConfigError(f"{key}: the run directory keeps it with its credentials redacted; pass --set "
+                              f"{key}=... again")
     return config
 
 
@@ -108,14 +112,49 @@ def scores_by_quality(config: Config) -> bool:
 
 
 def build_clients(config: Config, shards: list[list[dict]], model, tokenizer, run_dir) -> list:
-    """The in-process clients; client i keeps its secrets in RUN_DIR/private/client_<i>/ and signs with
-    chain.keystore_dir/client_<i>.json on rpc, or with a key made for the run in that directory."""
-    def keystore(client_id: int) -> Path | None:
-        return Path(config.chain.keystore_dir) / f"client_{client_id}.json" if config.chain.backend == "rpc" else None
+    """The in-process clients."""
+    return [build_run_client(config, run_dir, i, shard, model, tokenizer) for i, shard in enumerate(shards)]
 
-    return [build_client(config, i, shard, model, tokenizer, work_dir=run_dir.path / "work",
-                         private_dir=run_dir.private_dir(f"client_{i}"), keystore=keystore(i))
-            for i, shard in enumerate(shards)]
+
+def build_run_client(config: Config, run_dir, client_id: int, shard: list[dict], model, tokenizer):
+    """Client `client_id` of this run: it keeps its secrets in RUN_DIR/private/client_<i>/ and signs with
+    chain.keystore_dir/client_<i>.json on rpc, or with a key made for the run in that directory. In-process clients
+    and those in worker processes (execution.mode: processes) are built with it."""
+    keystore = Path(config.chain.keystore_dir) / f"client_{client_id}.json" if config.chain.backend == "rpc" else None
+    return build_client(config, client_id, shard, model, tokenizer, work_dir=run_dir.path / "work",
+                        private_dir=run_dir.private_dir(f"client_{client_id}"), keystore=keystore)
+
+
+@contextlib.contextmanager
+def start_workers(config: Config, run_dir, prepared: Prepared):
+    """execution.mode: processes: execution.workers worker processes on each of execution.devices (or on
+    model.device_map), each loading the model and building clients as this process would (client.workers), until
+    the block ends. Every client is built once in a worker before round 0; this process builds none."""
+    from client.workers import WorkerPool
+
+    with WorkerPool(load_model=functools.partial(build_worker_model, config),
+                    build_client=functools.partial(build_worker_client, config, run_dir), shards=prepared.shards,
+                    devices=config.execution.devices or [config.model.device_map],
+                    workers_per_device=config.execution.workers,
+                    memory_budget_mb=config.execution.memory_budget_mb) as pool:
+        pool.align_adapter(prepared.model)
+        yield pool
+
+
+def build_worker_model(config: Config, device: str):
+    """A worker process's tokenizer and model on `device` (its own name for it); its logging set up as here."""
+    configure_logging()
+    return build_model(on_device(config, device))
+
+
+def build_worker_client(config: Config, run_dir, device: str, client_id: int, shard: list[dict], model, tokenizer):
+    return build_run_client(on_device(config, device), run_dir, client_id, shard, model, tokenizer)
+
+
+def on_device(config: Config, device: str) -> Config:
+    import dataclasses
+
+    return dataclasses.replace(config, model=dataclasses.replace(config.model, device_map=device))
 
 
 def build_client(config: Config, client_id: int, shard: list[dict], model, tokenizer, *, work_dir: Path,
@@ -209,8 +248,9 @@ def check_privacy(config: Config, shards: list[list[dict]]) -> None:
 
 def run(config: Config, resume: str | None = None, export_merged: bool = False, fleet=None) -> Path:
     """One whole run. `fleet` (the Flower ServerApp's) supplies clients on other machines and how to fit them;
-    without it the clients train here, in turn. Raises RunFailed (after saving what was done) when a client
-    crashes, every round is skipped or a ledger record cannot be sent."""
+    without it the clients train on this machine as execution.mode says. Raises RunFailed (after saving what was
+    done) when a client crashes, every round is skipped or a ledger record cannot be sent."""
+    from flb.notify import round_notifications
     from flb.rundir import RunDir
     from flb.runlock import RunLock
 
@@ -225,7 +265,8 @@ def run(config: Config, resume: str | None = None, export_merged: bool = False, 
         log.info("run directory: %s", run_dir.path)
         ledger = open_ledger(config, run_dir.path, prepared.model.peft_config["default"])
         try:
-            global_adapter = train(config, run_dir, checkpoint, prepared, ledger, fleet)
+            with round_notifications(config.notify, run_dir.path.name, config.num_rounds, ledger) as on_round:
+                global_adapter = train(config, run_dir, checkpoint, prepared, ledger, fleet, on_round)
         finally:
             ledger_problem = ledger.close()
         finish(config, run_dir, prepared, global_adapter, ledger, export_merged)
@@ -234,18 +275,57 @@ def run(config: Config, resume: str | None = None, export_merged: bool = False, 
     return run_dir.path
 
 
-def train(config: Config, run_dir, checkpoint: dict | None, prepared: Prepared, ledger, fleet):
-    """The clients and the round coordinator, from round 0 or from `checkpoint`; the final global adapter."""
+def train(config: Config, run_dir, checkpoint: dict | None, prepared: Prepared, ledger, fleet, on_round):
+    """The clients and the round coordinator, from round 0 or from `checkpoint`; the final global adapter. `on_round`
+    hears of every completed round (flb.notify)."""
+    with clients_and_fit_all(config, run_dir, prepared, fleet) as (clients, fit_all):
+        return coordinate(config, run_dir, checkpoint, prepared, ledger, clients, fit_all, on_round)
+
+
+@contextlib.contextmanager
+def clients_and_fit_all(config: Config, run_dir, prepared: Prepared, fleet):
+    """The run's clients and how a round fits them (server.coordinator.FitAll): the Flower fleet's SuperNodes, or by
+    execution.mode in-process clients in turn (sequential) or together (batched), or proxies of clients that train in
+    a pool of worker processes (processes; the workers stop when the block ends)."""
+    from flb.modeling import base_model_digest
+    from server.coordinator import fit_in_turn
+
+    if fleet is not None:
+        yield fleet.join(run_dir.path.name, config.num_clients, base_model_digest(prepared.model)), fleet.fit_all
+    elif config.execution.mode == "processes":
+        with start_workers(config, run_dir, prepared) as pool:
+            yield pool.clients, pool.fit_all
+    elif config.execution.mode == "batched":
+        yield (build_clients(config, prepared.shards, prepared.model, prepared.tokenizer, run_dir),
+               batched_fit(config, prepared))
+    else:
+        yield build_clients(config, prepared.shards, prepared.model, prepared.tokenizer, run_dir), fit_in_turn
+
+
+def batched_fit(config: Config, prepared: Prepared):
+    """execution.mode: batched: the sampled clients train together on this process's model, as many at once as
+    execution.memory_budget_mb holds."""
+    from client.batched import BatchedFit
+    from flb.scheduler import Admission, budget_bytes
+
+    device = config.model.device_map
+    admission = Admission(budget_bytes(device, config.execution.memory_budget_mb), limit=config.clients_per_round,
+                          device=device)
+    return BatchedFit(prepared.model, prepared.tokenizer, admission, device)
+
+
+def coordinate(config: Config, run_dir, checkpoint: dict | None, prepared: Prepared, ledger, clients: list, fit_all,
+               on_round):
+    """The round coordinator over `clients`, fitting them with `fit_all`, from round 0 or from `checkpoint`; the final
+    global adapter."""
     from flb.comm import CommTracker
     from flb.disclosure import Disclosure
-    from flb.modeling import base_model_digest, get_adapter_state
+    from flb.modeling import get_adapter_state
     from flb.training import round_learning_rate
-    from server.coordinator import RoundCoordinator, fit_in_turn
+    from server.coordinator import RoundCoordinator
     from server.evaluation import Evaluator
 
     model = prepared.model
-    clients = (build_clients(config, prepared.shards, model, prepared.tokenizer, run_dir) if fleet is None
-               else fleet.join(run_dir.path.name, config.num_clients, base_model_digest(model)))
     if ledger.signing_domain is not None:
         for client in clients:
             client.bind_ledger(ledger.signing_domain)
@@ -258,9 +338,9 @@ def train(config: Config, run_dir, checkpoint: dict | None, prepared: Prepared, 
         min_clients=config.server.min_clients, seed=config.seed, disclosure=Disclosure.of(config),
         random=prepared.server_random, secret_sampling=config.uses_dp, max_update_norm=config.server.max_update_norm,
         max_client_failures=config.server.max_client_failures, lora_a_frozen=config.strategy.lora_a_frozen,
-        fit_all=fit_in_turn if fleet is None else fleet.fit_all, comm=CommTracker(config.comm.budget_mb),
+        fit_all=fit_all, comm=CommTracker(config.comm.budget_mb),
         learning_rate=functools.partial(round_learning_rate, config.sft, num_rounds=config.num_rounds),
-        contribution_loss=evaluator.eval_loss if scores_by_quality(config) else None)
+        contribution_loss=evaluator.eval_loss if scores_by_quality(config) else None, on_round=on_round)
     if checkpoint is not None:
         coordinator.restore(checkpoint)
         last_round, global_adapter = checkpoint["round"], checkpoint["adapter"]

@@ -92,18 +92,30 @@ class SFTClient:
         return self.signer.upload(self.data_record)
 
     def fit(self, global_adapter: AdapterState, round: int, extras: AdapterState | None = None) -> ClientUpdate:
+        started = time.perf_counter()
+        extras = extras or {}
+        self.begin_round(global_adapter, round)
+        correction = self.objective.correction(adapter_parameters(self.model), global_adapter, extras, self.variate)
+        train_loss = self._train(correction)
+        return self.end_round(get_adapter_state(self.model), global_adapter, round, extras, correction, train_loss,
+                              started)
+
+    def begin_round(self, global_adapter: AdapterState, round: int) -> None:
+        """The round's starting point: the client's secret state as it was before `round` (a round run again starts
+        from the same one), the global adapter in the model, the round's seed and learning rate."""
         from transformers import set_seed
 
-        started = time.perf_counter()
-        self._restore(self.private.load_before(round))  # a round run again starts from the same secret state
+        self._restore(self.private.load_before(round))
         set_adapter_state(self.model, global_adapter)
         set_seed(derived_seed(self.seed, round, self.client_id))
-        extras = extras or {}
-        correction = self.objective.correction(adapter_parameters(self.model), global_adapter, extras, self.variate)
         self._trainer.args.learning_rate = round_learning_rate(self.settings, round, self.num_rounds)
-        train_loss = self._train(correction)
+
+    def end_round(self, trained: AdapterState, global_adapter: AdapterState, round: int, extras: AdapterState,
+                  correction: GradientCorrection | None, train_loss: float, started: float) -> ClientUpdate:
+        """The update for the adapter this client trained: its strategy's extras, its privacy, its signature; the
+        client's secret state saved for the round."""
         returned, self.variate = self.objective.returned(correction, extras, self.variate)
-        local = self.privacy.privatize(get_adapter_state(self.model), global_adapter, self.random)
+        local = self.privacy.privatize(trained, global_adapter, self.random)
         digest = adapter_digest(update_content(local, returned))
         attestation = None if self.signer is None else self.signer.attest(
             round=round, global_digest=adapter_digest(global_adapter), digest=digest, num_examples=self.num_examples,
@@ -116,6 +128,11 @@ class SFTClient:
             num_bytes=sum(t.numel() * t.element_size() for t in local.values()), digest=digest,
             privacy=self.privacy.privacy_spent(), attestation=attestation, extras=returned,
         )
+
+    @property
+    def trainer(self):
+        """trl's trainer over this client's tokenized shard (batched execution reads its batches and settings)."""
+        return self._trainer
 
     def _train(self, correction: GradientCorrection | None) -> float:
         """`local_steps` steps with trl's trainer, or with DP-SGD over that trainer's tokenized shard and collator;

@@ -455,6 +455,52 @@ class CommSettings:
                  "a number > 0, or null for no budget")
 
 
+EXECUTION_MODES = ("sequential", "batched", "processes")
+
+
+@dataclass(frozen=True)
+class ExecutionSettings:
+    mode: str = _help("How the sampled clients train: sequential (one after another on the one model) | batched "
+                      "(together, one forward/backward over the shared base, one LoRA slice per client) | processes "
+                      "(a pool of worker processes, each with its own copy of the model).", default="sequential")
+    workers: int = _help("processes: worker processes per device in execution.devices.", default=2)
+    devices: list[str] = _help("processes: the devices the workers run on, e.g. [cuda:0, cuda:1]; [] puts them all "
+                               "on model.device_map.", default_factory=list)
+    memory_budget_mb: Optional[float] = _help("Memory (MB, 10^6 bytes) the clients running at once may take per "
+                                              "device; null: 90 % of what the device has free.", default=None)
+
+    def __post_init__(self):
+        _one_of("execution.mode", self.mode, EXECUTION_MODES)
+        _require(self.workers >= 1, "execution.workers", self.workers, "an integer >= 1")
+        for device in self.devices:
+            _require(_is_device(device), "execution.devices", self.devices,
+                     "a list of cpu | cuda | cuda:N | mps, or [] for model.device_map")
+        _require(self.memory_budget_mb is None or self.memory_budget_mb > 0, "execution.memory_budget_mb",
+                 self.memory_budget_mb, "a number > 0, or null for 90 % of the device's free memory")
+
+
+def _is_device(name: str) -> bool:
+    kind, _, index = name.partition(":")
+    return (kind in ("cpu", "mps") and not index) or (kind == "cuda" and (not index or index.isdigit()))
+
+
+@dataclass(frozen=True)
+class NotifySettings:
+    url: Optional[str] = _help("POST a JSON summary of every round here (run id, round, eval loss, accuracy, "
+                               "epsilon, ledger transaction); null: none.", default=None)
+    command: Optional[str] = _help("Run this shell command after every round with the same JSON on stdin; null: "
+                                   "none.", default=None)
+    timeout_s: float = _help("Longest a notification may take before it is given up (logged, the run goes on).",
+                             default=10.0)
+
+    def __post_init__(self):
+        _require(self.url is None or self.url.startswith(("http://", "https://")), "notify.url", self.url,
+                 "an http:// or https:// URL, or null")
+        _require(self.command is None or bool(self.command.strip()), "notify.command", self.command,
+                 "a shell command, or null")
+        _require(self.timeout_s > 0, "notify.timeout_s", self.timeout_s, "a number of seconds > 0")
+
+
 @dataclass(frozen=True)
 class ChainSettings:
     backend: str = _help("Ledger chain: embedded (in-process py-evm) | anvil (local node) | rpc (any JSON-RPC URL).", default="embedded")
@@ -486,6 +532,8 @@ class Config:
     partition: PartitionSettings = _help("Data partitioning.", default_factory=PartitionSettings)
     eval: EvalSettings = _help("Evaluation.", default_factory=EvalSettings)
     comm: CommSettings = _help("Communication accounting.", default_factory=CommSettings)
+    execution: ExecutionSettings = _help("How the sampled clients are run.", default_factory=ExecutionSettings)
+    notify: NotifySettings = _help("Round notifications.", default_factory=NotifySettings)
     chain: ChainSettings = _help("Ledger backend and scoring (used when chain_record is true).", default_factory=ChainSettings)
     dataset_name: str = _help(
         "Training data: 'flb-tasks' (our generated tasks), a .json/.jsonl/.csv/.parquet file, a local "
@@ -519,6 +567,10 @@ class Config:
                  "strategy.name" if self.strategy.name == "scaffold" else "strategy.wraps", "scaffold",
                  "a strategy other than scaffold with differential privacy (SCAFFOLD sends each client's control "
                  "variate un-noised, a function of its data no DP mechanism covers), or set client.local_dp=false")
+        _require(not (self.execution.mode == "batched" and self.client.local_dp and self.client.dp.mode == "dpsgd"),
+                 "execution.mode", "batched", "sequential or processes with DP-SGD (opacus clips each example's "
+                 "gradient through the model's own layers; the stacked client adapters of batched mode are not "
+                 "ones it can hook, so its clipping would not be exact)")
         _require(not (self.uses_dp and self.chain_record and self.chain.scoring == "quality"), "chain.scoring",
                  self.chain.scoring, "flb with differential privacy (quality scores publish each client's effect on "
                  "the held-out loss, which no DP mechanism covers)")

@@ -67,6 +67,7 @@ class RoundCoordinator:
     comm: CommTracker = field(default_factory=CommTracker)
     learning_rate: Callable[[int], float] | None = None  # the clients' learning rate in a round, for the metrics
     declared: dict[int, dict] = field(default_factory=dict)  # client id -> its round-0 shard size and address
+    on_round: Callable[[dict], None] | None = None  # given each round's metrics.jsonl row once it is done (flb.notify)
     failures: int = 0
 
     def __post_init__(self):
@@ -188,18 +189,19 @@ class RoundCoordinator:
     def _complete(self, round: int, previous: AdapterState | None, global_adapter: AdapterState,
                   updates: list[ClientUpdate], metrics: dict) -> None:
         """Files and metrics, then the ledger record, then the server's secrets and the checkpoint: a round counts
-        as done for --resume only once everything before it is durable."""
+        as done for --resume only once everything before it is durable. Then `on_round` hears of it."""
         digest = adapter_digest(global_adapter)
         metrics.update(self.privacy_metrics())
         self.run.save_round(round, global_adapter, self.peft_config, {u.client_id: update_content(u.tensors, u.extras) for u in updates})
-        self.run.append_metrics(*(_client_metrics(u) for u in updates),
-                                {"kind": "round", "round": round, "global_digest": digest, "num_clients": len(updates),
-                                 **metrics})
+        row = {"kind": "round", "round": round, "global_digest": digest, "num_clients": len(updates), **metrics}
+        self.run.append_metrics(*(_client_metrics(u) for u in updates), row)
         if self.ledger.signing_domain is not None:
             self.ledger.record_round(self._record(round, previous, digest, updates, metrics))
         self.private.save(round, {"random": self.random.state_dict()})
         self.run.write_checkpoint(round, global_adapter, self.strategy.state_dict(), self.declared)
         self.ledger.check()
+        if self.on_round is not None:
+            self.on_round(row)
 
     def _record(self, round: int, previous: AdapterState | None, digest: str, updates: list[ClientUpdate],
                 metrics: dict) -> RoundRecord:

@@ -126,12 +126,27 @@ def test_resolved_config_round_trips():
     ("eval.suites=[lm_eval]", "eval.lm_eval.tasks: invalid value []; allowed: a non-empty list of lm-evaluation"),
     ("eval.humaneval.memory_mb=1", "eval.humaneval.memory_mb: invalid value 1; allowed: an integer >= 64"),
     ("comm.budget_mb=0", "comm.budget_mb: invalid value 0.0; allowed: a number > 0, or null for no budget"),
+    ("notify.url=ftp://host/x", "notify.url: invalid value 'ftp://host/x'; allowed: an http:// or https:// URL, or "
+                                "null"),
+    ("notify.timeout_s=0", "notify.timeout_s: invalid value 0.0; allowed: a number of seconds > 0"),
+    ("execution.mode=threads", "execution.mode: invalid value 'threads'; allowed: sequential | batched | processes"),
+    ("execution.devices=[gpu0]", "execution.devices: invalid value ['gpu0']; allowed: a list of cpu | cuda | cuda:N"),
+    ("execution.workers=0", "execution.workers: invalid value 0; allowed: an integer >= 1"),
+    ("execution.memory_budget_mb=-1", "execution.memory_budget_mb: invalid value -1.0; allowed: a number > 0"),
 ])
 def test_absurd_values_are_one_line_errors(override, message):
     with pytest.raises(ConfigError) as info:
         load_config(None, [override])
     assert str(info.value).startswith(message)
     assert "\n" not in str(info.value) and len(str(info.value)) < 300
+
+
+def test_batched_mode_refuses_dpsgd_in_one_line():
+    with pytest.raises(ConfigError) as info:
+        load_config(None, ["execution.mode=batched", "client.local_dp=true", "client.dp.mode=dpsgd"])
+    assert str(info.value).startswith("execution.mode: invalid value 'batched'; allowed: sequential or processes "
+                                      "with DP-SGD (opacus clips each example's gradient")
+    assert load_config(None, ["execution.mode=batched", "client.local_dp=true"]).execution.mode == "batched"
 
 
 def test_seed_bounds_are_inclusive_where_they_should_be():

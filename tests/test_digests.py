@@ -33,6 +33,8 @@ def test_the_adapter_config_digest_is_the_same_in_every_process():
     code = ("from peft import LoraConfig; from flb.digests import adapter_config_digest as d; "
             "print(d(LoraConfig(r=8, lora_alpha=16, target_modules=['q_proj', 'v_proj', 'k_proj', 'o_proj'], "
             "task_type='CAUSAL_LM')))")
-    digests = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                              env={**os.environ, "PYTHONHASHSEED": seed}).stdout.strip() for seed in ("1", "2", "3")}
+    processes = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                                  env={**os.environ, "PYTHONHASHSEED": seed}) for seed in ("1", "2", "3")]
+    digests = {process.communicate()[0].strip() for process in processes}
+    assert [process.returncode for process in processes] == [0, 0, 0]
     assert len(digests) == 1 and len(digests.pop()) == 64

@@ -53,10 +53,12 @@ def test_resume_gives_the_identical_final_digest(tiny_overrides):
     assert [r["round"] for r in round_metrics(resumed)] == [0, 1, 2]
 
 
-def test_fedprox_resumes_to_the_identical_digest(tiny_overrides):
+def test_fedprox_in_batched_mode_resumes_to_the_identical_digest(tiny_overrides):
     """Round 2 trains with FedProx's term towards the global adapter restored from the checkpoint (SCAFFOLD's
-    resume is in the cosine test below)."""
-    overrides = tiny_overrides + ["strategy.name=fedprox", "strategy.fedprox.mu=0.5", "local_steps=2"]
+    resume is in the cosine test below), the clients trained together (execution.mode batched): the resumed run
+    forms other groups (its first round starts with one client alone) and still ends on the same digest."""
+    overrides = tiny_overrides + ["strategy.name=fedprox", "strategy.fedprox.mu=0.5", "local_steps=2",
+                                  "execution.mode=batched"]
     uninterrupted = run(overrides)
     cut_short = run(overrides + ["num_rounds=1"])
     resumed = main_simple_fl.run(main_simple_fl.resolve_config(

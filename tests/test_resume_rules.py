@@ -32,6 +32,20 @@ def test_resume_refuses_keys_that_would_change_what_was_done(finished_run, overr
     assert (finished_run / "config.json").read_text() == config_before
 
 
+def test_resume_asks_again_for_a_notify_url_kept_redacted(finished_run, tmp_path, capsys):
+    """config.json keeps notify.url with its credentials redacted: a resume must be given the URL, not post to
+    https://***@..."""
+    import shutil
+
+    run = shutil.copytree(finished_run, tmp_path / "run", symlinks=True)
+    config = json.loads((run / "config.json").read_text())
+    config["notify"]["url"] = "https://***@hooks.example.org/flb"
+    (run / "config.json").write_text(json.dumps(config))
+    assert main_simple_fl.main(["--resume", str(run), "--set", "num_rounds=2"]) == 2
+    assert capsys.readouterr().err.strip() == ("error: notify.url: the run directory keeps it with its credentials "
+                                               "redacted; pass --set notify.url=... again")
+
+
 def test_a_second_process_on_the_same_run_directory_is_refused(finished_run, capsys):
     with RunLock(finished_run):  # another run holds it (a lock is per open file, so this process counts as another)
         assert main_simple_fl.main(["--resume", str(finished_run), "--set", "num_rounds=2"]) == 2
