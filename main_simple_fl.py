@@ -254,6 +254,9 @@ def run(config: Config, resume: str | None = None, export_merged: bool = False, 
     from flb.rundir import RunDir
     from flb.runlock import RunLock
 
+    if fleet is not None and config.execution.mode != "sequential":
+        raise ConfigError(f"execution.mode: {config.execution.mode} does not apply to a Flower run (each SuperNode "
+                          "trains its own client); leave execution.mode sequential")
     prepared = prepare(config, export_merged)
     config = prepared.config
     run_dir = RunDir.open(resume) if resume else RunDir.create(config.output_dir, config.to_dict())

@@ -173,3 +173,12 @@ def test_resume_of_a_damaged_run_is_one_error_line(tiny_overrides, tmp_path, cap
     assert len(err) == 1 and err[0].startswith("error: ") and fragment in err[0], err
     assert "start a new run" in err[0]
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == before
+
+
+def test_a_flower_run_refuses_another_execution_mode_before_anything_exists(tiny_overrides, tmp_path):
+    """Each SuperNode trains its own client: batched or processes would be silently ignored there."""
+    from flb.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="^execution.mode: batched does not apply to a Flower run"):
+        main_simple_fl.run(load_config(None, tiny_overrides + ["execution.mode=batched"]), fleet=object())
+    assert not (tmp_path / "runs").exists()
