@@ -28,14 +28,11 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from flb.errors import first_line
-from flb.modeling import set_adapter_state
 from flb.scheduler import is_out_of_memory, peak_memory
-from flb.training import target_log_probs
+from flb.training import IGNORE_INDEX, SCORED_INPUTS, target_log_probs
 from flb.types import AdapterState, ClientUpdate
 
 log = logging.getLogger(__name__)
-IGNORE_INDEX = -100  # labels that carry no loss (trl's and transformers')
-JOINED_KEYS = {"input_ids", "attention_mask", "labels"}  # what trl's collator gives without padding_free
 
 
 class StackedLoRA:
@@ -51,19 +48,19 @@ class StackedLoRA:
             if module.lora_variant.get("default") is not None:
                 raise ValueError(f"execution.mode batched: {name} uses a LoRA variant (DoRA...), which batched mode "
                                  "does not implement; use sequential")
+        self.trainable_names = {name for name, parameter in model.named_parameters() if parameter.requires_grad}
         self.clients: list[dict] = []  # per client: state-dict name -> its own tensor (a leaf when trainable)
         self.example_clients = None  # per example of the joined batch: the index of its client in self.clients
 
     def add_client(self, adapter: AdapterState) -> dict:
         """A copy of `adapter` that trains like the model's own LoRA tensors (ffa's frozen A stays frozen)."""
-        trainable = {name for name, parameter in self.model.named_parameters() if parameter.requires_grad}
         tensors = {}
         for name in self.layers:
             for part in ("lora_A", "lora_B"):
                 key = f"{name}.{part}.weight"
                 own = self.layers[name].get_parameter(f"{part}.default.weight")
                 tensors[key] = adapter[key].to(own.device, own.dtype).clone().requires_grad_(
-                    f"{name}.{part}.default.weight" in trainable)
+                    f"{name}.{part}.default.weight" in self.trainable_names)
         self.clients.append(tensors)
         return tensors
 
@@ -182,7 +179,6 @@ def train_together(clients: Sequence, model, tokenizer, global_adapter: AdapterS
     started = time.perf_counter()
     stacked = StackedLoRA(model)
     runs = [_client_run(client, stacked, global_adapter, round, extras) for client in clients]
-    set_adapter_state(model, global_adapter)
     model.train()
     pad_id = tokenizer.pad_token_id
     for step in range(max(len(run.steps) for run in runs)):
@@ -278,7 +274,7 @@ def join_batches(batches: list[dict], owners: list[int], pad_id: int):
     index of the client each row belongs to."""
     import torch
 
-    extra = set().union(*batches) - JOINED_KEYS
+    extra = set().union(*batches) - SCORED_INPUTS
     if extra:
         raise ValueError(f"execution.mode batched: trl's batches carry {sorted(extra)} (padding_free or another "
                          "collator in sft.training_arguments?), which batched mode does not join; use sequential")

@@ -1,9 +1,9 @@
 """execution.mode: processes: the sampled clients train in a pool of worker processes, each with its own copy of the
 model, so that several CPU cores or several GPUs (execution.devices, execution.workers on each) work at once.
 
-The main process holds the pool and one proxy per client (PooledClient: what the client declared, its last epsilon
-report); the round coordinator drives them unchanged through `WorkerPool.fit_all`. A worker builds a client the first
-time it is given one and keeps it. The client's secrets live in its private directory (RUN_DIR/private/client_<i>/),
+The main process holds the pool and one proxy per client (flb.types.ProxyClient: what the client declared, its last
+epsilon report); the round coordinator drives them unchanged through `WorkerPool.fit_all`. A worker builds a client
+the first time it is given one and keeps it. The client's secrets live in its private directory (RUN_DIR/private/client_<i>/),
 which the worker running it reads and writes exactly as an in-process client does, and SFTClient.fit starts every
 round from the state saved there, so any worker may run any client and a round's clients spread over all workers.
 Only the first construction of a client creates its secrets and signs its data record, so at start each client is
@@ -35,7 +35,7 @@ from typing import Callable
 
 from flb.errors import FLBError, RunFailed, first_line
 from flb.scheduler import Admission, WorkerDied, cpu_threads, is_out_of_memory
-from flb.types import AdapterState, Attestation, ClientUpdate, SignedUpload
+from flb.types import AdapterState, Attestation, ClientUpdate, ProxyClient, SignedUpload
 
 log = logging.getLogger(__name__)
 WAIT_S = 5.0  # the longest one wait for pipes and sentinels lasts before the loop looks again
@@ -44,33 +44,6 @@ STOP_S = 30.0  # how long a worker told to stop may take before it is terminated
 
 class WorkerError(FLBError):
     """What a job raised in its worker, in one line; the worker logged the traceback into the run's log."""
-
-
-@dataclass
-class PooledClient:
-    """flb.types.Client for a client that trains in the pool's workers; its secrets stay in its private directory.
-    Kept here: what its first construction declared, and its epsilon report from its last update."""
-
-    client_id: int
-    num_examples: int
-    address: str | None
-    pool: "WorkerPool" = field(repr=False)
-    spent: dict = field(default_factory=dict)
-
-    def bind_ledger(self, domain) -> None:
-        self.pool.bind_ledger(domain)
-
-    def data_upload(self) -> SignedUpload:
-        return self.pool.data_upload(self.client_id)
-
-    def fit(self, global_adapter: AdapterState, round: int, extras: AdapterState | None = None) -> ClientUpdate:
-        (result,) = self.pool.fit_all([self], global_adapter, round, extras or {})
-        if isinstance(result, Exception):
-            raise result
-        return result
-
-    def privacy_spent(self) -> dict:
-        return self.spent
 
 
 @dataclass
@@ -120,7 +93,7 @@ class WorkerPool:
         self.domain: dict | None = None  # the ledger's signing domain, once bound
         self.workers: list[_Worker] = []
         self.admissions: dict[str, Admission] = {}
-        self.clients: list[PooledClient] = []
+        self.clients: list[ProxyClient] = []
 
     def __enter__(self) -> "WorkerPool":
         return self.start()
@@ -141,7 +114,7 @@ class WorkerPool:
                     raise RunFailed(f"execution: worker {worker.index} on {worker.device} could not start: {worker.lost}")
             built = self._must(self._run([_Job(i, "build", client_id=i, worker=i % len(self.workers))
                                           for i in range(len(self.shards))]), lambda i: f"build client {i}")
-            self.clients = [PooledClient(i, reply["num_examples"], reply["address"], self, reply["privacy"])
+            self.clients = [ProxyClient(i, reply["num_examples"], reply["address"], self, reply["privacy"])
                             for i, (reply, _) in enumerate(built)]
             self._set_budgets()
         except BaseException:
@@ -221,7 +194,7 @@ class WorkerPool:
         reply, _ = outcome
         return SignedUpload(reply["recorded_digest"], reply["signature"])
 
-    def fit_all(self, clients: list[PooledClient], global_adapter: AdapterState, round: int,
+    def fit_all(self, clients: list[ProxyClient], global_adapter: AdapterState, round: int,
                 extras: AdapterState) -> list[ClientUpdate | Exception]:
         """One job per client, as many at once as each device's Admission allows; a ClientUpdate or the Exception
         saying why there is none, per client, in order."""

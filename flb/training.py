@@ -169,6 +169,7 @@ def quiet_trainer(model, tokenizer, args, train_dataset, eval_dataset=None):
 
 # Batches with other inputs (trl's padding_free position_ids...) and models whose logits are scaled keep trl's loss.
 SCORED_INPUTS = {"input_ids", "attention_mask", "labels"}
+IGNORE_INDEX = -100  # a label that carries no loss (trl's and transformers')
 LOGIT_SCALES = ("logit_scale", "output_multiplier", "lm_head_multiplier", "logits_scaling")
 HEAD_CHUNK_ELEMENTS = 2**25  # logits the LM head computes at once: 128 MB in float32
 
@@ -209,7 +210,7 @@ def target_log_probs(model, input_ids, attention_mask, labels):
     backbone = getattr(base, base.base_model_prefix)
     hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state[:, :-1]
     targets = labels[:, 1:]
-    mask = targets != -100
+    mask = targets != IGNORE_INDEX
     head = base.get_output_embeddings()
     softcap = getattr(base.config.get_text_config(), "final_logit_softcapping", None)
     chunk = max(1, HEAD_CHUNK_ELEMENTS // head.weight.shape[0])

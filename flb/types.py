@@ -91,6 +91,35 @@ class Client(Protocol):
         """Epsilon its local DP has spent so far, as the client reports it; {} without local DP."""
 
 
+@dataclass
+class ProxyClient:
+    """A Client that trains elsewhere (on a Flower SuperNode, in a worker process): kept here is what it declared
+    (example count, signing address) and its last epsilon report; everything else goes to its `host` (the fleet
+    or the pool: bind_ledger(domain), data_upload(client_id), fit_all(clients, global_adapter, round, extras)).
+    Its secrets stay where it trains."""
+
+    client_id: int
+    num_examples: int
+    address: str | None
+    host: object = field(repr=False)
+    spent: dict = field(default_factory=dict)  # the host sets it from each update's report
+
+    def bind_ledger(self, domain) -> None:
+        self.host.bind_ledger(domain)
+
+    def data_upload(self) -> SignedUpload:
+        return self.host.data_upload(self.client_id)
+
+    def fit(self, global_adapter: AdapterState, round: int, extras: AdapterState | None = None) -> ClientUpdate:
+        (result,) = self.host.fit_all([self], global_adapter, round, extras or {})
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    def privacy_spent(self) -> dict:
+        return self.spent
+
+
 class Ledger(Protocol):
     """Where data uploads and rounds are recorded; `chain/` implements it on an EVM."""
 

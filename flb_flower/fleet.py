@@ -11,45 +11,17 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
 
 from flwr.app import Message
 from flwr.common.constant import ErrorCode
 
 from flb.errors import ClientUnavailable, RunFailed, UpdateRejected
-from flb.types import AdapterState, ClientUpdate, SignedUpload
+from flb.types import AdapterState, ClientUpdate, ProxyClient, SignedUpload
 from flb_flower import wire
 
 log = logging.getLogger(__name__)
 # Errors the SuperLink itself returns when a node is gone or its message expired: the node is unavailable.
 UNAVAILABLE = (ErrorCode.NODE_UNAVAILABLE, ErrorCode.MESSAGE_UNAVAILABLE, ErrorCode.REPLY_MESSAGE_UNAVAILABLE)
-
-
-@dataclass
-class RemoteClient:
-    """flb.types.Client for the client a SuperNode serves. Its secrets stay on the node; what is kept here is what
-    the node declared (example count, signing address) and its last epsilon report."""
-
-    client_id: int
-    num_examples: int
-    address: str | None
-    fleet: "Fleet" = field(repr=False)
-    spent: dict = field(default_factory=dict)
-
-    def bind_ledger(self, domain) -> None:
-        self.fleet.domain = domain.to_dict()
-
-    def data_upload(self) -> SignedUpload:
-        return self.fleet.request_upload(self.client_id)
-
-    def fit(self, global_adapter: AdapterState, round: int, extras: AdapterState | None = None) -> ClientUpdate:
-        (result,) = self.fleet.fit_all([self], global_adapter, round, extras or {})
-        if isinstance(result, Exception):
-            raise result
-        return result
-
-    def privacy_spent(self) -> dict:
-        return self.spent
 
 
 class Fleet:
@@ -67,9 +39,9 @@ class Fleet:
         self.info: dict[int, tuple[int, str | None]] = {}  # client id -> (num_examples, address)
         self.silent: set[int] = set()  # listed nodes that missed a deadline: not asked again while listed
         self.uploads: dict[int, SignedUpload | RunFailed] = {}  # signed data uploads fetched, not yet recorded
-        self.clients: list[RemoteClient] = []
+        self.clients: list[ProxyClient] = []
 
-    def join(self, run_id: str, num_clients: int, base_model_digest: str) -> list[RemoteClient]:
+    def join(self, run_id: str, num_clients: int, base_model_digest: str) -> list[ProxyClient]:
         """The run's clients: block until a node serves every client id (round 0 registers every client), each
         keeping its secrets under its state-dir/<run_id> and training only the base model with this digest."""
         self.run_id, self.base_model_digest = run_id, base_model_digest
@@ -80,7 +52,7 @@ class Fleet:
                 raise self._nodes_missing(missing, num_clients)
             time.sleep(1.0)  # each query starts a ClientApp process on the node: do not spin
             self.discover()
-        self.clients = [RemoteClient(i, *self.info[i], fleet=self) for i in range(num_clients)]
+        self.clients = [ProxyClient(i, *self.info[i], host=self) for i in range(num_clients)]
         return self.clients
 
     def _nodes_missing(self, missing: list[int], num_clients: int) -> RunFailed:
@@ -115,7 +87,10 @@ class Fleet:
             self.nodes[client_id], self.info[client_id] = node, (num_examples, address)
             log.info("SuperNode %d serves client %d (%d examples)", node, client_id, num_examples)
 
-    def request_upload(self, client_id: int) -> SignedUpload:
+    def bind_ledger(self, domain) -> None:
+        self.domain = domain.to_dict()
+
+    def data_upload(self, client_id: int) -> SignedUpload:
         """Client `client_id`'s data upload, signed on its node for the bound ledger. The first request asks every
         client's node at once: each answer starts a ClientApp process, so they run side by side, not in turn."""
         if client_id not in self.uploads:
@@ -143,7 +118,7 @@ class Fleet:
                        dst_node_id=node,
                        message_type=wire.QUERY, group_id=group)
 
-    def fit_all(self, clients: list[RemoteClient], global_adapter: AdapterState, round: int, extras: AdapterState):
+    def fit_all(self, clients: list[ProxyClient], global_adapter: AdapterState, round: int, extras: AdapterState):
         """One train message per client whose node is known (the global adapter and the strategy's extras), sent
         together; a ClientUpdate or the Exception saying why there is none, per client, in order."""
         self.discover()
@@ -158,7 +133,7 @@ class Fleet:
                  sum(wire.payload_bytes(r.content) for r in replies.values() if r is not None and r.has_content()))
         return [self._result(c, replies, round) for c in clients]
 
-    def _result(self, client: RemoteClient, replies: dict, round: int) -> ClientUpdate | Exception:
+    def _result(self, client: ProxyClient, replies: dict, round: int) -> ClientUpdate | Exception:
         """The reply to client's train message as a ClientUpdate, or why there is none: ClientUnavailable (no node,
         no reply, node gone), UpdateRejected (a malformed reply), or the node's own error."""
         if client.client_id not in replies:
