@@ -183,3 +183,31 @@ def test_a_worker_killed_mid_round_is_that_clients_failure_and_is_replaced(pool_
     assert "\n" not in str(results[1])
     (folder / "kill-1").unlink()
     assert all(isinstance(r, ClientUpdate) for r in pool.fit_all(pool.clients, adapter(), 2, {}))
+
+
+class LeavesAFile:
+    """A pickle that, if unpickled, creates a file: what a worker would send to run code in the main process."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_the_main_process_unpickles_nothing_a_worker_sends(tmp_path):
+    """The channel reads a JSON header and raw blobs: a pickle sent instead is refused, never executed."""
+    import multiprocessing
+    import pickle
+
+    from client.workers import _Channel
+
+    target = tmp_path / "executed"
+    worker_end, main_end = multiprocessing.Pipe()
+    worker_end.send_bytes(pickle.dumps(LeavesAFile(str(target))))
+    worker_end.send(LeavesAFile(str(target)))  # multiprocessing's own pickling, as Connection.send would do it
+    with pytest.raises(ValueError):  # json.JSONDecodeError / UnicodeDecodeError
+        _Channel(main_end).receive()
+    with pytest.raises(ValueError):
+        _Channel(main_end).receive()
+    assert not target.exists()
