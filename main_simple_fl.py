@@ -199,6 +199,7 @@ class Prepared:
     strategy: object
     server_random: object  # the server's flb.secret_random.SecretRandom
     suites: list  # eval.suites other than exact_match, built (and so checked) once
+    split_plan: object = None  # mode split: flb.split.SplitPlan
 
 
 def prepare(config: Config, export_merged: bool = False) -> Prepared:
@@ -220,8 +221,15 @@ def prepare(config: Config, export_merged: bool = False) -> Prepared:
     config = with_resolved_target_modules(config, model)
     server_random = SecretRandom()
     strategy = build_strategy(config, server_random)
+    plan = None
+    if config.mode == "split":
+        from flb.split import SplitPlan
+        from server.strategy.shared_trunk import SharedTrunk
+
+        plan = SplitPlan.of(model, config.split.head_layers, config.split.tail_layers)
+        strategy = SharedTrunk(strategy, plan) if config.split.trunk == "shared" else strategy
     check_chain(config)
-    return Prepared(config, shards, eval_records, tokenizer, model, strategy, server_random, suites)
+    return Prepared(config, shards, eval_records, tokenizer, model, strategy, server_random, suites, plan)
 
 
 def with_resolved_target_modules(config: Config, model) -> Config:
@@ -295,6 +303,9 @@ def clients_and_fit_all(config: Config, run_dir, prepared: Prepared, fleet):
 
     if fleet is not None:
         yield fleet.join(run_dir.path.name, config.num_clients, base_model_digest(prepared.model)), fleet.fit_all
+    elif config.mode == "split":
+        with split_clients_and_fit_all(config, run_dir, prepared) as clients_and_fit:
+            yield clients_and_fit
     elif config.execution.mode == "processes":
         with start_workers(config, run_dir, prepared) as pool:
             yield pool.clients, pool.fit_all
@@ -303,6 +314,39 @@ def clients_and_fit_all(config: Config, run_dir, prepared: Prepared, fleet):
                batched_fit(config, prepared))
     else:
         yield build_clients(config, prepared.shards, prepared.model, prepared.tokenizer, run_dir), fit_in_turn
+
+
+@contextlib.contextmanager
+def split_clients_and_fit_all(config: Config, run_dir, prepared: Prepared):
+    """mode split: the trunk server on this process's model and the clients, in this process (split.channel
+    in_process) or in their own processes over gRPC (loopback: started here; grpc: python -m client.split_node)."""
+    from server.split import TrunkServer
+    from flb.training import round_learning_rate, sft_config
+
+    args = sft_config(config.sft, max_steps=config.local_steps, output_dir=run_dir.path / "work" / "trunk",
+                      use_cpu=config.model.device_map == "cpu", seed=config.seed)
+    trunk = TrunkServer(prepared.model, prepared.split_plan, args, config.local_steps,
+                        functools.partial(round_learning_rate, config.sft, num_rounds=config.num_rounds),
+                        config.seed, shared=config.split.trunk == "shared")
+    if config.split.channel == "in_process":
+        yield [split_client(config, prepared.split_plan, build_run_client(config, run_dir, i, shard, prepared.model,
+                                                                          prepared.tokenizer), trunk.handle)
+               for i, shard in enumerate(prepared.shards)], trunk
+        return
+    from server.split_hub import SplitHub
+
+    with SplitHub(trunk, config, run_dir.path.name) as hub:
+        yield hub.join(), hub
+
+
+def split_client(config: Config, plan, inner, send):
+    """A client.split.SplitClient around the SFTClient `inner`, talking to the trunk server through `send`."""
+    from client.split import ActivationNoise, SplitClient
+    from flb.split import SplitChannel
+
+    return SplitClient(inner, plan, SplitChannel(send), ActivationNoise(config.split.activation_noise,
+                                                                        config.split.activation_clip),
+                       personal=config.split.client_parts == "personal")
 
 
 def batched_fit(config: Config, prepared: Prepared):
@@ -341,7 +385,8 @@ def coordinate(config: Config, run_dir, checkpoint: dict | None, prepared: Prepa
         min_clients=config.server.min_clients, seed=config.seed, disclosure=Disclosure.of(config),
         random=prepared.server_random, secret_sampling=config.uses_dp, max_update_norm=config.server.max_update_norm,
         max_client_failures=config.server.max_client_failures, lora_a_frozen=config.strategy.lora_a_frozen,
-        fit_all=fit_all, comm=CommTracker(config.comm.budget_mb),
+        fit_all=fit_all, comm=CommTracker(config.comm.budget_mb, cut=fit_all.round_traffic if prepared.split_plan else None),
+        update_parts=prepared.split_plan.parts if prepared.split_plan else None,
         learning_rate=functools.partial(round_learning_rate, config.sft, num_rounds=config.num_rounds),
         contribution_loss=evaluator.eval_loss if scores_by_quality(config) else None, on_round=on_round)
     if checkpoint is not None:

@@ -29,7 +29,7 @@ from typing import Sequence
 
 from flb.errors import first_line
 from flb.scheduler import is_out_of_memory, peak_memory
-from flb.training import IGNORE_INDEX, SCORED_INPUTS, target_log_probs
+from flb.training import IGNORE_INDEX, SCORED_INPUTS, optimizer_and_scheduler, target_log_probs
 from flb.types import AdapterState, ClientUpdate
 
 log = logging.getLogger(__name__)
@@ -191,19 +191,13 @@ def _client_run(client, stacked: StackedLoRA, global_adapter: AdapterState, roun
                 extras: AdapterState) -> ClientRun:
     """The client's round set up as its own fit() would: its seed, then its batches, its optimizer and scheduler
     from its trainer's arguments."""
-    from transformers import Trainer
-
     client.begin_round(global_adapter, round)
     trainer = client.trainer
     steps = optimizer_steps(trainer, client.local_steps)
     tensors = stacked.add_client(global_adapter)
     trainable = stacked.trainable(tensors)
-    optimizer_class, arguments = Trainer.get_optimizer_cls_and_kwargs(trainer.args, client.model)
-    optimizer = optimizer_class([{"params": list(trainable.values()), "weight_decay": trainer.args.weight_decay}],
-                                **arguments)
-    trainer.lr_scheduler = None
-    scheduler = trainer.create_scheduler(num_training_steps=client.local_steps, optimizer=optimizer)
-    trainer.lr_scheduler = None
+    optimizer, scheduler = optimizer_and_scheduler(trainer.args, list(trainable.values()), client.local_steps,
+                                                   client.model)
     correction = client.objective.correction(trainable, global_adapter, extras, client.variate)
     return ClientRun(client, steps, tensors, optimizer, scheduler, correction)
 

@@ -30,12 +30,12 @@ import os
 import signal
 import threading
 from collections import deque
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Callable
 
 from flb.errors import FLBError, RunFailed, first_line
 from flb.scheduler import Admission, WorkerDied, cpu_threads, is_out_of_memory
-from flb.types import AdapterState, Attestation, ClientUpdate, ProxyClient, SignedUpload
+from flb.types import AdapterState, ClientUpdate, ProxyClient, SignedUpload, update_from_header, update_header
 
 log = logging.getLogger(__name__)
 WAIT_S = 5.0  # the longest one wait for pipes and sentinels lasts before the loop looks again
@@ -384,22 +384,13 @@ def _tensors(data: bytes) -> AdapterState:
     return load(data)
 
 
-_UPDATE_FIELDS = [f.name for f in fields(ClientUpdate) if f.name not in ("tensors", "extras", "attestation")]
-
-
 def _update_reply(update: ClientUpdate, peak_bytes: int) -> tuple[dict, dict]:
-    signed = update.attestation
-    header = {"op": "done", "peak_bytes": peak_bytes, **{name: getattr(update, name) for name in _UPDATE_FIELDS},
-              "attestation": None if signed is None else [signed.recorded_digest, signed.recorded_num_examples,
-                                                          signed.signature]}
+    header = {"op": "done", "peak_bytes": peak_bytes, **update_header(update)}
     return header, {"tensors": _tensor_bytes(update.tensors), "extras": _tensor_bytes(update.extras)}
 
 
 def _read_update(header: dict, blobs: dict) -> ClientUpdate:
-    attestation = header["attestation"]
-    return ClientUpdate(**{name: header[name] for name in _UPDATE_FIELDS}, tensors=_tensors(blobs["tensors"]),
-                        extras=_tensors(blobs["extras"]),
-                        attestation=None if attestation is None else Attestation(*attestation))
+    return update_from_header(header, _tensors(blobs["tensors"]), _tensors(blobs["extras"]))
 
 
 # the worker process

@@ -3,12 +3,14 @@
 Counted by the server from the tensors themselves (never from what a client says it sent): each sampled client
 is sent the global adapter and the strategy's extras (SCAFFOLD's c); each client that answers sends its update and
 its extras back, counted whether or not the update is then accepted. Framing (safetensors headers, Flower's
-messages) is not counted: these are the payload bytes a user sizes a link for.
+messages) is not counted: these are the payload bytes a user sizes a link for. In split mode the frames that
+cross the cut each step (hidden states and gradients, safetensors bytes as sent) are counted apart, per round.
 """
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Callable
 
 from flb.types import AdapterState, ClientUpdate
 
@@ -28,6 +30,7 @@ class CommTracker:
     budget_mb: float | None = None
     total_down: int = 0  # bytes sent to clients so far
     total_up: int = 0  # bytes received from clients so far
+    cut: Callable[[], object] | None = None  # mode split: the round's frames across the cut (flb.split.Traffic)
 
     def count(self, round: int, sent: AdapterState, extras: AdapterState, num_sampled: int,
               received: list[ClientUpdate]) -> dict:
@@ -40,8 +43,13 @@ class CommTracker:
         if self.budget_mb is not None and before <= self.budget_mb * MB < after:
             log.warning("round %d: %.2f MB sent to and from clients so far, past comm.budget_mb = %g", round,
                         after / MB, self.budget_mb)
-        return {"comm_down_bytes": down, "comm_up_bytes": up, "comm_total_down_bytes": self.total_down,
-                "comm_total_up_bytes": self.total_up}
+        row = {"comm_down_bytes": down, "comm_up_bytes": up, "comm_total_down_bytes": self.total_down,
+               "comm_total_up_bytes": self.total_up}
+        if self.cut is not None:
+            traffic = self.cut()
+            row.update(split_to_server_bytes=traffic.to_server, split_to_client_bytes=traffic.to_client,
+                       split_steps=traffic.steps)
+        return row
 
     def restore(self, last_round_metrics: dict) -> None:
         """Continue the totals from the last completed round's metrics row (a resumed run)."""

@@ -484,6 +484,45 @@ def _is_device(name: str) -> bool:
     return (kind in ("cpu", "mps") and not index) or (kind == "cuda" and (not index or index.isdigit()))
 
 
+SPLIT_CHANNELS = ("in_process", "loopback", "grpc")
+
+
+@dataclass(frozen=True)
+class SplitSettings:
+    head_layers: int = _help("mode split: decoder blocks the client runs after the embeddings (k; 0 sends the "
+                             "embeddings themselves).", default=1)
+    tail_layers: int = _help("mode split: decoder blocks the client runs before the final norm and LM head (m).",
+                             default=1)
+    trunk: str = _help("shared: one trunk adapter trained by each sampled client in turn | per_client: a trunk copy "
+                       "per client, averaged by the strategy each round.", default="shared")
+    client_parts: str = _help("aggregated: the clients' parts are aggregated by the strategy | personal: each client "
+                              "starts every round from its own parts.", default="aggregated")
+    activation_noise: float = _help("Std of the Gaussian noise the client adds to every hidden state it sends "
+                                    "forward (from its secret generator); 0: none.", default=0.0)
+    activation_clip: Optional[float] = _help("Clip each token's hidden state to this L2 norm before the noise; "
+                                             "null: no clip.", default=None)
+    channel: str = _help("in_process (one process) | loopback (a server and num_clients client processes over gRPC "
+                         "on this machine) | grpc (serve split.address; clients run python -m client.split_node).",
+                         default="in_process")
+    address: str = _help("grpc: host:port the server listens on.", default="0.0.0.0:50071")
+    timeout_s: float = _help("A client that sends nothing for this long while the server waits on it has failed.",
+                             default=300.0)
+
+    def __post_init__(self):
+        _require(self.head_layers >= 0, "split.head_layers", self.head_layers, "an integer >= 0")
+        _require(self.tail_layers >= 0, "split.tail_layers", self.tail_layers, "an integer >= 0")
+        _one_of("split.trunk", self.trunk, ("shared", "per_client"))
+        _one_of("split.client_parts", self.client_parts, ("aggregated", "personal"))
+        _require(self.activation_noise >= 0, "split.activation_noise", self.activation_noise, "a number >= 0")
+        _require(self.activation_clip is None or self.activation_clip > 0, "split.activation_clip",
+                 self.activation_clip, "a number > 0, or null")
+        _one_of("split.channel", self.channel, SPLIT_CHANNELS)
+        host, _, port = self.address.rpartition(":")
+        _require(bool(host) and port.isdigit() and 0 < int(port) < 65536, "split.address", self.address,
+                 "host:port, e.g. 0.0.0.0:50071")
+        _require(self.timeout_s > 0, "split.timeout_s", self.timeout_s, "a number of seconds > 0")
+
+
 @dataclass(frozen=True)
 class NotifySettings:
     url: Optional[str] = _help("POST a JSON summary of every round here (run id, round, eval loss, accuracy, "
@@ -534,7 +573,11 @@ class Config:
     comm: CommSettings = _help("Communication accounting.", default_factory=CommSettings)
     execution: ExecutionSettings = _help("How the sampled clients are run.", default_factory=ExecutionSettings)
     notify: NotifySettings = _help("Round notifications.", default_factory=NotifySettings)
+    split: SplitSettings = _help("Split learning (mode split).", default_factory=SplitSettings)
     chain: ChainSettings = _help("Ledger backend and scoring (used when chain_record is true).", default_factory=ChainSettings)
+    mode: str = _help("federated (each client trains the whole adapter) | split (the client keeps the embeddings, "
+                      "the first and last blocks and the head; the server trains the blocks between; see split.*).",
+                      default="federated")
     dataset_name: str = _help(
         "Training data: 'flb-tasks' (our generated tasks), a .json/.jsonl/.csv/.parquet file, a local "
         "dataset directory, or a hub name.",
@@ -550,6 +593,7 @@ class Config:
     chain_record: bool = _help("Record data uploads and rounds on the chain ledger (see chain.*).", default=True)
 
     def __post_init__(self):
+        _one_of("mode", self.mode, ("federated", "split"))
         _require(self.num_clients >= 1, "num_clients", self.num_clients, "an integer >= 1")
         _require(1 <= self.clients_per_round <= self.num_clients, "clients_per_round", self.clients_per_round,
                  f"an integer in [1, num_clients={self.num_clients}]")
@@ -571,9 +615,20 @@ class Config:
                  "execution.mode", "batched", "sequential or processes with DP-SGD (opacus clips each example's "
                  "gradient through the model's own layers; the stacked client adapters of batched mode are not "
                  "ones it can hook, so its clipping would not be exact)")
+        if self.mode == "split":
+            self._check_split()
         _require(not (self.uses_dp and self.chain_record and self.chain.scoring == "quality"), "chain.scoring",
                  self.chain.scoring, "flb with differential privacy (quality scores publish each client's effect on "
                  "the held-out loss, which no DP mechanism covers)")
+
+    def _check_split(self) -> None:
+        """What split mode does not combine with, each a one-line error naming the way out."""
+        _require(self.execution.mode == "sequential", "execution.mode", self.execution.mode,
+                 "sequential with mode split (the server trains the trunk with one client at a time)")
+        _require(not self.uses_dp, "mode", self.mode, "federated with local or server DP (split mode's privacy "
+                 "knob is split.activation_noise; set client.local_dp=false and a strategy without dp_)")
+        _require(self.strategy.aggregator not in ("fedprox", "scaffold"), "strategy.name", self.strategy.name,
+                 "a strategy without a client-side objective (not fedprox or scaffold) with mode split")
 
     @property
     def fewest_aggregated(self) -> int:

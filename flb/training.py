@@ -203,13 +203,19 @@ def target_log_probs(model, input_ids, attention_mask, labels):
     """log p(label) at every target position of a causal-LM batch (labels shifted by one, -100 ignored), row by
     row, and the mask of those positions. The LM head runs on the target positions only, in checkpointed chunks:
     a chunk's logits are recomputed in the backward pass instead of kept."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    backbone = getattr(base, base.base_model_prefix)
+    hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+    return label_log_probs(base, hidden, labels)
+
+
+def label_log_probs(base, hidden, labels):
+    """target_log_probs from the backbone's last hidden states (after its final norm): the LM head of `base` (the
+    transformers model under peft) on the target positions only."""
     import torch
     from torch.utils.checkpoint import checkpoint
 
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    backbone = getattr(base, base.base_model_prefix)
-    hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state[:, :-1]
-    targets = labels[:, 1:]
+    hidden, targets = hidden[:, :-1], labels[:, 1:]
     mask = targets != IGNORE_INDEX
     head = base.get_output_embeddings()
     softcap = getattr(base.config.get_text_config(), "final_logit_softcapping", None)
@@ -225,6 +231,28 @@ def _label_log_probs(hidden, labels, head, softcap: float | None):
     if softcap:
         logits = softcap * (logits / softcap).tanh()
     return logits.log_softmax(-1).gather(1, labels[:, None]).squeeze(1)
+
+
+def optimizer_and_scheduler(args, parameters: list, num_steps: int, model=None):
+    """The optimizer (class and arguments) and learning-rate scheduler a transformers Trainer with `args` would
+    make for `parameters` of `model` over `num_steps` optimizer steps, at args.learning_rate."""
+    from transformers import Trainer, get_scheduler
+
+    optimizer_class, arguments = Trainer.get_optimizer_cls_and_kwargs(args, model)
+    optimizer = optimizer_class([{"params": parameters, "weight_decay": args.weight_decay}], **arguments)
+    scheduler = get_scheduler(args.lr_scheduler_type, optimizer, num_warmup_steps=args.get_warmup_steps(num_steps),
+                              num_training_steps=num_steps, scheduler_specific_kwargs=args.lr_scheduler_kwargs)
+    return optimizer, scheduler
+
+
+def mixed_precision(args, device_type: str):
+    """The autocast a Trainer with `args` trains under (bf16 or fp16 mixed precision), or none."""
+    import contextlib
+
+    import torch
+
+    dtype = torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else None
+    return torch.autocast(device_type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
 
 def chat_prompt(tokenizer, messages: list[dict]) -> str:

@@ -68,6 +68,7 @@ class RoundCoordinator:
     learning_rate: Callable[[int], float] | None = None  # the clients' learning rate in a round, for the metrics
     declared: dict[int, dict] = field(default_factory=dict)  # client id -> its round-0 shard size and address
     on_round: Callable[[dict], None] | None = None  # given each round's metrics.jsonl row once it is done (flb.notify)
+    update_parts: Callable[[AdapterState], dict[str, AdapterState]] | None = None  # mode split: a digest per part
     failures: int = 0
 
     def __post_init__(self):
@@ -124,6 +125,9 @@ class RoundCoordinator:
                                                                previous_adapter, updates, metrics["eval_loss"], round)
             if unscored:
                 metrics["unscored"] = {str(client_id): reason for client_id, reason in unscored.items()}
+        if self.update_parts is not None:
+            metrics["part_digests"] = {str(u.client_id): {part: adapter_digest(tensors) for part, tensors in
+                                                          self.update_parts(u.tensors).items()} for u in updates}
         metrics.update(rejected=rejected, num_sampled=len(sampled), round_time_s=aggregate_done - started,
                        eval_time_s=time.perf_counter() - aggregate_done, **cost)
         self._complete(round, previous_adapter, global_adapter, updates, metrics)

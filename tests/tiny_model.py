@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def save_tiny_llama(path: Path) -> Path:
+def save_tiny_llama(path: Path, num_layers: int = 2) -> Path:
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
@@ -14,7 +14,7 @@ def save_tiny_llama(path: Path) -> Path:
 
     tokenizer = AutoTokenizer.from_pretrained(local_model_dir(ModelSettings()))
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=num_layers,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
                          tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
                          eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)

@@ -1,0 +1,32 @@
+"""Split learning's shared trunk (split.trunk shared), as a wrapper around any strategy: the wrapped strategy
+aggregates the updates (the clients' parts), then the trunk is the one the last client trained, since each sampled
+client continued the trunk of the one before it (FL-LLaMA's scheme). Averaging those trunks would mix a trunk with
+the trunks it was trained from."""
+from __future__ import annotations
+
+from flb.split import SplitPlan
+from flb.types import AdapterState, ClientUpdate
+from server.strategy.base import Strategy
+
+
+class SharedTrunk(Strategy):
+    def __init__(self, strategy: Strategy, plan: SplitPlan):
+        self.strategy, self.plan = strategy, plan
+        self.output_is_mean = strategy.output_is_mean
+
+    def aggregate(self, global_adapter: AdapterState, updates: list[ClientUpdate], round: int,
+                  num_sampled: int) -> AdapterState:
+        aggregated = self.strategy.aggregate(global_adapter, updates, round, num_sampled)
+        return {**aggregated, **self.plan.trunk_part(updates[-1].tensors)} if updates else aggregated
+
+    def client_extras(self, global_adapter: AdapterState) -> AdapterState:
+        return self.strategy.client_extras(global_adapter)
+
+    def mean_weights(self, updates: list[ClientUpdate]) -> list[float]:
+        return self.strategy.mean_weights(updates)
+
+    def state_dict(self) -> dict:
+        return {"inner": self.strategy.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.strategy.load_state_dict(state.get("inner", {}))
