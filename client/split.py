@@ -72,9 +72,11 @@ class SplitClient:
         return self.inner.privacy_spent()
 
     def fit(self, global_adapter: AdapterState, round: int, extras: AdapterState | None = None) -> ClientUpdate:
+        import torch
+
         from client.batched import optimizer_steps
         from flb.modeling import get_adapter_state
-        from flb.training import optimizer_and_scheduler
+        from flb.training import IGNORE_INDEX, optimizer_and_scheduler
 
         started = time.perf_counter()
         inner, model = self.inner, self.inner.model
@@ -91,12 +93,10 @@ class SplitClient:
         self.channel.open(self.client_id, round)
         loss = 0.0
         for micro_batches in steps:
-            targets = max(1, sum(int(batch["labels"][:, 1:].ne(-100).sum()) for batch in micro_batches))
+            targets = max(1, sum(int(batch["labels"][:, 1:].ne(IGNORE_INDEX).sum()) for batch in micro_batches))
             for index, batch in enumerate(micro_batches):
                 loss += self.micro_batch(batch, targets, step=index == len(micro_batches) - 1)
             if trainer.args.max_grad_norm and trainer.args.max_grad_norm > 0:
-                import torch
-
                 torch.nn.utils.clip_grad_norm_(parameters, trainer.args.max_grad_norm)
             optimizer.step()
             scheduler.step()
@@ -126,7 +126,7 @@ class SplitClient:
             log_probs, _ = label_log_probs(model.get_base_model(), tail, labels)
         loss = -log_probs.sum() / targets
         loss.backward()
-        grad = self.channel.backward(returned.grad, step=step)
+        grad = self.channel.backward(returned.grad, step=step, input_grad=sent.requires_grad)
         if sent.requires_grad:
             sent.backward(grad.to(sent.device, sent.dtype))
         return loss.item()
@@ -135,8 +135,16 @@ class SplitClient:
 def drop_trunk(model, plan: SplitPlan) -> None:
     """Free the trunk's blocks of a client's model (their weights are the server's to run): each becomes an empty
     module, so the other blocks keep their names and the adapter's tensor names stay the same."""
+    import ctypes
+    import ctypes.util
+    import gc
+    import sys
+
     import torch
 
     layers = backbone(model).layers
     for index in plan.trunk_layers:
         layers[index] = torch.nn.Identity()
+    gc.collect()
+    if sys.platform.startswith("linux"):  # glibc keeps freed heap pages mapped; hand them back to the system
+        ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim(0)

@@ -48,7 +48,7 @@ class CommTracker:
         if self.cut is not None:
             traffic = self.cut()
             row.update(split_to_server_bytes=traffic.to_server, split_to_client_bytes=traffic.to_client,
-                       split_steps=traffic.steps)
+                       split_forwards=traffic.forwards)
         return row
 
     def restore(self, last_round_metrics: dict) -> None:

@@ -157,11 +157,11 @@ def reply_or_raise(frame: bytes) -> tuple[dict, dict]:
 
 @dataclass
 class Traffic:
-    """Bytes of the frames sent each way, and the forward steps they carried."""
+    """Bytes of the frames sent each way, and the forward passes (micro-batches) they carried."""
 
     to_server: int = 0
     to_client: int = 0
-    steps: int = 0
+    forwards: int = 0
 
     def add(self, sent: int, received: int) -> None:
         self.to_server += sent
@@ -188,15 +188,16 @@ class SplitChannel:
 
     def forward(self, hidden, attention_mask):
         """The trunk's output for the hidden states at the first cut."""
-        self.traffic.steps += 1
+        self.traffic.forwards += 1
         _, tensors = self._call("forward", {}, {"hidden": hidden, "attention_mask": attention_mask})
         return tensors["hidden"]
 
-    def backward(self, grad, step: bool):
-        """The gradient at the first cut for the gradient at the second; `step`: the trunk takes its optimizer step
-        after it (the last micro-batch of a client's step)."""
-        _, tensors = self._call("backward", {"step": step}, {"grad": grad})
-        return tensors["grad"]
+    def backward(self, grad, step: bool, input_grad: bool = True):
+        """The gradient at the first cut for the gradient at the second (None unless `input_grad`: a client with no
+        trainable block before the cut needs none); `step`: the trunk takes its optimizer step after it (the last
+        micro-batch of a client's step)."""
+        _, tensors = self._call("backward", {"step": step, "input_grad": input_grad}, {"grad": grad})
+        return tensors.get("grad")
 
     def close(self) -> AdapterState:
         """End the session; the trunk's adapter tensors as they are after it."""

@@ -134,12 +134,13 @@ class TrunkServer:
         device = self.model.get_base_model().device
         leaf = hidden.to(device).requires_grad_()
         session.forwards += 1
-        with torch.random.fork_rng(devices=[]), mixed_precision(self.training_args, device.type):
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), \
+                mixed_precision(self.training_args, device.type):
             torch.manual_seed(derived_seed(self.seed, session.round, session.client_id, session.forwards,
                                            _DROPOUT_STREAM))
             output = run_blocks(backbone(self.model), self.plan.trunk_layers, leaf, mask.to(device))
         session.pending = (leaf, output)
-        self.traffic.steps += 1
+        self.traffic.forwards += 1
         return "hidden", {}, {"hidden": output}
 
     def _backward(self, session: _Session, header: dict, tensors: dict) -> tuple:
@@ -155,7 +156,7 @@ class TrunkServer:
         session.pending = None
         if header.get("step") is True:
             self._optimizer_step(session)
-        return "grad", {}, {"grad": leaf.grad}
+        return "grad", {}, ({"grad": leaf.grad} if header.get("input_grad", True) else {})
 
     def _optimizer_step(self, session: _Session) -> None:
         import torch

@@ -133,6 +133,12 @@ def test_resolved_config_round_trips():
     ("execution.devices=[gpu0]", "execution.devices: invalid value ['gpu0']; allowed: a list of cpu | cuda | cuda:N"),
     ("execution.workers=0", "execution.workers: invalid value 0; allowed: an integer >= 1"),
     ("execution.memory_budget_mb=-1", "execution.memory_budget_mb: invalid value -1.0; allowed: a number > 0"),
+    ("mode=pipeline", "mode: invalid value 'pipeline'; allowed: federated | split"),
+    ("split.trunk=mean", "split.trunk: invalid value 'mean'; allowed: shared | per_client"),
+    ("split.head_layers=-1", "split.head_layers: invalid value -1; allowed: an integer >= 0"),
+    ("split.channel=tcp", "split.channel: invalid value 'tcp'; allowed: in_process | loopback | grpc"),
+    ("split.address=localhost", "split.address: invalid value 'localhost'; allowed: host:port"),
+    ("split.activation_noise=-1", "split.activation_noise: invalid value -1.0; allowed: a number >= 0"),
 ])
 def test_absurd_values_are_one_line_errors(override, message):
     with pytest.raises(ConfigError) as info:
@@ -147,6 +153,17 @@ def test_batched_mode_refuses_dpsgd_in_one_line():
     assert str(info.value).startswith("execution.mode: invalid value 'batched'; allowed: sequential or processes "
                                       "with DP-SGD (opacus clips each example's gradient")
     assert load_config(None, ["execution.mode=batched", "client.local_dp=true"]).execution.mode == "batched"
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["execution.mode=batched"], "execution.mode: invalid value 'batched'; allowed: sequential with mode split"),
+    (["client.local_dp=true"], "mode: invalid value 'split'; allowed: federated with local or server DP"),
+    (["strategy.name=scaffold"], "strategy.name: invalid value 'scaffold'; allowed: a strategy without a client-side"),
+])
+def test_split_mode_refuses_what_it_does_not_combine_with_in_one_line(overrides, message):
+    with pytest.raises(ConfigError) as info:
+        load_config(None, ["mode=split", *overrides])
+    assert str(info.value).startswith(message) and "\n" not in str(info.value)
 
 
 def test_seed_bounds_are_inclusive_where_they_should_be():
