@@ -1,5 +1,6 @@
 """Training: the run's curves from metrics.jsonl (eval loss, perplexity, accuracy per task family,
-per-client train loss, the eval suites' scores, the adapter bytes sent to and from the clients, and ε: each client's as it reports it, the
+per-client train loss, the eval suites' scores, the adapter bytes sent to and from the clients, in split mode the bytes
+that cross the cut, and ε: each client's as it reports it, the
 server's against users of the model and against a chain reader) and its resolved config; refreshes by itself while
 the run is going."""
 from __future__ import annotations
@@ -73,6 +74,8 @@ def _dashboard(run: rundata.Run) -> None:
                            "of the client's data that no noise covers).")
     _suites([m for m in rounds if "suites" in m])
     _communication([m for m in metrics if m.get("kind") == "round" and "comm_down_bytes" in m])
+    if run.config.get("mode") == "split":
+        _split(run.config["split"], [m for m in rounds if "split_to_server_bytes" in m])
     _privacy(metrics, [m for m in rounds if m.get("privacy")])
     rejected = [(m["round"], r["client_id"], r["reason"]) for m in rounds + [m for m in metrics if m.get("skipped")]
                 for r in m.get("rejected", [])]
@@ -113,6 +116,31 @@ def _communication(rounds: list[dict]) -> None:
     per_round = pd.DataFrame([{"to clients": m["comm_down_bytes"] / MB, "from clients": m["comm_up_bytes"] / MB}
                               for m in rounds], index=pd.Index([m["round"] for m in rounds], name="round"))
     _chart(st, "MB per round", per_round)
+
+
+def _split(settings: dict, rounds: list[dict]) -> None:
+    """Where the model is cut and the MB of hidden states and gradients that crossed the cut per round."""
+    import pandas as pd
+
+    from flb.comm import MB
+
+    st.subheader("Split learning")
+    noise = (f"activation noise σ = {settings['activation_noise']:g}" if settings["activation_noise"] else
+             "no activation noise")
+    clip = f", each token clipped to {settings['activation_clip']:g}" if settings.get("activation_clip") else ""
+    st.caption(f"Each client runs the embeddings, the first {settings['head_layers']} and the last "
+               f"{settings['tail_layers']} blocks, the norm and the head; the server trains the blocks between "
+               f"(trunk {settings['trunk']}, client parts {settings['client_parts']}); {noise}{clip}.")
+    if not rounds:
+        return
+    total = sum(m["split_to_server_bytes"] + m["split_to_client_bytes"] for m in rounds) / MB
+    st.metric("Hidden states and gradients across the cut in all", f"{total:.3f} MB",
+              help="the frames as sent (safetensors bytes): hidden states and the attention mask to the server, the "
+                   "trunk's output and the gradients back, and each session's trunk adapter")
+    per_round = pd.DataFrame([{"to the server": m["split_to_server_bytes"] / MB,
+                               "to the clients": m["split_to_client_bytes"] / MB} for m in rounds],
+                             index=pd.Index([m["round"] for m in rounds], name="round"))
+    _chart(st, "MB across the cut per round", per_round)
 
 
 def _privacy(metrics: list[dict], rounds: list[dict]) -> None:

@@ -67,6 +67,13 @@ def private_run(web_run, tiny_model_dir) -> Path:
     return main_simple_fl.run(load_config(None, overrides))
 
 
+@pytest.fixture(scope="module")
+def split_run(web_run, tiny_model_dir) -> Path:
+    """The same run in split mode (the tiny model's 2 blocks: the client keeps block 0, the server trains block 1)."""
+    overrides = recorded_run_overrides(tiny_model_dir, web_run.parent) + ["mode=split", "split.tail_layers=0"]
+    return main_simple_fl.run(load_config(None, overrides))
+
+
 def start_app(run: Path, log: Path):
     """`streamlit run` on a free loopback port in its own process group; returns (process, url)."""
     with socket.socket() as probe:
@@ -196,6 +203,17 @@ def test_training_page_of_a_private_run_shows_each_clients_epsilon(app_url, priv
     expect(page.get_by_test_id("stVegaLiteChart")).to_have_count(6)  # loss, perplexity, accuracy, suites, MB, ε per client
     text = settle_and_screenshot(page, "training-private")
     assert "No ε recorded" not in text
+
+
+def test_training_page_of_a_split_run_shows_the_cut_and_its_traffic(app_url, split_run, page):
+    from playwright.sync_api import expect
+
+    page.goto(f"{app_url}/training?run={split_run.name}")
+    expect(page.get_by_text("Split learning")).to_be_visible()
+    expect(page.get_by_test_id("stVegaLiteChart")).to_have_count(7)  # the default run's 6 and the cut's MB
+    text = settle_and_screenshot(page, "training-split")
+    assert "the first 1 and the last 0 blocks" in text and "trunk shared" in text
+    assert re.search(r"Hidden states and gradients across the cut in all\s+0\.\d{3} MB", text)
 
 
 def test_ledger_page_of_a_private_run_verifies_and_publishes_no_counts(app_url, private_run, page):
