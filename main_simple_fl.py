@@ -23,7 +23,8 @@ log = logging.getLogger("flb")
 RESUMABLE_KEYS = ("num_rounds", "eval.max_new_tokens", "eval.batch_size", "server.max_client_failures",
                   "chain.rpc_url", "chain.explorer_url", "chain.password_env", "client.dp.allow_over_target",
                   "execution.mode", "execution.workers", "execution.devices", "execution.memory_budget_mb",
-                  "notify.url", "notify.command", "notify.timeout_s")
+                  "notify.url", "notify.command", "notify.timeout_s", "split.channel", "split.address",
+                  "split.timeout_s")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -265,6 +266,9 @@ def run(config: Config, resume: str | None = None, export_merged: bool = False, 
     if fleet is not None and config.execution.mode != "sequential":
         raise ConfigError(f"execution.mode: {config.execution.mode} does not apply to a Flower run (each SuperNode "
                           "trains its own client); leave execution.mode sequential")
+    if fleet is not None and config.mode == "split":
+        raise ConfigError("mode: split does not run on Flower's deployment engine; use split.channel grpc (python -m "
+                          "client.split_node on each client machine) or run Flower with mode federated")
     prepared = prepare(config, export_merged)
     config = prepared.config
     run_dir = RunDir.open(resume) if resume else RunDir.create(config.output_dir, config.to_dict())
@@ -320,8 +324,8 @@ def clients_and_fit_all(config: Config, run_dir, prepared: Prepared, fleet):
 def split_clients_and_fit_all(config: Config, run_dir, prepared: Prepared):
     """mode split: the trunk server on this process's model and the clients, in this process (split.channel
     in_process) or in their own processes over gRPC (loopback: started here; grpc: python -m client.split_node)."""
-    from server.split import TrunkServer
     from flb.training import round_learning_rate, sft_config
+    from server.split import TrunkServer
 
     args = sft_config(config.sft, max_steps=config.local_steps, output_dir=run_dir.path / "work" / "trunk",
                       use_cpu=config.model.device_map == "cpu", seed=config.seed)
@@ -332,11 +336,11 @@ def split_clients_and_fit_all(config: Config, run_dir, prepared: Prepared):
         yield [split_client(config, prepared.split_plan, build_run_client(config, run_dir, i, shard, prepared.model,
                                                                           prepared.tokenizer), trunk.handle)
                for i, shard in enumerate(prepared.shards)], trunk
-        return
-    from server.split_hub import SplitHub
+    else:
+        from server.split_hub import SplitHub
 
-    with SplitHub(trunk, config, run_dir.path.name) as hub:
-        yield hub.join(), hub
+        with SplitHub(trunk, config, run_dir.path.name) as hub:
+            yield hub.join(), hub
 
 
 def split_client(config: Config, plan, inner, send):
@@ -372,7 +376,7 @@ def coordinate(config: Config, run_dir, checkpoint: dict | None, prepared: Prepa
     from server.coordinator import RoundCoordinator
     from server.evaluation import Evaluator
 
-    model = prepared.model
+    model, plan = prepared.model, prepared.split_plan
     if ledger.signing_domain is not None:
         for client in clients:
             client.bind_ledger(ledger.signing_domain)
@@ -385,8 +389,8 @@ def coordinate(config: Config, run_dir, checkpoint: dict | None, prepared: Prepa
         min_clients=config.server.min_clients, seed=config.seed, disclosure=Disclosure.of(config),
         random=prepared.server_random, secret_sampling=config.uses_dp, max_update_norm=config.server.max_update_norm,
         max_client_failures=config.server.max_client_failures, lora_a_frozen=config.strategy.lora_a_frozen,
-        fit_all=fit_all, comm=CommTracker(config.comm.budget_mb, cut=fit_all.round_traffic if prepared.split_plan else None),
-        update_parts=prepared.split_plan.parts if prepared.split_plan else None,
+        fit_all=fit_all, comm=CommTracker(config.comm.budget_mb, cut=fit_all.round_traffic if plan else None),
+        update_parts=plan.parts if plan else None,
         learning_rate=functools.partial(round_learning_rate, config.sft, num_rounds=config.num_rounds),
         contribution_loss=evaluator.eval_loss if scores_by_quality(config) else None, on_round=on_round)
     if checkpoint is not None:

@@ -756,7 +756,9 @@ def build(cls, data: Any, prefix: str = ""):
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for key in data:
         if key not in fields:
-            close = difflib.get_close_matches(str(key), fields, n=1)
+            # a mapping given under a misspelt name was meant for a section (modle.lora.r: model, not mode)
+            sections = [name for name, f in fields.items() if dataclasses.is_dataclass(f.default_factory)]
+            close = difflib.get_close_matches(str(key), sections if isinstance(data[key], dict) else fields, n=1)
             hint = f"did you mean {prefix}{close[0]!r}?" if close else f"valid keys: {', '.join(fields)}"
             raise ConfigError(f"{prefix}{_key_text(key)}: unknown key; {hint}")
     hints = typing.get_type_hints(cls)

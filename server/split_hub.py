@@ -64,6 +64,8 @@ class SplitHub:
         for client_id in self.hello:
             self.jobs[client_id].put(({"kind": "stop"}, {}))
         deadline = time.monotonic() + 30
+        while any(not self.jobs[i].empty() for i in self.hello) and time.monotonic() < deadline - 20:
+            time.sleep(0.1)  # let the clients fetch their stop (10 s at most) before the server goes away
         for process in self.processes.values():
             try:
                 process.wait(timeout=max(0.1, deadline - time.monotonic()))

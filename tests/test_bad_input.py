@@ -175,10 +175,16 @@ def test_resume_of_a_damaged_run_is_one_error_line(tiny_overrides, tmp_path, cap
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == before
 
 
-def test_a_flower_run_refuses_another_execution_mode_before_anything_exists(tiny_overrides, tmp_path):
-    """Each SuperNode trains its own client: batched or processes would be silently ignored there."""
+@pytest.mark.parametrize("override, message", [
+    ("execution.mode=batched", "^execution.mode: batched does not apply to a Flower run"),
+    ("mode=split", "^mode: split does not run on Flower's deployment engine; use split.channel grpc"),
+])
+def test_a_flower_run_refuses_another_execution_mode_before_anything_exists(tiny_overrides, tmp_path, override,
+                                                                             message):
+    """Each SuperNode trains its own whole client: batched or processes would be silently ignored there, and split
+    mode needs its own channel."""
     from flb.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="^execution.mode: batched does not apply to a Flower run"):
-        main_simple_fl.run(load_config(None, tiny_overrides + ["execution.mode=batched"]), fleet=object())
+    with pytest.raises(ConfigError, match=message):
+        main_simple_fl.run(load_config(None, tiny_overrides + [override]), fleet=object())
     assert not (tmp_path / "runs").exists()

@@ -330,6 +330,32 @@ def test_the_hub_answers_only_the_client_it_gave_a_token_and_only_while_it_is_se
     trunk.expect(None)
 
 
+def test_a_network_client_whose_process_ends_or_goes_silent_is_that_clients_failure(trunk_parts):
+    """The hub does not wait forever: a client process that exits, or a client that sends nothing for
+    split.timeout_s while it is awaited, fails the job it was given; the round's result for it is that failure
+    (the coordinator counts it against server.max_client_failures)."""
+    import dataclasses
+    import subprocess
+    import sys
+
+    from flb.modeling import get_adapter_state
+    from flb.types import ProxyClient
+    from server.split_hub import SplitClientLost, SplitHub
+
+    client, trunk, prepared = trunk_parts
+    config = dataclasses.replace(prepared.config, split=dataclasses.replace(prepared.config.split, timeout_s=0.5))
+    hub = SplitHub(trunk, config, "run")
+    for client_id in (0, 1):
+        hub.handle(encode_frame("hello", {"client_id": client_id, "num_examples": 3, "address": None}))
+    silent = hub(([ProxyClient(1, 3, None, hub)]), get_adapter_state(client.inner.model), 1, {})
+    assert isinstance(silent[0], SplitClientLost)
+    assert str(silent[0]) == "client 1 sent nothing for split.timeout_s = 0.5 s"
+    hub.processes[0] = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])
+    hub.processes[0].wait()
+    with pytest.raises(SplitClientLost, match=r"^client 0's process ended with code 3 \(see its node.log\)$"):
+        hub.data_upload(0)
+
+
 def test_split_plans_that_cannot_be_cut_are_config_errors(tiny4_dir, tmp_path):
     import main_simple_fl
     from flb.config import load_config
