@@ -21,7 +21,7 @@ def tiny_model_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def flower_reference_run(tiny_model_dir, tmp_path_factory):
     """The in-process run of the Flower loopback tests' config (tiny_run_overrides + FLOWER_RUN): its run
-    directory. test_flower.py and test_flower_secure.py compare their Flower runs with it."""
+    directory. test_flower_secure.py compares its Flower run with it."""
     import main_simple_fl
     from flb.config import load_config
 
