@@ -15,7 +15,7 @@ import logging
 import sys
 from pathlib import Path
 
-from flb.errors import FLBError, first_line
+from flb.errors import ConfigError, FLBError, first_line
 from flb.split import encode_frame, reply_or_raise
 
 log = logging.getLogger("client.split_node")
@@ -37,10 +37,9 @@ class Node:
         import main_simple_fl
         from client.split import drop_trunk
         from flb.config import config_from_dict
-        from flb.errors import ConfigError
         from flb.split import SplitPlan
 
-        self.send = send
+        self.send, self.identity = send, {}
         header, _ = self.call("config", {})
         config, run_id = config_from_dict(json.loads(header["config"])), str(header["run_id"])
         if not 0 <= client_id < config.num_clients:
@@ -59,7 +58,7 @@ class Node:
         self.client.channel.identity = self.identity
 
     def call(self, op: str, header: dict, tensors: dict | None = None) -> tuple[dict, dict]:
-        return reply_or_raise(self.send(encode_frame(op, {**header, **getattr(self, "identity", {})}, tensors)))
+        return reply_or_raise(self.send(encode_frame(op, {**header, **self.identity}, tensors)))
 
     def serve(self) -> None:
         """Do the server's jobs until it says stop."""
@@ -107,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         Node(send, args.client_id, Path(args.state_dir)).serve()
     except FLBError as exc:
         print(f"error: client {args.client_id}: {first_line(exc)}", file=sys.stderr)
-        return 2 if type(exc).__name__ == "ConfigError" else 3
+        return 2 if isinstance(exc, ConfigError) else 3
     finally:
         send.close()
     return 0

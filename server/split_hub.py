@@ -188,14 +188,16 @@ class SplitHub:
             return encode_frame("error", {"message": first_line(exc)})
 
     def _hello(self, header: dict) -> bytes:
-        client_id = header.get("client_id")
+        client_id, num_examples = header.get("client_id"), header.get("num_examples")
         with self.joined:
             if not isinstance(client_id, int) or not 0 <= client_id < self.num_clients:
                 raise SplitError(f"client id {client_id!r} is not one of 0..{self.num_clients - 1}")
+            if not isinstance(num_examples, int) or num_examples < 1:
+                raise SplitError(f"client {client_id}: num_examples {num_examples!r} is not a whole number >= 1")
             if client_id in self.hello:
                 raise SplitError(f"client {client_id} has already joined this run")
             token = secrets.token_hex(16)
-            self.hello[client_id] = {"num_examples": int(header["num_examples"]), "address": header.get("address")}
+            self.hello[client_id] = {"num_examples": num_examples, "address": header.get("address")}
             self.tokens[token], self.last_seen[client_id] = client_id, time.monotonic()
             self.joined.notify_all()
         log.info("split: client %d joined", client_id)
