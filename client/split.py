@@ -72,11 +72,7 @@ class SplitClient:
         return self.inner.privacy_spent()
 
     def fit(self, global_adapter: AdapterState, round: int, extras: AdapterState | None = None) -> ClientUpdate:
-        import torch
-
-        from client.batched import optimizer_steps
         from flb.modeling import get_adapter_state
-        from flb.training import IGNORE_INDEX, optimizer_and_scheduler
 
         started = time.perf_counter()
         inner, model = self.inner, self.inner.model
@@ -85,12 +81,27 @@ class SplitClient:
             own = self.personal_state.load_before(round)
             if own is not None and own["tensors"]:
                 set_adapter_part(model, own["tensors"])
-        trainer = inner.trainer
-        steps = optimizer_steps(trainer, inner.local_steps)
-        parameters = [p for name, p in model.named_parameters() if p.requires_grad and not self.plan.in_trunk(name)]
-        optimizer, scheduler = optimizer_and_scheduler(trainer.args, parameters, inner.local_steps, model)
-        model.train()
         self.channel.open(self.client_id, round)
+        loss = self._train()
+        trunk = self.channel.close()
+        own = self.plan.client_part(get_adapter_state(model))
+        if self.personal:
+            self.personal_state.save(round, {}, tensors=own)
+        return inner.end_round({**own, **trunk}, global_adapter, round, extras or {}, None, loss, started)
+
+    def _train(self) -> float:
+        """The round's local steps across the cut (trl's batches, as trainer.train() would draw them, and the
+        trainer's optimizer, schedule and clipping on the client's part); the mean loss per step."""
+        import torch
+
+        from client.batched import optimizer_steps
+        from flb.training import IGNORE_INDEX, optimizer_and_scheduler
+
+        model, trainer = self.inner.model, self.inner.trainer
+        steps = optimizer_steps(trainer, self.inner.local_steps)
+        parameters = [p for name, p in model.named_parameters() if p.requires_grad and not self.plan.in_trunk(name)]
+        optimizer, scheduler = optimizer_and_scheduler(trainer.args, parameters, self.inner.local_steps, model)
+        model.train()
         loss = 0.0
         for micro_batches in steps:
             targets = max(1, sum(int(batch["labels"][:, 1:].ne(IGNORE_INDEX).sum()) for batch in micro_batches))
@@ -101,12 +112,7 @@ class SplitClient:
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-        trunk = self.channel.close()
-        own = self.plan.client_part(get_adapter_state(model))
-        if self.personal:
-            self.personal_state.save(round, {}, tensors=own)
-        return inner.end_round({**own, **trunk}, global_adapter, round, extras or {}, None, loss / len(steps),
-                               started)
+        return loss / len(steps)
 
     def micro_batch(self, batch: dict, targets: int, step: bool) -> float:
         """One micro-batch forward and backward across the cut; its loss (summed target log-probabilities over the
