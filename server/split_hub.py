@@ -145,7 +145,7 @@ class SplitHub:
                 header, sent = self.results[client_id].get(timeout=POLL_S)
                 break
             except queue.Empty:
-                self._check_processes()
+                self._check_processes([client_id])
                 if time.monotonic() - self.last_seen.get(client_id, 0) > self.timeout_s:
                     raise SplitClientLost(f"client {client_id} sent nothing for split.timeout_s = "
                                           f"{self.timeout_s:g} s") from None
@@ -153,9 +153,10 @@ class SplitHub:
             raise FLBError(f"client {client_id}: {header['error']}")
         return header, sent
 
-    def _check_processes(self) -> None:
+    def _check_processes(self, client_ids=None) -> None:
+        """SplitClientLost when the process of one of `client_ids` (default: every client) has ended."""
         for client_id, process in self.processes.items():
-            if process.poll() is not None:
+            if (client_ids is None or client_id in client_ids) and process.poll() is not None:
                 raise SplitClientLost(f"client {client_id}'s process ended with code {process.returncode} (see its "
                                       "node.log)")
 

@@ -354,6 +354,8 @@ def test_a_network_client_whose_process_ends_or_goes_silent_is_that_clients_fail
     hub.processes[0].wait()
     with pytest.raises(SplitClientLost, match=r"^client 0's process ended with code 3 \(see its node.log\)$"):
         hub.data_upload(0)
+    with pytest.raises(SplitClientLost, match="^client 1 sent nothing"):  # another client is not blamed for it
+        hub.data_upload(1)
 
 
 def test_split_plans_that_cannot_be_cut_are_config_errors(tiny4_dir, tmp_path):
