@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from flb.errors import ConfigError, FLBError, first_line
-from flb.split import encode_frame, reply_or_raise
+from flb.split import encode_frame, grouped, reply_or_raise, ungrouped
 
 log = logging.getLogger("client.split_node")
 
@@ -87,11 +87,9 @@ class Node:
             upload = self.client.data_upload()
             return {"recorded_digest": upload.recorded_digest, "signature": upload.signature}, {}
         if kind == "fit":
-            global_adapter = {k.removeprefix("global/"): v for k, v in tensors.items() if k.startswith("global/")}
-            extras = {k.removeprefix("extras/"): v for k, v in tensors.items() if k.startswith("extras/")}
+            global_adapter, extras = ungrouped(tensors, "global_adapter", "extras")
             update = self.client.fit(global_adapter, int(job["round"]), extras)
-            return update_header(update), {**{f"tensors/{k}": v for k, v in update.tensors.items()},
-                                           **{f"extras/{k}": v for k, v in update.extras.items()}}
+            return update_header(update), grouped(tensors=update.tensors, extras=update.extras)
         raise FLBError(f"unknown job {kind!r} from the server")
 
 

@@ -147,6 +147,17 @@ def decode_frame(frame: bytes) -> tuple[str, dict, dict]:
     return op, header, tensors
 
 
+def grouped(**groups: dict) -> dict:
+    """Several named sets of tensors as one frame's tensors ("<group>/<name>"); `ungrouped` undoes it."""
+    return {f"{group}/{name}": tensor for group, tensors in groups.items() for name, tensor in tensors.items()}
+
+
+def ungrouped(tensors: dict, *groups: str) -> list[dict]:
+    """The sets of tensors `grouped` put in a frame under `groups`, in that order (empty where it sent none)."""
+    return [{name.removeprefix(f"{group}/"): tensor for name, tensor in tensors.items()
+             if name.startswith(f"{group}/")} for group in groups]
+
+
 def reply_or_raise(frame: bytes) -> tuple[dict, dict]:
     """A reply's header and tensors; the peer's error as SplitError."""
     op, header, tensors = decode_frame(frame)

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from flb.errors import FLBError, RunFailed, first_line
-from flb.split import SplitError, decode_frame, encode_frame, frame_header
+from flb.split import SplitError, decode_frame, encode_frame, frame_header, grouped, ungrouped
 from flb.types import AdapterState, ClientUpdate, ProxyClient, SignedUpload, update_from_header
 from server.split import TrunkServer
 
@@ -118,11 +118,10 @@ class SplitHub:
         self.trunk.start_round(global_adapter, round)
         results = []
         for client in clients:
-            tensors = {**{f"global/{k}": v for k, v in global_adapter.items()},
-                       **{f"extras/{k}": v for k, v in extras.items()}}
             self.trunk.expect(client.client_id)
             try:
-                header, sent = self._ask(client.client_id, {"kind": "fit", "round": round}, tensors)
+                header, sent = self._ask(client.client_id, {"kind": "fit", "round": round},
+                                         grouped(global_adapter=global_adapter, extras=extras))
                 results.append(_update(header, sent))
             except Exception as exc:
                 log.warning("round %d: client %d failed: %s", round, client.client_id, first_line(exc))
@@ -213,8 +212,7 @@ class SplitHub:
 
 
 def _update(header: dict, sent: dict) -> ClientUpdate:
-    tensors = {k.removeprefix("tensors/"): v for k, v in sent.items() if k.startswith("tensors/")}
-    extras = {k.removeprefix("extras/"): v for k, v in sent.items() if k.startswith("extras/")}
+    tensors, extras = ungrouped(sent, "tensors", "extras")
     try:
         return update_from_header(header, tensors, extras)
     except (KeyError, TypeError) as exc:
