@@ -171,10 +171,13 @@ def test_a_split_run_trains_resumes_exactly_and_its_adapter_loads_with_plain_pef
                                                                                    run_and_resume_after_round_1):
     """Shared trunk, activation noise on, the ledger on: eval loss goes down; a copy resumed after round 1 ends on
     the uninterrupted run's final digest (the clients' secret generators are restored, so the noise is the same);
-    every record verifies against the chain; the final adapter, loaded by plain peft into the base model, gives the
+    every record verifies against the chain, and a copy whose client update has its trunk part altered does not (the
+    client signed both parts); the final adapter, loaded by plain peft into the base model, gives the
     logits of the model the run evaluated."""
+    import shutil
+
     from peft import PeftModel
-    from safetensors.torch import load_file
+    from safetensors.torch import load_file, save_file
     from transformers import AutoModelForCausalLM
 
     import main_simple_fl
@@ -193,6 +196,13 @@ def test_a_split_run_trains_resumes_exactly_and_its_adapter_loads_with_plain_pef
     assert rounds[-1]["split_forwards"] == 2 * 3 and rounds[-1]["split_to_server_bytes"] > 0
     assert set(rounds[-1]["part_digests"]) == {"0", "1"}
     assert explorer.main([str(uninterrupted), "--verify"]) == 0
+    tampered = shutil.copytree(uninterrupted, tmp_path / "tampered")  # the server alters a client's trunk part
+    update_file = tampered / "round_1" / "updates" / "client_0.safetensors"
+    update = load_file(update_file)
+    trunk_name = next(name for name in sorted(update) if SplitPlan(4, 1, 1).in_trunk(name))
+    update[trunk_name] = update[trunk_name] + 1e-3
+    save_file(update, str(update_file))
+    assert explorer.main([str(tampered), "--verify"]) != 0
 
     loaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny4_dir),
                                        uninterrupted / "final_adapter").eval()
