@@ -63,9 +63,10 @@ class SplitHub:
     def __exit__(self, *exc) -> None:
         for client_id in self.hello:
             self.jobs[client_id].put(({"kind": "stop"}, {}))
+        fetched_by = time.monotonic() + 10
+        while any(not self.jobs[i].empty() for i in self.hello) and time.monotonic() < fetched_by:
+            time.sleep(0.1)  # let the clients fetch their stop before the server goes away
         deadline = time.monotonic() + 30
-        while any(not self.jobs[i].empty() for i in self.hello) and time.monotonic() < deadline - 20:
-            time.sleep(0.1)  # let the clients fetch their stop (10 s at most) before the server goes away
         for process in self.processes.values():
             try:
                 process.wait(timeout=max(0.1, deadline - time.monotonic()))
