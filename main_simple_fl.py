@@ -102,10 +102,13 @@ def open_ledger(config: Config, run_path: Path, peft_config):
 
     if not config.chain_record:
         return NullLedger()
+    from chain.deployment import RunAnchors
     from chain.ledger import open_ledger as open_chain_ledger
     from flb.digests import adapter_config_digest
+    from flb.run_spec import run_spec_digest
 
-    return open_chain_ledger(config.chain, run_path, adapter_config_digest(peft_config))
+    anchors = RunAnchors(adapter_config_digest(peft_config), run_spec_digest(config.to_dict()))
+    return open_chain_ledger(config.chain, run_path, anchors)
 
 
 def scores_by_quality(config: Config) -> bool:

@@ -22,13 +22,14 @@ import tempfile
 import time
 from pathlib import Path
 
+from chain.deployment import RunAnchors
 from chain.errors import ChainError
 from chain.ledger import open_ledger
 from flb.attestation import sign_data_upload, sign_update
 from flb.config import ChainSettings
 from flb.types import RoundRecord, SignedUpload
 
-ADAPTER_CONFIG_DIGEST = "c0" * 32
+ANCHORS = RunAnchors("c0" * 32, "c1" * 32)  # any non-zero digests will do here
 UPDATE_BYTES = 2_000_000  # a LoRA update of ~0.5 M float32 parameters: only its score depends on it
 TXS_PER_ROUND_TARGET = 1
 
@@ -58,13 +59,14 @@ def signed_round(domain, keys: list, number: int) -> tuple[RoundRecord, float]:
     return RoundRecord(round=number, previous_global_digest=previous if number else None,
                        global_digest=global_digest(number), client_ids=clients,
                        addresses=[keys[i].address for i in clients], update_digests=digests, num_examples=counts,
-                       signatures=signatures, update_num_bytes=[UPDATE_BYTES] * len(clients), metrics={}), signing_s
+                       signatures=signatures, update_num_bytes=[UPDATE_BYTES] * len(clients), metrics={},
+                       metrics_digest=hashlib.sha256(b"metrics %d" % number).hexdigest()), signing_s
 
 
 def measure(backend: str, num_clients: int, rounds: int) -> dict:
     keys = client_keys(num_clients)
     with tempfile.TemporaryDirectory() as run_dir:
-        ledger = open_ledger(ChainSettings(backend=backend), Path(run_dir), ADAPTER_CONFIG_DIGEST)
+        ledger = open_ledger(ChainSettings(backend=backend), Path(run_dir), ANCHORS)
         try:
             domain = ledger.signing_domain
             ledger.register_clients({i: key.address for i, key in enumerate(keys)})

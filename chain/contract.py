@@ -20,15 +20,14 @@ DEFAULT_FIX = "check the call's arguments against chain/contracts/FLB.sol"
 FIXES = {
     "OwnableUnauthorizedAccount": "the sender is not the contract owner; sign with the admin account that owns it",
     "OwnableInvalidOwner": "the owner must be a non-zero address",
-    "AlreadyAnchored": "this contract already anchors adapter config {adapterConfigDigest}; a run with other LoRA "
-                       "settings needs a fresh contract (chain.contract_address: null)",
+    "AlreadyAnchored": "this contract already anchors adapter config {adapterConfigDigest} and run spec "
+                       "{runSpecDigest}; a run with other settings needs a fresh contract (chain.contract_address: null)",
     "RenounceDisabled": "ownership cannot be renounced; hand it over with transferOwnership + acceptOwnership",
     "ZeroAddress": "the zero address cannot be a client; register the client's account address",
     "AlreadyRegistered": "{client} is already registered; register each client once",
     "NotRegistered": "{client} is not a registered client; the owner registers it with registerClients first",
     "ZeroDigest": "digests and commitments must be non-zero; pass flb.digests or flb.attestation output",
-    "AlreadyUploaded": "each data digest is recorded once and this one is already on chain; "
-                       "uploaderOf(digest) tells for whom",
+    "AlreadyUploaded": "{client} has already uploaded this data digest; each client records a digest once",
     "BadSignature": "the signature is not {client}'s EIP-712 signature of exactly this record for this contract and "
                     "chain; have the client sign it with flb.attestation",
     "WrongRound": "rounds are recorded in order; this contract expects round {expected}",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 from chain.contract import flb_contract
@@ -18,6 +19,16 @@ from chain.transact import send_signed, sign_call
 
 log = logging.getLogger(__name__)
 DEPLOYMENT_FILE = "deployment.json"
+ZERO_HEX = "00" * 32
+
+
+@dataclass(frozen=True)
+class RunAnchors:
+    """What a run's contract anchors once, before any round (hex sha256 each): the canonical adapter_config.json
+    (flb.digests.adapter_config_digest) and the run spec (flb.run_spec.run_spec_digest)."""
+
+    adapter_config: str
+    run_spec: str
 RECEIPT_TIMEOUT_S = 120.0
 
 
@@ -39,7 +50,7 @@ def read_deployment(chain_dir: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def deploy_or_attach(node, chain_dir: Path, configured_address: str | None, adapter_config_digest: bytes) -> dict:
+def deploy_or_attach(node, chain_dir: Path, configured_address: str | None, anchors: "RunAnchors") -> dict:
     """The run's deployment record: the one in `chain_dir` checked against the node, the configured contract
     checked, or a new deployment written there."""
     w3, admin = node.w3, node.accounts.admin
@@ -63,7 +74,7 @@ def deploy_or_attach(node, chain_dir: Path, configured_address: str | None, adap
                       "block_hash": _hex(receipt["blockHash"]), "owner": admin.address}
         write_json_atomic(Path(chain_dir) / DEPLOYMENT_FILE, deployment)
         log.info("deployed FLB at %s on %s", deployment["address"], node.description)
-    _check_contract(w3, deployment, admin, adapter_config_digest, node.description)
+    _check_contract(w3, deployment, admin, anchors, node.description)
     return deployment
 
 
@@ -82,9 +93,9 @@ def check_same_chain(w3, recorded: dict, chain_id: int, description: str) -> Non
                              "the chain the run started on; restore that chain's state or start a new run")
 
 
-def _check_contract(w3, deployment: dict, admin_account, adapter_config_digest: bytes, description: str) -> None:
-    """The contract is there, owned by the run's admin, and anchors the run's adapter config (anchored now when
-    it anchors none yet: a new deployment, or one made with `python -m chain.deploy`)."""
+def _check_contract(w3, deployment: dict, admin_account, anchors: "RunAnchors", description: str) -> None:
+    """The contract is there, owned by the run's admin, and anchors the run's adapter config and run spec (anchored
+    now when it anchors none yet: a new deployment, or one made with `python -m chain.deploy`)."""
     admin = admin_account.address
     address = deployment["address"]
     if not w3.eth.get_code(address):
@@ -95,14 +106,19 @@ def _check_contract(w3, deployment: dict, admin_account, adapter_config_digest: 
     if owner != admin:
         raise ChainError(f"the FLB contract at {address} is owned by {owner}, not by this run's admin {admin}; "
                          "use the admin keystore that deployed it")
-    anchored = bytes(contract.functions.adapterConfigDigest().call())
-    if anchored == bytes(32):
-        signed = sign_call(w3, admin_account, contract.functions.anchorAdapterConfig(adapter_config_digest),
-                           "adapter config anchor")
-        _mined(send_signed(w3, signed, RECEIPT_TIMEOUT_S), "adapter config anchor")
-    elif anchored != adapter_config_digest:
-        raise ChainError(f"the FLB contract at {address} anchors adapter config 0x{anchored.hex()}, not this run's "
-                         f"0x{adapter_config_digest.hex()}; the LoRA settings changed: start a new run")
+    try:
+        anchored = RunAnchors(contract.functions.adapterConfigDigest().call().hex(),
+                              contract.functions.runSpecDigest().call().hex())
+    except Exception:  # web3 raises a contract logic or decoding error, by node, for a function the code lacks
+        raise ChainError(f"the FLB contract at {address} predates version 3 (it anchors no run spec); its runs cannot "
+                         "be continued by this version: start a new run") from None
+    if anchored.adapter_config == ZERO_HEX:
+        call = contract.functions.anchorRun(bytes.fromhex(anchors.adapter_config), bytes.fromhex(anchors.run_spec))
+        _mined(send_signed(w3, sign_call(w3, admin_account, call, "run anchor"), RECEIPT_TIMEOUT_S), "run anchor")
+    elif anchored != anchors:
+        raise ChainError(f"the FLB contract at {address} anchors adapter config 0x{anchored.adapter_config} and run "
+                         f"spec 0x{anchored.run_spec}, not this run's 0x{anchors.adapter_config} and "
+                         f"0x{anchors.run_spec}: the run's LoRA settings or rules changed; start a new run")
 
 
 def _hex(value) -> str:

@@ -2,14 +2,19 @@
 
     python -m chain.explorer RUN_DIR                          # the trail the run exported (RUN_DIR/chain/trail.json)
     python -m chain.explorer --rpc URL --address ADDR         # live, from any node
-    python -m chain.explorer RUN_DIR --verify [--recompute]   # the run's files against the chain
+    python -m chain.explorer RUN_DIR --verify [--recompute] [--strict] [--clients FILE] [--contract ADDR]
 
 --verify never trusts the run's own trail.json: it reads the chain from a node, the run's rpc node or
 `--rpc URL`; where the only copy of the chain is one the run wrote itself (the embedded chain or an
 anvil state in RUN_DIR/chain) it reads that copy and says in its first line that this is a consistency
-check of a local export, not independent evidence. It exits 1 naming every file, signature or record
-that does not match (chain/verify.py says what is checked). Openings of salted commitments are read from
-`--openings DIR` and from RUN_DIR/private/*/ when present (their owners' files).
+check of a local export, not independent evidence. It reads the contract `--contract` pins (else the one the
+run's deployment.json names) and prints it, its chain id, deployer and deployment block, and every participant.
+It exits 1 naming every file, signature or record that does not match (chain/verify.py says what is checked;
+docs/audit-spec.md specifies it); with --strict also when anything could not be checked (a NOTE) or the chain
+was read from the run's own export. Openings of salted commitments are read from `--openings DIR` and from
+RUN_DIR/private/*/ when present (their owners' files).
+
+This module is a front end: for --recompute it hands the verifier the server's strategies (server/replay.py).
 """
 from __future__ import annotations
 
@@ -25,7 +30,7 @@ from pathlib import Path
 from chain.deployment import check_same_chain
 from chain.errors import ChainError
 from chain.trail import collect_trail, contract_tx_hashes, read_trail
-from chain.verify import Report, rounds_from, scores_from, verify
+from chain.verify import Replayer, Report, rounds_from, scores_from, verify
 from flb.redaction import REDACTED, redact_text, redact_url
 
 INDEPENDENT = "verify: reading {source}, a node independent of the run directory"
@@ -52,7 +57,7 @@ def format_trail(trail: dict) -> list[str]:
     lines += [f"  {name(address)}  {score}" for address, score in sorted(scores_from(trail).items(), key=lambda kv: names.get(kv[0], kv[0]))]
     lines += ["", "rounds"]
     for number, record in sorted(rounds_from(trail).items()):
-        lines.append(f"  round {number}  global adapter 0x{record['global_digest']}")
+        lines.append(f"  round {number}  global adapter 0x{record['global_digest']}  metrics 0x{record['metrics_digest']}")
         if "participants_commitment" in record:
             lines.append(f"    participants sealed: commitment 0x{record['participants_commitment']}")
             continue
@@ -150,16 +155,49 @@ def read_openings(folders: list[Path]) -> dict[str, dict]:
     return openings
 
 
-def verify_run(run_dir: Path, rpc: str | None, openings: list[Path], recompute: bool) -> tuple[str, Report]:
-    """The first line saying what was read, and the report."""
+def verify_run(run_dir: Path, rpc: str | None, openings: list[Path], recompute: bool,
+               trusted_clients: set[str] | None = None, contract: str | None = None) -> tuple[str, Report]:
+    """The first line saying what was read, and the report. `contract` pins the contract read (the run's
+    deployment.json naming another is a problem); `trusted_clients` are the addresses the auditor knows."""
     deployment = _deployment(run_dir)
     accounts_path = run_dir / "chain" / "accounts.json"
     accounts = json.loads(accounts_path.read_text()) if accounts_path.is_file() else {}
     with chain_of_run(run_dir, rpc) as (w3, first_line):
-        check_same_chain(w3, deployment, w3.eth.chain_id, "the node --verify reads")
-        trail = live_trail(w3, deployment["address"], deployment.get("block") or 0, accounts, first_line)
+        if contract is None:
+            check_same_chain(w3, deployment, w3.eth.chain_id, "the node --verify reads")
+        address = w3.to_checksum_address(contract or deployment["address"])
+        trail = live_trail(w3, address, 0 if contract else deployment.get("block") or 0, accounts, first_line)
     owners = [p for p in (run_dir / "private").glob("*") if p.is_dir()] if (run_dir / "private").is_dir() else []
-    return first_line, verify(run_dir, trail, openings=read_openings(owners + openings), recompute=recompute)
+    report = verify(run_dir, trail, openings=read_openings(owners + openings), replayer=_replayer() if recompute else None,
+                    trusted_clients=trusted_clients)
+    if contract is not None:
+        report.check(deployment["address"].lower() == address.lower(),
+                     f"{run_dir / 'chain' / 'deployment.json'} names contract {deployment['address']}, not the pinned "
+                     f"{address}: the run directory points auditors at another contract")
+    return first_line, report
+
+
+def _replayer() -> Replayer:
+    from server.replay import not_replayable, replay
+
+    return Replayer(not_replayable=not_replayable, replay=replay)
+
+
+def read_clients(path: Path) -> set[str]:
+    """The addresses in an auditor's --clients FILE (one 0x address a line; blank lines and # comments ignored),
+    lower-cased."""
+    import re
+
+    addresses = set()
+    for number, line in enumerate(Path(path).read_text().splitlines(), 1):
+        text = line.split("#", 1)[0].strip()
+        if not text:
+            continue
+        if not re.fullmatch(r"0x[0-9a-fA-F]{40}", text):
+            raise ChainError(f"--clients {path} line {number}: {text!r} is not a 0x-prefixed 20-byte address; write "
+                             "one participant address a line")
+        addresses.add(text.lower())
+    return addresses
 
 
 def load_trail(args) -> dict:
@@ -185,7 +223,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m chain.explorer", description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", nargs="?", type=Path, help="a run directory")
     parser.add_argument("--verify", action="store_true", help="check RUN_DIR's files against the chain")
-    parser.add_argument("--recompute", action="store_true", help="with --verify: recompute every FedAvg round")
+    parser.add_argument("--recompute", action="store_true",
+                        help="with --verify: recompute every round whose aggregate is deterministic")
+    parser.add_argument("--strict", action="store_true",
+                        help="with --verify: also fail on anything not checked (a NOTE) and on a run's own chain export")
+    parser.add_argument("--clients", type=Path, metavar="FILE",
+                        help="with --verify: the real participants' addresses, one a line; any other is a mismatch")
+    parser.add_argument("--contract", metavar="ADDR",
+                        help="with --verify: the FLB contract you expect (not the one the run directory names)")
     parser.add_argument("--openings", type=Path, action="append", default=[], metavar="DIR",
                         help="with --verify: a folder holding an openings.json of salted commitments (repeatable)")
     parser.add_argument("--rpc", metavar="URL", help="read this node instead of the run's own chain or export")
@@ -197,7 +242,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.verify:
             if args.run_dir is None:
                 raise ChainError("--verify needs a RUN_DIR: python -m chain.explorer RUN_DIR --verify")
-            first_line, report = verify_run(args.run_dir, args.rpc, args.openings, args.recompute)
+            trusted = read_clients(args.clients) if args.clients else None
+            first_line, report = verify_run(args.run_dir, args.rpc, args.openings, args.recompute, trusted,
+                                            args.contract)
         else:
             print("\n".join(format_trail(load_trail(args))))
             return 0
@@ -205,11 +252,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {redact_text(str(exc))}", file=sys.stderr)
         return 2
     print(first_line)
+    for fact in report.facts:
+        print(f"verify: {fact}")
     for problem in report.problems:
         print(f"MISMATCH {problem}")
     for note in report.notes:
         print(f"NOTE {note}")
-    print(f"verify: {report.passed} checks passed, {len(report.problems)} problems")
+    print(f"verify: {report.passed} checks passed, {len(report.problems)} problems, {len(report.notes)} notes")
+    if args.strict and (report.notes or not first_line.startswith(INDEPENDENT.split("{")[0])):
+        print("verify --strict: fails, as not everything was checked against an independent node (see above)")
+        return 1
     return 1 if report.problems else 0
 
 

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from chain.contract import flb_contract
-from chain.deployment import deploy_or_attach, read_deployment
+from chain.deployment import RunAnchors, deploy_or_attach, read_deployment
 from chain.errors import ChainError
 from chain.outbox import CONFIRMED, QUEUED, SUBMITTED, Outbox
 from chain.records import REGISTER, ROUND, UPLOAD, register_payload, round_payload, upload_payload
@@ -36,22 +36,23 @@ def preflight(settings, *, client_keystores: bool, num_clients: int) -> None:
     check_node(settings, client_keystores=client_keystores, num_clients=num_clients)
 
 
-def open_ledger(settings, run_dir: Path, adapter_config_digest: str) -> "ChainLedger":
-    """The ledger `settings.backend` names, keeping its files in run_dir/chain, on the run's contract."""
+def open_ledger(settings, run_dir: Path, anchors: RunAnchors) -> "ChainLedger":
+    """The ledger `settings.backend` names, keeping its files in run_dir/chain, on the run's contract (which anchors
+    `anchors`)."""
     from chain.backends import connect
 
-    return ChainLedger(connect(settings, Path(run_dir)), settings, Path(run_dir), adapter_config_digest)
+    return ChainLedger(connect(settings, Path(run_dir)), settings, Path(run_dir), anchors)
 
 
 class ChainLedger:
-    def __init__(self, node, settings, run_dir: Path, adapter_config_digest: str):
+    def __init__(self, node, settings, run_dir: Path, anchors: RunAnchors):
         self.node, self.settings, self.run_dir = node, settings, run_dir
         self.chain_dir = run_dir / "chain"
         self.chain_dir.mkdir(parents=True, exist_ok=True)
         self.outbox = Outbox(self.chain_dir / "outbox.jsonl")
         try:
             self.deployment = _with_retries(lambda: deploy_or_attach(
-                node, self.chain_dir, settings.contract_address, bytes.fromhex(adapter_config_digest)),
+                node, self.chain_dir, settings.contract_address, anchors),
                 "the run's FLB contract")
         except BaseException:
             node.stop()

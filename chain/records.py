@@ -10,7 +10,6 @@ from chain.errors import ChainError
 from chain.scoring import round_scores
 from flb.types import RoundRecord, SignedUpload
 
-ZERO_ADDRESS = "0x" + "00" * 20
 REGISTER, UPLOAD, ROUND = "register", "upload", "round"
 
 
@@ -26,8 +25,9 @@ def upload_payload(client_id: int, address: str, upload: SignedUpload) -> dict:
 def round_payload(record: RoundRecord, scoring: str, uploads: dict[int, int]) -> dict:
     """The round as recordRound (or, with a participants commitment, recordSealedRound) will take it."""
     to_bytes32(record.global_digest, f"round {record.round} global digest")
+    to_bytes32(record.metrics_digest, f"round {record.round} metrics digest")
     if record.participants_commitment is not None:
-        return {"round": record.round, "global_digest": record.global_digest,
+        return {"round": record.round, "global_digest": record.global_digest, "metrics_digest": record.metrics_digest,
                 "participants_commitment": record.participants_commitment}
     columns = (record.client_ids, record.addresses, record.update_digests, record.num_examples, record.signatures,
                round_scores(record, scoring, uploads))
@@ -39,9 +39,9 @@ def round_payload(record: RoundRecord, scoring: str, uploads: dict[int, int]) ->
         to_bytes32(digest, f"round {record.round} client {client_id} update digest")
     client_ids, addresses, digests, counts, signatures, scores = (list(column) for column in zip(*rows)) if rows else \
         ([], [], [], [], [], [])
-    return {"round": record.round, "global_digest": record.global_digest, "client_ids": client_ids,
-            "clients": addresses, "update_digests": digests, "num_examples": counts, "scores": scores,
-            "signatures": signatures}
+    return {"round": record.round, "global_digest": record.global_digest, "metrics_digest": record.metrics_digest,
+            "client_ids": client_ids, "clients": addresses, "update_digests": digests, "num_examples": counts,
+            "scores": scores, "signatures": signatures}
 
 
 def call_for(contract, kind: str, payload: dict):
@@ -54,12 +54,12 @@ def call_for(contract, kind: str, payload: dict):
                                          _signature(payload["signature"])),
                 f"data upload of client {payload['client_id']}")
     round_number = payload["round"]
-    global_digest = to_bytes32(payload["global_digest"], "global digest")
+    global_digest, metrics_digest = _round_digests(payload)
     if "participants_commitment" in payload:
-        return (functions.recordSealedRound(round_number, global_digest,
+        return (functions.recordSealedRound(round_number, global_digest, metrics_digest,
                                             to_bytes32(payload["participants_commitment"], "participants commitment")),
                 f"round {round_number} record")
-    return (functions.recordRound(round_number, global_digest, payload["clients"],
+    return (functions.recordRound(round_number, global_digest, metrics_digest, payload["clients"],
                                   [to_bytes32(d, "update digest") for d in payload["update_digests"]],
                                   payload["num_examples"], payload["scores"],
                                   [_signature(s) for s in payload["signatures"]]),
@@ -73,23 +73,25 @@ def on_chain(contract, kind: str, payload: dict) -> bool | str:
     if kind == REGISTER:
         return all(functions.isClient(address).call() for address in payload["clients"].values())
     if kind == UPLOAD:
-        uploader = functions.uploaderOf(to_bytes32(payload["data"], "data digest")).call()
-        if uploader == ZERO_ADDRESS:
-            return False
-        return True if uploader == payload["client"] else f"the contract holds this digest as uploaded by {uploader}"
+        return functions.hasUploaded(payload["client"], to_bytes32(payload["data"], "data digest")).call()
     round_number = payload["round"]
     if not functions.roundExists(round_number).call():
         return False
     previous = _previous_digest(contract, round_number)
-    global_digest = to_bytes32(payload["global_digest"], "global digest")
+    global_digest, metrics_digest = _round_digests(payload)
     if "participants_commitment" in payload:
-        same = functions.verifySealedRound(round_number, previous, global_digest,
+        same = functions.verifySealedRound(round_number, previous, global_digest, metrics_digest,
                                            to_bytes32(payload["participants_commitment"], "commitment")).call()
     else:
-        same = functions.verifyRound(round_number, previous, global_digest, payload["clients"],
+        same = functions.verifyRound(round_number, previous, global_digest, metrics_digest, payload["clients"],
                                      [to_bytes32(d, "update digest") for d in payload["update_digests"]],
                                      payload["num_examples"], payload["scores"]).call()
     return True if same else f"round {round_number} is on chain with another record"
+
+
+def _round_digests(payload: dict) -> tuple[bytes, bytes]:
+    return (to_bytes32(payload["global_digest"], "global digest"),
+            to_bytes32(payload["metrics_digest"], "metrics digest"))
 
 
 def _previous_digest(contract, round_number: int) -> bytes:

@@ -1,21 +1,27 @@
 """Check a run directory against what a chain node holds, without trusting the server that wrote either.
 
-Input: the trail collected from a node (never the run's own trail.json) and, optionally, the openings of
-salted commitments from their owners. Checked, round by round: the contract was deployed from the
-committed artifact; rounds are contiguous and chained; every global adapter, update file, every
-adapter_config.json, final_adapter/, summary.json and the digests in metrics.jsonl match the chain;
-each recorded update is signed by its registered client; committed digests open to the files; and with
-`recompute`, every FedAvg (or FedProx) round's global adapter is recomputed from the update files and the
-on-chain example counts, with the mean strategy.lora_aggregation names, and compared bit for bit with the
-recorded digest (an svd round may match in its LoRA products instead: see `_svd_matches`).
+docs/audit-spec.md is the specification this module implements (and examples/audit/verify_run.py implements
+again, independently). Input: the trail collected from a node (never the run's own trail.json), optionally the
+openings of salted commitments from their owners, the addresses the auditor knows to be real participants, and a
+way to replay the run's strategy. Checked: the contract was deployed from the committed artifact; the run's
+config.json is the run spec the contract anchors; every participant was registered before round 0 (or is one the
+auditor trusts); rounds are contiguous and chained, and a round without clients changes nothing; every global
+adapter, update file, adapter_config.json, final_adapter/ and every metrics.jsonl round row (so eval loss, accuracy,
+suites and privacy) match the chain, and summary.json says what those rows say; each recorded update and data
+upload is signed by its registered client; committed digests open to the files; each score is re-derived where
+the scoring formula allows; and with a replayer every round whose aggregate is deterministic is recomputed from
+the update files and compared bit for bit with the recorded digest (an svd round may match in its LoRA products
+instead: see `_svd_matches`).
 """
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, Iterable, Iterator
 
-from flb.digests import ADAPTER_CONFIG, adapter_config_digest, adapter_file_digest, json_digest
+from flb.digests import (ADAPTER_CONFIG, EXTRAS_PREFIX, adapter_config_digest, adapter_file_digest, json_digest,
+                         metrics_digest)
 
 ZERO_DIGEST = "00" * 32
 SVD_TOLERANCE = 1e-5  # relative, in B A: another LAPACK build's SVD may differ from the server's in the last bits
@@ -23,8 +29,10 @@ SVD_TOLERANCE = 1e-5  # relative, in B A: another LAPACK build's SVD may differ 
 
 @dataclass
 class Report:
-    """Problems (each fails --verify), notes (facts a reader should know, not failures) and passed checks."""
+    """Facts (what was checked: the contract, the participants), problems (each fails --verify), notes (what could
+    not be checked, and why: each fails --verify --strict) and passed checks."""
 
+    facts: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     passed: int = 0
@@ -37,23 +45,35 @@ class Report:
         return ok
 
 
+@dataclass(frozen=True)
+class Replayer:
+    """How the run's strategy aggregates, handed over by the caller (server/replay.py: chain/ imports no server/):
+    `not_replayable(config)` says why no round can be recomputed, or None; `replay(config, rounds)` takes
+    (round, previous global adapter, [(update file content, on-chain example count)] in the chain's order) per round
+    and yields (round, recomputed global adapter)."""
+
+    not_replayable: Callable[[dict], str | None]
+    replay: Callable[[dict, Iterable[tuple]], Iterator[tuple[int, dict]]]
+
+
 def rounds_from(trail: dict) -> dict[int, dict]:
-    """Every recorded round: previous and global digest, and per client its address, recorded digest, example
-    count, score and signature (signatures from the call's data); sealed rounds carry their commitment."""
+    """Every recorded round: previous, global and metrics digest, and per client its address, recorded digest,
+    example count, score and signature (signatures from the call's data); sealed rounds carry their commitment."""
     rounds = {}
     for tx in _successful(trail):
         for event in tx["events"]:
             args = event["args"]
+            if event["event"] not in ("RoundRecorded", "RoundSealed"):
+                continue
+            record = {"previous": _hex(args["previousGlobalDigest"]), "global_digest": _hex(args["globalDigest"]),
+                      "metrics_digest": _hex(args["metricsDigest"]), "clients": []}
             if event["event"] == "RoundRecorded":
-                rounds[args["round"]] = {
-                    "previous": _hex(args["previousGlobalDigest"]), "global_digest": _hex(args["globalDigest"]),
-                    "clients": args["clients"], "update_digests": [_hex(d) for d in args["updateDigests"]],
-                    "num_examples": args["numExamples"], "scores": args["scores"],
-                    "signatures": tx["args"].get("signatures", [])}
-            elif event["event"] == "RoundSealed":
-                rounds[args["round"]] = {
-                    "previous": _hex(args["previousGlobalDigest"]), "global_digest": _hex(args["globalDigest"]),
-                    "participants_commitment": _hex(args["participantsCommitment"]), "clients": []}
+                record.update(clients=args["clients"], update_digests=[_hex(d) for d in args["updateDigests"]],
+                              num_examples=args["numExamples"], scores=args["scores"],
+                              signatures=tx["args"].get("signatures", []))
+            else:
+                record["participants_commitment"] = _hex(args["participantsCommitment"])
+            rounds[args["round"]] = record
     return rounds
 
 
@@ -65,48 +85,71 @@ def scores_from(trail: dict) -> dict[str, int]:
     return scores
 
 
+def registrations(trail: dict) -> dict[str, int]:
+    """Each registered client address (registration order: the run registers them in client id order) and the round
+    the contract was at when it was registered (0: before the run began)."""
+    return {event["args"]["client"]: event["args"]["round"] for event in _events(trail, "ClientRegistered")}
+
+
 def registered_clients(trail: dict) -> list[str]:
-    """Client addresses in registration order (the run registers them in client id order)."""
-    return [event["args"]["client"] for event in _events(trail, "ClientRegistered")]
+    """Client addresses in registration order."""
+    return list(registrations(trail))
 
 
-def verify(run_dir: Path, trail: dict, *, openings: dict[str, dict] | None = None, recompute: bool = False) -> Report:
+def verify(run_dir: Path, trail: dict, *, openings: dict[str, dict] | None = None, replayer: Replayer | None = None,
+           trusted_clients: set[str] | None = None) -> Report:
     report = Report()
     openings = openings or {}
     rounds = rounds_from(trail)
     clients = registered_clients(trail)
+    _describe_contract(report, trail)
     _check_deployment(report, trail)
-    config_digest = _anchored_config(trail)
-    report.check(config_digest is not None, "the contract anchors no adapter config (no AdapterConfigAnchored event)")
+    anchors = _anchors(trail)
+    report.check(anchors is not None, "the contract anchors no adapter config and run spec (no RunAnchored event)")
+    config = _check_run_spec(report, run_dir, anchors)
+    _check_participants(report, trail, rounds, trusted_clients)
     _check_chain_of_rounds(report, rounds)
+    config_digest = anchors["adapter_config"] if anchors else None
     for number, record in sorted(rounds.items()):
         folder = run_dir / f"round_{number}"
         _check_adapter_dir(report, folder, record["global_digest"], config_digest, f"round {number} global adapter")
         if "participants_commitment" in record:
-            _check_sealed(report, number, record, openings, trail, folder, clients)
+            record.update(_check_sealed(report, number, record, openings, trail, folder, clients))
         else:
             _check_updates(report, number, record, openings, trail, folder, clients)
     for number in sorted(_rounds_on_disk(run_dir) - rounds.keys()):
         report.problems.append(f"round {number}: {run_dir / f'round_{number}'} exists but the chain holds no record of it")
+    rows = _check_metrics(report, run_dir, rounds, clients)
     if rounds and (run_dir / "final_adapter").is_dir():
         last = max(rounds)
         _check_adapter_dir(report, run_dir / "final_adapter", rounds[last]["global_digest"], config_digest,
                            "final_adapter")
-        _check_summary(report, run_dir, last, rounds[last]["global_digest"])
+        _check_summary(report, run_dir, last, rounds[last]["global_digest"], rows)
     elif rounds:
         report.notes.append(f"{run_dir / 'final_adapter'} is missing (a run that did not finish): not checked")
-    _check_metrics(report, run_dir, rounds, clients)
     _check_uploads(report, trail, clients, openings)
-    if recompute:
-        _recompute(report, run_dir, rounds, clients)
+    _check_scores(report, run_dir, trail, rounds, clients, config)
+    if replayer is not None:
+        _recompute(report, run_dir, rounds, clients, config, replayer)
     report.notes += [f"{entry['record']}: {entry['note']}" for entry in _resent(run_dir)]
     return report
 
 
-# --- the contract and the chain of rounds --------------------------------------------------
+# --- the contract, its anchors and its participants -------------------------------------------------
+
+def _describe_contract(report: Report, trail: dict) -> None:
+    constructor = _constructor(trail)
+    deployed = (f"deployed by {constructor['from']} in block {constructor['block']}" if constructor else
+                "its deployment transaction is not among the contract's transactions read")
+    report.facts.append(f"contract {trail['contract']} on chain id {trail.get('chain_id')}, {deployed}")
+
+
+def _constructor(trail: dict) -> dict | None:
+    return next((tx for tx in trail["transactions"] if tx["function"] == "constructor"), None)
+
 
 def _check_deployment(report: Report, trail: dict) -> None:
-    constructor = next((tx for tx in trail["transactions"] if tx["function"] == "constructor"), None)
+    constructor = _constructor(trail)
     if constructor is None:
         report.notes.append("the deployment transaction is not in the trail (a contract given by chain.contract_address): "
                             "its bytecode was not compared with the committed artifact")
@@ -115,19 +158,62 @@ def _check_deployment(report: Report, trail: dict) -> None:
                  f"contract {trail['contract']}: its deployment code is not chain/artifacts/FLB.json's bytecode")
 
 
-def _anchored_config(trail: dict) -> str | None:
-    anchors = [_hex(e["args"]["adapterConfigDigest"]) for e in _events(trail, "AdapterConfigAnchored")]
+def _anchors(trail: dict) -> dict | None:
+    anchors = [{"adapter_config": _hex(e["args"]["adapterConfigDigest"]), "run_spec": _hex(e["args"]["runSpecDigest"])}
+               for e in _events(trail, "RunAnchored")]
     return anchors[0] if anchors else None
+
+
+def _check_run_spec(report: Report, run_dir: Path, anchors: dict | None) -> dict | None:
+    """config.json when its run spec is the one the chain anchors (the rules every later check reads), else None."""
+    from flb.run_spec import run_spec_digest
+
+    path = run_dir / "config.json"
+    if not path.is_file():
+        report.problems.append(f"{path} is missing: the run's rules cannot be checked against the chain")
+        return None
+    config = json.loads(path.read_text())
+    actual = run_spec_digest(config)
+    if anchors is None or not report.check(actual == anchors["run_spec"], (
+            f"config.json: its run spec (strategy, DP, scoring, sampling) has digest {actual}, but the chain anchors "
+            f"{anchors['run_spec']}: the run's rules were edited after the fact; nothing is recomputed or re-derived "
+            "from it")):
+        return None
+    return config
+
+
+def _check_participants(report: Report, trail: dict, rounds: dict[int, dict], trusted: set[str] | None) -> None:
+    """Every registered client with the round it was registered at and the rounds it is listed in; one the auditor
+    does not trust (--clients), or without that list one registered after round 0 began, is a problem."""
+    listed: dict[str, list[int]] = {}
+    for number, record in sorted(rounds.items()):
+        for address in record["clients"]:
+            listed.setdefault(address, []).append(number)
+    for address, registered_at in registrations(trail).items():
+        report.facts.append(f"participant {address}: registered before round {registered_at}, in rounds "
+                            f"{listed.get(address, [])}")
+        if trusted is not None:
+            report.check(address.lower() in trusted, f"participant {address} is registered but is not in --clients: "
+                                                     "an address the auditor does not know to be a real participant")
+        else:
+            report.check(registered_at == 0, f"participant {address} was registered before round {registered_at}, "
+                                             "after the run began (a key the server added mid-run?); pass --clients "
+                                             "FILE with the real participants' addresses to accept it")
 
 
 def _check_chain_of_rounds(report: Report, rounds: dict[int, dict]) -> None:
     numbers = sorted(rounds)
     report.check(numbers == list(range(len(numbers))), f"rounds on chain are {numbers}, not 0..{len(numbers) - 1}")
     for number in numbers:
+        record = rounds[number]
         expected = ZERO_DIGEST if number == 0 else rounds.get(number - 1, {}).get("global_digest")
-        report.check(rounds[number]["previous"] == expected,
-                     f"round {number}: recorded after global digest {rounds[number]['previous']}, not round "
+        report.check(record["previous"] == expected,
+                     f"round {number}: recorded after global digest {record['previous']}, not round "
                      f"{number - 1}'s {expected}")
+        if number > 0 and "participants_commitment" not in record and not record["clients"]:
+            report.check(record["global_digest"] == record["previous"],
+                         f"round {number}: records no client but a new global adapter {record['global_digest']}: an "
+                         "aggregate of no updates")
 
 
 def _check_adapter_dir(report: Report, folder: Path, expected: str, config_digest: str | None, what: str) -> None:
@@ -190,17 +276,20 @@ def _check_recorded_file(report: Report, path: Path, recorded: str, openings: di
 
 
 def _check_sealed(report: Report, number: int, record: dict, openings: dict, trail: dict, folder: Path,
-                  clients: list[str]) -> None:
+                  clients: list[str]) -> dict:
+    """The sealed round's participants (clients, update digests, example counts, signatures) when an opening opens
+    its commitment, checked like a published round's; else {}."""
     opening = openings.get(record["participants_commitment"])
     if opening is None:
         report.notes.append(f"round {number}: who took part is sealed; only the server's opening reveals it")
-        return
+        return {}
     participants = opening.get("value") or {}
     if not report.check(_opens(opening, record["participants_commitment"]) and
                         json_digest(participants) == opening["digest"],
                         f"round {number}: the opening does not open the sealed participants commitment"):
-        return
+        return {}
     _check_updates(report, number, {**record, **participants}, openings, trail, folder, clients)
+    return participants
 
 
 def _check_uploads(report: Report, trail: dict, clients: list[str], openings: dict) -> None:
@@ -245,7 +334,48 @@ def _domain(trail: dict):
 
 # --- the run's own summaries ------------------------------------------------------------------
 
-def _check_summary(report: Report, run_dir: Path, last: int, last_digest: str) -> None:
+def _check_metrics(report: Report, run_dir: Path, rounds: dict[int, dict], clients: list[str]) -> list[dict]:
+    """Each recorded round's metrics.jsonl row against the chain's metrics digest (so its eval loss, accuracy,
+    suites, privacy... are the ones recorded when the round was), and each published update's digest; returns the
+    checked round rows in order."""
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        report.problems.append(f"{path} is missing")
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    checked = []
+    for number, record in sorted(rounds.items()):
+        found = [row for row in rows if row["kind"] == "round" and row["round"] == number]
+        if not report.check(len(found) == 1, f"metrics.jsonl: {len(found)} rows for round {number}, not one"):
+            continue
+        row = found[0]
+        report.check(row.get("global_digest") == record["global_digest"],
+                     f"metrics.jsonl: round {number} global_digest {row.get('global_digest')} is not the chain's")
+        actual = metrics_digest(row)
+        if report.check(actual == record["metrics_digest"],
+                        f"metrics.jsonl: round {number} row has digest {actual}, but the chain holds "
+                        f"{record['metrics_digest']} (its eval loss, accuracy or other metrics were changed)"):
+            checked.append(row)
+    for number in sorted({row["round"] for row in rows if row["kind"] == "round"} - rounds.keys()):
+        report.problems.append(f"metrics.jsonl: a row for round {number}, which the chain does not hold")
+    for row in rows:
+        record = rounds.get(row["round"])
+        if row["kind"] != "client" or record is None or not record["clients"] or row["client_id"] >= len(clients):
+            continue
+        address = clients[row["client_id"]]
+        if address in record["clients"]:
+            index = record["clients"].index(address)
+            if record["num_examples"][index]:  # published: the recorded digest is the update's own
+                report.check(row["digest"] == record["update_digests"][index],
+                             f"metrics.jsonl: round {row['round']} client {row['client_id']} digest is not the chain's")
+    return checked
+
+
+def _check_summary(report: Report, run_dir: Path, last: int, last_digest: str, rows: list[dict]) -> None:
+    """summary.json: the last round and its digest, and every number it derives from the round rows (the rows checked
+    against the chain; flb.report.summary_numbers derives them)."""
+    from flb.report import summary_numbers
+
     path = run_dir / "summary.json"
     if not path.is_file():
         report.problems.append(f"{path} is missing beside final_adapter/")
@@ -255,59 +385,119 @@ def _check_summary(report: Report, run_dir: Path, last: int, last_digest: str) -
                  f"summary.json: final_digest {summary.get('final_digest')} is not the last recorded round's {last_digest}")
     report.check(summary.get("rounds") == last, f"summary.json: says {summary.get('rounds')} rounds; the chain "
                                                 f"records rounds up to {last}")
-
-
-def _check_metrics(report: Report, run_dir: Path, rounds: dict[int, dict], clients: list[str]) -> None:
-    path = run_dir / "metrics.jsonl"
-    if not path.is_file():
-        report.problems.append(f"{path} is missing")
+    if len(rows) != last + 1:
+        report.notes.append("summary.json: its numbers were not compared (not every round row matches the chain)")
         return
-    for row in (json.loads(line) for line in path.read_text().splitlines() if line.strip()):
-        record = rounds.get(row["round"])
-        if record is None:
-            continue
-        if row["kind"] == "round":
-            report.check(row["global_digest"] == record["global_digest"],
-                         f"metrics.jsonl: round {row['round']} global_digest {row['global_digest']} is not the chain's")
-        elif record["clients"] and row["client_id"] < len(clients) and clients[row["client_id"]] in record["clients"]:
-            index = record["clients"].index(clients[row["client_id"]])
-            if record["num_examples"][index]:  # published: the recorded digest is the update's own
-                report.check(row["digest"] == record["update_digests"][index],
-                             f"metrics.jsonl: round {row['round']} client {row['client_id']} digest is not the chain's")
+    for key, expected in summary_numbers(rows).items():
+        report.check(summary.get(key) == expected, f"summary.json: {key} is {summary.get(key)!r}, but the round rows "
+                                                   f"the chain anchors give {expected!r}")
 
 
-# --- recomputing FedAvg ------------------------------------------------------------------------
+# --- scores -------------------------------------------------------------------------------------
 
-def _recompute(report: Report, run_dir: Path, rounds: dict[int, dict], clients: list[str]) -> None:
-    """FedAvg rounds again from the update files and the on-chain example counts, in client id order (the
-    server's order), with the run's mean (flb.lora_aggregation.MEANS): the result must have the recorded digest,
-    bit for bit."""
+def _check_scores(report: Report, run_dir: Path, trail: dict, rounds: dict[int, dict], clients: list[str],
+                  config: dict | None) -> None:
+    """Each ScoreAdd re-derived where the anchored scoring formula allows: flb scores (the client's data uploads
+    recorded before the round x its update's tensor bytes + its recorded example count) from the chain and the update
+    files; quality scores (leave-one-out eval-loss gains) are server-asserted and said to be."""
+    published = {n: r for n, r in rounds.items() if r["clients"] and "participants_commitment" not in r}
+    if not published:
+        return
+    if config is None:
+        report.notes.append("scores: not re-derived (config.json is not the anchored run spec)")
+        return
+    if config["chain"]["scoring"] != "flb":
+        report.notes.append(f"scores of rounds {sorted(published)}: server-asserted (chain.scoring "
+                            f"{config['chain']['scoring']}: leave-one-out eval-loss gains, which only the server's "
+                            "evaluation data can re-derive)")
+        return
+    uploads = _uploads_before_each_round(trail)
+    for number, record in sorted(published.items()):
+        for address, count, score in zip(record["clients"], record["num_examples"], record["scores"]):
+            path = run_dir / f"round_{number}" / "updates" / f"client_{_client_id(clients, address)}.safetensors"
+            if not path.is_file():
+                continue  # its own problem already
+            update_bytes = _tensor_bytes(path)
+            expected = uploads[number].get(address, 0) * update_bytes + count
+            report.check(score == expected, f"round {number} client {_client_id(clients, address)}: score {score} on "
+                                            f"chain, but the flb formula gives {expected} ({uploads[number].get(address, 0)} "
+                                            f"uploads x {update_bytes} update bytes + {count} examples)")
+
+
+def _uploads_before_each_round(trail: dict) -> dict[int, dict[str, int]]:
+    """round -> address -> data uploads recorded before that round's record, in chain order."""
+    counts: dict[str, int] = {}
+    before: dict[int, dict[str, int]] = {}
+    for tx in _successful(trail):
+        for event in tx["events"]:
+            if event["event"] == "DataUpload":
+                counts[event["args"]["user"]] = counts.get(event["args"]["user"], 0) + 1
+            elif event["event"] == "RoundRecorded":
+                before[event["args"]["round"]] = dict(counts)
+    return before
+
+
+def _tensor_bytes(path: Path) -> int:
+    """Bytes of an update file's adapter tensors (its extras, SCAFFOLD's delta c_i, left out), as the client counts
+    its update's size."""
     from safetensors.torch import load_file
 
-    from flb.config import MEAN_STRATEGY_NAMES
-    from flb.digests import adapter_digest
-    from flb.lora_aggregation import MEANS
+    return sum(t.numel() * t.element_size() for name, t in load_file(str(path)).items()
+               if not name.startswith(EXTRAS_PREFIX))
 
-    settings = json.loads((run_dir / "config.json").read_text()).get("strategy", {})
-    strategy, mode = settings.get("name"), settings.get("lora_aggregation", "separate")
-    for number, record in sorted(rounds.items()):
-        if not record["clients"] or record["previous"] == record["global_digest"]:
+
+# --- recomputing every round ------------------------------------------------------------------------
+
+def _recompute(report: Report, run_dir: Path, rounds: dict[int, dict], clients: list[str], config: dict | None,
+               replayer: Replayer) -> None:
+    """Every round with clients again, by the anchored rules, from the update files and the on-chain example counts:
+    the result must have the recorded digest, bit for bit (svd: see _svd_matches). Rounds whose aggregate depends on
+    a secret are noted with the reason."""
+    from flb.digests import adapter_digest
+
+    with_clients = {n: r for n, r in sorted(rounds.items()) if r["clients"]}
+    sealed = [n for n, r in sorted(rounds.items()) if "participants_commitment" in r and not r["clients"]]
+    report.notes += [f"round {n}: not recomputed (sealed: only the server's opening reveals who took part)"
+                     for n in sealed]
+    if not with_clients:
+        return
+    if config is None:
+        report.problems.append(f"rounds {sorted(with_clients)}: not recomputed, as config.json is not the run spec "
+                               "the chain anchors")
+        return
+    reason = replayer.not_replayable(config)
+    if reason is not None:
+        report.notes += [f"round {n}: not recomputable ({reason})" for n in with_clients]
+        return
+    strategy, mode = config["strategy"]["name"], config["strategy"].get("lora_aggregation", "separate")
+    inputs = _published_rounds(report, run_dir, with_clients, clients, sealed)
+    for number, recomputed in replayer.replay(config, inputs):
+        recorded = with_clients[number]["global_digest"]
+        actual = adapter_digest(recomputed)
+        if actual != recorded and mode == "svd" and _svd_matches(report, number, recomputed, run_dir):
             continue
-        if strategy not in MEAN_STRATEGY_NAMES or 0 in record["num_examples"]:
-            report.notes.append(f"round {number}: not recomputable (strategy {strategy}, or DP: the noise is secret)")
-            continue
-        rows = sorted((clients.index(a), n) for a, n in zip(record["clients"], record["num_examples"]) if a in clients)
-        paths = [run_dir / f"round_{number}" / "updates" / f"client_{i}.safetensors" for i, _ in rows]
-        if not all(p.is_file() for p in paths):
-            report.problems.append(f"round {number}: update files are missing; cannot recompute")
-            continue
-        mean = MEANS[mode]([(load_file(str(p)), n) for p, (_, n) in zip(paths, rows)])
-        actual = adapter_digest(mean)
-        if actual != record["global_digest"] and mode == "svd" and _svd_matches(report, number, mean, run_dir):
-            continue
-        report.check(actual == record["global_digest"],
-                     f"round {number}: FedAvg of the recorded updates has digest {actual}, but the server recorded "
-                     f"{record['global_digest']}: the global adapter is not the aggregate of the recorded updates")
+        report.check(actual == recorded,
+                     f"round {number}: {strategy} of the recorded updates has digest {actual}, but the server recorded "
+                     f"{recorded}: the global adapter is not the aggregate of the recorded updates")
+
+
+def _published_rounds(report: Report, run_dir: Path, with_clients: dict[int, dict], clients: list[str],
+                      sealed: list[int]) -> Iterator[tuple]:
+    """(round, previous global adapter, [(update file content, on-chain count)] in the chain's order) for each round
+    in turn; a missing file stops the replay there (a stateful strategy needs every round before the next)."""
+    from safetensors.torch import load_file
+
+    for number, record in with_clients.items():
+        previous = run_dir / f"round_{number - 1}" / "adapter_model.safetensors"
+        paths = [run_dir / f"round_{number}" / "updates" / f"client_{_client_id(clients, a)}.safetensors"
+                 for a in record["clients"]]
+        missing = [str(p) for p in (previous, *paths) if not p.is_file()]
+        if missing or any(n < number for n in sealed):
+            why = f"{', '.join(missing)} missing" if missing else "a sealed round before it was not opened"
+            report.problems.append(f"round {number} and later: not recomputed ({why})")
+            return
+        yield (number, load_file(str(previous)),
+               [(load_file(str(p)), count) for p, count in zip(paths, record["num_examples"])])
 
 
 def _svd_matches(report: Report, number: int, recomputed: dict, run_dir: Path) -> bool:

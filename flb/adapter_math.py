@@ -42,9 +42,11 @@ def add_gaussian_noise_inplace(state: AdapterState, std: float, random) -> None:
 
 
 def weighted_average(states_and_weights: list[tuple[AdapterState, float]]) -> AdapterState:
-    """sum_i w_i * state_i / sum_i w_i, per tensor, in float32 in list order, then cast back: FedAvg's mean, which
-    `python -m chain.explorer --verify --recompute` recomputes bit for bit from the published updates. A tensor
-    equal in every state is that tensor, exactly (the float32 sum would round it): so a frozen LoRA A stays frozen."""
+    """sum_i w_i * state_i / sum_i w_i, per tensor: FedAvg's mean, specified so that plain numpy reproduces it bit for
+    bit (docs/audit-spec.md, FedAvg): per element, in list order, acc <- acc + float64(x_i) * (w_i / W), each product
+    and sum rounded to float64 on its own (no fused multiply-add), W the float64 sum of the weights, acc from +0.0;
+    then rounded once to the tensor's dtype. A tensor equal in every state is that tensor, exactly (the sum would
+    round it): so a frozen LoRA A stays frozen."""
     import torch
 
     total = float(sum(weight for _, weight in states_and_weights))
@@ -54,8 +56,8 @@ def weighted_average(states_and_weights: list[tuple[AdapterState, float]]) -> Ad
         if all(torch.equal(state[name], reference) for state, _ in states_and_weights):
             result[name] = reference.clone()
             continue
-        accumulator = torch.zeros_like(reference, dtype=torch.float32)
+        accumulator = torch.zeros_like(reference, dtype=torch.float64)
         for state, weight in states_and_weights:
-            accumulator.add_(state[name].to(torch.float32), alpha=weight / total)
+            accumulator = accumulator + state[name].to(torch.float64) * (weight / total)
         result[name] = accumulator.to(reference.dtype)
     return result

@@ -59,6 +59,12 @@ def json_digest(value) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
+def metrics_digest(row: dict) -> str:
+    """json_digest of a metrics.jsonl row as it reads back from the file (JSON's forms of tuples, keys and floats),
+    so the server's digest of the row it writes and a verifier's of the line it reads are the same."""
+    return json_digest(json.loads(json.dumps(row)))
+
+
 ADAPTER_CONFIG = "adapter_config.json"
 
 

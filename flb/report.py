@@ -103,30 +103,37 @@ def _fmt(value, width: int, digits: int) -> str:
 
 
 def write_summary(run: RunDir, final_digest: str, config) -> dict:
-    """summary.json: the final adapter and its digest, loss and accuracy (and each suite's headline score) before
-    and after, how many rounds aggregated anything, the bytes sent to and from the clients in all, the privacy spent (and whether a client
-    went past its target as --allow-over-budget allowed), and what the ledger publishes (flb.disclosure)."""
+    """summary.json: the final adapter and its digest, the numbers of summary_numbers, and what the ledger publishes
+    (flb.disclosure)."""
     from flb.disclosure import Disclosure
 
-    rows = round_rows(run.metrics())
+    summary = {"run_dir": str(run.path), "final_adapter": str(run.path / "final_adapter"), "final_digest": final_digest,
+               **summary_numbers(round_rows(run.metrics()))}
+    if config.chain_record:
+        summary["disclosure"] = Disclosure.of(config).to_dict()
+    write_json_atomic(run.path / "summary.json", summary)
+    return summary
+
+
+def summary_numbers(rows: list[dict]) -> dict:
+    """What summary.json says of the run's round rows (each anchored on chain by its digest, so a verifier derives
+    the same numbers): rounds, how many aggregated anything, loss and accuracy (and each suite's headline score)
+    before and after, the bytes sent to and from the clients in all, the privacy spent (and whether a client went
+    past its target as --allow-over-budget allowed)."""
     aggregated = [r for r in rows if not r.get("skipped")]
     first, last = aggregated[0], aggregated[-1]
-    summary = {"run_dir": str(run.path), "rounds": rows[-1]["round"], "rounds_aggregated": len(aggregated) - 1,
-               "final_adapter": str(run.path / "final_adapter"), "final_digest": final_digest,
+    numbers = {"rounds": rows[-1]["round"], "rounds_aggregated": len(aggregated) - 1,
                "eval_loss": {"round_0": first.get("eval_loss"), "final": last.get("eval_loss")},
                "accuracy": {"round_0": first.get("accuracy"), "final": last.get("accuracy")},
                "comm": {"down_bytes": rows[-1].get("comm_total_down_bytes", 0),
                         "up_bytes": rows[-1].get("comm_total_up_bytes", 0)}}
     if "suites" in first:
-        summary["suites"] = {"round_0": suite_scores(first), "final": suite_scores(last)}
+        numbers["suites"] = {"round_0": suite_scores(first), "final": suite_scores(last)}
     if "privacy" in rows[-1]:
-        summary["privacy"] = rows[-1]["privacy"]
-        summary["over_target_allowed"] = any(part.get("over_target_allowed")
+        numbers["privacy"] = rows[-1]["privacy"]
+        numbers["over_target_allowed"] = any(part.get("over_target_allowed")
                                              for part in rows[-1]["privacy"].get("clients", {}).values())
-    if config.chain_record:
-        summary["disclosure"] = Disclosure.of(config).to_dict()
-    write_json_atomic(run.path / "summary.json", summary)
-    return summary
+    return numbers
 
 
 def write_plots(run: RunDir) -> list[Path]:

@@ -87,6 +87,7 @@ class RoundRecord:
     signatures: list[str]
     update_num_bytes: list[int]
     metrics: dict
+    metrics_digest: str  # of the round's metrics.jsonl row (flb.digests.metrics_digest), anchored with the record
     participants_commitment: str | None = None
 
 

@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Sequence
 
 from flb.accounting import run_privacy
 from flb.attestation import SALT_BYTES, commitment
 from flb.comm import CommTracker
-from flb.digests import adapter_digest, json_digest, update_content
+from flb.digests import adapter_digest, json_digest, metrics_digest, update_content
 from flb.disclosure import Disclosure
 from flb.errors import ClientUnavailable, RunFailed, UpdateRejected, first_line
 from flb.lora_aggregation import aggregation_error
@@ -115,6 +115,7 @@ class RoundCoordinator:
                             "round_time_s": time.perf_counter() - started, **cost})
             return global_adapter
         previous_adapter, previous_state = global_adapter, self.strategy.state_dict()
+        updates = self._weighed(updates)
         global_adapter = self.strategy.aggregate(global_adapter, updates, round, len(sampled))
         aggregate_done = time.perf_counter()
         metrics = self.evaluate(global_adapter)
@@ -146,7 +147,9 @@ class RoundCoordinator:
     def collect(self, sampled: list[Client], global_adapter: AdapterState, round: int):
         """Fit every sampled client, sending it the strategy's extras too; keep the updates that validate, log why the
         others do not. A failure that is neither a timeout nor a rejection counts against server.max_client_failures.
-        Returns the valid updates, the rejections, and the round's bytes sent and received (flb.comm)."""
+        Returns the valid updates in the order the chain lists them (by address, ascending: the order every
+        strategy aggregates in, so an auditor reproduces the arithmetic), the rejections, and the round's bytes sent
+        and received (flb.comm)."""
         global_digest = adapter_digest(global_adapter)
         extras = self.strategy.client_extras(global_adapter)
         results = self.fit_all(sampled, global_adapter, round, extras)
@@ -163,7 +166,17 @@ class RoundCoordinator:
         rejected += [{"client_id": client_id, "reason": reason} for client_id, reason in too_large.items()]
         for entry in rejected:
             log.warning("round %d: client %d update rejected: %s", round, entry["client_id"], entry["reason"])
-        return [u for u in valid if u.client_id not in too_large], rejected, comm
+        kept = [u for u in valid if u.client_id not in too_large]
+        return sorted(kept, key=lambda u: (int(self.declared[u.client_id]["address"] or "0", 16), u.client_id)), \
+            rejected, comm
+
+    def _weighed(self, updates: list[ClientUpdate]) -> list[ClientUpdate]:
+        """The updates as the strategy weighs them: by example count where the chain publishes counts, and all alike
+        where it does not (under DP a count is private, and a weight the chain does not hold would let nobody
+        recompute the round; the client metrics then say 1 example each)."""
+        if self.disclosure.publish_num_examples:
+            return updates
+        return [replace(update, num_examples=1) for update in updates]
 
     def _rejection(self, client: Client, result, global_adapter: AdapterState, global_digest: str,
                    extras: AdapterState, round: int) -> str | None:
@@ -200,7 +213,7 @@ class RoundCoordinator:
         row = {"kind": "round", "round": round, "global_digest": digest, "num_clients": len(updates), **metrics}
         self.run.append_metrics(*(_client_metrics(u) for u in updates), row)
         if self.ledger.signing_domain is not None:
-            self.ledger.record_round(self._record(round, previous, digest, updates, metrics))
+            self.ledger.record_round(self._record(round, previous, digest, updates, metrics, metrics_digest(row)))
         self.private.save(round, {"random": self.random.state_dict()})
         self.run.write_checkpoint(round, global_adapter, self.strategy.state_dict(), self.declared)
         self.ledger.check()
@@ -208,7 +221,7 @@ class RoundCoordinator:
             self.on_round(row)
 
     def _record(self, round: int, previous: AdapterState | None, digest: str, updates: list[ClientUpdate],
-                metrics: dict) -> RoundRecord:
+                metrics: dict, row_digest: str) -> RoundRecord:
         record = RoundRecord(
             round=round, previous_global_digest=None if previous is None else adapter_digest(previous),
             global_digest=digest, client_ids=[u.client_id for u in updates],
@@ -216,7 +229,7 @@ class RoundCoordinator:
             update_digests=[u.attestation.recorded_digest for u in updates],
             num_examples=[u.attestation.recorded_num_examples for u in updates],
             signatures=[u.attestation.signature for u in updates],
-            update_num_bytes=[u.num_bytes for u in updates], metrics=metrics)
+            update_num_bytes=[u.num_bytes for u in updates], metrics=metrics, metrics_digest=row_digest)
         if not self.disclosure.record_participants:
             record.participants_commitment = self._participants_commitment(record)
         return record

@@ -8,14 +8,16 @@ import {EIP712} from "@openzeppelin/contracts/utils/cryptography/EIP712.sol";
 import {SafeCast} from "@openzeppelin/contracts/utils/math/SafeCast.sol";
 import {EnumerableSet} from "@openzeppelin/contracts/utils/structs/EnumerableSet.sol";
 
-/// @title FLB audit trail, version 2: who may take part, their data uploads, and every round in order.
-/// @notice Stored: the registered clients; each data digest with the client that signed it; each
-/// user's cumulative score; and per round two words, the global adapter digest and a hash of the
-/// round's record (the full record is in the round's event). Every update digest and data digest is
-/// accepted only with the client's own EIP-712 signature (domain "FLB", version "2", this chain and
+/// @title FLB audit trail, version 3: the run's rules, who may take part, their data uploads, and every round in
+/// order.
+/// @notice Stored: the run's anchors (adapter config and run spec digests, set once); the registered clients; each
+/// client's data digests; each user's cumulative score; and per round two words, the global adapter digest and a
+/// hash of the round's record (the full record is in the round's event). Every update digest and data digest is
+/// accepted only with the client's own EIP-712 signature (domain "FLB", version "3", this chain and
 /// this contract), so the owner cannot attribute to a client an update it did not send, and nobody
 /// else can claim a client's data. Rounds are chained: round n is recorded only after round n-1, and
 /// each client signs the global digest its update started from, read here, not chosen by the owner.
+/// docs/audit-spec.md specifies every digest, schema and event for an outsider's own verifier.
 contract FLB is Ownable2Step, EIP712 {
     using EnumerableSet for EnumerableSet.AddressSet;
 
@@ -41,7 +43,7 @@ contract FLB is Ownable2Step, EIP712 {
     address[] private _users;
     mapping(address => User) private _userOf;
     mapping(address => mapping(uint256 => bytes32)) private _userData;
-    mapping(bytes32 => address) private _uploaderOf;
+    mapping(address => mapping(bytes32 => bool)) private _uploaded;
     mapping(uint256 => Round) private _rounds;
 
     /// @notice The round the next recordRound/recordSealedRound must carry.
@@ -50,39 +52,48 @@ contract FLB is Ownable2Step, EIP712 {
     bytes32 public lastGlobalDigest;
     /// @notice sha256 of the run's canonical adapter_config.json (LoRA rank, alpha, target modules...): the
     /// tensors' digests say nothing of how they are scaled, so the config every adapter file carries is
-    /// anchored too. Set once by the owner (0x0 until then).
+    /// anchored too. Set once by the owner, with runSpecDigest (0x0 until then).
     bytes32 public adapterConfigDigest;
+    /// @notice sha256 of the run's spec (strategy and its parameters, LoRA aggregation, DP settings, scoring,
+    /// client sampling), so no later edit of the run's files can change the rules a verifier checks it by.
+    bytes32 public runSpecDigest;
 
-    event AdapterConfigAnchored(bytes32 adapterConfigDigest);
-    event ClientRegistered(address indexed client);
+    event RunAnchored(bytes32 adapterConfigDigest, bytes32 runSpecDigest);
+    /// @dev `round` is nextRound when the client was registered: 0 for a client registered before the run began.
+    event ClientRegistered(address indexed client, uint256 round);
     event DataUpload(address indexed user, bytes32 dataDigest);
     event ScoreAdd(address indexed user, uint256 indexed round, uint256 score);
     event RoundRecorded(
         uint256 indexed round,
         bytes32 previousGlobalDigest,
         bytes32 globalDigest,
+        bytes32 metricsDigest,
         address[] clients,
         bytes32[] updateDigests,
         uint256[] numExamples,
         uint256[] scores
     );
     event RoundSealed(
-        uint256 indexed round, bytes32 previousGlobalDigest, bytes32 globalDigest, bytes32 participantsCommitment
+        uint256 indexed round,
+        bytes32 previousGlobalDigest,
+        bytes32 globalDigest,
+        bytes32 metricsDigest,
+        bytes32 participantsCommitment
     );
 
     error ZeroAddress();
     error AlreadyRegistered(address client);
     error NotRegistered(address client);
     error ZeroDigest();
-    error AlreadyUploaded(bytes32 dataDigest);
+    error AlreadyUploaded(address client, bytes32 dataDigest);
     error BadSignature(address client);
     error WrongRound(uint256 expected, uint256 given);
     error LengthMismatch();
     error ClientsNotAscending(uint256 index);
     error RenounceDisabled();
-    error AlreadyAnchored(bytes32 adapterConfigDigest);
+    error AlreadyAnchored(bytes32 adapterConfigDigest, bytes32 runSpecDigest);
 
-    constructor(address initialOwner) Ownable(initialOwner) EIP712("FLB", "2") {}
+    constructor(address initialOwner) Ownable(initialOwner) EIP712("FLB", "3") {}
 
     /// @notice Ownership moves only by transferOwnership + acceptOwnership; an ownerless trail
     /// could record no further round, so renouncing always reverts.
@@ -90,12 +101,13 @@ contract FLB is Ownable2Step, EIP712 {
         revert RenounceDisabled();
     }
 
-    /// @notice Anchor the run's adapter config digest; once, never zero.
-    function anchorAdapterConfig(bytes32 digest) external onlyOwner {
-        if (digest == 0) revert ZeroDigest();
-        if (adapterConfigDigest != 0) revert AlreadyAnchored(adapterConfigDigest);
-        adapterConfigDigest = digest;
-        emit AdapterConfigAnchored(digest);
+    /// @notice Anchor the run's adapter config and run spec digests; once, neither zero.
+    function anchorRun(bytes32 adapterConfig, bytes32 runSpec) external onlyOwner {
+        if (adapterConfig == 0 || runSpec == 0) revert ZeroDigest();
+        if (adapterConfigDigest != 0) revert AlreadyAnchored(adapterConfigDigest, runSpecDigest);
+        adapterConfigDigest = adapterConfig;
+        runSpecDigest = runSpec;
+        emit RunAnchored(adapterConfig, runSpec);
     }
 
     /// @notice Allow `clients` to upload data and take part in rounds; each address once, never zero.
@@ -104,7 +116,7 @@ contract FLB is Ownable2Step, EIP712 {
             address client = clients[i];
             if (client == address(0)) revert ZeroAddress();
             if (!_clients.add(client)) revert AlreadyRegistered(client);
-            emit ClientRegistered(client);
+            emit ClientRegistered(client, nextRound);
         }
     }
 
@@ -125,25 +137,26 @@ contract FLB is Ownable2Step, EIP712 {
 
     /// @notice Record `dataDigest` as `client`'s data. Anyone may relay the call: the record goes to
     /// the client whose EIP-712 signature over DataUpload(dataDigest) is given, and each digest is
-    /// recorded once, ever.
+    /// recorded once per client: another client holding the same digest cannot block this one's upload.
     function uploadUserData(address client, bytes32 dataDigest, bytes calldata signature) external {
         if (dataDigest == 0) revert ZeroDigest();
         if (!_clients.contains(client)) revert NotRegistered(client);
-        if (_uploaderOf[dataDigest] != address(0)) revert AlreadyUploaded(dataDigest);
+        if (_uploaded[client][dataDigest]) revert AlreadyUploaded(client, dataDigest);
         _checkSignature(client, _dataUploadHash(dataDigest), signature);
-        _uploaderOf[dataDigest] = client;
+        _uploaded[client][dataDigest] = true;
         User storage user = _enroll(client);
         _userData[client][user.dataCount++] = dataDigest;
         emit DataUpload(client, dataDigest);
     }
 
-    /// @notice Record round `round` (must equal nextRound) in one transaction: its global digest,
-    /// and per client its update digest and example count (each signed by that client over this
-    /// round and the stored lastGlobalDigest) and the score credited to it. No clients is valid
-    /// (round 0, the base model, and skipped rounds).
+    /// @notice Record round `round` (must equal nextRound) in one transaction: its global digest, the
+    /// sha256 of its metrics (evaluation results), and per client its update digest and example count
+    /// (each signed by that client over this round and the stored lastGlobalDigest) and the score
+    /// credited to it. No clients is valid (round 0, the base model, and skipped rounds).
     function recordRound(
         uint256 round,
         bytes32 globalDigest,
+        bytes32 metricsDigest,
         address[] calldata clients,
         bytes32[] calldata updateDigests,
         uint256[] calldata numExamples,
@@ -163,20 +176,24 @@ contract FLB is Ownable2Step, EIP712 {
             _checkUpdate(clients[i], _updateHash(round, previous, updateDigests[i], numExamples[i]), signatures[i]);
             _credit(clients[i], round, scores[i]);
         }
-        _storeRound(round, globalDigest, _recordHash(previous, clients, updateDigests, numExamples, scores));
-        emit RoundRecorded(round, previous, globalDigest, clients, updateDigests, numExamples, scores);
+        _storeRound(
+            round, globalDigest, _recordHash(previous, metricsDigest, clients, updateDigests, numExamples, scores)
+        );
+        emit RoundRecorded(round, previous, globalDigest, metricsDigest, clients, updateDigests, numExamples, scores);
     }
 
     /// @notice Record round `round` (must equal nextRound) without publishing who took part: only a
     /// commitment to the participants (e.g. a salted hash kept by the owner). Credits no scores.
-    function recordSealedRound(uint256 round, bytes32 globalDigest, bytes32 participantsCommitment)
-        external
-        onlyOwner
-    {
+    function recordSealedRound(
+        uint256 round,
+        bytes32 globalDigest,
+        bytes32 metricsDigest,
+        bytes32 participantsCommitment
+    ) external onlyOwner {
         if (participantsCommitment == 0) revert ZeroDigest();
         bytes32 previous = _checkNextRound(round, globalDigest);
-        _storeRound(round, globalDigest, _sealedHash(previous, participantsCommitment));
-        emit RoundSealed(round, previous, globalDigest, participantsCommitment);
+        _storeRound(round, globalDigest, _sealedHash(previous, metricsDigest, participantsCommitment));
+        emit RoundSealed(round, previous, globalDigest, metricsDigest, participantsCommitment);
     }
 
     /// @notice `user`'s cumulative score (0 for an unknown address).
@@ -213,9 +230,9 @@ contract FLB is Ownable2Step, EIP712 {
         return _userOf[user].position != 0;
     }
 
-    /// @notice The client `dataDigest` is recorded for, or the zero address when nobody.
-    function uploaderOf(bytes32 dataDigest) external view returns (address) {
-        return _uploaderOf[dataDigest];
+    /// @notice Whether `dataDigest` is recorded for `client`.
+    function hasUploaded(address client, bytes32 dataDigest) external view returns (bool) {
+        return _uploaded[client][dataDigest];
     }
 
     /// @notice A round's stored words; its record is in the RoundRecorded or RoundSealed event with this round.
@@ -234,13 +251,16 @@ contract FLB is Ownable2Step, EIP712 {
         uint256 round,
         bytes32 previousGlobalDigest,
         bytes32 globalDigest,
+        bytes32 metricsDigest,
         address[] calldata clients,
         bytes32[] calldata updateDigests,
         uint256[] calldata numExamples,
         uint256[] calldata scores
     ) external view returns (bool) {
         return _isStored(
-            round, globalDigest, _recordHash(previousGlobalDigest, clients, updateDigests, numExamples, scores)
+            round,
+            globalDigest,
+            _recordHash(previousGlobalDigest, metricsDigest, clients, updateDigests, numExamples, scores)
         );
     }
 
@@ -249,9 +269,10 @@ contract FLB is Ownable2Step, EIP712 {
         uint256 round,
         bytes32 previousGlobalDigest,
         bytes32 globalDigest,
+        bytes32 metricsDigest,
         bytes32 participantsCommitment
     ) external view returns (bool) {
-        return _isStored(round, globalDigest, _sealedHash(previousGlobalDigest, participantsCommitment));
+        return _isStored(round, globalDigest, _sealedHash(previousGlobalDigest, metricsDigest, participantsCommitment));
     }
 
     /// @notice The EIP-712 domain separator signatures are checked against.
@@ -331,15 +352,20 @@ contract FLB is Ownable2Step, EIP712 {
 
     function _recordHash(
         bytes32 previousGlobalDigest,
+        bytes32 metricsDigest,
         address[] calldata clients,
         bytes32[] calldata updateDigests,
         uint256[] calldata numExamples,
         uint256[] calldata scores
     ) private pure returns (bytes32) {
-        return keccak256(abi.encode(previousGlobalDigest, clients, updateDigests, numExamples, scores));
+        return keccak256(abi.encode(previousGlobalDigest, metricsDigest, clients, updateDigests, numExamples, scores));
     }
 
-    function _sealedHash(bytes32 previousGlobalDigest, bytes32 participantsCommitment) private pure returns (bytes32) {
-        return keccak256(abi.encode(previousGlobalDigest, participantsCommitment));
+    function _sealedHash(bytes32 previousGlobalDigest, bytes32 metricsDigest, bytes32 participantsCommitment)
+        private
+        pure
+        returns (bytes32)
+    {
+        return keccak256(abi.encode(previousGlobalDigest, metricsDigest, participantsCommitment));
     }
 }

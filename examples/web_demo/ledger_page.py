@@ -22,9 +22,11 @@ def render(run: rundata.Run) -> None:
     deployment = trail.get("deployment") or {}
     st.markdown(f"**{trail.get('chain', 'chain')}** · chain id `{trail.get('chain_id')}` · "
                 f"contract `{trail['contract']}`" + (f" · owner `{deployment['owner']}`" if deployment.get("owner") else ""))
-    anchors = _event_args(trail, "AdapterConfigAnchored")
+    anchors = _event_args(trail, "RunAnchored")
     if anchors:
-        st.caption(f"LoRA config anchored on chain: `{anchors[0]['adapterConfigDigest']}` (sha256 of adapter_config.json)")
+        st.caption(f"Anchored on chain: LoRA config `{anchors[0]['adapterConfigDigest']}` (sha256 of adapter_config.json)"
+                   f" and run spec `{anchors[0]['runSpecDigest']}` (sha256 of the run's rules: strategy, DP, scoring, "
+                   "sampling)")
     rounds = rounds_from(trail)
     cards = st.columns(4)
     cards[0].metric("Blocks", len(trail["blocks"]))

@@ -17,7 +17,11 @@ class SharedTrunk(Strategy):
     def aggregate(self, global_adapter: AdapterState, updates: list[ClientUpdate], round: int,
                   num_sampled: int) -> AdapterState:
         aggregated = self.strategy.aggregate(global_adapter, updates, round, num_sampled)
-        return {**aggregated, **self.plan.trunk_part(updates[-1].tensors)} if updates else aggregated
+        if not updates:
+            return aggregated
+        # clients train in client id order; the updates come in the chain's order (by address)
+        last_trained = max(updates, key=lambda update: update.client_id)
+        return {**aggregated, **self.plan.trunk_part(last_trained.tensors)}
 
     def client_extras(self, global_adapter: AdapterState) -> AdapterState:
         return self.strategy.client_extras(global_adapter)

@@ -4,9 +4,11 @@ from pathlib import Path
 
 import pytest
 
+from chain.deployment import RunAnchors
+
 CHAIN_DIR = Path(__file__).resolve().parents[2] / "chain"
 NO_NODE_MODULES = "chain/node_modules is absent; run `cd chain && npm ci`"
-ADAPTER_CONFIG_DIGEST = "c0" * 32  # what the ledger anchors for a run; any non-zero digest will do in unit tests
+ANCHORS = RunAnchors("c0" * 32, "c1" * 32)  # what the ledger anchors for a run; any non-zero digests will do in unit tests
 
 
 def pytest_collection_modifyitems(items):
@@ -75,7 +77,8 @@ def signed_record(domain, clients, round_number: int, *, client_ids=(0, 1), prev
     return RoundRecord(round=round_number, previous_global_digest=previous,
                        global_digest=global_digest_ or global_digest(round_number), client_ids=client_ids,
                        addresses=[clients[c].address for c in client_ids], update_digests=digests, num_examples=counts,
-                       signatures=signatures, update_num_bytes=[num_bytes] * len(client_ids), metrics=metrics or {})
+                       signatures=signatures, update_num_bytes=[num_bytes] * len(client_ids), metrics=metrics or {},
+                       metrics_digest=f"{round_number + 1:064x}")
 
 
 def signed_upload(domain, account, data_digest: str):
@@ -107,7 +110,7 @@ def open_run_ledger(tmp_path):
     opened = []
 
     def open_(settings=None, run_dir=None):
-        ledger = open_ledger(settings or ChainSettings(), run_dir or tmp_path, ADAPTER_CONFIG_DIGEST)
+        ledger = open_ledger(settings or ChainSettings(), run_dir or tmp_path, ANCHORS)
         opened.append(ledger)
         return ledger
 

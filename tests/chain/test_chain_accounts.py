@@ -7,7 +7,7 @@ from chain.accounts import create_keystore, keystore_admin, main
 from chain.errors import AccountError, ChainError
 from flb.config import ChainSettings
 from flb.keystore import KeystoreError, keystore_password, load_keystore
-from tests.chain.conftest import ADAPTER_CONFIG_DIGEST, signed_record, signed_upload
+from tests.chain.conftest import ANCHORS, signed_record, signed_upload
 
 pytestmark = pytest.mark.chain
 PASSWORD_ENV = "FLB_TEST_KEYSTORE_PASSWORD"
@@ -91,7 +91,7 @@ def test_rpc_backend_records_rounds_signed_with_each_clients_own_keystore(tmp_pa
     fund(anvil.url, [admin_address])  # only the admin pays: clients' uploads and updates are relayed
     monkeypatch.setenv(PASSWORD_ENV, PASSWORD)
     clients = [load_keystore(keys / f"client_{i}.json", keystore_password(PASSWORD_ENV)) for i in range(2)]
-    ledger = open_ledger(rpc_settings(anvil.url, keys), tmp_path / "run", ADAPTER_CONFIG_DIGEST)
+    ledger = open_ledger(rpc_settings(anvil.url, keys), tmp_path / "run", ANCHORS)
     try:
         assert ledger.node.accounts.admin.address == admin_address and ledger.node.accounts.clients == ()
         ledger.register_clients({i: account.address for i, account in enumerate(clients)})
@@ -126,7 +126,7 @@ def test_rpc_backend_rejects_a_wrong_chain_id(tmp_path, anvil):
 
     settings = ChainSettings(backend="rpc", rpc_url=anvil.url, chain_id=5)
     with pytest.raises(ChainError, match="chain id 31337, not 5"):
-        open_ledger(settings, tmp_path, ADAPTER_CONFIG_DIGEST)
+        open_ledger(settings, tmp_path, ANCHORS)
 
 
 @pytest.mark.anvil

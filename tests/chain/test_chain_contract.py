@@ -1,4 +1,4 @@
-"""The FLB contract (version 2) itself, on the embedded EVM and on a real anvil."""
+"""The FLB contract (version 3) itself, on the embedded EVM and on a real anvil."""
 from dataclasses import dataclass
 
 import pytest
@@ -62,8 +62,13 @@ def round_args(chain, round_number, signers, previous=ZERO, global_digest=None, 
     counts = num_examples or [10 + i for i in range(len(signers))]
     signatures = [sign_update(a, domain or chain.domain, round=round_number, previous_global_digest=previous,
                               update_digest=d, num_examples=n) for a, d, n in zip(signers, digests, counts)]
-    return [round_number, global_digest or bytes([round_number + 1]) * 32, [a.address for a in signers], digests,
-            counts, scores or [3 * (i + 1) for i in range(len(signers))], signatures]
+    return [round_number, global_digest or bytes([round_number + 1]) * 32, metrics_digest(round_number),
+            [a.address for a in signers], digests, counts, scores or [3 * (i + 1) for i in range(len(signers))],
+            signatures]
+
+
+def metrics_digest(round_number: int) -> bytes:
+    return bytes([0xE0 + round_number]) * 32
 
 
 def record(chain, args):
@@ -77,7 +82,7 @@ def test_signed_upload_is_recorded_with_its_digest(deployed):
     receipt = deployed.send(upload(deployed, client), sender=client)
     assert deployed.events("DataUpload", receipt) == [{"user": client.address, "dataDigest": DIGEST_A}]
     functions = deployed.contract.functions
-    assert functions.uploaderOf(DIGEST_A).call() == client.address
+    assert functions.hasUploaded(client.address, DIGEST_A).call()
     assert functions.getUserData(client.address).call() == [DIGEST_A]
     assert functions.getUserDataCount(client.address).call() == 1
     assert functions.userExists(client.address).call() and functions.getUserCount().call() == 1
@@ -93,9 +98,21 @@ def test_front_runner_cannot_claim_a_relayed_upload(deployed):
     signature = sign_data_upload(victim, deployed.domain, DIGEST_A)
     deployed.rejects(upload(deployed, front_runner, signature=signature), "BadSignature", sender=front_runner)
     deployed.send(upload(deployed, victim, signature=signature), sender=front_runner)
-    assert deployed.contract.functions.uploaderOf(DIGEST_A).call() == victim.address
+    assert deployed.contract.functions.hasUploaded(victim.address, DIGEST_A).call()
     assert deployed.contract.functions.getUserData(front_runner.address).call() == []
     deployed.rejects(upload(deployed, victim, signature=signature), "AlreadyUploaded", sender=victim)
+
+
+def test_a_client_that_uploads_anothers_digest_first_does_not_block_it(deployed):
+    """Uniqueness is per client: a registered client that learns another's digest and records it as its own first
+    cannot make the owner's upload revert."""
+    owner, squatter = deployed.accounts.clients[0], deployed.accounts.clients[1]
+    deployed.send(upload(deployed, squatter, DIGEST_A), sender=squatter)
+    deployed.send(upload(deployed, owner, DIGEST_A), sender=owner)
+    functions = deployed.contract.functions
+    assert functions.getUserData(owner.address).call() == [DIGEST_A]
+    assert functions.hasUploaded(owner.address, DIGEST_A).call() and functions.hasUploaded(squatter.address, DIGEST_A).call()
+    deployed.rejects(upload(deployed, squatter, DIGEST_A), r"AlreadyUploaded\(client=", sender=squatter)
 
 
 def test_signature_over_another_digest_reverts(deployed):
@@ -130,7 +147,7 @@ def test_malleable_twin_of_a_valid_signature_reverts(deployed):
 def test_registration_is_recorded_once_per_client(deployed):
     functions = deployed.contract.functions
     receipt = deployed.send(functions.registerClients([OUTSIDER.address]))
-    assert deployed.events("ClientRegistered", receipt) == [{"client": OUTSIDER.address}]
+    assert deployed.events("ClientRegistered", receipt) == [{"client": OUTSIDER.address, "round": 0}]
     assert functions.isClient(OUTSIDER.address).call()
     assert functions.clientCount().call() == len(deployed.accounts.clients) + 1
     assert functions.clientAt(len(deployed.accounts.clients)).call() == OUTSIDER.address
@@ -143,7 +160,8 @@ def test_non_owner_cannot_register_or_record(deployed):
     deployed.rejects(deployed.contract.functions.registerClients([OUTSIDER.address]), "not the contract owner", stranger)
     call = deployed.contract.functions.recordRound(*round_args(deployed, 0, []))
     deployed.rejects(call, "not the contract owner", stranger)
-    deployed.rejects(deployed.contract.functions.recordSealedRound(0, b"\x01" * 32, b"\x02" * 32), "OwnableUnauthorized",
+    deployed.rejects(deployed.contract.functions.recordSealedRound(0, b"\x01" * 32, b"\x03" * 32, b"\x02" * 32),
+                     "OwnableUnauthorized",
                      stranger)
 
 
@@ -155,13 +173,13 @@ def test_rounds_are_chained_and_signed_by_their_clients(deployed):
     args = round_args(deployed, 1, deployed.accounts.clients[:2], previous=base[1])
     receipt = record(deployed, args)
     event = deployed.events("RoundRecorded", receipt)[0]
-    assert [event[k] for k in ("round", "previousGlobalDigest", "globalDigest", "clients", "updateDigests",
-                               "numExamples", "scores")] == [1, base[1], *args[1:6]]
+    assert [event[k] for k in ("round", "previousGlobalDigest", "globalDigest", "metricsDigest", "clients",
+                               "updateDigests", "numExamples", "scores")] == [1, base[1], *args[1:7]]
     functions = deployed.contract.functions
     assert functions.nextRound().call() == 2 and functions.lastGlobalDigest().call() == args[1]
     assert functions.getRound(1).call()[0] == args[1] and functions.roundExists(1).call()
     assert not functions.roundExists(2).call()
-    assert [functions.getScore(c).call() for c in args[2]] == args[5]
+    assert [functions.getScore(c).call() for c in args[3]] == args[6]
 
 
 def test_score_add_names_the_round(deployed):
@@ -189,39 +207,39 @@ def test_forged_update_signature_reverts(deployed, forgery, error):
     previous = b"\x01" * 32
     client, other = deployed.accounts.clients[0], deployed.accounts.clients[1]
     args = round_args(deployed, 1, [client], previous=previous)
-    resign = {"round": 1, "previous_global_digest": previous, "update_digest": args[3][0], "num_examples": args[4][0]}
+    resign = {"round": 1, "previous_global_digest": previous, "update_digest": args[4][0], "num_examples": args[5][0]}
     domain = deployed.domain
     if forgery == "signed by another client":
-        args[6] = [sign_update(other, domain, **resign)]
+        args[7] = [sign_update(other, domain, **resign)]
     elif forgery == "signed by a non-client for itself":
         args = round_args(deployed, 1, [OUTSIDER], previous=previous)
     elif forgery == "signed by a non-client for a client":
-        args[6] = [sign_update(OUTSIDER, domain, **resign)]
+        args[7] = [sign_update(OUTSIDER, domain, **resign)]
     elif forgery == "over another round":
-        args[6] = [sign_update(client, domain, **{**resign, "round": 2})]
+        args[7] = [sign_update(client, domain, **{**resign, "round": 2})]
     elif forgery == "over another previous digest":
-        args[6] = [sign_update(client, domain, **{**resign, "previous_global_digest": ZERO})]
+        args[7] = [sign_update(client, domain, **{**resign, "previous_global_digest": ZERO})]
     elif forgery == "over another num_examples":
-        args[6] = [sign_update(client, domain, **{**resign, "num_examples": args[4][0] + 1})]
+        args[7] = [sign_update(client, domain, **{**resign, "num_examples": args[5][0] + 1})]
     elif forgery == "for another contract":
-        args[6] = [sign_update(client, SigningDomain(domain.chain_id, OUTSIDER.address), **resign)]
+        args[7] = [sign_update(client, SigningDomain(domain.chain_id, OUTSIDER.address), **resign)]
     elif forgery == "for another chain id":
-        args[6] = [sign_update(client, SigningDomain(domain.chain_id + 1, domain.contract), **resign)]
+        args[7] = [sign_update(client, SigningDomain(domain.chain_id + 1, domain.contract), **resign)]
     else:
-        args[6] = [b""]
+        args[7] = [b""]
     deployed.rejects(deployed.contract.functions.recordRound(*args), error)
 
 
 def test_duplicate_client_reverts(deployed):
     client = deployed.accounts.clients[0]
     args = round_args(deployed, 0, [client])
-    twice = [args[0], args[1]] + [column * 2 for column in args[2:]]
+    twice = args[:3] + [column * 2 for column in args[3:]]
     deployed.rejects(deployed.contract.functions.recordRound(*twice), r"ClientsNotAscending\(index=1\)")
 
 
 def test_clients_out_of_address_order_revert(deployed):
     args = round_args(deployed, 0, deployed.accounts.clients[:2])
-    descending = args[:2] + [column[::-1] for column in args[2:]]
+    descending = args[:3] + [column[::-1] for column in args[3:]]
     deployed.rejects(deployed.contract.functions.recordRound(*descending), r"ClientsNotAscending\(index=1\)")
 
 
@@ -231,7 +249,8 @@ def test_rounds_cannot_be_skipped_or_repeated(deployed):
     deployed.rejects(functions.recordRound(*round_args(deployed, 2, [])),
                      r"WrongRound\(expected=1, given=2\); rounds are recorded in order; this contract expects round 1")
     deployed.rejects(functions.recordRound(*round_args(deployed, 0, [])), r"WrongRound\(expected=1, given=0\)")
-    deployed.rejects(functions.recordSealedRound(0, b"\x01" * 32, b"\x02" * 32), r"WrongRound\(expected=1, given=0\)")
+    deployed.rejects(functions.recordSealedRound(0, b"\x01" * 32, b"\x03" * 32, b"\x02" * 32),
+                     r"WrongRound\(expected=1, given=0\)")
 
 
 def test_zero_global_digest_reverts(deployed):
@@ -243,13 +262,13 @@ def test_zero_global_digest_reverts(deployed):
 def test_zero_update_digest_reverts_even_when_signed(deployed):
     client = deployed.accounts.clients[0]
     args = round_args(deployed, 0, [client])
-    args[3] = [ZERO]
-    args[6] = [sign_update(client, deployed.domain, round=0, previous_global_digest=ZERO, update_digest=ZERO,
-                           num_examples=args[4][0])]
+    args[4] = [ZERO]
+    args[7] = [sign_update(client, deployed.domain, round=0, previous_global_digest=ZERO, update_digest=ZERO,
+                           num_examples=args[5][0])]
     deployed.rejects(deployed.contract.functions.recordRound(*args), "ZeroDigest")
 
 
-@pytest.mark.parametrize("column", [3, 4, 5, 6], ids=["updateDigests", "numExamples", "scores", "signatures"])
+@pytest.mark.parametrize("column", [4, 5, 6, 7], ids=["updateDigests", "numExamples", "scores", "signatures"])
 def test_arrays_of_other_lengths_revert(deployed, column):
     args = round_args(deployed, 0, deployed.accounts.clients[:2])
     args[column] = args[column][:1]
@@ -261,13 +280,13 @@ def test_verify_round_accepts_only_the_exact_record(deployed):
     previous = b"\x01" * 32
     args = round_args(deployed, 1, deployed.accounts.clients[:2], previous=previous)
     record(deployed, args)
-    claim = [1, previous, *args[1:6]]
+    claim = [1, previous, *args[1:7]]
     verify = deployed.contract.functions.verifyRound
     assert verify(*claim).call()
     alterations = {
-        "round": (0, 0), "previousGlobalDigest": (1, ZERO), "globalDigest": (2, DIGEST_A),
-        "clients": (3, claim[3][::-1]), "updateDigests": (4, [DIGEST_A, claim[4][1]]),
-        "numExamples": (5, [claim[5][0] + 1, claim[5][1]]), "scores": (6, [claim[6][0], claim[6][1] + 1]),
+        "round": (0, 0), "previousGlobalDigest": (1, ZERO), "globalDigest": (2, DIGEST_A), "metricsDigest": (3, DIGEST_B),
+        "clients": (4, claim[4][::-1]), "updateDigests": (5, [DIGEST_A, claim[5][1]]),
+        "numExamples": (6, [claim[6][0] + 1, claim[6][1]]), "scores": (7, [claim[7][0], claim[7][1] + 1]),
     }
     for field, (index, value) in alterations.items():
         altered = claim[:index] + [value] + claim[index + 1:]
@@ -279,30 +298,41 @@ def test_sealed_rounds_are_chained_and_verifiable(deployed):
     base = round_args(deployed, 0, [])
     record(deployed, base)
     commitment = b"\x5e" * 32
-    receipt = deployed.send(functions.recordSealedRound(1, b"\x02" * 32, commitment))
+    receipt = deployed.send(functions.recordSealedRound(1, b"\x02" * 32, metrics_digest(1), commitment))
     assert deployed.events("RoundSealed", receipt) == [{"round": 1, "previousGlobalDigest": base[1],
-                                                        "globalDigest": b"\x02" * 32, "participantsCommitment": commitment}]
-    assert functions.verifySealedRound(1, base[1], b"\x02" * 32, commitment).call()
-    assert not functions.verifySealedRound(1, base[1], b"\x02" * 32, DIGEST_A).call()
-    assert not functions.verifySealedRound(1, ZERO, b"\x02" * 32, commitment).call()
+                                                        "globalDigest": b"\x02" * 32, "metricsDigest": metrics_digest(1),
+                                                        "participantsCommitment": commitment}]
+    assert functions.verifySealedRound(1, base[1], b"\x02" * 32, metrics_digest(1), commitment).call()
+    assert not functions.verifySealedRound(1, base[1], b"\x02" * 32, metrics_digest(1), DIGEST_A).call()
+    assert not functions.verifySealedRound(1, base[1], b"\x02" * 32, DIGEST_A, commitment).call()
+    assert not functions.verifySealedRound(1, ZERO, b"\x02" * 32, metrics_digest(1), commitment).call()
     assert deployed.events("ScoreAdd", receipt) == []
     record(deployed, round_args(deployed, 2, deployed.accounts.clients[:1], previous=b"\x02" * 32))
-    deployed.rejects(functions.recordSealedRound(3, b"\x04" * 32, ZERO), "ZeroDigest")
+    deployed.rejects(functions.recordSealedRound(3, b"\x04" * 32, metrics_digest(3), ZERO), "ZeroDigest")
     assert functions.nextRound().call() == 3
 
 
 # --- ownership -------------------------------------------------------------------------------
 
-def test_adapter_config_is_anchored_once_by_the_owner(deployed):
+def test_adapter_config_and_run_spec_are_anchored_once_by_the_owner(deployed):
     functions = deployed.contract.functions
-    assert functions.adapterConfigDigest().call() == ZERO
-    deployed.rejects(functions.anchorAdapterConfig(DIGEST_A), "OwnableUnauthorizedAccount",
+    assert (functions.adapterConfigDigest().call(), functions.runSpecDigest().call()) == (ZERO, ZERO)
+    deployed.rejects(functions.anchorRun(DIGEST_A, DIGEST_B), "OwnableUnauthorizedAccount",
                      sender=deployed.accounts.clients[0])
-    deployed.rejects(functions.anchorAdapterConfig(ZERO), "ZeroDigest")
-    receipt = deployed.send(functions.anchorAdapterConfig(DIGEST_A))
-    assert deployed.events("AdapterConfigAnchored", receipt) == [{"adapterConfigDigest": DIGEST_A}]
-    deployed.rejects(functions.anchorAdapterConfig(DIGEST_B), "AlreadyAnchored")
-    assert functions.adapterConfigDigest().call() == DIGEST_A
+    deployed.rejects(functions.anchorRun(ZERO, DIGEST_B), "ZeroDigest")
+    deployed.rejects(functions.anchorRun(DIGEST_A, ZERO), "ZeroDigest")
+    receipt = deployed.send(functions.anchorRun(DIGEST_A, DIGEST_B))
+    assert deployed.events("RunAnchored", receipt) == [{"adapterConfigDigest": DIGEST_A, "runSpecDigest": DIGEST_B}]
+    deployed.rejects(functions.anchorRun(DIGEST_A, DIGEST_A), "AlreadyAnchored")
+    assert (functions.adapterConfigDigest().call(), functions.runSpecDigest().call()) == (DIGEST_A, DIGEST_B)
+
+
+def test_registration_says_which_round_the_contract_was_at(deployed):
+    """A key the owner registers after round 0 began carries that round: the verifier flags it."""
+    record(deployed, round_args(deployed, 0, []))
+    late = Account.from_key(b"\x08" * 32)
+    receipt = deployed.send(deployed.contract.functions.registerClients([late.address]))
+    assert deployed.events("ClientRegistered", receipt) == [{"client": late.address, "round": 1}]
 
 
 def test_ownership_moves_only_when_the_new_owner_accepts(deployed):
@@ -325,7 +355,7 @@ def test_ownership_cannot_be_renounced(deployed):
 
 @pytest.mark.parametrize("how", ["call", "estimate_gas"])
 def test_revert_reason_decodes_custom_errors(deployed, how):
-    call = deployed.contract.functions.recordSealedRound(5, b"\x01" * 32, b"\x02" * 32)
+    call = deployed.contract.functions.recordSealedRound(5, b"\x01" * 32, b"\x03" * 32, b"\x02" * 32)
     with pytest.raises(Exception) as caught:
         getattr(call, how)({"from": deployed.accounts.admin.address})
     assert revert_reason(caught.value) == "WrongRound(expected=0, given=5)"

@@ -37,7 +37,7 @@ def test_explorer_decodes_the_deployment_registration_and_upload(recorded_run, c
     out = explorer_output(recorded_run, capsys)
     client_0 = f"{clients[0].address} (client 0)"
     for expected in ("constructor(code_matches_artifact=True)", "(admin)  nonce 0  ok",
-                     f"event ClientRegistered(client={client_0})",
+                     f"event ClientRegistered(client={client_0}, round=0)",
                      f"uploadUserData(client={clients[0].address}, dataDigest=0x{DATA_DIGEST}, signature=0x",
                      f"event DataUpload(user={client_0}, dataDigest=0x{DATA_DIGEST})"):
         assert expected in out
@@ -46,7 +46,7 @@ def test_explorer_decodes_the_deployment_registration_and_upload(recorded_run, c
 def test_explorer_decodes_rounds_with_previous_digest_counts_and_per_round_scores(recorded_run, clients, capsys):
     out = explorer_output(recorded_run, capsys)
     assert (f"event RoundRecorded(round=2, previousGlobalDigest=0x{global_digest(1)}, "
-            f"globalDigest=0x{global_digest(2)}, clients=[\"{clients[1].address}\"], "
+            f"globalDigest=0x{global_digest(2)}, metricsDigest=0x{3:064x}, clients=[\"{clients[1].address}\"], "
             f"updateDigests=[\"0x{update_digest(2, 1)}\"], numExamples=[11], scores=[11])") in out
     assert f"event ScoreAdd(user={clients[0].address} (client 0), round=1, score=1010)" in out  # 1 upload x 1000 B + 10
     assert f"event ScoreAdd(user={clients[1].address} (client 1), round=2, score=11)" in out
@@ -79,5 +79,5 @@ def test_explorer_reads_a_live_chain(open_run_ledger, clients, tmp_path, capsys)
     assert main(["--rpc", ledger.node.anvil.url, "--address", address]) == 0
     out = capsys.readouterr().out
     assert f"event DataUpload(user={clients[0].address}, dataDigest=0x{DATA_DIGEST})" in out
-    assert "event AdapterConfigAnchored(adapterConfigDigest=0x" in out  # every event, not just the outbox's
+    assert "event RunAnchored(adapterConfigDigest=0x" in out  # every event, not just the outbox's
     assert f"round 2  global adapter 0x{global_digest(2)}" in out

@@ -18,6 +18,7 @@ from chain.trail import read_trail
 from chain.verify import rounds_from
 from flb.digests import adapter_file_digest
 from tests.chain.conftest import whole_run
+from tests.chain.lying_server import LyingServer
 
 pytestmark = pytest.mark.chain
 REPO = Path(__file__).resolve().parents[2]
@@ -73,7 +74,7 @@ def test_untouched_run_passes_and_says_it_checks_a_local_export(finished_run, ca
     code, lines = verify(capsys, finished_run)
     assert code == 0 and mismatches(lines) == []
     assert lines[0].startswith(LOCAL_EXPORT) and str(finished_run / "chain") in lines[0]
-    assert lines[-1].endswith("checks passed, 0 problems")
+    assert lines[-1].endswith("checks passed, 0 problems, 0 notes")
 
 
 def test_recompute_of_an_honest_run_is_bit_exact(embedded_run, capsys):
@@ -96,13 +97,18 @@ def test_verify_with_rpc_reads_that_node_and_calls_it_independent(anvil_run, tmp
     run_dir, _ = anvil_run
     shutil.copyfile(run_dir / "chain" / ANVIL_STATE_FILE, tmp_path / "node_state.json")
     node = AnvilProcess(tmp_path / "node_state.json", num_accounts=1)  # another node holding the same chain
+    contract = json.loads((run_dir / "chain" / "deployment.json").read_text())["address"]
+    participants = tmp_path / "participants.txt"
+    participants.write_text("\n".join(json.loads((run_dir / "chain" / "accounts.json").read_text())["clients"]))
     node.start()
     try:
-        code, lines = verify(capsys, run_dir, "--rpc", node.url)
+        code, lines = verify(capsys, run_dir, "--rpc", node.url, "--recompute", "--strict", "--contract", contract,
+                             "--clients", str(participants))
     finally:
         node.stop()
-    assert code == 0
+    assert code == 0, lines
     assert lines[0] == f"verify: reading {node.url}, a node independent of the run directory"
+    assert lines[-1].endswith(" checks passed, 0 problems, 0 notes")
 
 
 @pytest.mark.anvil
@@ -201,12 +207,13 @@ def test_recompute_catches_a_server_that_aggregated_something_else(tiny_model_di
 
     monkeypatch.setattr(FedAvg, "aggregate", mean_plus_epsilon)
     run_dir = whole_run(tiny_model_dir, tmp_path, "num_rounds=1")
+    monkeypatch.undo()  # the auditor's replay runs the honest strategy
     code, lines = verify(capsys, run_dir)
     assert code == 0  # files and chain agree with each other: only recomputing shows the lie
     code, lines = verify(capsys, run_dir, "--recompute")
     assert code == 1
     (problem,) = mismatches(lines)
-    assert problem.startswith("MISMATCH round 1: FedAvg of the recorded updates has digest ")
+    assert problem.startswith("MISMATCH round 1: fedavg of the recorded updates has digest ")
     assert "is not the aggregate of the recorded updates" in problem
 
 
@@ -248,8 +255,10 @@ def test_recompute_follows_the_runs_lora_aggregation(tmp_path):
     to SVD_TOLERANCE in B A with a note; a server that averaged the factors apart is caught."""
     import torch
 
+    from chain.explorer import _replayer
     from chain.verify import Report, _recompute
     from flb.adapter_math import weighted_average
+    from flb.config import Config
     from flb.digests import adapter_digest
     from flb.lora_aggregation import svd_average
 
@@ -257,9 +266,13 @@ def test_recompute_follows_the_runs_lora_aggregation(tmp_path):
     updates = [({"m.lora_A.weight": torch.randn(2, 6, generator=generator),
                  "m.lora_B.weight": torch.randn(5, 2, generator=generator)}, n) for n in (3, 5)]
     (tmp_path / "round_1" / "updates").mkdir(parents=True)
+    (tmp_path / "round_0").mkdir()
     for i, (state, _) in enumerate(updates):
         save_file(state, str(tmp_path / "round_1" / "updates" / f"client_{i}.safetensors"))
-    (tmp_path / "config.json").write_text(json.dumps({"strategy": {"name": "fedavg", "lora_aggregation": "svd"}}))
+    config = Config().to_dict()
+    config["strategy"].update(name="fedavg", lora_aggregation="svd")
+    save_file({"m.lora_A.weight": torch.zeros(2, 6), "m.lora_B.weight": torch.zeros(5, 2)},
+              str(tmp_path / "round_0" / "adapter_model.safetensors"))
     honest = svd_average(updates)
     flipped = {"m.lora_A.weight": honest["m.lora_A.weight"] * torch.tensor([[-1.0], [1.0]]),
                "m.lora_B.weight": honest["m.lora_B.weight"] * torch.tensor([-1.0, 1.0])}
@@ -269,9 +282,129 @@ def test_recompute_follows_the_runs_lora_aggregation(tmp_path):
         report = Report()
         rounds = {1: {"clients": ["0xa", "0xb"], "num_examples": [3, 5], "previous": "00",
                       "global_digest": adapter_digest(recorded)}}
-        _recompute(report, tmp_path, rounds, ["0xa", "0xb"])
+        _recompute(report, tmp_path, rounds, ["0xa", "0xb"], config, _replayer())
         return report
 
     assert (recompute(honest).problems, recompute(honest).notes) == ([], [])
     assert recompute(flipped).problems == [] and "not bit for bit" in recompute(flipped).notes[0]
     assert "is not the aggregate of the recorded updates" in recompute(weighted_average(updates)).problems[0]
+
+
+# --- a server that lies on purpose (tests/chain/lying_server.py) ----------------------------------------
+
+def test_an_honest_round_the_lying_server_records_passes(embedded_run, copy_run, capsys):
+    """The control for the lies below: the same tool recording an honest round leaves nothing to flag."""
+    server = LyingServer(copy_run(embedded_run))
+    updates = [(i, server.update_of(2, i), 7 + i) for i in (0, 1)]
+    server.record_round(updates, server.honest_aggregate(updates))
+    server.close()
+    code, lines = verify(capsys, server.run_dir, "--recompute")
+    assert (code, mismatches(lines)) == (0, [])
+
+
+def test_a_sybil_key_registered_mid_run_and_a_round_of_its_own_fail(embedded_run, copy_run, tmp_path, capsys):
+    from eth_account import Account
+
+    server = LyingServer(copy_run(embedded_run))
+    real = list(server.addresses)
+    sybil = Account.create()
+    sybil_id = server.register(sybil)
+    update = server.update_of(2, 0)
+    number = server.record_round([(sybil_id, update, 10**18)], update, keys={sybil_id: sybil})
+    server.close()
+    code, lines = verify(capsys, server.run_dir, "--recompute")
+    assert code == 1
+    assert mismatches(lines) == [f"MISMATCH participant {sybil.address} was registered before round {number}, after "
+                                 "the run began (a key the server added mid-run?); pass --clients FILE with the real "
+                                 "participants' addresses to accept it"]
+    assert f"verify: participant {sybil.address}: registered before round {number}, in rounds [{number}]" in lines
+    trusted = tmp_path / "participants.txt"
+    trusted.write_text("# published by each organisation\n" + "\n".join(real) + "\n")
+    code, lines = verify(capsys, server.run_dir, "--clients", str(trusted))
+    assert code == 1 and mismatches(lines) == [f"MISMATCH participant {sybil.address} is registered but is not in "
+                                               "--clients: an address the auditor does not know to be a real participant"]
+
+
+def test_a_round_that_ignores_every_update_fails_recompute(embedded_run, copy_run, capsys):
+    server = LyingServer(copy_run(embedded_run))
+    updates = [(i, server.update_of(1, i), 7) for i in (0, 1)]  # not round 2's: their mean is not its adapter
+    number = server.record_round(updates, server.global_adapter(2))  # the previous global adapter, published again
+    server.close()
+    assert verify(capsys, server.run_dir)[0] == 0  # files and chain agree: only recomputing shows it
+    code, lines = verify(capsys, server.run_dir, "--recompute")
+    assert code == 1
+    (problem,) = mismatches(lines)
+    assert problem.startswith(f"MISMATCH round {number}: fedavg of the recorded updates has digest ")
+
+
+def test_inflated_scores_fail(embedded_run, copy_run, capsys):
+    server = LyingServer(copy_run(embedded_run))
+    updates = [(i, server.update_of(2, i), 7) for i in (0, 1)]
+    number = server.record_round(updates, server.honest_aggregate(updates), bytes_factor=1000)
+    server.close()
+    code, lines = verify(capsys, server.run_dir)
+    assert code == 1
+    problems = mismatches(lines)
+    assert len(problems) == 2 and all(p.startswith(f"MISMATCH round {number} client ") for p in problems)
+    assert "on chain, but the flb formula gives" in problems[0] and "uploads x" in problems[0]
+
+
+def test_an_edited_strategy_in_config_json_fails_and_switches_nothing_off(embedded_run, copy_run, capsys):
+    run_dir = copy_run(embedded_run)
+    edit_json(run_dir / "config.json", lambda config: config["strategy"].update(name="median"))
+    code, lines = verify(capsys, run_dir, "--recompute")
+    assert code == 1
+    problems = mismatches(lines)
+    assert problems[0].startswith("MISMATCH config.json: its run spec (strategy, DP, scoring, sampling) has digest ")
+    assert "the run's rules were edited after the fact" in problems[0]
+    assert problems[1:] == ["MISMATCH rounds [1, 2]: not recomputed, as config.json is not the run spec the chain "
+                            "anchors"]
+
+
+@pytest.mark.parametrize("file, change, expected", [
+    ("metrics.jsonl", ("eval_loss", 2), "MISMATCH metrics.jsonl: round 2 row has digest "),
+    ("metrics.jsonl", ("accuracy", 1), "MISMATCH metrics.jsonl: round 1 row has digest "),
+    ("summary.json", ("eval_loss", "final"), "MISMATCH summary.json: eval_loss is "),
+    ("summary.json", ("accuracy", "final"), "MISMATCH summary.json: accuracy is "),
+])
+def test_edited_metrics_and_summary_fail(embedded_run, copy_run, capsys, file, change, expected):
+    run_dir = copy_run(embedded_run)
+    key, where = change
+    if file == "metrics.jsonl":
+        rows = [json.loads(line) for line in (run_dir / file).read_text().splitlines()]
+        row = next(r for r in rows if r["kind"] == "round" and r["round"] == where)
+        row[key] = (row.get(key) or 0) + 0.01
+        (run_dir / file).write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+    else:
+        edit_json(run_dir / file, lambda summary: summary[key].update({where: (summary[key][where] or 0) + 0.01}))
+    code, lines = verify(capsys, run_dir)
+    assert code == 1
+    problems = mismatches(lines)
+    assert problems[0].startswith(expected)
+    if file == "metrics.jsonl":  # the summary derived from that row no longer agrees either, unless it is not used
+        assert all(p.startswith(("MISMATCH metrics.jsonl", "MISMATCH summary.json")) for p in problems)
+    else:
+        assert len(problems) == 1
+
+
+def test_a_deployment_json_naming_another_contract_fails_when_the_auditor_pins_the_real_one(embedded_run, copy_run,
+                                                                                            capsys):
+    from chain.deployment import deploy
+
+    server = LyingServer(copy_run(embedded_run))
+    real = json.loads((server.run_dir / "chain" / "deployment.json").read_text())["address"]
+    with server.ledger.sender.lock:
+        other = deploy(server.ledger.node.w3, server.ledger.node.accounts.admin)["contractAddress"]
+    server.close()
+    edit_json(server.run_dir / "chain" / "deployment.json", lambda deployment: deployment.update(address=other))
+    code, lines = verify(capsys, server.run_dir, "--contract", real)
+    assert code == 1
+    assert lines[1].startswith(f"verify: contract {real} on chain id ")
+    assert mismatches(lines) == [f"MISMATCH {server.run_dir / 'chain' / 'deployment.json'} names contract {other}, "
+                                 f"not the pinned {real}: the run directory points auditors at another contract"]
+
+
+def test_strict_fails_on_a_local_export_and_on_notes(embedded_run, capsys):
+    assert verify(capsys, embedded_run, "--recompute")[0] == 0
+    code, lines = verify(capsys, embedded_run, "--recompute", "--strict")
+    assert code == 1 and lines[-1].startswith("verify --strict: fails")

@@ -1,0 +1,60 @@
+"""Each round's aggregate again, from the published updates and under the rules the chain anchors: what
+`python -m chain.explorer RUN --verify --recompute` compares with the recorded global digests (docs/audit-spec.md,
+section 5).
+
+The strategy is built from the run's config.json (whose run spec digest the verifier has checked against the chain)
+and driven exactly as the coordinator drives it: round after round from round 1, so a stateful strategy (the FedOpt
+family's moments, SCAFFOLD's control variate) carries its state, each round starting from the previous recorded
+global adapter, the updates in the chain's order, weighed by their on-chain example counts (all alike where counts
+are not published). Rounds whose aggregate depends on a secret cannot be replayed, and say why.
+"""
+from __future__ import annotations
+
+from typing import Iterable, Iterator
+
+from flb.digests import EXTRAS_PREFIX
+from flb.types import AdapterState, ClientUpdate
+
+SERVER_NOISE = "server DP: the server's noise is secret"
+SPLIT_TRUNK = "mode split: the trunk is trained on the server from hidden states, not aggregated from updates"
+
+
+# One recorded round with clients, as the verifier read it: its number, the previous global adapter (its file checked
+# against the chain) and each update's file content with its on-chain example count, in the chain's order.
+PublishedRound = tuple[int, AdapterState, list[tuple[AdapterState, int]]]
+
+
+def not_replayable(config: dict) -> str | None:
+    """Why no round of a run with this config can be recomputed from its published updates, or None."""
+    from flb.config import DP_STRATEGY_NAMES
+
+    if config.get("mode") == "split":
+        return SPLIT_TRUNK
+    if config["strategy"]["name"] in DP_STRATEGY_NAMES:
+        return SERVER_NOISE
+    return None
+
+
+def replay(config: dict, rounds: Iterable[PublishedRound]) -> Iterator[tuple[int, AdapterState]]:
+    """(round, recomputed global adapter) for every round given, in order (rounds without clients are not given:
+    the coordinator does not aggregate them). Call only when not_replayable(config) is None."""
+    from flb.config import config_from_dict
+    from flb.disclosure import Disclosure
+    from flb.secret_random import SecretRandom
+    from server.strategy import build_strategy
+
+    settings = config_from_dict(config)
+    strategy = build_strategy(settings, SecretRandom())  # no draw: the strategies replayed here are deterministic
+    counts_published = Disclosure.of(settings).publish_num_examples
+    for number, previous, published in rounds:
+        updates = [_update(position, number, content, count if counts_published else 1)
+                   for position, (content, count) in enumerate(published)]
+        yield number, strategy.aggregate(previous, updates, number, len(updates))
+
+
+def _update(position: int, round: int, content: AdapterState, num_examples: int) -> ClientUpdate:
+    """A published update as the strategy sees it: its adapter, its extras (SCAFFOLD's delta c_i) and its weight."""
+    tensors = {name: t for name, t in content.items() if not name.startswith(EXTRAS_PREFIX)}
+    extras = {name.removeprefix(EXTRAS_PREFIX): t for name, t in content.items() if name.startswith(EXTRAS_PREFIX)}
+    return ClientUpdate(client_id=position, round=round, tensors=tensors, num_examples=num_examples, train_loss=None,
+                        wall_time_s=0.0, num_bytes=0, digest="", extras=extras)
