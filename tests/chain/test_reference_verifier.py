@@ -1,0 +1,157 @@
+"""examples/audit/verify_run.py, the reference verifier written from docs/audit-spec.md alone: it reproduces the
+spec's worked digest, loads nothing of the project (nor its contract artifact), and agrees with the project's own
+`python -m chain.explorer RUN --verify --recompute --rpc URL --contract ADDR` on an honest anvil run and on copies of
+it with one file tampered each. One anvil node, started on a copy of the run's chain, serves every case."""
+import importlib.util
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file, save_file
+
+pytestmark = [pytest.mark.chain, pytest.mark.anvil]
+REPO = Path(__file__).resolve().parents[2]
+SCRIPT = REPO / "examples" / "audit" / "verify_run.py"
+WORKED_EXAMPLE = "fcd52781cf46ec6067e672134728ab3e2af61fb1cba2aa8f43f8ee05799ed341"  # docs/audit-spec.md 2.1
+
+
+def reference_module():
+    spec = importlib.util.spec_from_file_location("reference_verify_run", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def node(anvil_run, tmp_path_factory):
+    """(url, contract address) of one anvil node holding the finished run's chain, for the whole module."""
+    from chain.anvil import AnvilProcess
+    from chain.backends import ANVIL_STATE_FILE
+
+    run_dir = anvil_run[0]
+    state = tmp_path_factory.mktemp("reference-node") / "node_state.json"
+    shutil.copyfile(run_dir / "chain" / ANVIL_STATE_FILE, state)
+    process = AnvilProcess(state, num_accounts=1)
+    process.start()
+    yield process.url, json.loads((run_dir / "chain" / "deployment.json").read_text())["address"]
+    process.stop()
+
+
+def reference(run_dir: Path, url: str, address: str, *python_flags: str) -> tuple[int, list[str]]:
+    result = subprocess.run([sys.executable, *python_flags, str(SCRIPT), "--rpc", url, "--contract", address,
+                             str(run_dir)], cwd=REPO, capture_output=True, text=True, timeout=60)
+    return result.returncode, result.stdout.splitlines()
+
+
+def project(capsys, run_dir: Path, url: str, address: str) -> tuple[int, list[str]]:
+    from chain.explorer import main
+
+    capsys.readouterr()
+    code = main([str(run_dir), "--verify", "--recompute", "--rpc", url, "--contract", address])
+    return code, capsys.readouterr().out.splitlines()
+
+
+# --- the spec's worked example, and nothing of the project -------------------------------------------
+
+def test_the_worked_example_of_spec_2_1():
+    module = reference_module()
+    tensors = {"m.lora_B.weight": np.array([[0.5], [0.25]], np.float32),
+               "m.lora_A.weight": np.array([[1.0, -2.0]], np.float32)}
+    assert module.tensors_digest(tensors) == WORKED_EXAMPLE
+
+
+def test_it_loads_nothing_of_the_project_nor_its_contract_artifact(anvil_run, node):
+    """The whole verification, run with an audit hook that records every import and every file opened."""
+    probe = (
+        "import json, runpy, sys\n"
+        "opened = []\n"
+        "sys.addaudithook(lambda event, args: opened.append(str(args[0])) if event == 'open' else None)\n"
+        f"sys.argv = [{str(SCRIPT)!r}, '--rpc', {node[0]!r}, '--contract', {node[1]!r}, {str(anvil_run[0])!r}]\n"
+        "try:\n"
+        "    runpy.run_path(sys.argv[0], run_name='__main__')\n"
+        "except SystemExit as end:\n"
+        "    code = end.code\n"
+        "ours = sorted(m for m in sys.modules if m.split('.')[0] in ('flb', 'chain', 'server', 'client', 'flb_flower',"
+        " 'main_simple_fl'))\n"
+        "print(json.dumps({'code': code, 'modules': ours, 'artifact': [p for p in opened if 'artifacts' in p]}))\n")
+    result = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=60)
+    found = json.loads(result.stdout.splitlines()[-1])
+    assert found == {"code": 0, "modules": [], "artifact": []}, result.stdout + result.stderr
+
+
+# --- agreement with the project's verifier ---------------------------------------------------------
+
+def nudge(path: Path, target: Path | None = None) -> None:
+    tensors = load_file(str(path))
+    name = sorted(tensors)[0]
+    tensors[name] = tensors[name] + np.float32(1e-3)
+    save_file(tensors, str(target or path), metadata={"format": "pt"})
+
+
+def edit_json(path: Path, change) -> None:
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data, indent=2))
+
+
+def tamper_update(run_dir: Path) -> None:
+    nudge(run_dir / "round_1" / "updates" / "client_0.safetensors")
+
+
+def tamper_global_with_matching_trail(run_dir: Path) -> None:
+    digest = reference_module().tensors_digest
+    path = run_dir / "round_1" / "adapter_model.safetensors"
+    old = digest(load_file(str(path)))
+    nudge(path)
+    shutil.copyfile(path, run_dir / "final_adapter" / "adapter_model.safetensors")
+    new = digest(load_file(str(path)))
+    for name in ("summary.json", "metrics.jsonl"):
+        text = (run_dir / name).read_text()
+        assert old in text
+        (run_dir / name).write_text(text.replace(old, new))
+
+
+def tamper_round_1_eval_loss(run_dir: Path) -> None:
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    for row in rows:
+        if row["kind"] == "round" and row["round"] == 1:
+            row["eval_loss"] -= 0.5
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+
+
+def tamper_strategy(run_dir: Path) -> None:
+    edit_json(run_dir / "config.json", lambda config: config["strategy"].update(name="median"))
+
+
+def tamper_summary_loss(run_dir: Path) -> None:
+    edit_json(run_dir / "summary.json", lambda summary: summary["eval_loss"].update(final=0.1))
+
+
+CASES = {  # tampering -> what both verifiers' MISMATCH lines must name
+    "honest": (None, ()),
+    "update": (tamper_update, ("round 1", "client_0.safetensors")),
+    "global adapter and its trail": (tamper_global_with_matching_trail,
+                                     ("round 1 global adapter", "final_adapter", "metrics.jsonl", "summary.json")),
+    "metrics eval_loss": (tamper_round_1_eval_loss, ("metrics.jsonl: round 1",)),
+    "config strategy": (tamper_strategy, ("config.json",)),
+    "summary eval_loss": (tamper_summary_loss, ("summary.json: eval_loss",)),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_the_reference_and_the_project_verifier_agree(case, anvil_run, node, copy_run, capsys):
+    tamper, named = CASES[case]
+    run_dir = copy_run(anvil_run[0])
+    if tamper is not None:
+        tamper(run_dir)
+    ours, our_lines = project(capsys, run_dir, *node)
+    theirs, their_lines = reference(run_dir, *node)
+    assert their_lines[-1].startswith("reference verify: ")
+    assert (ours, theirs) == ((1, 1) if tamper else (0, 0)), "\n".join(our_lines + ["--- reference:"] + their_lines)
+    for lines in (our_lines, their_lines):
+        problems = "\n".join(line for line in lines if line.startswith("MISMATCH"))
+        assert all(what in problems for what in named), f"{named} not all in:\n{problems}"
