@@ -88,13 +88,13 @@ def build_model(config: Config):
     return tokenizer, add_lora(base, config.model, freeze_lora_a=config.strategy.lora_a_frozen)
 
 
-def check_chain(config: Config) -> None:
+def check_chain(config: Config, in_process_clients: bool = True) -> None:
     """What can make the ledger fail at once (a wrong chain id, a keystore that does not open, no anvil), checked
-    before a run directory exists."""
+    before a run directory exists. Clients on other machines (Flower nodes, split nodes) hold their own keys."""
     if config.chain_record:
         from chain.ledger import preflight
 
-        preflight(config.chain, client_keystores=config.chain.backend == "rpc", num_clients=config.num_clients)
+        preflight(config.chain, in_process_clients=in_process_clients, num_clients=config.num_clients)
 
 
 def open_ledger(config: Config, run_path: Path, peft_config):
@@ -121,10 +121,13 @@ def build_clients(config: Config, shards: list[list[dict]], model, tokenizer, ru
 
 
 def build_run_client(config: Config, run_dir, client_id: int, shard: list[dict], model, tokenizer):
-    """Client `client_id` of this run: it keeps its secrets in RUN_DIR/private/client_<i>/ and signs with
-    chain.keystore_dir/client_<i>.json on rpc, or with a key made for the run in that directory. In-process clients
-    and those in worker processes (execution.mode: processes) are built with it."""
-    keystore = Path(config.chain.keystore_dir) / f"client_{client_id}.json" if config.chain.backend == "rpc" else None
+    """Client `client_id` of this run: it keeps its secrets in RUN_DIR/private/client_<i>/ and signs with a key made
+    for the run in that directory (chain.client_keys fresh; kept there, so --resume signs with it again) or with
+    chain.keystore_dir/client_<i>.json (persistent). In-process clients and those in worker processes
+    (execution.mode: processes) are built with it."""
+    from flb.keystore import client_keystore
+
+    keystore = client_keystore(config.chain, client_id) if config.chain_record else None
     return build_client(config, client_id, shard, model, tokenizer, work_dir=run_dir.path / "work",
                         private_dir=run_dir.private_dir(f"client_{client_id}"), keystore=keystore)
 
@@ -206,8 +209,9 @@ class Prepared:
     split_plan: object = None  # mode split: flb.split.SplitPlan
 
 
-def prepare(config: Config, export_merged: bool = False) -> Prepared:
-    """Everything that can reject the config or the inputs, run before a run directory exists."""
+def prepare(config: Config, export_merged: bool = False, in_process_clients: bool = True) -> Prepared:
+    """Everything that can reject the config or the inputs, run before a run directory exists. `in_process_clients`:
+    false when the clients are on other machines (a Flower fleet, split nodes over gRPC) and hold their own keys."""
     from flb.modeling import check_device
     from flb.secret_random import SecretRandom
     from flb.training import check_training_arguments
@@ -232,7 +236,7 @@ def prepare(config: Config, export_merged: bool = False) -> Prepared:
 
         plan = SplitPlan.of(model, config.split.head_layers, config.split.tail_layers)
         strategy = SharedTrunk(strategy, plan) if config.split.trunk == "shared" else strategy
-    check_chain(config)
+    check_chain(config, in_process_clients)
     return Prepared(config, shards, eval_records, tokenizer, model, strategy, server_random, suites, plan)
 
 
@@ -272,7 +276,8 @@ def run(config: Config, resume: str | None = None, export_merged: bool = False, 
     if fleet is not None and config.mode == "split":
         raise ConfigError("mode: split does not run on Flower's deployment engine; use split.channel grpc (python -m "
                           "client.split_node on each client machine) or run Flower with mode federated")
-    prepared = prepare(config, export_merged)
+    remote_split = config.mode == "split" and config.split.channel != "in_process"
+    prepared = prepare(config, export_merged, in_process_clients=fleet is None and not remote_split)
     config = prepared.config
     run_dir = RunDir.open(resume) if resume else RunDir.create(config.output_dir, config.to_dict())
     with RunLock(run_dir.path), _logging_to(run_dir.path / "run.log"):

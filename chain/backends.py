@@ -43,22 +43,23 @@ def connect(settings, run_dir: Path) -> Node:
     return rpc_node(settings)
 
 
-def check_node(settings, *, client_keystores: bool, num_clients: int) -> None:
+def check_node(settings, *, in_process_clients: bool, num_clients: int) -> None:
     """What would make `connect` or the first transactions fail, checked without starting anything: anvil is
-    installed; an rpc node answers with chain.chain_id, the admin keystore opens and the admin can pay, and (for
-    in-process clients) every client keystore opens."""
+    installed; under chain.client_keys persistent, every in-process client's keystore opens (clients on other
+    machines hold their own); an rpc node answers with chain.chain_id, the admin keystore opens and the admin can
+    pay."""
+    from flb.keystore import client_keystore, keystore_password, load_keystore
+
     if settings.backend == "anvil":
         anvil_binary()
+    if in_process_clients and settings.client_keys == "persistent":
+        for i in range(num_clients):
+            load_keystore(client_keystore(settings, i), keystore_password(settings.password_env))
     if settings.backend != "rpc":
         return
     from web3 import Web3
 
-    from flb.keystore import keystore_password, load_keystore
-
     admin = keystore_admin(settings.keystore_dir, settings.password_env).admin
-    if client_keystores:
-        for i in range(num_clients):
-            load_keystore(Path(settings.keystore_dir) / f"client_{i}.json", keystore_password(settings.password_env))
     w3 = Web3(Web3.HTTPProvider(settings.rpc_url, request_kwargs={"timeout": 15}))
     try:
         actual, balance = w3.eth.chain_id, w3.eth.get_balance(admin.address)

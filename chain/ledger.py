@@ -29,11 +29,11 @@ CLOSE_TIMEOUT_S = 60.0
 OPEN_TIMEOUT_S = 60.0
 
 
-def preflight(settings, *, client_keystores: bool, num_clients: int) -> None:
+def preflight(settings, *, in_process_clients: bool, num_clients: int) -> None:
     """Fail now, before anything is created, on what would make the ledger fail at once."""
     from chain.backends import check_node
 
-    check_node(settings, client_keystores=client_keystores, num_clients=num_clients)
+    check_node(settings, in_process_clients=in_process_clients, num_clients=num_clients)
 
 
 def open_ledger(settings, run_dir: Path, anchors: RunAnchors) -> "ChainLedger":

@@ -547,7 +547,11 @@ class ChainSettings:
     chain_id: Optional[int] = _help("Chain id expected at rpc_url (backend rpc).", default=None)
     contract_address: Optional[str] = _help("Reuse this FLB contract instead of deploying a new one.", default=None)
     scoring: str = _help("Contribution score: flb (uploads x update size + examples) | quality (leave-one-out eval-loss gain).", default="flb")
-    keystore_dir: Optional[str] = _help("Folder of encrypted keystores admin.json, client_<i>.json (backend rpc).", default=None)
+    keystore_dir: Optional[str] = _help("Folder of encrypted keystores: admin.json (backend rpc) and, under client_keys "
+                                        "persistent, client_<i>.json.", default=None)
+    client_keys: str = _help("fresh: every client signs with a key made for the run (two runs cannot be linked by a "
+                             "client's address) | persistent: each client keeps its key across runs (in-process: "
+                             "keystore_dir/client_<i>.json; a Flower node: its node config keystore).", default="fresh")
     password_env: str = _help("Environment variable holding the keystores' password.", default="FLB_KEYSTORE_PASSWORD")
     explorer_url: Optional[str] = _help("Link template per transaction, e.g. https://explorer.example/tx/{tx}.", default=None)
     record_participants: bool = _help("Record each round's clients, update digests and scores; false records a salted "
@@ -556,6 +560,7 @@ class ChainSettings:
     def __post_init__(self):
         _one_of("chain.backend", self.backend, ("embedded", "anvil", "rpc"))
         _one_of("chain.scoring", self.scoring, ("flb", "quality"))
+        _one_of("chain.client_keys", self.client_keys, ("fresh", "persistent"))
         if self.backend == "rpc":
             _require(self.rpc_url is not None, "chain.rpc_url", self.rpc_url, "an http(s) URL when chain.backend is rpc")
             _require(self.chain_id is not None, "chain.chain_id", self.chain_id, "the chain's integer id when chain.backend is rpc")

@@ -1,8 +1,9 @@
 """Signing keys: each party holds its own and never sends, prints or logs it.
 
-An encrypted eth-account keystore (scrypt JSON) whose password comes from an environment variable, for
-real chains; or, on the development chains, a key created for the run in its owner's private directory
-(a file only its owner can read, like an SSH key). eth_account is imported inside the functions.
+An encrypted eth-account keystore (scrypt JSON) whose password comes from an environment variable (the admin's on
+a real chain; a client's under chain.client_keys persistent); or a key created for the run in its owner's private
+directory (a file only its owner can read, like an SSH key): a client's under chain.client_keys fresh, so two runs
+cannot be linked by its address. eth_account is imported inside the functions.
 """
 from __future__ import annotations
 
@@ -47,6 +48,29 @@ def load_keystore(path: str | Path, password: str):
     except ValueError:
         raise KeystoreError(f"keystore {path}: cannot decrypt; check the password variable") from None
     return Account.from_key(key)
+
+
+def client_keystore(settings, client_id: int) -> Path | None:
+    """Which key in-process client `client_id` signs with, by chain.client_keys (`settings`: flb.config.ChainSettings):
+    None under fresh (a key made for the run in its private directory: run_key_account), keystore_dir/client_<i>.json
+    under persistent."""
+    if settings.client_keys == "fresh":
+        return None
+    if settings.keystore_dir is None:
+        raise KeystoreError("chain.client_keys: persistent needs chain.keystore_dir, the folder holding each client's "
+                            "client_<i>.json; set it, or use chain.client_keys fresh")
+    return Path(settings.keystore_dir) / f"client_{client_id}.json"
+
+
+def node_keystore(settings, keystore: str) -> Path | None:
+    """Which key a Flower node signs with: None under chain.client_keys fresh (a key made for the run in its state-dir,
+    even when its node config names a `keystore`), its node config `keystore` under persistent."""
+    if settings.client_keys == "fresh":
+        return None
+    if not keystore:
+        raise KeystoreError("chain.client_keys: persistent, but this node's config names no keystore; start the "
+                            "SuperNode with --node-config \"... keystore='/path/client.json'\"")
+    return Path(keystore)
 
 
 def run_key_account(private_dir: str | Path):

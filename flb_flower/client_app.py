@@ -4,16 +4,19 @@ Node config: `partition-id` (this node's client id), `num-partitions` (must equa
 optional `data-path` (this node's own data file, used whole instead of its partition of dataset_name),
 `state-dir` (where this node keeps its secrets: its secret generator, privacy accountant, salts and run
 signing key, one folder per run; default: a folder in the system's temporary directory, so set it on a real
-node), `keystore` (an encrypted keystore to sign with, its password in FLB_KEYSTORE_PASSWORD; default: a
-key made for the run in the state folder) and `model-path` (this node's own copy of the base model, in place of
-the server's model.model_path; each train message carries the digest of the server's base model and the node
-refuses to train one with another digest). None of these ever leaves the node: the server receives updates,
-signatures and the client's own epsilon report. Flower 1.41 starts a fresh ClientApp process per message,
-so the model and client are built once per process and the client state is read back from `state-dir`.
+node), `keystore` (under chain.client_keys persistent, the encrypted keystore to sign with, its password in
+FLB_KEYSTORE_PASSWORD; under fresh the node signs with a key made for the run in the state folder), `model-path`
+(this node's own copy of the base model, in place of the server's model.model_path; each train message carries
+the digest of the server's base model and the node refuses to train one with another digest) and the dp-* keys
+of client.privacy_policy (the local DP this node pins: it refuses to train a run whose client.dp is weaker). None
+of these ever leaves the node: the server receives updates, signatures, the signing address and the client's own
+epsilon report. Flower 1.41 starts a fresh ClientApp process per message, so the model and client are built once
+per process and the client state is read back from `state-dir`.
 """
 from __future__ import annotations
 
 import functools
+import logging
 import re
 import tempfile
 from pathlib import Path
@@ -24,6 +27,7 @@ from flwr.clientapp import ClientApp
 from flb_flower import wire
 
 app = ClientApp()
+log = logging.getLogger(__name__)
 _RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # a run directory's name: one folder under state-dir
 
 
@@ -32,7 +36,10 @@ def query(message: Message, context: Context) -> Message:
     """`describe`: which client this node is, its example count and signing address (what round 0 registers);
     `upload`: its data upload, signed for the run's contract. A node whose base model is not the server's says so
     here, before round 0 records anything of it."""
+    from client.privacy_policy import PrivacyPolicy
+
     run = wire.read_run(message.content)
+    PrivacyPolicy.from_node_config(context.node_config)  # a malformed pin fails before the node joins
     client = local_client(run["config"], run["run_id"], *_node_settings(context))
     _check_base_model(client.model, run["base_model"], str(context.node_config.get("model-path", "")))
     if run["action"] == wire.UPLOAD:
@@ -46,6 +53,7 @@ def train(message: Message, context: Context) -> Message:
     run = wire.read_run(message.content)
     client = local_client(run["config"], run["run_id"], *_node_settings(context))
     _check_base_model(client.model, run["base_model"], str(context.node_config.get("model-path", "")))
+    _check_privacy_pin(context.node_config, run["config"], client)
     _bind(client, run["domain"])
     update = client.fit(wire.read_adapter(message.content), run["round"], wire.read_adapter(message.content, "extras"))
     return Message(wire.update_content(update), reply_to=message)
@@ -69,6 +77,24 @@ def _check_base_model(model, server_digest: str, node_model_path: str) -> None:
         theirs = f"{server_digest[:16]}..." if server_digest else "not sent"
         raise ModelError(f"{source} holds a base model with digest {digest[:16]}..., the server's is {theirs}; "
                          "point model-path at a copy of the server's base model")
+
+
+def _check_privacy_pin(node_config, config_json: str, client) -> None:
+    """Refuse to train when the run's client DP, or the noise the client would add (its private state restored), is
+    weaker than what this node pins (its dp-* node config keys): without the pin a server could switch this node's
+    noise off. The refusal is this client's failure on the server."""
+    import json
+
+    from client.privacy_policy import PrivacyPolicy, WeakerPrivacy, weakening
+    from flb.config import config_from_dict
+
+    policy = PrivacyPolicy.from_node_config(node_config)
+    if policy is None:
+        return
+    weaker = weakening(policy, config_from_dict(json.loads(config_json)), client.privacy)
+    if weaker is not None:
+        log.error("not training: %s", weaker)
+        raise WeakerPrivacy(str(weaker))
 
 
 def _node_settings(context: Context) -> tuple[int, int, str, str, str, str]:
@@ -114,7 +140,21 @@ def local_client(config_json: str, run_id: str, partition_id: int, num_partition
         raise ModelError(f"node config model-path: {exc}") from None
     run_state = Path(state_dir) / run_id
     return main_simple_fl.build_client(config, partition_id, shard, model, tokenizer, work_dir=run_state / "work",
-                                       private_dir=run_state / "private", keystore=Path(keystore) if keystore else None)
+                                       private_dir=run_state / "private", keystore=_signing_keystore(config, keystore))
+
+
+def _signing_keystore(config, keystore: str) -> Path | None:
+    """The node config's keystore under chain.client_keys persistent; None (a key made for the run in state-dir)
+    under fresh, which unlinks this node's runs."""
+    from flb.keystore import node_keystore
+
+    if not config.chain_record:
+        return None
+    chosen = node_keystore(config.chain, keystore)
+    if keystore and chosen is None:
+        log.info("chain.client_keys is fresh: signing with a key made for this run in state-dir, not node config "
+                 "keystore=%r (used under persistent only)", keystore)
+    return chosen
 
 
 def _own_records(data_path: str) -> list[dict]:

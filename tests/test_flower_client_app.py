@@ -110,3 +110,151 @@ def test_a_node_refuses_a_train_message_without_the_servers_digest(server, tiny_
 def test_a_missing_model_path_names_the_node_config_key(server, tmp_path):
     with pytest.raises(ModelError, match=r"^node config model-path: model\.model_path: .+/absent' does not exist"):
         client_app.train(train_message(server), node_context(tmp_path / "state", tmp_path / "absent"))
+
+
+DOMAIN = {"chain_id": 31337, "contract": "0x" + "11" * 20}
+
+
+def recording_run(server, **chain) -> dict:
+    """The server's config as sent to nodes, recording on a chain with `chain` settings."""
+    config = server[0].to_dict()
+    return {**config, "chain_record": True, "chain": {**config["chain"], **chain}}
+
+
+def query_message(server, config: dict, action: str, run_id: str = RUN_ID) -> Message:
+    return Message(wire.query_content(config, run_id, action, DOMAIN, server[2]), dst_node_id=7,
+                   message_type=wire.QUERY)
+
+
+def sent_bytes(reply: Message) -> bytes:
+    """What a reply puts on the wire: its content as Flower serializes it."""
+    from flwr.common.serde import recorddict_to_proto
+
+    return recorddict_to_proto(reply.content).SerializeToString()
+
+
+def test_a_fresh_node_key_never_leaves_its_state_dir(server, tiny_model_dir, tmp_path):
+    """chain.client_keys fresh: the node makes its key for the run in state-dir/<run id>/private; what it sends (its
+    description, signed upload and update) holds the address, never the key, and no other file holds the key."""
+    from eth_account import Account
+
+    config, global_adapter, digest = server
+    run = recording_run(server)
+    context = node_context(tmp_path / "state", tiny_model_dir)
+    replies = [client_app.query(query_message(server, run, action), context) for action in (wire.DESCRIBE, wire.UPLOAD)]
+    replies.append(client_app.train(Message(wire.train_content(run, RUN_ID, global_adapter, 1, DOMAIN, digest, {}),
+                                            dst_node_id=7, message_type=wire.TRAIN), context))
+    key_file = tmp_path / "state" / RUN_ID / "private" / "signing_key"
+    key = bytes.fromhex(key_file.read_text().strip().removeprefix("0x"))
+    assert wire.read_info(replies[0].content)[2] == Account.from_key(key).address
+    assert key_file.stat().st_mode & 0o077 == 0
+    for reply in replies:
+        assert key not in sent_bytes(reply) and key.hex().encode() not in sent_bytes(reply).lower()
+    holders = [path for path in tmp_path.rglob("*") if path.is_file() and (key in path.read_bytes()
+                                                                            or key.hex().encode() in path.read_bytes())]
+    assert holders == [key_file]
+
+
+def test_fresh_node_keys_are_per_run_and_a_resume_keeps_them(server, tiny_model_dir, tmp_path):
+    def address(run_id: str) -> str:
+        client_app.local_client.cache_clear()  # a new ClientApp process, as Flower starts for every message
+        reply = client_app.query(query_message(server, recording_run(server), wire.DESCRIBE, run_id),
+                                 node_context(tmp_path / "state", tiny_model_dir))
+        return wire.read_info(reply.content)[2]
+
+    first = address(RUN_ID)
+    assert address("20260102-000000-dcba") != first
+    assert address(RUN_ID) == first
+
+
+def test_a_nodes_keystore_is_used_only_with_persistent_keys(server, tiny_model_dir, tmp_path, monkeypatch):
+    from chain.accounts import create_keystore
+    from flb.keystore import KeystoreError
+
+    monkeypatch.setenv("FLB_TEST_NODE_PASSWORD", "node-password")
+    keystore = tmp_path / "node-key.json"
+    own = create_keystore(keystore, "node-password", iterations=2**10)
+    context = node_context(tmp_path / "state", tiny_model_dir)
+    context.node_config["keystore"] = str(keystore)
+
+    def address(client_keys: str, node: Context) -> str:
+        run = recording_run(server, client_keys=client_keys, password_env="FLB_TEST_NODE_PASSWORD")
+        return wire.read_info(client_app.query(query_message(server, run, wire.DESCRIBE), node).content)[2]
+
+    assert address("persistent", context) == own
+    assert address("fresh", context) != own
+    with pytest.raises(KeystoreError, match=r"^chain.client_keys: persistent, but this node's config names no "
+                                            r"keystore; start the SuperNode with --node-config"):
+        address("persistent", node_context(tmp_path / "state", tiny_model_dir))
+
+
+def pinned_context(state_dir, model_path, **pin) -> Context:
+    context = node_context(state_dir, model_path)
+    context.node_config.update(pin)
+    return context
+
+
+def dp_run(server, noise_multiplier: float) -> dict:
+    """The server's config with local DP on at `noise_multiplier`."""
+    run = server[0].to_dict()
+    return {**run, "client": {"local_dp": True, "dp": {**run["client"]["dp"], "noise_multiplier": noise_multiplier}}}
+
+
+def dp_train_message(server, noise_multiplier: float) -> Message:
+    config, global_adapter, digest = server
+    return Message(wire.train_content(dp_run(server, noise_multiplier), RUN_ID, global_adapter, 1, None, digest, {}),
+                   dst_node_id=7, message_type=wire.TRAIN)
+
+
+PIN_Z1 = {"dp-mechanism": "update", "dp-noise-multiplier": 1.0}
+
+
+def test_a_node_refuses_a_run_that_lowers_the_noise_it_pins(server, tiny_model_dir, tmp_path, caplog):
+    from client.privacy_policy import WeakerPrivacy
+
+    node = pinned_context(tmp_path / "state", tiny_model_dir, **PIN_Z1)
+    with pytest.raises(WeakerPrivacy, match=r"^client.dp.noise_multiplier: this node pins at least 1 "
+                                            r"\(dp-noise-multiplier\), the server sends 0.3;"):
+        client_app.train(dp_train_message(server, 0.3), node)
+    (line,) = [record.getMessage() for record in caplog.records if record.name == "flb_flower.client_app"]
+    assert line.startswith("not training: client.dp.noise_multiplier: this node pins at least 1")
+    assert not list((tmp_path / "state").rglob("state_round_1.json"))  # nothing trained, nothing saved for round 1
+
+
+def test_a_node_trains_a_run_at_least_as_private_as_its_pin(server, tiny_model_dir, tmp_path):
+    node = pinned_context(tmp_path / "state", tiny_model_dir, **PIN_Z1)
+    reply = client_app.train(dp_train_message(server, 2.0), node)
+    assert wire.read_update(reply.content, 0).privacy["noise_multiplier"] == 2.0
+
+
+def test_a_config_that_looks_strong_does_not_hide_the_noise_planned_at_join(server, tiny_model_dir, tmp_path):
+    """The server asks which client the node serves with z = 0.3 (the client plans it and keeps it in its private
+    state), then sends z = 2 to train: the node compares the noise it would add, and refuses."""
+    from client.privacy_policy import WeakerPrivacy
+
+    node = pinned_context(tmp_path / "state", tiny_model_dir, **PIN_Z1)
+    client_app.query(query_message(server, dp_run(server, 0.3), wire.DESCRIBE), node)
+    client_app.local_client.cache_clear()  # a new ClientApp process, as Flower starts for every message
+    with pytest.raises(WeakerPrivacy, match=r"the server sends 2, but the client's private state for this run keeps "
+                                            r"z = 0.3;"):
+        client_app.train(dp_train_message(server, 2.0), node)
+
+
+def test_a_privacy_refusal_is_that_clients_failure_on_the_server(server, tiny_model_dir, tmp_path):
+    config, global_adapter, digest = server
+    node_config = pinned_context(tmp_path / "state", tiny_model_dir,
+                                 **{"dp-mechanism": "update", "dp-target-epsilon": 4.0})
+
+    def node(node_id: int, message: Message):
+        if message.metadata.message_type == wire.QUERY:
+            return wire.info_content(0, 5, None)
+        try:
+            return client_app.train(message, node_config).content
+        except Exception as exc:  # reported the way flwr-clientapp reports a ClientApp's exception
+            return Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=f"{type(exc)}:<'{exc}'>")
+
+    fleet = Fleet(StubGrid([100], node), config.to_dict(), wait_for_nodes_s=5, round_timeout_s=60, query_timeout_s=5,
+                  poll_s=0.01)
+    (result,) = fleet.fit_all(fleet.join(RUN_ID, 1, digest), global_adapter, 1, {})
+    assert isinstance(result, RuntimeError)
+    assert "client.local_dp: this node pins true (dp-mechanism=update), the server sends false" in str(result)

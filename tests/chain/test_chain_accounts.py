@@ -35,8 +35,9 @@ def fund(url: str, addresses: list[str]) -> None:
         w3.eth.wait_for_transaction_receipt(w3.eth.send_raw_transaction(funder.sign_transaction(tx).raw_transaction))
 
 
-def rpc_settings(url: str, keys) -> ChainSettings:
-    return ChainSettings(backend="rpc", rpc_url=url, chain_id=31337, keystore_dir=str(keys), password_env=PASSWORD_ENV)
+def rpc_settings(url: str, keys, client_keys: str = "fresh") -> ChainSettings:
+    return ChainSettings(backend="rpc", rpc_url=url, chain_id=31337, keystore_dir=str(keys), password_env=PASSWORD_ENV,
+                         client_keys=client_keys)
 
 
 def test_admin_keystore_round_trips_and_stays_encrypted(tmp_path, monkeypatch):
@@ -112,12 +113,15 @@ def test_preflight_refuses_an_unfunded_admin_and_a_missing_client_keystore(tmp_p
     keys = tmp_path / "keys"
     admin_address, *_ = make_keystores(keys, 1)
     monkeypatch.setenv(PASSWORD_ENV, PASSWORD)
+    persistent = rpc_settings(anvil.url, keys, "persistent")
     with pytest.raises(ChainError, match=f"the admin account {admin_address} has no funds on chain 31337"):
-        preflight(rpc_settings(anvil.url, keys), client_keystores=True, num_clients=1)
+        preflight(persistent, in_process_clients=True, num_clients=1)
     fund(anvil.url, [admin_address])
-    preflight(rpc_settings(anvil.url, keys), client_keystores=True, num_clients=1)
-    with pytest.raises(KeystoreError, match="client_1.json: not found"):
-        preflight(rpc_settings(anvil.url, keys), client_keystores=True, num_clients=2)
+    preflight(persistent, in_process_clients=True, num_clients=1)
+    with pytest.raises(KeystoreError, match=r"^keystore .+/client_1\.json: not found; create it with"):
+        preflight(persistent, in_process_clients=True, num_clients=2)
+    preflight(persistent, in_process_clients=False, num_clients=2)  # Flower nodes hold their own keystores
+    preflight(rpc_settings(anvil.url, keys), in_process_clients=True, num_clients=2)  # fresh: admin.json is enough
 
 
 @pytest.mark.anvil
@@ -145,3 +149,91 @@ def test_deploy_cli_deploys_with_the_admin_keystore(tmp_path, monkeypatch, anvil
     address = printed.split("chain.contract_address: ")[1].strip()
     w3 = Web3(Web3.HTTPProvider(anvil.url))
     assert w3.eth.get_code(address) and f"owner {admin_address}" in printed
+
+
+@pytest.fixture(scope="module")
+def tiny_client_parts(tiny_model_dir, tmp_path_factory):
+    """The tiny model, its tokenizer and one shard: enough to build the run's clients as a run does."""
+    import main_simple_fl
+    from flb.config import load_config
+    from tests.tiny_model import tiny_run_overrides
+
+    config = load_config(None, tiny_run_overrides(tiny_model_dir, tmp_path_factory.mktemp("runs")))
+    tokenizer, model = main_simple_fl.build_model(config)
+    return main_simple_fl.build_data(config)[0][0], model, tokenizer
+
+
+def client_addresses(config, run_dir, parts, num_clients: int = 2) -> list[str]:
+    """The signing addresses of the run's in-process clients, built as main_simple_fl builds them."""
+    import main_simple_fl
+
+    shard, model, tokenizer = parts
+    return [main_simple_fl.build_run_client(config, run_dir, i, shard, model, tokenizer).address
+            for i in range(num_clients)]
+
+
+def key_config(tmp_path, keys, client_keys: str):
+    """An rpc run's config: only the keys matter here (nothing connects to the node)."""
+    from flb.config import load_config
+
+    return load_config(None, ["chain_record=true", "chain.backend=rpc", "chain.rpc_url=http://127.0.0.1:1",
+                              "chain.chain_id=31337", f"chain.keystore_dir={keys}", f"chain.client_keys={client_keys}",
+                              f"chain.password_env={PASSWORD_ENV}", f"output_dir={tmp_path / 'runs'}", "num_clients=2",
+                              "clients_per_round=2"])
+
+
+def test_fresh_client_keys_unlink_runs_and_a_resume_keeps_them(tmp_path, tiny_client_parts):
+    """fresh on rpc: keystore_dir holds only admin.json; each run's clients sign with new keys, kept in the run's
+    private folder so --resume signs with them again."""
+    from flb.rundir import RunDir
+
+    keys = tmp_path / "keys"
+    make_keystores(keys, 0)
+    config = key_config(tmp_path, keys, "fresh")
+    first, second = (RunDir.create(config.output_dir, config.to_dict()) for _ in range(2))
+    addresses = client_addresses(config, first, tiny_client_parts)
+    assert len(set(addresses)) == 2
+    assert not set(addresses) & set(client_addresses(config, second, tiny_client_parts))
+    assert client_addresses(config, RunDir.open(first.path), tiny_client_parts) == addresses
+    key_file = first.private_dir("client_0") / "signing_key"
+    assert key_file.stat().st_mode & 0o077 == 0
+
+
+def test_persistent_client_keys_are_the_same_in_every_run(tmp_path, monkeypatch, tiny_client_parts):
+    from flb.rundir import RunDir
+
+    keys = tmp_path / "keys"
+    _, *clients = make_keystores(keys, 2)
+    monkeypatch.setenv(PASSWORD_ENV, PASSWORD)
+    config = key_config(tmp_path, keys, "persistent")
+    runs = [RunDir.create(config.output_dir, config.to_dict()) for _ in range(2)]
+    assert [client_addresses(config, run, tiny_client_parts) for run in runs] == [clients, clients]
+    assert not (runs[0].private_dir("client_0") / "signing_key").exists()
+
+
+def test_persistent_client_keys_say_what_is_missing_in_one_line(tmp_path, monkeypatch):
+    import main_simple_fl
+    from flb.config import load_config
+    from flb.keystore import client_keystore
+
+    with pytest.raises(KeystoreError, match=r"^chain.client_keys: persistent needs chain.keystore_dir, the folder "
+                                            r"holding each client's client_<i>.json; set it, or use chain.client_keys "
+                                            r"fresh$"):
+        client_keystore(ChainSettings(client_keys="persistent"), 0)
+    make_keystores(tmp_path, 1)
+    monkeypatch.setenv(PASSWORD_ENV, PASSWORD)
+    config = load_config(None, ["num_clients=2", "clients_per_round=2", f"chain.keystore_dir={tmp_path}",
+                                "chain.client_keys=persistent", f"chain.password_env={PASSWORD_ENV}"])
+    with pytest.raises(KeystoreError) as refused:  # before a run directory exists (embedded: no node to reach)
+        main_simple_fl.check_chain(config)
+    assert str(refused.value) == (f"keystore {tmp_path}/client_1.json: not found; create it with `python -m "
+                                  f"chain.accounts create --role client --out {tmp_path}/client_1.json`")
+    main_simple_fl.check_chain(config, in_process_clients=False)  # Flower nodes hold their own keystores
+
+
+def test_chain_client_keys_takes_fresh_or_persistent():
+    from flb.errors import ConfigError
+
+    assert ChainSettings().client_keys == "fresh"
+    with pytest.raises(ConfigError, match=r"chain.client_keys: invalid value 'shared'; allowed: fresh \| persistent"):
+        ChainSettings(client_keys="shared")
