@@ -232,7 +232,8 @@ def _step(model, stacked: StackedLoRA, runs: list[ClientRun], step: int, pad_id:
     autocast = runs[0].client.trainer.accelerator.autocast
     for micro in range(max(len(run.steps[step]) for _, run in active)):
         parts = [(index, run.steps[step][micro]) for index, run in active if micro < len(run.steps[step])]
-        inputs, example_clients = join_batches([batch for _, batch in parts], [index for index, _ in parts], pad_id)
+        inputs, example_clients = join_batches([batch for _, batch in parts], [index for index, _ in parts], pad_id,
+                                               runs[0].client.trainer.args.max_length)
         inputs = {key: value.to(model.device) for key, value in inputs.items()}
         with stacked.routing(example_clients.to(model.device)), autocast():
             log_probs, mask = target_log_probs(model, inputs["input_ids"], inputs["attention_mask"], inputs["labels"])
@@ -263,17 +264,17 @@ def _targets(batch: dict):
     return batch["labels"][..., 1:].ne(IGNORE_INDEX).sum()
 
 
-def join_batches(batches: list[dict], owners: list[int], pad_id: int):
-    """One batch of the clients' micro-batches, each right-padded to the longest (mask 0, labels ignored), and the
-    index of the client each row belongs to."""
+def join_batches(batches: list[dict], owners: list[int], pad_id: int, length: int):
+    """One batch of the clients' micro-batches, each right-padded to `length` (sft.max_length: mask 0, labels ignored),
+    and the index of the client each row belongs to. The length is the same whichever clients are joined: padded to
+    the longest batch of the group instead, an example's attention would run over a length that depends on the
+    other clients' batches, and on some CPUs (an AMD EPYC, AVX2) its result then differed in the last bits."""
     import torch
 
     extra = set().union(*batches) - SCORED_INPUTS
     if extra:
         raise ValueError(f"execution.mode batched: trl's batches carry {sorted(extra)} (padding_free or another "
                          "collator in sft.training_arguments?), which batched mode does not join; use sequential")
-    length = max(batch["input_ids"].shape[1] for batch in batches)
-
     def padded(tensor, value):
         return torch.nn.functional.pad(tensor, (0, length - tensor.shape[1]), value=value)
 
