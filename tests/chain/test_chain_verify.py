@@ -408,3 +408,10 @@ def test_strict_fails_on_a_local_export_and_on_notes(embedded_run, capsys):
     assert verify(capsys, embedded_run, "--recompute")[0] == 0
     code, lines = verify(capsys, embedded_run, "--recompute", "--strict")
     assert code == 1 and lines[-1].startswith("verify --strict: fails")
+
+
+def test_a_pinned_contract_that_is_not_there_is_one_line(embedded_run, capsys):
+    capsys.readouterr()
+    assert main([str(embedded_run), "--verify", "--contract", "0x" + "11" * 20]) == 2
+    (error,) = capsys.readouterr().err.splitlines()
+    assert error.startswith(f"error: --contract 0x{'11' * 20}: no contract there on the chain --verify reads")
