@@ -116,14 +116,19 @@ class RoundCoordinator:
             return global_adapter
         previous_adapter, previous_state = global_adapter, self.strategy.state_dict()
         updates = self._weighed(updates)
-        global_adapter = self.strategy.aggregate(global_adapter, updates, round, len(sampled))
+        # the order the chain lists the clients (by address): every strategy aggregates in it, so an auditor
+        # reproduces the arithmetic from the record (docs/audit-spec.md, section 5)
+        in_chain_order = sorted(updates, key=self._chain_position)
+        global_adapter = self.strategy.aggregate(global_adapter, in_chain_order, round, len(sampled))
         aggregate_done = time.perf_counter()
         metrics = self.evaluate(global_adapter)
         metrics["lora_aggregation_error"] = aggregation_error(
-            list(zip([u.tensors for u in updates], self.strategy.mean_weights(updates))), global_adapter)
+            list(zip([u.tensors for u in in_chain_order], self.strategy.mean_weights(in_chain_order))), global_adapter)
         if self.contribution_loss is not None:
-            metrics["scores"], unscored = leave_one_out_scores(self.contribution_loss, self.strategy, previous_state,
-                                                               previous_adapter, updates, metrics["eval_loss"], round)
+            scores, unscored = leave_one_out_scores(self.contribution_loss, self.strategy, previous_state,
+                                                    previous_adapter, in_chain_order, metrics["eval_loss"], round)
+            by_client = dict(zip((u.client_id for u in in_chain_order), scores))
+            metrics["scores"] = [by_client[u.client_id] for u in updates]  # in client id order, as the record's
             if unscored:
                 metrics["unscored"] = {str(client_id): reason for client_id, reason in unscored.items()}
         if self.update_parts is not None:
@@ -147,9 +152,8 @@ class RoundCoordinator:
     def collect(self, sampled: list[Client], global_adapter: AdapterState, round: int):
         """Fit every sampled client, sending it the strategy's extras too; keep the updates that validate, log why the
         others do not. A failure that is neither a timeout nor a rejection counts against server.max_client_failures.
-        Returns the valid updates in the order the chain lists them (by address, ascending: the order every
-        strategy aggregates in, so an auditor reproduces the arithmetic), the rejections, and the round's bytes sent
-        and received (flb.comm)."""
+        Returns the valid updates (in client id order), the rejections, and the round's bytes sent and received
+        (flb.comm)."""
         global_digest = adapter_digest(global_adapter)
         extras = self.strategy.client_extras(global_adapter)
         results = self.fit_all(sampled, global_adapter, round, extras)
@@ -166,9 +170,10 @@ class RoundCoordinator:
         rejected += [{"client_id": client_id, "reason": reason} for client_id, reason in too_large.items()]
         for entry in rejected:
             log.warning("round %d: client %d update rejected: %s", round, entry["client_id"], entry["reason"])
-        kept = [u for u in valid if u.client_id not in too_large]
-        return sorted(kept, key=lambda u: (int(self.declared[u.client_id]["address"] or "0", 16), u.client_id)), \
-            rejected, comm
+        return [u for u in valid if u.client_id not in too_large], rejected, comm
+
+    def _chain_position(self, update: ClientUpdate) -> tuple[int, int]:
+        return int(self.declared[update.client_id]["address"] or "0", 16), update.client_id
 
     def _weighed(self, updates: list[ClientUpdate]) -> list[ClientUpdate]:
         """The updates as the strategy weighs them: by example count where the chain publishes counts, and all alike
