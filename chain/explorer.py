@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import re
 import shutil
 import sys
 import tempfile
@@ -33,6 +34,7 @@ from chain.trail import collect_trail, contract_tx_hashes, read_trail
 from chain.verify import Replayer, Report, rounds_from, scores_from, verify
 from flb.redaction import REDACTED, redact_text, redact_url
 
+ADDRESS = r"0x[0-9a-fA-F]{40}"
 INDEPENDENT = "verify: reading {source}, a node independent of the run directory"
 LOCAL_EXPORT = ("verify: a consistency check of a local export, not independent evidence: the only copy of this "
                 "chain is the one the run wrote itself ({source}); check against a node with --rpc URL")
@@ -189,14 +191,14 @@ def _replayer() -> Replayer:
 def read_clients(path: Path) -> set[str]:
     """The addresses in an auditor's --clients FILE (one 0x address a line; blank lines and # comments ignored),
     lower-cased."""
-    import re
-
+    if not Path(path).is_file():
+        raise ChainError(f"--clients {path}: no such file; give a file with one participant address a line")
     addresses = set()
     for number, line in enumerate(Path(path).read_text().splitlines(), 1):
         text = line.split("#", 1)[0].strip()
         if not text:
             continue
-        if not re.fullmatch(r"0x[0-9a-fA-F]{40}", text):
+        if not re.fullmatch(ADDRESS, text):
             raise ChainError(f"--clients {path} line {number}: {text!r} is not a 0x-prefixed 20-byte address; write "
                              "one participant address a line")
         addresses.add(text.lower())
@@ -245,6 +247,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.verify:
             if args.run_dir is None:
                 raise ChainError("--verify needs a RUN_DIR: python -m chain.explorer RUN_DIR --verify")
+            if args.contract is not None and not re.fullmatch(ADDRESS, args.contract):
+                raise ChainError(f"--contract {args.contract}: not a 0x-prefixed 20-byte address; pass the FLB "
+                                 "contract's address")
             trusted = read_clients(args.clients) if args.clients else None
             first_line, report = verify_run(args.run_dir, args.rpc, args.openings, args.recompute, trusted,
                                             args.contract)

@@ -415,3 +415,14 @@ def test_a_pinned_contract_that_is_not_there_is_one_line(embedded_run, capsys):
     assert main([str(embedded_run), "--verify", "--contract", "0x" + "11" * 20]) == 2
     (error,) = capsys.readouterr().err.splitlines()
     assert error.startswith(f"error: --contract 0x{'11' * 20}: no contract there on the chain --verify reads")
+
+
+@pytest.mark.parametrize("flags, expected", [
+    (["--contract", "0xzz"], "error: --contract 0xzz: not a 0x-prefixed 20-byte address"),
+    (["--clients", "/no/such/participants.txt"], "error: --clients /no/such/participants.txt: no such file"),
+])
+def test_typical_mistakes_with_the_auditors_flags_are_one_line(embedded_run, capsys, flags, expected):
+    capsys.readouterr()
+    assert main([str(embedded_run), "--verify", *flags]) == 2
+    (error,) = capsys.readouterr().err.splitlines()
+    assert error.startswith(expected)
