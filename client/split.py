@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from flb.split import SplitChannel, SplitPlan, backbone, run_blocks, set_adapter_part
+from flb.split import SplitChannel, SplitPlan, set_adapter_part
 from flb.types import AdapterState, ClientUpdate
 
 
@@ -119,16 +119,16 @@ class SplitClient:
         step's `targets`). The parameters' gradients accumulate; nothing steps here but the trunk when `step`."""
         from flb.training import label_log_probs, mixed_precision
 
-        model = self.inner.model
-        decoder, device = backbone(model), model.get_base_model().device
+        model, plan = self.inner.model, self.plan
+        device = model.get_base_model().device
         input_ids, mask, labels = (batch[key].to(device) for key in ("input_ids", "attention_mask", "labels"))
         precision = self.inner.trainer.args
         with mixed_precision(precision, device.type):
-            hidden = run_blocks(decoder, self.plan.head_range, decoder.embed_tokens(input_ids), mask)
+            hidden = plan.run(model, plan.head_range, plan.embed(model, input_ids), mask)
             sent = self.noise.apply(hidden, self.inner.random)
         returned = self.channel.forward(sent, mask).to(device).requires_grad_()
         with mixed_precision(precision, device.type):
-            tail = decoder.norm(run_blocks(decoder, self.plan.tail_range, returned, mask))
+            tail = plan.final_norm(model, plan.run(model, plan.tail_range, returned, mask))
             log_probs, _ = label_log_probs(model.get_base_model(), tail, labels)
         loss = -log_probs.sum() / targets
         loss.backward()
@@ -148,7 +148,7 @@ def drop_trunk(model, plan: SplitPlan) -> None:
 
     import torch
 
-    layers = backbone(model).layers
+    layers = plan.blocks(model)
     for index in plan.trunk_layers:
         layers[index] = torch.nn.Identity()
     gc.collect()

@@ -1,9 +1,11 @@
 """Split learning's shared pieces: where the decoder is cut, how a part runs, and the channel between the parts.
 
 The client part is the embeddings, the first `head_layers` (k) decoder blocks, the last `tail_layers` (m) blocks,
-the final norm and the LM head; the server's trunk is the blocks between. Both parts run the blocks of one
-transformers decoder (`run_blocks`: the causal mask and rotary positions each part computes itself from the
-attention mask), so the parts joined compute what the whole model computes.
+the final norm and the LM head; the server's trunk is the blocks between. Both parts drive the family's own
+transformers blocks (`SplitPlan.run`: each part builds the masks of its blocks' attention types and their rotary
+positions itself, from the attention mask), so the parts joined compute what the whole model computes. How a family's
+decoder is laid out and fed is its `Family` (SPLIT_FAMILIES, by model_type); a family that cannot be cut exactly
+is refused with its reason.
 
 What crosses the cut is a frame: safetensors bytes whose metadata holds the operation and a JSON header. The
 client's `SplitChannel` sends the hidden states at the first cut with the attention mask, receives the trunk's
@@ -22,30 +24,133 @@ from typing import Callable
 from flb.errors import ConfigError, FLBError
 from flb.types import AdapterState
 
-SPLIT_MODEL_TYPES = ("llama",)  # decoders whose blocks run_blocks drives as the model's own forward does
-_LAYER = re.compile(r"\.layers\.(\d+)\.")
-
 
 class SplitError(FLBError):
     """A frame that is not what the protocol expects at this point (the peer's or the transport's fault)."""
 
 
 @dataclass(frozen=True)
+class Family:
+    """How a split part runs one family's decoder: token embeddings (Gemma's scaling is inside its embedding module)
+    and blocks fed rotary position embeddings, one for every block, computed by each part for its own blocks."""
+
+    blocks: str = "layers"  # the decoder's list of blocks
+    norm: str = "norm"  # its final norm
+
+    def embed(self, decoder, input_ids):
+        """The hidden states the first block gets."""
+        return decoder.embed_tokens(input_ids)
+
+    def embedding_rows(self, decoder) -> tuple:
+        """What `embed` adds up, without dropout: every token id's embedding (V, d), and every position's (P, d), or
+        None where positions are not in the embeddings."""
+        import torch
+
+        table = decoder.embed_tokens
+        return table(torch.arange(table.num_embeddings, device=table.weight.device)), None
+
+    def position_inputs(self, decoder, hidden, position_ids, types: set[str]) -> dict[str, dict]:
+        """layer type -> the position arguments its blocks get."""
+        position_embeddings = decoder.rotary_emb(hidden, position_ids=position_ids)
+        return {layer_type: {"position_embeddings": position_embeddings} for layer_type in types}
+
+
+@dataclass(frozen=True)
+class RotaryByLayerType(Family):
+    """Gemma 3: local (sliding) and global layers rotate with different bases, one rotary output per layer type."""
+
+    def position_inputs(self, decoder, hidden, position_ids, types: set[str]) -> dict[str, dict]:
+        return {layer_type: {"position_embeddings": decoder.rotary_emb(hidden, position_ids, layer_type)}
+                for layer_type in types}
+
+
+@dataclass(frozen=True)
+class LearnedPositions(Family):
+    """GPT-2: learned position embeddings added to the token embeddings (then dropout) below the first block, so only
+    the client's embedding step sees positions; the blocks get none."""
+
+    blocks: str = "h"
+    norm: str = "ln_f"
+
+    def embed(self, decoder, input_ids):
+        return decoder.drop(decoder.wte(input_ids) + decoder.wpe(_position_ids(input_ids)))
+
+    def embedding_rows(self, decoder) -> tuple:
+        return decoder.wte.weight, decoder.wpe.weight
+
+    def position_inputs(self, decoder, hidden, position_ids, types: set[str]) -> dict[str, dict]:
+        return {layer_type: {} for layer_type in types}
+
+
+# model_type -> its Family: the families federated mode trains, each checked against its whole model
+# (tests/test_split.py, tiny random models)
+SPLIT_FAMILIES = {"llama": Family(), "mistral": Family(), "qwen2": Family(), "qwen3": Family(), "phi3": Family(),
+                  "gemma2": Family(), "gemma3_text": RotaryByLayerType(), "gpt2": LearnedPositions()}
+# model_type -> why it cannot be cut here, and what to do instead
+REFUSED_FAMILIES = {
+    "gemma3": "Gemma 3 with its vision tower (Gemma3ForConditionalGeneration) is not cut here; use a text-only "
+              "Gemma 3 checkpoint (Gemma3ForCausalLM, model_type gemma3_text) or mode federated"}
+
+
+def split_family(config) -> Family:
+    """The Family of a model's config; a ConfigError naming the reason when split mode cannot cut it."""
+    model_type = config.model_type
+    if model_type in REFUSED_FAMILIES:
+        raise ConfigError(f"mode split: model_type {model_type!r}: {REFUSED_FAMILIES[model_type]}")
+    if model_type not in SPLIT_FAMILIES:
+        raise ConfigError(f"mode split: model_type {model_type!r} is not supported; supported: "
+                          f"{', '.join(SPLIT_FAMILIES)} (use mode federated for this model)")
+    if getattr(config, "use_bidirectional_attention", False):
+        raise ConfigError(f"mode split: model_type {model_type!r} with use_bidirectional_attention is not a causal "
+                          "decoder; set it false in the model's config or use mode federated")
+    return SPLIT_FAMILIES[model_type]
+
+
+def backbone(model):
+    """The decoder under a peft (or plain transformers) causal LM: its embeddings, blocks and final norm."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return getattr(base, base.base_model_prefix)
+
+
+def layer_types(config) -> list[str]:
+    """Each block's attention type, as the family's forward picks its mask: the config's layer_types where it has
+    them (Qwen, Gemma), else sliding everywhere when it sets a sliding_window (Mistral, Phi-3), else full."""
+    if getattr(config, "layer_types", None):
+        return list(config.layer_types)
+    sliding = getattr(config, "sliding_window", None) is not None
+    return ["sliding_attention" if sliding else "full_attention"] * config.num_hidden_layers
+
+
+def _position_ids(tokens):
+    """Positions 0..T-1 of a batch (no cache), as each family's forward makes them."""
+    import torch
+
+    return torch.arange(tokens.shape[1], device=tokens.device)[None]
+
+
+def _masks(config, hidden, attention_mask, position_ids, types: set[str]) -> dict:
+    """layer type -> the attention mask its blocks get, from transformers' own mask functions."""
+    from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
+
+    makers = {"full_attention": create_causal_mask, "sliding_attention": create_sliding_window_causal_mask}
+    return {layer_type: makers[layer_type](config=config, inputs_embeds=hidden, attention_mask=attention_mask,
+                                           past_key_values=None, position_ids=position_ids) for layer_type in types}
+
+
+@dataclass(frozen=True)
 class SplitPlan:
-    """Which decoder blocks each side runs."""
+    """Which decoder blocks each side runs, and how to run them (the model's Family)."""
 
     num_layers: int
     head_layers: int
     tail_layers: int
+    family: Family = SPLIT_FAMILIES["llama"]
 
     @classmethod
     def of(cls, model, head_layers: int, tail_layers: int) -> "SplitPlan":
         """The plan for a peft model; a ConfigError when it cannot be cut there."""
-        config = model.get_base_model().config.get_text_config()
-        if config.model_type not in SPLIT_MODEL_TYPES:
-            raise ConfigError(f"mode split: model_type {config.model_type!r} is not supported; supported: "
-                              f"{', '.join(SPLIT_MODEL_TYPES)} (use mode federated for this model)")
-        plan = cls(config.num_hidden_layers, head_layers, tail_layers)
+        config = model.get_base_model().config
+        plan = cls(config.num_hidden_layers, head_layers, tail_layers, split_family(config))
         if not plan.trunk_layers:
             raise ConfigError(f"split.head_layers + split.tail_layers = {head_layers + tail_layers} leaves the server "
                               f"no block of the model's {plan.num_layers}; make their sum at most {plan.num_layers - 1}")
@@ -65,7 +170,7 @@ class SplitPlan:
 
     def in_trunk(self, name: str) -> bool:
         """Whether a parameter or adapter tensor (by its name) belongs to the server's trunk."""
-        match = _LAYER.search(name)
+        match = re.search(rf"\.{self.family.blocks}\.(\d+)\.", name)
         return match is not None and int(match.group(1)) in self.trunk_layers
 
     def client_part(self, state: AdapterState) -> AdapterState:
@@ -78,28 +183,34 @@ class SplitPlan:
         """An adapter's two parts by name, as the ledger's per-part digests cover them."""
         return {"client": self.client_part(state), "trunk": self.trunk_part(state)}
 
+    # running the parts (`model`: the peft model, or the plain transformers one)
 
-def backbone(model):
-    """The decoder under a peft (or plain transformers) causal LM: embed_tokens, layers, norm, rotary_emb."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return getattr(base, base.base_model_prefix)
+    def blocks(self, model):
+        return getattr(backbone(model), self.family.blocks)
 
+    def embed(self, model, input_ids):
+        """The hidden states the first block gets for `input_ids`."""
+        return self.family.embed(backbone(model), input_ids)
 
-def run_blocks(decoder, layers: range, hidden, attention_mask):
-    """hidden states after `layers` of `decoder`, as its own forward runs them (no cache; positions 0..T-1)."""
-    import torch
-    from transformers.masking_utils import create_causal_mask
+    def final_norm(self, model, hidden):
+        return getattr(backbone(model), self.family.norm)(hidden)
 
-    if not layers:
+    def run(self, model, layers: range, hidden, attention_mask):
+        """Hidden states after the blocks `layers`, as the family's own forward runs them (no cache; positions
+        0..T-1; each block gets the mask of its attention type)."""
+        if not layers:
+            return hidden
+        decoder = backbone(model)
+        types = layer_types(decoder.config)
+        used = {types[index] for index in layers}
+        position_ids = _position_ids(hidden)
+        masks = _masks(decoder.config, hidden, attention_mask, position_ids, used)
+        positions = self.family.position_inputs(decoder, hidden, position_ids, used)
+        blocks = self.blocks(model)
+        for index in layers:
+            hidden = blocks[index](hidden, attention_mask=masks[types[index]], position_ids=position_ids,
+                                   **positions[types[index]])
         return hidden
-    position_ids = torch.arange(hidden.shape[1], device=hidden.device)[None]
-    mask = create_causal_mask(config=decoder.config, inputs_embeds=hidden, attention_mask=attention_mask,
-                              past_key_values=None, position_ids=position_ids)
-    position_embeddings = decoder.rotary_emb(hidden, position_ids=position_ids)
-    for index in layers:
-        hidden = decoder.layers[index](hidden, attention_mask=mask, position_embeddings=position_embeddings,
-                                       position_ids=position_ids)
-    return hidden
 
 
 def set_adapter_part(model, part: AdapterState) -> None:

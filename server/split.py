@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from flb.errors import first_line
 from flb.seeding import derived_seed
-from flb.split import SplitError, SplitPlan, Traffic, backbone, decode_frame, encode_frame, run_blocks, set_adapter_part
+from flb.split import SplitError, SplitPlan, Traffic, decode_frame, encode_frame, set_adapter_part
 from flb.types import AdapterState
 
 log = logging.getLogger(__name__)
@@ -138,7 +138,7 @@ class TrunkServer:
                 mixed_precision(self.training_args, device.type):
             torch.manual_seed(derived_seed(self.seed, session.round, session.client_id, session.forwards,
                                            _DROPOUT_STREAM))
-            output = run_blocks(backbone(self.model), self.plan.trunk_layers, leaf, mask.to(device))
+            output = self.plan.run(self.model, self.plan.trunk_layers, leaf, mask.to(device))
         session.pending = (leaf, output)
         self.traffic.forwards += 1
         return "hidden", {}, {"hidden": output}

@@ -1,7 +1,7 @@
-"""Split learning (mode split) on a 4-layer tiny Llama: a split step computes what the whole model computes, only
-hidden states and gradients cross the cut, the trunk server refuses what is out of protocol, a run trains, resumes
-exactly and leaves an adapter plain peft loads, and the gRPC transport (a server and two client processes on
-loopback) ends on the in-process run's digest."""
+"""Split learning (mode split) on 4-layer tiny models: a split step computes what the whole model computes for every
+family split mode supports, only hidden states and gradients cross the cut, the trunk server refuses what is out of
+protocol, a run (Llama and GPT-2) trains, resumes exactly and leaves an adapter plain peft loads, and the gRPC
+transport (a server and two client processes on loopback) ends on the in-process run's digest."""
 from __future__ import annotations
 
 import json
@@ -10,15 +10,32 @@ import pytest
 import torch
 
 from flb.errors import ConfigError
-from flb.split import SplitPlan, decode_frame, encode_frame
-from tests.tiny_model import save_tiny_llama, tiny_run_overrides
+from flb.split import SPLIT_FAMILIES, SplitPlan, decode_frame, encode_frame, split_family
+from tests.tiny_model import TINY_FAMILIES, save_tiny_family, save_tiny_llama, tiny_run_overrides
 
 FP32 = "sft.training_arguments={bf16: false}"  # trl trains under bf16 autocast on the CPU by default
+# Each family's 4-layer model with a cut that has something to get wrong: attention windows shorter than a record
+# where the family can slide (Qwen and Gemma 3 mixing sliding and full layers, Gemma 3's two rotary bases), and no
+# dropout in the base model (GPT-2's is 0.1), so the whole model and the split one compute the same numbers.
+WINDOW = 8
+_WINDOW = dict(sliding_window=WINDOW)
+CUT_CONFIGS = {"llama": {}, "mistral": _WINDOW, "phi3": _WINDOW, "gemma2": _WINDOW,
+               "qwen2": dict(_WINDOW, use_sliding_window=True, max_window_layers=2),
+               "qwen3": dict(_WINDOW, use_sliding_window=True, max_window_layers=2),
+               "gemma3": dict(_WINDOW, layer_types=["sliding_attention", "full_attention"] * 2),
+               "gpt2": dict(embd_pdrop=0.0, attn_pdrop=0.0, resid_pdrop=0.0)}
+assert set(CUT_CONFIGS) == set(TINY_FAMILIES)
 
 
 @pytest.fixture(scope="module")
 def tiny4_dir(tmp_path_factory):
     return save_tiny_llama(tmp_path_factory.mktemp("tiny4"), num_layers=4)
+
+
+@pytest.fixture(scope="module")
+def tiny4_gpt2_dir(tmp_path_factory):
+    """A 4-layer tiny GPT-2 with its own dropout (0.1 on embeddings, attention and residuals)."""
+    return save_tiny_family("gpt2", tmp_path_factory.mktemp("gpt2"), num_hidden_layers=4)
 
 
 def split_overrides(model_dir, output_dir, *extra: str) -> list[str]:
@@ -51,20 +68,50 @@ def lora_grads(model) -> dict:
     return {name: p.grad.clone() for name, p in model.named_parameters() if p.requires_grad and p.grad is not None}
 
 
+@pytest.fixture(scope="module")
+def family_parts(tmp_path_factory):
+    """family -> (SplitClient, TrunkServer) on its 4-layer CUT_CONFIGS model, fp32, LoRA dropout off; made once."""
+    made = {}
+
+    def get(family: str):
+        if family not in made:
+            model_dir = save_tiny_family(family, tmp_path_factory.mktemp(family), num_hidden_layers=4,
+                                         **CUT_CONFIGS[family])
+            made[family] = split_parts(model_dir, tmp_path_factory.mktemp(f"{family}-runs"), 1, 1,
+                                       "model.lora.dropout=0.0")[:2]
+        return made[family]
+
+    return get
+
+
+@pytest.fixture
+def one_torch_thread():
+    """A tiny model's small ops lose several times over to threads waiting on each other when other processes share
+    the cores; runs compared by digest keep torch's default."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.mark.parametrize("k, m", [(1, 1), (0, 2), (2, 0)])
-def test_split_step_gives_the_unsplit_loss_and_lora_gradients(tiny4_dir, tmp_path, k, m):
+@pytest.mark.parametrize("family", list(TINY_FAMILIES))
+def test_split_step_gives_the_unsplit_loss_and_lora_gradients(family_parts, family, k, m, one_torch_thread):
     """fp32, noise off: one micro-batch across the cut gives the whole model's loss within 1e-6 and every LoRA
     gradient, the client's and the trunk's, within 1e-7 (both compute the same operations in the same order)."""
     from flb.modeling import get_adapter_state
     from flb.training import target_log_probs
 
-    client, trunk, _ = split_parts(tiny4_dir, tmp_path, k, m, "model.lora.dropout=0.0")
+    client, trunk = family_parts(family)
     model = client.inner.model
+    client.plan = trunk.plan = plan = SplitPlan.of(model, k, m)
+    model.zero_grad(set_to_none=True)
     with torch.no_grad():  # LoRA B starts at zero, where A gets no gradient: move B off it
         for name, parameter in model.named_parameters():
             if "lora_B" in name:
                 parameter.normal_(std=0.05)
     batch = first_batch(client)
+    assert batch["input_ids"].shape[1] > 2 * WINDOW  # the sliding windows cut the records
     targets = int(batch["labels"][:, 1:].ne(-100).sum())
     log_probs, _ = target_log_probs(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
     whole_loss = -log_probs.sum() / targets
@@ -77,11 +124,36 @@ def test_split_step_gives_the_unsplit_loss_and_lora_gradients(tiny4_dir, tmp_pat
     split_loss = client.micro_batch(batch, targets, step=False)
     split = lora_grads(model)
     assert abs(split_loss - whole_loss.item()) < 1e-6
-    assert set(split) == set(whole) and len(whole) == 4 * 4 * 2  # 4 layers x q, k, v, o x A, B
-    assert any(SplitPlan(4, k, m).in_trunk(name) for name in split)
+    assert set(split) == set(whole) == {name for name, p in model.named_parameters() if p.requires_grad}
+    assert {plan.in_trunk(name) for name in split} == {True, False}
     for name, gradient in whole.items():
         assert gradient.abs().max() > 0
         assert (split[name] - gradient).abs().max() < 1e-7, name
+
+
+@pytest.mark.parametrize("model_dir", ["tiny4_dir", "tiny4_gpt2_dir"])
+def test_drop_trunk_frees_the_trunks_blocks_and_keeps_the_client_part(model_dir, request):
+    """What a network client (client.split_node) keeps: its blocks compute as before, the trunk's are gone, and its
+    adapter is the client part under the same names."""
+    from client.split import drop_trunk
+    from flb.config import ModelSettings
+    from flb.modeling import add_lora, get_adapter_state, load_base_model
+
+    settings = ModelSettings(model_path=str(request.getfixturevalue(model_dir)))
+    model = add_lora(load_base_model(settings), settings).eval()
+    plan = SplitPlan.of(model, 1, 1)
+    ids, mask = torch.tensor([[1, 5, 9, 200, 7]]), torch.ones(1, 5, dtype=torch.long)
+
+    def client_blocks():
+        with torch.no_grad():
+            return [plan.run(model, layers, plan.embed(model, ids), mask) for layers in (plan.head_range,
+                                                                                        plan.tail_range)]
+
+    before, adapter = client_blocks(), get_adapter_state(model)
+    drop_trunk(model, plan)
+    assert [type(block) is torch.nn.Identity for block in plan.blocks(model)] == [False, True, True, False]
+    assert all(torch.equal(a, b) for a, b in zip(before, client_blocks()))
+    assert get_adapter_state(model).keys() == plan.client_part(adapter).keys() and plan.trunk_part(adapter)
 
 
 def test_only_hidden_states_and_gradients_cross_the_cut(tiny4_dir, tmp_path, monkeypatch):
@@ -167,25 +239,28 @@ def test_activation_clip_bounds_each_tokens_norm():
     assert torch.equal(ActivationNoise(std=0.0, clip=1.5).apply(small, SecretRandom()), small)
 
 
-def test_a_split_run_trains_resumes_exactly_and_its_adapter_loads_with_plain_peft(tiny4_dir, tmp_path,
+@pytest.mark.parametrize("model_dir", ["tiny4_dir", "tiny4_gpt2_dir"])
+def test_a_split_run_trains_resumes_exactly_and_its_adapter_loads_with_plain_peft(model_dir, request, tmp_path,
                                                                                    run_and_resume_after_round_1):
-    """Shared trunk, activation noise on, the ledger on: eval loss goes down; a copy resumed after round 1 ends on
-    the uninterrupted run's final digest (the clients' secret generators are restored, so the noise is the same);
-    every record verifies against the chain, and a copy whose client update has its trunk part altered does not (the
-    client signed both parts); the final adapter, loaded by plain peft into the base model, gives the
-    logits of the model the run evaluated."""
+    """Shared trunk, activation noise on, the ledger on, on a Llama and on a GPT-2 (with its own dropout, on both
+    sides of the cut): eval loss goes down; a copy resumed after round 1 ends on the uninterrupted run's final digest
+    (the clients' secret generators are restored, so the noise is the same); every record verifies against the chain,
+    and a copy whose client update has its trunk part altered does not (the client signed both parts); the final
+    adapter, loaded by plain peft into the base model, gives the logits of the model the run evaluated."""
     import shutil
 
     from peft import PeftModel
     from safetensors.torch import load_file, save_file
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     import main_simple_fl
     from chain import explorer
     from flb.config import load_config
+    from flb.digests import adapter_digest
     from flb.modeling import set_adapter_state
 
-    overrides = split_overrides(tiny4_dir, tmp_path / "runs", "chain_record=true", "sft.learning_rate=0.003",
+    model_dir = request.getfixturevalue(model_dir)
+    overrides = split_overrides(model_dir, tmp_path / "runs", "chain_record=true", "sft.learning_rate=0.003",
                                 "split.activation_noise=0.001", "split.activation_clip=50")
     uninterrupted, resumed = run_and_resume_after_round_1(overrides)
     summaries = [json.loads((path / "summary.json").read_text()) for path in (uninterrupted, resumed)]
@@ -195,19 +270,23 @@ def test_a_split_run_trains_resumes_exactly_and_its_adapter_loads_with_plain_pef
     assert rounds[-1]["eval_loss"] < rounds[0]["eval_loss"]
     assert rounds[-1]["split_forwards"] == 2 * 3 and rounds[-1]["split_to_server_bytes"] > 0
     assert set(rounds[-1]["part_digests"]) == {"0", "1"}
+    plan = SplitPlan(4, 1, 1, split_family(AutoConfig.from_pretrained(model_dir)))
+    parts = plan.parts(load_file(uninterrupted / "round_1" / "updates" / "client_0.safetensors"))
+    assert all(parts.values()) and next(row for row in rounds if row["round"] == 1)["part_digests"]["0"] == {
+        part: adapter_digest(tensors) for part, tensors in parts.items()}  # anyone recomputes them from the files
     assert explorer.main([str(uninterrupted), "--verify"]) == 0
     tampered = shutil.copytree(uninterrupted, tmp_path / "tampered")  # the server alters a client's trunk part
     update_file = tampered / "round_1" / "updates" / "client_0.safetensors"
     update = load_file(update_file)
-    trunk_name = next(name for name in sorted(update) if SplitPlan(4, 1, 1).in_trunk(name))
+    trunk_name = next(name for name in sorted(update) if plan.in_trunk(name))
     update[trunk_name] = update[trunk_name] + 1e-3
     save_file(update, str(update_file))
     assert explorer.main([str(tampered), "--verify"]) != 0
 
-    loaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny4_dir),
+    loaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(model_dir),
                                        uninterrupted / "final_adapter").eval()
     ids = torch.tensor([[1, 5, 9, 200, 7]])
-    base_logits = AutoModelForCausalLM.from_pretrained(tiny4_dir)(ids).logits
+    base_logits = AutoModelForCausalLM.from_pretrained(model_dir)(ids).logits
     _, evaluated = main_simple_fl.build_model(load_config(None, overrides))
     set_adapter_state(evaluated, load_file(uninterrupted / "final_adapter" / "adapter_model.safetensors"))
     with torch.no_grad():
@@ -376,10 +455,21 @@ def test_split_plans_that_cannot_be_cut_are_config_errors(tiny4_dir, tmp_path):
                                           r"of the model's 4; make their sum at most 3"):
         main_simple_fl.prepare(load_config(None, split_overrides(tiny4_dir, tmp_path, "split.head_layers=2",
                                                                  "split.tail_layers=2")))
-    with pytest.raises(ConfigError, match="mode split: model_type 'qwen2' is not supported; supported: llama"):
-        from peft import LoraConfig, get_peft_model
-        from transformers import Qwen2Config, Qwen2ForCausalLM
 
-        tiny = Qwen2ForCausalLM(Qwen2Config(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=4,
-                                            num_attention_heads=2, num_key_value_heads=1))
-        SplitPlan.of(get_peft_model(tiny, LoraConfig(target_modules=["q_proj"])), 1, 1)
+
+def test_models_split_mode_cannot_cut_are_refused_in_one_line_naming_the_family_and_the_fix():
+    from transformers import Gemma3Config, Gemma3TextConfig, GPTNeoXConfig
+
+    refused = [(GPTNeoXConfig(), "mode split: model_type 'gpt_neox' is not supported; supported: llama, mistral, "
+                                "qwen2, qwen3, phi3, gemma2, gemma3_text, gpt2 (use mode federated for this model)"),
+               (Gemma3Config(), "mode split: model_type 'gemma3': Gemma 3 with its vision tower "
+                               "(Gemma3ForConditionalGeneration) is not cut here; use a text-only Gemma 3 checkpoint "
+                               "(Gemma3ForCausalLM, model_type gemma3_text) or mode federated"),
+               (Gemma3TextConfig(use_bidirectional_attention=True),
+                "mode split: model_type 'gemma3_text' with use_bidirectional_attention is not a causal decoder; set it "
+                "false in the model's config or use mode federated")]
+    for config, message in refused:
+        with pytest.raises(ConfigError) as info:
+            split_family(config)
+        assert str(info.value) == message
+    assert split_family(Gemma3TextConfig()) is SPLIT_FAMILIES["gemma3_text"]

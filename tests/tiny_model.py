@@ -39,9 +39,10 @@ TINY_FAMILIES = {
 }
 
 
-def save_tiny_family(family: str, path: Path) -> Path:
+def save_tiny_family(family: str, path: Path, **config_overrides) -> Path:
     """A tiny random model of `family` (a key of TINY_FAMILIES), input and output embeddings tied, saved in float32
-    with SmolLM2's tokenizer (so its vocabulary is SmolLM2's)."""
+    with SmolLM2's tokenizer (so its vocabulary is SmolLM2's); `config_overrides` replace its config's sizes and
+    defaults (e.g. num_hidden_layers=4)."""
     import torch
     import transformers
     from transformers import AutoTokenizer
@@ -54,7 +55,7 @@ def save_tiny_family(family: str, path: Path) -> Path:
     torch.manual_seed(0)
     config = getattr(transformers, config_name)(
         vocab_size=len(tokenizer), tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **sizes)
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **{**sizes, **config_overrides})
     getattr(transformers, model_name)(config).to(torch.float32).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
