@@ -23,8 +23,8 @@ log = logging.getLogger("flb")
 RESUMABLE_KEYS = ("num_rounds", "eval.max_new_tokens", "eval.batch_size", "server.max_client_failures",
                   "chain.rpc_url", "chain.explorer_url", "chain.password_env", "client.dp.allow_over_target",
                   "execution.mode", "execution.workers", "execution.devices", "execution.memory_budget_mb",
-                  "notify.url", "notify.command", "notify.timeout_s", "split.channel", "split.address",
-                  "split.timeout_s")
+                  "notify.url", "notify.command", "notify.headers", "notify.timeout_s", "tracking.backends",
+                  "tracking.uri", "split.channel", "split.address", "split.timeout_s")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -59,7 +59,8 @@ def resolve_config(args: argparse.Namespace) -> Config:
         apply_override(data, item)
     config = config_from_dict(data)
     for key, value in (("chain.rpc_url", config.chain.rpc_url if config.chain_record else None),
-                       ("notify.url", config.notify.url), ("notify.command", config.notify.command)):
+                       ("notify.url", config.notify.url), ("notify.command", config.notify.command),
+                       ("tracking.uri", config.tracking.uri)):
         if value and REDACTED in value:
             raise ConfigError(f"{key}: the run directory keeps it with its credentials redacted; pass --set "
                               f"{key}=... again")
@@ -212,8 +213,10 @@ class Prepared:
 def prepare(config: Config, export_merged: bool = False, in_process_clients: bool = True) -> Prepared:
     """Everything that can reject the config or the inputs, run before a run directory exists. `in_process_clients`:
     false when the clients are on other machines (a Flower fleet, split nodes over gRPC) and hold their own keys."""
+    from flb.accounting import warn_if_weak
     from flb.modeling import check_device
     from flb.secret_random import SecretRandom
+    from flb.tracking import check_backends
     from flb.training import check_training_arguments
     from server.strategy import build_strategy
     from server.suites import build_suites
@@ -229,6 +232,7 @@ def prepare(config: Config, export_merged: bool = False, in_process_clients: boo
     config = with_resolved_target_modules(config, model)
     server_random = SecretRandom()
     strategy = build_strategy(config, server_random)
+    warn_if_weak("server DP", [strategy] if config.server_dp else [], config.num_rounds)
     plan = None
     if config.mode == "split":
         from flb.split import SplitPlan
@@ -237,6 +241,8 @@ def prepare(config: Config, export_merged: bool = False, in_process_clients: boo
         plan = SplitPlan.of(model, config.split.head_layers, config.split.tail_layers)
         strategy = SharedTrunk(strategy, plan) if config.split.trunk == "shared" else strategy
     check_chain(config, in_process_clients)
+    config.notify.header_values()  # a header's environment variable not set
+    check_backends(config.tracking)  # a tracker's package not installed
     return Prepared(config, shards, eval_records, tokenizer, model, strategy, server_random, suites, plan)
 
 
@@ -254,12 +260,15 @@ def with_resolved_target_modules(config: Config, model) -> Config:
 
 
 def check_privacy(config: Config, shards: list[list[dict]]) -> None:
-    """Plan every client's noise now: a target epsilon no noise can reach is a config error before anything exists."""
+    """Plan every client's noise now: a target epsilon no noise can reach is a config error before anything exists;
+    an epsilon above 10 by the run's end is one warning naming the key that lowers it."""
     from client.privacy import local_privacy
+    from flb.accounting import warn_if_weak
 
-    for client_id, shard in enumerate(shards):
-        local_privacy(config.client, num_examples=len(shard), batch_size=config.sft.batch_size,
-                      local_steps=config.local_steps, num_rounds=config.num_rounds, client_id=client_id)
+    hooks = [local_privacy(config.client, num_examples=len(shard), batch_size=config.sft.batch_size,
+                           local_steps=config.local_steps, num_rounds=config.num_rounds, client_id=client_id)
+             for client_id, shard in enumerate(shards)]
+    warn_if_weak("client DP", hooks if config.client.local_dp else [], config.num_rounds)
 
 
 def run(config: Config, resume: str | None = None, export_merged: bool = False, fleet=None) -> Path:
@@ -269,6 +278,7 @@ def run(config: Config, resume: str | None = None, export_merged: bool = False, 
     from flb.notify import round_notifications
     from flb.rundir import RunDir
     from flb.runlock import RunLock
+    from flb.tracking import each_round, experiment_tracking
 
     if fleet is not None and config.execution.mode != "sequential":
         raise ConfigError(f"execution.mode: {config.execution.mode} does not apply to a Flower run (each SuperNode "
@@ -276,26 +286,44 @@ def run(config: Config, resume: str | None = None, export_merged: bool = False, 
     if fleet is not None and config.mode == "split":
         raise ConfigError("mode: split does not run on Flower's deployment engine; use split.channel grpc (python -m "
                           "client.split_node on each client machine) or run Flower with mode federated")
+    if resume and finished_already(resume, config.num_rounds):
+        return RunDir.open(resume).path
     remote_split = config.mode == "split" and config.split.channel != "in_process"
     prepared = prepare(config, export_merged, in_process_clients=fleet is None and not remote_split)
     config = prepared.config
     run_dir = RunDir.open(resume) if resume else RunDir.create(config.output_dir, config.to_dict())
-    with RunLock(run_dir.path), _logging_to(run_dir.path / "run.log"):
+    with RunLock(run_dir.path), _logging_to(run_dir.path / "run.log"), \
+            experiment_tracking(config.tracking, run_dir.path, config.to_dict()) as tracking:
         checkpoint = None
         if resume:
             checkpoint = run_dir.read_checkpoint()
             run_dir.record_resume(config.to_dict())
         log.info("run directory: %s", run_dir.path)
         ledger = open_ledger(config, run_dir.path, prepared.model.peft_config["default"])
+        tracking.follow(ledger)
         try:
             with round_notifications(config.notify, run_dir.path.name, config.num_rounds, ledger) as on_round:
-                global_adapter = train(config, run_dir, checkpoint, prepared, ledger, fleet, on_round)
+                global_adapter = train(config, run_dir, checkpoint, prepared, ledger, fleet,
+                                       each_round(on_round, tracking.on_round))
         finally:
             ledger_problem = ledger.close()
         finish(config, run_dir, prepared, global_adapter, ledger, export_merged)
         if ledger_problem:
             raise RunFailed(ledger_problem)
     return run_dir.path
+
+
+def finished_already(resume: str, num_rounds: int) -> bool:
+    """--resume of a run that has finished all its rounds (as many as num_rounds, or more) says so in one line and does
+    nothing else: the state asked for is there, so it is not an error (exit 0, as a second `make` is)."""
+    from flb.rundir import RunDir
+
+    done = RunDir.open(resume).finished_rounds()
+    if done is None or done < num_rounds:
+        return False
+    print(f"nothing to do: {resume} finished all its {done} rounds; extend it with --resume {resume} --set "
+          f"num_rounds=N (N > {done})")
+    return True
 
 
 def train(config: Config, run_dir, checkpoint: dict | None, prepared: Prepared, ledger, fleet, on_round):

@@ -244,6 +244,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--explorer-url", help="link template per transaction, e.g. https://explorer/tx/{tx}")
     args = parser.parse_args(argv)
     try:
+        if args.run_dir is not None and not args.run_dir.is_dir():
+            raise ChainError(f"{args.run_dir}: the run directory does not exist; give output_dir/<run-id> (e.g. "
+                             "runs/latest)")
         if args.verify:
             if args.run_dir is None:
                 raise ChainError("--verify needs a RUN_DIR: python -m chain.explorer RUN_DIR --verify")

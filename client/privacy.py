@@ -85,14 +85,15 @@ def local_privacy(settings: ClientSettings, *, num_examples: int, batch_size: in
     warn_if_delta_too_large(dp.delta, num_examples, "client.dp.delta", f"client {client_id}'s examples")
     if dp.mode == "update":
         return GaussianUpdate(clip_norm=dp.clip_norm, delta=dp.delta, adjacency=dp.adjacency,
-                              plan=_plan(dp, num_rounds, steps_per_round=1), lora_a_frozen=lora_a_frozen)
+                              plan=_plan(dp, num_rounds, 1, client_id), lora_a_frozen=lora_a_frozen)
     from client.dpsgd import DPSGD
 
     return DPSGD(clip_norm=dp.clip_norm, delta=dp.delta, sample_rate=min(1.0, batch_size / num_examples),
                  local_steps=local_steps,
-                 plan=_plan(dp, num_rounds, steps_per_round=local_steps))
+                 plan=_plan(dp, num_rounds, local_steps, client_id))
 
 
-def _plan(dp: ClientDPSettings, num_rounds: int, steps_per_round: int) -> NoisePlan:
+def _plan(dp: ClientDPSettings, num_rounds: int, steps_per_round: int, client_id: int) -> NoisePlan:
     return NoisePlan(noise_multiplier=dp.noise_multiplier, target_epsilon=dp.target_epsilon, num_rounds=num_rounds,
-                     steps_per_round=steps_per_round, allow_over_target=dp.allow_over_target)
+                     steps_per_round=steps_per_round, allow_over_target=dp.allow_over_target,
+                     owner=f"client {client_id}")

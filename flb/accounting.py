@@ -16,6 +16,8 @@ from flb.errors import ConfigError
 
 log = logging.getLogger(__name__)
 MAX_NOISE_MULTIPLIER = 1e6
+WEAK_EPSILON = 10.0  # above it an (epsilon, delta) guarantee says little: a run planned past it is warned of
+NOISE_JUMP = 2.0  # an extension that multiplies z by this much or more is warned of: the model will learn little more
 
 
 def rdp_accountant(state: dict | None = None):
@@ -60,10 +62,31 @@ class Accounted:
 
     adjacency = "add_remove"
     sensitivity = 1.0
+    steps_per_round = 1  # accountant steps in one round the party takes part in
+    knob = "server.noise_multiplier"  # the config key that sets z
 
     @property
     def accounting_multiplier(self) -> float:
         return self.noise_multiplier / self.sensitivity
+
+    def epsilon_after(self, rounds: int) -> float | None:
+        """Epsilon once `rounds` more rounds at the current z follow what was spent (None: unbounded, z = 0)."""
+        history = accountant_state(self.accountant)["history"] + \
+            [[self.accounting_multiplier, self.sample_rate, rounds * self.steps_per_round]]
+        return epsilon(rdp_accountant({"history": history}), self.delta)
+
+    def multiplier_for(self, target_epsilon: float, rounds: int) -> float | None:
+        """The smallest z whose `rounds` more rounds, after what was spent, spend at most `target_epsilon`; None when
+        none does."""
+        found = noise_multiplier_for(target_epsilon=target_epsilon, delta=self.delta, sample_rate=self.sample_rate,
+                                     steps=max(rounds * self.steps_per_round, 1),
+                                     history=accountant_state(self.accountant)["history"])
+        return None if found is None else found * self.sensitivity
+
+    def weak_fix(self, rounds: int) -> str:
+        """What lowers the epsilon of `rounds` rounds to WEAK_EPSILON."""
+        needed = self.multiplier_for(WEAK_EPSILON, rounds)
+        return f"raise {self.knob} (now {self.noise_multiplier:g}) to {needed:.3g} or more, or run fewer rounds"
 
     def privacy_spent(self) -> dict:
         return spent(self.accountant, mechanism=self.mechanism, delta=self.delta, noise_multiplier=self.noise_multiplier,
@@ -81,53 +104,90 @@ class Accounted:
 class NoisePlan:
     """How a client's z is chosen: `noise_multiplier` fixed, or (None) the smallest z whose worst case, the client
     in every one of `num_rounds` rounds at `steps_per_round` accountant steps each, spends at most
-    `target_epsilon`. `allow_over_target` lets an extended run continue at the old z when no z can keep the total
-    within the target (the report then says so)."""
+    `target_epsilon`. `allow_over_target` (--allow-over-budget) lets an extended run keep the z it had instead of
+    planning a larger one; its epsilon may then pass the target (the report then says so)."""
 
     noise_multiplier: float | None
     target_epsilon: float | None
     num_rounds: int
     steps_per_round: int
     allow_over_target: bool = False
+    owner: str = "client"  # who the plan is for, as log lines name it ("client 2")
 
 
 class PlannedNoise(Accounted):
     """A client mechanism whose z follows a NoisePlan. The plan is made once and kept in the private state; when
     the run is extended (more rounds than planned) z is planned again for the remaining rounds on top of the
-    accountant's history, so the total stays within the target, or the run is refused."""
+    accountant's history, so the total stays within the target (a warning when that multiplies z by NOISE_JUMP or
+    more), or the run is refused; `allow_over_target` keeps the run's z instead and warns of the epsilon it reaches."""
 
     def __init__(self, plan: NoisePlan, *, adjacency: str):
         self.plan, self.adjacency = plan, adjacency
         self.sensitivity = 2.0 if adjacency == "replace" else 1.0
+        self.steps_per_round = plan.steps_per_round
+        self.knob = "client.dp.noise_multiplier" if plan.noise_multiplier is not None else "client.dp.target_epsilon"
         self.accountant = rdp_accountant()
-        self.planned_rounds, self.over_target = plan.num_rounds, False
+        self.planned_rounds, self.over_target, self._announced = plan.num_rounds, False, None
         self.noise_multiplier = self._planned_multiplier(rounds_done=0)
 
     def _planned_multiplier(self, rounds_done: int) -> float:
         plan = self.plan
         if plan.noise_multiplier is not None:
             return plan.noise_multiplier
-        remaining = (plan.num_rounds - rounds_done) * plan.steps_per_round
-        found = noise_multiplier_for(target_epsilon=plan.target_epsilon, delta=self.delta, sample_rate=self.sample_rate,
-                                     steps=max(remaining, 1), history=accountant_state(self.accountant)["history"])
-        if found is not None:
-            if rounds_done:
-                log.info("extended to %d rounds: noise multiplier z = %.4g for the remaining rounds keeps epsilon "
-                         "within %g", plan.num_rounds, found * self.sensitivity, plan.target_epsilon)
-            return found * self.sensitivity
-        spent_so_far = epsilon(self.accountant, self.delta)
+        remaining = plan.num_rounds - rounds_done
+        if rounds_done and plan.allow_over_target:
+            return self._kept_multiplier(remaining)
+        found = self.multiplier_for(plan.target_epsilon, remaining)
+        if found is None:
+            raise self._unreachable(rounds_done, remaining)
+        if rounds_done:
+            self._announce(found, remaining)
+        return found
+
+    def _unreachable(self, rounds_done: int, remaining: int) -> ConfigError:
+        plan = self.plan
         if rounds_done == 0:
-            raise ConfigError(f"client.dp.target_epsilon: invalid value {plan.target_epsilon!r}; no noise multiplier up "
-                              f"to {MAX_NOISE_MULTIPLIER:g} reaches it over {remaining} steps at delta {self.delta:g}; "
-                              "allow a larger epsilon or fewer rounds")
-        if not plan.allow_over_target:
-            raise ConfigError(f"num_rounds: {plan.num_rounds} rounds would spend more than client.dp.target_epsilon = "
-                              f"{plan.target_epsilon:g} (already spent {spent_so_far:.3f} in {rounds_done} rounds); "
-                              "ask for fewer rounds, or pass --allow-over-budget to go on at the current noise")
-        log.warning("extending past client.dp.target_epsilon = %g as --allow-over-budget asks: the noise stays at "
-                    "z = %.4g and epsilon will exceed the target", plan.target_epsilon, self.noise_multiplier)
-        self.over_target = True
+            return ConfigError(f"client.dp.target_epsilon: invalid value {plan.target_epsilon!r}; no noise multiplier "
+                               f"up to {MAX_NOISE_MULTIPLIER:g} reaches it over {remaining * plan.steps_per_round} "
+                               f"steps at delta {self.delta:g}; allow a larger epsilon or fewer rounds")
+        return ConfigError(f"num_rounds: {plan.num_rounds} rounds would spend more than client.dp.target_epsilon = "
+                           f"{plan.target_epsilon:g} (already spent {epsilon(self.accountant, self.delta):.3f} in "
+                           f"{rounds_done} rounds); ask for fewer rounds, or pass --allow-over-budget to go on at "
+                           "the current noise")
+
+    def _announce(self, planned: float, remaining: int) -> None:
+        """Say once per extension what the new z is; a warning when it is NOISE_JUMP times the run's or more."""
+        plan = self.plan
+        if self._announced == (plan.num_rounds, remaining):  # restored again before the round is saved
+            return
+        self._announced = (plan.num_rounds, remaining)
+        if planned < NOISE_JUMP * self.noise_multiplier:
+            log.info("%s: extended to %d rounds: noise multiplier z = %.4g for the remaining rounds keeps epsilon "
+                     "within %g", plan.owner, plan.num_rounds, planned, plan.target_epsilon)
+            return
+        log.warning("%s: extended to %d rounds: z rises from %.4g to %.4g (%.3gx the noise) to keep epsilon within "
+                    "client.dp.target_epsilon = %g; expect the model to learn little more; --allow-over-budget keeps "
+                    "z = %.4g instead (epsilon would be %s)", plan.owner, plan.num_rounds, self.noise_multiplier,
+                    planned, planned / self.noise_multiplier, plan.target_epsilon, self.noise_multiplier,
+                    _shown_epsilon(self.epsilon_after(remaining)))
+
+    def _kept_multiplier(self, remaining: int) -> float:
+        """--allow-over-budget: the run's z for the remaining rounds, and the epsilon it will reach."""
+        plan = self.plan
+        reached = self.epsilon_after(remaining)
+        self.over_target = self.over_target or reached is None or reached > plan.target_epsilon
+        if self._announced != (plan.num_rounds, remaining):
+            self._announced = (plan.num_rounds, remaining)
+            log.log(logging.WARNING if self.over_target else logging.INFO,
+                    "%s: extended to %d rounds as --allow-over-budget asks: z stays %.4g; epsilon will be %s "
+                    "(client.dp.target_epsilon = %g)", plan.owner, plan.num_rounds, self.noise_multiplier,
+                    _shown_epsilon(reached), plan.target_epsilon)
         return self.noise_multiplier
+
+    def weak_fix(self, rounds: int) -> str:
+        if self.plan.noise_multiplier is None:
+            return f"lower client.dp.target_epsilon (now {self.plan.target_epsilon:g}) to {WEAK_EPSILON:g} or less"
+        return super().weak_fix(rounds)
 
     def privacy_spent(self) -> dict:
         report = super().privacy_spent()
@@ -149,6 +209,23 @@ class PlannedNoise(Accounted):
         if state["planned_rounds"] != self.plan.num_rounds:
             self.noise_multiplier = self._planned_multiplier(rounds_done)
             self.planned_rounds = self.plan.num_rounds
+
+
+def warn_if_weak(who: str, mechanisms: list[Accounted], num_rounds: int) -> None:
+    """One WARNING when the weakest of `mechanisms` (the server's, or every client's) will have spent more than
+    WEAK_EPSILON (or an unbounded epsilon) after `num_rounds` rounds at its z, naming the key that lowers it."""
+    if not mechanisms:
+        return
+    planned = [(mechanism.epsilon_after(num_rounds), mechanism) for mechanism in mechanisms]
+    reached, weakest = max(planned, key=lambda pair: math.inf if pair[0] is None else pair[0])
+    if reached is not None and reached <= WEAK_EPSILON:
+        return
+    log.warning("%s: epsilon will be %s after %d rounds at delta %g (above %g: a weak guarantee); %s", who,
+                _shown_epsilon(reached), num_rounds, weakest.delta, WEAK_EPSILON, weakest.weak_fix(num_rounds))
+
+
+def _shown_epsilon(value: float | None) -> str:
+    return "unbounded (z = 0)" if value is None else f"{value:.3g}"
 
 
 def noise_multiplier_for(*, target_epsilon: float, delta: float, sample_rate: float, steps: int,

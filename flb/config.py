@@ -9,11 +9,14 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -134,9 +137,9 @@ class ClientDPSettings:
     adjacency: str = _help("The unit of privacy: add_remove (a shard, or one example with dpsgd, against none: "
                            "sensitivity C) | replace (against any other: sensitivity 2C; update mode only).",
                            default="add_remove")
-    allow_over_target: bool = _help("When a resumed run is extended past what target_epsilon allows, go on at the "
-                                    "current noise instead of refusing (--allow-over-budget; the summary records it).",
-                                    default=False)
+    allow_over_target: bool = _help("When a resumed run is extended, keep the noise it had instead of raising it to "
+                                    "stay within target_epsilon; epsilon then passes the target, as a warning says "
+                                    "(--allow-over-budget; the summary records it).", default=False)
 
     def __post_init__(self):
         _one_of("client.dp.mode", self.mode, ("update", "dpsgd"))
@@ -523,21 +526,79 @@ class SplitSettings:
         _require(self.timeout_s > 0, "split.timeout_s", self.timeout_s, "a number of seconds > 0")
 
 
+HTTP_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an RFC 9110 token
+ENV_VAR_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
 @dataclass(frozen=True)
 class NotifySettings:
     url: Optional[str] = _help("POST a JSON summary of every round here (run id, round, eval loss, accuracy, "
-                               "epsilon, ledger transaction); null: none.", default=None)
-    command: Optional[str] = _help("Run this shell command after every round with the same JSON on stdin; null: "
-                                   "none.", default=None)
+                               "epsilon, ledger transaction); user:password@ in it is sent as HTTP Basic "
+                               "authorization; null: none.", default=None)
+    command: Optional[str] = _help("Run this shell command after every round with the same JSON on stdin (one line, "
+                                   "newline-terminated); null: none.", default=None)
+    headers: dict = _help("HTTP headers of every notify.url POST, each mapped to the environment variable that "
+                          "holds its value (the config keeps the variable's name, never the value), e.g. "
+                          "{Authorization: SLACK_TOKEN}.", default_factory=dict)
     timeout_s: float = _help("Longest a notification may take before it is given up (logged, the run goes on).",
                              default=10.0)
 
     def __post_init__(self):
-        _require(self.url is None or self.url.startswith(("http://", "https://")), "notify.url", self.url,
-                 "an http:// or https:// URL, or null")
+        _require(self.url is None or _http_url(self.url), "notify.url", self.url, "an http:// or https:// URL, or null")
         _require(self.command is None or bool(self.command.strip()), "notify.command", self.command,
                  "a shell command, or null")
         _require(self.timeout_s > 0, "notify.timeout_s", self.timeout_s, "a number of seconds > 0")
+        _require(not self.headers or self.url is not None, "notify.headers", self.headers,
+                 "{} without notify.url (the headers go with its POST); set notify.url or drop them")
+        for name, variable in self.headers.items():
+            _require(isinstance(name, str) and HTTP_HEADER_NAME.fullmatch(name) is not None, "notify.headers", name,
+                     "HTTP header names (letters, digits and !#$%&'*+-.^_`|~), e.g. Authorization")
+            _require(isinstance(variable, str) and ENV_VAR_NAME.fullmatch(variable) is not None,
+                     f"notify.headers.{name}", variable, "the name of an environment variable holding the value, "
+                     "e.g. SLACK_TOKEN")
+        _require(not (self.url and "@" in urlsplit(self.url).netloc and "authorization" in map(str.lower, self.headers)),
+                 "notify.headers", "Authorization", "no Authorization header when notify.url holds user:password@ "
+                 "(sent as Basic authorization); keep one of the two")
+
+    def header_values(self) -> dict[str, str]:
+        """notify.headers with each value read from its environment variable; a variable not set is a ConfigError
+        naming it (checked before a run starts, and read again when the notifier starts)."""
+        for name, variable in self.headers.items():
+            if not os.environ.get(variable):
+                raise ConfigError(f"notify.headers.{name}: environment variable {variable} is not set; export it "
+                                  "(it holds the header's value), or drop the header")
+        return {name: os.environ[variable] for name, variable in self.headers.items()}
+
+
+def _http_url(url: str) -> bool:
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # e.g. an unclosed [IPv6 bracket
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
+
+
+TRACKING_BACKENDS = ("tensorboard", "mlflow")
+_URI = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://.*|file:.+|databricks")
+
+
+@dataclass(frozen=True)
+class TrackingSettings:
+    backends: list[str] = _help("Experiment trackers that get the config, every round's metrics, the final adapter and "
+                                "each round's ledger transaction: " + " | ".join(TRACKING_BACKENDS) + " (a list; [] "
+                                "none).", default_factory=list)
+    uri: Optional[str] = _help("mlflow: its tracking URI, e.g. a server http://localhost:5000; null: an SQLite store "
+                               "in the run directory (tracking/mlflow.db).", default=None)
+
+    def __post_init__(self):
+        for backend in self.backends:
+            _one_of("tracking.backends", backend, TRACKING_BACKENDS)
+        _require(len(set(self.backends)) == len(self.backends), "tracking.backends", self.backends,
+                 "each backend at most once")
+        _require(self.uri is None or "mlflow" in self.backends, "tracking.uri", self.uri,
+                 "null unless tracking.backends has mlflow (the URI is MLflow's)")
+        _require(self.uri is None or _URI.fullmatch(self.uri) is not None, "tracking.uri", self.uri,
+                 "an MLflow tracking URI with its scheme, e.g. http://localhost:5000 or sqlite:///mlflow.db")
 
 
 @dataclass(frozen=True)
@@ -578,6 +639,7 @@ class Config:
     comm: CommSettings = _help("Communication accounting.", default_factory=CommSettings)
     execution: ExecutionSettings = _help("How the sampled clients are run.", default_factory=ExecutionSettings)
     notify: NotifySettings = _help("Round notifications.", default_factory=NotifySettings)
+    tracking: TrackingSettings = _help("Experiment tracking.", default_factory=TrackingSettings)
     split: SplitSettings = _help("Split learning (mode split).", default_factory=SplitSettings)
     chain: ChainSettings = _help("Ledger backend and scoring (used when chain_record is true).", default_factory=ChainSettings)
     mode: str = _help("federated (each client trains the whole adapter) | split (the client keeps the embeddings, "

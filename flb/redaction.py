@@ -15,12 +15,15 @@ def redact_url(url: str) -> str:
         parts = urlsplit(url)
     except ValueError:
         return REDACTED
+    pairs = parse_qsl(parts.query, keep_blank_values=True)
+    secret_query = any(_SECRET_QUERY_KEYS.search(k) for k, _ in pairs)
+    if "@" not in parts.netloc and not secret_query:  # as given: urlunsplit would drop the // of sqlite:////a/b
+        return url
     netloc = parts.netloc
     if "@" in netloc:
         netloc = f"{REDACTED}@{netloc.rpartition('@')[2]}"
     query = parts.query
-    pairs = parse_qsl(query, keep_blank_values=True)
-    if any(_SECRET_QUERY_KEYS.search(k) for k, _ in pairs):  # otherwise the query stays byte for byte as given
+    if secret_query:  # otherwise the query stays byte for byte as given
         query = urlencode([(k, REDACTED if _SECRET_QUERY_KEYS.search(k) else v) for k, v in pairs], safe="*")
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 

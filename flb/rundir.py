@@ -31,6 +31,7 @@ STATE_TENSORS = "checkpoint_{round}.safetensors"
 METRICS = "metrics.jsonl"
 CONFIG = "config.json"
 RESUMES = "resumes.jsonl"
+SUMMARY = "summary.json"
 PRIVATE = "private"
 START_AGAIN = "the run cannot be resumed; start a new run"
 
@@ -90,6 +91,14 @@ class RunDir:
         if not isinstance(config, dict):
             raise RunDirError(f"{str(self.path / CONFIG)!r} holds {type(config).__name__}, not a config; {START_AGAIN}")
         return config
+
+    def finished_rounds(self) -> int | None:
+        """How many rounds the run had when it last ended well (summary.json, written last, says so); None while it
+        has not."""
+        path = self.path / SUMMARY
+        summary = _load_json(path) if path.is_file() else None
+        rounds = summary.get("rounds") if isinstance(summary, dict) else None
+        return rounds if _is(rounds, int) else None
 
     def private_dir(self, party: str) -> Path:
         """RUN_DIR/private/<party>/, where a party keeps its secrets; private/ is readable by its owner only."""

@@ -40,6 +40,30 @@ def requested_target_modules(target_modules: str | list[str], model_type: str) -
                      "list them (e.g. --set 'model.target_modules=[q_proj,v_proj]') or use all-linear")
 
 
+def check_target_modules(model, target_modules: str | list[str]) -> None:
+    """Every name listed must match a module of `model` as peft matches it (the whole path, or its last parts after a
+    dot); peft itself only needs one of them to match and silently leaves the others out. A ModelError names the
+    names that match nothing and the linear layers the model has."""
+    if isinstance(target_modules, str):
+        return
+    paths = [path for path, _ in model.named_modules()]
+    unmatched = [name for name in target_modules if not any(p == name or p.endswith("." + name) for p in paths)]
+    if unmatched:
+        raise ModelError(f"model.target_modules: {unmatched} match no module of this {model.config.model_type} model; "
+                         f"its linear layers: {', '.join(linear_layer_names(model))}; list some of those, or use auto "
+                         "or all-linear")
+
+
+def linear_layer_names(model) -> list[str]:
+    """The last part of the path of every linear layer (torch's Linear, quantized ones included, and GPT-2's Conv1D),
+    sorted."""
+    import torch
+    from transformers.pytorch_utils import Conv1D
+
+    return sorted({path.rsplit(".", 1)[-1] for path, module in model.named_modules()
+                   if isinstance(module, (torch.nn.Linear, Conv1D))})
+
+
 def resolved_target_modules(peft_model) -> list[str]:
     """The module names peft put LoRA on, sorted. peft keeps a set, and expands all-linear into every layer's full
     path; its last parts name the same layers (peft matches a name at the end of a path)."""

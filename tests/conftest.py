@@ -66,6 +66,20 @@ def run_and_resume_after_round_1(monkeypatch, tmp_path):
     return run
 
 
+@pytest.fixture(scope="session")
+def one_round_run(tiny_model_dir, tmp_path_factory):
+    """A finished 1-round run of the tiny model (no chain), tracked in TensorBoard and MLflow. Shared: tests that
+    change it work on a copy."""
+    import main_simple_fl
+    from flb.config import load_config
+
+    overrides = [f"model.model_path={tiny_model_dir}", f"output_dir={tmp_path_factory.mktemp('runs')}",
+                 "num_clients=2", "clients_per_round=2", "num_rounds=1", "local_steps=1", "eval.size=8",
+                 "eval.max_new_tokens=2", "sft.max_length=96", "chain_record=false",
+                 "tracking.backends=[tensorboard,mlflow]"]
+    return main_simple_fl.run(load_config(None, overrides))
+
+
 @pytest.fixture
 def tiny_overrides(tiny_model_dir, tmp_path):
     """--set overrides for a fast federated run on the tiny model."""

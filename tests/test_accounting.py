@@ -7,7 +7,7 @@ import logging
 import pytest
 
 from flb.accounting import (accountant_state, epsilon, noise_multiplier_for, rdp_accountant, run_privacy, spent,
-                            warn_if_delta_too_large)
+                            warn_if_delta_too_large, warn_if_weak)
 
 
 @pytest.mark.parametrize("z, q, steps", [(1.0, 1.0, 3), (0.8, 0.01, 200), (2.0, 0.3, 10)])
@@ -79,3 +79,59 @@ def test_the_run_epsilon_is_the_largest_and_unbounded_wins():
     server, client = {"epsilon": 3.0}, {"epsilon": 5.0}
     assert run_privacy(server, {"0": client}) == {"epsilon": 5.0, "server": server, "clients": {"0": client}}
     assert run_privacy(server, {"0": {"epsilon": None}})["epsilon"] is None
+
+
+def server_dp(*overrides):
+    """The server's DP strategy as a run builds it from config.yaml and `overrides`."""
+    from flb.config import load_config
+    from flb.secret_random import SecretRandom
+    from server.strategy import build_strategy
+
+    return build_strategy(load_config(None, ["strategy.name=dp_fixed_clipping", *overrides]), SecretRandom())
+
+
+def weak_warnings(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "flb.accounting" and r.levelno == logging.WARNING]
+
+
+def test_server_dp_with_the_defaults_is_one_warning_naming_the_z_that_keeps_epsilon_within_10(caplog):
+    """config.yaml's server DP (z = 0.5, every client every round) spends 16.5 in its 2 rounds."""
+    strategy = server_dp()
+    with caplog.at_level(logging.WARNING):
+        warn_if_weak("server DP", [strategy], 2)
+    assert weak_warnings(caplog) == [
+        "server DP: epsilon will be 16.5 after 2 rounds at delta 1e-05 (above 10: a weak guarantee); raise "
+        "server.noise_multiplier (now 0.5) to 0.75 or more, or run fewer rounds"]
+    caplog.clear()
+    warn_if_weak("server DP", [server_dp("server.noise_multiplier=0.75")], 2)
+    assert weak_warnings(caplog) == []
+
+
+def test_the_weakest_client_is_warned_of_once_naming_its_key(caplog):
+    from client.privacy import local_privacy
+    from flb.config import ClientDPSettings, ClientSettings
+
+    def clients(mode, **dp):
+        settings = ClientSettings(local_dp=True, dp=ClientDPSettings(mode=mode, **dp))
+        return [local_privacy(settings, num_examples=n, batch_size=4, local_steps=5, num_rounds=3, client_id=i)
+                for i, n in enumerate((400, 40))]  # under dpsgd client 1's batches sample 10x more of its shard
+
+    fixed = clients("dpsgd", noise_multiplier=0.5)
+    with caplog.at_level(logging.WARNING):
+        warn_if_weak("client DP", clients("update", target_epsilon=16.0, noise_multiplier=None), 3)
+        warn_if_weak("client DP", fixed, 3)
+        warn_if_weak("client DP", clients("update", target_epsilon=10.0, noise_multiplier=None), 3)
+    first, second = weak_warnings(caplog)
+    assert first.startswith("client DP: epsilon will be 16 after 3 rounds") and first.endswith(
+        "lower client.dp.target_epsilon (now 16) to 10 or less")
+    other, weakest = fixed
+    assert other.epsilon_after(3) < 10 < weakest.epsilon_after(3)
+    assert second.startswith(f"client DP: epsilon will be {weakest.epsilon_after(3):.3g} after 3 rounds")
+    assert "raise client.dp.noise_multiplier (now 0.5) to " in second
+
+
+def test_no_noise_is_an_unbounded_epsilon_warned_of(caplog):
+    with caplog.at_level(logging.WARNING):
+        warn_if_weak("server DP", [server_dp("server.noise_multiplier=0")], 2)
+    [warning] = weak_warnings(caplog)
+    assert warning.startswith("server DP: epsilon will be unbounded (z = 0) after 2 rounds")

@@ -79,6 +79,9 @@ CASES = {
                      "the tokenizer in '{tmp}/m.gguf' cannot be loaded"),
     "target_modules_missing": ({}, ["model.target_modules=[no_such_proj]"],
                                "error: model.target_modules: ['no_such_proj']"),
+    "target_modules_partly_missing": ({}, ["model.target_modules=[q_proj,x_proj]"],
+                                      "error: model.target_modules: ['x_proj'] match no module of this llama model; "
+                                      "its linear layers: down_proj, gate_proj, k_proj, lm_head, o_proj, q_proj"),
     "questions_file_missing": ({}, ["eval.suites=[multiple_choice]", "eval.multiple_choice.path={tmp}/none.jsonl"],
                                "error: eval.multiple_choice.path:"),
     "questions_without_answers": ({"q.jsonl": '{"question": "q", "choices": ["a", "b"]}\n'},

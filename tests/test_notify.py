@@ -21,13 +21,15 @@ PAYLOAD_KEYS = {"run_id", "round", "num_rounds", "skipped", "num_clients", "eval
 
 
 class Receiver(ThreadingHTTPServer):
-    """Records every POST; answers `status` after holding each request for `delay_s` (released early on close)."""
+    """Records every POST (its Content-Type and JSON body; `requests`: its headers and raw body); answers `status`
+    after holding each request for `delay_s` (released early on close)."""
 
     daemon_threads, block_on_close = True, False
 
     def __init__(self, status: int = 200, delay_s: float = 0.0):
         self.status, self.delay_s, self.release = status, delay_s, threading.Event()
         self.posts: list[tuple[str, dict]] = []
+        self.requests: list[tuple[dict, bytes]] = []
         super().__init__(("127.0.0.1", 0), _Handler)
 
     @property
@@ -38,6 +40,7 @@ class Receiver(ThreadingHTTPServer):
 class _Handler(BaseHTTPRequestHandler):
     def do_POST(self):
         body = self.rfile.read(int(self.headers["Content-Length"]))
+        self.server.requests.append((dict(self.headers), body))
         self.server.posts.append((self.headers["Content-Type"], json.loads(body)))
         self.server.release.wait(self.server.delay_s)
         self.send_response(self.server.status)
@@ -164,14 +167,80 @@ def test_close_gives_up_when_the_endpoint_hangs(caplog):
     assert warnings_of(caplog) == ["notify: 2 round notifications not sent within 0.5 s of the run's end; given up"]
 
 
-def test_the_command_gets_the_same_json_on_stdin(tmp_path):
+def test_the_command_gets_the_same_json_on_stdin_one_line_each(tmp_path):
     received = tmp_path / "received.jsonl"
     with receiver() as server:
-        sender = notifier(url=server.url, command=f"{{ cat; echo; }} >> {received}")
+        sender = notifier(url=server.url, command=f"cat >> {received}")
         sender.notify(row(1))
         sender.notify(row(2))
         sender.close(timeout_s=30)
+    assert received.read_text().endswith("}\n")
     assert [json.loads(line) for line in received.read_text().splitlines()] == [p for _, p in server.posts]
+
+
+def test_credentials_in_the_url_are_sent_as_basic_authorization_and_never_logged(caplog):
+    import base64
+
+    with receiver() as server:
+        url = server.url.replace("http://", "http://flb%40lab:p%3Ass@") + "?run=1"
+        sender = notifier(url=url)
+        sender.notify(row(1))
+        sender.close(timeout_s=30)
+    with receiver(status=500) as failing:
+        sender = notifier(url=failing.url.replace("http://", "http://flb%40lab:p%3Ass@"))
+        sender.notify(row(1))
+        sender.close(timeout_s=30)
+    [(headers, body)] = server.requests
+    assert headers["Authorization"] == "Basic " + base64.b64encode(b"flb@lab:p:ss").decode()
+    assert json.loads(body)["round"] == 1 and body.endswith(b"}\n")
+    [warning] = warnings_of(caplog)
+    assert "p%3Ass" not in caplog.text and "flb%40lab" not in caplog.text
+    assert warning.startswith(f"notify.url http://***@127.0.0.1:{failing.server_address[1]}/hook: round 1 not notified")
+
+
+def test_headers_take_their_values_from_the_environment(monkeypatch, caplog):
+    monkeypatch.setenv("FLB_TEST_TOKEN", "Bearer xoxb-s3cret")
+    monkeypatch.setenv("FLB_TEST_TEAM", "federated")
+    with receiver() as server:
+        sender = notifier(url=server.url, headers={"Authorization": "FLB_TEST_TOKEN", "X-Team": "FLB_TEST_TEAM"})
+        sender.notify(row(1))
+        sender.close(timeout_s=30)
+    [(headers, _)] = server.requests
+    assert (headers["Authorization"], headers["X-Team"], headers["Content-Type"]) == (
+        "Bearer xoxb-s3cret", "federated", "application/json")
+    assert "s3cret" not in caplog.text
+
+
+def test_a_header_whose_variable_is_not_set_is_one_line_naming_it(monkeypatch):
+    from flb.errors import ConfigError
+
+    monkeypatch.delenv("FLB_TEST_UNSET_TOKEN", raising=False)
+    settings = NotifySettings(url="http://127.0.0.1:9/hook", headers={"Authorization": "FLB_TEST_UNSET_TOKEN"})
+    with pytest.raises(ConfigError) as info:
+        Notifier(settings, "run-1", 3)
+    assert str(info.value) == ("notify.headers.Authorization: environment variable FLB_TEST_UNSET_TOKEN is not set; "
+                               "export it (it holds the header's value), or drop the header")
+
+
+@pytest.mark.parametrize("settings, message", [
+    (dict(headers={"Authorization": "TOKEN"}), "notify.headers: invalid value {'Authorization': 'TOKEN'}; allowed: {} "
+     "without notify.url"),
+    (dict(url="http://h/x", headers={"Bad Header": "TOKEN"}), "notify.headers: invalid value 'Bad Header'; allowed: "
+     "HTTP header names"),
+    (dict(url="http://h/x", headers={"Authorization": "$TOKEN"}), "notify.headers.Authorization: invalid value "
+     "'$TOKEN'; allowed: the name of an environment variable"),
+    (dict(url="http://u:p@h/x", headers={"authorization": "TOKEN"}), "notify.headers: invalid value 'Authorization'; "
+     "allowed: no Authorization header when notify.url holds user:password@"),
+    (dict(url="http://[::1/x"), "notify.url: invalid value 'http://[::1/x'; allowed: an http:// or https:// URL"),
+])
+def test_bad_headers_are_one_config_line(settings, message):
+    from flb.config import load_config
+    from flb.errors import ConfigError
+
+    overrides = [f"notify.{key}={json.dumps(value)}" for key, value in settings.items()]
+    with pytest.raises(ConfigError) as info:
+        load_config(None, overrides)
+    assert str(info.value).startswith(message) and "\n" not in str(info.value)
 
 
 @pytest.mark.parametrize("command, reason", [
@@ -220,7 +289,7 @@ def test_a_tiny_run_notifies_every_round_by_url_and_command(tiny_overrides, tmp_
     with receiver() as server:
         run_dir = main_simple_fl.run(load_config(None, tiny_overrides + [
             "chain_record=true", "local_steps=1", "eval.size=4", f"notify.url={server.url}",
-            f"notify.command={{ cat; echo; }} >> {received}"]))
+            f"notify.command=cat >> {received}"]))
     rounds = [m for m in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if m["kind"] == "round"]
     posted = [payload for _, payload in server.posts]
     assert [p["round"] for p in posted] == [m["round"] for m in rounds] == [0, 1, 2]

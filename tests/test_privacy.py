@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from client.privacy import GaussianUpdate, NoPrivacy, local_privacy
-from flb.accounting import NoisePlan
+from flb.accounting import NoisePlan, epsilon, rdp_accountant
 from flb.adapter_math import l2_norm, subtract
 from flb.config import ClientDPSettings, ClientSettings
 from flb.errors import ConfigError
@@ -121,6 +121,60 @@ def test_an_extension_past_the_target_is_refused_unless_allowed(caplog):
     assert allowed.noise_multiplier == spent.noise_multiplier and "--allow-over-budget" in caplog.text
     run_rounds(allowed, 2)
     assert allowed.privacy_spent()["epsilon"] > 8.0 and allowed.privacy_spent()["over_target_allowed"] is True
+
+
+def spent_first_run(num_rounds=2):
+    """The JSON state of a client whose run planned z for `num_rounds` rounds of target 8 and ran them all."""
+    first = build(settings(mode="update", target_epsilon=8.0, noise_multiplier=None, delta=1e-5), num_rounds=num_rounds)
+    run_rounds(first, num_rounds)
+    return first.noise_multiplier, json.loads(json.dumps(first.state_dict()))
+
+
+def warnings_of(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+
+
+def test_an_extension_that_multiplies_z_is_one_warning_with_the_new_z_and_the_cost_of_keeping_it(caplog):
+    z, state = spent_first_run()
+    extended = build(settings(mode="update", target_epsilon=8.0, noise_multiplier=None, delta=1e-5), num_rounds=5)
+    with caplog.at_level(logging.INFO):
+        extended.restore(state, rounds_done=2)
+        extended.restore(state, rounds_done=2)  # the client restores the same state again before its round
+    kept_z = epsilon(rdp_accountant({"history": state["accountant"]["history"] + [[z, 1.0, 3]]}), 1e-5)
+    [warning] = warnings_of(caplog)
+    assert extended.noise_multiplier > 2 * z
+    assert warning == (f"client 0: extended to 5 rounds: z rises from {z:.4g} to {extended.noise_multiplier:.4g} "
+                       f"({extended.noise_multiplier / z:.3g}x the noise) to keep epsilon within "
+                       f"client.dp.target_epsilon = 8; expect the model to learn little more; --allow-over-budget "
+                       f"keeps z = {z:.4g} instead (epsilon would be {kept_z:.3g})")
+
+
+def test_a_small_replan_is_no_warning(caplog):
+    """Planned for 2 rounds at target 8 but stopped after 1: extending to 3 leaves budget, z grows less than 2x."""
+    first = build(settings(mode="update", target_epsilon=8.0, noise_multiplier=None, delta=1e-5), num_rounds=2)
+    run_rounds(first, 1)
+    extended = build(settings(mode="update", target_epsilon=8.0, noise_multiplier=None, delta=1e-5), num_rounds=3)
+    with caplog.at_level(logging.INFO):
+        extended.restore(json.loads(json.dumps(first.state_dict())), rounds_done=1)
+    assert first.noise_multiplier < extended.noise_multiplier < 2 * first.noise_multiplier
+    assert warnings_of(caplog) == [] and "noise multiplier z = " in caplog.text
+
+
+def test_allow_over_budget_keeps_the_runs_z_and_says_the_epsilon_it_will_reach(caplog):
+    z, state = spent_first_run()
+    allowed = build(settings(mode="update", target_epsilon=8.0, noise_multiplier=None, delta=1e-5,
+                             allow_over_target=True), num_rounds=5)
+    with caplog.at_level(logging.WARNING):
+        allowed.restore(state, rounds_done=2)
+        allowed.restore(state, rounds_done=2)
+    assert allowed.noise_multiplier == z
+    reached = allowed.epsilon_after(3)
+    assert warnings_of(caplog) == [f"client 0: extended to 5 rounds as --allow-over-budget asks: z stays {z:.4g}; "
+                                   f"epsilon will be {reached:.3g} (client.dp.target_epsilon = 8)"]
+    run_rounds(allowed, 3)
+    report = allowed.privacy_spent()
+    assert report["epsilon"] == pytest.approx(reached) and report["epsilon"] > 8.0
+    assert report["over_target_allowed"] is True and [h[0] for h in report["history"]] == [z]
 
 
 def test_an_unreachable_target_is_a_config_error():

@@ -18,7 +18,8 @@ def test_secrets_in_urls_are_replaced(url, redacted):
     assert redact_url(url) == redacted
 
 
-@pytest.mark.parametrize("url", ["http://127.0.0.1:8545", "https://h/users/@me", "https://h/?a=1&b=%20x#frag"])
+@pytest.mark.parametrize("url", ["http://127.0.0.1:8545", "https://h/users/@me", "https://h/?a=1&b=%20x#frag",
+                                 "sqlite:////runs/x/tracking/mlflow.db"])
 def test_urls_without_secrets_stay_byte_for_byte(url):
     assert redact_url(url) == url
 

@@ -8,36 +8,28 @@ import os
 import pytest
 
 import main_simple_fl
-from flb.config import load_config
 from flb.errors import RunDirError
 from flb.runlock import RunLock
 
 
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory, tiny_model_dir):
-    overrides = [f"model.model_path={tiny_model_dir}", f"output_dir={tmp_path_factory.mktemp('runs')}",
-                 "num_clients=2", "clients_per_round=2", "num_rounds=1", "local_steps=1", "eval.size=8",
-                 "eval.max_new_tokens=2", "sft.max_length=96", "chain_record=false"]
-    return main_simple_fl.run(load_config(None, overrides))
-
-
 @pytest.mark.parametrize("override", ["seed=7", "num_clients=3", "model.lora.r=4", "dataset_name=other.jsonl",
                                       "client.local_dp=true", "chain.scoring=quality"])
-def test_resume_refuses_keys_that_would_change_what_was_done(finished_run, override, capsys):
-    config_before = (finished_run / "config.json").read_text()
-    assert main_simple_fl.main(["--resume", str(finished_run), "--set", override]) == 2
+def test_resume_refuses_keys_that_would_change_what_was_done(one_round_run, override, capsys):
+    config_before = (one_round_run / "config.json").read_text()
+    assert main_simple_fl.main(["--resume", str(one_round_run), "--set", override]) == 2
     error = capsys.readouterr().err.strip()
-    assert error.startswith(f"error: --resume --set {override.split('=')[0]}: would change what the run has already done")
+    assert error.startswith(f"error: --resume --set {override.split('=')[0]}: would change what the run has already "
+                            "done")
     assert "\n" not in error and "num_rounds" in error
-    assert (finished_run / "config.json").read_text() == config_before
+    assert (one_round_run / "config.json").read_text() == config_before
 
 
-def test_resume_asks_again_for_a_notify_url_kept_redacted(finished_run, tmp_path, capsys):
+def test_resume_asks_again_for_a_notify_url_kept_redacted(one_round_run, tmp_path, capsys):
     """config.json keeps notify.url with its credentials redacted: a resume must be given the URL, not post to
     https://***@..."""
     import shutil
 
-    run = shutil.copytree(finished_run, tmp_path / "run", symlinks=True)
+    run = shutil.copytree(one_round_run, tmp_path / "run", symlinks=True)
     config = json.loads((run / "config.json").read_text())
     config["notify"]["url"] = "https://***@hooks.example.org/flb"
     (run / "config.json").write_text(json.dumps(config))
@@ -46,12 +38,12 @@ def test_resume_asks_again_for_a_notify_url_kept_redacted(finished_run, tmp_path
                                                "redacted; pass --set notify.url=... again")
 
 
-def test_a_second_process_on_the_same_run_directory_is_refused(finished_run, capsys):
-    with RunLock(finished_run):  # another run holds it (a lock is per open file, so this process counts as another)
-        assert main_simple_fl.main(["--resume", str(finished_run), "--set", "num_rounds=2"]) == 2
+def test_a_second_process_on_the_same_run_directory_is_refused(one_round_run, capsys):
+    with RunLock(one_round_run):  # another run holds it (a lock is per open file, so this process counts as another)
+        assert main_simple_fl.main(["--resume", str(one_round_run), "--set", "num_rounds=2"]) == 2
     error = capsys.readouterr().err
     assert f"another process (pid {os.getpid()}) is running this run directory" in error
-    assert [json.loads(l)["round"] for l in (finished_run / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(l)["round"] for l in (one_round_run / "metrics.jsonl").read_text().splitlines()
             if json.loads(l)["kind"] == "round"] == [0, 1]
 
 
@@ -63,9 +55,25 @@ def test_the_lock_of_a_dead_process_is_taken_over(tmp_path):
             RunLock(tmp_path).__enter__()
 
 
-def test_a_run_removes_its_log_handler_when_it_ends(finished_run):
+def test_a_run_removes_its_log_handler_when_it_ends(one_round_run, tmp_path):
+    import shutil
+
+    run = shutil.copytree(one_round_run, tmp_path / "run", symlinks=True)
+    size = (run / "run.log").stat().st_size
     before = list(logging.getLogger().handlers)
-    main_simple_fl.run(main_simple_fl.resolve_config(main_simple_fl.parse_args(["--resume", str(finished_run)])),
-                       resume=str(finished_run))
+    args = main_simple_fl.parse_args(["--resume", str(run), "--set", "num_rounds=2"])
+    main_simple_fl.run(main_simple_fl.resolve_config(args), resume=str(run))
     assert logging.getLogger().handlers == before
-    assert (finished_run / "run.log").stat().st_size > 0
+    assert (run / "run.log").stat().st_size > size
+
+
+def test_resuming_a_finished_run_says_there_is_nothing_to_do(one_round_run, capsys):
+    """The state asked for is there, so it is no error (exit 0), and nothing is loaded, run or rewritten."""
+    files = {path: path.stat().st_mtime_ns for path in one_round_run.rglob("*") if path.is_file()}
+    assert main_simple_fl.main(["--resume", str(one_round_run)]) == 0
+    assert main_simple_fl.main(["--resume", str(one_round_run), "--set", "num_rounds=1"]) == 0
+    out, err = capsys.readouterr()
+    line = (f"nothing to do: {one_round_run} finished all its 1 rounds; extend it with --resume {one_round_run} --set "
+            "num_rounds=N (N > 1)")
+    assert out.splitlines() == [line, line] and err == ""
+    assert {path: path.stat().st_mtime_ns for path in one_round_run.rglob("*") if path.is_file()} == files

@@ -61,6 +61,13 @@ def test_explorer_without_trail_says_what_to_do(tmp_path, capsys):
     assert "chain_record: true" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("flags", [[], ["--verify"]])
+def test_a_run_directory_that_does_not_exist_is_one_line_saying_so(tmp_path, capsys, flags):
+    assert main([str(tmp_path / "runs" / "missing"), *flags]) == 2
+    assert capsys.readouterr().err == (f"error: {tmp_path / 'runs' / 'missing'}: the run directory does not exist; give "
+                                       "output_dir/<run-id> (e.g. runs/latest)\n")
+
+
 def test_verify_of_a_run_that_recorded_nothing_says_so(tmp_path, capsys):
     assert main([str(tmp_path), "--verify"]) == 2
     assert "this run recorded nothing on a chain" in capsys.readouterr().err
