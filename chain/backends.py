@@ -37,7 +37,7 @@ def connect(settings, run_dir: Path) -> Node:
     if settings.backend == "embedded":
         from chain.embedded import EMBEDDED_CHAIN_FILE
 
-        return embedded_node(Path(run_dir) / "chain" / EMBEDDED_CHAIN_FILE)
+        return embedded_node(Path(run_dir) / "chain" / EMBEDDED_CHAIN_FILE, gas_limit=settings.block_gas_limit)
     if settings.backend == "anvil":
         return anvil_node(Path(run_dir) / "chain" / ANVIL_STATE_FILE)
     return rpc_node(settings)
@@ -73,15 +73,16 @@ def check_node(settings, *, in_process_clients: bool, num_clients: int) -> None:
                          "fund it (it pays for every record)")
 
 
-def embedded_node(state_file: Path | None = None, num_clients: int = 0) -> Node:
+def embedded_node(state_file: Path | None = None, num_clients: int = 0, gas_limit: int | None = None) -> Node:
     """py-evm in process: saved to `state_file` after every block (reopened when it exists), or in memory only
-    when `state_file` is None. `num_clients` dev client accounts are funded too (for tests and benchmarks)."""
+    when `state_file` is None. `num_clients` dev client accounts are funded too (for tests and benchmarks). A new
+    chain's blocks hold `gas_limit` gas (None: eth-tester's 30 M)."""
     from chain.embedded import DurableChain, in_memory_web3
 
     accounts = dev_accounts(num_clients)
     if state_file is None:
-        return Node("embedded", "embedded py-evm (in process)", in_memory_web3(num_clients + 1), accounts)
-    chain = DurableChain(state_file, num_accounts=num_clients + 1)
+        return Node("embedded", "embedded py-evm (in process)", in_memory_web3(num_clients + 1, gas_limit), accounts)
+    chain = DurableChain(state_file, num_accounts=num_clients + 1, gas_limit=gas_limit)
     return Node("embedded", f"embedded py-evm (saved in {state_file})", chain.web3(), accounts, stop=chain.close)
 
 

@@ -16,6 +16,7 @@ from chain.contract import flb_contract
 from chain.errors import ChainError
 from flb.rundir import write_json_atomic
 from chain.transact import send_signed, sign_call
+from flb.attestation import DOMAIN_VERSION
 
 log = logging.getLogger(__name__)
 DEPLOYMENT_FILE = "deployment.json"
@@ -106,12 +107,13 @@ def _check_contract(w3, deployment: dict, admin_account, anchors: "RunAnchors", 
     if owner != admin:
         raise ChainError(f"the FLB contract at {address} is owned by {owner}, not by this run's admin {admin}; "
                          "use the admin keystore that deployed it")
-    try:
-        anchored = RunAnchors(contract.functions.adapterConfigDigest().call().hex(),
-                              contract.functions.runSpecDigest().call().hex())
-    except Exception:  # web3 raises a contract logic or decoding error, by node, for a function the code lacks
-        raise ChainError(f"the FLB contract at {address} predates version 3 (it anchors no run spec); its runs cannot "
-                         "be continued by this version: start a new run") from None
+    version = _contract_version(contract)
+    if version != DOMAIN_VERSION:
+        raise ChainError(f"the FLB contract at {address} is version {version or '2 or older'}, not {DOMAIN_VERSION} "
+                         "(this version batches data uploads and anchors the run spec); its runs cannot be continued "
+                         "by this version: start a new run")
+    anchored = RunAnchors(contract.functions.adapterConfigDigest().call().hex(),
+                          contract.functions.runSpecDigest().call().hex())
     if anchored.adapter_config == ZERO_HEX:
         call = contract.functions.anchorRun(bytes.fromhex(anchors.adapter_config), bytes.fromhex(anchors.run_spec))
         _mined(send_signed(w3, sign_call(w3, admin_account, call, "run anchor"), RECEIPT_TIMEOUT_S), "run anchor")
@@ -119,6 +121,14 @@ def _check_contract(w3, deployment: dict, admin_account, anchors: "RunAnchors", 
         raise ChainError(f"the FLB contract at {address} anchors adapter config 0x{anchored.adapter_config} and run "
                          f"spec 0x{anchored.run_spec}, not this run's 0x{anchors.adapter_config} and "
                          f"0x{anchors.run_spec}: the run's LoRA settings or rules changed; start a new run")
+
+
+def _contract_version(contract) -> str | None:
+    """The contract's EIP-712 domain version (EIP-5267), or None for a contract too old to report one."""
+    try:
+        return contract.functions.eip712Domain().call()[2]
+    except Exception:  # web3 raises a contract logic or decoding error, by node, for a function the code lacks
+        return None
 
 
 def _hex(value) -> str:

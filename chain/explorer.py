@@ -34,6 +34,7 @@ from chain.trail import collect_trail, contract_tx_hashes, read_trail
 from chain.verify import Replayer, Report, rounds_from, scores_from, verify
 from flb.redaction import REDACTED, redact_text, redact_url
 
+LIST_SHOWN = 3  # a long list or many events of one transaction: how many the listing shows
 ADDRESS = r"0x[0-9a-fA-F]{40}"
 INDEPENDENT = "verify: reading {source}, a node independent of the run directory"
 LOCAL_EXPORT = ("verify: a consistency check of a local export, not independent evidence: the only copy of this "
@@ -71,11 +72,16 @@ def format_trail(trail: dict) -> list[str]:
 
 
 def _format_tx(tx: dict, name, explorer_url: str | None) -> list[str]:
+    """A transaction, its call and its events; a batch's long lists and its many same events are cut to their
+    first LIST_SHOWN (trail.json holds them all)."""
     status = "ok" if tx["status"] == 1 else "REVERTED"
     args = ", ".join(f"{key}={_short(value)}" for key, value in tx["args"].items())
     lines = [f"  tx {tx['hash']}  from {name(tx['from'])}  nonce {tx['nonce']}  {status}  gas {tx['gas_used']}",
              f"    {tx['function']}({args})"]
-    for event in tx["events"]:
+    for shown, event in enumerate(tx["events"]):
+        if shown == LIST_SHOWN and len(tx["events"]) > LIST_SHOWN + 1:
+            lines.append(f"    ... {len(tx['events']) - LIST_SHOWN} more events (all in chain/trail.json)")
+            break
         event_args = ", ".join(f"{key}={name(value) if isinstance(value, str) else _short(value)}" for key, value in event["args"].items())
         lines.append(f"    event {event['event']}({event_args})")
     if explorer_url:
@@ -84,6 +90,8 @@ def _format_tx(tx: dict, name, explorer_url: str | None) -> list[str]:
 
 
 def _short(value) -> str:
+    if isinstance(value, list) and len(value) > LIST_SHOWN + 1:
+        return json.dumps(value[:LIST_SHOWN])[:-1] + f", ... {len(value)} in all]"
     return json.dumps(value) if isinstance(value, (list, dict)) else str(value)
 
 

@@ -16,7 +16,8 @@ from chain.contract import flb_contract
 from chain.deployment import RunAnchors, deploy_or_attach, read_deployment
 from chain.errors import ChainError
 from chain.outbox import CONFIRMED, QUEUED, SUBMITTED, Outbox
-from chain.records import REGISTER, ROUND, UPLOAD, register_payload, round_payload, upload_payload
+from chain.records import (REGISTER, ROUND, UPLOAD, batch_size, batches, register_payload, round_payload,
+                           upload_payload)
 from chain.sender import LOST, OutboxSender, is_transient, permanent
 from chain.trail import collect_trail, contract_tx_hashes, write_trail
 from flb.rundir import write_json_atomic
@@ -59,6 +60,8 @@ class ChainLedger:
             raise
         self.contract = flb_contract(node.w3, self.deployment["address"])
         self.signing_domain = SigningDomain(self.deployment["chain_id"], self.contract.address)
+        # what one registration or upload batch may spend: the configured limit, or the node's block gas limit
+        self.gas_limit = settings.block_gas_limit or node.w3.eth.get_block("latest")["gasLimit"]
         self.sender = OutboxSender(node.w3, node.accounts.admin, self.contract, self.outbox, node.description)
         self._exported_state, self._exported_transactions = None, {}
         self._closed = False
@@ -67,16 +70,27 @@ class ChainLedger:
     # --- the Ledger interface -------------------------------------------------------------
 
     def register_clients(self, addresses: dict[int, str]) -> None:
-        """Queue the clients' registration (only registered clients can upload or be recorded)."""
+        """Queue the clients' registration (only registered clients can upload or be recorded), in batches that each
+        fit one transaction."""
         write_json_atomic(self.chain_dir / "accounts.json",
                           {"admin": self.node.accounts.admin.address,
                            "clients": [addresses[i] for i in sorted(addresses)]})
-        self._enqueue(REGISTER, REGISTER, register_payload(addresses))
+        for name, batch in batches(addresses, batch_size(REGISTER, self.gas_limit)):
+            self._enqueue(f"register:{name}", REGISTER, register_payload(batch))
 
-    def record_data_upload(self, client_id: int, upload: SignedUpload) -> None:
-        """Queue client `client_id`'s signed data upload (relayed by the admin: clients need no funds)."""
-        address = self._accounts()["clients"][client_id]
-        self._enqueue(f"upload:{client_id}", UPLOAD, upload_payload(client_id, address, upload))
+    def record_data_uploads(self, uploads: dict[int, SignedUpload]) -> None:
+        """Queue the clients' signed data uploads (relayed by the admin: clients need no funds), in batches that
+        each fit one transaction."""
+        addresses = self._accounts()["clients"]
+        with_address = {client_id: (addresses[client_id], upload) for client_id, upload in uploads.items()}
+        for name, batch in batches(with_address, batch_size(UPLOAD, self.gas_limit)):
+            self._enqueue(f"upload:{name}", UPLOAD, upload_payload(batch))
+        if self.node.backend == "embedded" and self.sender.pending():
+            # the embedded chain executes in this process: its batches (minutes for thousands of clients) are
+            # mined now, before round 1, not while the rounds train
+            log.info("embedded chain: mining %d registration and upload batches before round 1",
+                     self.sender.pending())
+            self.wait_until_sent(float("inf"))
 
     def record_round(self, record: RoundRecord) -> None:
         """Queue the round's record: one owner transaction."""
@@ -88,8 +102,9 @@ class ChainLedger:
             raise RunFailed(f"{self.sender.fatal_error}; the unsent records stay in {self.outbox.path}")
 
     def close(self, timeout_s: float = CLOSE_TIMEOUT_S) -> str | None:
-        """Send what is queued (up to `timeout_s`), check the chain still holds every confirmed record, export the
-        trail and stop the node. Returns why the run's records are not all on chain, or None when they are."""
+        """Send what is queued (while the node confirms a record at least every `timeout_s`), check the chain still
+        holds every confirmed record, export the trail and stop the node. Returns why the run's records are not all
+        on chain, or None when they are."""
         if self._closed:
             return None
         self._closed = True
@@ -106,8 +121,9 @@ class ChainLedger:
             return f"{self.sender.fatal_error}; the unsent records stay in {self.outbox.path}"
         pending = self.outbox.count(QUEUED, SUBMITTED)
         if pending:
-            return (f"{pending} chain records were not confirmed within {timeout_s:.0f} s ({self.node.description} "
-                    f"unreachable?); they stay in {self.outbox.path} and are sent by --resume {self.run_dir}")
+            return (f"{pending} chain records were not confirmed ({self.node.description} confirmed none for "
+                    f"{timeout_s:.0f} s: unreachable?); they stay in {self.outbox.path} and are sent by --resume "
+                    f"{self.run_dir}")
         return None
 
     # --- queries --------------------------------------------------------------------------
@@ -161,8 +177,8 @@ class ChainLedger:
         """Uploads per client as the contract will hold them (each shard once), whatever the sender has sent."""
         counts: dict[int, int] = {}
         for entry in self.outbox.entries():
-            if entry.kind == UPLOAD:
-                counts[entry.payload["client_id"]] = counts.get(entry.payload["client_id"], 0) + 1
+            for upload in entry.payload["uploads"] if entry.kind == UPLOAD else ():
+                counts[upload["client_id"]] = counts.get(upload["client_id"], 0) + 1
         return counts
 
     def _export(self) -> None:

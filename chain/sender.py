@@ -14,7 +14,7 @@ import time
 
 from chain.errors import ChainError, TransactionReverted
 from chain.outbox import CONFIRMED, QUEUED, SUBMITTED, Entry, Outbox
-from chain.records import call_for, on_chain
+from chain.records import batch_gas, call_for, on_chain
 from chain.transact import send_signed, sign_call
 from flb.errors import first_line
 
@@ -54,7 +54,7 @@ class OutboxSender:
         self.fatal_error: ChainError | None = None
         self.lock = threading.RLock()  # one user of the node at a time: this thread, or an export/query
         self._wake, self._stop = threading.Event(), threading.Event()
-        self._deadline = float("inf")
+        self._deadline, self._quiet_s = float("inf"), 0.0
         self._reconcile_needed = True
         self._thread = threading.Thread(target=self._loop, name="flb-chain-outbox", daemon=True)
 
@@ -65,13 +65,18 @@ class OutboxSender:
         self._wake.set()
 
     def stop(self, timeout_s: float) -> None:
-        """Check the chain once more, send what is queued (a record the chain lost included) for up to
-        `timeout_s`, then stop the thread."""
+        """Check the chain once more, send what is queued (a record the chain lost included) for as long as a record
+        is confirmed at least every `timeout_s` (a node that works through thousands of registrations is waited
+        for; one that confirms nothing for `timeout_s` is not), then stop the thread."""
         self._reconcile_needed = True
+        self._quiet_s = timeout_s
         self._deadline = time.monotonic() + timeout_s
         self._stop.set()
         self._wake.set()
-        self._thread.join(timeout_s + 5)
+        while self._thread.is_alive():
+            self._thread.join(timeout_s + 5)
+            if time.monotonic() > self._deadline + 5:
+                break
 
     def pending(self) -> int:
         return self.outbox.count(QUEUED, SUBMITTED)
@@ -151,7 +156,7 @@ class OutboxSender:
             raise TransactionReverted(f"{action}: {MAX_SUBMISSIONS} transactions failed on chain (last {entry.tx}); "
                                       "inspect it with python -m chain.explorer")
         try:
-            signed = sign_call(self.w3, self.admin, call, action)
+            signed = sign_call(self.w3, self.admin, call, action, batch_gas(entry.kind, entry.payload))
         except Exception as exc:
             raise exc if is_transient(exc) else permanent(exc, action) from None
         self.outbox.mark(entry.id, SUBMITTED, tx="0x" + bytes(signed.hash).hex())
@@ -178,4 +183,6 @@ class OutboxSender:
 
     def _confirm(self, entry: Entry, receipt) -> None:
         self.outbox.mark(entry.id, CONFIRMED, block=receipt["blockNumber"], gas_used=receipt["gasUsed"])
+        if self._stop.is_set():  # closing: progress, so the node gets another quiet period
+            self._deadline = time.monotonic() + self._quiet_s
         log.info("%s on chain (block %d, gas %d)", entry.id, receipt["blockNumber"], receipt["gasUsed"])

@@ -300,13 +300,14 @@ def _check_uploads(report: Report, trail: dict, clients: list[str], openings: di
         if tx["function"] != "uploadUserData":
             continue
         args = tx["args"]
-        who = f"data upload of client {_client_id(clients, args['client'])}"
-        signer = _recovered(data_upload_signer, domain, args["signature"], data_digest=args["dataDigest"])
-        report.check(signer == args["client"] and args["client"] in clients,
-                     f"{who}: signed by {signer}, not by the registered client {args['client']}")
-        opening = openings.get(_hex(args["dataDigest"]))
-        if opening is not None:
-            report.check(_opens(opening, _hex(args["dataDigest"])), f"{who}: its opening does not open the commitment")
+        for client, data_digest, signature in zip(args["clients"], args["dataDigests"], args["signatures"]):
+            who = f"data upload of client {_client_id(clients, client)}"
+            signer = _recovered(data_upload_signer, domain, signature, data_digest=data_digest)
+            report.check(signer == client and client in clients,
+                         f"{who}: signed by {signer}, not by the registered client {client}")
+            opening = openings.get(_hex(data_digest))
+            if opening is not None:
+                report.check(_opens(opening, _hex(data_digest)), f"{who}: its opening does not open the commitment")
 
 
 def _opens(opening: dict, commitment: str) -> bool:

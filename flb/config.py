@@ -617,11 +617,19 @@ class ChainSettings:
     explorer_url: Optional[str] = _help("Link template per transaction, e.g. https://explorer.example/tx/{tx}.", default=None)
     record_participants: bool = _help("Record each round's clients, update digests and scores; false records a salted "
                                       "commitment to them instead (no scores).", default=True)
+    block_gas_limit: Optional[int] = _help("Gas one client-registration or data-upload batch may use (clients are "
+                                           "registered and uploaded in as many transactions as that takes); null: "
+                                           "the node's block gas limit. The embedded chain is created with it.",
+                                           default=None)
 
     def __post_init__(self):
         _one_of("chain.backend", self.backend, ("embedded", "anvil", "rpc"))
         _one_of("chain.scoring", self.scoring, ("flb", "quality"))
         _one_of("chain.client_keys", self.client_keys, ("fresh", "persistent"))
+        least = 5_000_000  # the contract's deployment takes about 4 M gas
+        _require(self.block_gas_limit is None or self.block_gas_limit >= least, "chain.block_gas_limit",
+                 self.block_gas_limit, f"null (the node's) or at least {least} (the contract's deployment takes about "
+                                       "4 M gas)")
         if self.backend == "rpc":
             _require(self.rpc_url is not None, "chain.rpc_url", self.rpc_url, "an http(s) URL when chain.backend is rpc")
             _require(self.chain_id is not None, "chain.chain_id", self.chain_id, "the chain's integer id when chain.backend is rpc")

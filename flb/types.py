@@ -147,7 +147,7 @@ class Ledger(Protocol):
 
     def register_clients(self, addresses: dict[int, str]) -> None: ...
 
-    def record_data_upload(self, client_id: int, upload: SignedUpload) -> None: ...
+    def record_data_uploads(self, uploads: dict[int, SignedUpload]) -> None: ...
 
     def record_round(self, record: RoundRecord) -> None: ...
 
@@ -166,7 +166,7 @@ class NullLedger:
     def register_clients(self, addresses: dict[int, str]) -> None:
         pass
 
-    def record_data_upload(self, client_id: int, upload: SignedUpload) -> None:
+    def record_data_uploads(self, uploads: dict[int, SignedUpload]) -> None:
         pass
 
     def record_round(self, record: RoundRecord) -> None:

@@ -87,8 +87,7 @@ class RoundCoordinator:
         self.declared = {c.client_id: {"num_examples": c.num_examples, "address": c.address} for c in self.clients}
         if self.ledger.signing_domain is not None:
             self.ledger.register_clients({c.client_id: c.address for c in self.clients})
-            for client in self.clients:
-                self.ledger.record_data_upload(client.client_id, client.data_upload())
+            self.ledger.record_data_uploads({c.client_id: c.data_upload() for c in self.clients})
         self._complete(0, None, global_adapter, [], {**self.evaluate(global_adapter), "num_sampled": 0,
                                                       "round_time_s": 0.0})
 

@@ -38,7 +38,7 @@ def test_two_workers_give_the_sequential_digest_and_resume_to_it(flower_referenc
     assert final_digest(resumed) == final_digest(flower_reference_run)
     log = (uninterrupted / "run.log").read_text()
     assert "execution: 2 worker processes on cpu" in log and "execution: one client peaks at" in log
-    assert "upload:1" in (uninterrupted / "chain" / "outbox.jsonl").read_text()
+    assert '"upload:0-1"' in (uninterrupted / "chain" / "outbox.jsonl").read_text()  # both clients' uploads
 
 
 # The pool with stand-in clients: each fit takes FIT_S, and files in a shared folder steer and record what it does.

@@ -8,12 +8,12 @@ import {EIP712} from "@openzeppelin/contracts/utils/cryptography/EIP712.sol";
 import {SafeCast} from "@openzeppelin/contracts/utils/math/SafeCast.sol";
 import {EnumerableSet} from "@openzeppelin/contracts/utils/structs/EnumerableSet.sol";
 
-/// @title FLB audit trail, version 3: the run's rules, who may take part, their data uploads, and every round in
+/// @title FLB audit trail, version 4: the run's rules, who may take part, their data uploads, and every round in
 /// order.
 /// @notice Stored: the run's anchors (adapter config and run spec digests, set once); the registered clients; each
 /// client's data digests; each user's cumulative score; and per round two words, the global adapter digest and a
 /// hash of the round's record (the full record is in the round's event). Every update digest and data digest is
-/// accepted only with the client's own EIP-712 signature (domain "FLB", version "3", this chain and
+/// accepted only with the client's own EIP-712 signature (domain "FLB", version "4", this chain and
 /// this contract), so the owner cannot attribute to a client an update it did not send, and nobody
 /// else can claim a client's data. Rounds are chained: round n is recorded only after round n-1, and
 /// each client signs the global digest its update started from, read here, not chosen by the owner.
@@ -93,7 +93,7 @@ contract FLB is Ownable2Step, EIP712 {
     error RenounceDisabled();
     error AlreadyAnchored(bytes32 adapterConfigDigest, bytes32 runSpecDigest);
 
-    constructor(address initialOwner) Ownable(initialOwner) EIP712("FLB", "3") {}
+    constructor(address initialOwner) Ownable(initialOwner) EIP712("FLB", "4") {}
 
     /// @notice Ownership moves only by transferOwnership + acceptOwnership; an ownerless trail
     /// could record no further round, so renouncing always reverts.
@@ -125,6 +125,13 @@ contract FLB is Ownable2Step, EIP712 {
         return _clients.contains(account);
     }
 
+    /// @notice How many of `accounts` are registered clients (one call checks a whole registration batch).
+    function countRegistered(address[] calldata accounts) external view returns (uint256 count) {
+        for (uint256 i = 0; i < accounts.length; ++i) {
+            if (_clients.contains(accounts[i])) ++count;
+        }
+    }
+
     /// @notice How many clients are registered.
     function clientCount() external view returns (uint256) {
         return _clients.length();
@@ -135,18 +142,17 @@ contract FLB is Ownable2Step, EIP712 {
         return _clients.at(index);
     }
 
-    /// @notice Record `dataDigest` as `client`'s data. Anyone may relay the call: the record goes to
-    /// the client whose EIP-712 signature over DataUpload(dataDigest) is given, and each digest is
-    /// recorded once per client: another client holding the same digest cannot block this one's upload.
-    function uploadUserData(address client, bytes32 dataDigest, bytes calldata signature) external {
-        if (dataDigest == 0) revert ZeroDigest();
-        if (!_clients.contains(client)) revert NotRegistered(client);
-        if (_uploaded[client][dataDigest]) revert AlreadyUploaded(client, dataDigest);
-        _checkSignature(client, _dataUploadHash(dataDigest), signature);
-        _uploaded[client][dataDigest] = true;
-        User storage user = _enroll(client);
-        _userData[client][user.dataCount++] = dataDigest;
-        emit DataUpload(client, dataDigest);
+    /// @notice Record each `dataDigests[i]` as `clients[i]`'s data (a batch, so that thousands of clients
+    /// take a few transactions). Anyone may relay the call: each record goes to the client whose EIP-712
+    /// signature over DataUpload(dataDigest) is given, and each digest is recorded once per client: another
+    /// client holding the same digest cannot block this one's upload.
+    function uploadUserData(address[] calldata clients, bytes32[] calldata dataDigests, bytes[] calldata signatures)
+        external
+    {
+        if (dataDigests.length != clients.length || signatures.length != clients.length) revert LengthMismatch();
+        for (uint256 i = 0; i < clients.length; ++i) {
+            _upload(clients[i], dataDigests[i], signatures[i]);
+        }
     }
 
     /// @notice Record round `round` (must equal nextRound) in one transaction: its global digest, the
@@ -235,6 +241,18 @@ contract FLB is Ownable2Step, EIP712 {
         return _uploaded[client][dataDigest];
     }
 
+    /// @notice How many of the pairs (`clients[i]`, `dataDigests[i]`) are recorded uploads.
+    function countUploaded(address[] calldata clients, bytes32[] calldata dataDigests)
+        external
+        view
+        returns (uint256 count)
+    {
+        if (dataDigests.length != clients.length) revert LengthMismatch();
+        for (uint256 i = 0; i < clients.length; ++i) {
+            if (_uploaded[clients[i]][dataDigests[i]]) ++count;
+        }
+    }
+
     /// @notice A round's stored words; its record is in the RoundRecorded or RoundSealed event with this round.
     function getRound(uint256 round) external view returns (bytes32 globalDigest, bytes32 recordHash) {
         Round storage r = _rounds[round];
@@ -317,6 +335,17 @@ contract FLB is Ownable2Step, EIP712 {
     }
 
     /// @dev OpenZeppelin's recovery rejects malformed and malleable (high-s) signatures.
+    function _upload(address client, bytes32 dataDigest, bytes calldata signature) private {
+        if (dataDigest == 0) revert ZeroDigest();
+        if (!_clients.contains(client)) revert NotRegistered(client);
+        if (_uploaded[client][dataDigest]) revert AlreadyUploaded(client, dataDigest);
+        _checkSignature(client, _dataUploadHash(dataDigest), signature);
+        _uploaded[client][dataDigest] = true;
+        User storage user = _enroll(client);
+        _userData[client][user.dataCount++] = dataDigest;
+        emit DataUpload(client, dataDigest);
+    }
+
     function _checkSignature(address signer, bytes32 digest, bytes calldata signature) private pure {
         (address recovered, ECDSA.RecoverError err,) = ECDSA.tryRecoverCalldata(digest, signature);
         if (err != ECDSA.RecoverError.NoError || recovered != signer) revert BadSignature(signer);

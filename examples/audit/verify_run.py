@@ -38,7 +38,7 @@ MESSAGES = ("EIP712Domain(string name,string version,uint256 chainId,address ver
             "Update(uint256 round,bytes32 previousGlobalDigest,bytes32 updateDigest,uint256 numExamples)",
             "DataUpload(bytes32 dataDigest)")
 RECORD_ROUND = "recordRound(uint256,bytes32,bytes32,address[],bytes32[],uint256[],uint256[],bytes[])"
-UPLOAD = "uploadUserData(address,bytes32,bytes)"
+UPLOAD = "uploadUserData(address[],bytes32[],bytes[])"
 RUN_SPEC_KEYS = ("mode", "seed", "num_clients", "clients_per_round", "strategy", "server", "client", "chain.scoring",
                  "chain.record_participants", "split.head_layers", "split.tail_layers", "split.trunk",
                  "split.client_parts", "split.activation_noise", "split.activation_clip")  # spec 2.5
@@ -178,7 +178,7 @@ def recover(chain: dict, primary: str, message: dict, signature: bytes):
     if len(signature) != 65 or signature[64] not in (27, 28) or int.from_bytes(signature[32:64], "big") > HALF_ORDER:
         return None
     types = {name: [{"name": n, "type": t} for t, n, _ in fields] for name, fields, _ in map(parse_signature, MESSAGES)}
-    domain = {"name": "FLB", "version": "3", "chainId": chain["chain_id"], "verifyingContract": chain["contract"]}
+    domain = {"name": "FLB", "version": "4", "chainId": chain["chain_id"], "verifyingContract": chain["contract"]}
     full = {"types": {"EIP712Domain": types["EIP712Domain"], primary: types[primary]}, "primaryType": primary,
             "domain": domain, "message": {k: bytes.fromhex(v) if isinstance(v, str) else v for k, v in message.items()}}
     return Account.recover_message(encode_typed_data(full_message=full), signature=signature)
@@ -361,7 +361,10 @@ def check_signatures(report: Report, chain: dict, rounds: dict, clients: list) -
         if (args := calldata(chain, e["tx"], UPLOAD)) is None:
             report.notes.append(f"data upload of {e['args']['user']}: not a direct uploadUserData call: not checked")
             continue
-        signer = recover(chain, "DataUpload", {"dataDigest": bytes(args[1]).hex()}, bytes(args[2]))
+        digest = e["args"]["dataDigest"]
+        signature = next((bytes(sig) for client, data, sig in zip(*args)
+                          if to_checksum_address(client) == e["args"]["user"] and bytes(data).hex() == digest), b"")
+        signer = recover(chain, "DataUpload", {"dataDigest": digest}, signature)
         report.check(signer == e["args"]["user"] and signer in clients,
                      f"data upload of {e['args']['user']}: signed by {signer}, not by that registered client")
 

@@ -3,6 +3,7 @@ signed data uploads, score leaderboard, each round's digests with a verified / m
 own --verify), blocks, transactions and decoded events."""
 from __future__ import annotations
 
+from collections import Counter
 from datetime import datetime, timezone
 
 import streamlit as st
@@ -46,7 +47,8 @@ def render(run: rundata.Run) -> None:
             for address, score in scores_from(trail).items()]
     rows.sort(key=lambda row: -row["score"])
     if rows:
-        st.container(key="leaderboard").table([{"rank": rank, **row} for rank, row in enumerate(rows, 1)], hide_index=True)
+        with st.container(key="leaderboard"):
+            _paged_table([{"rank": rank, **row} for rank, row in enumerate(rows, 1)], "leaderboard")
     else:
         st.caption("No scores: none recorded yet, or who took part is sealed (chain.record_participants: false).")
 
@@ -94,14 +96,28 @@ def _verdict(run: rundata.Run, verification: rundata.Verification) -> None:
 
 def _clients(trail: dict, names: dict[str, str]) -> None:
     registered = [args["client"] for args in _event_args(trail, "ClientRegistered")]
-    uploads = {tx["args"]["client"]: tx["args"]["dataDigest"] for tx in trail["transactions"]
-               if tx["function"] == "uploadUserData" and tx["status"] == 1}
+    uploads = {args["user"]: args["dataDigest"] for args in _event_args(trail, "DataUpload")}
     if not registered:
         st.caption("No client registered yet.")
         return
-    st.table([{"client": names.get(address, address), "address": address,
-               "data upload (digest, or a salted commitment under DP)": uploads.get(address, "not yet")}
-              for address in registered], hide_index=True)
+    _paged_table([{"client": names.get(address, address), "address": address,
+                   "data upload (digest, or a salted commitment under DP)": uploads.get(address, "not yet")}
+                  for address in registered], "clients")
+
+
+PAGE_ROWS = 50  # a longer list (thousands of registered clients) is shown a page at a time
+
+
+def _paged_table(rows: list[dict], key: str) -> None:
+    """`rows` as a table, PAGE_ROWS at a time with a page picker when there are more."""
+    if len(rows) <= PAGE_ROWS:
+        st.table(rows, hide_index=True)
+        return
+    pages = -(-len(rows) // PAGE_ROWS)
+    page = st.number_input(f"Page (of {pages})", min_value=1, max_value=pages, value=1, key=f"{key}-page")
+    first = (page - 1) * PAGE_ROWS
+    st.table(rows[first:first + PAGE_ROWS], hide_index=True)
+    st.caption(f"rows {first + 1}-{min(first + PAGE_ROWS, len(rows))} of {len(rows):,}")
 
 
 def _round(number: int, record: dict, problems: list[str] | None, names: dict[str, str]) -> None:
@@ -142,7 +158,8 @@ def _transactions(trail: dict, names: dict[str, str]) -> None:
         block = blocks.get(tx["hash"], {})
         when = datetime.fromtimestamp(block["timestamp"], timezone.utc).strftime("%Y-%m-%d %H:%M:%S") if block else "?"
         status = "ok" if tx["status"] == 1 else "REVERTED"
-        events = ", ".join(event["event"] for event in tx["events"]) or "no events"
+        counts = Counter(event["event"] for event in tx["events"])
+        events = ", ".join(name if n == 1 else f"{name} ×{n}" for name, n in counts.items()) or "no events"
         with st.expander(f"block {tx['block']} · {when} · `{tx['function']}` from {names.get(tx['from'], tx['from'])} "
                          f"· {status} · gas {tx['gas_used']} · {events}"):
             st.markdown(f"tx `{tx['hash']}` · block `{block.get('hash', '?')}` · nonce {tx['nonce']}")

@@ -96,7 +96,7 @@ def test_rpc_backend_records_rounds_signed_with_each_clients_own_keystore(tmp_pa
     try:
         assert ledger.node.accounts.admin.address == admin_address and ledger.node.accounts.clients == ()
         ledger.register_clients({i: account.address for i, account in enumerate(clients)})
-        ledger.record_data_upload(1, signed_upload(ledger.signing_domain, clients[1], "1a" * 32))
+        ledger.record_data_uploads({1: signed_upload(ledger.signing_domain, clients[1], "1a" * 32)})
         ledger.record_round(signed_record(ledger.signing_domain, clients, 0, client_ids=()))
         ledger.record_round(signed_record(ledger.signing_domain, clients, 1))
         assert ledger.wait_until_sent(30)

@@ -108,6 +108,28 @@ def test_connect_keeps_the_embedded_chain_in_the_run_directory(tmp_path):
     assert not list((tmp_path / "chain").glob("*.tmp"))  # every save renamed its temporary file
 
 
+def test_views_still_answer_once_full_blocks_raised_the_base_fee_past_1_gwei(tmp_path):
+    """eth-tester prices a view call at 1 gwei unless told otherwise: after a run's registration batches filled
+    block after block, the base fee passes it and every view (the ledger's checks) would fail."""
+    from eth_account import Account
+
+    from chain.contract import flb_contract
+    from chain.deployment import deploy
+    from chain.transact import send_signed, sign_call
+
+    node = embedded_node(tmp_path / EMBEDDED_CHAIN_FILE, gas_limit=5_000_000)
+    w3, admin = node.w3, node.accounts.admin
+    contract = flb_contract(w3, deploy(w3, admin)["contractAddress"])
+    registered = 0
+    while w3.eth.get_block("latest")["baseFeePerGas"] <= 10**9:
+        batch = [Account.from_key((registered + i + 1).to_bytes(32, "big")).address for i in range(75)]
+        send_signed(w3, sign_call(w3, admin, contract.functions.registerClients(batch), "registration",
+                                  gas=4_900_000), 60)
+        registered += len(batch)
+    assert contract.functions.clientCount().call() == registered
+    node.stop()
+
+
 def test_every_mined_block_is_on_disk_before_the_call_returns(chain_file):
     node = embedded_node(chain_file, num_clients=2)  # never stopped: as if the process were killed now
     receipts = send_transfers(node, 2)

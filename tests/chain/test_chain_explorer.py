@@ -12,7 +12,7 @@ DATA_DIGEST = "0e" * 32
 
 def record_a_short_run(ledger, clients):
     register(ledger, clients[:2])
-    ledger.record_data_upload(0, signed_upload(ledger.signing_domain, clients[0], DATA_DIGEST))
+    ledger.record_data_uploads({0: signed_upload(ledger.signing_domain, clients[0], DATA_DIGEST)})
     ledger.record_round(signed_record(ledger.signing_domain, clients, 0, client_ids=()))
     ledger.record_round(signed_record(ledger.signing_domain, clients, 1))
     ledger.record_round(signed_record(ledger.signing_domain, clients, 2, client_ids=(1,)))
@@ -38,7 +38,7 @@ def test_explorer_decodes_the_deployment_registration_and_upload(recorded_run, c
     client_0 = f"{clients[0].address} (client 0)"
     for expected in ("constructor(code_matches_artifact=True)", "(admin)  nonce 0  ok",
                      f"event ClientRegistered(client={client_0}, round=0)",
-                     f"uploadUserData(client={clients[0].address}, dataDigest=0x{DATA_DIGEST}, signature=0x",
+                     f'uploadUserData(clients=["{clients[0].address}"], dataDigests=["0x{DATA_DIGEST}"], signatures=["0x',
                      f"event DataUpload(user={client_0}, dataDigest=0x{DATA_DIGEST})"):
         assert expected in out
 

@@ -55,7 +55,7 @@ def fails_with(ledger, text: str) -> str:
 def test_embedded_ledger_records_registration_uploads_and_rounds(open_run_ledger, clients, tmp_path):
     ledger = open_run_ledger()
     register(ledger, clients)
-    ledger.record_data_upload(0, signed_upload(ledger.signing_domain, clients[0], "01" * 32))
+    ledger.record_data_uploads({0: signed_upload(ledger.signing_domain, clients[0], "01" * 32)})
     record_rounds(ledger, clients, (0, 1))
     assert ledger.wait_until_sent(30)
     functions = ledger.contract.functions
@@ -66,7 +66,8 @@ def test_embedded_ledger_records_registration_uploads_and_rounds(open_run_ledger
     assert ledger.close() is None
     summary = ledger.summary()
     assert summary["backend"] == "embedded" and summary["pending"] == 0
-    assert [tx["record"] for tx in summary["transactions"]] == ["deploy", "register", "upload:0", "round:0", "round:1"]
+    assert [tx["record"] for tx in summary["transactions"]] == ["deploy", "register:0-2", "upload:0-0", "round:0",
+                                                                 "round:1"]
     assert all(tx["tx"] for tx in summary["transactions"])
     assert (tmp_path / "chain" / "trail.json").is_file()
 
@@ -105,7 +106,7 @@ def test_a_round_the_client_did_not_sign_is_refused_by_the_chain(open_run_ledger
 def test_an_upload_signed_by_another_key_is_refused(open_run_ledger, clients):
     ledger = open_run_ledger()
     register(ledger, clients)
-    ledger.record_data_upload(1, signed_upload(ledger.signing_domain, OUTSIDER, "02" * 32))
+    ledger.record_data_uploads({1: signed_upload(ledger.signing_domain, OUTSIDER, "02" * 32)})
     assert "data upload of client 1" in fails_with(ledger, "BadSignature")
     assert not ledger.contract.functions.hasUploaded(clients[1].address, bytes.fromhex("02" * 32)).call()
 
@@ -123,10 +124,10 @@ def test_a_data_digest_another_client_uploaded_first_is_still_recorded_for_its_o
     """Front-running: client 0 claims client 1's digest first; client 1's own upload of it still goes through."""
     ledger = open_run_ledger()
     register(ledger, clients)
-    ledger.record_data_upload(0, signed_upload(ledger.signing_domain, clients[0], "05" * 32))
-    ledger.record_data_upload(1, signed_upload(ledger.signing_domain, clients[1], "05" * 32))
+    ledger.record_data_uploads({0: signed_upload(ledger.signing_domain, clients[0], "05" * 32)})
+    ledger.record_data_uploads({1: signed_upload(ledger.signing_domain, clients[1], "05" * 32)})
     assert ledger.wait_until_sent(30) and ledger.sender.fatal_error is None
-    assert [ledger.outbox.get(f"upload:{i}").status for i in (0, 1)] == [CONFIRMED, CONFIRMED]
+    assert [ledger.outbox.get(f"upload:{i}-{i}").status for i in (0, 1)] == [CONFIRMED, CONFIRMED]
     assert ledger.contract.functions.getUserData(clients[1].address).call() == [bytes.fromhex("05" * 32)]
 
 
@@ -148,7 +149,7 @@ def test_reopened_embedded_run_continues_the_same_chain(open_run_ledger, clients
     first = open_run_ledger()
     register(first, clients)
     ledger_upload = signed_upload(first.signing_domain, clients[0], "0a" * 32)
-    first.record_data_upload(0, ledger_upload)
+    first.record_data_uploads({0: ledger_upload})
     record_rounds(first, clients, (0, 1))
     assert first.close() is None
     deployment = json.loads((tmp_path / "chain" / "deployment.json").read_text())
@@ -156,12 +157,12 @@ def test_reopened_embedded_run_continues_the_same_chain(open_run_ledger, clients
     second = open_run_ledger()
     assert second.deployment == deployment and second.signing_domain == first.signing_domain  # no new deploy
     register(second, clients)  # a resumed run queues its registration and uploads again: nothing is re-sent
-    second.record_data_upload(0, ledger_upload)
+    second.record_data_uploads({0: ledger_upload})
     record_rounds(second, clients, (2,))
     assert second.wait_until_sent(30)
     assert [stored_global_digest(second, n) for n in (0, 1, 2)] == [global_digest(n) for n in (0, 1, 2)]
     assert second.scores()[0] == 2 * (1000 + 10)
-    for entry_id in ("register", "upload:0", "round:0", "round:1", "round:2"):
+    for entry_id in ("register:0-2", "upload:0-0", "round:0", "round:1", "round:2"):
         assert len(submissions(tmp_path, entry_id)) == 1
     assert second.node.w3.eth.get_block(deployment["block"])["hash"].hex().removeprefix("0x") == \
         deployment["block_hash"].removeprefix("0x")
@@ -290,7 +291,7 @@ def test_no_private_key_in_logs_output_or_files(open_run_ledger, clients, tmp_pa
     with caplog.at_level(logging.DEBUG):
         ledger = open_run_ledger()
         register(ledger, clients)
-        ledger.record_data_upload(0, signed_upload(ledger.signing_domain, clients[0], "0d" * 32))
+        ledger.record_data_uploads({0: signed_upload(ledger.signing_domain, clients[0], "0d" * 32)})
         record_rounds(ledger, clients, (0, 1))
         assert ledger.wait_until_sent(30)
         print(ledger.summary(), repr(ledger.node), repr(ledger.node.accounts))
@@ -358,3 +359,71 @@ def test_a_clients_key_is_in_no_file_of_the_run_but_its_own(embedded_run):
             data = path.read_bytes()  # the chain database is binary: look for the raw key too
             assert key.encode() not in data.lower() and bytes.fromhex(key) not in data, path
         assert (own / "signing_key").stat().st_mode & 0o077 == 0
+
+
+# --- registrations and uploads larger than a block -------------------------------------------------------------
+
+SMALL_BLOCK = 5_000_000  # gas: the least chain.block_gas_limit (the contract's deployment takes about 4 M)
+
+
+def many_clients(count: int) -> list:
+    from eth_account import Account
+
+    return [Account.from_key((i + 1).to_bytes(32, "big")) for i in range(count)]
+
+
+def test_more_clients_than_one_block_holds_are_registered_and_uploaded_in_batches(open_run_ledger):
+    """With a block gas limit far below one transaction for every client, registration and uploads go in as many
+    transactions as it takes, each under the limit; the contract then holds every client and every upload."""
+    from chain.records import GAS_PER_CLIENT, REGISTER, UPLOAD, batch_size
+    from flb.config import ChainSettings
+
+    ledger = open_run_ledger(ChainSettings(block_gas_limit=SMALL_BLOCK))
+    accounts = many_clients(100)
+    assert ledger.node.w3.eth.get_block("latest")["gasLimit"] <= SMALL_BLOCK * 1.01  # the chain itself is small
+    register(ledger, accounts)
+    ledger.record_data_uploads({i: signed_upload(ledger.signing_domain, a, f"{i + 1:064x}")
+                                for i, a in enumerate(accounts)})
+    assert ledger.wait_until_sent(120) and ledger.sender.fatal_error is None
+    entries = ledger.outbox.entries()
+    registrations = [e for e in entries if e.kind == REGISTER]
+    uploads = [e for e in entries if e.kind == UPLOAD]
+    assert len(registrations) == -(-100 // batch_size(REGISTER, SMALL_BLOCK)) > 1
+    assert len(uploads) == -(-100 // batch_size(UPLOAD, SMALL_BLOCK)) > 1
+    assert all(e.gas_used < SMALL_BLOCK for e in entries)
+    functions = ledger.contract.functions
+    assert functions.clientCount().call() == 100
+    assert functions.countUploaded([a.address for a in accounts],
+                                   [bytes.fromhex(f"{i + 1:064x}") for i in range(100)]).call() == 100
+    # the bounds batches are sized by hold: the gas one more client adds, measured between the two batch sizes
+    per_client = {kind: (batch[0].gas_used - batch[-1].gas_used) / (len(_batch_clients(batch[0])) -
+                                                                      len(_batch_clients(batch[-1])))
+                  for kind, batch in ((REGISTER, registrations), (UPLOAD, uploads))}
+    assert all(0 < per_client[kind] <= GAS_PER_CLIENT[kind] for kind in per_client), per_client
+
+
+def _batch_clients(entry) -> list:
+    return list(entry.payload["clients"]) if entry.kind == "register" else entry.payload["uploads"]
+
+
+def test_a_registration_interrupted_between_batches_is_finished_by_the_reopened_ledger(open_run_ledger, tmp_path):
+    """A crash after the first batch was sent: the outbox keeps the rest, and the reopened run's ledger sends only
+    those, each batch once."""
+    from chain.records import REGISTER
+    from flb.config import ChainSettings
+
+    settings = ChainSettings(block_gas_limit=SMALL_BLOCK)
+    accounts = many_clients(200)
+    first = open_run_ledger(settings)
+    first.sender.stop(0)  # this process sends by hand below, then "crashes"
+    register(first, accounts)
+    batch_ids = [e.id for e in first.outbox.entries() if e.kind == REGISTER]
+    first.sender._deliver(first.outbox.next_pending())
+    assert first.contract.functions.clientCount().call() == len(first.outbox.get(batch_ids[0]).payload["clients"])
+    first.node.stop()
+    first.outbox.close()
+    second = open_run_ledger(settings)
+    assert second.wait_until_sent(120) and second.sender.fatal_error is None
+    assert second.contract.functions.clientCount().call() == 200 and len(batch_ids) > 2
+    for entry_id in batch_ids:
+        assert len(submissions(tmp_path, entry_id)) == 1

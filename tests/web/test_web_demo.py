@@ -227,6 +227,36 @@ def test_ledger_page_of_a_private_run_verifies_and_publishes_no_counts(app_url, 
     assert "mismatch" not in text.lower()
 
 
+@pytest.fixture(scope="module")
+def crowded_run(web_run, tiny_model_dir) -> Path:
+    """60 registered clients, 2 of them in its one round; a small block gas limit splits the uploads in two
+    transactions."""
+    overrides = recorded_run_overrides(tiny_model_dir, web_run.parent) + ["num_clients=60",
+                                                                         "chain.block_gas_limit=5000000"]
+    return main_simple_fl.run(load_config(None, overrides))
+
+
+PAGE_ROWS = 50  # examples/web_demo/ledger_page.py: the rows a page of a long list shows
+
+
+def test_ledger_page_pages_the_clients_of_a_crowded_run(app_url, crowded_run, page):
+    from playwright.sync_api import expect
+
+    trail = read_trail(crowded_run)
+    assert len(trail["accounts"]["clients"]) == 60 > PAGE_ROWS
+    page.goto(f"{app_url}/ledger?run={crowded_run.name}")
+    expect(page.get_by_text(f"rows 1-{PAGE_ROWS} of 60")).to_be_visible()
+    expect(page.get_by_role("row").filter(has_text="client 59")).to_have_count(0)
+    page.get_by_label("Page (of 2)").fill("2")
+    page.get_by_label("Page (of 2)").press("Enter")
+    expect(page.get_by_text(f"rows {PAGE_ROWS + 1}-60 of 60")).to_be_visible()
+    expect(page.get_by_role("row").filter(has_text="client 59")).to_have_count(1)
+    expect(page.get_by_text("DataUpload ×").first).to_be_attached()  # a batch's events counted, not listed
+    for number in (0, 1):
+        expect(page.locator(f".st-key-round-{number}")).to_contain_text("verified")
+    settle_and_screenshot(page, "ledger-crowded")
+
+
 def test_ledger_page_flags_a_tampered_update(app_url, page):
     from playwright.sync_api import expect
 
