@@ -5,9 +5,11 @@ trains `local_steps`, and reads the adapter out. The strategy's client-side part
 proximal term, SCAFFOLD's correction) changes each step's gradients; SCAFFOLD's client variate c_i is kept in the
 client's private state, since it is derived from its data. Randomness that decides privacy (noise, Poisson
 batches, salts) comes from the client's own secret generator; the rest (dropout, data order without
-DP-SGD) from the public seed, so a run without DP reproduces bit for bit. Its trainer (and so its tokenized shard) is built
-once and reused every round with a fresh optimizer. With DP-SGD the client trains with its own
-opacus loop over that trainer's tokenized shard and collator instead.
+DP-SGD) from the public seed, so a run without DP reproduces bit for bit. The clients that share a model in one
+process share one trainer too (ClientTrainer: building a trl trainer costs about half a second, so one per client
+would cost minutes before round 1 with thousands of clients); their shards are tokenized together before round 0,
+and each client trains that trainer on its own rows, with a fresh optimizer every round. With DP-SGD the client
+trains with its own opacus loop over its tokenized rows and the trainer's collator instead.
 """
 from __future__ import annotations
 
@@ -51,17 +53,16 @@ class SFTClient:
     privacy: UpdatePrivacy = field(default_factory=NoPrivacy)
     signer: ClientSigner | None = None  # None: the run records nothing on chain
     objective: LocalObjective = field(default_factory=LocalObjective)
-    _trainer: object = field(init=False, repr=False)
+    trainers: "ClientTrainer | None" = None  # shared with the process's other clients; None: one of its own
 
     def __post_init__(self):
         # Built now, not at the first fit: building tokenizes the shard, and for a quantized base trl
         # casts the LoRA weights to bf16, which must happen before the initial global adapter is read.
-        args = sft_config(self.settings, max_steps=self.local_steps, output_dir=self.work_dir / f"client_{self.client_id}",
-                          use_cpu=self.use_cpu, seed=self.seed)
-        self._trainer = quiet_trainer(self.model, self.tokenizer, args, to_dataset(self.records))
-        self._trainer.add_callback(StepProgress(f"client {self.client_id}"))
-        self._corrected = CorrectedSteps()
-        self._trainer.add_callback(self._corrected)
+        if self.trainers is None:
+            self.trainers = ClientTrainer(self.model, self.tokenizer, self.settings, {self.client_id: self.records},
+                                          local_steps=self.local_steps, work_dir=self.work_dir, use_cpu=self.use_cpu,
+                                          seed=self.seed)
+        self._rows = self.trainers.rows_of(self.client_id, self.records)
         self.private = PrivateState(self.private_dir)
         state = self.private.latest()
         if state is None:
@@ -108,7 +109,7 @@ class SFTClient:
         self._restore(self.private.load_before(round))
         set_adapter_state(self.model, global_adapter)
         set_seed(derived_seed(self.seed, round, self.client_id))
-        self._trainer.args.learning_rate = round_learning_rate(self.settings, round, self.num_rounds)
+        self.trainers.train_on(self.client_id, self._rows, round_learning_rate(self.settings, round, self.num_rounds))
 
     def end_round(self, trained: AdapterState, global_adapter: AdapterState, round: int, extras: AdapterState,
                   correction: GradientCorrection | None, train_loss: float, started: float) -> ClientUpdate:
@@ -131,23 +132,16 @@ class SFTClient:
 
     @property
     def trainer(self):
-        """trl's trainer over this client's tokenized shard (batched execution reads its batches and settings)."""
-        return self._trainer
+        """trl's trainer, over this client's tokenized rows since its begin_round (batched execution reads its
+        batches and settings)."""
+        return self.trainers.trainer
 
     def _train(self, correction: GradientCorrection | None) -> float:
-        """`local_steps` steps with trl's trainer, or with DP-SGD over that trainer's tokenized shard and collator;
-        `correction` runs before each optimizer step."""
-        trainer = self._trainer
+        """`local_steps` steps with trl's trainer, or with DP-SGD over this client's tokenized rows and the trainer's
+        collator; `correction` runs before each optimizer step."""
         if isinstance(self.privacy, DPSGD):
-            return self.privacy.train(self.model, trainer, self.random, correction)
-        trainer.optimizer, trainer.lr_scheduler = None, None
-        self._corrected.correction = correction
-        try:
-            result = trainer.train()
-        finally:
-            self._corrected.correction = None
-        trainer.optimizer, trainer.lr_scheduler = None, None  # keep memory flat across clients
-        return float(result.training_loss)
+            return self.privacy.train(self.model, self.trainer, self.random, correction)
+        return self.trainers.train(correction)
 
     def privacy_spent(self) -> dict:
         return self.privacy.privacy_spent()
@@ -164,6 +158,75 @@ class SFTClient:
             self.privacy.restore(state["privacy"], state["round"])
 
 
+class ClientTrainer:
+    """One trl trainer for the clients that share `model`, built over their shards (client id -> records): trl
+    tokenizes them all in one pass, and each client trains on its own rows of the result. A client added later has
+    its shard tokenized alone, as trl tokenizes a train set."""
+
+    def __init__(self, model, tokenizer, settings: SFTSettings, shards: dict[int, list[dict]], *, local_steps: int,
+                 work_dir: Path, use_cpu: bool, seed: int):
+        args = sft_config(settings, max_steps=local_steps, output_dir=Path(work_dir) / "clients", use_cpu=use_cpu,
+                          seed=seed)
+        self.trainer = quiet_trainer(model, tokenizer, args, to_dataset(_owned(shards)))
+        self.tokenized = self.trainer.train_dataset
+        self._rows = _rows_by_owner(self.tokenized[OWNER_COLUMN], shards)
+        self._progress, self._corrected = StepProgress("client"), CorrectedSteps()
+        self.trainer.add_callback(self._progress)
+        self.trainer.add_callback(self._corrected)
+
+    def rows_of(self, client_id: int, records: list[dict]):
+        """Client `client_id`'s tokenized rows (a datasets.Dataset): from the shards tokenized together, or
+        `records` tokenized now."""
+        if client_id in self._rows:
+            return self.tokenized.select(self._rows.pop(client_id))
+        trainer = self.trainer
+        tokenized = trainer._prepare_dataset(to_dataset(_owned({client_id: records})), trainer.processing_class,
+                                             trainer.args, trainer.args.packing, None, "train")
+        _rows_by_owner(tokenized[OWNER_COLUMN], {client_id: records})  # the same check: rows left to train on
+        return tokenized
+
+    def train_on(self, client_id: int, rows, learning_rate: float) -> None:
+        """Point the trainer at a client's rows for its round."""
+        self.trainer.train_dataset = rows
+        self.trainer.args.learning_rate = learning_rate
+        self._progress.label = f"client {client_id}"
+
+    def train(self, correction: GradientCorrection | None) -> float:
+        """The round's local steps on the rows given to train_on, with a fresh optimizer; the mean loss."""
+        trainer = self.trainer
+        trainer.optimizer, trainer.lr_scheduler = None, None
+        self._corrected.correction = correction
+        try:
+            result = trainer.train()
+        finally:
+            self._corrected.correction = None
+        trainer.optimizer, trainer.lr_scheduler = None, None  # keep memory flat across clients
+        return float(result.training_loss)
+
+
+OWNER_COLUMN = "flb_client_id"  # which client a row is of, while the shards are tokenized together
+
+
+def _owned(shards: dict[int, list[dict]]) -> list[dict]:
+    return [{**record, OWNER_COLUMN: client_id} for client_id, shard in shards.items() for record in shard]
+
+
+def _rows_by_owner(owners: list[int], shards: dict[int, list[dict]]) -> dict[int, list[int]]:
+    """Row numbers per client; DataError for a client trl left no row to train on (it drops an example whose
+    answer sft.max_length cuts off entirely)."""
+    from flb.errors import DataError
+
+    rows: dict[int, list[int]] = {client_id: [] for client_id in shards}
+    for row, owner in enumerate(owners):
+        rows[owner].append(row)
+    empty = [client_id for client_id, kept in rows.items() if not kept]
+    if empty:
+        alike = f" ({len(empty)} clients alike)" if len(empty) > 1 else ""
+        raise DataError(f"client {empty[0]}: none of its {len(shards[empty[0]])} examples fits sft.max_length once "
+                        f"tokenized{alike}; raise sft.max_length or give the clients shorter examples")
+    return rows
+
+
 class CorrectedSteps(TrainerCallback):
     """Runs the round's GradientCorrection, if any, before each of the trainer's optimizer steps (after clipping)."""
 
@@ -175,7 +238,7 @@ class CorrectedSteps(TrainerCallback):
 
 
 class StepProgress(TrainerCallback):
-    """A tqdm bar over one client's local steps."""
+    """A tqdm bar over one client's local steps; `label` names the client."""
 
     def __init__(self, label: str):
         self.label = label

@@ -448,6 +448,7 @@ class _Served:
         self.device, self.build_client, self.domain = device, build_client, domain
         self.tokenizer, self.model = load_model(device)
         self.clients: dict[int, object] = {}
+        self.frozen = False  # gc.freeze() done (at its first fit)
 
     def answer(self, header: dict, blobs: dict) -> tuple[dict, dict]:
         op, client_id = header["op"], header.get("client_id")
@@ -499,9 +500,14 @@ class _Served:
                                          for name, tensor in get_adapter_state(self.model).items()}}, {}
 
     def _fit(self, header: dict, blobs: dict) -> tuple[dict, dict]:
+        import gc
+
         from flb.scheduler import peak_memory
 
         client = self._client(header)
+        if not self.frozen:  # its clients are built before round 1: the collector skips them from now on, as the
+            gc.freeze()      # main process does (main_simple_fl.coordinate)
+            self.frozen = True
         with peak_memory(self.device) as peak:
             update = client.fit(_tensors(blobs["global"]), header["round"], _tensors(blobs["extras"]))
         return _update_reply(update, peak.bytes)

@@ -22,6 +22,9 @@ MECHANISMS = {
 }
 
 
+NOTHING_SPENT = {"epsilon": 0.0}  # a round before any client trained under local DP (round 0) reports no privacy
+
+
 def summary_table(metrics: list[dict]) -> str:
     """One line per round: clients, eval loss, perplexity, accuracy, mean client train loss, time, MB sent to and
     from the clients, and the run's epsilon so far when it uses DP."""
@@ -38,7 +41,7 @@ def summary_table(metrics: list[dict]) -> str:
             f"{row['round']:>5} {row['num_clients']:>7} {_fmt(row.get('eval_loss'), 9, 4)} {_fmt(row.get('perplexity'), 8, 2)} "
             f"{_fmt(row.get('accuracy'), 8, 3)} {_fmt(sum(losses) / len(losses) if losses else None, 10, 4)} "
             f"{_fmt(row.get('round_time_s', 0) + row.get('eval_time_s', 0), 7, 1)} {_fmt(_round_mb(row), 8, 3)}"
-            + (f" {_epsilon(row['privacy']['epsilon']):>8}" if private else "")
+            + (f" {_epsilon(row.get('privacy', NOTHING_SPENT)['epsilon']):>8}" if private else "")
             + ("  skipped" if row.get("skipped") else "")
         )
     return "\n".join(lines)

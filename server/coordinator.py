@@ -70,6 +70,9 @@ class RoundCoordinator:
     on_round: Callable[[dict], None] | None = None  # given each round's metrics.jsonl row once it is done (flb.notify)
     update_parts: Callable[[AdapterState], dict[str, AdapterState]] | None = None  # mode split: a digest per part
     failures: int = 0
+    # each client's privacy report as of the last round it was sampled in (a client that has not trained has spent
+    # nothing, so a round asks only its sampled clients, however many are registered)
+    client_privacy: dict[str, dict] = field(default_factory=dict)
 
     def __post_init__(self):
         self.private = PrivateState(self.run.private_dir("server"))
@@ -95,7 +98,9 @@ class RoundCoordinator:
         """Put back the strategy's state, the clients' round-0 declarations and the server's secret generator."""
         self.strategy.load_state_dict(checkpoint["strategy"])
         self.declared = {int(k): v for k, v in checkpoint["declared"].items()}
-        self.comm.restore([m for m in self.run.metrics() if m["kind"] == "round"][-1])
+        last_round = [m for m in self.run.metrics() if m["kind"] == "round"][-1]
+        self.comm.restore(last_round)
+        self.client_privacy = dict(last_round.get("privacy", {}).get("clients", {}))
         secret = self.private.load_before(checkpoint["round"] + 1)
         if secret is not None:
             self.random.load_state_dict(secret["random"])
@@ -111,7 +116,7 @@ class RoundCoordinator:
                         self.min_clients)
             self._complete(round, global_adapter, global_adapter, [],
                            {"skipped": True, "rejected": rejected, "num_sampled": len(sampled),
-                            "round_time_s": time.perf_counter() - started, **cost})
+                            "round_time_s": time.perf_counter() - started, **cost}, sampled)
             return global_adapter
         previous_adapter, previous_state = global_adapter, self.strategy.state_dict()
         updates = self._weighed(updates)
@@ -135,7 +140,7 @@ class RoundCoordinator:
                                                           self.update_parts(u.tensors).items()} for u in updates}
         metrics.update(rejected=rejected, num_sampled=len(sampled), round_time_s=aggregate_done - started,
                        eval_time_s=time.perf_counter() - aggregate_done, **cost)
-        self._complete(round, previous_adapter, global_adapter, updates, metrics)
+        self._complete(round, previous_adapter, global_adapter, updates, metrics, sampled)
         return global_adapter
 
     def sample(self, round: int) -> list[Client]:
@@ -208,11 +213,11 @@ class RoundCoordinator:
                         disclosure=self.disclosure, lora_a_frozen=self.lora_a_frozen)
 
     def _complete(self, round: int, previous: AdapterState | None, global_adapter: AdapterState,
-                  updates: list[ClientUpdate], metrics: dict) -> None:
+                  updates: list[ClientUpdate], metrics: dict, sampled: Sequence[Client] = ()) -> None:
         """Files and metrics, then the ledger record, then the server's secrets and the checkpoint: a round counts
         as done for --resume only once everything before it is durable. Then `on_round` hears of it."""
         digest = adapter_digest(global_adapter)
-        metrics.update(self.privacy_metrics())
+        metrics.update(self.privacy_metrics(sampled))
         self.run.save_round(round, global_adapter, self.peft_config, {u.client_id: update_content(u.tensors, u.extras) for u in updates})
         row = {"kind": "round", "round": round, "global_digest": digest, "num_clients": len(updates), **metrics}
         self.run.append_metrics(*(_client_metrics(u) for u in updates), row)
@@ -248,11 +253,14 @@ class RoundCoordinator:
         self.private.record_opening(committed, salt, digest, f"round {record.round} participants", value=participants)
         return committed
 
-    def privacy_metrics(self) -> dict:
-        """Epsilon spent so far by the server's DP and by every client's local DP as each client reports it, and
-        the run's (the largest)."""
-        clients = {str(c.client_id): c.privacy_spent() for c in self.clients}
-        privacy = run_privacy(self.strategy.privacy_spent(), {k: v for k, v in clients.items() if v})
+    def privacy_metrics(self, sampled: Sequence[Client]) -> dict:
+        """Epsilon spent so far by the server's DP and by the local DP of every client that has trained, as each
+        client reports it (the round's `sampled` clients asked anew), and the run's (the largest)."""
+        for client in sampled:
+            if report := client.privacy_spent():
+                self.client_privacy[str(client.client_id)] = report
+        clients = dict(sorted(self.client_privacy.items(), key=lambda item: int(item[0])))
+        privacy = run_privacy(self.strategy.privacy_spent(), clients)
         return {"privacy": privacy} if privacy else {}
 
 

@@ -96,6 +96,6 @@ def test_fedprox_term_joins_each_noised_step_after_clipping(shared):
                                         local_steps=2, plan=plan))
     set_adapter_state(model, start)
     correction = LocalObjective(proximal_mu=1.0).correction(adapter_parameters(model), towards, {}, {})
-    dp_client.privacy.train(model, dp_client._trainer, dp_client.random, correction)
+    dp_client.privacy.train(model, dp_client.trainer, dp_client.random, correction)
     moved = get_adapter_state(model)
     assert correction.steps == 2 and all((moved[name] > start[name]).all() for name in start)

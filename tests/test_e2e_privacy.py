@@ -45,6 +45,11 @@ def test_a_resumed_dp_run_ends_exactly_where_the_uninterrupted_one_does(tiny_ove
     assert server[2]["clip_norm"] != 1.0  # adapted, and restored
     assert all(m["privacy"]["mechanism"] == "local_dpsgd" and m["train_loss"] is None
                for m in metrics(uninterrupted) if m["kind"] == "client")
+    trained = set()  # a round lists the epsilon of the clients that have trained so far, and only theirs
+    for row in rounds(uninterrupted):
+        trained |= {str(m["client_id"]) for m in metrics(uninterrupted) if m["kind"] == "client" and
+                    m["round"] == row["round"]}
+        assert set(row["privacy"].get("clients", {})) == trained
     summary = json.loads((uninterrupted / "summary.json").read_text())
     assert summary["privacy"] == rounds(uninterrupted)[-1]["privacy"] and summary["over_target_allowed"] is False
     assert (uninterrupted / "plots" / "epsilon.png").stat().st_size > 1000
