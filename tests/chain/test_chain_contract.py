@@ -50,8 +50,9 @@ def deployed(evm):
 
 
 def upload(chain, signer, digest=DIGEST_A, signature=None, client=None):
+    """A batch of one upload."""
     signature = signature or sign_data_upload(signer, chain.domain, digest)
-    return chain.contract.functions.uploadUserData(client or signer.address, digest, signature)
+    return chain.contract.functions.uploadUserData([client or signer.address], [digest], [signature])
 
 
 def round_args(chain, round_number, signers, previous=ZERO, global_digest=None, num_examples=None, scores=None,
@@ -87,6 +88,25 @@ def test_signed_upload_is_recorded_with_its_digest(deployed):
     assert functions.getUserDataCount(client.address).call() == 1
     assert functions.userExists(client.address).call() and functions.getUserCount().call() == 1
     assert receipt["gasUsed"] < 150_000, "a v1 upload (a 71-byte string) cost ~210k gas"
+
+
+def test_a_batch_of_uploads_records_each_or_none(deployed):
+    """Each upload of a batch is checked as alone; one bad signature reverts the whole batch (one transaction), and
+    countUploaded tells a batch on chain whole from one not there."""
+    clients = deployed.accounts.clients
+    digests = [DIGEST_A, DIGEST_B, DIGEST_A]
+    signatures = [sign_data_upload(c, deployed.domain, d) for c, d in zip(clients, digests)]
+    functions = deployed.contract.functions
+    addresses = [c.address for c in clients]
+    forged = signatures[:2] + [sign_data_upload(OUTSIDER, deployed.domain, DIGEST_A)]
+    deployed.rejects(functions.uploadUserData(addresses, digests, forged), "BadSignature", sender=clients[0])
+    assert functions.countUploaded(addresses, digests).call() == 0
+    deployed.rejects(functions.uploadUserData(addresses, digests[:2], signatures), "LengthMismatch", sender=clients[0])
+    receipt = deployed.send(functions.uploadUserData(addresses, digests, signatures), sender=clients[0])
+    assert [e["user"] for e in deployed.events("DataUpload", receipt)] == addresses
+    assert functions.countUploaded(addresses, digests).call() == 3
+    assert functions.countRegistered(addresses + [OUTSIDER.address]).call() == 3
+    assert deployed.contract.functions.eip712Domain().call()[2] == "4"
 
 
 def test_upload_signed_by_an_unregistered_account_reverts(deployed):
