@@ -38,6 +38,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--allow-over-budget", action="store_true",
                         help="let an extended run go past client.dp.target_epsilon (recorded in the summary)")
     parser.add_argument("--export-merged", action="store_true", help="also save base + final adapter merged")
+    parser.add_argument("--verbose", action="store_true",
+                        help="list every ledger transaction in the end summary (the explorer always does)")
     return parser.parse_args(argv)
 
 
@@ -291,14 +293,14 @@ def check_privacy(config: Config, shards: list[list[dict]]) -> None:
     warn_if_weak("client DP", hooks if config.client.local_dp else [], config.num_rounds)
 
 
-def run(config: Config, resume: str | None = None, export_merged: bool = False, fleet=None) -> Path:
+def run(config: Config, resume: str | None = None, export_merged: bool = False, fleet=None,
+        verbose: bool = False) -> Path:
     """One whole run. `fleet` (the Flower ServerApp's) supplies clients on other machines and how to fit them;
     without it the clients train on this machine as execution.mode says. Raises RunFailed (after saving what was
-    done) when a client crashes, every round is skipped or a ledger record cannot be sent."""
-    from flb.notify import round_notifications
+    done) when a client crashes, every round is skipped or a ledger record cannot be sent, and
+    flb.interrupt.StopRequested naming the run directory when a stop signal came."""
+    from flb.interrupt import StopRequested
     from flb.rundir import RunDir
-    from flb.runlock import RunLock
-    from flb.tracking import each_round, experiment_tracking
 
     if fleet is not None and config.execution.mode != "sequential":
         raise ConfigError(f"execution.mode: {config.execution.mode} does not apply to a Flower run (each SuperNode "
@@ -312,6 +314,21 @@ def run(config: Config, resume: str | None = None, export_merged: bool = False, 
     prepared = prepare(config, export_merged, in_process_clients=fleet is None and not remote_split)
     config = prepared.config
     run_dir = RunDir.open(resume) if resume else RunDir.create(config.output_dir, config.to_dict())
+    try:
+        run_in(run_dir, config, resume, prepared, fleet, export_merged, verbose)
+    except StopRequested as stop:
+        stop.run_dir = run_dir.path
+        raise
+    return run_dir.path
+
+
+def run_in(run_dir, config: Config, resume: str | None, prepared: Prepared, fleet, export_merged: bool,
+           verbose: bool) -> None:
+    """The run in `run_dir`, from round 0 or resumed, to its final adapter and printed summary."""
+    from flb.notify import round_notifications
+    from flb.runlock import RunLock
+    from flb.tracking import each_round, experiment_tracking
+
     with RunLock(run_dir.path), _logging_to(run_dir.path / "run.log"), \
             experiment_tracking(config.tracking, run_dir.path, config.to_dict()) as tracking:
         checkpoint = None
@@ -327,10 +344,9 @@ def run(config: Config, resume: str | None = None, export_merged: bool = False, 
                                        each_round(on_round, tracking.on_round))
         finally:
             ledger_problem = ledger.close()
-        finish(config, run_dir, prepared, global_adapter, ledger, export_merged)
+        finish(config, run_dir, prepared, global_adapter, ledger, export_merged, verbose)
         if ledger_problem:
             raise RunFailed(ledger_problem)
-    return run_dir.path
 
 
 def finished_already(resume: str, num_rounds: int) -> bool:
@@ -445,7 +461,7 @@ def coordinate(config: Config, run_dir, checkpoint: dict | None, prepared: Prepa
         random=prepared.server_random, secret_sampling=config.uses_dp, max_update_norm=config.server.max_update_norm,
         max_client_failures=config.server.max_client_failures, lora_a_frozen=config.strategy.lora_a_frozen,
         fit_all=fit_all, comm=CommTracker(config.comm.budget_mb, cut=fit_all.round_traffic if plan else None),
-        update_parts=plan.parts if plan else None,
+        update_parts=plan.parts if plan else None, num_rounds=config.num_rounds,
         learning_rate=functools.partial(round_learning_rate, config.sft, num_rounds=config.num_rounds),
         contribution_loss=evaluator.eval_loss if scores_by_quality(config) else None, on_round=on_round)
     if checkpoint is not None:
@@ -462,10 +478,12 @@ def coordinate(config: Config, run_dir, checkpoint: dict | None, prepared: Prepa
     return coordinator.run_rounds(global_adapter, last_round + 1, config.num_rounds)
 
 
-def finish(config: Config, run_dir, prepared: Prepared, global_adapter, ledger, export_merged: bool) -> None:
-    """The final adapter, summary, plots and printed report; RunFailed when no round aggregated anything."""
+def finish(config: Config, run_dir, prepared: Prepared, global_adapter, ledger, export_merged: bool,
+           verbose: bool = False) -> None:
+    """The final adapter, summary, plots and printed report (every ledger transaction with `verbose`); RunFailed when
+    no round aggregated anything."""
     from flb.digests import adapter_digest
-    from flb.report import privacy_lines, summary_table, write_plots, write_summary
+    from flb.report import ledger_lines, privacy_lines, summary_table, write_plots, write_summary
 
     peft_config = prepared.model.peft_config["default"]
     final_dir = run_dir.save_final(global_adapter, peft_config)
@@ -477,23 +495,12 @@ def finish(config: Config, run_dir, prepared: Prepared, global_adapter, ledger, 
     print(f"\nfinal adapter: {final_dir}  (sha256 {summary['final_digest']})")
     print(f"plots: {run_dir.path / 'plots'}   metrics: {run_dir.path / 'metrics.jsonl'}")
     if config.chain_record:
-        print(format_ledger_summary(ledger.summary()))
+        print("\n" + "\n".join(ledger_lines(ledger.summary(), verbose)))
     if export_merged:
         print(f"merged model: {export_merged_model(prepared.model, prepared.tokenizer, global_adapter, run_dir.path)}")
     if summary["rounds_aggregated"] == 0:
         raise RunFailed(f"every round was skipped (no round had server.min_clients = {config.server.min_clients} valid "
                         f"updates; see 'rejected' in {run_dir.path / 'metrics.jsonl'}); the final adapter is the base")
-
-
-def format_ledger_summary(summary: dict) -> str:
-    lines = [f"\nledger: {summary['chain']} (chain id {summary['chain_id']}), FLB contract {summary['contract']}"]
-    for tx in summary["transactions"]:
-        link = f"  {tx['link']}" if tx.get("link") else ""
-        lines.append(f"  {tx['record']:<32} {tx['status']:<10} {tx['tx'] or '-'}{link}")
-    if summary["pending"]:
-        lines.append(f"  {summary['pending']} records not yet on chain (sent by --resume; see run.log)")
-    lines.append(f"inspect: {summary['explorer']}\nverify the files against the chain: {summary['verify']}")
-    return "\n".join(lines)
 
 
 def export_merged_model(model, tokenizer, adapter, run_path: Path) -> Path:
@@ -522,6 +529,20 @@ def _logging_to(path: Path):
         handler.close()
 
 
+def stopped_line(stop) -> str:
+    """What a run stopped by a signal (flb.interrupt.StopRequested) left, and how to go on."""
+    from flb.rundir import RunDir
+
+    if stop.run_dir is None:
+        return f"stopped by {stop.signal_name} before the run directory was made: nothing to resume; run it again"
+    saved = RunDir.open(stop.run_dir).saved_round()
+    if saved is None:
+        return (f"stopped by {stop.signal_name} before round 0 was saved: {stop.run_dir} holds no round to resume "
+                "from; run it again")
+    return (f"stopped by {stop.signal_name}: rounds up to {saved} are saved in {stop.run_dir}; resume with: python "
+            f"main_simple_fl.py --resume {stop.run_dir}")
+
+
 def configure_logging() -> None:
     from flb.redaction import RedactingFilter
 
@@ -535,13 +556,21 @@ def configure_logging() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Exit codes: 0 the run completed and everything is recorded; 2 bad input (nothing was created, or a resume
-    was refused); 3 the run started but failed (what was done before is saved)."""
+    was refused); 3 the run started but failed (what was done before is saved); 130 stopped by Ctrl-C or SIGTERM
+    (the rounds completed before are saved)."""
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    from flb.interrupt import EXIT_CODE, StopRequested, stop_signals
     from flb.redaction import redact_text
 
     configure_logging()
     try:
         args = parse_args(argv)
-        run(resolve_config(args), resume=args.resume, export_merged=args.export_merged)
+        with stop_signals(), logging_redirect_tqdm():
+            run(resolve_config(args), resume=args.resume, export_merged=args.export_merged, verbose=args.verbose)
+    except StopRequested as stop:
+        print(stopped_line(stop), file=sys.stderr)
+        return EXIT_CODE
     except RunFailed as exc:
         print(f"error: {redact_text(str(exc))}", file=sys.stderr)
         return 3

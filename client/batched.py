@@ -27,6 +27,8 @@ import time
 from dataclasses import dataclass
 from typing import Sequence
 
+from tqdm.auto import trange
+
 from flb.errors import first_line
 from flb.scheduler import is_out_of_memory, peak_memory
 from flb.training import IGNORE_INDEX, SCORED_INPUTS, optimizer_and_scheduler, target_log_probs
@@ -181,7 +183,7 @@ def train_together(clients: Sequence, model, tokenizer, global_adapter: AdapterS
     runs = [_client_run(client, stacked, global_adapter, round, extras) for client in clients]
     model.train()
     pad_id = tokenizer.pad_token_id
-    for step in range(max(len(run.steps) for run in runs)):
+    for step in trange(max(len(run.steps) for run in runs), desc=f"{len(clients)} clients together", leave=False):
         _step(model, stacked, runs, step, pad_id)
     return [run.client.end_round(stacked.state(run.tensors), global_adapter, round, extras, run.correction,
                                  run.loss / len(run.steps), started) for run in runs]

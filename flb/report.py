@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 from flb.comm import MB
@@ -26,25 +26,87 @@ NOTHING_SPENT = {"epsilon": 0.0}  # a round before any client trained under loca
 
 
 def summary_table(metrics: list[dict]) -> str:
-    """One line per round: clients, eval loss, perplexity, accuracy, mean client train loss, time, MB sent to and
-    from the clients, and the run's epsilon so far when it uses DP."""
-    train_loss = defaultdict(list)
+    """One line per round: clients, eval loss, perplexity, accuracy, each suite's headline score, mean client train
+    loss, training and evaluation time, MB sent to and from the clients, and the run's epsilon so far when it uses
+    DP; a footer line says what the columns mean."""
+    train_loss = _mean_train_loss(metrics)
+    rows = round_rows(metrics)
+    suites = list(dict.fromkeys(name for row in rows for name in suite_scores(row)))
+    private = any("privacy" in row for row in rows)
+    columns = [("round", 5), ("clients", 7), ("eval_loss", 9), ("ppl", 8), ("accuracy", 8)] + \
+        [(name.replace(" ", "_"), max(len(name), 6)) for name in suites] + \
+        [("train_loss", 10), ("train_s", 7), ("eval_s", 7), ("comm_MB", 8)] + ([("epsilon", 8)] if private else [])
+    lines = [" ".join(f"{name:>{width}}" for name, width in columns)]
+    for row in rows:
+        scores = suite_scores(row)
+        cells = [f"{row['round']:>5}", f"{row['num_clients']:>7}", _fmt(row.get("eval_loss"), 9, 4),
+                 _fmt(row.get("perplexity"), 8, 2), _fmt(row.get("accuracy"), 8, 3)]
+        cells += [_fmt(scores.get(name), max(len(name), 6), 3) for name in suites]
+        train_s = row.get("round_time_s") if row["round"] else None  # round 0 trains nothing
+        cells += [_fmt(train_loss.get(row["round"]), 10, 4), _fmt(train_s, 7, 1), _fmt(row.get("eval_time_s"), 7, 1),
+                  _fmt(_round_mb(row), 8, 3)]
+        cells += [f"{_epsilon(row.get('privacy', NOTHING_SPENT)['epsilon']):>8}"] if private else []
+        lines.append(" ".join(cells) + ("  skipped" if row.get("skipped") else ""))
+    return "\n".join(lines + [TABLE_FOOTER + (EPSILON_FOOTER if private else "")])
+
+
+TABLE_FOOTER = ("round 0: the base model; ppl: exp(eval_loss); accuracy: exact match; train_loss: the clients' mean; "
+                "train_s: sampling, local training, aggregation; eval_s: evaluation; comm_MB: adapter bytes to and "
+                "from the clients")
+EPSILON_FOOTER = "; epsilon: the run's so far (the largest of server and clients)"
+
+
+def round_line(row: dict, client_rows: list[dict], num_rounds: int | None = None) -> str:
+    """One round's result as it completes, for the terminal and run.log: e.g. `round 2/5 (2 clients): eval_loss
+    1.8821 (ppl 6.57), accuracy 0.250, train_loss 2.0134, epsilon 1.21, 0.53 MB, train 41.2 s + eval 12.9 s`."""
+    of = f"/{num_rounds}" if num_rounds else ""
+    if row.get("skipped"):
+        return (f"round {row['round']}{of}: skipped ({len(row.get('rejected', []))} of {row.get('num_sampled', 0)} "
+                "sampled updates rejected; the global adapter is unchanged)")
+    parts = [f"eval_loss {row['eval_loss']:.4f} (ppl {row['perplexity']:.2f})"]
+    if "accuracy" in row:
+        parts.append(f"accuracy {row['accuracy']:.3f}")
+    parts += [f"{name} {score:.3f}" for name, score in suite_scores(row).items()]
+    if (train_loss := _mean_train_loss(client_rows).get(row["round"])) is not None:
+        parts.append(f"train_loss {train_loss:.4f}")
+    if "privacy" in row:
+        parts.append(f"epsilon {_epsilon(row['privacy']['epsilon'])}")
+    if (megabytes := _round_mb(row)) is not None:
+        parts.append(f"{megabytes:.2f} MB")
+    if row["round"] == 0:
+        return f"round 0{of} (base model): " + ", ".join(parts + [f"eval {row.get('eval_time_s', 0):.1f} s"])
+    parts.append(f"train {row.get('round_time_s', 0):.1f} s + eval {row.get('eval_time_s', 0):.1f} s")
+    return f"round {row['round']}{of} ({row['num_clients']} clients): " + ", ".join(parts)
+
+
+def ledger_lines(summary: dict, verbose: bool = False, last: int = 3) -> list[str]:
+    """The ledger in the end summary: chain and contract, the transactions counted by record kind and status, the
+    last `last` of them (every one with `verbose`; the explorer always lists them all), and how to inspect and
+    verify."""
+    transactions = summary["transactions"]
+    kinds = Counter(tx["record"].split(":")[0] for tx in transactions)
+    statuses = Counter(tx["status"] for tx in transactions)
+    lines = [f"ledger: {summary['chain']} (chain id {summary['chain_id']}), FLB contract {summary['contract']}",
+             f"  {len(transactions)} transactions ({', '.join(f'{n} {kind}' for kind, n in kinds.items())}): "
+             + ", ".join(f"{n} {status}" for status, n in statuses.items())]
+    shown = transactions if verbose else transactions[-last:]
+    if len(shown) < len(transactions):
+        lines.append(f"  the last {len(shown)} (all of them with --verbose, or in the explorer):")
+    for tx in shown:
+        link = f"  {tx['link']}" if tx.get("link") else ""
+        lines.append(f"  {tx['record']:<32} {tx['status']:<10} {tx['tx'] or '-'}{link}")
+    if summary["pending"]:
+        lines.append(f"  {summary['pending']} records not yet on chain (sent by --resume; see run.log)")
+    return lines + [f"inspect: {summary['explorer']}", f"verify the files against the chain: {summary['verify']}"]
+
+
+def _mean_train_loss(metrics: list[dict]) -> dict[int, float]:
+    """Each round's mean client train loss (a client under local DP keeps its loss to itself: None, left out)."""
+    losses = defaultdict(list)
     for m in metrics:
-        if m["kind"] == "client" and m["train_loss"] is not None:  # None: under local DP it stays with the client
-            train_loss[m["round"]].append(m["train_loss"])
-    private = any("privacy" in row for row in round_rows(metrics))
-    lines = [f"{'round':>5} {'clients':>7} {'eval_loss':>9} {'ppl':>8} {'accuracy':>8} {'train_loss':>10} {'time_s':>7}"
-             f" {'comm_MB':>8}" + (f" {'epsilon':>8}" if private else "")]
-    for row in round_rows(metrics):
-        losses = train_loss.get(row["round"])
-        lines.append(
-            f"{row['round']:>5} {row['num_clients']:>7} {_fmt(row.get('eval_loss'), 9, 4)} {_fmt(row.get('perplexity'), 8, 2)} "
-            f"{_fmt(row.get('accuracy'), 8, 3)} {_fmt(sum(losses) / len(losses) if losses else None, 10, 4)} "
-            f"{_fmt(row.get('round_time_s', 0) + row.get('eval_time_s', 0), 7, 1)} {_fmt(_round_mb(row), 8, 3)}"
-            + (f" {_epsilon(row.get('privacy', NOTHING_SPENT)['epsilon']):>8}" if private else "")
-            + ("  skipped" if row.get("skipped") else "")
-        )
-    return "\n".join(lines)
+        if m["kind"] == "client" and m["train_loss"] is not None:
+            losses[m["round"]].append(m["train_loss"])
+    return {round: sum(values) / len(values) for round, values in losses.items()}
 
 
 def privacy_lines(metrics: list[dict]) -> list[str]:

@@ -100,6 +100,13 @@ class RunDir:
         rounds = summary.get("rounds") if isinstance(summary, dict) else None
         return rounds if _is(rounds, int) else None
 
+    def saved_round(self) -> int | None:
+        """The last round whose checkpoint was written (what --resume goes on after); None before round 0's."""
+        path = self.path / CHECKPOINT
+        checkpoint = _load_json(path) if path.is_file() else None
+        round = checkpoint.get("round") if isinstance(checkpoint, dict) else None
+        return round if _is(round, int) else None
+
     def private_dir(self, party: str) -> Path:
         """RUN_DIR/private/<party>/, where a party keeps its secrets; private/ is readable by its owner only."""
         root = self.path / PRIVATE

@@ -12,8 +12,10 @@ from flb.comm import CommTracker
 from flb.digests import adapter_digest, json_digest, metrics_digest, update_content
 from flb.disclosure import Disclosure
 from flb.errors import ClientUnavailable, RunFailed, UpdateRejected, first_line
+from flb.interrupt import durable
 from flb.lora_aggregation import aggregation_error
 from flb.private_state import PrivateState
+from flb.report import round_line
 from flb.rundir import RunDir
 from flb.secret_random import SecretRandom
 from flb.seeding import round_rng
@@ -70,6 +72,7 @@ class RoundCoordinator:
     on_round: Callable[[dict], None] | None = None  # given each round's metrics.jsonl row once it is done (flb.notify)
     update_parts: Callable[[AdapterState], dict[str, AdapterState]] | None = None  # mode split: a digest per part
     failures: int = 0
+    num_rounds: int | None = None  # the run's last round, for the round lines
     # each client's privacy report as of the last round it was sampled in (a client that has not trained has spent
     # nothing, so a round asks only its sampled clients, however many are registered)
     client_privacy: dict[str, dict] = field(default_factory=dict)
@@ -91,8 +94,10 @@ class RoundCoordinator:
         if self.ledger.signing_domain is not None:
             self.ledger.register_clients({c.client_id: c.address for c in self.clients})
             self.ledger.record_data_uploads({c.client_id: c.data_upload() for c in self.clients})
-        self._complete(0, None, global_adapter, [], {**self.evaluate(global_adapter), "num_sampled": 0,
-                                                      "round_time_s": 0.0})
+        started = time.perf_counter()
+        metrics = self.evaluate(global_adapter)
+        self._complete(0, None, global_adapter, [], {**metrics, "num_sampled": 0, "round_time_s": 0.0,
+                                                      "eval_time_s": time.perf_counter() - started})
 
     def restore(self, checkpoint: dict) -> None:
         """Put back the strategy's state, the clients' round-0 declarations and the server's secret generator."""
@@ -215,16 +220,21 @@ class RoundCoordinator:
     def _complete(self, round: int, previous: AdapterState | None, global_adapter: AdapterState,
                   updates: list[ClientUpdate], metrics: dict, sampled: Sequence[Client] = ()) -> None:
         """Files and metrics, then the ledger record, then the server's secrets and the checkpoint: a round counts
-        as done for --resume only once everything before it is durable. Then `on_round` hears of it."""
+        as done for --resume only once everything before it is durable (a stop signal waits for it). Then the round's
+        line is logged and `on_round` hears of it."""
         digest = adapter_digest(global_adapter)
         metrics.update(self.privacy_metrics(sampled))
-        self.run.save_round(round, global_adapter, self.peft_config, {u.client_id: update_content(u.tensors, u.extras) for u in updates})
+        client_rows = [_client_metrics(u) for u in updates]
         row = {"kind": "round", "round": round, "global_digest": digest, "num_clients": len(updates), **metrics}
-        self.run.append_metrics(*(_client_metrics(u) for u in updates), row)
-        if self.ledger.signing_domain is not None:
-            self.ledger.record_round(self._record(round, previous, digest, updates, metrics, metrics_digest(row)))
-        self.private.save(round, {"random": self.random.state_dict()})
-        self.run.write_checkpoint(round, global_adapter, self.strategy.state_dict(), self.declared)
+        with durable():
+            self.run.save_round(round, global_adapter, self.peft_config,
+                                {u.client_id: update_content(u.tensors, u.extras) for u in updates})
+            self.run.append_metrics(*client_rows, row)
+            if self.ledger.signing_domain is not None:
+                self.ledger.record_round(self._record(round, previous, digest, updates, metrics, metrics_digest(row)))
+            self.private.save(round, {"random": self.random.state_dict()})
+            self.run.write_checkpoint(round, global_adapter, self.strategy.state_dict(), self.declared)
+        log.info("%s", round_line(row, client_rows, self.num_rounds))
         self.ledger.check()
         if self.on_round is not None:
             self.on_round(row)

@@ -13,6 +13,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tqdm.auto import tqdm
+from transformers import TrainerCallback
 
 from flb.config import EvalSettings, SFTSettings
 from flb.modeling import set_adapter_state
@@ -39,6 +41,7 @@ class Evaluator:
         args.per_device_eval_batch_size = self.settings.batch_size
         dataset = to_dataset(self.records)  # trl insists on a train set; this trainer never trains
         self._trainer = quiet_trainer(self.model, self.tokenizer, args, dataset, dataset)
+        self._trainer.add_callback(EvalProgress())
 
     def evaluate(self, adapter: AdapterState) -> dict:
         loss = self.eval_loss(adapter)  # sets the adapter on the model for everything below
@@ -61,10 +64,27 @@ class Evaluator:
         correct, total = defaultdict(int), defaultdict(int)
         answers = greedy_continuations(self.model, self.tokenizer,
                                        [chat_prompt(self.tokenizer, r["prompt"]) for r in self.records],
-                                       max_new_tokens=self.settings.max_new_tokens, batch_size=self.settings.batch_size)
+                                       max_new_tokens=self.settings.max_new_tokens, batch_size=self.settings.batch_size,
+                                       label="eval exact_match")
         for record, answer in zip(self.records, answers):
             task = str(record.get(self.task_column, "all"))
             total[task] += 1
             correct[task] += int(answer.strip() == record["completion"][-1]["content"].strip())
         by_task = {task: correct[task] / total[task] for task in sorted(total)}
         return {"accuracy": sum(correct.values()) / sum(total.values()), "accuracy_by_task": by_task}
+
+
+class EvalProgress(TrainerCallback):
+    """A bar over the held-out loss's batches while the trainer evaluates."""
+
+    bar = None
+
+    def on_prediction_step(self, args, state, control, eval_dataloader=None, **kwargs):
+        if self.bar is None:
+            self.bar = tqdm(total=len(eval_dataloader), desc="eval loss", leave=False)
+        self.bar.update(1)
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None

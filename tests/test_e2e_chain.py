@@ -186,6 +186,38 @@ def checkpoint_round(run_dir: Path) -> int | None:
         return None
 
 
+def test_ctrl_c_mid_round_keeps_the_rounds_before_and_prints_the_resume_command(tiny_model_dir, tmp_path):
+    """A real SIGINT while round 2 trains: the round is abandoned, round 1 (shown as it completed, with the bars of
+    its evaluation) stays saved and recorded, one line says how to go on, and the resumed run verifies."""
+    output = tmp_path / "runs"
+    command = [sys.executable, "main_simple_fl.py",
+               *as_flags(run_overrides(tiny_model_dir, output, "local_steps=4"))]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    with open(tmp_path / "run.err", "wb") as stderr:
+        process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
+    try:
+        run_dir = wait_for(lambda: (output / "latest").exists() and (output / "latest").resolve(), 120, "the run dir")
+        wait_for(lambda: checkpoint_round(run_dir) == 1, 180, "round 1's checkpoint")  # then round 2 trains
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=60) == 130
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    stderr = (tmp_path / "run.err").read_text()
+    assert "Traceback" not in stderr
+    assert stderr.strip().splitlines()[-1] == (f"stopped by SIGINT: rounds up to 1 are saved in {run_dir}; resume "
+                                               f"with: python main_simple_fl.py --resume {run_dir}")
+    assert "eval loss:" in stderr and "eval exact_match:" in stderr
+    round_1 = [m for m in metrics(run_dir) if m["kind"] == "round" and m["round"] == 1][0]
+    line = f"round 1/2 (2 clients): eval_loss {round_1['eval_loss']:.4f}"
+    assert line in stderr and line in (run_dir / "run.log").read_text()
+    assert checkpoint_round(run_dir) == 1 and not (run_dir / "summary.json").exists()
+
+    assert main_simple_fl.main(["--resume", str(run_dir)]) == 0
+    assert verify_exit_code(run_dir) == 0
+
+
 @pytest.mark.anvil
 @anvil_installed
 def test_a_run_killed_with_sigkill_leaves_no_anvil_and_resumes(tiny_model_dir, tmp_path):

@@ -23,17 +23,19 @@ def chat_text(tokenizer, user_message: str) -> str:
 
 
 def greedy_continuations(model, tokenizer, texts: list[str], *, max_new_tokens: int, batch_size: int,
-                         stop: tuple[str, ...] = ()) -> list[str]:
+                         stop: tuple[str, ...] = (), label: str = "generating") -> list[str]:
     """What greedy decoding appends to each text (special tokens dropped), cut at the first of `stop`. Texts are
-    batched by length so that little padding is computed; the answers come back in the order of `texts`."""
+    batched by length so that little padding is computed; the answers come back in the order of `texts`. A bar
+    named `label` counts the batches."""
     import torch
+    from tqdm.auto import tqdm
 
     ids = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts]
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
     answers: list[str] = [""] * len(ids)
     device = next(model.parameters()).device
     with evaluation_mode(model), torch.no_grad():
-        for start in range(0, len(order), batch_size):
+        for start in tqdm(range(0, len(order), batch_size), desc=label, leave=False):
             rows = order[start:start + batch_size]
             input_ids, attention_mask = left_padded([ids[i] for i in rows], tokenizer.pad_token_id)
             width = input_ids.shape[1]

@@ -85,7 +85,7 @@ class HumanEvalSuite:
     def completions(self, model, tokenizer) -> list[str]:
         return greedy_continuations(model, tokenizer, [model_text(tokenizer, p) for p in self.problems],
                                     max_new_tokens=self.settings.max_new_tokens, batch_size=self.batch_size,
-                                    stop=STOP_SEQUENCES)
+                                    stop=STOP_SEQUENCES, label="eval humaneval")
 
     def outcomes(self, completions: list[str], scratch_root: str | Path | None = None) -> list[sandbox.Outcome]:
         programs = [program(p, c) for p, c in zip(self.problems, completions, strict=True)]

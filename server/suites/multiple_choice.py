@@ -48,7 +48,7 @@ class MultipleChoiceSuite:
     def __call__(self, model, tokenizer) -> dict:
         texts = [chat_text(tokenizer, prompt(q)) for q in self.questions]
         replies = greedy_continuations(model, tokenizer, texts, max_new_tokens=ANSWER_TOKENS,
-                                       batch_size=self.batch_size)
+                                       batch_size=self.batch_size, label="eval multiple_choice")
         return score(self.questions, replies)
 
 

@@ -1,0 +1,62 @@
+"""flb.interrupt: the first stop signal stops where the run is, except inside a durable section; a second ends the
+process at once. Real signals."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from flb.interrupt import EXIT_CODE, StopRequested, durable, stop_signals
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_a_signal_inside_a_durable_section_stops_the_run_only_once_the_section_is_done():
+    done = []
+    with stop_signals():
+        with pytest.raises(StopRequested) as stopped:
+            with durable():
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(0.05)  # the handler has run by now
+                done.append("the round's checkpoint")
+            done.append("the next round")
+    assert done == ["the round's checkpoint"]
+    assert stopped.value.signal_name == "SIGTERM"
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handlers are put back
+
+
+# cleans up slowly after the first signal, as a run waiting for its ledger's confirmations would
+SLOW_CLEANUP = """
+import time
+from flb.interrupt import StopRequested, stop_signals
+with stop_signals():
+    try:
+        print("training", flush=True)
+        time.sleep(60)
+    except StopRequested as stop:
+        print("cleaning up after", stop.signal_name, flush=True)
+        time.sleep(60)
+        print("cleaned up", flush=True)
+"""
+
+
+def test_a_second_signal_ends_the_process_at_once():
+    process = subprocess.Popen([sys.executable, "-c", SLOW_CLEANUP], cwd=REPO, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout.readline() == "training\n"
+        process.send_signal(signal.SIGTERM)
+        assert process.stdout.readline() == "cleaning up after SIGTERM\n"
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=10) == EXIT_CODE
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert "cleaned up" not in process.stdout.read()
+    stderr = process.stderr.read()
+    assert "SIGINT again: stopped at once (exit 130)" in stderr and "Traceback" not in stderr
