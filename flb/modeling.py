@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import shutil
 import struct
 from pathlib import Path
 
@@ -123,12 +124,15 @@ def converted_copy(folder: Path, gguf_file: str) -> Path:
     model.is_quantized = False
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    partial = target.with_name(target.name + ".partial")
+    partial = target.with_name(f"{target.name}.partial-{os.getpid()}")  # two runs converting at once do not mix
     try:
         model.save_pretrained(partial)
         tokenizer.save_pretrained(partial)
         partial.rename(target)
     except OSError as exc:
+        if (target / "config.json").exists():  # another process finished its copy first
+            shutil.rmtree(partial, ignore_errors=True)
+            return target
         raise ModelError(f"model.model_path: cannot write the converted copy of {gguf_file!r} to {str(target)!r} "
                          f"({exc.strerror or first_line(exc)}); set FLB_CACHE_DIR to a writable folder") from None
     return target
