@@ -83,7 +83,11 @@ def embedded_node(state_file: Path | None = None, num_clients: int = 0, gas_limi
     if state_file is None:
         return Node("embedded", "embedded py-evm (in process)", in_memory_web3(num_clients + 1, gas_limit), accounts)
     chain = DurableChain(state_file, num_accounts=num_clients + 1, gas_limit=gas_limit)
-    return Node("embedded", f"embedded py-evm (saved in {state_file})", chain.web3(), accounts, stop=chain.close)
+    return Node("embedded", embedded_description(state_file), chain.web3(), accounts, stop=chain.close)
+
+
+def embedded_description(state_file: Path) -> str:
+    return f"embedded py-evm (saved in {state_file})"
 
 
 def anvil_node(state_file: Path) -> Node:

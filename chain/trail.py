@@ -108,5 +108,15 @@ def write_trail(chain_dir: Path, trail: dict) -> None:
 
 
 def read_trail(run_dir: Path) -> dict | None:
+    """RUN_DIR's trail; an embedded chain is described by its file in RUN_DIR (the trail names the file the run was
+    written in, another directory's once the run is copied or moved)."""
     path = Path(run_dir) / "chain" / TRAIL_FILE
-    return json.loads(path.read_text()) if path.is_file() else None
+    if not path.is_file():
+        return None
+    trail = json.loads(path.read_text())
+    if trail.get("backend") == "embedded":
+        from chain.backends import embedded_description
+        from chain.embedded import EMBEDDED_CHAIN_FILE
+
+        trail["chain"] = embedded_description(path.parent / EMBEDDED_CHAIN_FILE)
+    return trail

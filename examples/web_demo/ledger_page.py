@@ -1,5 +1,6 @@
-"""Ledger: the run's audit trail like a block explorer: contract and chain, registered clients and their
-signed data uploads, score leaderboard, each round's digests with a verified / mismatch badge (chain.explorer's
+"""Ledger: the run's audit trail like a block explorer: contract and chain (for a chain file, the one in the run
+directory shown), registered clients and their signed data uploads, the contribution score leaderboard with what the
+score measures (chain.scoring), each round's digests with a verified / mismatch badge (chain.explorer's
 own --verify), blocks, transactions and decoded events."""
 from __future__ import annotations
 
@@ -21,8 +22,9 @@ def render(run: rundata.Run) -> None:
 
     names = account_names(trail)
     deployment = trail.get("deployment") or {}
-    st.markdown(f"**{trail.get('chain', 'chain')}** · chain id `{trail.get('chain_id')}` · "
-                f"contract `{trail['contract']}`" + (f" · owner `{deployment['owner']}`" if deployment.get("owner") else ""))
+    owner = f" · owner `{deployment['owner']}`" if deployment.get("owner") else ""
+    st.container(key="chain-source").markdown(f"**{trail.get('chain', 'chain')}** · chain id `{trail.get('chain_id')}` · "
+                                              f"contract `{trail['contract']}`{owner}")
     anchors = _event_args(trail, "RunAnchored")
     if anchors:
         st.caption(f"Anchored on chain: LoRA config `{anchors[0]['adapterConfigDigest']}` (sha256 of adapter_config.json)"
@@ -42,7 +44,9 @@ def render(run: rundata.Run) -> None:
         cards[3].metric("Checks passed", verification.passed)
         _verdict(run, verification)
 
+    scoring = run.config.get("chain", {}).get("scoring", "flb")
     st.subheader("Score leaderboard")
+    st.container(key="score-meaning").caption(f"Score: {SCORE_MEANINGS[scoring]}")
     rows = [{"client": names.get(address, address), "address": address, "score": score}
             for address, score in scores_from(trail).items()]
     rows.sort(key=lambda row: -row["score"])
@@ -56,6 +60,8 @@ def render(run: rundata.Run) -> None:
     _clients(trail, names)
 
     st.subheader("Rounds")
+    st.caption(f"Each round's score is what it added to the client's contribution score (chain.scoring: {scoring}, "
+               "as above).")
     problems = verification.problems if verification else {}
     for number, record in sorted(rounds.items()):
         _round(number, record, None if verification is None else problems.get(number, []), names)
@@ -66,6 +72,16 @@ def render(run: rundata.Run) -> None:
     _transactions(trail, names)
     with st.expander("As `python -m chain.explorer` prints it"):
         st.code("\n".join(format_trail(trail)), language=None)
+
+
+SCORE_MEANINGS = {  # chain/scoring.py and server/contribution.py compute them
+    "flb": "each client's contribution score as the contract adds it up (chain.scoring: flb): for every round it "
+           "takes part in, its data uploads × its update's size in bytes + its training examples. It measures "
+           "participation and volume, not whether the update helped.",
+    "quality": "each client's contribution score as the contract adds it up (chain.scoring: quality): for every "
+               "round it takes part in, how much lower the held-out eval loss is with its update than without it "
+               "(leave-one-out), in millionths of eval loss; 0 when it did not help.",
+}
 
 
 def _no_trail(run: rundata.Run) -> None:

@@ -88,3 +88,20 @@ def test_explorer_reads_a_live_chain(open_run_ledger, clients, tmp_path, capsys)
     assert f"event DataUpload(user={clients[0].address}, dataDigest=0x{DATA_DIGEST})" in out
     assert "event RunAnchored(adapterConfigDigest=0x" in out  # every event, not just the outbox's
     assert f"round 2  global adapter 0x{global_digest(2)}" in out
+
+
+def test_a_copied_run_names_the_embedded_chain_file_in_the_copy(tmp_path):
+    import json
+    import shutil
+
+    from chain.trail import read_trail
+
+    original = tmp_path / "original"
+    (original / "chain").mkdir(parents=True)
+    (original / "chain" / "trail.json").write_text(json.dumps({
+        "backend": "embedded", "chain": f"embedded py-evm (saved in {original / 'chain' / 'embedded_chain.db'})"}))
+    copy = tmp_path / "elsewhere" / "copy"
+    shutil.copytree(original, copy)
+    assert read_trail(copy)["chain"] == f"embedded py-evm (saved in {copy / 'chain' / 'embedded_chain.db'})"
+    shutil.rmtree(original)
+    assert str(original) not in json.dumps(read_trail(copy))

@@ -21,6 +21,7 @@ import main_simple_fl
 from chain import explorer
 from chain.trail import read_trail
 from flb.config import load_config
+from flb.rundir import RunDir
 
 pytestmark = pytest.mark.browser
 
@@ -150,6 +151,7 @@ def test_chat_page_streams_a_reply_from_the_base_and_the_tuned_model(app_url, pa
     from playwright.sync_api import expect
 
     page.goto(app_url)
+    expect(page).to_have_url(re.compile(r"/chat\?run="))  # the root opens the chat page at its own address
     expect(page.get_by_text("Base + round 1 global adapter")).to_be_visible()
     page.get_by_test_id("stChatInputTextArea").fill("What is 2 + 3?")
     page.get_by_test_id("stChatInputTextArea").press("Enter")
@@ -160,6 +162,24 @@ def test_chat_page_streams_a_reply_from_the_base_and_the_tuned_model(app_url, pa
         reply = page.locator(f".st-key-reply-{side}-0").inner_text().strip()
         assert reply and "empty reply" not in reply, f"{side}: {reply!r}"
     assert "What is 2 + 3?" in page.get_by_test_id("stMainBlockContainer").inner_text()
+
+
+def test_each_page_opens_at_its_own_address_with_a_minimal_toolbar(app_url, web_run, page):
+    from playwright.sync_api import expect
+
+    for path, heading in (("chat", "Chat"), ("training", "Training"), ("ledger", "Ledger")):
+        page.goto(f"{app_url}/{path}")
+        expect(page.get_by_role("heading", level=1)).to_have_text(heading)
+        expect(page).to_have_url(f"{app_url}/{path}?run={web_run.name}")
+        settle_and_screenshot(page, f"address-{path}")
+        expect(page.get_by_role("dialog")).to_have_count(0)  # streamlit's "Page not found"
+        expect(page.get_by_test_id("stHeader")).to_be_attached()  # drawn, and without the Deploy button in it
+        expect(page.get_by_test_id("stAppDeployButton")).to_have_count(0)
+
+
+def chart(page, title: str):
+    """The Vega chart titled `title` (streamlit draws them as SVG, with ARIA labels for the axes and marks)."""
+    return page.get_by_test_id("stVegaLiteChart").filter(has=page.locator(".role-title-text", has_text=title))
 
 
 def test_training_page_shows_the_curves_and_the_config(app_url, page):
@@ -173,6 +193,11 @@ def test_training_page_shows_the_curves_and_the_config(app_url, page):
     assert "Evaluation suites" in text and "Score per suite (eval.suites)" in text
     assert "1 / 1" in text and "Resolved config" in text and "No ε recorded" in text
     assert "Communication" in text and re.search(r"Adapter tensors sent to and from clients in all\s+0\.\d{3} MB", text)
+    assert "not the clients' contribution score" in text  # the suites' score is not the ledger's
+    traffic = chart(page, "Adapter tensors per round")  # a bar each way, side by side, on an axis in MB from 0
+    for direction in ("to clients", "from clients"):
+        expect(traffic.locator(f'[aria-roledescription="bar"][aria-label*="series: {direction}"]')).to_have_count(1)
+    assert traffic.locator("[aria-label^=\"Y-axis titled 'MB'\"] .role-axis-label text").count() >= 3
 
 
 def test_ledger_page_shows_the_scores_and_verified_rounds(app_url, web_run, page):
@@ -190,6 +215,9 @@ def test_ledger_page_shows_the_scores_and_verified_rounds(app_url, web_run, page
     for address, score in scores.items():
         expect(leaderboard.get_by_role("row").filter(has_text=names[address])).to_contain_text(str(score))
     expect(page.locator(".st-key-verify-source")).to_contain_text("a consistency check of a local export")
+    expect(page.locator(".st-key-score-meaning")).to_contain_text(  # chain/scoring.py's flb_scores, in words
+        "(chain.scoring: flb): for every round it takes part in, its data uploads × its update's size in bytes + its "
+        "training examples")
     text = settle_and_screenshot(page, "ledger")
     assert trail["contract"] in text and "mismatch" not in text.lower()
 
@@ -203,6 +231,15 @@ def test_training_page_of_a_private_run_shows_each_clients_epsilon(app_url, priv
     expect(page.get_by_test_id("stVegaLiteChart")).to_have_count(6)  # loss, perplexity, accuracy, suites, MB, ε per client
     text = settle_and_screenshot(page, "training-private")
     assert "No ε recorded" not in text
+    # the two clients spend alike: one row and one line, named after both, beside the target; δ with each
+    epsilon = [m for m in RunDir(private_run).metrics() if m.get("kind") == "round"][-1]["privacy"]["epsilon"]
+    budget = page.locator(".st-key-privacy-budget").get_by_role("row").filter(has_text="clients 0-1")
+    expect(budget.get_by_role("cell")).to_have_text(["clients 0-1", f"{epsilon:.3f}", "8 (client.dp.target_epsilon)",
+                                                     "1e-05"])
+    epsilons = chart(page, "ε per client, δ = 1e-05")
+    expect(epsilons.locator('[aria-roledescription="line mark"]')).to_have_attribute(
+        "aria-label", re.compile("series: client 0 = client 1$"))
+    expect(epsilons.locator('[aria-roledescription="rule mark"]')).to_have_attribute("aria-label", "value: 8")
 
 
 def test_training_page_of_a_split_run_shows_the_cut_and_its_traffic(app_url, split_run, page):
@@ -257,14 +294,18 @@ def test_ledger_page_pages_the_clients_of_a_crowded_run(app_url, crowded_run, pa
     settle_and_screenshot(page, "ledger-crowded")
 
 
-def test_ledger_page_flags_a_tampered_update(app_url, page):
+def test_ledger_page_flags_a_tampered_update(app_url, web_run, page):
     from playwright.sync_api import expect
 
     page.goto(f"{app_url}/ledger?run=tampered")
     expect(page.locator(".st-key-round-1")).to_contain_text("mismatch")
     expect(page.locator(".st-key-round-1")).to_contain_text("round 1 client 1")
     expect(page.locator(".st-key-round-0")).to_contain_text("verified")
-    settle_and_screenshot(page, "ledger-tampered")
+    # a copy of the run: the header names the chain file in the copy, not the one the run was written with
+    expect(page.locator(".st-key-chain-source")).to_contain_text(
+        f"embedded py-evm (saved in {web_run.parent / 'tampered' / 'chain' / 'embedded_chain.db'})")
+    text = settle_and_screenshot(page, "ledger-tampered")
+    assert str(web_run) not in text
 
 
 def test_a_run_without_its_chain_shows_the_trail_and_why_it_is_not_checked(app_url, page):
