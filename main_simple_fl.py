@@ -529,6 +529,18 @@ def _logging_to(path: Path):
         handler.close()
 
 
+@contextlib.contextmanager
+def _logs_above_bars():
+    """The console's log lines printed above tqdm's bars instead of through them, while the block runs. Only a console
+    handler that is there is redirected (an embedding program's logging stays as it set it up)."""
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    consoles = [handler for handler in logging.root.handlers if type(handler) is logging.StreamHandler and
+                handler.stream in (sys.stdout, sys.stderr)]
+    with logging_redirect_tqdm() if consoles else contextlib.nullcontext():
+        yield
+
+
 def stopped_line(stop) -> str:
     """What a run stopped by a signal (flb.interrupt.StopRequested) left, and how to go on."""
     from flb.rundir import RunDir
@@ -558,15 +570,13 @@ def main(argv: list[str] | None = None) -> int:
     """Exit codes: 0 the run completed and everything is recorded; 2 bad input (nothing was created, or a resume
     was refused); 3 the run started but failed (what was done before is saved); 130 stopped by Ctrl-C or SIGTERM
     (the rounds completed before are saved)."""
-    from tqdm.contrib.logging import logging_redirect_tqdm
-
     from flb.interrupt import EXIT_CODE, StopRequested, stop_signals
     from flb.redaction import redact_text
 
     configure_logging()
     try:
         args = parse_args(argv)
-        with stop_signals(), logging_redirect_tqdm():
+        with stop_signals(), _logs_above_bars():
             run(resolve_config(args), resume=args.resume, export_merged=args.export_merged, verbose=args.verbose)
     except StopRequested as stop:
         print(stopped_line(stop), file=sys.stderr)
