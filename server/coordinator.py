@@ -220,8 +220,8 @@ class RoundCoordinator:
     def _complete(self, round: int, previous: AdapterState | None, global_adapter: AdapterState,
                   updates: list[ClientUpdate], metrics: dict, sampled: Sequence[Client] = ()) -> None:
         """Files and metrics, then the ledger record, then the server's secrets and the checkpoint: a round counts
-        as done for --resume only once everything before it is durable (a stop signal waits for it). Then the round's
-        line is logged and `on_round` hears of it."""
+        as done for --resume only once everything before it is durable (a stop signal waits for it); the round's line
+        is logged once its metrics are. Then `on_round` hears of it."""
         digest = adapter_digest(global_adapter)
         metrics.update(self.privacy_metrics(sampled))
         client_rows = [_client_metrics(u) for u in updates]
@@ -230,11 +230,11 @@ class RoundCoordinator:
             self.run.save_round(round, global_adapter, self.peft_config,
                                 {u.client_id: update_content(u.tensors, u.extras) for u in updates})
             self.run.append_metrics(*client_rows, row)
+            log.info("%s", round_line(row, client_rows, self.num_rounds))  # before the ledger's line for the round
             if self.ledger.signing_domain is not None:
                 self.ledger.record_round(self._record(round, previous, digest, updates, metrics, metrics_digest(row)))
             self.private.save(round, {"random": self.random.state_dict()})
             self.run.write_checkpoint(round, global_adapter, self.strategy.state_dict(), self.declared)
-        log.info("%s", round_line(row, client_rows, self.num_rounds))
         self.ledger.check()
         if self.on_round is not None:
             self.on_round(row)
