@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
+
+from bench import measure_in_child
 
 
 def measure(num_clients: int, steps: int, rounds: int) -> dict:
@@ -85,13 +84,8 @@ def main() -> None:
     if args.one:
         print(json.dumps(measure(args.clients[0], args.steps, args.rounds)))
         return
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    results = []
-    for clients in args.clients:
-        out = subprocess.run([sys.executable, "-m", "bench.round_overhead", "--one", "--clients", str(clients),
-                              "--steps", str(args.steps), "--rounds", str(args.rounds)],
-                             env=env, check=True, capture_output=True, text=True).stdout
-        results.append(json.loads(out.strip().splitlines()[-1]))
+    results = [measure_in_child("bench.round_overhead", "--clients", str(clients), "--steps", str(args.steps),
+                                "--rounds", str(args.rounds)) for clients in args.clients]
     print(json.dumps({"benchmark": "round_overhead", "model": "tiny random Llama (2 layers, hidden 64)",
                       "results": results}, indent=2))
 

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from bench import measure_in_child
 
 RECORDS_PER_CLIENT = 2
 EVAL_SIZE = 8
@@ -110,17 +110,14 @@ def main() -> None:
     if args.one:
         print(json.dumps(measure(args.registered[0], args.per_round, args.rounds)))
         return
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     results = []
     for registered in args.registered:
-        done = subprocess.run([sys.executable, "-m", "bench.scale", "--one", "--registered", str(registered),
-                               "--per-round", str(args.per_round), "--rounds", str(args.rounds)],
-                              env=env, capture_output=True, text=True)
-        if done.returncode != 0:
-            print(f"{registered} registered clients: failed (exit {done.returncode}): "
-                  f"{done.stderr.strip().splitlines()[-1] if done.stderr.strip() else ''}", file=sys.stderr)
+        try:
+            results.append(measure_in_child("bench.scale", "--registered", str(registered), "--per-round",
+                                            str(args.per_round), "--rounds", str(args.rounds)))
+        except RuntimeError as exc:
+            print(f"{registered} registered clients: failed ({exc})", file=sys.stderr)
             continue
-        results.append(json.loads(done.stdout.strip().splitlines()[-1]))
         print(json.dumps(results[-1]), file=sys.stderr)
     print(table(results))
 
