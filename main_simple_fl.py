@@ -532,13 +532,42 @@ def _logging_to(path: Path):
 @contextlib.contextmanager
 def _logs_above_bars():
     """The console's log lines printed above tqdm's bars instead of through them, while the block runs. Only a console
-    handler that is there is redirected (an embedding program's logging stays as it set it up)."""
-    from tqdm.contrib.logging import logging_redirect_tqdm
-
+    handler that is there is replaced (an embedding program's logging stays as it set it up)."""
     consoles = [handler for handler in logging.root.handlers if type(handler) is logging.StreamHandler and
                 handler.stream in (sys.stdout, sys.stderr)]
-    with logging_redirect_tqdm() if consoles else contextlib.nullcontext():
+    replaced = {console: _AboveBars.like(console) for console in consoles}
+    logging.root.handlers = [replaced.get(handler, handler) for handler in logging.root.handlers]
+    try:
         yield
+    finally:
+        logging.root.handlers = [next((console for console, new in replaced.items() if new is handler), handler)
+                                 for handler in logging.root.handlers]
+
+
+class _AboveBars(logging.StreamHandler):
+    """Writes the main thread's log lines with tqdm.write (above the bars) and other threads' directly: a stop signal
+    raised inside a bar update can leave tqdm's lock held by the main thread, and another thread (the ledger's
+    sender) waiting for it would never finish."""
+
+    @classmethod
+    def like(cls, console: logging.StreamHandler) -> "_AboveBars":
+        handler = cls(console.stream)
+        handler.setFormatter(console.formatter)
+        for each in console.filters:
+            handler.addFilter(each)
+        return handler
+
+    def emit(self, record):
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            return super().emit(record)
+        from tqdm import tqdm
+
+        try:
+            tqdm.write(self.format(record), file=self.stream)
+        except Exception:
+            self.handleError(record)
 
 
 def stopped_line(stop) -> str:
@@ -579,7 +608,7 @@ def main(argv: list[str] | None = None) -> int:
         with stop_signals(), _logs_above_bars():
             run(resolve_config(args), resume=args.resume, export_merged=args.export_merged, verbose=args.verbose)
     except StopRequested as stop:
-        print(stopped_line(stop), file=sys.stderr)
+        print("\n" + stopped_line(stop), file=sys.stderr)  # on a line of its own, below an interrupted bar
         return EXIT_CODE
     except RunFailed as exc:
         print(f"error: {redact_text(str(exc))}", file=sys.stderr)

@@ -186,28 +186,36 @@ def checkpoint_round(run_dir: Path) -> int | None:
         return None
 
 
-def test_ctrl_c_mid_round_keeps_the_rounds_before_and_prints_the_resume_command(tiny_model_dir, tmp_path):
-    """A real SIGINT while round 2 trains: the round is abandoned, round 1 (shown as it completed, with the bars of
-    its evaluation) stays saved and recorded, one line says how to go on, and the resumed run verifies."""
-    output = tmp_path / "runs"
-    command = [sys.executable, "main_simple_fl.py",
-               *as_flags(run_overrides(tiny_model_dir, output, "local_steps=4"))]
+@contextlib.contextmanager
+def cli_run(tmp_path: Path, output: Path, overrides: list[str]):
+    """main_simple_fl.py with `overrides` in a subprocess, its stderr in tmp_path/run.err: yields the process and
+    its run directory in `output` once that exists; a process still running when the block ends is killed."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     with open(tmp_path / "run.err", "wb") as stderr:
-        process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
+        process = subprocess.Popen([sys.executable, "main_simple_fl.py", *as_flags(overrides)], cwd=REPO, env=env,
+                                   stdout=subprocess.DEVNULL, stderr=stderr)
     try:
-        run_dir = wait_for(lambda: (output / "latest").exists() and (output / "latest").resolve(), 120, "the run dir")
-        wait_for(lambda: checkpoint_round(run_dir) == 1, 180, "round 1's checkpoint")  # then round 2 trains
-        process.send_signal(signal.SIGINT)
-        assert process.wait(timeout=60) == 130
+        yield process, wait_for(lambda: (output / "latest").exists() and (output / "latest").resolve(), 120,
+                                "the run dir")
     finally:
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+def test_ctrl_c_mid_round_keeps_the_rounds_before_and_prints_the_resume_command(tiny_model_dir, tmp_path):
+    """A real SIGINT while round 2 trains: the round is abandoned, round 1 (shown as it completed, with the bars of
+    its evaluation) stays saved and recorded, one line says how to go on, and the resumed run verifies."""
+    output = tmp_path / "runs"
+    with cli_run(tmp_path, output, run_overrides(tiny_model_dir, output, "local_steps=4")) as (process, run_dir):
+        wait_for(lambda: checkpoint_round(run_dir) == 1, 180, "round 1's checkpoint")  # then round 2 trains
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=60) == 130
     stderr = (tmp_path / "run.err").read_text()
     assert "Traceback" not in stderr
-    assert stderr.strip().splitlines()[-1] == (f"stopped by SIGINT: rounds up to 1 are saved in {run_dir}; resume "
-                                               f"with: python main_simple_fl.py --resume {run_dir}")
+    shown = [line for line in stderr.splitlines() if line.replace("\x1b[A", "").strip()]  # not a bar cleared at exit
+    assert shown[-1] == (f"stopped by SIGINT: rounds up to 1 are saved in {run_dir}; resume with: python "
+                         f"main_simple_fl.py --resume {run_dir}")
     assert "eval loss:" in stderr and "eval exact_match:" in stderr
     round_1 = [m for m in metrics(run_dir) if m["kind"] == "round" and m["round"] == 1][0]
     line = f"round 1/2 (2 clients): eval_loss {round_1['eval_loss']:.4f}"
@@ -222,27 +230,19 @@ def test_ctrl_c_mid_round_keeps_the_rounds_before_and_prints_the_resume_command(
 @anvil_installed
 def test_a_run_killed_with_sigkill_leaves_no_anvil_and_resumes(tiny_model_dir, tmp_path):
     output = tmp_path / "runs"
-    command = [sys.executable, "main_simple_fl.py",
-               *as_flags(run_overrides(tiny_model_dir, output, "chain.backend=anvil", "num_rounds=1"))]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    with open(tmp_path / "run.err", "wb") as stderr:
-        process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
-    try:
-        run_dir = wait_for(lambda: (output / "latest").exists() and (output / "latest").resolve(), 120, "the run dir")
+    overrides = run_overrides(tiny_model_dir, output, "chain.backend=anvil", "num_rounds=1")
+    with cli_run(tmp_path, output, overrides) as (process, run_dir):
         wait_for(lambda: checkpoint_round(run_dir) == 0, 180, "round 0's checkpoint")  # then round 1 trains
         lock = (run_dir / "chain" / "anvil_state.json.lock").read_text()
         anvil_pid = int(lock.split("(anvil ")[1].rstrip(")\n"))
         assert is_running(anvil_pid) and live_anvils_of(run_dir) == [anvil_pid]
         process.send_signal(signal.SIGKILL)
         process.wait(timeout=30)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
     wait_for(lambda: not is_running(anvil_pid), 20, f"anvil {anvil_pid} to exit after its run was killed")
     assert live_anvils_of(run_dir) == []
     assert checkpoint_round(run_dir) == 0  # killed mid-run: round 1 never completed
 
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     resumed = subprocess.run([sys.executable, "main_simple_fl.py", "--resume", str(run_dir)], cwd=REPO, env=env,
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=300)
     assert resumed.returncode == 0, error_lines(resumed.stderr)
