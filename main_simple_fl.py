@@ -50,8 +50,8 @@ def resolve_config(args: argparse.Namespace) -> Config:
         return load_config(args.config, overrides, use_server_dp)
     if args.config or use_server_dp is not None:
         raise ConfigError("--resume: the run keeps its own config; drop --config/--use_server_dp (only --set may extend it)")
-    from flb.redaction import REDACTED
-    from flb.rundir import RunDir
+    from flb.run.redaction import REDACTED
+    from flb.run.directory import RunDir
 
     data = RunDir.open(args.resume).config()
     for item in overrides:
@@ -84,7 +84,7 @@ def build_data(config: Config):
 def build_model(config: Config):
     from transformers import set_seed
 
-    from flb.modeling import add_lora, load_base_model, load_tokenizer
+    from flb.model.load import add_lora, load_base_model, load_tokenizer
 
     tokenizer = load_tokenizer(config.model)
     base = load_base_model(config.model)
@@ -108,8 +108,8 @@ def open_ledger(config: Config, run_path: Path, peft_config):
         return NullLedger()
     from chain.deployment import RunAnchors
     from chain.ledger import open_ledger as open_chain_ledger
-    from flb.digests import adapter_config_digest
-    from flb.run_spec import run_spec_digest
+    from flb.audit.digests import adapter_config_digest
+    from flb.audit.run_spec import run_spec_digest
 
     anchors = RunAnchors(adapter_config_digest(peft_config), run_spec_digest(config.to_dict()))
     return open_chain_ledger(config.chain, run_path, anchors)
@@ -139,7 +139,7 @@ def build_run_client(config: Config, run_dir, client_id: int, shard: list[dict],
     for the run in that directory (chain.client_keys fresh; kept there, so --resume signs with it again) or with
     chain.keystore_dir/client_<i>.json (persistent). In-process clients and those in worker processes
     (execution.mode: processes) are built with it."""
-    from flb.keystore import client_keystore
+    from flb.audit.keystore import client_keystore
 
     keystore = client_keystore(config.chain, client_id) if config.chain_record else None
     return build_client(config, client_id, shard, model, tokenizer, work_dir=run_dir.path / "work",
@@ -209,8 +209,8 @@ def build_signer(config: Config, private_dir: Path, keystore: Path | None):
     if not config.chain_record:
         return None
     from client.signing import ClientSigner
-    from flb.disclosure import Disclosure
-    from flb.keystore import keystore_password, load_keystore, run_key_account
+    from flb.privacy.disclosure import Disclosure
+    from flb.audit.keystore import keystore_password, load_keystore, run_key_account
 
     account = (load_keystore(keystore, keystore_password(config.chain.password_env)) if keystore
                else run_key_account(private_dir))
@@ -227,19 +227,19 @@ class Prepared:
     tokenizer: object
     model: object
     strategy: object
-    server_random: object  # the server's flb.secret_random.SecretRandom
+    server_random: object  # the server's flb.privacy.secret_random.SecretRandom
     suites: list  # eval.suites other than exact_match, built (and so checked) once
-    split_plan: object = None  # mode split: flb.split.SplitPlan
+    split_plan: object = None  # mode split: flb.split.cut.SplitPlan
 
 
 def prepare(config: Config, export_merged: bool = False, in_process_clients: bool = True) -> Prepared:
     """Everything that can reject the config or the inputs, run before a run directory exists. `in_process_clients`:
     false when the clients are on other machines (a Flower fleet, split nodes over gRPC) and hold their own keys."""
-    from flb.accounting import warn_if_weak
-    from flb.modeling import check_device
-    from flb.secret_random import SecretRandom
-    from flb.tracking import check_backends
-    from flb.training import check_training_arguments
+    from flb.privacy.accounting import warn_if_weak
+    from flb.model.load import check_device
+    from flb.privacy.secret_random import SecretRandom
+    from flb.run.tracking import check_backends
+    from flb.model.sft_settings import check_training_arguments
     from server.strategy import build_strategy
     from server.suites import build_suites
 
@@ -257,7 +257,7 @@ def prepare(config: Config, export_merged: bool = False, in_process_clients: boo
     warn_if_weak("server DP", [strategy] if config.server_dp else [], config.num_rounds)
     plan = None
     if config.mode == "split":
-        from flb.split import SplitPlan
+        from flb.split.cut import SplitPlan
         from server.strategy.shared_trunk import SharedTrunk
 
         plan = SplitPlan.of(model, config.split.head_layers, config.split.tail_layers)
@@ -273,7 +273,7 @@ def with_resolved_target_modules(config: Config, model) -> Config:
     directory keeps it."""
     import dataclasses
 
-    from flb.target_modules import resolved_target_modules
+    from flb.model.target_modules import resolved_target_modules
 
     resolved = resolved_target_modules(model)
     log.info("LoRA on %s (model.target_modules: %s, model_type %s)", ", ".join(resolved),
@@ -285,7 +285,7 @@ def check_privacy(config: Config, shards: list[list[dict]]) -> None:
     """Plan every client's noise now: a target epsilon no noise can reach is a config error before anything exists;
     an epsilon above 10 by the run's end is one warning naming the key that lowers it."""
     from client.privacy import local_privacy
-    from flb.accounting import warn_if_weak
+    from flb.privacy.accounting import warn_if_weak
 
     hooks = [local_privacy(config.client, num_examples=len(shard), batch_size=config.sft.batch_size,
                            local_steps=config.local_steps, num_rounds=config.num_rounds, client_id=client_id)
@@ -298,9 +298,9 @@ def run(config: Config, resume: str | None = None, export_merged: bool = False, 
     """One whole run. `fleet` (the Flower ServerApp's) supplies clients on other machines and how to fit them;
     without it the clients train on this machine as execution.mode says. Raises RunFailed (after saving what was
     done) when a client crashes, every round is skipped or a ledger record cannot be sent, and
-    flb.interrupt.StopRequested naming the run directory when a stop signal came."""
-    from flb.interrupt import StopRequested
-    from flb.rundir import RunDir
+    flb.run.stop.StopRequested naming the run directory when a stop signal came."""
+    from flb.run.stop import StopRequested
+    from flb.run.directory import RunDir
 
     if fleet is not None and config.execution.mode != "sequential":
         raise ConfigError(f"execution.mode: {config.execution.mode} does not apply to a Flower run (each SuperNode "
@@ -325,9 +325,9 @@ def run(config: Config, resume: str | None = None, export_merged: bool = False, 
 def run_in(run_dir, config: Config, resume: str | None, prepared: Prepared, fleet, export_merged: bool,
            verbose: bool) -> None:
     """The run in `run_dir`, from round 0 or resumed, to its final adapter and printed summary."""
-    from flb.notify import round_notifications
-    from flb.runlock import RunLock
-    from flb.tracking import each_round, experiment_tracking
+    from flb.run.notify import round_notifications
+    from flb.run.lock import RunLock
+    from flb.run.tracking import each_round, experiment_tracking
 
     with RunLock(run_dir.path), _logging_to(run_dir.path / "run.log"), \
             experiment_tracking(config.tracking, run_dir.path, config.to_dict()) as tracking:
@@ -352,7 +352,7 @@ def run_in(run_dir, config: Config, resume: str | None, prepared: Prepared, flee
 def finished_already(resume: str, num_rounds: int) -> bool:
     """--resume of a run that has finished all its rounds (as many as num_rounds, or more) says so in one line and does
     nothing else: the state asked for is there, so it is not an error (exit 0, as a second `make` is)."""
-    from flb.rundir import RunDir
+    from flb.run.directory import RunDir
 
     done = RunDir.open(resume).finished_rounds()
     if done is None or done < num_rounds:
@@ -364,7 +364,7 @@ def finished_already(resume: str, num_rounds: int) -> bool:
 
 def train(config: Config, run_dir, checkpoint: dict | None, prepared: Prepared, ledger, fleet, on_round):
     """The clients and the round coordinator, from round 0 or from `checkpoint`; the final global adapter. `on_round`
-    hears of every completed round (flb.notify)."""
+    hears of every completed round (flb.run.notify)."""
     with clients_and_fit_all(config, run_dir, prepared, fleet) as (clients, fit_all):
         return coordinate(config, run_dir, checkpoint, prepared, ledger, clients, fit_all, on_round)
 
@@ -374,7 +374,7 @@ def clients_and_fit_all(config: Config, run_dir, prepared: Prepared, fleet):
     """The run's clients and how a round fits them (server.coordinator.FitAll): the Flower fleet's SuperNodes, or by
     execution.mode in-process clients in turn (sequential) or together (batched), or proxies of clients that train in
     a pool of worker processes (processes; the workers stop when the block ends)."""
-    from flb.modeling import base_model_digest
+    from flb.model.load import base_model_digest
     from server.coordinator import fit_in_turn
 
     if fleet is not None:
@@ -396,8 +396,8 @@ def clients_and_fit_all(config: Config, run_dir, prepared: Prepared, fleet):
 def split_clients_and_fit_all(config: Config, run_dir, prepared: Prepared):
     """mode split: the trunk server on this process's model and the clients, in this process (split.channel
     in_process) or in their own processes over gRPC (loopback: started here; grpc: python -m client.split_node)."""
-    from flb.training import round_learning_rate, sft_config
-    from server.split import TrunkServer
+    from flb.model.sft_settings import round_learning_rate, sft_config
+    from server.split_trunk import TrunkServer
 
     args = sft_config(config.sft, max_steps=config.local_steps, output_dir=run_dir.path / "work" / "trunk",
                       use_cpu=config.model.device_map == "cpu", seed=config.seed)
@@ -415,9 +415,9 @@ def split_clients_and_fit_all(config: Config, run_dir, prepared: Prepared):
 
 
 def split_client(config: Config, plan, inner, send):
-    """A client.split.SplitClient around the SFTClient `inner`, talking to the trunk server through `send`."""
-    from client.split import ActivationNoise, SplitClient
-    from flb.split import SplitChannel
+    """A client.split_client.SplitClient around the SFTClient `inner`, talking to the trunk server through `send`."""
+    from client.split_client import ActivationNoise, SplitClient
+    from flb.split.cut import SplitChannel
 
     return SplitClient(inner, plan, SplitChannel(send), ActivationNoise(config.split.activation_noise,
                                                                         config.split.activation_clip),
@@ -440,10 +440,10 @@ def coordinate(config: Config, run_dir, checkpoint: dict | None, prepared: Prepa
                on_round):
     """The round coordinator over `clients`, fitting them with `fit_all`, from round 0 or from `checkpoint`; the final
     global adapter."""
-    from flb.comm import CommTracker
-    from flb.disclosure import Disclosure
-    from flb.modeling import get_adapter_state
-    from flb.training import round_learning_rate
+    from flb.run.comm import CommTracker
+    from flb.privacy.disclosure import Disclosure
+    from flb.model.load import get_adapter_state
+    from flb.model.sft_settings import round_learning_rate
     from server.coordinator import RoundCoordinator
     from server.evaluation import Evaluator
 
@@ -482,8 +482,8 @@ def finish(config: Config, run_dir, prepared: Prepared, global_adapter, ledger, 
            verbose: bool = False) -> None:
     """The final adapter, summary, plots and printed report (every ledger transaction with `verbose`); RunFailed when
     no round aggregated anything."""
-    from flb.digests import adapter_digest
-    from flb.report import ledger_lines, privacy_lines, summary_table, write_plots, write_summary
+    from flb.audit.digests import adapter_digest
+    from flb.run.summary import ledger_lines, privacy_lines, summary_table, write_plots, write_summary
 
     peft_config = prepared.model.peft_config["default"]
     final_dir = run_dir.save_final(global_adapter, peft_config)
@@ -504,7 +504,7 @@ def finish(config: Config, run_dir, prepared: Prepared, global_adapter, ledger, 
 
 
 def export_merged_model(model, tokenizer, adapter, run_path: Path) -> Path:
-    from flb.modeling import set_adapter_state
+    from flb.model.load import set_adapter_state
 
     set_adapter_state(model, adapter)
     target = run_path / "merged"
@@ -516,7 +516,7 @@ def export_merged_model(model, tokenizer, adapter, run_path: Path) -> Path:
 @contextlib.contextmanager
 def _logging_to(path: Path):
     """Also log to `path` (URLs redacted) while the run goes on; the handler is removed when it ends."""
-    from flb.redaction import RedactingFilter
+    from flb.run.redaction import RedactingFilter
 
     handler = logging.FileHandler(path)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
@@ -571,8 +571,8 @@ class _AboveBars(logging.StreamHandler):
 
 
 def stopped_line(stop) -> str:
-    """What a run stopped by a signal (flb.interrupt.StopRequested) left, and how to go on."""
-    from flb.rundir import RunDir
+    """What a run stopped by a signal (flb.run.stop.StopRequested) left, and how to go on."""
+    from flb.run.directory import RunDir
 
     if stop.run_dir is None:
         return f"stopped by {stop.signal_name} before the run directory was made: nothing to resume; run it again"
@@ -585,7 +585,7 @@ def stopped_line(stop) -> str:
 
 
 def configure_logging() -> None:
-    from flb.redaction import RedactingFilter
+    from flb.run.redaction import RedactingFilter
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     for handler in logging.getLogger().handlers:
@@ -599,8 +599,8 @@ def main(argv: list[str] | None = None) -> int:
     """Exit codes: 0 the run completed and everything is recorded; 2 bad input (nothing was created, or a resume
     was refused); 3 the run started but failed (what was done before is saved); 130 stopped by Ctrl-C or SIGTERM
     (the rounds completed before are saved)."""
-    from flb.interrupt import EXIT_CODE, StopRequested, stop_signals
-    from flb.redaction import redact_text
+    from flb.run.stop import EXIT_CODE, StopRequested, stop_signals
+    from flb.run.redaction import redact_text
 
     configure_logging()
     try:

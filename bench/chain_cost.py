@@ -25,7 +25,7 @@ from pathlib import Path
 from chain.deployment import RunAnchors
 from chain.errors import ChainError
 from chain.ledger import open_ledger
-from flb.attestation import sign_data_upload, sign_update
+from flb.audit.attestation import sign_data_upload, sign_update
 from flb.config import ChainSettings
 from flb.types import RoundRecord, SignedUpload
 

@@ -73,7 +73,7 @@ def main() -> None:
     local, remote = in_process(model_dir, work, args.steps, args.rounds), flower(model_dir, work, args.steps, args.rounds)
     traffic = [{"round": int(r), "bytes_to_nodes": int(out), "bytes_from_nodes": int(back)}
                for r, out, back in _TRAFFIC.findall((remote / "run.log").read_text())]
-    from flb.digests import adapter_file_digest
+    from flb.audit.digests import adapter_file_digest
 
     print(json.dumps({
         "benchmark": "flower_overhead", "model": "tiny random Llama (2 layers, hidden 64)", "clients": 2,

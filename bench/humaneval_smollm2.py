@@ -50,7 +50,7 @@ def cpu_overrides(args, data_path: Path, output_dir: str) -> list[str]:
 def train(config) -> Path:
     """The federated run; the path of its final adapter's weights."""
     import main_simple_fl
-    from flb.modeling import ADAPTER_WEIGHTS
+    from flb.model.load import ADAPTER_WEIGHTS
 
     return main_simple_fl.run(config) / "final_adapter" / ADAPTER_WEIGHTS
 
@@ -62,7 +62,7 @@ def evaluate(config, final_weights: Path, limit: int | None) -> list[dict]:
     from safetensors.torch import load_file
 
     import main_simple_fl
-    from flb.modeling import set_adapter_state
+    from flb.model.load import set_adapter_state
     from server.suites.humaneval import HumanEvalSuite
 
     tokenizer, model = main_simple_fl.build_model(config)  # LoRA B is zero: the base model's outputs

@@ -20,7 +20,7 @@ DELTA = 1e-5
 
 def runs(epsilons: list[float], config) -> list[tuple[str, float | None, list[str]]]:
     """(mechanism, target epsilon, overrides): no DP once, then each mechanism at each epsilon."""
-    from flb.accounting import noise_multiplier_for
+    from flb.privacy.accounting import noise_multiplier_for
 
     planned = []
     for epsilon in epsilons:

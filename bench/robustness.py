@@ -51,8 +51,8 @@ class AttackingClient:
         return getattr(self.client, name)
 
     def fit(self, global_adapter, round: int, extras=None):
-        from flb.adapter_math import add, l2_norm, subtract
-        from flb.digests import adapter_digest, update_content
+        from flb.adapters.arithmetic import add, l2_norm, subtract
+        from flb.audit.digests import adapter_digest, update_content
 
         update = self.client.fit(global_adapter, round, extras)
         change = subtract(update.tensors, global_adapter)
@@ -91,7 +91,7 @@ class AttackFleet:
 
     def join(self, run_id: str, num_clients: int, base_model_digest: str) -> list:
         import main_simple_fl
-        from flb.modeling import base_model_digest as digest_of
+        from flb.model.load import base_model_digest as digest_of
 
         shards = main_simple_fl.build_data(self.config)[0]
         tokenizer, model = main_simple_fl.build_model(self.config)

@@ -23,7 +23,7 @@ Per row, two children:
     split_to_client_bytes).
   - session_MB: the round's open and close frames both ways (close carries the trunk's adapter back to the client),
     once per round, not per step: the rest of metrics.jsonl's split bytes.
-  - adapter_MB/rnd: the adapter bytes of the round as flb.comm counts them (metrics.jsonl's comm_down_bytes +
+  - adapter_MB/rnd: the adapter bytes of the round as flb.run.comm counts them (metrics.jsonl's comm_down_bytes +
     comm_up_bytes with one client): the global adapter sent, the update received. The unsplit row's is what federated
     mode sends per round instead of any cut traffic.
   - step_s: the steady optimizer step, (time of the client's last optimizer step - time of its first) / (steps - 1),
@@ -35,12 +35,12 @@ Per row, two children:
   - vs_unsplit: step_s / the unsplit row's step_s (same model, same batches).
 * memory (client_rss_MB, client_peak_MB), in 10^6 bytes of resident memory of that child (libraries included).
   Split (k, m): the client built as client.split_node's Node builds it (main_simple_fl.build_data, build_model,
-  SplitPlan.of, build_client, then client.split.drop_trunk) and trained with SplitClient.fit against a stand-in
+  SplitPlan.of, build_client, then client.split_client.drop_trunk) and trained with SplitClient.fit against a stand-in
   trunk that holds no model (identity_trunk: forward answers with the hidden states it was sent, backward with the
   gradient), so only the client's memory is in the process; the stand-in's decoded and re-encoded frames (a few per
   step, each the size of one up_MB/step frame) are the only memory the real client would not hold. Unsplit: the whole
   model built the same way without drop_trunk, trained for the same steps on the same batches by a plain loop
-  (flb.training.target_log_probs, backward, clipping, the trainer's AdamW on the LoRA parameters).
+  (flb.model.sft_settings.target_log_probs, backward, clipping, the trainer's AdamW on the LoRA parameters).
   - client_rss_MB: resident memory once the model (and the client's tokenized shard) is ready and every parameter
     and buffer it still holds has been read once (read_all), before training. transformers maps float32
     safetensors weights from the file, and a page of them is resident only once read: unread, the whole model and
@@ -119,7 +119,7 @@ class FrameLog:
     seconds: float = 0.0
 
     def __call__(self, frame: bytes) -> bytes:
-        from flb.split import frame_header
+        from flb.split.cut import frame_header
 
         op, _ = frame_header(frame)
         started = time.perf_counter()
@@ -132,7 +132,7 @@ class FrameLog:
 
 def identity_trunk(frame: bytes) -> bytes:
     """A stand-in trunk server with no model: the hidden states and the gradient come back as they were sent."""
-    from flb.split import decode_frame, encode_frame
+    from flb.split.cut import decode_frame, encode_frame
 
     op, _, tensors = decode_frame(frame)
     if op == "forward":
@@ -171,9 +171,9 @@ def libraries_rss() -> int:
 def time_round(config, steps: int) -> dict:
     """One client's round 1 from the initial adapter: split against the in-process trunk server, or federated."""
     import main_simple_fl
-    from flb.comm import tensor_bytes
-    from flb.modeling import get_adapter_state
-    from flb.rundir import RunDir
+    from flb.run.comm import tensor_bytes
+    from flb.model.load import get_adapter_state
+    from flb.run.directory import RunDir
 
     prepared = main_simple_fl.prepare(config)
     config = prepared.config
@@ -227,7 +227,7 @@ def check_traffic(frames: FrameLog, channel, server, steps: int) -> None:
 def built_client(config, work: Path):
     """Client 0 as client.split_node's Node builds it, before any drop_trunk; and the initial global adapter."""
     import main_simple_fl
-    from flb.modeling import get_adapter_state
+    from flb.model.load import get_adapter_state
 
     shard = main_simple_fl.build_data(config)[0][0]
     tokenizer, model = main_simple_fl.build_model(config)
@@ -239,8 +239,8 @@ def built_client(config, work: Path):
 def client_memory(config, steps: int, work: Path) -> dict:
     """The client part alone (drop_trunk), trained by SplitClient.fit against identity_trunk."""
     import main_simple_fl
-    from client.split import drop_trunk
-    from flb.split import SplitPlan
+    from client.split_client import drop_trunk
+    from flb.split.cut import SplitPlan
 
     base = libraries_rss()
     inner, global_adapter = built_client(config, work)
@@ -291,7 +291,7 @@ def unsplit_steps(inner, global_adapter) -> None:
     import torch
 
     from client.batched import optimizer_steps
-    from flb.training import mixed_precision, optimizer_and_scheduler, target_log_probs
+    from flb.model.sft_settings import mixed_precision, optimizer_and_scheduler, target_log_probs
 
     inner.begin_round(global_adapter, 1)
     model, args = inner.model, inner.trainer.args
@@ -350,7 +350,7 @@ def num_layers(model_path: str) -> int:
     from transformers import AutoConfig
 
     from flb.config import ModelSettings
-    from flb.modeling import local_model_dir
+    from flb.model.load import local_model_dir
 
     return AutoConfig.from_pretrained(local_model_dir(ModelSettings(model_path=model_path))).num_hidden_layers
 

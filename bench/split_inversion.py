@@ -12,8 +12,8 @@ The attacker is the trunk server (mode split, split.head_layers = k). It holds t
 runs the trunk on it) and the public config (k, split.activation_noise sigma, split.activation_clip C), and for every
 micro-batch it receives the hidden states at the first cut: the client's embeddings run through the first k decoder
 blocks, each token's vector clipped to L2 norm C, then N(0, sigma^2) noise on every coordinate from the client's
-secret generator. The bench makes those tensors with the client's own code (client.split: SplitPlan.embed, SplitPlan.run
-over SplitPlan.head_range, ActivationNoise.apply with a fresh flb.secret_random.SecretRandom, under the trainer's
+secret generator. The bench makes those tensors with the client's own code (client.split_client: SplitPlan.embed, SplitPlan.run
+over SplitPlan.head_range, ActivationNoise.apply with a fresh flb.privacy.secret_random.SecretRandom, under the trainer's
 autocast, in training mode: GPT-2's embedding and block dropout included) from the client's own batches (trl's
 tokenization and collator, as SFTClient builds them) of the victim's shard (client 0's of the partition). Each
 utility run also checks that claim against the product: the first hidden states its client sends equal the bench's
@@ -81,7 +81,7 @@ def log(message: str) -> None:
 
 def client_batches(config, model, tokenizer, records: list[dict], batch_size: int, work_dir: Path) -> tuple:
     """One epoch of `records` as a client's trainer batches them (trl's tokenization and collator), and its args."""
-    from flb.training import quiet_trainer, sft_config, to_dataset
+    from flb.model.sft_settings import quiet_trainer, sft_config, to_dataset
 
     settings = dataclasses.replace(config.sft, batch_size=batch_size)
     args = sft_config(settings, max_steps=1, output_dir=work_dir, use_cpu=config.model.device_map == "cpu",
@@ -91,10 +91,10 @@ def client_batches(config, model, tokenizer, records: list[dict], batch_size: in
 
 
 def hidden_at_cut(model, plan, batch: dict, args):
-    """The hidden states at the first cut, before any clip or noise: client.split.SplitClient.micro_batch's code."""
+    """The hidden states at the first cut, before any clip or noise: client.split_client.SplitClient.micro_batch's code."""
     import torch
 
-    from flb.training import mixed_precision
+    from flb.model.sft_settings import mixed_precision
 
     device = model.get_base_model().device
     input_ids, mask = (batch[key].to(device) for key in ("input_ids", "attention_mask"))
@@ -130,8 +130,8 @@ def collect(model, plan, batches: list, args) -> Cut:
 
 def sent(cut: Cut, sigma: float, clip: float | None):
     """What the client sends for each non-padding token: ActivationNoise.apply per batch, from a secret generator."""
-    from client.split import ActivationNoise
-    from flb.secret_random import SecretRandom
+    from client.split_client import ActivationNoise
+    from flb.privacy.secret_random import SecretRandom
 
     noise, random = ActivationNoise(sigma, clip), SecretRandom()
     return cut.tokens([noise.apply(h, random) for h in cut.hidden])
@@ -210,8 +210,8 @@ def learned_inverse(attacker: Cut, victim_received, victim_positions, sigma: flo
     the inverse's final training accuracy."""
     import torch
 
-    from client.split import ActivationNoise
-    from flb.secret_random import SecretRandom
+    from client.split_client import ActivationNoise
+    from flb.privacy.secret_random import SecretRandom
 
     clean = attacker.tokens([ActivationNoise(0.0, clip).apply(h, SecretRandom()) for h in attacker.hidden])
     vocab, targets = attacker.ids.unique(return_inverse=True)
@@ -253,8 +253,8 @@ def first_send():
     from it) and the hidden states it sends for it."""
     import torch
 
-    from client.split import SplitClient
-    from flb.split import SplitChannel
+    from client.split_client import SplitClient
+    from flb.split.cut import SplitChannel
 
     seen, micro_batch, forward = {}, SplitClient.micro_batch, SplitChannel.forward
 
@@ -279,8 +279,8 @@ def check_send(seen: dict, model, plan, args, sigma: float, clip: float | None) 
     without noise; with noise, the difference to the clipped hidden states has std sigma. A problem, or None."""
     import torch
 
-    from client.split import ActivationNoise
-    from flb.secret_random import SecretRandom
+    from client.split_client import ActivationNoise
+    from flb.privacy.secret_random import SecretRandom
 
     if "sent" not in seen:
         return "the run sent nothing forward"
@@ -306,8 +306,8 @@ def utility_run(base: list[str], k: int, sigma: float, clip: float | None, scrat
     """Final eval loss of a short split run at (k, sigma, C), and whether its first send is what the bench makes."""
     import main_simple_fl
     from flb.config import load_config
-    from flb.split import SplitPlan
-    from flb.training import sft_config
+    from flb.split.cut import SplitPlan
+    from flb.model.sft_settings import sft_config
 
     overrides = base + ["mode=split", f"split.head_layers={k}", f"split.activation_noise={sigma!r}",
                         f"split.activation_clip={'null' if clip is None else repr(clip)}", f"output_dir={scratch}"]
@@ -465,7 +465,7 @@ def bench(args: argparse.Namespace, scratch: Path, started: float) -> int:
 
     import main_simple_fl
     from flb.config import load_config
-    from flb.split import SplitPlan, backbone, split_family
+    from flb.split.cut import SplitPlan, backbone, split_family
 
     model_path = args.model_path
     if args.quick:

@@ -2,7 +2,7 @@
 
 Dev chains (embedded, anvil) use account 0 of the public development mnemonic their genesis funds;
 real chains use the encrypted JSON keystore admin.json whose password comes from an environment
-variable. Clients sign with their own keys (flb.keystore; client_<i>.json on a real chain), which
+variable. Clients sign with their own keys (flb.audit.keystore; client_<i>.json on a real chain), which
 this package never holds. Keys stay inside eth-account objects: never printed or logged.
 
     python -m chain.accounts create --role admin --out keys/admin.json
@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from chain.errors import AccountError
-from flb.keystore import keystore_password, load_keystore, write_new_private_file
+from flb.audit.keystore import keystore_password, load_keystore, write_new_private_file
 
 DEV_MNEMONIC = "test test test test test test test test test test test junk"  # anvil's public dev mnemonic
 DEV_HD_PATH = "m/44'/60'/0'/0"

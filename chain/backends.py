@@ -13,7 +13,7 @@ from typing import Callable
 from chain.accounts import Accounts, dev_accounts, keystore_admin
 from chain.anvil import AnvilProcess, anvil_binary
 from chain.errors import ChainError
-from flb.redaction import redact_url
+from flb.run.redaction import redact_url
 
 log = logging.getLogger(__name__)
 ANVIL_STATE_FILE = "anvil_state.json"
@@ -48,7 +48,7 @@ def check_node(settings, *, in_process_clients: bool, num_clients: int) -> None:
     installed; under chain.client_keys persistent, every in-process client's keystore opens (clients on other
     machines hold their own); an rpc node answers with chain.chain_id, the admin keystore opens and the admin can
     pay."""
-    from flb.keystore import client_keystore, keystore_password, load_keystore
+    from flb.audit.keystore import client_keystore, keystore_password, load_keystore
 
     if settings.backend == "anvil":
         anvil_binary()

@@ -17,7 +17,7 @@ def main(argv: list[str] | None = None) -> int:
     from web3 import Web3
 
     from chain.backends import check_chain_id
-    from flb.keystore import keystore_password, load_keystore
+    from flb.audit.keystore import keystore_password, load_keystore
 
     parser = argparse.ArgumentParser(prog="python -m chain.deploy", description="Deploy the FLB contract.")
     parser.add_argument("--rpc-url", required=True)

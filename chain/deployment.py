@@ -14,9 +14,9 @@ from pathlib import Path
 
 from chain.contract import flb_contract
 from chain.errors import ChainError
-from flb.rundir import write_json_atomic
+from flb.run.directory import write_json_atomic
 from chain.transact import send_signed, sign_call
-from flb.attestation import DOMAIN_VERSION
+from flb.audit.attestation import DOMAIN_VERSION
 
 log = logging.getLogger(__name__)
 DEPLOYMENT_FILE = "deployment.json"
@@ -26,7 +26,7 @@ ZERO_HEX = "00" * 32
 @dataclass(frozen=True)
 class RunAnchors:
     """What a run's contract anchors once, before any round (hex sha256 each): the canonical adapter_config.json
-    (flb.digests.adapter_config_digest) and the run spec (flb.run_spec.run_spec_digest)."""
+    (flb.audit.digests.adapter_config_digest) and the run spec (flb.audit.run_spec.run_spec_digest)."""
 
     adapter_config: str
     run_spec: str

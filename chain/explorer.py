@@ -32,7 +32,7 @@ from chain.deployment import check_same_chain
 from chain.errors import ChainError
 from chain.trail import collect_trail, contract_tx_hashes, read_trail
 from chain.verify import Replayer, Report, rounds_from, scores_from, verify
-from flb.redaction import REDACTED, redact_text, redact_url
+from flb.run.redaction import REDACTED, redact_text, redact_url
 
 LIST_SHOWN = 3  # a long list or many events of one transaction: how many the listing shows
 ADDRESS = r"0x[0-9a-fA-F]{40}"

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
-from flb.digests import (ADAPTER_CONFIG, EXTRAS_PREFIX, adapter_config_digest, adapter_file_digest, json_digest,
+from flb.audit.digests import (ADAPTER_CONFIG, EXTRAS_PREFIX, adapter_config_digest, adapter_file_digest, json_digest,
                          metrics_digest)
 
 ZERO_DIGEST = "00" * 32
@@ -166,7 +166,7 @@ def _anchors(trail: dict) -> dict | None:
 
 def _check_run_spec(report: Report, run_dir: Path, anchors: dict | None) -> dict | None:
     """config.json when its run spec is the one the chain anchors (the rules every later check reads), else None."""
-    from flb.run_spec import run_spec_digest
+    from flb.audit.run_spec import run_spec_digest
 
     path = run_dir / "config.json"
     if not path.is_file():
@@ -239,7 +239,7 @@ def _check_file(report: Report, path: Path, expected: str, what: str) -> bool:
 
 def _check_updates(report: Report, number: int, record: dict, openings: dict, trail: dict, folder: Path,
                    clients: list[str]) -> None:
-    from flb.attestation import update_signer
+    from flb.audit.attestation import update_signer
 
     domain = _domain(trail)
     for index, address in enumerate(record["clients"]):
@@ -293,7 +293,7 @@ def _check_sealed(report: Report, number: int, record: dict, openings: dict, tra
 
 
 def _check_uploads(report: Report, trail: dict, clients: list[str], openings: dict) -> None:
-    from flb.attestation import data_upload_signer
+    from flb.audit.attestation import data_upload_signer
 
     domain = _domain(trail)
     for tx in _successful(trail):
@@ -311,7 +311,7 @@ def _check_uploads(report: Report, trail: dict, clients: list[str], openings: di
 
 
 def _opens(opening: dict, commitment: str) -> bool:
-    from flb.attestation import commitment as commit
+    from flb.audit.attestation import commitment as commit
 
     return commit(bytes.fromhex(opening["salt"]), opening["digest"]) == commitment
 
@@ -328,7 +328,7 @@ def _recovered(recover, domain, signature, **fields) -> str | None:
 
 
 def _domain(trail: dict):
-    from flb.attestation import SigningDomain
+    from flb.audit.attestation import SigningDomain
 
     return SigningDomain(trail["chain_id"], trail["contract"]) if trail.get("chain_id") else None
 
@@ -374,8 +374,8 @@ def _check_metrics(report: Report, run_dir: Path, rounds: dict[int, dict], clien
 
 def _check_summary(report: Report, run_dir: Path, last: int, last_digest: str, rows: list[dict]) -> None:
     """summary.json: the last round and its digest, and every number it derives from the round rows (the rows checked
-    against the chain; flb.report.summary_numbers derives them)."""
-    from flb.report import summary_numbers
+    against the chain; flb.run.summary.summary_numbers derives them)."""
+    from flb.run.summary import summary_numbers
 
     path = run_dir / "summary.json"
     if not path.is_file():
@@ -454,7 +454,7 @@ def _recompute(report: Report, run_dir: Path, rounds: dict[int, dict], clients: 
     """Every round with clients again, by the anchored rules, from the update files and the on-chain example counts:
     the result must have the recorded digest, bit for bit (svd: see _svd_matches). Rounds whose aggregate depends on
     a secret are noted with the reason."""
-    from flb.digests import adapter_digest
+    from flb.audit.digests import adapter_digest
 
     with_clients = {n: r for n, r in sorted(rounds.items()) if r["clients"]}
     sealed = [n for n, r in sorted(rounds.items()) if "participants_commitment" in r and not r["clients"]]
@@ -507,7 +507,7 @@ def _svd_matches(report: Report, number: int, recomputed: dict, run_dir: Path) -
     uses, and they are what another LAPACK build reproduces."""
     from safetensors.torch import load_file
 
-    from flb.lora_aggregation import aggregation_error
+    from flb.adapters.lora_aggregation import aggregation_error
 
     path = run_dir / f"round_{number}" / "adapter_model.safetensors"
     error = aggregation_error([(recomputed, 1.0)], load_file(str(path))) if path.is_file() else float("inf")

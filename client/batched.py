@@ -11,7 +11,7 @@ What makes the result equal to training the clients one by one (`tests/test_exec
   after the client's round seed, as `trainer.train()` draws them; one client's rows are right-padded to the joined
   batch's length (attention mask 0, labels -100); the forward runs under the trainers' mixed-precision autocast
   (trl's default bf16 applies on the CPU too);
-- loss: each client's is the sequential one (flb.training.target_log_probs): the log-probabilities of its target
+- loss: each client's is the sequential one (flb.model.sft_settings.target_log_probs): the log-probabilities of its target
   tokens summed and divided by its own count of target tokens in the optimizer step; the sum over clients is
   back-propagated, and a client's loss depends on its adapter only, so each adapter receives exactly its own gradient;
 - the optimizer step: per client, the trainer's optimizer class and arguments, its learning-rate scheduler, its
@@ -31,7 +31,7 @@ from tqdm.auto import trange
 
 from flb.errors import first_line
 from flb.scheduler import is_out_of_memory, peak_memory
-from flb.training import IGNORE_INDEX, SCORED_INPUTS, optimizer_and_scheduler, target_log_probs
+from flb.model.sft_settings import IGNORE_INDEX, SCORED_INPUTS, optimizer_and_scheduler, target_log_probs
 from flb.types import AdapterState, ClientUpdate
 
 log = logging.getLogger(__name__)

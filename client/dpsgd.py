@@ -13,9 +13,9 @@ from __future__ import annotations
 import math
 import warnings
 
-from flb.accounting import NoisePlan, PlannedNoise
+from flb.privacy.accounting import NoisePlan, PlannedNoise
 from flb.local_objective import GradientCorrection
-from flb.secret_random import SecretRandom
+from flb.privacy.secret_random import SecretRandom
 from flb.types import AdapterState
 
 
@@ -32,7 +32,7 @@ class DPSGD(PlannedNoise):
 
     def train(self, model, trainer, random: SecretRandom, correction: GradientCorrection | None = None) -> float:
         """`local_steps` DP-SGD steps on `model`'s trainable (LoRA) parameters over `trainer`'s tokenized shard, at
-        the trainer's learning rate (the round's, flb.training.round_learning_rate); the mean loss of the batches. Batches and noise come from the client's secret generator. `correction`
+        the trainer's learning rate (the round's, flb.model.sft_settings.round_learning_rate); the mean loss of the batches. Batches and noise come from the client's secret generator. `correction`
         (FedProx's data-independent term, flb.local_objective) is applied to the noised gradient: post-processing."""
         import torch
         from opacus import GradSampleModule

@@ -3,17 +3,17 @@
 `NoPrivacy` sends the adapter as is. `GaussianUpdate` is local DP on the update; `client.dpsgd.DPSGD`
 is sample-level DP in training. Each keeps an opacus accountant for the whole run, so its epsilon
 is cumulative, and hands its state to the client's private state (never to the server), so a resumed
-run continues it. Their noise comes from the client's secret generator (flb.secret_random).
+run continues it. Their noise comes from the client's secret generator (flb.privacy.secret_random).
 """
 from __future__ import annotations
 
 from typing import Protocol
 
-from flb.accounting import NoisePlan, PlannedNoise, warn_if_delta_too_large
-from flb.adapter_math import add, add_gaussian_noise_inplace, clip_inplace, subtract
+from flb.privacy.accounting import NoisePlan, PlannedNoise, warn_if_delta_too_large
+from flb.adapters.arithmetic import add, add_gaussian_noise_inplace, clip_inplace, subtract
 from flb.config import ClientDPSettings, ClientSettings
-from flb.lora_aggregation import trained_part
-from flb.secret_random import SecretRandom
+from flb.adapters.lora_aggregation import trained_part
+from flb.privacy.secret_random import SecretRandom
 from flb.types import AdapterState
 
 
@@ -23,7 +23,7 @@ class UpdatePrivacy(Protocol):
         secret generator."""
 
     def privacy_spent(self) -> dict:
-        """Epsilon so far and how it is computed (flb.accounting.spent); {} without DP."""
+        """Epsilon so far and how it is computed (flb.privacy.accounting.spent); {} without DP."""
 
     def state_dict(self) -> dict: ...
 

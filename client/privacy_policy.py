@@ -123,7 +123,7 @@ def worst_case_epsilon(privacy, num_rounds: int, sensitivity: float, delta: floa
     """The most `privacy` (a client.privacy hook with a NoisePlan) can have spent at the end of a `num_rounds` run, at
     `delta`, when one unit of privacy moves what is noised by `sensitivity` x C: what its accountant holds, then its z
     in every step it has left if the client took part in every round. None when unbounded (no noise)."""
-    from flb.accounting import accountant_state, epsilon, rdp_accountant
+    from flb.privacy.accounting import accountant_state, epsilon, rdp_accountant
 
     history = [[z * privacy.sensitivity / sensitivity, q, steps]
                for z, q, steps in accountant_state(privacy.accountant)["history"]]

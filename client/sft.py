@@ -24,13 +24,13 @@ from client.dpsgd import DPSGD
 from client.privacy import NoPrivacy, UpdatePrivacy
 from client.signing import ClientSigner
 from flb.config import SFTSettings
-from flb.digests import adapter_digest, records_digest, update_content
+from flb.audit.digests import adapter_digest, records_digest, update_content
 from flb.local_objective import GradientCorrection, LocalObjective
-from flb.modeling import adapter_parameters, get_adapter_state, set_adapter_state
-from flb.private_state import PrivateState
-from flb.secret_random import SecretRandom
+from flb.model.load import adapter_parameters, get_adapter_state, set_adapter_state
+from flb.privacy.private_state import PrivateState
+from flb.privacy.secret_random import SecretRandom
 from flb.seeding import derived_seed
-from flb.training import quiet_trainer, round_learning_rate, sft_config, to_dataset
+from flb.model.sft_settings import quiet_trainer, round_learning_rate, sft_config, to_dataset
 from flb.types import AdapterState, ClientUpdate, SignedUpload
 
 

@@ -3,18 +3,18 @@
 The recorded digest is the plain digest, or, where the disclosure policy says so (under DP), a salted
 commitment H(salt || digest) whose salt comes from the client's secret generator and is kept, with the
 digest it hides, in the client's private openings so the client can prove it to an auditor. The
-signature (EIP-712, flb.attestation) covers the round and the global digest the client started from,
+signature (EIP-712, flb.audit.attestation) covers the round and the global digest the client started from,
 so the server can neither attribute to a client an update it did not send nor move it to another round.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from flb.attestation import SALT_BYTES, SigningDomain, commitment, sign_data_upload, sign_update
-from flb.disclosure import Disclosure
+from flb.audit.attestation import SALT_BYTES, SigningDomain, commitment, sign_data_upload, sign_update
+from flb.privacy.disclosure import Disclosure
 from flb.errors import FLBError
-from flb.private_state import PrivateState
-from flb.secret_random import SecretRandom
+from flb.privacy.private_state import PrivateState
+from flb.privacy.secret_random import SecretRandom
 from flb.types import Attestation, SignedUpload
 
 

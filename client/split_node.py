@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from flb.errors import ConfigError, FLBError, first_line
-from flb.split import encode_frame, grouped, reply_or_raise, ungrouped
+from flb.split.cut import encode_frame, grouped, reply_or_raise, ungrouped
 
 log = logging.getLogger("client.split_node")
 
@@ -35,9 +35,9 @@ class Node:
 
     def __init__(self, send, client_id: int, state_dir: Path):
         import main_simple_fl
-        from client.split import drop_trunk
+        from client.split_client import drop_trunk
         from flb.config import config_from_dict
-        from flb.split import SplitPlan
+        from flb.split.cut import SplitPlan
 
         self.send, self.identity = send, {}
         header, _ = self.call("config", {})
@@ -77,7 +77,7 @@ class Node:
             self.call("result", result, sent)
 
     def do(self, kind: str, job: dict, tensors: dict) -> tuple[dict, dict]:
-        from flb.attestation import SigningDomain
+        from flb.audit.attestation import SigningDomain
         from flb.types import update_header
 
         if kind == "bind":
@@ -95,7 +95,7 @@ class Node:
 
 def main(argv: list[str] | None = None) -> int:
     import main_simple_fl
-    from flb.split_net import GrpcSend
+    from flb.split.cut.grpc_channel import GrpcSend
 
     main_simple_fl.configure_logging()
     args = parse_args(argv)

@@ -170,7 +170,7 @@ class WorkerPool:
         the LoRA weights to bfloat16, and this process, which builds none, reads the initial global adapter."""
         import torch
 
-        from flb.modeling import adapter_parameters
+        from flb.model.load import adapter_parameters
 
         ((reply, _),) = self._must(self._run([_Job(0, "dtypes")]), lambda _: "read the adapter's dtypes")
         for name, parameter in adapter_parameters(model).items():
@@ -494,7 +494,7 @@ class _Served:
         return {"op": "done", "budget_bytes": budget_bytes(self.device, header["memory_budget_mb"])}, {}
 
     def _dtypes(self, header: dict, blobs: dict) -> tuple[dict, dict]:
-        from flb.modeling import get_adapter_state
+        from flb.model.load import get_adapter_state
 
         return {"op": "done", "dtypes": {name: str(tensor.dtype).removeprefix("torch.")
                                          for name, tensor in get_adapter_state(self.model).items()}}, {}
@@ -524,7 +524,7 @@ class _Served:
 
 
 def _domain(data: dict):
-    from flb.attestation import SigningDomain
+    from flb.audit.attestation import SigningDomain
 
     return SigningDomain.from_dict(data)
 

@@ -66,7 +66,7 @@ class ModelSettings:
     dtype: str = _help("Weights dtype: float32 | bfloat16 | float16.", default="float32")
     target_modules: str | list[str] = _help(
         "Modules that get LoRA: auto (the attention projections of the model's architecture, see "
-        "flb.target_modules) | all-linear (every linear layer but the output head) | a list of module names.",
+        "flb.model.target_modules) | all-linear (every linear layer but the output head) | a list of module names.",
         default="auto")
     lora: LoraSettings = _help("LoRA hyper-parameters.", default_factory=LoraSettings)
 

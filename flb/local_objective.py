@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from flb.adapter_math import subtract
+from flb.adapters.arithmetic import subtract
 from flb.config import StrategySettings
 from flb.types import AdapterState
 

@@ -17,7 +17,7 @@ else:
 class Attestation:
     """A client's signed statement about one update, as the ledger records it: the recorded digest (the update's
     digest, or a salted commitment to it where the chain may not hold the digest), the recorded example count (0
-    where it is not published) and the client's EIP-712 signature over them (flb.attestation)."""
+    where it is not published) and the client's EIP-712 signature over them (flb.audit.attestation)."""
 
     recorded_digest: str
     recorded_num_examples: int
@@ -48,7 +48,7 @@ class ClientUpdate:
     attestation: Attestation | None = None  # None when the run records nothing on chain
     # what the strategy's client-side part returns beside the adapter (SCAFFOLD's delta c_i): exactly the names,
     # shapes and dtypes of the extras the round sent; empty for most strategies. `digest` covers them too
-    # (flb.digests.update_content).
+    # (flb.audit.digests.update_content).
     extras: AdapterState = field(default_factory=dict)
 
 
@@ -87,7 +87,7 @@ class RoundRecord:
     signatures: list[str]
     update_num_bytes: list[int]
     metrics: dict
-    metrics_digest: str  # of the round's metrics.jsonl row (flb.digests.metrics_digest), anchored with the record
+    metrics_digest: str  # of the round's metrics.jsonl row (flb.audit.digests.metrics_digest), anchored with the record
     participants_commitment: str | None = None
 
 
@@ -98,7 +98,7 @@ class Client(Protocol):
     address: str  # the account it signs with
 
     def bind_ledger(self, domain) -> None:
-        """Sign from now on for this contract (a flb.attestation.SigningDomain)."""
+        """Sign from now on for this contract (a flb.audit.attestation.SigningDomain)."""
 
     def data_upload(self) -> SignedUpload:
         """Its shard's recorded digest, signed for the bound ledger."""
@@ -143,7 +143,7 @@ class ProxyClient:
 class Ledger(Protocol):
     """Where data uploads and rounds are recorded; `chain/` implements it on an EVM."""
 
-    signing_domain: object  # flb.attestation.SigningDomain, or None when nothing is recorded
+    signing_domain: object  # flb.audit.attestation.SigningDomain, or None when nothing is recorded
 
     def register_clients(self, addresses: dict[int, str]) -> None: ...
 

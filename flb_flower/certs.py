@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from flb.keystore import write_new_private_file
+from flb.audit.keystore import write_new_private_file
 
 VALID_DAYS = 30
 LOOPBACK_NAMES = ("localhost", "127.0.0.1")

@@ -60,7 +60,7 @@ def train(message: Message, context: Context) -> Message:
 
 
 def _bind(client, domain: dict | None) -> None:
-    from flb.attestation import SigningDomain
+    from flb.audit.attestation import SigningDomain
 
     if domain is not None:
         client.bind_ledger(SigningDomain.from_dict(domain))
@@ -69,7 +69,7 @@ def _bind(client, domain: dict | None) -> None:
 def _check_base_model(model, server_digest: str, node_model_path: str) -> None:
     """Refuse to train a base model other than the server's: the update would belong to another model."""
     from flb.errors import ModelError
-    from flb.modeling import base_model_digest
+    from flb.model.load import base_model_digest
 
     digest = base_model_digest(model)
     if digest != server_digest:
@@ -146,7 +146,7 @@ def local_client(config_json: str, run_id: str, partition_id: int, num_partition
 def _signing_keystore(config, keystore: str) -> Path | None:
     """The node config's keystore under chain.client_keys persistent; None (a key made for the run in state-dir)
     under fresh, which unlinks this node's runs."""
-    from flb.keystore import node_keystore
+    from flb.audit.keystore import node_keystore
 
     if not config.chain_record:
         return None

@@ -27,13 +27,13 @@ UNAVAILABLE = (ErrorCode.NODE_UNAVAILABLE, ErrorCode.MESSAGE_UNAVAILABLE, ErrorC
 class Fleet:
     def __init__(self, grid, config: dict, *, wait_for_nodes_s: float, round_timeout_s: float, query_timeout_s: float,
                  poll_s: float = 0.2):
-        from flb.redaction import redact_config
+        from flb.run.redaction import redact_config
 
         self.grid, self.config = grid, redact_config(config)
         self.wait_for_nodes_s, self.round_timeout_s = wait_for_nodes_s, round_timeout_s
         self.query_timeout_s, self.poll_s = query_timeout_s, poll_s
         self.run_id = ""
-        self.base_model_digest = ""  # the server's base model (flb.modeling.base_model_digest), known once joined
+        self.base_model_digest = ""  # the server's base model (flb.model.load.base_model_digest), known once joined
         self.domain: dict | None = None  # the ledger's signing domain, sent with every message once bound
         self.nodes: dict[int, int] = {}  # client id -> id of the node serving it
         self.info: dict[int, tuple[int, str | None]] = {}  # client id -> (num_examples, address)

@@ -30,7 +30,7 @@ def query_content(config: dict, run_id: str, action: str, domain: dict | None = 
 
 def train_content(config: dict, run_id: str, global_adapter: AdapterState, round: int, domain: dict | None,
                   base_model: str, extras: AdapterState) -> RecordDict:
-    """`base_model`: flb.modeling.base_model_digest of the server's base model; the node refuses to train another.
+    """`base_model`: flb.model.load.base_model_digest of the server's base model; the node refuses to train another.
     `extras`: the strategy's tensors for the clients (Strategy.client_extras)."""
     return RecordDict({"global": ArrayRecord(torch_state_dict=global_adapter),
                        "extras": _arrays(extras),

@@ -6,18 +6,18 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Callable, Sequence
 
-from flb.accounting import run_privacy
-from flb.attestation import SALT_BYTES, commitment
-from flb.comm import CommTracker
-from flb.digests import adapter_digest, json_digest, metrics_digest, update_content
-from flb.disclosure import Disclosure
+from flb.privacy.accounting import run_privacy
+from flb.audit.attestation import SALT_BYTES, commitment
+from flb.run.comm import CommTracker
+from flb.audit.digests import adapter_digest, json_digest, metrics_digest, update_content
+from flb.privacy.disclosure import Disclosure
 from flb.errors import ClientUnavailable, RunFailed, UpdateRejected, first_line
-from flb.interrupt import durable
-from flb.lora_aggregation import aggregation_error
-from flb.private_state import PrivateState
-from flb.report import round_line
-from flb.rundir import RunDir
-from flb.secret_random import SecretRandom
+from flb.run.stop import durable
+from flb.adapters.lora_aggregation import aggregation_error
+from flb.privacy.private_state import PrivateState
+from flb.run.summary import round_line
+from flb.run.directory import RunDir
+from flb.privacy.secret_random import SecretRandom
 from flb.seeding import round_rng
 from flb.types import AdapterState, Client, ClientUpdate, Ledger, RoundRecord
 from server.contribution import leave_one_out_scores
@@ -69,7 +69,7 @@ class RoundCoordinator:
     comm: CommTracker = field(default_factory=CommTracker)
     learning_rate: Callable[[int], float] | None = None  # the clients' learning rate in a round, for the metrics
     declared: dict[int, dict] = field(default_factory=dict)  # client id -> its round-0 shard size and address
-    on_round: Callable[[dict], None] | None = None  # given each round's metrics.jsonl row once it is done (flb.notify)
+    on_round: Callable[[dict], None] | None = None  # given each round's metrics.jsonl row once it is done (flb.run.notify)
     update_parts: Callable[[AdapterState], dict[str, AdapterState]] | None = None  # mode split: a digest per part
     failures: int = 0
     num_rounds: int | None = None  # the run's last round, for the round lines
@@ -162,7 +162,7 @@ class RoundCoordinator:
         """Fit every sampled client, sending it the strategy's extras too; keep the updates that validate, log why the
         others do not. A failure that is neither a timeout nor a rejection counts against server.max_client_failures.
         Returns the valid updates (in client id order), the rejections, and the round's bytes sent and received
-        (flb.comm)."""
+        (flb.run.comm)."""
         global_digest = adapter_digest(global_adapter)
         extras = self.strategy.client_extras(global_adapter)
         results = self.fit_all(sampled, global_adapter, round, extras)

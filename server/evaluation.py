@@ -17,8 +17,8 @@ from tqdm.auto import tqdm
 from transformers import TrainerCallback
 
 from flb.config import EvalSettings, SFTSettings
-from flb.modeling import set_adapter_state
-from flb.training import chat_prompt, quiet_trainer, sft_config, to_dataset
+from flb.model.load import set_adapter_state
+from flb.model.sft_settings import chat_prompt, quiet_trainer, sft_config, to_dataset
 from flb.types import AdapterState
 from server.suites.generation import greedy_continuations
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Iterable, Iterator
 
-from flb.digests import EXTRAS_PREFIX
+from flb.audit.digests import EXTRAS_PREFIX
 from flb.types import AdapterState, ClientUpdate
 
 SERVER_NOISE = "server DP: the server's noise is secret"
@@ -39,8 +39,8 @@ def replay(config: dict, rounds: Iterable[PublishedRound]) -> Iterator[tuple[int
     """(round, recomputed global adapter) for every round given, in order (rounds without clients are not given:
     the coordinator does not aggregate them). Call only when not_replayable(config) is None."""
     from flb.config import config_from_dict
-    from flb.disclosure import Disclosure
-    from flb.secret_random import SecretRandom
+    from flb.privacy.disclosure import Disclosure
+    from flb.privacy.secret_random import SecretRandom
     from server.strategy import build_strategy
 
     settings = config_from_dict(config)

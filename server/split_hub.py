@@ -4,7 +4,7 @@ their work and run their sessions with the trunk.
 A client asks for the run's config, builds its part and its shard, says hello (its id, example count and signing
 address) and gets a token that every later frame carries, then polls for jobs: bind (sign for the run's ledger),
 upload (its signed data record), fit (a round: the global adapter and the strategy's extras; it runs its session
-with the trunk, whose frames go to server.split.TrunkServer, then sends its update), stop. The coordinator drives
+with the trunk, whose frames go to server.split_trunk.TrunkServer, then sends its update), stop. The coordinator drives
 the clients as ProxyClients, one at a time, so the trunk serves one session at once. A client that sends nothing for
 split.timeout_s while the server waits on it, or whose process ends (loopback), has failed; that failure counts
 against server.max_client_failures as any client's.
@@ -22,9 +22,9 @@ import time
 from pathlib import Path
 
 from flb.errors import FLBError, RunFailed, first_line
-from flb.split import SplitError, decode_frame, encode_frame, frame_header, grouped, ungrouped
+from flb.split.cut import SplitError, decode_frame, encode_frame, frame_header, grouped, ungrouped
 from flb.types import AdapterState, ClientUpdate, ProxyClient, SignedUpload, update_from_header
-from server.split import TrunkServer
+from server.split_trunk import TrunkServer
 
 log = logging.getLogger(__name__)
 TRUNK_OPS = ("open", "forward", "backward", "close")
@@ -50,7 +50,7 @@ class SplitHub:
         self.joined = threading.Condition(self.lock)
 
     def __enter__(self) -> "SplitHub":
-        from flb.split_net import serve
+        from flb.split.cut.grpc_channel import serve
 
         split = self.config.split
         address = "127.0.0.1:0" if split.channel == "loopback" else split.address

@@ -15,11 +15,11 @@ from dataclasses import dataclass
 
 import torch
 
-from flb.adapter_math import l2_norm, subtract
-from flb.digests import adapter_digest, update_content
-from flb.disclosure import Disclosure
+from flb.adapters.arithmetic import l2_norm, subtract
+from flb.audit.digests import adapter_digest, update_content
+from flb.privacy.disclosure import Disclosure
 from flb.errors import FLBError, UpdateRejected
-from flb.lora_aggregation import is_lora_a
+from flb.adapters.lora_aggregation import is_lora_a
 from flb.types import AdapterState, ClientUpdate
 
 NORM_BOUND_MULTIPLE = 10.0
@@ -33,7 +33,7 @@ class Expected:
     round: int
     max_examples: int  # the shard size the client declared at round 0
     address: str | None = None  # its registered signing address; None when the run records nothing
-    domain: object = None  # flb.attestation.SigningDomain
+    domain: object = None  # flb.audit.attestation.SigningDomain
     disclosure: Disclosure | None = None
     lora_a_frozen: bool = False  # ffa: its LoRA A must be the global adapter's, bit for bit
 
@@ -93,7 +93,7 @@ def _check_frozen_lora_a(who: str, tensors: AdapterState, global_adapter: Adapte
 
 
 def _check_attestation(who: str, update: ClientUpdate, expected: Expected, global_digest: str) -> None:
-    from flb.attestation import update_signer
+    from flb.audit.attestation import update_signer
 
     attestation, disclosure = update.attestation, expected.disclosure
     if attestation is None:

@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from flb.accounting import (accountant_state, epsilon, noise_multiplier_for, rdp_accountant, run_privacy, spent,
+from flb.privacy.accounting import (accountant_state, epsilon, noise_multiplier_for, rdp_accountant, run_privacy, spent,
                             warn_if_delta_too_large, warn_if_weak)
 
 
@@ -84,14 +84,14 @@ def test_the_run_epsilon_is_the_largest_and_unbounded_wins():
 def server_dp(*overrides):
     """The server's DP strategy as a run builds it from config.yaml and `overrides`."""
     from flb.config import load_config
-    from flb.secret_random import SecretRandom
+    from flb.privacy.secret_random import SecretRandom
     from server.strategy import build_strategy
 
     return build_strategy(load_config(None, ["strategy.name=dp_fixed_clipping", *overrides]), SecretRandom())
 
 
 def weak_warnings(caplog) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.name == "flb.accounting" and r.levelno == logging.WARNING]
+    return [r.getMessage() for r in caplog.records if r.name == "flb.privacy.accounting" and r.levelno == logging.WARNING]
 
 
 def test_server_dp_with_the_defaults_is_one_warning_naming_the_z_that_keeps_epsilon_within_10(caplog):

@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from flb.adapter_math import add, add_gaussian_noise_inplace, clip_inplace, l2_norm, subtract
-from flb.secret_random import SecretRandom
+from flb.adapters.arithmetic import add, add_gaussian_noise_inplace, clip_inplace, l2_norm, subtract
+from flb.privacy.secret_random import SecretRandom
 
 
 def test_clip_bounds_the_whole_adapter_norm():
@@ -33,7 +33,7 @@ def test_subtract_then_add_round_trips():
 
 
 def test_the_weighted_average_of_equal_tensors_is_that_tensor_bit_for_bit():
-    from flb.adapter_math import weighted_average
+    from flb.adapters.arithmetic import weighted_average
 
     frozen = torch.randn(8, 64, generator=torch.Generator().manual_seed(0))
     states = [({"a": frozen.clone(), "b": torch.full((2,), float(k))}, weight) for k, weight in enumerate((1, 1, 1))]

@@ -1,15 +1,15 @@
-"""flb.attestation: the EIP-712 typed data clients sign, checked here and against the contract itself."""
+"""flb.audit.attestation: the EIP-712 typed data clients sign, checked here and against the contract itself."""
 import subprocess
 import sys
 
 import pytest
 from eth_account import Account
 
-from flb.attestation import (DOMAIN_NAME, DOMAIN_VERSION, AttestationError, SignatureError, SigningDomain,
+from flb.audit.attestation import (DOMAIN_NAME, DOMAIN_VERSION, AttestationError, SignatureError, SigningDomain,
                              commitment, data_upload_hash, data_upload_signer, domain_separator,
                              sign_data_upload, sign_update, update_hash, update_signer)
 from flb.errors import FLBError
-from flb.secret_random import SecretRandom
+from flb.privacy.secret_random import SecretRandom
 
 CLIENT = Account.from_key(b"\x11" * 32)
 OTHER = Account.from_key(b"\x22" * 32)
@@ -95,7 +95,7 @@ def test_commitment_depends_on_the_salt_and_hides_the_digest():
 
 
 def test_importing_it_loads_no_ethereum_library():
-    code = "import sys, flb.attestation; print(sorted(m for m in ('eth_account', 'web3', 'chain') if m in sys.modules))"
+    code = "import sys, flb.audit.attestation; print(sorted(m for m in ('eth_account', 'web3', 'chain') if m in sys.modules))"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"
 
 

@@ -8,7 +8,7 @@ import pytest
 
 import main_simple_fl
 from flb.config import load_config
-from flb.rundir import RunDir
+from flb.run.directory import RunDir
 
 
 @pytest.fixture(autouse=True)

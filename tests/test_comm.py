@@ -1,11 +1,11 @@
-"""flb.comm: bytes counted from the tensors themselves, and the budget warning."""
+"""flb.run.comm: bytes counted from the tensors themselves, and the budget warning."""
 from __future__ import annotations
 
 import logging
 
 import torch
 
-from flb.comm import CommTracker, tensor_bytes
+from flb.run.comm import CommTracker, tensor_bytes
 from flb.types import ClientUpdate
 
 
@@ -32,13 +32,13 @@ def test_a_round_counts_what_was_sent_to_each_sampled_client_and_what_came_back_
 def test_the_budget_warns_once_when_passed_and_not_again_after_a_resume(caplog):
     tracker = CommTracker(budget_mb=0.000_1)  # 100 bytes
     sent = {"w": torch.zeros(10)}  # 40 bytes
-    with caplog.at_level(logging.WARNING, logger="flb.comm"):
+    with caplog.at_level(logging.WARNING, logger="flb.run.comm"):
         rows = [tracker.count(r, sent, {}, 1, []) for r in (1, 2, 3, 4)]
     assert [r.message for r in caplog.records] == [
         "round 3: 0.00 MB sent to and from clients so far, past comm.budget_mb = 0.0001"]
     caplog.clear()
     resumed = CommTracker(budget_mb=0.000_1)
     resumed.restore(rows[-1])
-    with caplog.at_level(logging.WARNING, logger="flb.comm"):
+    with caplog.at_level(logging.WARNING, logger="flb.run.comm"):
         assert resumed.count(5, sent, {}, 1, [])["comm_total_down_bytes"] == 200
     assert not caplog.records

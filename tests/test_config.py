@@ -208,9 +208,9 @@ def test_a_byte_order_mark_is_fine(tmp_path):
                                    "bf16 can be True"),
 ])
 def test_training_arguments_are_checked_before_the_run(arguments, message):
-    """flb.training.check_training_arguments: main calls it before it creates the run directory."""
+    """flb.model.sft_settings.check_training_arguments: main calls it before it creates the run directory."""
     from flb.config import SFTSettings
-    from flb.training import check_training_arguments
+    from flb.model.sft_settings import check_training_arguments
 
     with pytest.raises(ConfigError) as info:
         check_training_arguments(SFTSettings(training_arguments=arguments), use_cpu=True)

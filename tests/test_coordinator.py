@@ -10,9 +10,9 @@ import torch
 from safetensors.torch import load_file
 
 import main_simple_fl
-from flb.adapter_math import weighted_average
+from flb.adapters.arithmetic import weighted_average
 from flb.config import load_config
-from flb.digests import adapter_digest, adapter_file_digest
+from flb.audit.digests import adapter_digest, adapter_file_digest
 from flb.errors import RunFailed
 from flb.types import ClientUpdate
 

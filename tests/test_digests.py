@@ -3,7 +3,7 @@ from __future__ import annotations
 import torch
 from safetensors.torch import save_file
 
-from flb.digests import adapter_digest, adapter_file_digest, records_digest
+from flb.audit.digests import adapter_digest, adapter_file_digest, records_digest
 
 
 def test_digest_is_order_independent_and_sensitive_to_every_part(tmp_path):
@@ -30,7 +30,7 @@ def test_the_adapter_config_digest_is_the_same_in_every_process():
     import subprocess
     import sys
 
-    code = ("from peft import LoraConfig; from flb.digests import adapter_config_digest as d; "
+    code = ("from peft import LoraConfig; from flb.audit.digests import adapter_config_digest as d; "
             "print(d(LoraConfig(r=8, lora_alpha=16, target_modules=['q_proj', 'v_proj', 'k_proj', 'o_proj'], "
             "task_type='CAUSAL_LM')))")
     processes = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,

@@ -11,10 +11,10 @@ import main_simple_fl
 from client.dpsgd import DPSGD
 from client.privacy import NoPrivacy
 from client.sft import SFTClient
-from flb.accounting import NoisePlan, epsilon, rdp_accountant
+from flb.privacy.accounting import NoisePlan, epsilon, rdp_accountant
 from flb.config import load_config
 from flb.local_objective import LocalObjective
-from flb.modeling import adapter_parameters, get_adapter_state, set_adapter_state
+from flb.model.load import adapter_parameters, get_adapter_state, set_adapter_state
 
 
 @pytest.fixture(scope="module")

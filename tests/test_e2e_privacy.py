@@ -7,7 +7,7 @@ import logging
 
 import main_simple_fl
 from flb.config import load_config
-from flb.digests import adapter_file_digest
+from flb.audit.digests import adapter_file_digest
 
 PRIVATE = ["num_clients=3", "clients_per_round=2", "local_steps=2", "eval.size=8", "client.local_dp=true",
            "client.dp.mode=dpsgd", "client.dp.noise_multiplier=1.0", "strategy.name=dp_adaptive_clipping"]
@@ -32,7 +32,7 @@ def test_a_resumed_dp_run_ends_exactly_where_the_uninterrupted_one_does(tiny_ove
     round 2, the copy is resumed: every secret draw (sampling, DP-SGD batches and noise, server noise) repeats."""
     uninterrupted, resumed = run_and_resume_after_round_1(tiny_overrides + PRIVATE)
 
-    weak = [r.getMessage() for r in caplog.records if r.name == "flb.accounting" and r.levelno == logging.WARNING]
+    weak = [r.getMessage() for r in caplog.records if r.name == "flb.privacy.accounting" and r.levelno == logging.WARNING]
     assert weak == ["server DP: epsilon will be 15.2 after 2 rounds at delta 1e-05 (above 10: a weak guarantee); raise "
                     "server.noise_multiplier (now 0.5) to 0.684 or more, or run fewer rounds"] * 2  # run, resume
 

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from flb.digests import adapter_file_digest
+from flb.audit.digests import adapter_file_digest
 
 # one step of one example per client, two eval examples of one new token: what is checked is the strategy's state
 CHEAP = ["local_steps=1", "sft.batch_size=1", "eval.size=2", "eval.batch_size=2", "eval.max_new_tokens=1"]

@@ -8,9 +8,9 @@ import pytest
 
 import main_simple_fl
 from flb.config import load_config
-from flb.digests import adapter_digest, adapter_file_digest
-from flb.rundir import RunDir
-from flb.state_tensors import split_tensors
+from flb.audit.digests import adapter_digest, adapter_file_digest
+from flb.run.directory import RunDir
+from flb.run.state_tensors import split_tensors
 
 
 def run(overrides, **kwargs):
@@ -76,7 +76,7 @@ def test_scaffold_under_cosine_resumes_exactly_with_the_rates_and_bytes_of_each_
     from safetensors.torch import load_file
 
     from client.sft import CorrectedSteps
-    from flb.comm import tensor_bytes
+    from flb.run.comm import tensor_bytes
 
     step_rates = []
     before_step = CorrectedSteps.on_pre_optimizer_step

@@ -22,7 +22,7 @@ ANSWERS = "BCABCB"  # the correct letters of QUESTIONS, in order
 
 @pytest.fixture(scope="module")
 def tiny_peft(tiny_model_dir):
-    from flb.modeling import add_lora, load_base_model, load_tokenizer
+    from flb.model.load import add_lora, load_base_model, load_tokenizer
 
     settings = ModelSettings(model_path=str(tiny_model_dir))
     return add_lora(load_base_model(settings), settings), load_tokenizer(settings)
@@ -258,7 +258,7 @@ def test_bad_multiple_choice_path_fails_the_check_before_a_run(tmp_path):
 
 def test_evaluator_puts_each_suites_metrics_under_suites(tiny_peft, tmp_path):
     from flb.data.load import normalize
-    from flb.modeling import get_adapter_state
+    from flb.model.load import get_adapter_state
     from server.evaluation import Evaluator
 
     model, tokenizer = tiny_peft

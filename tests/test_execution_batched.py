@@ -8,7 +8,7 @@ import pytest
 import main_simple_fl
 from client import batched
 from flb.config import load_config
-from flb.modeling import get_adapter_state
+from flb.model.load import get_adapter_state
 from flb.scheduler import Admission
 from tests.tiny_model import tiny_run_overrides
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from client.workers import WorkerError, WorkerPool
-from flb.digests import adapter_digest
+from flb.audit.digests import adapter_digest
 from flb.errors import ModelError, RunFailed
 from flb.scheduler import WorkerDied
 from flb.types import ClientUpdate

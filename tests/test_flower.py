@@ -10,8 +10,8 @@ import json
 import pytest
 
 from chain import explorer
-from flb.accounting import epsilon, rdp_accountant
-from flb.private_state import PrivateState
+from flb.privacy.accounting import epsilon, rdp_accountant
+from flb.privacy.private_state import PrivateState
 from tests.flower_loopback import Loopback, stop
 
 pytestmark = pytest.mark.flower

@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 import main_simple_fl
 from flb.config import load_config
 from flb.errors import ModelError
-from flb.modeling import base_model_digest, get_adapter_state
+from flb.model.load import base_model_digest, get_adapter_state
 from flb_flower import client_app, wire
 from flb_flower.fleet import Fleet
 from tests.test_flower_wire import StubGrid
@@ -169,7 +169,7 @@ def test_fresh_node_keys_are_per_run_and_a_resume_keeps_them(server, tiny_model_
 
 def test_a_nodes_keystore_is_used_only_with_persistent_keys(server, tiny_model_dir, tmp_path, monkeypatch):
     from chain.accounts import create_keystore
-    from flb.keystore import KeystoreError
+    from flb.audit.keystore import KeystoreError
 
     monkeypatch.setenv("FLB_TEST_NODE_PASSWORD", "node-password")
     keystore = tmp_path / "node-key.json"

@@ -13,7 +13,7 @@ import subprocess
 
 import pytest
 
-from flb.digests import adapter_file_digest
+from flb.audit.digests import adapter_file_digest
 from flb.errors import RunFailed
 from flb_flower.fleet import Fleet
 from tests.flower_loopback import (FLOWER_RUN, REPO, Loopback, certs_argv, connection_toml, flwr_run_argv, node_config,

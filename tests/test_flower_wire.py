@@ -18,14 +18,14 @@ from flwr.supercore.task_identity import TaskIdentity
 
 import main_simple_fl
 from client.privacy import GaussianUpdate
-from flb.accounting import NoisePlan
-from flb.attestation import SigningDomain
+from flb.privacy.accounting import NoisePlan
+from flb.audit.attestation import SigningDomain
 from flb.config import load_config
-from flb.digests import adapter_digest, update_content
+from flb.audit.digests import adapter_digest, update_content
 from flb.errors import ClientUnavailable, RunFailed, UpdateRejected
-from flb.keystore import RUN_KEY_FILE
-from flb.modeling import get_adapter_state
-from flb.private_state import OPENINGS, PrivateState
+from flb.audit.keystore import RUN_KEY_FILE
+from flb.model.load import get_adapter_state
+from flb.privacy.private_state import OPENINGS, PrivateState
 from flb.types import ClientUpdate, SignedUpload
 from flb_flower import wire
 from flb_flower.fleet import Fleet
@@ -34,7 +34,7 @@ from server.validation import Expected, validate_update
 
 DOMAIN = SigningDomain(31337, "0x" + "ab" * 20)
 RUN_ID = "20260101-000000-abcd"
-BASE_MODEL = "ef" * 32  # a base model digest, as flb.modeling.base_model_digest gives
+BASE_MODEL = "ef" * 32  # a base model digest, as flb.model.load.base_model_digest gives
 
 
 # --- no secret travels -------------------------------------------------------------------------

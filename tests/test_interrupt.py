@@ -1,4 +1,4 @@
-"""flb.interrupt: the first stop signal stops where the run is, except inside a durable section; a second ends the
+"""flb.run.stop: the first stop signal stops where the run is, except inside a durable section; a second ends the
 process at once. Real signals."""
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from flb.interrupt import EXIT_CODE, StopRequested, durable, stop_signals
+from flb.run.stop import EXIT_CODE, StopRequested, durable, stop_signals
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -33,7 +33,7 @@ def test_a_signal_inside_a_durable_section_stops_the_run_only_once_the_section_i
 # cleans up slowly after the first signal, as a run waiting for its ledger's confirmations would
 SLOW_CLEANUP = """
 import time
-from flb.interrupt import StopRequested, stop_signals
+from flb.run.stop import StopRequested, stop_signals
 with stop_signals():
     try:
         print("training", flush=True)

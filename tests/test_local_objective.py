@@ -11,7 +11,7 @@ from client.privacy import NoPrivacy
 from client.sft import SFTClient
 from flb.config import load_config
 from flb.local_objective import LocalObjective
-from flb.modeling import adapter_parameters, get_adapter_state
+from flb.model.load import adapter_parameters, get_adapter_state
 
 LEARNING_RATE = 0.1
 

@@ -10,11 +10,11 @@ import pytest
 import torch
 
 import main_simple_fl
-from flb.adapter_math import weighted_average
+from flb.adapters.arithmetic import weighted_average
 from flb.config import load_config
-from flb.digests import adapter_file_digest
+from flb.audit.digests import adapter_file_digest
 from flb.errors import ConfigError
-from flb.lora_aggregation import aggregation_error, is_lora_a, lora_modules, mean_product, svd_average
+from flb.adapters.lora_aggregation import aggregation_error, is_lora_a, lora_modules, mean_product, svd_average
 
 RANK, OUT, IN = 4, 12, 10
 MODULES = ("layers.0.q_proj", "layers.0.v_proj")
@@ -107,7 +107,7 @@ def test_svd_is_accepted_over_a_mean(name):
 # --- through the strategies, as the registry builds them -----------------------------------------------------------
 
 def strategy_for(mode, name):
-    from flb.secret_random import SecretRandom
+    from flb.privacy.secret_random import SecretRandom
     from server.strategy import build_strategy
 
     settings = [f"strategy.lora_aggregation={mode}", f"strategy.name={name}", "strategy.norm_bounding.max_norm=1e3"]
@@ -115,7 +115,7 @@ def strategy_for(mode, name):
 
 
 def as_updates(states_and_weights):
-    from flb.digests import adapter_digest
+    from flb.audit.digests import adapter_digest
     from flb.types import ClientUpdate
 
     return [ClientUpdate(client_id=k, round=1, tensors=state, num_examples=w, train_loss=0.0, wall_time_s=0.0,

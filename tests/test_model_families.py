@@ -15,8 +15,8 @@ import torch
 
 from flb.config import ModelSettings, load_config
 from flb.errors import ModelError
-from flb.modeling import add_lora, load_base_model
-from flb.target_modules import resolved_target_modules
+from flb.model.load import add_lora, load_base_model
+from flb.model.target_modules import resolved_target_modules
 from tests.tiny_model import TINY_FAMILIES, save_tiny_family, tiny_run_overrides
 
 FAMILIES = list(TINY_FAMILIES)
@@ -25,7 +25,7 @@ TASKS_FILE = Path(__file__).resolve().parent.parent / "examples" / "datasets" / 
 
 _QKVO = ["k_proj", "o_proj", "q_proj", "v_proj"]
 _QKVO_AND_MLP = sorted(_QKVO + ["down_proj", "gate_proj", "up_proj"])
-# Written out here, not read from flb.target_modules, so a wrong entry there fails these tests.
+# Written out here, not read from flb.model.target_modules, so a wrong entry there fails these tests.
 AUTO = {"llama": _QKVO, "mistral": _QKVO, "qwen2": _QKVO, "qwen3": _QKVO, "gemma2": _QKVO, "gemma3": _QKVO,
         "phi3": ["o_proj", "qkv_proj"], "gpt2": ["c_attn"]}
 ALL_LINEAR = {"llama": _QKVO_AND_MLP, "mistral": _QKVO_AND_MLP, "qwen2": _QKVO_AND_MLP, "qwen3": _QKVO_AND_MLP,
@@ -162,14 +162,14 @@ def no_template_dir(family_dir, tmp_path_factory):
 
 
 def test_a_tokenizer_without_chat_template_gets_the_fallback(no_template_dir, caplog):
-    from flb.modeling import FALLBACK_CHAT_TEMPLATE, load_tokenizer
+    from flb.model.load import FALLBACK_CHAT_TEMPLATE, load_tokenizer
 
-    with caplog.at_level(logging.WARNING, logger="flb.modeling"):
+    with caplog.at_level(logging.WARNING, logger="flb.model.load"):
         tokenizer = load_tokenizer(ModelSettings(model_path=str(no_template_dir)))
     assert tokenizer.chat_template == FALLBACK_CHAT_TEMPLATE
     assert [r.getMessage() for r in caplog.records if "FALLBACK_CHAT_TEMPLATE" in r.getMessage()] == [
         f"model.model_path: the tokenizer of {str(no_template_dir)!r} has no chat template; using FLB's fallback "
-        "(flb.modeling.FALLBACK_CHAT_TEMPLATE: <|user|> and <|assistant|> turns, answers end with <|im_end|>)"]
+        "(flb.model.load.FALLBACK_CHAT_TEMPLATE: <|user|> and <|assistant|> turns, answers end with <|im_end|>)"]
     prompt = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Compute 2 + 2."}]
     answer = [{"role": "assistant", "content": "4"}]
     assert tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False) == (
@@ -182,7 +182,7 @@ def test_a_tokenizer_without_chat_template_gets_the_fallback(no_template_dir, ca
 
 
 def test_a_tokenizer_with_its_own_chat_template_keeps_it(family_dir):
-    from flb.modeling import FALLBACK_CHAT_TEMPLATE, load_tokenizer
+    from flb.model.load import FALLBACK_CHAT_TEMPLATE, load_tokenizer
 
     tokenizer = load_tokenizer(ModelSettings(model_path=str(family_dir("llama"))))
     assert tokenizer.chat_template != FALLBACK_CHAT_TEMPLATE and "<|im_start|>" in tokenizer.chat_template

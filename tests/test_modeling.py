@@ -6,7 +6,7 @@ import torch
 
 from flb.config import ModelSettings, load_config
 from flb.errors import ModelError
-from flb.modeling import add_lora, get_adapter_state, load_base_model, resolve_source, set_adapter_state
+from flb.model.load import add_lora, get_adapter_state, load_base_model, resolve_source, set_adapter_state
 
 
 def test_packaged_model_is_found_without_importing_it():
@@ -58,7 +58,7 @@ def test_hub_id_offline_says_so(tmp_path, monkeypatch):
 def test_a_hub_that_does_not_answer_is_one_line_at_once_without_retries(hub_off, caplog, capfd):
     import time
 
-    from flb.modeling import load_tokenizer
+    from flb.model.load import load_tokenizer
 
     started = time.perf_counter()
     with pytest.raises(ModelError) as info:
@@ -73,7 +73,7 @@ def test_a_cached_hub_id_loads_from_the_cache_when_the_hub_does_not_answer(hub_o
     import shutil
     import time
 
-    from flb.modeling import load_tokenizer
+    from flb.model.load import load_tokenizer
 
     repo = tmp_path / "hf-cache" / "models--flb--tiny-llama"
     shutil.copytree(tiny_model_dir, repo / "snapshots" / ("ab" * 20))
@@ -136,7 +136,7 @@ def broken_copy(tiny_model_dir, tmp_path, *, drop=(), truncate=None):
     ((), "config.json", "cannot be loaded (It looks like the config file"),
 ])
 def test_broken_model_folder_is_one_line_model_error(tiny_model_dir, tmp_path, drop, truncate, message):
-    from flb.modeling import load_tokenizer
+    from flb.model.load import load_tokenizer
 
     path = broken_copy(tiny_model_dir, tmp_path, drop=drop, truncate=truncate)
     settings = ModelSettings(model_path=str(path))
@@ -150,7 +150,7 @@ def test_broken_model_folder_is_one_line_model_error(tiny_model_dir, tmp_path, d
 @pytest.mark.parametrize("content", [b"not a gguf file at all" * 100, b"GGUF\x03\x00\x00\x00garbage",
                                      b"GGUF\x03\x00\x00\x00" + b"\xff" * 64])
 def test_garbage_gguf_is_one_line_model_error(tmp_path, monkeypatch, content):
-    from flb.modeling import load_tokenizer
+    from flb.model.load import load_tokenizer
 
     monkeypatch.setenv("FLB_CACHE_DIR", str(tmp_path / "cache"))
     (tmp_path / "m.gguf").write_bytes(content)

@@ -1,4 +1,4 @@
-"""Round notifications (flb.notify): a real local HTTP server and real shell commands receive them; a receiver that
+"""Round notifications (flb.run.notify): a real local HTTP server and real shell commands receive them; a receiver that
 is dead, slow, failing or hanging is logged and never stops or slows a round."""
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from flb.config import NotifySettings
-from flb.notify import Notifier, round_notifications
+from flb.run.notify import Notifier, round_notifications
 from flb.types import NullLedger
 
 PAYLOAD_KEYS = {"run_id", "round", "num_rounds", "skipped", "num_clients", "eval_loss", "accuracy", "epsilon",
@@ -83,7 +83,7 @@ def notifier(**settings) -> Notifier:
 
 
 def warnings_of(caplog) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.name == "flb.notify" and r.levelno == logging.WARNING]
+    return [r.getMessage() for r in caplog.records if r.name == "flb.run.notify" and r.levelno == logging.WARNING]
 
 
 def test_each_row_is_one_json_post_in_order():

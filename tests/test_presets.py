@@ -9,8 +9,8 @@ import pytest
 import yaml
 
 from flb.config import config_from_dict, load_config
-from flb.target_modules import requested_target_modules
-from flb.training import check_training_arguments
+from flb.model.target_modules import requested_target_modules
+from flb.model.sft_settings import check_training_arguments
 
 PRESETS_DIR = Path(__file__).resolve().parent.parent / "examples" / "configs"
 PRESETS = sorted(PRESETS_DIR.glob("*.yaml"))
@@ -78,7 +78,7 @@ def test_there_is_one_flowertune_file_per_domain():
 
 @pytest.mark.parametrize("domain", sorted(FLOWERTUNE))
 def test_flowertune_files_hold_the_leaderboards_fixed_protocol(domain):
-    from flb.training import round_learning_rate
+    from flb.model.sft_settings import round_learning_rate
 
     config = load_config(FLOWERTUNE_DIR / f"{domain}.yaml")
     assert (config.dataset_name, config.num_clients, config.clients_per_round) == FLOWERTUNE[domain]

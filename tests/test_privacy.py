@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from client.privacy import GaussianUpdate, NoPrivacy, local_privacy
-from flb.accounting import NoisePlan, epsilon, rdp_accountant
-from flb.adapter_math import l2_norm, subtract
+from flb.privacy.accounting import NoisePlan, epsilon, rdp_accountant
+from flb.adapters.arithmetic import l2_norm, subtract
 from flb.config import ClientDPSettings, ClientSettings
 from flb.errors import ConfigError
-from flb.secret_random import SecretRandom
+from flb.privacy.secret_random import SecretRandom
 
 GLOBAL = {"a.lora_A.weight": torch.ones(2, 3), "a.lora_B.weight": torch.zeros(3, 2)}
 

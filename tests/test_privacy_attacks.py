@@ -11,7 +11,7 @@ import pytest
 import main_simple_fl
 from bench.privacy_attack import client_attack, server_attack
 from flb.config import load_config
-from flb.digests import adapter_file_digest, records_digest
+from flb.audit.digests import adapter_file_digest, records_digest
 
 Z, CLIP = 1.0, 0.5
 ONE_ROUND = ["num_rounds=1", "local_steps=2", "eval.size=8"]

@@ -95,7 +95,7 @@ def test_the_epsilon_compared_includes_what_the_client_already_spent():
     target (4 rounds at z = 5 alone would)."""
     import torch
 
-    from flb.secret_random import SecretRandom
+    from flb.privacy.secret_random import SecretRandom
 
     config = sent("client.dp.noise_multiplier=5", "num_rounds=4")
     spent = planned(sent("client.dp.noise_multiplier=0.5", "num_rounds=4"))

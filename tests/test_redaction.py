@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from flb.redaction import redact_config, redact_text, redact_url
+from flb.run.redaction import redact_config, redact_text, redact_url
 
 
 @pytest.mark.parametrize("url, redacted", [

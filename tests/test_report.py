@@ -1,10 +1,10 @@
-"""flb.report: each eval suite's headline score, in summary.json and plots/suites.png."""
+"""flb.run.summary: each eval suite's headline score, in summary.json and plots/suites.png."""
 from __future__ import annotations
 
 import json
 
-from flb.report import ledger_lines, round_line, suite_scores, summary_table, write_plots, write_summary
-from flb.rundir import RunDir
+from flb.run.summary import ledger_lines, round_line, suite_scores, summary_table, write_plots, write_summary
+from flb.run.directory import RunDir
 
 
 def round_row(round: int, mc: float, he: float, arc: float) -> dict:

@@ -9,7 +9,7 @@ import pytest
 
 import main_simple_fl
 from flb.errors import RunDirError
-from flb.runlock import RunLock
+from flb.run.lock import RunLock
 
 
 @pytest.mark.parametrize("override", ["seed=7", "num_clients=3", "model.lora.r=4", "dataset_name=other.jsonl",

@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 
 from flb.config import Config
 from flb.errors import RunDirError
-from flb.rundir import RunDir
+from flb.run.directory import RunDir
 
 ADAPTER = {"base_model.model.layers.0.q_proj.lora_A.weight": torch.arange(6, dtype=torch.float32).reshape(2, 3)}
 
@@ -112,7 +112,7 @@ def test_torn_last_metrics_line_is_dropped_on_resume_with_a_warning(tmp_path, ca
     with open(run.path / "metrics.jsonl", "a") as handle:
         handle.write('{"kind": "client", "round": 2, "cli')
     assert len(run.metrics()) == 4  # readers skip the line being written
-    with caplog.at_level(logging.WARNING, logger="flb.rundir"):
+    with caplog.at_level(logging.WARNING, logger="flb.run.directory"):
         run.read_checkpoint()
     assert "torn last line" in caplog.text
     lines = (run.path / "metrics.jsonl").read_text().splitlines()

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from flb.secret_random import KEY_BYTES, SecretRandom
+from flb.privacy.secret_random import KEY_BYTES, SecretRandom
 
 
 def test_fresh_generators_differ_and_a_saved_state_replays_exactly():

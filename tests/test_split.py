@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from flb.errors import ConfigError
-from flb.split import SPLIT_FAMILIES, SplitPlan, decode_frame, encode_frame, split_family
+from flb.split.cut import SPLIT_FAMILIES, SplitPlan, decode_frame, encode_frame, split_family
 from tests.tiny_model import TINY_FAMILIES, save_tiny_family, save_tiny_llama, tiny_run_overrides
 
 FP32 = "sft.training_arguments={bf16: false}"  # trl trains under bf16 autocast on the CPU by default
@@ -46,7 +46,7 @@ def split_parts(model_dir, tmp_path, k: int, m: int, *extra: str):
     """A SplitClient (client 0 of a tiny split config, fp32) and its in-process TrunkServer on one model."""
     import main_simple_fl
     from flb.config import load_config
-    from flb.rundir import RunDir
+    from flb.run.directory import RunDir
 
     config = load_config(None, split_overrides(model_dir, tmp_path / "runs", FP32, f"split.head_layers={k}",
                                                f"split.tail_layers={m}", *extra))
@@ -58,7 +58,7 @@ def split_parts(model_dir, tmp_path, k: int, m: int, *extra: str):
 
 def first_batch(client, round: int = 1):
     from client.batched import optimizer_steps
-    from flb.modeling import get_adapter_state
+    from flb.model.load import get_adapter_state
 
     client.inner.begin_round(get_adapter_state(client.inner.model), round)
     return optimizer_steps(client.inner.trainer, 1)[0][0]
@@ -99,8 +99,8 @@ def one_torch_thread():
 def test_split_step_gives_the_unsplit_loss_and_lora_gradients(family_parts, family, k, m, one_torch_thread):
     """fp32, noise off: one micro-batch across the cut gives the whole model's loss within 1e-6 and every LoRA
     gradient, the client's and the trunk's, within 1e-7 (both compute the same operations in the same order)."""
-    from flb.modeling import get_adapter_state
-    from flb.training import target_log_probs
+    from flb.model.load import get_adapter_state
+    from flb.model.sft_settings import target_log_probs
 
     client, trunk = family_parts(family)
     model = client.inner.model
@@ -135,9 +135,9 @@ def test_split_step_gives_the_unsplit_loss_and_lora_gradients(family_parts, fami
 def test_drop_trunk_frees_the_trunks_blocks_and_keeps_the_client_part(model_dir, request):
     """What a network client (client.split_node) keeps: its blocks compute as before, the trunk's are gone, and its
     adapter is the client part under the same names."""
-    from client.split import drop_trunk
+    from client.split_client import drop_trunk
     from flb.config import ModelSettings
-    from flb.modeling import add_lora, get_adapter_state, load_base_model
+    from flb.model.load import add_lora, get_adapter_state, load_base_model
 
     settings = ModelSettings(model_path=str(request.getfixturevalue(model_dir)))
     model = add_lora(load_base_model(settings), settings).eval()
@@ -162,7 +162,7 @@ def test_only_hidden_states_and_gradients_cross_the_cut(tiny4_dir, tmp_path, mon
     session's end, the trunk's LoRA tensors, never a base weight."""
     import main_simple_fl
     from flb.config import load_config
-    from server.split import TrunkServer
+    from server.split_trunk import TrunkServer
 
     frames = []
     handle = TrunkServer.handle
@@ -200,7 +200,7 @@ def test_activation_noise_comes_from_the_clients_secret_generator(tiny4_dir, tmp
     state is clipped to split.activation_clip before the noise."""
     import main_simple_fl
     from flb.config import load_config
-    from server.split import TrunkServer
+    from server.split_trunk import TrunkServer
 
     sent = []
     handle = TrunkServer.handle
@@ -229,8 +229,8 @@ def test_activation_noise_comes_from_the_clients_secret_generator(tiny4_dir, tmp
 
 
 def test_activation_clip_bounds_each_tokens_norm():
-    from client.split import ActivationNoise
-    from flb.secret_random import SecretRandom
+    from client.split_client import ActivationNoise
+    from flb.privacy.secret_random import SecretRandom
 
     hidden = torch.randn(2, 5, 16) * 10
     clipped = ActivationNoise(std=0.0, clip=1.5).apply(hidden, SecretRandom())
@@ -256,8 +256,8 @@ def test_a_split_run_trains_resumes_exactly_and_its_adapter_loads_with_plain_pef
     import main_simple_fl
     from chain import explorer
     from flb.config import load_config
-    from flb.digests import adapter_digest
-    from flb.modeling import set_adapter_state
+    from flb.audit.digests import adapter_digest
+    from flb.model.load import set_adapter_state
 
     model_dir = request.getfixturevalue(model_dir)
     overrides = split_overrides(model_dir, tmp_path / "runs", "chain_record=true", "sft.learning_rate=0.003",
@@ -302,7 +302,7 @@ def test_the_grpc_transport_ends_on_the_in_process_digest(tiny4_dir, tmp_path):
     client and step wherever it runs). Each client started round 2 from its own round-1 part."""
     import main_simple_fl
     from flb.config import load_config
-    from flb.private_state import PrivateState
+    from flb.privacy.private_state import PrivateState
     from safetensors.torch import load_file
 
     common = ["split.trunk=per_client", "split.client_parts=personal", "model.lora.dropout=0.1"]
@@ -332,7 +332,7 @@ def test_the_trunk_server_refuses_frames_out_of_protocol_in_one_line(trunk_parts
     """Garbage, a frame outside a session, a session for another round or another client, hidden states of the wrong
     width or not finite, a mask that is not 0/1, a backward without a forward, a gradient of another shape, a close
     with a forward pending: each answered with an error frame naming it; afterwards the session still works."""
-    from flb.modeling import get_adapter_state
+    from flb.model.load import get_adapter_state
 
     client, trunk, _ = trunk_parts
     trunk.start_round(get_adapter_state(client.inner.model), 3)
@@ -371,7 +371,7 @@ def test_the_trunk_server_refuses_frames_out_of_protocol_in_one_line(trunk_parts
 def test_shared_trunk_continues_from_the_previous_client_per_client_starts_from_the_global(trunk_parts):
     """split.trunk shared: the second client's session starts from the trunk the first one's ended with; per_client:
     from the round's global trunk. A step changes the trunk."""
-    from flb.modeling import get_adapter_state
+    from flb.model.load import get_adapter_state
 
     client, trunk, _ = trunk_parts
     model, plan = client.inner.model, client.plan
@@ -427,7 +427,7 @@ def test_a_network_client_whose_process_ends_or_goes_silent_is_that_clients_fail
     import subprocess
     import sys
 
-    from flb.modeling import get_adapter_state
+    from flb.model.load import get_adapter_state
     from flb.types import ProxyClient
     from server.split_hub import SplitClientLost, SplitHub
 

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from flb.digests import adapter_digest
+from flb.audit.digests import adapter_digest
 from flb.errors import ConfigError
-from flb.secret_random import SecretRandom
+from flb.privacy.secret_random import SecretRandom
 from flb.types import ClientUpdate
-from flb.adapter_math import weighted_average
+from flb.adapters.arithmetic import weighted_average
 from server.strategy.dp_adaptive_clipping import DPAdaptiveClipping
 from server.strategy.dp_fixed_clipping import DPFixedClipping
 from server.strategy.fedavg import FedAvg

@@ -8,12 +8,12 @@ import math
 import pytest
 import torch
 
-from flb.adapter_math import weighted_average
+from flb.adapters.arithmetic import weighted_average
 from flb.config import Config
 from flb.errors import ConfigError, RunDirError
-from flb.lora_aggregation import svd_average
-from flb.rundir import RunDir
-from flb.secret_random import SecretRandom
+from flb.adapters.lora_aggregation import svd_average
+from flb.run.directory import RunDir
+from flb.privacy.secret_random import SecretRandom
 from flb.types import ClientUpdate
 from server.strategy.dp_fixed_clipping import DPFixedClipping
 from server.strategy.fedadagrad import FedAdagrad

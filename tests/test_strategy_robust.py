@@ -7,7 +7,7 @@ import torch
 
 from flb.config import MEAN_STRATEGY_NAMES, WRAPPER_NAMES, Config, load_config
 from flb.errors import ConfigError
-from flb.secret_random import SecretRandom
+from flb.privacy.secret_random import SecretRandom
 from flb.types import ClientUpdate
 from server.strategy import BUILDERS
 from server.strategy.bulyan import Bulyan

@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from flb.config import load_config
-from flb.digests import adapter_digest
+from flb.audit.digests import adapter_digest
 from flb.errors import ConfigError
-from flb.secret_random import SecretRandom
+from flb.privacy.secret_random import SecretRandom
 from flb.types import ClientUpdate
 from server.strategy import build_strategy
 from server.strategy.fedprox import FedProx

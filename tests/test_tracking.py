@@ -1,4 +1,4 @@
-"""Experiment tracking (flb.tracking): what a run writes to TensorBoard's event files and to MLflow's store is read back
+"""Experiment tracking (flb.run.tracking): what a run writes to TensorBoard's event files and to MLflow's store is read back
 with their own readers; a resumed run goes on in the same MLflow run; a tracker that fails is one warning and the run
 goes on."""
 from __future__ import annotations
@@ -13,7 +13,7 @@ import pytest
 import main_simple_fl
 from flb.config import TrackingSettings, load_config
 from flb.errors import ConfigError
-from flb.tracking import MLFLOW_RUN_FILE, Tracker, check_backends, each_round, round_scalars
+from flb.run.tracking import MLFLOW_RUN_FILE, Tracker, check_backends, each_round, round_scalars
 
 
 def mlflow_client(run_path):
@@ -60,7 +60,7 @@ def resume(run_path, *overrides: str):
 
 
 def tracking_warnings(caplog) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.name == "flb.tracking" and r.levelno >= logging.WARNING]
+    return [r.getMessage() for r in caplog.records if r.name == "flb.run.tracking" and r.levelno >= logging.WARNING]
 
 
 def test_a_rounds_numbers_are_named_scalars_and_what_it_lacks_is_left_out():
@@ -141,7 +141,7 @@ def test_each_rounds_ledger_transaction_is_a_tag_once_known(tmp_path, caplog):
     from chain.accounts import dev_accounts
     from chain.ledger import open_ledger
     from flb.config import ChainSettings
-    from flb.rundir import RunDir
+    from flb.run.directory import RunDir
     from tests.chain.conftest import ANCHORS, register, signed_record
 
     clients = list(dev_accounts(3).clients)
@@ -171,10 +171,10 @@ def test_each_rounds_ledger_transaction_is_a_tag_once_known(tmp_path, caplog):
 
 
 def test_a_backend_that_is_not_installed_is_one_line_naming_the_package(monkeypatch):
-    import flb.tracking
+    import flb.run.tracking
 
     check_backends(TrackingSettings(backends=["tensorboard", "mlflow"]))
-    monkeypatch.setitem(flb.tracking.PACKAGES, "mlflow", ("flb_no_such_module", "mlflow-skinny==3.18.0"))
+    monkeypatch.setitem(flb.run.tracking.PACKAGES, "mlflow", ("flb_no_such_module", "mlflow-skinny==3.18.0"))
     with pytest.raises(ConfigError) as info:
         check_backends(TrackingSettings(backends=["mlflow"]))
     assert str(info.value) == ("tracking.backends: mlflow needs the mlflow-skinny package; pip install "

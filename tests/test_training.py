@@ -1,4 +1,4 @@
-"""flb.training: the learning rate across rounds; the loss on target positions."""
+"""flb.model.sft_settings: the learning rate across rounds; the loss on target positions."""
 from __future__ import annotations
 
 import math
@@ -6,7 +6,7 @@ import math
 import pytest
 
 from flb.config import SFTSettings
-from flb.training import round_learning_rate
+from flb.model.sft_settings import round_learning_rate
 
 
 def test_constant_is_the_same_every_round():
@@ -35,8 +35,8 @@ def test_the_target_scored_loss_and_gradients_are_trls(tiny_model_dir, tmp_path)
     from trl import SFTTrainer
 
     from flb.config import LoraSettings, ModelSettings
-    from flb.modeling import add_lora, adapter_parameters, load_base_model, load_tokenizer
-    from flb.training import quiet_trainer, sft_config, to_dataset
+    from flb.model.load import add_lora, adapter_parameters, load_base_model, load_tokenizer
+    from flb.model.sft_settings import quiet_trainer, sft_config, to_dataset
 
     settings = ModelSettings(model_path=str(tiny_model_dir), lora=LoraSettings(dropout=0.0))
     tokenizer, model = load_tokenizer(settings), add_lora(load_base_model(settings), settings)

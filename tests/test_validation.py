@@ -9,9 +9,9 @@ import torch
 from eth_account import Account
 from hypothesis import given, settings, strategies as st
 
-from flb.attestation import SigningDomain, sign_update
-from flb.digests import adapter_digest, update_content
-from flb.disclosure import Disclosure
+from flb.audit.attestation import SigningDomain, sign_update
+from flb.audit.digests import adapter_digest, update_content
+from flb.privacy.disclosure import Disclosure
 from flb.errors import UpdateRejected
 from flb.types import Attestation, ClientUpdate
 from server.validation import NORM_BOUND_MULTIPLE, Expected, outliers, validate_update

@@ -10,7 +10,7 @@ def save_tiny_llama(path: Path, num_layers: int = 2) -> Path:
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     from flb.config import ModelSettings
-    from flb.modeling import local_model_dir
+    from flb.model.load import local_model_dir
 
     tokenizer = AutoTokenizer.from_pretrained(local_model_dir(ModelSettings()))
     torch.manual_seed(0)
@@ -48,7 +48,7 @@ def save_tiny_family(family: str, path: Path, **config_overrides) -> Path:
     from transformers import AutoTokenizer
 
     from flb.config import ModelSettings
-    from flb.modeling import local_model_dir
+    from flb.model.load import local_model_dir
 
     config_name, model_name, sizes = TINY_FAMILIES[family]
     tokenizer = AutoTokenizer.from_pretrained(local_model_dir(ModelSettings()))

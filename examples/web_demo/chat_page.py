@@ -16,7 +16,7 @@ import rundata
 @st.cache_resource(show_spinner=False)
 def load_model(_settings, settings_key: str):
     """(tokenizer, LoRA-wrapped base model, lock) for one set of model settings, shared by every session."""
-    from flb.modeling import add_lora, load_base_model, load_tokenizer
+    from flb.model.load import add_lora, load_base_model, load_tokenizer
 
     tokenizer = load_tokenizer(_settings)
     model = add_lora(load_base_model(_settings), _settings)
@@ -36,8 +36,8 @@ def stream_reply(tokenizer, model, lock, messages: list[dict], adapter, temperat
     import torch
     from transformers import TextIteratorStreamer
 
-    from flb.modeling import set_adapter_state
-    from flb.training import chat_prompt, left_padded
+    from flb.model.load import set_adapter_state
+    from flb.model.sft_settings import chat_prompt, left_padded
 
     prompt_ids = tokenizer(chat_prompt(tokenizer, messages), add_special_tokens=False)["input_ids"]
     input_ids, attention_mask = left_padded([prompt_ids], tokenizer.pad_token_id)

@@ -27,7 +27,7 @@ class Run:
 
     def metrics(self) -> list[dict]:
         """metrics.jsonl, re-read on every call so a running run shows its new rounds."""
-        from flb.rundir import RunDir
+        from flb.run.directory import RunDir
 
         try:
             return RunDir(self.path).metrics()

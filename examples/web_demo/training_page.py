@@ -88,7 +88,7 @@ def _suites(rounds: list[dict]) -> None:
     """Each eval suite's headline score per round (multiple-choice accuracy, HumanEval pass@1, lm-eval's tasks)."""
     import pandas as pd
 
-    from flb.report import suite_scores
+    from flb.run.summary import suite_scores
 
     if not rounds:
         return
@@ -105,7 +105,7 @@ def _communication(rounds: list[dict]) -> None:
     """MB of adapter tensors sent to and received from the clients, per round (skipped ones too) and in all."""
     import pandas as pd
 
-    from flb.comm import MB
+    from flb.run.comm import MB
 
     if not rounds:
         return
@@ -124,7 +124,7 @@ def _split(settings: dict, rounds: list[dict]) -> None:
     """Where the model is cut and the MB of hidden states and gradients that crossed the cut per round."""
     import pandas as pd
 
-    from flb.comm import MB
+    from flb.run.comm import MB
 
     st.subheader("Split learning")
     noise = (f"activation noise σ = {settings['activation_noise']:g}" if settings["activation_noise"] else
@@ -151,7 +151,7 @@ def _privacy(config: dict, metrics: list[dict], rounds: list[dict]) -> None:
     metrics.jsonl)."""
     import pandas as pd
 
-    from flb.report import privacy_lines
+    from flb.run.summary import privacy_lines
 
     if not rounds:
         st.caption("No ε recorded: this run used no differential privacy (client.local_dp and server DP were off).")

@@ -6,10 +6,10 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Callable
 
-from flb.accounting import warn_if_delta_too_large
+from flb.privacy.accounting import warn_if_delta_too_large
 from flb.config import Config
-from flb.lora_aggregation import MEANS
-from flb.secret_random import SecretRandom
+from flb.adapters.lora_aggregation import MEANS
+from flb.privacy.secret_random import SecretRandom
 from server.strategy.base import Strategy
 from server.strategy.dp_adaptive_clipping import DPAdaptiveClipping
 from server.strategy.dp_fixed_clipping import DPFixedClipping

@@ -1,7 +1,7 @@
 """Aggregation math as pure functions over adapter states (dicts of tensors) and numbers; no I/O.
 
 Adapter arithmetic shared with the clients and the verifier (difference, norm, clipping, noise, the weighted
-mean) is in flb.adapter_math.
+mean) is in flb.adapters.arithmetic.
 """
 from __future__ import annotations
 

@@ -36,7 +36,7 @@ class Strategy(ABC):
         return [u.num_examples for u in updates]
 
     def privacy_spent(self) -> dict:
-        """Epsilon so far and how it is computed (flb.accounting.spent); empty for strategies without DP."""
+        """Epsilon so far and how it is computed (flb.privacy.accounting.spent); empty for strategies without DP."""
         return {}
 
     def state_dict(self) -> dict:

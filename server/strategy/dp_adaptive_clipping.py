@@ -9,10 +9,10 @@ Andrew et al., 2021, https://arxiv.org/abs/1905.03871
 """
 from __future__ import annotations
 
-from flb.adapter_math import l2_norm, subtract
+from flb.adapters.arithmetic import l2_norm, subtract
 from flb.config import check_adaptive_noise
 from flb.errors import ConfigError
-from flb.secret_random import SecretRandom
+from flb.privacy.secret_random import SecretRandom
 from flb.types import AdapterState, ClientUpdate
 from server.strategy.aggregate import adaptive_update_noise_multiplier, next_clip_norm
 from server.strategy.base import Strategy

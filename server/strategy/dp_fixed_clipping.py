@@ -7,23 +7,23 @@ McMahan et al., 2018, https://arxiv.org/abs/1710.06963
 
 Privacy: the unit is one client's whole update (add/remove a client: the sum moves by at most C). Each
 round is one subsampled Gaussian step with q = clients_per_round / num_clients and multiplier z, composed
-over rounds by opacus' RDP accountant (flb.accounting). The clients are sampled without replacement, a
+over rounds by opacus' RDP accountant (flb.privacy.accounting). The clients are sampled without replacement, a
 fixed number per round, by the server's secret generator; the RDP bound is the one for Poisson sampling
 at the same rate, as is usual for DP-FedAvg. That amplification holds only against someone who does not
 know who took part: against a reader of the ledger or of metrics.jsonl, each round a client took part in
 is a full Gaussian step (q = 1), which `privacy_spent()["known_participants"]` reports for the client
-sampled most often. The noise comes from the server's secret generator (flb.secret_random).
+sampled most often. The noise comes from the server's secret generator (flb.privacy.secret_random).
 """
 from __future__ import annotations
 
 import dataclasses
 import logging
 
-from flb.accounting import Accounted, epsilon, rdp_accountant
-from flb.adapter_math import add, add_gaussian_noise_inplace, clip_inplace, subtract
+from flb.privacy.accounting import Accounted, epsilon, rdp_accountant
+from flb.adapters.arithmetic import add, add_gaussian_noise_inplace, clip_inplace, subtract
 from flb.errors import ConfigError
-from flb.lora_aggregation import trained_part
-from flb.secret_random import SecretRandom
+from flb.adapters.lora_aggregation import trained_part
+from flb.privacy.secret_random import SecretRandom
 from flb.types import AdapterState, ClientUpdate
 from server.strategy.aggregate import dp_fedavg_noise_std
 from server.strategy.base import Strategy

@@ -2,7 +2,7 @@
 (beta_1 = 0, m = Delta), as the paper's experiments and Flower's FedAdagrad."""
 from __future__ import annotations
 
-from flb.adapter_math import weighted_average
+from flb.adapters.arithmetic import weighted_average
 from flb.types import AdapterState
 from server.strategy.aggregate import adagrad_second_moment
 from server.strategy.server_optimizer import AdaptiveServerOptimizer, Mean

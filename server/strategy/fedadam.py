@@ -2,7 +2,7 @@
 bias correction as the paper's Algorithm 2 (Flower's FedAdam corrects eta; see AdaptiveServerOptimizer)."""
 from __future__ import annotations
 
-from flb.adapter_math import weighted_average
+from flb.adapters.arithmetic import weighted_average
 from flb.types import AdapterState
 from server.strategy.aggregate import adam_second_moment
 from server.strategy.server_optimizer import AdaptiveServerOptimizer, Mean, check_beta_2

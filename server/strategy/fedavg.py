@@ -1,10 +1,10 @@
 """FedAvg (McMahan et al., 2017, https://arxiv.org/abs/1602.05629): average weighted by examples, with the mean
-strategy.lora_aggregation picks (flb.lora_aggregation.MEANS: under svd, of the LoRA products, re-factorised)."""
+strategy.lora_aggregation picks (flb.adapters.lora_aggregation.MEANS: under svd, of the LoRA products, re-factorised)."""
 from __future__ import annotations
 
 from typing import Callable
 
-from flb.adapter_math import weighted_average
+from flb.adapters.arithmetic import weighted_average
 from flb.types import AdapterState, ClientUpdate
 from server.strategy.base import Strategy
 

@@ -3,7 +3,7 @@ Flower's FedAvgM and torch.optim.SGD: M <- beta M + Delta, x <- x + eta M (Flowe
 -Delta, and subtracts: the same numbers)."""
 from __future__ import annotations
 
-from flb.adapter_math import weighted_average
+from flb.adapters.arithmetic import weighted_average
 from flb.types import AdapterState
 from server.strategy.aggregate import momentum_buffer
 from server.strategy.base import require_setting

@@ -3,7 +3,7 @@ with the best Krum scores. Flower weights that mean by example count; we do not,
 its own count (every robust aggregator here ignores the counts)."""
 from __future__ import annotations
 
-from flb.adapter_math import weighted_average
+from flb.adapters.arithmetic import weighted_average
 from flb.types import AdapterState, ClientUpdate
 from server.strategy.aggregate import krum_selection
 from server.strategy.base import Strategy, require_setting

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from flb.adapter_math import add, clip_inplace, subtract
+from flb.adapters.arithmetic import add, clip_inplace, subtract
 from flb.types import AdapterState, ClientUpdate
 from server.strategy.base import Strategy, require_setting
 

@@ -5,7 +5,7 @@ its control variate c with the global adapter x and, from the sampled clients S 
 flb.local_objective; c is zero before the first round and is checkpointed with the strategy's state."""
 from __future__ import annotations
 
-from flb.adapter_math import weighted_average
+from flb.adapters.arithmetic import weighted_average
 from flb.types import AdapterState, ClientUpdate
 from server.strategy.base import Strategy, require_setting
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from abc import abstractmethod
 from typing import Callable
 
-from flb.adapter_math import weighted_average
+from flb.adapters.arithmetic import weighted_average
 from flb.types import AdapterState, ClientUpdate
 from server.strategy.aggregate import adaptive_step, first_moment, pseudo_gradient
 from server.strategy.base import Strategy, require_setting

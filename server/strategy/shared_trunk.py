@@ -4,7 +4,7 @@ client continued the trunk of the one before it (FL-LLaMA's scheme). Averaging t
 the trunks it was trained from."""
 from __future__ import annotations
 
-from flb.split import SplitPlan
+from flb.split.cut import SplitPlan
 from flb.types import AdapterState, ClientUpdate
 from server.strategy.base import Strategy
 

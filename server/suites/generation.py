@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import contextlib
 
-from flb.training import chat_prompt, left_padded
+from flb.model.sft_settings import chat_prompt, left_padded
 
 
 @contextlib.contextmanager

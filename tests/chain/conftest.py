@@ -1,5 +1,5 @@
 """Fixtures for chain/: a real EVM on each backend (embedded py-evm in process, a local anvil), and clients that
-sign their own round records (flb.attestation), as the contract requires."""
+sign their own round records (flb.audit.attestation), as the contract requires."""
 from pathlib import Path
 
 import pytest
@@ -62,7 +62,7 @@ def signed_record(domain, clients, round_number: int, *, client_ids=(0, 1), prev
     as a client signs its update: over (round, previous global digest, update digest, example count).
     `previous` defaults to the helpers' digest of the round before (none for round 0); `signers` and
     `signed_round` forge the signatures (another key, another round)."""
-    from flb.attestation import sign_update
+    from flb.audit.attestation import sign_update
     from flb.types import RoundRecord
 
     if previous == "chained":
@@ -82,7 +82,7 @@ def signed_record(domain, clients, round_number: int, *, client_ids=(0, 1), prev
 
 
 def signed_upload(domain, account, data_digest: str):
-    from flb.attestation import sign_data_upload
+    from flb.audit.attestation import sign_data_upload
     from flb.types import SignedUpload
 
     return SignedUpload(data_digest, sign_data_upload(account, domain, data_digest))

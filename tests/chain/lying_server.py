@@ -12,13 +12,13 @@ from safetensors.torch import load_file, save_file
 from chain.deployment import RunAnchors
 from chain.ledger import open_ledger
 from chain.transact import send_signed, sign_call
-from flb.adapter_math import weighted_average
-from flb.attestation import sign_update
+from flb.adapters.arithmetic import weighted_average
+from flb.audit.attestation import sign_update
 from flb.config import ChainSettings
-from flb.digests import adapter_config_digest, adapter_digest, metrics_digest
-from flb.keystore import run_key_account
-from flb.report import round_rows, summary_numbers
-from flb.run_spec import run_spec_digest
+from flb.audit.digests import adapter_config_digest, adapter_digest, metrics_digest
+from flb.audit.keystore import run_key_account
+from flb.run.summary import round_rows, summary_numbers
+from flb.audit.run_spec import run_spec_digest
 from flb.types import RoundRecord
 
 

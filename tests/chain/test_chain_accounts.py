@@ -6,7 +6,7 @@ import pytest
 from chain.accounts import create_keystore, keystore_admin, main
 from chain.errors import AccountError, ChainError
 from flb.config import ChainSettings
-from flb.keystore import KeystoreError, keystore_password, load_keystore
+from flb.audit.keystore import KeystoreError, keystore_password, load_keystore
 from tests.chain.conftest import ANCHORS, signed_record, signed_upload
 
 pytestmark = pytest.mark.chain
@@ -185,7 +185,7 @@ def key_config(tmp_path, keys, client_keys: str):
 def test_fresh_client_keys_unlink_runs_and_a_resume_keeps_them(tmp_path, tiny_client_parts):
     """fresh on rpc: keystore_dir holds only admin.json; each run's clients sign with new keys, kept in the run's
     private folder so --resume signs with them again."""
-    from flb.rundir import RunDir
+    from flb.run.directory import RunDir
 
     keys = tmp_path / "keys"
     make_keystores(keys, 0)
@@ -200,7 +200,7 @@ def test_fresh_client_keys_unlink_runs_and_a_resume_keeps_them(tmp_path, tiny_cl
 
 
 def test_persistent_client_keys_are_the_same_in_every_run(tmp_path, monkeypatch, tiny_client_parts):
-    from flb.rundir import RunDir
+    from flb.run.directory import RunDir
 
     keys = tmp_path / "keys"
     _, *clients = make_keystores(keys, 2)
@@ -214,7 +214,7 @@ def test_persistent_client_keys_are_the_same_in_every_run(tmp_path, monkeypatch,
 def test_persistent_client_keys_say_what_is_missing_in_one_line(tmp_path, monkeypatch):
     import main_simple_fl
     from flb.config import load_config
-    from flb.keystore import client_keystore
+    from flb.audit.keystore import client_keystore
 
     with pytest.raises(KeystoreError, match=r"^chain.client_keys: persistent needs chain.keystore_dir, the folder "
                                             r"holding each client's client_<i>.json; set it, or use chain.client_keys "

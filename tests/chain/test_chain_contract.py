@@ -8,7 +8,7 @@ from web3.logs import DISCARD
 from chain.contract import flb_contract, revert_reason, reverted
 from chain.errors import TransactionReverted
 from chain.transact import send_signed, sign_call
-from flb.attestation import SigningDomain, sign_data_upload, sign_update
+from flb.audit.attestation import SigningDomain, sign_data_upload, sign_update
 
 pytestmark = pytest.mark.chain
 DIGEST_A = b"\xaa" * 32

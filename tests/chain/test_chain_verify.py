@@ -16,7 +16,7 @@ import main_simple_fl
 from chain.explorer import main
 from chain.trail import read_trail
 from chain.verify import rounds_from
-from flb.digests import adapter_file_digest
+from flb.audit.digests import adapter_file_digest
 from tests.chain.conftest import whole_run
 from tests.chain.lying_server import LyingServer
 
@@ -257,10 +257,10 @@ def test_recompute_follows_the_runs_lora_aggregation(tmp_path):
 
     from chain.explorer import _replayer
     from chain.verify import Report, _recompute
-    from flb.adapter_math import weighted_average
+    from flb.adapters.arithmetic import weighted_average
     from flb.config import Config
-    from flb.digests import adapter_digest
-    from flb.lora_aggregation import svd_average
+    from flb.audit.digests import adapter_digest
+    from flb.adapters.lora_aggregation import svd_average
 
     generator = torch.Generator().manual_seed(0)
     updates = [({"m.lora_A.weight": torch.randn(2, 6, generator=generator),

@@ -21,7 +21,7 @@ import main_simple_fl
 from chain import explorer
 from chain.trail import read_trail
 from flb.config import load_config
-from flb.rundir import RunDir
+from flb.run.directory import RunDir
 
 pytestmark = pytest.mark.browser
 

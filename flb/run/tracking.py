@@ -38,9 +38,9 @@ import time
 from pathlib import Path
 from typing import Callable, Iterator
 
-from flb.comm import MB
+from flb.run.comm import MB
 from flb.errors import ConfigError, first_line
-from flb.redaction import redact_text, redact_url
+from flb.run.redaction import redact_text, redact_url
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ def check_backends(settings) -> None:
 
 def round_scalars(row: dict, clients: list[dict]) -> dict[str, float]:
     """A round's numbers by tag (see the module's docstring), from its metrics.jsonl row and its clients' rows."""
-    from flb.report import suite_scores
+    from flb.run.summary import suite_scores
 
     privacy = row.get("privacy") or {}
     scalars = {"eval/loss": row.get("eval_loss"), "eval/perplexity": row.get("perplexity"),
@@ -253,7 +253,7 @@ class Tracker:
         self._each("close", final_adapter is None)
 
     def _log_round(self, row: dict) -> None:
-        from flb.rundir import RunDir
+        from flb.run.directory import RunDir
 
         clients = [m for m in RunDir(self.run_path).metrics() if m["kind"] == "client" and m["round"] == row["round"]]
         self._each("log_round", row["round"], round_scalars(row, clients))

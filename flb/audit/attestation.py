@@ -133,7 +133,7 @@ def digest_bytes(digest, what: str) -> bytes:
     hex_part = digest.removeprefix("sha256:").removeprefix("0x") if isinstance(digest, str) else ""
     if not _HEX64.fullmatch(hex_part):
         raise AttestationError(f"{what}: {digest!r} is not a sha256 digest (64 hex characters or 32 bytes); "
-                               "pass flb.digests output")
+                               "pass flb.audit.digests output")
     return bytes.fromhex(hex_part)
 
 
@@ -191,7 +191,7 @@ def _recover(full_message: dict, signature: str) -> str:
         return Account.recover_message(_encode(full_message), signature=raw)
     except Exception as exc:  # eth_keys raises several types for points off the curve
         raise SignatureError(f"signature {signature!r}: no signer can be recovered ({exc}); "
-                             "ask the client to sign again with flb.attestation") from None
+                             "ask the client to sign again with flb.audit.attestation") from None
 
 
 def _signature_bytes(signature: str) -> bytes:
@@ -204,5 +204,5 @@ def _signature_bytes(signature: str) -> bytes:
     s, v = int.from_bytes(raw[32:64], "big"), raw[64]
     if v not in (27, 28) or not 0 < s <= _SECP256K1_N // 2:
         raise SignatureError(f"signature {signature!r}: not canonical (v must be 27 or 28, s in the lower half "
-                             "of the curve order); sign with flb.attestation")
+                             "of the curve order); sign with flb.audit.attestation")
     return raw

@@ -1,6 +1,6 @@
 """The server's part of split learning: the trunk (the decoder blocks between the cuts) and its LoRA.
 
-`TrunkServer.handle` answers one frame of a client's session (flb.split): `open` puts the round's trunk adapter in
+`TrunkServer.handle` answers one frame of a client's session (flb.split.cut): `open` puts the round's trunk adapter in
 the model and makes the session's optimizer; each `forward` runs the trunk on the hidden states the client sent and
 keeps the graph; the next `backward` back-propagates the client's gradient through it, returns the gradient at the
 first cut and, at the last micro-batch of a client's step, clips the trunk's gradients (sft max_grad_norm) and
@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from flb.errors import first_line
 from flb.seeding import derived_seed
-from flb.split import SplitError, SplitPlan, Traffic, decode_frame, encode_frame, set_adapter_part
+from flb.split.cut import SplitError, SplitPlan, Traffic, decode_frame, encode_frame, set_adapter_part
 from flb.types import AdapterState
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,7 @@ class TrunkServer:
     plan: SplitPlan
     training_args: object  # trl's SFTConfig: the clients' optimizer, schedule, clipping and mixed precision
     local_steps: int
-    learning_rate: object  # round -> the round's learning rate (flb.training.round_learning_rate)
+    learning_rate: object  # round -> the round's learning rate (flb.model.sft_settings.round_learning_rate)
     seed: int
     shared: bool  # split.trunk shared: each session continues the previous one's trunk
     traffic: Traffic = field(default_factory=Traffic)  # this round's frames, counted as received and sent
@@ -100,7 +100,7 @@ class TrunkServer:
         raise SplitError(f"unknown operation {op!r}")
 
     def _open(self, header: dict) -> tuple:
-        from flb.training import optimizer_and_scheduler
+        from flb.model.sft_settings import optimizer_and_scheduler
 
         client_id, round = header.get("client_id"), header.get("round")
         if self._round is None or round != self._round:
@@ -119,7 +119,7 @@ class TrunkServer:
     def _forward(self, session: _Session, tensors: dict) -> tuple:
         import torch
 
-        from flb.training import mixed_precision
+        from flb.model.sft_settings import mixed_precision
 
         if session.pending is not None:
             raise SplitError("forward before the last forward's backward")
@@ -169,7 +169,7 @@ class TrunkServer:
         session.optimizer.zero_grad(set_to_none=True)
 
     def _close(self, session: _Session) -> tuple:
-        from flb.modeling import get_adapter_state
+        from flb.model.load import get_adapter_state
 
         if session.pending is not None:
             raise SplitError("close with a forward still waiting for its backward")

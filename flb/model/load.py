@@ -14,9 +14,9 @@ from pathlib import Path
 
 from flb.config import ModelSettings
 from flb.errors import ModelError, first_line
-from flb.redaction import redact_url
-from flb.lora_aggregation import is_lora_a
-from flb.target_modules import check_target_modules, requested_target_modules
+from flb.run.redaction import redact_url
+from flb.adapters.lora_aggregation import is_lora_a
+from flb.model.target_modules import check_target_modules, requested_target_modules
 from flb.types import AdapterState
 
 log = logging.getLogger(__name__)
@@ -161,7 +161,7 @@ def load_tokenizer(settings: ModelSettings):
         tokenizer.pad_token = tokenizer.eos_token
     if tokenizer.chat_template is None:
         log.warning("model.model_path: the tokenizer of %r has no chat template; using FLB's fallback "
-                    "(flb.modeling.FALLBACK_CHAT_TEMPLATE: <|user|> and <|assistant|> turns, answers end with %s)",
+                    "(flb.model.load.FALLBACK_CHAT_TEMPLATE: <|user|> and <|assistant|> turns, answers end with %s)",
                     settings.model_path, tokenizer.eos_token)
         tokenizer.chat_template = FALLBACK_CHAT_TEMPLATE
     return tokenizer
@@ -216,7 +216,7 @@ def _from_pretrained(auto_class, source, model_path: str, **kwargs):
 
 
 def add_lora(model, settings: ModelSettings, *, freeze_lora_a: bool = False):
-    """LoRA on `settings.target_modules` (flb.target_modules resolves auto); with `freeze_lora_a`
+    """LoRA on `settings.target_modules` (flb.model.target_modules resolves auto); with `freeze_lora_a`
     (strategy.lora_aggregation ffa) A stays at its initialisation and only B trains (FFA-LoRA, Sun et al., 2024, https://arxiv.org/abs/2403.12313)."""
     from peft import LoraConfig, get_peft_model
 
@@ -239,10 +239,10 @@ def add_lora(model, settings: ModelSettings, *, freeze_lora_a: bool = False):
 
 
 def base_model_digest(peft_model) -> str:
-    """flb.digests.adapter_digest of the base model's weights as loaded (LoRA tensors left out, peft's `base_layer`
+    """flb.audit.digests.adapter_digest of the base model's weights as loaded (LoRA tensors left out, peft's `base_layer`
     renaming undone): the same for a GGUF file and its safetensors copy, different for other weights. A Flower
     node checks its own copy of the base model against the server's with it."""
-    from flb.digests import adapter_digest
+    from flb.audit.digests import adapter_digest
 
     weights = peft_model.get_base_model().state_dict()
     return adapter_digest({name.replace(".base_layer.", "."): tensor for name, tensor in weights.items()

@@ -1,4 +1,4 @@
-"""The network transport of split learning: flb.split frames over gRPC, one unary call per frame.
+"""The network transport of split learning: flb.split.cut frames over gRPC, one unary call per frame.
 
 Why gRPC and not torch.distributed.rpc with distributed autograd: torch's RPC pickles every argument and result
 (a peer could make the other run any code: the project never unpickles what it receives), it needs one process

@@ -5,8 +5,8 @@ import math
 from collections import Counter, defaultdict
 from pathlib import Path
 
-from flb.comm import MB
-from flb.rundir import RunDir, write_json_atomic
+from flb.run.comm import MB
+from flb.run.directory import RunDir, write_json_atomic
 
 
 def round_rows(metrics: list[dict]) -> list[dict]:
@@ -169,8 +169,8 @@ def _fmt(value, width: int, digits: int) -> str:
 
 def write_summary(run: RunDir, final_digest: str, config) -> dict:
     """summary.json: the final adapter and its digest, the numbers of summary_numbers, and what the ledger publishes
-    (flb.disclosure)."""
-    from flb.disclosure import Disclosure
+    (flb.privacy.disclosure)."""
+    from flb.privacy.disclosure import Disclosure
 
     summary = {"run_dir": str(run.path), "final_adapter": str(run.path / "final_adapter"), "final_digest": final_digest,
                **summary_numbers(round_rows(run.metrics()))}

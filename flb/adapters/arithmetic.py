@@ -34,7 +34,7 @@ def clip_inplace(state: AdapterState, clip_norm: float) -> float:
 
 
 def add_gaussian_noise_inplace(state: AdapterState, std: float, random) -> None:
-    """Add N(0, std^2) independently to every element, drawn from `random` (a flb.secret_random.SecretRandom,
+    """Add N(0, std^2) independently to every element, drawn from `random` (a flb.privacy.secret_random.SecretRandom,
     so nobody but its owner can regenerate the noise)."""
     for name in sorted(state):
         tensor = state[name]

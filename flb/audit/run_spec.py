@@ -8,7 +8,7 @@ recomputation off or change a formula.
 """
 from __future__ import annotations
 
-from flb.digests import json_digest
+from flb.audit.digests import json_digest
 
 # Top-level keys and dotted paths of config.json that the run spec holds, whole.
 RUN_SPEC_KEYS = ("mode", "seed", "num_clients", "clients_per_round", "strategy", "server", "client",
@@ -34,7 +34,7 @@ def run_spec(config: dict) -> dict:
 
 
 def run_spec_digest(config: dict) -> str:
-    """Hex sha256 of the run spec as canonical JSON (flb.digests.json_digest): what the contract anchors."""
+    """Hex sha256 of the run spec as canonical JSON (flb.audit.digests.json_digest): what the contract anchors."""
     return json_digest(run_spec(config))
 
 

@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 
 from flb.errors import RunDirError
-from flb.rundir import write_bytes_atomic, write_json_atomic
+from flb.run.directory import write_bytes_atomic, write_json_atomic
 from flb.types import AdapterState
 
 OPENINGS = "openings.json"

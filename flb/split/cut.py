@@ -11,7 +11,7 @@ What crosses the cut is a frame: safetensors bytes whose metadata holds the oper
 client's `SplitChannel` sends the hidden states at the first cut with the attention mask, receives the trunk's
 output, sends the gradient at the second cut and receives the gradient at the first; token ids, labels and
 weights never leave the client, and the base weights never leave either side. `send` is the transport: the trunk
-server's own handler in one process, a gRPC call over the network (flb.split_net).
+server's own handler in one process, a gRPC call over the network (flb.split.cut.grpc_channel).
 """
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from typing import Callable
 
-from flb.adapter_math import weighted_average
+from flb.adapters.arithmetic import weighted_average
 from flb.types import AdapterState
 
 StatesAndWeights = list[tuple[AdapterState, float]]
@@ -77,7 +77,7 @@ def svd_average(states_and_weights: StatesAndWeights) -> AdapterState:
 
 
 # The mean a mean-type strategy (fedavg, fedprox) takes in each mode: ffa needs none of its own, as the mean of
-# the clients' identical A is that A, exactly (flb.adapter_math.weighted_average).
+# the clients' identical A is that A, exactly (flb.adapters.arithmetic.weighted_average).
 MEANS: dict[str, Callable[[StatesAndWeights], AdapterState]] = {
     "separate": weighted_average, "ffa": weighted_average, "svd": svd_average}
 

@@ -40,7 +40,7 @@ from typing import Callable, Iterator
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from flb.errors import first_line
-from flb.redaction import redact_text, redact_url
+from flb.run.redaction import redact_text, redact_url
 
 log = logging.getLogger(__name__)
 

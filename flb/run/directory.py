@@ -20,10 +20,10 @@ import secrets
 import time
 from pathlib import Path
 
-from flb.digests import adapter_digest
+from flb.audit.digests import adapter_digest
 from flb.errors import RunDirError, first_line
-from flb.redaction import redact_config
-from flb.state_tensors import join_tensors, split_tensors
+from flb.run.redaction import redact_config
+from flb.run.state_tensors import join_tensors, split_tensors
 from flb.types import AdapterState
 
 CHECKPOINT = "checkpoint.json"
@@ -119,7 +119,7 @@ class RunDir:
     def save_round(self, round: int, adapter: AdapterState, peft_config, updates: dict[int, AdapterState]) -> None:
         from safetensors.torch import save_file
 
-        from flb.modeling import save_adapter
+        from flb.model.load import save_adapter
 
         directory = save_adapter(adapter, peft_config, self.round_dir(round))
         if updates:
@@ -128,7 +128,7 @@ class RunDir:
             save_file({k: v.contiguous() for k, v in tensors.items()}, str(directory / "updates" / f"client_{client_id}.safetensors"))
 
     def save_final(self, adapter: AdapterState, peft_config) -> Path:
-        from flb.modeling import save_adapter
+        from flb.model.load import save_adapter
 
         return save_adapter(adapter, peft_config, self.path / "final_adapter")
 

@@ -30,7 +30,7 @@ class CommTracker:
     budget_mb: float | None = None
     total_down: int = 0  # bytes sent to clients so far
     total_up: int = 0  # bytes received from clients so far
-    cut: Callable[[], object] | None = None  # mode split: the round's frames across the cut (flb.split.Traffic)
+    cut: Callable[[], object] | None = None  # mode split: the round's frames across the cut (flb.split.cut.Traffic)
 
     def count(self, round: int, sent: AdapterState, extras: AdapterState, num_sampled: int,
               received: list[ClientUpdate]) -> dict:

@@ -1,7 +1,7 @@
 """The client's part of split learning: the embeddings, the first k and last m blocks, the norm and the LM head.
 
 A `SplitClient` is an SFTClient (its shard, trl's tokenization and batches, its round seed, its secrets, its
-signature) whose steps run half here and half on the trunk server (flb.split.SplitChannel). One micro-batch: embed
+signature) whose steps run half here and half on the trunk server (flb.split.cut.SplitChannel). One micro-batch: embed
 and run the head blocks, add split.activation_noise (each token's hidden state clipped to split.activation_clip
 first) from the client's secret generator, send that; run the tail blocks, the norm and the head on the trunk's
 output, compute the loss (the labels stay here), send the gradient at the second cut; back-propagate the gradient
@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from flb.split import SplitChannel, SplitPlan, set_adapter_part
+from flb.split.cut import SplitChannel, SplitPlan, set_adapter_part
 from flb.types import AdapterState, ClientUpdate
 
 
@@ -26,7 +26,7 @@ class ActivationNoise:
     clip: float | None = None
 
     def apply(self, hidden, random):
-        """`hidden` clipped and noised; `random` is the client's flb.secret_random.SecretRandom."""
+        """`hidden` clipped and noised; `random` is the client's flb.privacy.secret_random.SecretRandom."""
         if self.clip is not None:
             norms = hidden.norm(dim=-1, keepdim=True).clamp(min=1e-12)
             hidden = hidden * (self.clip / norms).clamp(max=1.0)
@@ -46,7 +46,7 @@ class SplitClient:
     personal: bool = False  # split.client_parts personal: start each round from its own part, not the global one
 
     def __post_init__(self):
-        from flb.private_state import PrivateState
+        from flb.privacy.private_state import PrivateState
 
         self.personal_state = PrivateState(self.inner.private_dir / "split")
 
@@ -72,7 +72,7 @@ class SplitClient:
         return self.inner.privacy_spent()
 
     def fit(self, global_adapter: AdapterState, round: int, extras: AdapterState | None = None) -> ClientUpdate:
-        from flb.modeling import get_adapter_state
+        from flb.model.load import get_adapter_state
 
         started = time.perf_counter()
         inner, model = self.inner, self.inner.model
@@ -95,7 +95,7 @@ class SplitClient:
         import torch
 
         from client.batched import optimizer_steps
-        from flb.training import IGNORE_INDEX, optimizer_and_scheduler
+        from flb.model.sft_settings import IGNORE_INDEX, optimizer_and_scheduler
 
         model, trainer = self.inner.model, self.inner.trainer
         steps = optimizer_steps(trainer, self.inner.local_steps)
@@ -117,7 +117,7 @@ class SplitClient:
     def micro_batch(self, batch: dict, targets: int, step: bool) -> float:
         """One micro-batch forward and backward across the cut; its loss (summed target log-probabilities over the
         step's `targets`). The parameters' gradients accumulate; nothing steps here but the trunk when `step`."""
-        from flb.training import label_log_probs, mixed_precision
+        from flb.model.sft_settings import label_log_probs, mixed_precision
 
         model, plan = self.inner.model, self.plan
         device = model.get_base_model().device
