@@ -3,7 +3,7 @@
     python -m bench.execution [--models tiny smollm2] [--clients 4 8] [--modes sequential batched processes]
                               [--steps 3] [--rounds 2]
 
-Every (model, clients, mode) is a whole run (`main_simple_fl.run`, every client sampled each round, no chain, a
+Every (model, clients, mode) is a whole run (`assembly.run`, every client sampled each round, no chain, a
 small evaluation) in its own process; this process samples the resident memory of that process and of its children
 (the worker processes in processes mode) every 50 ms, and reports the peak of their sum. The round time is the
 round's `round_time_s` in metrics.jsonl (sampling, training, validation, aggregation; not the evaluation). The last
@@ -29,7 +29,7 @@ TARGETS = {("tiny", 8): 2.0, ("smollm2", 4): 1.2}
 
 def one_run(model: str, clients: int, mode: str, steps: int, rounds: int, work: Path) -> dict:
     """The run, in this process: its rounds' times from metrics.jsonl."""
-    import main_simple_fl
+    import assembly
     from flb.config import load_config
 
     model_path = MODELS[model]
@@ -43,7 +43,7 @@ def one_run(model: str, clients: int, mode: str, steps: int, rounds: int, work: 
     if model == "tiny":
         overrides.append("sft.max_length=96")
     started = time.perf_counter()
-    run_path = main_simple_fl.run(load_config(None, overrides))
+    run_path = assembly.run(load_config(None, overrides))
     metrics = [json.loads(line) for line in (run_path / "metrics.jsonl").read_text().splitlines()]
     round_times = [m["round_time_s"] for m in metrics if m["kind"] == "round" and m["round"] > 0]
     return {"round_time_s": round_times, "run_s": time.perf_counter() - started}

@@ -33,11 +33,11 @@ def round_times(run_path: Path) -> list[float]:
 
 
 def in_process(model_dir: Path, work: Path, steps: int, rounds: int) -> Path:
-    import main_simple_fl
+    import assembly
     from flb.config import load_config
 
     with contextlib.redirect_stdout(sys.stderr):  # its summary table; stdout is this benchmark's JSON
-        return main_simple_fl.run(load_config(None, overrides(model_dir, work / "in-process", steps, rounds)))
+        return assembly.run(load_config(None, overrides(model_dir, work / "in-process", steps, rounds)))
 
 
 def flower(model_dir: Path, work: Path, steps: int, rounds: int) -> Path:

@@ -49,10 +49,10 @@ def cpu_overrides(args, data_path: Path, output_dir: str) -> list[str]:
 
 def train(config) -> Path:
     """The federated run; the path of its final adapter's weights."""
-    import main_simple_fl
+    import assembly
     from flb.model.load import ADAPTER_WEIGHTS
 
-    return main_simple_fl.run(config) / "final_adapter" / ADAPTER_WEIGHTS
+    return assembly.run(config) / "final_adapter" / ADAPTER_WEIGHTS
 
 
 def evaluate(config, final_weights: Path, limit: int | None) -> list[dict]:
@@ -61,11 +61,11 @@ def evaluate(config, final_weights: Path, limit: int | None) -> list[dict]:
 
     from safetensors.torch import load_file
 
-    import main_simple_fl
+    import assembly
     from flb.model.load import set_adapter_state
     from server.suites.humaneval import HumanEvalSuite
 
-    tokenizer, model = main_simple_fl.build_model(config)  # LoRA B is zero: the base model's outputs
+    tokenizer, model = assembly.build_model(config)  # LoRA B is zero: the base model's outputs
     suite = HumanEvalSuite(dataclasses.replace(config.eval.humaneval, limit=limit), batch_size=config.eval.batch_size)
     rows = []
     for label, adapter in (("base", None), ("federated adapter", final_weights)):

@@ -83,10 +83,10 @@ def server_attack(dp_run: Path, z: float, clip_norm: float) -> dict:
 
 
 def run(overrides: list[str]) -> Path:
-    import main_simple_fl
+    import assembly
     from flb.config import load_config
 
-    return main_simple_fl.run(load_config(None, overrides))
+    return assembly.run(load_config(None, overrides))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -37,10 +37,10 @@ def runs(epsilons: list[float], config) -> list[tuple[str, float | None, list[st
 
 
 def measure(overrides: list[str]) -> dict:
-    import main_simple_fl
+    import assembly
     from flb.config import load_config
 
-    run_path = main_simple_fl.run(load_config(None, overrides))
+    run_path = assembly.run(load_config(None, overrides))
     summary = json.loads((run_path / "summary.json").read_text())
     privacy = summary.get("privacy", {})
     part = privacy.get("server") or next(iter(privacy.get("clients", {}).values()), {})

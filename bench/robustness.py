@@ -90,17 +90,17 @@ class AttackFleet:
         self.config, self.attack, self.state_dir = config, attack, state_dir
 
     def join(self, run_id: str, num_clients: int, base_model_digest: str) -> list:
-        import main_simple_fl
+        import assembly
         from flb.model.load import base_model_digest as digest_of
 
-        shards = main_simple_fl.build_data(self.config)[0]
-        tokenizer, model = main_simple_fl.build_model(self.config)
+        shards = assembly.build_data(self.config)[0]
+        tokenizer, model = assembly.build_model(self.config)
         assert digest_of(model) == base_model_digest, "the clients' copy of the base model is not the server's"
         clients = []
         for i, shard in enumerate(shards):
             if i in MALICIOUS and self.attack == "shuffled_answers":
                 shard = shuffled_answers(shard, seed=i)
-            client = main_simple_fl.build_client(self.config, i, shard, model, tokenizer,
+            client = assembly.build_client(self.config, i, shard, model, tokenizer,
                                                  work_dir=self.state_dir / run_id / "work",
                                                  private_dir=self.state_dir / run_id / f"client_{i}")
             clients.append(AttackingClient(client, self.attack)
@@ -114,11 +114,11 @@ class AttackFleet:
 
 
 def measure(overrides: list[str], attack: str) -> dict:
-    import main_simple_fl
+    import assembly
     from flb.config import load_config
 
     config = load_config(None, overrides)
-    run_path = main_simple_fl.run(config, fleet=AttackFleet(config, attack, Path(tempfile.mkdtemp(prefix="flb-nodes-"))))
+    run_path = assembly.run(config, fleet=AttackFleet(config, attack, Path(tempfile.mkdtemp(prefix="flb-nodes-"))))
     rounds = [json.loads(line) for line in (run_path / "metrics.jsonl").read_text().splitlines()]
     rounds = [r for r in rounds if r["kind"] == "round" and r["round"] > 0]
     malicious, honest = [], []

@@ -21,7 +21,7 @@ from bench import measure_in_child
 def measure(num_clients: int, steps: int, rounds: int) -> dict:
     import transformers
 
-    import main_simple_fl
+    import assembly
     from flb.config import load_config
     from server import coordinator
     from tests.tiny_model import save_tiny_llama
@@ -34,7 +34,7 @@ def measure(num_clients: int, steps: int, rounds: int) -> dict:
                                 f"num_clients={num_clients}", f"clients_per_round={num_clients}",
                                 f"num_rounds={rounds}", f"local_steps={steps}", "eval.size=8", "eval.max_new_tokens=2",
                                 "sft.max_length=96", "chain_record=false"])
-    run_path = main_simple_fl.run(config)
+    run_path = assembly.run(config)
     metrics = [json.loads(l) for l in (run_path / "metrics.jsonl").read_text().splitlines()]
     per_round = []
     for round_number, wall in zip(range(1, rounds + 1), round_walls):

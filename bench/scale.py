@@ -26,7 +26,7 @@ EVAL_SIZE = 8
 
 
 def measure(registered: int, per_round: int, rounds: int) -> dict:
-    import main_simple_fl
+    import assembly
     from flb.config import load_config
     from flb.data.tasks import generate_tasks, write_jsonl
     from server import coordinator
@@ -42,7 +42,7 @@ def measure(registered: int, per_round: int, rounds: int) -> dict:
                                 f"dataset_name={data}", f"num_clients={registered}", f"clients_per_round={per_round}",
                                 f"num_rounds={rounds}", "local_steps=2", "sft.batch_size=2", "sft.max_length=128",
                                 f"eval.size={EVAL_SIZE}", "eval.max_new_tokens=2"])
-    run_path = main_simple_fl.run(config)
+    run_path = assembly.run(config)
     wall = time.perf_counter() - started
     return {"registered": registered, "wall_s": wall, "before_round_1_s": round_starts[0] - started,
             "round_s": round_walls, "round_cpu_s": round_cpus, "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20,

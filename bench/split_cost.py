@@ -11,8 +11,8 @@ leaves the trunk no block of a model is skipped, not failed.
 
 Per row, two children:
 
-* time (the bytes and step_s columns). The pieces main_simple_fl.run drives, without the coordinator, evaluation or
-  ledger: main_simple_fl.prepare, then the client's round 1 from the initial adapter. Split (k, m): the in-process
+* time (the bytes and step_s columns). The pieces assembly.run drives, without the coordinator, evaluation or
+  ledger: assembly.prepare, then the client's round 1 from the initial adapter. Split (k, m): the in-process
   TrunkServer of split_clients_and_fit_all (split.channel in_process, the whole model in this process) and
   SplitClient.fit; unsplit (k m = -): the sequential SFTClient.fit (trl's trainer) of mode federated.
   - up_MB/step, down_MB/step: the frames the client sent to the server (hidden states at the first cut with the
@@ -34,7 +34,7 @@ Per row, two children:
     Over a network, add the transfer of up + down bytes per step and two round trips.
   - vs_unsplit: step_s / the unsplit row's step_s (same model, same batches).
 * memory (client_rss_MB, client_peak_MB), in 10^6 bytes of resident memory of that child (libraries included).
-  Split (k, m): the client built as client.split_node's Node builds it (main_simple_fl.build_data, build_model,
+  Split (k, m): the client built as client.split_node's Node builds it (assembly.build_data, build_model,
   SplitPlan.of, build_client, then client.split_client.drop_trunk) and trained with SplitClient.fit against a stand-in
   trunk that holds no model (identity_trunk: forward answers with the hidden states it was sent, backward with the
   gradient), so only the client's memory is in the process; the stand-in's decoded and re-encoded frames (a few per
@@ -170,19 +170,19 @@ def libraries_rss() -> int:
 
 def time_round(config, steps: int) -> dict:
     """One client's round 1 from the initial adapter: split against the in-process trunk server, or federated."""
-    import main_simple_fl
+    import assembly
     from flb.run.comm import tensor_bytes
     from flb.model.load import get_adapter_state
     from flb.run.directory import RunDir
 
-    prepared = main_simple_fl.prepare(config)
+    prepared = assembly.prepare(config)
     config = prepared.config
     run_dir = RunDir.create(config.output_dir, config.to_dict())
     global_adapter = get_adapter_state(prepared.model)
     if config.mode == "split":
         update, result = split_round(config, run_dir, prepared, global_adapter, steps)
     else:
-        client = main_simple_fl.build_run_client(config, run_dir, 0, prepared.shards[0], prepared.model,
+        client = assembly.build_run_client(config, run_dir, 0, prepared.shards[0], prepared.model,
                                                  prepared.tokenizer)
         with StepClock() as clock:
             update = client.fit(global_adapter, 1)
@@ -195,10 +195,10 @@ def time_round(config, steps: int) -> dict:
 
 def split_round(config, run_dir, prepared, global_adapter, steps: int) -> tuple:
     """SplitClient.fit against split_clients_and_fit_all's TrunkServer, its frames counted; (update, results)."""
-    import main_simple_fl
+    import assembly
 
     plan = prepared.split_plan
-    with main_simple_fl.split_clients_and_fit_all(config, run_dir, prepared) as (clients, trunk):
+    with assembly.split_clients_and_fit_all(config, run_dir, prepared) as (clients, trunk):
         client = clients[0]
         frames = client.channel.send = FrameLog(client.channel.send)
         trunk_ids = frozenset(id(p) for name, p in prepared.model.named_parameters() if plan.in_trunk(name))
@@ -226,19 +226,19 @@ def check_traffic(frames: FrameLog, channel, server, steps: int) -> None:
 
 def built_client(config, work: Path):
     """Client 0 as client.split_node's Node builds it, before any drop_trunk; and the initial global adapter."""
-    import main_simple_fl
+    import assembly
     from flb.model.load import get_adapter_state
 
-    shard = main_simple_fl.build_data(config)[0][0]
-    tokenizer, model = main_simple_fl.build_model(config)
-    inner = main_simple_fl.build_client(config, 0, shard, model, tokenizer, work_dir=work / "work",
+    shard = assembly.build_data(config)[0][0]
+    tokenizer, model = assembly.build_model(config)
+    inner = assembly.build_client(config, 0, shard, model, tokenizer, work_dir=work / "work",
                                         private_dir=work / "private")
     return inner, get_adapter_state(model)
 
 
 def client_memory(config, steps: int, work: Path) -> dict:
     """The client part alone (drop_trunk), trained by SplitClient.fit against identity_trunk."""
-    import main_simple_fl
+    import assembly
     from client.split_client import drop_trunk
     from flb.split.cut import SplitPlan
 
@@ -247,7 +247,7 @@ def client_memory(config, steps: int, work: Path) -> dict:
     plan = SplitPlan.of(inner.model, config.split.head_layers, config.split.tail_layers)
     whole, loaded = rss(), lifetime_peak()
     drop_trunk(inner.model, plan)
-    client = main_simple_fl.split_client(config, plan, inner, identity_trunk)
+    client = assembly.split_client(config, plan, inner, identity_trunk)
     return {"base_rss_mb": base / MB, "whole_rss_mb": whole / MB, "load_peak_mb": loaded / MB,
             **trained_peak(inner.model, lambda: client.fit(global_adapter, 1), steps)}
 

@@ -45,7 +45,7 @@ whenever sigma > 0; sigma = 0 is the default product config (no clip, no noise).
 size) / C: the noise vector's typical norm against the clipped signal's. Two tokens' clipped vectors are of the order
 of C apart, so the noise starts to hide them only as sigma nears C, long after |noise| has passed C.
 
-Utility: the final eval loss of a short split run (main_simple_fl.run: mode split, the same k, sigma and C;
+Utility: the final eval loss of a short split run (assembly.run: mode split, the same k, sigma and C;
 --rounds x --steps, eval loss only) for each --utility-k at sigma = 0 without a clip (the baseline), at sigma = 0 with
 the clip C (what the clip alone costs; --no-utility-clip-only skips it) and at each --utility-noise; `d_loss` is the
 change from the baseline. The eval runs the whole model, unnoised, on the trained adapter.
@@ -304,7 +304,7 @@ def check_send(seen: dict, model, plan, args, sigma: float, clip: float | None) 
 
 def utility_run(base: list[str], k: int, sigma: float, clip: float | None, scratch: Path, model) -> dict:
     """Final eval loss of a short split run at (k, sigma, C), and whether its first send is what the bench makes."""
-    import main_simple_fl
+    import assembly
     from flb.config import load_config
     from flb.split.cut import SplitPlan
     from flb.model.sft_settings import sft_config
@@ -314,7 +314,7 @@ def utility_run(base: list[str], k: int, sigma: float, clip: float | None, scrat
     config = load_config(None, overrides)
     started = time.perf_counter()
     with first_send() as seen, contextlib.redirect_stdout(sys.stderr):  # stdout: the bench's table and JSON only
-        run_path = main_simple_fl.run(config)
+        run_path = assembly.run(config)
     summary = json.loads((run_path / "summary.json").read_text())
     args = sft_config(config.sft, max_steps=1, output_dir=scratch / "check", use_cpu=config.model.device_map == "cpu",
                       seed=config.seed)
@@ -463,7 +463,7 @@ def main(argv: list[str] | None = None) -> int:
 def bench(args: argparse.Namespace, scratch: Path, started: float) -> int:
     import torch
 
-    import main_simple_fl
+    import assembly
     from flb.config import load_config
     from flb.split.cut import SplitPlan, backbone, split_family
 
@@ -474,10 +474,10 @@ def bench(args: argparse.Namespace, scratch: Path, started: float) -> int:
             f"clients_per_round={args.num_clients}", f"eval.size={args.eval_size}", "eval.suites=[]",
             "chain_record=false"]
     config = load_config(None, base + ["mode=split"])
-    shards, _ = main_simple_fl.build_data(config)
+    shards, _ = assembly.build_data(config)
     victim_records = shards[0][:args.victim_records]
     attacker_records = [record for shard in shards[1:] for record in shard][:args.attacker_records]
-    tokenizer, model = main_simple_fl.build_model(config)
+    tokenizer, model = assembly.build_model(config)
     model.train()  # as SplitClient.fit leaves it (round 1: LoRA B = 0, so LoRA dropout changes nothing)
     with torch.no_grad():
         embeddings = split_family(model.get_base_model().config).embedding_rows(backbone(model))

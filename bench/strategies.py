@@ -36,10 +36,10 @@ def strategy_overrides(name: str, num_clients: int) -> list[str]:
 
 def round_metrics(overrides: list[str]) -> list[dict]:
     """Run main_simple_fl with `overrides`; eval loss and accuracy of every round (round 0 is the base model)."""
-    import main_simple_fl
+    import assembly
     from flb.config import load_config
 
-    run_path = main_simple_fl.run(load_config(None, overrides))
+    run_path = assembly.run(load_config(None, overrides))
     rows = [json.loads(line) for line in (run_path / "metrics.jsonl").read_text().splitlines()]
     return [{"round": r["round"], "eval_loss": r.get("eval_loss"), "accuracy": r.get("accuracy"),
              "scores": r.get("scores"), "rejected": r.get("rejected", [])} for r in rows if r["kind"] == "round"]

@@ -16,7 +16,8 @@ import sys
 from pathlib import Path
 
 from flb.errors import ConfigError, FLBError, first_line
-from flb.split.cut import encode_frame, grouped, reply_or_raise, ungrouped
+from flb.frames import encode_frame, grouped, ungrouped
+from flb.split.cut import reply_or_raise
 
 log = logging.getLogger("client.split_node")
 
@@ -34,7 +35,7 @@ class Node:
     """This client's end of the run: its transport, its SplitClient, its token."""
 
     def __init__(self, send, client_id: int, state_dir: Path):
-        import main_simple_fl
+        import assembly
         from client.split_client import drop_trunk
         from flb.config import config_from_dict
         from flb.split.cut import SplitPlan
@@ -44,14 +45,14 @@ class Node:
         config, run_id = config_from_dict(json.loads(header["config"])), str(header["run_id"])
         if not 0 <= client_id < config.num_clients:
             raise ConfigError(f"--client-id {client_id}: the run has clients 0..{config.num_clients - 1}")
-        shard = main_simple_fl.build_data(config)[0][client_id]
-        tokenizer, model = main_simple_fl.build_model(config)
+        shard = assembly.build_data(config)[0][client_id]
+        tokenizer, model = assembly.build_model(config)
         plan = SplitPlan.of(model, config.split.head_layers, config.split.tail_layers)
         run_state = state_dir / Path(run_id).name
-        inner = main_simple_fl.build_client(config, client_id, shard, model, tokenizer, work_dir=run_state / "work",
+        inner = assembly.build_client(config, client_id, shard, model, tokenizer, work_dir=run_state / "work",
                                             private_dir=run_state / "private")
         drop_trunk(model, plan)
-        self.client = main_simple_fl.split_client(config, plan, inner, send)
+        self.client = assembly.split_client(config, plan, inner, send)
         header, _ = self.call("hello", {"client_id": client_id, "num_examples": inner.num_examples,
                                         "address": inner.address})
         self.identity = {"token": header["token"]}
@@ -94,10 +95,10 @@ class Node:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import main_simple_fl
-    from flb.split.cut.grpc_channel import GrpcSend
+    import assembly
+    from flb.split.grpc_channel import GrpcSend
 
-    main_simple_fl.configure_logging()
+    assembly.configure_logging()
     args = parse_args(argv)
     send = GrpcSend(args.server, args.wait_s)
     try:

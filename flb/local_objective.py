@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class LocalObjective:
-    """The configured strategy's client-side part, as main_simple_fl.build_client hands it to each client."""
+    """The configured strategy's client-side part, as assembly.build_client hands it to each client."""
 
     proximal_mu: float = 0.0  # FedProx's mu; 0: no proximal term
     scaffold: bool = False

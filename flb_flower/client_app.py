@@ -115,14 +115,14 @@ def local_client(config_json: str, run_id: str, partition_id: int, num_partition
     SFTClient, built exactly as main_simple_fl builds them, its secrets in state-dir/<run id>/."""
     import json
 
-    import main_simple_fl
+    import assembly
     from flb.config import config_from_dict
     from flb.errors import ConfigError, ModelError
 
     if not _RUN_ID.fullmatch(run_id):
         raise ValueError(f"run id {run_id!r} from the server is not a plain folder name; this node keeps its state only "
                          f"in folders directly under state-dir={state_dir}")
-    main_simple_fl.configure_logging()
+    assembly.configure_logging()
     settings = json.loads(config_json)
     if model_path:
         settings["model"]["model_path"] = model_path
@@ -131,15 +131,15 @@ def local_client(config_json: str, run_id: str, partition_id: int, num_partition
         raise ConfigError(f"node config: partition-id={partition_id} num-partitions={num_partitions} does not fit "
                           f"num_clients={config.num_clients}; set num-partitions={config.num_clients} and "
                           f"partition-id in 0..{config.num_clients - 1}")
-    shard = _own_records(data_path) if data_path else main_simple_fl.build_data(config)[0][partition_id]
+    shard = _own_records(data_path) if data_path else assembly.build_data(config)[0][partition_id]
     try:
-        tokenizer, model = main_simple_fl.build_model(config)
+        tokenizer, model = assembly.build_model(config)
     except ModelError as exc:
         if not model_path:
             raise
         raise ModelError(f"node config model-path: {exc}") from None
     run_state = Path(state_dir) / run_id
-    return main_simple_fl.build_client(config, partition_id, shard, model, tokenizer, work_dir=run_state / "work",
+    return assembly.build_client(config, partition_id, shard, model, tokenizer, work_dir=run_state / "work",
                                        private_dir=run_state / "private", keystore=_signing_keystore(config, keystore))
 
 

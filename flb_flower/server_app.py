@@ -1,4 +1,4 @@
-"""The ServerApp: main_simple_fl.run with the clients on SuperNodes.
+"""The ServerApp: assembly.run with the clients on SuperNodes.
 
 Run config (pyproject.toml [tool.flwr.app.config], override with `flwr run . <connection> --run-config`):
 `flb-args` holds main_simple_fl's own flags (`--config`, `--set k=v`, `--resume`, `--use_server_dp`), so the
@@ -16,13 +16,13 @@ app = ServerApp()
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    import main_simple_fl
+    import assembly
     from flb_flower.fleet import Fleet
 
-    main_simple_fl.configure_logging()
+    assembly.configure_logging()
     settings = context.run_config
-    args = main_simple_fl.parse_args(shlex.split(str(settings["flb-args"])))
-    config = main_simple_fl.resolve_config(args)
+    args = assembly.parse_args(shlex.split(str(settings["flb-args"])))
+    config = assembly.resolve_config(args)
     fleet = Fleet(grid, config.to_dict(), wait_for_nodes_s=float(settings["wait-for-nodes-s"]),
                   round_timeout_s=float(settings["round-timeout-s"]), query_timeout_s=float(settings["query-timeout-s"]))
-    main_simple_fl.run(config, resume=args.resume, export_merged=args.export_merged, fleet=fleet)
+    assembly.run(config, resume=args.resume, export_merged=args.export_merged, fleet=fleet)

@@ -22,11 +22,11 @@ def tiny_model_dir(tmp_path_factory):
 def flower_reference_run(tiny_model_dir, tmp_path_factory):
     """The in-process run of the Flower loopback tests' config (tiny_run_overrides + FLOWER_RUN): its run
     directory. test_flower_secure.py compares its Flower run with it."""
-    import main_simple_fl
+    import assembly
     from flb.config import load_config
 
     overrides = tiny_run_overrides(tiny_model_dir, tmp_path_factory.mktemp("in-process") / "runs") + FLOWER_RUN
-    return main_simple_fl.run(load_config(None, overrides))
+    return assembly.run(load_config(None, overrides))
 
 
 @pytest.fixture
@@ -44,7 +44,7 @@ def run_and_resume_after_round_1(monkeypatch, tmp_path):
     copy holds every party's secrets and the strategy's state as they were, so both must end alike."""
     import shutil
 
-    import main_simple_fl
+    import assembly
     from flb.config import load_config
     from server import coordinator as coordinator_module
 
@@ -58,10 +58,10 @@ def run_and_resume_after_round_1(monkeypatch, tmp_path):
                 shutil.copytree(self.run.path, snapshot)
 
         monkeypatch.setattr(coordinator_module.RoundCoordinator, "_complete", complete_and_copy)
-        uninterrupted = main_simple_fl.run(load_config(None, overrides))
+        uninterrupted = assembly.run(load_config(None, overrides))
         monkeypatch.undo()
-        args = main_simple_fl.parse_args(["--resume", str(snapshot)])
-        return uninterrupted, main_simple_fl.run(main_simple_fl.resolve_config(args), resume=str(snapshot))
+        args = assembly.parse_args(["--resume", str(snapshot)])
+        return uninterrupted, assembly.run(assembly.resolve_config(args), resume=str(snapshot))
 
     return run
 
@@ -70,14 +70,14 @@ def run_and_resume_after_round_1(monkeypatch, tmp_path):
 def one_round_run(tiny_model_dir, tmp_path_factory):
     """A finished 1-round run of the tiny model (no chain), tracked in TensorBoard and MLflow. Shared: tests that
     change it work on a copy."""
-    import main_simple_fl
+    import assembly
     from flb.config import load_config
 
     overrides = [f"model.model_path={tiny_model_dir}", f"output_dir={tmp_path_factory.mktemp('runs')}",
                  "num_clients=2", "clients_per_round=2", "num_rounds=1", "local_steps=1", "eval.size=8",
                  "eval.max_new_tokens=2", "sft.max_length=96", "chain_record=false",
                  "tracking.backends=[tensorboard,mlflow]"]
-    return main_simple_fl.run(load_config(None, overrides))
+    return assembly.run(load_config(None, overrides))
 
 
 @pytest.fixture

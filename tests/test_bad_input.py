@@ -6,6 +6,7 @@ import shutil
 
 import pytest
 
+import assembly
 import main_simple_fl
 from flb.config import load_config
 from flb.run.directory import RunDir
@@ -189,5 +190,5 @@ def test_a_flower_run_refuses_another_execution_mode_before_anything_exists(tiny
     from flb.errors import ConfigError
 
     with pytest.raises(ConfigError, match=message):
-        main_simple_fl.run(load_config(None, tiny_overrides + [override]), fleet=object())
+        assembly.run(load_config(None, tiny_overrides + [override]), fleet=object())
     assert not (tmp_path / "runs").exists()

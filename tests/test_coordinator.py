@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import main_simple_fl
+import assembly
 from flb.adapters.arithmetic import weighted_average
 from flb.config import load_config
 from flb.audit.digests import adapter_digest, adapter_file_digest
@@ -61,7 +61,7 @@ def run_with(monkeypatch, overrides, damage, victims):
             self.clients = [CorruptingClient(c, damage) if c.client_id in victims else c for c in self.clients]
 
     monkeypatch.setattr(coordinator_module, "RoundCoordinator", Coordinator)
-    return main_simple_fl.run(load_config(None, overrides))
+    return assembly.run(load_config(None, overrides))
 
 
 def rows(run_path):

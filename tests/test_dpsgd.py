@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import main_simple_fl
+import assembly
 from client.dpsgd import DPSGD
 from client.privacy import NoPrivacy
 from client.sft import SFTClient
@@ -22,8 +22,8 @@ def shared(tiny_model_dir, tmp_path_factory):
     config = load_config(None, [f"model.model_path={tiny_model_dir}", "num_clients=2", "clients_per_round=2",
                                 "sft.max_length=96", "sft.learning_rate=0.01", "model.lora.dropout=0.0",
                                 "local_steps=2", "eval.size=8"])
-    shards, _ = main_simple_fl.build_data(config)
-    tokenizer, model = main_simple_fl.build_model(config)
+    shards, _ = assembly.build_data(config)
+    tokenizer, model = assembly.build_model(config)
     return config, [shard[:40] for shard in shards], tokenizer, model, tmp_path_factory.mktemp("work")
 
 

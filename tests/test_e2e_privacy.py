@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 
-import main_simple_fl
+import assembly
 from flb.config import load_config
 from flb.audit.digests import adapter_file_digest
 
@@ -23,7 +23,7 @@ def rounds(run_path):
 
 def resume(run_path, *overrides):
     args = ["--resume", str(run_path)] + [arg for override in overrides for arg in ("--set", override)]
-    return main_simple_fl.run(main_simple_fl.resolve_config(main_simple_fl.parse_args(args)), resume=str(run_path))
+    return assembly.run(assembly.resolve_config(assembly.parse_args(args)), resume=str(run_path))
 
 
 def test_a_resumed_dp_run_ends_exactly_where_the_uninterrupted_one_does(tiny_overrides, run_and_resume_after_round_1,
@@ -56,7 +56,7 @@ def test_a_resumed_dp_run_ends_exactly_where_the_uninterrupted_one_does(tiny_ove
 
 
 def test_update_level_local_dp_reports_each_clients_epsilon(tiny_overrides, capsys):
-    run_path = main_simple_fl.run(load_config(None, tiny_overrides + [
+    run_path = assembly.run(load_config(None, tiny_overrides + [
         "num_rounds=1", "local_steps=2", "eval.size=8", "client.local_dp=true", "client.dp.mode=update",
         "client.dp.target_epsilon=8", "client.dp.clip_norm=0.1"]))
     last = rounds(run_path)[-1]
@@ -69,7 +69,7 @@ def test_update_level_local_dp_reports_each_clients_epsilon(tiny_overrides, caps
 def test_an_extended_run_replans_its_noise_and_stays_within_the_target(tiny_overrides, caplog):
     from opacus.accountants import RDPAccountant
 
-    first = main_simple_fl.run(load_config(None, tiny_overrides + [
+    first = assembly.run(load_config(None, tiny_overrides + [
         "num_rounds=1", "local_steps=1", "eval.size=8", "client.local_dp=true", "client.dp.mode=update",
         "client.dp.target_epsilon=8"]))
     assert not [r for r in caplog.records if r.levelno == logging.WARNING]

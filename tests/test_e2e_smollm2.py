@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-import main_simple_fl
+import assembly
 from flb.config import load_config
 
 
@@ -13,7 +13,7 @@ from flb.config import load_config
 def test_smollm2_federated_round_learns(tmp_path):
     config = load_config(None, [f"output_dir={tmp_path}", "num_clients=2", "clients_per_round=2", "num_rounds=1",
                                 "local_steps=3", "eval.size=8", "eval.max_new_tokens=12", "chain_record=false"])
-    run_path = main_simple_fl.run(config)
+    run_path = assembly.run(config)
     rounds = [json.loads(l) for l in (run_path / "metrics.jsonl").read_text().splitlines()]
     rounds = [r for r in rounds if r["kind"] == "round"]
     assert rounds[-1]["eval_loss"] < rounds[0]["eval_loss"]

@@ -37,10 +37,10 @@ def test_a_run_resumed_after_round_1_ends_where_the_uninterrupted_one_does(strat
 ], ids=lambda overrides: overrides[0].removeprefix("strategy.name="))
 def test_a_robust_aggregator_runs_two_rounds_and_keeps_no_state(strategy, tiny_overrides):
     """Stateless: nothing to restore, so no resume run (tests/test_e2e_tiny.py resumes a stateless run)."""
-    import main_simple_fl
+    import assembly
     from flb.config import load_config
 
-    run = main_simple_fl.run(load_config(None, tiny_overrides + CHEAP + THREE_CLIENTS + strategy))
+    run = assembly.run(load_config(None, tiny_overrides + CHEAP + THREE_CLIENTS + strategy))
     assert adapter_file_digest(run / "round_2") != adapter_file_digest(run / "round_1")
     assert json.loads((run / "checkpoint.json").read_text())["strategy"] == {}
     assert not list(run.glob("checkpoint_*.safetensors"))

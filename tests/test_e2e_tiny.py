@@ -6,6 +6,7 @@ from unittest import mock
 
 import pytest
 
+import assembly
 import main_simple_fl
 from flb.config import load_config
 from flb.audit.digests import adapter_digest, adapter_file_digest
@@ -14,7 +15,7 @@ from flb.run.state_tensors import split_tensors
 
 
 def run(overrides, **kwargs):
-    return main_simple_fl.run(load_config(None, overrides), **kwargs)
+    return assembly.run(load_config(None, overrides), **kwargs)
 
 
 def round_metrics(run_path):
@@ -46,8 +47,8 @@ def test_two_rounds_lower_eval_loss_and_adapter_loads_with_plain_peft(tiny_overr
 def test_resume_gives_the_identical_final_digest(tiny_overrides):
     uninterrupted = run(tiny_overrides)
     cut_short = run(tiny_overrides + ["num_rounds=1"])
-    resumed = main_simple_fl.run(main_simple_fl.resolve_config(
-        main_simple_fl.parse_args(["--resume", str(cut_short), "--set", "num_rounds=2"])), resume=str(cut_short))
+    resumed = assembly.run(assembly.resolve_config(
+        assembly.parse_args(["--resume", str(cut_short), "--set", "num_rounds=2"])), resume=str(cut_short))
     assert resumed == cut_short
     assert adapter_file_digest(resumed / "final_adapter") == adapter_file_digest(uninterrupted / "final_adapter")
     assert [r["round"] for r in round_metrics(resumed)] == [0, 1, 2]
@@ -61,8 +62,8 @@ def test_fedprox_in_batched_mode_resumes_to_the_identical_digest(tiny_overrides)
                                   "execution.mode=batched"]
     uninterrupted = run(overrides)
     cut_short = run(overrides + ["num_rounds=1"])
-    resumed = main_simple_fl.run(main_simple_fl.resolve_config(
-        main_simple_fl.parse_args(["--resume", str(cut_short), "--set", "num_rounds=2"])), resume=str(cut_short))
+    resumed = assembly.run(assembly.resolve_config(
+        assembly.parse_args(["--resume", str(cut_short), "--set", "num_rounds=2"])), resume=str(cut_short))
     assert adapter_file_digest(resumed / "final_adapter") == adapter_file_digest(uninterrupted / "final_adapter")
     assert RunDir.open(uninterrupted).read_checkpoint()["strategy"] == {}
 
@@ -114,7 +115,7 @@ def test_scaffold_under_cosine_resumes_exactly_with_the_rates_and_bytes_of_each_
 
 def test_server_dp_run_completes(tiny_overrides):
     run_path = run(tiny_overrides + ["num_rounds=1"], )
-    dp_path = main_simple_fl.run(load_config(None, tiny_overrides + ["num_rounds=1"], use_server_dp=True))
+    dp_path = assembly.run(load_config(None, tiny_overrides + ["num_rounds=1"], use_server_dp=True))
     config = json.loads((dp_path / "config.json").read_text())
     assert config["strategy"]["name"] == "dp_fixed_clipping"
     assert adapter_file_digest(dp_path / "round_1") != adapter_file_digest(run_path / "round_1")
@@ -128,8 +129,8 @@ def test_cli_config_error_is_one_line(capsys):
 
 @pytest.mark.parametrize("strategy", ["dp_fixed_clipping", "dp_adaptive_clipping"])
 def test_cli_use_server_dp_false_means_no_server_dp(capsys, strategy):
-    args = main_simple_fl.parse_args(["--use_server_dp=false", "--set", f"strategy.name={strategy}"])
-    assert main_simple_fl.resolve_config(args).strategy.name == "fedavg"
+    args = assembly.parse_args(["--use_server_dp=false", "--set", f"strategy.name={strategy}"])
+    assert assembly.resolve_config(args).strategy.name == "fedavg"
     assert main_simple_fl.main(["--use_server_dp=maybe"]) == 2
     assert "allowed: true | false" in capsys.readouterr().err
 

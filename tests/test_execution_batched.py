@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-import main_simple_fl
+import assembly
 from client import batched
 from flb.config import load_config
 from flb.model.load import get_adapter_state
@@ -18,8 +18,8 @@ FP32 = "sft.training_arguments={bf16: false}"  # trl trains under bf16 autocast 
 def build(overrides: list[str], work: Path, extra=()):
     """The prepared model and three in-process clients (fp32, LoRA dropout 0), and the initial global adapter."""
     config = load_config(None, overrides + ["num_clients=3", "clients_per_round=3", FP32, *extra])
-    prepared = main_simple_fl.prepare(config)
-    clients = [main_simple_fl.build_client(prepared.config, i, shard, prepared.model, prepared.tokenizer,
+    prepared = assembly.prepare(config)
+    clients = [assembly.build_client(prepared.config, i, shard, prepared.model, prepared.tokenizer,
                                            work_dir=work / "work", private_dir=work / f"private_{i}")
                for i, shard in enumerate(prepared.shards)]
     return prepared, clients, get_adapter_state(prepared.model)

@@ -10,7 +10,7 @@ from flwr.common.constant import ErrorCode
 from flwr.supercore.task_identity import TaskIdentity
 from safetensors.torch import load_file, save_file
 
-import main_simple_fl
+import assembly
 from flb.config import load_config
 from flb.errors import ModelError
 from flb.model.load import base_model_digest, get_adapter_state
@@ -26,7 +26,7 @@ RUN_ID = "20260101-000000-abcd"
 def server(tiny_model_dir, tmp_path_factory):
     """The server's config, its initial global adapter and the digest of its base model."""
     config = load_config(None, tiny_run_overrides(tiny_model_dir, tmp_path_factory.mktemp("runs")) + ["local_steps=1"])
-    _, model = main_simple_fl.build_model(config)
+    _, model = assembly.build_model(config)
     return config, get_adapter_state(model), base_model_digest(model)
 
 

@@ -16,7 +16,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, RecordDic
 from flwr.common.constant import ErrorCode
 from flwr.supercore.task_identity import TaskIdentity
 
-import main_simple_fl
+import assembly
 from client.privacy import GaussianUpdate
 from flb.privacy.accounting import NoisePlan
 from flb.audit.attestation import SigningDomain
@@ -46,9 +46,9 @@ def private_client(tiny_model_dir, tmp_path_factory):
     config = load_config(None, [f"model.model_path={tiny_model_dir}", f"output_dir={work / 'runs'}", "num_clients=2",
                                 "clients_per_round=2", "local_steps=2", "sft.max_length=96", "eval.size=4",
                                 "chain_record=true", "client.local_dp=true", "client.dp.mode=update"])
-    shards, _ = main_simple_fl.build_data(config)
-    tokenizer, model = main_simple_fl.build_model(config)
-    client = main_simple_fl.build_client(config, 0, shards[0], model, tokenizer, work_dir=work / "work",
+    shards, _ = assembly.build_data(config)
+    tokenizer, model = assembly.build_model(config)
+    client = assembly.build_client(config, 0, shards[0], model, tokenizer, work_dir=work / "work",
                                          private_dir=work / "private")
     client.bind_ledger(DOMAIN)
     global_adapter = get_adapter_state(model)

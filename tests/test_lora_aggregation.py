@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-import main_simple_fl
+import assembly
 from flb.adapters.arithmetic import weighted_average
 from flb.config import load_config
 from flb.audit.digests import adapter_file_digest
@@ -153,7 +153,7 @@ def test_the_error_is_taken_against_the_strategys_mean():
 
 def run_mode(overrides, mode, **changes):
     settings = overrides + [f"strategy.lora_aggregation={mode}", "local_steps=2", "eval.size=4"]
-    return main_simple_fl.run(load_config(None, settings + [f"{k}={v}" for k, v in changes.items()]))
+    return assembly.run(load_config(None, settings + [f"{k}={v}" for k, v in changes.items()]))
 
 
 def lines(run_path, kind):
@@ -198,6 +198,6 @@ def test_svd_aggregates_closer_than_separate_and_resumes_to_the_same_digest(tiny
 
 def assert_resume_reproduces(overrides, mode, finished):
     cut_short = run_mode(overrides, mode, num_rounds=1)
-    resumed = main_simple_fl.run(main_simple_fl.resolve_config(
-        main_simple_fl.parse_args(["--resume", str(cut_short), "--set", "num_rounds=2"])), resume=str(cut_short))
+    resumed = assembly.run(assembly.resolve_config(
+        assembly.parse_args(["--resume", str(cut_short), "--set", "num_rounds=2"])), resume=str(cut_short))
     assert adapter_file_digest(resumed / "final_adapter") == adapter_file_digest(finished / "final_adapter")

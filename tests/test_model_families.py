@@ -64,14 +64,14 @@ def family_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def family_run(family_dir, tmp_path_factory):
     """family -> the run directory of one quick round on its tiny model, exported merged; run once for this module."""
-    import main_simple_fl
+    import assembly
 
     runs = {}
 
     def get(family: str) -> Path:
         if family not in runs:
             overrides = tiny_run_overrides(family_dir(family), tmp_path_factory.mktemp(f"{family}-runs"))
-            runs[family] = main_simple_fl.run(load_config(None, overrides + ONE_QUICK_ROUND), export_merged=True)
+            runs[family] = assembly.run(load_config(None, overrides + ONE_QUICK_ROUND), export_merged=True)
         return runs[family]
 
     return get
@@ -189,10 +189,10 @@ def test_a_tokenizer_with_its_own_chat_template_keeps_it(family_dir):
 
 
 def test_a_round_completes_with_the_fallback_template(no_template_dir, tmp_path):
-    import main_simple_fl
+    import assembly
 
     overrides = tiny_run_overrides(no_template_dir, tmp_path / "runs") + ONE_QUICK_ROUND
-    run = main_simple_fl.run(load_config(None, overrides))
+    run = assembly.run(load_config(None, overrides))
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["round"] == 1 and rows[-1]["num_clients"] == 2
     assert all(math.isfinite(row["train_loss"]) for row in rows if row["kind"] == "client")

@@ -105,9 +105,9 @@ def test_adapter_state_round_trips(tiny_model_dir):
 def test_four_bit_quantized_round_on_cpu(tiny_overrides):
     import json
 
-    import main_simple_fl
+    import assembly
 
-    run_path = main_simple_fl.run(load_config(None, tiny_overrides + ["model.quantization=4", "num_rounds=1",
+    run_path = assembly.run(load_config(None, tiny_overrides + ["model.quantization=4", "num_rounds=1",
                                                                         "local_steps=2"]))
     rows = [json.loads(l) for l in (run_path / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["round"] == 1 and rows[-1]["num_clients"] == 2

@@ -282,12 +282,12 @@ def test_a_run_recorded_nowhere_sends_ledger_null():
 
 @pytest.mark.chain
 def test_a_tiny_run_notifies_every_round_by_url_and_command(tiny_overrides, tmp_path):
-    import main_simple_fl
+    import assembly
     from flb.config import load_config
 
     received = tmp_path / "received.jsonl"
     with receiver() as server:
-        run_dir = main_simple_fl.run(load_config(None, tiny_overrides + [
+        run_dir = assembly.run(load_config(None, tiny_overrides + [
             "chain_record=true", "local_steps=1", "eval.size=4", f"notify.url={server.url}",
             f"notify.command=cat >> {received}"]))
     rounds = [m for m in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if m["kind"] == "round"]

@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-import main_simple_fl
+import assembly
 from bench.privacy_attack import client_attack, server_attack
 from flb.config import load_config
 from flb.audit.digests import adapter_file_digest, records_digest
@@ -21,7 +21,7 @@ SERVER_DP = ["strategy.name=dp_fixed_clipping", f"server.noise_multiplier={Z}", 
 
 
 def run(overrides):
-    return main_simple_fl.run(load_config(None, overrides))
+    return assembly.run(load_config(None, overrides))
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +74,7 @@ def test_under_dp_the_chain_holds_no_raw_update_or_data_digest(tiny_overrides):
     run_path = run(tiny_overrides + ONE_ROUND + SERVER_DP + ["chain_record=true"])
     config = load_config(None, tiny_overrides + ONE_ROUND)
     raw = {adapter_file_digest(p) for p in (run_path / "round_1" / "updates").glob("*.safetensors")}
-    raw |= {records_digest(shard) for shard in main_simple_fl.build_data(config)[0]}
+    raw |= {records_digest(shard) for shard in assembly.build_data(config)[0]}
     on_chain = set(re.findall(r"[0-9a-f]{64}", (run_path / "chain" / "trail.json").read_text().lower()))
     assert len(raw) == 4 and not raw & on_chain
     trail = json.loads((run_path / "chain" / "trail.json").read_text())

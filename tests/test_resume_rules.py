@@ -7,6 +7,7 @@ import os
 
 import pytest
 
+import assembly
 import main_simple_fl
 from flb.errors import RunDirError
 from flb.run.lock import RunLock
@@ -61,8 +62,8 @@ def test_a_run_removes_its_log_handler_when_it_ends(one_round_run, tmp_path):
     run = shutil.copytree(one_round_run, tmp_path / "run", symlinks=True)
     size = (run / "run.log").stat().st_size
     before = list(logging.getLogger().handlers)
-    args = main_simple_fl.parse_args(["--resume", str(run), "--set", "num_rounds=2"])
-    main_simple_fl.run(main_simple_fl.resolve_config(args), resume=str(run))
+    args = assembly.parse_args(["--resume", str(run), "--set", "num_rounds=2"])
+    assembly.run(assembly.resolve_config(args), resume=str(run))
     assert logging.getLogger().handlers == before
     assert (run / "run.log").stat().st_size > size
 

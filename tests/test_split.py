@@ -44,15 +44,15 @@ def split_overrides(model_dir, output_dir, *extra: str) -> list[str]:
 
 def split_parts(model_dir, tmp_path, k: int, m: int, *extra: str):
     """A SplitClient (client 0 of a tiny split config, fp32) and its in-process TrunkServer on one model."""
-    import main_simple_fl
+    import assembly
     from flb.config import load_config
     from flb.run.directory import RunDir
 
     config = load_config(None, split_overrides(model_dir, tmp_path / "runs", FP32, f"split.head_layers={k}",
                                                f"split.tail_layers={m}", *extra))
-    prepared = main_simple_fl.prepare(config)
+    prepared = assembly.prepare(config)
     run_dir = RunDir.create(config.output_dir, config.to_dict())
-    with main_simple_fl.split_clients_and_fit_all(prepared.config, run_dir, prepared) as (clients, trunk):
+    with assembly.split_clients_and_fit_all(prepared.config, run_dir, prepared) as (clients, trunk):
         return clients[0], trunk, prepared
 
 
@@ -160,7 +160,7 @@ def test_only_hidden_states_and_gradients_cross_the_cut(tiny4_dir, tmp_path, mon
     """Every frame of a run, both ways: the client sends hidden states [batch, tokens, hidden] (float), the attention
     mask (0/1) and gradients, never token ids or labels; the server sends hidden states, gradients and, at a
     session's end, the trunk's LoRA tensors, never a base weight."""
-    import main_simple_fl
+    import assembly
     from flb.config import load_config
     from server.split_trunk import TrunkServer
 
@@ -173,7 +173,7 @@ def test_only_hidden_states_and_gradients_cross_the_cut(tiny4_dir, tmp_path, mon
         return reply
 
     monkeypatch.setattr(TrunkServer, "handle", recorded)
-    main_simple_fl.run(load_config(None, split_overrides(tiny4_dir, tmp_path / "runs", "num_rounds=1")))
+    assembly.run(load_config(None, split_overrides(tiny4_dir, tmp_path / "runs", "num_rounds=1")))
     hidden_size = 64
     ops = [sent[0] for sent, _ in frames]
     assert ops.count("forward") == ops.count("backward") == 2 * 3 and ops.count("open") == ops.count("close") == 2
@@ -198,7 +198,7 @@ def test_activation_noise_comes_from_the_clients_secret_generator(tiny4_dir, tmp
     """What a client sends forward, in two runs of one config (same seed): identical without noise; with noise,
     different, so no one holding the public config can regenerate the noise and subtract it. Each token's hidden
     state is clipped to split.activation_clip before the noise."""
-    import main_simple_fl
+    import assembly
     from flb.config import load_config
     from server.split_trunk import TrunkServer
 
@@ -215,7 +215,7 @@ def test_activation_noise_comes_from_the_clients_secret_generator(tiny4_dir, tmp
 
     def forward_frames(name: str, *extra: str) -> list:
         sent.clear()
-        main_simple_fl.run(load_config(None, split_overrides(tiny4_dir, tmp_path / name, "num_rounds=1",
+        assembly.run(load_config(None, split_overrides(tiny4_dir, tmp_path / name, "num_rounds=1",
                                                              "num_clients=1", "clients_per_round=1", *extra)))
         return list(sent)
 
@@ -253,7 +253,7 @@ def test_a_split_run_trains_resumes_exactly_and_its_adapter_loads_with_plain_pef
     from safetensors.torch import load_file, save_file
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    import main_simple_fl
+    import assembly
     from chain import explorer
     from flb.config import load_config
     from flb.audit.digests import adapter_digest
@@ -287,7 +287,7 @@ def test_a_split_run_trains_resumes_exactly_and_its_adapter_loads_with_plain_pef
                                        uninterrupted / "final_adapter").eval()
     ids = torch.tensor([[1, 5, 9, 200, 7]])
     base_logits = AutoModelForCausalLM.from_pretrained(model_dir)(ids).logits
-    _, evaluated = main_simple_fl.build_model(load_config(None, overrides))
+    _, evaluated = assembly.build_model(load_config(None, overrides))
     set_adapter_state(evaluated, load_file(uninterrupted / "final_adapter" / "adapter_model.safetensors"))
     with torch.no_grad():
         logits = loaded(ids).logits
@@ -300,14 +300,14 @@ def test_the_grpc_transport_ends_on_the_in_process_digest(tiny4_dir, tmp_path):
     the trunk's blocks freed) train; per-client trunks, personal client parts: the same final digest as the same run
     in one process (the same operations on the same numbers; the trunk's dropout generator is seeded by round,
     client and step wherever it runs). Each client started round 2 from its own round-1 part."""
-    import main_simple_fl
+    import assembly
     from flb.config import load_config
     from flb.privacy.private_state import PrivateState
     from safetensors.torch import load_file
 
     common = ["split.trunk=per_client", "split.client_parts=personal", "model.lora.dropout=0.1"]
-    in_process = main_simple_fl.run(load_config(None, split_overrides(tiny4_dir, tmp_path / "a", *common)))
-    network = main_simple_fl.run(load_config(None, split_overrides(tiny4_dir, tmp_path / "b", *common,
+    in_process = assembly.run(load_config(None, split_overrides(tiny4_dir, tmp_path / "a", *common)))
+    network = assembly.run(load_config(None, split_overrides(tiny4_dir, tmp_path / "b", *common,
                                                                    "split.channel=loopback")))
     digests = [json.loads((path / "summary.json").read_text())["final_digest"] for path in (in_process, network)]
     assert digests[0] == digests[1]
@@ -448,12 +448,12 @@ def test_a_network_client_whose_process_ends_or_goes_silent_is_that_clients_fail
 
 
 def test_split_plans_that_cannot_be_cut_are_config_errors(tiny4_dir, tmp_path):
-    import main_simple_fl
+    import assembly
     from flb.config import load_config
 
     with pytest.raises(ConfigError, match=r"split.head_layers \+ split.tail_layers = 4 leaves the server no block "
                                           r"of the model's 4; make their sum at most 3"):
-        main_simple_fl.prepare(load_config(None, split_overrides(tiny4_dir, tmp_path, "split.head_layers=2",
+        assembly.prepare(load_config(None, split_overrides(tiny4_dir, tmp_path, "split.head_layers=2",
                                                                  "split.tail_layers=2")))
 
 

@@ -10,7 +10,7 @@ import shutil
 
 import pytest
 
-import main_simple_fl
+import assembly
 from flb.config import TrackingSettings, load_config
 from flb.errors import ConfigError
 from flb.run.tracking import MLFLOW_RUN_FILE, Tracker, check_backends, each_round, round_scalars
@@ -55,8 +55,8 @@ def rows(run_path, kind: str) -> list[dict]:
 
 
 def resume(run_path, *overrides: str):
-    args = main_simple_fl.parse_args(["--resume", str(run_path)] + [a for o in overrides for a in ("--set", o)])
-    return main_simple_fl.run(main_simple_fl.resolve_config(args), resume=str(run_path))
+    args = assembly.parse_args(["--resume", str(run_path)] + [a for o in overrides for a in ("--set", o)])
+    return assembly.run(assembly.resolve_config(args), resume=str(run_path))
 
 
 def tracking_warnings(caplog) -> list[str]:

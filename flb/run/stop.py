@@ -15,7 +15,7 @@ SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 class StopRequested(KeyboardInterrupt):
     """The run was asked to stop by `signal_name`; raised once, in the main thread. `run_dir`: the run directory it
-    stopped in, once one exists (main_simple_fl.run sets it)."""
+    stopped in, once one exists (assembly.run sets it)."""
 
     def __init__(self, signal_name: str):
         super().__init__(signal_name)

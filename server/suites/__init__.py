@@ -3,7 +3,7 @@
 Each suite is built from its settings and called with (model, tokenizer), the round's adapter already set on the
 peft model; it returns a JSON-able dict of metrics. exact_match is not here: server/evaluation.py computes it on the
 held-out split. Building a suite checks what it needs (its data file, its package, the sandbox), so building them
-before a run (main_simple_fl.prepare) makes a bad setting fail before any training.
+before a run (assembly.prepare) makes a bad setting fail before any training.
 """
 from __future__ import annotations
 

@@ -129,10 +129,10 @@ def run_overrides(model_dir, output_dir, *extra: str) -> list[str]:
 
 
 def whole_run(model_dir, output_dir, *extra: str) -> Path:
-    import main_simple_fl
+    import assembly
     from flb.config import load_config
 
-    return main_simple_fl.run(load_config(None, run_overrides(model_dir, output_dir, *extra)))
+    return assembly.run(load_config(None, run_overrides(model_dir, output_dir, *extra)))
 
 
 @pytest.fixture(scope="session")

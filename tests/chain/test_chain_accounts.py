@@ -154,21 +154,21 @@ def test_deploy_cli_deploys_with_the_admin_keystore(tmp_path, monkeypatch, anvil
 @pytest.fixture(scope="module")
 def tiny_client_parts(tiny_model_dir, tmp_path_factory):
     """The tiny model, its tokenizer and one shard: enough to build the run's clients as a run does."""
-    import main_simple_fl
+    import assembly
     from flb.config import load_config
     from tests.tiny_model import tiny_run_overrides
 
     config = load_config(None, tiny_run_overrides(tiny_model_dir, tmp_path_factory.mktemp("runs")))
-    tokenizer, model = main_simple_fl.build_model(config)
-    return main_simple_fl.build_data(config)[0][0], model, tokenizer
+    tokenizer, model = assembly.build_model(config)
+    return assembly.build_data(config)[0][0], model, tokenizer
 
 
 def client_addresses(config, run_dir, parts, num_clients: int = 2) -> list[str]:
     """The signing addresses of the run's in-process clients, built as main_simple_fl builds them."""
-    import main_simple_fl
+    import assembly
 
     shard, model, tokenizer = parts
-    return [main_simple_fl.build_run_client(config, run_dir, i, shard, model, tokenizer).address
+    return [assembly.build_run_client(config, run_dir, i, shard, model, tokenizer).address
             for i in range(num_clients)]
 
 
@@ -212,7 +212,7 @@ def test_persistent_client_keys_are_the_same_in_every_run(tmp_path, monkeypatch,
 
 
 def test_persistent_client_keys_say_what_is_missing_in_one_line(tmp_path, monkeypatch):
-    import main_simple_fl
+    import assembly
     from flb.config import load_config
     from flb.audit.keystore import client_keystore
 
@@ -225,10 +225,10 @@ def test_persistent_client_keys_say_what_is_missing_in_one_line(tmp_path, monkey
     config = load_config(None, ["num_clients=2", "clients_per_round=2", f"chain.keystore_dir={tmp_path}",
                                 "chain.client_keys=persistent", f"chain.password_env={PASSWORD_ENV}"])
     with pytest.raises(KeystoreError) as refused:  # before a run directory exists (embedded: no node to reach)
-        main_simple_fl.check_chain(config)
+        assembly.check_chain(config)
     assert str(refused.value) == (f"keystore {tmp_path}/client_1.json: not found; create it with `python -m "
                                   f"chain.accounts create --role client --out {tmp_path}/client_1.json`")
-    main_simple_fl.check_chain(config, in_process_clients=False)  # Flower nodes hold their own keystores
+    assembly.check_chain(config, in_process_clients=False)  # Flower nodes hold their own keystores
 
 
 def test_chain_client_keys_takes_fresh_or_persistent():

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file, save_file
 
-import main_simple_fl
+import assembly
 from chain import explorer
 from chain.trail import read_trail
 from flb.config import load_config
@@ -46,7 +46,7 @@ def web_run(tiny_model_dir, tmp_path_factory) -> Path:
     """One round, two clients, recorded on the embedded chain; beside it a tampered copy, a copy without its chain
     and a corrupt run."""
     output = tmp_path_factory.mktemp("web") / "runs"
-    run_path = main_simple_fl.run(load_config(None, recorded_run_overrides(tiny_model_dir, output)))
+    run_path = assembly.run(load_config(None, recorded_run_overrides(tiny_model_dir, output)))
     tampered = shutil.copytree(run_path, output / "tampered")
     update = tampered / "round_1" / "updates" / "client_1.safetensors"
     tensors = load_file(str(update))
@@ -65,14 +65,14 @@ def private_run(web_run, tiny_model_dir) -> Path:
     """The same run with client-side DP, beside the others: the chain holds commitments, the clients' losses stay
     with them."""
     overrides = recorded_run_overrides(tiny_model_dir, web_run.parent) + ["client.local_dp=true", "client.dp.mode=update"]
-    return main_simple_fl.run(load_config(None, overrides))
+    return assembly.run(load_config(None, overrides))
 
 
 @pytest.fixture(scope="module")
 def split_run(web_run, tiny_model_dir) -> Path:
     """The same run in split mode (the tiny model's 2 blocks: the client keeps block 0, the server trains block 1)."""
     overrides = recorded_run_overrides(tiny_model_dir, web_run.parent) + ["mode=split", "split.tail_layers=0"]
-    return main_simple_fl.run(load_config(None, overrides))
+    return assembly.run(load_config(None, overrides))
 
 
 def start_app(run: Path, log: Path):
@@ -270,7 +270,7 @@ def crowded_run(web_run, tiny_model_dir) -> Path:
     transactions."""
     overrides = recorded_run_overrides(tiny_model_dir, web_run.parent) + ["num_clients=60",
                                                                          "chain.block_gas_limit=5000000"]
-    return main_simple_fl.run(load_config(None, overrides))
+    return assembly.run(load_config(None, overrides))
 
 
 PAGE_ROWS = 50  # examples/web_demo/ledger_page.py: the rows a page of a long list shows
