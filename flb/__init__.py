@@ -1,4 +1,4 @@
-"""FLB core: config, types, errors, digests, data, modeling, run directories.
+"""FLB core: config, types, errors, seeding, data/, and by concern privacy/, audit/, model/, adapters/, split/, run/.
 
 Imports nothing heavy at module load and none of client/, server/ or chain/.
 """

@@ -10,7 +10,7 @@ writes into OUT_DIR (created; it must not hold these files already):
 - `node-<i>`, `node-<i>.pub`: one ECDSA P-384 key pair per SuperNode in OpenSSH format (what
   `ssh-keygen -t ecdsa -b 384` makes and `flwr supernode register` and `--auth-supernode-private-key` take).
 Private keys are written readable by their owner only. For trials: a real deployment's certificate comes from
-its own CA (README, "TLS and node authentication").
+its own CA (docs/multi-machine.md, "TLS and node authentication").
 """
 from __future__ import annotations
 

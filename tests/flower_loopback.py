@@ -1,8 +1,8 @@
 """A SuperLink and SuperNodes on loopback, as subprocesses, for tests and benchmarks: insecure, or secure (TLS
 and node authentication with the certificates and keys `python -m flb_flower.certs` makes).
 
-The commands are built by the functions below, and the README's multi-machine section gives the same commands
-(tests/test_flower_secure.py checks it), so what the README says is what the tests run.
+The commands are built by the functions below, and the docs' multi-machine page (docs/multi-machine.md) gives the
+same commands (tests/test_flower_secure.py checks it), so what the docs say is what the tests run.
 Each process starts in its own process group (its pid is the group id) because SuperLink and SuperNode
 start `flower-superexec` children that outlive them; stopping a process stops its whole group.
 """

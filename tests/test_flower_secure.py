@@ -1,5 +1,5 @@
-"""Flower's secure mode on loopback, with the commands the README's multi-machine section gives (the last test
-checks the README still gives them): certificates and node keys from `python -m flb_flower.certs`, a SuperLink
+"""Flower's secure mode on loopback, with the commands the docs' multi-machine page gives (the last test
+checks the page still gives them): certificates and node keys from `python -m flb_flower.certs`, a SuperLink
 with TLS and node authentication, two registered SuperNodes (node 0 with its own copy of the base model) and a
 third, unregistered, that tries to serve a partition during the run. The run ends with the in-process run's
 final adapter, which tests/test_flower.py shows the insecure Flower run ends with too.
@@ -22,7 +22,7 @@ from tests.test_flower import RUN_TIMEOUT_S, finish, flb_args, round_records
 from tests.test_flower_wire import StubGrid
 from tests.tiny_model import tiny_run_overrides
 
-README = REPO / "README.md"
+MULTI_MACHINE_PAGE = REPO / "docs" / "multi-machine.md"
 REFUSED = "Failed to activate SuperNode"  # Flower 1.41's words for a node whose key is not registered
 
 
@@ -78,12 +78,14 @@ def test_waiting_for_a_node_that_never_comes_names_the_likely_causes():
         fleet.join("run", 1, "ef" * 32)
 
 
-# --- the README gives the commands the tests run ----------------------------------------------------------------
+# --- docs/multi-machine.md gives the commands the tests run -----------------------------------------------------
 
-def readme_subsection(heading: str) -> str:
-    text = README.read_text()
-    start = text.index(f"\n### {heading}")
-    return text[start:text.index("\n##", start + 1)]
+def page_section(heading: str) -> str:
+    """The `## heading` section of docs/multi-machine.md, up to the next `## ` heading."""
+    text = MULTI_MACHINE_PAGE.read_text()
+    start = text.index(f"\n## {heading}")
+    end = text.find("\n## ", start + 1)
+    return text[start:end if end != -1 else len(text)]
 
 
 def shell_commands(text: str) -> list[list[str]]:
@@ -102,8 +104,8 @@ def shell_commands(text: str) -> list[list[str]]:
 
 @pytest.mark.parametrize("credentials, heading", [(None, "On one machine (insecure loopback)"),
                                                   ("certs", "TLS and node authentication")], ids=["insecure", "secure"])
-def test_the_readme_gives_the_tested_commands(credentials, heading):
-    subsection = readme_subsection(heading)
+def test_the_multi_machine_page_gives_the_tested_commands(credentials, heading):
+    subsection = page_section(heading)
     commands = shell_commands(subsection)
     expected = [superlink_argv(9093, credentials)]
     expected += [supernode_argv(9093, 9101 + i, node_config(i, 3, f"$PWD/nodes/{i}"), credentials, f"node-{i}")
@@ -112,8 +114,9 @@ def test_the_readme_gives_the_tested_commands(credentials, heading):
         expected += [certs_argv(credentials, 3)] + [register_argv(credentials, f"node-{i}") for i in range(3)]
     run_prefix = flwr_run_argv("")[:-1]
     for argv in expected:
-        assert argv in commands, f"the README lacks: {shlex.join(argv)}"
-    assert any(argv[:len(run_prefix)] == run_prefix for argv in commands), f"the README lacks: {shlex.join(run_prefix)}"
+        assert argv in commands, f"docs/multi-machine.md lacks: {shlex.join(argv)}"
+    assert any(argv[:len(run_prefix)] == run_prefix for argv in commands), \
+        f"docs/multi-machine.md lacks: {shlex.join(run_prefix)}"
     toml = connection_toml(9093, f"$PWD/{credentials}" if credentials else None)
     assert toml in re.findall(r"<<TOML\n(.*?)TOML\n", subsection, flags=re.S), \
-        f"the README lacks this config.toml:\n{toml}"
+        f"docs/multi-machine.md lacks this config.toml:\n{toml}"

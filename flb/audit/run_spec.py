@@ -1,4 +1,4 @@
-"""The run spec: the rules a run is checked by, anchored on chain before round 0 (docs/audit-spec.md, section 3).
+"""The run spec: the rules a run is checked by, anchored on chain before round 0 (docs/audit-spec.md, section 2.5).
 
 It is the part of the resolved config.json that decides what a round must be (the strategy with every parameter,
 the LoRA aggregation, the server's and the clients' DP settings, the scoring formula, the client sampling rule and

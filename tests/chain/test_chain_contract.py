@@ -399,7 +399,7 @@ def test_reverted_message_is_one_line_with_the_fix():
 # --- gas -------------------------------------------------------------------------------------
 
 def test_gas_of_uploads_and_signed_rounds(deployed, capsys):
-    """Figures for the README; only the upload bound is asserted (v1 uploads cost 210k-228k, 143k after)."""
+    """Figures for docs/ledger.md; only the upload bound is asserted (v1 uploads cost 210k-228k, 143k after)."""
     client = deployed.accounts.clients[0]
     first = deployed.send(upload(deployed, client, DIGEST_A), sender=client)["gasUsed"]
     second = deployed.send(upload(deployed, client, DIGEST_B), sender=client)["gasUsed"]
