@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Mapping
 
-from flb.errors import ConfigError, FLBError
+from flb.errors import ConfigError, FLBError, invalid_value, require
 
 NODE_CONFIG_KEYS = ("dp-mechanism", "dp-noise-multiplier", "dp-target-epsilon", "dp-delta", "dp-adjacency")
 
@@ -148,9 +148,8 @@ def _number(pinned: Mapping, key: str) -> float | None:
     try:
         return float(pinned[key])
     except (TypeError, ValueError):
-        raise ConfigError(f"node config {key}: invalid value {pinned[key]!r}; allowed: a number") from None
+        raise invalid_value(f"node config {key}", pinned[key], "a number") from None
 
 
 def _node_require(ok: bool, key: str, value, allowed: str) -> None:
-    if not ok:
-        raise ConfigError(f"node config {key}: invalid value {value!r}; allowed: {allowed}")
+    require(ok, f"node config {key}", value, allowed)

@@ -15,12 +15,12 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 from urllib.parse import urlsplit
 
 import yaml
 
-from flb.errors import ConfigError, shown
+from flb.errors import ConfigError, invalid_value, require, shown
 
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "config.yaml"
 
@@ -29,14 +29,8 @@ def _help(text: str, **kwargs):
     return field(metadata={"help": text}, **kwargs)
 
 
-def _require(ok: bool, key: str, value: Any, allowed: str) -> None:
-    if not ok:
-        raise ConfigError(f"{key}: invalid value {shown(value)}; allowed: {allowed}")
-
-
-
 def _one_of(key: str, value: Any, options: tuple) -> None:
-    _require(value in options, key, value, " | ".join("null" if o is None else str(o) for o in options))
+    require(value in options, key, value, " | ".join("null" if o is None else str(o) for o in options))
 
 
 @dataclass(frozen=True)
@@ -46,9 +40,9 @@ class LoraSettings:
     dropout: float = _help("Dropout on the LoRA input.", default=0.05)
 
     def __post_init__(self):
-        _require(self.r >= 1, "model.lora.r", self.r, "an integer >= 1")
-        _require(self.alpha > 0, "model.lora.alpha", self.alpha, "a number > 0")
-        _require(0 <= self.dropout < 1, "model.lora.dropout", self.dropout, "a number in [0, 1)")
+        require(self.r >= 1, "model.lora.r", self.r, "an integer >= 1")
+        require(self.alpha > 0, "model.lora.alpha", self.alpha, "a number > 0")
+        require(0 <= self.dropout < 1, "model.lora.dropout", self.dropout, "a number in [0, 1)")
 
 
 TARGET_MODULE_RULES = ("auto", "all-linear")
@@ -74,9 +68,9 @@ class ModelSettings:
         _one_of("model.quantization", self.quantization, (4, 8, None))
         _one_of("model.device_map", self.device_map, ("cpu", "cuda", "mps", "auto"))
         _one_of("model.dtype", self.dtype, ("float32", "bfloat16", "float16"))
-        _require(self.target_modules in TARGET_MODULE_RULES if isinstance(self.target_modules, str)
-                 else len(self.target_modules) > 0, "model.target_modules", self.target_modules,
-                 f"{' | '.join(TARGET_MODULE_RULES)} | a non-empty list of module names")
+        require(self.target_modules in TARGET_MODULE_RULES if isinstance(self.target_modules, str)
+                else len(self.target_modules) > 0, "model.target_modules", self.target_modules,
+                f"{' | '.join(TARGET_MODULE_RULES)} | a non-empty list of module names")
 
 
 @dataclass(frozen=True)
@@ -91,18 +85,18 @@ class SFTSettings:
     training_arguments: dict = _help("Extra keyword arguments passed through to trl's SFTConfig.", default_factory=dict)
 
     def __post_init__(self):
-        _require(self.learning_rate > 0, "sft.learning_rate", self.learning_rate, "a number > 0")
+        require(self.learning_rate > 0, "sft.learning_rate", self.learning_rate, "a number > 0")
         _one_of("sft.lr_schedule", self.lr_schedule, ("constant", "cosine_over_rounds"))
-        _require(0 <= self.min_learning_rate <= self.learning_rate, "sft.min_learning_rate", self.min_learning_rate,
-                 f"a number in [0, sft.learning_rate={self.learning_rate:g}]")
-        _require(self.max_length >= 8, "sft.max_length", self.max_length, "an integer >= 8")
-        _require(self.batch_size >= 1, "sft.batch_size", self.batch_size, "an integer >= 1")
+        require(0 <= self.min_learning_rate <= self.learning_rate, "sft.min_learning_rate", self.min_learning_rate,
+                f"a number in [0, sft.learning_rate={self.learning_rate:g}]")
+        require(self.max_length >= 8, "sft.max_length", self.max_length, "an integer >= 8")
+        require(self.batch_size >= 1, "sft.batch_size", self.batch_size, "an integer >= 1")
         for name, value in self.training_arguments.items():
-            _require(isinstance(name, str) and name.isidentifier(), "sft.training_arguments", name,
-                     "argument names of trl's SFTConfig")
+            require(isinstance(name, str) and name.isidentifier(), "sft.training_arguments", name,
+                    "argument names of trl's SFTConfig")
             # config.json must hold it: YAML dates, sets and self-referencing anchors are not JSON
-            _require(_json_like(value), f"sft.training_arguments.{name}", value,
-                     "null, true/false, a number, a string, or lists and mappings of those")
+            require(_json_like(value), f"sft.training_arguments.{name}", value,
+                    "null, true/false, a number, a string, or lists and mappings of those")
 
 
 def _json_like(value: Any, depth: int = 0) -> bool:
@@ -120,7 +114,7 @@ def _json_like(value: Any, depth: int = 0) -> bool:
 
 
 def _probability(key: str, value: float) -> None:
-    _require(0 < value < 1, key, value, "a number in (0, 1)")
+    require(0 < value < 1, key, value, "a number in (0, 1)")
 
 
 @dataclass(frozen=True)
@@ -144,16 +138,16 @@ class ClientDPSettings:
     def __post_init__(self):
         _one_of("client.dp.mode", self.mode, ("update", "dpsgd"))
         _one_of("client.dp.adjacency", self.adjacency, ("add_remove", "replace"))
-        _require(not (self.mode == "dpsgd" and self.adjacency == "replace"), "client.dp.adjacency", self.adjacency,
-                 "add_remove with client.dp.mode dpsgd (opacus' accountant for Poisson sampling is exact for "
-                 "add/remove only)")
-        _require(self.clip_norm > 0, "client.dp.clip_norm", self.clip_norm, "a number > 0")
-        _require(self.noise_multiplier is None or self.noise_multiplier >= 0, "client.dp.noise_multiplier",
-                 self.noise_multiplier, "a number >= 0, or null to derive it from client.dp.target_epsilon")
-        _require(self.target_epsilon is None or self.target_epsilon > 0, "client.dp.target_epsilon",
-                 self.target_epsilon, "a number > 0")
-        _require(self.noise_multiplier is not None or self.target_epsilon is not None, "client.dp.target_epsilon",
-                 self.target_epsilon, "a number > 0 when client.dp.noise_multiplier is null")
+        require(not (self.mode == "dpsgd" and self.adjacency == "replace"), "client.dp.adjacency", self.adjacency,
+                "add_remove with client.dp.mode dpsgd (opacus' accountant for Poisson sampling is exact for "
+                "add/remove only)")
+        require(self.clip_norm > 0, "client.dp.clip_norm", self.clip_norm, "a number > 0")
+        require(self.noise_multiplier is None or self.noise_multiplier >= 0, "client.dp.noise_multiplier",
+                self.noise_multiplier, "a number >= 0, or null to derive it from client.dp.target_epsilon")
+        require(self.target_epsilon is None or self.target_epsilon > 0, "client.dp.target_epsilon",
+                self.target_epsilon, "a number > 0")
+        require(self.noise_multiplier is not None or self.target_epsilon is not None, "client.dp.target_epsilon",
+                self.target_epsilon, "a number > 0 when client.dp.noise_multiplier is null")
         _probability("client.dp.delta", self.delta)
 
 
@@ -175,9 +169,9 @@ class ServerDPSettings:
     def __post_init__(self):
         _probability("server.dp.delta", self.delta)
         _probability("server.dp.target_quantile", self.target_quantile)
-        _require(self.clip_learning_rate > 0, "server.dp.clip_learning_rate", self.clip_learning_rate, "a number > 0")
-        _require(self.clipped_count_stddev >= 0, "server.dp.clipped_count_stddev", self.clipped_count_stddev,
-                 "a number >= 0")
+        require(self.clip_learning_rate > 0, "server.dp.clip_learning_rate", self.clip_learning_rate, "a number > 0")
+        require(self.clipped_count_stddev >= 0, "server.dp.clipped_count_stddev", self.clipped_count_stddev,
+                "a number >= 0")
 
 
 @dataclass(frozen=True)
@@ -193,12 +187,12 @@ class ServerSettings:
     dp: ServerDPSettings = _help("Server-side DP accounting and adaptive clipping.", default_factory=ServerDPSettings)
 
     def __post_init__(self):
-        _require(self.clip_threshold > 0, "server.clip_threshold", self.clip_threshold, "a number > 0")
-        _require(self.noise_multiplier >= 0, "server.noise_multiplier", self.noise_multiplier, "a number >= 0")
-        _require(self.min_clients >= 1, "server.min_clients", self.min_clients, "an integer >= 1")
-        _require(self.max_update_norm is None or self.max_update_norm > 0, "server.max_update_norm",
-                 self.max_update_norm, "a number > 0, or null for 10 x the round's lower-median update norm")
-        _require(self.max_client_failures >= 0, "server.max_client_failures", self.max_client_failures, "an integer >= 0")
+        require(self.clip_threshold > 0, "server.clip_threshold", self.clip_threshold, "a number > 0")
+        require(self.noise_multiplier >= 0, "server.noise_multiplier", self.noise_multiplier, "a number >= 0")
+        require(self.min_clients >= 1, "server.min_clients", self.min_clients, "an integer >= 1")
+        require(self.max_update_norm is None or self.max_update_norm > 0, "server.max_update_norm",
+                self.max_update_norm, "a number > 0, or null for 10 x the round's lower-median update norm")
+        require(self.max_client_failures >= 0, "server.max_client_failures", self.max_client_failures, "an integer >= 0")
 
 
 @dataclass(frozen=True)
@@ -207,7 +201,7 @@ class FedProxSettings:
                       "loss (over the LoRA parameters).", default=0.01)
 
     def __post_init__(self):
-        _require(self.mu >= 0, "strategy.fedprox.mu", self.mu, "a number >= 0")
+        require(self.mu >= 0, "strategy.fedprox.mu", self.mu, "a number >= 0")
 
 
 @dataclass(frozen=True)
@@ -216,15 +210,15 @@ class FedAvgMSettings:
     server_momentum: float = _help("fedavgm: beta, the server's momentum.", default=0.9)
 
     def __post_init__(self):
-        _require(self.server_learning_rate > 0, "strategy.fedavgm.server_learning_rate", self.server_learning_rate,
-                 "a number > 0")
-        _require(0 <= self.server_momentum < 1, "strategy.fedavgm.server_momentum", self.server_momentum,
-                 "a number in [0, 1)")
+        require(self.server_learning_rate > 0, "strategy.fedavgm.server_learning_rate", self.server_learning_rate,
+                "a number > 0")
+        require(0 <= self.server_momentum < 1, "strategy.fedavgm.server_momentum", self.server_momentum,
+                "a number in [0, 1)")
 
 
 def _check_server_step(name: str, eta: float, tau: float) -> None:
-    _require(eta > 0, f"strategy.{name}.eta", eta, "a number > 0")
-    _require(tau > 0, f"strategy.{name}.tau", tau, "a number > 0")
+    require(eta > 0, f"strategy.{name}.eta", eta, "a number > 0")
+    require(tau > 0, f"strategy.{name}.tau", tau, "a number > 0")
 
 
 @dataclass(frozen=True)
@@ -252,8 +246,8 @@ class FedAdamSettings:
     def __post_init__(self):
         name = "fedyogi" if isinstance(self, FedYogiSettings) else "fedadam"
         _check_server_step(name, self.eta, self.tau)
-        _require(0 <= self.beta_1 < 1, f"strategy.{name}.beta_1", self.beta_1, "a number in [0, 1)")
-        _require(0 <= self.beta_2 < 1, f"strategy.{name}.beta_2", self.beta_2, "a number in [0, 1)")
+        require(0 <= self.beta_1 < 1, f"strategy.{name}.beta_1", self.beta_1, "a number in [0, 1)")
+        require(0 <= self.beta_2 < 1, f"strategy.{name}.beta_2", self.beta_2, "a number in [0, 1)")
 
 
 @dataclass(frozen=True)
@@ -266,8 +260,8 @@ class ScaffoldSettings:
     server_learning_rate: float = _help("scaffold: eta_g, the server's step on the mean update.", default=1.0)
 
     def __post_init__(self):
-        _require(self.server_learning_rate > 0, "strategy.scaffold.server_learning_rate", self.server_learning_rate,
-                 "a number > 0")
+        require(self.server_learning_rate > 0, "strategy.scaffold.server_learning_rate", self.server_learning_rate,
+                "a number > 0")
 
 
 @dataclass(frozen=True)
@@ -275,7 +269,7 @@ class TrimmedMeanSettings:
     beta: float = _help("trimmed_mean: fraction cut from each end of every coordinate's sorted values.", default=0.2)
 
     def __post_init__(self):
-        _require(0 <= self.beta < 0.5, "strategy.trimmed_mean.beta", self.beta, "a number in [0, 0.5)")
+        require(0 <= self.beta < 0.5, "strategy.trimmed_mean.beta", self.beta, "a number in [0, 0.5)")
 
 
 @dataclass(frozen=True)
@@ -283,7 +277,7 @@ class KrumSettings:
     num_malicious: int = _help("f: the Byzantine clients tolerated; needs server.min_clients >= 2f + 3.", default=0)
 
     def __post_init__(self):
-        _require(self.num_malicious >= 0, "strategy.krum.num_malicious", self.num_malicious, "an integer >= 0")
+        require(self.num_malicious >= 0, "strategy.krum.num_malicious", self.num_malicious, "an integer >= 0")
 
 
 @dataclass(frozen=True)
@@ -292,8 +286,8 @@ class MultiKrumSettings:
     num_selected: int = _help("m: the updates with the best Krum scores that are averaged.", default=2)
 
     def __post_init__(self):
-        _require(self.num_malicious >= 0, "strategy.multi_krum.num_malicious", self.num_malicious, "an integer >= 0")
-        _require(self.num_selected >= 1, "strategy.multi_krum.num_selected", self.num_selected, "an integer >= 1")
+        require(self.num_malicious >= 0, "strategy.multi_krum.num_malicious", self.num_malicious, "an integer >= 0")
+        require(self.num_selected >= 1, "strategy.multi_krum.num_selected", self.num_selected, "an integer >= 1")
 
 
 @dataclass(frozen=True)
@@ -301,7 +295,7 @@ class BulyanSettings:
     num_malicious: int = _help("f: the Byzantine clients tolerated; needs server.min_clients >= 4f + 3.", default=0)
 
     def __post_init__(self):
-        _require(self.num_malicious >= 0, "strategy.bulyan.num_malicious", self.num_malicious, "an integer >= 0")
+        require(self.num_malicious >= 0, "strategy.bulyan.num_malicious", self.num_malicious, "an integer >= 0")
 
 
 @dataclass(frozen=True)
@@ -309,63 +303,140 @@ class NormBoundingSettings:
     max_norm: float = _help("norm_bounding: L2 bound (whole adapter) each update's change is clipped to.", default=1.0)
 
     def __post_init__(self):
-        _require(self.max_norm > 0, "strategy.norm_bounding.max_norm", self.max_norm, "a number > 0")
+        require(self.max_norm > 0, "strategy.norm_bounding.max_norm", self.max_norm, "a number > 0")
 
 
-DP_STRATEGY_NAMES = ("dp_fixed_clipping", "dp_adaptive_clipping")
-WRAPPER_NAMES = ("norm_bounding", *DP_STRATEGY_NAMES)  # strategies that bound the updates, then hand them to `wraps`
-BYZANTINE_NAMES = ("krum", "multi_krum", "bulyan")  # strategies that tolerate strategy.<name>.num_malicious clients
-STRATEGY_NAMES = ("fedavg", "fedprox", "fedavgm", "fedadagrad", "fedadam", "fedyogi", "scaffold", "median",
-                  "trimmed_mean", "krum", "multi_krum", "bulyan", *WRAPPER_NAMES)
-MEAN_STRATEGY_NAMES = ("fedavg", "fedprox")  # output: the weighted mean of the updates (Strategy.output_is_mean)
+def _refused_with_dp(config: Config, key: str) -> None:
+    """SCAFFOLD's rule: no differential privacy, local or server, can cover what its clients send."""
+    require(not config.uses_dp, key, "scaffold", "a strategy other than scaffold with differential privacy (SCAFFOLD "
+            "sends each client's control variate un-noised, a function of its data no DP mechanism covers), or set "
+            "client.local_dp=false")
+
+
+def _tolerates(per_malicious: int) -> Callable[[Config, str], None]:
+    """The rule of Krum and Multi-Krum (n >= 2f + 3 updates), and Bulyan (n >= 4f + 3) (Blanchard et al., 2017; El
+    Mhamdi et al., 2018); Multi-Krum also needs m <= n - f. A round's n may be as low as `Config.fewest_aggregated`."""
+
+    def check(config: Config, key: str) -> None:
+        name, fewest = config.strategy.aggregator, config.fewest_aggregated
+        settings = getattr(config.strategy, name)
+        fewest_text = f"{fewest}, the fewest updates a round aggregates (server.min_clients" + (
+            ")" if fewest == config.server.min_clients else " - 1: chain.scoring=quality leaves one out)")
+        require(per_malicious * settings.num_malicious + 3 <= fewest, f"strategy.{name}.num_malicious",
+                settings.num_malicious, f"f with {per_malicious}f + 3 <= {fewest_text}; raise server.min_clients or "
+                f"lower strategy.{name}.num_malicious")
+        if isinstance(settings, MultiKrumSettings):
+            require(settings.num_selected <= fewest - settings.num_malicious, f"strategy.{name}.num_selected",
+                    settings.num_selected, f"m <= {fewest_text} minus strategy.{name}.num_malicious; raise "
+                    f"server.min_clients or lower strategy.{name}.num_selected")
+
+    return check
+
+
+def _adaptive_noise_splits(config: Config, key: str) -> None:
+    """Adaptive clipping splits z between the update and the unclipped count; that needs z < 2 * sigma_b."""
+    z, sigma_b = config.server.noise_multiplier, config.server.dp.clipped_count_stddev
+    require(z == 0 or z < 2 * sigma_b, "server.noise_multiplier", z, f"a number < 2 * server.dp.clipped_count_stddev "
+            f"= {2 * sigma_b:g} with dp_adaptive_clipping (or raise server.dp.clipped_count_stddev)")
 
 
 @dataclass(frozen=True)
-class StrategySettings:
-    name: str = _help("Aggregation strategy: " + " | ".join(STRATEGY_NAMES) + ".", default="fedavg")
-    wraps: str = _help("The strategy a wrapper (norm_bounding, dp_fixed_clipping, dp_adaptive_clipping) aggregates "
-                       "the bounded updates with.", default="fedavg")
+class StrategySpec:
+    """Everything FLB knows about a strategy by its name: its settings, what it can do, its rules. Its builder is
+    `build` in server/strategy/<name>.py (server.strategy.build_strategy imports it: flb/ imports no server/)."""
+
+    name: str
+    settings: Optional[type] = None  # the dataclass of its own section, strategy.<name>; None: it has none
+    settings_help: str = ""  # the help text of that section
+    output_is_mean: bool = False  # its output is the weighted mean of the updates (what DP noise and svd assume)
+    wraps: bool = False  # it bounds the updates, then hands them to the strategy strategy.wraps names
+    dp: bool = False  # server-side differential privacy: its noise is secret, its epsilon accounted
+    client_objective: bool = False  # its clients change their local objective (flb.local_objective)
+    # its rules across sections, checked on the whole config when it is chosen (`key`: strategy.name or .wraps)
+    check: Optional[Callable[[Config, str], None]] = None
+
+
+STRATEGIES: dict[str, StrategySpec] = {spec.name: spec for spec in (
+    StrategySpec("fedavg", output_is_mean=True),
+    StrategySpec("fedprox", FedProxSettings, "FedProx.", output_is_mean=True, client_objective=True),
+    StrategySpec("fedavgm", FedAvgMSettings, "FedAvgM."),
+    StrategySpec("fedadagrad", FedAdagradSettings, "FedAdagrad."),
+    StrategySpec("fedadam", FedAdamSettings, "FedAdam."),
+    StrategySpec("fedyogi", FedYogiSettings, "FedYogi."),
+    StrategySpec("scaffold", ScaffoldSettings, "SCAFFOLD.", client_objective=True, check=_refused_with_dp),
+    StrategySpec("median"),
+    StrategySpec("trimmed_mean", TrimmedMeanSettings, "Coordinate-wise trimmed mean."),
+    StrategySpec("krum", KrumSettings, "Krum.", check=_tolerates(2)),
+    StrategySpec("multi_krum", MultiKrumSettings, "Multi-Krum.", check=_tolerates(2)),
+    StrategySpec("bulyan", BulyanSettings, "Bulyan.", check=_tolerates(4)),
+    StrategySpec("norm_bounding", NormBoundingSettings, "Norm bounding.", wraps=True),
+    StrategySpec("dp_fixed_clipping", wraps=True, dp=True),
+    StrategySpec("dp_adaptive_clipping", wraps=True, dp=True, check=_adaptive_noise_splits),
+)}
+
+
+def strategy_names(**capabilities: bool) -> tuple[str, ...]:
+    """The registered strategies with these capabilities, in registry order: strategy_names(dp=True)."""
+    return tuple(name for name, spec in STRATEGIES.items()
+                 if all(getattr(spec, capability) == value for capability, value in capabilities.items()))
+
+
+@dataclass(frozen=True)
+class _StrategyChoice:
+    name: str = _help("Aggregation strategy: " + " | ".join(STRATEGIES) + ".", default="fedavg")
+    wraps: str = _help(f"The strategy a wrapper ({', '.join(strategy_names(wraps=True))}) aggregates the bounded "
+                       "updates with.", default="fedavg")
     lora_aggregation: str = _help("How LoRA factors are merged: separate (average A and B independently) | ffa (A "
                                   "frozen, B averaged: exact) | svd (average B_k A_k, re-factorise to rank r; with "
-                                  "fedavg or fedprox only, without server DP).",
+                                  f"{' or '.join(strategy_names(output_is_mean=True))} only, without server DP).",
                                   default="separate")
-    fedprox: FedProxSettings = _help("FedProx.", default_factory=FedProxSettings)
-    fedavgm: FedAvgMSettings = _help("FedAvgM.", default_factory=FedAvgMSettings)
-    fedadagrad: FedAdagradSettings = _help("FedAdagrad.", default_factory=FedAdagradSettings)
-    fedadam: FedAdamSettings = _help("FedAdam.", default_factory=FedAdamSettings)
-    fedyogi: FedYogiSettings = _help("FedYogi.", default_factory=FedYogiSettings)
-    scaffold: ScaffoldSettings = _help("SCAFFOLD.", default_factory=ScaffoldSettings)
-    trimmed_mean: TrimmedMeanSettings = _help("Coordinate-wise trimmed mean.", default_factory=TrimmedMeanSettings)
-    krum: KrumSettings = _help("Krum.", default_factory=KrumSettings)
-    multi_krum: MultiKrumSettings = _help("Multi-Krum.", default_factory=MultiKrumSettings)
-    bulyan: BulyanSettings = _help("Bulyan.", default_factory=BulyanSettings)
-    norm_bounding: NormBoundingSettings = _help("Norm bounding.", default_factory=NormBoundingSettings)
 
     def __post_init__(self):
-        _one_of("strategy.name", self.name, STRATEGY_NAMES)
-        _one_of("strategy.wraps", self.wraps, tuple(n for n in STRATEGY_NAMES if n not in WRAPPER_NAMES))
+        _one_of("strategy.name", self.name, tuple(STRATEGIES))
+        _one_of("strategy.wraps", self.wraps, strategy_names(wraps=False))
         _one_of("strategy.lora_aggregation", self.lora_aggregation, ("separate", "ffa", "svd"))
-        _require(self.name not in DP_STRATEGY_NAMES or self.wraps in MEAN_STRATEGY_NAMES, "strategy.wraps", self.wraps,
-                 f"{' | '.join(MEAN_STRATEGY_NAMES)} with strategy.name={self.name}, whose noise is calibrated for a "
-                 "mean of the clipped updates; set strategy.wraps=fedavg, or bound the updates without DP with "
-                 "strategy.name=norm_bounding")
+        means = strategy_names(output_is_mean=True)
+        require(not self.spec.dp or STRATEGIES[self.wraps].output_is_mean, "strategy.wraps", self.wraps,
+                f"{' | '.join(means)} with strategy.name={self.name}, whose noise is calibrated for a mean of the "
+                f"clipped updates; set strategy.wraps={means[0]}, or bound the updates without DP with "
+                f"strategy.name={' | '.join(strategy_names(wraps=True, dp=False))}")
         if self.lora_aggregation == "svd":
-            _require(self.name not in DP_STRATEGY_NAMES, "strategy.lora_aggregation", "svd",
-                     f"separate | ffa with {self.name} (its DP guarantee is for a noised mean of the clipped updates, "
-                     "not noised SVD factors)")
-            _require(self.aggregator in MEAN_STRATEGY_NAMES, "strategy.lora_aggregation", "svd",
-                     f"separate | ffa with {self.aggregator} (svd re-factorises a mean: use it with "
-                     f"{' | '.join(MEAN_STRATEGY_NAMES)})")
+            require(not self.spec.dp, "strategy.lora_aggregation", "svd",
+                    f"separate | ffa with {self.name} (its DP guarantee is for a noised mean of the clipped updates, "
+                    "not noised SVD factors)")
+            require(STRATEGIES[self.aggregator].output_is_mean, "strategy.lora_aggregation", "svd",
+                    f"separate | ffa with {self.aggregator} (svd re-factorises a mean: use it with "
+                    f"{' | '.join(means)})")
+
+    @property
+    def spec(self) -> StrategySpec:
+        """The registry's entry for strategy.name."""
+        return STRATEGIES[self.name]
+
+    @property
+    def chosen(self) -> dict[str, str]:
+        """The strategies configured, by the key that names each: strategy.name, and strategy.wraps under a wrapper."""
+        return {"strategy.name": self.name, **({"strategy.wraps": self.wraps} if self.spec.wraps else {})}
 
     @property
     def aggregator(self) -> str:
         """The strategy that aggregates: `wraps` under a wrapper, else `name`."""
-        return self.wraps if self.name in WRAPPER_NAMES else self.name
+        return self.wraps if self.spec.wraps else self.name
 
     @property
     def lora_a_frozen(self) -> bool:
         """ffa: every LoRA A stays at its shared initialisation; only B is trained, noised and averaged."""
         return self.lora_aggregation == "ffa"
+
+
+# strategy.name, strategy.wraps and strategy.lora_aggregation, then one section strategy.<name> per registered
+# strategy with settings of its own, made from the registry so that no second list of names exists
+StrategySettings = dataclasses.make_dataclass(
+    "StrategySettings",
+    [(spec.name, spec.settings, _help(spec.settings_help, default_factory=spec.settings))
+     for spec in STRATEGIES.values() if spec.settings is not None],
+    bases=(_StrategyChoice,), frozen=True)
+StrategySettings.__module__ = __name__  # pickled by name (the processes execution mode sends the config)
 
 
 @dataclass(frozen=True)
@@ -377,11 +448,11 @@ class PartitionSettings:
     def __post_init__(self):
         _one_of("partition.method", self.method, ("iid", "dirichlet", "column"))
         # numpy's Dirichlet sampler overflows to NaN shares far above this; Dir(1e6) is already an even split
-        _require(0 < self.alpha <= 1e6, "partition.alpha", self.alpha, "a number in (0, 1e6]")
+        require(0 < self.alpha <= 1e6, "partition.alpha", self.alpha, "a number in (0, 1e6]")
 
 
 def _optional_limit(key: str, value: Optional[int]) -> None:
-    _require(value is None or value >= 1, key, value, "an integer >= 1, or null for all")
+    require(value is None or value >= 1, key, value, "an integer >= 1, or null for all")
 
 
 @dataclass(frozen=True)
@@ -405,9 +476,9 @@ class HumanEvalSettings:
 
     def __post_init__(self):
         _optional_limit("eval.humaneval.limit", self.limit)
-        _require(self.max_new_tokens >= 1, "eval.humaneval.max_new_tokens", self.max_new_tokens, "an integer >= 1")
-        _require(self.timeout_s > 0, "eval.humaneval.timeout_s", self.timeout_s, "a number > 0")
-        _require(self.memory_mb >= 64, "eval.humaneval.memory_mb", self.memory_mb, "an integer >= 64")
+        require(self.max_new_tokens >= 1, "eval.humaneval.max_new_tokens", self.max_new_tokens, "an integer >= 1")
+        require(self.timeout_s > 0, "eval.humaneval.timeout_s", self.timeout_s, "a number > 0")
+        require(self.memory_mb >= 64, "eval.humaneval.memory_mb", self.memory_mb, "an integer >= 64")
 
 
 @dataclass(frozen=True)
@@ -435,17 +506,17 @@ class EvalSettings:
     lm_eval: LmEvalSettings = _help("The lm_eval suite.", default_factory=LmEvalSettings)
 
     def __post_init__(self):
-        _require(self.size >= 1, "eval.size", self.size, "an integer >= 1")
-        _require(self.max_new_tokens >= 1, "eval.max_new_tokens", self.max_new_tokens, "an integer >= 1")
-        _require(self.batch_size >= 1, "eval.batch_size", self.batch_size, "an integer >= 1")
+        require(self.size >= 1, "eval.size", self.size, "an integer >= 1")
+        require(self.max_new_tokens >= 1, "eval.max_new_tokens", self.max_new_tokens, "an integer >= 1")
+        require(self.batch_size >= 1, "eval.batch_size", self.batch_size, "an integer >= 1")
         for suite in self.suites:
             _one_of("eval.suites", suite, EVAL_SUITES)
-        _require(len(set(self.suites)) == len(self.suites), "eval.suites", self.suites, "each suite at most once")
-        _require("multiple_choice" not in self.suites or self.multiple_choice.path is not None,
-                 "eval.multiple_choice.path", None, "a questions file, dataset directory or hub name when eval.suites "
-                 "has multiple_choice")
-        _require("lm_eval" not in self.suites or self.lm_eval.tasks, "eval.lm_eval.tasks", [],
-                 "a non-empty list of lm-evaluation-harness task names when eval.suites has lm_eval")
+        require(len(set(self.suites)) == len(self.suites), "eval.suites", self.suites, "each suite at most once")
+        require("multiple_choice" not in self.suites or self.multiple_choice.path is not None,
+                "eval.multiple_choice.path", None, "a questions file, dataset directory or hub name when eval.suites "
+                "has multiple_choice")
+        require("lm_eval" not in self.suites or self.lm_eval.tasks, "eval.lm_eval.tasks", [],
+                "a non-empty list of lm-evaluation-harness task names when eval.suites has lm_eval")
 
 
 @dataclass(frozen=True)
@@ -454,8 +525,8 @@ class CommSettings:
                                        "MB (10^6 bytes) in total; null: no budget.", default=None)
 
     def __post_init__(self):
-        _require(self.budget_mb is None or self.budget_mb > 0, "comm.budget_mb", self.budget_mb,
-                 "a number > 0, or null for no budget")
+        require(self.budget_mb is None or self.budget_mb > 0, "comm.budget_mb", self.budget_mb,
+                "a number > 0, or null for no budget")
 
 
 EXECUTION_MODES = ("sequential", "batched", "processes")
@@ -474,12 +545,12 @@ class ExecutionSettings:
 
     def __post_init__(self):
         _one_of("execution.mode", self.mode, EXECUTION_MODES)
-        _require(self.workers >= 1, "execution.workers", self.workers, "an integer >= 1")
+        require(self.workers >= 1, "execution.workers", self.workers, "an integer >= 1")
         for device in self.devices:
-            _require(_is_device(device), "execution.devices", self.devices,
-                     "a list of cpu | cuda | cuda:N | mps, or [] for model.device_map")
-        _require(self.memory_budget_mb is None or self.memory_budget_mb > 0, "execution.memory_budget_mb",
-                 self.memory_budget_mb, "a number > 0, or null for 90 % of the device's free memory")
+            require(_is_device(device), "execution.devices", self.devices,
+                    "a list of cpu | cuda | cuda:N | mps, or [] for model.device_map")
+        require(self.memory_budget_mb is None or self.memory_budget_mb > 0, "execution.memory_budget_mb",
+                self.memory_budget_mb, "a number > 0, or null for 90 % of the device's free memory")
 
 
 def _is_device(name: str) -> bool:
@@ -512,18 +583,18 @@ class SplitSettings:
                              default=300.0)
 
     def __post_init__(self):
-        _require(self.head_layers >= 0, "split.head_layers", self.head_layers, "an integer >= 0")
-        _require(self.tail_layers >= 0, "split.tail_layers", self.tail_layers, "an integer >= 0")
+        require(self.head_layers >= 0, "split.head_layers", self.head_layers, "an integer >= 0")
+        require(self.tail_layers >= 0, "split.tail_layers", self.tail_layers, "an integer >= 0")
         _one_of("split.trunk", self.trunk, ("shared", "per_client"))
         _one_of("split.client_parts", self.client_parts, ("aggregated", "personal"))
-        _require(self.activation_noise >= 0, "split.activation_noise", self.activation_noise, "a number >= 0")
-        _require(self.activation_clip is None or self.activation_clip > 0, "split.activation_clip",
-                 self.activation_clip, "a number > 0, or null")
+        require(self.activation_noise >= 0, "split.activation_noise", self.activation_noise, "a number >= 0")
+        require(self.activation_clip is None or self.activation_clip > 0, "split.activation_clip",
+                self.activation_clip, "a number > 0, or null")
         _one_of("split.channel", self.channel, SPLIT_CHANNELS)
         host, _, port = self.address.rpartition(":")
-        _require(bool(host) and port.isdigit() and 0 < int(port) < 65536, "split.address", self.address,
-                 "host:port, e.g. 0.0.0.0:50071")
-        _require(self.timeout_s > 0, "split.timeout_s", self.timeout_s, "a number of seconds > 0")
+        require(bool(host) and port.isdigit() and 0 < int(port) < 65536, "split.address", self.address,
+                "host:port, e.g. 0.0.0.0:50071")
+        require(self.timeout_s > 0, "split.timeout_s", self.timeout_s, "a number of seconds > 0")
 
 
 HTTP_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an RFC 9110 token
@@ -544,21 +615,21 @@ class NotifySettings:
                              default=10.0)
 
     def __post_init__(self):
-        _require(self.url is None or _http_url(self.url), "notify.url", self.url, "an http:// or https:// URL, or null")
-        _require(self.command is None or bool(self.command.strip()), "notify.command", self.command,
-                 "a shell command, or null")
-        _require(self.timeout_s > 0, "notify.timeout_s", self.timeout_s, "a number of seconds > 0")
-        _require(not self.headers or self.url is not None, "notify.headers", self.headers,
-                 "{} without notify.url (the headers go with its POST); set notify.url or drop them")
+        require(self.url is None or _http_url(self.url), "notify.url", self.url, "an http:// or https:// URL, or null")
+        require(self.command is None or bool(self.command.strip()), "notify.command", self.command,
+                "a shell command, or null")
+        require(self.timeout_s > 0, "notify.timeout_s", self.timeout_s, "a number of seconds > 0")
+        require(not self.headers or self.url is not None, "notify.headers", self.headers,
+                "{} without notify.url (the headers go with its POST); set notify.url or drop them")
         for name, variable in self.headers.items():
-            _require(isinstance(name, str) and HTTP_HEADER_NAME.fullmatch(name) is not None, "notify.headers", name,
-                     "HTTP header names (letters, digits and !#$%&'*+-.^_`|~), e.g. Authorization")
-            _require(isinstance(variable, str) and ENV_VAR_NAME.fullmatch(variable) is not None,
-                     f"notify.headers.{name}", variable, "the name of an environment variable holding the value, "
-                     "e.g. SLACK_TOKEN")
-        _require(not (self.url and "@" in urlsplit(self.url).netloc and "authorization" in map(str.lower, self.headers)),
-                 "notify.headers", "Authorization", "no Authorization header when notify.url holds user:password@ "
-                 "(sent as Basic authorization); keep one of the two")
+            require(isinstance(name, str) and HTTP_HEADER_NAME.fullmatch(name) is not None, "notify.headers", name,
+                    "HTTP header names (letters, digits and !#$%&'*+-.^_`|~), e.g. Authorization")
+            require(isinstance(variable, str) and ENV_VAR_NAME.fullmatch(variable) is not None,
+                    f"notify.headers.{name}", variable, "the name of an environment variable holding the value, "
+                    "e.g. SLACK_TOKEN")
+        require(not (self.url and "@" in urlsplit(self.url).netloc and "authorization" in map(str.lower, self.headers)),
+                "notify.headers", "Authorization", "no Authorization header when notify.url holds user:password@ "
+                "(sent as Basic authorization); keep one of the two")
 
     def header_values(self) -> dict[str, str]:
         """notify.headers with each value read from its environment variable; a variable not set is a ConfigError
@@ -593,12 +664,12 @@ class TrackingSettings:
     def __post_init__(self):
         for backend in self.backends:
             _one_of("tracking.backends", backend, TRACKING_BACKENDS)
-        _require(len(set(self.backends)) == len(self.backends), "tracking.backends", self.backends,
-                 "each backend at most once")
-        _require(self.uri is None or "mlflow" in self.backends, "tracking.uri", self.uri,
-                 "null unless tracking.backends has mlflow (the URI is MLflow's)")
-        _require(self.uri is None or _URI.fullmatch(self.uri) is not None, "tracking.uri", self.uri,
-                 "an MLflow tracking URI with its scheme, e.g. http://localhost:5000 or sqlite:///mlflow.db")
+        require(len(set(self.backends)) == len(self.backends), "tracking.backends", self.backends,
+                "each backend at most once")
+        require(self.uri is None or "mlflow" in self.backends, "tracking.uri", self.uri,
+                "null unless tracking.backends has mlflow (the URI is MLflow's)")
+        require(self.uri is None or _URI.fullmatch(self.uri) is not None, "tracking.uri", self.uri,
+                "an MLflow tracking URI with its scheme, e.g. http://localhost:5000 or sqlite:///mlflow.db")
 
 
 @dataclass(frozen=True)
@@ -627,12 +698,12 @@ class ChainSettings:
         _one_of("chain.scoring", self.scoring, ("flb", "quality"))
         _one_of("chain.client_keys", self.client_keys, ("fresh", "persistent"))
         least = 5_000_000  # the contract's deployment takes about 4 M gas
-        _require(self.block_gas_limit is None or self.block_gas_limit >= least, "chain.block_gas_limit",
-                 self.block_gas_limit, f"null (the node's) or at least {least} (the contract's deployment takes about "
+        require(self.block_gas_limit is None or self.block_gas_limit >= least, "chain.block_gas_limit",
+                self.block_gas_limit, f"null (the node's) or at least {least} (the contract's deployment takes about "
                                        "4 M gas)")
         if self.backend == "rpc":
-            _require(self.rpc_url is not None, "chain.rpc_url", self.rpc_url, "an http(s) URL when chain.backend is rpc")
-            _require(self.chain_id is not None, "chain.chain_id", self.chain_id, "the chain's integer id when chain.backend is rpc")
+            require(self.rpc_url is not None, "chain.rpc_url", self.rpc_url, "an http(s) URL when chain.backend is rpc")
+            require(self.chain_id is not None, "chain.chain_id", self.chain_id, "the chain's integer id when chain.backend is rpc")
 
 
 @dataclass(frozen=True)
@@ -669,41 +740,37 @@ class Config:
 
     def __post_init__(self):
         _one_of("mode", self.mode, ("federated", "split"))
-        _require(self.num_clients >= 1, "num_clients", self.num_clients, "an integer >= 1")
-        _require(1 <= self.clients_per_round <= self.num_clients, "clients_per_round", self.clients_per_round,
-                 f"an integer in [1, num_clients={self.num_clients}]")
-        _require(self.server.min_clients <= self.clients_per_round, "server.min_clients", self.server.min_clients,
-                 f"an integer in [1, clients_per_round={self.clients_per_round}]")
-        _require(self.num_rounds >= 1, "num_rounds", self.num_rounds, "an integer >= 1")
-        _require(self.local_steps >= 1, "local_steps", self.local_steps, "an integer >= 1")
+        require(self.num_clients >= 1, "num_clients", self.num_clients, "an integer >= 1")
+        require(1 <= self.clients_per_round <= self.num_clients, "clients_per_round", self.clients_per_round,
+                f"an integer in [1, num_clients={self.num_clients}]")
+        require(self.server.min_clients <= self.clients_per_round, "server.min_clients", self.server.min_clients,
+                f"an integer in [1, clients_per_round={self.clients_per_round}]")
+        require(self.num_rounds >= 1, "num_rounds", self.num_rounds, "an integer >= 1")
+        require(self.local_steps >= 1, "local_steps", self.local_steps, "an integer >= 1")
         # numpy's and transformers' set_seed take 32-bit seeds
-        _require(0 <= self.seed < 2**32, "seed", self.seed, "an integer in [0, 2**32)")
-        if self.strategy.name == "dp_adaptive_clipping":
-            check_adaptive_noise(self.server.noise_multiplier, self.server.dp.clipped_count_stddev)
-        if self.strategy.aggregator in BYZANTINE_NAMES:
-            self._check_byzantine_tolerance()
-        _require(not (self.strategy.aggregator == "scaffold" and self.uses_dp),
-                 "strategy.name" if self.strategy.name == "scaffold" else "strategy.wraps", "scaffold",
-                 "a strategy other than scaffold with differential privacy (SCAFFOLD sends each client's control "
-                 "variate un-noised, a function of its data no DP mechanism covers), or set client.local_dp=false")
-        _require(not (self.execution.mode == "batched" and self.client.local_dp and self.client.dp.mode == "dpsgd"),
-                 "execution.mode", "batched", "sequential or processes with DP-SGD (opacus clips each example's "
-                 "gradient through the model's own layers; the stacked client adapters of batched mode are not "
-                 "ones it can hook, so its clipping would not be exact)")
+        require(0 <= self.seed < 2**32, "seed", self.seed, "an integer in [0, 2**32)")
+        for key, name in self.strategy.chosen.items():
+            if (check := STRATEGIES[name].check) is not None:
+                check(self, key)
+        require(not (self.execution.mode == "batched" and self.client.local_dp and self.client.dp.mode == "dpsgd"),
+                "execution.mode", "batched", "sequential or processes with DP-SGD (opacus clips each example's "
+                "gradient through the model's own layers; the stacked client adapters of batched mode are not "
+                "ones it can hook, so its clipping would not be exact)")
         if self.mode == "split":
             self._check_split()
-        _require(not (self.uses_dp and self.chain_record and self.chain.scoring == "quality"), "chain.scoring",
-                 self.chain.scoring, "flb with differential privacy (quality scores publish each client's effect on "
-                 "the held-out loss, which no DP mechanism covers)")
+        require(not (self.uses_dp and self.chain_record and self.chain.scoring == "quality"), "chain.scoring",
+                self.chain.scoring, "flb with differential privacy (quality scores publish each client's effect on "
+                "the held-out loss, which no DP mechanism covers)")
 
     def _check_split(self) -> None:
         """What split mode does not combine with, each a one-line error naming the way out."""
-        _require(self.execution.mode == "sequential", "execution.mode", self.execution.mode,
-                 "sequential with mode split (the server trains the trunk with one client at a time)")
-        _require(not self.uses_dp, "mode", self.mode, "federated with local or server DP (split mode's privacy "
-                 "knob is split.activation_noise; set client.local_dp=false and a strategy without dp_)")
-        _require(self.strategy.aggregator not in ("fedprox", "scaffold"), "strategy.name", self.strategy.name,
-                 "a strategy without a client-side objective (not fedprox or scaffold) with mode split")
+        require(self.execution.mode == "sequential", "execution.mode", self.execution.mode,
+                "sequential with mode split (the server trains the trunk with one client at a time)")
+        require(not self.uses_dp, "mode", self.mode, "federated with local or server DP (split mode's privacy "
+                "knob is split.activation_noise; set client.local_dp=false and a strategy without dp_)")
+        require(not STRATEGIES[self.strategy.aggregator].client_objective, "strategy.name", self.strategy.name,
+                "a strategy without a client-side objective (not "
+                f"{' or '.join(strategy_names(client_objective=True))}) with mode split")
 
     @property
     def fewest_aggregated(self) -> int:
@@ -713,26 +780,10 @@ class Config:
             return self.server.min_clients - 1
         return self.server.min_clients
 
-    def _check_byzantine_tolerance(self) -> None:
-        """Krum and Multi-Krum need n >= 2f + 3 updates, Bulyan n >= 4f + 3 (Blanchard et al., 2017; El Mhamdi et
-        al., 2018), Multi-Krum also m <= n - f; a round's n may be as low as `fewest_aggregated`."""
-        name, fewest = self.strategy.aggregator, self.fewest_aggregated
-        settings = getattr(self.strategy, name)
-        fewest_text = f"{fewest}, the fewest updates a round aggregates (server.min_clients" + (
-            ")" if fewest == self.server.min_clients else " - 1: chain.scoring=quality leaves one out)")
-        per_malicious = 4 if name == "bulyan" else 2
-        _require(per_malicious * settings.num_malicious + 3 <= fewest, f"strategy.{name}.num_malicious",
-                 settings.num_malicious, f"f with {per_malicious}f + 3 <= {fewest_text}; raise server.min_clients or "
-                 f"lower strategy.{name}.num_malicious")
-        if name == "multi_krum":
-            _require(settings.num_selected <= fewest - settings.num_malicious, "strategy.multi_krum.num_selected",
-                     settings.num_selected, f"m <= {fewest_text} minus strategy.multi_krum.num_malicious; raise "
-                     "server.min_clients or lower strategy.multi_krum.num_selected")
-
     @property
     def server_dp(self) -> bool:
         """The server aggregates with a DP strategy."""
-        return self.strategy.name in DP_STRATEGY_NAMES
+        return self.strategy.spec.dp
 
     @property
     def uses_dp(self) -> bool:
@@ -741,13 +792,6 @@ class Config:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
-
-
-def check_adaptive_noise(noise_multiplier: float, clipped_count_stddev: float) -> None:
-    """Adaptive clipping splits z between the update and the unclipped count; that needs z < 2 * sigma_b."""
-    _require(noise_multiplier == 0 or noise_multiplier < 2 * clipped_count_stddev, "server.noise_multiplier",
-             noise_multiplier, f"a number < 2 * server.dp.clipped_count_stddev = {2 * clipped_count_stddev:g} with "
-             "dp_adaptive_clipping (or raise server.dp.clipped_count_stddev)")
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] = (), use_server_dp: bool | None = None) -> Config:
@@ -792,9 +836,10 @@ def _apply_use_server_dp(data: dict, use_server_dp: bool) -> None:
     strategy = data.setdefault("strategy", {})
     if not isinstance(strategy, dict):
         raise ConfigError(f"strategy: expected a mapping of keys, got {shown(strategy)}")
+    name = strategy.get("name")
     if use_server_dp:
         strategy["name"] = "dp_fixed_clipping"
-    elif strategy.get("name") in DP_STRATEGY_NAMES:
+    elif isinstance(name, str) and name in STRATEGIES and STRATEGIES[name].dp:
         strategy["name"] = strategy.get("wraps", "fedavg")
 
 
@@ -861,28 +906,28 @@ def _coerce(kind, value, key: str):
             return _coerce(options[0], value, key)
         # str | list[str]: the option of the value's own kind
         chosen = [o for o in options if isinstance(value, typing.get_origin(o) or o)]
-        _require(bool(chosen), key, value, " or ".join(_KIND_NAMES[typing.get_origin(o) or o] for o in options))
+        require(bool(chosen), key, value, " or ".join(_KIND_NAMES[typing.get_origin(o) or o] for o in options))
         return _coerce(chosen[0], value, key)
     if kind is bool:
-        _require(isinstance(value, bool), key, value, "true | false")
+        require(isinstance(value, bool), key, value, "true | false")
         return value
     if kind is int:
-        _require(isinstance(value, int) and not isinstance(value, bool), key, value, "an integer")
-        _require(-2**63 <= value < 2**63, key, value, "an integer that fits in 64 bits")
+        require(isinstance(value, int) and not isinstance(value, bool), key, value, "an integer")
+        require(-2**63 <= value < 2**63, key, value, "an integer that fits in 64 bits")
         return value
     if kind is float:
         number = _to_float(value)
-        _require(number is not None and math.isfinite(number), key, value, "a finite number")
+        require(number is not None and math.isfinite(number), key, value, "a finite number")
         return number
     if kind is str:
-        _require(isinstance(value, str) and value != "" and "\0" not in value, key, value,
-                 "a non-empty string without NUL characters")
+        require(isinstance(value, str) and value != "" and "\0" not in value, key, value,
+                "a non-empty string without NUL characters")
         return value
     if origin is list:
-        _require(isinstance(value, list) and all(isinstance(v, str) for v in value), key, value, "a list of strings")
+        require(isinstance(value, list) and all(isinstance(v, str) for v in value), key, value, "a list of strings")
         return list(value)
     if kind is dict or origin is dict:
-        _require(isinstance(value, dict), key, value, "a mapping")
+        require(isinstance(value, dict), key, value, "a mapping")
         return dict(value)
     raise TypeError(f"unsupported config type {kind} for {key}")
 
@@ -907,4 +952,4 @@ def parse_bool(name: str, raw: str) -> bool:
         return True
     if lowered in ("false", "0", "no", "off"):
         return False
-    raise ConfigError(f"{name}: invalid value {raw!r}; allowed: true | false")
+    raise invalid_value(name, raw, "true | false")

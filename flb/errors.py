@@ -9,6 +9,17 @@ class ConfigError(FLBError, ValueError):
     """A config key is unknown or its value is invalid."""
 
 
+def invalid_value(key: str, value, allowed: str) -> ConfigError:
+    """The one wording of a bad value, wherever it is checked: "KEY: invalid value VALUE; allowed: ALLOWED"."""
+    return ConfigError(f"{key}: invalid value {shown(value)}; allowed: {allowed}")
+
+
+def require(ok: bool, key: str, value, allowed: str) -> None:
+    """Raise `invalid_value(key, value, allowed)` unless `ok`."""
+    if not ok:
+        raise invalid_value(key, value, allowed)
+
+
 class DataError(FLBError):
     """A dataset cannot be loaded, normalised or partitioned."""
 

@@ -26,11 +26,12 @@ PublishedRound = tuple[int, AdapterState, list[tuple[AdapterState, int]]]
 
 def not_replayable(config: dict) -> str | None:
     """Why no round of a run with this config can be recomputed from its published updates, or None."""
-    from flb.config import DP_STRATEGY_NAMES
+    from flb.config import STRATEGIES
 
     if config.get("mode") == "split":
         return SPLIT_TRUNK
-    if config["strategy"]["name"] in DP_STRATEGY_NAMES:
+    spec = STRATEGIES.get(config["strategy"]["name"])
+    if spec is not None and spec.dp:
         return SERVER_NOISE
     return None
 

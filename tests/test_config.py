@@ -147,6 +147,44 @@ def test_absurd_values_are_one_line_errors(override, message):
     assert "\n" not in str(info.value) and len(str(info.value)) < 300
 
 
+@pytest.mark.parametrize("override, message", [
+    ("strategy.fedavgm.server_learning_rate=0", "strategy.fedavgm.server_learning_rate: invalid value 0.0; allowed: a "
+                                                "number > 0"),
+    ("strategy.fedavgm.server_momentum=1", "strategy.fedavgm.server_momentum: invalid value 1.0; allowed: a number in "
+                                           "[0, 1)"),
+    ("strategy.fedadagrad.eta=0", "strategy.fedadagrad.eta: invalid value 0.0; allowed: a number > 0"),
+    ("strategy.fedadagrad.tau=0", "strategy.fedadagrad.tau: invalid value 0.0; allowed: a number > 0"),
+    ("strategy.fedadam.beta_2=1", "strategy.fedadam.beta_2: invalid value 1.0; allowed: a number in [0, 1)"),
+    ("strategy.fedyogi.beta_1=-0.1", "strategy.fedyogi.beta_1: invalid value -0.1; allowed: a number in [0, 1)"),
+    ("strategy.scaffold.server_learning_rate=0", "strategy.scaffold.server_learning_rate: invalid value 0.0; allowed: "
+                                                 "a number > 0"),
+    ("strategy.trimmed_mean.beta=0.5", "strategy.trimmed_mean.beta: invalid value 0.5; allowed: a number in [0, 0.5)"),
+    ("strategy.krum.num_malicious=-1", "strategy.krum.num_malicious: invalid value -1; allowed: an integer >= 0"),
+    ("strategy.multi_krum.num_selected=0", "strategy.multi_krum.num_selected: invalid value 0; allowed: an integer "
+                                           ">= 1"),
+    ("strategy.bulyan.num_malicious=-1", "strategy.bulyan.num_malicious: invalid value -1; allowed: an integer >= 0"),
+    ("strategy.norm_bounding.max_norm=0", "strategy.norm_bounding.max_norm: invalid value 0.0; allowed: a number > 0"),
+    ("server.dp.clip_learning_rate=0", "server.dp.clip_learning_rate: invalid value 0.0; allowed: a number > 0"),
+    ("num_clients=0", "num_clients: invalid value 0; allowed: an integer >= 1"),
+])
+def test_what_the_strategies_trust_the_config_refuses_in_one_line(override, message):
+    """A strategy takes its settings from the config unchecked: every value its constructor used to refuse is the
+    config's one-line error (whichever strategy is chosen)."""
+    with pytest.raises(ConfigError) as info:
+        load_config(None, [override])
+    assert str(info.value) == message
+
+
+def test_an_invalid_value_is_worded_one_way():
+    from flb.errors import invalid_value, require
+
+    assert str(invalid_value("a.b", "x", "y | z")) == "a.b: invalid value 'x'; allowed: y | z"
+    assert str(invalid_value("a.b", "x" * 200, "y")) == f"a.b: invalid value '{'x' * 79}...; allowed: y"
+    require(True, "a.b", "x", "y")
+    with pytest.raises(ConfigError, match=r"^a\.b: invalid value 3; allowed: y$"):
+        require(False, "a.b", 3, "y")
+
+
 def test_batched_mode_refuses_dpsgd_in_one_line():
     with pytest.raises(ConfigError) as info:
         load_config(None, ["execution.mode=batched", "client.local_dp=true", "client.dp.mode=dpsgd"])

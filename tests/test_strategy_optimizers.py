@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from flb.adapters.arithmetic import weighted_average
-from flb.config import Config
-from flb.errors import ConfigError, RunDirError
+from flb.config import (Config, FedAdagradSettings, FedAdamSettings, FedAvgMSettings, FedYogiSettings,
+                        NormBoundingSettings, ServerSettings)
+from flb.errors import RunDirError
 from flb.adapters.lora_aggregation import svd_average
 from flb.run.directory import RunDir
 from flb.privacy.secret_random import SecretRandom
@@ -67,8 +68,8 @@ def flower_fedopt(name, settings):
     return flower.FedYogi(**settings)
 
 
-OURS = {"fedadagrad": lambda s: FedAdagrad(eta=s["eta"], tau=s["tau"]), "fedadam": lambda s: FedAdam(**s),
-        "fedyogi": lambda s: FedYogi(**s)}
+OURS = {"fedadagrad": lambda s: FedAdagrad(FedAdagradSettings(eta=s["eta"], tau=s["tau"])),
+        "fedadam": lambda s: FedAdam(FedAdamSettings(**s)), "fedyogi": lambda s: FedYogi(FedYogiSettings(**s))}
 
 
 @pytest.mark.parametrize("name", ["fedadagrad", "fedadam", "fedyogi"])
@@ -90,7 +91,7 @@ def test_fedavgm_equals_flowers_over_three_rounds(momentum, learning_rate, flowe
     from flwr.app import Array, ArrayRecord
     from flwr.serverapp.strategy import FedAvgM as Flower
 
-    ours = FedAvgM(server_learning_rate=learning_rate, server_momentum=momentum)
+    ours = FedAvgM(FedAvgMSettings(server_learning_rate=learning_rate, server_momentum=momentum))
     flower = Flower(server_learning_rate=learning_rate, server_momentum=momentum)
     global_adapter = initial_adapter()
     for round_number in (1, 2, 3):
@@ -106,12 +107,13 @@ def test_fedavgm_without_momentum_at_rate_one_is_fedavg_with_the_same_lora_mean(
     global_adapter = initial_adapter()
     updates = updates_of(client_states(global_adapter, 1))
     plain = FedAvg(mean=mean).aggregate(global_adapter, updates, 1, 5)
-    stepped = FedAvgM(server_learning_rate=1.0, server_momentum=0.0, mean=mean).aggregate(global_adapter, updates, 1, 5)
+    without_momentum = FedAvgMSettings(server_learning_rate=1.0, server_momentum=0.0)
+    stepped = FedAvgM(without_momentum, mean=mean).aggregate(global_adapter, updates, 1, 5)
     assert max_difference(stepped, plain) <= 1e-6
 
 
 def fedadam():
-    return FedAdam(eta=0.1, beta_1=0.9, beta_2=0.99, tau=1e-3)
+    return FedAdam(FedAdamSettings(eta=0.1, beta_1=0.9, beta_2=0.99, tau=1e-3))
 
 
 def two_rounds(strategy):
@@ -149,7 +151,7 @@ def checkpoint(tmp_path, strategy_state):
 
 
 def bounded_fedadam():
-    return NormBounding(fedadam(), max_norm=100.0)
+    return NormBounding(fedadam(), NormBoundingSettings(max_norm=100.0))
 
 
 def test_moments_survive_a_checkpoint_exactly(tmp_path):
@@ -206,19 +208,6 @@ def test_a_checkpoint_of_plain_json_still_loads(tmp_path):
     run = checkpoint(tmp_path, state)
     assert run.read_checkpoint()["strategy"] == state
     assert not list(run.path.glob("*.safetensors"))
-    strategy = DPFixedClipping(FedAvg(), clip_norm=1.0, noise_multiplier=1.0, sample_rate=0.5, delta=1e-5,
-                               random=SecretRandom())
+    strategy = DPFixedClipping(FedAvg(), ServerSettings(noise_multiplier=1.0), sample_rate=0.5, random=SecretRandom())
     strategy.load_state_dict(state)
     assert strategy.state_dict() == {**state, "inner": {}}
-
-
-@pytest.mark.parametrize("make, key", [
-    (lambda: FedAvgM(server_learning_rate=0.0, server_momentum=0.9), "strategy.fedavgm.server_learning_rate"),
-    (lambda: FedAvgM(server_learning_rate=1.0, server_momentum=1.0), "strategy.fedavgm.server_momentum"),
-    (lambda: FedAdam(eta=0.1, beta_1=0.9, beta_2=1.0, tau=1e-3), "strategy.fedadam.beta_2"),
-    (lambda: FedYogi(eta=0.1, beta_1=-0.1, beta_2=0.9, tau=1e-3), "strategy.fedyogi.beta_1"),
-    (lambda: FedAdagrad(eta=0.1, tau=0.0), "strategy.fedadagrad.tau"),
-])
-def test_constructors_refuse_bad_settings_naming_the_key(make, key):
-    with pytest.raises(ConfigError, match=f"^{key}: invalid value"):
-        make()

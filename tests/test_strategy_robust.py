@@ -5,13 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from flb.config import MEAN_STRATEGY_NAMES, WRAPPER_NAMES, Config, load_config
+from flb.config import (BulyanSettings, KrumSettings, MultiKrumSettings, NormBoundingSettings, TrimmedMeanSettings,
+                        load_config)
 from flb.errors import ConfigError
-from flb.privacy.secret_random import SecretRandom
 from flb.types import ClientUpdate
-from server.strategy import BUILDERS
 from server.strategy.bulyan import Bulyan
-from server.strategy.dp_fixed_clipping import DPFixedClipping
 from server.strategy.fedavg import FedAvg
 from server.strategy.krum import Krum
 from server.strategy.median import Median
@@ -60,7 +58,7 @@ def test_trimmed_mean_equals_flowers(count, beta, flower_task):
 
     states = client_states(count)
     expected = flower_aggregate(FedTrimmedAvg(beta=beta), 1, states, EXAMPLES[:count])
-    assert max_difference(aggregate(TrimmedMean(beta=beta), states, EXAMPLES[:count]), expected) <= 1e-6
+    assert max_difference(aggregate(TrimmedMean(TrimmedMeanSettings(beta=beta)), states, EXAMPLES[:count]), expected) <= 1e-6
 
 
 @pytest.mark.parametrize("count, num_malicious", [(5, 1), (7, 2), (3, 0)])
@@ -69,7 +67,7 @@ def test_krum_equals_flowers(count, num_malicious, flower_task):
 
     states = client_states(count)
     expected = flower_aggregate(FlowerKrum(num_malicious_nodes=num_malicious), 1, states, EXAMPLES[:count])
-    assert max_difference(aggregate(Krum(num_malicious=num_malicious), states, EXAMPLES[:count]), expected) <= 1e-6
+    assert max_difference(aggregate(Krum(KrumSettings(num_malicious=num_malicious)), states, EXAMPLES[:count]), expected) <= 1e-6
 
 
 @pytest.mark.parametrize("count, num_malicious, num_selected", [(5, 1, 3), (7, 2, 4), (6, 0, 2)])
@@ -81,7 +79,7 @@ def test_multi_krum_equals_flowers_given_equal_weights(count, num_malicious, num
     states = client_states(count)
     flower = FlowerMultiKrum(num_malicious_nodes=num_malicious, num_nodes_to_select=num_selected)
     expected = flower_aggregate(flower, 1, states, [1] * count)
-    ours = MultiKrum(num_malicious=num_malicious, num_selected=num_selected)
+    ours = MultiKrum(MultiKrumSettings(num_malicious=num_malicious, num_selected=num_selected))
     assert max_difference(aggregate(ours, states, EXAMPLES[:count]), expected) <= 1e-6
 
 
@@ -92,13 +90,14 @@ def test_bulyan_equals_flowers_reference_aggregation(count, num_malicious, seed)
     states = client_states(count, seed)
     results = [([t.numpy() for t in state.values()], n) for state, n in zip(states, EXAMPLES * 2)]
     expected = dict(zip(SHAPES, aggregate_bulyan(results, num_malicious, aggregate_krum, to_keep=0)))
-    assert max_difference(aggregate(Bulyan(num_malicious=num_malicious), states, (EXAMPLES * 2)[:count]),
-                          expected) <= 1e-6
+    assert max_difference(aggregate(Bulyan(BulyanSettings(num_malicious=num_malicious)), states,
+                                    (EXAMPLES * 2)[:count]), expected) <= 1e-6
 
 
-ROBUST = {"median": lambda: Median(), "trimmed_mean": lambda: TrimmedMean(beta=0.2),
-          "krum": lambda: Krum(num_malicious=1), "multi_krum": lambda: MultiKrum(num_malicious=1, num_selected=3),
-          "bulyan": lambda: Bulyan(num_malicious=1)}
+ROBUST = {"median": lambda: Median(), "trimmed_mean": lambda: TrimmedMean(TrimmedMeanSettings(beta=0.2)),
+          "krum": lambda: Krum(KrumSettings(num_malicious=1)),
+          "multi_krum": lambda: MultiKrum(MultiKrumSettings(num_malicious=1, num_selected=3)),
+          "bulyan": lambda: Bulyan(BulyanSettings(num_malicious=1))}
 
 
 @pytest.mark.parametrize("name", sorted(ROBUST))
@@ -122,7 +121,7 @@ def test_norm_bounding_clips_each_change_then_aggregates_with_example_counts():
     global_adapter = {"a": torch.tensor([1.0, 1.0]), "b": torch.tensor([1.0, 1.0])}
     far = {"a": torch.tensor([31.0, 1.0]), "b": torch.tensor([1.0, 41.0])}  # change (30, 0, 0, 40): norm 50
     near = {"a": torch.tensor([2.0, 1.0]), "b": torch.tensor([1.0, 1.0])}  # change norm 1: left alone
-    result = NormBounding(FedAvg(), max_norm=5.0).aggregate(global_adapter, updates_of([far, near], [1, 3]), 1, 2)
+    result = NormBounding(FedAvg(), NormBoundingSettings(max_norm=5.0)).aggregate(global_adapter, updates_of([far, near], [1, 3]), 1, 2)
     # far becomes (1 + 3, 1, 1, 1 + 4); weighted 1:3 with near (2, 1, 1, 1)
     assert result["a"].tolist() == pytest.approx([(4 + 3 * 2) / 4, 1.0])
     assert result["b"].tolist() == pytest.approx([1.0, (5 + 3 * 1) / 4])
@@ -131,19 +130,7 @@ def test_norm_bounding_clips_each_change_then_aggregates_with_example_counts():
 
 def test_robust_aggregators_refuse_too_few_updates_when_used_directly():
     with pytest.raises(ConfigError, match="^strategy.bulyan.num_malicious: bulyan needs at least 7 updates, got 5"):
-        aggregate(Bulyan(num_malicious=1), client_states(5), EXAMPLES[:5])
-
-
-def test_dp_wrappers_refuse_a_strategy_whose_output_is_not_a_mean():
-    with pytest.raises(ConfigError, match="^strategy.wraps: Median does not output a mean"):
-        DPFixedClipping(Median(), clip_norm=1.0, noise_multiplier=1.0, sample_rate=1.0, delta=1e-5,
-                        random=SecretRandom())
-
-
-def test_the_mean_strategies_by_name_are_those_whose_class_says_so():
-    for name, build in BUILDERS.items():
-        if name not in WRAPPER_NAMES:
-            assert build(Config(), SecretRandom()).output_is_mean == (name in MEAN_STRATEGY_NAMES), name
+        aggregate(Bulyan(BulyanSettings(num_malicious=1)), client_states(5), EXAMPLES[:5])
 
 
 THREE_CLIENTS = ["server.min_clients=3"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from flb.config import load_config
+from flb.config import ScaffoldSettings, load_config
 from flb.audit.digests import adapter_digest
 from flb.errors import ConfigError
 from flb.privacy.secret_random import SecretRandom
@@ -28,14 +28,14 @@ UPDATES = [update(0, [2.0, 2.0], [0.3, 0.0], 1), update(1, [0.0, 4.0], [0.1, 0.2
 def test_scaffold_steps_by_eta_g_times_the_unweighted_mean_change_and_moves_c_by_s_over_n():
     """mean(y_i - x) = ((1, 0) + (-1, 2)) / 2 = (0, 1), eta_g = 0.5: x = (1, 2.5) whatever the example counts;
     c = (0.1, 0.1) + ((0.3, 0) + (0.1, 0.2)) / N=4 = (0.2, 0.15)."""
-    strategy = Scaffold(server_learning_rate=0.5, num_clients=4)
+    strategy = Scaffold(ScaffoldSettings(server_learning_rate=0.5), num_clients=4)
     strategy.load_state_dict({"variate": {"a": torch.tensor([0.1, 0.1])}})
     assert torch.allclose(strategy.aggregate(GLOBAL, UPDATES, 1, 2)["a"], torch.tensor([1.0, 2.5]))
     assert torch.allclose(strategy.client_extras(GLOBAL)["a"], torch.tensor([0.2, 0.15]))
 
 
 def test_scaffold_starts_from_a_zero_variate_and_its_state_is_a_copy():
-    strategy = Scaffold(server_learning_rate=1.0, num_clients=2)
+    strategy = Scaffold(ScaffoldSettings(server_learning_rate=1.0), num_clients=2)
     assert torch.equal(strategy.client_extras(GLOBAL)["a"], torch.zeros(2)) and strategy.state_dict() == {"variate": {}}
     strategy.aggregate(GLOBAL, UPDATES, 1, 2)
     before = strategy.state_dict()
@@ -46,14 +46,14 @@ def test_scaffold_starts_from_a_zero_variate_and_its_state_is_a_copy():
     assert torch.allclose(strategy.client_extras(GLOBAL)["a"], torch.tensor([0.4, 0.2]))
 
 
-def test_scaffold_rejects_a_server_learning_rate_that_is_not_positive():
-    with pytest.raises(ConfigError, match=r"^strategy.scaffold.server_learning_rate: invalid value 0.0"):
-        Scaffold(server_learning_rate=0.0, num_clients=2)
+def test_the_config_refuses_a_server_learning_rate_that_is_not_positive():
+    with pytest.raises(ConfigError, match=r"^strategy.scaffold.server_learning_rate: invalid value 0.0; allowed: a "
+                                          r"number > 0$"):
+        load_config(None, ["strategy.name=scaffold", "strategy.scaffold.server_learning_rate=0"])
 
 
 def test_fedprox_aggregates_as_fedavg_and_both_are_registered():
     assert torch.allclose(FedProx().aggregate(GLOBAL, UPDATES, 1, 2)["a"], torch.tensor([0.2, 3.8]))
-    assert FedProx.output_is_mean and not Scaffold.output_is_mean
     for name, kind in (("fedprox", FedProx), ("scaffold", Scaffold)):
         assert type(build_strategy(load_config(None, [f"strategy.name={name}"]), SecretRandom())) is kind
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from flb.config import SFTSettings
-from flb.errors import ConfigError, first_line, shown
+from flb.errors import ConfigError, first_line, invalid_value, shown
 
 if TYPE_CHECKING:
     import torch
@@ -91,8 +91,7 @@ def _check_argument(key: str, value, names: list[str], hints: dict) -> None:
     if not _fits(value, hints[key]):  # SFTConfig checks few types; some wrong ones fail mid-run, or worse
         as_text = isinstance(value, str) and _fits(1.5, hints[key]) and _is_float(value)
         yaml_hint = " (YAML reads 1e-2 as text: write 1.0e-2)" if as_text else ""
-        raise ConfigError(f"sft.training_arguments.{key}: invalid value {shown(value)}; allowed: "
-                          f"{_type_name(hints[key])}{yaml_hint}")
+        raise invalid_value(f"sft.training_arguments.{key}", value, f"{_type_name(hints[key])}{yaml_hint}")
 
 
 def _is_float(text: str) -> bool:

@@ -1,23 +1,24 @@
-"""What every strategy offers the round coordinator."""
+"""What every strategy offers the round coordinator, and what its builder gets.
+
+A strategy takes its settings already validated by flb.config and does not check them again; what it can do (its
+output is a mean, it wraps another, it is DP) is its entry in flb.config.STRATEGIES, not an attribute here."""
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, Optional
 
-from flb.errors import ConfigError, shown
+from flb.adapters.lora_aggregation import MEANS
 from flb.types import AdapterState, ClientUpdate
 
+if TYPE_CHECKING:
+    from flb.config import Config
+    from flb.privacy.secret_random import SecretRandom
 
-def require_setting(ok: bool, key: str, value, allowed: str) -> None:
-    """A constructor's check, worded as flb.config words a bad config value."""
-    if not ok:
-        raise ConfigError(f"{key}: invalid value {shown(value)}; allowed: {allowed}")
+Mean = Callable[[list[tuple[AdapterState, float]]], AdapterState]
 
 
 class Strategy(ABC):
-    # True when the output is a mean of the updates given: what the DP wrappers' noise is calibrated for
-    # (flb.config.MEAN_STRATEGY_NAMES lists the same strategies by name)
-    output_is_mean: bool = False
-
     @abstractmethod
     def aggregate(self, global_adapter: AdapterState, updates: list[ClientUpdate], round: int,
                   num_sampled: int) -> AdapterState:
@@ -47,3 +48,17 @@ class Strategy(ABC):
 
     def load_state_dict(self, state: dict) -> None:
         pass
+
+
+@dataclass(frozen=True)
+class BuildContext:
+    """What `build(context)` in server/strategy/<name>.py makes its strategy from."""
+
+    config: Config
+    random: SecretRandom  # the server's secret generator: the DP strategies draw their noise from it
+    inner: Optional[Strategy] = None  # a wrapper's strategy.wraps, built
+
+    @property
+    def mean(self) -> Mean:
+        """The mean of the clients' adapters strategy.lora_aggregation picks (FedAvg's, and the server optimizers')."""
+        return MEANS[self.config.strategy.lora_aggregation]

@@ -10,35 +10,26 @@ Andrew et al., 2021, https://arxiv.org/abs/1905.03871
 from __future__ import annotations
 
 from flb.adapters.arithmetic import l2_norm, subtract
-from flb.config import check_adaptive_noise
-from flb.errors import ConfigError
+from flb.config import ServerSettings
 from flb.privacy.secret_random import SecretRandom
 from flb.types import AdapterState, ClientUpdate
 from server.strategy.aggregate import adaptive_update_noise_multiplier, next_clip_norm
-from server.strategy.base import Strategy
-from server.strategy.dp_fixed_clipping import DPFixedClipping
+from server.strategy.base import BuildContext, Strategy
+from server.strategy.dp_fixed_clipping import DPFixedClipping, wrapper_arguments
 
 
 class DPAdaptiveClipping(DPFixedClipping):
     mechanism = "dp_adaptive_clipping"
 
-    def __init__(self, strategy: Strategy, *, initial_clip_norm: float, noise_multiplier: float,
-                 target_quantile: float, learning_rate: float, clipped_count_stddev: float, sample_rate: float,
-                 delta: float, random: SecretRandom, lora_a_frozen: bool = False):
-        super().__init__(strategy, clip_norm=initial_clip_norm, noise_multiplier=noise_multiplier, random=random,
-                         sample_rate=sample_rate, delta=delta, lora_a_frozen=lora_a_frozen)
-        if not 0 < target_quantile < 1:
-            raise ConfigError(f"server.dp.target_quantile: invalid value {target_quantile!r}; allowed: a number in (0, 1)")
-        if learning_rate <= 0:
-            raise ConfigError(f"server.dp.clip_learning_rate: invalid value {learning_rate!r}; allowed: a number > 0")
-        if clipped_count_stddev < 0:
-            raise ConfigError(f"server.dp.clipped_count_stddev: invalid value {clipped_count_stddev!r}; "
-                              "allowed: a number >= 0")
-        check_adaptive_noise(noise_multiplier, clipped_count_stddev)
-        self.target_quantile = target_quantile
-        self.learning_rate = learning_rate
-        self.clipped_count_stddev = clipped_count_stddev
-        self.update_noise_multiplier = adaptive_update_noise_multiplier(noise_multiplier, clipped_count_stddev)
+    def __init__(self, strategy: Strategy, settings: ServerSettings, *, sample_rate: float, random: SecretRandom,
+                 lora_a_frozen: bool = False):
+        """C starts at server.clip_threshold; server.dp gives gamma, eta and sigma_b."""
+        super().__init__(strategy, settings, sample_rate=sample_rate, random=random, lora_a_frozen=lora_a_frozen)
+        self.target_quantile = settings.dp.target_quantile
+        self.learning_rate = settings.dp.clip_learning_rate
+        self.clipped_count_stddev = settings.dp.clipped_count_stddev
+        self.update_noise_multiplier = adaptive_update_noise_multiplier(self.noise_multiplier,
+                                                                        self.clipped_count_stddev)
 
     def aggregate(self, global_adapter: AdapterState, updates: list[ClientUpdate], round: int,
                   num_sampled: int) -> AdapterState:
@@ -60,3 +51,7 @@ class DPAdaptiveClipping(DPFixedClipping):
         super().load_state_dict(state)
         self.clip_norm = state.get("clip_norm", self.clip_norm)
 
+
+
+def build(context: BuildContext) -> DPAdaptiveClipping:
+    return DPAdaptiveClipping(context.inner, context.config.server, **wrapper_arguments(context))

@@ -19,14 +19,14 @@ from __future__ import annotations
 import dataclasses
 import logging
 
-from flb.privacy.accounting import Accounted, epsilon, rdp_accountant
+from flb.privacy.accounting import Accounted, epsilon, rdp_accountant, warn_if_delta_too_large
 from flb.adapters.arithmetic import add, add_gaussian_noise_inplace, clip_inplace, subtract
-from flb.errors import ConfigError
 from flb.adapters.lora_aggregation import trained_part
+from flb.config import ServerSettings
 from flb.privacy.secret_random import SecretRandom
 from flb.types import AdapterState, ClientUpdate
 from server.strategy.aggregate import dp_fedavg_noise_std
-from server.strategy.base import Strategy
+from server.strategy.base import BuildContext, Strategy
 
 log = logging.getLogger(__name__)
 
@@ -34,26 +34,16 @@ log = logging.getLogger(__name__)
 class DPFixedClipping(Accounted, Strategy):
     mechanism = "dp_fixed_clipping"
 
-    def __init__(self, strategy: Strategy, *, clip_norm: float, noise_multiplier: float, sample_rate: float,
-                 delta: float, random: SecretRandom, lora_a_frozen: bool = False):
-        if clip_norm <= 0:
-            raise ConfigError(f"server.clip_threshold: invalid value {clip_norm!r}; allowed: a number > 0")
-        if noise_multiplier < 0:
-            raise ConfigError(f"server.noise_multiplier: invalid value {noise_multiplier!r}; allowed: a number >= 0")
-        if not 0 < sample_rate <= 1:
-            raise ConfigError(f"clients_per_round / num_clients: invalid value {sample_rate!r}; allowed: a number "
-                              "in (0, 1]")
-        if not 0 < delta < 1:
-            raise ConfigError(f"server.dp.delta: invalid value {delta!r}; allowed: a number in (0, 1)")
-        if not strategy.output_is_mean:
-            raise ConfigError(f"strategy.wraps: {type(strategy).__name__} does not output a mean of the clipped "
-                              f"updates, which {self.mechanism}'s noise is calibrated for; wrap fedavg or fedprox")
+    def __init__(self, strategy: Strategy, settings: ServerSettings, *, sample_rate: float, random: SecretRandom,
+                 lora_a_frozen: bool = False):
+        """`strategy`: one whose output is a mean of the updates (flb.config refuses others: the noise is calibrated
+        for a mean); `sample_rate`: q, the fraction of the clients sampled each round."""
         self.strategy = strategy
-        self.clip_norm = clip_norm
-        self.noise_multiplier = noise_multiplier
-        self.update_noise_multiplier = noise_multiplier  # the noise on the aggregate; adaptive clipping takes less
+        self.clip_norm = settings.clip_threshold
+        self.noise_multiplier = settings.noise_multiplier
+        self.update_noise_multiplier = self.noise_multiplier  # the noise on the aggregate; adaptive clipping takes less
         self.sample_rate = sample_rate
-        self.delta = delta
+        self.delta = settings.dp.delta
         self.random = random
         self.lora_a_frozen = lora_a_frozen
         self.accountant = rdp_accountant()
@@ -106,3 +96,16 @@ class DPFixedClipping(Accounted, Strategy):
         clip_inplace(delta, self.clip_norm)
         return dataclasses.replace(update, tensors={**global_adapter, **add(delta, global_adapter)}, num_examples=1)
 
+
+
+def build(context: BuildContext) -> DPFixedClipping:
+    return DPFixedClipping(context.inner, context.config.server, **wrapper_arguments(context))
+
+
+def wrapper_arguments(context: BuildContext) -> dict:
+    """What a DP wrapper takes besides the server settings; warns when server.dp.delta is weak for the clients."""
+    config = context.config
+    warn_if_delta_too_large(config.server.dp.delta, config.num_clients, "server.dp.delta", "clients")
+    # each round samples clients_per_round of num_clients clients: the subsampling rate q of the accounting
+    return dict(sample_rate=config.clients_per_round / config.num_clients, random=context.random,
+                lora_a_frozen=config.strategy.lora_a_frozen)

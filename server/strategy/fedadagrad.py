@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 from flb.adapters.arithmetic import weighted_average
+from flb.config import FedAdagradSettings
 from flb.types import AdapterState
 from server.strategy.aggregate import adagrad_second_moment
-from server.strategy.server_optimizer import AdaptiveServerOptimizer, Mean
+from server.strategy.base import BuildContext, Mean
+from server.strategy.server_optimizer import AdaptiveServerOptimizer
 
 
 class FedAdagrad(AdaptiveServerOptimizer):
-    name = "fedadagrad"
-
-    def __init__(self, *, eta: float, tau: float, mean: Mean = weighted_average):
-        super().__init__(eta=eta, beta_1=0.0, tau=tau, mean=mean)
+    def __init__(self, settings: FedAdagradSettings, *, mean: Mean = weighted_average):
+        super().__init__(eta=settings.eta, beta_1=0.0, tau=settings.tau, mean=mean)
 
     def second_moment(self, v: AdapterState, delta: AdapterState) -> AdapterState:
         return adagrad_second_moment(v, delta)
+
+
+def build(context: BuildContext) -> FedAdagrad:
+    return FedAdagrad(context.config.strategy.fedadagrad, mean=context.mean)

@@ -2,19 +2,19 @@
 strategy.lora_aggregation picks (flb.adapters.lora_aggregation.MEANS: under svd, of the LoRA products, re-factorised)."""
 from __future__ import annotations
 
-from typing import Callable
-
 from flb.adapters.arithmetic import weighted_average
 from flb.types import AdapterState, ClientUpdate
-from server.strategy.base import Strategy
+from server.strategy.base import BuildContext, Mean, Strategy
 
 
 class FedAvg(Strategy):
-    output_is_mean = True
-
-    def __init__(self, *, mean: Callable[[list[tuple[AdapterState, float]]], AdapterState] = weighted_average):
+    def __init__(self, *, mean: Mean = weighted_average):
         self.mean = mean
 
     def aggregate(self, global_adapter: AdapterState, updates: list[ClientUpdate], round: int,
                   num_sampled: int) -> AdapterState:
         return self.mean([(u.tensors, u.num_examples) for u in updates])
+
+
+def build(context: BuildContext) -> FedAvg:
+    return FedAvg(mean=context.mean)

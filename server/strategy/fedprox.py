@@ -3,8 +3,13 @@ mu/2 ||theta - theta_global||^2 over its LoRA parameters to its local objective 
 strategy.fedprox.mu); the server aggregates as FedAvg."""
 from __future__ import annotations
 
+from server.strategy.base import BuildContext
 from server.strategy.fedavg import FedAvg
 
 
 class FedProx(FedAvg):
     """FedAvg's weighted mean: what differs is the clients' objective, which they take from the config."""
+
+
+def build(context: BuildContext) -> FedProx:
+    return FedProx(mean=context.mean)

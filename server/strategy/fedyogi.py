@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from flb.types import AdapterState
 from server.strategy.aggregate import yogi_second_moment
+from server.strategy.base import BuildContext
 from server.strategy.fedadam import FedAdam
 
 
 class FedYogi(FedAdam):
-    name = "fedyogi"
-
     def second_moment(self, v: AdapterState, delta: AdapterState) -> AdapterState:
         return yogi_second_moment(v, delta, self.beta_2)
+
+
+def build(context: BuildContext) -> FedYogi:
+    return FedYogi(context.config.strategy.fedyogi, mean=context.mean)

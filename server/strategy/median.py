@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from flb.types import AdapterState, ClientUpdate
 from server.strategy.aggregate import coordinate_median
-from server.strategy.base import Strategy
+from server.strategy.base import BuildContext, Strategy
 
 
 class Median(Strategy):
     def aggregate(self, global_adapter: AdapterState, updates: list[ClientUpdate], round: int,
                   num_sampled: int) -> AdapterState:
         return coordinate_median([u.tensors for u in updates])
+
+
+def build(context: BuildContext) -> Median:
+    return Median()

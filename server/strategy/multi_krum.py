@@ -4,17 +4,16 @@ its own count (every robust aggregator here ignores the counts)."""
 from __future__ import annotations
 
 from flb.adapters.arithmetic import weighted_average
+from flb.config import MultiKrumSettings
 from flb.types import AdapterState, ClientUpdate
 from server.strategy.aggregate import krum_selection
-from server.strategy.base import Strategy, require_setting
+from server.strategy.base import BuildContext, Strategy
 from server.strategy.krum import require_updates
 
 
 class MultiKrum(Strategy):
-    def __init__(self, *, num_malicious: int, num_selected: int):
-        require_setting(num_malicious >= 0, "strategy.multi_krum.num_malicious", num_malicious, "an integer >= 0")
-        require_setting(num_selected >= 1, "strategy.multi_krum.num_selected", num_selected, "an integer >= 1")
-        self.num_malicious, self.num_selected = num_malicious, num_selected
+    def __init__(self, settings: MultiKrumSettings):
+        self.num_malicious, self.num_selected = settings.num_malicious, settings.num_selected
 
     def aggregate(self, global_adapter: AdapterState, updates: list[ClientUpdate], round: int,
                   num_sampled: int) -> AdapterState:
@@ -22,3 +21,7 @@ class MultiKrum(Strategy):
                         "multi_krum")
         chosen = krum_selection([u.tensors for u in updates], self.num_malicious, self.num_selected)
         return weighted_average([(updates[i].tensors, 1) for i in chosen])
+
+
+def build(context: BuildContext) -> MultiKrum:
+    return MultiKrum(context.config.strategy.multi_krum)

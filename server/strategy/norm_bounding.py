@@ -7,14 +7,14 @@ from __future__ import annotations
 import dataclasses
 
 from flb.adapters.arithmetic import add, clip_inplace, subtract
+from flb.config import NormBoundingSettings
 from flb.types import AdapterState, ClientUpdate
-from server.strategy.base import Strategy, require_setting
+from server.strategy.base import BuildContext, Strategy
 
 
 class NormBounding(Strategy):
-    def __init__(self, strategy: Strategy, *, max_norm: float):
-        require_setting(max_norm > 0, "strategy.norm_bounding.max_norm", max_norm, "a number > 0")
-        self.strategy, self.max_norm = strategy, max_norm
+    def __init__(self, strategy: Strategy, settings: NormBoundingSettings):
+        self.strategy, self.max_norm = strategy, settings.max_norm
 
     def aggregate(self, global_adapter: AdapterState, updates: list[ClientUpdate], round: int,
                   num_sampled: int) -> AdapterState:
@@ -34,3 +34,7 @@ class NormBounding(Strategy):
 
     def load_state_dict(self, state: dict) -> None:
         self.strategy.load_state_dict(state.get("inner", {}))
+
+
+def build(context: BuildContext) -> NormBounding:
+    return NormBounding(context.inner, context.config.strategy.norm_bounding)

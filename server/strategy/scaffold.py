@@ -6,16 +6,14 @@ flb.local_objective; c is zero before the first round and is checkpointed with t
 from __future__ import annotations
 
 from flb.adapters.arithmetic import weighted_average
+from flb.config import ScaffoldSettings
 from flb.types import AdapterState, ClientUpdate
-from server.strategy.base import Strategy, require_setting
+from server.strategy.base import BuildContext, Strategy
 
 
 class Scaffold(Strategy):
-    def __init__(self, *, server_learning_rate: float, num_clients: int):
-        require_setting(server_learning_rate > 0, "strategy.scaffold.server_learning_rate", server_learning_rate,
-                        "a number > 0")
-        require_setting(num_clients >= 1, "num_clients", num_clients, "an integer >= 1")
-        self.server_learning_rate, self.num_clients = server_learning_rate, num_clients
+    def __init__(self, settings: ScaffoldSettings, *, num_clients: int):
+        self.server_learning_rate, self.num_clients = settings.server_learning_rate, num_clients
         self.variate: AdapterState = {}  # c; {} before the first round: zero
 
     def client_extras(self, global_adapter: AdapterState) -> AdapterState:
@@ -32,6 +30,10 @@ class Scaffold(Strategy):
 
     def load_state_dict(self, state: dict) -> None:
         self.variate = _copied(state.get("variate", {}))
+
+
+def build(context: BuildContext) -> Scaffold:
+    return Scaffold(context.config.strategy.scaffold, num_clients=context.config.num_clients)
 
 
 def server_step(global_adapter: AdapterState, adapters: list[AdapterState], learning_rate: float) -> AdapterState:

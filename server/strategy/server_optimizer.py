@@ -7,15 +7,13 @@ Reddi et al., 2021, "Adaptive Federated Optimization", https://arxiv.org/abs/200
 from __future__ import annotations
 
 from abc import abstractmethod
-from typing import Callable
 
 from flb.adapters.arithmetic import weighted_average
 from flb.types import AdapterState, ClientUpdate
 from server.strategy.aggregate import adaptive_step, first_moment, pseudo_gradient
-from server.strategy.base import Strategy, require_setting
+from server.strategy.base import Mean, Strategy
 
 Moments = dict[str, AdapterState]
-Mean = Callable[[list[tuple[AdapterState, float]]], AdapterState]
 
 
 class ServerOptimizer(Strategy):
@@ -58,13 +56,9 @@ class AdaptiveServerOptimizer(ServerOptimizer):
     sqrt(1 - beta_2^(t+1)) / (1 - beta_1^(t+1)) in round t, FedAdagrad and FedYogi do not."""
 
     moment_names = ("m", "v")
-    name: str  # the strategy's name in config (strategy.<name>.*)
 
     def __init__(self, *, eta: float, beta_1: float, tau: float, mean: Mean = weighted_average):
         super().__init__(mean=mean)
-        require_setting(eta > 0, f"strategy.{self.name}.eta", eta, "a number > 0")
-        require_setting(0 <= beta_1 < 1, f"strategy.{self.name}.beta_1", beta_1, "a number in [0, 1)")
-        require_setting(tau > 0, f"strategy.{self.name}.tau", tau, "a number > 0")
         self.eta, self.beta_1, self.tau = eta, beta_1, tau
 
     def next_moments(self, moments: Moments, delta: AdapterState) -> Moments:
@@ -76,10 +70,6 @@ class AdaptiveServerOptimizer(ServerOptimizer):
 
     def step(self, current: AdapterState, moments: Moments) -> AdapterState:
         return adaptive_step(current, moments["m"], moments["v"], self.eta, self.tau)
-
-
-def check_beta_2(name: str, beta_2: float) -> None:
-    require_setting(0 <= beta_2 < 1, f"strategy.{name}.beta_2", beta_2, "a number in [0, 1)")
 
 
 def _copied(moments: Moments) -> Moments:

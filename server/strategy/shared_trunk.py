@@ -12,7 +12,6 @@ from server.strategy.base import Strategy
 class SharedTrunk(Strategy):
     def __init__(self, strategy: Strategy, plan: SplitPlan):
         self.strategy, self.plan = strategy, plan
-        self.output_is_mean = strategy.output_is_mean
 
     def aggregate(self, global_adapter: AdapterState, updates: list[ClientUpdate], round: int,
                   num_sampled: int) -> AdapterState:

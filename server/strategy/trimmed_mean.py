@@ -2,16 +2,20 @@
 int(beta * n) largest and smallest client values and average the rest. Unweighted, as Flower's FedTrimmedAvg."""
 from __future__ import annotations
 
+from flb.config import TrimmedMeanSettings
 from flb.types import AdapterState, ClientUpdate
 from server.strategy.aggregate import trimmed_mean
-from server.strategy.base import Strategy, require_setting
+from server.strategy.base import BuildContext, Strategy
 
 
 class TrimmedMean(Strategy):
-    def __init__(self, *, beta: float):
-        require_setting(0 <= beta < 0.5, "strategy.trimmed_mean.beta", beta, "a number in [0, 0.5)")
-        self.beta = beta
+    def __init__(self, settings: TrimmedMeanSettings):
+        self.beta = settings.beta
 
     def aggregate(self, global_adapter: AdapterState, updates: list[ClientUpdate], round: int,
                   num_sampled: int) -> AdapterState:
         return trimmed_mean([u.tensors for u in updates], self.beta)
+
+
+def build(context: BuildContext) -> TrimmedMean:
+    return TrimmedMean(context.config.strategy.trimmed_mean)
