@@ -14,7 +14,7 @@ from pathlib import Path
 
 from chain.contract import flb_contract
 from chain.errors import ChainError
-from flb.run.directory import write_json_atomic
+from flb.atomic import write_json_atomic
 from chain.transact import send_signed, sign_call
 from flb.audit.attestation import DOMAIN_VERSION
 

@@ -2,7 +2,7 @@
 
 py-evm keeps every block, transaction, receipt and state trie node in one key/value database.
 eth-tester builds it over an in-memory dict; here that dict is filled from the file when it exists
-and the file is rewritten atomically (temp file, fsync, rename) after every mined block, so a run
+and the file is rewritten atomically (flb.atomic.write_atomic) after every mined block, so a run
 killed at any moment leaves the previous block's or the new block's chain, never a torn one.
 Blocks are mined one per transaction (eth-tester's auto-mining); the pending block and
 eth-tester's own filters and snapshots are not saved.
@@ -13,9 +13,7 @@ the chain (about 1.8 kB per plain transfer)."""
 from __future__ import annotations
 
 import hashlib
-import os
 import struct
-import tempfile
 from pathlib import Path
 from typing import Callable
 
@@ -28,6 +26,7 @@ from web3 import EthereumTesterProvider, Web3
 from chain.accounts import DEV_HD_PATH, DEV_MNEMONIC
 from chain.errors import ChainError
 from chain.locks import StateLock
+from flb.atomic import write_atomic
 
 EMBEDDED_CHAIN_FILE = "embedded_chain.db"
 MAGIC = b"FLB py-evm chain database v1\n"
@@ -191,22 +190,7 @@ def read_chain_file(path: Path) -> tuple[int, Database]:
 
 def write_chain_file(path: Path, chain_id: int, database: Database) -> None:
     """Replace `path` atomically: a crash leaves the old file or the new one."""
-    data = encode_chain_database(chain_id, database)
-    descriptor, temporary = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(descriptor, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
+    write_atomic(path, encode_chain_database(chain_id, database))
 
 
 def _corrupt(path: Path, why: str) -> ChainError:

@@ -20,7 +20,7 @@ from chain.records import (REGISTER, ROUND, UPLOAD, batch_size, batches, registe
                            upload_payload)
 from chain.sender import LOST, OutboxSender, is_transient, permanent
 from chain.trail import collect_trail, contract_tx_hashes, write_trail
-from flb.run.directory import write_json_atomic
+from flb.atomic import write_json_atomic
 from flb.audit.attestation import SigningDomain
 from flb.errors import RunFailed, first_line
 from flb.types import RoundRecord, SignedUpload

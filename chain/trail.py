@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 from chain.contract import flb_contract
-from flb.run.directory import write_json_atomic
+from flb.atomic import write_json_atomic
 
 TRAIL_FILE = "trail.json"
 

@@ -22,7 +22,8 @@ import time
 from pathlib import Path
 
 from flb.errors import FLBError, RunFailed, first_line
-from flb.split.cut import SplitError, decode_frame, encode_frame, frame_header, grouped, ungrouped
+from flb.frames import decode_frame, encode_frame, frame_header, grouped, ungrouped
+from flb.split.cut import SplitError
 from flb.types import AdapterState, ClientUpdate, ProxyClient, SignedUpload, update_from_header
 from server.split_trunk import TrunkServer
 
@@ -50,7 +51,7 @@ class SplitHub:
         self.joined = threading.Condition(self.lock)
 
     def __enter__(self) -> "SplitHub":
-        from flb.split.cut.grpc_channel import serve
+        from flb.split.grpc_channel import serve
 
         split = self.config.split
         address = "127.0.0.1:0" if split.channel == "loopback" else split.address

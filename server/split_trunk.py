@@ -19,8 +19,9 @@ import threading
 from dataclasses import dataclass, field
 
 from flb.errors import first_line
+from flb.frames import decode_frame, encode_frame
 from flb.seeding import derived_seed
-from flb.split.cut import SplitError, SplitPlan, Traffic, decode_frame, encode_frame, set_adapter_part
+from flb.split.cut import SplitError, SplitPlan, Traffic, set_adapter_part
 from flb.types import AdapterState
 
 log = logging.getLogger(__name__)

@@ -196,18 +196,19 @@ class LeavesAFile:
 
 
 def test_the_main_process_unpickles_nothing_a_worker_sends(tmp_path):
-    """The channel reads a JSON header and raw blobs: a pickle sent instead is refused, never executed."""
+    """The channel reads frames (safetensors and JSON): a pickle sent instead is refused, never executed."""
     import multiprocessing
     import pickle
 
-    from client.workers import _Channel
+    from client.workers.channel import Channel
+    from flb.frames import FrameError
 
     target = tmp_path / "executed"
     worker_end, main_end = multiprocessing.Pipe()
     worker_end.send_bytes(pickle.dumps(LeavesAFile(str(target))))
     worker_end.send(LeavesAFile(str(target)))  # multiprocessing's own pickling, as Connection.send would do it
-    with pytest.raises(ValueError):  # json.JSONDecodeError / UnicodeDecodeError
-        _Channel(main_end).receive()
-    with pytest.raises(ValueError):
-        _Channel(main_end).receive()
+    with pytest.raises(FrameError, match="unreadable frame"):
+        Channel(main_end).receive()
+    with pytest.raises(FrameError, match="unreadable frame"):
+        Channel(main_end).receive()
     assert not target.exists()

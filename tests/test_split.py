@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from flb.errors import ConfigError
-from flb.split.cut import SPLIT_FAMILIES, SplitPlan, decode_frame, encode_frame, split_family
+from flb.frames import decode_frame, encode_frame
+from flb.split.cut import SPLIT_FAMILIES, SplitPlan, split_family
 from tests.tiny_model import TINY_FAMILIES, save_tiny_family, save_tiny_llama, tiny_run_overrides
 
 FP32 = "sft.training_arguments={bf16: false}"  # trl trains under bf16 autocast on the CPU by default

@@ -11,6 +11,7 @@ import json
 import os
 from pathlib import Path
 
+from flb.atomic import write_atomic
 from flb.errors import FLBError
 
 RUN_KEY_FILE = "signing_key"
@@ -21,11 +22,9 @@ class KeystoreError(FLBError):
 
 
 def write_new_private_file(path: Path, data: bytes) -> None:
-    """Create `path` readable by its owner only (mode 600 from the first byte) and write `data`; an existing file
-    is never overwritten (FileExistsError)."""
-    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(descriptor, "wb") as handle:
-        handle.write(data)
+    """Create `path` readable by its owner only (mode 600 from the first byte) holding `data`, atomically (a crash
+    leaves no half-written key); an existing file is never overwritten (FileExistsError)."""
+    write_atomic(path, data, 0o600, overwrite=False)
 
 
 def keystore_password(password_env: str) -> str:
@@ -80,13 +79,7 @@ def run_key_account(private_dir: str | Path):
     path = Path(private_dir) / RUN_KEY_FILE
     if not path.is_file():
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        partial = path.with_name(path.name + ".partial")
-        descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(descriptor, "w") as handle:
-            handle.write(Account.create().key.hex())
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(partial, path)
+        write_new_private_file(path, Account.create().key.hex().encode())
     try:
         return Account.from_key(bytes.fromhex(path.read_text().strip().removeprefix("0x")))
     except ValueError:

@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 
 from flb.errors import RunDirError
-from flb.run.directory import write_bytes_atomic, write_json_atomic
+from flb.atomic import write_atomic, write_json_atomic
 from flb.types import AdapterState
 
 OPENINGS = "openings.json"
@@ -34,7 +34,7 @@ class PrivateState:
         if tensors:
             from safetensors.torch import save
 
-            write_bytes_atomic(self.directory / f"state_round_{round}.safetensors", save(tensors), mode=0o600)
+            write_atomic(self.directory / f"state_round_{round}.safetensors", save(tensors), 0o600)
         write_json_atomic(self.directory / f"state_round_{round}.json", {"round": round, **state}, mode=0o600)
         for old in self._rounds()[:-KEEP_SNAPSHOTS]:
             (self.directory / f"state_round_{old}.json").unlink(missing_ok=True)

@@ -20,6 +20,7 @@ import secrets
 import time
 from pathlib import Path
 
+from flb.atomic import write_atomic, write_json_atomic
 from flb.audit.digests import adapter_digest
 from flb.errors import RunDirError, first_line
 from flb.run.redaction import redact_config
@@ -36,23 +37,6 @@ PRIVATE = "private"
 START_AGAIN = "the run cannot be resumed; start a new run"
 
 log = logging.getLogger(__name__)
-
-
-def write_json_atomic(path: Path, data, mode: int = 0o644, sort_keys: bool = True) -> None:
-    """Write to a temporary file, fsync, then rename over the target: readers see old or new, never half.
-    `mode` 0o600 keeps a party's private file from everyone else; `sort_keys=False` keeps the data's order."""
-    write_bytes_atomic(path, json.dumps(data, indent=2, sort_keys=sort_keys).encode(), mode)
-
-
-def write_bytes_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """As write_json_atomic, for bytes."""
-    partial = path.with_name(path.name + ".partial")
-    descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(descriptor, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(partial, path)
 
 
 class RunDir:
@@ -175,7 +159,7 @@ class RunDir:
         kept = None
         if tensors:
             kept = STATE_TENSORS.format(round=round)
-            write_bytes_atomic(self.path / kept, save(tensors))
+            write_atomic(self.path / kept, save(tensors), 0o644)
             checkpoint["strategy_tensors"] = {"file": kept, "digest": adapter_digest(tensors)}
         write_json_atomic(self.path / CHECKPOINT, checkpoint)
         for stale in self.path.glob(STATE_TENSORS.format(round="*")):
@@ -240,9 +224,7 @@ class RunDir:
         if torn:
             log.warning("%s: dropped its torn last line (the run stopped while writing it)", self.path / METRICS)
         kept = [m for m in records if m["round"] <= round]
-        partial = self.path / (METRICS + ".partial")
-        partial.write_text("".join(json.dumps(m, sort_keys=True) + "\n" for m in kept))
-        os.replace(partial, self.path / METRICS)
+        write_atomic(self.path / METRICS, "".join(json.dumps(m, sort_keys=True) + "\n" for m in kept).encode())
 
 
 # what write_checkpoint writes and read_checkpoint needs back

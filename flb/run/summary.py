@@ -6,7 +6,8 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 from flb.run.comm import MB
-from flb.run.directory import RunDir, write_json_atomic
+from flb.atomic import write_json_atomic
+from flb.run.directory import RunDir
 
 
 def round_rows(metrics: list[dict]) -> list[dict]:

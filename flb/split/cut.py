@@ -7,21 +7,20 @@ positions itself, from the attention mask), so the parts joined compute what the
 decoder is laid out and fed is its `Family` (SPLIT_FAMILIES, by model_type); a family that cannot be cut exactly
 is refused with its reason.
 
-What crosses the cut is a frame: safetensors bytes whose metadata holds the operation and a JSON header. The
-client's `SplitChannel` sends the hidden states at the first cut with the attention mask, receives the trunk's
-output, sends the gradient at the second cut and receives the gradient at the first; token ids, labels and
+What crosses the cut is a frame (flb.frames): safetensors bytes whose metadata holds the operation and a JSON
+header. The client's `SplitChannel` sends the hidden states at the first cut with the attention mask, receives the
+trunk's output, sends the gradient at the second cut and receives the gradient at the first; token ids, labels and
 weights never leave the client, and the base weights never leave either side. `send` is the transport: the trunk
-server's own handler in one process, a gRPC call over the network (flb.split.cut.grpc_channel).
+server's own handler in one process, a gRPC call over the network (flb.split.grpc_channel).
 """
 from __future__ import annotations
 
-import json
 import re
-import struct
 from dataclasses import dataclass, field
 from typing import Callable
 
 from flb.errors import ConfigError, FLBError
+from flb.frames import decode_frame, encode_frame
 from flb.types import AdapterState
 
 
@@ -222,51 +221,7 @@ def set_adapter_part(model, part: AdapterState) -> None:
         raise SplitError(f"adapter part has tensors this model lacks (first: {result.unexpected_keys[0]})")
 
 
-# frames
-
-
-def encode_frame(op: str, header: dict | None = None, tensors: dict | None = None) -> bytes:
-    """One message: safetensors bytes of `tensors`, the operation and a JSON header in its metadata."""
-    from safetensors.torch import save
-
-    return save({name: tensor.detach().to("cpu").contiguous() for name, tensor in (tensors or {}).items()},
-                metadata={"op": op, "header": json.dumps(header or {})})
-
-
-def frame_header(frame: bytes) -> tuple[str, dict]:
-    """(op, header) of a frame, its tensors left unread; SplitError for anything that is not a frame."""
-    try:
-        (size,) = struct.unpack("<Q", frame[:8])
-        metadata = json.loads(frame[8:8 + size])["__metadata__"]
-        op, header = metadata["op"], json.loads(metadata["header"])
-    except Exception as exc:  # struct, JSON and key errors alike: bytes that are not a frame
-        raise SplitError(f"unreadable frame ({type(exc).__name__}: {exc})") from None
-    if not isinstance(header, dict) or not isinstance(op, str):
-        raise SplitError("frame without an operation or with a header that is not a JSON object")
-    return op, header
-
-
-def decode_frame(frame: bytes) -> tuple[str, dict, dict]:
-    """(op, header, tensors) of a frame; SplitError for anything that is not one."""
-    from safetensors.torch import load
-
-    op, header = frame_header(frame)
-    try:
-        tensors = load(frame)
-    except Exception as exc:  # safetensors raises its own error types for malformed bytes
-        raise SplitError(f"unreadable frame tensors ({type(exc).__name__}: {exc})") from None
-    return op, header, tensors
-
-
-def grouped(**groups: dict) -> dict:
-    """Several named sets of tensors as one frame's tensors ("<group>/<name>"); `ungrouped` undoes it."""
-    return {f"{group}/{name}": tensor for group, tensors in groups.items() for name, tensor in tensors.items()}
-
-
-def ungrouped(tensors: dict, *groups: str) -> list[dict]:
-    """The sets of tensors `grouped` put in a frame under `groups`, in that order (empty where it sent none)."""
-    return [{name.removeprefix(f"{group}/"): tensor for name, tensor in tensors.items()
-             if name.startswith(f"{group}/")} for group in groups]
+# the channel
 
 
 def reply_or_raise(frame: bytes) -> tuple[dict, dict]:
