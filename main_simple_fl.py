@@ -1,6 +1,8 @@
-"""Federated LoRA fine-tuning with an audit trail: `python main_simple_fl.py [--config F] [--set k=v]... [--resume RUN]`.
+"""Federated LoRA fine-tuning with an audit trail:
+`python main_simple_fl.py [--config F] [--set k=v]... [--resume RUN]`.
 
 The command line only: the run is assembled and driven by the composition layer (assembly/)."""
+
 from __future__ import annotations
 
 import sys

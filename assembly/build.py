@@ -1,10 +1,12 @@
 """What a run checks and builds before its run directory exists: data, model, strategy, suites, the ledger's checks;
 and the ledger, once the directory is there."""
+
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+
 from flb.config import Config
 from flb.errors import ConfigError
 
@@ -17,8 +19,14 @@ def build_data(config: Config):
 
     records = normalize(load_records(config.dataset_name))
     train, evaluation = split_train_eval(records, config.eval.size, config.seed)
-    parts = partition_indices(train, config.num_clients, config.partition.method, alpha=config.partition.alpha,
-                              column=config.partition.column, seed=config.seed)
+    parts = partition_indices(
+        train,
+        config.num_clients,
+        config.partition.method,
+        alpha=config.partition.alpha,
+        column=config.partition.column,
+        seed=config.seed,
+    )
     return [[train[i] for i in part] for part in parts], evaluation
 
 
@@ -48,9 +56,17 @@ def check_privacy(config: Config, shards: list[list[dict]]) -> None:
     from client.privacy import local_privacy
     from flb.privacy.accounting import warn_if_weak
 
-    hooks = [local_privacy(config.client, num_examples=len(shard), batch_size=config.sft.batch_size,
-                           local_steps=config.local_steps, num_rounds=config.num_rounds, client_id=client_id)
-             for client_id, shard in enumerate(shards)]
+    hooks = [
+        local_privacy(
+            config.client,
+            num_examples=len(shard),
+            batch_size=config.sft.batch_size,
+            local_steps=config.local_steps,
+            num_rounds=config.num_rounds,
+            client_id=client_id,
+        )
+        for client_id, shard in enumerate(shards)
+    ]
     warn_if_weak("client DP", hooks if config.client.local_dp else [], config.num_rounds)
 
 
@@ -62,8 +78,12 @@ def with_resolved_target_modules(config: Config, model) -> Config:
     from flb.model.target_modules import resolved_target_modules
 
     resolved = resolved_target_modules(model)
-    log.info("LoRA on %s (model.target_modules: %s, model_type %s)", ", ".join(resolved),
-             config.model.target_modules, model.config.model_type)
+    log.info(
+        "LoRA on %s (model.target_modules: %s, model_type %s)",
+        ", ".join(resolved),
+        config.model.target_modules,
+        model.config.model_type,
+    )
     return dataclasses.replace(config, model=dataclasses.replace(config.model, target_modules=resolved))
 
 
@@ -85,11 +105,11 @@ class Prepared:
 def prepare(config: Config, export_merged: bool = False, in_process_clients: bool = True) -> Prepared:
     """Everything that can reject the config or the inputs, run before a run directory exists. `in_process_clients`:
     false when the clients are on other machines (a Flower fleet, split nodes over gRPC) and hold their own keys."""
-    from flb.privacy.accounting import warn_if_weak
     from flb.model.load import check_device
+    from flb.model.sft_settings import check_training_arguments
+    from flb.privacy.accounting import warn_if_weak
     from flb.privacy.secret_random import SecretRandom
     from flb.run.tracking import check_backends
-    from flb.model.sft_settings import check_training_arguments
     from server.strategy import build_strategy
     from server.suites import build_suites
 

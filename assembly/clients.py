@@ -1,10 +1,12 @@
 """The run's clients and how a round fits them: in this process one by one or batched, in worker processes, split
 between client and trunk, or on a Flower fleet. The Flower ClientApp and the split node build their client here too."""
+
 from __future__ import annotations
 
 import contextlib
 import functools
 from pathlib import Path
+
 from assembly.build import Prepared, build_model
 from assembly.console import configure_logging
 from flb.config import Config
@@ -27,8 +29,10 @@ def clients_and_fit_all(config: Config, run_dir, prepared: Prepared, fleet):
         with start_workers(config, run_dir, prepared) as pool:
             yield pool.clients, pool.fit_all
     elif config.execution.mode == "batched":
-        yield (build_clients(config, prepared.shards, prepared.model, prepared.tokenizer, run_dir),
-               batched_fit(config, prepared))
+        yield (
+            build_clients(config, prepared.shards, prepared.model, prepared.tokenizer, run_dir),
+            batched_fit(config, prepared),
+        )
     else:
         yield build_clients(config, prepared.shards, prepared.model, prepared.tokenizer, run_dir), fit_in_turn
 
@@ -36,16 +40,23 @@ def clients_and_fit_all(config: Config, run_dir, prepared: Prepared, fleet):
 def build_clients(config: Config, shards: list[list[dict]], model, tokenizer, run_dir) -> list:
     """The in-process clients, sharing one trainer over their shards tokenized together."""
     trainers = client_trainer(config, dict(enumerate(shards)), model, tokenizer, run_dir.path / "work")
-    return [build_run_client(config, run_dir, i, shard, model, tokenizer, trainers)
-            for i, shard in enumerate(shards)]
+    return [build_run_client(config, run_dir, i, shard, model, tokenizer, trainers) for i, shard in enumerate(shards)]
 
 
 def client_trainer(config: Config, shards: dict[int, list[dict]], model, tokenizer, work_dir: Path):
     """The trainer the clients on `model` share (client.sft.ClientTrainer), over `shards` tokenized at once."""
     from client.sft import ClientTrainer
 
-    return ClientTrainer(model, tokenizer, config.sft, shards, local_steps=config.local_steps, work_dir=work_dir,
-                         use_cpu=config.model.device_map == "cpu", seed=config.seed)
+    return ClientTrainer(
+        model,
+        tokenizer,
+        config.sft,
+        shards,
+        local_steps=config.local_steps,
+        work_dir=work_dir,
+        use_cpu=config.model.device_map == "cpu",
+        seed=config.seed,
+    )
 
 
 def build_run_client(config: Config, run_dir, client_id: int, shard: list[dict], model, tokenizer, trainers=None):
@@ -56,12 +67,31 @@ def build_run_client(config: Config, run_dir, client_id: int, shard: list[dict],
     from flb.audit.keystore import client_keystore
 
     keystore = client_keystore(config.chain, client_id) if config.chain_record else None
-    return build_client(config, client_id, shard, model, tokenizer, work_dir=run_dir.path / "work",
-                        private_dir=run_dir.private_dir(f"client_{client_id}"), keystore=keystore, trainers=trainers)
+    return build_client(
+        config,
+        client_id,
+        shard,
+        model,
+        tokenizer,
+        work_dir=run_dir.path / "work",
+        private_dir=run_dir.private_dir(f"client_{client_id}"),
+        keystore=keystore,
+        trainers=trainers,
+    )
 
 
-def build_client(config: Config, client_id: int, shard: list[dict], model, tokenizer, *, work_dir: Path,
-                 private_dir: Path, keystore: Path | None = None, trainers=None):
+def build_client(
+    config: Config,
+    client_id: int,
+    shard: list[dict],
+    model,
+    tokenizer,
+    *,
+    work_dir: Path,
+    private_dir: Path,
+    keystore: Path | None = None,
+    trainers=None,
+):
     """One SFTClient with its privacy hook, its strategy's local objective and its signing key, on `trainers` (a
     client.sft.ClientTrainer shared with other clients of `model`; None: a trainer of its own); the Flower
     ClientApp builds its client with this."""
@@ -69,14 +99,31 @@ def build_client(config: Config, client_id: int, shard: list[dict], model, token
     from client.sft import SFTClient
     from flb.local_objective import LocalObjective
 
-    return SFTClient(client_id=client_id, records=shard, model=model, tokenizer=tokenizer, settings=config.sft,
-                     local_steps=config.local_steps, num_rounds=config.num_rounds, seed=config.seed, work_dir=work_dir,
-                     private_dir=private_dir, use_cpu=config.model.device_map == "cpu",
-                     signer=build_signer(config, private_dir, keystore), objective=LocalObjective.of(config.strategy),
-                     trainers=trainers,
-                     privacy=local_privacy(config.client, num_examples=len(shard), batch_size=config.sft.batch_size,
-                                           local_steps=config.local_steps, num_rounds=config.num_rounds,
-                                           client_id=client_id, lora_a_frozen=config.strategy.lora_a_frozen))
+    return SFTClient(
+        client_id=client_id,
+        records=shard,
+        model=model,
+        tokenizer=tokenizer,
+        settings=config.sft,
+        local_steps=config.local_steps,
+        num_rounds=config.num_rounds,
+        seed=config.seed,
+        work_dir=work_dir,
+        private_dir=private_dir,
+        use_cpu=config.model.device_map == "cpu",
+        signer=build_signer(config, private_dir, keystore),
+        objective=LocalObjective.of(config.strategy),
+        trainers=trainers,
+        privacy=local_privacy(
+            config.client,
+            num_examples=len(shard),
+            batch_size=config.sft.batch_size,
+            local_steps=config.local_steps,
+            num_rounds=config.num_rounds,
+            client_id=client_id,
+            lora_a_frozen=config.strategy.lora_a_frozen,
+        ),
+    )
 
 
 def build_signer(config: Config, private_dir: Path, keystore: Path | None):
@@ -84,11 +131,14 @@ def build_signer(config: Config, private_dir: Path, keystore: Path | None):
     if not config.chain_record:
         return None
     from client.signing import ClientSigner
-    from flb.privacy.disclosure import Disclosure
     from flb.audit.keystore import keystore_password, load_keystore, run_key_account
+    from flb.privacy.disclosure import Disclosure
 
-    account = (load_keystore(keystore, keystore_password(config.chain.password_env)) if keystore
-               else run_key_account(private_dir))
+    account = (
+        load_keystore(keystore, keystore_password(config.chain.password_env))
+        if keystore
+        else run_key_account(private_dir)
+    )
     return ClientSigner(account=account, disclosure=Disclosure.of(config))
 
 
@@ -99,8 +149,9 @@ def batched_fit(config: Config, prepared: Prepared):
     from flb.scheduler import Admission, budget_bytes
 
     device = config.model.device_map
-    admission = Admission(budget_bytes(device, config.execution.memory_budget_mb), limit=config.clients_per_round,
-                          device=device)
+    admission = Admission(
+        budget_bytes(device, config.execution.memory_budget_mb), limit=config.clients_per_round, device=device
+    )
     return BatchedFit(prepared.model, prepared.tokenizer, admission, device)
 
 
@@ -111,11 +162,14 @@ def start_workers(config: Config, run_dir, prepared: Prepared):
     the block ends. Every client is built once in a worker before round 0; this process builds none."""
     from client.workers import WorkerPool
 
-    with WorkerPool(load_model=functools.partial(build_worker_model, config),
-                    build_client=functools.partial(build_worker_client, config, run_dir), shards=prepared.shards,
-                    devices=config.execution.devices or [config.model.device_map],
-                    workers_per_device=config.execution.workers,
-                    memory_budget_mb=config.execution.memory_budget_mb) as pool:
+    with WorkerPool(
+        load_model=functools.partial(build_worker_model, config),
+        build_client=functools.partial(build_worker_client, config, run_dir),
+        shards=prepared.shards,
+        devices=config.execution.devices or [config.model.device_map],
+        workers_per_device=config.execution.workers,
+        memory_budget_mb=config.execution.memory_budget_mb,
+    ) as pool:
         pool.align_adapter(prepared.model)
         yield pool
 
@@ -150,14 +204,30 @@ def split_clients_and_fit_all(config: Config, run_dir, prepared: Prepared):
     from flb.model.sft_settings import round_learning_rate, sft_config
     from server.split_trunk import TrunkServer
 
-    args = sft_config(config.sft, max_steps=config.local_steps, output_dir=run_dir.path / "work" / "trunk",
-                      use_cpu=config.model.device_map == "cpu", seed=config.seed)
-    trunk = TrunkServer(prepared.model, prepared.split_plan, args, config.local_steps,
-                        functools.partial(round_learning_rate, config.sft, num_rounds=config.num_rounds),
-                        config.seed, shared=config.split.trunk == "shared")
+    args = sft_config(
+        config.sft,
+        max_steps=config.local_steps,
+        output_dir=run_dir.path / "work" / "trunk",
+        use_cpu=config.model.device_map == "cpu",
+        seed=config.seed,
+    )
+    trunk = TrunkServer(
+        prepared.model,
+        prepared.split_plan,
+        args,
+        config.local_steps,
+        functools.partial(round_learning_rate, config.sft, num_rounds=config.num_rounds),
+        config.seed,
+        shared=config.split.trunk == "shared",
+    )
     if config.split.channel == "in_process":
-        yield [split_client(config, prepared.split_plan, inner, trunk.handle)
-               for inner in build_clients(config, prepared.shards, prepared.model, prepared.tokenizer, run_dir)], trunk
+        yield (
+            [
+                split_client(config, prepared.split_plan, inner, trunk.handle)
+                for inner in build_clients(config, prepared.shards, prepared.model, prepared.tokenizer, run_dir)
+            ],
+            trunk,
+        )
     else:
         from server.split_hub import SplitHub
 
@@ -170,6 +240,10 @@ def split_client(config: Config, plan, inner, send):
     from client.split_client import ActivationNoise, SplitClient
     from flb.split.cut import SplitChannel
 
-    return SplitClient(inner, plan, SplitChannel(send), ActivationNoise(config.split.activation_noise,
-                                                                        config.split.activation_clip),
-                       personal=config.split.client_parts == "personal")
+    return SplitClient(
+        inner,
+        plan,
+        SplitChannel(send),
+        ActivationNoise(config.split.activation_noise, config.split.activation_clip),
+        personal=config.split.client_parts == "personal",
+    )

@@ -1,12 +1,12 @@
 """Logging for a run: the console (secrets redacted, INFO for our packages), lines above tqdm's bars, and a copy in
 the run's run.log."""
+
 from __future__ import annotations
 
 import contextlib
 import logging
 import sys
 from pathlib import Path
-
 
 
 def configure_logging() -> None:
@@ -40,15 +40,20 @@ def logging_to(path: Path):
 def logs_above_bars():
     """The console's log lines printed above tqdm's bars instead of through them, while the block runs. Only a console
     handler that is there is replaced (an embedding program's logging stays as it set it up)."""
-    consoles = [handler for handler in logging.root.handlers if type(handler) is logging.StreamHandler and
-                handler.stream in (sys.stdout, sys.stderr)]
+    consoles = [
+        handler
+        for handler in logging.root.handlers
+        if type(handler) is logging.StreamHandler and handler.stream in (sys.stdout, sys.stderr)
+    ]
     replaced = {console: AboveBars.like(console) for console in consoles}
     logging.root.handlers = [replaced.get(handler, handler) for handler in logging.root.handlers]
     try:
         yield
     finally:
-        logging.root.handlers = [next((console for console, new in replaced.items() if new is handler), handler)
-                                 for handler in logging.root.handlers]
+        logging.root.handlers = [
+            next((console for console, new in replaced.items() if new is handler), handler)
+            for handler in logging.root.handlers
+        ]
 
 
 class AboveBars(logging.StreamHandler):
@@ -57,7 +62,7 @@ class AboveBars(logging.StreamHandler):
     sender) waiting for it would never finish."""
 
     @classmethod
-    def like(cls, console: logging.StreamHandler) -> "AboveBars":
+    def like(cls, console: logging.StreamHandler) -> AboveBars:
         handler = cls(console.stream)
         handler.setFormatter(console.formatter)
         for each in console.filters:

@@ -1,11 +1,13 @@
 """One whole run: prepare, open the run directory and the ledger, train the rounds, finish with the final adapter and
 the summary; and what a stopped run left."""
+
 from __future__ import annotations
 
 import functools
 import gc
 import logging
 from pathlib import Path
+
 from assembly.build import Prepared, open_ledger, prepare
 from assembly.clients import clients_and_fit_all
 from assembly.console import logging_to
@@ -15,21 +17,26 @@ from flb.errors import ConfigError, RunFailed
 log = logging.getLogger("flb")
 
 
-def run(config: Config, resume: str | None = None, export_merged: bool = False, fleet=None,
-        verbose: bool = False) -> Path:
+def run(
+    config: Config, resume: str | None = None, export_merged: bool = False, fleet=None, verbose: bool = False
+) -> Path:
     """One whole run. `fleet` (the Flower ServerApp's) supplies clients on other machines and how to fit them;
     without it the clients train on this machine as execution.mode says. Raises RunFailed (after saving what was
     done) when a client crashes, every round is skipped or a ledger record cannot be sent, and
     flb.run.stop.StopRequested naming the run directory when a stop signal came."""
-    from flb.run.stop import StopRequested
     from flb.run.directory import RunDir
+    from flb.run.stop import StopRequested
 
     if fleet is not None and config.execution.mode != "sequential":
-        raise ConfigError(f"execution.mode: {config.execution.mode} does not apply to a Flower run (each SuperNode "
-                          "trains its own client); leave execution.mode sequential")
+        raise ConfigError(
+            f"execution.mode: {config.execution.mode} does not apply to a Flower run (each SuperNode "
+            "trains its own client); leave execution.mode sequential"
+        )
     if fleet is not None and config.mode == "split":
-        raise ConfigError("mode: split does not run on Flower's deployment engine; use split.channel grpc (python -m "
-                          "client.split_node on each client machine) or run Flower with mode federated")
+        raise ConfigError(
+            "mode: split does not run on Flower's deployment engine; use split.channel grpc (python -m "
+            "client.split_node on each client machine) or run Flower with mode federated"
+        )
     if resume and finished_already(resume, config.num_rounds):
         return RunDir.open(resume).path
     remote_split = config.mode == "split" and config.split.channel != "in_process"
@@ -44,15 +51,19 @@ def run(config: Config, resume: str | None = None, export_merged: bool = False, 
     return run_dir.path
 
 
-def run_in(run_dir, config: Config, resume: str | None, prepared: Prepared, fleet, export_merged: bool,
-           verbose: bool) -> None:
+def run_in(
+    run_dir, config: Config, resume: str | None, prepared: Prepared, fleet, export_merged: bool, verbose: bool
+) -> None:
     """The run in `run_dir`, from round 0 or resumed, to its final adapter and printed summary."""
-    from flb.run.notify import round_notifications
     from flb.run.lock import RunLock
+    from flb.run.notify import round_notifications
     from flb.run.tracking import each_round, experiment_tracking
 
-    with RunLock(run_dir.path), logging_to(run_dir.path / "run.log"), \
-            experiment_tracking(config.tracking, run_dir.path, config.to_dict()) as tracking:
+    with (
+        RunLock(run_dir.path),
+        logging_to(run_dir.path / "run.log"),
+        experiment_tracking(config.tracking, run_dir.path, config.to_dict()) as tracking,
+    ):
         checkpoint = None
         if resume:
             checkpoint = run_dir.read_checkpoint()
@@ -62,8 +73,9 @@ def run_in(run_dir, config: Config, resume: str | None, prepared: Prepared, flee
         tracking.follow(ledger)
         try:
             with round_notifications(config.notify, run_dir.path.name, config.num_rounds, ledger) as on_round:
-                global_adapter = train(config, run_dir, checkpoint, prepared, ledger, fleet,
-                                       each_round(on_round, tracking.on_round))
+                global_adapter = train(
+                    config, run_dir, checkpoint, prepared, ledger, fleet, each_round(on_round, tracking.on_round)
+                )
         finally:
             ledger_problem = ledger.close()
         finish(config, run_dir, prepared, global_adapter, ledger, export_merged, verbose)
@@ -79,8 +91,10 @@ def finished_already(resume: str, num_rounds: int) -> bool:
     done = RunDir.open(resume).finished_rounds()
     if done is None or done < num_rounds:
         return False
-    print(f"nothing to do: {resume} finished all its {done} rounds; extend it with --resume {resume} --set "
-          f"num_rounds=N (N > {done})")
+    print(
+        f"nothing to do: {resume} finished all its {done} rounds; extend it with --resume {resume} --set "
+        f"num_rounds=N (N > {done})"
+    )
     return True
 
 
@@ -91,14 +105,15 @@ def train(config: Config, run_dir, checkpoint: dict | None, prepared: Prepared, 
         return coordinate(config, run_dir, checkpoint, prepared, ledger, clients, fit_all, on_round)
 
 
-def coordinate(config: Config, run_dir, checkpoint: dict | None, prepared: Prepared, ledger, clients: list, fit_all,
-               on_round):
+def coordinate(
+    config: Config, run_dir, checkpoint: dict | None, prepared: Prepared, ledger, clients: list, fit_all, on_round
+):
     """The round coordinator over `clients`, fitting them with `fit_all`, from round 0 or from `checkpoint`; the final
     global adapter."""
-    from flb.run.comm import CommTracker
-    from flb.privacy.disclosure import Disclosure
     from flb.model.load import get_adapter_state
     from flb.model.sft_settings import round_learning_rate
+    from flb.privacy.disclosure import Disclosure
+    from flb.run.comm import CommTracker
     from server.coordinator import RoundCoordinator
     from server.evaluation import Evaluator
 
@@ -106,19 +121,40 @@ def coordinate(config: Config, run_dir, checkpoint: dict | None, prepared: Prepa
     if ledger.signing_domain is not None:
         for client in clients:
             client.bind_ledger(ledger.signing_domain)
-    evaluator = Evaluator(model=model, tokenizer=prepared.tokenizer, records=prepared.eval_records,
-                          settings=config.eval, sft=config.sft, work_dir=run_dir.path / "work", suites=prepared.suites,
-                          use_cpu=config.model.device_map == "cpu")
+    evaluator = Evaluator(
+        model=model,
+        tokenizer=prepared.tokenizer,
+        records=prepared.eval_records,
+        settings=config.eval,
+        sft=config.sft,
+        work_dir=run_dir.path / "work",
+        suites=prepared.suites,
+        use_cpu=config.model.device_map == "cpu",
+    )
     coordinator = RoundCoordinator(
-        clients=clients, strategy=prepared.strategy, evaluate=evaluator.evaluate, ledger=ledger, run=run_dir,
-        peft_config=model.peft_config["default"], clients_per_round=config.clients_per_round,
-        min_clients=config.server.min_clients, seed=config.seed, disclosure=Disclosure.of(config),
-        random=prepared.server_random, secret_sampling=config.uses_dp, max_update_norm=config.server.max_update_norm,
-        max_client_failures=config.server.max_client_failures, lora_a_frozen=config.strategy.lora_a_frozen,
-        fit_all=fit_all, comm=CommTracker(config.comm.budget_mb, cut=fit_all.round_traffic if plan else None),
-        update_parts=plan.parts if plan else None, num_rounds=config.num_rounds,
+        clients=clients,
+        strategy=prepared.strategy,
+        evaluate=evaluator.evaluate,
+        ledger=ledger,
+        run=run_dir,
+        peft_config=model.peft_config["default"],
+        clients_per_round=config.clients_per_round,
+        min_clients=config.server.min_clients,
+        seed=config.seed,
+        disclosure=Disclosure.of(config),
+        random=prepared.server_random,
+        secret_sampling=config.uses_dp,
+        max_update_norm=config.server.max_update_norm,
+        max_client_failures=config.server.max_client_failures,
+        lora_a_frozen=config.strategy.lora_a_frozen,
+        fit_all=fit_all,
+        comm=CommTracker(config.comm.budget_mb, cut=fit_all.round_traffic if plan else None),
+        update_parts=plan.parts if plan else None,
+        num_rounds=config.num_rounds,
         learning_rate=functools.partial(round_learning_rate, config.sft, num_rounds=config.num_rounds),
-        contribution_loss=evaluator.eval_loss if scores_by_quality(config) else None, on_round=on_round)
+        contribution_loss=evaluator.eval_loss if scores_by_quality(config) else None,
+        on_round=on_round,
+    )
     if checkpoint is not None:
         coordinator.restore(checkpoint)
         last_round, global_adapter = checkpoint["round"], checkpoint["adapter"]
@@ -137,8 +173,9 @@ def scores_by_quality(config: Config) -> bool:
     return config.chain_record and config.chain.scoring == "quality"
 
 
-def finish(config: Config, run_dir, prepared: Prepared, global_adapter, ledger, export_merged: bool,
-           verbose: bool = False) -> None:
+def finish(
+    config: Config, run_dir, prepared: Prepared, global_adapter, ledger, export_merged: bool, verbose: bool = False
+) -> None:
     """The final adapter, summary, plots and printed report (every ledger transaction with `verbose`); RunFailed when
     no round aggregated anything."""
     from flb.audit.digests import adapter_digest
@@ -158,8 +195,10 @@ def finish(config: Config, run_dir, prepared: Prepared, global_adapter, ledger, 
     if export_merged:
         print(f"merged model: {export_merged_model(prepared.model, prepared.tokenizer, global_adapter, run_dir.path)}")
     if summary["rounds_aggregated"] == 0:
-        raise RunFailed(f"every round was skipped (no round had server.min_clients = {config.server.min_clients} valid "
-                        f"updates; see 'rejected' in {run_dir.path / 'metrics.jsonl'}); the final adapter is the base")
+        raise RunFailed(
+            f"every round was skipped (no round had server.min_clients = {config.server.min_clients} valid "
+            f"updates; see 'rejected' in {run_dir.path / 'metrics.jsonl'}); the final adapter is the base"
+        )
 
 
 def export_merged_model(model, tokenizer, adapter, run_path: Path) -> Path:
@@ -180,7 +219,11 @@ def stopped_line(stop) -> str:
         return f"stopped by {stop.signal_name} before the run directory was made: nothing to resume; run it again"
     saved = RunDir.open(stop.run_dir).saved_round()
     if saved is None:
-        return (f"stopped by {stop.signal_name} before round 0 was saved: {stop.run_dir} holds no round to resume "
-                "from; run it again")
-    return (f"stopped by {stop.signal_name}: rounds up to {saved} are saved in {stop.run_dir}; resume with: python "
-            f"main_simple_fl.py --resume {stop.run_dir}")
+        return (
+            f"stopped by {stop.signal_name} before round 0 was saved: {stop.run_dir} holds no round to resume "
+            "from; run it again"
+        )
+    return (
+        f"stopped by {stop.signal_name}: rounds up to {saved} are saved in {stop.run_dir}; resume with: python "
+        f"main_simple_fl.py --resume {stop.run_dir}"
+    )

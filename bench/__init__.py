@@ -1,4 +1,5 @@
 """Benchmark scripts (python -m bench.<name>); each size is measured in a fresh process of its own."""
+
 from __future__ import annotations
 
 import json

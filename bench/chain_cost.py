@@ -3,14 +3,15 @@
     python -m bench.chain_cost [--rounds 3] [--clients 2 8 32] [--backends embedded anvil]
 
 As in a run: the owner registers every client and relays their signed data uploads (in batches that fit a block:
-one transaction each at these sizes), records round 0 (the base adapter, no clients), then each round is ONE owner transaction
-carrying every client's EIP-712 signature of its update, checked on chain. Clients sign with their own random
-keys (registered with register_clients); signing is the clients' work, reported apart from the round's wall time.
+one transaction each at these sizes), records round 0 (the base adapter, no clients), then each round is ONE owner
+transaction carrying every client's EIP-712 signature of its update, checked on chain. Clients sign with their own
+random keys (registered with register_clients); signing is the clients' work, reported apart from the round's wall time.
 Per backend and client count it reports: gas of round 0, of the first round with clients and of the later rounds
 (steady state; a client's upload already created its score record, so the first round costs what later ones do),
 gas per client (amortized: steady / clients; marginal: the slope between client counts), transactions per round
 (target: 1), upload and registration gas, wall time from record_round to confirmation. Prints JSON; exits 1 when a
 round took more than one transaction or a backend could not be measured."""
+
 from __future__ import annotations
 
 import argparse
@@ -42,7 +43,7 @@ def client_keys(num_clients: int) -> list:
 
 
 def global_digest(number: int) -> str:
-    return f"{0xa0 + number:064x}"
+    return f"{0xA0 + number:064x}"
 
 
 def signed_round(domain, keys: list, number: int) -> tuple[RoundRecord, float]:
@@ -52,15 +53,25 @@ def signed_round(domain, keys: list, number: int) -> tuple[RoundRecord, float]:
     digests = [f"{number + 1:032x}{i + 1:032x}" for i in ids] if number else []
     counts = [64] * len(digests)
     started = time.perf_counter()
-    signatures = [sign_update(keys[i], domain, round=number, previous_global_digest=previous, update_digest=d,
-                              num_examples=n) for i, d, n in zip(ids, digests, counts)]
+    signatures = [
+        sign_update(keys[i], domain, round=number, previous_global_digest=previous, update_digest=d, num_examples=n)
+        for i, d, n in zip(ids, digests, counts)
+    ]
     signing_s = time.perf_counter() - started
     clients = ids if number else []
-    return RoundRecord(round=number, previous_global_digest=previous if number else None,
-                       global_digest=global_digest(number), client_ids=clients,
-                       addresses=[keys[i].address for i in clients], update_digests=digests, num_examples=counts,
-                       signatures=signatures, update_num_bytes=[UPDATE_BYTES] * len(clients), metrics={},
-                       metrics_digest=hashlib.sha256(b"metrics %d" % number).hexdigest()), signing_s
+    return RoundRecord(
+        round=number,
+        previous_global_digest=previous if number else None,
+        global_digest=global_digest(number),
+        client_ids=clients,
+        addresses=[keys[i].address for i in clients],
+        update_digests=digests,
+        num_examples=counts,
+        signatures=signatures,
+        update_num_bytes=[UPDATE_BYTES] * len(clients),
+        metrics={},
+        metrics_digest=hashlib.sha256(b"metrics %d" % number).hexdigest(),
+    ), signing_s
 
 
 def measure(backend: str, num_clients: int, rounds: int) -> dict:
@@ -70,8 +81,12 @@ def measure(backend: str, num_clients: int, rounds: int) -> dict:
         try:
             domain = ledger.signing_domain
             ledger.register_clients({i: key.address for i, key in enumerate(keys)})
-            ledger.record_data_uploads({i: SignedUpload(f"{i + 1:064x}", sign_data_upload(key, domain, f"{i + 1:064x}"))
-                                        for i, key in enumerate(keys)})
+            ledger.record_data_uploads(
+                {
+                    i: SignedUpload(f"{i + 1:064x}", sign_data_upload(key, domain, f"{i + 1:064x}"))
+                    for i, key in enumerate(keys)
+                }
+            )
             gas, wall, txs, signing = [], [], [], []
             for number in range(rounds + 1):
                 record, signing_s = signed_round(domain, keys, number)
@@ -91,12 +106,21 @@ def measure(backend: str, num_clients: int, rounds: int) -> dict:
         if problem:
             raise ChainError(problem)
     steady = statistics.mean(gas[2:])  # rounds after the first with clients
-    return {"backend": backend, "clients": num_clients, "rounds": rounds, "txs_per_round": max(txs),
-            "gas_round_0": gas[0], "gas_first_round": gas[1], "gas_per_round": round(steady),
-            "gas_per_client": round(steady / num_clients), "gas_per_client_first_round": round(gas[1] / num_clients),
-            "gas_upload_per_client": round(uploads / num_clients), "gas_registration": registration,
-            "wall_s_per_round": round(statistics.mean(wall[1:]), 4),
-            "client_signing_s_per_round": round(statistics.mean(signing[1:]), 4)}
+    return {
+        "backend": backend,
+        "clients": num_clients,
+        "rounds": rounds,
+        "txs_per_round": max(txs),
+        "gas_round_0": gas[0],
+        "gas_first_round": gas[1],
+        "gas_per_round": round(steady),
+        "gas_per_client": round(steady / num_clients),
+        "gas_per_client_first_round": round(gas[1] / num_clients),
+        "gas_upload_per_client": round(uploads / num_clients),
+        "gas_registration": registration,
+        "wall_s_per_round": round(statistics.mean(wall[1:]), 4),
+        "client_signing_s_per_round": round(statistics.mean(signing[1:]), 4),
+    }
 
 
 def marginal_gas_per_client(results: list[dict]) -> dict[str, int]:
@@ -105,8 +129,9 @@ def marginal_gas_per_client(results: list[dict]) -> dict[str, int]:
     for backend in dict.fromkeys(r["backend"] for r in results):
         ours = sorted((r for r in results if r["backend"] == backend), key=lambda r: r["clients"])
         if len(ours) > 1 and ours[-1]["clients"] > ours[0]["clients"]:
-            slopes[backend] = round((ours[-1]["gas_per_round"] - ours[0]["gas_per_round"]) /
-                                    (ours[-1]["clients"] - ours[0]["clients"]))
+            slopes[backend] = round(
+                (ours[-1]["gas_per_round"] - ours[0]["gas_per_round"]) / (ours[-1]["clients"] - ours[0]["clients"])
+            )
     return slopes
 
 
@@ -126,9 +151,13 @@ def main() -> int:
             except ChainError as exc:
                 skipped[backend] = str(exc)
                 break
-    report = {"targets": {"txs_per_round": TXS_PER_ROUND_TARGET},
-              "all_within_target": all(r["txs_per_round"] == TXS_PER_ROUND_TARGET for r in results),
-              "marginal_gas_per_client": marginal_gas_per_client(results), "results": results, "skipped": skipped}
+    report = {
+        "targets": {"txs_per_round": TXS_PER_ROUND_TARGET},
+        "all_within_target": all(r["txs_per_round"] == TXS_PER_ROUND_TARGET for r in results),
+        "marginal_gas_per_client": marginal_gas_per_client(results),
+        "results": results,
+        "skipped": skipped,
+    }
     print(json.dumps(report, indent=1))
     return 0 if report["all_within_target"] and not skipped else 1
 

@@ -12,6 +12,7 @@ Throughput is client steps per second of that round; the speed-up is against seq
 clients. Targets (issue 14): batched >= 2x sequential on the tiny model at 8 clients, >= 1.2x on SmolLM2 at 4.
 Prints a table and JSON; exits 1 when a run fails.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,9 +38,18 @@ def one_run(model: str, clients: int, mode: str, steps: int, rounds: int, work: 
         from tests.tiny_model import save_tiny_llama
 
         model_path = str(save_tiny_llama(work / "tiny"))
-    overrides = [f"model.model_path={model_path}", f"output_dir={work / 'runs'}", f"num_clients={clients}",
-                 f"clients_per_round={clients}", f"num_rounds={rounds}", f"local_steps={steps}", "eval.size=8",
-                 "eval.max_new_tokens=2", "chain_record=false", f"execution.mode={mode}"]
+    overrides = [
+        f"model.model_path={model_path}",
+        f"output_dir={work / 'runs'}",
+        f"num_clients={clients}",
+        f"clients_per_round={clients}",
+        f"num_rounds={rounds}",
+        f"local_steps={steps}",
+        "eval.size=8",
+        "eval.max_new_tokens=2",
+        "chain_record=false",
+        f"execution.mode={mode}",
+    ]
     if model == "tiny":
         overrides.append("sft.max_length=96")
     started = time.perf_counter()
@@ -53,8 +63,19 @@ def measured(model: str, clients: int, mode: str, steps: int, rounds: int) -> di
     """one_run in a child process, with the peak resident memory of its process tree."""
     import psutil
 
-    command = [sys.executable, "-m", "bench.execution", "--one", model, str(clients), mode, "--steps", str(steps),
-               "--rounds", str(rounds)]
+    command = [
+        sys.executable,
+        "-m",
+        "bench.execution",
+        "--one",
+        model,
+        str(clients),
+        mode,
+        "--steps",
+        str(steps),
+        "--rounds",
+        str(rounds),
+    ]
     child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     peak, done = [0], threading.Event()
 
@@ -76,14 +97,30 @@ def measured(model: str, clients: int, mode: str, steps: int, rounds: int) -> di
         return {"model": model, "clients": clients, "mode": mode, "error": f"exit {child.returncode}"}
     result = json.loads(output.strip().splitlines()[-1])
     steady = result["round_time_s"][-1]
-    return {"model": model, "clients": clients, "mode": mode, **result, "steady_round_s": steady,
-            "client_steps_per_s": clients * steps / steady, "peak_memory_mb": peak[0] / 1e6}
+    return {
+        "model": model,
+        "clients": clients,
+        "mode": mode,
+        **result,
+        "steady_round_s": steady,
+        "client_steps_per_s": clients * steps / steady,
+        "peak_memory_mb": peak[0] / 1e6,
+    }
 
 
 def with_speedups(rows: list[dict]) -> list[dict]:
     for row in rows:
-        base = next((r for r in rows if r["model"] == row["model"] and r["clients"] == row["clients"]
-                     and r["mode"] == "sequential" and "error" not in r), None)
+        base = next(
+            (
+                r
+                for r in rows
+                if r["model"] == row["model"]
+                and r["clients"] == row["clients"]
+                and r["mode"] == "sequential"
+                and "error" not in r
+            ),
+            None,
+        )
         if base is not None and "error" not in row:
             row["speedup"] = base["steady_round_s"] / row["steady_round_s"]
             target = TARGETS.get((row["model"], row["clients"])) if row["mode"] == "batched" else None
@@ -93,17 +130,21 @@ def with_speedups(rows: list[dict]) -> list[dict]:
 
 
 def table(rows: list[dict]) -> str:
-    lines = [f"{'model':<8} {'clients':>7} {'mode':<11} {'rounds_s':>15} {'steps/s':>8} {'speedup':>8} "
-             f"{'peak_MB':>8}  target"]
+    lines = [
+        f"{'model':<8} {'clients':>7} {'mode':<11} {'rounds_s':>15} {'steps/s':>8} {'speedup':>8} "
+        f"{'peak_MB':>8}  target"
+    ]
     for row in rows:
         if "error" in row:
             lines.append(f"{row['model']:<8} {row['clients']:>7} {row['mode']:<11} {row['error']}")
             continue
         rounds = "/".join(f"{t:.1f}" for t in row["round_time_s"])
         target = f">= {row['target']}x: {'met' if row['target_met'] else 'MISSED'}" if "target" in row else ""
-        lines.append(f"{row['model']:<8} {row['clients']:>7} {row['mode']:<11} {rounds:>15} "
-                     f"{row['client_steps_per_s']:>8.2f} {row.get('speedup', 1.0):>7.2f}x {row['peak_memory_mb']:>8.0f}"
-                     f"  {target}")
+        lines.append(
+            f"{row['model']:<8} {row['clients']:>7} {row['mode']:<11} {rounds:>15} "
+            f"{row['client_steps_per_s']:>8.2f} {row.get('speedup', 1.0):>7.2f}x {row['peak_memory_mb']:>8.0f}"
+            f"  {target}"
+        )
     return "\n".join(lines)
 
 
@@ -121,8 +162,14 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(prefix="flb-bench-execution-") as work:
             print(json.dumps(one_run(model, int(clients), mode, args.steps, args.rounds, Path(work))))
         return 0
-    rows = with_speedups([measured(model, clients, mode, args.steps, args.rounds)
-                          for model in args.models for clients in args.clients for mode in args.modes])
+    rows = with_speedups(
+        [
+            measured(model, clients, mode, args.steps, args.rounds)
+            for model in args.models
+            for clients in args.clients
+            for mode in args.modes
+        ]
+    )
     print(table(rows))
     print(json.dumps(rows, indent=1))
     return 1 if any("error" in row for row in rows) else 0

@@ -7,6 +7,7 @@ SuperNodes on loopback (insecure), each keeping its client's secrets in its own 
 benchmark's work folder. Round time excludes evaluation (the coordinator's round_time_s).
 Bytes are the messages' array and config payloads (Flower's framing not counted), as the fleet logs them.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,9 +23,19 @@ _TRAFFIC = re.compile(r"round (\d+): (\d+) bytes to SuperNodes, (\d+) bytes back
 
 
 def overrides(model_dir: Path, runs: Path, steps: int, rounds: int) -> list[str]:
-    return [f"model.model_path={model_dir}", f"output_dir={runs}", "num_clients=2", "clients_per_round=2",
-            f"num_rounds={rounds}", f"local_steps={steps}", "eval.size=8", "eval.max_new_tokens=2",
-            "sft.max_length=96", "chain_record=false", "model.lora.dropout=0.0"]
+    return [
+        f"model.model_path={model_dir}",
+        f"output_dir={runs}",
+        "num_clients=2",
+        "clients_per_round=2",
+        f"num_rounds={rounds}",
+        f"local_steps={steps}",
+        "eval.size=8",
+        "eval.max_new_tokens=2",
+        "sft.max_length=96",
+        "chain_record=false",
+        "model.lora.dropout=0.0",
+    ]
 
 
 def round_times(run_path: Path) -> list[float]:
@@ -70,18 +81,34 @@ def main() -> None:
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="flb-flower-bench-"))
     model_dir = save_tiny_llama(work / "tiny")
-    local, remote = in_process(model_dir, work, args.steps, args.rounds), flower(model_dir, work, args.steps, args.rounds)
-    traffic = [{"round": int(r), "bytes_to_nodes": int(out), "bytes_from_nodes": int(back)}
-               for r, out, back in _TRAFFIC.findall((remote / "run.log").read_text())]
+    local, remote = (
+        in_process(model_dir, work, args.steps, args.rounds),
+        flower(model_dir, work, args.steps, args.rounds),
+    )
+    traffic = [
+        {"round": int(r), "bytes_to_nodes": int(out), "bytes_from_nodes": int(back)}
+        for r, out, back in _TRAFFIC.findall((remote / "run.log").read_text())
+    ]
     from flb.audit.digests import adapter_file_digest
 
-    print(json.dumps({
-        "benchmark": "flower_overhead", "model": "tiny random Llama (2 layers, hidden 64)", "clients": 2,
-        "local_steps": args.steps, "rounds": args.rounds, "in_process": summary(local), "flower": summary(remote),
-        "flower_over_in_process": summary(remote)["round_time_s_mean"] / summary(local)["round_time_s_mean"],
-        "bytes_per_round": traffic,
-        "same_final_digest": adapter_file_digest(local / "final_adapter") == adapter_file_digest(remote / "final_adapter"),
-    }, indent=2))
+    print(
+        json.dumps(
+            {
+                "benchmark": "flower_overhead",
+                "model": "tiny random Llama (2 layers, hidden 64)",
+                "clients": 2,
+                "local_steps": args.steps,
+                "rounds": args.rounds,
+                "in_process": summary(local),
+                "flower": summary(remote),
+                "flower_over_in_process": summary(remote)["round_time_s_mean"] / summary(local)["round_time_s_mean"],
+                "bytes_per_round": traffic,
+                "same_final_digest": adapter_file_digest(local / "final_adapter")
+                == adapter_file_digest(remote / "final_adapter"),
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

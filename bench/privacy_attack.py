@@ -15,6 +15,7 @@ the attacker removed the noise; ~1.41x (sqrt 2: the true noise minus an independ
 means the public values say nothing about it. The same functions are the
 attack test of the suite (tests/test_privacy_attacks.py).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -58,8 +59,9 @@ def client_attack(dp_run: Path, plain_run: Path, client_id: int, z: float, clip_
     seed = json.loads((dp_run / "config.json").read_text())["seed"]
     base = load_adapter(dp_run / "round_0" / "adapter_model.safetensors")
     released = load_adapter(dp_run / "round_1" / "updates" / f"client_{client_id}.safetensors")
-    truth = clipped_delta(load_adapter(plain_run / "round_1" / "updates" / f"client_{client_id}.safetensors"), base,
-                          clip_norm)
+    truth = clipped_delta(
+        load_adapter(plain_run / "round_1" / "updates" / f"client_{client_id}.safetensors"), base, clip_norm
+    )
     noise = seeded_noise({n: t.shape for n, t in base.items()}, z * clip_norm, seed, 1, client_id, CLIENT_NOISE_STREAM)
     reconstruction = {n: released[n].double() - base[n].double() - noise[n].double() for n in base}
     residual = {n: reconstruction[n] - truth[n] for n in base}
@@ -97,20 +99,43 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clip", type=float, default=0.5)
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as scratch:
-        common = [f"model.model_path={args.model_path}", f"output_dir={scratch}", "num_clients=2", "clients_per_round=2",
-                  "num_rounds=1", f"local_steps={args.steps}", "eval.size=8", "chain_record=false",
-                  "model.lora.dropout=0.0"]
+        common = [
+            f"model.model_path={args.model_path}",
+            f"output_dir={scratch}",
+            "num_clients=2",
+            "clients_per_round=2",
+            "num_rounds=1",
+            f"local_steps={args.steps}",
+            "eval.size=8",
+            "chain_record=false",
+            "model.lora.dropout=0.0",
+        ]
         plain = run(common)
-        local = run(common + ["client.local_dp=true", "client.dp.mode=update", f"client.dp.noise_multiplier={args.z}",
-                              f"client.dp.clip_norm={args.clip}"])
-        server = run(common + ["strategy.name=dp_fixed_clipping", f"server.noise_multiplier={args.z}",
-                               f"server.clip_threshold={args.clip}"])
+        local = run(
+            common
+            + [
+                "client.local_dp=true",
+                "client.dp.mode=update",
+                f"client.dp.noise_multiplier={args.z}",
+                f"client.dp.clip_norm={args.clip}",
+            ]
+        )
+        server = run(
+            common
+            + [
+                "strategy.name=dp_fixed_clipping",
+                f"server.noise_multiplier={args.z}",
+                f"server.clip_threshold={args.clip}",
+            ]
+        )
         rows = [(f"local update, client {i}", client_attack(local, plain, i, args.z, args.clip)) for i in (0, 1)]
         rows.append(("server DP-FedAvg", server_attack(server, args.z, args.clip)))
     print(f"{'attacked noise':<24} {'noise norm':>10} {'residual':>10} {'residual/noise':>14}")
     for what, result in rows:
-        print(f"{what:<24} {result['noise']:>10.4g} {result['residual']:>10.4g} "
-              f"{result['residual'] / result['noise']:>14.3g}")
+        print(
+            f"{what:<24} {result['noise']:>10.4g} {result['residual']:>10.4g} "
+            f"{result['residual'] / result['noise']:>14.3g}"
+        )
     return 0
 
 

@@ -8,6 +8,7 @@ Each mechanism gets the noise multiplier its target epsilon needs over the plann
 the epsilon column is what the run itself reports at the end. With the defaults the 7 runs of SmolLM2
 take about 10 minutes on 2 otherwise idle CPU cores; every other setting is config.yaml's.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,14 +26,25 @@ def runs(epsilons: list[float], config) -> list[tuple[str, float | None, list[st
     planned = []
     for epsilon in epsilons:
         local = ["client.local_dp=true", f"client.dp.target_epsilon={epsilon}", f"client.dp.delta={DELTA}"]
-        server_z = noise_multiplier_for(target_epsilon=epsilon, delta=DELTA, steps=config.num_rounds,
-                                        sample_rate=config.clients_per_round / config.num_clients)
+        server_z = noise_multiplier_for(
+            target_epsilon=epsilon,
+            delta=DELTA,
+            steps=config.num_rounds,
+            sample_rate=config.clients_per_round / config.num_clients,
+        )
         if server_z is None:
-            raise SystemExit(f"--epsilons: no noise multiplier reaches epsilon {epsilon} over {config.num_rounds} rounds")
-        planned += [("update", epsilon, local + ["client.dp.mode=update"]),
-                    ("dpsgd", epsilon, local + ["client.dp.mode=dpsgd"]),
-                    ("server", epsilon, ["strategy.name=dp_fixed_clipping", f"server.noise_multiplier={server_z}",
-                                         f"server.dp.delta={DELTA}"])]
+            raise SystemExit(
+                f"--epsilons: no noise multiplier reaches epsilon {epsilon} over {config.num_rounds} rounds"
+            )
+        planned += [
+            ("update", epsilon, local + ["client.dp.mode=update"]),
+            ("dpsgd", epsilon, local + ["client.dp.mode=dpsgd"]),
+            (
+                "server",
+                epsilon,
+                ["strategy.name=dp_fixed_clipping", f"server.noise_multiplier={server_z}", f"server.dp.delta={DELTA}"],
+            ),
+        ]
     return [("none", None, [])] + planned
 
 
@@ -44,8 +56,13 @@ def measure(overrides: list[str]) -> dict:
     summary = json.loads((run_path / "summary.json").read_text())
     privacy = summary.get("privacy", {})
     part = privacy.get("server") or next(iter(privacy.get("clients", {}).values()), {})
-    return {"eval_loss": summary["eval_loss"]["final"], "accuracy": summary["accuracy"]["final"],
-            "epsilon": privacy.get("epsilon"), "noise_multiplier": part.get("noise_multiplier"), "run_dir": str(run_path)}
+    return {
+        "eval_loss": summary["eval_loss"]["final"],
+        "accuracy": summary["accuracy"]["final"],
+        "epsilon": privacy.get("epsilon"),
+        "noise_multiplier": part.get("noise_multiplier"),
+        "run_dir": str(run_path),
+    }
 
 
 def table(results: list[dict]) -> str:
@@ -93,9 +110,14 @@ def main() -> None:
 
     from flb.config import load_config
 
-    base = [f"num_rounds={args.rounds}", f"local_steps={args.steps}", f"eval.size={args.eval_size}",
-            f"model.model_path={args.model_path}", f"output_dir={tempfile.mkdtemp(prefix='flb-privacy-')}",
-            "chain_record=false"]
+    base = [
+        f"num_rounds={args.rounds}",
+        f"local_steps={args.steps}",
+        f"eval.size={args.eval_size}",
+        f"model.model_path={args.model_path}",
+        f"output_dir={tempfile.mkdtemp(prefix='flb-privacy-')}",
+        "chain_record=false",
+    ]
     results = []
     for mechanism, target, overrides in runs(args.epsilons, load_config(None, base)):
         results.append({"mechanism": mechanism, "target": target, **measure(base + overrides)})

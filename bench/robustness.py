@@ -14,6 +14,7 @@ would otherwise reject the x10 updates first. Contribution scores are leave-one-
 (chain.scoring=quality, recorded on the embedded chain). Printed per attack and aggregator: final eval loss, and the
 mean score of the malicious and of the honest clients over the rounds, and whether the malicious score is lower.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -62,8 +63,13 @@ class AttackingClient:
             tensors = self._gaussian(global_adapter, ATTACK_SCALE * l2_norm(change))
         digest = adapter_digest(update_content(tensors, update.extras))
         attestation = update.attestation and self.client.signer.attest(
-            round=round, global_digest=adapter_digest(global_adapter), digest=digest,
-            num_examples=update.num_examples, random=self.client.random, private=self.client.private)
+            round=round,
+            global_digest=adapter_digest(global_adapter),
+            digest=digest,
+            num_examples=update.num_examples,
+            random=self.client.random,
+            private=self.client.private,
+        )
         return dataclasses.replace(update, tensors=tensors, digest=digest, attestation=attestation)
 
     def _gaussian(self, global_adapter, target_norm: float):
@@ -100,11 +106,18 @@ class AttackFleet:
         for i, shard in enumerate(shards):
             if i in MALICIOUS and self.attack == "shuffled_answers":
                 shard = shuffled_answers(shard, seed=i)
-            client = assembly.build_client(self.config, i, shard, model, tokenizer,
-                                                 work_dir=self.state_dir / run_id / "work",
-                                                 private_dir=self.state_dir / run_id / f"client_{i}")
-            clients.append(AttackingClient(client, self.attack)
-                           if i in MALICIOUS and self.attack != "shuffled_answers" else client)
+            client = assembly.build_client(
+                self.config,
+                i,
+                shard,
+                model,
+                tokenizer,
+                work_dir=self.state_dir / run_id / "work",
+                private_dir=self.state_dir / run_id / f"client_{i}",
+            )
+            clients.append(
+                AttackingClient(client, self.attack) if i in MALICIOUS and self.attack != "shuffled_answers" else client
+            )
         return clients
 
     def fit_all(self, clients, global_adapter, round: int, extras):
@@ -142,8 +155,10 @@ def table(results: list[dict]) -> str:
     lines = [f"{'attack':<17} {'aggregator':<13} {'eval_loss':>9} {'malicious':>10} {'honest':>10} {'lower':>5}"]
     for r in results:
         lower = "yes" if r["malicious_score"] < r["honest_score"] else "no"
-        lines.append(f"{r['attack']:<17} {r['aggregator']:<13} {r['eval_loss']:>9.4f} {r['malicious_score']:>10.0f} "
-                     f"{r['honest_score']:>10.0f} {lower:>5}")
+        lines.append(
+            f"{r['attack']:<17} {r['aggregator']:<13} {r['eval_loss']:>9.4f} {r['malicious_score']:>10.0f} "
+            f"{r['honest_score']:>10.0f} {lower:>5}"
+        )
     return "\n".join(lines)
 
 
@@ -157,10 +172,20 @@ def main() -> None:
     parser.add_argument("--aggregators", nargs="+", default=list(AGGREGATORS), choices=list(AGGREGATORS))
     args = parser.parse_args()
 
-    base = [f"num_rounds={args.rounds}", f"local_steps={args.steps}", f"eval.size={args.eval_size}",
-            f"model.model_path={args.model_path}", f"output_dir={tempfile.mkdtemp(prefix='flb-robustness-')}",
-            f"num_clients={NUM_CLIENTS}", f"clients_per_round={NUM_CLIENTS}", f"server.min_clients={NUM_CLIENTS}",
-            "server.max_update_norm=1e9", "sft.max_length=128", "sft.batch_size=2", "chain.scoring=quality"]
+    base = [
+        f"num_rounds={args.rounds}",
+        f"local_steps={args.steps}",
+        f"eval.size={args.eval_size}",
+        f"model.model_path={args.model_path}",
+        f"output_dir={tempfile.mkdtemp(prefix='flb-robustness-')}",
+        f"num_clients={NUM_CLIENTS}",
+        f"clients_per_round={NUM_CLIENTS}",
+        f"server.min_clients={NUM_CLIENTS}",
+        "server.max_update_norm=1e9",
+        "sft.max_length=128",
+        "sft.batch_size=2",
+        "chain.scoring=quality",
+    ]
     results = []
     for attack in args.attacks:
         for aggregator in args.aggregators:

@@ -9,6 +9,7 @@ and recording; the CPU time is this process's, all threads, so other load on the
 the mean round CPU time against the first size's, peak RSS, the run directory's size, and the gas of
 registration, data uploads and a round record.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,15 +39,34 @@ def measure(registered: int, per_round: int, rounds: int) -> dict:
     data = work / "tasks.jsonl"
     write_jsonl(generate_tasks(registered * RECORDS_PER_CLIENT + EVAL_SIZE, seed=0), data)
     round_starts, round_walls, round_cpus = _time_calls(coordinator.RoundCoordinator, "run_round")
-    config = load_config(None, [f"model.model_path={model_dir}", f"output_dir={work / 'runs'}",
-                                f"dataset_name={data}", f"num_clients={registered}", f"clients_per_round={per_round}",
-                                f"num_rounds={rounds}", "local_steps=2", "sft.batch_size=2", "sft.max_length=128",
-                                f"eval.size={EVAL_SIZE}", "eval.max_new_tokens=2"])
+    config = load_config(
+        None,
+        [
+            f"model.model_path={model_dir}",
+            f"output_dir={work / 'runs'}",
+            f"dataset_name={data}",
+            f"num_clients={registered}",
+            f"clients_per_round={per_round}",
+            f"num_rounds={rounds}",
+            "local_steps=2",
+            "sft.batch_size=2",
+            "sft.max_length=128",
+            f"eval.size={EVAL_SIZE}",
+            "eval.max_new_tokens=2",
+        ],
+    )
     run_path = assembly.run(config)
     wall = time.perf_counter() - started
-    return {"registered": registered, "wall_s": wall, "before_round_1_s": round_starts[0] - started,
-            "round_s": round_walls, "round_cpu_s": round_cpus, "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20,
-            "run_dir_mb": _size_mb(run_path), **_gas(run_path)}
+    return {
+        "registered": registered,
+        "wall_s": wall,
+        "before_round_1_s": round_starts[0] - started,
+        "round_s": round_walls,
+        "round_cpu_s": round_cpus,
+        "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+        "run_dir_mb": _size_mb(run_path),
+        **_gas(run_path),
+    }
 
 
 def _gas(run_path: Path) -> dict:
@@ -57,12 +77,16 @@ def _gas(run_path: Path) -> dict:
     entries = outbox.entries()
     outbox.close()
     gas = {kind: [e.gas_used or 0 for e in entries if e.kind == kind] for kind in ("register", "upload", "round")}
-    return {"register_gas": sum(gas["register"]), "upload_gas": sum(gas["upload"]),
-            "round_gas": max(gas["round"], default=0), "transactions": len(entries)}
+    return {
+        "register_gas": sum(gas["register"]),
+        "upload_gas": sum(gas["upload"]),
+        "round_gas": max(gas["round"], default=0),
+        "transactions": len(entries),
+    }
 
 
 def _size_mb(path: Path) -> float:
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2 ** 20
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**20
 
 
 def _time_calls(owner, name: str) -> tuple[list[float], list[float], list[float]]:
@@ -84,19 +108,23 @@ def _time_calls(owner, name: str) -> tuple[list[float], list[float], list[float]
 
 
 def table(results: list[dict]) -> str:
-    header = (f"{'registered':>10} {'wall s':>8} {'before r1 s':>11} {'rounds wall s':>20} {'rounds CPU s':>20} "
-              f"{'CPU vs first':>12} {'RSS GB':>7} {'dir MB':>7} {'register gas':>13} {'gas/client':>10} "
-              f"{'upload gas':>11} {'round gas':>10}")
+    header = (
+        f"{'registered':>10} {'wall s':>8} {'before r1 s':>11} {'rounds wall s':>20} {'rounds CPU s':>20} "
+        f"{'CPU vs first':>12} {'RSS GB':>7} {'dir MB':>7} {'register gas':>13} {'gas/client':>10} "
+        f"{'upload gas':>11} {'round gas':>10}"
+    )
     base = sum(results[0]["round_cpu_s"]) / len(results[0]["round_cpu_s"])
     lines = [header]
     for r in results:
         walls = " / ".join(f"{s:.1f}" for s in r["round_s"])
         cpus = " / ".join(f"{s:.1f}" for s in r["round_cpu_s"])
         mean = sum(r["round_cpu_s"]) / len(r["round_cpu_s"])
-        lines.append(f"{r['registered']:>10} {r['wall_s']:>8.1f} {r['before_round_1_s']:>11.1f} {walls:>20} "
-                     f"{cpus:>20} {mean / base - 1:>+12.1%} {r['peak_rss_gb']:>7.2f} {r['run_dir_mb']:>7.1f} "
-                     f"{r['register_gas']:>13,} {r['register_gas'] // r['registered']:>10,} {r['upload_gas']:>11,} "
-                     f"{r['round_gas']:>10,}")
+        lines.append(
+            f"{r['registered']:>10} {r['wall_s']:>8.1f} {r['before_round_1_s']:>11.1f} {walls:>20} "
+            f"{cpus:>20} {mean / base - 1:>+12.1%} {r['peak_rss_gb']:>7.2f} {r['run_dir_mb']:>7.1f} "
+            f"{r['register_gas']:>13,} {r['register_gas'] // r['registered']:>10,} {r['upload_gas']:>11,} "
+            f"{r['round_gas']:>10,}"
+        )
     return "\n".join(lines)
 
 
@@ -113,8 +141,17 @@ def main() -> None:
     results = []
     for registered in args.registered:
         try:
-            results.append(measure_in_child("bench.scale", "--registered", str(registered), "--per-round",
-                                            str(args.per_round), "--rounds", str(args.rounds)))
+            results.append(
+                measure_in_child(
+                    "bench.scale",
+                    "--registered",
+                    str(registered),
+                    "--per-round",
+                    str(args.per_round),
+                    "--rounds",
+                    str(args.rounds),
+                )
+            )
         except RuntimeError as exc:
             print(f"{registered} registered clients: failed ({exc})", file=sys.stderr)
             continue

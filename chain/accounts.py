@@ -7,6 +7,7 @@ this package never holds. Keys stay inside eth-account objects: never printed or
 
     python -m chain.accounts create --role admin --out keys/admin.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,8 +43,10 @@ def dev_accounts(num_clients: int) -> Accounts:
 def keystore_admin(keystore_dir: str | Path | None, password_env: str) -> Accounts:
     """The admin (contract owner) from keystore_dir/admin.json; clients keep their own keystores."""
     if keystore_dir is None:
-        raise AccountError("chain.keystore_dir: not set; backend rpc needs the admin's admin.json keystore "
-                           "(create it with `python -m chain.accounts create --role admin`)")
+        raise AccountError(
+            "chain.keystore_dir: not set; backend rpc needs the admin's admin.json keystore "
+            "(create it with `python -m chain.accounts create --role admin`)"
+        )
     return Accounts(admin=load_keystore(Path(keystore_dir) / "admin.json", keystore_password(password_env)))
 
 
@@ -76,7 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     create = commands.add_parser("create", help="create a new account in an encrypted keystore file")
     create.add_argument("--role", choices=("admin", "client"), required=True)
-    create.add_argument("--out", type=Path, required=True, help="keystore file, e.g. keys/admin.json or keys/client_0.json")
+    create.add_argument(
+        "--out", type=Path, required=True, help="keystore file, e.g. keys/admin.json or keys/client_0.json"
+    )
     create.add_argument("--password-env", default="FLB_KEYSTORE_PASSWORD", help="variable holding the password")
     args = parser.parse_args(argv)
     try:

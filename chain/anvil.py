@@ -17,6 +17,7 @@
 - It runs in its own session, so the terminal's Ctrl-C reaches the run (which closes its ledger
   and then stops anvil) and not anvil directly; stop() ends the whole process group.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -119,17 +120,36 @@ class AnvilProcess:
         self._lock.release()
 
     def _command(self) -> list[str]:
-        command = [anvil_binary(), "--host", "127.0.0.1", "--port", str(self.port), "--silent",
-                   "--accounts", str(self.num_accounts), "--mnemonic", DEV_MNEMONIC,
-                   "--state", str(self.state_file), "--state-interval", str(STATE_INTERVAL_S)]
+        command = [
+            anvil_binary(),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--silent",
+            "--accounts",
+            str(self.num_accounts),
+            "--mnemonic",
+            DEV_MNEMONIC,
+            "--state",
+            str(self.state_file),
+            "--state-interval",
+            str(STATE_INTERVAL_S),
+        ]
         if sys.platform.startswith("linux"):
             return [sys.executable, "-I", "-S", "-c", _EXEC_WITH_PARENT_DEATH_SIGNAL, str(os.getpid()), *command]
         return command  # elsewhere no parent-death signal: stop() it, or it outlives a killed run
 
     def _spawn(self) -> subprocess.Popen:
         with open(self.log_file, "ab") as log:
-            return subprocess.Popen(self._command(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                    stderr=log, start_new_session=True, pass_fds=(self._lock.fd,))
+            return subprocess.Popen(
+                self._command(),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+                start_new_session=True,
+                pass_fds=(self._lock.fd,),
+            )
 
     def _check_state_file(self) -> None:
         if not self.state_file.exists():
@@ -137,22 +157,28 @@ class AnvilProcess:
         try:
             json.loads(self.state_file.read_bytes())
         except ValueError:
-            raise ChainError(f"anvil state {self.state_file}: not valid JSON (anvil was killed while writing it); "
-                             "move it away to start a new chain (the ledger then sends the run's records again)") from None
+            raise ChainError(
+                f"anvil state {self.state_file}: not valid JSON (anvil was killed while writing it); "
+                "move it away to start a new chain (the ledger then sends the run's records again)"
+            ) from None
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + ANVIL_START_TIMEOUT_S
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise ChainError(f"anvil: exited at start ({self._last_log_line()}); check that port {self.port} "
-                                 f"is free and `{ANVIL_INSTALL}` completed")
+                raise ChainError(
+                    f"anvil: exited at start ({self._last_log_line()}); check that port {self.port} "
+                    f"is free and `{ANVIL_INSTALL}` completed"
+                )
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
                     return
             except OSError:
                 time.sleep(0.05)
-        raise ChainError(f"anvil: no answer on port {self.port} after {ANVIL_START_TIMEOUT_S:.0f} s; "
-                         f"see {self.log_file} or run it by hand to see why")
+        raise ChainError(
+            f"anvil: no answer on port {self.port} after {ANVIL_START_TIMEOUT_S:.0f} s; "
+            f"see {self.log_file} or run it by hand to see why"
+        )
 
     def _last_log_line(self) -> str:
         lines = self.log_file.read_text(errors="replace").strip().splitlines() if self.log_file.exists() else []

@@ -3,12 +3,13 @@
 The embedded chain and anvil keep their state in RUN_DIR/chain/ (embedded_chain.db,
 anvil_state.json), each locked against a second writer, so reopening a run directory continues
 the same chain (chain/embedded.py, chain/anvil.py)."""
+
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from chain.accounts import Accounts, dev_accounts, keystore_admin
 from chain.anvil import AnvilProcess, anvil_binary
@@ -28,7 +29,7 @@ class Node:
     w3: object = field(repr=False)
     accounts: Accounts
     stop: Callable[[], None] = lambda: None
-    anvil: "AnvilProcess | None" = None
+    anvil: AnvilProcess | None = None
 
 
 def connect(settings, run_dir: Path) -> Node:
@@ -64,13 +65,17 @@ def check_node(settings, *, in_process_clients: bool, num_clients: int) -> None:
     try:
         actual, balance = w3.eth.chain_id, w3.eth.get_balance(admin.address)
     except OSError as exc:
-        raise ChainError(f"chain.rpc_url: {redact_url(settings.rpc_url)} does not answer ({type(exc).__name__}); "
-                         "check the URL or start the node") from None
+        raise ChainError(
+            f"chain.rpc_url: {redact_url(settings.rpc_url)} does not answer ({type(exc).__name__}); "
+            "check the URL or start the node"
+        ) from None
     if actual != settings.chain_id:
         raise wrong_chain(settings.rpc_url, actual, settings.chain_id)
     if balance == 0:
-        raise ChainError(f"chain.keystore_dir: the admin account {admin.address} has no funds on chain {actual}; "
-                         "fund it (it pays for every record)")
+        raise ChainError(
+            f"chain.keystore_dir: the admin account {admin.address} has no funds on chain {actual}; "
+            "fund it (it pays for every record)"
+        )
 
 
 def embedded_node(state_file: Path | None = None, num_clients: int = 0, gas_limit: int | None = None) -> Node:
@@ -127,5 +132,7 @@ def check_chain_id(w3, expected: int, url: str) -> None:
 
 
 def wrong_chain(url: str, actual: int, expected: int) -> ChainError:
-    return ChainError(f"chain.chain_id: {redact_url(url)} serves chain id {actual}, not {expected}; "
-                      "fix chain.chain_id or chain.rpc_url")
+    return ChainError(
+        f"chain.chain_id: {redact_url(url)} serves chain id {actual}, not {expected}; "
+        "fix chain.chain_id or chain.rpc_url"
+    )

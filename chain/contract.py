@@ -1,4 +1,5 @@
 """The FLB contract from Python: the committed artifact, digest encoding, and reverts made readable."""
+
 from __future__ import annotations
 
 import ast
@@ -21,7 +22,7 @@ FIXES = {
     "OwnableUnauthorizedAccount": "the sender is not the contract owner; sign with the admin account that owns it",
     "OwnableInvalidOwner": "the owner must be a non-zero address",
     "AlreadyAnchored": "this contract already anchors adapter config {adapterConfigDigest} and run spec "
-                       "{runSpecDigest}; a run with other settings needs a fresh contract (chain.contract_address: null)",
+    "{runSpecDigest}; a run with other settings needs a fresh contract (chain.contract_address: null)",
     "RenounceDisabled": "ownership cannot be renounced; hand it over with transferOwnership + acceptOwnership",
     "ZeroAddress": "the zero address cannot be a client; register the client's account address",
     "AlreadyRegistered": "{client} is already registered; register each client once",
@@ -29,7 +30,7 @@ FIXES = {
     "ZeroDigest": "digests and commitments must be non-zero; pass flb.audit.digests or flb.audit.attestation output",
     "AlreadyUploaded": "{client} has already uploaded this data digest; each client records a digest once",
     "BadSignature": "the signature is not {client}'s EIP-712 signature of exactly this record for this contract and "
-                    "chain; have the client sign it with flb.audit.attestation",
+    "chain; have the client sign it with flb.audit.attestation",
     "WrongRound": "rounds are recorded in order; this contract expects round {expected}",
     "LengthMismatch": "a round needs one update digest, example count, score and signature per client",
     "ClientsNotAscending": "a round's clients must be sorted by address, ascending, each once (index {index} is not)",
@@ -53,7 +54,9 @@ def to_bytes32(digest: str, what: str) -> bytes:
     """A sha256 hex digest ('<64 hex>' or 'sha256:<64 hex>') as the contract's bytes32."""
     hex_part = digest.removeprefix("sha256:").removeprefix("0x")
     if not _HEX64.fullmatch(hex_part):
-        raise ChainError(f"{what}: {digest!r} is not a sha256 hex digest; pass flb.audit.digests.adapter_digest(...) output")
+        raise ChainError(
+            f"{what}: {digest!r} is not a sha256 hex digest; pass flb.audit.digests.adapter_digest(...) output"
+        )
     return bytes.fromhex(hex_part)
 
 

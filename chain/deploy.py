@@ -3,6 +3,7 @@
     FLB_KEYSTORE_PASSWORD=... python -m chain.deploy --rpc-url URL --chain-id N --keystore keys/admin.json
 
 Prints the contract address; put it in `chain.contract_address` to record runs on it."""
+
 from __future__ import annotations
 
 import argparse
@@ -22,8 +23,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m chain.deploy", description="Deploy the FLB contract.")
     parser.add_argument("--rpc-url", required=True)
     parser.add_argument("--chain-id", type=int, required=True)
-    parser.add_argument("--keystore", type=Path, required=True, help="the admin's encrypted keystore (owner of the contract)")
-    parser.add_argument("--password-env", default="FLB_KEYSTORE_PASSWORD", help="variable holding the keystore password")
+    parser.add_argument(
+        "--keystore", type=Path, required=True, help="the admin's encrypted keystore (owner of the contract)"
+    )
+    parser.add_argument(
+        "--password-env", default="FLB_KEYSTORE_PASSWORD", help="variable holding the keystore password"
+    )
     args = parser.parse_args(argv)
     try:
         admin = load_keystore(args.keystore, keystore_password(args.password_env))
@@ -33,8 +38,10 @@ def main(argv: list[str] | None = None) -> int:
     except (FLBError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    print(f"FLB deployed at {receipt['contractAddress']} (owner {admin.address}, "
-          f"tx 0x{bytes(receipt['transactionHash']).hex()}, block {receipt['blockNumber']})")
+    print(
+        f"FLB deployed at {receipt['contractAddress']} (owner {admin.address}, "
+        f"tx 0x{bytes(receipt['transactionHash']).hex()}, block {receipt['blockNumber']})"
+    )
     print(f"set chain.contract_address: {receipt['contractAddress']}")
     return 0
 

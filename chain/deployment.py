@@ -5,6 +5,7 @@ of the block that holds it. Reopening checks the node against it: another chain 
 or a deployment block with another hash (a reset or different chain that happens to have code at the
 same address) is an error, never a silent fresh start that would orphan the run's records.
 """
+
 from __future__ import annotations
 
 import json
@@ -14,8 +15,8 @@ from pathlib import Path
 
 from chain.contract import flb_contract
 from chain.errors import ChainError
-from flb.atomic import write_json_atomic
 from chain.transact import send_signed, sign_call
+from flb.atomic import write_json_atomic
 from flb.audit.attestation import DOMAIN_VERSION
 
 log = logging.getLogger(__name__)
@@ -30,6 +31,8 @@ class RunAnchors:
 
     adapter_config: str
     run_spec: str
+
+
 RECEIPT_TIMEOUT_S = 120.0
 
 
@@ -41,8 +44,10 @@ def deploy(w3, admin):
 
 def _mined(receipt, action: str):
     if receipt["status"] != 1:
-        raise ChainError(f"{action}: transaction 0x{bytes(receipt['transactionHash']).hex()} failed; "
-                         "check the admin account's balance")
+        raise ChainError(
+            f"{action}: transaction 0x{bytes(receipt['transactionHash']).hex()} failed; "
+            "check the admin account's balance"
+        )
     return receipt
 
 
@@ -51,7 +56,7 @@ def read_deployment(chain_dir: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def deploy_or_attach(node, chain_dir: Path, configured_address: str | None, anchors: "RunAnchors") -> dict:
+def deploy_or_attach(node, chain_dir: Path, configured_address: str | None, anchors: RunAnchors) -> dict:
     """The run's deployment record: the one in `chain_dir` checked against the node, the configured contract
     checked, or a new deployment written there."""
     w3, admin = node.w3, node.accounts.admin
@@ -61,18 +66,32 @@ def deploy_or_attach(node, chain_dir: Path, configured_address: str | None, anch
         check_same_chain(w3, recorded, chain_id, node.description)
         deployment = recorded
     elif configured_address is not None:
-        deployment = {"backend": node.backend, "chain_id": chain_id,
-                      "address": w3.to_checksum_address(configured_address), "tx": None, "block": 0,
-                      "block_hash": None, "owner": admin.address}
+        deployment = {
+            "backend": node.backend,
+            "chain_id": chain_id,
+            "address": w3.to_checksum_address(configured_address),
+            "tx": None,
+            "block": 0,
+            "block_hash": None,
+            "owner": admin.address,
+        }
         if not w3.eth.get_code(deployment["address"]):
-            raise ChainError(f"chain.contract_address: no contract at {configured_address} on {node.description}; "
-                             "fix the address or set it to null to deploy a new one")
+            raise ChainError(
+                f"chain.contract_address: no contract at {configured_address} on {node.description}; "
+                "fix the address or set it to null to deploy a new one"
+            )
         write_json_atomic(Path(chain_dir) / DEPLOYMENT_FILE, deployment)  # where --verify finds the run's contract
     else:
         receipt = deploy(w3, admin)
-        deployment = {"backend": node.backend, "chain_id": chain_id, "address": receipt["contractAddress"],
-                      "tx": _hex(receipt["transactionHash"]), "block": receipt["blockNumber"],
-                      "block_hash": _hex(receipt["blockHash"]), "owner": admin.address}
+        deployment = {
+            "backend": node.backend,
+            "chain_id": chain_id,
+            "address": receipt["contractAddress"],
+            "tx": _hex(receipt["transactionHash"]),
+            "block": receipt["blockNumber"],
+            "block_hash": _hex(receipt["blockHash"]),
+            "owner": admin.address,
+        }
         write_json_atomic(Path(chain_dir) / DEPLOYMENT_FILE, deployment)
         log.info("deployed FLB at %s on %s", deployment["address"], node.description)
     _check_contract(w3, deployment, admin, anchors, node.description)
@@ -81,46 +100,59 @@ def deploy_or_attach(node, chain_dir: Path, configured_address: str | None, anch
 
 def check_same_chain(w3, recorded: dict, chain_id: int, description: str) -> None:
     if chain_id != recorded["chain_id"]:
-        raise ChainError(f"{description} serves chain id {chain_id}, but this run's contract is on chain "
-                         f"{recorded['chain_id']}; point the run at that chain")
+        raise ChainError(
+            f"{description} serves chain id {chain_id}, but this run's contract is on chain "
+            f"{recorded['chain_id']}; point the run at that chain"
+        )
     if recorded.get("block_hash"):
         try:
             block_hash = _hex(w3.eth.get_block(recorded["block"])["hash"])
         except Exception:  # web3 raises BlockNotFound, or a provider error for a block past the head
             block_hash = None
         if block_hash != recorded["block_hash"]:
-            raise ChainError(f"{description} does not hold this run's contract deployment (block {recorded['block']} "
-                             f"is {block_hash or 'missing'}, the run deployed in {recorded['block_hash']}): it is not "
-                             "the chain the run started on; restore that chain's state or start a new run")
+            raise ChainError(
+                f"{description} does not hold this run's contract deployment (block {recorded['block']} "
+                f"is {block_hash or 'missing'}, the run deployed in {recorded['block_hash']}): it is not "
+                "the chain the run started on; restore that chain's state or start a new run"
+            )
 
 
-def _check_contract(w3, deployment: dict, admin_account, anchors: "RunAnchors", description: str) -> None:
+def _check_contract(w3, deployment: dict, admin_account, anchors: RunAnchors, description: str) -> None:
     """The contract is there, owned by the run's admin, and anchors the run's adapter config and run spec (anchored
     now when it anchors none yet: a new deployment, or one made with `python -m chain.deploy`)."""
     admin = admin_account.address
     address = deployment["address"]
     if not w3.eth.get_code(address):
-        raise ChainError(f"{description} has no contract at {address}, where this run's FLB contract was deployed; "
-                         "restore that chain's state or start a new run")
+        raise ChainError(
+            f"{description} has no contract at {address}, where this run's FLB contract was deployed; "
+            "restore that chain's state or start a new run"
+        )
     contract = flb_contract(w3, address)
     owner = contract.functions.owner().call()
     if owner != admin:
-        raise ChainError(f"the FLB contract at {address} is owned by {owner}, not by this run's admin {admin}; "
-                         "use the admin keystore that deployed it")
+        raise ChainError(
+            f"the FLB contract at {address} is owned by {owner}, not by this run's admin {admin}; "
+            "use the admin keystore that deployed it"
+        )
     version = _contract_version(contract)
     if version != DOMAIN_VERSION:
-        raise ChainError(f"the FLB contract at {address} is version {version or '2 or older'}, not {DOMAIN_VERSION} "
-                         "(this version batches data uploads and anchors the run spec); its runs cannot be continued "
-                         "by this version: start a new run")
-    anchored = RunAnchors(contract.functions.adapterConfigDigest().call().hex(),
-                          contract.functions.runSpecDigest().call().hex())
+        raise ChainError(
+            f"the FLB contract at {address} is version {version or '2 or older'}, not {DOMAIN_VERSION} "
+            "(this version batches data uploads and anchors the run spec); its runs cannot be continued "
+            "by this version: start a new run"
+        )
+    anchored = RunAnchors(
+        contract.functions.adapterConfigDigest().call().hex(), contract.functions.runSpecDigest().call().hex()
+    )
     if anchored.adapter_config == ZERO_HEX:
         call = contract.functions.anchorRun(bytes.fromhex(anchors.adapter_config), bytes.fromhex(anchors.run_spec))
         _mined(send_signed(w3, sign_call(w3, admin_account, call, "run anchor"), RECEIPT_TIMEOUT_S), "run anchor")
     elif anchored != anchors:
-        raise ChainError(f"the FLB contract at {address} anchors adapter config 0x{anchored.adapter_config} and run "
-                         f"spec 0x{anchored.run_spec}, not this run's 0x{anchors.adapter_config} and "
-                         f"0x{anchors.run_spec}: the run's LoRA settings or rules changed; start a new run")
+        raise ChainError(
+            f"the FLB contract at {address} anchors adapter config 0x{anchored.adapter_config} and run "
+            f"spec 0x{anchored.run_spec}, not this run's 0x{anchors.adapter_config} and "
+            f"0x{anchors.run_spec}: the run's LoRA settings or rules changed; start a new run"
+        )
 
 
 def _contract_version(contract) -> str | None:

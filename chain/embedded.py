@@ -10,12 +10,13 @@ eth-tester's own filters and snapshots are not saved.
 File format: MAGIC, chain id (u64), entry count (u32), then per entry key length (u32), value
 length (u32), key, value; then the SHA-256 of everything before it. The file grows linearly with
 the chain (about 1.8 kB per plain transfer)."""
+
 from __future__ import annotations
 
 import hashlib
 import struct
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from eth.db.atomic import AtomicDB
 from eth.db.backends.memory import MemoryDB
@@ -41,12 +42,18 @@ class DurablePyEVMBackend(PyEVMBackend):
     """eth-tester's py-evm backend over `database` (a new chain when None) that calls `on_block`
     with its database after every change of the canonical chain."""
 
-    def __init__(self, num_accounts: int, database: Database | None = None,
-                 on_block: Callable[[Database], None] | None = None, gas_limit: int | None = None):
+    def __init__(
+        self,
+        num_accounts: int,
+        database: Database | None = None,
+        on_block: Callable[[Database], None] | None = None,
+        gas_limit: int | None = None,
+    ):
         genesis = self.generate_genesis_state(mnemonic=DEV_MNEMONIC, num_accounts=num_accounts, hd_path=DEV_HD_PATH)
         parameters = self.generate_genesis_params({"gas_limit": gas_limit}) if gas_limit else None
-        super().__init__(genesis_parameters=parameters, genesis_state=genesis, mnemonic=DEV_MNEMONIC,
-                         hd_path=DEV_HD_PATH)
+        super().__init__(
+            genesis_parameters=parameters, genesis_state=genesis, mnemonic=DEV_MNEMONIC, hd_path=DEV_HD_PATH
+        )
         if database is not None:
             # same chain class (chain id, VM schedule) as the fresh genesis chain, over the saved
             # database; its pending block is built on the saved head
@@ -113,8 +120,10 @@ class DurableChain:
 
     def _save(self, database: Database) -> None:
         if self.lock.fd is None:
-            raise ChainError(f"embedded chain {self.path}: closed, so this block is not saved; "
-                             "open the run's chain again with chain.backends.connect")
+            raise ChainError(
+                f"embedded chain {self.path}: closed, so this block is not saved; "
+                "open the run's chain again with chain.backends.connect"
+            )
         write_chain_file(self.path, self.backend.chain.chain_id, database)
 
 
@@ -133,8 +142,9 @@ def _web3(backend: PyEVMBackend) -> Web3:
     return Web3(EthereumTesterProvider(EthereumTester(backend)))
 
 
-def _backend_over(path: Path, num_accounts: int, saved: tuple[int, Database] | None,
-                  on_block=None, gas_limit: int | None = None) -> DurablePyEVMBackend:
+def _backend_over(
+    path: Path, num_accounts: int, saved: tuple[int, Database] | None, on_block=None, gas_limit: int | None = None
+) -> DurablePyEVMBackend:
     """The backend over a saved (chain id, database), or over a new chain when `saved` is None."""
     from eth.exceptions import CanonicalHeadNotFound
 
@@ -149,6 +159,7 @@ def _backend_over(path: Path, num_accounts: int, saved: tuple[int, Database] | N
 
 
 # --- the file -------------------------------------------------------------------------------
+
 
 def encode_chain_database(chain_id: int, database: Database) -> bytes:
     parts = [MAGIC, _HEADER.pack(chain_id, len(database))]
@@ -171,7 +182,9 @@ def decode_chain_database(data: bytes, path: Path) -> tuple[int, Database]:
     for _ in range(count):
         key_size, value_size = _ENTRY.unpack_from(body, offset)
         offset += _ENTRY.size
-        database[bytes(view[offset:offset + key_size])] = bytes(view[offset + key_size:offset + key_size + value_size])
+        database[bytes(view[offset : offset + key_size])] = bytes(
+            view[offset + key_size : offset + key_size + value_size]
+        )
         offset += key_size + value_size
     if offset != len(body):
         raise _corrupt(path, "its entries do not fill it")
@@ -183,8 +196,10 @@ def read_chain_file(path: Path) -> tuple[int, Database]:
     try:
         data = Path(path).read_bytes()
     except (FileNotFoundError, IsADirectoryError):
-        raise ChainError(f"embedded chain {path}: not found; give the {EMBEDDED_CHAIN_FILE} of a run made "
-                         "with chain.backend embedded (RUN_DIR/chain/)") from None
+        raise ChainError(
+            f"embedded chain {path}: not found; give the {EMBEDDED_CHAIN_FILE} of a run made "
+            "with chain.backend embedded (RUN_DIR/chain/)"
+        ) from None
     return decode_chain_database(data, Path(path))
 
 
@@ -194,5 +209,7 @@ def write_chain_file(path: Path, chain_id: int, database: Database) -> None:
 
 
 def _corrupt(path: Path, why: str) -> ChainError:
-    return ChainError(f"embedded chain {path}: unreadable ({why}); restore it from a backup, or move it away "
-                      "to start a new chain (the ledger then sends the run's records again)")
+    return ChainError(
+        f"embedded chain {path}: unreadable ({why}); restore it from a backup, or move it away "
+        "to start a new chain (the ledger then sends the run's records again)"
+    )

@@ -1,4 +1,5 @@
 """Chain errors: each message is one line naming the cause and the fix."""
+
 from flb.errors import FLBError
 
 

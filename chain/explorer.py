@@ -16,6 +16,7 @@ RUN_DIR/private/*/ when present (their owners' files).
 
 This module is a front end: for --recompute it hands the verifier the server's strategies (server/replay.py).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,7 +26,7 @@ import re
 import shutil
 import sys
 import tempfile
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from chain.deployment import check_same_chain
@@ -37,8 +38,10 @@ from flb.run.redaction import REDACTED, redact_text, redact_url
 LIST_SHOWN = 3  # a long list or many events of one transaction: how many the listing shows
 ADDRESS = r"0x[0-9a-fA-F]{40}"
 INDEPENDENT = "verify: reading {source}, a node independent of the run directory"
-LOCAL_EXPORT = ("verify: a consistency check of a local export, not independent evidence: the only copy of this "
-                "chain is the one the run wrote itself ({source}); check against a node with --rpc URL")
+LOCAL_EXPORT = (
+    "verify: a consistency check of a local export, not independent evidence: the only copy of this "
+    "chain is the one the run wrote itself ({source}); check against a node with --rpc URL"
+)
 
 
 def format_trail(trail: dict) -> list[str]:
@@ -48,24 +51,33 @@ def format_trail(trail: dict) -> list[str]:
         return f"{address} ({names[address]})" if address in names else address
 
     deployment = trail.get("deployment") or {}
-    lines = [f"FLB audit trail on {trail.get('chain')} (chain id {trail.get('chain_id')})",
-             f"contract {trail['contract']}" + (f", owner {name(deployment['owner'])}" if deployment.get("owner") else ""), ""]
+    lines = [
+        f"FLB audit trail on {trail.get('chain')} (chain id {trail.get('chain_id')})",
+        f"contract {trail['contract']}" + (f", owner {name(deployment['owner'])}" if deployment.get("owner") else ""),
+        "",
+    ]
     transactions = {tx["hash"]: tx for tx in trail["transactions"]}
     for block in trail["blocks"]:
-        when = datetime.fromtimestamp(block["timestamp"], timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+        when = datetime.fromtimestamp(block["timestamp"], UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
         lines.append(f"block {block['number']}  {block['hash']}  {when}  gas {block['gas_used']}")
         for tx_hash in block["transactions"]:
             lines += _format_tx(transactions[tx_hash], name, trail.get("explorer_url"))
     lines += ["", "cumulative scores"]
-    lines += [f"  {name(address)}  {score}" for address, score in sorted(scores_from(trail).items(), key=lambda kv: names.get(kv[0], kv[0]))]
+    lines += [
+        f"  {name(address)}  {score}"
+        for address, score in sorted(scores_from(trail).items(), key=lambda kv: names.get(kv[0], kv[0]))
+    ]
     lines += ["", "rounds"]
     for number, record in sorted(rounds_from(trail).items()):
-        lines.append(f"  round {number}  global adapter 0x{record['global_digest']}  metrics 0x{record['metrics_digest']}")
+        lines.append(
+            f"  round {number}  global adapter 0x{record['global_digest']}  metrics 0x{record['metrics_digest']}"
+        )
         if "participants_commitment" in record:
             lines.append(f"    participants sealed: commitment 0x{record['participants_commitment']}")
             continue
-        for address, digest, count, score in zip(record["clients"], record["update_digests"], record["num_examples"],
-                                                 record["scores"]):
+        for address, digest, count, score in zip(
+            record["clients"], record["update_digests"], record["num_examples"], record["scores"]
+        ):
             lines.append(f"    {name(address)}  update 0x{digest}  examples {count}  score {score}")
     lines += [f"resent: {entry['record']}: {entry['note']}" for entry in trail.get("resent", [])]
     return lines
@@ -76,13 +88,17 @@ def _format_tx(tx: dict, name, explorer_url: str | None) -> list[str]:
     first LIST_SHOWN (trail.json holds them all)."""
     status = "ok" if tx["status"] == 1 else "REVERTED"
     args = ", ".join(f"{key}={_short(value)}" for key, value in tx["args"].items())
-    lines = [f"  tx {tx['hash']}  from {name(tx['from'])}  nonce {tx['nonce']}  {status}  gas {tx['gas_used']}",
-             f"    {tx['function']}({args})"]
+    lines = [
+        f"  tx {tx['hash']}  from {name(tx['from'])}  nonce {tx['nonce']}  {status}  gas {tx['gas_used']}",
+        f"    {tx['function']}({args})",
+    ]
     for shown, event in enumerate(tx["events"]):
         if shown == LIST_SHOWN and len(tx["events"]) > LIST_SHOWN + 1:
             lines.append(f"    ... {len(tx['events']) - LIST_SHOWN} more events (all in chain/trail.json)")
             break
-        event_args = ", ".join(f"{key}={name(value) if isinstance(value, str) else _short(value)}" for key, value in event["args"].items())
+        event_args = ", ".join(
+            f"{key}={name(value) if isinstance(value, str) else _short(value)}" for key, value in event["args"].items()
+        )
         lines.append(f"    event {event['event']}({event_args})")
     if explorer_url:
         lines.append(f"    {explorer_url.format(tx=tx['hash'])}")
@@ -105,8 +121,13 @@ def account_names(trail: dict) -> dict[str, str]:
 
 def live_trail(w3, address: str, from_block: int, accounts: dict, description: str, explorer_url=None) -> dict:
     """The trail as a node holds it now: every transaction that emitted an event of the contract, decoded."""
-    meta = {"backend": "node", "chain": description, "chain_id": w3.eth.chain_id, "accounts": accounts,
-            "explorer_url": explorer_url}
+    meta = {
+        "backend": "node",
+        "chain": description,
+        "chain_id": w3.eth.chain_id,
+        "accounts": accounts,
+        "explorer_url": explorer_url,
+    }
     return collect_trail(w3, address, contract_tx_hashes(w3, address, from_block), meta)
 
 
@@ -121,7 +142,9 @@ def chain_of_run(run_dir: Path, rpc: str | None):
     if rpc or backend == "rpc":
         url = rpc or json.loads((run_dir / "config.json").read_text())["chain"]["rpc_url"]
         if REDACTED in url:
-            raise ChainError("--verify: the run's chain.rpc_url is stored with its credentials redacted; pass --rpc URL")
+            raise ChainError(
+                "--verify: the run's chain.rpc_url is stored with its credentials redacted; pass --rpc URL"
+            )
         yield Web3(Web3.HTTPProvider(url, request_kwargs={"timeout": 30})), INDEPENDENT.format(source=redact_url(url))
         return
     with tempfile.TemporaryDirectory() as scratch:
@@ -144,8 +167,10 @@ def chain_of_run(run_dir: Path, rpc: str | None):
             finally:
                 anvil.stop()
         else:
-            raise ChainError(f"--verify: {run_dir / 'chain' / 'deployment.json'} names backend {backend!r}; "
-                             "pass --rpc URL of the node that holds the run's contract")
+            raise ChainError(
+                f"--verify: {run_dir / 'chain' / 'deployment.json'} names backend {backend!r}; "
+                "pass --rpc URL of the node that holds the run's contract"
+            )
 
 
 def _deployment(run_dir: Path) -> dict:
@@ -165,8 +190,14 @@ def read_openings(folders: list[Path]) -> dict[str, dict]:
     return openings
 
 
-def verify_run(run_dir: Path, rpc: str | None, openings: list[Path], recompute: bool,
-               trusted_clients: set[str] | None = None, contract: str | None = None) -> tuple[str, Report]:
+def verify_run(
+    run_dir: Path,
+    rpc: str | None,
+    openings: list[Path],
+    recompute: bool,
+    trusted_clients: set[str] | None = None,
+    contract: str | None = None,
+) -> tuple[str, Report]:
     """The first line saying what was read, and the report. `contract` pins the contract read (the run's
     deployment.json naming another is a problem); `trusted_clients` are the addresses the auditor knows."""
     deployment = _deployment(run_dir)
@@ -177,16 +208,24 @@ def verify_run(run_dir: Path, rpc: str | None, openings: list[Path], recompute: 
             check_same_chain(w3, deployment, w3.eth.chain_id, "the node --verify reads")
         address = w3.to_checksum_address(contract or deployment["address"])
         if contract is not None and not w3.eth.get_code(address):
-            raise ChainError(f"--contract {contract}: no contract there on the chain --verify reads; pass the FLB "
-                             "contract's address")
+            raise ChainError(
+                f"--contract {contract}: no contract there on the chain --verify reads; pass the FLB contract's address"
+            )
         trail = live_trail(w3, address, 0 if contract else deployment.get("block") or 0, accounts, first_line)
     owners = [p for p in (run_dir / "private").glob("*") if p.is_dir()] if (run_dir / "private").is_dir() else []
-    report = verify(run_dir, trail, openings=read_openings(owners + openings), replayer=_replayer() if recompute else None,
-                    trusted_clients=trusted_clients)
+    report = verify(
+        run_dir,
+        trail,
+        openings=read_openings(owners + openings),
+        replayer=_replayer() if recompute else None,
+        trusted_clients=trusted_clients,
+    )
     if contract is not None:
-        report.check(deployment["address"].lower() == address.lower(),
-                     f"{run_dir / 'chain' / 'deployment.json'} names contract {deployment['address']}, not the pinned "
-                     f"{address}: the run directory points auditors at another contract")
+        report.check(
+            deployment["address"].lower() == address.lower(),
+            f"{run_dir / 'chain' / 'deployment.json'} names contract {deployment['address']}, not the pinned "
+            f"{address}: the run directory points auditors at another contract",
+        )
     return first_line, report
 
 
@@ -207,8 +246,10 @@ def read_clients(path: Path) -> set[str]:
         if not text:
             continue
         if not re.fullmatch(ADDRESS, text):
-            raise ChainError(f"--clients {path} line {number}: {text!r} is not a 0x-prefixed 20-byte address; write "
-                             "one participant address a line")
+            raise ChainError(
+                f"--clients {path} line {number}: {text!r} is not a 0x-prefixed 20-byte address; write "
+                "one participant address a line"
+            )
         addresses.add(text.lower())
     return addresses
 
@@ -225,8 +266,10 @@ def load_trail(args) -> dict:
         raise ChainError("give a RUN_DIR, or --rpc URL --address ADDR for a live chain")
     trail = read_trail(args.run_dir)
     if trail is None:
-        raise ChainError(f"{args.run_dir / 'chain' / 'trail.json'}: not found; run with chain_record: true, "
-                         "or read a live chain with --rpc URL --address ADDR")
+        raise ChainError(
+            f"{args.run_dir / 'chain' / 'trail.json'}: not found; run with chain_record: true, "
+            "or read a live chain with --rpc URL --address ADDR"
+        )
     if args.explorer_url:
         trail["explorer_url"] = args.explorer_url
     return trail
@@ -236,16 +279,33 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m chain.explorer", description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", nargs="?", type=Path, help="a run directory")
     parser.add_argument("--verify", action="store_true", help="check RUN_DIR's files against the chain")
-    parser.add_argument("--recompute", action="store_true",
-                        help="with --verify: recompute every round whose aggregate is deterministic")
-    parser.add_argument("--strict", action="store_true",
-                        help="with --verify: also fail on anything not checked (a NOTE) and on a run's own chain export")
-    parser.add_argument("--clients", type=Path, metavar="FILE",
-                        help="with --verify: the real participants' addresses, one a line; any other is a mismatch")
-    parser.add_argument("--contract", metavar="ADDR",
-                        help="with --verify: the FLB contract you expect (not the one the run directory names)")
-    parser.add_argument("--openings", type=Path, action="append", default=[], metavar="DIR",
-                        help="with --verify: a folder holding an openings.json of salted commitments (repeatable)")
+    parser.add_argument(
+        "--recompute", action="store_true", help="with --verify: recompute every round whose aggregate is deterministic"
+    )
+    parser.add_argument(
+        "--strict",
+        action="store_true",
+        help="with --verify: also fail on anything not checked (a NOTE) and on a run's own chain export",
+    )
+    parser.add_argument(
+        "--clients",
+        type=Path,
+        metavar="FILE",
+        help="with --verify: the real participants' addresses, one a line; any other is a mismatch",
+    )
+    parser.add_argument(
+        "--contract",
+        metavar="ADDR",
+        help="with --verify: the FLB contract you expect (not the one the run directory names)",
+    )
+    parser.add_argument(
+        "--openings",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="with --verify: a folder holding an openings.json of salted commitments (repeatable)",
+    )
     parser.add_argument("--rpc", metavar="URL", help="read this node instead of the run's own chain or export")
     parser.add_argument("--address", help="the FLB contract address (with --rpc and no RUN_DIR)")
     parser.add_argument("--from-block", type=int, default=0, help="first block to scan (with --rpc and no RUN_DIR)")
@@ -253,17 +313,20 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.run_dir is not None and not args.run_dir.is_dir():
-            raise ChainError(f"{args.run_dir}: the run directory does not exist; give output_dir/<run-id> (e.g. "
-                             "runs/latest)")
+            raise ChainError(
+                f"{args.run_dir}: the run directory does not exist; give output_dir/<run-id> (e.g. runs/latest)"
+            )
         if args.verify:
             if args.run_dir is None:
                 raise ChainError("--verify needs a RUN_DIR: python -m chain.explorer RUN_DIR --verify")
             if args.contract is not None and not re.fullmatch(ADDRESS, args.contract):
-                raise ChainError(f"--contract {args.contract}: not a 0x-prefixed 20-byte address; pass the FLB "
-                                 "contract's address")
+                raise ChainError(
+                    f"--contract {args.contract}: not a 0x-prefixed 20-byte address; pass the FLB contract's address"
+                )
             trusted = read_clients(args.clients) if args.clients else None
-            first_line, report = verify_run(args.run_dir, args.rpc, args.openings, args.recompute, trusted,
-                                            args.contract)
+            first_line, report = verify_run(
+                args.run_dir, args.rpc, args.openings, args.recompute, trusted, args.contract
+            )
         else:
             print("\n".join(format_trail(load_trail(args))))
             return 0
@@ -278,8 +341,9 @@ def main(argv: list[str] | None = None) -> int:
     for note in report.notes:
         print(f"NOTE {note}")
     print(f"verify: {report.passed} checks passed, {len(report.problems)} problems, {len(report.notes)} notes")
-    unproven = (["notes"] if report.notes else []) + \
-        ([] if first_line.startswith(INDEPENDENT.split("{")[0]) else ["a chain the run wrote itself"])
+    unproven = (["notes"] if report.notes else []) + (
+        [] if first_line.startswith(INDEPENDENT.split("{")[0]) else ["a chain the run wrote itself"]
+    )
     if args.strict and unproven:
         print(f"verify --strict: fails on {' and '.join(unproven)} (see above)")
         return 1

@@ -6,6 +6,7 @@ only append to RUN_DIR/chain/outbox.jsonl and return; a background thread (chain
 records in order. A record already on chain is never sent again, a record the chain lost is sent
 again, and a record that cannot be sent for a permanent cause ends the run (`check`, `close`).
 """
+
 from __future__ import annotations
 
 import logging
@@ -16,8 +17,7 @@ from chain.contract import flb_contract
 from chain.deployment import RunAnchors, deploy_or_attach, read_deployment
 from chain.errors import ChainError
 from chain.outbox import CONFIRMED, QUEUED, SUBMITTED, Outbox
-from chain.records import (REGISTER, ROUND, UPLOAD, batch_size, batches, register_payload, round_payload,
-                           upload_payload)
+from chain.records import REGISTER, ROUND, UPLOAD, batch_size, batches, register_payload, round_payload, upload_payload
 from chain.sender import LOST, OutboxSender, is_transient, permanent
 from chain.trail import collect_trail, contract_tx_hashes, write_trail
 from flb.atomic import write_json_atomic
@@ -37,7 +37,7 @@ def preflight(settings, *, in_process_clients: bool, num_clients: int) -> None:
     check_node(settings, in_process_clients=in_process_clients, num_clients=num_clients)
 
 
-def open_ledger(settings, run_dir: Path, anchors: RunAnchors) -> "ChainLedger":
+def open_ledger(settings, run_dir: Path, anchors: RunAnchors) -> ChainLedger:
     """The ledger `settings.backend` names, keeping its files in run_dir/chain, on the run's contract (which anchors
     `anchors`)."""
     from chain.backends import connect
@@ -52,9 +52,10 @@ class ChainLedger:
         self.chain_dir.mkdir(parents=True, exist_ok=True)
         self.outbox = Outbox(self.chain_dir / "outbox.jsonl")
         try:
-            self.deployment = _with_retries(lambda: deploy_or_attach(
-                node, self.chain_dir, settings.contract_address, anchors),
-                "the run's FLB contract")
+            self.deployment = _with_retries(
+                lambda: deploy_or_attach(node, self.chain_dir, settings.contract_address, anchors),
+                "the run's FLB contract",
+            )
         except BaseException:
             node.stop()
             raise
@@ -72,9 +73,10 @@ class ChainLedger:
     def register_clients(self, addresses: dict[int, str]) -> None:
         """Queue the clients' registration (only registered clients can upload or be recorded), in batches that each
         fit one transaction."""
-        write_json_atomic(self.chain_dir / "accounts.json",
-                          {"admin": self.node.accounts.admin.address,
-                           "clients": [addresses[i] for i in sorted(addresses)]})
+        write_json_atomic(
+            self.chain_dir / "accounts.json",
+            {"admin": self.node.accounts.admin.address, "clients": [addresses[i] for i in sorted(addresses)]},
+        )
         for name, batch in batches(addresses, batch_size(REGISTER, self.gas_limit)):
             self._enqueue(f"register:{name}", REGISTER, register_payload(batch))
 
@@ -88,13 +90,14 @@ class ChainLedger:
         if self.node.backend == "embedded" and self.sender.pending():
             # the embedded chain executes in this process: its batches (minutes for thousands of clients) are
             # mined now, before round 1, not while the rounds train
-            log.info("embedded chain: mining %d registration and upload batches before round 1",
-                     self.sender.pending())
+            log.info("embedded chain: mining %d registration and upload batches before round 1", self.sender.pending())
             self.wait_until_sent(float("inf"))
 
     def record_round(self, record: RoundRecord) -> None:
         """Queue the round's record: one owner transaction."""
-        self._enqueue(f"round:{record.round}", ROUND, round_payload(record, self.settings.scoring, self._upload_counts()))
+        self._enqueue(
+            f"round:{record.round}", ROUND, round_payload(record, self.settings.scoring, self._upload_counts())
+        )
 
     def check(self) -> None:
         """Raise RunFailed when a record cannot be sent for a permanent cause (the run must not go on unrecorded)."""
@@ -121,9 +124,11 @@ class ChainLedger:
             return f"{self.sender.fatal_error}; the unsent records stay in {self.outbox.path}"
         pending = self.outbox.count(QUEUED, SUBMITTED)
         if pending:
-            return (f"{pending} chain records were not confirmed ({self.node.description} confirmed none for "
-                    f"{timeout_s:.0f} s: unreachable?); they stay in {self.outbox.path} and are sent by --resume "
-                    f"{self.run_dir}")
+            return (
+                f"{pending} chain records were not confirmed ({self.node.description} confirmed none for "
+                f"{timeout_s:.0f} s: unreachable?); they stay in {self.outbox.path} and are sent by --resume "
+                f"{self.run_dir}"
+            )
         return None
 
     # --- queries --------------------------------------------------------------------------
@@ -144,8 +149,11 @@ class ChainLedger:
             for tx in transactions:
                 tx["link"] = self.settings.explorer_url.format(tx=tx["tx"]) if tx["tx"] else None
         return {
-            "chain": self.node.description, "backend": self.node.backend, "chain_id": deployment["chain_id"],
-            "contract": deployment["address"], "transactions": transactions,
+            "chain": self.node.description,
+            "backend": self.node.backend,
+            "chain_id": deployment["chain_id"],
+            "contract": deployment["address"],
+            "transactions": transactions,
             "pending": self.outbox.count(QUEUED, SUBMITTED),
             "explorer": f"python -m chain.explorer {self.run_dir}",
             "verify": f"python -m chain.explorer {self.run_dir} --verify",
@@ -154,8 +162,10 @@ class ChainLedger:
     def scores(self) -> dict[int, int]:
         """Cumulative on-chain score of each client."""
         with self.sender.lock:
-            return {i: self.contract.functions.getScore(address).call()
-                    for i, address in enumerate(self._accounts()["clients"])}
+            return {
+                i: self.contract.functions.getScore(address).call()
+                for i, address in enumerate(self._accounts()["clients"])
+            }
 
     # --- internals ------------------------------------------------------------------------
 
@@ -190,9 +200,15 @@ class ChainLedger:
             return
         deployment = read_deployment(self.chain_dir) or self.deployment
         resent = [{"record": e.id, "note": e.error} for e in entries if e.error and LOST in e.error]
-        meta = {"backend": self.node.backend, "chain": self.node.description, "chain_id": deployment["chain_id"],
-                "explorer_url": self.settings.explorer_url, "accounts": self._accounts_or_admin(),
-                "deployment": deployment, "resent": resent}
+        meta = {
+            "backend": self.node.backend,
+            "chain": self.node.description,
+            "chain_id": deployment["chain_id"],
+            "explorer_url": self.settings.explorer_url,
+            "accounts": self._accounts_or_admin(),
+            "deployment": deployment,
+            "resent": resent,
+        }
         with self.sender.lock:  # every transaction of the contract, however it was sent (the deployment's anchor too)
             tx_hashes = contract_tx_hashes(self.node.w3, deployment["address"], deployment.get("block") or 0)
             trail = collect_trail(self.node.w3, deployment["address"], tx_hashes, meta, self._exported_transactions)

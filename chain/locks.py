@@ -4,6 +4,7 @@ The kernel drops a flock when the last descriptor of it closes, so the lock of a
 (however it died) frees itself: a stale lock file only names a dead holder and is simply taken. A
 child started with the descriptor (anvil) keeps the lock until it has exited too. The lock file
 names the holder ('process 12 (anvil 13)') for the error a refused process gets."""
+
 from __future__ import annotations
 
 import fcntl
@@ -16,7 +17,7 @@ from pathlib import Path
 from chain.errors import ChainError
 
 DEAD_HOLDER_WAIT_S = 10.0
-_held: "weakref.WeakSet[StateLock]" = weakref.WeakSet()
+_held: weakref.WeakSet[StateLock] = weakref.WeakSet()
 
 
 class StateLock:
@@ -39,8 +40,10 @@ class StateLock:
             holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
             if _is_alive(holder) or time.monotonic() > deadline:
                 os.close(fd)
-                raise ChainError(f"{self.what} {self.state_file}: in use by {holder}; stop that run first, "
-                                 "or use another run directory")
+                raise ChainError(
+                    f"{self.what} {self.state_file}: in use by {holder}; stop that run first, "
+                    "or use another run directory"
+                )
             time.sleep(0.05)
         self.fd = fd
         _held.add(self)

@@ -3,6 +3,7 @@
 The state of each record is the replay of its lines (queued -> submitted -> confirmed,
 and back to queued when a confirmed record is missing from the chain), so a crash at any point
 loses nothing: a torn last line is ignored, everything before it is kept."""
+
 from __future__ import annotations
 
 import json
@@ -54,7 +55,9 @@ class Outbox:
                 line = json.loads(text)
             except json.JSONDecodeError:
                 if number < len(lines) - 1:
-                    raise ChainError(f"outbox {self.path}: line {number + 1} is corrupt; restore the file from a backup") from None
+                    raise ChainError(
+                        f"outbox {self.path}: line {number + 1} is corrupt; restore the file from a backup"
+                    ) from None
                 # a torn final write from a crash was never acknowledged: drop it
                 self.path.write_text("".join(kept + "\n" for kept in lines[:-1]), encoding="utf-8")
                 return
@@ -103,4 +106,3 @@ class Outbox:
 
     def close(self) -> None:
         self._file.close()
-

@@ -4,6 +4,7 @@ Payloads are plain JSON (the outbox keeps them on disk); the contract wants a ro
 address, so `round_payload` sorts them once, keeping every per-client list aligned. Registrations and data
 uploads go in batches (`batches`) that each fit one transaction under the chain's block gas limit.
 """
+
 from __future__ import annotations
 
 from chain.contract import to_bytes32
@@ -25,8 +26,10 @@ def batch_size(kind: str, gas_limit: int) -> int:
 
     size = int((gas_limit / GAS_HEADROOM - GAS_PER_BATCH) // GAS_PER_CLIENT[kind])
     if size < 1:
-        raise ChainError(f"chain.block_gas_limit: {gas_limit:,} gas cannot hold one client's {kind} transaction "
-                         f"(about {int((GAS_PER_BATCH + GAS_PER_CLIENT[kind]) * GAS_HEADROOM):,}); raise it")
+        raise ChainError(
+            f"chain.block_gas_limit: {gas_limit:,} gas cannot hold one client's {kind} transaction "
+            f"(about {int((GAS_PER_BATCH + GAS_PER_CLIENT[kind]) * GAS_HEADROOM):,}); raise it"
+        )
     return size
 
 
@@ -44,8 +47,10 @@ def batch_gas(kind: str, payload: dict) -> int | None:
 def batches(items: dict[int, object], size: int) -> list[tuple[str, dict[int, object]]]:
     """`items` by client id in batches of at most `size`, each named by its first and last client id."""
     ids = sorted(items)
-    return [(f"{chunk[0]}-{chunk[-1]}", {i: items[i] for i in chunk})
-            for chunk in (ids[start:start + size] for start in range(0, len(ids), size))]
+    return [
+        (f"{chunk[0]}-{chunk[-1]}", {i: items[i] for i in chunk})
+        for chunk in (ids[start : start + size] for start in range(0, len(ids), size))
+    ]
 
 
 def register_payload(addresses: dict[int, str]) -> dict:
@@ -57,8 +62,9 @@ def upload_payload(uploads: dict[int, tuple[str, SignedUpload]]) -> dict:
     rows = []
     for client_id, (address, upload) in sorted(uploads.items()):
         to_bytes32(upload.recorded_digest, f"client {client_id} data digest")
-        rows.append({"client_id": client_id, "client": address, "data": upload.recorded_digest,
-                     "signature": upload.signature})
+        rows.append(
+            {"client_id": client_id, "client": address, "data": upload.recorded_digest, "signature": upload.signature}
+        )
     return {"uploads": rows}
 
 
@@ -67,44 +73,83 @@ def round_payload(record: RoundRecord, scoring: str, uploads: dict[int, int]) ->
     to_bytes32(record.global_digest, f"round {record.round} global digest")
     to_bytes32(record.metrics_digest, f"round {record.round} metrics digest")
     if record.participants_commitment is not None:
-        return {"round": record.round, "global_digest": record.global_digest, "metrics_digest": record.metrics_digest,
-                "participants_commitment": record.participants_commitment}
-    columns = (record.client_ids, record.addresses, record.update_digests, record.num_examples, record.signatures,
-               round_scores(record, scoring, uploads))
+        return {
+            "round": record.round,
+            "global_digest": record.global_digest,
+            "metrics_digest": record.metrics_digest,
+            "participants_commitment": record.participants_commitment,
+        }
+    columns = (
+        record.client_ids,
+        record.addresses,
+        record.update_digests,
+        record.num_examples,
+        record.signatures,
+        round_scores(record, scoring, uploads),
+    )
     if len({len(column) for column in columns}) != 1:
-        raise ChainError(f"round {record.round}: the per-client lists of its record differ in length; give one entry "
-                         "per accepted client")
+        raise ChainError(
+            f"round {record.round}: the per-client lists of its record differ in length; give one entry "
+            "per accepted client"
+        )
     rows = sorted(zip(*columns), key=lambda row: int(row[1], 16))
     for client_id, _, digest, *_ in rows:
         to_bytes32(digest, f"round {record.round} client {client_id} update digest")
-    client_ids, addresses, digests, counts, signatures, scores = (list(column) for column in zip(*rows)) if rows else \
-        ([], [], [], [], [], [])
-    return {"round": record.round, "global_digest": record.global_digest, "metrics_digest": record.metrics_digest,
-            "client_ids": client_ids, "clients": addresses, "update_digests": digests, "num_examples": counts,
-            "scores": scores, "signatures": signatures}
+    client_ids, addresses, digests, counts, signatures, scores = (
+        (list(column) for column in zip(*rows)) if rows else ([], [], [], [], [], [])
+    )
+    return {
+        "round": record.round,
+        "global_digest": record.global_digest,
+        "metrics_digest": record.metrics_digest,
+        "client_ids": client_ids,
+        "clients": addresses,
+        "update_digests": digests,
+        "num_examples": counts,
+        "scores": scores,
+        "signatures": signatures,
+    }
 
 
 def call_for(contract, kind: str, payload: dict):
     """The contract function call that writes this record, and a phrase naming it for messages."""
     functions = contract.functions
     if kind == REGISTER:
-        return (functions.registerClients(list(payload["clients"].values())),
-                f"registration of {_named([int(i) for i in payload['clients']])}")
+        return (
+            functions.registerClients(list(payload["clients"].values())),
+            f"registration of {_named([int(i) for i in payload['clients']])}",
+        )
     if kind == UPLOAD:
         clients, digests, signatures = _upload_columns(payload)
-        return (functions.uploadUserData(clients, digests, [_signature(s) for s in signatures]),
-                f"data upload of {_named([row['client_id'] for row in payload['uploads']])}")
+        return (
+            functions.uploadUserData(clients, digests, [_signature(s) for s in signatures]),
+            f"data upload of {_named([row['client_id'] for row in payload['uploads']])}",
+        )
     round_number = payload["round"]
     global_digest, metrics_digest = _round_digests(payload)
     if "participants_commitment" in payload:
-        return (functions.recordSealedRound(round_number, global_digest, metrics_digest,
-                                            to_bytes32(payload["participants_commitment"], "participants commitment")),
-                f"round {round_number} record")
-    return (functions.recordRound(round_number, global_digest, metrics_digest, payload["clients"],
-                                  [to_bytes32(d, "update digest") for d in payload["update_digests"]],
-                                  payload["num_examples"], payload["scores"],
-                                  [_signature(s) for s in payload["signatures"]]),
-            f"round {round_number} record")
+        return (
+            functions.recordSealedRound(
+                round_number,
+                global_digest,
+                metrics_digest,
+                to_bytes32(payload["participants_commitment"], "participants commitment"),
+            ),
+            f"round {round_number} record",
+        )
+    return (
+        functions.recordRound(
+            round_number,
+            global_digest,
+            metrics_digest,
+            payload["clients"],
+            [to_bytes32(d, "update digest") for d in payload["update_digests"]],
+            payload["num_examples"],
+            payload["scores"],
+            [_signature(s) for s in payload["signatures"]],
+        ),
+        f"round {round_number} record",
+    )
 
 
 def on_chain(contract, kind: str, payload: dict) -> bool | str:
@@ -112,23 +157,37 @@ def on_chain(contract, kind: str, payload: dict) -> bool | str:
     string when it holds something else there (a conflict no resend can fix)."""
     functions = contract.functions
     if kind == REGISTER:
-        return _batch_held(functions.countRegistered(list(payload["clients"].values())).call(),
-                           len(payload["clients"]), "registration")
+        return _batch_held(
+            functions.countRegistered(list(payload["clients"].values())).call(), len(payload["clients"]), "registration"
+        )
     if kind == UPLOAD:
-        return _batch_held(functions.countUploaded(*_upload_columns(payload)[:2]).call(), len(payload["uploads"]),
-                           "data upload")
+        return _batch_held(
+            functions.countUploaded(*_upload_columns(payload)[:2]).call(), len(payload["uploads"]), "data upload"
+        )
     round_number = payload["round"]
     if not functions.roundExists(round_number).call():
         return False
     previous = _previous_digest(contract, round_number)
     global_digest, metrics_digest = _round_digests(payload)
     if "participants_commitment" in payload:
-        same = functions.verifySealedRound(round_number, previous, global_digest, metrics_digest,
-                                           to_bytes32(payload["participants_commitment"], "commitment")).call()
+        same = functions.verifySealedRound(
+            round_number,
+            previous,
+            global_digest,
+            metrics_digest,
+            to_bytes32(payload["participants_commitment"], "commitment"),
+        ).call()
     else:
-        same = functions.verifyRound(round_number, previous, global_digest, metrics_digest, payload["clients"],
-                                     [to_bytes32(d, "update digest") for d in payload["update_digests"]],
-                                     payload["num_examples"], payload["scores"]).call()
+        same = functions.verifyRound(
+            round_number,
+            previous,
+            global_digest,
+            metrics_digest,
+            payload["clients"],
+            [to_bytes32(d, "update digest") for d in payload["update_digests"]],
+            payload["num_examples"],
+            payload["scores"],
+        ).call()
     return True if same else f"round {round_number} is on chain with another record"
 
 
@@ -145,13 +204,18 @@ def _batch_held(held: int, total: int, what: str) -> bool | str:
 
 def _upload_columns(payload: dict) -> tuple[list[str], list[bytes], list[str]]:
     rows = payload["uploads"]
-    return ([r["client"] for r in rows], [to_bytes32(r["data"], "data digest") for r in rows],
-            [r["signature"] for r in rows])
+    return (
+        [r["client"] for r in rows],
+        [to_bytes32(r["data"], "data digest") for r in rows],
+        [r["signature"] for r in rows],
+    )
 
 
 def _round_digests(payload: dict) -> tuple[bytes, bytes]:
-    return (to_bytes32(payload["global_digest"], "global digest"),
-            to_bytes32(payload["metrics_digest"], "metrics digest"))
+    return (
+        to_bytes32(payload["global_digest"], "global digest"),
+        to_bytes32(payload["metrics_digest"], "metrics digest"),
+    )
 
 
 def _previous_digest(contract, round_number: int) -> bytes:

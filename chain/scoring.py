@@ -4,9 +4,10 @@
 each client's marginal eval-loss improvement (leave-one-out); it needs the model, so the round
 loop computes it (server/contribution.py) and passes it in `RoundRecord.metrics["scores"]`; the
 ledger only validates and records it."""
+
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 from chain.errors import ChainError
 from flb.types import RoundRecord
@@ -30,9 +31,14 @@ def supplied_scores(record: RoundRecord) -> list[int]:
     if not record.client_ids:  # round 0 and skipped rounds: nothing to score
         return []
     scores = record.metrics.get("scores")
-    valid = isinstance(scores, list) and len(scores) == len(record.client_ids) and all(
-        isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in scores)
+    valid = (
+        isinstance(scores, list)
+        and len(scores) == len(record.client_ids)
+        and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in scores)
+    )
     if not valid:
-        raise ChainError(f"round {record.round}: chain.scoring is quality but metrics['scores'] is {scores!r}; "
-                         "the round loop must pass one integer >= 0 per client (server/contribution.py)")
+        raise ChainError(
+            f"round {record.round}: chain.scoring is quality but metrics['scores'] is {scores!r}; "
+            "the round loop must pass one integer >= 0 per client (server/contribution.py)"
+        )
     return list(scores)

@@ -6,6 +6,7 @@ anything is sent, every record the outbox calls confirmed is checked against the
 permanent failure (a revert, an account that cannot pay, a conflicting record on chain) stops the
 sender and is kept in `fatal_error` for the ledger to end the run with.
 """
+
 from __future__ import annotations
 
 import logging
@@ -25,8 +26,14 @@ MAX_SUBMISSIONS = 3
 LOST = "lost by the chain"
 # Node answers that no retry can change: the account cannot pay, or the transaction can never fit. A gas estimate
 # capped by the sender's balance says "gas required exceeds allowance" (geth, anvil: "...allowance: 0" when unfunded).
-_PERMANENT_RPC = ("insufficient funds", "exceeds block gas limit", "invalid sender", "doesn't have enough funds",
-                  "does not have enough balance", "gas required exceeds allowance")
+_PERMANENT_RPC = (
+    "insufficient funds",
+    "exceeds block gas limit",
+    "invalid sender",
+    "doesn't have enough funds",
+    "does not have enough balance",
+    "gas required exceeds allowance",
+)
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -43,8 +50,9 @@ def permanent(exc: BaseException, action: str) -> ChainError:
         return exc
     text = first_line(exc)
     if any(p in text.lower() for p in _PERMANENT_RPC):
-        return ChainError(f"{action}: the admin account cannot pay for it ({text}); fund the run's admin account "
-                          "and resume the run")
+        return ChainError(
+            f"{action}: the admin account cannot pay for it ({text}); fund the run's admin account and resume the run"
+        )
     return ChainError(f"{action}: the chain ledger stopped on {type(exc).__name__}: {text}")
 
 
@@ -89,8 +97,9 @@ class OutboxSender:
                     continue
                 held = on_chain(self.contract, entry.kind, entry.payload)
                 if held is False:
-                    log.warning("%s was confirmed but %s no longer holds it; sending it again", entry.id,
-                                self.description)
+                    log.warning(
+                        "%s was confirmed but %s no longer holds it; sending it again", entry.id, self.description
+                    )
                     self.outbox.mark(entry.id, QUEUED, tx=None, error=f"{LOST} ({self.description}); sent again")
                 elif held is not True:
                     raise ChainError(f"{entry.id}: {held}; the chain no longer holds this run's record")
@@ -117,8 +126,12 @@ class OutboxSender:
                     self.fatal_error = permanent(exc, "chain ledger")
                     log.error("%s; the records stay in %s", self.fatal_error, self.outbox.path)
                     return
-                log.warning("chain not reachable (%s); %d records wait in the outbox, retrying in %.1f s",
-                            first_line(exc), self.pending(), delay)
+                log.warning(
+                    "chain not reachable (%s); %d records wait in the outbox, retrying in %.1f s",
+                    first_line(exc),
+                    self.pending(),
+                    delay,
+                )
                 self._reconcile_needed = True
                 self._wake.wait(delay)
                 self._wake.clear()
@@ -150,11 +163,15 @@ class OutboxSender:
             self.outbox.mark(entry.id, CONFIRMED, tx=None)  # which transaction wrote it is not known
             return
         if held is not False:
-            raise TransactionReverted(f"{action}: {held}; each record is written once (a fresh contract, "
-                                      "chain.contract_address: null, for a new run)")
+            raise TransactionReverted(
+                f"{action}: {held}; each record is written once (a fresh contract, "
+                "chain.contract_address: null, for a new run)"
+            )
         if entry.history.count(SUBMITTED) >= MAX_SUBMISSIONS:
-            raise TransactionReverted(f"{action}: {MAX_SUBMISSIONS} transactions failed on chain (last {entry.tx}); "
-                                      "inspect it with python -m chain.explorer")
+            raise TransactionReverted(
+                f"{action}: {MAX_SUBMISSIONS} transactions failed on chain (last {entry.tx}); "
+                "inspect it with python -m chain.explorer"
+            )
         try:
             signed = sign_call(self.w3, self.admin, call, action, batch_gas(entry.kind, entry.payload))
         except Exception as exc:

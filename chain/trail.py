@@ -2,6 +2,7 @@
 
 The ledger writes it to RUN_DIR/chain/trail.json (an embedded chain ends with its process; this
 file outlives it); the explorer reads that file or collects the same dict live from a node."""
+
 from __future__ import annotations
 
 import json
@@ -46,9 +47,16 @@ def _transaction(w3, contract, tx_hash: str) -> dict | None:
     if function == "constructor":
         args = {"code_matches_artifact": _is_artifact_deployment(tx["input"])}
     return {
-        "hash": _hex(tx_hash), "block": receipt["blockNumber"], "from": tx["from"], "to": tx.get("to"),
-        "nonce": tx["nonce"], "status": receipt["status"], "gas_used": receipt["gasUsed"],
-        "function": function, "args": args, "events": _decode_events(contract, receipt),
+        "hash": _hex(tx_hash),
+        "block": receipt["blockNumber"],
+        "from": tx["from"],
+        "to": tx.get("to"),
+        "nonce": tx["nonce"],
+        "status": receipt["status"],
+        "gas_used": receipt["gasUsed"],
+        "function": function,
+        "args": args,
+        "events": _decode_events(contract, receipt),
     }
 
 
@@ -83,8 +91,13 @@ def _event_names(contract) -> list[str]:
 def _block(w3, number: int, transactions: list[dict]) -> dict:
     block = w3.eth.get_block(number)
     ours = [tx["hash"] for tx in transactions if tx["block"] == number]
-    return {"number": number, "hash": _hex(block["hash"]), "timestamp": block["timestamp"],
-            "gas_used": block["gasUsed"], "transactions": ours}
+    return {
+        "number": number,
+        "hash": _hex(block["hash"]),
+        "timestamp": block["timestamp"],
+        "gas_used": block["gasUsed"],
+        "transactions": ours,
+    }
 
 
 def jsonable(value):

@@ -1,4 +1,5 @@
 """Sign and send one contract call from a local account: fees, gas, nonce, receipt."""
+
 from __future__ import annotations
 
 from chain.contract import revert_reason, reverted

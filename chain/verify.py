@@ -13,15 +13,22 @@ the scoring formula allows; and with a replayer every round whose aggregate is d
 the update files and compared bit for bit with the recorded digest (an svd round may match in its LoRA products
 instead: see `_svd_matches`).
 """
+
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
 
-from flb.audit.digests import (ADAPTER_CONFIG, EXTRAS_PREFIX, adapter_config_digest, adapter_file_digest, json_digest,
-                         metrics_digest)
+from flb.audit.digests import (
+    ADAPTER_CONFIG,
+    EXTRAS_PREFIX,
+    adapter_config_digest,
+    adapter_file_digest,
+    json_digest,
+    metrics_digest,
+)
 
 ZERO_DIGEST = "00" * 32
 SVD_TOLERANCE = 1e-5  # relative, in B A: another LAPACK build's SVD may differ from the server's in the last bits
@@ -65,12 +72,20 @@ def rounds_from(trail: dict) -> dict[int, dict]:
             args = event["args"]
             if event["event"] not in ("RoundRecorded", "RoundSealed"):
                 continue
-            record = {"previous": _hex(args["previousGlobalDigest"]), "global_digest": _hex(args["globalDigest"]),
-                      "metrics_digest": _hex(args["metricsDigest"]), "clients": []}
+            record = {
+                "previous": _hex(args["previousGlobalDigest"]),
+                "global_digest": _hex(args["globalDigest"]),
+                "metrics_digest": _hex(args["metricsDigest"]),
+                "clients": [],
+            }
             if event["event"] == "RoundRecorded":
-                record.update(clients=args["clients"], update_digests=[_hex(d) for d in args["updateDigests"]],
-                              num_examples=args["numExamples"], scores=args["scores"],
-                              signatures=tx["args"].get("signatures", []))
+                record.update(
+                    clients=args["clients"],
+                    update_digests=[_hex(d) for d in args["updateDigests"]],
+                    num_examples=args["numExamples"],
+                    scores=args["scores"],
+                    signatures=tx["args"].get("signatures", []),
+                )
             else:
                 record["participants_commitment"] = _hex(args["participantsCommitment"])
             rounds[args["round"]] = record
@@ -96,8 +111,14 @@ def registered_clients(trail: dict) -> list[str]:
     return list(registrations(trail))
 
 
-def verify(run_dir: Path, trail: dict, *, openings: dict[str, dict] | None = None, replayer: Replayer | None = None,
-           trusted_clients: set[str] | None = None) -> Report:
+def verify(
+    run_dir: Path,
+    trail: dict,
+    *,
+    openings: dict[str, dict] | None = None,
+    replayer: Replayer | None = None,
+    trusted_clients: set[str] | None = None,
+) -> Report:
     report = Report()
     openings = openings or {}
     rounds = rounds_from(trail)
@@ -118,12 +139,15 @@ def verify(run_dir: Path, trail: dict, *, openings: dict[str, dict] | None = Non
         else:
             _check_updates(report, number, record, openings, trail, folder, clients)
     for number in sorted(_rounds_on_disk(run_dir) - rounds.keys()):
-        report.problems.append(f"round {number}: {run_dir / f'round_{number}'} exists but the chain holds no record of it")
+        report.problems.append(
+            f"round {number}: {run_dir / f'round_{number}'} exists but the chain holds no record of it"
+        )
     rows = _check_metrics(report, run_dir, rounds, clients)
     if rounds and (run_dir / "final_adapter").is_dir():
         last = max(rounds)
-        _check_adapter_dir(report, run_dir / "final_adapter", rounds[last]["global_digest"], config_digest,
-                           "final_adapter")
+        _check_adapter_dir(
+            report, run_dir / "final_adapter", rounds[last]["global_digest"], config_digest, "final_adapter"
+        )
         _check_summary(report, run_dir, last, rounds[last]["global_digest"], rows)
     elif rounds:
         report.notes.append(f"{run_dir / 'final_adapter'} is missing (a run that did not finish): not checked")
@@ -137,10 +161,14 @@ def verify(run_dir: Path, trail: dict, *, openings: dict[str, dict] | None = Non
 
 # --- the contract, its anchors and its participants -------------------------------------------------
 
+
 def _describe_contract(report: Report, trail: dict) -> None:
     constructor = _constructor(trail)
-    deployed = (f"deployed by {constructor['from']} in block {constructor['block']}" if constructor else
-                "its deployment transaction is not among the contract's transactions read")
+    deployed = (
+        f"deployed by {constructor['from']} in block {constructor['block']}"
+        if constructor
+        else "its deployment transaction is not among the contract's transactions read"
+    )
     report.facts.append(f"contract {trail['contract']} on chain id {trail.get('chain_id')}, {deployed}")
 
 
@@ -151,16 +179,22 @@ def _constructor(trail: dict) -> dict | None:
 def _check_deployment(report: Report, trail: dict) -> None:
     constructor = _constructor(trail)
     if constructor is None:
-        report.notes.append("the deployment transaction is not in the trail (a contract given by chain.contract_address): "
-                            "its bytecode was not compared with the committed artifact")
+        report.notes.append(
+            "the deployment transaction is not in the trail (a contract given by chain.contract_address): "
+            "its bytecode was not compared with the committed artifact"
+        )
         return
-    report.check(constructor["args"].get("code_matches_artifact") is True,
-                 f"contract {trail['contract']}: its deployment code is not chain/artifacts/FLB.json's bytecode")
+    report.check(
+        constructor["args"].get("code_matches_artifact") is True,
+        f"contract {trail['contract']}: its deployment code is not chain/artifacts/FLB.json's bytecode",
+    )
 
 
 def _anchors(trail: dict) -> dict | None:
-    anchors = [{"adapter_config": _hex(e["args"]["adapterConfigDigest"]), "run_spec": _hex(e["args"]["runSpecDigest"])}
-               for e in _events(trail, "RunAnchored")]
+    anchors = [
+        {"adapter_config": _hex(e["args"]["adapterConfigDigest"]), "run_spec": _hex(e["args"]["runSpecDigest"])}
+        for e in _events(trail, "RunAnchored")
+    ]
     return anchors[0] if anchors else None
 
 
@@ -174,10 +208,14 @@ def _check_run_spec(report: Report, run_dir: Path, anchors: dict | None) -> dict
         return None
     config = json.loads(path.read_text())
     actual = run_spec_digest(config)
-    if anchors is None or not report.check(actual == anchors["run_spec"], (
+    if anchors is None or not report.check(
+        actual == anchors["run_spec"],
+        (
             f"config.json: its run spec (strategy, DP, scoring, sampling) has digest {actual}, but the chain anchors "
             f"{anchors['run_spec']}: the run's rules were edited after the fact; nothing is recomputed or re-derived "
-            "from it")):
+            "from it"
+        ),
+    ):
         return None
     return config
 
@@ -190,15 +228,22 @@ def _check_participants(report: Report, trail: dict, rounds: dict[int, dict], tr
         for address in record["clients"]:
             listed.setdefault(address, []).append(number)
     for address, registered_at in registrations(trail).items():
-        report.facts.append(f"participant {address}: registered before round {registered_at}, in rounds "
-                            f"{listed.get(address, [])}")
+        report.facts.append(
+            f"participant {address}: registered before round {registered_at}, in rounds {listed.get(address, [])}"
+        )
         if trusted is not None:
-            report.check(address.lower() in trusted, f"participant {address} is registered but is not in --clients: "
-                                                     "an address the auditor does not know to be a real participant")
+            report.check(
+                address.lower() in trusted,
+                f"participant {address} is registered but is not in --clients: "
+                "an address the auditor does not know to be a real participant",
+            )
         else:
-            report.check(registered_at == 0, f"participant {address} was registered before round {registered_at}, "
-                                             "after the run began (a key the server added mid-run?); pass --clients "
-                                             "FILE with the real participants' addresses to accept it")
+            report.check(
+                registered_at == 0,
+                f"participant {address} was registered before round {registered_at}, "
+                "after the run began (a key the server added mid-run?); pass --clients "
+                "FILE with the real participants' addresses to accept it",
+            )
 
 
 def _check_chain_of_rounds(report: Report, rounds: dict[int, dict]) -> None:
@@ -207,13 +252,16 @@ def _check_chain_of_rounds(report: Report, rounds: dict[int, dict]) -> None:
     for number in numbers:
         record = rounds[number]
         expected = ZERO_DIGEST if number == 0 else rounds.get(number - 1, {}).get("global_digest")
-        report.check(record["previous"] == expected,
-                     f"round {number}: recorded after global digest {record['previous']}, not round "
-                     f"{number - 1}'s {expected}")
+        report.check(
+            record["previous"] == expected,
+            f"round {number}: recorded after global digest {record['previous']}, not round {number - 1}'s {expected}",
+        )
         if number > 0 and "participants_commitment" not in record and not record["clients"]:
-            report.check(record["global_digest"] == record["previous"],
-                         f"round {number}: records no client but a new global adapter {record['global_digest']}: an "
-                         "aggregate of no updates")
+            report.check(
+                record["global_digest"] == record["previous"],
+                f"round {number}: records no client but a new global adapter {record['global_digest']}: an "
+                "aggregate of no updates",
+            )
 
 
 def _check_adapter_dir(report: Report, folder: Path, expected: str, config_digest: str | None, what: str) -> None:
@@ -223,8 +271,11 @@ def _check_adapter_dir(report: Report, folder: Path, expected: str, config_diges
         report.problems.append(f"{what}: {config} is missing")
     elif config_digest is not None:
         actual = adapter_config_digest(folder)
-        report.check(actual == config_digest, f"{what}: {config} has digest {actual}, but the chain anchors "
-                                              f"{config_digest} (its LoRA settings were changed)")
+        report.check(
+            actual == config_digest,
+            f"{what}: {config} has digest {actual}, but the chain anchors "
+            f"{config_digest} (its LoRA settings were changed)",
+        )
 
 
 def _check_file(report: Report, path: Path, expected: str, what: str) -> bool:
@@ -237,8 +288,10 @@ def _check_file(report: Report, path: Path, expected: str, what: str) -> bool:
 
 # --- clients, signatures, commitments -------------------------------------------------------
 
-def _check_updates(report: Report, number: int, record: dict, openings: dict, trail: dict, folder: Path,
-                   clients: list[str]) -> None:
+
+def _check_updates(
+    report: Report, number: int, record: dict, openings: dict, trail: dict, folder: Path, clients: list[str]
+) -> None:
     from flb.audit.attestation import update_signer
 
     domain = _domain(trail)
@@ -248,15 +301,23 @@ def _check_updates(report: Report, number: int, record: dict, openings: dict, tr
             continue
         digest, count = record["update_digests"][index], record["num_examples"][index]
         signature = record["signatures"][index] if index < len(record["signatures"]) else None
-        signer = _recovered(update_signer, domain, signature, round=number, previous_global_digest=record["previous"],
-                            update_digest=digest, num_examples=count)
+        signer = _recovered(
+            update_signer,
+            domain,
+            signature,
+            round=number,
+            previous_global_digest=record["previous"],
+            update_digest=digest,
+            num_examples=count,
+        )
         report.check(signer == address, f"{who}: the recorded update is signed by {signer}, not by the client")
         path = folder / "updates" / f"client_{clients.index(address)}.safetensors"
         _check_recorded_file(report, path, digest, openings, who, committed_regime=count == 0)
 
 
-def _check_recorded_file(report: Report, path: Path, recorded: str, openings: dict, who: str,
-                         committed_regime: bool) -> None:
+def _check_recorded_file(
+    report: Report, path: Path, recorded: str, openings: dict, who: str, committed_regime: bool
+) -> None:
     """A file against the digest on chain: equal to it, or (under DP) opened by its owner's salt to it."""
     if not path.is_file():
         report.problems.append(f"{who}: {path} is missing; the chain holds {recorded}")
@@ -267,16 +328,19 @@ def _check_recorded_file(report: Report, path: Path, recorded: str, openings: di
         return
     opening = openings.get(recorded)
     if opening is not None:
-        report.check(_opens(opening, recorded) and opening["digest"] == actual,
-                     f"{who}: {path} has digest {actual}, which the opening of commitment {recorded} does not give")
+        report.check(
+            _opens(opening, recorded) and opening["digest"] == actual,
+            f"{who}: {path} has digest {actual}, which the opening of commitment {recorded} does not give",
+        )
     elif committed_regime:
         report.notes.append(f"{who}: the chain holds a salted commitment; only the client's opening can check {path}")
     else:
         report.problems.append(f"{who}: {path} has digest {actual} but the chain holds {recorded}")
 
 
-def _check_sealed(report: Report, number: int, record: dict, openings: dict, trail: dict, folder: Path,
-                  clients: list[str]) -> dict:
+def _check_sealed(
+    report: Report, number: int, record: dict, openings: dict, trail: dict, folder: Path, clients: list[str]
+) -> dict:
     """The sealed round's participants (clients, update digests, example counts, signatures) when an opening opens
     its commitment, checked like a published round's; else {}."""
     opening = openings.get(record["participants_commitment"])
@@ -284,9 +348,10 @@ def _check_sealed(report: Report, number: int, record: dict, openings: dict, tra
         report.notes.append(f"round {number}: who took part is sealed; only the server's opening reveals it")
         return {}
     participants = opening.get("value") or {}
-    if not report.check(_opens(opening, record["participants_commitment"]) and
-                        json_digest(participants) == opening["digest"],
-                        f"round {number}: the opening does not open the sealed participants commitment"):
+    if not report.check(
+        _opens(opening, record["participants_commitment"]) and json_digest(participants) == opening["digest"],
+        f"round {number}: the opening does not open the sealed participants commitment",
+    ):
         return {}
     _check_updates(report, number, {**record, **participants}, openings, trail, folder, clients)
     return participants
@@ -303,8 +368,10 @@ def _check_uploads(report: Report, trail: dict, clients: list[str], openings: di
         for client, data_digest, signature in zip(args["clients"], args["dataDigests"], args["signatures"]):
             who = f"data upload of client {_client_id(clients, client)}"
             signer = _recovered(data_upload_signer, domain, signature, data_digest=data_digest)
-            report.check(signer == client and client in clients,
-                         f"{who}: signed by {signer}, not by the registered client {client}")
+            report.check(
+                signer == client and client in clients,
+                f"{who}: signed by {signer}, not by the registered client {client}",
+            )
             opening = openings.get(_hex(data_digest))
             if opening is not None:
                 report.check(_opens(opening, _hex(data_digest)), f"{who}: its opening does not open the commitment")
@@ -335,6 +402,7 @@ def _domain(trail: dict):
 
 # --- the run's own summaries ------------------------------------------------------------------
 
+
 def _check_metrics(report: Report, run_dir: Path, rounds: dict[int, dict], clients: list[str]) -> list[dict]:
     """Each recorded round's metrics.jsonl row against the chain's metrics digest (so its eval loss, accuracy,
     suites, privacy... are the ones recorded when the round was), and each published update's digest; returns the
@@ -350,12 +418,16 @@ def _check_metrics(report: Report, run_dir: Path, rounds: dict[int, dict], clien
         if not report.check(len(found) == 1, f"metrics.jsonl: {len(found)} rows for round {number}, not one"):
             continue
         row = found[0]
-        report.check(row.get("global_digest") == record["global_digest"],
-                     f"metrics.jsonl: round {number} global_digest {row.get('global_digest')} is not the chain's")
+        report.check(
+            row.get("global_digest") == record["global_digest"],
+            f"metrics.jsonl: round {number} global_digest {row.get('global_digest')} is not the chain's",
+        )
         actual = metrics_digest(row)
-        if report.check(actual == record["metrics_digest"],
-                        f"metrics.jsonl: round {number} row has digest {actual}, but the chain holds "
-                        f"{record['metrics_digest']} (its eval loss, accuracy or other metrics were changed)"):
+        if report.check(
+            actual == record["metrics_digest"],
+            f"metrics.jsonl: round {number} row has digest {actual}, but the chain holds "
+            f"{record['metrics_digest']} (its eval loss, accuracy or other metrics were changed)",
+        ):
             checked.append(row)
     for number in sorted({row["round"] for row in rows if row["kind"] == "round"} - rounds.keys()):
         report.problems.append(f"metrics.jsonl: a row for round {number}, which the chain does not hold")
@@ -367,8 +439,10 @@ def _check_metrics(report: Report, run_dir: Path, rounds: dict[int, dict], clien
         if address in record["clients"]:
             index = record["clients"].index(address)
             if record["num_examples"][index]:  # published: the recorded digest is the update's own
-                report.check(row["digest"] == record["update_digests"][index],
-                             f"metrics.jsonl: round {row['round']} client {row['client_id']} digest is not the chain's")
+                report.check(
+                    row["digest"] == record["update_digests"][index],
+                    f"metrics.jsonl: round {row['round']} client {row['client_id']} digest is not the chain's",
+                )
     return checked
 
 
@@ -382,22 +456,30 @@ def _check_summary(report: Report, run_dir: Path, last: int, last_digest: str, r
         report.problems.append(f"{path} is missing beside final_adapter/")
         return
     summary = json.loads(path.read_text())
-    report.check(summary.get("final_digest") == last_digest,
-                 f"summary.json: final_digest {summary.get('final_digest')} is not the last recorded round's {last_digest}")
-    report.check(summary.get("rounds") == last, f"summary.json: says {summary.get('rounds')} rounds; the chain "
-                                                f"records rounds up to {last}")
+    report.check(
+        summary.get("final_digest") == last_digest,
+        f"summary.json: final_digest {summary.get('final_digest')} is not the last recorded round's {last_digest}",
+    )
+    report.check(
+        summary.get("rounds") == last,
+        f"summary.json: says {summary.get('rounds')} rounds; the chain records rounds up to {last}",
+    )
     if len(rows) != last + 1:
         report.notes.append("summary.json: its numbers were not compared (not every round row matches the chain)")
         return
     for key, expected in summary_numbers(rows).items():
-        report.check(summary.get(key) == expected, f"summary.json: {key} is {summary.get(key)!r}, but the round rows "
-                                                   f"the chain anchors give {expected!r}")
+        report.check(
+            summary.get(key) == expected,
+            f"summary.json: {key} is {summary.get(key)!r}, but the round rows the chain anchors give {expected!r}",
+        )
 
 
 # --- scores -------------------------------------------------------------------------------------
 
-def _check_scores(report: Report, run_dir: Path, trail: dict, rounds: dict[int, dict], clients: list[str],
-                  config: dict | None) -> None:
+
+def _check_scores(
+    report: Report, run_dir: Path, trail: dict, rounds: dict[int, dict], clients: list[str], config: dict | None
+) -> None:
     """Each ScoreAdd re-derived where the anchored scoring formula allows: flb scores (the client's data uploads
     recorded before the round x its update's tensor bytes + its recorded example count) from the chain and the update
     files; quality scores (leave-one-out eval-loss gains) are server-asserted and said to be."""
@@ -408,9 +490,11 @@ def _check_scores(report: Report, run_dir: Path, trail: dict, rounds: dict[int, 
         report.notes.append("scores: not re-derived (config.json is not the anchored run spec)")
         return
     if config["chain"]["scoring"] != "flb":
-        report.notes.append(f"scores of rounds {sorted(published)}: server-asserted (chain.scoring "
-                            f"{config['chain']['scoring']}: leave-one-out eval-loss gains, which only the server's "
-                            "evaluation data can re-derive)")
+        report.notes.append(
+            f"scores of rounds {sorted(published)}: server-asserted (chain.scoring "
+            f"{config['chain']['scoring']}: leave-one-out eval-loss gains, which only the server's "
+            "evaluation data can re-derive)"
+        )
         return
     uploads = _uploads_before_each_round(trail)
     for number, record in sorted(published.items()):
@@ -420,9 +504,12 @@ def _check_scores(report: Report, run_dir: Path, trail: dict, rounds: dict[int, 
                 continue  # its own problem already
             update_bytes = _tensor_bytes(path)
             expected = uploads[number].get(address, 0) * update_bytes + count
-            report.check(score == expected, f"round {number} client {_client_id(clients, address)}: score {score} on "
-                                            f"chain, but the flb formula gives {expected} ({uploads[number].get(address, 0)} "
-                                            f"uploads x {update_bytes} update bytes + {count} examples)")
+            report.check(
+                score == expected,
+                f"round {number} client {_client_id(clients, address)}: score {score} on "
+                f"chain, but the flb formula gives {expected} ({uploads[number].get(address, 0)} "
+                f"uploads x {update_bytes} update bytes + {count} examples)",
+            )
 
 
 def _uploads_before_each_round(trail: dict) -> dict[int, dict[str, int]]:
@@ -443,14 +530,17 @@ def _tensor_bytes(path: Path) -> int:
     its update's size."""
     from safetensors.torch import load_file
 
-    return sum(t.numel() * t.element_size() for name, t in load_file(str(path)).items()
-               if not name.startswith(EXTRAS_PREFIX))
+    return sum(
+        t.numel() * t.element_size() for name, t in load_file(str(path)).items() if not name.startswith(EXTRAS_PREFIX)
+    )
 
 
 # --- recomputing every round ------------------------------------------------------------------------
 
-def _recompute(report: Report, run_dir: Path, rounds: dict[int, dict], clients: list[str], config: dict | None,
-               replayer: Replayer) -> None:
+
+def _recompute(
+    report: Report, run_dir: Path, rounds: dict[int, dict], clients: list[str], config: dict | None, replayer: Replayer
+) -> None:
     """Every round with clients again, by the anchored rules, from the update files and the on-chain example counts:
     the result must have the recorded digest, bit for bit (svd: see _svd_matches). Rounds whose aggregate depends on
     a secret are noted with the reason."""
@@ -458,13 +548,15 @@ def _recompute(report: Report, run_dir: Path, rounds: dict[int, dict], clients: 
 
     with_clients = {n: r for n, r in sorted(rounds.items()) if r["clients"]}
     sealed = [n for n, r in sorted(rounds.items()) if "participants_commitment" in r and not r["clients"]]
-    report.notes += [f"round {n}: not recomputed (sealed: only the server's opening reveals who took part)"
-                     for n in sealed]
+    report.notes += [
+        f"round {n}: not recomputed (sealed: only the server's opening reveals who took part)" for n in sealed
+    ]
     if not with_clients:
         return
     if config is None:
-        report.problems.append(f"rounds {sorted(with_clients)}: not recomputed, as config.json is not the run spec "
-                               "the chain anchors")
+        report.problems.append(
+            f"rounds {sorted(with_clients)}: not recomputed, as config.json is not the run spec the chain anchors"
+        )
         return
     reason = replayer.not_replayable(config)
     if reason is not None:
@@ -477,28 +569,36 @@ def _recompute(report: Report, run_dir: Path, rounds: dict[int, dict], clients: 
         actual = adapter_digest(recomputed)
         if actual != recorded and mode == "svd" and _svd_matches(report, number, recomputed, run_dir):
             continue
-        report.check(actual == recorded,
-                     f"round {number}: {strategy} of the recorded updates has digest {actual}, but the server recorded "
-                     f"{recorded}: the global adapter is not the aggregate of the recorded updates")
+        report.check(
+            actual == recorded,
+            f"round {number}: {strategy} of the recorded updates has digest {actual}, but the server recorded "
+            f"{recorded}: the global adapter is not the aggregate of the recorded updates",
+        )
 
 
-def _published_rounds(report: Report, run_dir: Path, with_clients: dict[int, dict], clients: list[str],
-                      sealed: list[int]) -> Iterator[tuple]:
+def _published_rounds(
+    report: Report, run_dir: Path, with_clients: dict[int, dict], clients: list[str], sealed: list[int]
+) -> Iterator[tuple]:
     """(round, previous global adapter, [(update file content, on-chain count)] in the chain's order) for each round
     in turn; a missing file stops the replay there (a stateful strategy needs every round before the next)."""
     from safetensors.torch import load_file
 
     for number, record in with_clients.items():
         previous = run_dir / f"round_{number - 1}" / "adapter_model.safetensors"
-        paths = [run_dir / f"round_{number}" / "updates" / f"client_{_client_id(clients, a)}.safetensors"
-                 for a in record["clients"]]
+        paths = [
+            run_dir / f"round_{number}" / "updates" / f"client_{_client_id(clients, a)}.safetensors"
+            for a in record["clients"]
+        ]
         missing = [str(p) for p in (previous, *paths) if not p.is_file()]
         if missing or any(n < number for n in sealed):
             why = f"{', '.join(missing)} missing" if missing else "a sealed round before it was not opened"
             report.problems.append(f"round {number} and later: not recomputed ({why})")
             return
-        yield (number, load_file(str(previous)),
-               [(load_file(str(p)), count) for p, count in zip(paths, record["num_examples"])])
+        yield (
+            number,
+            load_file(str(previous)),
+            [(load_file(str(p)), count) for p, count in zip(paths, record["num_examples"])],
+        )
 
 
 def _svd_matches(report: Report, number: int, recomputed: dict, run_dir: Path) -> bool:
@@ -513,12 +613,15 @@ def _svd_matches(report: Report, number: int, recomputed: dict, run_dir: Path) -
     error = aggregation_error([(recomputed, 1.0)], load_file(str(path))) if path.is_file() else float("inf")
     if error <= SVD_TOLERANCE:
         report.passed += 1
-        report.notes.append(f"round {number}: svd aggregate recomputed to {error:.1e} in B A, not bit for bit (its "
-                            "SVD ran on another LAPACK build)")
+        report.notes.append(
+            f"round {number}: svd aggregate recomputed to {error:.1e} in B A, not bit for bit (its "
+            "SVD ran on another LAPACK build)"
+        )
     return error <= SVD_TOLERANCE
 
 
 # --- helpers -----------------------------------------------------------------------------------
+
 
 def _resent(run_dir: Path) -> list[dict]:
     """Records the ledger found lost by the chain and sent again (read from the outbox, never written)."""

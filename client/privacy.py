@@ -5,14 +5,15 @@ is sample-level DP in training. Each keeps an opacus accountant for the whole ru
 is cumulative, and hands its state to the client's private state (never to the server), so a resumed
 run continues it. Their noise comes from the client's secret generator (flb.privacy.secret_random).
 """
+
 from __future__ import annotations
 
 from typing import Protocol
 
-from flb.privacy.accounting import NoisePlan, PlannedNoise, warn_if_delta_too_large
 from flb.adapters.arithmetic import add, add_gaussian_noise_inplace, clip_inplace, subtract
-from flb.config import ClientDPSettings, ClientSettings
 from flb.adapters.lora_aggregation import trained_part
+from flb.config import ClientDPSettings, ClientSettings
+from flb.privacy.accounting import NoisePlan, PlannedNoise, warn_if_delta_too_large
 from flb.privacy.secret_random import SecretRandom
 from flb.types import AdapterState
 
@@ -60,8 +61,15 @@ class GaussianUpdate(PlannedNoise):
     mechanism = "local_update"
     sample_rate = 1.0
 
-    def __init__(self, *, clip_norm: float, delta: float, plan: NoisePlan, adjacency: str = "add_remove",
-                 lora_a_frozen: bool = False):
+    def __init__(
+        self,
+        *,
+        clip_norm: float,
+        delta: float,
+        plan: NoisePlan,
+        adjacency: str = "add_remove",
+        lora_a_frozen: bool = False,
+    ):
         self.clip_norm, self.delta, self.lora_a_frozen = clip_norm, delta, lora_a_frozen
         super().__init__(plan, adjacency=adjacency)
 
@@ -73,7 +81,16 @@ class GaussianUpdate(PlannedNoise):
         return {**global_adapter, **add(delta, global_adapter)}
 
 
-def local_privacy(settings: ClientSettings, *, num_examples: int, batch_size: int, local_steps: int, num_rounds: int, client_id: int, lora_a_frozen: bool = False) -> UpdatePrivacy:
+def local_privacy(
+    settings: ClientSettings,
+    *,
+    num_examples: int,
+    batch_size: int,
+    local_steps: int,
+    num_rounds: int,
+    client_id: int,
+    lora_a_frozen: bool = False,
+) -> UpdatePrivacy:
     """The privacy hook `client.local_dp` and `client.dp` ask for, for one client with `num_examples` records.
 
     A z derived from client.dp.target_epsilon is planned for the worst case, the client taking part in all
@@ -84,16 +101,30 @@ def local_privacy(settings: ClientSettings, *, num_examples: int, batch_size: in
     dp = settings.dp
     warn_if_delta_too_large(dp.delta, num_examples, "client.dp.delta", f"client {client_id}'s examples")
     if dp.mode == "update":
-        return GaussianUpdate(clip_norm=dp.clip_norm, delta=dp.delta, adjacency=dp.adjacency,
-                              plan=_plan(dp, num_rounds, 1, client_id), lora_a_frozen=lora_a_frozen)
+        return GaussianUpdate(
+            clip_norm=dp.clip_norm,
+            delta=dp.delta,
+            adjacency=dp.adjacency,
+            plan=_plan(dp, num_rounds, 1, client_id),
+            lora_a_frozen=lora_a_frozen,
+        )
     from client.dpsgd import DPSGD
 
-    return DPSGD(clip_norm=dp.clip_norm, delta=dp.delta, sample_rate=min(1.0, batch_size / num_examples),
-                 local_steps=local_steps,
-                 plan=_plan(dp, num_rounds, local_steps, client_id))
+    return DPSGD(
+        clip_norm=dp.clip_norm,
+        delta=dp.delta,
+        sample_rate=min(1.0, batch_size / num_examples),
+        local_steps=local_steps,
+        plan=_plan(dp, num_rounds, local_steps, client_id),
+    )
 
 
 def _plan(dp: ClientDPSettings, num_rounds: int, steps_per_round: int, client_id: int) -> NoisePlan:
-    return NoisePlan(noise_multiplier=dp.noise_multiplier, target_epsilon=dp.target_epsilon, num_rounds=num_rounds,
-                     steps_per_round=steps_per_round, allow_over_target=dp.allow_over_target,
-                     owner=f"client {client_id}")
+    return NoisePlan(
+        noise_multiplier=dp.noise_multiplier,
+        target_epsilon=dp.target_epsilon,
+        num_rounds=num_rounds,
+        steps_per_round=steps_per_round,
+        allow_over_target=dp.allow_over_target,
+        owner=f"client {client_id}",
+    )

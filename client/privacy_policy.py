@@ -15,10 +15,11 @@ With one, the node refuses a run whose settings protect its unit of privacy less
   round left), under the node's adjacency and at its delta, never above the pinned target; nor may the run go past
   its target (client.dp.allow_over_target).
 """
+
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 from flb.errors import ConfigError, FLBError, invalid_value, require
 
@@ -42,17 +43,34 @@ class PrivacyPolicy:
 
     def __post_init__(self):
         _node_require(self.mechanism in ("update", "dpsgd"), "dp-mechanism", self.mechanism, "update | dpsgd")
-        _node_require(self.adjacency in ("add_remove", "replace"), "dp-adjacency", self.adjacency,
-                      "add_remove | replace")
-        _node_require(self.noise_multiplier is not None or self.target_epsilon is not None, "dp-noise-multiplier",
-                      None, "a number >= 0, or set dp-target-epsilon (one of them is required with dp-mechanism)")
-        _node_require(self.noise_multiplier is None or self.noise_multiplier >= 0, "dp-noise-multiplier",
-                      self.noise_multiplier, "a number >= 0")
-        _node_require(self.target_epsilon is None or self.target_epsilon > 0, "dp-target-epsilon",
-                      self.target_epsilon, "a number > 0")
+        _node_require(
+            self.adjacency in ("add_remove", "replace"), "dp-adjacency", self.adjacency, "add_remove | replace"
+        )
+        _node_require(
+            self.noise_multiplier is not None or self.target_epsilon is not None,
+            "dp-noise-multiplier",
+            None,
+            "a number >= 0, or set dp-target-epsilon (one of them is required with dp-mechanism)",
+        )
+        _node_require(
+            self.noise_multiplier is None or self.noise_multiplier >= 0,
+            "dp-noise-multiplier",
+            self.noise_multiplier,
+            "a number >= 0",
+        )
+        _node_require(
+            self.target_epsilon is None or self.target_epsilon > 0,
+            "dp-target-epsilon",
+            self.target_epsilon,
+            "a number > 0",
+        )
         _node_require(0 < self.delta < 1, "dp-delta", self.delta, "a number in (0, 1)")
-        _node_require(not (self.mechanism == "dpsgd" and self.adjacency == "replace"), "dp-adjacency", self.adjacency,
-                      "add_remove with dp-mechanism dpsgd (no run can use replace with dpsgd)")
+        _node_require(
+            not (self.mechanism == "dpsgd" and self.adjacency == "replace"),
+            "dp-adjacency",
+            self.adjacency,
+            "add_remove with dp-mechanism dpsgd (no run can use replace with dpsgd)",
+        )
 
     @classmethod
     def from_node_config(cls, node_config: Mapping) -> PrivacyPolicy | None:
@@ -61,17 +79,24 @@ class PrivacyPolicy:
         unknown = sorted(set(pinned) - set(NODE_CONFIG_KEYS))
         if unknown:
             why = " (noise std is z * C: C alone does not change the guarantee)" if unknown[0] == "dp-clip-norm" else ""
-            raise ConfigError(f"node config {unknown[0]}: unknown key; the privacy pin takes "
-                              f"{', '.join(NODE_CONFIG_KEYS)}{why}")
+            raise ConfigError(
+                f"node config {unknown[0]}: unknown key; the privacy pin takes {', '.join(NODE_CONFIG_KEYS)}{why}"
+            )
         if not pinned:
             return None
         if "dp-mechanism" not in pinned:
-            raise ConfigError("node config dp-mechanism: required when the node pins its privacy (dp-* keys); "
-                              "set dp-mechanism='update' or 'dpsgd'")
+            raise ConfigError(
+                "node config dp-mechanism: required when the node pins its privacy (dp-* keys); "
+                "set dp-mechanism='update' or 'dpsgd'"
+            )
         delta = _number(pinned, "dp-delta")
-        return cls(mechanism=str(pinned["dp-mechanism"]), noise_multiplier=_number(pinned, "dp-noise-multiplier"),
-                   target_epsilon=_number(pinned, "dp-target-epsilon"), delta=cls.delta if delta is None else delta,
-                   adjacency=str(pinned.get("dp-adjacency", cls.adjacency)))
+        return cls(
+            mechanism=str(pinned["dp-mechanism"]),
+            noise_multiplier=_number(pinned, "dp-noise-multiplier"),
+            target_epsilon=_number(pinned, "dp-target-epsilon"),
+            delta=cls.delta if delta is None else delta,
+            adjacency=str(pinned.get("dp-adjacency", cls.adjacency)),
+        )
 
 
 @dataclass(frozen=True)
@@ -84,8 +109,10 @@ class Weakening:
     server: str
 
     def __str__(self) -> str:
-        return (f"{self.key}: this node pins {self.node}, the server sends {self.server}; this node does not train "
-                "with weaker privacy than its node config pins")
+        return (
+            f"{self.key}: this node pins {self.node}, the server sends {self.server}; this node does not train "
+            "with weaker privacy than its node config pins"
+        )
 
 
 def weakening(policy: PrivacyPolicy, config, privacy) -> Weakening | None:
@@ -107,15 +134,20 @@ def weakening(policy: PrivacyPolicy, config, privacy) -> Weakening | None:
     z = privacy.noise_multiplier
     sent_z = _sent_noise(dp, z)
     if policy.noise_multiplier is not None and z < policy.noise_multiplier:
-        return Weakening("client.dp.noise_multiplier", f"at least {policy.noise_multiplier:g} (dp-noise-multiplier)",
-                         sent_z)
+        return Weakening(
+            "client.dp.noise_multiplier", f"at least {policy.noise_multiplier:g} (dp-noise-multiplier)", sent_z
+        )
     if policy.target_epsilon is not None:
-        spent = worst_case_epsilon(privacy, config.num_rounds, 2.0 if policy.adjacency == "replace" else 1.0,
-                                   policy.delta)
+        spent = worst_case_epsilon(
+            privacy, config.num_rounds, 2.0 if policy.adjacency == "replace" else 1.0, policy.delta
+        )
         if spent is None or spent > policy.target_epsilon:
             reach = "unbounded epsilon" if spent is None else f"epsilon up to {spent:.4g}"
-            return Weakening("client.dp.target_epsilon", f"at most {policy.target_epsilon:g} (dp-target-epsilon)",
-                             f"{sent_z}: {reach} over {config.num_rounds} rounds at delta {policy.delta:g}")
+            return Weakening(
+                "client.dp.target_epsilon",
+                f"at most {policy.target_epsilon:g} (dp-target-epsilon)",
+                f"{sent_z}: {reach} over {config.num_rounds} rounds at delta {policy.delta:g}",
+            )
     return None
 
 
@@ -125,8 +157,10 @@ def worst_case_epsilon(privacy, num_rounds: int, sensitivity: float, delta: floa
     in every step it has left if the client took part in every round. None when unbounded (no noise)."""
     from flb.privacy.accounting import accountant_state, epsilon, rdp_accountant
 
-    history = [[z * privacy.sensitivity / sensitivity, q, steps]
-               for z, q, steps in accountant_state(privacy.accountant)["history"]]
+    history = [
+        [z * privacy.sensitivity / sensitivity, q, steps]
+        for z, q, steps in accountant_state(privacy.accountant)["history"]
+    ]
     left = num_rounds * privacy.plan.steps_per_round - sum(steps for *_, steps in history)
     if left > 0:
         history.append([privacy.noise_multiplier / sensitivity, privacy.sample_rate, left])

@@ -11,6 +11,7 @@ would cost minutes before round 1 with thousands of clients); their shards are t
 and each client trains that trainer on its own rows, with a fresh optimizer every round. With DP-SGD the client
 trains with its own opacus loop over its tokenized rows and the trainer's collator instead.
 """
+
 from __future__ import annotations
 
 import time
@@ -23,14 +24,14 @@ from transformers import TrainerCallback
 from client.dpsgd import DPSGD
 from client.privacy import NoPrivacy, UpdatePrivacy
 from client.signing import ClientSigner
-from flb.config import SFTSettings
 from flb.audit.digests import adapter_digest, records_digest, update_content
+from flb.config import SFTSettings
 from flb.local_objective import GradientCorrection, LocalObjective
 from flb.model.load import adapter_parameters, get_adapter_state, set_adapter_state
+from flb.model.sft_settings import quiet_trainer, round_learning_rate, sft_config, to_dataset
 from flb.privacy.private_state import PrivateState
 from flb.privacy.secret_random import SecretRandom
 from flb.seeding import derived_seed
-from flb.model.sft_settings import quiet_trainer, round_learning_rate, sft_config, to_dataset
 from flb.types import AdapterState, ClientUpdate, SignedUpload
 
 
@@ -53,23 +54,31 @@ class SFTClient:
     privacy: UpdatePrivacy = field(default_factory=NoPrivacy)
     signer: ClientSigner | None = None  # None: the run records nothing on chain
     objective: LocalObjective = field(default_factory=LocalObjective)
-    trainers: "ClientTrainer | None" = None  # shared with the process's other clients; None: one of its own
+    trainers: ClientTrainer | None = None  # shared with the process's other clients; None: one of its own
 
     def __post_init__(self):
         # Built now, not at the first fit: building tokenizes the shard, and for a quantized base trl
         # casts the LoRA weights to bf16, which must happen before the initial global adapter is read.
         if self.trainers is None:
-            self.trainers = ClientTrainer(self.model, self.tokenizer, self.settings, {self.client_id: self.records},
-                                          local_steps=self.local_steps, work_dir=self.work_dir, use_cpu=self.use_cpu,
-                                          seed=self.seed)
+            self.trainers = ClientTrainer(
+                self.model,
+                self.tokenizer,
+                self.settings,
+                {self.client_id: self.records},
+                local_steps=self.local_steps,
+                work_dir=self.work_dir,
+                use_cpu=self.use_cpu,
+                seed=self.seed,
+            )
         self._rows = self.trainers.rows_of(self.client_id, self.records)
         self.private = PrivateState(self.private_dir)
         state = self.private.latest()
         if state is None:
             self.random, self.data_record, self.variate = SecretRandom(), None, {}
             if self.signer is not None:
-                self.data_record = self.signer.recorded(self.data_digest, self.signer.disclosure.commit_data,
-                                                        self.random, self.private, "data upload")
+                self.data_record = self.signer.recorded(
+                    self.data_digest, self.signer.disclosure.commit_data, self.random, self.private, "data upload"
+                )
             self._save(0)
         else:
             self._restore(state)
@@ -98,8 +107,9 @@ class SFTClient:
         self.begin_round(global_adapter, round)
         correction = self.objective.correction(adapter_parameters(self.model), global_adapter, extras, self.variate)
         train_loss = self._train(correction)
-        return self.end_round(get_adapter_state(self.model), global_adapter, round, extras, correction, train_loss,
-                              started)
+        return self.end_round(
+            get_adapter_state(self.model), global_adapter, round, extras, correction, train_loss, started
+        )
 
     def begin_round(self, global_adapter: AdapterState, round: int) -> None:
         """The round's starting point: the client's secret state as it was before `round` (a round run again starts
@@ -111,23 +121,46 @@ class SFTClient:
         set_seed(derived_seed(self.seed, round, self.client_id))
         self.trainers.train_on(self.client_id, self._rows, round_learning_rate(self.settings, round, self.num_rounds))
 
-    def end_round(self, trained: AdapterState, global_adapter: AdapterState, round: int, extras: AdapterState,
-                  correction: GradientCorrection | None, train_loss: float, started: float) -> ClientUpdate:
+    def end_round(
+        self,
+        trained: AdapterState,
+        global_adapter: AdapterState,
+        round: int,
+        extras: AdapterState,
+        correction: GradientCorrection | None,
+        train_loss: float,
+        started: float,
+    ) -> ClientUpdate:
         """The update for the adapter this client trained: its strategy's extras, its privacy, its signature; the
         client's secret state saved for the round."""
         returned, self.variate = self.objective.returned(correction, extras, self.variate)
         local = self.privacy.privatize(trained, global_adapter, self.random)
         digest = adapter_digest(update_content(local, returned))
-        attestation = None if self.signer is None else self.signer.attest(
-            round=round, global_digest=adapter_digest(global_adapter), digest=digest, num_examples=self.num_examples,
-            random=self.random, private=self.private)
+        attestation = (
+            None
+            if self.signer is None
+            else self.signer.attest(
+                round=round,
+                global_digest=adapter_digest(global_adapter),
+                digest=digest,
+                num_examples=self.num_examples,
+                random=self.random,
+                private=self.private,
+            )
+        )
         self._save(round)
         return ClientUpdate(
-            client_id=self.client_id, round=round, tensors=local, num_examples=self.num_examples,
+            client_id=self.client_id,
+            round=round,
+            tensors=local,
+            num_examples=self.num_examples,
             train_loss=None if self.privacy.privacy_spent() else train_loss,
             wall_time_s=time.perf_counter() - started,
-            num_bytes=sum(t.numel() * t.element_size() for t in local.values()), digest=digest,
-            privacy=self.privacy.privacy_spent(), attestation=attestation, extras=returned,
+            num_bytes=sum(t.numel() * t.element_size() for t in local.values()),
+            digest=digest,
+            privacy=self.privacy.privacy_spent(),
+            attestation=attestation,
+            extras=returned,
         )
 
     @property
@@ -147,8 +180,11 @@ class SFTClient:
         return self.privacy.privacy_spent()
 
     def _save(self, round: int) -> None:
-        self.private.save(round, {"random": self.random.state_dict(), "privacy": self.privacy.state_dict(),
-                                  "data_record": self.data_record}, tensors=self.variate)
+        self.private.save(
+            round,
+            {"random": self.random.state_dict(), "privacy": self.privacy.state_dict(), "data_record": self.data_record},
+            tensors=self.variate,
+        )
 
     def _restore(self, state: dict) -> None:
         self.random = SecretRandom.from_state(state["random"])
@@ -163,10 +199,21 @@ class ClientTrainer:
     tokenizes them all in one pass, and each client trains on its own rows of the result. A client added later has
     its shard tokenized alone, as trl tokenizes a train set."""
 
-    def __init__(self, model, tokenizer, settings: SFTSettings, shards: dict[int, list[dict]], *, local_steps: int,
-                 work_dir: Path, use_cpu: bool, seed: int):
-        args = sft_config(settings, max_steps=local_steps, output_dir=Path(work_dir) / "clients", use_cpu=use_cpu,
-                          seed=seed)
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        settings: SFTSettings,
+        shards: dict[int, list[dict]],
+        *,
+        local_steps: int,
+        work_dir: Path,
+        use_cpu: bool,
+        seed: int,
+    ):
+        args = sft_config(
+            settings, max_steps=local_steps, output_dir=Path(work_dir) / "clients", use_cpu=use_cpu, seed=seed
+        )
         self.trainer = quiet_trainer(model, tokenizer, args, to_dataset(_owned(shards)))
         self.tokenized = self.trainer.train_dataset
         self._rows = _rows_by_owner(self.tokenized[OWNER_COLUMN], shards)
@@ -180,8 +227,14 @@ class ClientTrainer:
         if client_id in self._rows:
             return self.tokenized.select(self._rows.pop(client_id))
         trainer = self.trainer
-        tokenized = trainer._prepare_dataset(to_dataset(_owned({client_id: records})), trainer.processing_class,
-                                             trainer.args, trainer.args.packing, None, "train")
+        tokenized = trainer._prepare_dataset(
+            to_dataset(_owned({client_id: records})),
+            trainer.processing_class,
+            trainer.args,
+            trainer.args.packing,
+            None,
+            "train",
+        )
         _rows_by_owner(tokenized[OWNER_COLUMN], {client_id: records})  # the same check: rows left to train on
         return tokenized
 
@@ -222,8 +275,10 @@ def _rows_by_owner(owners: list[int], shards: dict[int, list[dict]]) -> dict[int
     empty = [client_id for client_id, kept in rows.items() if not kept]
     if empty:
         alike = f" ({len(empty)} clients alike)" if len(empty) > 1 else ""
-        raise DataError(f"client {empty[0]}: none of its {len(shards[empty[0]])} examples fits sft.max_length once "
-                        f"tokenized{alike}; raise sft.max_length or give the clients shorter examples")
+        raise DataError(
+            f"client {empty[0]}: none of its {len(shards[empty[0]])} examples fits sft.max_length once "
+            f"tokenized{alike}; raise sft.max_length or give the clients shorter examples"
+        )
     return rows
 
 

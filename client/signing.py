@@ -6,13 +6,14 @@ digest it hides, in the client's private openings so the client can prove it to 
 signature (EIP-712, flb.audit.attestation) covers the round and the global digest the client started from,
 so the server can neither attribute to a client an update it did not send nor move it to another round.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from flb.audit.attestation import SALT_BYTES, SigningDomain, commitment, sign_data_upload, sign_update
-from flb.privacy.disclosure import Disclosure
 from flb.errors import FLBError
+from flb.privacy.disclosure import Disclosure
 from flb.privacy.private_state import PrivateState
 from flb.privacy.secret_random import SecretRandom
 from flb.types import Attestation, SignedUpload
@@ -40,12 +41,26 @@ class ClientSigner:
     def upload(self, recorded_data: str) -> SignedUpload:
         return SignedUpload(recorded_data, sign_data_upload(self.account, self._domain(), recorded_data))
 
-    def attest(self, *, round: int, global_digest: str, digest: str, num_examples: int, random: SecretRandom,
-               private: PrivateState) -> Attestation:
+    def attest(
+        self,
+        *,
+        round: int,
+        global_digest: str,
+        digest: str,
+        num_examples: int,
+        random: SecretRandom,
+        private: PrivateState,
+    ) -> Attestation:
         recorded = self.recorded(digest, self.disclosure.commit_updates, random, private, f"round {round} update")
         count = num_examples if self.disclosure.publish_num_examples else 0
-        signature = sign_update(self.account, self._domain(), round=round, previous_global_digest=global_digest,
-                                update_digest=recorded, num_examples=count)
+        signature = sign_update(
+            self.account,
+            self._domain(),
+            round=round,
+            previous_global_digest=global_digest,
+            update_digest=recorded,
+            num_examples=count,
+        )
         return Attestation(recorded_digest=recorded, recorded_num_examples=count, signature=signature)
 
     def _domain(self) -> SigningDomain:

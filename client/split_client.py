@@ -9,6 +9,7 @@ that comes back through the head blocks. After each step's last micro-batch both
 (sft max_grad_norm, per part) and step. The update the client signs is its part and the trunk as the session left
 it (the server sends it at close): the joined adapter, which the strategy aggregates as any update.
 """
+
 from __future__ import annotations
 
 import time

@@ -7,6 +7,7 @@ stop: sign for the run's ledger, send its signed data record, train a round (its
 signed update). Its secrets (secret generator, salts, signing key) live in --state-dir/<run id>/private and never
 leave it. Exit codes: 0 the server said stop; 2 bad input; 3 the server went away or this client failed.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,12 +50,14 @@ class Node:
         tokenizer, model = assembly.build_model(config)
         plan = SplitPlan.of(model, config.split.head_layers, config.split.tail_layers)
         run_state = state_dir / Path(run_id).name
-        inner = assembly.build_client(config, client_id, shard, model, tokenizer, work_dir=run_state / "work",
-                                            private_dir=run_state / "private")
+        inner = assembly.build_client(
+            config, client_id, shard, model, tokenizer, work_dir=run_state / "work", private_dir=run_state / "private"
+        )
         drop_trunk(model, plan)
         self.client = assembly.split_client(config, plan, inner, send)
-        header, _ = self.call("hello", {"client_id": client_id, "num_examples": inner.num_examples,
-                                        "address": inner.address})
+        header, _ = self.call(
+            "hello", {"client_id": client_id, "num_examples": inner.num_examples, "address": inner.address}
+        )
         self.identity = {"token": header["token"]}
         self.client.channel.identity = self.identity
 

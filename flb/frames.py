@@ -8,6 +8,7 @@ longer than HEADER_IN_METADATA travels instead as the 1-D uint8 tensor HEADER_TE
 metadata has no "header": safetensors refuses a header over 100 MB, and a worker's first job for a client carries
 the client's whole shard. Every frame split learning sends has a small header, so its bytes are as they always were.
 """
+
 from __future__ import annotations
 
 import json
@@ -44,7 +45,7 @@ def frame_header(frame: bytes) -> tuple[str, dict]:
     """(op, header) of a frame, its tensors left unread; FrameError for anything that is not a frame."""
     try:
         (size,) = struct.unpack("<Q", frame[:8])
-        layout = json.loads(frame[8:8 + size])
+        layout = json.loads(frame[8 : 8 + size])
         metadata = layout["__metadata__"]
         op = metadata["op"]
         if "header" in metadata:
@@ -64,7 +65,7 @@ def _header_tensor_bytes(frame: bytes, data_start: int, entry: dict) -> bytes:
     begin, end = entry["data_offsets"]
     if entry["dtype"] != "U8" or entry["shape"] != [end - begin] or not 0 <= begin <= end <= len(frame) - data_start:
         raise ValueError(f"{HEADER_TENSOR!r} is not the uint8 bytes of a header")
-    return frame[data_start + begin:data_start + end]
+    return frame[data_start + begin : data_start + end]
 
 
 def decode_frame(frame: bytes) -> tuple[str, dict, dict]:
@@ -87,5 +88,7 @@ def grouped(**groups: dict) -> dict:
 
 def ungrouped(tensors: dict, *groups: str) -> list[dict]:
     """The sets of tensors `grouped` put in a frame under `groups`, in that order (empty where it sent none)."""
-    return [{name.removeprefix(f"{group}/"): tensor for name, tensor in tensors.items()
-             if name.startswith(f"{group}/")} for group in groups]
+    return [
+        {name.removeprefix(f"{group}/"): tensor for name, tensor in tensors.items() if name.startswith(f"{group}/")}
+        for group in groups
+    ]

@@ -17,6 +17,7 @@ whose steps are not eta_l times a gradient: the formula would put c_i in units o
 is added to gradients. So c_i+ = mean_k g_k: Option II under SGD, and in gradient units under AdamW (the paper's
 guarantees assume SGD).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -38,13 +39,20 @@ class LocalObjective:
     scaffold: bool = False
 
     @classmethod
-    def of(cls, strategy: StrategySettings) -> "LocalObjective":
+    def of(cls, strategy: StrategySettings) -> LocalObjective:
         """What the aggregating strategy asks of clients (`strategy.aggregator`: also when a DP wrapper wraps it)."""
-        return cls(proximal_mu=strategy.fedprox.mu if strategy.aggregator == "fedprox" else 0.0,
-                   scaffold=strategy.aggregator == "scaffold")
+        return cls(
+            proximal_mu=strategy.fedprox.mu if strategy.aggregator == "fedprox" else 0.0,
+            scaffold=strategy.aggregator == "scaffold",
+        )
 
-    def correction(self, parameters: dict[str, torch.nn.Parameter], global_adapter: AdapterState, extras: AdapterState,
-                   variate: AdapterState) -> GradientCorrection | None:
+    def correction(
+        self,
+        parameters: dict[str, torch.nn.Parameter],
+        global_adapter: AdapterState,
+        extras: AdapterState,
+        variate: AdapterState,
+    ) -> GradientCorrection | None:
         """This round's correction of `parameters` (the trainable adapter parameters, by adapter name), or None when
         the strategy changes nothing. `extras` holds SCAFFOLD's c, `variate` the client's c_i ({}: zero)."""
         if not self.proximal_mu and not self.scaffold:
@@ -52,15 +60,18 @@ class LocalObjective:
         drift = subtract(extras, _or_zeros(variate, extras)) if self.scaffold else None
         return GradientCorrection(parameters, mu=self.proximal_mu, anchor=global_adapter, drift=drift)
 
-    def returned(self, correction: GradientCorrection | None, extras: AdapterState,
-                 variate: AdapterState) -> tuple[AdapterState, AdapterState]:
+    def returned(
+        self, correction: GradientCorrection | None, extras: AdapterState, variate: AdapterState
+    ) -> tuple[AdapterState, AdapterState]:
         """(what the update returns beside the adapter, the client's variate from now on): SCAFFOLD's
         (delta c_i, c_i+); nothing, and the variate unchanged, for other strategies."""
         if not self.scaffold:
             return {}, variate
         mean_gradient = correction.mean_gradient()
-        new_variate = {name: mean_gradient[name].to(c.dtype) if name in mean_gradient else c.new_zeros(c.shape)
-                       for name, c in extras.items()}  # a frozen parameter (no gradient) keeps c_i = 0
+        new_variate = {
+            name: mean_gradient[name].to(c.dtype) if name in mean_gradient else c.new_zeros(c.shape)
+            for name, c in extras.items()
+        }  # a frozen parameter (no gradient) keeps c_i = 0
         return subtract(new_variate, _or_zeros(variate, extras)), new_variate
 
 
@@ -72,8 +83,9 @@ def _or_zeros(variate: AdapterState, like: AdapterState) -> AdapterState:
 class GradientCorrection:
     """One round's change to the gradients; `apply()` runs right before each optimizer step."""
 
-    def __init__(self, parameters: dict[str, torch.nn.Parameter], *, mu: float, anchor: AdapterState,
-                 drift: AdapterState | None):
+    def __init__(
+        self, parameters: dict[str, torch.nn.Parameter], *, mu: float, anchor: AdapterState, drift: AdapterState | None
+    ):
         import torch
 
         self.parameters, self.mu, self.steps = parameters, mu, 0

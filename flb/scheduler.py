@@ -11,6 +11,7 @@ it to the current size when 5 is written to /proc/self/clear_refs, so even a bri
 needed; where /proc does not allow that, a daemon thread samples the size with psutil every 20 ms (a spike shorter
 than that can be missed). resource.getrusage's ru_maxrss cannot serve: it is the lifetime peak and never resets.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -110,16 +111,25 @@ class Admission:
         first, before = self.per_unit_bytes is None, self.concurrency
         self.per_unit_bytes = max(int(peak_bytes), self.per_unit_bytes or 0)
         if first or self.concurrency != before:
-            log.info("execution: one client peaks at %.0f MB on %s; budget %.0f MB -> %d at once",
-                     self.per_unit_bytes / MB, self.device, self.budget_bytes / MB, self.concurrency)
+            log.info(
+                "execution: one client peaks at %.0f MB on %s; budget %.0f MB -> %d at once",
+                self.per_unit_bytes / MB,
+                self.device,
+                self.budget_bytes / MB,
+                self.concurrency,
+            )
         return self.concurrency
 
     def out_of_memory(self) -> int:
         """Halve the concurrency (never below 1) after an out-of-memory error; returns the new one."""
         before = self.concurrency
         self.cap = max(1, before // 2)
-        log.warning("execution: out of memory on %s with %d at once; retrying with %d at once", self.device, before,
-                    self.concurrency)
+        log.warning(
+            "execution: out of memory on %s with %d at once; retrying with %d at once",
+            self.device,
+            before,
+            self.concurrency,
+        )
         return self.concurrency
 
 
@@ -160,8 +170,9 @@ def _cuda_peak(index: int | None, peak: Peak):
     allocated, reserved = torch.cuda.memory_allocated(index), torch.cuda.memory_reserved(index)
     yield
     torch.cuda.synchronize(index)
-    peak.bytes = max(0, torch.cuda.max_memory_allocated(index) - allocated,
-                     torch.cuda.max_memory_reserved(index) - reserved)
+    peak.bytes = max(
+        0, torch.cuda.max_memory_allocated(index) - allocated, torch.cuda.max_memory_reserved(index) - reserved
+    )
 
 
 @contextlib.contextmanager

@@ -1,4 +1,5 @@
 """Every random choice is derived from (seed, round, ...) so a resumed run replays it exactly."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -1,5 +1,6 @@
 """The data that crosses boundaries: adapter states, client updates, round records, and the two
 small interfaces the round coordinator drives (a Client and a Ledger)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
@@ -59,16 +60,23 @@ def update_header(update: ClientUpdate) -> dict:
     """A ClientUpdate's fields other than its tensors as JSON values (what a worker or a split client sends
     beside the tensors' safetensors bytes)."""
     signed = update.attestation
-    return {**{name: getattr(update, name) for name in _UPDATE_FIELDS},
-            "attestation": None if signed is None else [signed.recorded_digest, signed.recorded_num_examples,
-                                                        signed.signature]}
+    return {
+        **{name: getattr(update, name) for name in _UPDATE_FIELDS},
+        "attestation": None
+        if signed is None
+        else [signed.recorded_digest, signed.recorded_num_examples, signed.signature],
+    }
 
 
 def update_from_header(header: dict, tensors: AdapterState, extras: AdapterState) -> ClientUpdate:
     """The ClientUpdate update_header and its tensors describe (validated later, by server.validation)."""
     attestation = header["attestation"]
-    return ClientUpdate(**{name: header[name] for name in _UPDATE_FIELDS}, tensors=tensors, extras=extras,
-                        attestation=None if attestation is None else Attestation(*attestation))
+    return ClientUpdate(
+        **{name: header[name] for name in _UPDATE_FIELDS},
+        tensors=tensors,
+        extras=extras,
+        attestation=None if attestation is None else Attestation(*attestation),
+    )
 
 
 @dataclass

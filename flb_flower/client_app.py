@@ -13,6 +13,7 @@ of these ever leaves the node: the server receives updates, signatures, the sign
 epsilon report. Flower 1.41 starts a fresh ClientApp process per message, so the model and client are built once
 per process and the client state is read back from `state-dir`.
 """
+
 from __future__ import annotations
 
 import functools
@@ -75,8 +76,10 @@ def _check_base_model(model, server_digest: str, node_model_path: str) -> None:
     if digest != server_digest:
         source = f"node config model-path={node_model_path!r}" if node_model_path else "model.model_path on this node"
         theirs = f"{server_digest[:16]}..." if server_digest else "not sent"
-        raise ModelError(f"{source} holds a base model with digest {digest[:16]}..., the server's is {theirs}; "
-                         "point model-path at a copy of the server's base model")
+        raise ModelError(
+            f"{source} holds a base model with digest {digest[:16]}..., the server's is {theirs}; "
+            "point model-path at a copy of the server's base model"
+        )
 
 
 def _check_privacy_pin(node_config, config_json: str, client) -> None:
@@ -100,17 +103,33 @@ def _check_privacy_pin(node_config, config_json: str, client) -> None:
 def _node_settings(context: Context) -> tuple[int, int, str, str, str, str]:
     node = context.node_config
     if "partition-id" not in node or "num-partitions" not in node:
-        raise ValueError("node config: partition-id and num-partitions are required; start the SuperNode with "
-                         "--node-config \"partition-id=0 num-partitions=2\"")
+        raise ValueError(
+            "node config: partition-id and num-partitions are required; start the SuperNode with "
+            '--node-config "partition-id=0 num-partitions=2"'
+        )
     partition_id = int(node["partition-id"])
     state_dir = str(node.get("state-dir", Path(tempfile.gettempdir()) / f"flb-node-{partition_id}"))
-    return partition_id, int(node["num-partitions"]), str(node.get("data-path", "")), state_dir, \
-        str(node.get("keystore", "")), str(node.get("model-path", ""))
+    return (
+        partition_id,
+        int(node["num-partitions"]),
+        str(node.get("data-path", "")),
+        state_dir,
+        str(node.get("keystore", "")),
+        str(node.get("model-path", "")),
+    )
 
 
 @functools.lru_cache(maxsize=1)
-def local_client(config_json: str, run_id: str, partition_id: int, num_partitions: int, data_path: str,
-                 state_dir: str, keystore: str, model_path: str):
+def local_client(
+    config_json: str,
+    run_id: str,
+    partition_id: int,
+    num_partitions: int,
+    data_path: str,
+    state_dir: str,
+    keystore: str,
+    model_path: str,
+):
     """The model (loaded once per process, from model-path when the node has its own copy) and this node's
     SFTClient, built exactly as main_simple_fl builds them, its secrets in state-dir/<run id>/."""
     import json
@@ -120,17 +139,21 @@ def local_client(config_json: str, run_id: str, partition_id: int, num_partition
     from flb.errors import ConfigError, ModelError
 
     if not _RUN_ID.fullmatch(run_id):
-        raise ValueError(f"run id {run_id!r} from the server is not a plain folder name; this node keeps its state only "
-                         f"in folders directly under state-dir={state_dir}")
+        raise ValueError(
+            f"run id {run_id!r} from the server is not a plain folder name; this node keeps its state only "
+            f"in folders directly under state-dir={state_dir}"
+        )
     assembly.configure_logging()
     settings = json.loads(config_json)
     if model_path:
         settings["model"]["model_path"] = model_path
     config = config_from_dict(settings)
     if num_partitions != config.num_clients or not 0 <= partition_id < num_partitions:
-        raise ConfigError(f"node config: partition-id={partition_id} num-partitions={num_partitions} does not fit "
-                          f"num_clients={config.num_clients}; set num-partitions={config.num_clients} and "
-                          f"partition-id in 0..{config.num_clients - 1}")
+        raise ConfigError(
+            f"node config: partition-id={partition_id} num-partitions={num_partitions} does not fit "
+            f"num_clients={config.num_clients}; set num-partitions={config.num_clients} and "
+            f"partition-id in 0..{config.num_clients - 1}"
+        )
     shard = _own_records(data_path) if data_path else assembly.build_data(config)[0][partition_id]
     try:
         tokenizer, model = assembly.build_model(config)
@@ -139,8 +162,16 @@ def local_client(config_json: str, run_id: str, partition_id: int, num_partition
             raise
         raise ModelError(f"node config model-path: {exc}") from None
     run_state = Path(state_dir) / run_id
-    return assembly.build_client(config, partition_id, shard, model, tokenizer, work_dir=run_state / "work",
-                                       private_dir=run_state / "private", keystore=_signing_keystore(config, keystore))
+    return assembly.build_client(
+        config,
+        partition_id,
+        shard,
+        model,
+        tokenizer,
+        work_dir=run_state / "work",
+        private_dir=run_state / "private",
+        keystore=_signing_keystore(config, keystore),
+    )
 
 
 def _signing_keystore(config, keystore: str) -> Path | None:
@@ -152,8 +183,11 @@ def _signing_keystore(config, keystore: str) -> Path | None:
         return None
     chosen = node_keystore(config.chain, keystore)
     if keystore and chosen is None:
-        log.info("chain.client_keys is fresh: signing with a key made for this run in state-dir, not node config "
-                 "keystore=%r (used under persistent only)", keystore)
+        log.info(
+            "chain.client_keys is fresh: signing with a key made for this run in state-dir, not node config "
+            "keystore=%r (used under persistent only)",
+            keystore,
+        )
     return chosen
 
 

@@ -7,6 +7,7 @@ rejected update with its reason. Before each round it asks nodes it does not kno
 serve, so a node that joins late (or restarts) takes part from the next round. The config sent to nodes has
 the credentials in its URLs redacted: nodes never reach the server's chain node.
 """
+
 from __future__ import annotations
 
 import logging
@@ -25,8 +26,16 @@ UNAVAILABLE = (ErrorCode.NODE_UNAVAILABLE, ErrorCode.MESSAGE_UNAVAILABLE, ErrorC
 
 
 class Fleet:
-    def __init__(self, grid, config: dict, *, wait_for_nodes_s: float, round_timeout_s: float, query_timeout_s: float,
-                 poll_s: float = 0.2):
+    def __init__(
+        self,
+        grid,
+        config: dict,
+        *,
+        wait_for_nodes_s: float,
+        round_timeout_s: float,
+        query_timeout_s: float,
+        poll_s: float = 0.2,
+    ):
         from flb.run.redaction import redact_config
 
         self.grid, self.config = grid, redact_config(config)
@@ -58,12 +67,14 @@ class Fleet:
     def _nodes_missing(self, missing: list[int], num_clients: int) -> RunFailed:
         """Why round 0 cannot start, with the likely causes: a node that never reached the SuperLink says why only
         in its own log."""
-        return RunFailed(f"no SuperNode serves partition-id {missing} after wait-for-nodes-s={self.wait_for_nodes_s:g} "
-                         f"({len(self.grid.get_node_ids())} connected); start one per partition (--node-config "
-                         f"\"partition-id=N num-partitions={num_clients}\"). If one was started, see its log: "
-                         "unregistered under --enable-supernode-auth (\"Failed to activate SuperNode\": run `flwr "
-                         "supernode register`), a --root-certificates that does not verify the SuperLink's "
-                         "certificate, or an error answering this ServerApp (logged above)")
+        return RunFailed(
+            f"no SuperNode serves partition-id {missing} after wait-for-nodes-s={self.wait_for_nodes_s:g} "
+            f"({len(self.grid.get_node_ids())} connected); start one per partition (--node-config "
+            f'"partition-id=N num-partitions={num_clients}"). If one was started, see its log: '
+            'unregistered under --enable-supernode-auth ("Failed to activate SuperNode": run `flwr '
+            "supernode register`), a --root-certificates that does not verify the SuperLink's "
+            "certificate, or an error answering this ServerApp (logged above)"
+        )
 
     def discover(self) -> None:
         """Ask every connected node that serves no client yet which client it serves. A node that missed a
@@ -76,8 +87,11 @@ class Fleet:
             if reply is None:
                 self.silent.add(node)
             if reply is None or reply.has_error():
-                log.warning("SuperNode %d did not say which client it serves: %s", node,
-                            reply.error.reason if reply else f"no reply within query-timeout-s={self.query_timeout_s:g}")
+                log.warning(
+                    "SuperNode %d did not say which client it serves: %s",
+                    node,
+                    reply.error.reason if reply else f"no reply within query-timeout-s={self.query_timeout_s:g}",
+                )
                 continue
             try:
                 client_id, num_examples, address = wire.read_info(reply.content)
@@ -105,46 +119,70 @@ class Fleet:
 
     def _upload(self, client_id: int, reply) -> SignedUpload | RunFailed:
         if reply is None or reply.has_error():
-            return RunFailed(f"client {client_id}: its SuperNode did not sign its data upload "
-                             f"({reply.error.reason if reply else 'no reply within query-timeout-s'})")
+            return RunFailed(
+                f"client {client_id}: its SuperNode did not sign its data upload "
+                f"({reply.error.reason if reply else 'no reply within query-timeout-s'})"
+            )
         try:
             return wire.read_upload(reply.content)
         except (KeyError, TypeError, ValueError) as exc:
-            return RunFailed(f"client {client_id}: its SuperNode sent a malformed data upload "
-                             f"({type(exc).__name__}: {exc})")
+            return RunFailed(
+                f"client {client_id}: its SuperNode sent a malformed data upload ({type(exc).__name__}: {exc})"
+            )
 
     def _query(self, node: int, action: str, group: str) -> Message:
-        return Message(wire.query_content(self.config, self.run_id, action, self.domain, self.base_model_digest),
-                       dst_node_id=node,
-                       message_type=wire.QUERY, group_id=group)
+        return Message(
+            wire.query_content(self.config, self.run_id, action, self.domain, self.base_model_digest),
+            dst_node_id=node,
+            message_type=wire.QUERY,
+            group_id=group,
+        )
 
     def fit_all(self, clients: list[ProxyClient], global_adapter: AdapterState, round: int, extras: AdapterState):
         """One train message per client whose node is known (the global adapter and the strategy's extras), sent
         together; a ClientUpdate or the Exception saying why there is none, per client, in order."""
         self.discover()
         served = [c for c in clients if c.client_id in self.nodes]
-        messages = [Message(wire.train_content(self.config, self.run_id, global_adapter, round, self.domain,
-                                               self.base_model_digest, extras),
-                            message_type=wire.TRAIN, dst_node_id=self.nodes[c.client_id], group_id=f"round-{round}")
-                    for c in served]
+        messages = [
+            Message(
+                wire.train_content(
+                    self.config, self.run_id, global_adapter, round, self.domain, self.base_model_digest, extras
+                ),
+                message_type=wire.TRAIN,
+                dst_node_id=self.nodes[c.client_id],
+                group_id=f"round-{round}",
+            )
+            for c in served
+        ]
         replies = dict(zip((c.client_id for c in served), self.exchange(messages, self.round_timeout_s)))
-        log.info("round %d: %d bytes to SuperNodes, %d bytes back", round,
-                 sum(wire.payload_bytes(m.content) for m in messages),
-                 sum(wire.payload_bytes(r.content) for r in replies.values() if r is not None and r.has_content()))
+        log.info(
+            "round %d: %d bytes to SuperNodes, %d bytes back",
+            round,
+            sum(wire.payload_bytes(m.content) for m in messages),
+            sum(wire.payload_bytes(r.content) for r in replies.values() if r is not None and r.has_content()),
+        )
         return [self._result(c, replies, round) for c in clients]
 
     def _result(self, client: ProxyClient, replies: dict, round: int) -> ClientUpdate | Exception:
         """The reply to client's train message as a ClientUpdate, or why there is none: ClientUnavailable (no node,
         no reply, node gone), UpdateRejected (a malformed reply), or the node's own error."""
         if client.client_id not in replies:
-            return ClientUnavailable(f"no SuperNode serves client {client.client_id}; start one with --node-config "
-                                     f"\"partition-id={client.client_id} num-partitions={len(self.clients)}\"")
+            return ClientUnavailable(
+                f"no SuperNode serves client {client.client_id}; start one with --node-config "
+                f'"partition-id={client.client_id} num-partitions={len(self.clients)}"'
+            )
         reply = replies[client.client_id]
         if reply is None or (reply.has_error() and reply.error.code in UNAVAILABLE):
             node = self.nodes.pop(client.client_id)
             self.silent.add(node)
-            why = (f"sent no reply in round {round} within round-timeout-s={self.round_timeout_s:g}; raise it if the "
-                   "node is only slow") if reply is None else f"is unavailable in round {round}: {reply.error.reason}"
+            why = (
+                (
+                    f"sent no reply in round {round} within round-timeout-s={self.round_timeout_s:g}; raise it if the "
+                    "node is only slow"
+                )
+                if reply is None
+                else f"is unavailable in round {round}: {reply.error.reason}"
+            )
             return ClientUnavailable(f"SuperNode {node} {why}")
         if reply.has_error():
             return RuntimeError(f"SuperNode {self.nodes[client.client_id]}: {reply.error.reason}")

@@ -5,6 +5,7 @@ Nothing is pickled, and nothing secret travels: a client's generator, accountant
 
 A reply is read defensively: whatever a node sends, reading it gives a ClientUpdate or an UpdateRejected
 naming what is wrong, never another exception."""
+
 from __future__ import annotations
 
 import json
@@ -21,30 +22,65 @@ DESCRIBE, UPLOAD = "describe", "upload"
 CLIENT_MECHANISMS = ("local_update", "local_dpsgd")  # client.privacy.GaussianUpdate, client.dpsgd.DPSGD
 
 
-def query_content(config: dict, run_id: str, action: str, domain: dict | None = None,
-                  base_model: str = "") -> RecordDict:
+def query_content(
+    config: dict, run_id: str, action: str, domain: dict | None = None, base_model: str = ""
+) -> RecordDict:
     """`base_model`: as in train_content, so a node with another base model is refused before round 0 records it."""
-    return RecordDict({"run": ConfigRecord({"config": json.dumps(config), "run-id": run_id, "action": action,
-                                            "domain": json.dumps(domain), "base-model": base_model})})
+    return RecordDict(
+        {
+            "run": ConfigRecord(
+                {
+                    "config": json.dumps(config),
+                    "run-id": run_id,
+                    "action": action,
+                    "domain": json.dumps(domain),
+                    "base-model": base_model,
+                }
+            )
+        }
+    )
 
 
-def train_content(config: dict, run_id: str, global_adapter: AdapterState, round: int, domain: dict | None,
-                  base_model: str, extras: AdapterState) -> RecordDict:
+def train_content(
+    config: dict,
+    run_id: str,
+    global_adapter: AdapterState,
+    round: int,
+    domain: dict | None,
+    base_model: str,
+    extras: AdapterState,
+) -> RecordDict:
     """`base_model`: flb.model.load.base_model_digest of the server's base model; the node refuses to train another.
     `extras`: the strategy's tensors for the clients (Strategy.client_extras)."""
-    return RecordDict({"global": ArrayRecord(torch_state_dict=global_adapter),
-                       "extras": _arrays(extras),
-                       "run": ConfigRecord({"config": json.dumps(config), "run-id": run_id, "round": round,
-                                            "domain": json.dumps(domain), "base-model": base_model})})
+    return RecordDict(
+        {
+            "global": ArrayRecord(torch_state_dict=global_adapter),
+            "extras": _arrays(extras),
+            "run": ConfigRecord(
+                {
+                    "config": json.dumps(config),
+                    "run-id": run_id,
+                    "round": round,
+                    "domain": json.dumps(domain),
+                    "base-model": base_model,
+                }
+            ),
+        }
+    )
 
 
 def read_run(content: RecordDict) -> dict:
     """The config JSON (kept as text: it keys the node's cache), run id, round, action, signing domain and the
     server's base model digest."""
     run = content.config_records["run"]
-    return {"config": run["config"], "run_id": str(run["run-id"]), "round": int(run.get("round", 0)),
-            "action": str(run.get("action", TRAIN)), "domain": json.loads(run.get("domain", "null")),
-            "base_model": str(run.get("base-model", ""))}
+    return {
+        "config": run["config"],
+        "run_id": str(run["run-id"]),
+        "round": int(run.get("round", 0)),
+        "action": str(run.get("action", TRAIN)),
+        "domain": json.loads(run.get("domain", "null")),
+        "base_model": str(run.get("base-model", "")),
+    }
 
 
 def read_adapter(content: RecordDict, key: str = "global") -> AdapterState:
@@ -57,8 +93,9 @@ def _arrays(tensors: AdapterState) -> ArrayRecord:
 
 
 def info_content(client_id: int, num_examples: int, address: str | None) -> RecordDict:
-    return RecordDict({"info": ConfigRecord({"client-id": client_id, "num-examples": num_examples,
-                                             "address": address or ""})})
+    return RecordDict(
+        {"info": ConfigRecord({"client-id": client_id, "num-examples": num_examples, "address": address or ""})}
+    )
 
 
 def read_info(content: RecordDict) -> tuple[int, int, str | None]:
@@ -68,8 +105,9 @@ def read_info(content: RecordDict) -> tuple[int, int, str | None]:
 
 
 def upload_content(upload: SignedUpload) -> RecordDict:
-    return RecordDict({"upload": ConfigRecord({"recorded-digest": upload.recorded_digest,
-                                               "signature": upload.signature})})
+    return RecordDict(
+        {"upload": ConfigRecord({"recorded-digest": upload.recorded_digest, "signature": upload.signature})}
+    )
 
 
 def read_upload(content: RecordDict) -> SignedUpload:
@@ -79,17 +117,32 @@ def read_upload(content: RecordDict) -> SignedUpload:
 
 
 def update_content(update: ClientUpdate) -> RecordDict:
-    result = {"client-id": update.client_id, "round": update.round, "num-examples": update.num_examples,
-              "wall-time-s": update.wall_time_s, "num-bytes": update.num_bytes, "digest": update.digest,
-              "privacy": json.dumps(update.privacy)}
+    result = {
+        "client-id": update.client_id,
+        "round": update.round,
+        "num-examples": update.num_examples,
+        "wall-time-s": update.wall_time_s,
+        "num-bytes": update.num_bytes,
+        "digest": update.digest,
+        "privacy": json.dumps(update.privacy),
+    }
     if update.train_loss is not None:
         result["train-loss"] = update.train_loss
     if update.attestation is not None:
-        result.update({"recorded-digest": update.attestation.recorded_digest,
-                       "recorded-num-examples": update.attestation.recorded_num_examples,
-                       "signature": update.attestation.signature})
-    return RecordDict({"update": ArrayRecord(torch_state_dict=update.tensors),
-                       "extras": _arrays(update.extras), "result": ConfigRecord(result)})
+        result.update(
+            {
+                "recorded-digest": update.attestation.recorded_digest,
+                "recorded-num-examples": update.attestation.recorded_num_examples,
+                "signature": update.attestation.signature,
+            }
+        )
+    return RecordDict(
+        {
+            "update": ArrayRecord(torch_state_dict=update.tensors),
+            "extras": _arrays(update.extras),
+            "result": ConfigRecord(result),
+        }
+    )
 
 
 def read_update(content: RecordDict, client_id: int) -> ClientUpdate:
@@ -100,14 +153,24 @@ def read_update(content: RecordDict, client_id: int) -> ClientUpdate:
         tensors = read_adapter(content, "update")
         attestation = None
         if "signature" in result:
-            attestation = Attestation(recorded_digest=_text(result["recorded-digest"]),
-                                      recorded_num_examples=_count(result["recorded-num-examples"]),
-                                      signature=_text(result["signature"]))
-        return ClientUpdate(client_id=_count(result["client-id"]), round=_count(result["round"]), tensors=tensors,
-                            num_examples=_count(result["num-examples"]), train_loss=_loss(result.get("train-loss")),
-                            wall_time_s=_seconds(result["wall-time-s"]), num_bytes=_count(result["num-bytes"]),
-                            digest=_text(result["digest"]), privacy=_privacy_report(result.get("privacy", "{}")),
-                            attestation=attestation, extras=read_adapter(content, "extras"))
+            attestation = Attestation(
+                recorded_digest=_text(result["recorded-digest"]),
+                recorded_num_examples=_count(result["recorded-num-examples"]),
+                signature=_text(result["signature"]),
+            )
+        return ClientUpdate(
+            client_id=_count(result["client-id"]),
+            round=_count(result["round"]),
+            tensors=tensors,
+            num_examples=_count(result["num-examples"]),
+            train_loss=_loss(result.get("train-loss")),
+            wall_time_s=_seconds(result["wall-time-s"]),
+            num_bytes=_count(result["num-bytes"]),
+            digest=_text(result["digest"]),
+            privacy=_privacy_report(result.get("privacy", "{}")),
+            attestation=attestation,
+            extras=read_adapter(content, "extras"),
+        )
     except Exception as exc:  # whatever a node sends: numpy, torch and Flower raise many kinds on bad arrays
         raise UpdateRejected(f"client {client_id}: malformed reply ({type(exc).__name__}: {first_line(exc)})") from None
 

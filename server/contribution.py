@@ -7,10 +7,11 @@ previous global adapter. The leave-one-out aggregates are hypothetical: each sta
 state before the round, and the state after the round is put back, so they spend no privacy budget and
 move no adaptive clipping norm.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 from flb.types import AdapterState, ClientUpdate
 from server.strategy.base import Strategy
@@ -18,16 +19,22 @@ from server.strategy.base import Strategy
 POINTS_PER_LOSS = 1_000_000
 
 
-def leave_one_out_scores(eval_loss: Callable[[AdapterState], float], strategy: Strategy, state_before: dict,
-                         global_adapter: AdapterState, updates: list[ClientUpdate], loss_all: float,
-                         round_number: int) -> tuple[list[int], dict[int, str]]:
+def leave_one_out_scores(
+    eval_loss: Callable[[AdapterState], float],
+    strategy: Strategy,
+    state_before: dict,
+    global_adapter: AdapterState,
+    updates: list[ClientUpdate],
+    loss_all: float,
+    round_number: int,
+) -> tuple[list[int], dict[int, str]]:
     """`loss_all` is the eval loss of the round's aggregate of every update; `state_before` is
     `strategy.state_dict()` from before that aggregate. Returns the scores and, for each client scored 0 because
     a loss was not a finite number, why."""
     state_after = strategy.state_dict()
     scores, unscored = [], {}
     for left_out, update in enumerate(updates):
-        rest = updates[:left_out] + updates[left_out + 1:]
+        rest = updates[:left_out] + updates[left_out + 1 :]
         strategy.load_state_dict(state_before)
         without = strategy.aggregate(global_adapter, rest, round_number, len(rest)) if rest else global_adapter
         loss_without = eval_loss(without)
@@ -35,7 +42,8 @@ def leave_one_out_scores(eval_loss: Callable[[AdapterState], float], strategy: S
             scores.append(max(0, round((loss_without - loss_all) * POINTS_PER_LOSS)))
         else:
             scores.append(0)
-            unscored[update.client_id] = (f"eval loss {loss_all:g} with it and {loss_without:g} without it is not "
-                                          "finite; scored 0")
+            unscored[update.client_id] = (
+                f"eval loss {loss_all:g} with it and {loss_without:g} without it is not finite; scored 0"
+            )
     strategy.load_state_dict(state_after)
     return scores, unscored

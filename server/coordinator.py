@@ -1,23 +1,24 @@
 """The round loop, readable top to bottom: sample, fit, validate, aggregate, evaluate, save, record, checkpoint."""
+
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Callable, Sequence
 
-from flb.privacy.accounting import run_privacy
-from flb.audit.attestation import SALT_BYTES, commitment
-from flb.run.comm import CommTracker
-from flb.audit.digests import adapter_digest, json_digest, metrics_digest, update_content
-from flb.privacy.disclosure import Disclosure
-from flb.errors import ClientUnavailable, RunFailed, UpdateRejected, first_line
-from flb.run.stop import durable
 from flb.adapters.lora_aggregation import aggregation_error
+from flb.audit.attestation import SALT_BYTES, commitment
+from flb.audit.digests import adapter_digest, json_digest, metrics_digest, update_content
+from flb.errors import ClientUnavailable, RunFailed, UpdateRejected, first_line
+from flb.privacy.accounting import run_privacy
+from flb.privacy.disclosure import Disclosure
 from flb.privacy.private_state import PrivateState
-from flb.run.summary import round_line
-from flb.run.directory import RunDir
 from flb.privacy.secret_random import SecretRandom
+from flb.run.comm import CommTracker
+from flb.run.directory import RunDir
+from flb.run.stop import durable
+from flb.run.summary import round_line
 from flb.seeding import round_rng
 from flb.types import AdapterState, Client, ClientUpdate, Ledger, RoundRecord
 from server.contribution import leave_one_out_scores
@@ -33,8 +34,9 @@ FitAll = Callable[[Sequence[Client], AdapterState, int, AdapterState], list["Cli
 EXPECTED_FAILURES = (ClientUnavailable, UpdateRejected)
 
 
-def fit_in_turn(clients: Sequence[Client], global_adapter: AdapterState, round: int,
-                extras: AdapterState) -> list[ClientUpdate | Exception]:
+def fit_in_turn(
+    clients: Sequence[Client], global_adapter: AdapterState, round: int, extras: AdapterState
+) -> list[ClientUpdate | Exception]:
     """In-process clients share one model, so they train one after another; a failure is returned, not raised, and
     the coordinator decides what it costs."""
     results = []
@@ -69,7 +71,9 @@ class RoundCoordinator:
     comm: CommTracker = field(default_factory=CommTracker)
     learning_rate: Callable[[int], float] | None = None  # the clients' learning rate in a round, for the metrics
     declared: dict[int, dict] = field(default_factory=dict)  # client id -> its round-0 shard size and address
-    on_round: Callable[[dict], None] | None = None  # given each round's metrics.jsonl row once it is done (flb.run.notify)
+    on_round: Callable[[dict], None] | None = (
+        None  # given each round's metrics.jsonl row once it is done (flb.run.notify)
+    )
     update_parts: Callable[[AdapterState], dict[str, AdapterState]] | None = None  # mode split: a digest per part
     failures: int = 0
     num_rounds: int | None = None  # the run's last round, for the round lines
@@ -96,8 +100,13 @@ class RoundCoordinator:
             self.ledger.record_data_uploads({c.client_id: c.data_upload() for c in self.clients})
         started = time.perf_counter()
         metrics = self.evaluate(global_adapter)
-        self._complete(0, None, global_adapter, [], {**metrics, "num_sampled": 0, "round_time_s": 0.0,
-                                                      "eval_time_s": time.perf_counter() - started})
+        self._complete(
+            0,
+            None,
+            global_adapter,
+            [],
+            {**metrics, "num_sampled": 0, "round_time_s": 0.0, "eval_time_s": time.perf_counter() - started},
+        )
 
     def restore(self, checkpoint: dict) -> None:
         """Put back the strategy's state, the clients' round-0 declarations and the server's secret generator."""
@@ -117,11 +126,23 @@ class RoundCoordinator:
         if self.learning_rate is not None:
             cost["learning_rate"] = self.learning_rate(round)
         if len(updates) < self.min_clients:
-            log.warning("round %d skipped: %d valid updates, server.min_clients is %d", round, len(updates),
-                        self.min_clients)
-            self._complete(round, global_adapter, global_adapter, [],
-                           {"skipped": True, "rejected": rejected, "num_sampled": len(sampled),
-                            "round_time_s": time.perf_counter() - started, **cost}, sampled)
+            log.warning(
+                "round %d skipped: %d valid updates, server.min_clients is %d", round, len(updates), self.min_clients
+            )
+            self._complete(
+                round,
+                global_adapter,
+                global_adapter,
+                [],
+                {
+                    "skipped": True,
+                    "rejected": rejected,
+                    "num_sampled": len(sampled),
+                    "round_time_s": time.perf_counter() - started,
+                    **cost,
+                },
+                sampled,
+            )
             return global_adapter
         previous_adapter, previous_state = global_adapter, self.strategy.state_dict()
         updates = self._weighed(updates)
@@ -132,19 +153,36 @@ class RoundCoordinator:
         aggregate_done = time.perf_counter()
         metrics = self.evaluate(global_adapter)
         metrics["lora_aggregation_error"] = aggregation_error(
-            list(zip([u.tensors for u in in_chain_order], self.strategy.mean_weights(in_chain_order))), global_adapter)
+            list(zip([u.tensors for u in in_chain_order], self.strategy.mean_weights(in_chain_order))), global_adapter
+        )
         if self.contribution_loss is not None:
-            scores, unscored = leave_one_out_scores(self.contribution_loss, self.strategy, previous_state,
-                                                    previous_adapter, in_chain_order, metrics["eval_loss"], round)
+            scores, unscored = leave_one_out_scores(
+                self.contribution_loss,
+                self.strategy,
+                previous_state,
+                previous_adapter,
+                in_chain_order,
+                metrics["eval_loss"],
+                round,
+            )
             by_client = dict(zip((u.client_id for u in in_chain_order), scores))
             metrics["scores"] = [by_client[u.client_id] for u in updates]  # in client id order, as the record's
             if unscored:
                 metrics["unscored"] = {str(client_id): reason for client_id, reason in unscored.items()}
         if self.update_parts is not None:
-            metrics["part_digests"] = {str(u.client_id): {part: adapter_digest(tensors) for part, tensors in
-                                                          self.update_parts(u.tensors).items()} for u in updates}
-        metrics.update(rejected=rejected, num_sampled=len(sampled), round_time_s=aggregate_done - started,
-                       eval_time_s=time.perf_counter() - aggregate_done, **cost)
+            metrics["part_digests"] = {
+                str(u.client_id): {
+                    part: adapter_digest(tensors) for part, tensors in self.update_parts(u.tensors).items()
+                }
+                for u in updates
+            }
+        metrics.update(
+            rejected=rejected,
+            num_sampled=len(sampled),
+            round_time_s=aggregate_done - started,
+            eval_time_s=time.perf_counter() - aggregate_done,
+            **cost,
+        )
         self._complete(round, previous_adapter, global_adapter, updates, metrics, sampled)
         return global_adapter
 
@@ -154,8 +192,9 @@ class RoundCoordinator:
         if self.secret_sampling:
             chosen = self.random.sample(len(self.clients), self.clients_per_round)
         else:
-            chosen = round_rng(self.seed, round, _SAMPLING_STREAM).choice(len(self.clients), self.clients_per_round,
-                                                                           replace=False)
+            chosen = round_rng(self.seed, round, _SAMPLING_STREAM).choice(
+                len(self.clients), self.clients_per_round, replace=False
+            )
         return [self.clients[i] for i in sorted(chosen)]
 
     def collect(self, sampled: list[Client], global_adapter: AdapterState, round: int):
@@ -166,8 +205,9 @@ class RoundCoordinator:
         global_digest = adapter_digest(global_adapter)
         extras = self.strategy.client_extras(global_adapter)
         results = self.fit_all(sampled, global_adapter, round, extras)
-        comm = self.comm.count(round, global_adapter, extras, len(sampled),
-                               [r for r in results if isinstance(r, ClientUpdate)])
+        comm = self.comm.count(
+            round, global_adapter, extras, len(sampled), [r for r in results if isinstance(r, ClientUpdate)]
+        )
         valid, rejected = [], []
         for client, result in zip(sampled, results):
             reason = self._rejection(client, result, global_adapter, global_digest, extras, round)
@@ -192,17 +232,20 @@ class RoundCoordinator:
             return updates
         return [replace(update, num_examples=1) for update in updates]
 
-    def _rejection(self, client: Client, result, global_adapter: AdapterState, global_digest: str,
-                   extras: AdapterState, round: int) -> str | None:
+    def _rejection(
+        self, client: Client, result, global_adapter: AdapterState, global_digest: str, extras: AdapterState, round: int
+    ) -> str | None:
         """Why `result` cannot be aggregated, or None if it can; raises RunFailed when a client failed in a way
         that is not expected of a sound run once more than server.max_client_failures times."""
         if isinstance(result, BaseException):
             if not isinstance(result, EXPECTED_FAILURES):
                 self.failures += 1
                 if self.failures > self.max_client_failures:
-                    raise RunFailed(f"round {round}: client {client.client_id} failed with {type(result).__name__}: "
-                                    f"{first_line(result)} (failure {self.failures}, server.max_client_failures = "
-                                    f"{self.max_client_failures}); rounds before {round} are saved, see run.log")
+                    raise RunFailed(
+                        f"round {round}: client {client.client_id} failed with {type(result).__name__}: "
+                        f"{first_line(result)} (failure {self.failures}, server.max_client_failures = "
+                        f"{self.max_client_failures}); rounds before {round} are saved, see run.log"
+                    )
             return f"{type(result).__name__}: {first_line(result)}"
         try:
             validate_update(result, self._expected(client.client_id, round), global_adapter, global_digest, extras)
@@ -213,12 +256,25 @@ class RoundCoordinator:
     def _expected(self, client_id: int, round: int) -> Expected:
         declared = self.declared[client_id]
         domain = self.ledger.signing_domain
-        return Expected(client_id=client_id, round=round, max_examples=declared["num_examples"],
-                        address=declared["address"] if domain is not None else None, domain=domain,
-                        disclosure=self.disclosure, lora_a_frozen=self.lora_a_frozen)
+        return Expected(
+            client_id=client_id,
+            round=round,
+            max_examples=declared["num_examples"],
+            address=declared["address"] if domain is not None else None,
+            domain=domain,
+            disclosure=self.disclosure,
+            lora_a_frozen=self.lora_a_frozen,
+        )
 
-    def _complete(self, round: int, previous: AdapterState | None, global_adapter: AdapterState,
-                  updates: list[ClientUpdate], metrics: dict, sampled: Sequence[Client] = ()) -> None:
+    def _complete(
+        self,
+        round: int,
+        previous: AdapterState | None,
+        global_adapter: AdapterState,
+        updates: list[ClientUpdate],
+        metrics: dict,
+        sampled: Sequence[Client] = (),
+    ) -> None:
         """Files and metrics, then the ledger record, then the server's secrets and the checkpoint: a round counts
         as done for --resume only once everything before it is durable (a stop signal waits for it); the round's line
         is logged once its metrics are. Then `on_round` hears of it."""
@@ -227,8 +283,12 @@ class RoundCoordinator:
         client_rows = [_client_metrics(u) for u in updates]
         row = {"kind": "round", "round": round, "global_digest": digest, "num_clients": len(updates), **metrics}
         with durable():
-            self.run.save_round(round, global_adapter, self.peft_config,
-                                {u.client_id: update_content(u.tensors, u.extras) for u in updates})
+            self.run.save_round(
+                round,
+                global_adapter,
+                self.peft_config,
+                {u.client_id: update_content(u.tensors, u.extras) for u in updates},
+            )
             self.run.append_metrics(*client_rows, row)
             log.info("%s", round_line(row, client_rows, self.num_rounds))  # before the ledger's line for the round
             if self.ledger.signing_domain is not None:
@@ -239,16 +299,28 @@ class RoundCoordinator:
         if self.on_round is not None:
             self.on_round(row)
 
-    def _record(self, round: int, previous: AdapterState | None, digest: str, updates: list[ClientUpdate],
-                metrics: dict, row_digest: str) -> RoundRecord:
+    def _record(
+        self,
+        round: int,
+        previous: AdapterState | None,
+        digest: str,
+        updates: list[ClientUpdate],
+        metrics: dict,
+        row_digest: str,
+    ) -> RoundRecord:
         record = RoundRecord(
-            round=round, previous_global_digest=None if previous is None else adapter_digest(previous),
-            global_digest=digest, client_ids=[u.client_id for u in updates],
+            round=round,
+            previous_global_digest=None if previous is None else adapter_digest(previous),
+            global_digest=digest,
+            client_ids=[u.client_id for u in updates],
             addresses=[self.declared[u.client_id]["address"] for u in updates],
             update_digests=[u.attestation.recorded_digest for u in updates],
             num_examples=[u.attestation.recorded_num_examples for u in updates],
             signatures=[u.attestation.signature for u in updates],
-            update_num_bytes=[u.num_bytes for u in updates], metrics=metrics, metrics_digest=row_digest)
+            update_num_bytes=[u.num_bytes for u in updates],
+            metrics=metrics,
+            metrics_digest=row_digest,
+        )
         if not self.disclosure.record_participants:
             record.participants_commitment = self._participants_commitment(record)
         return record
@@ -256,8 +328,12 @@ class RoundCoordinator:
     def _participants_commitment(self, record: RoundRecord) -> str:
         """A salted commitment to who took part and what they signed; the opening stays in the server's
         private state for an auditor."""
-        participants = {"clients": record.addresses, "update_digests": record.update_digests,
-                        "num_examples": record.num_examples, "signatures": record.signatures}
+        participants = {
+            "clients": record.addresses,
+            "update_digests": record.update_digests,
+            "num_examples": record.num_examples,
+            "signatures": record.signatures,
+        }
         digest, salt = json_digest(participants), self.random.random_bytes(SALT_BYTES)
         committed = commitment(salt, digest)
         self.private.record_opening(committed, salt, digest, f"round {record.round} participants", value=participants)
@@ -275,6 +351,14 @@ class RoundCoordinator:
 
 
 def _client_metrics(update: ClientUpdate) -> dict:
-    return {"kind": "client", "round": update.round, "client_id": update.client_id, "train_loss": update.train_loss,
-            "num_examples": update.num_examples, "wall_time_s": update.wall_time_s, "num_bytes": update.num_bytes,
-            "digest": update.digest, **({"privacy": update.privacy} if update.privacy else {})}
+    return {
+        "kind": "client",
+        "round": update.round,
+        "client_id": update.client_id,
+        "train_loss": update.train_loss,
+        "num_examples": update.num_examples,
+        "wall_time_s": update.wall_time_s,
+        "num_bytes": update.num_bytes,
+        "digest": update.digest,
+        **({"privacy": update.privacy} if update.privacy else {}),
+    }

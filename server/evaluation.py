@@ -5,6 +5,7 @@ clients optimise. exact_match (the top-level `accuracy` and `accuracy_by_task`) 
 held-out prompts compared with the reference answer, per task family. The other suites (server/suites/) put their
 metrics under `suites`, one dict per suite, and how long each took under `suite_time_s`.
 """
+
 from __future__ import annotations
 
 import math
@@ -62,10 +63,14 @@ class Evaluator:
 
     def _exact_match(self) -> dict:
         correct, total = defaultdict(int), defaultdict(int)
-        answers = greedy_continuations(self.model, self.tokenizer,
-                                       [chat_prompt(self.tokenizer, r["prompt"]) for r in self.records],
-                                       max_new_tokens=self.settings.max_new_tokens, batch_size=self.settings.batch_size,
-                                       label="eval exact_match")
+        answers = greedy_continuations(
+            self.model,
+            self.tokenizer,
+            [chat_prompt(self.tokenizer, r["prompt"]) for r in self.records],
+            max_new_tokens=self.settings.max_new_tokens,
+            batch_size=self.settings.batch_size,
+            label="eval exact_match",
+        )
         for record, answer in zip(self.records, answers):
             task = str(record.get(self.task_column, "all"))
             total[task] += 1

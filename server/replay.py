@@ -8,9 +8,10 @@ family's moments, SCAFFOLD's control variate) carries its state, each round star
 global adapter, the updates in the chain's order, weighed by their on-chain example counts (all alike where counts
 are not published). Rounds whose aggregate depends on a secret cannot be replayed, and say why.
 """
+
 from __future__ import annotations
 
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 from flb.audit.digests import EXTRAS_PREFIX
 from flb.types import AdapterState, ClientUpdate
@@ -48,8 +49,10 @@ def replay(config: dict, rounds: Iterable[PublishedRound]) -> Iterator[tuple[int
     strategy = build_strategy(settings, SecretRandom())  # no draw: the strategies replayed here are deterministic
     counts_published = Disclosure.of(settings).publish_num_examples
     for number, previous, published in rounds:
-        updates = [_update(position, number, content, count if counts_published else 1)
-                   for position, (content, count) in enumerate(published)]
+        updates = [
+            _update(position, number, content, count if counts_published else 1)
+            for position, (content, count) in enumerate(published)
+        ]
         yield number, strategy.aggregate(previous, updates, number, len(updates))
 
 
@@ -57,5 +60,14 @@ def _update(position: int, round: int, content: AdapterState, num_examples: int)
     """A published update as the strategy sees it: its adapter, its extras (SCAFFOLD's delta c_i) and its weight."""
     tensors = {name: t for name, t in content.items() if not name.startswith(EXTRAS_PREFIX)}
     extras = {name.removeprefix(EXTRAS_PREFIX): t for name, t in content.items() if name.startswith(EXTRAS_PREFIX)}
-    return ClientUpdate(client_id=position, round=round, tensors=tensors, num_examples=num_examples, train_loss=None,
-                        wall_time_s=0.0, num_bytes=0, digest="", extras=extras)
+    return ClientUpdate(
+        client_id=position,
+        round=round,
+        tensors=tensors,
+        num_examples=num_examples,
+        train_loss=None,
+        wall_time_s=0.0,
+        num_bytes=0,
+        digest="",
+        extras=extras,
+    )

@@ -9,6 +9,7 @@ the clients as ProxyClients, one at a time, so the trunk serves one session at o
 split.timeout_s while the server waits on it, or whose process ends (loopback), has failed; that failure counts
 against server.max_client_failures as any client's.
 """
+
 from __future__ import annotations
 
 import json
@@ -50,7 +51,7 @@ class SplitHub:
         self.lock = threading.Lock()
         self.joined = threading.Condition(self.lock)
 
-    def __enter__(self) -> "SplitHub":
+    def __enter__(self) -> SplitHub:
         from flb.split.grpc_channel import serve
 
         split = self.config.split
@@ -85,8 +86,21 @@ class SplitHub:
             state_dir.mkdir(parents=True, exist_ok=True)
             log_file = open(state_dir / "node.log", "ab")
             self.processes[client_id] = subprocess.Popen(
-                [sys.executable, "-m", "client.split_node", "--server", f"127.0.0.1:{self.port}", "--client-id",
-                 str(client_id), "--state-dir", str(state_dir)], cwd=REPO, stdout=log_file, stderr=log_file)
+                [
+                    sys.executable,
+                    "-m",
+                    "client.split_node",
+                    "--server",
+                    f"127.0.0.1:{self.port}",
+                    "--client-id",
+                    str(client_id),
+                    "--state-dir",
+                    str(state_dir),
+                ],
+                cwd=REPO,
+                stdout=log_file,
+                stderr=log_file,
+            )
             log_file.close()
 
     # what the coordinator calls
@@ -99,12 +113,16 @@ class SplitHub:
                 self._check_processes()
                 if time.monotonic() > deadline:
                     missing = sorted(set(range(self.num_clients)) - set(self.hello))
-                    raise RunFailed(f"split: clients {missing} did not join within split.timeout_s = "
-                                    f"{self.timeout_s:g} s (start them with python -m client.split_node --server "
-                                    f"HOST:{self.port} --client-id I)")
+                    raise RunFailed(
+                        f"split: clients {missing} did not join within split.timeout_s = "
+                        f"{self.timeout_s:g} s (start them with python -m client.split_node --server "
+                        f"HOST:{self.port} --client-id I)"
+                    )
                 self.joined.wait(timeout=POLL_S)
-        return [ProxyClient(i, self.hello[i]["num_examples"], self.hello[i]["address"], self)
-                for i in range(self.num_clients)]
+        return [
+            ProxyClient(i, self.hello[i]["num_examples"], self.hello[i]["address"], self)
+            for i in range(self.num_clients)
+        ]
 
     def bind_ledger(self, domain) -> None:
         for client_id in range(self.num_clients):
@@ -114,16 +132,20 @@ class SplitHub:
         header, _ = self._ask(client_id, {"kind": "upload"})
         return SignedUpload(str(header["recorded_digest"]), str(header["signature"]))
 
-    def __call__(self, clients: list, global_adapter: AdapterState, round: int,
-                 extras: AdapterState) -> list[ClientUpdate | Exception]:
+    def __call__(
+        self, clients: list, global_adapter: AdapterState, round: int, extras: AdapterState
+    ) -> list[ClientUpdate | Exception]:
         """server.coordinator.FitAll: the round's trunk set up, then the clients one at a time."""
         self.trunk.start_round(global_adapter, round)
         results = []
         for client in clients:
             self.trunk.expect(client.client_id)
             try:
-                header, sent = self._ask(client.client_id, {"kind": "fit", "round": round},
-                                         grouped(global_adapter=global_adapter, extras=extras))
+                header, sent = self._ask(
+                    client.client_id,
+                    {"kind": "fit", "round": round},
+                    grouped(global_adapter=global_adapter, extras=extras),
+                )
                 results.append(_update(header, sent))
             except Exception as exc:
                 log.warning("round %d: client %d failed: %s", round, client.client_id, first_line(exc))
@@ -148,8 +170,9 @@ class SplitHub:
             except queue.Empty:
                 self._check_processes([client_id])
                 if time.monotonic() - self.last_seen.get(client_id, 0) > self.timeout_s:
-                    raise SplitClientLost(f"client {client_id} sent nothing for split.timeout_s = "
-                                          f"{self.timeout_s:g} s") from None
+                    raise SplitClientLost(
+                        f"client {client_id} sent nothing for split.timeout_s = {self.timeout_s:g} s"
+                    ) from None
         if header.get("error"):
             raise FLBError(f"client {client_id}: {header['error']}")
         return header, sent
@@ -158,8 +181,9 @@ class SplitHub:
         """SplitClientLost when the process of one of `client_ids` (default: every client) has ended."""
         for client_id, process in self.processes.items():
             if (client_ids is None or client_id in client_ids) and process.poll() is not None:
-                raise SplitClientLost(f"client {client_id}'s process ended with code {process.returncode} (see its "
-                                      "node.log)")
+                raise SplitClientLost(
+                    f"client {client_id}'s process ended with code {process.returncode} (see its node.log)"
+                )
 
     # what the clients call
 
@@ -176,8 +200,9 @@ class SplitHub:
             self.last_seen[client_id] = time.monotonic()
             if op in TRUNK_OPS:
                 if client_id != self.trunk.expected:
-                    raise SplitError(f"client {client_id} sent {op!r} while the trunk serves client "
-                                     f"{self.trunk.expected}")
+                    raise SplitError(
+                        f"client {client_id} sent {op!r} while the trunk serves client {self.trunk.expected}"
+                    )
                 return self.trunk.handle(frame)
             if op == "next":
                 return self._next(client_id)

@@ -12,6 +12,7 @@ the round's global trunk and the strategy averages the copies. Dropout in the tr
 Anything out of order or malformed (a frame for another client, a tensor of the wrong shape, a backward without a
 forward) is answered with an error frame naming it; the session's state is left as it was.
 """
+
 from __future__ import annotations
 
 import logging
@@ -126,19 +127,27 @@ class TrunkServer:
             raise SplitError("forward before the last forward's backward")
         hidden, mask = tensors.get("hidden"), tensors.get("attention_mask")
         size = self.model.get_base_model().config.get_text_config().hidden_size
-        if hidden is None or mask is None or hidden.dim() != 3 or hidden.shape[-1] != size or \
-                not hidden.is_floating_point() or tuple(mask.shape) != tuple(hidden.shape[:2]):
-            raise SplitError(f"forward needs hidden [batch, tokens, {size}] (float) and attention_mask [batch, "
-                             "tokens]")
+        if (
+            hidden is None
+            or mask is None
+            or hidden.dim() != 3
+            or hidden.shape[-1] != size
+            or not hidden.is_floating_point()
+            or tuple(mask.shape) != tuple(hidden.shape[:2])
+        ):
+            raise SplitError(f"forward needs hidden [batch, tokens, {size}] (float) and attention_mask [batch, tokens]")
         if not torch.isfinite(hidden).all() or not ((mask == 0) | (mask == 1)).all():
             raise SplitError("forward: hidden states must be finite and the attention mask 0 or 1")
         device = self.model.get_base_model().device
         leaf = hidden.to(device).requires_grad_()
         session.forwards += 1
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), \
-                mixed_precision(self.training_args, device.type):
-            torch.manual_seed(derived_seed(self.seed, session.round, session.client_id, session.forwards,
-                                           _DROPOUT_STREAM))
+        with (
+            torch.random.fork_rng(devices=[device] if device.type == "cuda" else []),
+            mixed_precision(self.training_args, device.type),
+        ):
+            torch.manual_seed(
+                derived_seed(self.seed, session.round, session.client_id, session.forwards, _DROPOUT_STREAM)
+            )
             output = self.plan.run(self.model, self.plan.trunk_layers, leaf, mask.to(device))
         session.pending = (leaf, output)
         self.traffic.forwards += 1

@@ -7,6 +7,7 @@ its digest, and, when the run is recorded, carries the client's own signature ov
 record. Then, over the round, an update whose change to the global adapter is far larger than the others' is
 rejected (`server.max_update_norm`), so one client cannot take over the model.
 """
+
 from __future__ import annotations
 
 import math
@@ -16,10 +17,10 @@ from dataclasses import dataclass
 import torch
 
 from flb.adapters.arithmetic import l2_norm, subtract
-from flb.audit.digests import adapter_digest, update_content
-from flb.privacy.disclosure import Disclosure
-from flb.errors import FLBError, UpdateRejected
 from flb.adapters.lora_aggregation import is_lora_a
+from flb.audit.digests import adapter_digest, update_content
+from flb.errors import FLBError, UpdateRejected
+from flb.privacy.disclosure import Disclosure
 from flb.types import AdapterState, ClientUpdate
 
 NORM_BOUND_MULTIPLE = 10.0
@@ -38,24 +39,35 @@ class Expected:
     lora_a_frozen: bool = False  # ffa: its LoRA A must be the global adapter's, bit for bit
 
 
-def validate_update(update: object, expected: Expected, global_adapter: AdapterState, global_digest: str,
-                    extras: AdapterState | None = None) -> None:
+def validate_update(
+    update: object,
+    expected: Expected,
+    global_adapter: AdapterState,
+    global_digest: str,
+    extras: AdapterState | None = None,
+) -> None:
     """Raise UpdateRejected unless `update` is a sound answer to `expected`; its `extras` must match the names,
     shapes and dtypes of the `extras` the round sent (SCAFFOLD's variate; none for most strategies)."""
     who = f"client {expected.client_id}"
     if not isinstance(update, ClientUpdate):
         raise UpdateRejected(f"{who}: sent a {type(update).__name__}, not a ClientUpdate")
     if update.client_id != expected.client_id or update.round != expected.round:
-        raise UpdateRejected(f"{who}: the update says client {update.client_id!r}, round {update.round!r}; "
-                             f"it was asked for round {expected.round}")
+        raise UpdateRejected(
+            f"{who}: the update says client {update.client_id!r}, round {update.round!r}; "
+            f"it was asked for round {expected.round}"
+        )
     _check_tensors(who, update.tensors, global_adapter)
     if expected.lora_a_frozen:
         _check_frozen_lora_a(who, update.tensors, global_adapter)
     _check_tensors(who, update.extras, extras or {}, what="extras", source="the extras the round sent")
     count = update.num_examples
-    if not (isinstance(count, numbers.Integral) and not isinstance(count, bool) and 1 <= count <= expected.max_examples):
-        raise UpdateRejected(f"{who}: claims {count!r} training examples; allowed: a whole number from 1 to the "
-                             f"{expected.max_examples} it declared at round 0")
+    if not (
+        isinstance(count, numbers.Integral) and not isinstance(count, bool) and 1 <= count <= expected.max_examples
+    ):
+        raise UpdateRejected(
+            f"{who}: claims {count!r} training examples; allowed: a whole number from 1 to the "
+            f"{expected.max_examples} it declared at round 0"
+        )
     sent = update_content(update.tensors, update.extras)
     if not isinstance(update.digest, str) or adapter_digest(sent) != update.digest:
         raise UpdateRejected(f"{who}: digest does not match its tensors")
@@ -63,15 +75,17 @@ def validate_update(update: object, expected: Expected, global_adapter: AdapterS
         _check_attestation(who, update, expected, global_digest)
 
 
-def _check_tensors(who: str, tensors: object, global_adapter: AdapterState, what: str = "tensors",
-                   source: str = "the global adapter") -> None:
+def _check_tensors(
+    who: str, tensors: object, global_adapter: AdapterState, what: str = "tensors", source: str = "the global adapter"
+) -> None:
     if not isinstance(tensors, dict):
         raise UpdateRejected(f"{who}: {what} are a {type(tensors).__name__}, not a dict of named tensors")
     missing = sorted(set(global_adapter) - set(tensors))
     extra = sorted(map(str, set(tensors) - set(global_adapter)))
     if missing or extra:
-        raise UpdateRejected(f"{who}: the names of its {what} differ from {source} "
-                             f"(missing {missing[:2]}, unexpected {extra[:2]})")
+        raise UpdateRejected(
+            f"{who}: the names of its {what} differ from {source} (missing {missing[:2]}, unexpected {extra[:2]})"
+        )
     for key, reference in global_adapter.items():
         tensor, name = tensors[key], key if what == "tensors" else f"{what} {key}"
         if not isinstance(tensor, torch.Tensor) or tensor.is_meta or tensor.device.type != "cpu":
@@ -85,11 +99,16 @@ def _check_tensors(who: str, tensors: object, global_adapter: AdapterState, what
 
 
 def _check_frozen_lora_a(who: str, tensors: AdapterState, global_adapter: AdapterState) -> None:
-    changed = [name for name in sorted(global_adapter)
-               if is_lora_a(name) and not torch.equal(tensors[name], global_adapter[name])]
+    changed = [
+        name
+        for name in sorted(global_adapter)
+        if is_lora_a(name) and not torch.equal(tensors[name], global_adapter[name])
+    ]
     if changed:
-        raise UpdateRejected(f"{who}: {changed[0]} differs from the global adapter's; strategy.lora_aggregation ffa "
-                             "keeps LoRA A frozen, so train B only")
+        raise UpdateRejected(
+            f"{who}: {changed[0]} differs from the global adapter's; strategy.lora_aggregation ffa "
+            "keeps LoRA A frozen, so train B only"
+        )
 
 
 def _check_attestation(who: str, update: ClientUpdate, expected: Expected, global_digest: str) -> None:
@@ -102,11 +121,18 @@ def _check_attestation(who: str, update: ClientUpdate, expected: Expected, globa
         raise UpdateRejected(f"{who}: signed digest {attestation.recorded_digest!r} is not its update's")
     published = update.num_examples if disclosure.publish_num_examples else 0
     if attestation.recorded_num_examples != published:
-        raise UpdateRejected(f"{who}: signed {attestation.recorded_num_examples!r} examples; the record needs {published}")
+        raise UpdateRejected(
+            f"{who}: signed {attestation.recorded_num_examples!r} examples; the record needs {published}"
+        )
     try:
-        signer = update_signer(expected.domain, round=expected.round, previous_global_digest=global_digest,
-                               update_digest=attestation.recorded_digest, num_examples=published,
-                               signature=attestation.signature)
+        signer = update_signer(
+            expected.domain,
+            round=expected.round,
+            previous_global_digest=global_digest,
+            update_digest=attestation.recorded_digest,
+            num_examples=published,
+            signature=attestation.signature,
+        )
     except (FLBError, ValueError, TypeError) as exc:
         raise UpdateRejected(f"{who}: unreadable signature ({exc})") from None
     if signer != expected.address:
@@ -122,13 +148,21 @@ def update_norm_bound(norms: list[float], max_update_norm: float | None) -> floa
     return NORM_BOUND_MULTIPLE * ordered[(len(ordered) - 1) // 2]
 
 
-def outliers(updates: list[ClientUpdate], global_adapter: AdapterState, max_update_norm: float | None) -> dict[int, str]:
+def outliers(
+    updates: list[ClientUpdate], global_adapter: AdapterState, max_update_norm: float | None
+) -> dict[int, str]:
     """Client id -> reason, for each update whose change to the global adapter exceeds the round's bound."""
     if not updates:
         return {}
     norms = [l2_norm(subtract(u.tensors, global_adapter)) for u in updates]
     bound = update_norm_bound(norms, max_update_norm)
-    source = "server.max_update_norm" if max_update_norm is not None else \
-        f"{NORM_BOUND_MULTIPLE:g} x the round's lower-median norm"
-    return {u.client_id: f"client {u.client_id}: update norm {norm:.4g} exceeds {bound:.4g} ({source})"
-            for u, norm in zip(updates, norms) if not norm <= bound or not math.isfinite(norm)}
+    source = (
+        "server.max_update_norm"
+        if max_update_norm is not None
+        else f"{NORM_BOUND_MULTIPLE:g} x the round's lower-median norm"
+    )
+    return {
+        u.client_id: f"client {u.client_id}: update norm {norm:.4g} exceeds {bound:.4g} ({source})"
+        for u, norm in zip(updates, norms)
+        if not norm <= bound or not math.isfinite(norm)
+    }

@@ -1,4 +1,5 @@
 """Shared fixtures: a tiny random Llama with SmolLM2's real tokenizer, saved as a local model dir."""
+
 from __future__ import annotations
 
 import os
@@ -73,10 +74,19 @@ def one_round_run(tiny_model_dir, tmp_path_factory):
     import assembly
     from flb.config import load_config
 
-    overrides = [f"model.model_path={tiny_model_dir}", f"output_dir={tmp_path_factory.mktemp('runs')}",
-                 "num_clients=2", "clients_per_round=2", "num_rounds=1", "local_steps=1", "eval.size=8",
-                 "eval.max_new_tokens=2", "sft.max_length=96", "chain_record=false",
-                 "tracking.backends=[tensorboard,mlflow]"]
+    overrides = [
+        f"model.model_path={tiny_model_dir}",
+        f"output_dir={tmp_path_factory.mktemp('runs')}",
+        "num_clients=2",
+        "clients_per_round=2",
+        "num_rounds=1",
+        "local_steps=1",
+        "eval.size=8",
+        "eval.max_new_tokens=2",
+        "sft.max_length=96",
+        "chain_record=false",
+        "tracking.backends=[tensorboard,mlflow]",
+    ]
     return assembly.run(load_config(None, overrides))
 
 

@@ -1,4 +1,5 @@
 """Privacy accounting: opacus' RDP accountant, its JSON state, noise for a target epsilon, warnings."""
+
 from __future__ import annotations
 
 import json
@@ -6,8 +7,16 @@ import logging
 
 import pytest
 
-from flb.privacy.accounting import (accountant_state, epsilon, noise_multiplier_for, rdp_accountant, run_privacy, spent,
-                            warn_if_delta_too_large, warn_if_weak)
+from flb.privacy.accounting import (
+    accountant_state,
+    epsilon,
+    noise_multiplier_for,
+    rdp_accountant,
+    run_privacy,
+    spent,
+    warn_if_delta_too_large,
+    warn_if_weak,
+)
 
 
 @pytest.mark.parametrize("z, q, steps", [(1.0, 1.0, 3), (0.8, 0.01, 200), (2.0, 0.3, 10)])
@@ -18,8 +27,11 @@ def test_epsilon_equals_opacus_rdp_for_the_same_z_q_steps(z, q, steps):
     ours = rdp_accountant()
     for _ in range(steps):
         ours.step(noise_multiplier=z, sample_rate=q)
-    reference, _ = get_privacy_spent(orders=RDPAccountant.DEFAULT_ALPHAS, delta=1e-5,
-                                     rdp=compute_rdp(q=q, noise_multiplier=z, steps=steps, orders=RDPAccountant.DEFAULT_ALPHAS))
+    reference, _ = get_privacy_spent(
+        orders=RDPAccountant.DEFAULT_ALPHAS,
+        delta=1e-5,
+        rdp=compute_rdp(q=q, noise_multiplier=z, steps=steps, orders=RDPAccountant.DEFAULT_ALPHAS),
+    )
     assert epsilon(ours, 1e-5) == pytest.approx(reference, rel=1e-12)
 
 
@@ -38,9 +50,19 @@ def test_no_noise_means_no_bound_and_spent_names_the_inputs():
     assert epsilon(accountant, 1e-5) == 0
     accountant.step(noise_multiplier=0.0, sample_rate=1.0)
     assert epsilon(accountant, 1e-5) is None
-    report = spent(accountant, mechanism="local_update", delta=1e-5, noise_multiplier=0.0, clip_norm=2.0, sample_rate=1.0)
-    assert report == {"mechanism": "local_update", "epsilon": None, "delta": 1e-5, "noise_multiplier": 0.0,
-                      "clip_norm": 2.0, "sample_rate": 1.0, "steps": 1, "history": [[0.0, 1.0, 1]]}
+    report = spent(
+        accountant, mechanism="local_update", delta=1e-5, noise_multiplier=0.0, clip_norm=2.0, sample_rate=1.0
+    )
+    assert report == {
+        "mechanism": "local_update",
+        "epsilon": None,
+        "delta": 1e-5,
+        "noise_multiplier": 0.0,
+        "clip_norm": 2.0,
+        "sample_rate": 1.0,
+        "steps": 1,
+        "history": [[0.0, 1.0, 1]],
+    }
 
 
 @pytest.mark.parametrize("target, q, steps", [(8.0, 1.0, 2), (2.0, 0.01, 50)])
@@ -91,7 +113,9 @@ def server_dp(*overrides):
 
 
 def weak_warnings(caplog) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.name == "flb.privacy.accounting" and r.levelno == logging.WARNING]
+    return [
+        r.getMessage() for r in caplog.records if r.name == "flb.privacy.accounting" and r.levelno == logging.WARNING
+    ]
 
 
 def test_server_dp_with_the_defaults_is_one_warning_naming_the_z_that_keeps_epsilon_within_10(caplog):
@@ -101,7 +125,8 @@ def test_server_dp_with_the_defaults_is_one_warning_naming_the_z_that_keeps_epsi
         warn_if_weak("server DP", [strategy], 2)
     assert weak_warnings(caplog) == [
         "server DP: epsilon will be 16.5 after 2 rounds at delta 1e-05 (above 10: a weak guarantee); raise "
-        "server.noise_multiplier (now 0.5) to 0.75 or more, or run fewer rounds"]
+        "server.noise_multiplier (now 0.5) to 0.75 or more, or run fewer rounds"
+    ]
     caplog.clear()
     warn_if_weak("server DP", [server_dp("server.noise_multiplier=0.75")], 2)
     assert weak_warnings(caplog) == []
@@ -113,8 +138,10 @@ def test_the_weakest_client_is_warned_of_once_naming_its_key(caplog):
 
     def clients(mode, **dp):
         settings = ClientSettings(local_dp=True, dp=ClientDPSettings(mode=mode, **dp))
-        return [local_privacy(settings, num_examples=n, batch_size=4, local_steps=5, num_rounds=3, client_id=i)
-                for i, n in enumerate((400, 40))]  # under dpsgd client 1's batches sample 10x more of its shard
+        return [
+            local_privacy(settings, num_examples=n, batch_size=4, local_steps=5, num_rounds=3, client_id=i)
+            for i, n in enumerate((400, 40))
+        ]  # under dpsgd client 1's batches sample 10x more of its shard
 
     fixed = clients("dpsgd", noise_multiplier=0.5)
     with caplog.at_level(logging.WARNING):
@@ -123,7 +150,8 @@ def test_the_weakest_client_is_warned_of_once_naming_its_key(caplog):
         warn_if_weak("client DP", clients("update", target_epsilon=10.0, noise_multiplier=None), 3)
     first, second = weak_warnings(caplog)
     assert first.startswith("client DP: epsilon will be 16 after 3 rounds") and first.endswith(
-        "lower client.dp.target_epsilon (now 16) to 10 or less")
+        "lower client.dp.target_epsilon (now 16) to 10 or less"
+    )
     other, weakest = fixed
     assert other.epsilon_after(3) < 10 < weakest.epsilon_after(3)
     assert second.startswith(f"client DP: epsilon will be {weakest.epsilon_after(3):.3g} after 3 rounds")

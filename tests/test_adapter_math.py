@@ -1,4 +1,5 @@
 """Adapter arithmetic shared by clients and server: whole-adapter norm, clipping, Gaussian noise."""
+
 from __future__ import annotations
 
 import pytest

@@ -1,5 +1,6 @@
 """The house's shape: imports point down only (front ends -> assembly -> server, client, chain -> flb), checked over
 every import statement, those inside functions included, and the command line stays thin."""
+
 import ast
 from pathlib import Path
 
@@ -32,9 +33,12 @@ def imported_packages(path: Path) -> set[str]:
 
 
 def upward_imports(package: str) -> list[str]:
-    return [f"{path.relative_to(REPO)} imports {name}"
-            for path in sorted((REPO / package).rglob("*.py")) if path not in FRONT_END_FILES
-            for name in sorted(imported_packages(path) & set(FORBIDDEN[package]))]
+    return [
+        f"{path.relative_to(REPO)} imports {name}"
+        for path in sorted((REPO / package).rglob("*.py"))
+        if path not in FRONT_END_FILES
+        for name in sorted(imported_packages(path) & set(FORBIDDEN[package]))
+    ]
 
 
 @pytest.mark.parametrize("package", sorted(FORBIDDEN))

@@ -1,5 +1,6 @@
 """flb.atomic.write_atomic: the new content in place, no temporary file left, permissions from creation, and a
 failure anywhere leaves the old content and no temporary file."""
+
 from __future__ import annotations
 
 import os
@@ -105,8 +106,8 @@ def test_the_run_directory_chain_file_and_keys_write_through_it(tmp_path, monkey
     """The three writers that used to have their own copy now all go through write_atomic."""
     import flb.atomic
     from chain.embedded import write_chain_file
-    from flb.audit.keystore import write_new_private_file
     from flb.atomic import write_json_atomic
+    from flb.audit.keystore import write_new_private_file
 
     written = []
     real = flb.atomic.write_atomic

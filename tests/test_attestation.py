@@ -1,13 +1,26 @@
 """flb.audit.attestation: the EIP-712 typed data clients sign, checked here and against the contract itself."""
+
 import subprocess
 import sys
 
 import pytest
 from eth_account import Account
 
-from flb.audit.attestation import (DOMAIN_NAME, DOMAIN_VERSION, AttestationError, SignatureError, SigningDomain,
-                             commitment, data_upload_hash, data_upload_signer, domain_separator,
-                             sign_data_upload, sign_update, update_hash, update_signer)
+from flb.audit.attestation import (
+    DOMAIN_NAME,
+    DOMAIN_VERSION,
+    AttestationError,
+    SignatureError,
+    SigningDomain,
+    commitment,
+    data_upload_hash,
+    data_upload_signer,
+    domain_separator,
+    sign_data_upload,
+    sign_update,
+    update_hash,
+    update_signer,
+)
 from flb.errors import FLBError
 from flb.privacy.secret_random import SecretRandom
 
@@ -24,15 +37,20 @@ def test_update_signature_recovers_its_signer():
     assert update_signer(DOMAIN, **UPDATE, signature=signature) == CLIENT.address
 
 
-@pytest.mark.parametrize("field, value", [("round", 4), ("previous_global_digest", "00" * 32),
-                                          ("update_digest", "cc" * 32), ("num_examples", 41)])
+@pytest.mark.parametrize(
+    "field, value",
+    [("round", 4), ("previous_global_digest", "00" * 32), ("update_digest", "cc" * 32), ("num_examples", 41)],
+)
 def test_an_altered_update_recovers_another_address(field, value):
     signature = sign_update(CLIENT, DOMAIN, **UPDATE)
     assert update_signer(DOMAIN, **{**UPDATE, field: value}, signature=signature) != CLIENT.address
 
 
-@pytest.mark.parametrize("domain", [SigningDomain(31338, DOMAIN.contract), SigningDomain(31337, OTHER.address)],
-                         ids=["another chain", "another contract"])
+@pytest.mark.parametrize(
+    "domain",
+    [SigningDomain(31338, DOMAIN.contract), SigningDomain(31337, OTHER.address)],
+    ids=["another chain", "another contract"],
+)
 def test_a_signature_for_another_domain_recovers_another_address(domain):
     signature = sign_update(CLIENT, domain, **UPDATE)
     assert update_signer(DOMAIN, **UPDATE, signature=signature) != CLIENT.address
@@ -95,8 +113,13 @@ def test_commitment_depends_on_the_salt_and_hides_the_digest():
 
 
 def test_importing_it_loads_no_ethereum_library():
-    code = "import sys, flb.audit.attestation; print(sorted(m for m in ('eth_account', 'web3', 'chain') if m in sys.modules))"
-    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"
+    code = (
+        "import sys, flb.audit.attestation; "
+        "print(sorted(m for m in ('eth_account', 'web3', 'chain') if m in sys.modules))"
+    )
+    assert (
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +131,9 @@ def on_chain():
 
     node = embedded_node(num_clients=1)
     admin = node.accounts.admin
-    receipt = send_signed(node.w3, sign_call(node.w3, admin, flb_contract(node.w3).constructor(admin.address), "deploy"), 30)
+    receipt = send_signed(
+        node.w3, sign_call(node.w3, admin, flb_contract(node.w3).constructor(admin.address), "deploy"), 30
+    )
     contract = flb_contract(node.w3, receipt["contractAddress"])
     return contract, SigningDomain(node.w3.eth.chain_id, contract.address)
 
@@ -117,14 +142,22 @@ def on_chain():
 def test_typed_data_hashes_equal_the_contracts(on_chain):
     contract, domain = on_chain
     assert domain_separator(domain) == "0x" + contract.functions.domainSeparator().call().hex()
-    on_chain_update = contract.functions.updateHash(UPDATE["round"], bytes.fromhex("ab" * 32), bytes.fromhex("cd" * 32),
-                                                    UPDATE["num_examples"]).call()
+    on_chain_update = contract.functions.updateHash(
+        UPDATE["round"], bytes.fromhex("ab" * 32), bytes.fromhex("cd" * 32), UPDATE["num_examples"]
+    ).call()
     assert update_hash(domain, **UPDATE) == "0x" + on_chain_update.hex()
-    assert data_upload_hash(domain, DIGEST) == "0x" + contract.functions.dataUploadHash(bytes.fromhex(DIGEST)).call().hex()
+    assert (
+        data_upload_hash(domain, DIGEST) == "0x" + contract.functions.dataUploadHash(bytes.fromhex(DIGEST)).call().hex()
+    )
 
 
 @pytest.mark.chain
 def test_contract_domain_fields_are_the_modules(on_chain):
     contract, domain = on_chain
     _, name, version, chain_id, verifying_contract, _, _ = contract.functions.eip712Domain().call()
-    assert (name, version, chain_id, verifying_contract) == (DOMAIN_NAME, DOMAIN_VERSION, domain.chain_id, domain.contract)
+    assert (name, version, chain_id, verifying_contract) == (
+        DOMAIN_NAME,
+        DOMAIN_VERSION,
+        domain.chain_id,
+        domain.contract,
+    )

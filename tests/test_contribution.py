@@ -1,4 +1,5 @@
 """Leave-one-out contribution scores on tiny tensors with a known loss."""
+
 from __future__ import annotations
 
 import torch
@@ -21,8 +22,9 @@ def update(client_id, values, num_examples=1):
 def test_helpful_clients_score_and_a_harmful_one_is_clamped_at_zero():
     updates = [update(0, [1.0, 1.0]), update(1, [0.0, 0.0]), update(2, [1.0, 1.0])]
     aggregated = FedAvg().aggregate({"w": torch.zeros(2)}, updates, 1, 3)
-    scores, unscored = leave_one_out_scores(eval_loss, FedAvg(), {}, {"w": torch.zeros(2)}, updates,
-                                            eval_loss(aggregated), 1)
+    scores, unscored = leave_one_out_scores(
+        eval_loss, FedAvg(), {}, {"w": torch.zeros(2)}, updates, eval_loss(aggregated), 1
+    )
     assert unscored == {}
     # all: mean [2/3, 2/3] -> loss 2/9; without 0 or 2: [0.5, 0.5] -> 0.5; without 1: [1, 1] -> 0
     assert scores == [round((0.5 - 2 / 9) * 1e6), 0, round((0.5 - 2 / 9) * 1e6)]

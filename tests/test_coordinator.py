@@ -1,5 +1,6 @@
 """The round loop with real (tiny) clients and a hostile or broken one: bad updates are rejected with their reason,
 the attacker never moves the global adapter, the rounds go on; a run that aggregates nothing fails."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -11,8 +12,8 @@ from safetensors.torch import load_file
 
 import assembly
 from flb.adapters.arithmetic import weighted_average
-from flb.config import load_config
 from flb.audit.digests import adapter_digest, adapter_file_digest
+from flb.config import load_config
 from flb.errors import RunFailed
 from flb.types import ClientUpdate
 
@@ -69,8 +70,12 @@ def rows(run_path):
 
 
 def test_an_attacker_is_rejected_every_round_and_never_moves_the_global_adapter(tiny_overrides, monkeypatch):
-    run_path = run_with(monkeypatch, tiny_overrides + ["num_clients=3", "clients_per_round=3", "num_rounds=4",
-                                                       "local_steps=1"], rotate_attacks, victims={2})
+    run_path = run_with(
+        monkeypatch,
+        tiny_overrides + ["num_clients=3", "clients_per_round=3", "num_rounds=4", "local_steps=1"],
+        rotate_attacks,
+        victims={2},
+    )
     rounds = [r for r in rows(run_path) if r["kind"] == "round"][1:]
     reasons = [r["rejected"][0]["reason"] for r in rounds]
     assert all(r["num_clients"] == 2 and [x["client_id"] for x in r["rejected"]] == [2] for r in rounds)
@@ -78,7 +83,10 @@ def test_an_attacker_is_rejected_every_round_and_never_moves_the_global_adapter(
     assert "asked for round 3" in reasons[2] and "asked for round 4" in reasons[3]
     for number in range(1, 5):  # each global adapter is the FedAvg of the two honest updates alone
         folder = run_path / f"round_{number}"
-        assert sorted(p.name for p in (folder / "updates").iterdir()) == ["client_0.safetensors", "client_1.safetensors"]
+        assert sorted(p.name for p in (folder / "updates").iterdir()) == [
+            "client_0.safetensors",
+            "client_1.safetensors",
+        ]
         honest = [(load_file(str(folder / "updates" / f"client_{i}.safetensors")), 1) for i in (0, 1)]
         shard_sizes = [m["num_examples"] for m in rows(run_path) if m["kind"] == "client" and m["round"] == number]
         mean = weighted_average([(state, size) for (state, _), size in zip(honest, shard_sizes)])

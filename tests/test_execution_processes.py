@@ -1,5 +1,6 @@
 """execution.mode: processes (client.workers): whole runs on the tiny model against sequential ones, and the pool's
 scheduling, out-of-memory retries and worker deaths with stand-in clients that need no model."""
+
 from __future__ import annotations
 
 import functools
@@ -22,16 +23,21 @@ from flb.types import ClientUpdate
 from tests.flower_loopback import FLOWER_RUN
 from tests.tiny_model import tiny_run_overrides
 
+
 def final_digest(run_path: Path) -> str:
     return json.loads((run_path / "summary.json").read_text())["final_digest"]
 
 
-def test_two_workers_give_the_sequential_digest_and_resume_to_it(flower_reference_run, tiny_model_dir, tmp_path,
-                                                                  run_and_resume_after_round_1, caplog):
+def test_two_workers_give_the_sequential_digest_and_resume_to_it(
+    flower_reference_run, tiny_model_dir, tmp_path, run_and_resume_after_round_1, caplog
+):
     """Against the session's in-process (sequential) reference run, with the ledger on here: the workers sign the
     data uploads and updates, which changes no tensor."""
-    overrides = tiny_run_overrides(tiny_model_dir, tmp_path / "runs") + FLOWER_RUN + [
-        "chain_record=true", "execution.mode=processes", "execution.workers=2"]
+    overrides = (
+        tiny_run_overrides(tiny_model_dir, tmp_path / "runs")
+        + FLOWER_RUN
+        + ["chain_record=true", "execution.mode=processes", "execution.workers=2"]
+    )
     with caplog.at_level(logging.INFO):
         uninterrupted, resumed = run_and_resume_after_round_1(overrides)
     assert final_digest(uninterrupted) == final_digest(flower_reference_run)
@@ -85,8 +91,16 @@ class StandIn:
             raise MemoryError("the crowd ran out of memory")
         (self.folder / f"ran-{self.client_id}-{os.getpid()}").write_text(json.dumps([started, time.monotonic()]))
         tensors = {name: tensor + self.client_id for name, tensor in global_adapter.items()}
-        return ClientUpdate(client_id=self.client_id, round=round, tensors=tensors, num_examples=self.num_examples,
-                            train_loss=0.5, wall_time_s=FIT_S, num_bytes=0, digest=adapter_digest(tensors))
+        return ClientUpdate(
+            client_id=self.client_id,
+            round=round,
+            tensors=tensors,
+            num_examples=self.num_examples,
+            train_loss=0.5,
+            wall_time_s=FIT_S,
+            num_bytes=0,
+            digest=adapter_digest(tensors),
+        )
 
 
 @pytest.fixture
@@ -95,8 +109,14 @@ def pool_of_stand_ins(tmp_path):
     pools = []
 
     def start(**kwargs):
-        pool = WorkerPool(load_model=no_model, build_client=functools.partial(stand_in_client, str(tmp_path)),
-                          shards=[[{}], [{}, {}], [{}]], devices=["cpu"], workers_per_device=2, **kwargs)
+        pool = WorkerPool(
+            load_model=no_model,
+            build_client=functools.partial(stand_in_client, str(tmp_path)),
+            shards=[[{}], [{}, {}], [{}]],
+            devices=["cpu"],
+            workers_per_device=2,
+            **kwargs,
+        )
         pools.append(pool)
         return pool.start()
 
@@ -163,8 +183,13 @@ def test_a_client_that_raises_is_its_failure_in_one_line(pool_of_stand_ins, capl
 
 
 def test_a_worker_that_cannot_load_the_model_stops_the_start(tmp_path):
-    pool = WorkerPool(load_model=missing_model, build_client=functools.partial(stand_in_client, str(tmp_path)),
-                      shards=[[{}]], devices=["cpu"], workers_per_device=2)
+    pool = WorkerPool(
+        load_model=missing_model,
+        build_client=functools.partial(stand_in_client, str(tmp_path)),
+        shards=[[{}]],
+        devices=["cpu"],
+        workers_per_device=2,
+    )
     with pytest.raises(RunFailed, match=r"execution: worker \d on cpu could not start: ModelError: model.model_path"):
         pool.start()
     assert pool.workers == []

@@ -3,6 +3,7 @@ recorded on the embedded chain with local DP, that loses a node mid-round and ga
 tests check what that run left behind. (That a Flower run ends on the in-process run's final adapter, bit for bit,
 is checked once, on the secure SuperLink: tests/test_flower_secure.py.)
 """
+
 from __future__ import annotations
 
 import json
@@ -48,10 +49,22 @@ def recorded_run(loopback, tiny_model_dir, tmp_path_factory):
     """Two rounds with local DP, recorded on the embedded chain. Node 1 is killed once round 1's messages are out
     and started again on the same state-dir (a restarted machine): it signs again as client 1 from round 2."""
     runs = tmp_path_factory.mktemp("recorded") / "runs"
-    overrides = [f"model.model_path={tiny_model_dir}", f"output_dir={runs}", "num_clients=2", "clients_per_round=2",
-                 "num_rounds=2", "local_steps=2", "eval.size=8", "eval.max_new_tokens=2", "sft.max_length=96",
-                 "model.lora.dropout=0.0", "chain_record=true", "chain.backend=embedded", "client.local_dp=true",
-                 "client.dp.mode=update"]
+    overrides = [
+        f"model.model_path={tiny_model_dir}",
+        f"output_dir={runs}",
+        "num_clients=2",
+        "clients_per_round=2",
+        "num_rounds=2",
+        "local_steps=2",
+        "eval.size=8",
+        "eval.max_new_tokens=2",
+        "sft.max_length=96",
+        "model.lora.dropout=0.0",
+        "chain_record=true",
+        "chain.backend=embedded",
+        "client.local_dp=true",
+        "client.dp.mode=update",
+    ]
     node_0, trained_before = loopback.nodes[0], loopback.received(loopback.nodes[0], "train")
     run = loopback.flwr_run(flb_args(overrides), RUN_TIMEOUT_S, **{"round-timeout-s": ROUND_TIMEOUT_S})
     loopback.wait_until_received(node_0, "train", trained_before + 1, RUN_TIMEOUT_S)  # round 1 is under way

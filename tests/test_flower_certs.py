@@ -1,5 +1,6 @@
 """The development credentials of flb_flower/certs.py: what the SuperLink, its ServerApp executor, the SuperNodes
 and `flwr supernode register` need from them, checked with the libraries those use."""
+
 from __future__ import annotations
 
 import ipaddress
@@ -33,8 +34,10 @@ def test_the_server_certificate_names_loopback_and_every_host(credentials):
     """127.0.0.1 is where the SuperLink's own ServerApp executor connects: without it no run starts."""
     names = certificate(credentials / "server.pem").extensions.get_extension_for_class(x509.SubjectAlternativeName)
     assert set(names.value.get_values_for_type(x509.DNSName)) == {"localhost", "link.example.org"}
-    assert set(names.value.get_values_for_type(x509.IPAddress)) == {ipaddress.ip_address("127.0.0.1"),
-                                                                     ipaddress.ip_address("10.0.0.5")}
+    assert set(names.value.get_values_for_type(x509.IPAddress)) == {
+        ipaddress.ip_address("127.0.0.1"),
+        ipaddress.ip_address("10.0.0.5"),
+    }
 
 
 def test_node_keys_are_what_flower_takes(credentials):

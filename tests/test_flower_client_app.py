@@ -1,5 +1,6 @@
 """The ClientApp's node config (flb_flower/client_app.py), called in-process with real Flower messages: a node
 trains its own copy of the base model (`model-path`) only when it is the server's."""
+
 from __future__ import annotations
 
 import shutil
@@ -45,8 +46,15 @@ def node_context(state_dir, model_path) -> Context:
 def train_message(server, base_model_digest: str | None = None) -> Message:
     """Round 1's train message, with the server's digest unless another is given."""
     config, global_adapter, digest = server
-    content = wire.train_content(config.to_dict(), RUN_ID, global_adapter, 1, None,
-                                 digest if base_model_digest is None else base_model_digest, {})
+    content = wire.train_content(
+        config.to_dict(),
+        RUN_ID,
+        global_adapter,
+        1,
+        None,
+        digest if base_model_digest is None else base_model_digest,
+        {},
+    )
     return Message(content, dst_node_id=7, message_type=wire.TRAIN)
 
 
@@ -67,9 +75,12 @@ def other_model(tiny_model_dir, tmp_path_factory):
 
 
 def test_a_node_refuses_to_train_a_different_base_model(server, other_model, tmp_path):
-    with pytest.raises(ModelError, match=r"^node config model-path='.+/other-model' holds a base model with digest "
-                                         r"[0-9a-f]{16}\.\.\., the server's is [0-9a-f]{16}\.\.\.; point model-path "
-                                         r"at a copy of the server's base model$"):
+    with pytest.raises(
+        ModelError,
+        match=r"^node config model-path='.+/other-model' holds a base model with digest "
+        r"[0-9a-f]{16}\.\.\., the server's is [0-9a-f]{16}\.\.\.; point model-path "
+        r"at a copy of the server's base model$",
+    ):
         client_app.train(train_message(server), node_context(tmp_path / "state", other_model))
 
 
@@ -86,8 +97,9 @@ def test_the_refusal_reaches_the_server_as_that_clients_failure(server, other_mo
         except Exception as exc:  # reported the way flwr-clientapp reports a ClientApp's exception
             return Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=f"{type(exc)}:<'{exc}'>")
 
-    fleet = Fleet(StubGrid([100], node), config.to_dict(), wait_for_nodes_s=5, round_timeout_s=60, query_timeout_s=5,
-                  poll_s=0.01)
+    fleet = Fleet(
+        StubGrid([100], node), config.to_dict(), wait_for_nodes_s=5, round_timeout_s=60, query_timeout_s=5, poll_s=0.01
+    )
     (result,) = fleet.fit_all(fleet.join(RUN_ID, 1, digest), global_adapter, 1, {})
     assert isinstance(result, RuntimeError) and "holds a base model with digest" in str(result)
 
@@ -96,8 +108,11 @@ def test_a_node_with_a_different_base_model_does_not_even_say_which_client_it_se
     """Refused at the first query, the node never joins: round 0 records no data upload of a client that could not
     train the server's model."""
     config, _, digest = server
-    query = Message(wire.query_content(config.to_dict(), RUN_ID, wire.DESCRIBE, None, digest), dst_node_id=7,
-                    message_type=wire.QUERY)
+    query = Message(
+        wire.query_content(config.to_dict(), RUN_ID, wire.DESCRIBE, None, digest),
+        dst_node_id=7,
+        message_type=wire.QUERY,
+    )
     with pytest.raises(ModelError, match="holds a base model with digest"):
         client_app.query(query, node_context(tmp_path / "state", other_model))
 
@@ -122,8 +137,9 @@ def recording_run(server, **chain) -> dict:
 
 
 def query_message(server, config: dict, action: str, run_id: str = RUN_ID) -> Message:
-    return Message(wire.query_content(config, run_id, action, DOMAIN, server[2]), dst_node_id=7,
-                   message_type=wire.QUERY)
+    return Message(
+        wire.query_content(config, run_id, action, DOMAIN, server[2]), dst_node_id=7, message_type=wire.QUERY
+    )
 
 
 def sent_bytes(reply: Message) -> bytes:
@@ -142,24 +158,37 @@ def test_a_fresh_node_key_never_leaves_its_state_dir(server, tiny_model_dir, tmp
     run = recording_run(server)
     context = node_context(tmp_path / "state", tiny_model_dir)
     replies = [client_app.query(query_message(server, run, action), context) for action in (wire.DESCRIBE, wire.UPLOAD)]
-    replies.append(client_app.train(Message(wire.train_content(run, RUN_ID, global_adapter, 1, DOMAIN, digest, {}),
-                                            dst_node_id=7, message_type=wire.TRAIN), context))
+    replies.append(
+        client_app.train(
+            Message(
+                wire.train_content(run, RUN_ID, global_adapter, 1, DOMAIN, digest, {}),
+                dst_node_id=7,
+                message_type=wire.TRAIN,
+            ),
+            context,
+        )
+    )
     key_file = tmp_path / "state" / RUN_ID / "private" / "signing_key"
     key = bytes.fromhex(key_file.read_text().strip().removeprefix("0x"))
     assert wire.read_info(replies[0].content)[2] == Account.from_key(key).address
     assert key_file.stat().st_mode & 0o077 == 0
     for reply in replies:
         assert key not in sent_bytes(reply) and key.hex().encode() not in sent_bytes(reply).lower()
-    holders = [path for path in tmp_path.rglob("*") if path.is_file() and (key in path.read_bytes()
-                                                                            or key.hex().encode() in path.read_bytes())]
+    holders = [
+        path
+        for path in tmp_path.rglob("*")
+        if path.is_file() and (key in path.read_bytes() or key.hex().encode() in path.read_bytes())
+    ]
     assert holders == [key_file]
 
 
 def test_fresh_node_keys_are_per_run_and_a_resume_keeps_them(server, tiny_model_dir, tmp_path):
     def address(run_id: str) -> str:
         client_app.local_client.cache_clear()  # a new ClientApp process, as Flower starts for every message
-        reply = client_app.query(query_message(server, recording_run(server), wire.DESCRIBE, run_id),
-                                 node_context(tmp_path / "state", tiny_model_dir))
+        reply = client_app.query(
+            query_message(server, recording_run(server), wire.DESCRIBE, run_id),
+            node_context(tmp_path / "state", tiny_model_dir),
+        )
         return wire.read_info(reply.content)[2]
 
     first = address(RUN_ID)
@@ -183,8 +212,11 @@ def test_a_nodes_keystore_is_used_only_with_persistent_keys(server, tiny_model_d
 
     assert address("persistent", context) == own
     assert address("fresh", context) != own
-    with pytest.raises(KeystoreError, match=r"^chain.client_keys: persistent, but this node's config names no "
-                                            r"keystore; start the SuperNode with --node-config"):
+    with pytest.raises(
+        KeystoreError,
+        match=r"^chain.client_keys: persistent, but this node's config names no "
+        r"keystore; start the SuperNode with --node-config",
+    ):
         address("persistent", node_context(tmp_path / "state", tiny_model_dir))
 
 
@@ -202,8 +234,11 @@ def dp_run(server, noise_multiplier: float) -> dict:
 
 def dp_train_message(server, noise_multiplier: float) -> Message:
     config, global_adapter, digest = server
-    return Message(wire.train_content(dp_run(server, noise_multiplier), RUN_ID, global_adapter, 1, None, digest, {}),
-                   dst_node_id=7, message_type=wire.TRAIN)
+    return Message(
+        wire.train_content(dp_run(server, noise_multiplier), RUN_ID, global_adapter, 1, None, digest, {}),
+        dst_node_id=7,
+        message_type=wire.TRAIN,
+    )
 
 
 PIN_Z1 = {"dp-mechanism": "update", "dp-noise-multiplier": 1.0}
@@ -213,8 +248,11 @@ def test_a_node_refuses_a_run_that_lowers_the_noise_it_pins(server, tiny_model_d
     from client.privacy_policy import WeakerPrivacy
 
     node = pinned_context(tmp_path / "state", tiny_model_dir, **PIN_Z1)
-    with pytest.raises(WeakerPrivacy, match=r"^client.dp.noise_multiplier: this node pins at least 1 "
-                                            r"\(dp-noise-multiplier\), the server sends 0.3;"):
+    with pytest.raises(
+        WeakerPrivacy,
+        match=r"^client.dp.noise_multiplier: this node pins at least 1 "
+        r"\(dp-noise-multiplier\), the server sends 0.3;",
+    ):
         client_app.train(dp_train_message(server, 0.3), node)
     (line,) = [record.getMessage() for record in caplog.records if record.name == "flb_flower.client_app"]
     assert line.startswith("not training: client.dp.noise_multiplier: this node pins at least 1")
@@ -235,15 +273,19 @@ def test_a_config_that_looks_strong_does_not_hide_the_noise_planned_at_join(serv
     node = pinned_context(tmp_path / "state", tiny_model_dir, **PIN_Z1)
     client_app.query(query_message(server, dp_run(server, 0.3), wire.DESCRIBE), node)
     client_app.local_client.cache_clear()  # a new ClientApp process, as Flower starts for every message
-    with pytest.raises(WeakerPrivacy, match=r"the server sends 2, but the client's private state for this run keeps "
-                                            r"z = 0.3;"):
+    with pytest.raises(
+        WeakerPrivacy,
+        match=r"the server sends 2, but the client's private state for this run keeps "
+        r"z = 0.3;",
+    ):
         client_app.train(dp_train_message(server, 2.0), node)
 
 
 def test_a_privacy_refusal_is_that_clients_failure_on_the_server(server, tiny_model_dir, tmp_path):
     config, global_adapter, digest = server
-    node_config = pinned_context(tmp_path / "state", tiny_model_dir,
-                                 **{"dp-mechanism": "update", "dp-target-epsilon": 4.0})
+    node_config = pinned_context(
+        tmp_path / "state", tiny_model_dir, **{"dp-mechanism": "update", "dp-target-epsilon": 4.0}
+    )
 
     def node(node_id: int, message: Message):
         if message.metadata.message_type == wire.QUERY:
@@ -253,8 +295,9 @@ def test_a_privacy_refusal_is_that_clients_failure_on_the_server(server, tiny_mo
         except Exception as exc:  # reported the way flwr-clientapp reports a ClientApp's exception
             return Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=f"{type(exc)}:<'{exc}'>")
 
-    fleet = Fleet(StubGrid([100], node), config.to_dict(), wait_for_nodes_s=5, round_timeout_s=60, query_timeout_s=5,
-                  poll_s=0.01)
+    fleet = Fleet(
+        StubGrid([100], node), config.to_dict(), wait_for_nodes_s=5, round_timeout_s=60, query_timeout_s=5, poll_s=0.01
+    )
     (result,) = fleet.fit_all(fleet.join(RUN_ID, 1, digest), global_adapter, 1, {})
     assert isinstance(result, RuntimeError)
     assert "client.local_dp: this node pins true (dp-mechanism=update), the server sends false" in str(result)

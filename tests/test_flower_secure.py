@@ -4,6 +4,7 @@ with TLS and node authentication, two registered SuperNodes (node 0 with its own
 third, unregistered, that tries to serve a partition during the run. The run ends with the in-process run's
 final adapter, which tests/test_flower.py shows the insecure Flower run ends with too.
 """
+
 from __future__ import annotations
 
 import re
@@ -16,8 +17,18 @@ import pytest
 from flb.audit.digests import adapter_file_digest
 from flb.errors import RunFailed
 from flb_flower.fleet import Fleet
-from tests.flower_loopback import (FLOWER_RUN, REPO, Loopback, certs_argv, connection_toml, flwr_run_argv, node_config,
-                                   register_argv, superlink_argv, supernode_argv)
+from tests.flower_loopback import (
+    FLOWER_RUN,
+    REPO,
+    Loopback,
+    certs_argv,
+    connection_toml,
+    flwr_run_argv,
+    node_config,
+    register_argv,
+    superlink_argv,
+    supernode_argv,
+)
 from tests.test_flower import RUN_TIMEOUT_S, finish, flb_args, round_records
 from tests.test_flower_wire import StubGrid
 from tests.tiny_model import tiny_run_overrides
@@ -70,22 +81,27 @@ def test_an_unregistered_supernode_is_refused(secure_run, secure):
 
 def test_waiting_for_a_node_that_never_comes_names_the_likely_causes():
     """A node refused by the SuperLink says why only in its own log: the ServerApp's time-out points there."""
-    fleet = Fleet(StubGrid([], answer=None), {"num_clients": 1}, wait_for_nodes_s=0.1, round_timeout_s=1,
-                  query_timeout_s=1)
-    with pytest.raises(RunFailed, match=r"^no SuperNode serves partition-id \[0\] after wait-for-nodes-s=0.1 "
-                                        r"\(0 connected\); .*Failed to activate SuperNode.*flwr supernode register.*"
-                                        r"--root-certificates"):
+    fleet = Fleet(
+        StubGrid([], answer=None), {"num_clients": 1}, wait_for_nodes_s=0.1, round_timeout_s=1, query_timeout_s=1
+    )
+    with pytest.raises(
+        RunFailed,
+        match=r"^no SuperNode serves partition-id \[0\] after wait-for-nodes-s=0.1 "
+        r"\(0 connected\); .*Failed to activate SuperNode.*flwr supernode register.*"
+        r"--root-certificates",
+    ):
         fleet.join("run", 1, "ef" * 32)
 
 
 # --- docs/multi-machine.md gives the commands the tests run -----------------------------------------------------
+
 
 def page_section(heading: str) -> str:
     """The `## heading` section of docs/multi-machine.md, up to the next `## ` heading."""
     text = MULTI_MACHINE_PAGE.read_text()
     start = text.index(f"\n## {heading}")
     end = text.find("\n## ", start + 1)
-    return text[start:end if end != -1 else len(text)]
+    return text[start : end if end != -1 else len(text)]
 
 
 def shell_commands(text: str) -> list[list[str]]:
@@ -102,21 +118,27 @@ def shell_commands(text: str) -> list[list[str]]:
     return commands
 
 
-@pytest.mark.parametrize("credentials, heading", [(None, "On one machine (insecure loopback)"),
-                                                  ("certs", "TLS and node authentication")], ids=["insecure", "secure"])
+@pytest.mark.parametrize(
+    "credentials, heading",
+    [(None, "On one machine (insecure loopback)"), ("certs", "TLS and node authentication")],
+    ids=["insecure", "secure"],
+)
 def test_the_multi_machine_page_gives_the_tested_commands(credentials, heading):
     subsection = page_section(heading)
     commands = shell_commands(subsection)
     expected = [superlink_argv(9093, credentials)]
-    expected += [supernode_argv(9093, 9101 + i, node_config(i, 3, f"$PWD/nodes/{i}"), credentials, f"node-{i}")
-                 for i in range(3)]
+    expected += [
+        supernode_argv(9093, 9101 + i, node_config(i, 3, f"$PWD/nodes/{i}"), credentials, f"node-{i}") for i in range(3)
+    ]
     if credentials:
         expected += [certs_argv(credentials, 3)] + [register_argv(credentials, f"node-{i}") for i in range(3)]
     run_prefix = flwr_run_argv("")[:-1]
     for argv in expected:
         assert argv in commands, f"docs/multi-machine.md lacks: {shlex.join(argv)}"
-    assert any(argv[:len(run_prefix)] == run_prefix for argv in commands), \
+    assert any(argv[: len(run_prefix)] == run_prefix for argv in commands), (
         f"docs/multi-machine.md lacks: {shlex.join(run_prefix)}"
+    )
     toml = connection_toml(9093, f"$PWD/{credentials}" if credentials else None)
-    assert toml in re.findall(r"<<TOML\n(.*?)TOML\n", subsection, flags=re.S), \
+    assert toml in re.findall(r"<<TOML\n(.*?)TOML\n", subsection, flags=re.S), (
         f"docs/multi-machine.md lacks this config.toml:\n{toml}"
+    )

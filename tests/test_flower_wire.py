@@ -3,6 +3,7 @@ without a SuperLink: a client's secrets never travel, and a malformed reply is a
 
 The fleet's grid is a transport stub (the SuperLink's part: node ids, push, pull); the fleet, the wire format
 and the client are the real ones."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -18,13 +19,13 @@ from flwr.supercore.task_identity import TaskIdentity
 
 import assembly
 from client.privacy import GaussianUpdate
-from flb.privacy.accounting import NoisePlan
 from flb.audit.attestation import SigningDomain
-from flb.config import load_config
 from flb.audit.digests import adapter_digest, update_content
-from flb.errors import ClientUnavailable, RunFailed, UpdateRejected
 from flb.audit.keystore import RUN_KEY_FILE
+from flb.config import ScaffoldSettings, load_config
+from flb.errors import ClientUnavailable, RunFailed, UpdateRejected
 from flb.model.load import get_adapter_state
+from flb.privacy.accounting import NoisePlan
 from flb.privacy.private_state import OPENINGS, PrivateState
 from flb.types import ClientUpdate, SignedUpload
 from flb_flower import wire
@@ -39,17 +40,31 @@ BASE_MODEL = "ef" * 32  # a base model digest, as flb.model.load.base_model_dige
 
 # --- no secret travels -------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def private_client(tiny_model_dir, tmp_path_factory):
     """A real SFTClient with local DP and a signing key, fitted once: (config, client, global adapter, update)."""
     work = tmp_path_factory.mktemp("wire")
-    config = load_config(None, [f"model.model_path={tiny_model_dir}", f"output_dir={work / 'runs'}", "num_clients=2",
-                                "clients_per_round=2", "local_steps=2", "sft.max_length=96", "eval.size=4",
-                                "chain_record=true", "client.local_dp=true", "client.dp.mode=update"])
+    config = load_config(
+        None,
+        [
+            f"model.model_path={tiny_model_dir}",
+            f"output_dir={work / 'runs'}",
+            "num_clients=2",
+            "clients_per_round=2",
+            "local_steps=2",
+            "sft.max_length=96",
+            "eval.size=4",
+            "chain_record=true",
+            "client.local_dp=true",
+            "client.dp.mode=update",
+        ],
+    )
     shards, _ = assembly.build_data(config)
     tokenizer, model = assembly.build_model(config)
-    client = assembly.build_client(config, 0, shards[0], model, tokenizer, work_dir=work / "work",
-                                         private_dir=work / "private")
+    client = assembly.build_client(
+        config, 0, shards[0], model, tokenizer, work_dir=work / "work", private_dir=work / "private"
+    )
     client.bind_ledger(DOMAIN)
     global_adapter = get_adapter_state(model)
     return config, client, global_adapter, client.fit(global_adapter, 1)
@@ -59,8 +74,10 @@ def client_secrets(private_dir) -> dict[str, str]:
     """Every secret in a client's private directory, as hex: generator keys, the signing key, commitment salts."""
     secrets = {"generator key": PrivateState(private_dir).latest()["random"]["key"]}
     secrets["signing key"] = (private_dir / RUN_KEY_FILE).read_text().strip().removeprefix("0x")
-    secrets |= {f"salt of {opening['what']}": opening["salt"]
-                for opening in json.loads((private_dir / OPENINGS).read_text()).values()}
+    secrets |= {
+        f"salt of {opening['what']}": opening["salt"]
+        for opening in json.loads((private_dir / OPENINGS).read_text()).values()
+    }
     return secrets
 
 
@@ -73,27 +90,31 @@ def payload(content: RecordDict) -> tuple[str, bytes]:
 
 def test_no_secret_of_the_client_is_in_any_message(private_client):
     config, client, global_adapter, update = private_client
-    messages = {"train": wire.train_content(config.to_dict(), RUN_ID, global_adapter, 1, DOMAIN.to_dict(), BASE_MODEL,
-                                            {}),
-                "query": wire.query_content(config.to_dict(), RUN_ID, wire.UPLOAD, DOMAIN.to_dict()),
-                "describe reply": wire.info_content(client.client_id, client.num_examples, client.address),
-                "upload reply": wire.upload_content(client.data_upload()),
-                "train reply": wire.update_content(update)}
+    messages = {
+        "train": wire.train_content(config.to_dict(), RUN_ID, global_adapter, 1, DOMAIN.to_dict(), BASE_MODEL, {}),
+        "query": wire.query_content(config.to_dict(), RUN_ID, wire.UPLOAD, DOMAIN.to_dict()),
+        "describe reply": wire.info_content(client.client_id, client.num_examples, client.address),
+        "upload reply": wire.upload_content(client.data_upload()),
+        "train reply": wire.update_content(update),
+    }
     secrets = client_secrets(client.private_dir)
     assert len(secrets) == 3 and update.privacy["epsilon"] > 0  # the generator's key, the signing key, a salt
     for name, content in messages.items():
         texts, arrays = payload(content)
         for what, secret in secrets.items():
-            assert secret.lower() not in texts.lower() and bytes.fromhex(secret) not in texts.encode() + arrays, \
+            assert secret.lower() not in texts.lower() and bytes.fromhex(secret) not in texts.encode() + arrays, (
                 f"{what} is in the {name} message"
+            )
 
 
 def test_no_accountant_or_generator_state_is_in_any_message(private_client):
     """The reply carries the client's epsilon report (its history is public by design), not its private state."""
     config, client, global_adapter, update = private_client
     state = PrivateState(client.private_dir).latest()
-    contents = [wire.train_content(config.to_dict(), RUN_ID, global_adapter, 1, DOMAIN.to_dict(), BASE_MODEL, {}),
-                wire.update_content(update)]
+    contents = [
+        wire.train_content(config.to_dict(), RUN_ID, global_adapter, 1, DOMAIN.to_dict(), BASE_MODEL, {}),
+        wire.update_content(update),
+    ]
     for content in contents:
         texts, _ = payload(content)
         for key in ('"random"', '"position"', '"accountant"', '"data_record"'):
@@ -107,22 +128,39 @@ def test_a_train_reply_reads_back_as_the_update_sent(private_client):
     _, _, _, update = private_client
     read = wire.read_update(wire.update_content(update), update.client_id)
     assert read.train_loss is None  # stays with the client under local DP
-    assert (read.digest, read.attestation, read.privacy, read.num_examples) == \
-        (update.digest, update.attestation, update.privacy, update.num_examples)
+    assert (read.digest, read.attestation, read.privacy, read.num_examples) == (
+        update.digest,
+        update.attestation,
+        update.privacy,
+        update.num_examples,
+    )
     assert adapter_digest(read.tensors) == update.digest
 
 
 # --- malformed replies ---------------------------------------------------------------------------
 
+
 def plain_update(privacy: dict | None = None) -> ClientUpdate:
     tensors = {"lora_A": torch.ones(2, 3), "lora_B": torch.zeros(3, 2)}
-    return ClientUpdate(client_id=0, round=1, tensors=tensors, num_examples=5, train_loss=0.5, wall_time_s=1.0,
-                        num_bytes=48, digest=adapter_digest(tensors), privacy=privacy or {})
+    return ClientUpdate(
+        client_id=0,
+        round=1,
+        tensors=tensors,
+        num_examples=5,
+        train_loss=0.5,
+        wall_time_s=1.0,
+        num_bytes=48,
+        digest=adapter_digest(tensors),
+        privacy=privacy or {},
+    )
 
 
 def privacy_report() -> dict:
-    mechanism = GaussianUpdate(clip_norm=1.0, delta=1e-5, plan=NoisePlan(noise_multiplier=1.0, target_epsilon=None,
-                                                                        num_rounds=2, steps_per_round=1))
+    mechanism = GaussianUpdate(
+        clip_norm=1.0,
+        delta=1e-5,
+        plan=NoisePlan(noise_multiplier=1.0, target_epsilon=None, num_rounds=2, steps_per_round=1),
+    )
     mechanism.accountant.step(noise_multiplier=1.0, sample_rate=1.0)
     return mechanism.privacy_spent()
 
@@ -162,12 +200,14 @@ MALFORMED = {
     "client-id text": lambda: with_result(client_id="0"),
     "round missing": lambda: with_result(round=None),
     "wall time infinite": lambda: with_result(wall_time_s=math.inf),
-    "signature not text": lambda: with_result(**{"recorded_digest": "00" * 32, "recorded_num_examples": 5,
-                                                 "signature": 7}),
+    "signature not text": lambda: with_result(
+        **{"recorded_digest": "00" * 32, "recorded_num_examples": 5, "signature": 7}
+    ),
     "no result record": lambda: without("result"),
     "no update arrays": lambda: without("update"),
-    "array bytes short of its shape": lambda: with_arrays(Array(dtype="float32", shape=(-1,), stype="numpy.ndarray",
-                                                                data=b"")),
+    "array bytes short of its shape": lambda: with_arrays(
+        Array(dtype="float32", shape=(-1,), stype="numpy.ndarray", data=b"")
+    ),
     "array of text": lambda: with_arrays(Array(np.array(["abc", "d"]))),
     "extras of text": lambda: with_arrays(Array(np.array(["abc", "d"])), "extras"),
     "no extras record": lambda: without("extras"),
@@ -186,6 +226,7 @@ def test_a_malformed_reply_is_rejected_with_its_reason(case):
 
 
 # --- the fleet reading replies from nodes --------------------------------------------------------
+
 
 @pytest.fixture
 def server_task(monkeypatch):
@@ -224,17 +265,25 @@ class StubGrid:
 
 def node_answers(train_reply):
     """A node that says it serves client (node id - 100) and answers train messages with `train_reply(client)`."""
+
     def answer(node: int, message: Message):
         client_id = node - 100
         if message.metadata.message_type == wire.QUERY:
             return wire.info_content(client_id, 5, None)
         return train_reply(client_id)
+
     return answer
 
 
 def fleet_over(grid: StubGrid, config: dict | None = None) -> Fleet:
-    return Fleet(grid, config or {"num_clients": len(grid.node_ids)}, wait_for_nodes_s=5, round_timeout_s=0.5,
-                 query_timeout_s=0.5, poll_s=0.01)
+    return Fleet(
+        grid,
+        config or {"num_clients": len(grid.node_ids)},
+        wait_for_nodes_s=5,
+        round_timeout_s=0.5,
+        query_timeout_s=0.5,
+        poll_s=0.01,
+    )
 
 
 def test_the_fleet_turns_every_malformed_reply_into_a_rejection(server_task):
@@ -284,8 +333,11 @@ def test_a_well_formed_data_upload_reads_back(server_task):
     signed = SignedUpload("11" * 32, "0x" + "22" * 65)
 
     def answer(node: int, message: Message):
-        return wire.upload_content(signed) if wire.read_run(message.content)["action"] == wire.UPLOAD else \
-            wire.info_content(0, 5, "0x" + "cd" * 20)
+        return (
+            wire.upload_content(signed)
+            if wire.read_run(message.content)["action"] == wire.UPLOAD
+            else wire.info_content(0, 5, "0x" + "cd" * 20)
+        )
 
     fleet = fleet_over(StubGrid([100], answer))
     (client,) = fleet.join(RUN_ID, 1, BASE_MODEL)
@@ -303,13 +355,15 @@ def test_nodes_receive_the_config_without_url_credentials(server_task):
 
 # --- the strategy's extras: SCAFFOLD's control variates --------------------------------------------
 
+
 def test_scaffold_variates_travel_both_ways_bit_for_bit(server_task):
     """The server's c goes out with the train message, the client's delta c_i comes back in its reply, and the
     update read back passes validation against what was sent."""
     global_adapter = plain_update().tensors
-    strategy = Scaffold(server_learning_rate=1.0, num_clients=2)
-    strategy.load_state_dict({"variate": {"lora_A": torch.linspace(-1, 1, 6).reshape(2, 3),
-                                          "lora_B": torch.linspace(3, 4, 6).reshape(3, 2)}})
+    strategy = Scaffold(ScaffoldSettings(server_learning_rate=1.0), num_clients=2)
+    strategy.load_state_dict(
+        {"variate": {"lora_A": torch.linspace(-1, 1, 6).reshape(2, 3), "lora_B": torch.linspace(3, 4, 6).reshape(3, 2)}}
+    )
     server_variate = strategy.client_extras(global_adapter)
     client_delta = {name: tensor / 7 - 1e-3 for name, tensor in server_variate.items()}
     received = []
@@ -326,5 +380,10 @@ def test_scaffold_variates_travel_both_ways_bit_for_bit(server_task):
     (update,) = fleet.fit_all(fleet.join(RUN_ID, 1, BASE_MODEL), global_adapter, 1, server_variate)
     assert adapter_digest(received[0]) == adapter_digest(server_variate)
     assert adapter_digest(update.extras) == adapter_digest(client_delta)
-    validate_update(update, Expected(client_id=0, round=1, max_examples=5), global_adapter,
-                    adapter_digest(global_adapter), server_variate)
+    validate_update(
+        update,
+        Expected(client_id=0, round=1, max_examples=5),
+        global_adapter,
+        adapter_digest(global_adapter),
+        server_variate,
+    )

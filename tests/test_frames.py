@@ -1,5 +1,6 @@
 """flb.frames: tensors of every dtype (empty ones too) and a JSON header round-trip; the header is read without the
 tensors; a long header travels as a tensor; bytes that are not a whole frame are a one-line FrameError."""
+
 from __future__ import annotations
 
 import json
@@ -11,19 +12,21 @@ import torch
 from flb import frames
 from flb.frames import FrameError, decode_frame, encode_frame, frame_header, grouped, ungrouped
 
-HEADER = {"round": 3, "client_id": 1, "shard": [{"messages": [{"role": "user", "content": "hé \"quoted\""}]}]}
+HEADER = {"round": 3, "client_id": 1, "shard": [{"messages": [{"role": "user", "content": 'hé "quoted"'}]}]}
 
 
 def assorted_tensors() -> dict:
-    return {"bf16": torch.tensor([[1.5, -2.25], [0.0, 3.0]], dtype=torch.bfloat16),
-            "f16": torch.tensor([0.5, -1.0], dtype=torch.float16),
-            "f32": torch.arange(6, dtype=torch.float32).reshape(2, 3),
-            "i64": torch.tensor([-(2 ** 40), 7]),
-            "u8": torch.tensor([0, 255], dtype=torch.uint8),
-            "bool": torch.tensor([True, False]),
-            "empty": torch.zeros(0, 4),
-            "empty_bf16": torch.zeros(3, 0, dtype=torch.bfloat16),
-            "scalar": torch.tensor(2.0)}
+    return {
+        "bf16": torch.tensor([[1.5, -2.25], [0.0, 3.0]], dtype=torch.bfloat16),
+        "f16": torch.tensor([0.5, -1.0], dtype=torch.float16),
+        "f32": torch.arange(6, dtype=torch.float32).reshape(2, 3),
+        "i64": torch.tensor([-(2**40), 7]),
+        "u8": torch.tensor([0, 255], dtype=torch.uint8),
+        "bool": torch.tensor([True, False]),
+        "empty": torch.zeros(0, 4),
+        "empty_bf16": torch.zeros(3, 0, dtype=torch.bfloat16),
+        "scalar": torch.tensor(2.0),
+    }
 
 
 def assert_same_tensors(got: dict, sent: dict) -> None:
@@ -47,7 +50,7 @@ def test_a_frame_without_header_or_tensors():
 def test_the_header_is_read_without_the_tensors():
     frame = encode_frame("forward", {"step": True}, {"hidden": torch.ones(2, 3)})
     assert frame_header(frame) == ("forward", {"step": True})
-    assert frame_header(frame[:len(frame) - 4]) == ("forward", {"step": True})  # the tensors' bytes are not read
+    assert frame_header(frame[: len(frame) - 4]) == ("forward", {"step": True})  # the tensors' bytes are not read
 
 
 def test_the_split_byte_format_is_safetensors_with_op_and_header_in_its_metadata():
@@ -56,7 +59,7 @@ def test_the_split_byte_format_is_safetensors_with_op_and_header_in_its_metadata
 
     frame = encode_frame("open", {"client_id": 0, "round": 2}, {"x": torch.ones(1)})
     (size,) = struct.unpack("<Q", frame[:8])
-    assert json.loads(frame[8:8 + size])["__metadata__"] == {"op": "open", "header": '{"client_id": 0, "round": 2}'}
+    assert json.loads(frame[8 : 8 + size])["__metadata__"] == {"op": "open", "header": '{"client_id": 0, "round": 2}'}
     assert torch.equal(load(frame)["x"], torch.ones(1))
 
 
@@ -65,7 +68,7 @@ def test_a_long_header_travels_as_a_tensor_and_reads_back(monkeypatch):
     sent = assorted_tensors()
     frame = encode_frame("build", HEADER, sent)
     (size,) = struct.unpack("<Q", frame[:8])
-    layout = json.loads(frame[8:8 + size])
+    layout = json.loads(frame[8 : 8 + size])
     assert "header" not in layout["__metadata__"] and layout[frames.HEADER_TENSOR]["dtype"] == "U8"
     assert frame_header(frame) == ("build", HEADER)
     op, header, tensors = decode_frame(frame)
@@ -93,8 +96,17 @@ def test_a_truncated_long_header_is_a_frame_error(monkeypatch):
         frame_header(frame[:-10])
 
 
-@pytest.mark.parametrize("garbage", [b"", b"\x00" * 20, b"\xff" * 64, b"not a frame at all",
-                                     struct.pack("<Q", 2) + b"{}", struct.pack("<Q", 2 ** 62) + b"{}"])
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        b"",
+        b"\x00" * 20,
+        b"\xff" * 64,
+        b"not a frame at all",
+        struct.pack("<Q", 2) + b"{}",
+        struct.pack("<Q", 2**62) + b"{}",
+    ],
+)
 def test_bytes_that_are_not_a_frame_are_a_frame_error(garbage):
     with pytest.raises(FrameError, match=r"^unreadable frame"):
         decode_frame(garbage)

@@ -1,5 +1,6 @@
 """Property-based: whatever config files, --set strings and data files a user writes, the loaders return a valid
 result or raise an FLBError whose message is one line; never another exception."""
+
 from __future__ import annotations
 
 import csv
@@ -31,23 +32,93 @@ def dotted_keys(cls=Config, prefix="") -> list[str]:
 
 
 REAL_KEYS = dotted_keys()
-YAML_SNIPPETS = ["4", "-1", "0", "null", "~", "true", "yes", "1e-3", "1.0e-3", ".nan", "-.inf", "1e400", "9" * 40,
-                 "[q_proj, v_proj]", "[]", "{}", "{max_steps: 3}", "{optim: sgd}", "{bf16: true, fp16: true}",
-                 "{1: 2}", "2001-13-01", "2001-01-01", "!!set {a}", "&a [*a]", "!!binary aGk=", "!!timestamp x",
-                 "'\\ud800'", '"\\ud800"', "a\nb", "[[[[[[", "{a: [1, {b: c}]}", "\x00", "é ü 中文", "0x10", "1_000", "9" * 400]
+YAML_SNIPPETS = [
+    "4",
+    "-1",
+    "0",
+    "null",
+    "~",
+    "true",
+    "yes",
+    "1e-3",
+    "1.0e-3",
+    ".nan",
+    "-.inf",
+    "1e400",
+    "9" * 40,
+    "[q_proj, v_proj]",
+    "[]",
+    "{}",
+    "{max_steps: 3}",
+    "{optim: sgd}",
+    "{bf16: true, fp16: true}",
+    "{1: 2}",
+    "2001-13-01",
+    "2001-01-01",
+    "!!set {a}",
+    "&a [*a]",
+    "!!binary aGk=",
+    "!!timestamp x",
+    "'\\ud800'",
+    '"\\ud800"',
+    "a\nb",
+    "[[[[[[",
+    "{a: [1, {b: c}]}",
+    "\x00",
+    "é ü 中文",
+    "0x10",
+    "1_000",
+    "9" * 400,
+]
 
-scalars = st.one_of(st.none(), st.booleans(), st.integers(min_value=-2**80, max_value=2**80),
-                    st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=12))
-values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner,
-                                                                                        max_size=3), max_leaves=6)
+scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**80), max_value=2**80),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=12),
+)
+values = st.recursive(
+    scalars,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+    max_leaves=6,
+)
 # values a user might mean: these reach the checks behind the type checks, and make valid configs
-plausible = st.one_of(st.integers(min_value=-2, max_value=8), st.floats(min_value=-0.5, max_value=2.0), st.booleans(),
-                      st.none(), st.sampled_from(["iid", "dirichlet", "column", "fedavg", "dp_fixed_clipping",
-                                                  "dp_adaptive_clipping", "update", "dpsgd", "replace", "cpu", "auto",
-                                                  "bfloat16", "embedded", "rpc", "quality", "task", "runs"]))
+plausible = st.one_of(
+    st.integers(min_value=-2, max_value=8),
+    st.floats(min_value=-0.5, max_value=2.0),
+    st.booleans(),
+    st.none(),
+    st.sampled_from(
+        [
+            "iid",
+            "dirichlet",
+            "column",
+            "fedavg",
+            "dp_fixed_clipping",
+            "dp_adaptive_clipping",
+            "update",
+            "dpsgd",
+            "replace",
+            "cpu",
+            "auto",
+            "bfloat16",
+            "embedded",
+            "rpc",
+            "quality",
+            "task",
+            "runs",
+        ]
+    ),
+)
 known_keys = st.sampled_from(REAL_KEYS)
-keys = st.one_of(known_keys, known_keys, known_keys, st.text(max_size=12),
-                 st.builds(lambda a, b: f"{a}.{b}", known_keys, st.text(max_size=6)))
+keys = st.one_of(
+    known_keys,
+    known_keys,
+    known_keys,
+    st.text(max_size=12),
+    st.builds(lambda a, b: f"{a}.{b}", known_keys, st.text(max_size=6)),
+)
 any_value = st.one_of(plausible, plausible, values, st.sampled_from(YAML_SNIPPETS))
 
 
@@ -95,10 +166,16 @@ def test_config_files_of_random_keys_and_values(tmp_path, pairs):
 
 
 @FUZZ
-@given(content=st.one_of(st.binary(max_size=200), st.text(max_size=200).map(str.encode),
-                         st.lists(st.sampled_from(YAML_SNIPPETS + [f"{k}: " for k in REAL_KEYS] + ["  ", "- ", ": "]),
-                                  max_size=12).map(lambda parts: "\n".join(parts).encode()),
-                         st.sampled_from(YAML_SNIPPETS).map(lambda s: f"seed: {s}\n".encode("latin-1", "replace"))))
+@given(
+    content=st.one_of(
+        st.binary(max_size=200),
+        st.text(max_size=200).map(str.encode),
+        st.lists(st.sampled_from(YAML_SNIPPETS + [f"{k}: " for k in REAL_KEYS] + ["  ", "- ", ": "]), max_size=12).map(
+            lambda parts: "\n".join(parts).encode()
+        ),
+        st.sampled_from(YAML_SNIPPETS).map(lambda s: f"seed: {s}\n".encode("latin-1", "replace")),
+    )
+)
 def test_config_files_of_random_bytes(tmp_path, content):
     path = tmp_path / "config.yaml"
     path.write_bytes(content)
@@ -106,10 +183,16 @@ def test_config_files_of_random_bytes(tmp_path, content):
 
 
 @FUZZ
-@given(overrides=st.lists(st.one_of(
-    st.builds(lambda k, v: f"{k}={v}", keys, st.one_of(st.sampled_from(YAML_SNIPPETS), st.text(max_size=16))),
-    st.builds(lambda k, v: f"{k}={yaml.safe_dump(v, default_flow_style=True).strip()}", keys, any_value),
-    st.text(max_size=20)), max_size=3))
+@given(
+    overrides=st.lists(
+        st.one_of(
+            st.builds(lambda k, v: f"{k}={v}", keys, st.one_of(st.sampled_from(YAML_SNIPPETS), st.text(max_size=16))),
+            st.builds(lambda k, v: f"{k}={yaml.safe_dump(v, default_flow_style=True).strip()}", keys, any_value),
+            st.text(max_size=20),
+        ),
+        max_size=3,
+    )
+)
 def test_set_overrides(overrides):
     check_config(outcome(lambda: load_config(None, overrides)))
 
@@ -120,17 +203,22 @@ def test_every_key_with_every_awkward_value(tmp_path):
     defaults.write_text("")
     for key in REAL_KEYS:
         for snippet in YAML_SNIPPETS:
-            check_config(outcome(lambda: load_config(defaults, [f"{key}={snippet}"])))
+            override = f"{key}={snippet}"
+            check_config(outcome(lambda override=override: load_config(defaults, [override])))
 
 
 # data: records of one format, some with fields missing, null, of the wrong type, or of another format
 texts = st.text(max_size=10) | st.sampled_from(["", "2", "2.0", "None", "\ud800", "a,b", 'q"uote', "line\nbreak"])
 good = st.text(min_size=1, max_size=10)
 cell = st.one_of(good, good, good, good, good, good, texts, scalars)
-chat = st.lists(st.fixed_dictionaries({"role": st.sampled_from(["user", "assistant", "system"]),
-                                       "content": st.text(max_size=8)}), min_size=1, max_size=3)
-odd_chat = st.lists(st.one_of(st.dictionaries(st.sampled_from(["role", "content", "name"]), cell, max_size=3), scalars),
-                    max_size=3)
+chat = st.lists(
+    st.fixed_dictionaries({"role": st.sampled_from(["user", "assistant", "system"]), "content": st.text(max_size=8)}),
+    min_size=1,
+    max_size=3,
+)
+odd_chat = st.lists(
+    st.one_of(st.dictionaries(st.sampled_from(["role", "content", "name"]), cell, max_size=3), scalars), max_size=3
+)
 extras = {"task": cell, "input": cell}
 FORMATS = [
     st.fixed_dictionaries({"instruction": cell, "output": cell}, optional=extras),
@@ -140,7 +228,8 @@ FORMATS = [
 ]
 odd_record = st.one_of(st.dictionaries(st.text(max_size=5), cell, max_size=3), scalars, st.lists(scalars, max_size=2))
 records = st.sampled_from(FORMATS).flatmap(
-    lambda usual: st.lists(st.one_of(*[usual] * 8, st.one_of(FORMATS), odd_record), max_size=5))
+    lambda usual: st.lists(st.one_of(*[usual] * 8, st.one_of(FORMATS), odd_record), max_size=5)
+)
 
 
 def as_jsonl(rows: list) -> bytes:
@@ -177,12 +266,15 @@ def check_records(result) -> None:
 
 
 @FUZZ
-@given(rows=records, suffix=st.sampled_from(["jsonl", "json", "csv"]), encoding=st.sampled_from(["utf-8", "latin-1",
-                                                                                                 "utf-16", "garbled"]))
+@given(
+    rows=records,
+    suffix=st.sampled_from(["jsonl", "json", "csv"]),
+    encoding=st.sampled_from(["utf-8", "latin-1", "utf-16", "garbled"]),
+)
 def test_data_files(tmp_path, rows, suffix, encoding):
     content = {"jsonl": as_jsonl, "json": lambda r: json.dumps(r).encode(), "csv": as_csv}[suffix](rows)
     if encoding == "garbled":
-        content = content[:len(content) // 2] + b"\xff\xfe" + content[len(content) // 2:]
+        content = content[: len(content) // 2] + b"\xff\xfe" + content[len(content) // 2 :]
     elif encoding != "utf-8":
         content = content.decode("utf-8", "surrogatepass").encode(encoding, "replace")
     path = tmp_path / f"data.{suffix}"

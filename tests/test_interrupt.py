@@ -1,5 +1,6 @@
 """flb.run.stop: the first stop signal stops where the run is, except inside a durable section; a second ends the
 process at once. Real signals."""
+
 from __future__ import annotations
 
 import os
@@ -46,8 +47,9 @@ with stop_signals():
 
 
 def test_a_second_signal_ends_the_process_at_once():
-    process = subprocess.Popen([sys.executable, "-c", SLOW_CLEANUP], cwd=REPO, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-c", SLOW_CLEANUP], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     try:
         assert process.stdout.readline() == "training\n"
         process.send_signal(signal.SIGTERM)

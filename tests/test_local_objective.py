@@ -1,6 +1,7 @@
 """The client-side parts of FedProx and SCAFFOLD (flb/local_objective.py): checked by hand on a 2-parameter model
 (y = w x + b, loss (y - t)^2, x = 2, t = 1) stepped by SGD through the same hook the client installs, then on the
 tiny model through the client's trl trainer."""
+
 from __future__ import annotations
 
 import pytest
@@ -64,8 +65,10 @@ def test_scaffold_corrects_each_step_by_c_minus_c_i_and_its_variate_is_option_tw
     train(model, correction, steps=2)
     assert_values(model, 0.566, -0.122)
     delta, new_variate = objective.returned(correction, server, client)
-    option_two = {n: client[n] - server[n] + (values(0.5, -0.25)[n] - named(model)[n].detach()) / (2 * LEARNING_RATE)
-                  for n in server}
+    option_two = {
+        n: client[n] - server[n] + (values(0.5, -0.25)[n] - named(model)[n].detach()) / (2 * LEARNING_RATE)
+        for n in server
+    }
     for name, expected in (("w", (-0.48, -0.53)), ("b", (-0.24, -0.54))):
         assert new_variate[name].item() == pytest.approx(expected[0], abs=1e-6)
         assert option_two[name].item() == pytest.approx(expected[0], abs=1e-6)
@@ -82,21 +85,34 @@ def test_a_client_without_a_variate_yet_starts_from_zero():
     assert delta["w"].item() == new_variate["w"].item() == pytest.approx(-1.0)
 
 
-@pytest.mark.parametrize("overrides, mu, scaffold", [
-    (["strategy.name=fedprox", "strategy.fedprox.mu=0.5"], 0.5, False),
-    (["strategy.name=dp_fixed_clipping", "strategy.wraps=fedprox", "strategy.fedprox.mu=0.5"], 0.5, False),
-    (["strategy.name=scaffold", "strategy.fedprox.mu=0.5"], 0.0, True),
-    (["strategy.name=fedavg"], 0.0, False),
-])
+@pytest.mark.parametrize(
+    "overrides, mu, scaffold",
+    [
+        (["strategy.name=fedprox", "strategy.fedprox.mu=0.5"], 0.5, False),
+        (["strategy.name=dp_fixed_clipping", "strategy.wraps=fedprox", "strategy.fedprox.mu=0.5"], 0.5, False),
+        (["strategy.name=scaffold", "strategy.fedprox.mu=0.5"], 0.0, True),
+        (["strategy.name=fedavg"], 0.0, False),
+    ],
+)
 def test_the_objective_follows_the_aggregating_strategy(overrides, mu, scaffold):
     assert LocalObjective.of(load_config(None, overrides).strategy) == LocalObjective(mu, scaffold)
 
 
 @pytest.fixture(scope="module")
 def tiny(tiny_model_dir, tmp_path_factory):
-    config = load_config(None, [f"model.model_path={tiny_model_dir}", "num_clients=2", "clients_per_round=2",
-                                "sft.max_length=96", "sft.learning_rate=0.01", "model.lora.dropout=0.0",
-                                "local_steps=4", "eval.size=8"])
+    config = load_config(
+        None,
+        [
+            f"model.model_path={tiny_model_dir}",
+            "num_clients=2",
+            "clients_per_round=2",
+            "sft.max_length=96",
+            "sft.learning_rate=0.01",
+            "model.lora.dropout=0.0",
+            "local_steps=4",
+            "eval.size=8",
+        ],
+    )
     shards, _ = assembly.build_data(config)
     tokenizer, model = assembly.build_model(config)
     return config, shards[0][:40], tokenizer, model, tmp_path_factory.mktemp("objective")
@@ -104,9 +120,20 @@ def tiny(tiny_model_dir, tmp_path_factory):
 
 def fitted(tiny, name: str, objective: LocalObjective, start: dict, extras: dict):
     config, shard, tokenizer, model, work = tiny
-    client = SFTClient(client_id=0, records=shard, model=model, tokenizer=tokenizer, settings=config.sft,
-                       local_steps=config.local_steps, num_rounds=config.num_rounds, seed=config.seed, work_dir=work,
-                       private_dir=work / name, privacy=NoPrivacy(), objective=objective)
+    client = SFTClient(
+        client_id=0,
+        records=shard,
+        model=model,
+        tokenizer=tokenizer,
+        settings=config.sft,
+        local_steps=config.local_steps,
+        num_rounds=config.num_rounds,
+        seed=config.seed,
+        work_dir=work,
+        private_dir=work / name,
+        privacy=NoPrivacy(),
+        objective=objective,
+    )
     return client, client.fit(start, 1, extras)
 
 

@@ -1,6 +1,7 @@
 """strategy.lora_aggregation: separate | ffa | svd. The math on tiny LoRA factors (ffa and svd aggregate exactly
 where separate does not; svd's error is its truncation error), the config rules, and each mode end to end on the
 tiny model with resume."""
+
 from __future__ import annotations
 
 import json
@@ -11,10 +12,10 @@ import torch
 
 import assembly
 from flb.adapters.arithmetic import weighted_average
-from flb.config import load_config
-from flb.audit.digests import adapter_file_digest
-from flb.errors import ConfigError
 from flb.adapters.lora_aggregation import aggregation_error, is_lora_a, lora_modules, mean_product, svd_average
+from flb.audit.digests import adapter_file_digest
+from flb.config import load_config
+from flb.errors import ConfigError
 
 RANK, OUT, IN = 4, 12, 10
 MODULES = ("layers.0.q_proj", "layers.0.v_proj")
@@ -28,13 +29,17 @@ def adapter(a_of, b_of) -> dict:
 def clients(a_of_client) -> list[tuple[dict, float]]:
     """Three clients with random B_k and A_k = a_of_client(k, module), weighted 3, 5, 7."""
     generator = torch.Generator().manual_seed(1)
-    return [(adapter(lambda m: a_of_client(k, m), lambda m: torch.randn(OUT, RANK, generator=generator)), w)
-            for k, w in enumerate(WEIGHTS)]
+    return [
+        (adapter(lambda m, k=k: a_of_client(k, m), lambda m: torch.randn(OUT, RANK, generator=generator)), w)
+        for k, w in enumerate(WEIGHTS)
+    ]
 
 
 SHARED_A = {m: torch.randn(RANK, IN, generator=torch.Generator().manual_seed(i)) for i, m in enumerate(MODULES)}
-MIXING = [torch.eye(RANK) + 0.5 * torch.randn(RANK, RANK, generator=torch.Generator().manual_seed(10 + k))
-          for k in range(len(WEIGHTS))]  # invertible: each client's A spans the same row space, differently
+MIXING = [
+    torch.eye(RANK) + 0.5 * torch.randn(RANK, RANK, generator=torch.Generator().manual_seed(10 + k))
+    for k in range(len(WEIGHTS))
+]  # invertible: each client's A spans the same row space, differently
 
 
 def test_separate_averaging_is_inexact():
@@ -58,8 +63,9 @@ def test_svd_error_is_the_truncation_error_above_rank_r():
     generator = torch.Generator().manual_seed(2)
     updates = clients(lambda k, m: torch.randn(RANK, IN, generator=generator))
     tails = [torch.linalg.svdvals(mean_product(updates, a, b)) for a, b in lora_modules(updates[0][0])]
-    truncation = math.sqrt(sum(float(s[RANK:].square().sum()) for s in tails) /
-                           sum(float(s.square().sum()) for s in tails))
+    truncation = math.sqrt(
+        sum(float(s[RANK:].square().sum()) for s in tails) / sum(float(s.square().sum()) for s in tails)
+    )
     assert truncation > 0.05
     assert aggregation_error(updates, svd_average(updates)) == pytest.approx(truncation, rel=1e-5)
     assert aggregation_error(updates, svd_average(updates)) < aggregation_error(updates, weighted_average(updates))
@@ -85,14 +91,25 @@ def test_only_lora_a_is_a():
     assert not is_lora_a("m.q_proj.lora_B.weight") and not is_lora_a("m.embed_tokens.lora_embedding_A")
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (["strategy.name=dp_fixed_clipping"], "strategy.lora_aggregation: invalid value 'svd'; allowed: separate | ffa "
-                                          "with dp_fixed_clipping (its DP guarantee is for a noised mean"),
-    (["strategy.name=median"], "strategy.lora_aggregation: invalid value 'svd'; allowed: separate | ffa with median "
-                               "(svd re-factorises a mean: use it with fedavg | fedprox)"),
-    (["strategy.name=norm_bounding", "strategy.wraps=fedadam"], "strategy.lora_aggregation: invalid value 'svd'; "
-                                                                "allowed: separate | ffa with fedadam (svd"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (
+            ["strategy.name=dp_fixed_clipping"],
+            "strategy.lora_aggregation: invalid value 'svd'; allowed: separate | ffa "
+            "with dp_fixed_clipping (its DP guarantee is for a noised mean",
+        ),
+        (
+            ["strategy.name=median"],
+            "strategy.lora_aggregation: invalid value 'svd'; allowed: separate | ffa with median "
+            "(svd re-factorises a mean: use it with fedavg | fedprox)",
+        ),
+        (
+            ["strategy.name=norm_bounding", "strategy.wraps=fedadam"],
+            "strategy.lora_aggregation: invalid value 'svd'; allowed: separate | ffa with fedadam (svd",
+        ),
+    ],
+)
 def test_svd_is_refused_where_the_output_is_not_a_plain_mean(overrides, message):
     with pytest.raises(ConfigError) as error:
         load_config(None, ["strategy.lora_aggregation=svd", *overrides])
@@ -106,6 +123,7 @@ def test_svd_is_accepted_over_a_mean(name):
 
 # --- through the strategies, as the registry builds them -----------------------------------------------------------
 
+
 def strategy_for(mode, name):
     from flb.privacy.secret_random import SecretRandom
     from server.strategy import build_strategy
@@ -118,8 +136,19 @@ def as_updates(states_and_weights):
     from flb.audit.digests import adapter_digest
     from flb.types import ClientUpdate
 
-    return [ClientUpdate(client_id=k, round=1, tensors=state, num_examples=w, train_loss=0.0, wall_time_s=0.0,
-                         num_bytes=0, digest=adapter_digest(state)) for k, (state, w) in enumerate(states_and_weights)]
+    return [
+        ClientUpdate(
+            client_id=k,
+            round=1,
+            tensors=state,
+            num_examples=w,
+            train_loss=0.0,
+            wall_time_s=0.0,
+            num_bytes=0,
+            digest=adapter_digest(state),
+        )
+        for k, (state, w) in enumerate(states_and_weights)
+    ]
 
 
 GLOBAL = adapter(lambda m: SHARED_A[m], lambda m: torch.zeros(OUT, RANK))
@@ -151,6 +180,7 @@ def test_the_error_is_taken_against_the_strategys_mean():
 
 # --- end to end on the tiny model ---------------------------------------------------------------------------------
 
+
 def run_mode(overrides, mode, **changes):
     settings = overrides + [f"strategy.lora_aggregation={mode}", "local_steps=2", "eval.size=4"]
     return assembly.run(load_config(None, settings + [f"{k}={v}" for k, v in changes.items()]))
@@ -165,10 +195,13 @@ def separate_error(run_path, round_number) -> float:
     """What averaging the round's saved updates apart would have given."""
     from safetensors.torch import load_file
 
-    counts = {row["client_id"]: row["num_examples"]
-              for row in lines(run_path, "client") if row["round"] == round_number}
-    updates = [(load_file(run_path / f"round_{round_number}" / "updates" / f"client_{i}.safetensors"), n)
-               for i, n in sorted(counts.items())]
+    counts = {
+        row["client_id"]: row["num_examples"] for row in lines(run_path, "client") if row["round"] == round_number
+    }
+    updates = [
+        (load_file(run_path / f"round_{round_number}" / "updates" / f"client_{i}.safetensors"), n)
+        for i, n in sorted(counts.items())
+    ]
     return aggregation_error(updates, weighted_average(updates))
 
 
@@ -198,6 +231,8 @@ def test_svd_aggregates_closer_than_separate_and_resumes_to_the_same_digest(tiny
 
 def assert_resume_reproduces(overrides, mode, finished):
     cut_short = run_mode(overrides, mode, num_rounds=1)
-    resumed = assembly.run(assembly.resolve_config(
-        assembly.parse_args(["--resume", str(cut_short), "--set", "num_rounds=2"])), resume=str(cut_short))
+    resumed = assembly.run(
+        assembly.resolve_config(assembly.parse_args(["--resume", str(cut_short), "--set", "num_rounds=2"])),
+        resume=str(cut_short),
+    )
     assert adapter_file_digest(resumed / "final_adapter") == adapter_file_digest(finished / "final_adapter")

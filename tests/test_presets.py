@@ -1,5 +1,6 @@
 """The GPU presets in examples/configs/: each loads and validates as `--config FILE` would (no model is fetched),
 keeps config.yaml's value for every key it leaves out, and says truly what `auto` puts LoRA on."""
+
 from __future__ import annotations
 
 import re
@@ -9,8 +10,8 @@ import pytest
 import yaml
 
 from flb.config import config_from_dict, load_config
-from flb.model.target_modules import requested_target_modules
 from flb.model.sft_settings import check_training_arguments
+from flb.model.target_modules import requested_target_modules
 
 PRESETS_DIR = Path(__file__).resolve().parent.parent / "examples" / "configs"
 PRESETS = sorted(PRESETS_DIR.glob("*.yaml"))
@@ -83,8 +84,11 @@ def test_flowertune_files_hold_the_leaderboards_fixed_protocol(domain):
     config = load_config(FLOWERTUNE_DIR / f"{domain}.yaml")
     assert (config.dataset_name, config.num_clients, config.clients_per_round) == FLOWERTUNE[domain]
     assert config.partition.method == "iid" and config.num_rounds == 200
-    assert (config.model.model_path, config.model.quantization, config.model.device_map) == \
-        ("mistralai/Mistral-7B-v0.3", 4, "cuda")
+    assert (config.model.model_path, config.model.quantization, config.model.device_map) == (
+        "mistralai/Mistral-7B-v0.3",
+        4,
+        "cuda",
+    )
     assert (config.model.lora.r, config.model.lora.alpha) == (32, 64)
     assert (config.sft.max_length, config.sft.batch_size, config.local_steps) == (512, 16, 10)
     rates = [round_learning_rate(config.sft, r, config.num_rounds) for r in (1, 200)]

@@ -1,5 +1,6 @@
 """Local DP on the update (client/privacy.py): really clipped, noise of the stated std, composed epsilon that
 opacus reproduces from the reported history, and extension of a run within (or refused past) its target."""
+
 from __future__ import annotations
 
 import json
@@ -9,10 +10,10 @@ import pytest
 import torch
 
 from client.privacy import GaussianUpdate, NoPrivacy, local_privacy
-from flb.privacy.accounting import NoisePlan, epsilon, rdp_accountant
 from flb.adapters.arithmetic import l2_norm, subtract
 from flb.config import ClientDPSettings, ClientSettings
 from flb.errors import ConfigError
+from flb.privacy.accounting import NoisePlan, epsilon, rdp_accountant
 from flb.privacy.secret_random import SecretRandom
 
 GLOBAL = {"a.lora_A.weight": torch.ones(2, 3), "a.lora_B.weight": torch.zeros(3, 2)}
@@ -32,8 +33,10 @@ def test_the_sent_update_is_the_clipped_one_under_the_global_names():
     assert sorted(sent) == sorted(GLOBAL)
     assert l2_norm(subtract(sent, GLOBAL)) == pytest.approx(0.5, rel=1e-5)
     small = trained(0.01)
-    assert all(torch.allclose(sent_t, small[n])
-               for n, sent_t in gaussian(clip_norm=0.5).privatize(small, GLOBAL, SecretRandom()).items())
+    assert all(
+        torch.allclose(sent_t, small[n])
+        for n, sent_t in gaussian(clip_norm=0.5).privatize(small, GLOBAL, SecretRandom()).items()
+    )
 
 
 def test_noise_std_is_z_times_c():
@@ -72,8 +75,9 @@ def settings(**dp):
 
 
 def build(client_settings, num_examples=1000, num_rounds=3):
-    return local_privacy(client_settings, num_examples=num_examples, batch_size=4, local_steps=2,
-                         num_rounds=num_rounds, client_id=0)
+    return local_privacy(
+        client_settings, num_examples=num_examples, batch_size=4, local_steps=2, num_rounds=num_rounds, client_id=0
+    )
 
 
 def test_a_target_epsilon_is_met_over_the_planned_rounds():
@@ -143,10 +147,12 @@ def test_an_extension_that_multiplies_z_is_one_warning_with_the_new_z_and_the_co
     kept_z = epsilon(rdp_accountant({"history": state["accountant"]["history"] + [[z, 1.0, 3]]}), 1e-5)
     [warning] = warnings_of(caplog)
     assert extended.noise_multiplier > 2 * z
-    assert warning == (f"client 0: extended to 5 rounds: z rises from {z:.4g} to {extended.noise_multiplier:.4g} "
-                       f"({extended.noise_multiplier / z:.3g}x the noise) to keep epsilon within "
-                       f"client.dp.target_epsilon = 8; expect the model to learn little more; --allow-over-budget "
-                       f"keeps z = {z:.4g} instead (epsilon would be {kept_z:.3g})")
+    assert warning == (
+        f"client 0: extended to 5 rounds: z rises from {z:.4g} to {extended.noise_multiplier:.4g} "
+        f"({extended.noise_multiplier / z:.3g}x the noise) to keep epsilon within "
+        f"client.dp.target_epsilon = 8; expect the model to learn little more; --allow-over-budget "
+        f"keeps z = {z:.4g} instead (epsilon would be {kept_z:.3g})"
+    )
 
 
 def test_a_small_replan_is_no_warning(caplog):
@@ -162,15 +168,19 @@ def test_a_small_replan_is_no_warning(caplog):
 
 def test_allow_over_budget_keeps_the_runs_z_and_says_the_epsilon_it_will_reach(caplog):
     z, state = spent_first_run()
-    allowed = build(settings(mode="update", target_epsilon=8.0, noise_multiplier=None, delta=1e-5,
-                             allow_over_target=True), num_rounds=5)
+    allowed = build(
+        settings(mode="update", target_epsilon=8.0, noise_multiplier=None, delta=1e-5, allow_over_target=True),
+        num_rounds=5,
+    )
     with caplog.at_level(logging.WARNING):
         allowed.restore(state, rounds_done=2)
         allowed.restore(state, rounds_done=2)
     assert allowed.noise_multiplier == z
     reached = allowed.epsilon_after(3)
-    assert warnings_of(caplog) == [f"client 0: extended to 5 rounds as --allow-over-budget asks: z stays {z:.4g}; "
-                                   f"epsilon will be {reached:.3g} (client.dp.target_epsilon = 8)"]
+    assert warnings_of(caplog) == [
+        f"client 0: extended to 5 rounds as --allow-over-budget asks: z stays {z:.4g}; "
+        f"epsilon will be {reached:.3g} (client.dp.target_epsilon = 8)"
+    ]
     run_rounds(allowed, 3)
     report = allowed.privacy_spent()
     assert report["epsilon"] == pytest.approx(reached) and report["epsilon"] > 8.0
@@ -183,8 +193,10 @@ def test_an_unreachable_target_is_a_config_error():
 
 
 def test_the_hook_follows_the_config(caplog):
-    assert isinstance(local_privacy(ClientSettings(), num_examples=10, batch_size=4,
-                                    local_steps=2, num_rounds=2, client_id=0), NoPrivacy)
+    assert isinstance(
+        local_privacy(ClientSettings(), num_examples=10, batch_size=4, local_steps=2, num_rounds=2, client_id=0),
+        NoPrivacy,
+    )
     assert isinstance(build(settings(mode="update", noise_multiplier=1.0)), GaussianUpdate)
     assert NoPrivacy().privacy_spent() == {} and NoPrivacy().state_dict() == {}
     with caplog.at_level(logging.WARNING):

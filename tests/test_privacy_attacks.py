@@ -1,6 +1,7 @@
 """The adversary's side of the privacy claims: what someone holding the published run directory (and the
 ledger) can and cannot do. Each test fails on an implementation whose DP randomness derives from public values.
 """
+
 from __future__ import annotations
 
 import json
@@ -10,13 +11,17 @@ import pytest
 
 import assembly
 from bench.privacy_attack import client_attack, server_attack
-from flb.config import load_config
 from flb.audit.digests import adapter_file_digest, records_digest
+from flb.config import load_config
 
 Z, CLIP = 1.0, 0.5
 ONE_ROUND = ["num_rounds=1", "local_steps=2", "eval.size=8"]
-LOCAL_DP = ["client.local_dp=true", "client.dp.mode=update", f"client.dp.noise_multiplier={Z}",
-            f"client.dp.clip_norm={CLIP}"]
+LOCAL_DP = [
+    "client.local_dp=true",
+    "client.dp.mode=update",
+    f"client.dp.noise_multiplier={Z}",
+    f"client.dp.clip_norm={CLIP}",
+]
 SERVER_DP = ["strategy.name=dp_fixed_clipping", f"server.noise_multiplier={Z}", f"server.clip_threshold={CLIP}"]
 
 
@@ -27,9 +32,17 @@ def run(overrides):
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, tiny_model_dir):
     """The same one-round federation without DP, with local DP on the update, and with server DP."""
-    base = [f"model.model_path={tiny_model_dir}", f"output_dir={tmp_path_factory.mktemp('runs')}", "num_clients=2",
-            "clients_per_round=2", "eval.max_new_tokens=4", "sft.learning_rate=0.01", "sft.max_length=96",
-            "chain_record=false", "model.lora.dropout=0.0"] + ONE_ROUND
+    base = [
+        f"model.model_path={tiny_model_dir}",
+        f"output_dir={tmp_path_factory.mktemp('runs')}",
+        "num_clients=2",
+        "clients_per_round=2",
+        "eval.max_new_tokens=4",
+        "sft.learning_rate=0.01",
+        "sft.max_length=96",
+        "chain_record=false",
+        "model.lora.dropout=0.0",
+    ] + ONE_ROUND
     return {"plain": run(base), "local": run(base + LOCAL_DP), "server": run(base + SERVER_DP)}
 
 
@@ -59,9 +72,17 @@ def test_no_secret_reaches_a_published_file(runs):
 
 
 def test_two_runs_with_dp_release_different_updates_and_without_dp_identical_ones(runs, tiny_model_dir, tmp_path):
-    again = [f"model.model_path={tiny_model_dir}", f"output_dir={tmp_path}", "num_clients=2", "clients_per_round=2",
-             "eval.max_new_tokens=4", "sft.learning_rate=0.01", "sft.max_length=96", "chain_record=false",
-             "model.lora.dropout=0.0"] + ONE_ROUND
+    again = [
+        f"model.model_path={tiny_model_dir}",
+        f"output_dir={tmp_path}",
+        "num_clients=2",
+        "clients_per_round=2",
+        "eval.max_new_tokens=4",
+        "sft.learning_rate=0.01",
+        "sft.max_length=96",
+        "chain_record=false",
+        "model.lora.dropout=0.0",
+    ] + ONE_ROUND
     plain_again, local_again = run(again), run(again + LOCAL_DP)
     update = "round_1/updates/client_0.safetensors"
     assert adapter_file_digest(plain_again / update) == adapter_file_digest(runs["plain"] / update)

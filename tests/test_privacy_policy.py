@@ -1,5 +1,6 @@
 """A node's privacy pin (client/privacy_policy.py): every way a server's client settings can weaken it is refused,
 naming the key; equal and stronger settings are accepted."""
+
 import pytest
 
 from client.privacy import local_privacy
@@ -19,8 +20,14 @@ def sent(*overrides: str):
 
 def planned(config):
     """The privacy hook a client of `config` with EXAMPLES records trains with."""
-    return local_privacy(config.client, num_examples=EXAMPLES, batch_size=config.sft.batch_size,
-                         local_steps=config.local_steps, num_rounds=config.num_rounds, client_id=0)
+    return local_privacy(
+        config.client,
+        num_examples=EXAMPLES,
+        batch_size=config.sft.batch_size,
+        local_steps=config.local_steps,
+        num_rounds=config.num_rounds,
+        client_id=0,
+    )
 
 
 def refused_key(policy: PrivacyPolicy, *overrides: str) -> str | None:
@@ -29,45 +36,94 @@ def refused_key(policy: PrivacyPolicy, *overrides: str) -> str | None:
     return found and found.key
 
 
-@pytest.mark.parametrize("policy, overrides, key", [
-    (UPDATE_Z1, ["client.local_dp=false"], "client.local_dp"),
-    (UPDATE_Z1, ["client.dp.mode=dpsgd"], "client.dp.mode"),
-    (PrivacyPolicy(mechanism="dpsgd", noise_multiplier=1.0), [], "client.dp.mode"),
-    (UPDATE_Z1, ["client.dp.noise_multiplier=0.99"], "client.dp.noise_multiplier"),
-    (UPDATE_Z1, ["client.dp.noise_multiplier=0"], "client.dp.noise_multiplier"),
-    # noise std 2 on sensitivity 4: a larger C with less noise relative to it
-    (UPDATE_Z1, ["client.dp.clip_norm=4", "client.dp.noise_multiplier=0.5"], "client.dp.noise_multiplier"),
-    (UPDATE_Z1, ["client.dp.noise_multiplier=null", "client.dp.target_epsilon=50"], "client.dp.noise_multiplier"),
-    (UPDATE_Z1, ["client.dp.delta=2e-5"], "client.dp.delta"),
-    (PrivacyPolicy(mechanism="update", noise_multiplier=1.0, adjacency="replace"), [], "client.dp.adjacency"),
-    (UPDATE_EPS4, ["client.dp.noise_multiplier=null", "client.dp.target_epsilon=4.5"], "client.dp.target_epsilon"),
-    (UPDATE_EPS4, ["client.dp.noise_multiplier=1.0"], "client.dp.target_epsilon"),  # z = 1 spends ~8.6 in 2 rounds
-    (UPDATE_EPS4, ["client.dp.noise_multiplier=null", "client.dp.target_epsilon=4", "num_rounds=3",
-                   "client.dp.allow_over_target=true"], "client.dp.allow_over_target"),
-    (PrivacyPolicy(mechanism="dpsgd", target_epsilon=4.0),
-     ["client.dp.mode=dpsgd", "client.dp.noise_multiplier=1.0", "sft.batch_size=500"], "client.dp.target_epsilon"),
-], ids=["local-dp-off", "other-mechanism", "dpsgd-pinned", "lower-z", "no-noise", "larger-clip-less-noise",
-        "z-planned-for-large-epsilon", "higher-delta", "replace-to-add-remove", "higher-target-epsilon",
-        "fixed-z-over-budget", "over-target-allowed", "larger-sample-rate"])
+@pytest.mark.parametrize(
+    "policy, overrides, key",
+    [
+        (UPDATE_Z1, ["client.local_dp=false"], "client.local_dp"),
+        (UPDATE_Z1, ["client.dp.mode=dpsgd"], "client.dp.mode"),
+        (PrivacyPolicy(mechanism="dpsgd", noise_multiplier=1.0), [], "client.dp.mode"),
+        (UPDATE_Z1, ["client.dp.noise_multiplier=0.99"], "client.dp.noise_multiplier"),
+        (UPDATE_Z1, ["client.dp.noise_multiplier=0"], "client.dp.noise_multiplier"),
+        # noise std 2 on sensitivity 4: a larger C with less noise relative to it
+        (UPDATE_Z1, ["client.dp.clip_norm=4", "client.dp.noise_multiplier=0.5"], "client.dp.noise_multiplier"),
+        (UPDATE_Z1, ["client.dp.noise_multiplier=null", "client.dp.target_epsilon=50"], "client.dp.noise_multiplier"),
+        (UPDATE_Z1, ["client.dp.delta=2e-5"], "client.dp.delta"),
+        (PrivacyPolicy(mechanism="update", noise_multiplier=1.0, adjacency="replace"), [], "client.dp.adjacency"),
+        (UPDATE_EPS4, ["client.dp.noise_multiplier=null", "client.dp.target_epsilon=4.5"], "client.dp.target_epsilon"),
+        (UPDATE_EPS4, ["client.dp.noise_multiplier=1.0"], "client.dp.target_epsilon"),  # z = 1 spends ~8.6 in 2 rounds
+        (
+            UPDATE_EPS4,
+            [
+                "client.dp.noise_multiplier=null",
+                "client.dp.target_epsilon=4",
+                "num_rounds=3",
+                "client.dp.allow_over_target=true",
+            ],
+            "client.dp.allow_over_target",
+        ),
+        (
+            PrivacyPolicy(mechanism="dpsgd", target_epsilon=4.0),
+            ["client.dp.mode=dpsgd", "client.dp.noise_multiplier=1.0", "sft.batch_size=500"],
+            "client.dp.target_epsilon",
+        ),
+    ],
+    ids=[
+        "local-dp-off",
+        "other-mechanism",
+        "dpsgd-pinned",
+        "lower-z",
+        "no-noise",
+        "larger-clip-less-noise",
+        "z-planned-for-large-epsilon",
+        "higher-delta",
+        "replace-to-add-remove",
+        "higher-target-epsilon",
+        "fixed-z-over-budget",
+        "over-target-allowed",
+        "larger-sample-rate",
+    ],
+)
 def test_each_weakening_is_refused_naming_its_key(policy, overrides, key):
     assert refused_key(policy, *overrides) == key
 
 
-@pytest.mark.parametrize("policy, overrides", [
-    (UPDATE_Z1, []),
-    (UPDATE_Z1, ["client.dp.noise_multiplier=3"]),
-    (UPDATE_Z1, ["client.dp.clip_norm=10"]),  # the noise std grows with C: same z, same guarantee
-    (UPDATE_Z1, ["client.dp.delta=1e-7", "client.dp.adjacency=replace"]),
-    (PrivacyPolicy(mechanism="update", noise_multiplier=1.0, adjacency="replace"), ["client.dp.adjacency=replace"]),
-    (UPDATE_EPS4, ["client.dp.noise_multiplier=null", "client.dp.target_epsilon=4"]),
-    (UPDATE_EPS4, ["client.dp.noise_multiplier=null", "client.dp.target_epsilon=1"]),
-    (UPDATE_EPS4, ["client.dp.noise_multiplier=null", "client.dp.target_epsilon=4", "client.dp.adjacency=replace"]),
-    (UPDATE_EPS4, ["client.dp.noise_multiplier=null", "client.dp.target_epsilon=4", "num_rounds=20"]),
-    (UPDATE_EPS4, ["client.dp.noise_multiplier=5"]),
-    (PrivacyPolicy(mechanism="dpsgd", target_epsilon=4.0),
-     ["client.dp.mode=dpsgd", "client.dp.noise_multiplier=null", "client.dp.target_epsilon=4", "sft.batch_size=500"]),
-], ids=["equal", "more-noise", "larger-clip-same-z", "lower-delta-and-replace", "replace-kept", "equal-target",
-        "lower-target", "target-under-replace", "target-over-more-rounds", "fixed-z-within-budget", "dpsgd-target"])
+@pytest.mark.parametrize(
+    "policy, overrides",
+    [
+        (UPDATE_Z1, []),
+        (UPDATE_Z1, ["client.dp.noise_multiplier=3"]),
+        (UPDATE_Z1, ["client.dp.clip_norm=10"]),  # the noise std grows with C: same z, same guarantee
+        (UPDATE_Z1, ["client.dp.delta=1e-7", "client.dp.adjacency=replace"]),
+        (PrivacyPolicy(mechanism="update", noise_multiplier=1.0, adjacency="replace"), ["client.dp.adjacency=replace"]),
+        (UPDATE_EPS4, ["client.dp.noise_multiplier=null", "client.dp.target_epsilon=4"]),
+        (UPDATE_EPS4, ["client.dp.noise_multiplier=null", "client.dp.target_epsilon=1"]),
+        (UPDATE_EPS4, ["client.dp.noise_multiplier=null", "client.dp.target_epsilon=4", "client.dp.adjacency=replace"]),
+        (UPDATE_EPS4, ["client.dp.noise_multiplier=null", "client.dp.target_epsilon=4", "num_rounds=20"]),
+        (UPDATE_EPS4, ["client.dp.noise_multiplier=5"]),
+        (
+            PrivacyPolicy(mechanism="dpsgd", target_epsilon=4.0),
+            [
+                "client.dp.mode=dpsgd",
+                "client.dp.noise_multiplier=null",
+                "client.dp.target_epsilon=4",
+                "sft.batch_size=500",
+            ],
+        ),
+    ],
+    ids=[
+        "equal",
+        "more-noise",
+        "larger-clip-same-z",
+        "lower-delta-and-replace",
+        "replace-kept",
+        "equal-target",
+        "lower-target",
+        "target-under-replace",
+        "target-over-more-rounds",
+        "fixed-z-within-budget",
+        "dpsgd-target",
+    ],
+)
 def test_equal_or_stronger_settings_are_accepted(policy, overrides):
     assert refused_key(policy, *overrides) is None
 
@@ -75,8 +131,10 @@ def test_equal_or_stronger_settings_are_accepted(policy, overrides):
 def test_the_refusal_names_the_key_the_nodes_value_and_the_servers():
     config = sent("client.dp.noise_multiplier=0.5")
     found = weakening(UPDATE_Z1, config, planned(config))
-    assert str(found) == ("client.dp.noise_multiplier: this node pins at least 1 (dp-noise-multiplier), the server "
-                          "sends 0.5; this node does not train with weaker privacy than its node config pins")
+    assert str(found) == (
+        "client.dp.noise_multiplier: this node pins at least 1 (dp-noise-multiplier), the server "
+        "sends 0.5; this node does not train with weaker privacy than its node config pins"
+    )
 
 
 def test_the_noise_compared_is_the_one_the_client_keeps_not_the_one_the_config_shows():
@@ -109,28 +167,52 @@ def test_the_epsilon_compared_includes_what_the_client_already_spent():
 
 
 def test_a_node_config_pins_its_policy_with_dp_keys():
-    node = {"partition-id": 0, "dp-mechanism": "update", "dp-noise-multiplier": 1, "dp-target-epsilon": "8",
-            "dp-delta": 1e-6, "dp-adjacency": "replace"}
-    assert PrivacyPolicy.from_node_config(node) == PrivacyPolicy(mechanism="update", noise_multiplier=1.0,
-                                                                 target_epsilon=8.0, delta=1e-6, adjacency="replace")
+    node = {
+        "partition-id": 0,
+        "dp-mechanism": "update",
+        "dp-noise-multiplier": 1,
+        "dp-target-epsilon": "8",
+        "dp-delta": 1e-6,
+        "dp-adjacency": "replace",
+    }
+    assert PrivacyPolicy.from_node_config(node) == PrivacyPolicy(
+        mechanism="update", noise_multiplier=1.0, target_epsilon=8.0, delta=1e-6, adjacency="replace"
+    )
     assert PrivacyPolicy.from_node_config({"partition-id": 0}) is None
     assert PrivacyPolicy.from_node_config({"dp-mechanism": "dpsgd", "dp-target-epsilon": 2}).delta == 1e-5
 
 
-@pytest.mark.parametrize("node, message", [
-    ({"dp-noise-multiplier": 1.0}, "node config dp-mechanism: required"),
-    ({"dp-mechanism": "update"}, "node config dp-noise-multiplier: invalid value None; allowed: a number >= 0, or set "
-                                 "dp-target-epsilon"),
-    ({"dp-mechanism": "gaussian", "dp-noise-multiplier": 1.0}, "node config dp-mechanism: invalid value 'gaussian'"),
-    ({"dp-mechanism": "update", "dp-noise-multiplier": "lots"},
-     "node config dp-noise-multiplier: invalid value 'lots'"),
-    ({"dp-mechanism": "update", "dp-target-epsilon": 0}, "node config dp-target-epsilon: invalid value 0.0"),
-    ({"dp-mechanism": "update", "dp-noise-multiplier": 1.0, "dp-delta": 1}, "node config dp-delta: invalid value 1.0"),
-    ({"dp-mechanism": "update", "dp-noise-multiplier": 1.0, "dp-clip-norm": 1.0},
-     "node config dp-clip-norm: unknown key"),
-    ({"dp-mechanism": "dpsgd", "dp-noise-multiplier": 1.0, "dp-adjacency": "replace"},
-     "node config dp-adjacency: invalid value 'replace'; allowed: add_remove with dp-mechanism dpsgd"),
-])
+@pytest.mark.parametrize(
+    "node, message",
+    [
+        ({"dp-noise-multiplier": 1.0}, "node config dp-mechanism: required"),
+        (
+            {"dp-mechanism": "update"},
+            "node config dp-noise-multiplier: invalid value None; allowed: a number >= 0, or set dp-target-epsilon",
+        ),
+        (
+            {"dp-mechanism": "gaussian", "dp-noise-multiplier": 1.0},
+            "node config dp-mechanism: invalid value 'gaussian'",
+        ),
+        (
+            {"dp-mechanism": "update", "dp-noise-multiplier": "lots"},
+            "node config dp-noise-multiplier: invalid value 'lots'",
+        ),
+        ({"dp-mechanism": "update", "dp-target-epsilon": 0}, "node config dp-target-epsilon: invalid value 0.0"),
+        (
+            {"dp-mechanism": "update", "dp-noise-multiplier": 1.0, "dp-delta": 1},
+            "node config dp-delta: invalid value 1.0",
+        ),
+        (
+            {"dp-mechanism": "update", "dp-noise-multiplier": 1.0, "dp-clip-norm": 1.0},
+            "node config dp-clip-norm: unknown key",
+        ),
+        (
+            {"dp-mechanism": "dpsgd", "dp-noise-multiplier": 1.0, "dp-adjacency": "replace"},
+            "node config dp-adjacency: invalid value 'replace'; allowed: add_remove with dp-mechanism dpsgd",
+        ),
+    ],
+)
 def test_a_malformed_pin_is_a_node_config_error(node, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
         PrivacyPolicy.from_node_config(node)

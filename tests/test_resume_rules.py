@@ -1,4 +1,5 @@
 """What --resume may change, who may resume, and what a run leaves behind in the process."""
+
 from __future__ import annotations
 
 import json
@@ -13,14 +14,24 @@ from flb.errors import RunDirError
 from flb.run.lock import RunLock
 
 
-@pytest.mark.parametrize("override", ["seed=7", "num_clients=3", "model.lora.r=4", "dataset_name=other.jsonl",
-                                      "client.local_dp=true", "chain.scoring=quality"])
+@pytest.mark.parametrize(
+    "override",
+    [
+        "seed=7",
+        "num_clients=3",
+        "model.lora.r=4",
+        "dataset_name=other.jsonl",
+        "client.local_dp=true",
+        "chain.scoring=quality",
+    ],
+)
 def test_resume_refuses_keys_that_would_change_what_was_done(one_round_run, override, capsys):
     config_before = (one_round_run / "config.json").read_text()
     assert main_simple_fl.main(["--resume", str(one_round_run), "--set", override]) == 2
     error = capsys.readouterr().err.strip()
-    assert error.startswith(f"error: --resume --set {override.split('=')[0]}: would change what the run has already "
-                            "done")
+    assert error.startswith(
+        f"error: --resume --set {override.split('=')[0]}: would change what the run has already done"
+    )
     assert "\n" not in error and "num_rounds" in error
     assert (one_round_run / "config.json").read_text() == config_before
 
@@ -35,8 +46,9 @@ def test_resume_asks_again_for_a_notify_url_kept_redacted(one_round_run, tmp_pat
     config["notify"]["url"] = "https://***@hooks.example.org/flb"
     (run / "config.json").write_text(json.dumps(config))
     assert main_simple_fl.main(["--resume", str(run), "--set", "num_rounds=2"]) == 2
-    assert capsys.readouterr().err.strip() == ("error: notify.url: the run directory keeps it with its credentials "
-                                               "redacted; pass --set notify.url=... again")
+    assert capsys.readouterr().err.strip() == (
+        "error: notify.url: the run directory keeps it with its credentials redacted; pass --set notify.url=... again"
+    )
 
 
 def test_a_second_process_on_the_same_run_directory_is_refused(one_round_run, capsys):
@@ -44,8 +56,11 @@ def test_a_second_process_on_the_same_run_directory_is_refused(one_round_run, ca
         assert main_simple_fl.main(["--resume", str(one_round_run), "--set", "num_rounds=2"]) == 2
     error = capsys.readouterr().err
     assert f"another process (pid {os.getpid()}) is running this run directory" in error
-    assert [json.loads(l)["round"] for l in (one_round_run / "metrics.jsonl").read_text().splitlines()
-            if json.loads(l)["kind"] == "round"] == [0, 1]
+    assert [
+        json.loads(line)["round"]
+        for line in (one_round_run / "metrics.jsonl").read_text().splitlines()
+        if json.loads(line)["kind"] == "round"
+    ] == [0, 1]
 
 
 def test_the_lock_of_a_dead_process_is_taken_over(tmp_path):
@@ -74,7 +89,9 @@ def test_resuming_a_finished_run_says_there_is_nothing_to_do(one_round_run, caps
     assert main_simple_fl.main(["--resume", str(one_round_run)]) == 0
     assert main_simple_fl.main(["--resume", str(one_round_run), "--set", "num_rounds=1"]) == 0
     out, err = capsys.readouterr()
-    line = (f"nothing to do: {one_round_run} finished all its 1 rounds; extend it with --resume {one_round_run} --set "
-            "num_rounds=N (N > 1)")
+    line = (
+        f"nothing to do: {one_round_run} finished all its 1 rounds; extend it with --resume {one_round_run} --set "
+        "num_rounds=N (N > 1)"
+    )
     assert out.splitlines() == [line, line] and err == ""
     assert {path: path.stat().st_mtime_ns for path in one_round_run.rglob("*") if path.is_file()} == files

@@ -1,6 +1,7 @@
 """Run directories: creation refuses bad output_dirs before making anything, config.json is redacted, and a
 damaged checkpoint.json, metrics.jsonl or config.json is a one-line RunDirError (a torn last metrics line is
 repaired instead)."""
+
 from __future__ import annotations
 
 import json
@@ -74,14 +75,17 @@ def test_intact_checkpoint_reads_back(tmp_path):
     assert torch.equal(next(iter(checkpoint["adapter"].values())), next(iter(ADAPTER.values())))
 
 
-@pytest.mark.parametrize("content, fragment", [
-    ("", "is not valid JSON"),
-    ('{"round": 1, "global_di', "is not valid JSON"),
-    ("[1, 2]", "holds list, not a checkpoint"),
-    ('{"round": 1, "strategy": {}, "declared": {}}', "has no valid 'global_digest'"),
-    ('{"round": "1", "global_digest": "x", "strategy": {}, "declared": {}}', "has no valid 'round'"),
-    ('{"round": true, "global_digest": "x", "strategy": {}, "declared": {}}', "has no valid 'round'"),
-])
+@pytest.mark.parametrize(
+    "content, fragment",
+    [
+        ("", "is not valid JSON"),
+        ('{"round": 1, "global_di', "is not valid JSON"),
+        ("[1, 2]", "holds list, not a checkpoint"),
+        ('{"round": 1, "strategy": {}, "declared": {}}', "has no valid 'global_digest'"),
+        ('{"round": "1", "global_digest": "x", "strategy": {}, "declared": {}}', "has no valid 'round'"),
+        ('{"round": true, "global_digest": "x", "strategy": {}, "declared": {}}', "has no valid 'round'"),
+    ],
+)
 def test_damaged_checkpoint_is_one_line_naming_file_and_fix(tmp_path, content, fragment):
     run = checkpointed_run(tmp_path)
     (run.path / "checkpoint.json").write_text(content)
@@ -130,8 +134,9 @@ def test_metrics_damaged_before_the_last_line_names_the_line(tmp_path, bad_line)
     assert_one_line(info, "metrics.jsonl", "line 3 is not a metrics record", "start a new run")
 
 
-@pytest.mark.parametrize("content, fragment", [("{", "is not valid JSON"), ('"text"', "holds str, not a config"),
-                                               ("", "is not valid JSON")])
+@pytest.mark.parametrize(
+    "content, fragment", [("{", "is not valid JSON"), ('"text"', "holds str, not a config"), ("", "is not valid JSON")]
+)
 def test_damaged_config_json_is_a_run_dir_error(tmp_path, content, fragment):
     run = checkpointed_run(tmp_path)
     (run.path / "config.json").write_text(content)

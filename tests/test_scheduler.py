@@ -1,4 +1,5 @@
 """flb.scheduler: admission within a memory budget, out-of-memory handling, peak memory measurement."""
+
 from __future__ import annotations
 
 import logging
@@ -17,8 +18,9 @@ def test_the_first_unit_runs_alone_until_its_peak_is_measured():
     assert admission.measured(300 * MB) == 3
 
 
-@pytest.mark.parametrize("budget, peak, limit", [(1000, 300, 8), (1000, 999, 4), (1000, 1, 4), (50, 300, 4),
-                                                 (4096, 1024, 2)])
+@pytest.mark.parametrize(
+    "budget, peak, limit", [(1000, 300, 8), (1000, 999, 4), (1000, 1, 4), (50, 300, 4), (4096, 1024, 2)]
+)
 def test_never_admits_more_than_the_budget_or_the_limit_allows(budget, peak, limit):
     admission = Admission(budget_bytes=budget, limit=limit, device="cpu")
     admission.measured(peak)
@@ -35,7 +37,8 @@ def test_the_largest_peak_measured_decides_and_each_decision_is_logged_once(capl
     assert admission.concurrency == 2
     assert [r.getMessage() for r in caplog.records] == [
         "execution: one client peaks at 200 MB on cpu; budget 1000 MB -> 5 at once",
-        "execution: one client peaks at 400 MB on cpu; budget 1000 MB -> 2 at once"]
+        "execution: one client peaks at 400 MB on cpu; budget 1000 MB -> 2 at once",
+    ]
 
 
 def test_an_out_of_memory_error_halves_the_concurrency_down_to_one(caplog):
@@ -61,7 +64,7 @@ def test_an_injected_out_of_memory_error_is_retried_with_less_concurrency():
             raise RuntimeError("CUDA out of memory. Tried to allocate 20.00 MiB")
 
     while pending:
-        wave = pending[:admission.concurrency]
+        wave = pending[: admission.concurrency]
         try:
             work(wave)
         except RuntimeError as exc:
@@ -69,7 +72,7 @@ def test_an_injected_out_of_memory_error_is_retried_with_less_concurrency():
             admission.out_of_memory()
             continue
         waves.append(wave)
-        pending = pending[len(wave):]
+        pending = pending[len(wave) :]
     assert [len(w) for w in waves] == [2, 2, 2, 2, 2]
 
 

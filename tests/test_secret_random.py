@@ -1,4 +1,5 @@
 """The secret generator: right distributions, exact replay from its state, nothing derivable from a seed."""
+
 from __future__ import annotations
 
 import json

@@ -1,4 +1,5 @@
 """Aggregation math and the server-side DP strategies on tiny hand-checked tensors."""
+
 from __future__ import annotations
 
 import json
@@ -8,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
+from flb.adapters.arithmetic import weighted_average
 from flb.audit.digests import adapter_digest
 from flb.config import ServerDPSettings, ServerSettings, load_config
 from flb.errors import ConfigError
 from flb.privacy.secret_random import SecretRandom
 from flb.types import ClientUpdate
-from flb.adapters.arithmetic import weighted_average
 from server.strategy.dp_adaptive_clipping import DPAdaptiveClipping
 from server.strategy.dp_fixed_clipping import DPFixedClipping
 from server.strategy.fedavg import FedAvg
@@ -21,8 +22,16 @@ from server.strategy.fedavg import FedAvg
 
 def update(client_id, values, num_examples):
     tensors = {"a": torch.tensor(values[:2], dtype=torch.float32), "b": torch.tensor(values[2:], dtype=torch.float32)}
-    return ClientUpdate(client_id=client_id, round=1, tensors=tensors, num_examples=num_examples, train_loss=0.0,
-                        wall_time_s=0.0, num_bytes=16, digest=adapter_digest(tensors))
+    return ClientUpdate(
+        client_id=client_id,
+        round=1,
+        tensors=tensors,
+        num_examples=num_examples,
+        train_loss=0.0,
+        wall_time_s=0.0,
+        num_bytes=16,
+        digest=adapter_digest(tensors),
+    )
 
 
 def dp_fixed(clip_norm, noise_multiplier, sample_rate=1.0, random=None):
@@ -39,7 +48,10 @@ def test_fedavg_weights_by_example_count():
 
 
 def test_weighted_average_keeps_dtype():
-    states = [({"w": torch.tensor([1.0], dtype=torch.bfloat16)}, 1), ({"w": torch.tensor([3.0], dtype=torch.bfloat16)}, 1)]
+    states = [
+        ({"w": torch.tensor([1.0], dtype=torch.bfloat16)}, 1),
+        ({"w": torch.tensor([3.0], dtype=torch.bfloat16)}, 1),
+    ]
     assert weighted_average(states)["w"].dtype == torch.bfloat16
     assert weighted_average(states)["w"].item() == 2.0
 
@@ -71,11 +83,14 @@ def test_dp_warns_when_fewer_clients_return(caplog):
     assert "1 of 3 sampled clients" in caplog.text
 
 
-@pytest.mark.parametrize("override, message", [
-    ("server.clip_threshold=0", "server.clip_threshold: invalid value 0.0; allowed: a number > 0"),
-    ("server.noise_multiplier=-1", "server.noise_multiplier: invalid value -1.0; allowed: a number >= 0"),
-    ("server.dp.delta=1", "server.dp.delta: invalid value 1.0; allowed: a number in (0, 1)"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("server.clip_threshold=0", "server.clip_threshold: invalid value 0.0; allowed: a number > 0"),
+        ("server.noise_multiplier=-1", "server.noise_multiplier: invalid value -1.0; allowed: a number >= 0"),
+        ("server.dp.delta=1", "server.dp.delta: invalid value 1.0; allowed: a number in (0, 1)"),
+    ],
+)
 def test_the_config_refuses_bad_dp_settings_in_one_line(override, message):
     """DPFixedClipping trusts its ServerSettings: the one check is the config's."""
     with pytest.raises(ConfigError) as info:
@@ -152,8 +167,10 @@ def test_adaptive_clipping_leaves_the_target_fraction_unclipped(start):
     global_adapter = {"w": torch.zeros(1)}
     for round_number in range(1, 51):
         drawn = norms.lognormal(0.0, 1.0, size=100)  # sigma_b = m / 20, as Andrew et al. suggest
-        updates = [ClientUpdate(i, round_number, {"w": torch.tensor([n], dtype=torch.float32)}, 1, 0.0, 0.0, 0, "")
-                   for i, n in enumerate(drawn)]
+        updates = [
+            ClientUpdate(i, round_number, {"w": torch.tensor([n], dtype=torch.float32)}, 1, 0.0, 0.0, 0, "")
+            for i, n in enumerate(drawn)
+        ]
         strategy.aggregate(global_adapter, updates, round_number, len(updates))
     population = norms.lognormal(0.0, 1.0, size=100_000)
     assert abs((population <= strategy.clip_norm).mean() - 0.5) < 0.1
@@ -170,15 +187,25 @@ def test_adaptive_clipping_splits_the_noise_and_checkpoints_its_norm():
     assert resumed.privacy_spent()["noise_multiplier"] == 1.0  # the accountant composes the combined z
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (["server.noise_multiplier=1.0", "server.dp.clipped_count_stddev=0.5"],
-     "server.noise_multiplier: invalid value 1.0; allowed: a number < 2 * server.dp.clipped_count_stddev = 1 with "
-     "dp_adaptive_clipping (or raise server.dp.clipped_count_stddev)"),
-    (["server.dp.target_quantile=1.0"], "server.dp.target_quantile: invalid value 1.0; allowed: a number in (0, 1)"),
-    (["server.dp.clip_learning_rate=0"], "server.dp.clip_learning_rate: invalid value 0.0; allowed: a number > 0"),
-    (["server.dp.clipped_count_stddev=-1"],
-     "server.dp.clipped_count_stddev: invalid value -1.0; allowed: a number >= 0"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (
+            ["server.noise_multiplier=1.0", "server.dp.clipped_count_stddev=0.5"],
+            "server.noise_multiplier: invalid value 1.0; allowed: a number < 2 * server.dp.clipped_count_stddev = 1 "
+            "with dp_adaptive_clipping (or raise server.dp.clipped_count_stddev)",
+        ),
+        (
+            ["server.dp.target_quantile=1.0"],
+            "server.dp.target_quantile: invalid value 1.0; allowed: a number in (0, 1)",
+        ),
+        (["server.dp.clip_learning_rate=0"], "server.dp.clip_learning_rate: invalid value 0.0; allowed: a number > 0"),
+        (
+            ["server.dp.clipped_count_stddev=-1"],
+            "server.dp.clipped_count_stddev: invalid value -1.0; allowed: a number >= 0",
+        ),
+    ],
+)
 def test_the_config_refuses_bad_adaptive_clipping_settings_in_one_line(overrides, message):
     with pytest.raises(ConfigError) as info:
         load_config(None, ["strategy.name=dp_adaptive_clipping", *overrides])

@@ -1,5 +1,6 @@
 """The server optimizers (fedavgm, fedadagrad, fedadam, fedyogi) against Flower 1.41's own over several rounds, and
 their state: copies, a round trip through a RunDir checkpoint (tensors in safetensors), tampering refused."""
+
 from __future__ import annotations
 
 import json
@@ -9,12 +10,19 @@ import pytest
 import torch
 
 from flb.adapters.arithmetic import weighted_average
-from flb.config import (Config, FedAdagradSettings, FedAdamSettings, FedAvgMSettings, FedYogiSettings,
-                        NormBoundingSettings, ServerSettings)
-from flb.errors import RunDirError
 from flb.adapters.lora_aggregation import svd_average
-from flb.run.directory import RunDir
+from flb.config import (
+    Config,
+    FedAdagradSettings,
+    FedAdamSettings,
+    FedAvgMSettings,
+    FedYogiSettings,
+    NormBoundingSettings,
+    ServerSettings,
+)
+from flb.errors import RunDirError
 from flb.privacy.secret_random import SecretRandom
+from flb.run.directory import RunDir
 from flb.types import ClientUpdate
 from server.strategy.dp_fixed_clipping import DPFixedClipping
 from server.strategy.fedadagrad import FedAdagrad
@@ -27,12 +35,18 @@ from tests.flower_oracle import flower_aggregate, max_difference
 
 SHAPES = {"m.lora_A.weight": (2, 3), "m.lora_B.weight": (3, 2), "bias": (4,)}
 NUM_EXAMPLES = [3, 10, 1, 7, 4]
+NUM_CLIENTS = len(NUM_EXAMPLES)
 
 
-def client_states(global_adapter, round_number, count=len(NUM_EXAMPLES)):
+def client_states(global_adapter, round_number, count=NUM_CLIENTS):
     generator = torch.Generator().manual_seed(round_number)
-    return [{name: tensor + torch.randn(tensor.shape, generator=generator) * (client + 1) / 4
-             for name, tensor in global_adapter.items()} for client in range(count)]
+    return [
+        {
+            name: tensor + torch.randn(tensor.shape, generator=generator) * (client + 1) / 4
+            for name, tensor in global_adapter.items()
+        }
+        for client in range(count)
+    ]
 
 
 def updates_of(states, round_number=1):
@@ -51,7 +65,9 @@ def flower_fedadam(**kwargs):
 
     class Uncorrected(Flower):
         def aggregate_train(self, server_round, replies):
-            correction = math.sqrt(1 - kwargs["beta_2"] ** (server_round + 1)) / (1 - kwargs["beta_1"] ** (server_round + 1))
+            correction = math.sqrt(1 - kwargs["beta_2"] ** (server_round + 1)) / (
+                1 - kwargs["beta_1"] ** (server_round + 1)
+            )
             self.eta = kwargs["eta"] / correction
             return super().aggregate_train(server_round, replies)
 
@@ -68,8 +84,11 @@ def flower_fedopt(name, settings):
     return flower.FedYogi(**settings)
 
 
-OURS = {"fedadagrad": lambda s: FedAdagrad(FedAdagradSettings(eta=s["eta"], tau=s["tau"])),
-        "fedadam": lambda s: FedAdam(FedAdamSettings(**s)), "fedyogi": lambda s: FedYogi(FedYogiSettings(**s))}
+OURS = {
+    "fedadagrad": lambda s: FedAdagrad(FedAdagradSettings(eta=s["eta"], tau=s["tau"])),
+    "fedadam": lambda s: FedAdam(FedAdamSettings(**s)),
+    "fedyogi": lambda s: FedYogi(FedYogiSettings(**s)),
+}
 
 
 @pytest.mark.parametrize("name", ["fedadagrad", "fedadam", "fedyogi"])
@@ -119,8 +138,9 @@ def fedadam():
 def two_rounds(strategy):
     global_adapter = initial_adapter()
     for round_number in (1, 2):
-        global_adapter = strategy.aggregate(global_adapter, updates_of(client_states(global_adapter, round_number)),
-                                            round_number, 5)
+        global_adapter = strategy.aggregate(
+            global_adapter, updates_of(client_states(global_adapter, round_number)), round_number, 5
+        )
     return global_adapter
 
 
@@ -175,7 +195,9 @@ def test_a_later_checkpoint_replaces_the_tensor_file(tmp_path):
     two_rounds(strategy)
     run = checkpoint(tmp_path, strategy.state_dict())
     run.round_dir(3).mkdir()
-    (run.round_dir(3) / "adapter_model.safetensors").write_bytes((run.round_dir(2) / "adapter_model.safetensors").read_bytes())
+    (run.round_dir(3) / "adapter_model.safetensors").write_bytes(
+        (run.round_dir(2) / "adapter_model.safetensors").read_bytes()
+    )
     run.write_checkpoint(3, initial_adapter(), strategy.state_dict(), {})
     assert sorted(p.name for p in run.path.glob("checkpoint*")) == ["checkpoint.json", "checkpoint_3.safetensors"]
     run.write_checkpoint(3, initial_adapter(), {"clip_norm": 1.0}, {})

@@ -1,5 +1,6 @@
 """flb.config.STRATEGIES, the one list of strategies: the builders, the config's names and sections, and every
 capability the code asks about agree with it, the capabilities checked on what the built strategies do."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -23,13 +24,19 @@ GLOBAL = {"w": torch.tensor([0.5, -1.0, 2.0])}
 STATES = [torch.tensor([1.0, 0.0, 3.0]), torch.tensor([4.0, -2.0, 1.0]), torch.tensor([-1.0, 5.0, 2.5])]
 WEIGHTS = [1, 5, 2]
 # every registered name loads with these: Krum's family needs 2f + 3 <= server.min_clients updates
-LOADS = ["server.min_clients=3", "strategy.norm_bounding.max_norm=1e6", "server.clip_threshold=1e6",
-         "server.noise_multiplier=0"]
+LOADS = [
+    "server.min_clients=3",
+    "strategy.norm_bounding.max_norm=1e6",
+    "server.clip_threshold=1e6",
+    "server.noise_multiplier=0",
+]
 
 
 def updates(weights=WEIGHTS):
-    return [ClientUpdate(i, 1, {"w": state}, count, None, 0.0, 0, "", extras={"w": torch.zeros(3)})
-            for i, (state, count) in enumerate(zip(STATES, weights))]
+    return [
+        ClientUpdate(i, 1, {"w": state}, count, None, 0.0, 0, "", extras={"w": torch.zeros(3)})
+        for i, (state, count) in enumerate(zip(STATES, weights))
+    ]
 
 
 def built(name, *overrides, random=None):
@@ -42,15 +49,18 @@ def weighted_mean(weights=WEIGHTS):
 
 def test_the_builders_are_the_registry():
     """A module of server/strategy with a `build` is a registered strategy, and every registered one has its module."""
-    modules = [importlib.import_module(f"server.strategy.{module.name}")
-               for module in pkgutil.iter_modules(server.strategy.__path__)]
+    modules = [
+        importlib.import_module(f"server.strategy.{module.name}")
+        for module in pkgutil.iter_modules(server.strategy.__path__)
+    ]
     assert {module.__name__.rsplit(".", 1)[1] for module in modules if hasattr(module, "build")} == set(STRATEGIES)
     assert all(callable(server.strategy.builder(name)) for name in STRATEGIES)
 
 
 def test_the_config_sections_are_the_registrys_settings():
-    sections = {field.name: field.type for field in dataclasses.fields(StrategySettings)
-                if dataclasses.is_dataclass(field.type)}
+    sections = {
+        field.name: field.type for field in dataclasses.fields(StrategySettings) if dataclasses.is_dataclass(field.type)
+    }
     assert sections == {name: spec.settings for name, spec in STRATEGIES.items() if spec.settings is not None}
     in_config_yaml = yaml.safe_load(DEFAULT_CONFIG_PATH.read_text())["strategy"]
     assert {key for key, value in in_config_yaml.items() if isinstance(value, dict)} == set(sections)
@@ -91,8 +101,9 @@ def test_wraps_says_whether_the_updates_are_bounded_first(name):
     bounds = ["strategy.norm_bounding.max_norm=1e-3", "server.clip_threshold=1e-3"]
     output = built(name, *bounds).aggregate(GLOBAL, updates(), 1, 3)["w"]
     assert bool((output - GLOBAL["w"]).norm() <= 1e-3 + 1e-6) == STRATEGIES[name].wraps
-    assert (load_config(None, [*LOADS, f"strategy.name={name}", "strategy.wraps=fedprox"]).strategy.aggregator
-            == ("fedprox" if STRATEGIES[name].wraps else name))
+    assert load_config(None, [*LOADS, f"strategy.name={name}", "strategy.wraps=fedprox"]).strategy.aggregator == (
+        "fedprox" if STRATEGIES[name].wraps else name
+    )
 
 
 def test_a_wrapper_hands_the_bounded_updates_to_strategy_wraps():
@@ -123,8 +134,9 @@ def test_client_objective_says_whether_the_clients_change_their_loss(name):
     strategy = load_config(None, [*LOADS, f"strategy.name={name}"]).strategy
     assert (LocalObjective.of(strategy) != LocalObjective()) == STRATEGIES[name].client_objective
     if STRATEGIES[name].client_objective:
-        with pytest.raises(ConfigError, match="^strategy.name: invalid value .*; allowed: a strategy without a "
-                                              "client-side objective"):
+        with pytest.raises(
+            ConfigError, match="^strategy.name: invalid value .*; allowed: a strategy without a client-side objective"
+        ):
             load_config(None, [*LOADS, f"strategy.name={name}", "mode=split"])
     else:
         assert load_config(None, [*LOADS, f"strategy.name={name}", "mode=split"]).mode == "split"

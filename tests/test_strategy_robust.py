@@ -1,12 +1,19 @@
 """The robust aggregators (median, trimmed_mean, krum, multi_krum, bulyan) against Flower 1.41's own, resisting a
 sign-flipped update, norm bounding, and the settings refused at config time."""
+
 from __future__ import annotations
 
 import pytest
 import torch
 
-from flb.config import (BulyanSettings, KrumSettings, MultiKrumSettings, NormBoundingSettings, TrimmedMeanSettings,
-                        load_config)
+from flb.config import (
+    BulyanSettings,
+    KrumSettings,
+    MultiKrumSettings,
+    NormBoundingSettings,
+    TrimmedMeanSettings,
+    load_config,
+)
 from flb.errors import ConfigError
 from flb.types import ClientUpdate
 from server.strategy.bulyan import Bulyan
@@ -25,14 +32,18 @@ def client_states(count, seed=0):
     """`count` adapters around a common one, spread unevenly, the last far off (a client gone astray)."""
     generator = torch.Generator().manual_seed(seed)
     center = {name: torch.randn(shape, generator=generator) for name, shape in SHAPES.items()}
-    states = [{name: t + torch.randn(t.shape, generator=generator) * (1 + client) / count for name, t in center.items()}
-              for client in range(count)]
+    states = [
+        {name: t + torch.randn(t.shape, generator=generator) * (1 + client) / count for name, t in center.items()}
+        for client in range(count)
+    ]
     states[-1] = {name: t * 5 for name, t in states[-1].items()}
     return states
 
 
 def updates_of(states, num_examples):
-    return [ClientUpdate(i, 1, state, count, 0.0, 0.0, 0, "") for i, (state, count) in enumerate(zip(states, num_examples))]
+    return [
+        ClientUpdate(i, 1, state, count, 0.0, 0.0, 0, "") for i, (state, count) in enumerate(zip(states, num_examples))
+    ]
 
 
 def aggregate(strategy, states, num_examples):
@@ -58,7 +69,10 @@ def test_trimmed_mean_equals_flowers(count, beta, flower_task):
 
     states = client_states(count)
     expected = flower_aggregate(FedTrimmedAvg(beta=beta), 1, states, EXAMPLES[:count])
-    assert max_difference(aggregate(TrimmedMean(TrimmedMeanSettings(beta=beta)), states, EXAMPLES[:count]), expected) <= 1e-6
+    assert (
+        max_difference(aggregate(TrimmedMean(TrimmedMeanSettings(beta=beta)), states, EXAMPLES[:count]), expected)
+        <= 1e-6
+    )
 
 
 @pytest.mark.parametrize("count, num_malicious", [(5, 1), (7, 2), (3, 0)])
@@ -67,7 +81,10 @@ def test_krum_equals_flowers(count, num_malicious, flower_task):
 
     states = client_states(count)
     expected = flower_aggregate(FlowerKrum(num_malicious_nodes=num_malicious), 1, states, EXAMPLES[:count])
-    assert max_difference(aggregate(Krum(KrumSettings(num_malicious=num_malicious)), states, EXAMPLES[:count]), expected) <= 1e-6
+    assert (
+        max_difference(aggregate(Krum(KrumSettings(num_malicious=num_malicious)), states, EXAMPLES[:count]), expected)
+        <= 1e-6
+    )
 
 
 @pytest.mark.parametrize("count, num_malicious, num_selected", [(5, 1, 3), (7, 2, 4), (6, 0, 2)])
@@ -90,14 +107,21 @@ def test_bulyan_equals_flowers_reference_aggregation(count, num_malicious, seed)
     states = client_states(count, seed)
     results = [([t.numpy() for t in state.values()], n) for state, n in zip(states, EXAMPLES * 2)]
     expected = dict(zip(SHAPES, aggregate_bulyan(results, num_malicious, aggregate_krum, to_keep=0)))
-    assert max_difference(aggregate(Bulyan(BulyanSettings(num_malicious=num_malicious)), states,
-                                    (EXAMPLES * 2)[:count]), expected) <= 1e-6
+    assert (
+        max_difference(
+            aggregate(Bulyan(BulyanSettings(num_malicious=num_malicious)), states, (EXAMPLES * 2)[:count]), expected
+        )
+        <= 1e-6
+    )
 
 
-ROBUST = {"median": lambda: Median(), "trimmed_mean": lambda: TrimmedMean(TrimmedMeanSettings(beta=0.2)),
-          "krum": lambda: Krum(KrumSettings(num_malicious=1)),
-          "multi_krum": lambda: MultiKrum(MultiKrumSettings(num_malicious=1, num_selected=3)),
-          "bulyan": lambda: Bulyan(BulyanSettings(num_malicious=1))}
+ROBUST = {
+    "median": lambda: Median(),
+    "trimmed_mean": lambda: TrimmedMean(TrimmedMeanSettings(beta=0.2)),
+    "krum": lambda: Krum(KrumSettings(num_malicious=1)),
+    "multi_krum": lambda: MultiKrum(MultiKrumSettings(num_malicious=1, num_selected=3)),
+    "bulyan": lambda: Bulyan(BulyanSettings(num_malicious=1)),
+}
 
 
 @pytest.mark.parametrize("name", sorted(ROBUST))
@@ -121,7 +145,9 @@ def test_norm_bounding_clips_each_change_then_aggregates_with_example_counts():
     global_adapter = {"a": torch.tensor([1.0, 1.0]), "b": torch.tensor([1.0, 1.0])}
     far = {"a": torch.tensor([31.0, 1.0]), "b": torch.tensor([1.0, 41.0])}  # change (30, 0, 0, 40): norm 50
     near = {"a": torch.tensor([2.0, 1.0]), "b": torch.tensor([1.0, 1.0])}  # change norm 1: left alone
-    result = NormBounding(FedAvg(), NormBoundingSettings(max_norm=5.0)).aggregate(global_adapter, updates_of([far, near], [1, 3]), 1, 2)
+    result = NormBounding(FedAvg(), NormBoundingSettings(max_norm=5.0)).aggregate(
+        global_adapter, updates_of([far, near], [1, 3]), 1, 2
+    )
     # far becomes (1 + 3, 1, 1, 1 + 4); weighted 1:3 with near (2, 1, 1, 1)
     assert result["a"].tolist() == pytest.approx([(4 + 3 * 2) / 4, 1.0])
     assert result["b"].tolist() == pytest.approx([1.0, (5 + 3 * 1) / 4])
@@ -136,32 +162,60 @@ def test_robust_aggregators_refuse_too_few_updates_when_used_directly():
 THREE_CLIENTS = ["server.min_clients=3"]
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (["strategy.name=dp_fixed_clipping", "strategy.wraps=fedadam"],
-     "strategy.wraps: invalid value 'fedadam'; allowed: fedavg | fedprox with strategy.name=dp_fixed_clipping"),
-    (["strategy.name=dp_adaptive_clipping", "strategy.wraps=median"],
-     "strategy.wraps: invalid value 'median'; allowed: fedavg | fedprox with strategy.name=dp_adaptive_clipping"),
-    (["strategy.name=krum"], "strategy.krum.num_malicious: invalid value 0; allowed: f with 2f + 3 <= 1"),
-    (THREE_CLIENTS + ["strategy.name=krum", "strategy.krum.num_malicious=1"],
-     "strategy.krum.num_malicious: invalid value 1; allowed: f with 2f + 3 <= 3"),
-    (THREE_CLIENTS + ["strategy.name=norm_bounding", "strategy.wraps=bulyan", "strategy.bulyan.num_malicious=1"],
-     "strategy.bulyan.num_malicious: invalid value 1; allowed: f with 4f + 3 <= 3"),
-    (THREE_CLIENTS + ["strategy.name=multi_krum", "strategy.multi_krum.num_selected=4"],
-     "strategy.multi_krum.num_selected: invalid value 4; allowed: m <= 3"),
-    (THREE_CLIENTS + ["strategy.name=bulyan", "chain.scoring=quality"],
-     "strategy.bulyan.num_malicious: invalid value 0; allowed: f with 4f + 3 <= 2, the fewest updates a round "
-     "aggregates (server.min_clients - 1: chain.scoring=quality leaves one out)"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (
+            ["strategy.name=dp_fixed_clipping", "strategy.wraps=fedadam"],
+            "strategy.wraps: invalid value 'fedadam'; allowed: fedavg | fedprox with strategy.name=dp_fixed_clipping",
+        ),
+        (
+            ["strategy.name=dp_adaptive_clipping", "strategy.wraps=median"],
+            "strategy.wraps: invalid value 'median'; allowed: fedavg | fedprox with strategy.name=dp_adaptive_clipping",
+        ),
+        (["strategy.name=krum"], "strategy.krum.num_malicious: invalid value 0; allowed: f with 2f + 3 <= 1"),
+        (
+            THREE_CLIENTS + ["strategy.name=krum", "strategy.krum.num_malicious=1"],
+            "strategy.krum.num_malicious: invalid value 1; allowed: f with 2f + 3 <= 3",
+        ),
+        (
+            THREE_CLIENTS + ["strategy.name=norm_bounding", "strategy.wraps=bulyan", "strategy.bulyan.num_malicious=1"],
+            "strategy.bulyan.num_malicious: invalid value 1; allowed: f with 4f + 3 <= 3",
+        ),
+        (
+            THREE_CLIENTS + ["strategy.name=multi_krum", "strategy.multi_krum.num_selected=4"],
+            "strategy.multi_krum.num_selected: invalid value 4; allowed: m <= 3",
+        ),
+        (
+            THREE_CLIENTS + ["strategy.name=bulyan", "chain.scoring=quality"],
+            "strategy.bulyan.num_malicious: invalid value 0; allowed: f with 4f + 3 <= 2, the fewest updates a round "
+            "aggregates (server.min_clients - 1: chain.scoring=quality leaves one out)",
+        ),
+    ],
+)
 def test_settings_that_cannot_work_are_refused_in_one_line(overrides, message):
     with pytest.raises(ConfigError) as info:
         load_config(None, overrides)
     assert str(info.value).startswith(message) and "\n" not in str(info.value)
-    assert "strategy.wraps=fedavg" in str(info.value) or "raise server.min_clients or lower strategy." in str(info.value)
+    assert "strategy.wraps=fedavg" in str(info.value) or "raise server.min_clients or lower strategy." in str(
+        info.value
+    )
 
 
-@pytest.mark.parametrize("overrides", [THREE_CLIENTS + ["strategy.name=krum"], THREE_CLIENTS + ["strategy.name=bulyan"],
-                                       ["num_clients=7", "clients_per_round=7", "server.min_clients=7",
-                                        "strategy.name=multi_krum", "strategy.multi_krum.num_malicious=2",
-                                        "strategy.multi_krum.num_selected=5"]])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        THREE_CLIENTS + ["strategy.name=krum"],
+        THREE_CLIENTS + ["strategy.name=bulyan"],
+        [
+            "num_clients=7",
+            "clients_per_round=7",
+            "server.min_clients=7",
+            "strategy.name=multi_krum",
+            "strategy.multi_krum.num_malicious=2",
+            "strategy.multi_krum.num_selected=5",
+        ],
+    ],
+)
 def test_settings_at_the_limit_are_accepted(overrides):
     assert load_config(None, overrides).strategy.name in ("krum", "bulyan", "multi_krum")

@@ -1,11 +1,12 @@
 """The server's parts of FedProx and SCAFFOLD (server/strategy/fedprox.py, scaffold.py), by hand on tiny tensors."""
+
 from __future__ import annotations
 
 import pytest
 import torch
 
-from flb.config import ScaffoldSettings, load_config
 from flb.audit.digests import adapter_digest
+from flb.config import ScaffoldSettings, load_config
 from flb.errors import ConfigError
 from flb.privacy.secret_random import SecretRandom
 from flb.types import ClientUpdate
@@ -18,8 +19,9 @@ GLOBAL = {"a": torch.tensor([1.0, 2.0])}
 
 def update(client_id: int, tensors: list[float], delta_c: list[float], num_examples: int) -> ClientUpdate:
     state = {"a": torch.tensor(tensors)}
-    return ClientUpdate(client_id, 1, state, num_examples, None, 0.0, 0, adapter_digest(state),
-                        extras={"a": torch.tensor(delta_c)})
+    return ClientUpdate(
+        client_id, 1, state, num_examples, None, 0.0, 0, adapter_digest(state), extras={"a": torch.tensor(delta_c)}
+    )
 
 
 UPDATES = [update(0, [2.0, 2.0], [0.3, 0.0], 1), update(1, [0.0, 4.0], [0.1, 0.2], 9)]
@@ -47,8 +49,11 @@ def test_scaffold_starts_from_a_zero_variate_and_its_state_is_a_copy():
 
 
 def test_the_config_refuses_a_server_learning_rate_that_is_not_positive():
-    with pytest.raises(ConfigError, match=r"^strategy.scaffold.server_learning_rate: invalid value 0.0; allowed: a "
-                                          r"number > 0$"):
+    with pytest.raises(
+        ConfigError,
+        match=r"^strategy.scaffold.server_learning_rate: invalid value 0.0; allowed: a "
+        r"number > 0$",
+    ):
         load_config(None, ["strategy.name=scaffold", "strategy.scaffold.server_learning_rate=0"])
 
 
@@ -58,10 +63,17 @@ def test_fedprox_aggregates_as_fedavg_and_both_are_registered():
         assert type(build_strategy(load_config(None, [f"strategy.name={name}"]), SecretRandom())) is kind
 
 
-@pytest.mark.parametrize("overrides", [["strategy.name=scaffold", "client.local_dp=true"],
-                                       ["strategy.name=norm_bounding", "strategy.wraps=scaffold",
-                                        "client.local_dp=true", "client.dp.mode=update"]])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["strategy.name=scaffold", "client.local_dp=true"],
+        ["strategy.name=norm_bounding", "strategy.wraps=scaffold", "client.local_dp=true", "client.dp.mode=update"],
+    ],
+)
 def test_scaffold_is_refused_with_differential_privacy(overrides):
-    with pytest.raises(ConfigError, match=r"^strategy\.(name|wraps): invalid value 'scaffold'; allowed: a strategy "
-                                          r"other than scaffold with differential privacy \(SCAFFOLD sends"):
+    with pytest.raises(
+        ConfigError,
+        match=r"^strategy\.(name|wraps): invalid value 'scaffold'; allowed: a strategy "
+        r"other than scaffold with differential privacy \(SCAFFOLD sends",
+    ):
         load_config(None, overrides)

@@ -1,6 +1,7 @@
-"""Experiment tracking (flb.run.tracking): what a run writes to TensorBoard's event files and to MLflow's store is read back
-with their own readers; a resumed run goes on in the same MLflow run; a tracker that fails is one warning and the run
-goes on."""
+"""Experiment tracking (flb.run.tracking): what a run writes to TensorBoard's event files and to MLflow's store is read
+back with their own readers; a resumed run goes on in the same MLflow run; a tracker that fails is one warning and the
+run goes on."""
+
 from __future__ import annotations
 
 import json
@@ -46,8 +47,10 @@ def scalars(events, tag: str) -> list[tuple[int, float]]:
 def texts(events, tag: str) -> list[tuple[int, str]]:
     from tensorboard.util.tensor_util import make_ndarray
 
-    return [(event.step, make_ndarray(event.tensor_proto).item().decode())
-            for event in events.Tensors(f"{tag}/text_summary")]
+    return [
+        (event.step, make_ndarray(event.tensor_proto).item().decode())
+        for event in events.Tensors(f"{tag}/text_summary")
+    ]
 
 
 def rows(run_path, kind: str) -> list[dict]:
@@ -64,30 +67,60 @@ def tracking_warnings(caplog) -> list[str]:
 
 
 def test_a_rounds_numbers_are_named_scalars_and_what_it_lacks_is_left_out():
-    row = {"round": 3, "num_clients": 2, "eval_loss": 1.5, "perplexity": 4.48, "accuracy": 0.25,
-           "accuracy_by_task": {"arithmetic": 0.5}, "learning_rate": 0.001, "round_time_s": 2.0, "eval_time_s": 1.0,
-           "comm_down_bytes": 1_000_000, "comm_up_bytes": 500_000, "comm_total_down_bytes": 3_000_000,
-           "comm_total_up_bytes": 1_500_000, "privacy": {"epsilon": None},
-           "suites": {"multiple_choice": {"accuracy": 0.75}, "lm_eval": {"arc_easy": {"acc,none": 0.4}}}}
-    clients = [{"client_id": 0, "train_loss": 2.0}, {"client_id": 1, "train_loss": None},
-               {"client_id": 2, "train_loss": math.nan}]
+    row = {
+        "round": 3,
+        "num_clients": 2,
+        "eval_loss": 1.5,
+        "perplexity": 4.48,
+        "accuracy": 0.25,
+        "accuracy_by_task": {"arithmetic": 0.5},
+        "learning_rate": 0.001,
+        "round_time_s": 2.0,
+        "eval_time_s": 1.0,
+        "comm_down_bytes": 1_000_000,
+        "comm_up_bytes": 500_000,
+        "comm_total_down_bytes": 3_000_000,
+        "comm_total_up_bytes": 1_500_000,
+        "privacy": {"epsilon": None},
+        "suites": {"multiple_choice": {"accuracy": 0.75}, "lm_eval": {"arc_easy": {"acc,none": 0.4}}},
+    }
+    clients = [
+        {"client_id": 0, "train_loss": 2.0},
+        {"client_id": 1, "train_loss": None},
+        {"client_id": 2, "train_loss": math.nan},
+    ]
     assert round_scalars(row, clients) == {
-        "eval/loss": 1.5, "eval/perplexity": 4.48, "eval/accuracy": 0.25, "eval/accuracy/arithmetic": 0.5,
-        "train/learning_rate": 0.001, "round/num_clients": 2.0, "round/time_s": 2.0, "round/eval_time_s": 1.0,
-        "comm/round_mb": 1.5, "comm/total_mb": 4.5, "suites/multiple_choice/accuracy": 0.75,
-        "suites/lm_eval/arc_easy/acc_none": 0.4, "train/loss/client_0": 2.0}
+        "eval/loss": 1.5,
+        "eval/perplexity": 4.48,
+        "eval/accuracy": 0.25,
+        "eval/accuracy/arithmetic": 0.5,
+        "train/learning_rate": 0.001,
+        "round/num_clients": 2.0,
+        "round/time_s": 2.0,
+        "round/eval_time_s": 1.0,
+        "comm/round_mb": 1.5,
+        "comm/total_mb": 4.5,
+        "suites/multiple_choice/accuracy": 0.75,
+        "suites/lm_eval/arc_easy/acc_none": 0.4,
+        "train/loss/client_0": 2.0,
+    }
     assert round_scalars({"round": 0, "num_clients": 0, "eval_loss": 2.0, "privacy": {"epsilon": 3.5}}, []) == {
-        "eval/loss": 2.0, "round/num_clients": 0.0, "privacy/epsilon": 3.5}
+        "eval/loss": 2.0,
+        "round/num_clients": 0.0,
+        "privacy/epsilon": 3.5,
+    }
 
 
 def test_a_run_is_in_tensorboard_and_mlflow_read_back_with_their_own_readers(one_round_run):
     round_rows, client_rows = rows(one_round_run, "round"), rows(one_round_run, "client")
     events = tensorboard(one_round_run)
     assert scalars(events, "eval/loss") == [(r["round"], pytest.approx(r["eval_loss"])) for r in round_rows]
-    assert scalars(events, "train/loss/client_1") == [(1, pytest.approx(next(
-        c["train_loss"] for c in client_rows if c["client_id"] == 1)))]
+    assert scalars(events, "train/loss/client_1") == [
+        (1, pytest.approx(next(c["train_loss"] for c in client_rows if c["client_id"] == 1)))
+    ]
     assert scalars(events, "comm/round_mb")[0][1] == pytest.approx(
-        (round_rows[1]["comm_down_bytes"] + round_rows[1]["comm_up_bytes"]) / 1e6)
+        (round_rows[1]["comm_down_bytes"] + round_rows[1]["comm_up_bytes"]) / 1e6
+    )
     [(_, config_text)] = texts(events, "config")
     assert json.loads(config_text.strip("`\n")) == json.loads((one_round_run / "config.json").read_text())
     assert "_hparams_/session_start_info" in events.PluginTagToContent("hparams")
@@ -99,8 +132,10 @@ def test_a_run_is_in_tensorboard_and_mlflow_read_back_with_their_own_readers(one
     assert history(one_round_run, "eval/loss") == [(r["round"], pytest.approx(r["eval_loss"])) for r in round_rows]
     assert history(one_round_run, "train/learning_rate") == [(1, pytest.approx(round_rows[1]["learning_rate"]))]
     artifacts = mlflow_client(one_round_run).list_artifacts(run.info.run_id, "final_adapter")
-    assert sorted(a.path for a in artifacts) == ["final_adapter/adapter_config.json",
-                                                 "final_adapter/adapter_model.safetensors"]
+    assert sorted(a.path for a in artifacts) == [
+        "final_adapter/adapter_config.json",
+        "final_adapter/adapter_model.safetensors",
+    ]
     stored = one_round_run / "tracking" / "mlartifacts"
     [weights] = stored.rglob("final_adapter/adapter_model.safetensors")  # the run's own store, inside its directory
     assert weights.read_bytes() == (one_round_run / "final_adapter" / "adapter_model.safetensors").read_bytes()
@@ -163,9 +198,13 @@ def test_each_rounds_ledger_transaction_is_a_tag_once_known(tmp_path, caplog):
     transactions = {t["record"]: t["tx"] for t in ledger.summary()["transactions"]}
     tags = mlflow_run(tmp_path).data.tags
     assert {k: v for k, v in tags.items() if k.startswith("ledger.")} == {
-        "ledger.round_0.tx": transactions["round:0"], "ledger.round_1.tx": transactions["round:1"]}
-    assert sorted(texts(tensorboard(tmp_path), "ledger/tx")) == [(0, transactions["round:0"]),
-                                                                 (1, transactions["round:1"])]
+        "ledger.round_0.tx": transactions["round:0"],
+        "ledger.round_1.tx": transactions["round:1"],
+    }
+    assert sorted(texts(tensorboard(tmp_path), "ledger/tx")) == [
+        (0, transactions["round:0"]),
+        (1, transactions["round:1"]),
+    ]
     assert mlflow_run(tmp_path).info.status == "FAILED"  # closed without a final adapter
     assert tracking_warnings(caplog) == []
 
@@ -177,17 +216,26 @@ def test_a_backend_that_is_not_installed_is_one_line_naming_the_package(monkeypa
     monkeypatch.setitem(flb.run.tracking.PACKAGES, "mlflow", ("flb_no_such_module", "mlflow-skinny==3.18.0"))
     with pytest.raises(ConfigError) as info:
         check_backends(TrackingSettings(backends=["mlflow"]))
-    assert str(info.value) == ("tracking.backends: mlflow needs the mlflow-skinny package; pip install "
-                               "mlflow-skinny==3.18.0 (or drop mlflow from tracking.backends)")
+    assert str(info.value) == (
+        "tracking.backends: mlflow needs the mlflow-skinny package; pip install "
+        "mlflow-skinny==3.18.0 (or drop mlflow from tracking.backends)"
+    )
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (["tracking.backends=[wandb]"], "tracking.backends: invalid value 'wandb'; allowed: tensorboard | mlflow"),
-    (["tracking.uri=http://localhost:5000"], "tracking.uri: invalid value 'http://localhost:5000'; allowed: null "
-     "unless tracking.backends has mlflow"),
-    (["tracking.backends=[mlflow]", "tracking.uri=localhost:5000"], "tracking.uri: invalid value 'localhost:5000'; "
-     "allowed: an MLflow tracking URI with its scheme"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["tracking.backends=[wandb]"], "tracking.backends: invalid value 'wandb'; allowed: tensorboard | mlflow"),
+        (
+            ["tracking.uri=http://localhost:5000"],
+            "tracking.uri: invalid value 'http://localhost:5000'; allowed: null unless tracking.backends has mlflow",
+        ),
+        (
+            ["tracking.backends=[mlflow]", "tracking.uri=localhost:5000"],
+            "tracking.uri: invalid value 'localhost:5000'; allowed: an MLflow tracking URI with its scheme",
+        ),
+    ],
+)
 def test_bad_tracking_settings_are_one_line(overrides, message):
     with pytest.raises(ConfigError) as info:
         load_config(None, overrides)

@@ -1,5 +1,6 @@
 """Update validation as an attacker meets it: malformed, spoofed, unsigned, mis-signed or outsized updates are
 rejected with a reason before any strategy sees them; sound ones pass; nothing else is ever raised."""
+
 from __future__ import annotations
 
 import math
@@ -7,12 +8,13 @@ import math
 import pytest
 import torch
 from eth_account import Account
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from flb.audit.attestation import SigningDomain, sign_update
 from flb.audit.digests import adapter_digest, update_content
-from flb.privacy.disclosure import Disclosure
 from flb.errors import UpdateRejected
+from flb.privacy.disclosure import Disclosure
 from flb.types import Attestation, ClientUpdate
 from server.validation import NORM_BOUND_MULTIPLE, Expected, outliers, validate_update
 
@@ -30,8 +32,14 @@ def make(tensors=None, num_examples=5, digest=None, client_id=0, round=1, signer
     digest = digest or adapter_digest(tensors)
     attestation = None
     if signer is not None:
-        signature = sign_update(signer, DOMAIN, round=sign_round, previous_global_digest=GLOBAL_DIGEST,
-                                update_digest=digest, num_examples=num_examples)
+        signature = sign_update(
+            signer,
+            DOMAIN,
+            round=sign_round,
+            previous_global_digest=GLOBAL_DIGEST,
+            update_digest=digest,
+            num_examples=num_examples,
+        )
         attestation = Attestation(digest, num_examples, signature)
     return ClientUpdate(client_id, round, tensors, num_examples, 0.0, 0.0, 0, digest, attestation=attestation)
 
@@ -45,15 +53,18 @@ def test_sound_updates_pass():
     check(make(signer=CLIENT), SIGNED)
 
 
-@pytest.mark.parametrize("tensors, reason", [
-    ({"x.lora_A.weight": torch.full((2, 3), float("nan")), "x.lora_B.weight": torch.zeros(3, 2)}, "NaN"),
-    ({"x.lora_A.weight": torch.zeros(2, 3)}, "missing"),
-    ({"x.lora_A.weight": torch.zeros(2, 4), "x.lora_B.weight": torch.zeros(3, 2)}, "shape"),
-    ({"x.lora_A.weight": torch.zeros(2, 3, dtype=torch.float16), "x.lora_B.weight": torch.zeros(3, 2)}, "dtype"),
-    ({"x.lora_A.weight": [[0.0] * 3] * 2, "x.lora_B.weight": torch.zeros(3, 2)}, "not a tensor"),
-    ({"x.lora_A.weight": None, "x.lora_B.weight": torch.zeros(3, 2)}, "not a tensor"),
-    ({"x.lora_A.weight": torch.zeros(2, 3, device="meta"), "x.lora_B.weight": torch.zeros(3, 2)}, "not a tensor"),
-])
+@pytest.mark.parametrize(
+    "tensors, reason",
+    [
+        ({"x.lora_A.weight": torch.full((2, 3), float("nan")), "x.lora_B.weight": torch.zeros(3, 2)}, "NaN"),
+        ({"x.lora_A.weight": torch.zeros(2, 3)}, "missing"),
+        ({"x.lora_A.weight": torch.zeros(2, 4), "x.lora_B.weight": torch.zeros(3, 2)}, "shape"),
+        ({"x.lora_A.weight": torch.zeros(2, 3, dtype=torch.float16), "x.lora_B.weight": torch.zeros(3, 2)}, "dtype"),
+        ({"x.lora_A.weight": [[0.0] * 3] * 2, "x.lora_B.weight": torch.zeros(3, 2)}, "not a tensor"),
+        ({"x.lora_A.weight": None, "x.lora_B.weight": torch.zeros(3, 2)}, "not a tensor"),
+        ({"x.lora_A.weight": torch.zeros(2, 3, device="meta"), "x.lora_B.weight": torch.zeros(3, 2)}, "not a tensor"),
+    ],
+)
 def test_malformed_tensors_are_rejected_with_reason(tensors, reason):
     with pytest.raises(UpdateRejected, match=reason):
         check(make(tensors, digest="0" * 64))
@@ -62,14 +73,21 @@ def test_malformed_tensors_are_rejected_with_reason(tensors, reason):
 SENT = {"x.lora_A.weight": torch.ones(2, 3), "x.lora_B.weight": torch.ones(3, 2)}  # extras the round sent
 
 
-@pytest.mark.parametrize("extras, sent, reason", [
-    ({}, SENT, r"the names of its extras differ from the extras the round sent \(missing \['x.lora_A.weight'"),
-    (dict(SENT), {}, r"the names of its extras differ .+ unexpected \['x.lora_A.weight'"),
-    ({**SENT, "x.lora_A.weight": torch.ones(3, 2)}, SENT, r"extras x.lora_A.weight has shape \(3, 2\), expected"),
-    ({**SENT, "x.lora_B.weight": torch.full((3, 2), math.inf)}, SENT, "extras x.lora_B.weight holds NaN or infinite"),
-    ({**SENT, "x.lora_B.weight": torch.ones(3, 2, dtype=torch.float64)}, SENT, "extras x.lora_B.weight has dtype"),
-    ([1.0], SENT, "extras are a list, not a dict of named tensors"),
-])
+@pytest.mark.parametrize(
+    "extras, sent, reason",
+    [
+        ({}, SENT, r"the names of its extras differ from the extras the round sent \(missing \['x.lora_A.weight'"),
+        (dict(SENT), {}, r"the names of its extras differ .+ unexpected \['x.lora_A.weight'"),
+        ({**SENT, "x.lora_A.weight": torch.ones(3, 2)}, SENT, r"extras x.lora_A.weight has shape \(3, 2\), expected"),
+        (
+            {**SENT, "x.lora_B.weight": torch.full((3, 2), math.inf)},
+            SENT,
+            "extras x.lora_B.weight holds NaN or infinite",
+        ),
+        ({**SENT, "x.lora_B.weight": torch.ones(3, 2, dtype=torch.float64)}, SENT, "extras x.lora_B.weight has dtype"),
+        ([1.0], SENT, "extras are a list, not a dict of named tensors"),
+    ],
+)
 def test_extras_must_match_what_the_round_sent(extras, sent, reason):
     update = make()
     update.extras = extras
@@ -84,8 +102,10 @@ def test_extras_changed_after_the_client_signed_are_rejected():
     """The digest a client signs covers its extras (SCAFFOLD's delta c_i): changed in transit, or by a server that
     re-digests them, the update no longer matches its digest or its signature."""
     returned = {name: torch.full_like(tensor, 0.5) for name, tensor in SENT.items()}
-    update = make(digest=adapter_digest(update_content({k: torch.ones_like(v) for k, v in GLOBAL.items()}, returned)),
-                  signer=CLIENT)
+    update = make(
+        digest=adapter_digest(update_content({k: torch.ones_like(v) for k, v in GLOBAL.items()}, returned)),
+        signer=CLIENT,
+    )
     update.extras = dict(returned)
     validate_update(update, SIGNED, GLOBAL, GLOBAL_DIGEST, SENT)
     update.extras = {**returned, "x.lora_B.weight": torch.full((3, 2), 9.0)}
@@ -120,11 +140,14 @@ def test_the_example_count_must_be_a_whole_number_within_the_declared_shard(coun
         check(make(num_examples=count))
 
 
-@pytest.mark.parametrize("signer, sign_round, reason", [
-    (None, 1, "not signed"),
-    (Account.from_key(b"\x02" * 32), 1, "not by its registered address"),
-    (CLIENT, 2, "not by its registered address"),  # a signature replayed from another round
-])
+@pytest.mark.parametrize(
+    "signer, sign_round, reason",
+    [
+        (None, 1, "not signed"),
+        (Account.from_key(b"\x02" * 32), 1, "not by its registered address"),
+        (CLIENT, 2, "not by its registered address"),  # a signature replayed from another round
+    ],
+)
 def test_an_update_the_client_did_not_sign_is_rejected(signer, sign_round, reason):
     with pytest.raises(UpdateRejected, match=reason):
         check(make(signer=signer, sign_round=sign_round), SIGNED)
@@ -159,17 +182,31 @@ def test_a_configured_norm_bound_applies_to_every_update():
     assert NORM_BOUND_MULTIPLE == 10.0
 
 
-values = st.one_of(st.none(), st.integers(), st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=3),
-                   st.booleans(), st.lists(st.floats(), max_size=3))
+values = st.one_of(
+    st.none(),
+    st.integers(),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=3),
+    st.booleans(),
+    st.lists(st.floats(), max_size=3),
+)
 tensors = st.one_of(
     st.builds(lambda scale: torch.full((2, 3), scale), st.floats(allow_nan=True, allow_infinity=True, width=32)),
     st.sampled_from([torch.zeros(3, 2), torch.zeros(2, 3, dtype=torch.float64), torch.zeros(6), torch.zeros(2, 3)]),
-    values)
+    values,
+)
 
 
 @settings(max_examples=150, deadline=None)
-@given(a=tensors, b=tensors, extra=st.booleans(), count=st.one_of(values, st.integers(1, 10)),
-       client_id=st.one_of(values, st.just(0)), round=st.one_of(values, st.just(1)), real_digest=st.booleans())
+@given(
+    a=tensors,
+    b=tensors,
+    extra=st.booleans(),
+    count=st.one_of(values, st.integers(1, 10)),
+    client_id=st.one_of(values, st.just(0)),
+    round=st.one_of(values, st.just(1)),
+    real_digest=st.booleans(),
+)
 def test_fuzzed_updates_are_rejected_or_sound(a, b, extra, count, client_id, round, real_digest):
     update_tensors = {"x.lora_A.weight": a, "x.lora_B.weight": b, **({"y": torch.zeros(1)} if extra else {})}
     all_tensors = all(isinstance(t, torch.Tensor) for t in update_tensors.values())
@@ -191,6 +228,8 @@ def test_under_ffa_an_update_that_changed_lora_a_is_rejected():
     trained_b = {**GLOBAL, "x.lora_B.weight": torch.ones(3, 2)}
     check(make(trained_b), frozen)
     check(make())  # without ffa, A may change
-    with pytest.raises(UpdateRejected, match="x.lora_A.weight differs from the global adapter's; "
-                                             "strategy.lora_aggregation ffa keeps LoRA A frozen"):
+    with pytest.raises(
+        UpdateRejected,
+        match="x.lora_A.weight differs from the global adapter's; strategy.lora_aggregation ffa keeps LoRA A frozen",
+    ):
         check(make(), frozen)

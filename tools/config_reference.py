@@ -5,6 +5,7 @@
 tests/test_docs.py fails when the committed page differs from what this produces, so the reference cannot drift
 from the code. The page's introduction is kept here, so regenerating never loses it.
 """
+
 from __future__ import annotations
 
 import dataclasses

@@ -12,6 +12,7 @@ main process unpickles nothing a worker sends. The one pickle is multiprocessing
 functions a worker starts with (how to load the model and build a client, bound to the run's config), which a
 spawned child receives from the process that started it.
 """
+
 from client.workers.pool import WorkerError, WorkerPool
 
 __all__ = ["WorkerError", "WorkerPool"]

@@ -1,5 +1,6 @@
 """The messages between the main process and a worker: one frame (flb.frames) per message of a pipe, and how a
 ClientUpdate travels in one."""
+
 from __future__ import annotations
 
 import threading
@@ -30,8 +31,11 @@ class Channel:
 
 def update_reply(update: ClientUpdate, peak_bytes: int) -> tuple[str, dict, dict]:
     """A fit's reply: the update's fields and the job's peak memory in the header, its tensors and extras."""
-    return ("done", {"peak_bytes": peak_bytes, **update_header(update)},
-            grouped(tensors=update.tensors, extras=update.extras))
+    return (
+        "done",
+        {"peak_bytes": peak_bytes, **update_header(update)},
+        grouped(tensors=update.tensors, extras=update.extras),
+    )
 
 
 def read_update(header: dict, tensors: dict) -> ClientUpdate:

@@ -6,12 +6,13 @@ and writes exactly as an in-process client does, and SFTClient.fit starts every 
 so any worker may run any client. A worker's log records go through its pipe into the run's log; its progress bars
 are off.
 """
+
 from __future__ import annotations
 
 import logging
 import os
 import signal
-from typing import Callable
+from collections.abc import Callable
 
 from client.workers.channel import Channel, update_reply
 from flb.errors import first_line
@@ -101,8 +102,11 @@ class _Served:
 
     def _build(self, header: dict, tensors: dict) -> Reply:
         client = self._client(header)
-        return "done", {"num_examples": client.num_examples, "address": client.address,
-                        "privacy": client.privacy_spent()}, {}
+        return (
+            "done",
+            {"num_examples": client.num_examples, "address": client.address, "privacy": client.privacy_spent()},
+            {},
+        )
 
     def _bind(self, header: dict, tensors: dict) -> Reply:
         self.domain = header["domain"]
@@ -122,8 +126,16 @@ class _Served:
     def _dtypes(self, header: dict, tensors: dict) -> Reply:
         from flb.model.load import get_adapter_state
 
-        return "done", {"dtypes": {name: str(tensor.dtype).removeprefix("torch.")
-                                   for name, tensor in get_adapter_state(self.model).items()}}, {}
+        return (
+            "done",
+            {
+                "dtypes": {
+                    name: str(tensor.dtype).removeprefix("torch.")
+                    for name, tensor in get_adapter_state(self.model).items()
+                }
+            },
+            {},
+        )
 
     def _fit(self, header: dict, tensors: dict) -> Reply:
         import gc
@@ -132,7 +144,7 @@ class _Served:
 
         client = self._client(header)
         if not self.frozen:  # its clients are built before round 1: the collector skips them from now on, as the
-            gc.freeze()      # main process does (assembly.run.coordinate)
+            gc.freeze()  # main process does (assembly.run.coordinate)
             self.frozen = True
         global_adapter, extras = ungrouped(tensors, "global_adapter", "extras")
         with peak_memory(self.device) as peak:

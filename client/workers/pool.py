@@ -14,13 +14,14 @@ the Exception as its result, as server.coordinator.fit_in_turn returns it, and s
 what it costs. The main process waits on the workers' pipes and process sentinels together, so a worker that dies
 never leaves it waiting. Workers log through their pipe into the run's log.
 """
+
 from __future__ import annotations
 
 import logging
 import signal
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from client.workers.channel import Channel, read_update
 from client.workers.loop import serve
@@ -70,13 +71,23 @@ class WorkerPool:
     picklable (module-level functions, or functools.partial of them), `device` being the worker's own name for its
     device (cuda:N is that worker's only visible GPU, so it says cuda)."""
 
-    def __init__(self, *, load_model: Callable, build_client: Callable, shards: list[list[dict]], devices: list[str],
-                 workers_per_device: int, memory_budget_mb: float | None = None):
+    def __init__(
+        self,
+        *,
+        load_model: Callable,
+        build_client: Callable,
+        shards: list[list[dict]],
+        devices: list[str],
+        workers_per_device: int,
+        memory_budget_mb: float | None = None,
+    ):
         import multiprocessing
 
         if not devices or workers_per_device < 1:
-            raise ValueError(f"WorkerPool: devices {devices!r}, workers_per_device {workers_per_device}: give at "
-                             "least one device and one worker")
+            raise ValueError(
+                f"WorkerPool: devices {devices!r}, workers_per_device {workers_per_device}: give at "
+                "least one device and one worker"
+            )
         self.load_model, self.build_client, self.shards = load_model, build_client, shards
         self.devices = list(dict.fromkeys(devices))  # a device listed twice is one memory budget
         self.workers_per_device, self.memory_budget_mb = workers_per_device, memory_budget_mb
@@ -87,27 +98,37 @@ class WorkerPool:
         self.admissions: dict[str, Admission] = {}
         self.clients: list[ProxyClient] = []
 
-    def __enter__(self) -> "WorkerPool":
+    def __enter__(self) -> WorkerPool:
         return self.start()
 
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def start(self) -> "WorkerPool":
+    def start(self) -> WorkerPool:
         """Start the workers, build every client once (each in one worker) and set each device's memory budget;
         RunFailed (every worker stopped) when a worker cannot start or a client cannot be built."""
         try:
-            self.workers = [self._spawn(i, device) for i, device in
-                            enumerate(d for d in self.devices for _ in range(self.workers_per_device))]
+            self.workers = [
+                self._spawn(i, device)
+                for i, device in enumerate(d for d in self.devices for _ in range(self.workers_per_device))
+            ]
             while not all(w.ready for w in self.workers) and not any(w.lost for w in self.workers):
                 self._step(deque(), [])
             for worker in self.workers:
                 if worker.lost:
-                    raise RunFailed(f"execution: worker {worker.index} on {worker.device} could not start: {worker.lost}")
-            built = self._must(self._run([_Job(i, "build", client_id=i, worker=i % len(self.workers))
-                                          for i in range(len(self.shards))]), lambda i: f"build client {i}")
-            self.clients = [ProxyClient(i, reply["num_examples"], reply["address"], self, reply["privacy"])
-                            for i, (reply, _) in enumerate(built)]
+                    raise RunFailed(
+                        f"execution: worker {worker.index} on {worker.device} could not start: {worker.lost}"
+                    )
+            built = self._must(
+                self._run(
+                    [_Job(i, "build", client_id=i, worker=i % len(self.workers)) for i in range(len(self.shards))]
+                ),
+                lambda i: f"build client {i}",
+            )
+            self.clients = [
+                ProxyClient(i, reply["num_examples"], reply["address"], self, reply["privacy"])
+                for i, (reply, _) in enumerate(built)
+            ]
             self._set_budgets()
         except BaseException:
             self.close()
@@ -116,16 +137,28 @@ class WorkerPool:
 
     def _set_budgets(self) -> None:
         first = {device: next(w.index for w in self.workers if w.device == device) for device in self.devices}
-        replies = self._must(self._run([_Job(i, "budget", header={"memory_budget_mb": self.memory_budget_mb},
-                                             worker=first[device]) for i, device in enumerate(self.devices)]),
-                             lambda i: f"measure the free memory of {self.devices[i]}")
+        replies = self._must(
+            self._run(
+                [
+                    _Job(i, "budget", header={"memory_budget_mb": self.memory_budget_mb}, worker=first[device])
+                    for i, device in enumerate(self.devices)
+                ]
+            ),
+            lambda i: f"measure the free memory of {self.devices[i]}",
+        )
         for device, (reply, _) in zip(self.devices, replies):
-            self.admissions[device] = Admission(budget_bytes=reply["budget_bytes"], limit=self.workers_per_device,
-                                                device=device)
-            log.info("execution: %d worker processes on %s, %d torch threads each; budget %.0f MB (%s) for the "
-                     "clients running at once", self.workers_per_device, device, self.threads,
-                     reply["budget_bytes"] / 1e6, "execution.memory_budget_mb" if self.memory_budget_mb else
-                     "90 % of what is free")
+            self.admissions[device] = Admission(
+                budget_bytes=reply["budget_bytes"], limit=self.workers_per_device, device=device
+            )
+            log.info(
+                "execution: %d worker processes on %s, %d torch threads each; budget %.0f MB (%s) for the "
+                "clients running at once",
+                self.workers_per_device,
+                device,
+                self.threads,
+                reply["budget_bytes"] / 1e6,
+                "execution.memory_budget_mb" if self.memory_budget_mb else "90 % of what is free",
+            )
 
     def _must(self, outcomes: list, what: Callable[[int], str]) -> list:
         """`outcomes` of `_run`, or RunFailed saying what(position) the first failed one could not do, and why."""
@@ -175,9 +208,15 @@ class WorkerPool:
             return
         self.domain = domain.to_dict()
         live = [w.index for w in self.workers if not w.lost]
-        self._must(self._run([_Job(position, "bind", header={"domain": self.domain}, worker=index)
-                              for position, index in enumerate(live)]),
-                   lambda i: f"bind worker {live[i]} to the ledger")
+        self._must(
+            self._run(
+                [
+                    _Job(position, "bind", header={"domain": self.domain}, worker=index)
+                    for position, index in enumerate(live)
+                ]
+            ),
+            lambda i: f"bind worker {live[i]} to the ledger",
+        )
 
     def data_upload(self, client_id: int) -> SignedUpload:
         (outcome,) = self._run([_Job(0, "upload", client_id=client_id)])
@@ -186,13 +225,16 @@ class WorkerPool:
         reply, _ = outcome
         return SignedUpload(reply["recorded_digest"], reply["signature"])
 
-    def fit_all(self, clients: list[ProxyClient], global_adapter: AdapterState, round: int,
-                extras: AdapterState) -> list[ClientUpdate | Exception]:
+    def fit_all(
+        self, clients: list[ProxyClient], global_adapter: AdapterState, round: int, extras: AdapterState
+    ) -> list[ClientUpdate | Exception]:
         """One job per client, as many at once as each device's Admission allows; a ClientUpdate or the Exception
         saying why there is none, per client, in order."""
         tensors = grouped(global_adapter=global_adapter, extras=extras or {})
-        jobs = [_Job(i, "fit", client_id=c.client_id, header={"round": round}, tensors=tensors, admitted=True)
-                for i, c in enumerate(clients)]
+        jobs = [
+            _Job(i, "fit", client_id=c.client_id, header={"round": round}, tensors=tensors, admitted=True)
+            for i, c in enumerate(clients)
+        ]
         results = []
         for client, outcome in zip(clients, self._run(jobs)):
             if not isinstance(outcome, Exception):
@@ -231,8 +273,9 @@ class WorkerPool:
         for job in list(pending):
             if job.worker is not None and self.workers[job.worker].lost:
                 pending.remove(job)
-                results[job.position] = WorkerDied(f"worker {job.worker} could not start: "
-                                                   f"{self.workers[job.worker].lost}", None)
+                results[job.position] = WorkerDied(
+                    f"worker {job.worker} could not start: {self.workers[job.worker].lost}", None
+                )
                 continue
             worker = self._worker_for(job)
             if worker is not None:
@@ -294,8 +337,15 @@ class WorkerPool:
                     self.admissions[job.device].measured(header["peak_bytes"])
                 results[job.position] = header, tensors
             else:
-                self._failed(job, WorkerError(f"{header['error']} (client {job.client_id} on worker {worker.index}; "
-                                              "traceback in run.log)"), header["out_of_memory"], pending, results)
+                self._failed(
+                    job,
+                    WorkerError(
+                        f"{header['error']} (client {job.client_id} on worker {worker.index}; traceback in run.log)"
+                    ),
+                    header["out_of_memory"],
+                    pending,
+                    results,
+                )
 
     def _died(self, worker: _Worker, pending: deque, results: list) -> None:
         """A worker's process ended: a worker that never got ready is lost; one that did is started again, and the
@@ -307,8 +357,11 @@ class WorkerPool:
             return
         job = worker.job
         doing = f" while it ran {job.op} for client {job.client_id}" if job else ""
-        died = WorkerDied(f"worker {worker.index} (pid {worker.pid}, {worker.device}) died{doing}: "
-                          f"{_exit_reason(worker.process.exitcode)}", worker.process.exitcode)
+        died = WorkerDied(
+            f"worker {worker.index} (pid {worker.pid}, {worker.device}) died{doing}: "
+            f"{_exit_reason(worker.process.exitcode)}",
+            worker.process.exitcode,
+        )
         log.warning("execution: %s; starting it again", died)
         self.workers[worker.index] = self._spawn(worker.index, worker.device)
         if job is not None:
@@ -324,9 +377,11 @@ class WorkerPool:
 
     def _spawn(self, index: int, device: str) -> _Worker:
         parent, child = self.context.Pipe()
-        process = self.context.Process(target=serve, name=f"flb-worker-{index}",
-                                       args=(child, device, self.threads, self.load_model, self.build_client,
-                                             self.domain))
+        process = self.context.Process(
+            target=serve,
+            name=f"flb-worker-{index}",
+            args=(child, device, self.threads, self.load_model, self.build_client, self.domain),
+        )
         process.start()
         child.close()
         return _Worker(index, device, process, Channel(parent))

@@ -8,6 +8,7 @@ Reads the contract's events and calldata from a node and the published run direc
 eth-* dependencies and the standard library, nothing of FLB. Prints "MISMATCH ..." per failed check, "NOTE ..." per
 item it could not check, then "reference verify: N checks passed, M problems"; exit 1 on a MISMATCH, 2 on bad input.
 """
+
 import argparse
 import hashlib
 import json
@@ -26,22 +27,40 @@ from web3 import Web3
 ZERO = "00" * 32
 HALF_ORDER = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141 // 2  # secp256k1 n / 2
 DTYPES = ("F32", "F16", "F64", "I64", "I32", "U8", "BOOL")  # spec 2.1, less BF16: numpy has no bfloat16
-EVENTS = ("RunAnchored(bytes32 adapterConfigDigest, bytes32 runSpecDigest)",  # spec 4, verbatim
-          "ClientRegistered(address indexed client, uint256 round)",
-          "DataUpload(address indexed user, bytes32 dataDigest)",
-          "ScoreAdd(address indexed user, uint256 indexed round, uint256 score)",
-          "RoundRecorded(uint256 indexed round, bytes32 previousGlobalDigest, bytes32 globalDigest, bytes32 "
-          "metricsDigest, address[] clients, bytes32[] updateDigests, uint256[] numExamples, uint256[] scores)",
-          "RoundSealed(uint256 indexed round, bytes32 previousGlobalDigest, bytes32 globalDigest, bytes32 "
-          "metricsDigest, bytes32 participantsCommitment)")
-MESSAGES = ("EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)",  # spec 3
-            "Update(uint256 round,bytes32 previousGlobalDigest,bytes32 updateDigest,uint256 numExamples)",
-            "DataUpload(bytes32 dataDigest)")
+EVENTS = (
+    "RunAnchored(bytes32 adapterConfigDigest, bytes32 runSpecDigest)",  # spec 4, verbatim
+    "ClientRegistered(address indexed client, uint256 round)",
+    "DataUpload(address indexed user, bytes32 dataDigest)",
+    "ScoreAdd(address indexed user, uint256 indexed round, uint256 score)",
+    "RoundRecorded(uint256 indexed round, bytes32 previousGlobalDigest, bytes32 globalDigest, bytes32 "
+    "metricsDigest, address[] clients, bytes32[] updateDigests, uint256[] numExamples, uint256[] scores)",
+    "RoundSealed(uint256 indexed round, bytes32 previousGlobalDigest, bytes32 globalDigest, bytes32 "
+    "metricsDigest, bytes32 participantsCommitment)",
+)
+MESSAGES = (
+    "EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)",  # spec 3
+    "Update(uint256 round,bytes32 previousGlobalDigest,bytes32 updateDigest,uint256 numExamples)",
+    "DataUpload(bytes32 dataDigest)",
+)
 RECORD_ROUND = "recordRound(uint256,bytes32,bytes32,address[],bytes32[],uint256[],uint256[],bytes[])"
 UPLOAD = "uploadUserData(address[],bytes32[],bytes[])"
-RUN_SPEC_KEYS = ("mode", "seed", "num_clients", "clients_per_round", "strategy", "server", "client", "chain.scoring",
-                 "chain.record_participants", "split.head_layers", "split.tail_layers", "split.trunk",
-                 "split.client_parts", "split.activation_noise", "split.activation_clip")  # spec 2.5
+RUN_SPEC_KEYS = (
+    "mode",
+    "seed",
+    "num_clients",
+    "clients_per_round",
+    "strategy",
+    "server",
+    "client",
+    "chain.scoring",
+    "chain.record_participants",
+    "split.head_layers",
+    "split.tail_layers",
+    "split.trunk",
+    "split.client_parts",
+    "split.activation_noise",
+    "split.activation_clip",
+)  # spec 2.5
 NOT_RULES = ("server.max_client_failures", "client.dp.allow_over_target")
 
 
@@ -62,6 +81,7 @@ class Report:
 
 # --- digests (spec 2) -----------------------------------------------------------------------------
 
+
 def json_digest(value) -> str:
     """sha256 of canonical JSON (spec, Notation)."""
     return hashlib.sha256(json.dumps(value, sort_keys=True, separators=(",", ":")).encode("utf-8")).hexdigest()
@@ -80,8 +100,10 @@ def load_tensors(path: Path) -> dict:
         with safe_open(str(path), framework="numpy") as f:
             for name in f.keys():
                 if (dtype := f.get_slice(name).get_dtype()) not in DTYPES:
-                    raise BadInput(f"{path}: tensor {name} is {dtype}, which numpy cannot hold (it has no bfloat16): "
-                                   "this reference verifier cannot check it")
+                    raise BadInput(
+                        f"{path}: tensor {name} is {dtype}, which numpy cannot hold (it has no bfloat16): "
+                        "this reference verifier cannot check it"
+                    )
             return {name: f.get_tensor(name) for name in f.keys()}
     except BadInput:
         raise
@@ -103,16 +125,22 @@ def tensors_digest(tensors: dict) -> str:
 
 def adapter_config_digest(path: Path) -> str:
     """Spec 2.2: every top-level list of strings sorted, then the canonical JSON digest."""
-    return json_digest({k: sorted(v) if isinstance(v, list) and all(isinstance(x, str) for x in v) else v
-                        for k, v in read_json(path).items()})
+    return json_digest(
+        {
+            k: sorted(v) if isinstance(v, list) and all(isinstance(x, str) for x in v) else v
+            for k, v in read_json(path).items()
+        }
+    )
 
 
 def run_spec(config: dict) -> dict:
     """Spec 2.5: RUN_SPEC_KEYS of config.json (each whole when present, nested as there) less NOT_RULES."""
+
     def parent(tree, parts, create=False):
         for part in parts:
             tree = tree.setdefault(part, {}) if create else tree.get(part) if isinstance(tree, dict) else None
         return tree
+
     spec = {}
     for *parts, leaf in (key.split(".") for key in RUN_SPEC_KEYS):
         if isinstance(source := parent(config, parts), dict) and leaf in source:
@@ -124,6 +152,7 @@ def run_spec(config: dict) -> dict:
 
 
 # --- the chain (spec 3, 4) ------------------------------------------------------------------------
+
 
 def parse_signature(text: str) -> tuple:
     """'Name(type [indexed] name, ...)' -> (Name, [(type, name, indexed)], keccak of 'Name(type,...)': topic 0)."""
@@ -170,7 +199,7 @@ def calldata(chain: dict, tx_hash, function: str):
     tx = chain["w3"].eth.get_transaction(tx_hash)
     if tx["to"] != chain["contract"] or bytes(tx["input"])[:4] != keccak(text=function)[:4]:
         return None
-    return decode(function[function.index("(") + 1:-1].split(","), bytes(tx["input"])[4:])
+    return decode(function[function.index("(") + 1 : -1].split(","), bytes(tx["input"])[4:])
 
 
 def recover(chain: dict, primary: str, message: dict, signature: bytes):
@@ -179,16 +208,31 @@ def recover(chain: dict, primary: str, message: dict, signature: bytes):
         return None
     types = {name: [{"name": n, "type": t} for t, n, _ in fields] for name, fields, _ in map(parse_signature, MESSAGES)}
     domain = {"name": "FLB", "version": "4", "chainId": chain["chain_id"], "verifyingContract": chain["contract"]}
-    full = {"types": {"EIP712Domain": types["EIP712Domain"], primary: types[primary]}, "primaryType": primary,
-            "domain": domain, "message": {k: bytes.fromhex(v) if isinstance(v, str) else v for k, v in message.items()}}
+    full = {
+        "types": {"EIP712Domain": types["EIP712Domain"], primary: types[primary]},
+        "primaryType": primary,
+        "domain": domain,
+        "message": {k: bytes.fromhex(v) if isinstance(v, str) else v for k, v in message.items()},
+    }
     return Account.recover_message(encode_typed_data(full_message=full), signature=signature)
 
 
 def rounds_of(chain: dict) -> dict:
     """round -> its RoundRecorded / RoundSealed arguments, with `sealed`, its transaction and its event position."""
-    return {e["args"]["round"]: {"clients": [], "updateDigests": [], "numExamples": [], "scores": [], **e["args"],
-                                 "sealed": e["event"] == "RoundSealed", "tx": e["tx"], "position": position}
-            for position, e in enumerate(chain["events"]) if e["event"] in ("RoundRecorded", "RoundSealed")}
+    return {
+        e["args"]["round"]: {
+            "clients": [],
+            "updateDigests": [],
+            "numExamples": [],
+            "scores": [],
+            **e["args"],
+            "sealed": e["event"] == "RoundSealed",
+            "tx": e["tx"],
+            "position": position,
+        }
+        for position, e in enumerate(chain["events"])
+        if e["event"] in ("RoundRecorded", "RoundSealed")
+    }
 
 
 def client_id(clients: list, address: str):
@@ -202,11 +246,14 @@ def update_file(run_dir: Path, n: int, address: str, clients: list) -> Path:
 
 # --- checks (spec 5) ------------------------------------------------------------------------------
 
+
 def check_anchors(report: Report, chain: dict, run_dir: Path, rounds: dict):
     """Items 1 and 2: exactly one RunAnchored; config.json's run spec (2.5) and every adapter_config.json (2.2)
     against it. Returns config.json when its rules are the anchored ones, else None (nothing is read from it)."""
-    report.notes.append("the contract's deployment code was not compared with chain/artifacts/FLB.json (the project's "
-                        "artifact, which this reference verifier does not read): obtain the address out of band")
+    report.notes.append(
+        "the contract's deployment code was not compared with chain/artifacts/FLB.json (the project's "
+        "artifact, which this reference verifier does not read): obtain the address out of band"
+    )
     anchors = [e["args"] for e in chain["events"] if e["event"] == "RunAnchored"]
     if not report.check(len(anchors) == 1, f"contract {chain['contract']}: {len(anchors)} RunAnchored events, not 1"):
         return None
@@ -216,17 +263,21 @@ def check_anchors(report: Report, chain: dict, run_dir: Path, rounds: dict):
     else:
         loaded = read_json(run_dir / "config.json")
         actual = json_digest(run_spec(loaded))
-        if report.check(actual == anchored["runSpecDigest"], f"config.json: its run spec has digest {actual}, but "
-                                                             f"the chain anchors {anchored['runSpecDigest']}"):
+        if report.check(
+            actual == anchored["runSpecDigest"],
+            f"config.json: its run spec has digest {actual}, but the chain anchors {anchored['runSpecDigest']}",
+        ):
             config = loaded
     finished = ["final_adapter"] if (run_dir / "final_adapter").is_dir() else []
     for folder in [f"round_{n}" for n in sorted(rounds)] + finished:
         if not (path := run_dir / folder / "adapter_config.json").is_file():
             report.problems.append(f"{folder}/adapter_config.json is missing")
         else:
-            report.check((actual := adapter_config_digest(path)) == anchored["adapterConfigDigest"],
-                         f"{folder}/adapter_config.json has digest {actual}, but the chain anchors "
-                         f"{anchored['adapterConfigDigest']}")
+            report.check(
+                (actual := adapter_config_digest(path)) == anchored["adapterConfigDigest"],
+                f"{folder}/adapter_config.json has digest {actual}, but the chain anchors "
+                f"{anchored['adapterConfigDigest']}",
+            )
     return config
 
 
@@ -238,8 +289,11 @@ def check_participants(report: Report, chain: dict, trusted) -> list:
         if trusted is not None:
             report.check(e["client"].lower() in trusted, f"participant {e['client']} is registered, not in --clients")
         else:
-            report.check(e["round"] == 0, f"participant {e['client']} was registered at round {e['round']}, after the "
-                                          "run began (pass --clients FILE to accept it)")
+            report.check(
+                e["round"] == 0,
+                f"participant {e['client']} was registered at round {e['round']}, after the "
+                "run began (pass --clients FILE to accept it)",
+            )
     return [e["client"] for e in registered]
 
 
@@ -249,11 +303,15 @@ def check_chain_of_rounds(report: Report, rounds: dict) -> None:
     report.check(numbers == list(range(len(numbers))), f"rounds on chain are {numbers}, not 0..{len(numbers) - 1}")
     for n, r in sorted(rounds.items()):
         expected = ZERO if n == 0 else rounds.get(n - 1, {}).get("globalDigest")
-        report.check(r["previousGlobalDigest"] == expected,
-                     f"round {n}: previousGlobalDigest {r['previousGlobalDigest']} is not round {n - 1}'s {expected}")
+        report.check(
+            r["previousGlobalDigest"] == expected,
+            f"round {n}: previousGlobalDigest {r['previousGlobalDigest']} is not round {n - 1}'s {expected}",
+        )
         if n > 0 and not r["sealed"] and not r["clients"]:
-            report.check(r["globalDigest"] == r["previousGlobalDigest"],
-                         f"round {n}: no clients, but a new globalDigest {r['globalDigest']}")
+            report.check(
+                r["globalDigest"] == r["previousGlobalDigest"],
+                f"round {n}: no clients, but a new globalDigest {r['globalDigest']}",
+            )
 
 
 def check_file(report: Report, run_dir: Path, path: Path, expected: str, who: str, committed=False) -> None:
@@ -263,8 +321,10 @@ def check_file(report: Report, run_dir: Path, path: Path, expected: str, who: st
     if not path.is_file():
         report.problems.append(f"{who}: {name} is missing; the chain holds {expected}")
     elif (actual := tensors_digest(load_tensors(path))) != expected and committed:
-        report.notes.append(f"{who}: {name} has digest {actual}; the chain holds {expected}, maybe a salted "
-                            "commitment (numExamples 0) that only the client's opening can check")
+        report.notes.append(
+            f"{who}: {name} has digest {actual}; the chain holds {expected}, maybe a salted "
+            "commitment (numExamples 0) that only the client's opening can check"
+        )
     else:
         report.check(actual == expected, f"{who}: {name} has digest {actual}, but the chain holds {expected}")
 
@@ -272,16 +332,32 @@ def check_file(report: Report, run_dir: Path, path: Path, expected: str, who: st
 def check_files(report: Report, run_dir: Path, rounds: dict, clients: list) -> None:
     """Item 5: global adapters, update files, final_adapter/, metrics.jsonl and summary.json."""
     for n, r in sorted(rounds.items()):
-        check_file(report, run_dir, run_dir / f"round_{n}" / "adapter_model.safetensors", r["globalDigest"],
-                   f"round {n} global adapter")
+        check_file(
+            report,
+            run_dir,
+            run_dir / f"round_{n}" / "adapter_model.safetensors",
+            r["globalDigest"],
+            f"round {n} global adapter",
+        )
         if r["sealed"]:
             report.notes.append(f"round {n}: sealed (spec 5.3): its updates are checked only with the server's opening")
         for address, digest, count in zip(r["clients"], r["updateDigests"], r["numExamples"]):
-            check_file(report, run_dir, update_file(run_dir, n, address, clients), digest,
-                       f"round {n} client {client_id(clients, address)}", committed=count == 0)
+            check_file(
+                report,
+                run_dir,
+                update_file(run_dir, n, address, clients),
+                digest,
+                f"round {n} client {client_id(clients, address)}",
+                committed=count == 0,
+            )
     if rounds and (run_dir / "final_adapter").is_dir():
-        check_file(report, run_dir, run_dir / "final_adapter" / "adapter_model.safetensors",
-                   rounds[max(rounds)]["globalDigest"], "final_adapter")
+        check_file(
+            report,
+            run_dir,
+            run_dir / "final_adapter" / "adapter_model.safetensors",
+            rounds[max(rounds)]["globalDigest"],
+            "final_adapter",
+        )
     elif rounds:
         report.notes.append("final_adapter/ is missing (an unfinished run): not checked")
     rows = check_metrics(report, run_dir, rounds)
@@ -296,23 +372,33 @@ def check_metrics(report: Report, run_dir: Path, rounds: dict):
         report.problems.append("metrics.jsonl is missing")
         return None
     try:
-        lines = [row for row in map(json.loads, filter(str.strip, path.read_text().splitlines()))
-                 if row.get("kind") == "round"]
+        lines = [
+            row
+            for row in map(json.loads, filter(str.strip, path.read_text().splitlines()))
+            if row.get("kind") == "round"
+        ]
     except (ValueError, AttributeError):
         raise BadInput(f"{path}: not one JSON object a line") from None
     rows, ok = [], True
     for n in sorted(set(rounds) | {row["round"] for row in lines if isinstance(row.get("round"), int)}):
         found = [row for row in lines if row.get("round") == n]
         recorded = "records" if n in rounds else "does not record"
-        if not report.check(n in rounds and len(found) == 1,
-                            f"metrics.jsonl: {len(found)} round lines for round {n}, which the chain {recorded}"):
+        if not report.check(
+            n in rounds and len(found) == 1,
+            f"metrics.jsonl: {len(found)} round lines for round {n}, which the chain {recorded}",
+        ):
             ok = False
             continue
         row, r, actual = found[0], rounds[n], json_digest(found[0])
-        ok &= report.check(row.get("global_digest") == r["globalDigest"],
-                           f"metrics.jsonl: round {n} global_digest {row.get('global_digest')} is not the chain's")
-        ok &= report.check(actual == r["metricsDigest"], f"metrics.jsonl: round {n} line has digest {actual}, but the "
-                                                         f"chain holds metricsDigest {r['metricsDigest']}")
+        ok &= report.check(
+            row.get("global_digest") == r["globalDigest"],
+            f"metrics.jsonl: round {n} global_digest {row.get('global_digest')} is not the chain's",
+        )
+        ok &= report.check(
+            actual == r["metricsDigest"],
+            f"metrics.jsonl: round {n} line has digest {actual}, but the "
+            f"chain holds metricsDigest {r['metricsDigest']}",
+        )
         rows.append(row)
     return rows if ok else None
 
@@ -323,23 +409,33 @@ def check_summary(report: Report, run_dir: Path, rounds: dict, rows) -> None:
         report.problems.append("summary.json is missing")
         return
     summary, last = read_json(path), rounds[max(rounds)]["globalDigest"]
-    report.check(summary.get("final_digest") == last,
-                 f"summary.json: final_digest {summary.get('final_digest')} is not the last globalDigest {last}")
+    report.check(
+        summary.get("final_digest") == last,
+        f"summary.json: final_digest {summary.get('final_digest')} is not the last globalDigest {last}",
+    )
     if rows is None:
         report.notes.append("summary.json: numbers not compared (not every round line matches the chain)")
         return
     done = [row for row in rows if not row.get("skipped")]  # round 0 and the rounds that aggregated
-    expected = {"rounds": max(rounds), "rounds_aggregated": len(done) - 1,
-                **{key: {"round_0": done[0].get(key), "final": done[-1].get(key)} for key in ("eval_loss", "accuracy")},
-                "comm": {"down_bytes": rows[-1].get("comm_total_down_bytes", 0),
-                         "up_bytes": rows[-1].get("comm_total_up_bytes", 0)}}
+    expected = {
+        "rounds": max(rounds),
+        "rounds_aggregated": len(done) - 1,
+        **{key: {"round_0": done[0].get(key), "final": done[-1].get(key)} for key in ("eval_loss", "accuracy")},
+        "comm": {
+            "down_bytes": rows[-1].get("comm_total_down_bytes", 0),
+            "up_bytes": rows[-1].get("comm_total_up_bytes", 0),
+        },
+    }
     if "privacy" in rows[-1]:
         expected["privacy"] = rows[-1]["privacy"]
-        expected["over_target_allowed"] = any(c.get("over_target_allowed")
-                                              for c in rows[-1]["privacy"].get("clients", {}).values())
+        expected["over_target_allowed"] = any(
+            c.get("over_target_allowed") for c in rows[-1]["privacy"].get("clients", {}).values()
+        )
     for key, value in expected.items():
-        report.check(summary.get(key) == value,
-                     f"summary.json: {key} is {summary.get(key)!r}, but the round lines give {value!r}")
+        report.check(
+            summary.get(key) == value,
+            f"summary.json: {key} is {summary.get(key)!r}, but the round lines give {value!r}",
+        )
     if "suites" in summary:
         report.notes.append("summary.json: suites not compared (the spec does not define a suite's headline number)")
 
@@ -352,39 +448,62 @@ def check_signatures(report: Report, chain: dict, rounds: dict, clients: list) -
             report.notes.append(f"round {n}: not recorded by a direct recordRound call: signatures not checked")
             continue
         for k, (address, digest, count) in enumerate(zip(r["clients"], r["updateDigests"], r["numExamples"])):
-            message = {"round": n, "previousGlobalDigest": r["previousGlobalDigest"], "updateDigest": digest,
-                       "numExamples": count}
+            message = {
+                "round": n,
+                "previousGlobalDigest": r["previousGlobalDigest"],
+                "updateDigest": digest,
+                "numExamples": count,
+            }
             signer = recover(chain, "Update", message, bytes(args[7][k])) if k < len(args[7]) else None
-            report.check(signer == address and address in clients,
-                         f"round {n} client {client_id(clients, address)}: the update is signed by {signer}, not by it")
+            report.check(
+                signer == address and address in clients,
+                f"round {n} client {client_id(clients, address)}: the update is signed by {signer}, not by it",
+            )
     for e in (e for e in chain["events"] if e["event"] == "DataUpload"):
         if (args := calldata(chain, e["tx"], UPLOAD)) is None:
             report.notes.append(f"data upload of {e['args']['user']}: not a direct uploadUserData call: not checked")
             continue
         digest = e["args"]["dataDigest"]
-        signature = next((bytes(sig) for client, data, sig in zip(*args)
-                          if to_checksum_address(client) == e["args"]["user"] and bytes(data).hex() == digest), b"")
+        signature = next(
+            (
+                bytes(sig)
+                for client, data, sig in zip(*args)
+                if to_checksum_address(client) == e["args"]["user"] and bytes(data).hex() == digest
+            ),
+            b"",
+        )
         signer = recover(chain, "DataUpload", {"dataDigest": digest}, signature)
-        report.check(signer == e["args"]["user"] and signer in clients,
-                     f"data upload of {e['args']['user']}: signed by {signer}, not by that registered client")
+        report.check(
+            signer == e["args"]["user"] and signer in clients,
+            f"data upload of {e['args']['user']}: signed by {signer}, not by that registered client",
+        )
 
 
 def check_scores(report: Report, chain: dict, run_dir: Path, rounds: dict, clients: list, config) -> None:
     """Item 7: by the anchored chain.scoring, flb scores re-derived as U * B + n; quality ones noted."""
     scored = {n: r for n, r in sorted(rounds.items()) if r["clients"]}
     if scored and (scoring := (config or {}).get("chain", {}).get("scoring")) != "flb":
-        report.notes.append("scores: not re-derived (" + ("config.json is not the anchored run spec)" if config is None
-                            else f"chain.scoring {scoring}: leave-one-out eval-loss gains on the server's evaluation "
-                                 "data, server-asserted)"))
+        report.notes.append(
+            "scores: not re-derived ("
+            + (
+                "config.json is not the anchored run spec)"
+                if config is None
+                else f"chain.scoring {scoring}: leave-one-out eval-loss gains on the server's evaluation "
+                "data, server-asserted)"
+            )
+        )
         return
     for n, r in scored.items():
-        uploads = [e["args"]["user"] for e in chain["events"][:r["position"]] if e["event"] == "DataUpload"]
+        uploads = [e["args"]["user"] for e in chain["events"][: r["position"]] if e["event"] == "DataUpload"]
         for address, count, score in zip(r["clients"], r["numExamples"], r["scores"]):
             if (path := update_file(run_dir, n, address, clients)).is_file():  # a missing file is a mismatch of its own
                 size = sum(a.nbytes for name, a in load_tensors(path).items() if not name.startswith("extras/"))
                 expected = uploads.count(address) * size + count
-                report.check(score == expected, f"round {n} client {client_id(clients, address)}: score {score} on "
-                                                f"chain, but the flb formula gives {expected} ({path.name})")
+                report.check(
+                    score == expected,
+                    f"round {n} client {client_id(clients, address)}: score {score} on "
+                    f"chain, but the flb formula gives {expected} ({path.name})",
+                )
 
 
 def fedavg(updates: list) -> dict:
@@ -429,9 +548,12 @@ def recompute(report: Report, run_dir: Path, rounds: dict, clients: list, config
         elif paths:
             weights = r["numExamples"] if any(r["numExamples"]) else [1] * len(paths)
             actual = tensors_digest(fedavg([(load_tensors(p), w) for p, w in zip(paths, weights)]))
-            report.check(actual == r["globalDigest"], f"round {n}: {config['strategy']['name']} of the round's update "
-                                                      f"files has digest {actual}, but the chain records "
-                                                      f"globalDigest {r['globalDigest']}")
+            report.check(
+                actual == r["globalDigest"],
+                f"round {n}: {config['strategy']['name']} of the round's update "
+                f"files has digest {actual}, but the chain records "
+                f"globalDigest {r['globalDigest']}",
+            )
 
 
 def main(argv=None) -> int:
@@ -446,8 +568,11 @@ def main(argv=None) -> int:
             raise BadInput(f"{args.run_dir} is not a run directory")
         if args.clients is not None and not args.clients.is_file():
             raise BadInput(f"--clients {args.clients}: no such file")
-        trusted = None if args.clients is None else {
-            line.strip().lower() for line in args.clients.read_text().splitlines() if line.strip()}
+        trusted = (
+            None
+            if args.clients is None
+            else {line.strip().lower() for line in args.clients.read_text().splitlines() if line.strip()}
+        )
         chain = read_chain(args.rpc, args.contract)
         rounds = rounds_of(chain)
         config = check_anchors(report, chain, args.run_dir, rounds)
@@ -460,8 +585,13 @@ def main(argv=None) -> int:
     except BadInput as e:
         print(f"error: {e}")
         return 2
-    print("\n".join([f"MISMATCH {p}" for p in report.problems] + [f"NOTE {n}" for n in report.notes]
-                    + [f"reference verify: {report.passed} checks passed, {len(report.problems)} problems"]))
+    print(
+        "\n".join(
+            [f"MISMATCH {p}" for p in report.problems]
+            + [f"NOTE {n}" for n in report.notes]
+            + [f"reference verify: {report.passed} checks passed, {len(report.problems)} problems"]
+        )
+    )
     return 1 if report.problems else 0
 
 

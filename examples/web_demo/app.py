@@ -4,6 +4,7 @@
 
 Each page has its own address (/chat, /training, /ledger; the root opens /chat), and `?run=<run-id>` picks the run.
 This file only wires things: the pages, the run picker, and the empty and broken states."""
+
 from __future__ import annotations
 
 import argparse
@@ -12,25 +13,30 @@ import sys
 from functools import partial
 from pathlib import Path
 
-import streamlit as st
-
 import chat_page
 import ledger_page
 import rundata
+import streamlit as st
 import training_page
 
 REPO_ROOT = str(Path(__file__).resolve().parents[2])
 log = logging.getLogger("flb.web_demo")
 
-PAGES = (("Chat", ":material/chat:", "chat", chat_page.render),  # the first one is the one the root opens
-         ("Training", ":material/monitoring:", "training", training_page.render),
-         ("Ledger", ":material/receipt_long:", "ledger", ledger_page.render))
+PAGES = (
+    ("Chat", ":material/chat:", "chat", chat_page.render),  # the first one is the one the root opens
+    ("Training", ":material/monitoring:", "training", training_page.render),
+    ("Ledger", ":material/receipt_long:", "ledger", ledger_page.render),
+)
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="streamlit run examples/web_demo/app.py --")
-    parser.add_argument("--run", type=Path, default=Path("runs/latest"),
-                        help="a run directory, or an output_dir holding runs (default: runs/latest)")
+    parser.add_argument(
+        "--run",
+        type=Path,
+        default=Path("runs/latest"),
+        help="a run directory, or an output_dir holding runs (default: runs/latest)",
+    )
     return parser.parse_known_args(sys.argv[1:])[0]
 
 
@@ -70,8 +76,11 @@ def show(render, target: Path) -> None:
         st.error(str(exc), icon=":material/error:")
     except Exception as exc:  # the page stays usable; the traceback goes to the terminal, not the browser
         log.exception("web demo page %s failed", render.__module__)
-        st.error(f"This page could not be shown: {type(exc).__name__}: {rundata.first_line(exc)} "
-                 "(the full traceback is in the terminal running streamlit)", icon=":material/error:")
+        st.error(
+            f"This page could not be shown: {type(exc).__name__}: {rundata.first_line(exc)} "
+            "(the full traceback is in the terminal running streamlit)",
+            icon=":material/error:",
+        )
 
 
 def open_first_page(first: st.Page) -> None:
@@ -86,8 +95,10 @@ def main() -> None:
 
     st.set_page_config(page_title="FLB web demo", page_icon=":material/hub:", layout="wide")
     target = parse_args().run
-    pages = [st.Page(partial(show, render, target), title=title, icon=icon, url_path=url_path)
-             for title, icon, url_path, render in PAGES]
+    pages = [
+        st.Page(partial(show, render, target), title=title, icon=icon, url_path=url_path)
+        for title, icon, url_path, render in PAGES
+    ]
     root = st.Page(partial(open_first_page, pages[0]), title="FLB web demo", url_path="home", default=True)
     page = st.navigation([root, *pages], position="hidden")  # the menu below lists the pages, not the root
     for each in pages:

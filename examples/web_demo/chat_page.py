@@ -2,15 +2,15 @@
 
 The base model is loaded once per process (st.cache_resource) and wrapped with LoRA once; choosing
 another round only copies that round's adapter tensors into the wrapper."""
+
 from __future__ import annotations
 
 import json
 import threading
 from contextlib import nullcontext
 
-import streamlit as st
-
 import rundata
+import streamlit as st
 
 
 @st.cache_resource(show_spinner=False)
@@ -48,12 +48,18 @@ def stream_reply(tokenizer, model, lock, messages: list[dict], adapter, temperat
 
     def generate():
         try:  # the lock keeps another session from swapping the adapter mid-reply
-            with lock, torch.no_grad(), (model.disable_adapter() if adapter is None else nullcontext()):
+            with lock, torch.no_grad(), model.disable_adapter() if adapter is None else nullcontext():
                 if adapter is not None:
                     set_adapter_state(model, adapter)
-                model.generate(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
-                               max_new_tokens=max_new_tokens, streamer=streamer, use_cache=True,
-                               pad_token_id=tokenizer.pad_token_id, **sampling)
+                model.generate(
+                    input_ids=input_ids.to(device),
+                    attention_mask=attention_mask.to(device),
+                    max_new_tokens=max_new_tokens,
+                    streamer=streamer,
+                    use_cache=True,
+                    pad_token_id=tokenizer.pad_token_id,
+                    **sampling,
+                )
         except Exception as exc:  # re-raised below in the page's thread, where it can be shown
             failures.append(exc)
             streamer.end()
@@ -73,8 +79,12 @@ def render(run: rundata.Run) -> None:
         st.info(f"Run {run.name} has saved no global adapter yet; come back when round 0 is written.")
         return
     picker, temperature_box, tokens_box, clear_box = st.columns([2, 2, 2, 1], vertical_alignment="bottom")
-    round_ = picker.selectbox("Global adapter", rounds, index=len(rounds) - 1,
-                              format_func=lambda r: f"round {r}" + (" (base: no update yet)" if r == 0 else ""))
+    round_ = picker.selectbox(
+        "Global adapter",
+        rounds,
+        index=len(rounds) - 1,
+        format_func=lambda r: f"round {r}" + (" (base: no update yet)" if r == 0 else ""),
+    )
     temperature = temperature_box.slider("Temperature (0 = greedy)", 0.0, 1.5, 0.7, 0.1)
     max_new_tokens = tokens_box.slider("Max new tokens", 8, 512, 128, 8)
     history = st.session_state.setdefault(f"chat:{run.path}:{round_}", [])
@@ -103,8 +113,9 @@ def render(run: rundata.Run) -> None:
         for side, weights in (("base", None), ("tuned", adapter)):
             messages = _messages(history, side) + [{"role": "user", "content": prompt}]
             with columns[side].container(key=f"reply-{side}-{len(history)}"), st.chat_message("assistant"):
-                turn[side] = st.write_stream(stream_reply(tokenizer, model, lock, messages, weights,
-                                                          temperature, max_new_tokens))
+                turn[side] = st.write_stream(
+                    stream_reply(tokenizer, model, lock, messages, weights, temperature, max_new_tokens)
+                )
         history.append(turn)
 
 

@@ -2,6 +2,7 @@
 
 Everything the pages show comes through here; a missing or corrupt file becomes a RunProblem whose
 message says what is wrong and what to do, never a traceback."""
+
 from __future__ import annotations
 
 import json
@@ -32,13 +33,18 @@ class Run:
         try:
             return RunDir(self.path).metrics()
         except (ValueError, OSError) as exc:
-            raise RunProblem(f"{self.path / 'metrics.jsonl'} is corrupt ({first_line(exc)}); "
-                             "the run directory was modified or is still being written") from None
+            raise RunProblem(
+                f"{self.path / 'metrics.jsonl'} is corrupt ({first_line(exc)}); "
+                "the run directory was modified or is still being written"
+            ) from None
 
     def rounds(self) -> list[int]:
         """Rounds whose global adapter is saved (round_0 is the base model's zero update)."""
-        return sorted(int(p.parent.name[6:]) for p in self.path.glob("round_*/adapter_model.safetensors")
-                      if p.parent.name[6:].isdigit())
+        return sorted(
+            int(p.parent.name[6:])
+            for p in self.path.glob("round_*/adapter_model.safetensors")
+            if p.parent.name[6:].isdigit()
+        )
 
     def adapter_file(self, round: int) -> Path:
         return self.path / f"round_{round}" / "adapter_model.safetensors"
@@ -55,11 +61,14 @@ class Run:
         try:
             trail = read_trail(self.path)
         except (ValueError, OSError) as exc:
-            raise RunProblem(f"{self.path / 'chain' / 'trail.json'} is corrupt ({first_line(exc)}); "
-                             "the ledger rewrites it when the run is resumed") from None
+            raise RunProblem(
+                f"{self.path / 'chain' / 'trail.json'} is corrupt ({first_line(exc)}); "
+                "the ledger rewrites it when the run is resumed"
+            ) from None
         if trail is not None and not {"contract", "blocks", "transactions"} <= trail.keys():
-            raise RunProblem(f"{self.path / 'chain' / 'trail.json'} is not an FLB audit trail "
-                             "(no contract, blocks or transactions)")
+            raise RunProblem(
+                f"{self.path / 'chain' / 'trail.json'} is not an FLB audit trail (no contract, blocks or transactions)"
+            )
         return trail
 
 

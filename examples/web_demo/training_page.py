@@ -3,13 +3,13 @@ per-client train loss, the eval suites' scores, the MB of adapter tensors sent t
 the MB that cross the cut, and ε at its δ beside its target: each client's as it reports it, the server's against
 users of the model and against a chain reader) and its resolved config; refreshes by itself while the run is going.
 Series with the same values are drawn as one line named after all of them, so none hides another."""
+
 from __future__ import annotations
 
 import logging
 
-import streamlit as st
-
 import rundata
+import streamlit as st
 
 REFRESH_SECONDS = 5
 log = logging.getLogger("flb.web_demo")
@@ -31,8 +31,11 @@ def dashboard(run: rundata.Run) -> None:
         st.error(str(exc), icon=":material/error:")
     except Exception as exc:
         log.exception("web demo training dashboard failed")
-        st.error(f"The training curves could not be shown: {type(exc).__name__}: {rundata.first_line(exc)} (the full "
-                 "traceback is in the terminal running streamlit)", icon=":material/error:")
+        st.error(
+            f"The training curves could not be shown: {type(exc).__name__}: {rundata.first_line(exc)} (the full "
+            "traceback is in the terminal running streamlit)",
+            icon=":material/error:",
+        )
 
 
 def _dashboard(run: rundata.Run) -> None:
@@ -46,17 +49,24 @@ def _dashboard(run: rundata.Run) -> None:
         return
     planned = run.config.get("num_rounds", 0)
     if run.is_running():
-        st.caption(f":material/autorenew: running: round {rounds[-1]['round']} of {planned} done; "
-                   f"refreshing every {REFRESH_SECONDS} s")
+        st.caption(
+            f":material/autorenew: running: round {rounds[-1]['round']} of {planned} done; "
+            f"refreshing every {REFRESH_SECONDS} s"
+        )
     first, last = rounds[0], rounds[-1]
     cards = st.columns(4)
     cards[0].metric("Rounds done", f"{last['round']} / {planned}")
-    cards[1].metric("Eval loss", f"{last['eval_loss']:.4f}", f"{last['eval_loss'] - first['eval_loss']:+.4f} vs round 0",
-                    delta_color="inverse")
+    cards[1].metric(
+        "Eval loss",
+        f"{last['eval_loss']:.4f}",
+        f"{last['eval_loss'] - first['eval_loss']:+.4f} vs round 0",
+        delta_color="inverse",
+    )
     cards[2].metric("Perplexity", f"{last['perplexity']:.2f}")
     if "accuracy" in last:
-        cards[3].metric("Exact-match accuracy", f"{last['accuracy']:.1%}",
-                        f"{last['accuracy'] - first['accuracy']:+.1%} vs round 0")
+        cards[3].metric(
+            "Exact-match accuracy", f"{last['accuracy']:.1%}", f"{last['accuracy'] - first['accuracy']:+.1%} vs round 0"
+        )
 
     by_round = pd.DataFrame(rounds).set_index("round")
     loss, perplexity = st.columns(2)
@@ -64,21 +74,28 @@ def _dashboard(run: rundata.Run) -> None:
     _chart(perplexity, "Perplexity", by_round[["perplexity"]].rename(columns={"perplexity": "global adapter"}))
     accuracy, train_loss = st.columns(2)
     if "accuracy" in by_round:
-        families = pd.DataFrame([{"all": m["accuracy"], **m.get("accuracy_by_task", {})} for m in rounds], index=by_round.index)
+        families = pd.DataFrame(
+            [{"all": m["accuracy"], **m.get("accuracy_by_task", {})} for m in rounds], index=by_round.index
+        )
         _chart(accuracy, "Exact-match accuracy per task family", families, fraction=True)
     losses = _per_client(clients, lambda m: m.get("train_loss"))
     if losses.notna().any().any():
         _chart(train_loss, "Local train loss per client", losses)
     elif clients:
-        train_loss.caption("No local train loss: under client-side DP it stays with each client (it is a statistic "
-                           "of the client's data that no noise covers).")
+        train_loss.caption(
+            "No local train loss: under client-side DP it stays with each client (it is a statistic "
+            "of the client's data that no noise covers)."
+        )
     _suites([m for m in rounds if "suites" in m])
     _communication([m for m in metrics if m.get("kind") == "round" and "comm_down_bytes" in m])
     if run.config.get("mode") == "split":
         _split(run.config["split"], [m for m in rounds if "split_to_server_bytes" in m])
     _privacy(run.config, metrics, [m for m in rounds if m.get("privacy")])
-    rejected = [(m["round"], r["client_id"], r["reason"]) for m in rounds + [m for m in metrics if m.get("skipped")]
-                for r in m.get("rejected", [])]
+    rejected = [
+        (m["round"], r["client_id"], r["reason"])
+        for m in rounds + [m for m in metrics if m.get("skipped")]
+        for r in m.get("rejected", [])
+    ]
     if rejected:
         st.subheader("Rejected updates")
         st.table(pd.DataFrame(rejected, columns=["round", "client", "reason"]))
@@ -93,8 +110,10 @@ def _suites(rounds: list[dict]) -> None:
     if not rounds:
         return
     st.subheader("Evaluation suites")
-    st.caption("Each suite's headline score of the global adapter on its own questions (multiple-choice accuracy, "
-               "HumanEval pass@1, an lm-eval task's accuracy); not the clients' contribution score on the Ledger page.")
+    st.caption(
+        "Each suite's headline score of the global adapter on its own questions (multiple-choice accuracy, "
+        "HumanEval pass@1, an lm-eval task's accuracy); not the clients' contribution score on the Ledger page."
+    )
     scores = pd.DataFrame([suite_scores(m) for m in rounds], index=pd.Index([m["round"] for m in rounds], name="round"))
     _chart(st, "Score per suite (eval.suites)", scores, fraction=True)
     with st.expander("Every suite metric of the last round"):
@@ -112,11 +131,16 @@ def _communication(rounds: list[dict]) -> None:
     st.subheader("Communication")
     last = rounds[-1]
     total = (last["comm_total_down_bytes"] + last["comm_total_up_bytes"]) / MB
-    st.metric("Adapter tensors sent to and from clients in all", f"{total:.3f} MB",
-              help="the tensors' own bytes (the global adapter and the strategy's extras to each sampled client, each "
-                   "update back), without message framing; comm.budget_mb warns when passed")
-    per_round = pd.DataFrame([{"to clients": m["comm_down_bytes"] / MB, "from clients": m["comm_up_bytes"] / MB}
-                              for m in rounds], index=pd.Index([m["round"] for m in rounds], name="round"))
+    st.metric(
+        "Adapter tensors sent to and from clients in all",
+        f"{total:.3f} MB",
+        help="the tensors' own bytes (the global adapter and the strategy's extras to each sampled client, each "
+        "update back), without message framing; comm.budget_mb warns when passed",
+    )
+    per_round = pd.DataFrame(
+        [{"to clients": m["comm_down_bytes"] / MB, "from clients": m["comm_up_bytes"] / MB} for m in rounds],
+        index=pd.Index([m["round"] for m in rounds], name="round"),
+    )
     _bars(st, "Adapter tensors per round", per_round)
 
 
@@ -127,21 +151,33 @@ def _split(settings: dict, rounds: list[dict]) -> None:
     from flb.run.comm import MB
 
     st.subheader("Split learning")
-    noise = (f"activation noise σ = {settings['activation_noise']:g}" if settings["activation_noise"] else
-             "no activation noise")
+    noise = (
+        f"activation noise σ = {settings['activation_noise']:g}"
+        if settings["activation_noise"]
+        else "no activation noise"
+    )
     clip = f", each token clipped to {settings['activation_clip']:g}" if settings.get("activation_clip") else ""
-    st.caption(f"Each client runs the embeddings, the first {settings['head_layers']} and the last "
-               f"{settings['tail_layers']} blocks, the norm and the head; the server trains the blocks between "
-               f"(trunk {settings['trunk']}, client parts {settings['client_parts']}); {noise}{clip}.")
+    st.caption(
+        f"Each client runs the embeddings, the first {settings['head_layers']} and the last "
+        f"{settings['tail_layers']} blocks, the norm and the head; the server trains the blocks between "
+        f"(trunk {settings['trunk']}, client parts {settings['client_parts']}); {noise}{clip}."
+    )
     if not rounds:
         return
     total = sum(m["split_to_server_bytes"] + m["split_to_client_bytes"] for m in rounds) / MB
-    st.metric("Hidden states and gradients across the cut in all", f"{total:.3f} MB",
-              help="the frames as sent (safetensors bytes): hidden states and the attention mask to the server, the "
-                   "trunk's output and the gradients back, and each session's trunk adapter")
-    per_round = pd.DataFrame([{"to the server": m["split_to_server_bytes"] / MB,
-                               "to the clients": m["split_to_client_bytes"] / MB} for m in rounds],
-                             index=pd.Index([m["round"] for m in rounds], name="round"))
+    st.metric(
+        "Hidden states and gradients across the cut in all",
+        f"{total:.3f} MB",
+        help="the frames as sent (safetensors bytes): hidden states and the attention mask to the server, the "
+        "trunk's output and the gradients back, and each session's trunk adapter",
+    )
+    per_round = pd.DataFrame(
+        [
+            {"to the server": m["split_to_server_bytes"] / MB, "to the clients": m["split_to_client_bytes"] / MB}
+            for m in rounds
+        ],
+        index=pd.Index([m["round"] for m in rounds], name="round"),
+    )
     _bars(st, "Hidden states and gradients across the cut per round", per_round)
 
 
@@ -158,23 +194,41 @@ def _privacy(config: dict, metrics: list[dict], rounds: list[dict]) -> None:
         return
     st.subheader("Privacy")
     last = rounds[-1]["privacy"]
-    st.metric(f"ε of the run after round {rounds[-1]['round']} (the largest below)", _epsilon(last.get("epsilon")),
-              help="(ε, δ)-DP: whether one unit of data took part (a client's shard or example, client.dp.adjacency; a "
-                   "whole client for the server's DP) changes the probability of any output by at most a factor e^ε, "
-                   "plus δ; the smaller ε, the stronger the guarantee")
+    st.metric(
+        f"ε of the run after round {rounds[-1]['round']} (the largest below)",
+        _epsilon(last.get("epsilon")),
+        help="(ε, δ)-DP: whether one unit of data took part (a client's shard or example, client.dp.adjacency; a "
+        "whole client for the server's DP) changes the probability of any output by at most a factor e^ε, "
+        "plus δ; the smaller ε, the stronger the guarantee",
+    )
     with st.container(key="privacy-budget"):
         st.table(_budget_rows(config, last), hide_index=True)
     index = pd.Index([m["round"] for m in rounds], name="round")
-    clients = pd.DataFrame([{f"client {client_id}": _number(part.get("epsilon"))
-                             for client_id, part in sorted(m["privacy"].get("clients", {}).items(), key=lambda kv: int(kv[0]))}
-                            for m in rounds], index=index)
+    clients = pd.DataFrame(
+        [
+            {
+                f"client {client_id}": _number(part.get("epsilon"))
+                for client_id, part in sorted(m["privacy"].get("clients", {}).items(), key=lambda kv: int(kv[0]))
+            }
+            for m in rounds
+        ],
+        index=index,
+    )
     server = pd.DataFrame([_server_epsilons(m["privacy"].get("server") or {}) for m in rounds], index=index)
     client_parts = list(last.get("clients", {}).values())
-    targets = {f"target ε = {target:g}": target for target in {_client_target(config, part) for part in client_parts}
-               if target is not None}
-    charts = [(title, data.dropna(axis="columns", how="all"), rules) for title, data, rules in (
-        (f"ε per client, {_deltas(client_parts)} (as each reports it)", clients, targets),
-        (f"ε of the server's DP, {_deltas([last.get('server') or {}])}", server, {})) if data.notna().any().any()]
+    targets = {
+        f"target ε = {target:g}": target
+        for target in {_client_target(config, part) for part in client_parts}
+        if target is not None
+    }
+    charts = [
+        (title, data.dropna(axis="columns", how="all"), rules)
+        for title, data, rules in (
+            (f"ε per client, {_deltas(client_parts)} (as each reports it)", clients, targets),
+            (f"ε of the server's DP, {_deltas([last.get('server') or {}])}", server, {}),
+        )
+        if data.notna().any().any()
+    ]
     for column, (title, data, rules) in zip(st.columns(2), charts):
         _chart(column, title, data, rules=rules)
     with st.expander("How each ε is computed (opacus' RDP accountant over its (z, q, steps) history)"):
@@ -187,20 +241,38 @@ def _budget_rows(config: dict, privacy: dict) -> list[dict]:
     rows: dict[tuple, list[int]] = {}
     for client_id, part in privacy.get("clients", {}).items():
         target = _client_target(config, part)
-        key = (_epsilon(part.get("epsilon")), "none: client.dp.noise_multiplier fixes the noise" if target is None
-               else f"{target:g} (client.dp.target_epsilon)", f"{part['delta']:g}")
+        key = (
+            _epsilon(part.get("epsilon")),
+            "none: client.dp.noise_multiplier fixes the noise"
+            if target is None
+            else f"{target:g} (client.dp.target_epsilon)",
+            f"{part['delta']:g}",
+        )
         rows.setdefault(key, []).append(int(client_id))
-    table = [{"who": _clients_label(ids), "ε": epsilon, "target ε": target, "δ": delta}
-             for (epsilon, target, delta), ids in sorted(rows.items(), key=lambda row: min(row[1]))]
+    table = [
+        {"who": _clients_label(ids), "ε": epsilon, "target ε": target, "δ": delta}
+        for (epsilon, target, delta), ids in sorted(rows.items(), key=lambda row: min(row[1]))
+    ]
     server = privacy.get("server")
     if server:
         no_target = "none: server.noise_multiplier fixes the noise"
-        table.append({"who": "server, against model users", "ε": _epsilon(server.get("epsilon")), "target ε": no_target,
-                      "δ": f"{server['delta']:g}"})
+        table.append(
+            {
+                "who": "server, against model users",
+                "ε": _epsilon(server.get("epsilon")),
+                "target ε": no_target,
+                "δ": f"{server['delta']:g}",
+            }
+        )
         if server.get("known_participants"):
-            table.append({"who": "server, against chain readers (q = 1)",
-                          "ε": _epsilon(server["known_participants"].get("epsilon")), "target ε": no_target,
-                          "δ": f"{server['delta']:g}"})
+            table.append(
+                {
+                    "who": "server, against chain readers (q = 1)",
+                    "ε": _epsilon(server["known_participants"].get("epsilon")),
+                    "target ε": no_target,
+                    "δ": f"{server['delta']:g}",
+                }
+            )
     return table
 
 
@@ -232,8 +304,10 @@ def _clients_label(ids: list[int]) -> str:
 def _server_epsilons(server: dict) -> dict[str, float]:
     """Against users of the model (amplified by sampling), and against anyone who knows who took part (the
     chain's readers, with q = 1)."""
-    return {"model users": _number(server.get("epsilon")),
-            "chain readers": _number((server.get("known_participants") or {}).get("epsilon"))}
+    return {
+        "model users": _number(server.get("epsilon")),
+        "chain readers": _number((server.get("known_participants") or {}).get("epsilon")),
+    }
 
 
 def _epsilon(value) -> str:
@@ -273,16 +347,22 @@ def _chart(where, title: str, data, fraction: bool = False, rules: dict[str, flo
     base = alt.Chart(points).encode(
         x=alt.X("round:O", axis=alt.Axis(labelAngle=0)),
         y=alt.Y("value:Q", title=None, scale=y_scale, axis=alt.Axis(format="%") if fraction else alt.Axis()),
-        color=alt.Color("series:N", **series))
-    layers = [base.mark_line().encode(strokeDash=alt.StrokeDash("series:N", **series)),
-              base.mark_point(filled=True, size=60).encode(
-                  shape=alt.Shape("series:N", **series),
-                  tooltip=["round", "series", alt.Tooltip("value:Q", format=".4f")])]
+        color=alt.Color("series:N", **series),
+    )
+    layers = [
+        base.mark_line().encode(strokeDash=alt.StrokeDash("series:N", **series)),
+        base.mark_point(filled=True, size=60).encode(
+            shape=alt.Shape("series:N", **series), tooltip=["round", "series", alt.Tooltip("value:Q", format=".4f")]
+        ),
+    ]
     if rules:
         lines = alt.Chart(pd.DataFrame({"rule": list(rules), "value": list(rules.values())}))
-        layers += [lines.mark_rule(strokeDash=[2, 2], color="gray").encode(y="value:Q"),
-                   lines.mark_text(align="left", baseline="bottom", dx=4, dy=-2, color="gray").encode(
-                       y="value:Q", x=alt.value(0), text="rule:N")]
+        layers += [
+            lines.mark_rule(strokeDash=[2, 2], color="gray").encode(y="value:Q"),
+            lines.mark_text(align="left", baseline="bottom", dx=4, dy=-2, color="gray").encode(
+                y="value:Q", x=alt.value(0), text="rule:N"
+            ),
+        ]
     where.altair_chart(alt.layer(*layers, title=title), width="stretch")
 
 
@@ -291,10 +371,17 @@ def _bars(where, title: str, data) -> None:
     ticks to read)."""
     import altair as alt
 
-    chart = alt.Chart(_points(data).dropna(), title=title).mark_bar().encode(
-        x=alt.X("round:O", axis=alt.Axis(labelAngle=0)), xOffset="series:N",
-        y=alt.Y("value:Q", title="MB", axis=alt.Axis(tickCount=5)), color=alt.Color("series:N", title=None),
-        tooltip=["round", "series", alt.Tooltip("value:Q", title="MB", format=".4f")])
+    chart = (
+        alt.Chart(_points(data).dropna(), title=title)
+        .mark_bar()
+        .encode(
+            x=alt.X("round:O", axis=alt.Axis(labelAngle=0)),
+            xOffset="series:N",
+            y=alt.Y("value:Q", title="MB", axis=alt.Axis(tickCount=5)),
+            color=alt.Color("series:N", title=None),
+            tooltip=["round", "series", alt.Tooltip("value:Q", title="MB", format=".4f")],
+        )
+    )
     where.altair_chart(chart, width="stretch")
 
 
@@ -309,8 +396,9 @@ def _merge_identical(data):
     groups: dict[tuple, list[str]] = {}
     for column in data.columns:
         groups.setdefault(tuple(data[column].fillna(float("inf"))), []).append(column)
-    return data[[names[0] for names in groups.values()]].set_axis([_joined_name(names) for names in groups.values()],
-                                                                  axis="columns")
+    return data[[names[0] for names in groups.values()]].set_axis(
+        [_joined_name(names) for names in groups.values()], axis="columns"
+    )
 
 
 def _joined_name(names: list[str]) -> str:

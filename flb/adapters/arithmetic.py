@@ -1,5 +1,6 @@
 """Arithmetic on adapter states (dicts of tensors) shared by the clients (local DP) and the server
 (aggregation, server-side DP); pure functions, no I/O. A `_inplace` suffix says a function mutates."""
+
 from __future__ import annotations
 
 import math

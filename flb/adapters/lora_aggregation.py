@@ -8,10 +8,11 @@ mean_k(B_k A_k), which averaging A and B apart ("separate") does not give: mean(
   otherwise the closest rank-r adapter to it (Eckart-Young), so never further from it than "separate".
 `aggregation_error` measures how far a global adapter's products are from the mean of the clients' products.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 from flb.adapters.arithmetic import weighted_average
 from flb.types import AdapterState
@@ -65,8 +66,9 @@ def svd_average(states_and_weights: StatesAndWeights) -> AdapterState:
     first = states_and_weights[0][0]
     modules = lora_modules(first)
     factors = {name for module in modules for name in module}
-    result = weighted_average([({n: t for n, t in state.items() if n not in factors}, weight)
-                               for state, weight in states_and_weights])
+    result = weighted_average(
+        [({n: t for n, t in state.items() if n not in factors}, weight) for state, weight in states_and_weights]
+    )
     for a_name, b_name in modules:
         rank = first[a_name].shape[0]
         u, s, vh = torch.linalg.svd(mean_product(states_and_weights, a_name, b_name), full_matrices=False)
@@ -79,7 +81,10 @@ def svd_average(states_and_weights: StatesAndWeights) -> AdapterState:
 # The mean a mean-type strategy (fedavg, fedprox) takes in each mode: ffa needs none of its own, as the mean of
 # the clients' identical A is that A, exactly (flb.adapters.arithmetic.weighted_average).
 MEANS: dict[str, Callable[[StatesAndWeights], AdapterState]] = {
-    "separate": weighted_average, "ffa": weighted_average, "svd": svd_average}
+    "separate": weighted_average,
+    "ffa": weighted_average,
+    "svd": svd_average,
+}
 
 
 def _product(state: AdapterState, a_name: str, b_name: str):

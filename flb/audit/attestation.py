@@ -7,6 +7,7 @@ cannot attribute to a client an update it did not send. This module is the one d
 typed data: clients sign with it; chain/ and the explorer check with it. Under differential privacy
 the chain holds a salted commitment instead of a data digest (`commitment`).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -56,11 +57,15 @@ class SigningDomain:
 
     def __post_init__(self):
         if isinstance(self.chain_id, bool) or not isinstance(self.chain_id, int) or self.chain_id <= 0:
-            raise AttestationError(f"signing domain chain_id: {self.chain_id!r} is not a positive integer; "
-                                   "pass the chain's id (w3.eth.chain_id)")
+            raise AttestationError(
+                f"signing domain chain_id: {self.chain_id!r} is not a positive integer; "
+                "pass the chain's id (w3.eth.chain_id)"
+            )
         if not isinstance(self.contract, str) or not _ADDRESS.fullmatch(self.contract):
-            raise AttestationError(f"signing domain contract: {self.contract!r} is not a 0x-prefixed 20-byte address; "
-                                   "pass the FLB contract's address")
+            raise AttestationError(
+                f"signing domain contract: {self.contract!r} is not a 0x-prefixed 20-byte address; "
+                "pass the FLB contract's address"
+            )
         from eth_utils import to_checksum_address
 
         object.__setattr__(self, "contract", to_checksum_address(self.contract))
@@ -69,23 +74,26 @@ class SigningDomain:
         return {"chain_id": self.chain_id, "contract": self.contract}
 
     @classmethod
-    def from_dict(cls, data: dict) -> "SigningDomain":
+    def from_dict(cls, data: dict) -> SigningDomain:
         missing = {"chain_id", "contract"} - set(data)
         if missing:
-            raise AttestationError(f"signing domain: {sorted(missing)} missing from {data!r}; "
-                                   "write it with SigningDomain.to_dict()")
+            raise AttestationError(
+                f"signing domain: {sorted(missing)} missing from {data!r}; write it with SigningDomain.to_dict()"
+            )
         return cls(chain_id=data["chain_id"], contract=data["contract"])
 
 
-def sign_update(account, domain: SigningDomain, *, round: int, previous_global_digest, update_digest,
-                num_examples: int) -> str:
+def sign_update(
+    account, domain: SigningDomain, *, round: int, previous_global_digest, update_digest, num_examples: int
+) -> str:
     """`account`'s signature (0x-hex, 65 bytes) of one update; the contract's recordRound checks it."""
     message = _update_message(domain, round, previous_global_digest, update_digest, num_examples)
     return _sign(account, message)
 
 
-def update_signer(domain: SigningDomain, *, round: int, previous_global_digest, update_digest, num_examples: int,
-                  signature: str) -> str:
+def update_signer(
+    domain: SigningDomain, *, round: int, previous_global_digest, update_digest, num_examples: int, signature: str
+) -> str:
     """The checksum address that signed this update (another address when any field differs)."""
     message = _update_message(domain, round, previous_global_digest, update_digest, num_examples)
     return _recover(message, signature)
@@ -121,8 +129,10 @@ def commitment(salt: bytes, digest) -> str:
     """Hex sha256(salt || digest bytes): binds the owner to `digest` without revealing it (salt kept private)."""
     if not isinstance(salt, bytes) or len(salt) != SALT_BYTES:
         got = f"{len(salt)} bytes" if isinstance(salt, bytes) else type(salt).__name__
-        raise AttestationError(f"commitment salt: got {got}, need {SALT_BYTES} random bytes; "
-                               "draw them from the owner's secret generator and keep them")
+        raise AttestationError(
+            f"commitment salt: got {got}, need {SALT_BYTES} random bytes; "
+            "draw them from the owner's secret generator and keep them"
+        )
     return hashlib.sha256(salt + digest_bytes(digest, "committed digest")).hexdigest()
 
 
@@ -132,8 +142,9 @@ def digest_bytes(digest, what: str) -> bytes:
         return digest
     hex_part = digest.removeprefix("sha256:").removeprefix("0x") if isinstance(digest, str) else ""
     if not _HEX64.fullmatch(hex_part):
-        raise AttestationError(f"{what}: {digest!r} is not a sha256 digest (64 hex characters or 32 bytes); "
-                               "pass flb.audit.digests output")
+        raise AttestationError(
+            f"{what}: {digest!r} is not a sha256 digest (64 hex characters or 32 bytes); pass flb.audit.digests output"
+        )
     return bytes.fromhex(hex_part)
 
 
@@ -144,24 +155,35 @@ def _uint(value, what: str) -> int:
 
 
 def _update_message(domain, round, previous_global_digest, update_digest, num_examples) -> dict:
-    return _full_message(domain, "Update", _UPDATE_TYPE, {
-        "round": _uint(round, "round"),
-        "previousGlobalDigest": digest_bytes(previous_global_digest, "previous global digest"),
-        "updateDigest": digest_bytes(update_digest, "update digest"),
-        "numExamples": _uint(num_examples, "num_examples"),
-    })
+    return _full_message(
+        domain,
+        "Update",
+        _UPDATE_TYPE,
+        {
+            "round": _uint(round, "round"),
+            "previousGlobalDigest": digest_bytes(previous_global_digest, "previous global digest"),
+            "updateDigest": digest_bytes(update_digest, "update digest"),
+            "numExamples": _uint(num_examples, "num_examples"),
+        },
+    )
 
 
 def _data_upload_message(domain, data_digest) -> dict:
-    return _full_message(domain, "DataUpload", _DATA_UPLOAD_TYPE, {"dataDigest": digest_bytes(data_digest, "data digest")})
+    return _full_message(
+        domain, "DataUpload", _DATA_UPLOAD_TYPE, {"dataDigest": digest_bytes(data_digest, "data digest")}
+    )
 
 
 def _full_message(domain: SigningDomain, primary_type: str, fields: list, message: dict) -> dict:
     return {
         "types": {"EIP712Domain": _EIP712_DOMAIN_TYPE, primary_type: fields},
         "primaryType": primary_type,
-        "domain": {"name": DOMAIN_NAME, "version": DOMAIN_VERSION, "chainId": domain.chain_id,
-                   "verifyingContract": domain.contract},
+        "domain": {
+            "name": DOMAIN_NAME,
+            "version": DOMAIN_VERSION,
+            "chainId": domain.chain_id,
+            "verifyingContract": domain.contract,
+        },
         "message": message,
     }
 
@@ -190,19 +212,25 @@ def _recover(full_message: dict, signature: str) -> str:
     try:
         return Account.recover_message(_encode(full_message), signature=raw)
     except Exception as exc:  # eth_keys raises several types for points off the curve
-        raise SignatureError(f"signature {signature!r}: no signer can be recovered ({exc}); "
-                             "ask the client to sign again with flb.audit.attestation") from None
+        raise SignatureError(
+            f"signature {signature!r}: no signer can be recovered ({exc}); "
+            "ask the client to sign again with flb.audit.attestation"
+        ) from None
 
 
 def _signature_bytes(signature: str) -> bytes:
     """65 bytes r || s || v, rejected as OpenZeppelin's ECDSA does: v 27 or 28, s in the lower half."""
     hex_part = signature.removeprefix("0x") if isinstance(signature, str) else ""
     if len(hex_part) != 2 * SIGNATURE_BYTES or not re.fullmatch(r"[0-9a-fA-F]*", hex_part):
-        raise SignatureError(f"signature {signature!r}: not 0x-hex of {SIGNATURE_BYTES} bytes; "
-                             "pass the string sign_update/sign_data_upload returned")
+        raise SignatureError(
+            f"signature {signature!r}: not 0x-hex of {SIGNATURE_BYTES} bytes; "
+            "pass the string sign_update/sign_data_upload returned"
+        )
     raw = bytes.fromhex(hex_part)
     s, v = int.from_bytes(raw[32:64], "big"), raw[64]
     if v not in (27, 28) or not 0 < s <= _SECP256K1_N // 2:
-        raise SignatureError(f"signature {signature!r}: not canonical (v must be 27 or 28, s in the lower half "
-                             "of the curve order); sign with flb.audit.attestation")
+        raise SignatureError(
+            f"signature {signature!r}: not canonical (v must be 27 or 28, s in the lower half "
+            "of the curve order); sign with flb.audit.attestation"
+        )
     return raw

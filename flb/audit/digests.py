@@ -1,12 +1,13 @@
 """sha256 digests over a canonical serialization. One function for adapters, whether they are in
 memory, in a safetensors file or anchored on chain, so anyone can check a file against the chain."""
+
 from __future__ import annotations
 
 import hashlib
 import json
 import struct
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from flb.types import AdapterState
 
@@ -77,8 +78,12 @@ def adapter_config_digest(source) -> str:
     if isinstance(source, (str, Path)):
         config = json.loads((Path(source) / ADAPTER_CONFIG).read_text())
         # peft writes sets (target_modules...) in hash order, which changes from process to process
-        return json_digest({key: sorted(value) if isinstance(value, list) and all(isinstance(v, str) for v in value)
-                            else value for key, value in config.items()})
+        return json_digest(
+            {
+                key: sorted(value) if isinstance(value, list) and all(isinstance(v, str) for v in value) else value
+                for key, value in config.items()
+            }
+        )
     with tempfile.TemporaryDirectory() as folder:
         source.save_pretrained(folder)
         return adapter_config_digest(folder)

@@ -5,6 +5,7 @@ a real chain; a client's under chain.client_keys persistent); or a key created f
 directory (a file only its owner can read, like an SSH key): a client's under chain.client_keys fresh, so two runs
 cannot be linked by its address. eth_account is imported inside the functions.
 """
+
 from __future__ import annotations
 
 import json
@@ -30,7 +31,9 @@ def write_new_private_file(path: Path, data: bytes) -> None:
 def keystore_password(password_env: str) -> str:
     password = os.environ.get(password_env)
     if not password:
-        raise KeystoreError(f"keystore password: environment variable {password_env} is not set; export it before running")
+        raise KeystoreError(
+            f"keystore password: environment variable {password_env} is not set; export it before running"
+        )
     return password
 
 
@@ -40,8 +43,10 @@ def load_keystore(path: str | Path, password: str):
 
     path = Path(path)
     if not path.is_file():
-        raise KeystoreError(f"keystore {path}: not found; create it with "
-                            f"`python -m chain.accounts create --role {_role_of(path)} --out {path}`")
+        raise KeystoreError(
+            f"keystore {path}: not found; create it with "
+            f"`python -m chain.accounts create --role {_role_of(path)} --out {path}`"
+        )
     try:
         key = Account.decrypt(json.loads(path.read_text()), password)
     except ValueError:
@@ -56,8 +61,10 @@ def client_keystore(settings, client_id: int) -> Path | None:
     if settings.client_keys == "fresh":
         return None
     if settings.keystore_dir is None:
-        raise KeystoreError("chain.client_keys: persistent needs chain.keystore_dir, the folder holding each client's "
-                            "client_<i>.json; set it, or use chain.client_keys fresh")
+        raise KeystoreError(
+            "chain.client_keys: persistent needs chain.keystore_dir, the folder holding each client's "
+            "client_<i>.json; set it, or use chain.client_keys fresh"
+        )
     return Path(settings.keystore_dir) / f"client_{client_id}.json"
 
 
@@ -67,8 +74,10 @@ def node_keystore(settings, keystore: str) -> Path | None:
     if settings.client_keys == "fresh":
         return None
     if not keystore:
-        raise KeystoreError("chain.client_keys: persistent, but this node's config names no keystore; start the "
-                            "SuperNode with --node-config \"... keystore='/path/client.json'\"")
+        raise KeystoreError(
+            "chain.client_keys: persistent, but this node's config names no keystore; start the "
+            "SuperNode with --node-config \"... keystore='/path/client.json'\""
+        )
     return Path(keystore)
 
 
@@ -83,7 +92,9 @@ def run_key_account(private_dir: str | Path):
     try:
         return Account.from_key(bytes.fromhex(path.read_text().strip().removeprefix("0x")))
     except ValueError:
-        raise KeystoreError(f"{path}: not a private key; delete it only if this party has recorded nothing yet") from None
+        raise KeystoreError(
+            f"{path}: not a private key; delete it only if this party has recorded nothing yet"
+        ) from None
 
 
 def _role_of(path: Path) -> str:

@@ -6,14 +6,29 @@ the split), with the keys --resume --set may change (operational ones) left out.
 config.json only after checking its run spec digest against the chain, so no later edit of the file can switch
 recomputation off or change a formula.
 """
+
 from __future__ import annotations
 
 from flb.audit.digests import json_digest
 
 # Top-level keys and dotted paths of config.json that the run spec holds, whole.
-RUN_SPEC_KEYS = ("mode", "seed", "num_clients", "clients_per_round", "strategy", "server", "client",
-                 "chain.scoring", "chain.record_participants", "split.head_layers", "split.tail_layers", "split.trunk",
-                 "split.client_parts", "split.activation_noise", "split.activation_clip")
+RUN_SPEC_KEYS = (
+    "mode",
+    "seed",
+    "num_clients",
+    "clients_per_round",
+    "strategy",
+    "server",
+    "client",
+    "chain.scoring",
+    "chain.record_participants",
+    "split.head_layers",
+    "split.tail_layers",
+    "split.trunk",
+    "split.client_parts",
+    "split.activation_noise",
+    "split.activation_clip",
+)
 # Inside those, what --resume --set may change: neither decides what a recorded round holds.
 NOT_RULES = ("server.max_client_failures", "client.dp.allow_over_target")
 

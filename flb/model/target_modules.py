@@ -5,6 +5,7 @@ between families, and a wrong guess either fails (GPT-2 has no q_proj) or silent
 (Phi-3 fuses q, k and v into one `qkv_proj`). `all-linear` is peft's own spelling: every linear layer but the
 output head. Either way peft writes the names it matched into the LoRA config, and the run saves that list.
 """
+
 from __future__ import annotations
 
 from flb.errors import ModelError
@@ -36,8 +37,10 @@ def requested_target_modules(target_modules: str | list[str], model_type: str) -
 
     if model_type in PEFT_DEFAULTS:  # peft's own default for the architecture (usually q and v only)
         return list(PEFT_DEFAULTS[model_type])
-    raise ModelError(f"model.target_modules: auto knows no attention projections for model_type {model_type!r}; "
-                     "list them (e.g. --set 'model.target_modules=[q_proj,v_proj]') or use all-linear")
+    raise ModelError(
+        f"model.target_modules: auto knows no attention projections for model_type {model_type!r}; "
+        "list them (e.g. --set 'model.target_modules=[q_proj,v_proj]') or use all-linear"
+    )
 
 
 def check_target_modules(model, target_modules: str | list[str]) -> None:
@@ -49,9 +52,11 @@ def check_target_modules(model, target_modules: str | list[str]) -> None:
     paths = [path for path, _ in model.named_modules()]
     unmatched = [name for name in target_modules if not any(p == name or p.endswith("." + name) for p in paths)]
     if unmatched:
-        raise ModelError(f"model.target_modules: {unmatched} match no module of this {model.config.model_type} model; "
-                         f"its linear layers: {', '.join(linear_layer_names(model))}; list some of those, or use auto "
-                         "or all-linear")
+        raise ModelError(
+            f"model.target_modules: {unmatched} match no module of this {model.config.model_type} model; "
+            f"its linear layers: {', '.join(linear_layer_names(model))}; list some of those, or use auto "
+            "or all-linear"
+        )
 
 
 def linear_layer_names(model) -> list[str]:
@@ -60,8 +65,13 @@ def linear_layer_names(model) -> list[str]:
     import torch
     from transformers.pytorch_utils import Conv1D
 
-    return sorted({path.rsplit(".", 1)[-1] for path, module in model.named_modules()
-                   if isinstance(module, (torch.nn.Linear, Conv1D))})
+    return sorted(
+        {
+            path.rsplit(".", 1)[-1]
+            for path, module in model.named_modules()
+            if isinstance(module, (torch.nn.Linear, Conv1D))
+        }
+    )
 
 
 def resolved_target_modules(peft_model) -> list[str]:

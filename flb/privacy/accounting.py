@@ -5,6 +5,7 @@ One accountant per guarantee (the server's, each client's). Its state is opacus'
 exactly the epsilon an uninterrupted one would. Renyi DP: Mironov, 2017 (https://arxiv.org/abs/1702.07476);
 the subsampled Gaussian: Mironov, Talwar and Zhang, 2019 (https://arxiv.org/abs/1908.10530).
 """
+
 from __future__ import annotations
 
 import logging
@@ -43,14 +44,23 @@ def epsilon(accountant, delta: float) -> float | None:
     return float(spent) if math.isfinite(spent) else None
 
 
-def spent(accountant, *, mechanism: str, delta: float, noise_multiplier: float, clip_norm: float,
-          sample_rate: float, **extra) -> dict:
+def spent(
+    accountant, *, mechanism: str, delta: float, noise_multiplier: float, clip_norm: float, sample_rate: float, **extra
+) -> dict:
     """Epsilon with everything a reader needs to recompute it: mechanism, delta, z, C, q, the step count and the
     accountant's whole history of (z, q, steps) segments (opacus' RDPAccountant on it gives the same epsilon)."""
     history = accountant_state(accountant)["history"]
-    return {"mechanism": mechanism, "epsilon": epsilon(accountant, delta), "delta": delta,
-            "noise_multiplier": noise_multiplier, "clip_norm": clip_norm, "sample_rate": sample_rate,
-            "steps": sum(entry[2] for entry in history), "history": history, **extra}
+    return {
+        "mechanism": mechanism,
+        "epsilon": epsilon(accountant, delta),
+        "delta": delta,
+        "noise_multiplier": noise_multiplier,
+        "clip_norm": clip_norm,
+        "sample_rate": sample_rate,
+        "steps": sum(entry[2] for entry in history),
+        "history": history,
+        **extra,
+    }
 
 
 class Accounted:
@@ -71,16 +81,21 @@ class Accounted:
 
     def epsilon_after(self, rounds: int) -> float | None:
         """Epsilon once `rounds` more rounds at the current z follow what was spent (None: unbounded, z = 0)."""
-        history = accountant_state(self.accountant)["history"] + \
-            [[self.accounting_multiplier, self.sample_rate, rounds * self.steps_per_round]]
+        history = accountant_state(self.accountant)["history"] + [
+            [self.accounting_multiplier, self.sample_rate, rounds * self.steps_per_round]
+        ]
         return epsilon(rdp_accountant({"history": history}), self.delta)
 
     def multiplier_for(self, target_epsilon: float, rounds: int) -> float | None:
         """The smallest z whose `rounds` more rounds, after what was spent, spend at most `target_epsilon`; None when
         none does."""
-        found = noise_multiplier_for(target_epsilon=target_epsilon, delta=self.delta, sample_rate=self.sample_rate,
-                                     steps=max(rounds * self.steps_per_round, 1),
-                                     history=accountant_state(self.accountant)["history"])
+        found = noise_multiplier_for(
+            target_epsilon=target_epsilon,
+            delta=self.delta,
+            sample_rate=self.sample_rate,
+            steps=max(rounds * self.steps_per_round, 1),
+            history=accountant_state(self.accountant)["history"],
+        )
         return None if found is None else found * self.sensitivity
 
     def weak_fix(self, rounds: int) -> str:
@@ -89,9 +104,16 @@ class Accounted:
         return f"raise {self.knob} (now {self.noise_multiplier:g}) to {needed:.3g} or more, or run fewer rounds"
 
     def privacy_spent(self) -> dict:
-        return spent(self.accountant, mechanism=self.mechanism, delta=self.delta, noise_multiplier=self.noise_multiplier,
-                     clip_norm=self.clip_norm, sample_rate=self.sample_rate, adjacency=self.adjacency,
-                     sensitivity=self.sensitivity * self.clip_norm)
+        return spent(
+            self.accountant,
+            mechanism=self.mechanism,
+            delta=self.delta,
+            noise_multiplier=self.noise_multiplier,
+            clip_norm=self.clip_norm,
+            sample_rate=self.sample_rate,
+            adjacency=self.adjacency,
+            sensitivity=self.sensitivity * self.clip_norm,
+        )
 
     def state_dict(self) -> dict:
         return {"accountant": accountant_state(self.accountant)}
@@ -147,13 +169,17 @@ class PlannedNoise(Accounted):
     def _unreachable(self, rounds_done: int, remaining: int) -> ConfigError:
         plan = self.plan
         if rounds_done == 0:
-            return ConfigError(f"client.dp.target_epsilon: invalid value {plan.target_epsilon!r}; no noise multiplier "
-                               f"up to {MAX_NOISE_MULTIPLIER:g} reaches it over {remaining * plan.steps_per_round} "
-                               f"steps at delta {self.delta:g}; allow a larger epsilon or fewer rounds")
-        return ConfigError(f"num_rounds: {plan.num_rounds} rounds would spend more than client.dp.target_epsilon = "
-                           f"{plan.target_epsilon:g} (already spent {epsilon(self.accountant, self.delta):.3f} in "
-                           f"{rounds_done} rounds); ask for fewer rounds, or pass --allow-over-budget to go on at "
-                           "the current noise")
+            return ConfigError(
+                f"client.dp.target_epsilon: invalid value {plan.target_epsilon!r}; no noise multiplier "
+                f"up to {MAX_NOISE_MULTIPLIER:g} reaches it over {remaining * plan.steps_per_round} "
+                f"steps at delta {self.delta:g}; allow a larger epsilon or fewer rounds"
+            )
+        return ConfigError(
+            f"num_rounds: {plan.num_rounds} rounds would spend more than client.dp.target_epsilon = "
+            f"{plan.target_epsilon:g} (already spent {epsilon(self.accountant, self.delta):.3f} in "
+            f"{rounds_done} rounds); ask for fewer rounds, or pass --allow-over-budget to go on at "
+            "the current noise"
+        )
 
     def _announce(self, planned: float, remaining: int) -> None:
         """Say once per extension what the new z is; a warning when it is NOISE_JUMP times the run's or more."""
@@ -162,14 +188,27 @@ class PlannedNoise(Accounted):
             return
         self._announced = (plan.num_rounds, remaining)
         if planned < NOISE_JUMP * self.noise_multiplier:
-            log.info("%s: extended to %d rounds: noise multiplier z = %.4g for the remaining rounds keeps epsilon "
-                     "within %g", plan.owner, plan.num_rounds, planned, plan.target_epsilon)
+            log.info(
+                "%s: extended to %d rounds: noise multiplier z = %.4g for the remaining rounds keeps epsilon within %g",
+                plan.owner,
+                plan.num_rounds,
+                planned,
+                plan.target_epsilon,
+            )
             return
-        log.warning("%s: extended to %d rounds: z rises from %.4g to %.4g (%.3gx the noise) to keep epsilon within "
-                    "client.dp.target_epsilon = %g; expect the model to learn little more; --allow-over-budget keeps "
-                    "z = %.4g instead (epsilon would be %s)", plan.owner, plan.num_rounds, self.noise_multiplier,
-                    planned, planned / self.noise_multiplier, plan.target_epsilon, self.noise_multiplier,
-                    _shown_epsilon(self.epsilon_after(remaining)))
+        log.warning(
+            "%s: extended to %d rounds: z rises from %.4g to %.4g (%.3gx the noise) to keep epsilon within "
+            "client.dp.target_epsilon = %g; expect the model to learn little more; --allow-over-budget keeps "
+            "z = %.4g instead (epsilon would be %s)",
+            plan.owner,
+            plan.num_rounds,
+            self.noise_multiplier,
+            planned,
+            planned / self.noise_multiplier,
+            plan.target_epsilon,
+            self.noise_multiplier,
+            _shown_epsilon(self.epsilon_after(remaining)),
+        )
 
     def _kept_multiplier(self, remaining: int) -> float:
         """--allow-over-budget: the run's z for the remaining rounds, and the epsilon it will reach."""
@@ -178,10 +217,16 @@ class PlannedNoise(Accounted):
         self.over_target = self.over_target or reached is None or reached > plan.target_epsilon
         if self._announced != (plan.num_rounds, remaining):
             self._announced = (plan.num_rounds, remaining)
-            log.log(logging.WARNING if self.over_target else logging.INFO,
-                    "%s: extended to %d rounds as --allow-over-budget asks: z stays %.4g; epsilon will be %s "
-                    "(client.dp.target_epsilon = %g)", plan.owner, plan.num_rounds, self.noise_multiplier,
-                    _shown_epsilon(reached), plan.target_epsilon)
+            log.log(
+                logging.WARNING if self.over_target else logging.INFO,
+                "%s: extended to %d rounds as --allow-over-budget asks: z stays %.4g; epsilon will be %s "
+                "(client.dp.target_epsilon = %g)",
+                plan.owner,
+                plan.num_rounds,
+                self.noise_multiplier,
+                _shown_epsilon(reached),
+                plan.target_epsilon,
+            )
         return self.noise_multiplier
 
     def weak_fix(self, rounds: int) -> str:
@@ -198,8 +243,12 @@ class PlannedNoise(Accounted):
         return report
 
     def state_dict(self) -> dict:
-        return {**super().state_dict(), "noise_multiplier": self.noise_multiplier, "planned_rounds": self.planned_rounds,
-                "over_target": self.over_target}
+        return {
+            **super().state_dict(),
+            "noise_multiplier": self.noise_multiplier,
+            "planned_rounds": self.planned_rounds,
+            "over_target": self.over_target,
+        }
 
     def restore(self, state: dict, rounds_done: int) -> None:
         """Continue from a saved state after the client's round `rounds_done`; plan again if the run was extended."""
@@ -220,16 +269,30 @@ def warn_if_weak(who: str, mechanisms: list[Accounted], num_rounds: int) -> None
     reached, weakest = max(planned, key=lambda pair: math.inf if pair[0] is None else pair[0])
     if reached is not None and reached <= WEAK_EPSILON:
         return
-    log.warning("%s: epsilon will be %s after %d rounds at delta %g (above %g: a weak guarantee); %s", who,
-                _shown_epsilon(reached), num_rounds, weakest.delta, WEAK_EPSILON, weakest.weak_fix(num_rounds))
+    log.warning(
+        "%s: epsilon will be %s after %d rounds at delta %g (above %g: a weak guarantee); %s",
+        who,
+        _shown_epsilon(reached),
+        num_rounds,
+        weakest.delta,
+        WEAK_EPSILON,
+        weakest.weak_fix(num_rounds),
+    )
 
 
 def _shown_epsilon(value: float | None) -> str:
     return "unbounded (z = 0)" if value is None else f"{value:.3g}"
 
 
-def noise_multiplier_for(*, target_epsilon: float, delta: float, sample_rate: float, steps: int,
-                         history: list | tuple = (), tolerance: float = 0.01) -> float | None:
+def noise_multiplier_for(
+    *,
+    target_epsilon: float,
+    delta: float,
+    sample_rate: float,
+    steps: int,
+    history: list | tuple = (),
+    tolerance: float = 0.01,
+) -> float | None:
     """The smallest z (binary search to `tolerance` in epsilon, as opacus' get_noise_multiplier) such that
     `history` followed by `steps` steps at (z, sample_rate) spends at most `target_epsilon` at `delta`; None
     when no z up to 1e6 does (the history alone may already spend the target)."""
@@ -258,8 +321,15 @@ def noise_multiplier_for(*, target_epsilon: float, delta: float, sample_rate: fl
 def warn_if_delta_too_large(delta: float, num_records: int, key: str, records: str) -> None:
     """delta >= 1/n allows mechanisms that publish a whole record outright; warn, as the guarantee is then weak."""
     if delta >= 1 / num_records:
-        log.warning("%s = %g is >= 1/%d (one over the number of %s): the (epsilon, delta) guarantee is weak; "
-                    "use a delta well below %g", key, delta, num_records, records, 1 / num_records)
+        log.warning(
+            "%s = %g is >= 1/%d (one over the number of %s): the (epsilon, delta) guarantee is weak; "
+            "use a delta well below %g",
+            key,
+            delta,
+            num_records,
+            records,
+            1 / num_records,
+        )
 
 
 def run_privacy(server: dict, clients: dict[str, dict]) -> dict:

@@ -9,6 +9,7 @@ commitments H(salt || digest) whose salt stays with the party that owns the data
 - example counts are not published (0 is recorded);
 - with `chain.record_participants: false` even who took part is replaced by a commitment.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -22,11 +23,19 @@ class Disclosure:
     record_participants: bool
 
     @classmethod
-    def of(cls, config) -> "Disclosure":
+    def of(cls, config) -> Disclosure:
         """The policy of a flb.config.Config."""
-        return cls(commit_data=config.uses_dp, commit_updates=config.server_dp and not config.client.local_dp,
-                   publish_num_examples=not config.uses_dp, record_participants=config.chain.record_participants)
+        return cls(
+            commit_data=config.uses_dp,
+            commit_updates=config.server_dp and not config.client.local_dp,
+            publish_num_examples=not config.uses_dp,
+            record_participants=config.chain.record_participants,
+        )
 
     def to_dict(self) -> dict:
-        return {"commit_data": self.commit_data, "commit_updates": self.commit_updates,
-                "publish_num_examples": self.publish_num_examples, "record_participants": self.record_participants}
+        return {
+            "commit_data": self.commit_data,
+            "commit_updates": self.commit_updates,
+            "publish_num_examples": self.publish_num_examples,
+            "record_participants": self.record_participants,
+        }

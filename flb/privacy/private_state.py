@@ -7,14 +7,15 @@ snapshot, so a round that runs again after a crash starts from exactly the state
 started from, and draws the same secret randomness. Openings (salt and digest behind each salted
 commitment this party put on chain) are kept so the party can prove a commitment to an auditor.
 """
+
 from __future__ import annotations
 
 import json
 import re
 from pathlib import Path
 
-from flb.errors import RunDirError
 from flb.atomic import write_atomic, write_json_atomic
+from flb.errors import RunDirError
 from flb.types import AdapterState
 
 OPENINGS = "openings.json"
@@ -58,8 +59,9 @@ class PrivateState:
         try:
             return {**state, "tensors": load_file(str(path)) if path.is_file() else {}}
         except (OSError, SafetensorError) as exc:
-            raise RunDirError(f"{path}: unreadable private state ({type(exc).__name__}); restore it from a backup "
-                              "or start a new run") from None
+            raise RunDirError(
+                f"{path}: unreadable private state ({type(exc).__name__}); restore it from a backup or start a new run"
+            ) from None
 
     def _rounds(self) -> list[int]:
         return sorted(int(m.group(1)) for p in self.directory.iterdir() if (m := _SNAPSHOT.fullmatch(p.name)))
@@ -68,15 +70,20 @@ class PrivateState:
         try:
             return json.loads(path.read_text())
         except (OSError, ValueError) as exc:
-            raise RunDirError(f"{path}: unreadable private state ({type(exc).__name__}); restore it from a backup "
-                              "or start a new run") from None
+            raise RunDirError(
+                f"{path}: unreadable private state ({type(exc).__name__}); restore it from a backup or start a new run"
+            ) from None
 
     def record_opening(self, commitment: str, salt: bytes, digest: str, what: str, value=None) -> None:
         """Keep what opens `commitment`: the salt and the digest it hides (and the JSON `value` the digest is of,
         when it is not a file's)."""
         openings = self.openings()
-        openings[commitment] = {"salt": salt.hex(), "digest": digest, "what": what,
-                                **({"value": value} if value is not None else {})}
+        openings[commitment] = {
+            "salt": salt.hex(),
+            "digest": digest,
+            "what": what,
+            **({"value": value} if value is not None else {}),
+        }
         write_json_atomic(self.directory / OPENINGS, openings, mode=0o600)
 
     def openings(self) -> dict[str, dict]:

@@ -6,6 +6,7 @@ the position in the stream: a party saves it in its own private state so a resum
 exactly what an uninterrupted one would, and never sends it to anyone. Everything else random
 (initialisation, data order without DP) stays derived from the public `seed` (flb.seeding).
 """
+
 from __future__ import annotations
 
 import math
@@ -32,7 +33,7 @@ class SecretRandom:
         return {"key": self._key.hex(), "position": self._position}
 
     @classmethod
-    def from_state(cls, state: dict) -> "SecretRandom":
+    def from_state(cls, state: dict) -> SecretRandom:
         return cls(bytes.fromhex(state["key"]), int(state["position"]))
 
     def load_state_dict(self, state: dict) -> None:
@@ -51,7 +52,7 @@ class SecretRandom:
     def uniform(self, count: int) -> np.ndarray:
         """`count` float64 values uniform on (0, 1], 53 random bits each."""
         words = np.frombuffer(self.random_bytes(8 * count), dtype="<u8")
-        return ((words >> np.uint64(11)).astype(np.float64) + 1.0) * 2.0 ** -53
+        return ((words >> np.uint64(11)).astype(np.float64) + 1.0) * 2.0**-53
 
     def normal(self, shape, std: float, dtype=None):
         """A torch tensor of N(0, std^2) values (Box-Muller on the stream, computed in float64)."""

@@ -6,11 +6,12 @@ its extras back, counted whether or not the update is then accepted. Framing (sa
 messages) is not counted: these are the payload bytes a user sizes a link for. In split mode the frames that
 cross the cut each step (hidden states and gradients, safetensors bytes as sent) are counted apart, per round.
 """
+
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from flb.types import AdapterState, ClientUpdate
 
@@ -32,8 +33,9 @@ class CommTracker:
     total_up: int = 0  # bytes received from clients so far
     cut: Callable[[], object] | None = None  # mode split: the round's frames across the cut (flb.split.cut.Traffic)
 
-    def count(self, round: int, sent: AdapterState, extras: AdapterState, num_sampled: int,
-              received: list[ClientUpdate]) -> dict:
+    def count(
+        self, round: int, sent: AdapterState, extras: AdapterState, num_sampled: int, received: list[ClientUpdate]
+    ) -> dict:
         """Add one round; its row for metrics.jsonl."""
         before = self.total_down + self.total_up
         down = tensor_bytes(sent, extras) * num_sampled
@@ -41,14 +43,25 @@ class CommTracker:
         self.total_down, self.total_up = self.total_down + down, self.total_up + up
         after = self.total_down + self.total_up
         if self.budget_mb is not None and before <= self.budget_mb * MB < after:
-            log.warning("round %d: %.2f MB sent to and from clients so far, past comm.budget_mb = %g", round,
-                        after / MB, self.budget_mb)
-        row = {"comm_down_bytes": down, "comm_up_bytes": up, "comm_total_down_bytes": self.total_down,
-               "comm_total_up_bytes": self.total_up}
+            log.warning(
+                "round %d: %.2f MB sent to and from clients so far, past comm.budget_mb = %g",
+                round,
+                after / MB,
+                self.budget_mb,
+            )
+        row = {
+            "comm_down_bytes": down,
+            "comm_up_bytes": up,
+            "comm_total_down_bytes": self.total_down,
+            "comm_total_up_bytes": self.total_up,
+        }
         if self.cut is not None:
             traffic = self.cut()
-            row.update(split_to_server_bytes=traffic.to_server, split_to_client_bytes=traffic.to_client,
-                       split_forwards=traffic.forwards)
+            row.update(
+                split_to_server_bytes=traffic.to_server,
+                split_to_client_bytes=traffic.to_client,
+                split_forwards=traffic.forwards,
+            )
         return row
 
     def restore(self, last_round_metrics: dict) -> None:

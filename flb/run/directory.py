@@ -11,6 +11,7 @@ Layout:
                               named in checkpoint.json with their digest
   plots/*.png, summary.json
 """
+
 from __future__ import annotations
 
 import json
@@ -44,7 +45,7 @@ class RunDir:
         self.path = Path(path)
 
     @classmethod
-    def create(cls, output_dir: str | Path, config: dict) -> "RunDir":
+    def create(cls, output_dir: str | Path, config: dict) -> RunDir:
         """A new run directory under output_dir; config.json holds `config` with credentials in URLs redacted."""
         output_dir = Path(output_dir)
         run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
@@ -53,19 +54,21 @@ class RunDir:
         try:
             run.path.mkdir(parents=True)
         except (OSError, ValueError) as exc:  # ValueError: a path the OS cannot represent
-            raise RunDirError(f"output_dir: cannot create {str(run.path)!r} ({first_line(exc)}); choose a folder you "
-                              "can write to") from None
+            raise RunDirError(
+                f"output_dir: cannot create {str(run.path)!r} ({first_line(exc)}); choose a folder you can write to"
+            ) from None
         write_json_atomic(run.path / CONFIG, redact_config(config))
         _point_latest(output_dir, run_id)
         return run
 
     @classmethod
-    def open(cls, path: str | Path) -> "RunDir":
+    def open(cls, path: str | Path) -> RunDir:
         try:
             run = cls(Path(path).resolve())
         except (OSError, ValueError, RuntimeError) as exc:  # a NUL byte, a symlink loop
-            raise RunDirError(f"--resume: {str(path)!r} is not a usable path ({first_line(exc)}); give "
-                              "output_dir/<run-id>") from None
+            raise RunDirError(
+                f"--resume: {str(path)!r} is not a usable path ({first_line(exc)}); give output_dir/<run-id>"
+            ) from None
         if not (run.path / CONFIG).is_file():
             raise RunDirError(f"--resume: {str(path)!r} is not a run directory (no {CONFIG}); give output_dir/<run-id>")
         return run
@@ -109,7 +112,10 @@ class RunDir:
         if updates:
             (directory / "updates").mkdir(exist_ok=True)
         for client_id, tensors in updates.items():
-            save_file({k: v.contiguous() for k, v in tensors.items()}, str(directory / "updates" / f"client_{client_id}.safetensors"))
+            save_file(
+                {k: v.contiguous() for k, v in tensors.items()},
+                str(directory / "updates" / f"client_{client_id}.safetensors"),
+            )
 
     def save_final(self, adapter: AdapterState, peft_config) -> Path:
         from flb.model.load import save_adapter
@@ -142,8 +148,9 @@ class RunDir:
                     return records, True
                 record = None
             if not (isinstance(record, dict) and isinstance(record.get("round"), int)):
-                raise RunDirError(f"{str(path)!r} line {number} is not a metrics record; the file was damaged, "
-                                  f"{START_AGAIN}")
+                raise RunDirError(
+                    f"{str(path)!r} line {number} is not a metrics record; the file was damaged, {START_AGAIN}"
+                )
             records.append(record)
         return records, False
 
@@ -174,20 +181,25 @@ class RunDir:
         """
         path = self.path / CHECKPOINT
         if not path.is_file():
-            raise RunDirError(f"--resume: {str(self.path)!r} has no {CHECKPOINT}; the run stopped before its first "
-                              "round was saved, so start it again")
+            raise RunDirError(
+                f"--resume: {str(self.path)!r} has no {CHECKPOINT}; the run stopped before its first "
+                "round was saved, so start it again"
+            )
         state = _load_json(path)
         if not isinstance(state, dict):
             raise RunDirError(f"--resume: {str(path)!r} holds {type(state).__name__}, not a checkpoint; {START_AGAIN}")
         for key, kind in CHECKPOINT_KEYS.items():
             if not _is(state.get(key), kind):
-                raise RunDirError(f"--resume: {str(path)!r} has no valid {key!r} (expected {kind.__name__}); "
-                                  f"{START_AGAIN}")
+                raise RunDirError(
+                    f"--resume: {str(path)!r} has no valid {key!r} (expected {kind.__name__}); {START_AGAIN}"
+                )
         weights = self.round_dir(state["round"]) / "adapter_model.safetensors"
         adapter = _load_adapter(weights)
         if adapter is None or adapter_digest(adapter) != state["global_digest"]:
-            raise RunDirError(f"--resume: {weights} is missing or does not match the checkpoint digest; the run "
-                              "directory was modified")
+            raise RunDirError(
+                f"--resume: {weights} is missing or does not match the checkpoint digest; the run "
+                "directory was modified"
+            )
         self._drop_metrics_after(state["round"])
         return {**state, "strategy": self._strategy_state(state, path), "adapter": adapter}
 
@@ -201,21 +213,25 @@ class RunDir:
             raise RunDirError(f"--resume: {str(path)!r} has no valid 'strategy_tensors'; {START_AGAIN}")
         tensors = _load_adapter(self.path / name)
         if tensors is None or adapter_digest(tensors) != reference.get("digest"):
-            raise RunDirError(f"--resume: {str(self.path / name)!r} is missing or does not match the digest in "
-                              f"{CHECKPOINT}; the run directory was modified")
+            raise RunDirError(
+                f"--resume: {str(self.path / name)!r} is missing or does not match the digest in "
+                f"{CHECKPOINT}; the run directory was modified"
+            )
         try:
             return join_tensors(checkpoint["strategy"], tensors)
         except (KeyError, TypeError):
-            raise RunDirError(f"--resume: {str(path)!r} names a strategy tensor that {name} does not hold; "
-                              f"{START_AGAIN}") from None
+            raise RunDirError(
+                f"--resume: {str(path)!r} names a strategy tensor that {name} does not hold; {START_AGAIN}"
+            ) from None
 
     def record_resume(self, config: dict) -> None:
         """Write the resumed run's config back (redacted) and append what it changed to resumes.jsonl."""
         before, after = self.config(), redact_config(config)
         changed = _flat_diff(before, after)
         with open(self.path / RESUMES, "a") as handle:
-            handle.write(json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "changed": changed},
-                                    sort_keys=True) + "\n")
+            handle.write(
+                json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "changed": changed}, sort_keys=True) + "\n"
+            )
         write_json_atomic(self.path / CONFIG, after)
 
     def _drop_metrics_after(self, round: int) -> None:
@@ -266,8 +282,10 @@ def _check_output_dir(output_dir: Path) -> None:
         raise RunDirError(f"output_dir: {str(output_dir)!r} is a file, not a folder; choose another output_dir")
     latest = output_dir / "latest"
     if latest.exists() and not latest.is_symlink():
-        raise RunDirError(f"output_dir: {str(latest)!r} is not the link FLB keeps to the newest run; move it away "
-                          "or choose another output_dir")
+        raise RunDirError(
+            f"output_dir: {str(latest)!r} is not the link FLB keeps to the newest run; move it away "
+            "or choose another output_dir"
+        )
 
 
 def _flat_diff(before: dict, after: dict, prefix: str = "") -> dict[str, tuple]:

@@ -2,6 +2,7 @@
 
 The operating system drops an flock when its process dies however it dies, so a lock left by a killed
 run is taken over by the next one; a live holder is refused with its PID."""
+
 from __future__ import annotations
 
 import fcntl
@@ -18,7 +19,7 @@ class RunLock:
         self.path = Path(run_path) / LOCK_FILE
         self._handle = None
 
-    def __enter__(self) -> "RunLock":
+    def __enter__(self) -> RunLock:
         handle = open(self.path, "a+")
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -26,8 +27,10 @@ class RunLock:
             handle.seek(0)
             holder = handle.read().strip() or "unknown"
             handle.close()
-            raise RunDirError(f"{self.path.parent}: another process (pid {holder}) is running this run directory; "
-                              "wait for it to finish or stop it") from None
+            raise RunDirError(
+                f"{self.path.parent}: another process (pid {holder}) is running this run directory; "
+                "wait for it to finish or stop it"
+            ) from None
         handle.seek(0)
         handle.truncate()
         handle.write(str(os.getpid()))

@@ -18,9 +18,10 @@ does not send a URL's credentials itself); the URL and its credentials are redac
 
 A notification never stops or slows a round: the coordinator only puts it on a queue; one daemon thread sends them in
 order, each send bounded by `notify.timeout_s` (the POST's connect and each read; the command's process group is
-killed past it), and a failure (a refused connection, a non-2xx status, a time-out, a non-zero exit status) is one WARNING line
-naming notify.url or notify.command and the round. `close` waits for what is queued up to a bound, then gives up with
-a warning."""
+killed past it), and a failure (a refused connection, a non-2xx status, a time-out, a non-zero exit status) is one
+WARNING line naming notify.url or notify.command and the round. `close` waits for what is queued up to a bound, then
+gives up with a warning."""
+
 from __future__ import annotations
 
 import base64
@@ -35,8 +36,8 @@ import subprocess
 import threading
 import urllib.error
 import urllib.request
-from datetime import datetime, timezone
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from flb.errors import first_line
@@ -60,8 +61,9 @@ class Notifier:
     def __init__(self, settings, run_id: str, num_rounds: int, ledger=None):
         self.settings, self.run_id, self.num_rounds, self.ledger = settings, run_id, num_rounds, ledger
         self._url, self._headers = _post_target(settings.url, settings.header_values()) if settings.url else (None, {})
-        self._targets = ([("notify.url", redact_url(settings.url), self._post)] if settings.url else []) + \
-                        ([("notify.command", settings.command, self._run_command)] if settings.command else [])
+        self._targets = ([("notify.url", redact_url(settings.url), self._post)] if settings.url else []) + (
+            [("notify.command", settings.command, self._run_command)] if settings.command else []
+        )
         self._queue: queue.Queue[dict | None] = queue.Queue()
         self._given_up = threading.Event()
         self._queued = self._done = 0  # each written by one thread only
@@ -72,12 +74,21 @@ class Notifier:
         """Queue the notification of a round from its metrics.jsonl row; returns at once."""
         privacy = row.get("privacy") or {}
         self._queued += 1
-        self._queue.put({
-            "run_id": self.run_id, "round": row["round"], "num_rounds": self.num_rounds,
-            "skipped": bool(row.get("skipped", False)), "num_clients": row["num_clients"],
-            "eval_loss": _finite(row.get("eval_loss")), "accuracy": _finite(row.get("accuracy")),
-            "epsilon": _finite(privacy.get("epsilon")), "global_digest": row["global_digest"], "ledger": None,
-            "time": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+        self._queue.put(
+            {
+                "run_id": self.run_id,
+                "round": row["round"],
+                "num_rounds": self.num_rounds,
+                "skipped": bool(row.get("skipped", False)),
+                "num_clients": row["num_clients"],
+                "eval_loss": _finite(row.get("eval_loss")),
+                "accuracy": _finite(row.get("accuracy")),
+                "epsilon": _finite(privacy.get("epsilon")),
+                "global_digest": row["global_digest"],
+                "ledger": None,
+                "time": datetime.now(UTC).isoformat(timespec="seconds"),
+            }
+        )
 
     def close(self, timeout_s: float | None = None) -> None:
         """Wait up to `timeout_s` (default: the time one notification may take) for the queued notifications to be
@@ -87,8 +98,11 @@ class Notifier:
         self._thread.join(timeout_s)
         if self._thread.is_alive():
             self._given_up.set()
-            log.warning("notify: %d round notifications not sent within %g s of the run's end; given up",
-                        self._queued - self._done, timeout_s)
+            log.warning(
+                "notify: %d round notifications not sent within %g s of the run's end; given up",
+                self._queued - self._done,
+                timeout_s,
+            )
 
     def _send_in_order(self) -> None:
         while (payload := self._queue.get()) is not None and not self._given_up.is_set():
@@ -101,16 +115,21 @@ class Notifier:
             if self.ledger is not None:
                 payload["ledger"] = _ledger_record(self.ledger, f"round:{round}")
         except Exception as exc:
-            log.warning("notify: round %d not notified: the ledger's state could not be read (%s)", round,
-                        redact_text(first_line(exc)))
+            log.warning(
+                "notify: round %d not notified: the ledger's state could not be read (%s)",
+                round,
+                redact_text(first_line(exc)),
+            )
             return
         body = (json.dumps(payload) + "\n").encode()
         for key, shown, send in self._targets:
             try:
                 send(body)
             except Exception as exc:
-                log.warning("%s", redact_text(f"{key} {shown}: round {round} not notified: {self._reason(exc)}; "
-                                              f"the run goes on"))
+                log.warning(
+                    "%s",
+                    redact_text(f"{key} {shown}: round {round} not notified: {self._reason(exc)}; the run goes on"),
+                )
 
     def _post(self, body: bytes) -> None:
         request = urllib.request.Request(self._url, data=body, method="POST", headers=self._headers)
@@ -119,8 +138,14 @@ class Notifier:
 
     def _run_command(self, body: bytes) -> None:
         # its own process group, so a time-out kills whatever the shell started too, not only the shell
-        with subprocess.Popen(self.settings.command, shell=True, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE, start_new_session=True) as process:
+        with subprocess.Popen(
+            self.settings.command,
+            shell=True,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        ) as process:
             try:
                 _, stderr = process.communicate(body, timeout=self.settings.timeout_s)
             except subprocess.TimeoutExpired:

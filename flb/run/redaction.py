@@ -1,4 +1,5 @@
 """Secrets in URLs (`https://user:password@host`, `?apikey=...`) never reach a terminal, a log or a file."""
+
 from __future__ import annotations
 
 import re
@@ -35,6 +36,7 @@ def redact_text(text: str) -> str:
 
 def redact_config(config: dict) -> dict:
     """A copy of a resolved config dict whose URL-valued strings are redacted (what config.json holds)."""
+
     def clean(value):
         if isinstance(value, dict):
             return {key: clean(item) for key, item in value.items()}

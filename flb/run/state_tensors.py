@@ -1,6 +1,7 @@
 """Checkpoint state that holds tensors (a server optimizer's moments, SCAFFOLD's control variates) as JSON plus
 named tensors, so that RunDir keeps the structure in checkpoint.json and the tensors in safetensors: never pickles.
 Pure functions, no I/O."""
+
 from __future__ import annotations
 
 import json

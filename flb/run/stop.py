@@ -2,6 +2,7 @@
 main thread where the run is, so nothing new is finished; inside `durable()` (a round being made durable) it waits
 for the section to end. A second signal ends the process at once: everything saved before it stays saved.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -39,8 +40,9 @@ def _on_signal(signum, frame) -> None:
         sys.stderr.flush()
         os._exit(EXIT_CODE)
     _stop.requested = name
-    sys.stderr.write(f"\n{name}: stopping without finishing the round in progress (press Ctrl-C again to stop at "
-                     "once)\n")
+    sys.stderr.write(
+        f"\n{name}: stopping without finishing the round in progress (press Ctrl-C again to stop at once)\n"
+    )
     sys.stderr.flush()
     if _stop.durable_depth:
         _stop.pending = True

@@ -1,12 +1,13 @@
 """What a run shows at the end: a summary table, summary.json and PNG plots, all from metrics.jsonl."""
+
 from __future__ import annotations
 
 import math
 from collections import Counter, defaultdict
 from pathlib import Path
 
-from flb.run.comm import MB
 from flb.atomic import write_json_atomic
+from flb.run.comm import MB
 from flb.run.directory import RunDir
 
 
@@ -17,8 +18,9 @@ def round_rows(metrics: list[dict]) -> list[dict]:
 MECHANISMS = {
     "dp_fixed_clipping": "server DP-FedAvg, fixed clipping: subsampled Gaussian, one step per round",
     "dp_adaptive_clipping": "server DP-FedAvg, adaptive clipping (Andrew et al. 2021): subsampled Gaussian with the "
-                            "combined z, one step per round",
-    "local_update": "local DP on the update (clip, Gaussian noise): Gaussian mechanism, one step per round taken part in",
+    "combined z, one step per round",
+    "local_update": "local DP on the update (clip, Gaussian noise): Gaussian mechanism, "
+    "one step per round taken part in",
     "local_dpsgd": "local DP-SGD (opacus): Poisson-subsampled Gaussian, one step per optimizer step",
 }
 
@@ -34,26 +36,40 @@ def summary_table(metrics: list[dict]) -> str:
     rows = round_rows(metrics)
     suites = list(dict.fromkeys(name for row in rows for name in suite_scores(row)))
     private = any("privacy" in row for row in rows)
-    columns = [("round", 5), ("clients", 7), ("eval_loss", 9), ("ppl", 8), ("accuracy", 8)] + \
-        [(name.replace(" ", "_"), max(len(name), 6)) for name in suites] + \
-        [("train_loss", 10), ("train_s", 7), ("eval_s", 7), ("comm_MB", 8)] + ([("epsilon", 8)] if private else [])
+    columns = (
+        [("round", 5), ("clients", 7), ("eval_loss", 9), ("ppl", 8), ("accuracy", 8)]
+        + [(name.replace(" ", "_"), max(len(name), 6)) for name in suites]
+        + [("train_loss", 10), ("train_s", 7), ("eval_s", 7), ("comm_MB", 8)]
+        + ([("epsilon", 8)] if private else [])
+    )
     lines = [" ".join(f"{name:>{width}}" for name, width in columns)]
     for row in rows:
         scores = suite_scores(row)
-        cells = [f"{row['round']:>5}", f"{row['num_clients']:>7}", _fmt(row.get("eval_loss"), 9, 4),
-                 _fmt(row.get("perplexity"), 8, 2), _fmt(row.get("accuracy"), 8, 3)]
+        cells = [
+            f"{row['round']:>5}",
+            f"{row['num_clients']:>7}",
+            _fmt(row.get("eval_loss"), 9, 4),
+            _fmt(row.get("perplexity"), 8, 2),
+            _fmt(row.get("accuracy"), 8, 3),
+        ]
         cells += [_fmt(scores.get(name), max(len(name), 6), 3) for name in suites]
         train_s = row.get("round_time_s") if row["round"] else None  # round 0 trains nothing
-        cells += [_fmt(train_loss.get(row["round"]), 10, 4), _fmt(train_s, 7, 1), _fmt(row.get("eval_time_s"), 7, 1),
-                  _fmt(_round_mb(row), 8, 3)]
+        cells += [
+            _fmt(train_loss.get(row["round"]), 10, 4),
+            _fmt(train_s, 7, 1),
+            _fmt(row.get("eval_time_s"), 7, 1),
+            _fmt(_round_mb(row), 8, 3),
+        ]
         cells += [f"{_epsilon(row.get('privacy', NOTHING_SPENT)['epsilon']):>8}"] if private else []
         lines.append(" ".join(cells) + ("  skipped" if row.get("skipped") else ""))
     return "\n".join(lines + [TABLE_FOOTER + (EPSILON_FOOTER if private else "")])
 
 
-TABLE_FOOTER = ("round 0: the base model; ppl: exp(eval_loss); accuracy: exact match; train_loss: the clients' mean; "
-                "train_s: sampling, local training, aggregation; eval_s: evaluation; comm_MB: adapter bytes to and "
-                "from the clients")
+TABLE_FOOTER = (
+    "round 0: the base model; ppl: exp(eval_loss); accuracy: exact match; train_loss: the clients' mean; "
+    "train_s: sampling, local training, aggregation; eval_s: evaluation; comm_MB: adapter bytes to and "
+    "from the clients"
+)
 EPSILON_FOOTER = "; epsilon: the run's so far (the largest of server and clients)"
 
 
@@ -62,8 +78,10 @@ def round_line(row: dict, client_rows: list[dict], num_rounds: int | None = None
     1.8821 (ppl 6.57), accuracy 0.250, train_loss 2.0134, epsilon 1.21, 0.53 MB, train 41.2 s + eval 12.9 s`."""
     of = f"/{num_rounds}" if num_rounds else ""
     if row.get("skipped"):
-        return (f"round {row['round']}{of}: skipped ({len(row.get('rejected', []))} of {row.get('num_sampled', 0)} "
-                "sampled updates rejected; the global adapter is unchanged)")
+        return (
+            f"round {row['round']}{of}: skipped ({len(row.get('rejected', []))} of {row.get('num_sampled', 0)} "
+            "sampled updates rejected; the global adapter is unchanged)"
+        )
     parts = [f"eval_loss {row['eval_loss']:.4f} (ppl {row['perplexity']:.2f})"]
     if "accuracy" in row:
         parts.append(f"accuracy {row['accuracy']:.3f}")
@@ -87,9 +105,11 @@ def ledger_lines(summary: dict, verbose: bool = False, last: int = 3) -> list[st
     transactions = summary["transactions"]
     kinds = Counter(tx["record"].split(":")[0] for tx in transactions)
     statuses = Counter(tx["status"] for tx in transactions)
-    lines = [f"ledger: {summary['chain']} (chain id {summary['chain_id']}), FLB contract {summary['contract']}",
-             f"  {len(transactions)} transactions ({', '.join(f'{n} {kind}' for kind, n in kinds.items())}): "
-             + ", ".join(f"{n} {status}" for status, n in statuses.items())]
+    lines = [
+        f"ledger: {summary['chain']} (chain id {summary['chain_id']}), FLB contract {summary['contract']}",
+        f"  {len(transactions)} transactions ({', '.join(f'{n} {kind}' for kind, n in kinds.items())}): "
+        + ", ".join(f"{n} {status}" for status, n in statuses.items()),
+    ]
     shown = transactions if verbose else transactions[-last:]
     if len(shown) < len(transactions):
         lines.append(f"  the last {len(shown)} (all of them with --verbose, or in the explorer):")
@@ -117,21 +137,28 @@ def privacy_lines(metrics: list[dict]) -> list[str]:
         return []
     privacy = rows[-1]["privacy"]
     clients = sorted(privacy.get("clients", {}).items(), key=lambda item: int(item[0]))
-    parts = ([("server", privacy["server"])] if "server" in privacy else []) + \
-        [(f"client {client_id}", part) for client_id, part in clients]
-    lines = [f"\nprivacy after round {rows[-1]['round']}: epsilon = {_epsilon(privacy['epsilon'])} for the run (the "
-             "largest below); each from opacus' RDP accountant over its (z, q, steps) history at its delta"]
+    parts = ([("server", privacy["server"])] if "server" in privacy else []) + [
+        (f"client {client_id}", part) for client_id, part in clients
+    ]
+    lines = [
+        f"\nprivacy after round {rows[-1]['round']}: epsilon = {_epsilon(privacy['epsilon'])} for the run (the "
+        "largest below); each from opacus' RDP accountant over its (z, q, steps) history at its delta"
+    ]
     for who, part in parts:
-        lines.append(f"  {who:<9} epsilon = {_epsilon(part['epsilon'])} at delta = {part['delta']:g}: z = "
-                     f"{part['noise_multiplier']:.4g}, C = {part['clip_norm']:.4g}, q = {part['sample_rate']:.4g}, "
-                     f"{part['steps']} steps; {MECHANISMS[part['mechanism']]}"
-                     + ("; reported by the client" if who != "server" else "")
-                     + ("; OVER its target (--allow-over-budget)" if part.get("over_target_allowed") else ""))
+        lines.append(
+            f"  {who:<9} epsilon = {_epsilon(part['epsilon'])} at delta = {part['delta']:g}: z = "
+            f"{part['noise_multiplier']:.4g}, C = {part['clip_norm']:.4g}, q = {part['sample_rate']:.4g}, "
+            f"{part['steps']} steps; {MECHANISMS[part['mechanism']]}"
+            + ("; reported by the client" if who != "server" else "")
+            + ("; OVER its target (--allow-over-budget)" if part.get("over_target_allowed") else "")
+        )
         known = part.get("known_participants")
         if known:
-            lines.append(f"  {'':<9} epsilon = {_epsilon(known['epsilon'])} against anyone who knows who took part "
-                         f"(the ledger, metrics.jsonl): q = 1 over the {known['steps']} rounds of the most-sampled "
-                         "client")
+            lines.append(
+                f"  {'':<9} epsilon = {_epsilon(known['epsilon'])} against anyone who knows who took part "
+                f"(the ledger, metrics.jsonl): q = 1 over the {known['steps']} rounds of the most-sampled "
+                "client"
+            )
     return lines
 
 
@@ -149,8 +176,15 @@ def suite_scores(row: dict) -> dict[str, float]:
             scores[f"{suite} {HEADLINE[suite]}"] = metrics[HEADLINE[suite]]
             continue
         for task, values in metrics.items():
-            metric = next((m for headline in LM_EVAL_HEADLINES for m in values  # "exact_match,strict-match" too
-                           if m.split(",")[0] == headline and isinstance(values[m], (int, float))), None)
+            metric = next(
+                (
+                    m
+                    for headline in LM_EVAL_HEADLINES
+                    for m in values  # "exact_match,strict-match" too
+                    if m.split(",")[0] == headline and isinstance(values[m], (int, float))
+                ),
+                None,
+            )
             if metric is not None:
                 scores[f"{suite} {task} {metric}"] = values[metric]
     return scores
@@ -173,8 +207,12 @@ def write_summary(run: RunDir, final_digest: str, config) -> dict:
     (flb.privacy.disclosure)."""
     from flb.privacy.disclosure import Disclosure
 
-    summary = {"run_dir": str(run.path), "final_adapter": str(run.path / "final_adapter"), "final_digest": final_digest,
-               **summary_numbers(round_rows(run.metrics()))}
+    summary = {
+        "run_dir": str(run.path),
+        "final_adapter": str(run.path / "final_adapter"),
+        "final_digest": final_digest,
+        **summary_numbers(round_rows(run.metrics())),
+    }
     if config.chain_record:
         summary["disclosure"] = Disclosure.of(config).to_dict()
     write_json_atomic(run.path / "summary.json", summary)
@@ -188,17 +226,23 @@ def summary_numbers(rows: list[dict]) -> dict:
     past its target as --allow-over-budget allowed)."""
     aggregated = [r for r in rows if not r.get("skipped")]
     first, last = aggregated[0], aggregated[-1]
-    numbers = {"rounds": rows[-1]["round"], "rounds_aggregated": len(aggregated) - 1,
-               "eval_loss": {"round_0": first.get("eval_loss"), "final": last.get("eval_loss")},
-               "accuracy": {"round_0": first.get("accuracy"), "final": last.get("accuracy")},
-               "comm": {"down_bytes": rows[-1].get("comm_total_down_bytes", 0),
-                        "up_bytes": rows[-1].get("comm_total_up_bytes", 0)}}
+    numbers = {
+        "rounds": rows[-1]["round"],
+        "rounds_aggregated": len(aggregated) - 1,
+        "eval_loss": {"round_0": first.get("eval_loss"), "final": last.get("eval_loss")},
+        "accuracy": {"round_0": first.get("accuracy"), "final": last.get("accuracy")},
+        "comm": {
+            "down_bytes": rows[-1].get("comm_total_down_bytes", 0),
+            "up_bytes": rows[-1].get("comm_total_up_bytes", 0),
+        },
+    }
     if "suites" in first:
         numbers["suites"] = {"round_0": suite_scores(first), "final": suite_scores(last)}
     if "privacy" in rows[-1]:
         numbers["privacy"] = rows[-1]["privacy"]
-        numbers["over_target_allowed"] = any(part.get("over_target_allowed")
-                                             for part in rows[-1]["privacy"].get("clients", {}).values())
+        numbers["over_target_allowed"] = any(
+            part.get("over_target_allowed") for part in rows[-1]["privacy"].get("clients", {}).values()
+        )
     return numbers
 
 
@@ -255,8 +299,12 @@ def write_plots(run: RunDir) -> list[Path]:
     if scored:
         fig, ax = plt.subplots(figsize=(6, 4))
         for name in scored[-1][1]:
-            ax.plot([round for round, scores in scored], [scores.get(name, math.nan) for _, scores in scored],
-                    marker="o", label=name)
+            ax.plot(
+                [round for round, scores in scored],
+                [scores.get(name, math.nan) for _, scores in scored],
+                marker="o",
+                label=name,
+            )
         ax.set(xlabel="round", ylabel="score", title="Evaluation suites (eval.suites)", ylim=(-0.05, 1.05))
         ax.legend(fontsize=7)
         save(fig, "suites.png")
@@ -268,8 +316,13 @@ def write_plots(run: RunDir) -> list[Path]:
         ax.bar([v - 0.2 for v in x], [r["comm_down_bytes"] / MB for r in sent], width=0.4, label="to clients")
         ax.bar([v + 0.2 for v in x], [r["comm_up_bytes"] / MB for r in sent], width=0.4, label="from clients")
         total = ax.twinx()
-        total.plot(x, [(r["comm_total_down_bytes"] + r["comm_total_up_bytes"]) / MB for r in sent], color="black",
-                   marker="o", label="total so far")
+        total.plot(
+            x,
+            [(r["comm_total_down_bytes"] + r["comm_total_up_bytes"]) / MB for r in sent],
+            color="black",
+            marker="o",
+            label="total so far",
+        )
         ax.set(xlabel="round", ylabel="MB in the round", title="Adapter bytes sent (tensor payload)")
         total.set_ylabel("MB in total")
         ax.legend(fontsize=7, loc="upper left")
@@ -279,7 +332,9 @@ def write_plots(run: RunDir) -> list[Path]:
     if private:
         fig, ax = plt.subplots(figsize=(6, 4))
         for label, epsilons in epsilon_series(private).items():
-            ax.plot([r["round"] for r in private], epsilons, marker="o", linewidth=3 if label == "run" else 1, label=label)
+            ax.plot(
+                [r["round"] for r in private], epsilons, marker="o", linewidth=3 if label == "run" else 1, label=label
+            )
         ax.set(xlabel="round", ylabel="epsilon (unbounded: not drawn)", title="Privacy spent (RDP accountant)")
         ax.legend(fontsize=7)
         save(fig, "epsilon.png")
@@ -288,6 +343,7 @@ def write_plots(run: RunDir) -> list[Path]:
 
 def epsilon_series(rows: list[dict]) -> dict[str, list]:
     """Epsilon per round for the run, the server and each client (NaN where unbounded, so it is not drawn)."""
+
     def value(part):
         return math.nan if part is None or part["epsilon"] is None else part["epsilon"]
 

@@ -25,6 +25,7 @@ WARNING naming the backend, and that backend is dropped for the rest of the run.
 MLFLOW_HTTP_REQUEST_MAX_RETRIES=2 and MLFLOW_HTTP_REQUEST_TIMEOUT=10 (a dead server costs seconds, not MLflow's minutes
 of retries) and MLFLOW_DISABLE_TELEMETRY=true (FLB runs offline and sends nothing anywhere unasked).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -35,11 +36,11 @@ import math
 import os
 import re
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
-from flb.run.comm import MB
 from flb.errors import ConfigError, first_line
+from flb.run.comm import MB
 from flb.run.redaction import redact_text, redact_url
 
 log = logging.getLogger(__name__)
@@ -49,8 +50,11 @@ MLFLOW_RUN_FILE = "mlflow_run.json"
 EXPERIMENT = "flb"
 # backend -> (module imported, package to install)
 PACKAGES = {"tensorboard": ("tensorboard", "tensorboard==2.21.0"), "mlflow": ("mlflow", "mlflow-skinny==3.18.0")}
-MLFLOW_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
-                   "MLFLOW_DISABLE_TELEMETRY": "true"}
+MLFLOW_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+}
 _ROUND_RECORD = re.compile(r"round:(\d+)")
 _NOT_IN_MLFLOW_KEYS = re.compile(r"[^\w\-. :/]")  # what MLflow refuses in a metric, param or tag key
 
@@ -61,8 +65,10 @@ def check_backends(settings) -> None:
     for name in settings.backends:
         module, package = PACKAGES[name]
         if importlib.util.find_spec(module) is None:
-            raise ConfigError(f"tracking.backends: {name} needs the {package.split('==')[0]} package; pip install "
-                              f"{package} (or drop {name} from tracking.backends)")
+            raise ConfigError(
+                f"tracking.backends: {name} needs the {package.split('==')[0]} package; pip install "
+                f"{package} (or drop {name} from tracking.backends)"
+            )
 
 
 def round_scalars(row: dict, clients: list[dict]) -> dict[str, float]:
@@ -70,18 +76,27 @@ def round_scalars(row: dict, clients: list[dict]) -> dict[str, float]:
     from flb.run.summary import suite_scores
 
     privacy = row.get("privacy") or {}
-    scalars = {"eval/loss": row.get("eval_loss"), "eval/perplexity": row.get("perplexity"),
-               "eval/accuracy": row.get("accuracy"), "privacy/epsilon": privacy.get("epsilon"),
-               "train/learning_rate": row.get("learning_rate"), "round/num_clients": row.get("num_clients"),
-               "round/time_s": row.get("round_time_s"), "round/eval_time_s": row.get("eval_time_s")}
+    scalars = {
+        "eval/loss": row.get("eval_loss"),
+        "eval/perplexity": row.get("perplexity"),
+        "eval/accuracy": row.get("accuracy"),
+        "privacy/epsilon": privacy.get("epsilon"),
+        "train/learning_rate": row.get("learning_rate"),
+        "round/num_clients": row.get("num_clients"),
+        "round/time_s": row.get("round_time_s"),
+        "round/eval_time_s": row.get("eval_time_s"),
+    }
     scalars.update({f"eval/accuracy/{task}": value for task, value in (row.get("accuracy_by_task") or {}).items()})
     scalars.update({"suites/" + name.replace(" ", "/"): value for name, value in suite_scores(row).items()})
     if "comm_down_bytes" in row:
         scalars["comm/round_mb"] = (row["comm_down_bytes"] + row["comm_up_bytes"]) / MB
         scalars["comm/total_mb"] = (row["comm_total_down_bytes"] + row["comm_total_up_bytes"]) / MB
     scalars.update({f"train/loss/client_{c['client_id']}": c.get("train_loss") for c in clients})
-    return {_NOT_IN_MLFLOW_KEYS.sub("_", tag): float(value) for tag, value in scalars.items()
-            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)}
+    return {
+        _NOT_IN_MLFLOW_KEYS.sub("_", tag): float(value)
+        for tag, value in scalars.items()
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    }
 
 
 def flat_config(config: dict, prefix: str = "") -> dict[str, str | int | float | bool]:
@@ -152,9 +167,12 @@ class MlflowBackend:
             return None
         kept = json.loads(record.read_text())
         if kept.get("uri") != self.shown_uri:
-            log.warning("tracking: MLflow run %s is in %s, not in %s; logging into a new MLflow run",
-                        kept.get("run_id"), kept.get("uri") or "the run's own store", self.shown_uri or
-                        "the run's own store (tracking.uri null)")
+            log.warning(
+                "tracking: MLflow run %s is in %s, not in %s; logging into a new MLflow run",
+                kept.get("run_id"),
+                kept.get("uri") or "the run's own store",
+                self.shown_uri or "the run's own store (tracking.uri null)",
+            )
             return None
         self.client.update_run(kept["run_id"], status="RUNNING")
         from mlflow.tracking._tracking_service import utils
@@ -183,7 +201,7 @@ class MlflowBackend:
         params = [Param(key, value) for key, value in values.items() if key not in logged]
         tags = [RunTag(f"config.{key}", value) for key, value in values.items() if logged.get(key, value) != value]
         for start in range(0, max(len(params), len(tags)), 100):  # MLflow takes at most 100 params a call
-            self.client.log_batch(self.run_id, params=params[start:start + 100], tags=tags[start:start + 100])
+            self.client.log_batch(self.run_id, params=params[start : start + 100], tags=tags[start : start + 100])
 
     def log_round(self, round: int, scalars: dict[str, float]) -> None:
         from mlflow.entities import Metric

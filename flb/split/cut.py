@@ -13,11 +13,12 @@ trunk's output, sends the gradient at the second cut and receives the gradient a
 weights never leave the client, and the base weights never leave either side. `send` is the transport: the trunk
 server's own handler in one process, a gRPC call over the network (flb.split.grpc_channel).
 """
+
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from flb.errors import ConfigError, FLBError
 from flb.frames import decode_frame, encode_frame
@@ -59,8 +60,10 @@ class RotaryByLayerType(Family):
     """Gemma 3: local (sliding) and global layers rotate with different bases, one rotary output per layer type."""
 
     def position_inputs(self, decoder, hidden, position_ids, types: set[str]) -> dict[str, dict]:
-        return {layer_type: {"position_embeddings": decoder.rotary_emb(hidden, position_ids, layer_type)}
-                for layer_type in types}
+        return {
+            layer_type: {"position_embeddings": decoder.rotary_emb(hidden, position_ids, layer_type)}
+            for layer_type in types
+        }
 
 
 @dataclass(frozen=True)
@@ -83,12 +86,21 @@ class LearnedPositions(Family):
 
 # model_type -> its Family: the families federated mode trains, each checked against its whole model
 # (tests/test_split.py, tiny random models)
-SPLIT_FAMILIES = {"llama": Family(), "mistral": Family(), "qwen2": Family(), "qwen3": Family(), "phi3": Family(),
-                  "gemma2": Family(), "gemma3_text": RotaryByLayerType(), "gpt2": LearnedPositions()}
+SPLIT_FAMILIES = {
+    "llama": Family(),
+    "mistral": Family(),
+    "qwen2": Family(),
+    "qwen3": Family(),
+    "phi3": Family(),
+    "gemma2": Family(),
+    "gemma3_text": RotaryByLayerType(),
+    "gpt2": LearnedPositions(),
+}
 # model_type -> why it cannot be cut here, and what to do instead
 REFUSED_FAMILIES = {
     "gemma3": "Gemma 3 with its vision tower (Gemma3ForConditionalGeneration) is not cut here; use a text-only "
-              "Gemma 3 checkpoint (Gemma3ForCausalLM, model_type gemma3_text) or mode federated"}
+    "Gemma 3 checkpoint (Gemma3ForCausalLM, model_type gemma3_text) or mode federated"
+}
 
 
 def split_family(config) -> Family:
@@ -97,11 +109,15 @@ def split_family(config) -> Family:
     if model_type in REFUSED_FAMILIES:
         raise ConfigError(f"mode split: model_type {model_type!r}: {REFUSED_FAMILIES[model_type]}")
     if model_type not in SPLIT_FAMILIES:
-        raise ConfigError(f"mode split: model_type {model_type!r} is not supported; supported: "
-                          f"{', '.join(SPLIT_FAMILIES)} (use mode federated for this model)")
+        raise ConfigError(
+            f"mode split: model_type {model_type!r} is not supported; supported: "
+            f"{', '.join(SPLIT_FAMILIES)} (use mode federated for this model)"
+        )
     if getattr(config, "use_bidirectional_attention", False):
-        raise ConfigError(f"mode split: model_type {model_type!r} with use_bidirectional_attention is not a causal "
-                          "decoder; set it false in the model's config or use mode federated")
+        raise ConfigError(
+            f"mode split: model_type {model_type!r} with use_bidirectional_attention is not a causal "
+            "decoder; set it false in the model's config or use mode federated"
+        )
     return SPLIT_FAMILIES[model_type]
 
 
@@ -132,8 +148,16 @@ def _masks(config, hidden, attention_mask, position_ids, types: set[str]) -> dic
     from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 
     makers = {"full_attention": create_causal_mask, "sliding_attention": create_sliding_window_causal_mask}
-    return {layer_type: makers[layer_type](config=config, inputs_embeds=hidden, attention_mask=attention_mask,
-                                           past_key_values=None, position_ids=position_ids) for layer_type in types}
+    return {
+        layer_type: makers[layer_type](
+            config=config,
+            inputs_embeds=hidden,
+            attention_mask=attention_mask,
+            past_key_values=None,
+            position_ids=position_ids,
+        )
+        for layer_type in types
+    }
 
 
 @dataclass(frozen=True)
@@ -146,13 +170,15 @@ class SplitPlan:
     family: Family = SPLIT_FAMILIES["llama"]
 
     @classmethod
-    def of(cls, model, head_layers: int, tail_layers: int) -> "SplitPlan":
+    def of(cls, model, head_layers: int, tail_layers: int) -> SplitPlan:
         """The plan for a peft model; a ConfigError when it cannot be cut there."""
         config = model.get_base_model().config
         plan = cls(config.num_hidden_layers, head_layers, tail_layers, split_family(config))
         if not plan.trunk_layers:
-            raise ConfigError(f"split.head_layers + split.tail_layers = {head_layers + tail_layers} leaves the server "
-                              f"no block of the model's {plan.num_layers}; make their sum at most {plan.num_layers - 1}")
+            raise ConfigError(
+                f"split.head_layers + split.tail_layers = {head_layers + tail_layers} leaves the server "
+                f"no block of the model's {plan.num_layers}; make their sum at most {plan.num_layers - 1}"
+            )
         return plan
 
     @property
@@ -207,8 +233,9 @@ class SplitPlan:
         positions = self.family.position_inputs(decoder, hidden, position_ids, used)
         blocks = self.blocks(model)
         for index in layers:
-            hidden = blocks[index](hidden, attention_mask=masks[types[index]], position_ids=position_ids,
-                                   **positions[types[index]])
+            hidden = blocks[index](
+                hidden, attention_mask=masks[types[index]], position_ids=position_ids, **positions[types[index]]
+            )
         return hidden
 
 

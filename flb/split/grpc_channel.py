@@ -7,10 +7,11 @@ no TLS. gRPC (already installed with Flower) carries bytes, so what crosses is e
 in-process channel hands over, and a client may come and go. The gradients are passed explicitly (the cut's
 gradient in each `backward` frame), so no distributed autograd is needed.
 """
+
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from flb.errors import FLBError
 
@@ -28,7 +29,8 @@ def serve(handle: Callable[[bytes], bytes], address: str, threads: int = 8):
     import grpc
 
     handler = grpc.method_handlers_generic_handler(
-        SERVICE, {METHOD: grpc.unary_unary_rpc_method_handler(lambda request, context: handle(request))})
+        SERVICE, {METHOD: grpc.unary_unary_rpc_method_handler(lambda request, context: handle(request))}
+    )
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=threads), options=OPTIONS)
     server.add_generic_rpc_handlers((handler,))
     port = server.add_insecure_port(address)
@@ -55,8 +57,9 @@ class GrpcSend:
         deadline = time.monotonic() + self.wait_s
         while True:
             try:
-                reply = self.call(frame, wait_for_ready=not self.connected,
-                                  timeout=max(1.0, deadline - time.monotonic()))
+                reply = self.call(
+                    frame, wait_for_ready=not self.connected, timeout=max(1.0, deadline - time.monotonic())
+                )
                 self.connected = True
                 return reply
             except grpc.RpcError as exc:

@@ -1,10 +1,11 @@
 """Strategies by name. flb.config.STRATEGIES is the one registry: a name, its settings, what it can do; the strategy
 itself is `build(context)` in server/strategy/<name>.py. Wrappers (norm bounding and the DP strategies) bound the
 updates, then aggregate with the strategy `strategy.wraps` names; `--use_server_dp=true` selects dp_fixed_clipping."""
+
 from __future__ import annotations
 
 import importlib
-from typing import Callable
+from collections.abc import Callable
 
 from flb.config import STRATEGIES, Config
 from flb.privacy.secret_random import SecretRandom

@@ -3,6 +3,7 @@
 Adapter arithmetic shared with the clients and the verifier (difference, norm, clipping, noise, the weighted
 mean) is in flb.adapters.arithmetic.
 """
+
 from __future__ import annotations
 
 import math
@@ -21,7 +22,7 @@ def adaptive_update_noise_multiplier(noise_multiplier: float, clipped_count_stdd
     (Andrew et al., 2021, https://arxiv.org/abs/1905.03871, section 3). Needs z < 2 sigma_b; z = 0 stays 0."""
     if noise_multiplier == 0:
         return 0.0
-    return (noise_multiplier ** -2 - (2 * clipped_count_stddev) ** -2) ** -0.5
+    return (noise_multiplier**-2 - (2 * clipped_count_stddev) ** -2) ** -0.5
 
 
 MAX_CLIP_STEP = 30.0  # |log| of the largest factor one round may move C by: keeps C a finite positive number
@@ -38,6 +39,7 @@ def next_clip_norm(clip_norm: float, unclipped_fraction: float, target_quantile:
 
 # Server optimizers (Reddi et al., 2021, "Adaptive Federated Optimization", https://arxiv.org/abs/2003.00295,
 # Algorithm 2). Delta is the pseudo-gradient with the sign of an update: the clients' mean minus the global adapter.
+
 
 def pseudo_gradient(global_adapter: AdapterState, mean: AdapterState) -> AdapterState:
     """Delta = mean - x in float32, `mean` being the clients' (by default sum_i w_i x_i / sum_i w_i)."""
@@ -67,8 +69,9 @@ def adam_second_moment(v: AdapterState, delta: AdapterState, beta_2: float) -> A
 
 def yogi_second_moment(v: AdapterState, delta: AdapterState, beta_2: float) -> AdapterState:
     """FedYogi: v <- v - (1 - beta_2) Delta^2 sign(v - Delta^2)."""
-    return {name: v[name] - (1 - beta_2) * delta[name].square() * (v[name] - delta[name].square()).sign()
-            for name in delta}
+    return {
+        name: v[name] - (1 - beta_2) * delta[name].square() * (v[name] - delta[name].square()).sign() for name in delta
+    }
 
 
 def adaptive_step(x: AdapterState, m: AdapterState, v: AdapterState, eta: float, tau: float) -> AdapterState:
@@ -77,6 +80,7 @@ def adaptive_step(x: AdapterState, m: AdapterState, v: AdapterState, eta: float,
 
 
 # Robust aggregators: they look at the clients' adapters alone (no example counts, which a client reports itself).
+
 
 def coordinate_median(states: list[AdapterState]) -> AdapterState:
     """Per coordinate, the median of the clients' values; for an even count the mean of the middle two, as numpy
@@ -88,7 +92,7 @@ def trimmed_mean(states: list[AdapterState], beta: float) -> AdapterState:
     """Per coordinate, the mean of the values left when int(beta * n) are cut from each end: the cut rounds down,
     as scipy's trim_mean and Flower's. Yin et al., 2018, https://arxiv.org/abs/1803.01498"""
     cut = int(beta * len(states))
-    return _per_tensor(states, lambda name, stacked: stacked.sort(dim=0).values[cut: len(states) - cut].mean(dim=0))
+    return _per_tensor(states, lambda name, stacked: stacked.sort(dim=0).values[cut : len(states) - cut].mean(dim=0))
 
 
 def squared_distances(states: list[AdapterState]):
@@ -136,7 +140,7 @@ def bulyan(states: list[AdapterState], num_malicious: int) -> AdapterState:
 
 def _median(stacked):
     count = stacked.shape[0]
-    return stacked.sort(dim=0).values[(count - 1) // 2: count // 2 + 1].mean(dim=0)
+    return stacked.sort(dim=0).values[(count - 1) // 2 : count // 2 + 1].mean(dim=0)
 
 
 def _mean_of_closest(stacked, reference, count: int):
@@ -149,5 +153,7 @@ def _per_tensor(states: list[AdapterState], reduce) -> AdapterState:
     """reduce(name, the clients' values stacked on a new first axis in float32) for every tensor, cast back."""
     import torch
 
-    return {name: reduce(name, torch.stack([state[name].float() for state in states])).to(reference.dtype)
-            for name, reference in states[0].items()}
+    return {
+        name: reduce(name, torch.stack([state[name].float() for state in states])).to(reference.dtype)
+        for name, reference in states[0].items()
+    }

@@ -2,11 +2,13 @@
 
 A strategy takes its settings already validated by flb.config and does not check them again; what it can do (its
 output is a mean, it wraps another, it is DP) is its entry in flb.config.STRATEGIES, not an attribute here."""
+
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Optional
+from typing import TYPE_CHECKING
 
 from flb.adapters.lora_aggregation import MEANS
 from flb.types import AdapterState, ClientUpdate
@@ -20,8 +22,9 @@ Mean = Callable[[list[tuple[AdapterState, float]]], AdapterState]
 
 class Strategy(ABC):
     @abstractmethod
-    def aggregate(self, global_adapter: AdapterState, updates: list[ClientUpdate], round: int,
-                  num_sampled: int) -> AdapterState:
+    def aggregate(
+        self, global_adapter: AdapterState, updates: list[ClientUpdate], round: int, num_sampled: int
+    ) -> AdapterState:
         """The next global adapter from the current one and the round's valid updates."""
 
     def client_extras(self, global_adapter: AdapterState) -> AdapterState:
@@ -46,7 +49,7 @@ class Strategy(ABC):
         copy: aggregating afterwards must not change it (leave-one-out scoring loads it back)."""
         return {}
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict) -> None:  # noqa: B027 (a stateless strategy loads nothing)
         pass
 
 
@@ -56,7 +59,7 @@ class BuildContext:
 
     config: Config
     random: SecretRandom  # the server's secret generator: the DP strategies draw their noise from it
-    inner: Optional[Strategy] = None  # a wrapper's strategy.wraps, built
+    inner: Strategy | None = None  # a wrapper's strategy.wraps, built
 
     @property
     def mean(self) -> Mean:

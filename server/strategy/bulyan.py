@@ -1,5 +1,6 @@
 """Bulyan (El Mhamdi et al., 2018, https://arxiv.org/abs/1802.07927): Krum picks n - 2f client adapters one at a
 time, then a coordinate-wise trimmed mean around their median; tolerates f Byzantine clients when n >= 4f + 3."""
+
 from __future__ import annotations
 
 from flb.config import BulyanSettings
@@ -13,8 +14,9 @@ class Bulyan(Strategy):
     def __init__(self, settings: BulyanSettings):
         self.num_malicious = settings.num_malicious
 
-    def aggregate(self, global_adapter: AdapterState, updates: list[ClientUpdate], round: int,
-                  num_sampled: int) -> AdapterState:
+    def aggregate(
+        self, global_adapter: AdapterState, updates: list[ClientUpdate], round: int, num_sampled: int
+    ) -> AdapterState:
         require_updates(len(updates), 4 * self.num_malicious + 3, "bulyan")
         return bulyan([u.tensors for u in updates], self.num_malicious)
 

@@ -14,15 +14,16 @@ know who took part: against a reader of the ledger or of metrics.jsonl, each rou
 is a full Gaussian step (q = 1), which `privacy_spent()["known_participants"]` reports for the client
 sampled most often. The noise comes from the server's secret generator (flb.privacy.secret_random).
 """
+
 from __future__ import annotations
 
 import dataclasses
 import logging
 
-from flb.privacy.accounting import Accounted, epsilon, rdp_accountant, warn_if_delta_too_large
 from flb.adapters.arithmetic import add, add_gaussian_noise_inplace, clip_inplace, subtract
 from flb.adapters.lora_aggregation import trained_part
 from flb.config import ServerSettings
+from flb.privacy.accounting import Accounted, epsilon, rdp_accountant, warn_if_delta_too_large
 from flb.privacy.secret_random import SecretRandom
 from flb.types import AdapterState, ClientUpdate
 from server.strategy.aggregate import dp_fedavg_noise_std
@@ -34,8 +35,15 @@ log = logging.getLogger(__name__)
 class DPFixedClipping(Accounted, Strategy):
     mechanism = "dp_fixed_clipping"
 
-    def __init__(self, strategy: Strategy, settings: ServerSettings, *, sample_rate: float, random: SecretRandom,
-                 lora_a_frozen: bool = False):
+    def __init__(
+        self,
+        strategy: Strategy,
+        settings: ServerSettings,
+        *,
+        sample_rate: float,
+        random: SecretRandom,
+        lora_a_frozen: bool = False,
+    ):
         """`strategy`: one whose output is a mean of the updates (flb.config refuses others: the noise is calibrated
         for a mean); `sample_rate`: q, the fraction of the clients sampled each round."""
         self.strategy = strategy
@@ -50,11 +58,17 @@ class DPFixedClipping(Accounted, Strategy):
         self.participations: dict[str, int] = {}
         self.last_noise_std = 0.0
 
-    def aggregate(self, global_adapter: AdapterState, updates: list[ClientUpdate], round: int,
-                  num_sampled: int) -> AdapterState:
+    def aggregate(
+        self, global_adapter: AdapterState, updates: list[ClientUpdate], round: int, num_sampled: int
+    ) -> AdapterState:
         if len(updates) < num_sampled:
-            log.warning("round %d: %d of %d sampled clients returned valid updates; noise is calibrated for the "
-                        "%d that did", round, len(updates), num_sampled, len(updates))
+            log.warning(
+                "round %d: %d of %d sampled clients returned valid updates; noise is calibrated for the %d that did",
+                round,
+                len(updates),
+                num_sampled,
+                len(updates),
+            )
         clipped = [self._clipped(global_adapter, update) for update in updates]
         aggregated = self.strategy.aggregate(global_adapter, clipped, round, num_sampled)
         self.last_noise_std = dp_fedavg_noise_std(self.update_noise_multiplier, self.clip_norm, len(updates))
@@ -79,12 +93,19 @@ class DPFixedClipping(Accounted, Strategy):
         """Epsilon against someone who knows who took part: q = 1 over the rounds of the most-sampled client."""
         most = max(self.participations.values(), default=0)
         history = [[self.noise_multiplier, 1.0, most]] if most else []
-        return {"epsilon": epsilon(rdp_accountant({"history": history}), self.delta), "sample_rate": 1.0,
-                "steps": most, "history": history}
+        return {
+            "epsilon": epsilon(rdp_accountant({"history": history}), self.delta),
+            "sample_rate": 1.0,
+            "steps": most,
+            "history": history,
+        }
 
     def state_dict(self) -> dict:
-        return {**super().state_dict(), "participations": dict(self.participations),
-                "inner": self.strategy.state_dict()}
+        return {
+            **super().state_dict(),
+            "participations": dict(self.participations),
+            "inner": self.strategy.state_dict(),
+        }
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
@@ -97,7 +118,6 @@ class DPFixedClipping(Accounted, Strategy):
         return dataclasses.replace(update, tensors={**global_adapter, **add(delta, global_adapter)}, num_examples=1)
 
 
-
 def build(context: BuildContext) -> DPFixedClipping:
     return DPFixedClipping(context.inner, context.config.server, **wrapper_arguments(context))
 
@@ -107,5 +127,8 @@ def wrapper_arguments(context: BuildContext) -> dict:
     config = context.config
     warn_if_delta_too_large(config.server.dp.delta, config.num_clients, "server.dp.delta", "clients")
     # each round samples clients_per_round of num_clients clients: the subsampling rate q of the accounting
-    return dict(sample_rate=config.clients_per_round / config.num_clients, random=context.random,
-                lora_a_frozen=config.strategy.lora_a_frozen)
+    return dict(
+        sample_rate=config.clients_per_round / config.num_clients,
+        random=context.random,
+        lora_a_frozen=config.strategy.lora_a_frozen,
+    )

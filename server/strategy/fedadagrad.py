@@ -1,5 +1,6 @@
 """FedAdagrad (Reddi et al., 2021, https://arxiv.org/abs/2003.00295): v <- v + Delta^2. No first-moment decay
 (beta_1 = 0, m = Delta), as the paper's experiments and Flower's FedAdagrad."""
+
 from __future__ import annotations
 
 from flb.adapters.arithmetic import weighted_average

@@ -1,5 +1,6 @@
 """FedAdam (Reddi et al., 2021, https://arxiv.org/abs/2003.00295): v <- beta_2 v + (1 - beta_2) Delta^2, without
 bias correction as the paper's Algorithm 2 (Flower's FedAdam corrects eta; see AdaptiveServerOptimizer)."""
+
 from __future__ import annotations
 
 from flb.adapters.arithmetic import weighted_average

@@ -1,6 +1,7 @@
 """FedAvgM: server momentum on the pseudo-gradient (Hsu et al., 2019, https://arxiv.org/abs/1909.06335), as
 Flower's FedAvgM and torch.optim.SGD: M <- beta M + Delta, x <- x + eta M (Flower keeps the gradient's sign,
 -Delta, and subtracts: the same numbers)."""
+
 from __future__ import annotations
 
 from flb.adapters.arithmetic import weighted_average

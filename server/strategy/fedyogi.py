@@ -1,5 +1,6 @@
 """FedYogi (Reddi et al., 2021, https://arxiv.org/abs/2003.00295): FedAdam with v <- v - (1 - beta_2) Delta^2
 sign(v - Delta^2), so v grows no faster than Delta^2 allows (Zaheer et al., 2018, Yogi)."""
+
 from __future__ import annotations
 
 from flb.types import AdapterState

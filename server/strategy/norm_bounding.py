@@ -2,6 +2,7 @@
 https://arxiv.org/abs/1911.07963), as a wrapper around any strategy: each update's change from the global adapter
 is clipped to max_norm in L2 over the whole adapter, then the wrapped strategy aggregates the bounded updates with
 their example counts. No noise: it limits what one update can do, it is not differential privacy."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -16,8 +17,9 @@ class NormBounding(Strategy):
     def __init__(self, strategy: Strategy, settings: NormBoundingSettings):
         self.strategy, self.max_norm = strategy, settings.max_norm
 
-    def aggregate(self, global_adapter: AdapterState, updates: list[ClientUpdate], round: int,
-                  num_sampled: int) -> AdapterState:
+    def aggregate(
+        self, global_adapter: AdapterState, updates: list[ClientUpdate], round: int, num_sampled: int
+    ) -> AdapterState:
         bounded = [dataclasses.replace(u, tensors=self._bounded(global_adapter, u.tensors)) for u in updates]
         return self.strategy.aggregate(global_adapter, bounded, round, num_sampled)
 

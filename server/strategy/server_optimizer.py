@@ -4,6 +4,7 @@ adapter give a pseudo-gradient Delta (with the sign of an update); the server ta
 keeps the optimizer's moments, in float32, as its state.
 Reddi et al., 2021, "Adaptive Federated Optimization", https://arxiv.org/abs/2003.00295
 """
+
 from __future__ import annotations
 
 from abc import abstractmethod
@@ -23,12 +24,14 @@ class ServerOptimizer(Strategy):
         self.mean = mean
         self.moments: Moments = {}
 
-    def aggregate(self, global_adapter: AdapterState, updates: list[ClientUpdate], round: int,
-                  num_sampled: int) -> AdapterState:
+    def aggregate(
+        self, global_adapter: AdapterState, updates: list[ClientUpdate], round: int, num_sampled: int
+    ) -> AdapterState:
         current = {name: tensor.float() for name, tensor in global_adapter.items()}
         delta = pseudo_gradient(current, self.mean([(u.tensors, u.num_examples) for u in updates]))
-        moments = self.moments or {key: {name: t.new_zeros(t.shape) for name, t in current.items()}
-                                   for key in self.moment_names}
+        moments = self.moments or {
+            key: {name: t.new_zeros(t.shape) for name, t in current.items()} for key in self.moment_names
+        }
         self.moments = self.next_moments(moments, delta)
         stepped = self.step(current, self.moments)
         return {name: stepped[name].to(tensor.dtype) for name, tensor in global_adapter.items()}

@@ -2,6 +2,7 @@
 aggregates the updates (the clients' parts), then the trunk is the one the last client trained, since each sampled
 client continued the trunk of the one before it (FL-LLaMA's scheme). Averaging those trunks would mix a trunk with
 the trunks it was trained from."""
+
 from __future__ import annotations
 
 from flb.split.cut import SplitPlan
@@ -13,8 +14,9 @@ class SharedTrunk(Strategy):
     def __init__(self, strategy: Strategy, plan: SplitPlan):
         self.strategy, self.plan = strategy, plan
 
-    def aggregate(self, global_adapter: AdapterState, updates: list[ClientUpdate], round: int,
-                  num_sampled: int) -> AdapterState:
+    def aggregate(
+        self, global_adapter: AdapterState, updates: list[ClientUpdate], round: int, num_sampled: int
+    ) -> AdapterState:
         aggregated = self.strategy.aggregate(global_adapter, updates, round, num_sampled)
         if not updates:
             return aggregated

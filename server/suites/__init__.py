@@ -5,6 +5,7 @@ peft model; it returns a JSON-able dict of metrics. exact_match is not here: ser
 held-out split. Building a suite checks what it needs (its data file, its package, the sandbox), so building them
 before a run (assembly.prepare) makes a bad setting fail before any training.
 """
+
 from __future__ import annotations
 
 from flb.config import EvalSettings
@@ -29,4 +30,3 @@ def build_suites(settings: EvalSettings) -> list:
 
             suites.append(LmEvalSuite(settings.lm_eval, batch_size=settings.batch_size))
     return suites
-

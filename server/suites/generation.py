@@ -1,4 +1,5 @@
 """Greedy generation for the suites: batched, left-padded continuations of already-formatted texts."""
+
 from __future__ import annotations
 
 import contextlib
@@ -22,8 +23,16 @@ def chat_text(tokenizer, user_message: str) -> str:
     return chat_prompt(tokenizer, [{"role": "user", "content": user_message}])
 
 
-def greedy_continuations(model, tokenizer, texts: list[str], *, max_new_tokens: int, batch_size: int,
-                         stop: tuple[str, ...] = (), label: str = "generating") -> list[str]:
+def greedy_continuations(
+    model,
+    tokenizer,
+    texts: list[str],
+    *,
+    max_new_tokens: int,
+    batch_size: int,
+    stop: tuple[str, ...] = (),
+    label: str = "generating",
+) -> list[str]:
     """What greedy decoding appends to each text (special tokens dropped), cut at the first of `stop`. Texts are
     batched by length so that little padding is computed; the answers come back in the order of `texts`. A bar
     named `label` counts the batches."""
@@ -36,13 +45,19 @@ def greedy_continuations(model, tokenizer, texts: list[str], *, max_new_tokens: 
     device = next(model.parameters()).device
     with evaluation_mode(model), torch.no_grad():
         for start in tqdm(range(0, len(order), batch_size), desc=label, leave=False):
-            rows = order[start:start + batch_size]
+            rows = order[start : start + batch_size]
             input_ids, attention_mask = left_padded([ids[i] for i in rows], tokenizer.pad_token_id)
             width = input_ids.shape[1]
             stopping = dict(stop_strings=list(stop), tokenizer=tokenizer) if stop else {}
-            output = model.generate(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
-                                    max_new_tokens=max_new_tokens, do_sample=False, use_cache=True,
-                                    pad_token_id=tokenizer.pad_token_id, **stopping)
+            output = model.generate(
+                input_ids=input_ids.to(device),
+                attention_mask=attention_mask.to(device),
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                use_cache=True,
+                pad_token_id=tokenizer.pad_token_id,
+                **stopping,
+            )
             for i, text in zip(rows, tokenizer.batch_decode(output[:, width:], skip_special_tokens=True)):
                 answers[i] = cut_at_stop(text, stop)
     return answers
@@ -50,4 +65,4 @@ def greedy_continuations(model, tokenizer, texts: list[str], *, max_new_tokens: 
 
 def cut_at_stop(text: str, stop: tuple[str, ...]) -> str:
     """`text` up to (not including) the earliest of the stop sequences in it."""
-    return text[:min([text.find(s) for s in stop if s in text], default=len(text))]
+    return text[: min([text.find(s) for s in stop if s in text], default=len(text))]

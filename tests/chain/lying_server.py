@@ -1,6 +1,7 @@
 """A server that lies on purpose, for the audit's adversarial tests: it reopens a finished run's chain as its owner
 (it holds the admin key, and in-process runs also hold every client key) and records one more round of its own
 making, writing the files that make the run directory agree with what it recorded."""
+
 from __future__ import annotations
 
 import json
@@ -14,19 +15,21 @@ from chain.ledger import open_ledger
 from chain.transact import send_signed, sign_call
 from flb.adapters.arithmetic import weighted_average
 from flb.audit.attestation import sign_update
-from flb.config import ChainSettings
 from flb.audit.digests import adapter_config_digest, adapter_digest, metrics_digest
 from flb.audit.keystore import run_key_account
-from flb.run.summary import round_rows, summary_numbers
 from flb.audit.run_spec import run_spec_digest
+from flb.config import ChainSettings
+from flb.run.summary import round_rows, summary_numbers
 from flb.types import RoundRecord
 
 
 class LyingServer:
     def __init__(self, run_dir: Path):
         self.run_dir = run_dir
-        anchors = RunAnchors(adapter_config_digest(run_dir / "round_0"),
-                             run_spec_digest(json.loads((run_dir / "config.json").read_text())))
+        anchors = RunAnchors(
+            adapter_config_digest(run_dir / "round_0"),
+            run_spec_digest(json.loads((run_dir / "config.json").read_text())),
+        )
         self.ledger = open_ledger(ChainSettings(), run_dir, anchors)
         self.addresses = json.loads((run_dir / "chain" / "accounts.json").read_text())["clients"]
 
@@ -39,8 +42,12 @@ class LyingServer:
         ledger = self.ledger
         call = ledger.contract.functions.registerClients([account.address])
         with ledger.sender.lock:
-            assert send_signed(ledger.node.w3, sign_call(ledger.node.w3, ledger.node.accounts.admin, call, "sybil"),
-                               30)["status"] == 1
+            assert (
+                send_signed(ledger.node.w3, sign_call(ledger.node.w3, ledger.node.accounts.admin, call, "sybil"), 30)[
+                    "status"
+                ]
+                == 1
+            )
         self.addresses.append(account.address)
         return len(self.addresses) - 1
 
@@ -49,8 +56,14 @@ class LyingServer:
         in_chain_order = sorted(updates, key=lambda u: int(self.addresses[u[0]], 16))
         return weighted_average([(tensors, count) for _, tensors, count in in_chain_order])
 
-    def record_round(self, updates: list[tuple[int, dict, int]], global_adapter: dict, *, keys: dict | None = None,
-                     bytes_factor: int = 1) -> int:
+    def record_round(
+        self,
+        updates: list[tuple[int, dict, int]],
+        global_adapter: dict,
+        *,
+        keys: dict | None = None,
+        bytes_factor: int = 1,
+    ) -> int:
         """Record the next round: (client id, update tensors, examples) each signed with that client's key (`keys`
         for ids whose key is not in the run directory), `global_adapter` as its result; the round's files, a metrics
         row, final_adapter/ and summary.json written to agree. `bytes_factor` inflates the update sizes the flb score
@@ -67,18 +80,43 @@ class LyingServer:
             save_file(tensors, str(folder / "updates" / f"client_{client_id}.safetensors"))
             digests.append(adapter_digest(tensors))
             key = keys.get(client_id) or self.client_key(client_id)
-            signatures.append(sign_update(key, self.ledger.signing_domain, round=number, previous_global_digest=previous,
-                                          update_digest=digests[-1], num_examples=count))
-        row = {"kind": "round", "round": number, "global_digest": adapter_digest(global_adapter),
-               "num_clients": len(updates), "eval_loss": 0.5, "accuracy": 0.5}
+            signatures.append(
+                sign_update(
+                    key,
+                    self.ledger.signing_domain,
+                    round=number,
+                    previous_global_digest=previous,
+                    update_digest=digests[-1],
+                    num_examples=count,
+                )
+            )
+        row = {
+            "kind": "round",
+            "round": number,
+            "global_digest": adapter_digest(global_adapter),
+            "num_clients": len(updates),
+            "eval_loss": 0.5,
+            "accuracy": 0.5,
+        }
         with open(self.run_dir / "metrics.jsonl", "a") as metrics:
             metrics.write(json.dumps(row, sort_keys=True) + "\n")
-        self.ledger.record_round(RoundRecord(
-            round=number, previous_global_digest=previous, global_digest=row["global_digest"],
-            client_ids=[u[0] for u in updates], addresses=[self.addresses[u[0]] for u in updates],
-            update_digests=digests, num_examples=[u[2] for u in updates], signatures=signatures,
-            update_num_bytes=[bytes_factor * sum(t.numel() * t.element_size() for t in u[1].values()) for u in updates],
-            metrics={}, metrics_digest=metrics_digest(row)))
+        self.ledger.record_round(
+            RoundRecord(
+                round=number,
+                previous_global_digest=previous,
+                global_digest=row["global_digest"],
+                client_ids=[u[0] for u in updates],
+                addresses=[self.addresses[u[0]] for u in updates],
+                update_digests=digests,
+                num_examples=[u[2] for u in updates],
+                signatures=signatures,
+                update_num_bytes=[
+                    bytes_factor * sum(t.numel() * t.element_size() for t in u[1].values()) for u in updates
+                ],
+                metrics={},
+                metrics_digest=metrics_digest(row),
+            )
+        )
         self._finish(folder, number, row["global_digest"])
         return number
 
@@ -99,4 +137,6 @@ class LyingServer:
         summary = {**json.loads(summary_path.read_text()), **summary_numbers(rows), "final_digest": digest}
         summary_path.write_text(json.dumps(summary, indent=2))
         checkpoint = self.run_dir / "checkpoint.json"
-        checkpoint.write_text(json.dumps({**json.loads(checkpoint.read_text()), "round": number, "global_digest": digest}))
+        checkpoint.write_text(
+            json.dumps({**json.loads(checkpoint.read_text()), "round": number, "global_digest": digest})
+        )

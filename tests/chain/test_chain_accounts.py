@@ -1,12 +1,14 @@
-"""Accounts: encrypted keystores (the admin's, each client's own), the create CLI, and the rpc backend on a real node."""
+"""Accounts: encrypted keystores (the admin's, each client's own), the create CLI, and the rpc backend on a real
+node."""
+
 import json
 
 import pytest
 
 from chain.accounts import create_keystore, keystore_admin, main
 from chain.errors import AccountError, ChainError
-from flb.config import ChainSettings
 from flb.audit.keystore import KeystoreError, keystore_password, load_keystore
+from flb.config import ChainSettings
 from tests.chain.conftest import ANCHORS, signed_record, signed_upload
 
 pytestmark = pytest.mark.chain
@@ -36,8 +38,14 @@ def fund(url: str, addresses: list[str]) -> None:
 
 
 def rpc_settings(url: str, keys, client_keys: str = "fresh") -> ChainSettings:
-    return ChainSettings(backend="rpc", rpc_url=url, chain_id=31337, keystore_dir=str(keys), password_env=PASSWORD_ENV,
-                         client_keys=client_keys)
+    return ChainSettings(
+        backend="rpc",
+        rpc_url=url,
+        chain_id=31337,
+        keystore_dir=str(keys),
+        password_env=PASSWORD_ENV,
+        client_keys=client_keys,
+    )
 
 
 def test_admin_keystore_round_trips_and_stays_encrypted(tmp_path, monkeypatch):
@@ -142,8 +150,16 @@ def test_deploy_cli_deploys_with_the_admin_keystore(tmp_path, monkeypatch, anvil
     (admin_address,) = make_keystores(tmp_path, 0)
     fund(anvil.url, [admin_address])
     monkeypatch.setenv(PASSWORD_ENV, PASSWORD)
-    argv = ["--rpc-url", anvil.url, "--chain-id", "31337", "--keystore", str(tmp_path / "admin.json"),
-            "--password-env", PASSWORD_ENV]
+    argv = [
+        "--rpc-url",
+        anvil.url,
+        "--chain-id",
+        "31337",
+        "--keystore",
+        str(tmp_path / "admin.json"),
+        "--password-env",
+        PASSWORD_ENV,
+    ]
     assert deploy_main(argv) == 0
     printed = capsys.readouterr().out
     address = printed.split("chain.contract_address: ")[1].strip()
@@ -168,18 +184,28 @@ def client_addresses(config, run_dir, parts, num_clients: int = 2) -> list[str]:
     import assembly
 
     shard, model, tokenizer = parts
-    return [assembly.build_run_client(config, run_dir, i, shard, model, tokenizer).address
-            for i in range(num_clients)]
+    return [assembly.build_run_client(config, run_dir, i, shard, model, tokenizer).address for i in range(num_clients)]
 
 
 def key_config(tmp_path, keys, client_keys: str):
     """An rpc run's config: only the keys matter here (nothing connects to the node)."""
     from flb.config import load_config
 
-    return load_config(None, ["chain_record=true", "chain.backend=rpc", "chain.rpc_url=http://127.0.0.1:1",
-                              "chain.chain_id=31337", f"chain.keystore_dir={keys}", f"chain.client_keys={client_keys}",
-                              f"chain.password_env={PASSWORD_ENV}", f"output_dir={tmp_path / 'runs'}", "num_clients=2",
-                              "clients_per_round=2"])
+    return load_config(
+        None,
+        [
+            "chain_record=true",
+            "chain.backend=rpc",
+            "chain.rpc_url=http://127.0.0.1:1",
+            "chain.chain_id=31337",
+            f"chain.keystore_dir={keys}",
+            f"chain.client_keys={client_keys}",
+            f"chain.password_env={PASSWORD_ENV}",
+            f"output_dir={tmp_path / 'runs'}",
+            "num_clients=2",
+            "clients_per_round=2",
+        ],
+    )
 
 
 def test_fresh_client_keys_unlink_runs_and_a_resume_keeps_them(tmp_path, tiny_client_parts):
@@ -213,21 +239,34 @@ def test_persistent_client_keys_are_the_same_in_every_run(tmp_path, monkeypatch,
 
 def test_persistent_client_keys_say_what_is_missing_in_one_line(tmp_path, monkeypatch):
     import assembly
-    from flb.config import load_config
     from flb.audit.keystore import client_keystore
+    from flb.config import load_config
 
-    with pytest.raises(KeystoreError, match=r"^chain.client_keys: persistent needs chain.keystore_dir, the folder "
-                                            r"holding each client's client_<i>.json; set it, or use chain.client_keys "
-                                            r"fresh$"):
+    with pytest.raises(
+        KeystoreError,
+        match=r"^chain.client_keys: persistent needs chain.keystore_dir, the folder "
+        r"holding each client's client_<i>.json; set it, or use chain.client_keys "
+        r"fresh$",
+    ):
         client_keystore(ChainSettings(client_keys="persistent"), 0)
     make_keystores(tmp_path, 1)
     monkeypatch.setenv(PASSWORD_ENV, PASSWORD)
-    config = load_config(None, ["num_clients=2", "clients_per_round=2", f"chain.keystore_dir={tmp_path}",
-                                "chain.client_keys=persistent", f"chain.password_env={PASSWORD_ENV}"])
+    config = load_config(
+        None,
+        [
+            "num_clients=2",
+            "clients_per_round=2",
+            f"chain.keystore_dir={tmp_path}",
+            "chain.client_keys=persistent",
+            f"chain.password_env={PASSWORD_ENV}",
+        ],
+    )
     with pytest.raises(KeystoreError) as refused:  # before a run directory exists (embedded: no node to reach)
         assembly.check_chain(config)
-    assert str(refused.value) == (f"keystore {tmp_path}/client_1.json: not found; create it with `python -m "
-                                  f"chain.accounts create --role client --out {tmp_path}/client_1.json`")
+    assert str(refused.value) == (
+        f"keystore {tmp_path}/client_1.json: not found; create it with `python -m "
+        f"chain.accounts create --role client --out {tmp_path}/client_1.json`"
+    )
     assembly.check_chain(config, in_process_clients=False)  # Flower nodes hold their own keystores
 
 

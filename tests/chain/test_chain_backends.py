@@ -1,5 +1,6 @@
 """Chain nodes whose lifetime and persistence are the run's: a durable embedded chain, an anvil that
 dies with its run and never shares its state file. Plain ETH transfers only (no contract)."""
+
 import os
 import re
 import subprocess
@@ -27,10 +28,17 @@ RECIPIENT = "0xABaBaBaBABabABabAbAbABAbABabababaBaBABaB"  # an address nobody ho
 
 def transfer(w3, sender, to, value):
     """A signed EIP-1559 value transfer sent raw; returns its receipt."""
-    signed = sender.sign_transaction({
-        "to": to, "value": value, "gas": 21000, "maxFeePerGas": 3 * 10**9, "maxPriorityFeePerGas": 10**9,
-        "nonce": w3.eth.get_transaction_count(sender.address), "chainId": w3.eth.chain_id,
-    })
+    signed = sender.sign_transaction(
+        {
+            "to": to,
+            "value": value,
+            "gas": 21000,
+            "maxFeePerGas": 3 * 10**9,
+            "maxPriorityFeePerGas": 10**9,
+            "nonce": w3.eth.get_transaction_count(sender.address),
+            "chainId": w3.eth.chain_id,
+        }
+    )
     return w3.eth.wait_for_transaction_receipt(w3.eth.send_raw_transaction(signed.raw_transaction), timeout=30)
 
 
@@ -43,10 +51,16 @@ def send_transfers(node, count):
     w3, accounts = node.w3, node.accounts
     receipts = [transfer(w3, accounts.clients[i % 2], accounts.admin.address, 1000 + i) for i in range(count)]
     tx_hash = w3.eth.send_transaction({"from": w3.eth.accounts[0], "to": accounts.clients[0].address, "value": 7})
-    signed = accounts.admin.sign_transaction({
-        "data": STORE_42, "value": 0, "gas": 100_000, "gasPrice": 3 * 10**9, "chainId": w3.eth.chain_id,
-        "nonce": w3.eth.get_transaction_count(accounts.admin.address),
-    })
+    signed = accounts.admin.sign_transaction(
+        {
+            "data": STORE_42,
+            "value": 0,
+            "gas": 100_000,
+            "gasPrice": 3 * 10**9,
+            "chainId": w3.eth.chain_id,
+            "nonce": w3.eth.get_transaction_count(accounts.admin.address),
+        }
+    )
     creation = w3.eth.send_raw_transaction(signed.raw_transaction)
     return receipts + [w3.eth.wait_for_transaction_receipt(tx) for tx in (tx_hash, creation)]
 
@@ -57,8 +71,11 @@ def chain_view(w3, accounts):
     receipts = [dict(w3.eth.get_transaction_receipt(tx)) for block in blocks for tx in block["transactions"]]
     contracts = [receipt["contractAddress"] for receipt in receipts if receipt["contractAddress"]]
     return {
-        "chain_id": w3.eth.chain_id, "head": head, "block_hashes": [block["hash"] for block in blocks],
-        "receipts": receipts, "storage": [w3.eth.get_storage_at(address, 0) for address in contracts],
+        "chain_id": w3.eth.chain_id,
+        "head": head,
+        "block_hashes": [block["hash"] for block in blocks],
+        "receipts": receipts,
+        "storage": [w3.eth.get_storage_at(address, 0) for address in contracts],
         "balances": [w3.eth.get_balance(a.address) for a in (accounts.admin, *accounts.clients)],
         "nonces": [w3.eth.get_transaction_count(a.address) for a in (accounts.admin, *accounts.clients)],
     }
@@ -75,6 +92,7 @@ def chain_file(tmp_path):
 
 
 # --- the embedded chain ---------------------------------------------------------------------
+
 
 def test_reopened_embedded_chain_holds_the_same_blocks_receipts_and_balances(chain_file):
     first = embedded_node(chain_file, num_clients=2)
@@ -123,8 +141,9 @@ def test_views_still_answer_once_full_blocks_raised_the_base_fee_past_1_gwei(tmp
     registered = 0
     while w3.eth.get_block("latest")["baseFeePerGas"] <= 10**9:
         batch = [Account.from_key((registered + i + 1).to_bytes(32, "big")).address for i in range(75)]
-        send_signed(w3, sign_call(w3, admin, contract.functions.registerClients(batch), "registration",
-                                  gas=4_900_000), 60)
+        send_signed(
+            w3, sign_call(w3, admin, contract.functions.registerClients(batch), "registration", gas=4_900_000), 60
+        )
         registered += len(batch)
     assert contract.functions.clientCount().call() == registered
     node.stop()
@@ -141,8 +160,9 @@ def test_every_mined_block_is_on_disk_before_the_call_returns(chain_file):
 
 def test_embedded_chain_killed_while_mining_reopens_at_a_block_it_reported(tmp_path):
     chain_file = tmp_path / EMBEDDED_CHAIN_FILE
-    child = subprocess.Popen([sys.executable, "-c", _MINE_FOREVER, str(chain_file)], cwd=REPO,
-                             stdout=subprocess.PIPE, text=True)
+    child = subprocess.Popen(
+        [sys.executable, "-c", _MINE_FOREVER, str(chain_file)], cwd=REPO, stdout=subprocess.PIPE, text=True
+    )
     try:
         reported = [int(child.stdout.readline()) for _ in range(8)]
     finally:
@@ -159,8 +179,9 @@ from chain.backends import embedded_node
 node = embedded_node(sys.argv[1], num_clients=2)
 while True:
     account = node.accounts.clients[0]
+    nonce = node.w3.eth.get_transaction_count(account.address)
     tx = account.sign_transaction({"to": node.accounts.admin.address, "value": 1, "gas": 21000, "gasPrice": 3 * 10**9,
-                                   "nonce": node.w3.eth.get_transaction_count(account.address), "chainId": node.w3.eth.chain_id})
+                                   "nonce": nonce, "chainId": node.w3.eth.chain_id})
     node.w3.eth.send_raw_transaction(tx.raw_transaction)
     print(node.w3.eth.block_number, flush=True)
 """
@@ -172,8 +193,12 @@ def test_damaged_embedded_chain_file_is_a_one_line_chain_error(chain_file, damag
     send_transfers(node, 1)
     node.stop()
     data = chain_file.read_bytes()
-    damaged = {"truncated": data[: len(data) // 2], "flipped byte": data[:100] + bytes([data[100] ^ 1]) + data[101:],
-               "empty": b"", "foreign": b'{"block": 1}'}[damage]
+    damaged = {
+        "truncated": data[: len(data) // 2],
+        "flipped byte": data[:100] + bytes([data[100] ^ 1]) + data[101:],
+        "empty": b"",
+        "foreign": b'{"block": 1}',
+    }[damage]
     chain_file.write_bytes(damaged)
     for open_chain in (lambda: embedded_node(chain_file, num_clients=2), lambda: open_embedded_export(chain_file)):
         with pytest.raises(ChainError) as error:
@@ -260,8 +285,9 @@ def start_anvil_in_child():
 
     def start(state_file, transfers=None):
         args = [str(state_file)] + ([str(transfers)] if transfers is not None else [])
-        child = subprocess.Popen([sys.executable, "-c", _START_ANVIL_AND_WAIT, *args], cwd=REPO,
-                                 stdout=subprocess.PIPE, text=True)
+        child = subprocess.Popen(
+            [sys.executable, "-c", _START_ANVIL_AND_WAIT, *args], cwd=REPO, stdout=subprocess.PIPE, text=True
+        )
         children.append(child)
         anvil_pid, _ = child.stdout.readline().split()
         return child, int(anvil_pid)

@@ -1,4 +1,5 @@
 """The FLB contract (version 3) itself, on the embedded EVM and on a real anvil."""
+
 from dataclasses import dataclass
 
 import pytest
@@ -25,7 +26,9 @@ class Deployed:
     domain: SigningDomain
 
     def send(self, call, sender=None):
-        receipt = send_signed(self.w3, sign_call(self.w3, sender or self.accounts.admin, call, "test call"), timeout_s=30)
+        receipt = send_signed(
+            self.w3, sign_call(self.w3, sender or self.accounts.admin, call, "test call"), timeout_s=30
+        )
         assert receipt["status"] == 1
         return receipt
 
@@ -55,17 +58,34 @@ def upload(chain, signer, digest=DIGEST_A, signature=None, client=None):
     return chain.contract.functions.uploadUserData([client or signer.address], [digest], [signature])
 
 
-def round_args(chain, round_number, signers, previous=ZERO, global_digest=None, num_examples=None, scores=None,
-               domain=None):
+def round_args(
+    chain, round_number, signers, previous=ZERO, global_digest=None, num_examples=None, scores=None, domain=None
+):
     """recordRound's arguments with each signer's update signed over (round, previous, digest, count)."""
     signers = sorted(signers, key=lambda a: int(a.address, 16))
     digests = [bytes([round_number + 1, i + 1]) * 16 for i in range(len(signers))]
     counts = num_examples or [10 + i for i in range(len(signers))]
-    signatures = [sign_update(a, domain or chain.domain, round=round_number, previous_global_digest=previous,
-                              update_digest=d, num_examples=n) for a, d, n in zip(signers, digests, counts)]
-    return [round_number, global_digest or bytes([round_number + 1]) * 32, metrics_digest(round_number),
-            [a.address for a in signers], digests, counts, scores or [3 * (i + 1) for i in range(len(signers))],
-            signatures]
+    signatures = [
+        sign_update(
+            a,
+            domain or chain.domain,
+            round=round_number,
+            previous_global_digest=previous,
+            update_digest=d,
+            num_examples=n,
+        )
+        for a, d, n in zip(signers, digests, counts)
+    ]
+    return [
+        round_number,
+        global_digest or bytes([round_number + 1]) * 32,
+        metrics_digest(round_number),
+        [a.address for a in signers],
+        digests,
+        counts,
+        scores or [3 * (i + 1) for i in range(len(signers))],
+        signatures,
+    ]
 
 
 def metrics_digest(round_number: int) -> bytes:
@@ -77,6 +97,7 @@ def record(chain, args):
 
 
 # --- data uploads ----------------------------------------------------------------------------
+
 
 def test_signed_upload_is_recorded_with_its_digest(deployed):
     client = deployed.accounts.clients[0]
@@ -131,7 +152,10 @@ def test_a_client_that_uploads_anothers_digest_first_does_not_block_it(deployed)
     deployed.send(upload(deployed, owner, DIGEST_A), sender=owner)
     functions = deployed.contract.functions
     assert functions.getUserData(owner.address).call() == [DIGEST_A]
-    assert functions.hasUploaded(owner.address, DIGEST_A).call() and functions.hasUploaded(squatter.address, DIGEST_A).call()
+    assert (
+        functions.hasUploaded(owner.address, DIGEST_A).call()
+        and functions.hasUploaded(squatter.address, DIGEST_A).call()
+    )
     deployed.rejects(upload(deployed, squatter, DIGEST_A), r"AlreadyUploaded\(client=", sender=squatter)
 
 
@@ -164,6 +188,7 @@ def test_malleable_twin_of_a_valid_signature_reverts(deployed):
 
 # --- client registry -------------------------------------------------------------------------
 
+
 def test_registration_is_recorded_once_per_client(deployed):
     functions = deployed.contract.functions
     receipt = deployed.send(functions.registerClients([OUTSIDER.address]))
@@ -177,15 +202,20 @@ def test_registration_is_recorded_once_per_client(deployed):
 
 def test_non_owner_cannot_register_or_record(deployed):
     stranger = deployed.accounts.clients[0]
-    deployed.rejects(deployed.contract.functions.registerClients([OUTSIDER.address]), "not the contract owner", stranger)
+    deployed.rejects(
+        deployed.contract.functions.registerClients([OUTSIDER.address]), "not the contract owner", stranger
+    )
     call = deployed.contract.functions.recordRound(*round_args(deployed, 0, []))
     deployed.rejects(call, "not the contract owner", stranger)
-    deployed.rejects(deployed.contract.functions.recordSealedRound(0, b"\x01" * 32, b"\x03" * 32, b"\x02" * 32),
-                     "OwnableUnauthorized",
-                     stranger)
+    deployed.rejects(
+        deployed.contract.functions.recordSealedRound(0, b"\x01" * 32, b"\x03" * 32, b"\x02" * 32),
+        "OwnableUnauthorized",
+        stranger,
+    )
 
 
 # --- rounds ----------------------------------------------------------------------------------
+
 
 def test_rounds_are_chained_and_signed_by_their_clients(deployed):
     base = round_args(deployed, 0, [])
@@ -193,8 +223,19 @@ def test_rounds_are_chained_and_signed_by_their_clients(deployed):
     args = round_args(deployed, 1, deployed.accounts.clients[:2], previous=base[1])
     receipt = record(deployed, args)
     event = deployed.events("RoundRecorded", receipt)[0]
-    assert [event[k] for k in ("round", "previousGlobalDigest", "globalDigest", "metricsDigest", "clients",
-                               "updateDigests", "numExamples", "scores")] == [1, base[1], *args[1:7]]
+    assert [
+        event[k]
+        for k in (
+            "round",
+            "previousGlobalDigest",
+            "globalDigest",
+            "metricsDigest",
+            "clients",
+            "updateDigests",
+            "numExamples",
+            "scores",
+        )
+    ] == [1, base[1], *args[1:7]]
     functions = deployed.contract.functions
     assert functions.nextRound().call() == 2 and functions.lastGlobalDigest().call() == args[1]
     assert functions.getRound(1).call()[0] == args[1] and functions.roundExists(1).call()
@@ -211,17 +252,20 @@ def test_score_add_names_the_round(deployed):
     assert deployed.contract.functions.getScore(client.address).call() == 3 + 5
 
 
-@pytest.mark.parametrize("forgery, error", [
-    ("signed by another client", "BadSignature"),
-    ("signed by a non-client for itself", "NotRegistered"),
-    ("signed by a non-client for a client", "BadSignature"),
-    ("over another round", "BadSignature"),
-    ("over another previous digest", "BadSignature"),
-    ("over another num_examples", "BadSignature"),
-    ("for another contract", "BadSignature"),
-    ("for another chain id", "BadSignature"),
-    ("missing", "BadSignature"),
-])
+@pytest.mark.parametrize(
+    "forgery, error",
+    [
+        ("signed by another client", "BadSignature"),
+        ("signed by a non-client for itself", "NotRegistered"),
+        ("signed by a non-client for a client", "BadSignature"),
+        ("over another round", "BadSignature"),
+        ("over another previous digest", "BadSignature"),
+        ("over another num_examples", "BadSignature"),
+        ("for another contract", "BadSignature"),
+        ("for another chain id", "BadSignature"),
+        ("missing", "BadSignature"),
+    ],
+)
 def test_forged_update_signature_reverts(deployed, forgery, error):
     record(deployed, round_args(deployed, 0, []))
     previous = b"\x01" * 32
@@ -266,11 +310,14 @@ def test_clients_out_of_address_order_revert(deployed):
 def test_rounds_cannot_be_skipped_or_repeated(deployed):
     record(deployed, round_args(deployed, 0, []))
     functions = deployed.contract.functions
-    deployed.rejects(functions.recordRound(*round_args(deployed, 2, [])),
-                     r"WrongRound\(expected=1, given=2\); rounds are recorded in order; this contract expects round 1")
+    deployed.rejects(
+        functions.recordRound(*round_args(deployed, 2, [])),
+        r"WrongRound\(expected=1, given=2\); rounds are recorded in order; this contract expects round 1",
+    )
     deployed.rejects(functions.recordRound(*round_args(deployed, 0, [])), r"WrongRound\(expected=1, given=0\)")
-    deployed.rejects(functions.recordSealedRound(0, b"\x01" * 32, b"\x03" * 32, b"\x02" * 32),
-                     r"WrongRound\(expected=1, given=0\)")
+    deployed.rejects(
+        functions.recordSealedRound(0, b"\x01" * 32, b"\x03" * 32, b"\x02" * 32), r"WrongRound\(expected=1, given=0\)"
+    )
 
 
 def test_zero_global_digest_reverts(deployed):
@@ -283,8 +330,11 @@ def test_zero_update_digest_reverts_even_when_signed(deployed):
     client = deployed.accounts.clients[0]
     args = round_args(deployed, 0, [client])
     args[4] = [ZERO]
-    args[7] = [sign_update(client, deployed.domain, round=0, previous_global_digest=ZERO, update_digest=ZERO,
-                           num_examples=args[5][0])]
+    args[7] = [
+        sign_update(
+            client, deployed.domain, round=0, previous_global_digest=ZERO, update_digest=ZERO, num_examples=args[5][0]
+        )
+    ]
     deployed.rejects(deployed.contract.functions.recordRound(*args), "ZeroDigest")
 
 
@@ -304,12 +354,17 @@ def test_verify_round_accepts_only_the_exact_record(deployed):
     verify = deployed.contract.functions.verifyRound
     assert verify(*claim).call()
     alterations = {
-        "round": (0, 0), "previousGlobalDigest": (1, ZERO), "globalDigest": (2, DIGEST_A), "metricsDigest": (3, DIGEST_B),
-        "clients": (4, claim[4][::-1]), "updateDigests": (5, [DIGEST_A, claim[5][1]]),
-        "numExamples": (6, [claim[6][0] + 1, claim[6][1]]), "scores": (7, [claim[7][0], claim[7][1] + 1]),
+        "round": (0, 0),
+        "previousGlobalDigest": (1, ZERO),
+        "globalDigest": (2, DIGEST_A),
+        "metricsDigest": (3, DIGEST_B),
+        "clients": (4, claim[4][::-1]),
+        "updateDigests": (5, [DIGEST_A, claim[5][1]]),
+        "numExamples": (6, [claim[6][0] + 1, claim[6][1]]),
+        "scores": (7, [claim[7][0], claim[7][1] + 1]),
     }
     for field, (index, value) in alterations.items():
-        altered = claim[:index] + [value] + claim[index + 1:]
+        altered = claim[:index] + [value] + claim[index + 1 :]
         assert not verify(*altered).call(), f"verifyRound accepted an altered {field}"
 
 
@@ -319,9 +374,15 @@ def test_sealed_rounds_are_chained_and_verifiable(deployed):
     record(deployed, base)
     commitment = b"\x5e" * 32
     receipt = deployed.send(functions.recordSealedRound(1, b"\x02" * 32, metrics_digest(1), commitment))
-    assert deployed.events("RoundSealed", receipt) == [{"round": 1, "previousGlobalDigest": base[1],
-                                                        "globalDigest": b"\x02" * 32, "metricsDigest": metrics_digest(1),
-                                                        "participantsCommitment": commitment}]
+    assert deployed.events("RoundSealed", receipt) == [
+        {
+            "round": 1,
+            "previousGlobalDigest": base[1],
+            "globalDigest": b"\x02" * 32,
+            "metricsDigest": metrics_digest(1),
+            "participantsCommitment": commitment,
+        }
+    ]
     assert functions.verifySealedRound(1, base[1], b"\x02" * 32, metrics_digest(1), commitment).call()
     assert not functions.verifySealedRound(1, base[1], b"\x02" * 32, metrics_digest(1), DIGEST_A).call()
     assert not functions.verifySealedRound(1, base[1], b"\x02" * 32, DIGEST_A, commitment).call()
@@ -334,11 +395,13 @@ def test_sealed_rounds_are_chained_and_verifiable(deployed):
 
 # --- ownership -------------------------------------------------------------------------------
 
+
 def test_adapter_config_and_run_spec_are_anchored_once_by_the_owner(deployed):
     functions = deployed.contract.functions
     assert (functions.adapterConfigDigest().call(), functions.runSpecDigest().call()) == (ZERO, ZERO)
-    deployed.rejects(functions.anchorRun(DIGEST_A, DIGEST_B), "OwnableUnauthorizedAccount",
-                     sender=deployed.accounts.clients[0])
+    deployed.rejects(
+        functions.anchorRun(DIGEST_A, DIGEST_B), "OwnableUnauthorizedAccount", sender=deployed.accounts.clients[0]
+    )
     deployed.rejects(functions.anchorRun(ZERO, DIGEST_B), "ZeroDigest")
     deployed.rejects(functions.anchorRun(DIGEST_A, ZERO), "ZeroDigest")
     receipt = deployed.send(functions.anchorRun(DIGEST_A, DIGEST_B))
@@ -367,11 +430,14 @@ def test_ownership_moves_only_when_the_new_owner_accepts(deployed):
 
 
 def test_ownership_cannot_be_renounced(deployed):
-    deployed.rejects(deployed.contract.functions.renounceOwnership(), r"RenounceDisabled\(\); ownership cannot be renounced")
+    deployed.rejects(
+        deployed.contract.functions.renounceOwnership(), r"RenounceDisabled\(\); ownership cannot be renounced"
+    )
     assert deployed.contract.functions.owner().call() == deployed.accounts.admin.address
 
 
 # --- reverts made readable, on each backend --------------------------------------------------
+
 
 @pytest.mark.parametrize("how", ["call", "estimate_gas"])
 def test_revert_reason_decodes_custom_errors(deployed, how):
@@ -390,13 +456,16 @@ def test_revert_reason_decodes_panics_and_ignores_other_errors(deployed):
 
 def test_reverted_message_is_one_line_with_the_fix():
     error = reverted("round 3", "NotRegistered(client=0x1234)")
-    assert str(error) == ("round 3: the contract reverted with NotRegistered(client=0x1234); 0x1234 is not a registered "
-                          "client; the owner registers it with registerClients first")
+    assert str(error) == (
+        "round 3: the contract reverted with NotRegistered(client=0x1234); 0x1234 is not a registered "
+        "client; the owner registers it with registerClients first"
+    )
     assert "chain/contracts/FLB.sol" in str(reverted("upload", "some require\nstring"))
     assert "\n" not in str(reverted("upload", "some require\nstring"))
 
 
 # --- gas -------------------------------------------------------------------------------------
+
 
 def test_gas_of_uploads_and_signed_rounds(deployed, capsys):
     """Figures for docs/ledger.md; only the upload bound is asserted (v1 uploads cost 210k-228k, 143k after)."""
@@ -407,8 +476,12 @@ def test_gas_of_uploads_and_signed_rounds(deployed, capsys):
     deployed.send(deployed.contract.functions.registerClients([a.address for a in signers]))
     record(deployed, round_args(deployed, 0, []))
     gas = {}
-    for round_number, label, group in [(1, "2 new", signers[:2]), (2, "8 new", signers[2:]), (3, "8 known", signers[2:]),
-                                       (4, "2 known", signers[:2])]:
+    for round_number, label, group in [
+        (1, "2 new", signers[:2]),
+        (2, "8 new", signers[2:]),
+        (3, "8 known", signers[2:]),
+        (4, "2 known", signers[:2]),
+    ]:
         previous = bytes([round_number]) * 32
         gas[label] = record(deployed, round_args(deployed, round_number, group, previous=previous))["gasUsed"]
     with capsys.disabled():

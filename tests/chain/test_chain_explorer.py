@@ -1,5 +1,6 @@
 """The explorer prints a run's trail (blocks, decoded calls and events, scores, rounds) and reads live chains.
 Its --verify is tested on whole runs in test_chain_verify.py."""
+
 import pytest
 
 from chain.explorer import main
@@ -36,18 +37,23 @@ def explorer_output(run_dir, capsys) -> str:
 def test_explorer_decodes_the_deployment_registration_and_upload(recorded_run, clients, capsys):
     out = explorer_output(recorded_run, capsys)
     client_0 = f"{clients[0].address} (client 0)"
-    for expected in ("constructor(code_matches_artifact=True)", "(admin)  nonce 0  ok",
-                     f"event ClientRegistered(client={client_0}, round=0)",
-                     f'uploadUserData(clients=["{clients[0].address}"], dataDigests=["0x{DATA_DIGEST}"], signatures=["0x',
-                     f"event DataUpload(user={client_0}, dataDigest=0x{DATA_DIGEST})"):
+    for expected in (
+        "constructor(code_matches_artifact=True)",
+        "(admin)  nonce 0  ok",
+        f"event ClientRegistered(client={client_0}, round=0)",
+        f'uploadUserData(clients=["{clients[0].address}"], dataDigests=["0x{DATA_DIGEST}"], signatures=["0x',
+        f"event DataUpload(user={client_0}, dataDigest=0x{DATA_DIGEST})",
+    ):
         assert expected in out
 
 
 def test_explorer_decodes_rounds_with_previous_digest_counts_and_per_round_scores(recorded_run, clients, capsys):
     out = explorer_output(recorded_run, capsys)
-    assert (f"event RoundRecorded(round=2, previousGlobalDigest=0x{global_digest(1)}, "
-            f"globalDigest=0x{global_digest(2)}, metricsDigest=0x{3:064x}, clients=[\"{clients[1].address}\"], "
-            f"updateDigests=[\"0x{update_digest(2, 1)}\"], numExamples=[11], scores=[11])") in out
+    assert (
+        f"event RoundRecorded(round=2, previousGlobalDigest=0x{global_digest(1)}, "
+        f'globalDigest=0x{global_digest(2)}, metricsDigest=0x{3:064x}, clients=["{clients[1].address}"], '
+        f'updateDigests=["0x{update_digest(2, 1)}"], numExamples=[11], scores=[11])'
+    ) in out
     assert f"event ScoreAdd(user={clients[0].address} (client 0), round=1, score=1010)" in out  # 1 upload x 1000 B + 10
     assert f"event ScoreAdd(user={clients[1].address} (client 1), round=2, score=11)" in out
     assert f"{clients[1].address} (client 1)  22" in out  # cumulative: 11 in round 1 and 11 in round 2
@@ -64,8 +70,10 @@ def test_explorer_without_trail_says_what_to_do(tmp_path, capsys):
 @pytest.mark.parametrize("flags", [[], ["--verify"]])
 def test_a_run_directory_that_does_not_exist_is_one_line_saying_so(tmp_path, capsys, flags):
     assert main([str(tmp_path / "runs" / "missing"), *flags]) == 2
-    assert capsys.readouterr().err == (f"error: {tmp_path / 'runs' / 'missing'}: the run directory does not exist; give "
-                                       "output_dir/<run-id> (e.g. runs/latest)\n")
+    assert capsys.readouterr().err == (
+        f"error: {tmp_path / 'runs' / 'missing'}: the run directory does not exist; give "
+        "output_dir/<run-id> (e.g. runs/latest)\n"
+    )
 
 
 def test_verify_of_a_run_that_recorded_nothing_says_so(tmp_path, capsys):
@@ -98,8 +106,11 @@ def test_a_copied_run_names_the_embedded_chain_file_in_the_copy(tmp_path):
 
     original = tmp_path / "original"
     (original / "chain").mkdir(parents=True)
-    (original / "chain" / "trail.json").write_text(json.dumps({
-        "backend": "embedded", "chain": f"embedded py-evm (saved in {original / 'chain' / 'embedded_chain.db'})"}))
+    (original / "chain" / "trail.json").write_text(
+        json.dumps(
+            {"backend": "embedded", "chain": f"embedded py-evm (saved in {original / 'chain' / 'embedded_chain.db'})"}
+        )
+    )
     copy = tmp_path / "elsewhere" / "copy"
     shutil.copytree(original, copy)
     assert read_trail(copy)["chain"] == f"embedded py-evm (saved in {copy / 'chain' / 'embedded_chain.db'})"

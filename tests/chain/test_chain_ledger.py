@@ -1,5 +1,6 @@
 """The ledger: the run's contract found again on every reopen, records queued in a durable outbox and sent in the
 background, each record sent once, lost records sent again, permanent failures ending the run, no key in any output."""
+
 import json
 import logging
 import shutil
@@ -66,8 +67,13 @@ def test_embedded_ledger_records_registration_uploads_and_rounds(open_run_ledger
     assert ledger.close() is None
     summary = ledger.summary()
     assert summary["backend"] == "embedded" and summary["pending"] == 0
-    assert [tx["record"] for tx in summary["transactions"]] == ["deploy", "register:0-2", "upload:0-0", "round:0",
-                                                                 "round:1"]
+    assert [tx["record"] for tx in summary["transactions"]] == [
+        "deploy",
+        "register:0-2",
+        "upload:0-0",
+        "round:0",
+        "round:1",
+    ]
     assert all(tx["tx"] for tx in summary["transactions"])
     assert (tmp_path / "chain" / "trail.json").is_file()
 
@@ -164,8 +170,9 @@ def test_reopened_embedded_run_continues_the_same_chain(open_run_ledger, clients
     assert second.scores()[0] == 2 * (1000 + 10)
     for entry_id in ("register:0-2", "upload:0-0", "round:0", "round:1", "round:2"):
         assert len(submissions(tmp_path, entry_id)) == 1
-    assert second.node.w3.eth.get_block(deployment["block"])["hash"].hex().removeprefix("0x") == \
-        deployment["block_hash"].removeprefix("0x")
+    assert second.node.w3.eth.get_block(deployment["block"])["hash"].hex().removeprefix("0x") == deployment[
+        "block_hash"
+    ].removeprefix("0x")
 
 
 def test_a_record_the_chain_lost_is_sent_again_on_reopen(open_run_ledger, clients, tmp_path):
@@ -322,8 +329,7 @@ def test_a_configured_contract_is_written_to_deployment_json(open_run_ledger, tm
 
 
 @pytest.mark.anvil
-def test_a_run_whose_admin_runs_out_of_funds_exits_3_after_saving_its_rounds(anvil_run, copy_run, monkeypatch,
-                                                                              capsys):
+def test_a_run_whose_admin_runs_out_of_funds_exits_3_after_saving_its_rounds(anvil_run, copy_run, monkeypatch, capsys):
     import main_simple_fl
     from chain.ledger import ChainLedger
 
@@ -382,8 +388,9 @@ def test_more_clients_than_one_block_holds_are_registered_and_uploaded_in_batche
     accounts = many_clients(100)
     assert ledger.node.w3.eth.get_block("latest")["gasLimit"] <= SMALL_BLOCK * 1.01  # the chain itself is small
     register(ledger, accounts)
-    ledger.record_data_uploads({i: signed_upload(ledger.signing_domain, a, f"{i + 1:064x}")
-                                for i, a in enumerate(accounts)})
+    ledger.record_data_uploads(
+        {i: signed_upload(ledger.signing_domain, a, f"{i + 1:064x}") for i, a in enumerate(accounts)}
+    )
     assert ledger.wait_until_sent(120) and ledger.sender.fatal_error is None
     entries = ledger.outbox.entries()
     registrations = [e for e in entries if e.kind == REGISTER]
@@ -393,12 +400,18 @@ def test_more_clients_than_one_block_holds_are_registered_and_uploaded_in_batche
     assert all(e.gas_used < SMALL_BLOCK for e in entries)
     functions = ledger.contract.functions
     assert functions.clientCount().call() == 100
-    assert functions.countUploaded([a.address for a in accounts],
-                                   [bytes.fromhex(f"{i + 1:064x}") for i in range(100)]).call() == 100
+    assert (
+        functions.countUploaded(
+            [a.address for a in accounts], [bytes.fromhex(f"{i + 1:064x}") for i in range(100)]
+        ).call()
+        == 100
+    )
     # the bounds batches are sized by hold: the gas one more client adds, measured between the two batch sizes
-    per_client = {kind: (batch[0].gas_used - batch[-1].gas_used) / (len(_batch_clients(batch[0])) -
-                                                                      len(_batch_clients(batch[-1])))
-                  for kind, batch in ((REGISTER, registrations), (UPLOAD, uploads))}
+    per_client = {
+        kind: (batch[0].gas_used - batch[-1].gas_used)
+        / (len(_batch_clients(batch[0])) - len(_batch_clients(batch[-1])))
+        for kind, batch in ((REGISTER, registrations), (UPLOAD, uploads))
+    }
     assert all(0 < per_client[kind] <= GAS_PER_CLIENT[kind] for kind in per_client), per_client
 
 

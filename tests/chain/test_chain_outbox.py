@@ -1,4 +1,5 @@
 """The outbox file: replayed state, no duplicates, a torn last line dropped, a lost record queued again."""
+
 import pytest
 
 from chain.errors import ChainError
@@ -57,7 +58,9 @@ def test_torn_last_line_is_dropped(tmp_path):
 
 def test_a_corrupt_line_before_the_last_is_an_error(tmp_path):
     path = tmp_path / "outbox.jsonl"
-    path.write_text('{"id": "round:1", "kind": "round", "payload": {}, "status": "queued"}\nnot json\n'
-                    '{"id": "round:1", "status": "confirmed"}\n')
+    path.write_text(
+        '{"id": "round:1", "kind": "round", "payload": {}, "status": "queued"}\nnot json\n'
+        '{"id": "round:1", "status": "confirmed"}\n'
+    )
     with pytest.raises(ChainError, match="line 2 is corrupt"):
         Outbox(path)

@@ -1,4 +1,5 @@
 """Contribution scores: the seed's formula, and supplied (quality) scores validated."""
+
 import pytest
 
 from chain.errors import ChainError
@@ -10,10 +11,19 @@ pytestmark = pytest.mark.chain
 
 def record(round_number=1, client_ids=(0, 1, 2), **metrics):
     n = len(client_ids)
-    return RoundRecord(round=round_number, previous_global_digest="00" * 32, global_digest="11" * 32,
-                       client_ids=list(client_ids), addresses=[f"0x{c + 1:040x}" for c in client_ids],
-                       update_digests=["22" * 32] * n, num_examples=[5, 6, 7][:n], signatures=["0x"] * n,
-                       update_num_bytes=[100, 200, 300][:n], metrics=metrics, metrics_digest="33" * 32)
+    return RoundRecord(
+        round=round_number,
+        previous_global_digest="00" * 32,
+        global_digest="11" * 32,
+        client_ids=list(client_ids),
+        addresses=[f"0x{c + 1:040x}" for c in client_ids],
+        update_digests=["22" * 32] * n,
+        num_examples=[5, 6, 7][:n],
+        signatures=["0x"] * n,
+        update_num_bytes=[100, 200, 300][:n],
+        metrics=metrics,
+        metrics_digest="33" * 32,
+    )
 
 
 def test_flb_is_uploads_times_bytes_plus_examples():

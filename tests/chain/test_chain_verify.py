@@ -3,6 +3,7 @@ from a node (never the run's own trail.json), says whether that is independent e
 an attacker could change: global adapters, final_adapter/, adapter_config.json, summary.json, metrics.jsonl,
 updates; --recompute catches a server that aggregated something other than the recorded updates; a record the
 chain lost is sent again on --resume and --verify says so."""
+
 import json
 import shutil
 import subprocess
@@ -64,11 +65,15 @@ def replace_everywhere(run_dir: Path, old: str, new: str, names: tuple[str, ...]
 @pytest.fixture(params=["embedded", pytest.param("anvil", marks=pytest.mark.anvil)])
 def finished_run(request) -> Path:
     """The shared finished run of each backend (read-only)."""
-    return request.getfixturevalue("embedded_run") if request.param == "embedded" else \
-        request.getfixturevalue("anvil_run")[0]
+    return (
+        request.getfixturevalue("embedded_run")
+        if request.param == "embedded"
+        else request.getfixturevalue("anvil_run")[0]
+    )
 
 
 # --- an untouched run ----------------------------------------------------------------------------
+
 
 def test_untouched_run_passes_and_says_it_checks_a_local_export(finished_run, capsys):
     code, lines = verify(capsys, finished_run)
@@ -83,8 +88,13 @@ def test_recompute_of_an_honest_run_is_bit_exact(embedded_run, capsys):
 
 
 def test_the_module_verifies_with_the_flag_after_the_run_dir(embedded_run):
-    result = subprocess.run([sys.executable, "-m", "chain.explorer", str(embedded_run), "--verify"], cwd=REPO,
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "chain.explorer", str(embedded_run), "--verify"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[0].startswith(LOCAL_EXPORT)
 
@@ -102,8 +112,18 @@ def test_verify_with_rpc_reads_that_node_and_calls_it_independent(anvil_run, tmp
     participants.write_text("\n".join(json.loads((run_dir / "chain" / "accounts.json").read_text())["clients"]))
     node.start()
     try:
-        code, lines = verify(capsys, run_dir, "--rpc", node.url, "--recompute", "--strict", "--contract", contract,
-                             "--clients", str(participants))
+        code, lines = verify(
+            capsys,
+            run_dir,
+            "--rpc",
+            node.url,
+            "--recompute",
+            "--strict",
+            "--contract",
+            contract,
+            "--clients",
+            str(participants),
+        )
     finally:
         node.stop()
     assert code == 0, lines
@@ -122,6 +142,7 @@ def test_verify_with_rpc_of_a_node_without_the_run_fails(anvil_run, anvil, capsy
 
 # --- tampering -----------------------------------------------------------------------------------
 
+
 def test_forged_adapter_with_a_matching_trail_fails(finished_run, copy_run, capsys):
     run_dir = copy_run(finished_run)
     last = last_round(run_dir)
@@ -136,8 +157,12 @@ def test_forged_adapter_with_a_matching_trail_fails(finished_run, copy_run, caps
     code, lines = verify(capsys, run_dir)
     assert code == 1
     problems = "\n".join(mismatches(lines))
-    for what in (f"round {last} global adapter", "final_adapter", "summary.json: final_digest",
-                 f"metrics.jsonl: round {last} global_digest"):
+    for what in (
+        f"round {last} global adapter",
+        "final_adapter",
+        "summary.json: final_digest",
+        f"metrics.jsonl: round {last} global_digest",
+    ):
         assert what in problems
     assert f"the chain holds {old}" in problems
 
@@ -197,13 +222,16 @@ def test_a_round_directory_the_chain_does_not_hold_fails(embedded_run, copy_run,
 
 # --- a lying server --------------------------------------------------------------------------------
 
+
 def test_recompute_catches_a_server_that_aggregated_something_else(tiny_model_dir, tmp_path, monkeypatch, capsys):
     from server.strategy.fedavg import FedAvg
 
     fedavg = FedAvg.aggregate
 
     def mean_plus_epsilon(self, global_adapter, updates, round, num_sampled):
-        return {name: tensor + 1e-4 for name, tensor in fedavg(self, global_adapter, updates, round, num_sampled).items()}
+        return {
+            name: tensor + 1e-4 for name, tensor in fedavg(self, global_adapter, updates, round, num_sampled).items()
+        }
 
     monkeypatch.setattr(FedAvg, "aggregate", mean_plus_epsilon)
     run_dir = whole_run(tiny_model_dir, tmp_path, "num_rounds=1")
@@ -218,6 +246,7 @@ def test_recompute_catches_a_server_that_aggregated_something_else(tiny_model_di
 
 
 # --- a chain that lost records -------------------------------------------------------------------------
+
 
 @pytest.mark.anvil
 def test_a_round_the_node_lost_is_sent_again_on_resume_and_verify_says_so(anvil_run, copy_run, capsys):
@@ -258,30 +287,48 @@ def test_recompute_follows_the_runs_lora_aggregation(tmp_path):
     from chain.explorer import _replayer
     from chain.verify import Report, _recompute
     from flb.adapters.arithmetic import weighted_average
-    from flb.config import Config
-    from flb.audit.digests import adapter_digest
     from flb.adapters.lora_aggregation import svd_average
+    from flb.audit.digests import adapter_digest
+    from flb.config import Config
 
     generator = torch.Generator().manual_seed(0)
-    updates = [({"m.lora_A.weight": torch.randn(2, 6, generator=generator),
-                 "m.lora_B.weight": torch.randn(5, 2, generator=generator)}, n) for n in (3, 5)]
+    updates = [
+        (
+            {
+                "m.lora_A.weight": torch.randn(2, 6, generator=generator),
+                "m.lora_B.weight": torch.randn(5, 2, generator=generator),
+            },
+            n,
+        )
+        for n in (3, 5)
+    ]
     (tmp_path / "round_1" / "updates").mkdir(parents=True)
     (tmp_path / "round_0").mkdir()
     for i, (state, _) in enumerate(updates):
         save_file(state, str(tmp_path / "round_1" / "updates" / f"client_{i}.safetensors"))
     config = Config().to_dict()
     config["strategy"].update(name="fedavg", lora_aggregation="svd")
-    save_file({"m.lora_A.weight": torch.zeros(2, 6), "m.lora_B.weight": torch.zeros(5, 2)},
-              str(tmp_path / "round_0" / "adapter_model.safetensors"))
+    save_file(
+        {"m.lora_A.weight": torch.zeros(2, 6), "m.lora_B.weight": torch.zeros(5, 2)},
+        str(tmp_path / "round_0" / "adapter_model.safetensors"),
+    )
     honest = svd_average(updates)
-    flipped = {"m.lora_A.weight": honest["m.lora_A.weight"] * torch.tensor([[-1.0], [1.0]]),
-               "m.lora_B.weight": honest["m.lora_B.weight"] * torch.tensor([-1.0, 1.0])}
+    flipped = {
+        "m.lora_A.weight": honest["m.lora_A.weight"] * torch.tensor([[-1.0], [1.0]]),
+        "m.lora_B.weight": honest["m.lora_B.weight"] * torch.tensor([-1.0, 1.0]),
+    }
 
     def recompute(recorded):
         save_file(recorded, str(tmp_path / "round_1" / "adapter_model.safetensors"))
         report = Report()
-        rounds = {1: {"clients": ["0xa", "0xb"], "num_examples": [3, 5], "previous": "00",
-                      "global_digest": adapter_digest(recorded)}}
+        rounds = {
+            1: {
+                "clients": ["0xa", "0xb"],
+                "num_examples": [3, 5],
+                "previous": "00",
+                "global_digest": adapter_digest(recorded),
+            }
+        }
         _recompute(report, tmp_path, rounds, ["0xa", "0xb"], config, _replayer())
         return report
 
@@ -291,6 +338,7 @@ def test_recompute_follows_the_runs_lora_aggregation(tmp_path):
 
 
 # --- a server that lies on purpose (tests/chain/lying_server.py) ----------------------------------------
+
 
 def test_an_honest_round_the_lying_server_records_passes(embedded_run, copy_run, capsys):
     """The control for the lies below: the same tool recording an honest round leaves nothing to flag."""
@@ -314,15 +362,19 @@ def test_a_sybil_key_registered_mid_run_and_a_round_of_its_own_fail(embedded_run
     server.close()
     code, lines = verify(capsys, server.run_dir, "--recompute")
     assert code == 1
-    assert mismatches(lines) == [f"MISMATCH participant {sybil.address} was registered before round {number}, after "
-                                 "the run began (a key the server added mid-run?); pass --clients FILE with the real "
-                                 "participants' addresses to accept it"]
+    assert mismatches(lines) == [
+        f"MISMATCH participant {sybil.address} was registered before round {number}, after "
+        "the run began (a key the server added mid-run?); pass --clients FILE with the real "
+        "participants' addresses to accept it"
+    ]
     assert f"verify: participant {sybil.address}: registered before round {number}, in rounds [{number}]" in lines
     trusted = tmp_path / "participants.txt"
     trusted.write_text("# published by each organisation\n" + "\n".join(real) + "\n")
     code, lines = verify(capsys, server.run_dir, "--clients", str(trusted))
-    assert code == 1 and mismatches(lines) == [f"MISMATCH participant {sybil.address} is registered but is not in "
-                                               "--clients: an address the auditor does not know to be a real participant"]
+    assert code == 1 and mismatches(lines) == [
+        f"MISMATCH participant {sybil.address} is registered but is not in "
+        "--clients: an address the auditor does not know to be a real participant"
+    ]
 
 
 def test_a_round_that_ignores_every_update_fails_recompute(embedded_run, copy_run, capsys):
@@ -357,16 +409,20 @@ def test_an_edited_strategy_in_config_json_fails_and_switches_nothing_off(embedd
     problems = mismatches(lines)
     assert problems[0].startswith("MISMATCH config.json: its run spec (strategy, DP, scoring, sampling) has digest ")
     assert "the run's rules were edited after the fact" in problems[0]
-    assert problems[1:] == ["MISMATCH rounds [1, 2]: not recomputed, as config.json is not the run spec the chain "
-                            "anchors"]
+    assert problems[1:] == [
+        "MISMATCH rounds [1, 2]: not recomputed, as config.json is not the run spec the chain anchors"
+    ]
 
 
-@pytest.mark.parametrize("file, change, expected", [
-    ("metrics.jsonl", ("eval_loss", 2), "MISMATCH metrics.jsonl: round 2 row has digest "),
-    ("metrics.jsonl", ("accuracy", 1), "MISMATCH metrics.jsonl: round 1 row has digest "),
-    ("summary.json", ("eval_loss", "final"), "MISMATCH summary.json: eval_loss is "),
-    ("summary.json", ("accuracy", "final"), "MISMATCH summary.json: accuracy is "),
-])
+@pytest.mark.parametrize(
+    "file, change, expected",
+    [
+        ("metrics.jsonl", ("eval_loss", 2), "MISMATCH metrics.jsonl: round 2 row has digest "),
+        ("metrics.jsonl", ("accuracy", 1), "MISMATCH metrics.jsonl: round 1 row has digest "),
+        ("summary.json", ("eval_loss", "final"), "MISMATCH summary.json: eval_loss is "),
+        ("summary.json", ("accuracy", "final"), "MISMATCH summary.json: accuracy is "),
+    ],
+)
 def test_edited_metrics_and_summary_fail(embedded_run, copy_run, capsys, file, change, expected):
     run_dir = copy_run(embedded_run)
     key, where = change
@@ -387,8 +443,9 @@ def test_edited_metrics_and_summary_fail(embedded_run, copy_run, capsys, file, c
         assert len(problems) == 1
 
 
-def test_a_deployment_json_naming_another_contract_fails_when_the_auditor_pins_the_real_one(embedded_run, copy_run,
-                                                                                            capsys):
+def test_a_deployment_json_naming_another_contract_fails_when_the_auditor_pins_the_real_one(
+    embedded_run, copy_run, capsys
+):
     from chain.deployment import deploy
 
     server = LyingServer(copy_run(embedded_run))
@@ -400,8 +457,10 @@ def test_a_deployment_json_naming_another_contract_fails_when_the_auditor_pins_t
     code, lines = verify(capsys, server.run_dir, "--contract", real)
     assert code == 1
     assert lines[1].startswith(f"verify: contract {real} on chain id ")
-    assert mismatches(lines) == [f"MISMATCH {server.run_dir / 'chain' / 'deployment.json'} names contract {other}, "
-                                 f"not the pinned {real}: the run directory points auditors at another contract"]
+    assert mismatches(lines) == [
+        f"MISMATCH {server.run_dir / 'chain' / 'deployment.json'} names contract {other}, "
+        f"not the pinned {real}: the run directory points auditors at another contract"
+    ]
 
 
 def test_strict_fails_on_a_local_export_and_on_notes(embedded_run, capsys):
@@ -417,10 +476,13 @@ def test_a_pinned_contract_that_is_not_there_is_one_line(embedded_run, capsys):
     assert error.startswith(f"error: --contract 0x{'11' * 20}: no contract there on the chain --verify reads")
 
 
-@pytest.mark.parametrize("flags, expected", [
-    (["--contract", "0xzz"], "error: --contract 0xzz: not a 0x-prefixed 20-byte address"),
-    (["--clients", "/no/such/participants.txt"], "error: --clients /no/such/participants.txt: no such file"),
-])
+@pytest.mark.parametrize(
+    "flags, expected",
+    [
+        (["--contract", "0xzz"], "error: --contract 0xzz: not a 0x-prefixed 20-byte address"),
+        (["--clients", "/no/such/participants.txt"], "error: --clients /no/such/participants.txt: no such file"),
+    ],
+)
 def test_typical_mistakes_with_the_auditors_flags_are_one_line(embedded_run, capsys, flags, expected):
     capsys.readouterr()
     assert main([str(embedded_run), "--verify", *flags]) == 2

@@ -2,6 +2,7 @@
 spec's worked digest, loads nothing of the project (nor its contract artifact), and agrees with the project's own
 `python -m chain.explorer RUN --verify --recompute --rpc URL --contract ADDR` on an honest anvil run and on copies of
 it with one file tampered each. One anvil node, started on a copy of the run's chain, serves every case."""
+
 import importlib.util
 import json
 import shutil
@@ -42,8 +43,13 @@ def node(anvil_run, tmp_path_factory):
 
 
 def reference(run_dir: Path, url: str, address: str, *python_flags: str) -> tuple[int, list[str]]:
-    result = subprocess.run([sys.executable, *python_flags, str(SCRIPT), "--rpc", url, "--contract", address,
-                             str(run_dir)], cwd=REPO, capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, *python_flags, str(SCRIPT), "--rpc", url, "--contract", address, str(run_dir)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     return result.returncode, result.stdout.splitlines()
 
 
@@ -57,10 +63,13 @@ def project(capsys, run_dir: Path, url: str, address: str) -> tuple[int, list[st
 
 # --- the spec's worked example, and nothing of the project -------------------------------------------
 
+
 def test_the_worked_example_of_spec_2_1():
     module = reference_module()
-    tensors = {"m.lora_B.weight": np.array([[0.5], [0.25]], np.float32),
-               "m.lora_A.weight": np.array([[1.0, -2.0]], np.float32)}
+    tensors = {
+        "m.lora_B.weight": np.array([[0.5], [0.25]], np.float32),
+        "m.lora_A.weight": np.array([[1.0, -2.0]], np.float32),
+    }
     assert module.tensors_digest(tensors) == WORKED_EXAMPLE
 
 
@@ -77,13 +86,15 @@ def test_it_loads_nothing_of_the_project_nor_its_contract_artifact(anvil_run, no
         "    code = end.code\n"
         "ours = sorted(m for m in sys.modules if m.split('.')[0] in ('flb', 'chain', 'server', 'client', 'flb_flower',"
         " 'main_simple_fl'))\n"
-        "print(json.dumps({'code': code, 'modules': ours, 'artifact': [p for p in opened if 'artifacts' in p]}))\n")
+        "print(json.dumps({'code': code, 'modules': ours, 'artifact': [p for p in opened if 'artifacts' in p]}))\n"
+    )
     result = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=60)
     found = json.loads(result.stdout.splitlines()[-1])
     assert found == {"code": 0, "modules": [], "artifact": []}, result.stdout + result.stderr
 
 
 # --- agreement with the project's verifier ---------------------------------------------------------
+
 
 def nudge(path: Path, target: Path | None = None) -> None:
     tensors = load_file(str(path))
@@ -134,8 +145,10 @@ def tamper_summary_loss(run_dir: Path) -> None:
 CASES = {  # tampering -> what both verifiers' MISMATCH lines must name
     "honest": (None, ()),
     "update": (tamper_update, ("round 1", "client_0.safetensors")),
-    "global adapter and its trail": (tamper_global_with_matching_trail,
-                                     ("round 1 global adapter", "final_adapter", "metrics.jsonl", "summary.json")),
+    "global adapter and its trail": (
+        tamper_global_with_matching_trail,
+        ("round 1 global adapter", "final_adapter", "metrics.jsonl", "summary.json"),
+    ),
     "metrics eval_loss": (tamper_round_1_eval_loss, ("metrics.jsonl: round 1",)),
     "config strategy": (tamper_strategy, ("config.json",)),
     "summary eval_loss": (tamper_summary_loss, ("summary.json: eval_loss",)),

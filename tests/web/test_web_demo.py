@@ -1,6 +1,7 @@
 """The Streamlit web demo in a real browser (Debian's chromium through playwright) on a tiny chain-recorded run.
 
 A screenshot of each page is saved under test-artifacts/web/."""
+
 from __future__ import annotations
 
 import os
@@ -27,18 +28,36 @@ pytestmark = pytest.mark.browser
 
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "test-artifacts" / "web"
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--no-first-run"]
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 
 QUESTIONS = REPO / "tests" / "data" / "multiple_choice.jsonl"
 
 
 def recorded_run_overrides(model_dir: Path, output: Path) -> list[str]:
-    return [f"model.model_path={model_dir}", f"output_dir={output}", "num_clients=2", "clients_per_round=2",
-            "num_rounds=1", "local_steps=1", "eval.size=4", "eval.max_new_tokens=2", "sft.max_length=64",
-            "chain_record=true", "chain.backend=embedded", "eval.suites=[exact_match, multiple_choice]",
-            f"eval.multiple_choice.path={QUESTIONS}"]
+    return [
+        f"model.model_path={model_dir}",
+        f"output_dir={output}",
+        "num_clients=2",
+        "clients_per_round=2",
+        "num_rounds=1",
+        "local_steps=1",
+        "eval.size=4",
+        "eval.max_new_tokens=2",
+        "sft.max_length=64",
+        "chain_record=true",
+        "chain.backend=embedded",
+        "eval.suites=[exact_match, multiple_choice]",
+        f"eval.multiple_choice.path={QUESTIONS}",
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +83,10 @@ def web_run(tiny_model_dir, tmp_path_factory) -> Path:
 def private_run(web_run, tiny_model_dir) -> Path:
     """The same run with client-side DP, beside the others: the chain holds commitments, the clients' losses stay
     with them."""
-    overrides = recorded_run_overrides(tiny_model_dir, web_run.parent) + ["client.local_dp=true", "client.dp.mode=update"]
+    overrides = recorded_run_overrides(tiny_model_dir, web_run.parent) + [
+        "client.local_dp=true",
+        "client.dp.mode=update",
+    ]
     return assembly.run(load_config(None, overrides))
 
 
@@ -80,10 +102,27 @@ def start_app(run: Path, log: Path):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    command = [sys.executable, "-m", "streamlit", "run", "examples/web_demo/app.py", "--server.headless", "true",
-               "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false",
-               "--", "--run", str(run)]
-    process = subprocess.Popen(command, cwd=REPO, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+    command = [
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        "examples/web_demo/app.py",
+        "--server.headless",
+        "true",
+        "--server.port",
+        str(port),
+        "--server.address",
+        "127.0.0.1",
+        "--browser.gatherUsageStats",
+        "false",
+        "--",
+        "--run",
+        str(run),
+    ]
+    process = subprocess.Popen(
+        command, cwd=REPO, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and process.poll() is None:
@@ -217,7 +256,8 @@ def test_ledger_page_shows_the_scores_and_verified_rounds(app_url, web_run, page
     expect(page.locator(".st-key-verify-source")).to_contain_text("a consistency check of a local export")
     expect(page.locator(".st-key-score-meaning")).to_contain_text(  # chain/scoring.py's flb_scores, in words
         "(chain.scoring: flb): for every round it takes part in, its data uploads × its update's size in bytes + its "
-        "training examples")
+        "training examples"
+    )
     text = settle_and_screenshot(page, "ledger")
     assert trail["contract"] in text and "mismatch" not in text.lower()
 
@@ -228,17 +268,21 @@ def test_training_page_of_a_private_run_shows_each_clients_epsilon(app_url, priv
     page.goto(f"{app_url}/training?run={private_run.name}")
     expect(page.get_by_text("ε of the run after round 1")).to_be_visible()
     expect(page.get_by_text("No local train loss")).to_be_visible()
-    expect(page.get_by_test_id("stVegaLiteChart")).to_have_count(6)  # loss, perplexity, accuracy, suites, MB, ε per client
+    expect(page.get_by_test_id("stVegaLiteChart")).to_have_count(
+        6
+    )  # loss, perplexity, accuracy, suites, MB, ε per client
     text = settle_and_screenshot(page, "training-private")
     assert "No ε recorded" not in text
     # the two clients spend alike: one row and one line, named after both, beside the target; δ with each
     epsilon = [m for m in RunDir(private_run).metrics() if m.get("kind") == "round"][-1]["privacy"]["epsilon"]
     budget = page.locator(".st-key-privacy-budget").get_by_role("row").filter(has_text="clients 0-1")
-    expect(budget.get_by_role("cell")).to_have_text(["clients 0-1", f"{epsilon:.3f}", "8 (client.dp.target_epsilon)",
-                                                     "1e-05"])
+    expect(budget.get_by_role("cell")).to_have_text(
+        ["clients 0-1", f"{epsilon:.3f}", "8 (client.dp.target_epsilon)", "1e-05"]
+    )
     epsilons = chart(page, "ε per client, δ = 1e-05")
     expect(epsilons.locator('[aria-roledescription="line mark"]')).to_have_attribute(
-        "aria-label", re.compile("series: client 0 = client 1$"))
+        "aria-label", re.compile("series: client 0 = client 1$")
+    )
     expect(epsilons.locator('[aria-roledescription="rule mark"]')).to_have_attribute("aria-label", "value: 8")
 
 
@@ -268,8 +312,10 @@ def test_ledger_page_of_a_private_run_verifies_and_publishes_no_counts(app_url, 
 def crowded_run(web_run, tiny_model_dir) -> Path:
     """60 registered clients, 2 of them in its one round; a small block gas limit splits the uploads in two
     transactions."""
-    overrides = recorded_run_overrides(tiny_model_dir, web_run.parent) + ["num_clients=60",
-                                                                         "chain.block_gas_limit=5000000"]
+    overrides = recorded_run_overrides(tiny_model_dir, web_run.parent) + [
+        "num_clients=60",
+        "chain.block_gas_limit=5000000",
+    ]
     return assembly.run(load_config(None, overrides))
 
 
@@ -303,7 +349,8 @@ def test_ledger_page_flags_a_tampered_update(app_url, web_run, page):
     expect(page.locator(".st-key-round-0")).to_contain_text("verified")
     # a copy of the run: the header names the chain file in the copy, not the one the run was written with
     expect(page.locator(".st-key-chain-source")).to_contain_text(
-        f"embedded py-evm (saved in {web_run.parent / 'tampered' / 'chain' / 'embedded_chain.db'})")
+        f"embedded py-evm (saved in {web_run.parent / 'tampered' / 'chain' / 'embedded_chain.db'})"
+    )
     text = settle_and_screenshot(page, "ledger-tampered")
     assert str(web_run) not in text
 
