@@ -9,29 +9,30 @@ of its own client's adapter: the clients' A and B are stacked along a client axi
 What makes the result equal to training the clients one by one (`tests/test_execution_batched.py`):
 - batches: each client's come from its own trl trainer's dataloader (trl's tokenization and collation), drawn right
   after the client's round seed, as `trainer.train()` draws them; one client's rows are right-padded to the joined
-  batch's length (attention mask 0, labels -100); the forward runs under the trainers' mixed-precision autocast
-  (trl's default bf16 applies on the CPU too);
-- loss: each client's is the sequential one (flb.model.sft_settings.target_log_probs): the log-probabilities of its target
-  tokens summed and divided by its own count of target tokens in the optimizer step; the sum over clients is
+  batch's length (attention mask 0, labels -100); the forward runs under the trainers' mixed-precision autocast,
+  if any (flb.model.sft_settings.sft_config);
+- loss: each client's is the sequential one (flb.model.sft_settings.target_log_probs): the log-probabilities of its
+  target tokens summed and divided by its own count of target tokens in the optimizer step; the sum over clients is
   back-propagated, and a client's loss depends on its adapter only, so each adapter receives exactly its own gradient;
 - the optimizer step: per client, the trainer's optimizer class and arguments, its learning-rate scheduler, its
   gradient clipping (`max_grad_norm` on that client's gradients alone) and the strategy's gradient correction.
 Equal up to float summation order: the joined batch changes the order of additions, not what is added.
 DP-SGD is refused in this mode (flb.config): opacus clips per example through the model's own layers.
 """
+
 from __future__ import annotations
 
 import contextlib
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from tqdm.auto import trange
 
 from flb.errors import first_line
-from flb.scheduler import is_out_of_memory, peak_memory
 from flb.model.sft_settings import IGNORE_INDEX, SCORED_INPUTS, optimizer_and_scheduler, target_log_probs
+from flb.scheduler import is_out_of_memory, peak_memory
 from flb.types import AdapterState, ClientUpdate
 
 log = logging.getLogger(__name__)
@@ -48,8 +49,10 @@ class StackedLoRA:
         self.layers = {name: module for name, module in model.named_modules() if isinstance(module, LoraLayer)}
         for name, module in self.layers.items():
             if module.lora_variant.get("default") is not None:
-                raise ValueError(f"execution.mode batched: {name} uses a LoRA variant (DoRA...), which batched mode "
-                                 "does not implement; use sequential")
+                raise ValueError(
+                    f"execution.mode batched: {name} uses a LoRA variant (DoRA...), which batched mode "
+                    "does not implement; use sequential"
+                )
         self.trainable_names = {name for name, parameter in model.named_parameters() if parameter.requires_grad}
         self.clients: list[dict] = []  # per client: state-dict name -> its own tensor (a leaf when trainable)
         self.example_clients = None  # per example of the joined batch: the index of its client in self.clients
@@ -61,8 +64,12 @@ class StackedLoRA:
             for part in ("lora_A", "lora_B"):
                 key = f"{name}.{part}.weight"
                 own = self.layers[name].get_parameter(f"{part}.default.weight")
-                tensors[key] = adapter[key].to(own.device, own.dtype).clone().requires_grad_(
-                    f"{name}.{part}.default.weight" in self.trainable_names)
+                tensors[key] = (
+                    adapter[key]
+                    .to(own.device, own.dtype)
+                    .clone()
+                    .requires_grad_(f"{name}.{part}.default.weight" in self.trainable_names)
+                )
         self.clients.append(tensors)
         return tensors
 
@@ -135,22 +142,23 @@ class BatchedFit:
     admission: object  # flb.scheduler.Admission
     device: str
 
-    def __call__(self, clients: Sequence, global_adapter: AdapterState, round: int,
-                 extras: AdapterState) -> list[ClientUpdate | Exception]:
+    def __call__(
+        self, clients: Sequence, global_adapter: AdapterState, round: int, extras: AdapterState
+    ) -> list[ClientUpdate | Exception]:
         results: dict[int, ClientUpdate | Exception] = {}
         pending = list(clients)
         while pending:
-            group = pending[:self.admission.concurrency]
+            group = pending[: self.admission.concurrency]
             outcome = self._train_group(group, global_adapter, round, extras)
             if isinstance(outcome, Exception) and len(group) > 1:
                 if not is_out_of_memory(outcome):
                     for client in group:
                         results[client.client_id] = self._alone(client, global_adapter, round, extras)
-                    pending = pending[len(group):]
+                    pending = pending[len(group) :]
                 continue  # out of memory: the admission lowered the concurrency; retry as smaller groups
             for client, result in zip(group, outcome if isinstance(outcome, list) else [outcome]):
                 results[client.client_id] = result
-            pending = pending[len(group):]
+            pending = pending[len(group) :]
         return [results[client.client_id] for client in clients]
 
     def _train_group(self, group: list, global_adapter: AdapterState, round: int, extras: AdapterState):
@@ -164,8 +172,13 @@ class BatchedFit:
             if len(group) == 1:
                 log.exception("round %d: client %d failed", round, group[0].client_id)
             else:
-                log.warning("round %d: clients %s failed together (%s: %s)", round, [c.client_id for c in group],
-                            type(exc).__name__, first_line(exc))
+                log.warning(
+                    "round %d: clients %s failed together (%s: %s)",
+                    round,
+                    [c.client_id for c in group],
+                    type(exc).__name__,
+                    first_line(exc),
+                )
             return exc
         self.admission.measured(peak.bytes // len(group))
         return updates
@@ -175,8 +188,9 @@ class BatchedFit:
         return outcome if isinstance(outcome, Exception) else outcome[0]
 
 
-def train_together(clients: Sequence, model, tokenizer, global_adapter: AdapterState, round: int,
-                   extras: AdapterState) -> list[ClientUpdate]:
+def train_together(
+    clients: Sequence, model, tokenizer, global_adapter: AdapterState, round: int, extras: AdapterState
+) -> list[ClientUpdate]:
     """One round of `clients` (client.sft.SFTClient sharing `model`) trained together; their updates, in order."""
     started = time.perf_counter()
     stacked = StackedLoRA(model)
@@ -185,12 +199,23 @@ def train_together(clients: Sequence, model, tokenizer, global_adapter: AdapterS
     pad_id = tokenizer.pad_token_id
     for step in trange(max(len(run.steps) for run in runs), desc=f"{len(clients)} clients together", leave=False):
         _step(model, stacked, runs, step, pad_id)
-    return [run.client.end_round(stacked.state(run.tensors), global_adapter, round, extras, run.correction,
-                                 run.loss / len(run.steps), started) for run in runs]
+    return [
+        run.client.end_round(
+            stacked.state(run.tensors),
+            global_adapter,
+            round,
+            extras,
+            run.correction,
+            run.loss / len(run.steps),
+            started,
+        )
+        for run in runs
+    ]
 
 
-def _client_run(client, stacked: StackedLoRA, global_adapter: AdapterState, round: int,
-                extras: AdapterState) -> ClientRun:
+def _client_run(
+    client, stacked: StackedLoRA, global_adapter: AdapterState, round: int, extras: AdapterState
+) -> ClientRun:
     """The client's round set up as its own fit() would: its seed, then its batches, its optimizer and scheduler
     from its trainer's arguments."""
     client.begin_round(global_adapter, round)
@@ -198,8 +223,9 @@ def _client_run(client, stacked: StackedLoRA, global_adapter: AdapterState, roun
     steps = optimizer_steps(trainer, client.local_steps)
     tensors = stacked.add_client(global_adapter)
     trainable = stacked.trainable(tensors)
-    optimizer, scheduler = optimizer_and_scheduler(trainer.args, list(trainable.values()), client.local_steps,
-                                                   client.model)
+    optimizer, scheduler = optimizer_and_scheduler(
+        trainer.args, list(trainable.values()), client.local_steps, client.model
+    )
     correction = client.objective.correction(trainable, global_adapter, extras, client.variate)
     return ClientRun(client, steps, tensors, optimizer, scheduler, correction)
 
@@ -217,7 +243,7 @@ def optimizer_steps(trainer, max_steps: int) -> list[list[dict]]:
                 sampler.set_epoch(epoch)
         batches = list(loader)
         for start in range(0, len(batches), accumulation):
-            steps.append(batches[start:start + accumulation])
+            steps.append(batches[start : start + accumulation])
             if len(steps) == max_steps:
                 break
         epoch += 1
@@ -234,8 +260,9 @@ def _step(model, stacked: StackedLoRA, runs: list[ClientRun], step: int, pad_id:
     autocast = runs[0].client.trainer.accelerator.autocast
     for micro in range(max(len(run.steps[step]) for _, run in active)):
         parts = [(index, run.steps[step][micro]) for index, run in active if micro < len(run.steps[step])]
-        inputs, example_clients = join_batches([batch for _, batch in parts], [index for index, _ in parts], pad_id,
-                                               runs[0].client.trainer.args.max_length)
+        inputs, example_clients = join_batches(
+            [batch for _, batch in parts], [index for index, _ in parts], pad_id, runs[0].client.trainer.args.max_length
+        )
         inputs = {key: value.to(model.device) for key, value in inputs.items()}
         with stacked.routing(example_clients.to(model.device)), autocast():
             log_probs, mask = target_log_probs(model, inputs["input_ids"], inputs["attention_mask"], inputs["labels"])
@@ -275,13 +302,20 @@ def join_batches(batches: list[dict], owners: list[int], pad_id: int, length: in
 
     extra = set().union(*batches) - SCORED_INPUTS
     if extra:
-        raise ValueError(f"execution.mode batched: trl's batches carry {sorted(extra)} (padding_free or another "
-                         "collator in sft.training_arguments?), which batched mode does not join; use sequential")
+        raise ValueError(
+            f"execution.mode batched: trl's batches carry {sorted(extra)} (padding_free or another "
+            "collator in sft.training_arguments?), which batched mode does not join; use sequential"
+        )
+
     def padded(tensor, value):
         return torch.nn.functional.pad(tensor, (0, length - tensor.shape[1]), value=value)
 
-    joined = {"input_ids": torch.cat([padded(b["input_ids"], pad_id) for b in batches]),
-              "attention_mask": torch.cat([padded(b["attention_mask"], 0) for b in batches]),
-              "labels": torch.cat([padded(b["labels"], IGNORE_INDEX) for b in batches])}
-    owner = torch.cat([torch.full((len(b["input_ids"]),), index, dtype=torch.long) for b, index in zip(batches, owners)])
+    joined = {
+        "input_ids": torch.cat([padded(b["input_ids"], pad_id) for b in batches]),
+        "attention_mask": torch.cat([padded(b["attention_mask"], 0) for b in batches]),
+        "labels": torch.cat([padded(b["labels"], IGNORE_INDEX) for b in batches]),
+    }
+    owner = torch.cat(
+        [torch.full((len(b["input_ids"]),), index, dtype=torch.long) for b, index in zip(batches, owners)]
+    )
     return joined, owner

@@ -2,19 +2,20 @@
 (Abadi et al., 2016, https://arxiv.org/abs/1607.00133).
 
 trl's trainer cannot be wrapped by opacus, so this is the client's own loop, over the SAME tokenized
-shard and collator its SFTTrainer prepared, under the same mixed-precision autocast (trl's default
-bf16 applies on CPU too): both modes train on identical tokens at the same precision. The accountant
+shard and collator its SFTTrainer prepared, under the same mixed-precision autocast, if any
+(flb.model.sft_settings.sft_config): both modes train on identical tokens at the same precision. The accountant
 lives as long as the client, so epsilon composes over every round it trains in. Every client and the
 evaluator share one peft model: it is wrapped in a GradSampleModule only while this client trains and
 unwrapped after (hooks and per-sample attributes removed), so nobody else sees opacus.
 """
+
 from __future__ import annotations
 
 import math
 import warnings
 
-from flb.privacy.accounting import NoisePlan, PlannedNoise
 from flb.local_objective import GradientCorrection
+from flb.privacy.accounting import NoisePlan, PlannedNoise
 from flb.privacy.secret_random import SecretRandom
 from flb.types import AdapterState
 
@@ -32,7 +33,8 @@ class DPSGD(PlannedNoise):
 
     def train(self, model, trainer, random: SecretRandom, correction: GradientCorrection | None = None) -> float:
         """`local_steps` DP-SGD steps on `model`'s trainable (LoRA) parameters over `trainer`'s tokenized shard, at
-        the trainer's learning rate (the round's, flb.model.sft_settings.round_learning_rate); the mean loss of the batches. Batches and noise come from the client's secret generator. `correction`
+        the trainer's learning rate (the round's, flb.model.sft_settings.round_learning_rate); the mean loss of the
+        batches. Batches and noise come from the client's secret generator. `correction`
         (FedProx's data-independent term, flb.local_objective) is applied to the noised gradient: post-processing."""
         import torch
         from opacus import GradSampleModule
@@ -42,18 +44,24 @@ class DPSGD(PlannedNoise):
         module = GradSampleModule(model)
         try:
             optimizer = secret_noise_optimizer(
-                torch.optim.AdamW(parameters, lr=trainer.args.learning_rate, weight_decay=0.0), random=random,
-                noise_multiplier=self.noise_multiplier, max_grad_norm=self.clip_norm,
-                expected_batch_size=self.sample_rate * len(trainer.train_dataset))
+                torch.optim.AdamW(parameters, lr=trainer.args.learning_rate, weight_decay=0.0),
+                random=random,
+                noise_multiplier=self.noise_multiplier,
+                max_grad_norm=self.clip_norm,
+                expected_batch_size=self.sample_rate * len(trainer.train_dataset),
+            )
             optimizer.attach_step_hook(self.accountant.get_optimizer_hook_fn(sample_rate=self.sample_rate))
             if correction is not None:  # the inner AdamW steps only after opacus has clipped, noised and scaled
                 optimizer.original_optimizer.register_step_pre_hook(lambda *_: correction.apply())
             module.train()
             with warnings.catch_warnings():  # opacus' hook on the first LoRA layer, whose input needs no gradient
                 warnings.filterwarnings("ignore", message="Full backward hook is firing")
-                losses = [dp_step(module, optimizer, batch, device, trainer.accelerator.autocast)
-                          for batch in poisson_batches(trainer.train_dataset, trainer.data_collator, self.sample_rate,
-                                                       self.local_steps, random)]
+                losses = [
+                    dp_step(module, optimizer, batch, device, trainer.accelerator.autocast)
+                    for batch in poisson_batches(
+                        trainer.train_dataset, trainer.data_collator, self.sample_rate, self.local_steps, random
+                    )
+                ]
         finally:
             module._close()
             for p in parameters:
@@ -102,7 +110,9 @@ def dp_step(module, optimizer, batch, device, autocast) -> float | None:
         optimizer.zero_grad(set_to_none=True)
         return None
     with autocast():
-        logits = module(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)).logits
+        logits = module(
+            input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)
+        ).logits
     loss = per_example_mean_loss(logits, batch["labels"].to(device))
     loss.backward()
     optimizer.step()

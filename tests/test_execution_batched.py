@@ -1,4 +1,5 @@
 """execution.mode batched: clients trained together give the updates they get trained one by one."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,16 +13,23 @@ from flb.model.load import get_adapter_state
 from flb.scheduler import Admission
 from tests.tiny_model import tiny_run_overrides
 
-FP32 = "sft.training_arguments={bf16: false}"  # trl trains under bf16 autocast on the CPU by default
-
 
 def build(overrides: list[str], work: Path, extra=()):
     """The prepared model and three in-process clients (fp32, LoRA dropout 0), and the initial global adapter."""
-    config = load_config(None, overrides + ["num_clients=3", "clients_per_round=3", FP32, *extra])
+    config = load_config(None, overrides + ["num_clients=3", "clients_per_round=3", *extra])
     prepared = assembly.prepare(config)
-    clients = [assembly.build_client(prepared.config, i, shard, prepared.model, prepared.tokenizer,
-                                           work_dir=work / "work", private_dir=work / f"private_{i}")
-               for i, shard in enumerate(prepared.shards)]
+    clients = [
+        assembly.build_client(
+            prepared.config,
+            i,
+            shard,
+            prepared.model,
+            prepared.tokenizer,
+            work_dir=work / "work",
+            private_dir=work / f"private_{i}",
+        )
+        for i, shard in enumerate(prepared.shards)
+    ]
     return prepared, clients, get_adapter_state(prepared.model)
 
 
@@ -41,13 +49,21 @@ def largest_move(update, start) -> float:
     return max((update.tensors[name] - start[name]).abs().max().item() for name in start)
 
 
-@pytest.mark.parametrize("extra", [
-    [],
-    # FedProx's gradient term, two micro-batches per optimizer step (each client's loss normalised over both),
-    # gradient clipping that binds, FFA's frozen A
-    ["strategy.name=fedprox", "strategy.fedprox.mu=0.5", "strategy.lora_aggregation=ffa",
-     "sft.training_arguments={bf16: false, gradient_accumulation_steps: 2, max_grad_norm: 0.05}"],
-], ids=["adamw", "fedprox-accumulation-clipping-ffa"])
+@pytest.mark.parametrize(
+    "extra",
+    [
+        [],
+        # FedProx's gradient term, two micro-batches per optimizer step (each client's loss normalised over both),
+        # gradient clipping that binds, FFA's frozen A
+        [
+            "strategy.name=fedprox",
+            "strategy.fedprox.mu=0.5",
+            "strategy.lora_aggregation=ffa",
+            "sft.training_arguments={gradient_accumulation_steps: 2, max_grad_norm: 0.05}",
+        ],
+    ],
+    ids=["adamw", "fedprox-accumulation-clipping-ffa"],
+)
 def test_batched_updates_equal_sequential_ones(tiny_overrides, tmp_path, trio, extra):
     """In fp32 the two differ by float summation order only: at most 1e-5 on any LoRA weight, where the updates move
     weights by ~3e-2 (3 AdamW steps of 1e-2), and the same training loss within 1e-5."""

@@ -2,6 +2,7 @@
 family split mode supports, only hidden states and gradients cross the cut, the trunk server refuses what is out of
 protocol, a run (Llama and GPT-2) trains, resumes exactly and leaves an adapter plain peft loads, and the gRPC
 transport (a server and two client processes on loopback) ends on the in-process run's digest."""
+
 from __future__ import annotations
 
 import json
@@ -14,17 +15,21 @@ from flb.frames import decode_frame, encode_frame
 from flb.split.cut import SPLIT_FAMILIES, SplitPlan, split_family
 from tests.tiny_model import TINY_FAMILIES, save_tiny_family, save_tiny_llama, tiny_run_overrides
 
-FP32 = "sft.training_arguments={bf16: false}"  # trl trains under bf16 autocast on the CPU by default
 # Each family's 4-layer model with a cut that has something to get wrong: attention windows shorter than a record
 # where the family can slide (Qwen and Gemma 3 mixing sliding and full layers, Gemma 3's two rotary bases), and no
 # dropout in the base model (GPT-2's is 0.1), so the whole model and the split one compute the same numbers.
 WINDOW = 8
 _WINDOW = dict(sliding_window=WINDOW)
-CUT_CONFIGS = {"llama": {}, "mistral": _WINDOW, "phi3": _WINDOW, "gemma2": _WINDOW,
-               "qwen2": dict(_WINDOW, use_sliding_window=True, max_window_layers=2),
-               "qwen3": dict(_WINDOW, use_sliding_window=True, max_window_layers=2),
-               "gemma3": dict(_WINDOW, layer_types=["sliding_attention", "full_attention"] * 2),
-               "gpt2": dict(embd_pdrop=0.0, attn_pdrop=0.0, resid_pdrop=0.0)}
+CUT_CONFIGS = {
+    "llama": {},
+    "mistral": _WINDOW,
+    "phi3": _WINDOW,
+    "gemma2": _WINDOW,
+    "qwen2": dict(_WINDOW, use_sliding_window=True, max_window_layers=2),
+    "qwen3": dict(_WINDOW, use_sliding_window=True, max_window_layers=2),
+    "gemma3": dict(_WINDOW, layer_types=["sliding_attention", "full_attention"] * 2),
+    "gpt2": dict(embd_pdrop=0.0, attn_pdrop=0.0, resid_pdrop=0.0),
+}
 assert set(CUT_CONFIGS) == set(TINY_FAMILIES)
 
 
@@ -49,8 +54,10 @@ def split_parts(model_dir, tmp_path, k: int, m: int, *extra: str):
     from flb.config import load_config
     from flb.run.directory import RunDir
 
-    config = load_config(None, split_overrides(model_dir, tmp_path / "runs", FP32, f"split.head_layers={k}",
-                                               f"split.tail_layers={m}", *extra))
+    config = load_config(
+        None,
+        split_overrides(model_dir, tmp_path / "runs", f"split.head_layers={k}", f"split.tail_layers={m}", *extra),
+    )
     prepared = assembly.prepare(config)
     run_dir = RunDir.create(config.output_dir, config.to_dict())
     with assembly.split_clients_and_fit_all(prepared.config, run_dir, prepared) as (clients, trunk):
@@ -76,10 +83,12 @@ def family_parts(tmp_path_factory):
 
     def get(family: str):
         if family not in made:
-            model_dir = save_tiny_family(family, tmp_path_factory.mktemp(family), num_hidden_layers=4,
-                                         **CUT_CONFIGS[family])
-            made[family] = split_parts(model_dir, tmp_path_factory.mktemp(f"{family}-runs"), 1, 1,
-                                       "model.lora.dropout=0.0")[:2]
+            model_dir = save_tiny_family(
+                family, tmp_path_factory.mktemp(family), num_hidden_layers=4, **CUT_CONFIGS[family]
+            )
+            made[family] = split_parts(
+                model_dir, tmp_path_factory.mktemp(f"{family}-runs"), 1, 1, "model.lora.dropout=0.0"
+            )[:2]
         return made[family]
 
     return get
@@ -147,8 +156,9 @@ def test_drop_trunk_frees_the_trunks_blocks_and_keeps_the_client_part(model_dir,
 
     def client_blocks():
         with torch.no_grad():
-            return [plan.run(model, layers, plan.embed(model, ids), mask) for layers in (plan.head_range,
-                                                                                        plan.tail_range)]
+            return [
+                plan.run(model, layers, plan.embed(model, ids), mask) for layers in (plan.head_range, plan.tail_range)
+            ]
 
     before, adapter = client_blocks(), get_adapter_state(model)
     drop_trunk(model, plan)
@@ -216,8 +226,14 @@ def test_activation_noise_comes_from_the_clients_secret_generator(tiny4_dir, tmp
 
     def forward_frames(name: str, *extra: str) -> list:
         sent.clear()
-        assembly.run(load_config(None, split_overrides(tiny4_dir, tmp_path / name, "num_rounds=1",
-                                                             "num_clients=1", "clients_per_round=1", *extra)))
+        assembly.run(
+            load_config(
+                None,
+                split_overrides(
+                    tiny4_dir, tmp_path / name, "num_rounds=1", "num_clients=1", "clients_per_round=1", *extra
+                ),
+            )
+        )
         return list(sent)
 
     plain = [forward_frames(f"plain{i}") for i in range(2)]
@@ -241,8 +257,9 @@ def test_activation_clip_bounds_each_tokens_norm():
 
 
 @pytest.mark.parametrize("model_dir", ["tiny4_dir", "tiny4_gpt2_dir"])
-def test_a_split_run_trains_resumes_exactly_and_its_adapter_loads_with_plain_peft(model_dir, request, tmp_path,
-                                                                                   run_and_resume_after_round_1):
+def test_a_split_run_trains_resumes_exactly_and_its_adapter_loads_with_plain_peft(
+    model_dir, request, tmp_path, run_and_resume_after_round_1
+):
     """Shared trunk, activation noise on, the ledger on, on a Llama and on a GPT-2 (with its own dropout, on both
     sides of the cut): eval loss goes down; a copy resumed after round 1 ends on the uninterrupted run's final digest
     (the clients' secret generators are restored, so the noise is the same); every record verifies against the chain,
@@ -256,25 +273,35 @@ def test_a_split_run_trains_resumes_exactly_and_its_adapter_loads_with_plain_pef
 
     import assembly
     from chain import explorer
-    from flb.config import load_config
     from flb.audit.digests import adapter_digest
+    from flb.config import load_config
     from flb.model.load import set_adapter_state
 
     model_dir = request.getfixturevalue(model_dir)
-    overrides = split_overrides(model_dir, tmp_path / "runs", "chain_record=true", "sft.learning_rate=0.003",
-                                "split.activation_noise=0.001", "split.activation_clip=50")
+    overrides = split_overrides(
+        model_dir,
+        tmp_path / "runs",
+        "chain_record=true",
+        "sft.learning_rate=0.003",
+        "split.activation_noise=0.001",
+        "split.activation_clip=50",
+    )
     uninterrupted, resumed = run_and_resume_after_round_1(overrides)
     summaries = [json.loads((path / "summary.json").read_text()) for path in (uninterrupted, resumed)]
     assert summaries[0]["final_digest"] == summaries[1]["final_digest"]
-    rounds = [row for row in map(json.loads, (uninterrupted / "metrics.jsonl").read_text().splitlines())
-              if row["kind"] == "round"]
+    rounds = [
+        row
+        for row in map(json.loads, (uninterrupted / "metrics.jsonl").read_text().splitlines())
+        if row["kind"] == "round"
+    ]
     assert rounds[-1]["eval_loss"] < rounds[0]["eval_loss"]
     assert rounds[-1]["split_forwards"] == 2 * 3 and rounds[-1]["split_to_server_bytes"] > 0
     assert set(rounds[-1]["part_digests"]) == {"0", "1"}
     plan = SplitPlan(4, 1, 1, split_family(AutoConfig.from_pretrained(model_dir)))
     parts = plan.parts(load_file(uninterrupted / "round_1" / "updates" / "client_0.safetensors"))
     assert all(parts.values()) and next(row for row in rounds if row["round"] == 1)["part_digests"]["0"] == {
-        part: adapter_digest(tensors) for part, tensors in parts.items()}  # anyone recomputes them from the files
+        part: adapter_digest(tensors) for part, tensors in parts.items()
+    }  # anyone recomputes them from the files
     assert explorer.main([str(uninterrupted), "--verify"]) == 0
     tampered = shutil.copytree(uninterrupted, tmp_path / "tampered")  # the server alters a client's trunk part
     update_file = tampered / "round_1" / "updates" / "client_0.safetensors"
@@ -284,8 +311,9 @@ def test_a_split_run_trains_resumes_exactly_and_its_adapter_loads_with_plain_pef
     save_file(update, str(update_file))
     assert explorer.main([str(tampered), "--verify"]) != 0
 
-    loaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(model_dir),
-                                       uninterrupted / "final_adapter").eval()
+    loaded = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(model_dir), uninterrupted / "final_adapter"
+    ).eval()
     ids = torch.tensor([[1, 5, 9, 200, 7]])
     base_logits = AutoModelForCausalLM.from_pretrained(model_dir)(ids).logits
     _, evaluated = assembly.build_model(load_config(None, overrides))
@@ -301,15 +329,17 @@ def test_the_grpc_transport_ends_on_the_in_process_digest(tiny4_dir, tmp_path):
     the trunk's blocks freed) train; per-client trunks, personal client parts: the same final digest as the same run
     in one process (the same operations on the same numbers; the trunk's dropout generator is seeded by round,
     client and step wherever it runs). Each client started round 2 from its own round-1 part."""
+    from safetensors.torch import load_file
+
     import assembly
     from flb.config import load_config
     from flb.privacy.private_state import PrivateState
-    from safetensors.torch import load_file
 
     common = ["split.trunk=per_client", "split.client_parts=personal", "model.lora.dropout=0.1"]
     in_process = assembly.run(load_config(None, split_overrides(tiny4_dir, tmp_path / "a", *common)))
-    network = assembly.run(load_config(None, split_overrides(tiny4_dir, tmp_path / "b", *common,
-                                                                   "split.channel=loopback")))
+    network = assembly.run(
+        load_config(None, split_overrides(tiny4_dir, tmp_path / "b", *common, "split.channel=loopback"))
+    )
     digests = [json.loads((path / "summary.json").read_text())["final_digest"] for path in (in_process, network)]
     assert digests[0] == digests[1]
     node_private = network / "nodes" / "client_0" / network.name / "private"
@@ -340,30 +370,40 @@ def test_the_trunk_server_refuses_frames_out_of_protocol_in_one_line(trunk_parts
     hidden, mask = torch.randn(2, 5, 64), torch.ones(2, 5, dtype=torch.long)
     garbage = decode_frame(trunk.handle(b"\x00" * 20))
     assert garbage[0] == "error" and garbage[1]["message"].startswith("unreadable frame")
-    assert frame_reply(trunk, "forward", {}, {"hidden": hidden, "attention_mask": mask})[1] == \
-        "'forward' outside a session; open one first"
-    assert frame_reply(trunk, "open", {"client_id": 0, "round": 2})[1] == \
-        "session for round 2; the server is in round 3"
+    assert (
+        frame_reply(trunk, "forward", {}, {"hidden": hidden, "attention_mask": mask})[1]
+        == "'forward' outside a session; open one first"
+    )
+    assert (
+        frame_reply(trunk, "open", {"client_id": 0, "round": 2})[1] == "session for round 2; the server is in round 3"
+    )
     trunk.expect(1)
-    assert frame_reply(trunk, "open", {"client_id": 0, "round": 3})[1] == \
-        "session for client 0; the server waits on client 1"
+    assert (
+        frame_reply(trunk, "open", {"client_id": 0, "round": 3})[1]
+        == "session for client 0; the server waits on client 1"
+    )
     trunk.expect(None)
     assert frame_reply(trunk, "open", {"client_id": 0, "round": 3})[0] == "ok"
-    for tensors, expected in [({"hidden": torch.randn(2, 5, 32), "attention_mask": mask}, "forward needs hidden"),
-                              ({"hidden": hidden * float("nan"), "attention_mask": mask}, "forward: hidden states "
-                                                                                           "must be finite"),
-                              ({"hidden": hidden, "attention_mask": mask * 2}, "forward: hidden states must be finite "
-                                                                               "and the attention mask 0 or 1")]:
+    for tensors, expected in [
+        ({"hidden": torch.randn(2, 5, 32), "attention_mask": mask}, "forward needs hidden"),
+        ({"hidden": hidden * float("nan"), "attention_mask": mask}, "forward: hidden states must be finite"),
+        (
+            {"hidden": hidden, "attention_mask": mask * 2},
+            "forward: hidden states must be finite and the attention mask 0 or 1",
+        ),
+    ]:
         op, message, _ = frame_reply(trunk, "forward", {}, tensors)
         assert op == "error" and message.startswith(expected) and "\n" not in message
     assert frame_reply(trunk, "backward", {}, {"grad": hidden})[1] == "backward without a forward"
     op, _, output = frame_reply(trunk, "forward", {}, {"hidden": hidden, "attention_mask": mask})
     assert op == "hidden" and output["hidden"].shape == hidden.shape
     assert frame_reply(trunk, "forward", {}, {"hidden": hidden, "attention_mask": mask})[1].startswith(
-        "forward before the last forward's backward")
+        "forward before the last forward's backward"
+    )
     assert frame_reply(trunk, "close")[1] == "close with a forward still waiting for its backward"
     assert frame_reply(trunk, "backward", {}, {"grad": torch.ones(2, 4, 64)})[1].startswith(
-        "backward needs a finite grad of the forward's output shape (2, 5, 64)")
+        "backward needs a finite grad of the forward's output shape (2, 5, 64)"
+    )
     op, _, back = frame_reply(trunk, "backward", {"step": True}, {"grad": torch.ones_like(hidden)})
     assert op == "grad" and back["grad"].shape == hidden.shape and back["grad"].abs().sum() > 0
     assert frame_reply(trunk, "close")[0] == "trunk"
@@ -452,23 +492,37 @@ def test_split_plans_that_cannot_be_cut_are_config_errors(tiny4_dir, tmp_path):
     import assembly
     from flb.config import load_config
 
-    with pytest.raises(ConfigError, match=r"split.head_layers \+ split.tail_layers = 4 leaves the server no block "
-                                          r"of the model's 4; make their sum at most 3"):
-        assembly.prepare(load_config(None, split_overrides(tiny4_dir, tmp_path, "split.head_layers=2",
-                                                                 "split.tail_layers=2")))
+    with pytest.raises(
+        ConfigError,
+        match=r"split.head_layers \+ split.tail_layers = 4 leaves the server no block "
+        r"of the model's 4; make their sum at most 3",
+    ):
+        assembly.prepare(
+            load_config(None, split_overrides(tiny4_dir, tmp_path, "split.head_layers=2", "split.tail_layers=2"))
+        )
 
 
 def test_models_split_mode_cannot_cut_are_refused_in_one_line_naming_the_family_and_the_fix():
     from transformers import Gemma3Config, Gemma3TextConfig, GPTNeoXConfig
 
-    refused = [(GPTNeoXConfig(), "mode split: model_type 'gpt_neox' is not supported; supported: llama, mistral, "
-                                "qwen2, qwen3, phi3, gemma2, gemma3_text, gpt2 (use mode federated for this model)"),
-               (Gemma3Config(), "mode split: model_type 'gemma3': Gemma 3 with its vision tower "
-                               "(Gemma3ForConditionalGeneration) is not cut here; use a text-only Gemma 3 checkpoint "
-                               "(Gemma3ForCausalLM, model_type gemma3_text) or mode federated"),
-               (Gemma3TextConfig(use_bidirectional_attention=True),
-                "mode split: model_type 'gemma3_text' with use_bidirectional_attention is not a causal decoder; set it "
-                "false in the model's config or use mode federated")]
+    refused = [
+        (
+            GPTNeoXConfig(),
+            "mode split: model_type 'gpt_neox' is not supported; supported: llama, mistral, "
+            "qwen2, qwen3, phi3, gemma2, gemma3_text, gpt2 (use mode federated for this model)",
+        ),
+        (
+            Gemma3Config(),
+            "mode split: model_type 'gemma3': Gemma 3 with its vision tower "
+            "(Gemma3ForConditionalGeneration) is not cut here; use a text-only Gemma 3 checkpoint "
+            "(Gemma3ForCausalLM, model_type gemma3_text) or mode federated",
+        ),
+        (
+            Gemma3TextConfig(use_bidirectional_attention=True),
+            "mode split: model_type 'gemma3_text' with use_bidirectional_attention is not a causal decoder; set it "
+            "false in the model's config or use mode federated",
+        ),
+    ]
     for config, message in refused:
         with pytest.raises(ConfigError) as info:
             split_family(config)

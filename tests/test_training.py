@@ -1,4 +1,5 @@
 """flb.model.sft_settings: the learning rate across rounds; the loss on target positions."""
+
 from __future__ import annotations
 
 import math
@@ -6,7 +7,7 @@ import math
 import pytest
 
 from flb.config import SFTSettings
-from flb.model.sft_settings import round_learning_rate
+from flb.model.sft_settings import round_learning_rate, sft_config
 
 
 def test_constant_is_the_same_every_round():
@@ -35,15 +36,25 @@ def test_the_target_scored_loss_and_gradients_are_trls(tiny_model_dir, tmp_path)
     from trl import SFTTrainer
 
     from flb.config import LoraSettings, ModelSettings
-    from flb.model.load import add_lora, adapter_parameters, load_base_model, load_tokenizer
-    from flb.model.sft_settings import quiet_trainer, sft_config, to_dataset
+    from flb.model.load import adapter_parameters, add_lora, load_base_model, load_tokenizer
+    from flb.model.sft_settings import quiet_trainer, to_dataset
 
     settings = ModelSettings(model_path=str(tiny_model_dir), lora=LoraSettings(dropout=0.0))
     tokenizer, model = load_tokenizer(settings), add_lora(load_base_model(settings), settings)
-    records = [{"prompt": [{"role": "user", "content": f"What is {i} + {i}?" + " Think." * i}],
-                "completion": [{"role": "assistant", "content": str(2 * i)}]} for i in range(4)]
-    args = sft_config(SFTSettings(max_length=96, training_arguments={"bf16": False}), max_steps=1,
-                      output_dir=tmp_path, use_cpu=True, seed=0)
+    records = [
+        {
+            "prompt": [{"role": "user", "content": f"What is {i} + {i}?" + " Think." * i}],
+            "completion": [{"role": "assistant", "content": str(2 * i)}],
+        }
+        for i in range(4)
+    ]
+    args = sft_config(
+        SFTSettings(max_length=96),
+        max_steps=1,
+        output_dir=tmp_path,
+        use_cpu=True,
+        seed=0,
+    )
     trainer = quiet_trainer(model, tokenizer, args, to_dataset(records))
     batch = next(iter(trainer.get_train_dataloader()))
     assert (batch["attention_mask"] == 0).any() and (batch["labels"][batch["attention_mask"] == 1] == -100).any()
@@ -68,3 +79,11 @@ def torch_nudge(parameter) -> None:
 
     with torch.no_grad():
         parameter.add_(0.01 * torch.randn_like(parameter))
+
+
+def test_on_the_cpu_training_is_float32_unless_asked(tmp_path):
+    """trl's default bf16 autocast is slow on a CPU without bf16 units; a GPU keeps trl's default, and
+    sft.training_arguments can ask for bf16 anywhere."""
+    settings = dict(max_steps=1, output_dir=tmp_path, seed=0)
+    assert sft_config(SFTSettings(), use_cpu=True, **settings).bf16 is False
+    assert sft_config(SFTSettings(training_arguments={"bf16": True}), use_cpu=True, **settings).bf16 is True
