@@ -1,5 +1,5 @@
 """The docs site: it builds with `mkdocs build --strict` (broken links and anchors, pages missing from the nav
-fail), its configuration reference is what tools/config_reference.py generates from flb/config.py now, and the
+fail), its configuration reference is what tools/config_reference.py generates from flb/config/ now, and the
 README stays a landing page that links every page."""
 
 from __future__ import annotations

@@ -1,0 +1,148 @@
+"""Config: every section together, and the rules across sections."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from flb.config.evaluation import EvalSettings
+from flb.config.fields import described, one_of
+from flb.config.sections import (
+    ClientSettings,
+    CommSettings,
+    ExecutionSettings,
+    ModelSettings,
+    PartitionSettings,
+    ServerSettings,
+    SFTSettings,
+    SplitSettings,
+)
+from flb.config.services import ChainSettings, NotifySettings, TrackingSettings
+from flb.config.strategies import STRATEGIES, StrategySettings, strategy_names
+from flb.errors import require
+
+
+@dataclass(frozen=True)
+class Config:
+    model: ModelSettings = described("Base model and LoRA.", default_factory=ModelSettings)
+    sft: SFTSettings = described("Local supervised fine-tuning.", default_factory=SFTSettings)
+    client: ClientSettings = described("Client options.", default_factory=ClientSettings)
+    server: ServerSettings = described("Server options.", default_factory=ServerSettings)
+    strategy: StrategySettings = described("Aggregation strategy.", default_factory=StrategySettings)
+    partition: PartitionSettings = described("Data partitioning.", default_factory=PartitionSettings)
+    eval: EvalSettings = described("Evaluation.", default_factory=EvalSettings)
+    comm: CommSettings = described("Communication accounting.", default_factory=CommSettings)
+    execution: ExecutionSettings = described("How the sampled clients are run.", default_factory=ExecutionSettings)
+    notify: NotifySettings = described("Round notifications.", default_factory=NotifySettings)
+    tracking: TrackingSettings = described("Experiment tracking.", default_factory=TrackingSettings)
+    split: SplitSettings = described("Split learning (mode split).", default_factory=SplitSettings)
+    chain: ChainSettings = described(
+        "Ledger backend and scoring (used when chain_record is true).", default_factory=ChainSettings
+    )
+    mode: str = described(
+        "federated (each client trains the whole adapter) | split (the client keeps the embeddings, "
+        "the first and last blocks and the head; the server trains the blocks between; see split.*).",
+        default="federated",
+    )
+    dataset_name: str = described(
+        "Training data: 'flb-tasks' (our generated tasks), a .json/.jsonl/.csv/.parquet file, a local "
+        "dataset directory, or a hub name.",
+        default="flb-tasks",
+    )
+    num_clients: int = described("Number of clients the data is partitioned over.", default=3)
+    clients_per_round: int = described("Clients sampled each round.", default=3)
+    num_rounds: int = described("Federated rounds.", default=2)
+    local_steps: int = described("Optimizer steps each sampled client takes per round.", default=10)
+    seed: int = described(
+        "Seed of the random choices that decide no privacy: data split, initialisation, data order, "
+        "sampling without DP (DP draws come from each party's secret generator).",
+        default=42,
+    )
+    output_dir: str = described(
+        "Runs are written to output_dir/<run-id>/; output_dir/latest links the newest.", default="runs"
+    )
+    chain_record: bool = described("Record data uploads and rounds on the chain ledger (see chain.*).", default=True)
+
+    def __post_init__(self):
+        one_of("mode", self.mode, ("federated", "split"))
+        require(self.num_clients >= 1, "num_clients", self.num_clients, "an integer >= 1")
+        require(
+            1 <= self.clients_per_round <= self.num_clients,
+            "clients_per_round",
+            self.clients_per_round,
+            f"an integer in [1, num_clients={self.num_clients}]",
+        )
+        require(
+            self.server.min_clients <= self.clients_per_round,
+            "server.min_clients",
+            self.server.min_clients,
+            f"an integer in [1, clients_per_round={self.clients_per_round}]",
+        )
+        require(self.num_rounds >= 1, "num_rounds", self.num_rounds, "an integer >= 1")
+        require(self.local_steps >= 1, "local_steps", self.local_steps, "an integer >= 1")
+        # numpy's and transformers' set_seed take 32-bit seeds
+        require(0 <= self.seed < 2**32, "seed", self.seed, "an integer in [0, 2**32)")
+        for key, name in self.strategy.chosen.items():
+            if (check := STRATEGIES[name].check) is not None:
+                check(self, key)
+        require(
+            not (self.execution.mode == "batched" and self.client.local_dp and self.client.dp.mode == "dpsgd"),
+            "execution.mode",
+            "batched",
+            "sequential or processes with DP-SGD (opacus clips each example's "
+            "gradient through the model's own layers; the stacked client adapters of batched mode are not "
+            "ones it can hook, so its clipping would not be exact)",
+        )
+        if self.mode == "split":
+            self._check_split()
+        require(
+            not (self.uses_dp and self.chain_record and self.chain.scoring == "quality"),
+            "chain.scoring",
+            self.chain.scoring,
+            "flb with differential privacy (quality scores publish each client's effect on "
+            "the held-out loss, which no DP mechanism covers)",
+        )
+
+    def _check_split(self) -> None:
+        """What split mode does not combine with, each a one-line error naming the way out."""
+        require(
+            self.execution.mode == "sequential",
+            "execution.mode",
+            self.execution.mode,
+            "sequential with mode split (the server trains the trunk with one client at a time)",
+        )
+        require(
+            not self.uses_dp,
+            "mode",
+            self.mode,
+            "federated with local or server DP (split mode's privacy "
+            "knob is split.activation_noise; set client.local_dp=false and a strategy without dp_)",
+        )
+        require(
+            not STRATEGIES[self.strategy.aggregator].client_objective,
+            "strategy.name",
+            self.strategy.name,
+            "a strategy without a client-side objective (not "
+            f"{' or '.join(strategy_names(client_objective=True))}) with mode split",
+        )
+
+    @property
+    def fewest_aggregated(self) -> int:
+        """The fewest updates one aggregation can get: server.min_clients, or one fewer when leave-one-out scoring
+        (chain.scoring=quality) aggregates again without each client."""
+        if self.chain_record and self.chain.scoring == "quality" and self.server.min_clients > 1:
+            return self.server.min_clients - 1
+        return self.server.min_clients
+
+    @property
+    def server_dp(self) -> bool:
+        """The server aggregates with a DP strategy."""
+        return self.strategy.spec.dp
+
+    @property
+    def uses_dp(self) -> bool:
+        """Some party adds DP noise: then privacy-deciding randomness is secret and the chain holds commitments."""
+        return self.server_dp or self.client.local_dp
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)

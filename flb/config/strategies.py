@@ -1,0 +1,323 @@
+"""The strategies: each one's settings section, and STRATEGIES, the one registry of their names, capabilities and
+rules."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from flb.config.fields import described, one_of
+from flb.errors import require
+
+if TYPE_CHECKING:
+    from flb.config.root import Config
+
+
+@dataclass(frozen=True)
+class FedProxSettings:
+    mu: float = described(
+        "fedprox: weight of the proximal term mu/2 ||theta - theta_global||^2 added to each client's "
+        "loss (over the LoRA parameters).",
+        default=0.01,
+    )
+
+    def __post_init__(self):
+        require(self.mu >= 0, "strategy.fedprox.mu", self.mu, "a number >= 0")
+
+
+@dataclass(frozen=True)
+class FedAvgMSettings:
+    server_learning_rate: float = described("fedavgm: eta, the server's step on the pseudo-gradient.", default=1.0)
+    server_momentum: float = described("fedavgm: beta, the server's momentum.", default=0.9)
+
+    def __post_init__(self):
+        require(
+            self.server_learning_rate > 0,
+            "strategy.fedavgm.server_learning_rate",
+            self.server_learning_rate,
+            "a number > 0",
+        )
+        require(
+            0 <= self.server_momentum < 1,
+            "strategy.fedavgm.server_momentum",
+            self.server_momentum,
+            "a number in [0, 1)",
+        )
+
+
+def _check_server_step(name: str, eta: float, tau: float) -> None:
+    require(eta > 0, f"strategy.{name}.eta", eta, "a number > 0")
+    require(tau > 0, f"strategy.{name}.tau", tau, "a number > 0")
+
+
+@dataclass(frozen=True)
+class FedAdagradSettings:
+    """FedAdagrad (Reddi et al., https://arxiv.org/abs/2003.00295): no momentum, v accumulates every squared step.
+    eta_l, the clients' learning rate, is sft.learning_rate."""
+
+    eta: float = described("fedadagrad: server learning rate.", default=0.01)
+    tau: float = described("fedadagrad: adaptivity, added to the root of the second moment.", default=1e-3)
+
+    def __post_init__(self):
+        _check_server_step("fedadagrad", self.eta, self.tau)
+
+
+@dataclass(frozen=True)
+class FedAdamSettings:
+    """FedAdam and FedYogi (Reddi et al., https://arxiv.org/abs/2003.00295); eta_l, the clients' learning rate, is
+    sft.learning_rate."""
+
+    eta: float = described("Server learning rate.", default=0.01)
+    beta_1: float = described("First-moment decay.", default=0.9)
+    beta_2: float = described("Second-moment decay.", default=0.99)
+    tau: float = described("Adaptivity: added to the root of the second moment.", default=1e-3)
+
+    def __post_init__(self):
+        name = "fedyogi" if isinstance(self, FedYogiSettings) else "fedadam"
+        _check_server_step(name, self.eta, self.tau)
+        require(0 <= self.beta_1 < 1, f"strategy.{name}.beta_1", self.beta_1, "a number in [0, 1)")
+        require(0 <= self.beta_2 < 1, f"strategy.{name}.beta_2", self.beta_2, "a number in [0, 1)")
+
+
+@dataclass(frozen=True)
+class FedYogiSettings(FedAdamSettings):
+    pass
+
+
+@dataclass(frozen=True)
+class ScaffoldSettings:
+    server_learning_rate: float = described("scaffold: eta_g, the server's step on the mean update.", default=1.0)
+
+    def __post_init__(self):
+        require(
+            self.server_learning_rate > 0,
+            "strategy.scaffold.server_learning_rate",
+            self.server_learning_rate,
+            "a number > 0",
+        )
+
+
+@dataclass(frozen=True)
+class TrimmedMeanSettings:
+    beta: float = described(
+        "trimmed_mean: fraction cut from each end of every coordinate's sorted values.", default=0.2
+    )
+
+    def __post_init__(self):
+        require(0 <= self.beta < 0.5, "strategy.trimmed_mean.beta", self.beta, "a number in [0, 0.5)")
+
+
+@dataclass(frozen=True)
+class KrumSettings:
+    num_malicious: int = described("f: the Byzantine clients tolerated; needs server.min_clients >= 2f + 3.", default=0)
+
+    def __post_init__(self):
+        require(self.num_malicious >= 0, "strategy.krum.num_malicious", self.num_malicious, "an integer >= 0")
+
+
+@dataclass(frozen=True)
+class MultiKrumSettings:
+    num_malicious: int = described("f: the Byzantine clients tolerated; needs server.min_clients >= 2f + 3.", default=0)
+    num_selected: int = described("m: the updates with the best Krum scores that are averaged.", default=2)
+
+    def __post_init__(self):
+        require(self.num_malicious >= 0, "strategy.multi_krum.num_malicious", self.num_malicious, "an integer >= 0")
+        require(self.num_selected >= 1, "strategy.multi_krum.num_selected", self.num_selected, "an integer >= 1")
+
+
+@dataclass(frozen=True)
+class BulyanSettings:
+    num_malicious: int = described("f: the Byzantine clients tolerated; needs server.min_clients >= 4f + 3.", default=0)
+
+    def __post_init__(self):
+        require(self.num_malicious >= 0, "strategy.bulyan.num_malicious", self.num_malicious, "an integer >= 0")
+
+
+@dataclass(frozen=True)
+class NormBoundingSettings:
+    max_norm: float = described(
+        "norm_bounding: L2 bound (whole adapter) each update's change is clipped to.", default=1.0
+    )
+
+    def __post_init__(self):
+        require(self.max_norm > 0, "strategy.norm_bounding.max_norm", self.max_norm, "a number > 0")
+
+
+def _refused_with_dp(config: Config, key: str) -> None:
+    """SCAFFOLD's rule: no differential privacy, local or server, can cover what its clients send."""
+    require(
+        not config.uses_dp,
+        key,
+        "scaffold",
+        "a strategy other than scaffold with differential privacy (SCAFFOLD "
+        "sends each client's control variate un-noised, a function of its data no DP mechanism covers), or set "
+        "client.local_dp=false",
+    )
+
+
+def _tolerates(per_malicious: int) -> Callable[[Config, str], None]:
+    """The rule of Krum and Multi-Krum (n >= 2f + 3 updates), and Bulyan (n >= 4f + 3) (Blanchard et al., 2017; El
+    Mhamdi et al., 2018); Multi-Krum also needs m <= n - f. A round's n may be as low as `Config.fewest_aggregated`."""
+
+    def check(config: Config, key: str) -> None:
+        name, fewest = config.strategy.aggregator, config.fewest_aggregated
+        settings = getattr(config.strategy, name)
+        fewest_text = f"{fewest}, the fewest updates a round aggregates (server.min_clients" + (
+            ")" if fewest == config.server.min_clients else " - 1: chain.scoring=quality leaves one out)"
+        )
+        require(
+            per_malicious * settings.num_malicious + 3 <= fewest,
+            f"strategy.{name}.num_malicious",
+            settings.num_malicious,
+            f"f with {per_malicious}f + 3 <= {fewest_text}; raise server.min_clients or "
+            f"lower strategy.{name}.num_malicious",
+        )
+        if isinstance(settings, MultiKrumSettings):
+            require(
+                settings.num_selected <= fewest - settings.num_malicious,
+                f"strategy.{name}.num_selected",
+                settings.num_selected,
+                f"m <= {fewest_text} minus strategy.{name}.num_malicious; raise "
+                f"server.min_clients or lower strategy.{name}.num_selected",
+            )
+
+    return check
+
+
+def _adaptive_noise_splits(config: Config, key: str) -> None:
+    """Adaptive clipping splits z between the update and the unclipped count; that needs z < 2 * sigma_b."""
+    z, sigma_b = config.server.noise_multiplier, config.server.dp.clipped_count_stddev
+    require(
+        z == 0 or z < 2 * sigma_b,
+        "server.noise_multiplier",
+        z,
+        f"a number < 2 * server.dp.clipped_count_stddev "
+        f"= {2 * sigma_b:g} with dp_adaptive_clipping (or raise server.dp.clipped_count_stddev)",
+    )
+
+
+@dataclass(frozen=True)
+class StrategySpec:
+    """Everything FLB knows about a strategy by its name: its settings, what it can do, its rules. Its builder is
+    `build` in server/strategy/<name>.py (server.strategy.build_strategy imports it: flb/ imports no server/)."""
+
+    name: str
+    settings: type | None = None  # the dataclass of its own section, strategy.<name>; None: it has none
+    settings_help: str = ""  # the help text of that section
+    output_is_mean: bool = False  # its output is the weighted mean of the updates (what DP noise and svd assume)
+    wraps: bool = False  # it bounds the updates, then hands them to the strategy strategy.wraps names
+    dp: bool = False  # server-side differential privacy: its noise is secret, its epsilon accounted
+    client_objective: bool = False  # its clients change their local objective (flb.local_objective)
+    # its rules across sections, checked on the whole config when it is chosen (`key`: strategy.name or .wraps)
+    check: Callable[[Config, str], None] | None = None
+
+
+STRATEGIES: dict[str, StrategySpec] = {
+    spec.name: spec
+    for spec in (
+        StrategySpec("fedavg", output_is_mean=True),
+        StrategySpec("fedprox", FedProxSettings, "FedProx.", output_is_mean=True, client_objective=True),
+        StrategySpec("fedavgm", FedAvgMSettings, "FedAvgM."),
+        StrategySpec("fedadagrad", FedAdagradSettings, "FedAdagrad."),
+        StrategySpec("fedadam", FedAdamSettings, "FedAdam."),
+        StrategySpec("fedyogi", FedYogiSettings, "FedYogi."),
+        StrategySpec("scaffold", ScaffoldSettings, "SCAFFOLD.", client_objective=True, check=_refused_with_dp),
+        StrategySpec("median"),
+        StrategySpec("trimmed_mean", TrimmedMeanSettings, "Coordinate-wise trimmed mean."),
+        StrategySpec("krum", KrumSettings, "Krum.", check=_tolerates(2)),
+        StrategySpec("multi_krum", MultiKrumSettings, "Multi-Krum.", check=_tolerates(2)),
+        StrategySpec("bulyan", BulyanSettings, "Bulyan.", check=_tolerates(4)),
+        StrategySpec("norm_bounding", NormBoundingSettings, "Norm bounding.", wraps=True),
+        StrategySpec("dp_fixed_clipping", wraps=True, dp=True),
+        StrategySpec("dp_adaptive_clipping", wraps=True, dp=True, check=_adaptive_noise_splits),
+    )
+}
+
+
+def strategy_names(**capabilities: bool) -> tuple[str, ...]:
+    """The registered strategies with these capabilities, in registry order: strategy_names(dp=True)."""
+    return tuple(
+        name
+        for name, spec in STRATEGIES.items()
+        if all(getattr(spec, capability) == value for capability, value in capabilities.items())
+    )
+
+
+@dataclass(frozen=True)
+class _StrategyChoice:
+    name: str = described("Aggregation strategy: " + " | ".join(STRATEGIES) + ".", default="fedavg")
+    wraps: str = described(
+        f"The strategy a wrapper ({', '.join(strategy_names(wraps=True))}) aggregates the bounded updates with.",
+        default="fedavg",
+    )
+    lora_aggregation: str = described(
+        "How LoRA factors are merged: separate (average A and B independently) | ffa (A "
+        "frozen, B averaged: exact) | svd (average B_k A_k, re-factorise to rank r; with "
+        f"{' or '.join(strategy_names(output_is_mean=True))} only, without server DP).",
+        default="separate",
+    )
+
+    def __post_init__(self):
+        one_of("strategy.name", self.name, tuple(STRATEGIES))
+        one_of("strategy.wraps", self.wraps, strategy_names(wraps=False))
+        one_of("strategy.lora_aggregation", self.lora_aggregation, ("separate", "ffa", "svd"))
+        means = strategy_names(output_is_mean=True)
+        require(
+            not self.spec.dp or STRATEGIES[self.wraps].output_is_mean,
+            "strategy.wraps",
+            self.wraps,
+            f"{' | '.join(means)} with strategy.name={self.name}, whose noise is calibrated for a mean of the "
+            f"clipped updates; set strategy.wraps={means[0]}, or bound the updates without DP with "
+            f"strategy.name={' | '.join(strategy_names(wraps=True, dp=False))}",
+        )
+        if self.lora_aggregation == "svd":
+            require(
+                not self.spec.dp,
+                "strategy.lora_aggregation",
+                "svd",
+                f"separate | ffa with {self.name} (its DP guarantee is for a noised mean of the clipped updates, "
+                "not noised SVD factors)",
+            )
+            require(
+                STRATEGIES[self.aggregator].output_is_mean,
+                "strategy.lora_aggregation",
+                "svd",
+                f"separate | ffa with {self.aggregator} (svd re-factorises a mean: use it with {' | '.join(means)})",
+            )
+
+    @property
+    def spec(self) -> StrategySpec:
+        """The registry's entry for strategy.name."""
+        return STRATEGIES[self.name]
+
+    @property
+    def chosen(self) -> dict[str, str]:
+        """The strategies configured, by the key that names each: strategy.name, and strategy.wraps under a wrapper."""
+        return {"strategy.name": self.name, **({"strategy.wraps": self.wraps} if self.spec.wraps else {})}
+
+    @property
+    def aggregator(self) -> str:
+        """The strategy that aggregates: `wraps` under a wrapper, else `name`."""
+        return self.wraps if self.spec.wraps else self.name
+
+    @property
+    def lora_a_frozen(self) -> bool:
+        """ffa: every LoRA A stays at its shared initialisation; only B is trained, noised and averaged."""
+        return self.lora_aggregation == "ffa"
+
+
+# strategy.name, strategy.wraps and strategy.lora_aggregation, then one section strategy.<name> per registered
+# strategy with settings of its own, made from the registry so that no second list of names exists
+StrategySettings = dataclasses.make_dataclass(
+    "StrategySettings",
+    [
+        (spec.name, spec.settings, described(spec.settings_help, default_factory=spec.settings))
+        for spec in STRATEGIES.values()
+        if spec.settings is not None
+    ],
+    bases=(_StrategyChoice,),
+    frozen=True,
+)
+StrategySettings.__module__ = __name__  # pickled by name (the processes execution mode sends the config)
