@@ -235,7 +235,8 @@ def _from_pretrained(auto_class, source, model_path: str, **kwargs):
 
 def add_lora(model, settings: ModelSettings, *, freeze_lora_a: bool = False):
     """LoRA on `settings.target_modules` (flb.model.target_modules resolves auto); with `freeze_lora_a`
-    (strategy.lora_aggregation ffa) A stays at its initialisation and only B trains (FFA-LoRA, Sun et al., 2024, https://arxiv.org/abs/2403.12313)."""
+    (strategy.lora_aggregation ffa) A stays at its initialisation and only B trains (FFA-LoRA, Sun et al., 2024,
+    https://arxiv.org/abs/2403.12313)."""
     from peft import LoraConfig, get_peft_model
 
     target_modules = requested_target_modules(settings.target_modules, model.config.model_type)
