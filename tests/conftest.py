@@ -94,3 +94,26 @@ def one_round_run(tiny_model_dir, tmp_path_factory):
 def tiny_overrides(tiny_model_dir, tmp_path):
     """--set overrides for a fast federated run on the tiny model."""
     return tiny_run_overrides(tiny_model_dir, tmp_path / "runs")
+
+
+# The files that start Flower federations: their round time-outs are sized for one federation at a time on 2 cores
+FLOWER_FILES = ("tests/test_flower.py", "tests/test_flower_secure.py")
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """tests/run.sh's two workers (pytest-xdist, --dist loadfile): each file's tests on one worker, so its module
+    fixtures are built once, and the Flower files together on one, back to back, while the other works through the
+    rest. (xdist's loadgroup would say this with marks, but it does not group under pytest 9.)"""
+    from xdist.scheduler import LoadFileScheduling
+
+    class FlowerTogether(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            scope = super()._split_scope(nodeid)
+            return "flower" if scope in FLOWER_FILES else scope
+
+    return FlowerTogether(config, log) if config.getvalue("dist") == "loadfile" else None
+
+
+def pytest_collection_modifyitems(config, items):
+    """The Flower files first: the longest unit of work starts at once instead of ending the run."""
+    items.sort(key=lambda item: str(item.path.relative_to(config.rootpath)) not in FLOWER_FILES)  # stable

@@ -5,18 +5,24 @@ The commands are built by the functions below, and the docs' multi-machine page 
 same commands (tests/test_flower_secure.py checks it), so what the docs say is what the tests run.
 Each process starts in its own process group (its pid is the group id) because SuperLink and SuperNode
 start `flower-superexec` children that outlive them; stopping a process stops its whole group.
+One federation at a time on the machine (the rounds' time-outs are sized for one on 2 cores): under pytest-xdist a
+Loopback waits until another worker's has stopped (stop_all releases its lock).
 """
+
 from __future__ import annotations
 
+import fcntl
 import os
 import shlex
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+LOCK = Path(tempfile.gettempdir()) / "flb-flower-loopback.lock"
 CONNECTION = "loopback"  # the connection's name in $FLWR_HOME/config.toml
 FLOWER_RUN = ["local_steps=2", "eval.size=8", "eval.max_new_tokens=2"]  # with tiny_run_overrides: the runs compared
 
@@ -33,30 +39,57 @@ def certs_argv(credentials: Path | str, nodes: int) -> list[str]:
 
 def superlink_argv(port: int, credentials: Path | str | None) -> list[str]:
     """With `credentials`: TLS with its certificates, and only registered SuperNodes admitted."""
-    security = ["--ssl-ca-certfile", f"{credentials}/ca.crt", "--ssl-certfile", f"{credentials}/server.pem",
-                "--ssl-keyfile", f"{credentials}/server.key", "--enable-supernode-auth"]
-    return ["flower-superlink", "--disable-runtime-dependency-installation", "--host", "127.0.0.1", "--port", str(port),
-            *(security if credentials else ["--insecure"])]
+    security = [
+        "--ssl-ca-certfile",
+        f"{credentials}/ca.crt",
+        "--ssl-certfile",
+        f"{credentials}/server.pem",
+        "--ssl-keyfile",
+        f"{credentials}/server.key",
+        "--enable-supernode-auth",
+    ]
+    return [
+        "flower-superlink",
+        "--disable-runtime-dependency-installation",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        *(security if credentials else ["--insecure"]),
+    ]
 
 
 def connection_toml(port: int, credentials: Path | str | None) -> str:
     """$FLWR_HOME/config.toml for `flwr`; Flower 1.41 takes only an absolute root-certificates path."""
     security = f'root-certificates = "{credentials}/ca.crt"' if credentials else "insecure = true"
-    return (f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\naddress = "127.0.0.1:{port}"\n'
-            f"{security}\n")
+    return (
+        f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\naddress = "127.0.0.1:{port}"\n{security}\n'
+    )
 
 
 def register_argv(credentials: Path | str, key: str) -> list[str]:
     return ["flwr", "supernode", "register", f"{credentials}/{key}.pub", CONNECTION]
 
 
-def supernode_argv(superlink_port: int, port: int, node_config: str, credentials: Path | str | None,
-                   key: str) -> list[str]:
+def supernode_argv(
+    superlink_port: int, port: int, node_config: str, credentials: Path | str | None, key: str
+) -> list[str]:
     """With `credentials`: verify the SuperLink with their CA and authenticate with the private key `key`."""
-    security = ["--root-certificates", f"{credentials}/ca.crt", "--auth-supernode-private-key",
-                f"{credentials}/{key}"] if credentials else ["--insecure"]
-    return ["flower-supernode", "--superlink", f"127.0.0.1:{superlink_port}", *security, "--port", str(port),
-            "--node-config", node_config]
+    security = (
+        ["--root-certificates", f"{credentials}/ca.crt", "--auth-supernode-private-key", f"{credentials}/{key}"]
+        if credentials
+        else ["--insecure"]
+    )
+    return [
+        "flower-supernode",
+        "--superlink",
+        f"127.0.0.1:{superlink_port}",
+        *security,
+        "--port",
+        str(port),
+        "--node-config",
+        node_config,
+    ]
 
 
 def flwr_run_argv(run_config: str) -> list[str]:
@@ -74,6 +107,8 @@ class Loopback:
     `stop_all` in a finalizer."""
 
     def __init__(self, work: Path, credentials: Path | None = None):
+        self._lock = LOCK.open("w")
+        fcntl.flock(self._lock, fcntl.LOCK_EX)  # released by stop_all
         self.work, self.credentials = work, credentials
         self.home = work / "flwr-home"
         self.env = {**os.environ, "FLWR_HOME": str(self.home), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
@@ -89,8 +124,9 @@ class Loopback:
 
     def register(self, key: str) -> None:
         """`flwr supernode register` the public key of SuperNode key pair `key` (e.g. node-0)."""
-        done = subprocess.run(register_argv(self.credentials, key), cwd=REPO, env=self.env, capture_output=True,
-                              text=True, timeout=60)
+        done = subprocess.run(
+            register_argv(self.credentials, key), cwd=REPO, env=self.env, capture_output=True, text=True, timeout=60
+        )
         if done.returncode != 0:
             raise RuntimeError(f"flwr supernode register {key}.pub failed:\n{done.stdout}{done.stderr}")
 
@@ -99,8 +135,9 @@ class Loopback:
         restarted machine would)."""
         return self.work / f"node-{partition_id}-state"
 
-    def start_supernode(self, partition_id: int, num_partitions: int, key: str | None = None,
-                        model_path: Path | None = None) -> subprocess.Popen:
+    def start_supernode(
+        self, partition_id: int, num_partitions: int, key: str | None = None, model_path: Path | None = None
+    ) -> subprocess.Popen:
         """A SuperNode serving `partition_id`; when secure, it authenticates with key pair `key` (default
         node-<partition_id>) and loads the base model from `model_path` when given (its own copy)."""
         config = node_config(partition_id, num_partitions, self.state_dir(partition_id), model_path)
@@ -116,8 +153,9 @@ class Loopback:
     def _start(self, name: str, argv: list[str]) -> subprocess.Popen:
         path = self.work / f"{name}.log"
         with open(path, "w") as log:
-            process = subprocess.Popen(argv, cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                       start_new_session=True)
+            process = subprocess.Popen(
+                argv, cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
         self.processes.append(process)
         self.log_files[process.pid] = path
         return process
@@ -136,6 +174,7 @@ class Loopback:
     def stop_all(self) -> None:
         for process in reversed(self.processes):
             stop(process)
+        self._lock.close()
 
     def logs(self) -> str:
         return "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in sorted(self.work.glob("*.log")))

@@ -9,4 +9,6 @@ if ! command -v chromium >/dev/null 2>&1; then  # the browser tests drive Debian
   apt-get update && apt-get install -y --no-install-recommends chromium
 fi
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
-exec python -m pytest -q tests "$@"
+export OMP_NUM_THREADS=1  # one torch thread per process: two workers (and the runs they start) share the cores
+# two workers (tests/conftest.py: each file on one worker, the Flower federations together on one, first)
+exec python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder tests "$@"
