@@ -53,21 +53,25 @@ def check_chain(config: Config, in_process_clients: bool = True) -> None:
 def check_privacy(config: Config, shards: list[list[dict]]) -> None:
     """Plan every client's noise now: a target epsilon no noise can reach is a config error before anything exists;
     an epsilon above 10 by the run's end is one warning naming the key that lowers it."""
-    from client.privacy import local_privacy
     from flb.privacy.accounting import warn_if_weak
 
-    hooks = [
-        local_privacy(
-            config.client,
-            num_examples=len(shard),
-            batch_size=config.sft.batch_size,
-            local_steps=config.local_steps,
-            num_rounds=config.num_rounds,
-            client_id=client_id,
-        )
-        for client_id, shard in enumerate(shards)
-    ]
+    hooks = [client_privacy(config, client_id, len(shard)) for client_id, shard in enumerate(shards)]
     warn_if_weak("client DP", hooks if config.client.local_dp else [], config.num_rounds)
+
+
+def client_privacy(config: Config, client_id: int, num_examples: int):
+    """Client `client_id`'s local privacy hook under the run's config (no noise without client.local_dp)."""
+    from client.privacy import local_privacy
+
+    return local_privacy(
+        config.client,
+        num_examples=num_examples,
+        batch_size=config.sft.batch_size,
+        local_steps=config.local_steps,
+        num_rounds=config.num_rounds,
+        client_id=client_id,
+        lora_a_frozen=config.strategy.lora_a_frozen,
+    )
 
 
 def with_resolved_target_modules(config: Config, model) -> Config:

@@ -7,7 +7,7 @@ import contextlib
 import functools
 from pathlib import Path
 
-from assembly.build import Prepared, build_model
+from assembly.build import Prepared, build_model, client_privacy
 from assembly.console import configure_logging
 from flb.config import Config
 
@@ -95,7 +95,6 @@ def build_client(
     """One SFTClient with its privacy hook, its strategy's local objective and its signing key, on `trainers` (a
     client.sft.ClientTrainer shared with other clients of `model`; None: a trainer of its own); the Flower
     ClientApp builds its client with this."""
-    from client.privacy import local_privacy
     from client.sft import SFTClient
     from flb.local_objective import LocalObjective
 
@@ -114,15 +113,7 @@ def build_client(
         signer=build_signer(config, private_dir, keystore),
         objective=LocalObjective.of(config.strategy),
         trainers=trainers,
-        privacy=local_privacy(
-            config.client,
-            num_examples=len(shard),
-            batch_size=config.sft.batch_size,
-            local_steps=config.local_steps,
-            num_rounds=config.num_rounds,
-            client_id=client_id,
-            lora_a_frozen=config.strategy.lora_a_frozen,
-        ),
+        privacy=client_privacy(config, client_id, len(shard)),
     )
 
 

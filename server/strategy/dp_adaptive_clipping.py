@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from flb.adapters.arithmetic import l2_norm, subtract
 from flb.config import ServerSettings
-from flb.privacy.secret_random import SecretRandom
 from flb.types import AdapterState, ClientUpdate
 from server.strategy.aggregate import adaptive_update_noise_multiplier, next_clip_norm
 from server.strategy.base import BuildContext, Strategy
@@ -22,17 +21,10 @@ from server.strategy.dp_fixed_clipping import DPFixedClipping, wrapper_arguments
 class DPAdaptiveClipping(DPFixedClipping):
     mechanism = "dp_adaptive_clipping"
 
-    def __init__(
-        self,
-        strategy: Strategy,
-        settings: ServerSettings,
-        *,
-        sample_rate: float,
-        random: SecretRandom,
-        lora_a_frozen: bool = False,
-    ):
-        """C starts at server.clip_threshold; server.dp gives gamma, eta and sigma_b."""
-        super().__init__(strategy, settings, sample_rate=sample_rate, random=random, lora_a_frozen=lora_a_frozen)
+    def __init__(self, strategy: Strategy, settings: ServerSettings, **wrapper):
+        """As DPFixedClipping's (`wrapper`: its keyword arguments); C starts at server.clip_threshold, server.dp
+        gives gamma, eta and sigma_b."""
+        super().__init__(strategy, settings, **wrapper)
         self.target_quantile = settings.dp.target_quantile
         self.learning_rate = settings.dp.clip_learning_rate
         self.clipped_count_stddev = settings.dp.clipped_count_stddev
