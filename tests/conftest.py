@@ -100,6 +100,7 @@ def tiny_overrides(tiny_model_dir, tmp_path):
 FLOWER_FILES = ("tests/test_flower.py", "tests/test_flower_secure.py")
 
 
+@pytest.hookimpl(optionalhook=True)  # a run without pytest-xdist (one file, by hand) does not know the hook
 def pytest_xdist_make_scheduler(config, log):
     """tests/run.sh's two workers (pytest-xdist, --dist loadfile): each file's tests on one worker, so its module
     fixtures are built once, and the Flower files together on one, back to back, while the other works through the
