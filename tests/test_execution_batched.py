@@ -65,15 +65,16 @@ def largest_move(update, start) -> float:
     ids=["adamw", "fedprox-accumulation-clipping-ffa"],
 )
 def test_batched_updates_equal_sequential_ones(tiny_overrides, tmp_path, trio, extra):
-    """In fp32 the two differ by float summation order only: at most 1e-5 on any LoRA weight, where the updates move
-    weights by ~3e-2 (3 AdamW steps of 1e-2), and the same training loss within 1e-5."""
+    """In fp32 the two differ by float summation order only (AdamW's division by sqrt(v) amplifies it: 1.8e-5 seen on
+    an AMD EPYC): at most 1e-4 on any LoRA weight, where the updates move weights by ~3e-2 (3 AdamW steps of 1e-2),
+    and the same training loss within 1e-5."""
     prepared, clients, start = build(tiny_overrides, tmp_path, extra) if extra else trio
     sequential = [client.fit(start, 1, {}) for client in clients]
     together = batched.train_together(clients, prepared.model, prepared.tokenizer, start, 1, {})
     assert [u.client_id for u in together] == [0, 1, 2]
     for one, other in zip(sequential, together):
         assert largest_move(one, start) > 1e-3
-        assert largest_difference(one, other) < 1e-5
+        assert largest_difference(one, other) < 1e-4
         assert one.train_loss == pytest.approx(other.train_loss, abs=1e-5)
         assert one.num_examples == other.num_examples
     assert largest_difference(sequential[0], sequential[1]) > 1e-3  # each client got its own data and adapter
