@@ -151,15 +151,8 @@ def _proto_record_dict(data: bytes):
 
 def serve(path: Path, owner: int) -> None:
     """Answer messages on `path` one at a time while process `owner` lives (checked every second when idle)."""
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    umask = os.umask(0o077)  # the socket itself: the node's user only, like the folder it lies in
-    try:
-        listener.bind(str(path))
-    finally:
-        os.umask(umask)
+    listener = _listen(path)
     bound = path.stat().st_ino
-    listener.listen(16)
-    listener.settimeout(1.0)
     log.info("node worker %d: answering on %s while process %d runs", os.getpid(), path, owner)
     try:
         while _alive(owner):
@@ -169,17 +162,41 @@ def serve(path: Path, owner: int) -> None:
                 continue
             with connection:
                 connection.settimeout(None)
-                if not _answer(connection):
-                    break
+                if not _answer(connection):  # asked by another app version: stop listening first, then say so
+                    log.info("node worker %d: a ClientApp of another app version asks; stepping aside", os.getpid())
+                    _stop_listening(listener, path, bound)
+                    with contextlib.suppress(OSError):
+                        _send(connection, {"stale": True})
+                    return
     finally:
-        listener.close()
-        with contextlib.suppress(FileNotFoundError):
-            if path.stat().st_ino == bound:  # not a newer worker's socket
-                path.unlink()
+        _stop_listening(listener, path, bound)
+
+
+def _listen(path: Path) -> socket.socket:
+    """A socket listening at `path`: bound under another name and renamed once it listens, so a socket at `path`
+    that refuses a connection is always a worker that has ended."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    fresh = path.with_suffix(f".{os.getpid()}")
+    umask = os.umask(0o077)  # the socket itself: the node's user only, like the folder it lies in
+    try:
+        listener.bind(str(fresh))
+    finally:
+        os.umask(umask)
+    listener.listen(16)
+    listener.settimeout(1.0)
+    os.replace(fresh, path)
+    return listener
+
+
+def _stop_listening(listener: socket.socket, path: Path, bound: int) -> None:
+    listener.close()
+    with contextlib.suppress(FileNotFoundError):
+        if path.stat().st_ino == bound:  # not a newer worker's socket
+            path.unlink()
 
 
 def _answer(connection: socket.socket) -> bool:
-    """Answer one request; False when this worker must step aside for another app version."""
+    """Answer one request; False, with nothing sent, for a request from another app version."""
     from flwr.common.serde import recorddict_from_proto, recorddict_to_proto
 
     from flb_flower import node
@@ -187,8 +204,6 @@ def _answer(connection: socket.socket) -> bool:
     try:
         request, body = _receive(connection)
         if request.get("app") != APP:
-            log.info("node worker %d: a ClientApp of another app version (%s) asks; stepping aside", os.getpid(), APP)
-            _send(connection, {"stale": True})
             return False
         try:
             content = recorddict_from_proto(_proto_record_dict(body))
@@ -198,7 +213,7 @@ def _answer(connection: socket.socket) -> bool:
             node.local_client.cache_clear()  # the next message rebuilds the client from its saved state
             log.error("answering a %s message: %s: %s", request["type"], type(exc).__name__, exc)
             _send(connection, {"error": f"{type(exc).__name__}: {exc}"})
-    except (OSError, NodeWorkerError) as exc:  # the ClientApp went away (killed, or timed out by Flower)
+    except (OSError, ValueError, NodeWorkerError) as exc:  # the ClientApp went away (killed, timed out) or sent garbage
         log.warning("node worker %d: the ClientApp's connection broke (%s)", os.getpid(), exc)
     return True
 

@@ -11,4 +11,4 @@ fi
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 export OMP_NUM_THREADS=1  # one torch thread per process: two workers (and the runs they start) share the cores
 # two workers (tests/conftest.py: each file on one worker, the Flower federations together on one, first)
-exec python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder tests "$@"
+exec python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder -p no:benchmark tests "$@"
