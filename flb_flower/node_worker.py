@@ -3,7 +3,8 @@
 Flower 1.41 starts a fresh ClientApp process for every message; importing torch and transformers and loading the
 model in each took most of every round. The ClientApp (flb_flower.client_app) only hands the message to this
 worker and returns its reply: the first message starts the worker, which then lives as long as the SuperNode (it
-watches the ClientApp's parent, the SuperNode's flower-superexec) and builds the model and client once per run
+watches the ClientApp's parent, the SuperNode's flower-superexec, and that one's parent, the SuperNode: Flower's
+flower-superexec outlives a SuperNode stopped alone) and builds the model and client once per run
 (flb_flower.node.local_client), reading the client's private state from state-dir as before.
 
 The socket lies in <state-dir>/worker/ (mode 0700: only the node's user reaches it) and is named after the process
@@ -13,7 +14,7 @@ pickled. A worker answers one message at a time. A worker of another app version
 one. An error while answering is the reply's error, raised again in the ClientApp so the server sees the node's
 reason, and the worker forgets the client so that the next message rebuilds it from the state saved in state-dir.
 
-    python -m flb_flower.node_worker SOCKET OWNER_PID   (started by `ask`, not by hand)
+    python -m flb_flower.node_worker SOCKET PID[,PID]   (started by `ask`, not by hand; it ends when a PID does)
 """
 
 from __future__ import annotations
@@ -55,7 +56,8 @@ def socket_path(node_config: dict, owner: int) -> Path:
 
 def ask(node_config: dict, message_type: str, content, owner: int | None = None):
     """The reply's content (a RecordDict) to a message, from this node's worker, started first if none is running.
-    `owner`: the process whose life the worker's follows (default: this process's parent, flower-superexec)."""
+    `owner`: the process whose life, and whose parent's, the worker's follows (default: this process's parent,
+    flower-superexec, whose parent is the SuperNode)."""
     from flwr.common.serde import recorddict_from_proto, recorddict_to_proto
 
     owner = os.getppid() if owner is None else owner
@@ -106,7 +108,8 @@ def _connect(path: Path) -> socket.socket | None:
 def _start(path: Path, owner: int) -> socket.socket:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [APP, os.environ.get("PYTHONPATH")]))}
     # -P: the app's packages come from APP (PYTHONPATH), not from whatever folder the SuperNode was started in
-    command = [sys.executable, "-P", "-m", "flb_flower.node_worker", str(path), str(owner)]
+    followed = [owner, *[parent for parent in [_parent_of(owner)] if parent and parent > 1]]
+    command = [sys.executable, "-P", "-m", "flb_flower.node_worker", str(path), ",".join(map(str, followed))]
     worker = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL)  # its output: the SuperNode's
     deadline = time.monotonic() + START_TIMEOUT_S
     while (connection := _connect(path)) is None:
@@ -149,13 +152,14 @@ def _proto_record_dict(data: bytes):
     return RecordDict.FromString(data)
 
 
-def serve(path: Path, owner: int) -> None:
-    """Answer messages on `path` one at a time while process `owner` lives (checked every second when idle)."""
+def serve(path: Path, followed: list[int]) -> None:
+    """Answer messages on `path` one at a time while every process in `followed` runs (checked every second when
+    idle)."""
     listener = _listen(path)
     bound = path.stat().st_ino
-    log.info("node worker %d: answering on %s while process %d runs", os.getpid(), path, owner)
+    log.info("node worker %d: answering on %s while processes %s run", os.getpid(), path, followed)
     try:
-        while _alive(owner):
+        while all(map(_alive, followed)):
             try:
                 connection, _ = listener.accept()
             except TimeoutError:
@@ -218,6 +222,15 @@ def _answer(connection: socket.socket) -> bool:
     return True
 
 
+def _parent_of(pid: int) -> int | None:
+    """The parent of process `pid`: from /proc where there is one, else from `ps`; None where neither says."""
+    with contextlib.suppress(OSError, IndexError, ValueError):
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    with contextlib.suppress(OSError, ValueError, subprocess.SubprocessError):
+        return int(subprocess.run(["ps", "-o", "ppid=", "-p", str(pid)], capture_output=True, text=True).stdout)
+    return None
+
+
 def _alive(pid: int) -> bool:
     """Whether process `pid` runs: it exists and, where /proc says, is not a zombie no one has reaped."""
     try:
@@ -234,10 +247,10 @@ def _alive(pid: int) -> bool:
 def main(argv: list[str] | None = None) -> None:
     import assembly
 
-    path, owner = (argv or sys.argv[1:])[:2]
+    path, followed = (argv or sys.argv[1:])[:2]
     assembly.configure_logging()
     with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C at the SuperNode's terminal reaches its whole group
-        serve(Path(path), int(owner))
+        serve(Path(path), [int(pid) for pid in followed.split(",")])
 
 
 if __name__ == "__main__":  # run as the module flb_flower.node_worker, so its logger and errors are that module's

@@ -357,6 +357,28 @@ def test_a_nodes_worker_loads_the_model_once_answers_each_message_and_ends_with_
     assert wait_until_gone(socket)
 
 
+def test_a_worker_ends_with_its_supernode_even_while_the_supernodes_superexec_runs_on(tmp_path):
+    """Flower's flower-superexec outlives a SuperNode stopped alone (kill PID): the worker follows the SuperNode too.
+    Stand-ins: a shell (the SuperNode) whose child `sleep` (its flower-superexec) is the ClientApp's parent."""
+    import os
+    import signal
+    import subprocess
+
+    from flb_flower import node_worker
+
+    supernode = subprocess.Popen(["sh", "-c", "sleep 600 & echo $!; wait"], stdout=subprocess.PIPE, text=True)
+    superexec = int(supernode.stdout.readline())
+    try:
+        settings = node_config(tmp_path / "state", tmp_path / "no-model")
+        with pytest.raises(node_worker.NodeWorkerError, match="message type 'evaluate'"):  # the worker is started
+            node_worker.ask(settings, "evaluate", RecordDict(), superexec)
+        supernode.kill()
+        supernode.wait()
+        assert wait_until_gone(node_worker.socket_path(settings, superexec))
+    finally:
+        os.kill(superexec, signal.SIGKILL)
+
+
 def test_a_worker_folder_others_can_open_is_refused_in_one_line(tmp_path):
     from flb_flower import node_worker
 
