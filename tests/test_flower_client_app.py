@@ -84,7 +84,7 @@ def test_a_node_refuses_to_train_a_different_base_model(server, other_model, tmp
 
 
 def test_the_refusal_reaches_the_server_as_that_clients_failure(server, other_model, tmp_path):
-    """The fleet sends its base model digest to a node running the real ClientApp; the error Flower returns for
+    """The fleet sends its base model digest to a node answering as flb_flower.node does; the error Flower returns for
     the node's refusal is client 0's failure, with the node's reason."""
     config, global_adapter, digest = server
 
