@@ -106,7 +106,7 @@ def _check_privacy_pin(node_config, config_json: str, client) -> None:
         raise WeakerPrivacy(str(weaker))
 
 
-def state_dir(node: dict) -> Path:
+def node_state_dir(node: dict) -> Path:
     """The node config's state-dir, or a folder in the system's temporary directory named by its partition-id."""
     return Path(node.get("state-dir", Path(tempfile.gettempdir()) / f"flb-node-{node.get('partition-id', 0)}"))
 
@@ -121,7 +121,7 @@ def _node_settings(node: dict) -> tuple[int, int, str, str, str, str]:
         int(node["partition-id"]),
         int(node["num-partitions"]),
         str(node.get("data-path", "")),
-        str(state_dir(node)),
+        str(node_state_dir(node)),
         str(node.get("keystore", "")),
         str(node.get("model-path", "")),
     )

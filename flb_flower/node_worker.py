@@ -43,12 +43,12 @@ class NodeWorkerError(RuntimeError):
 
 
 def socket_path(node_config: dict, owner: int) -> Path:
-    from flb_flower.node import state_dir
+    from flb_flower.node import node_state_dir
 
-    path = state_dir(node_config).resolve() / "worker" / f"{owner}.sock"
+    path = node_state_dir(node_config).resolve() / "worker" / f"{owner}.sock"
     if len(os.fsencode(path)) > SOCKET_PATH_LIMIT:
         raise NodeWorkerError(
-            f"node config state-dir={str(state_dir(node_config))!r}: the worker's socket {path} is longer than "
+            f"node config state-dir={str(node_state_dir(node_config))!r}: the worker's socket {path} is longer than "
             f"{SOCKET_PATH_LIMIT} bytes, the most a Unix socket's path can be; choose a shorter state-dir"
         )
     return path

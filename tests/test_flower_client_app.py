@@ -379,6 +379,17 @@ def test_a_worker_ends_with_its_supernode_even_while_the_supernodes_superexec_ru
         os.kill(superexec, signal.SIGKILL)
 
 
+def test_a_state_dir_too_long_for_the_workers_socket_is_refused_in_one_line(tmp_path):
+    from flb_flower import node_worker
+
+    settings = node_config(tmp_path / ("s" * 120), tmp_path / "no-model")
+    with pytest.raises(
+        node_worker.NodeWorkerError, match=r"^node config state-dir='.+': the worker's socket .+ is longer"
+    ):
+        node_worker.ask(settings, wire.TRAIN, RecordDict(), owner=1)
+    assert not (tmp_path / ("s" * 120)).exists()
+
+
 def test_a_worker_folder_others_can_open_is_refused_in_one_line(tmp_path):
     from flb_flower import node_worker
 
