@@ -48,8 +48,8 @@ def query(content: RecordDict, node_config: dict) -> RecordDict:
 
     run = wire.read_run(content)
     PrivacyPolicy.from_node_config(node_config)  # a malformed pin fails before the node joins
-    client = local_client(run["config"], run["run_id"], *_node_settings(node_config))
-    _check_base_model(client.model, run["base_model"], str(node_config.get("model-path", "")))
+    client, base_model = local_client(run["config"], run["run_id"], *_node_settings(node_config))
+    _check_base_model(base_model, run["base_model"], str(node_config.get("model-path", "")))
     if run["action"] == wire.UPLOAD:
         _bind(client, run["domain"])
         return wire.upload_content(client.data_upload())
@@ -58,8 +58,8 @@ def query(content: RecordDict, node_config: dict) -> RecordDict:
 
 def train(content: RecordDict, node_config: dict) -> RecordDict:
     run = wire.read_run(content)
-    client = local_client(run["config"], run["run_id"], *_node_settings(node_config))
-    _check_base_model(client.model, run["base_model"], str(node_config.get("model-path", "")))
+    client, base_model = local_client(run["config"], run["run_id"], *_node_settings(node_config))
+    _check_base_model(base_model, run["base_model"], str(node_config.get("model-path", "")))
     _check_privacy_pin(node_config, run["config"], client)
     _bind(client, run["domain"])
     update = client.fit(wire.read_adapter(content), run["round"], wire.read_adapter(content, "extras"))
@@ -73,12 +73,11 @@ def _bind(client, domain: dict | None) -> None:
         client.bind_ledger(SigningDomain.from_dict(domain))
 
 
-def _check_base_model(model, server_digest: str, node_model_path: str) -> None:
-    """Refuse to train a base model other than the server's: the update would belong to another model."""
+def _check_base_model(digest: str, server_digest: str, node_model_path: str) -> None:
+    """Refuse to train a base model (its digest) other than the server's: the update would belong to another
+    model."""
     from flb.errors import ModelError
-    from flb.model.load import base_model_digest
 
-    digest = base_model_digest(model)
     if digest != server_digest:
         source = f"node config model-path={node_model_path!r}" if node_model_path else "model.model_path on this node"
         theirs = f"{server_digest[:16]}..." if server_digest else "not sent"
@@ -138,14 +137,16 @@ def local_client(
     keystore: str,
     model_path: str,
 ):
-    """The model (loaded once per run in the node's worker, from model-path when the node has its own copy) and this
-    node's SFTClient, built exactly as main_simple_fl builds them, its secrets in state-dir/<run id>/; its private
-    state is read back from there, so a worker started again (a restarted node) goes on where the last one stopped."""
+    """This node's SFTClient, built exactly as main_simple_fl builds it, its secrets in state-dir/<run id>/ (its
+    private state is read back from there, so a worker started again, a restarted node, goes on where the last one
+    stopped), and the digest of its base model (flb.model.load.base_model_digest): both made once per run in the
+    node's worker, the model loaded from model-path when the node has its own copy."""
     import json
 
     import assembly
     from flb.config import config_from_dict
     from flb.errors import ConfigError, ModelError
+    from flb.model.load import base_model_digest
 
     if not _RUN_ID.fullmatch(run_id):
         raise ValueError(
@@ -172,7 +173,7 @@ def local_client(
         raise ModelError(f"node config model-path: {exc}") from None
     log.info("loaded the base model for run %s, client %d", run_id, partition_id)
     run_state = Path(state_dir) / run_id
-    return assembly.build_client(
+    client = assembly.build_client(
         config,
         partition_id,
         shard,
@@ -182,6 +183,7 @@ def local_client(
         private_dir=run_state / "private",
         keystore=_signing_keystore(config, keystore),
     )
+    return client, base_model_digest(model)
 
 
 def _signing_keystore(config, keystore: str) -> Path | None:

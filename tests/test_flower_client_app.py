@@ -83,28 +83,29 @@ def test_a_node_refuses_to_train_a_different_base_model(server, other_model, tmp
         node.train(train_message(server).content, node_config(tmp_path / "state", other_model))
 
 
-def test_the_refusal_reaches_the_server_as_that_clients_failure(server, other_model, tmp_path):
-    """The fleet sends its base model digest to a node answering as flb_flower.node does; the error Flower returns for
-    the node's refusal is client 0's failure, with the node's reason."""
-    config, global_adapter, digest = server
+def round_1_through_a_fleet(server, config: dict):
+    """Client 0's round 1 result on the server's fleet, its one node answering as flb_flower.node does with node
+    config `config` (an exception reported the way flwr-clientapp reports a ClientApp's)."""
+    server_config, global_adapter, digest = server
 
     def answer(node_id: int, message: Message):
         if message.metadata.message_type == wire.QUERY:
             return wire.info_content(0, 5, None)
         try:
-            return node.train(message.content, node_config(tmp_path / "state", other_model))
-        except Exception as exc:  # reported the way flwr-clientapp reports a ClientApp's exception
+            return node.train(message.content, config)
+        except Exception as exc:
             return Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=f"{type(exc)}:<'{exc}'>")
 
-    fleet = Fleet(
-        StubGrid([100], answer),
-        config.to_dict(),
-        wait_for_nodes_s=5,
-        round_timeout_s=60,
-        query_timeout_s=5,
-        poll_s=0.01,
-    )
+    grid = StubGrid([100], answer)
+    fleet = Fleet(grid, server_config.to_dict(), wait_for_nodes_s=5, round_timeout_s=60, query_timeout_s=5, poll_s=0.01)
     (result,) = fleet.fit_all(fleet.join(RUN_ID, 1, digest), global_adapter, 1, {})
+    return result
+
+
+def test_the_refusal_reaches_the_server_as_that_clients_failure(server, other_model, tmp_path):
+    """The fleet sends its base model digest to a node answering as flb_flower.node does; the error Flower returns for
+    the node's refusal is client 0's failure, with the node's reason."""
+    result = round_1_through_a_fleet(server, node_config(tmp_path / "state", other_model))
     assert isinstance(result, RuntimeError) and "holds a base model with digest" in str(result)
 
 
@@ -276,26 +277,8 @@ def test_a_config_that_looks_strong_does_not_hide_the_noise_planned_at_join(serv
 
 
 def test_a_privacy_refusal_is_that_clients_failure_on_the_server(server, tiny_model_dir, tmp_path):
-    config, global_adapter, digest = server
     pinned = pinned_config(tmp_path / "state", tiny_model_dir, **{"dp-mechanism": "update", "dp-target-epsilon": 4.0})
-
-    def answer(node_id: int, message: Message):
-        if message.metadata.message_type == wire.QUERY:
-            return wire.info_content(0, 5, None)
-        try:
-            return node.train(message.content, pinned)
-        except Exception as exc:  # reported the way flwr-clientapp reports a ClientApp's exception
-            return Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=f"{type(exc)}:<'{exc}'>")
-
-    fleet = Fleet(
-        StubGrid([100], answer),
-        config.to_dict(),
-        wait_for_nodes_s=5,
-        round_timeout_s=60,
-        query_timeout_s=5,
-        poll_s=0.01,
-    )
-    (result,) = fleet.fit_all(fleet.join(RUN_ID, 1, digest), global_adapter, 1, {})
+    result = round_1_through_a_fleet(server, pinned)
     assert isinstance(result, RuntimeError)
     assert "client.local_dp: this node pins true (dp-mechanism=update), the server sends false" in str(result)
 

@@ -3,7 +3,7 @@ naming the key; equal and stronger settings are accepted."""
 
 import pytest
 
-from client.privacy import local_privacy
+from assembly.build import client_privacy
 from client.privacy_policy import PrivacyPolicy, weakening
 from flb.config import load_config
 from flb.errors import ConfigError
@@ -20,14 +20,7 @@ def sent(*overrides: str):
 
 def planned(config):
     """The privacy hook a client of `config` with EXAMPLES records trains with."""
-    return local_privacy(
-        config.client,
-        num_examples=EXAMPLES,
-        batch_size=config.sft.batch_size,
-        local_steps=config.local_steps,
-        num_rounds=config.num_rounds,
-        client_id=0,
-    )
+    return client_privacy(config, 0, EXAMPLES)
 
 
 def refused_key(policy: PrivacyPolicy, *overrides: str) -> str | None:
