@@ -114,6 +114,7 @@ def build_client(
         objective=LocalObjective.of(config.strategy),
         trainers=trainers,
         privacy=client_privacy(config, client_id, len(shard)),
+        comm=config.comm,
     )
 
 
@@ -160,6 +161,7 @@ def start_workers(config: Config, run_dir, prepared: Prepared):
         devices=config.execution.devices or [config.model.device_map],
         workers_per_device=config.execution.workers,
         memory_budget_mb=config.execution.memory_budget_mb,
+        broadcast_compression=config.comm.broadcast_compression,
     ) as pool:
         pool.align_adapter(prepared.model)
         yield pool

@@ -147,6 +147,8 @@ def coordinate(
         max_update_norm=config.server.max_update_norm,
         max_client_failures=config.server.max_client_failures,
         lora_a_frozen=config.strategy.lora_a_frozen,
+        update_compression=config.comm.compression,
+        broadcast_compression=config.comm.broadcast_compression,
         fit_all=fit_all,
         comm=CommTracker(config.comm.budget_mb, cut=fit_all.round_traffic if plan else None),
         update_parts=plan.parts if plan else None,
@@ -160,8 +162,7 @@ def coordinate(
         last_round, global_adapter = checkpoint["round"], checkpoint["adapter"]
         log.info("resuming after round %d", last_round)
     else:
-        last_round, global_adapter = 0, get_adapter_state(model)
-        coordinator.record_baseline(global_adapter)
+        last_round, global_adapter = 0, coordinator.record_baseline(get_adapter_state(model))
     # The model and the clients live for the whole run; frozen out of the collector, the full collection trl's
     # trainer starts each client's steps with (accelerate's free_memory) costs the same whether 10 or 10,000 clients
     # are registered (it took ~1 s per client with 10,000)

@@ -544,6 +544,7 @@ def _recompute(
     """Every round with clients again, by the anchored rules, from the update files and the on-chain example counts:
     the result must have the recorded digest, bit for bit (svd: see _svd_matches). Rounds whose aggregate depends on
     a secret are noted with the reason."""
+    from flb.adapters.compression import MalformedPayload
     from flb.audit.digests import adapter_digest
 
     with_clients = {n: r for n, r in sorted(rounds.items()) if r["clients"]}
@@ -564,7 +565,18 @@ def _recompute(
         return
     strategy, mode = config["strategy"]["name"], config["strategy"].get("lora_aggregation", "separate")
     inputs = _published_rounds(report, run_dir, with_clients, clients, sealed)
-    for number, recomputed in replayer.replay(config, inputs):
+    replayed = replayer.replay(config, inputs)
+    while True:
+        try:
+            number, recomputed = next(replayed)
+        except StopIteration:
+            return
+        except MalformedPayload as exc:
+            report.problems.append(
+                f"an update file does not decode as comm.compression {config['comm']['compression']} ({exc}): that "
+                "round and later are not recomputed"
+            )
+            return
         recorded = with_clients[number]["global_digest"]
         actual = adapter_digest(recomputed)
         if actual != recorded and mode == "svd" and _svd_matches(report, number, recomputed, run_dir):

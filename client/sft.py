@@ -24,8 +24,9 @@ from transformers import TrainerCallback
 from client.dpsgd import DPSGD
 from client.privacy import NoPrivacy, UpdatePrivacy
 from client.signing import ClientSigner
+from flb.adapters.compression import compress_update, decode, payload_bytes
 from flb.audit.digests import adapter_digest, records_digest, update_content
-from flb.config import SFTSettings
+from flb.config import CommSettings, SFTSettings
 from flb.local_objective import GradientCorrection, LocalObjective
 from flb.model.load import adapter_parameters, get_adapter_state, set_adapter_state
 from flb.model.sft_settings import quiet_trainer, round_learning_rate, sft_config, to_dataset
@@ -33,6 +34,8 @@ from flb.privacy.private_state import PrivateState
 from flb.privacy.secret_random import SecretRandom
 from flb.seeding import derived_seed
 from flb.types import AdapterState, ClientUpdate, SignedUpload
+
+RESIDUAL_PREFIX = "residual/"  # in the private state's tensors; no adapter tensor name starts with it
 
 
 @dataclass
@@ -55,6 +58,7 @@ class SFTClient:
     signer: ClientSigner | None = None  # None: the run records nothing on chain
     objective: LocalObjective = field(default_factory=LocalObjective)
     trainers: ClientTrainer | None = None  # shared with the process's other clients; None: one of its own
+    comm: CommSettings = field(default_factory=CommSettings)  # how its update is compressed (comm.compression)
 
     def __post_init__(self):
         # Built now, not at the first fit: building tokenizes the shard, and for a quantized base trl
@@ -74,7 +78,7 @@ class SFTClient:
         self.private = PrivateState(self.private_dir)
         state = self.private.latest()
         if state is None:
-            self.random, self.data_record, self.variate = SecretRandom(), None, {}
+            self.random, self.data_record, self.variate, self.residual = SecretRandom(), None, {}, {}
             if self.signer is not None:
                 self.data_record = self.signer.recorded(
                     self.data_digest, self.signer.disclosure.commit_data, self.random, self.private, "data upload"
@@ -100,6 +104,13 @@ class SFTClient:
 
     def data_upload(self) -> SignedUpload:
         return self.signer.upload(self.data_record)
+
+    def received(self, broadcast: AdapterState) -> AdapterState:
+        """The global adapter from what the server sent over a wire (its comm.broadcast_compression encoding);
+        MalformedPayload when it does not decode to this model's adapter."""
+        if self.comm.broadcast_compression == "none":
+            return broadcast
+        return decode(self.comm.broadcast_compression, broadcast, like=get_adapter_state(self.model))
 
     def fit(self, global_adapter: AdapterState, round: int, extras: AdapterState | None = None) -> ClientUpdate:
         started = time.perf_counter()
@@ -131,11 +142,14 @@ class SFTClient:
         train_loss: float,
         started: float,
     ) -> ClientUpdate:
-        """The update for the adapter this client trained: its strategy's extras, its privacy, its signature; the
-        client's secret state saved for the round."""
+        """The update for the adapter this client trained: its strategy's extras, its privacy, its compression (after
+        the noise: post-processing), its signature over what it sends; the client's secret state saved for the round."""
         returned, self.variate = self.objective.returned(correction, extras, self.variate)
         local = self.privacy.privatize(trained, global_adapter, self.random)
-        digest = adapter_digest(update_content(local, returned))
+        sent, self.residual = compress_update(
+            self.comm.compression, local, global_adapter, self.residual, self.comm.topk_fraction
+        )
+        digest = adapter_digest(update_content(sent, returned))
         attestation = (
             None
             if self.signer is None
@@ -152,11 +166,11 @@ class SFTClient:
         return ClientUpdate(
             client_id=self.client_id,
             round=round,
-            tensors=local,
+            tensors=sent,
             num_examples=self.num_examples,
             train_loss=None if self.privacy.privacy_spent() else train_loss,
             wall_time_s=time.perf_counter() - started,
-            num_bytes=sum(t.numel() * t.element_size() for t in local.values()),
+            num_bytes=payload_bytes(sent),
             digest=digest,
             privacy=self.privacy.privacy_spent(),
             attestation=attestation,
@@ -183,13 +197,18 @@ class SFTClient:
         self.private.save(
             round,
             {"random": self.random.state_dict(), "privacy": self.privacy.state_dict(), "data_record": self.data_record},
-            tensors=self.variate,
+            tensors={**self.variate, **{RESIDUAL_PREFIX + name: t for name, t in self.residual.items()}},
         )
 
     def _restore(self, state: dict) -> None:
         self.random = SecretRandom.from_state(state["random"])
         self.data_record = state["data_record"]
-        self.variate = state["tensors"]  # SCAFFOLD's c_i; {} for other strategies
+        tensors = state["tensors"]
+        # SCAFFOLD's c_i, and top-k's error feedback (what compression has not sent yet); {} where unused
+        self.variate = {name: t for name, t in tensors.items() if not name.startswith(RESIDUAL_PREFIX)}
+        self.residual = {
+            name.removeprefix(RESIDUAL_PREFIX): t for name, t in tensors.items() if name.startswith(RESIDUAL_PREFIX)
+        }
         if state["privacy"]:
             self.privacy.restore(state["privacy"], state["round"])
 

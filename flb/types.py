@@ -51,9 +51,17 @@ class ClientUpdate:
     # shapes and dtypes of the extras the round sent; empty for most strategies. `digest` covers them too
     # (flb.audit.digests.update_content).
     extras: AdapterState = field(default_factory=dict)
+    # set by the server once it has opened a compressed update (comm.compression): the tensors as the client sent
+    # them, which `digest`, the signature and the run directory's update file cover; `tensors` is then their decoding
+    sent: AdapterState | None = None
+
+    @property
+    def as_sent(self) -> AdapterState:
+        """The adapter tensors as the client sent them."""
+        return self.tensors if self.sent is None else self.sent
 
 
-_UPDATE_FIELDS = [f.name for f in fields(ClientUpdate) if f.name not in ("tensors", "extras", "attestation")]
+_UPDATE_FIELDS = [f.name for f in fields(ClientUpdate) if f.name not in ("tensors", "extras", "attestation", "sent")]
 
 
 def update_header(update: ClientUpdate) -> dict:
@@ -110,6 +118,9 @@ class Client(Protocol):
 
     def data_upload(self) -> SignedUpload:
         """Its shard's recorded digest, signed for the bound ledger."""
+
+    def received(self, broadcast: AdapterState) -> AdapterState:
+        """The global adapter from what crossed a wire to it (comm.broadcast_compression's encoding of it)."""
 
     def fit(self, global_adapter: AdapterState, round: int, extras: AdapterState | None = None) -> ClientUpdate:
         """Train from `global_adapter`; `extras` are the strategy's tensors sent with it (SCAFFOLD's server control

@@ -62,7 +62,7 @@ def train(content: RecordDict, node_config: dict) -> RecordDict:
     _check_base_model(base_model, run["base_model"], str(node_config.get("model-path", "")))
     _check_privacy_pin(node_config, run["config"], client)
     _bind(client, run["domain"])
-    update = client.fit(wire.read_adapter(content), run["round"], wire.read_adapter(content, "extras"))
+    update = client.fit(client.received(wire.read_adapter(content)), run["round"], wire.read_adapter(content, "extras"))
     return wire.update_content(update)
 
 

@@ -11,8 +11,9 @@ from __future__ import annotations
 import json
 import math
 
-from flwr.app import ArrayRecord, ConfigRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
+from flb.adapters.compression import encode
 from flb.errors import UpdateRejected, first_line, shown
 from flb.types import AdapterState, Attestation, ClientUpdate, SignedUpload
 
@@ -54,7 +55,7 @@ def train_content(
     `extras`: the strategy's tensors for the clients (Strategy.client_extras)."""
     return RecordDict(
         {
-            "global": ArrayRecord(torch_state_dict=global_adapter),
+            "global": _arrays(encode(config["comm"]["broadcast_compression"], global_adapter)),
             "extras": _arrays(extras),
             "run": ConfigRecord(
                 {
@@ -84,12 +85,34 @@ def read_run(content: RecordDict) -> dict:
 
 
 def read_adapter(content: RecordDict, key: str = "global") -> AdapterState:
-    return dict(content.array_records[key].to_torch_state_dict())
+    return {name: _tensor(array) for name, array in content.array_records[key].items()}
+
+
+# numpy, and so Flower's numpy arrays, have no bfloat16 (comm.compression bf16): such a tensor travels as its raw
+# little-endian bytes under this serialisation type
+RAW_BFLOAT16 = "flb.raw_bfloat16"
 
 
 def _arrays(tensors: AdapterState) -> ArrayRecord:
-    """Tensors as Flower arrays; ArrayRecord refuses an empty state dict, so none is an empty record."""
-    return ArrayRecord(torch_state_dict=tensors) if tensors else ArrayRecord()
+    """Tensors as Flower arrays (an empty record for none)."""
+    return ArrayRecord({name: _array(tensor) for name, tensor in tensors.items()})
+
+
+def _array(tensor) -> Array:
+    import torch
+
+    if tensor.dtype != torch.bfloat16:
+        return Array.from_torch_tensor(tensor.detach().cpu())
+    raw = tensor.detach().cpu().contiguous().view(torch.int16).numpy().tobytes()
+    return Array(dtype="bfloat16", shape=tuple(tensor.shape), stype=RAW_BFLOAT16, data=raw)
+
+
+def _tensor(array: Array):
+    import torch
+
+    if array.stype == RAW_BFLOAT16:
+        return torch.frombuffer(bytearray(array.data), dtype=torch.bfloat16).reshape(array.shape)
+    return torch.from_numpy(array.numpy())
 
 
 def info_content(client_id: int, num_examples: int, address: str | None) -> RecordDict:
@@ -138,7 +161,7 @@ def update_content(update: ClientUpdate) -> RecordDict:
         )
     return RecordDict(
         {
-            "update": ArrayRecord(torch_state_dict=update.tensors),
+            "update": _arrays(update.tensors),
             "extras": _arrays(update.extras),
             "result": ConfigRecord(result),
         }

@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
+from flb.adapters.compression import as_received, encode
 from flb.adapters.lora_aggregation import aggregation_error
 from flb.audit.attestation import SALT_BYTES, commitment
 from flb.audit.digests import adapter_digest, json_digest, metrics_digest, update_content
@@ -66,6 +67,8 @@ class RoundCoordinator:
     max_update_norm: float | None = None
     max_client_failures: int = 0
     lora_a_frozen: bool = False  # ffa: an update whose LoRA A is not the global's is rejected
+    update_compression: str = "none"  # comm.compression: how the clients' updates are encoded
+    broadcast_compression: str = "none"  # comm.broadcast_compression: the global adapter is as its encoding decodes
     contribution_loss: Callable[[AdapterState], float] | None = None  # set: leave-one-out scores each round
     fit_all: FitAll = fit_in_turn  # the Flower app sends to every sampled SuperNode at once
     comm: CommTracker = field(default_factory=CommTracker)
@@ -91,9 +94,10 @@ class RoundCoordinator:
             global_adapter = self.run_round(round, global_adapter)
         return global_adapter
 
-    def record_baseline(self, global_adapter: AdapterState) -> None:
+    def record_baseline(self, global_adapter: AdapterState) -> AdapterState:
         """Round 0: the clients' addresses and signed data uploads, then the base model (LoRA B is zero) evaluated
-        and recorded."""
+        and recorded; the global adapter round 1 starts from (as the clients receive it)."""
+        global_adapter = as_received(self.broadcast_compression, global_adapter)
         self.declared = {c.client_id: {"num_examples": c.num_examples, "address": c.address} for c in self.clients}
         if self.ledger.signing_domain is not None:
             self.ledger.register_clients({c.client_id: c.address for c in self.clients})
@@ -107,6 +111,7 @@ class RoundCoordinator:
             [],
             {**metrics, "num_sampled": 0, "round_time_s": 0.0, "eval_time_s": time.perf_counter() - started},
         )
+        return global_adapter
 
     def restore(self, checkpoint: dict) -> None:
         """Put back the strategy's state, the clients' round-0 declarations and the server's secret generator."""
@@ -149,11 +154,12 @@ class RoundCoordinator:
         # the order the chain lists the clients (by address): every strategy aggregates in it, so an auditor
         # reproduces the arithmetic from the record (docs/audit-spec.md, section 5)
         in_chain_order = sorted(updates, key=self._chain_position)
-        global_adapter = self.strategy.aggregate(global_adapter, in_chain_order, round, len(sampled))
+        aggregate = self.strategy.aggregate(global_adapter, in_chain_order, round, len(sampled))
+        global_adapter = as_received(self.broadcast_compression, aggregate)
         aggregate_done = time.perf_counter()
         metrics = self.evaluate(global_adapter)
         metrics["lora_aggregation_error"] = aggregation_error(
-            list(zip([u.tensors for u in in_chain_order], self.strategy.mean_weights(in_chain_order))), global_adapter
+            list(zip([u.tensors for u in in_chain_order], self.strategy.mean_weights(in_chain_order))), aggregate
         )
         if self.contribution_loss is not None:
             scores, unscored = leave_one_out_scores(
@@ -206,15 +212,19 @@ class RoundCoordinator:
         extras = self.strategy.client_extras(global_adapter)
         results = self.fit_all(sampled, global_adapter, round, extras)
         comm = self.comm.count(
-            round, global_adapter, extras, len(sampled), [r for r in results if isinstance(r, ClientUpdate)]
+            round,
+            encode(self.broadcast_compression, global_adapter),
+            extras,
+            len(sampled),
+            [r for r in results if isinstance(r, ClientUpdate)],
         )
         valid, rejected = [], []
         for client, result in zip(sampled, results):
-            reason = self._rejection(client, result, global_adapter, global_digest, extras, round)
-            if reason is None:
-                valid.append(result)
+            checked = self._checked(client, result, global_adapter, global_digest, extras, round)
+            if isinstance(checked, ClientUpdate):
+                valid.append(checked)
             else:
-                rejected.append({"client_id": client.client_id, "reason": reason})
+                rejected.append({"client_id": client.client_id, "reason": checked})
         too_large = outliers(valid, global_adapter, self.max_update_norm)
         rejected += [{"client_id": client_id, "reason": reason} for client_id, reason in too_large.items()]
         for entry in rejected:
@@ -232,11 +242,11 @@ class RoundCoordinator:
             return updates
         return [replace(update, num_examples=1) for update in updates]
 
-    def _rejection(
+    def _checked(
         self, client: Client, result, global_adapter: AdapterState, global_digest: str, extras: AdapterState, round: int
-    ) -> str | None:
-        """Why `result` cannot be aggregated, or None if it can; raises RunFailed when a client failed in a way
-        that is not expected of a sound run once more than server.max_client_failures times."""
+    ) -> ClientUpdate | str:
+        """The update to aggregate (server.validation), or why `result` cannot be aggregated; raises RunFailed when a
+        client failed in a way that is not expected of a sound run once more than server.max_client_failures times."""
         if isinstance(result, BaseException):
             if not isinstance(result, EXPECTED_FAILURES):
                 self.failures += 1
@@ -248,10 +258,11 @@ class RoundCoordinator:
                     )
             return f"{type(result).__name__}: {first_line(result)}"
         try:
-            validate_update(result, self._expected(client.client_id, round), global_adapter, global_digest, extras)
+            return validate_update(
+                result, self._expected(client.client_id, round), global_adapter, global_digest, extras
+            )
         except UpdateRejected as exc:
             return str(exc)
-        return None
 
     def _expected(self, client_id: int, round: int) -> Expected:
         declared = self.declared[client_id]
@@ -264,6 +275,7 @@ class RoundCoordinator:
             domain=domain,
             disclosure=self.disclosure,
             lora_a_frozen=self.lora_a_frozen,
+            compression=self.update_compression,
         )
 
     def _complete(
@@ -287,7 +299,7 @@ class RoundCoordinator:
                 round,
                 global_adapter,
                 self.peft_config,
-                {u.client_id: update_content(u.tensors, u.extras) for u in updates},
+                {u.client_id: update_content(u.as_sent, u.extras) for u in updates},
             )
             self.run.append_metrics(*client_rows, row)
             log.info("%s", round_line(row, client_rows, self.num_rounds))  # before the ledger's line for the round

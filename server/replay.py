@@ -5,14 +5,17 @@ section 5).
 The strategy is built from the run's config.json (whose run spec digest the verifier has checked against the chain)
 and driven exactly as the coordinator drives it: round after round from round 1, so a stateful strategy (the FedOpt
 family's moments, SCAFFOLD's control variate) carries its state, each round starting from the previous recorded
-global adapter, the updates in the chain's order, weighed by their on-chain example counts (all alike where counts
-are not published). Rounds whose aggregate depends on a secret cannot be replayed, and say why.
+global adapter, the updates in the chain's order (decoded as comm.compression says, from that previous adapter),
+weighed by their on-chain example counts (all alike where counts are not published), and the aggregate put through
+comm.broadcast_compression as the clients received it. Rounds whose aggregate depends on a secret cannot be
+replayed, and say why.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 
+from flb.adapters.compression import as_received, open_update
 from flb.audit.digests import EXTRAS_PREFIX
 from flb.types import AdapterState, ClientUpdate
 
@@ -50,20 +53,25 @@ def replay(config: dict, rounds: Iterable[PublishedRound]) -> Iterator[tuple[int
     counts_published = Disclosure.of(settings).publish_num_examples
     for number, previous, published in rounds:
         updates = [
-            _update(position, number, content, count if counts_published else 1)
+            _update(position, number, content, count if counts_published else 1, previous, settings.comm.compression)
             for position, (content, count) in enumerate(published)
         ]
-        yield number, strategy.aggregate(previous, updates, number, len(updates))
+        aggregate = strategy.aggregate(previous, updates, number, len(updates))
+        yield number, as_received(settings.comm.broadcast_compression, aggregate)
 
 
-def _update(position: int, round: int, content: AdapterState, num_examples: int) -> ClientUpdate:
-    """A published update as the strategy sees it: its adapter, its extras (SCAFFOLD's delta c_i) and its weight."""
-    tensors = {name: t for name, t in content.items() if not name.startswith(EXTRAS_PREFIX)}
+def _update(
+    position: int, round: int, content: AdapterState, num_examples: int, previous: AdapterState, compression: str
+) -> ClientUpdate:
+    """A published update as the strategy sees it: its adapter (decoded from what the client sent, under
+    comm.compression), its extras (SCAFFOLD's delta c_i) and its weight. MalformedPayload for one that does not
+    decode."""
+    sent = {name: t for name, t in content.items() if not name.startswith(EXTRAS_PREFIX)}
     extras = {name.removeprefix(EXTRAS_PREFIX): t for name, t in content.items() if name.startswith(EXTRAS_PREFIX)}
     return ClientUpdate(
         client_id=position,
         round=round,
-        tensors=tensors,
+        tensors=open_update(compression, sent, previous),
         num_examples=num_examples,
         train_loss=None,
         wall_time_s=0.0,

@@ -1,22 +1,24 @@
 """Checks every client update before any strategy or score sees it; a bad one is rejected with its reason.
 
 An update is taken only if it is what the sampled client was asked for (its id, this round), holds
-finite tensors with the global adapter's names, shapes and dtypes (under ffa, the global's LoRA A itself),
-claims a positive whole number of examples no larger than the shard the client declared at round 0, matches
-its digest, and, when the run is recorded, carries the client's own signature over what the ledger will
-record. Then, over the round, an update whose change to the global adapter is far larger than the others' is
-rejected (`server.max_update_norm`), so one client cannot take over the model.
+finite tensors with the global adapter's names, shapes and dtypes (under ffa, the global's LoRA A itself; under
+comm.compression, once decoded: a payload that does not decode is rejected), claims a positive whole number of
+examples no larger than the shard the client declared at round 0, matches its digest and its size in bytes, and,
+when the run is recorded, carries the client's own signature over what the ledger will record. Then, over the round,
+an update whose change to the global adapter is far larger than the others' is rejected (`server.max_update_norm`),
+so one client cannot take over the model.
 """
 
 from __future__ import annotations
 
 import math
 import numbers
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
 from flb.adapters.arithmetic import l2_norm, subtract
+from flb.adapters.compression import MalformedPayload, open_update, payload_bytes
 from flb.adapters.lora_aggregation import is_lora_a
 from flb.audit.digests import adapter_digest, update_content
 from flb.errors import FLBError, UpdateRejected
@@ -37,6 +39,7 @@ class Expected:
     domain: object = None  # flb.audit.attestation.SigningDomain
     disclosure: Disclosure | None = None
     lora_a_frozen: bool = False  # ffa: its LoRA A must be the global adapter's, bit for bit
+    compression: str = "none"  # comm.compression: how its tensors encode its adapter
 
 
 def validate_update(
@@ -45,9 +48,10 @@ def validate_update(
     global_adapter: AdapterState,
     global_digest: str,
     extras: AdapterState | None = None,
-) -> None:
-    """Raise UpdateRejected unless `update` is a sound answer to `expected`; its `extras` must match the names,
-    shapes and dtypes of the `extras` the round sent (SCAFFOLD's variate; none for most strategies)."""
+) -> ClientUpdate:
+    """The update to aggregate (a compressed one opened: its decoded adapter as `tensors`, what it sent as `sent`);
+    raise UpdateRejected unless `update` is a sound answer to `expected`. Its `extras` must match the names, shapes
+    and dtypes of the `extras` the round sent (SCAFFOLD's variate; none for most strategies)."""
     who = f"client {expected.client_id}"
     if not isinstance(update, ClientUpdate):
         raise UpdateRejected(f"{who}: sent a {type(update).__name__}, not a ClientUpdate")
@@ -56,9 +60,10 @@ def validate_update(
             f"{who}: the update says client {update.client_id!r}, round {update.round!r}; "
             f"it was asked for round {expected.round}"
         )
-    _check_tensors(who, update.tensors, global_adapter)
+    opened = _opened(who, update.tensors, global_adapter, expected.compression)
+    _check_tensors(who, opened, global_adapter)
     if expected.lora_a_frozen:
-        _check_frozen_lora_a(who, update.tensors, global_adapter)
+        _check_frozen_lora_a(who, opened, global_adapter)
     _check_tensors(who, update.extras, extras or {}, what="extras", source="the extras the round sent")
     count = update.num_examples
     if not (
@@ -71,8 +76,27 @@ def validate_update(
     sent = update_content(update.tensors, update.extras)
     if not isinstance(update.digest, str) or adapter_digest(sent) != update.digest:
         raise UpdateRejected(f"{who}: digest does not match its tensors")
+    if update.num_bytes != payload_bytes(update.tensors):
+        raise UpdateRejected(
+            f"{who}: says its update is {update.num_bytes!r} bytes; its tensors are {payload_bytes(update.tensors)}"
+        )
     if expected.address is not None:
         _check_attestation(who, update, expected, global_digest)
+    return update if expected.compression == "none" else replace(update, tensors=opened, sent=update.tensors)
+
+
+def _opened(who: str, tensors: object, global_adapter: AdapterState, compression: str) -> object:
+    """The adapter `tensors` encode under comm.compression (the tensors themselves under none, checked next)."""
+    if compression == "none":
+        return tensors
+    if not isinstance(tensors, dict) or not all(
+        isinstance(t, torch.Tensor) and not t.is_meta and t.device.type == "cpu" for t in tensors.values()
+    ):
+        raise UpdateRejected(f"{who}: its update is not a dict of tensors with data on the CPU")
+    try:
+        return open_update(compression, tensors, global_adapter)
+    except MalformedPayload as exc:
+        raise UpdateRejected(f"{who}: its update does not decode under comm.compression {compression}: {exc}") from None
 
 
 def _check_tensors(

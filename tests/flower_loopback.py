@@ -24,7 +24,16 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 LOCK = Path(tempfile.gettempdir()) / "flb-flower-loopback.lock"
 CONNECTION = "loopback"  # the connection's name in $FLWR_HOME/config.toml
-FLOWER_RUN = ["local_steps=2", "eval.size=8", "eval.max_new_tokens=2"]  # with tiny_run_overrides: the runs compared
+# with tiny_run_overrides: the runs compared (in process, over Flower, in worker processes); their updates and global
+# adapters cross each wire compressed, top-k's residual carried in each client's private state
+FLOWER_RUN = [
+    "local_steps=2",
+    "eval.size=8",
+    "eval.max_new_tokens=2",
+    "comm.compression=topk",
+    "comm.topk_fraction=0.3",
+    "comm.broadcast_compression=bf16",
+]
 
 
 def free_port() -> int:

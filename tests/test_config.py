@@ -185,6 +185,10 @@ def test_resolved_config_round_trips():
         ("split.channel=tcp", "split.channel: invalid value 'tcp'; allowed: in_process | loopback | grpc"),
         ("split.address=localhost", "split.address: invalid value 'localhost'; allowed: host:port"),
         ("split.activation_noise=-1", "split.activation_noise: invalid value -1.0; allowed: a number >= 0"),
+        ("comm.compression=zstd", "comm.compression: invalid value 'zstd'; allowed: none | bf16 | int8 | nf4 | topk"),
+        ("comm.broadcast_compression=topk", "comm.broadcast_compression: invalid value 'topk'; allowed: none | bf16"),
+        ("comm.topk_fraction=0", "comm.topk_fraction: invalid value 0.0; allowed: a number in (0, 1]"),
+        ("comm.topk_fraction=1.5", "comm.topk_fraction: invalid value 1.5; allowed: a number in (0, 1]"),
     ],
 )
 def test_absurd_values_are_one_line_errors(override, message):
@@ -271,6 +275,8 @@ def test_batched_mode_refuses_dpsgd_in_one_line():
             ["strategy.name=scaffold"],
             "strategy.name: invalid value 'scaffold'; allowed: a strategy without a client-side",
         ),
+        (["comm.compression=int8"], "comm.compression: invalid value 'int8'; allowed: none with mode split"),
+        (["comm.broadcast_compression=nf4"], "comm.broadcast_compression: invalid value 'nf4'; allowed: none with"),
     ],
 )
 def test_split_mode_refuses_what_it_does_not_combine_with_in_one_line(overrides, message):

@@ -155,6 +155,27 @@ def plain_update(privacy: dict | None = None) -> ClientUpdate:
     )
 
 
+def test_compressed_payloads_cross_flowers_arrays_bit_for_bit():
+    """numpy, so Flower's arrays, has no bfloat16: a bf16 payload crosses as its raw bytes; the codes of the other
+    codecs are numpy dtypes. Through Flower's own serialisation, both ways."""
+    from flwr.common.serde import recorddict_from_proto, recorddict_to_proto
+
+    from flb.adapters.compression import encode
+    from flb.config.sections import BROADCAST_CODECS
+
+    adapter = {"lora_A": torch.randn(2, 3), "lora_B": torch.randn(3, 65)}
+    for codec in ("bf16", "int8", "nf4", "topk"):
+        sent = encode(codec, adapter, topk_fraction=0.5)
+        update = dataclasses.replace(plain_update(), tensors=sent, digest=adapter_digest(sent))
+        back = wire.read_update(recorddict_from_proto(recorddict_to_proto(wire.update_content(update))), 0)
+        assert back.tensors.keys() == sent.keys() and back.digest == adapter_digest(back.tensors), codec
+        if codec in BROADCAST_CODECS:
+            config = {"comm": {"broadcast_compression": codec}}
+            content = wire.train_content(config, RUN_ID, adapter, 1, None, BASE_MODEL, {})
+            received = wire.read_adapter(recorddict_from_proto(recorddict_to_proto(content)))
+            assert adapter_digest(received) == adapter_digest(sent), codec
+
+
 def privacy_report() -> dict:
     mechanism = GaussianUpdate(
         clip_norm=1.0,
@@ -278,7 +299,7 @@ def node_answers(train_reply):
 def fleet_over(grid: StubGrid, config: dict | None = None) -> Fleet:
     return Fleet(
         grid,
-        config or {"num_clients": len(grid.node_ids)},
+        config or {"num_clients": len(grid.node_ids), "comm": {"broadcast_compression": "none"}},
         wait_for_nodes_s=5,
         round_timeout_s=0.5,
         query_timeout_s=0.5,
@@ -345,7 +366,11 @@ def test_a_well_formed_data_upload_reads_back(server_task):
 
 
 def test_nodes_receive_the_config_without_url_credentials(server_task):
-    config = {"num_clients": 1, "chain": {"backend": "rpc", "rpc_url": "https://alice:hunter2@rpc.example/v1"}}
+    config = {
+        "num_clients": 1,
+        "comm": {"broadcast_compression": "none"},
+        "chain": {"backend": "rpc", "rpc_url": "https://alice:hunter2@rpc.example/v1"},
+    }
     grid = StubGrid([100], node_answers(lambda client: wire.update_content(plain_update())))
     fleet = fleet_over(grid, config)
     fleet.fit_all(fleet.join(RUN_ID, 1, BASE_MODEL), plain_update().tensors, 1, {})

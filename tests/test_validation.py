@@ -11,6 +11,7 @@ from eth_account import Account
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from flb.adapters.compression import compress_update
 from flb.audit.attestation import SigningDomain, sign_update
 from flb.audit.digests import adapter_digest, update_content
 from flb.errors import UpdateRejected
@@ -41,7 +42,16 @@ def make(tensors=None, num_examples=5, digest=None, client_id=0, round=1, signer
             num_examples=num_examples,
         )
         attestation = Attestation(digest, num_examples, signature)
-    return ClientUpdate(client_id, round, tensors, num_examples, 0.0, 0.0, 0, digest, attestation=attestation)
+    return ClientUpdate(
+        client_id, round, tensors, num_examples, 0.0, 0.0, size_of(tensors), digest, attestation=attestation
+    )
+
+
+def size_of(tensors) -> int:
+    """The bytes a sound client says its tensors are (0 for what is not tensors: rejected before the size matters)."""
+    if not isinstance(tensors, dict) or not all(isinstance(t, torch.Tensor) for t in tensors.values()):
+        return 0
+    return sum(t.numel() * t.element_size() for t in tensors.values())
 
 
 def check(update, expected=EXPECTED):
@@ -121,6 +131,47 @@ def test_something_that_is_not_an_update_is_rejected():
         check({"tensors": GLOBAL})
     with pytest.raises(UpdateRejected, match="not a dict"):
         check(make(tensors=[1, 2], digest="0" * 64))
+
+
+def test_a_client_that_misstates_its_update_size_is_rejected():
+    """The size is what an flb contribution score multiplies: a client must not inflate it."""
+    update = make()
+    update.num_bytes *= 1000
+    with pytest.raises(UpdateRejected, match=r"says its update is 48000 bytes; its tensors are 48$"):
+        check(update)
+
+
+INT8 = Expected(client_id=0, round=1, max_examples=10, compression="int8")
+
+
+def test_a_compressed_update_is_opened_from_the_global_adapter_and_keeps_what_was_sent():
+    trained = {name: torch.full_like(tensor, 0.5) for name, tensor in GLOBAL.items()}
+    sent, _ = compress_update("int8", trained, GLOBAL, {}, 0.1)
+    accepted = validate_update(make(sent), INT8, GLOBAL, GLOBAL_DIGEST)
+    assert all(torch.equal(accepted.tensors[name], trained[name]) for name in GLOBAL)  # 0.5 = code 127 x 0.5 / 127
+    assert accepted.sent is sent and accepted.as_sent is sent and accepted.digest == adapter_digest(sent)
+
+
+@pytest.mark.parametrize(
+    "spoil, reason",
+    [
+        (lambda sent: sent.pop("x.lora_A.weight#absmax"), "x.lora_A.weight#absmax is missing"),
+        (lambda sent: sent.update({"x.lora_A.weight#int8": torch.full((6,), -128, dtype=torch.int8)}), "-128"),
+        (lambda sent: sent.update({"x.lora_B.weight#absmax": torch.tensor([math.nan])}), "NaN"),
+        (lambda sent: sent.update({"x.lora_B.weight#absmax": [1.0]}), "not a dict of tensors"),
+    ],
+)
+def test_a_compressed_update_that_does_not_decode_is_rejected(spoil, reason):
+    sent, _ = compress_update("int8", {k: torch.ones_like(v) for k, v in GLOBAL.items()}, GLOBAL, {}, 0.1)
+    spoil(sent)
+    with pytest.raises(UpdateRejected, match=f"^client 0: .*{reason}"):
+        validate_update(make(sent, digest="0" * 64), INT8, GLOBAL, GLOBAL_DIGEST)
+
+
+def test_an_uncompressed_adapter_is_not_an_int8_update():
+    reason = "does not decode under comm.compression int8: int8 payload: x.lora_A.weight#absmax is missing"
+    with pytest.raises(UpdateRejected, match=reason):
+        validate_update(make(), INT8, GLOBAL, GLOBAL_DIGEST)
 
 
 def test_digest_must_match_tensors():

@@ -148,7 +148,7 @@ class _Served:
             self.frozen = True
         global_adapter, extras = ungrouped(tensors, "global_adapter", "extras")
         with peak_memory(self.device) as peak:
-            update = client.fit(global_adapter, header["round"], extras)
+            update = client.fit(client.received(global_adapter), header["round"], extras)
         return update_reply(update, peak.bytes)
 
     def _release(self) -> None:

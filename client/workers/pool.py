@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 from client.workers.channel import Channel, read_update
 from client.workers.loop import serve
+from flb.adapters.compression import encode
 from flb.errors import FLBError, RunFailed, first_line
 from flb.frames import grouped
 from flb.scheduler import Admission, WorkerDied, cpu_threads, is_out_of_memory
@@ -80,6 +81,7 @@ class WorkerPool:
         devices: list[str],
         workers_per_device: int,
         memory_budget_mb: float | None = None,
+        broadcast_compression: str = "none",
     ):
         import multiprocessing
 
@@ -91,6 +93,7 @@ class WorkerPool:
         self.load_model, self.build_client, self.shards = load_model, build_client, shards
         self.devices = list(dict.fromkeys(devices))  # a device listed twice is one memory budget
         self.workers_per_device, self.memory_budget_mb = workers_per_device, memory_budget_mb
+        self.broadcast_compression = broadcast_compression  # how the global adapter crosses to the workers
         self.context = multiprocessing.get_context("spawn")  # fork would copy a process that may hold CUDA
         self.threads = cpu_threads(len(self.devices) * workers_per_device)
         self.domain: dict | None = None  # the ledger's signing domain, once bound
@@ -230,7 +233,7 @@ class WorkerPool:
     ) -> list[ClientUpdate | Exception]:
         """One job per client, as many at once as each device's Admission allows; a ClientUpdate or the Exception
         saying why there is none, per client, in order."""
-        tensors = grouped(global_adapter=global_adapter, extras=extras or {})
+        tensors = grouped(global_adapter=encode(self.broadcast_compression, global_adapter), extras=extras or {})
         jobs = [
             _Job(i, "fit", client_id=c.client_id, header={"round": round}, tensors=tensors, admitted=True)
             for i, c in enumerate(clients)

@@ -4,7 +4,8 @@
     python examples/audit/verify_run.py --rpc URL --contract ADDR RUN_DIR [--clients FILE]
 
 Reads the contract's events and calldata from a node and the published run directory, and checks spec section 5
-(items 1-8; item 8 for FedAvg/FedProx with lora_aggregation separate or ffa). Uses numpy, safetensors, web3 and its
+(items 1-8; item 8 for FedAvg/FedProx with lora_aggregation separate or ffa, with the int8, nf4 and topk
+compression of spec 2.7; bf16 is noted, as numpy has no bfloat16). Uses numpy, safetensors, web3 and its
 eth-* dependencies and the standard library, nothing of FLB. Prints "MISMATCH ..." per failed check, "NOTE ..." per
 item it could not check, then "reference verify: N checks passed, M problems"; exit 1 on a MISMATCH, 2 on bad input.
 """
@@ -54,6 +55,9 @@ RUN_SPEC_KEYS = (
     "client",
     "chain.scoring",
     "chain.record_participants",
+    "comm.compression",
+    "comm.broadcast_compression",
+    "comm.topk_fraction",
     "split.head_layers",
     "split.tail_layers",
     "split.trunk",
@@ -521,6 +525,65 @@ def fedavg(updates: list) -> dict:
     return result
 
 
+# --- compressed updates and broadcasts (spec 2.7) --------------------------------------------------------------
+
+BLOCK = 64
+NF4 = np.array(
+    [-1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453, -0.28444138169288635,
+     -0.18477343022823334, -0.09105003625154495, 0.0, 0.07958029955625534, 0.16093020141124725,
+     0.24611230194568634, 0.33791524171829224, 0.44070982933044434, 0.5626170039176941, 0.7229568362236023, 1.0],
+    np.float32,
+)  # fmt: skip
+
+
+def blocks(flat: np.ndarray) -> np.ndarray:
+    """`flat` zero-padded to whole blocks of 64, a block a row."""
+    return np.pad(flat, (0, -flat.size % BLOCK)).reshape(-1, BLOCK)
+
+
+def decoded(codec: str, parts: dict, name: str, like: np.ndarray) -> np.ndarray:
+    """Spec 2.7: tensor `name` (shaped like `like`) from its parts in a payload."""
+    n = like.size
+    if codec == "int8":
+        codes = blocks(parts[name + "#int8"].astype(np.float64))
+        values = codes * parts[name + "#absmax"].astype(np.float64)[:, None] / 127
+    elif codec == "nf4":
+        packed = parts[name + "#nf4"]
+        codes = np.stack([packed >> 4, packed & 0xF], axis=1).reshape(-1)[:n]
+        values = blocks(NF4[codes]) * parts[name + "#absmax"][:, None]
+    else:  # topk
+        values = np.zeros(n, np.float32)
+        values[parts[name + "#indices"].astype(np.int64)] = parts[name + "#values"]
+    return values.reshape(-1)[:n].astype(np.float32).reshape(like.shape)
+
+
+def encoded(codec: str, x: np.ndarray, name: str) -> dict:
+    """Spec 2.7's int8 or nf4 encoding of tensor `name` (float32): its parts."""
+    rows = blocks(x.reshape(-1).astype(np.float32))
+    absmax = np.abs(rows).max(axis=1)
+    scaled = rows / np.where(absmax > 0, absmax, np.float32(1))[:, None]
+    if codec == "int8":
+        codes = np.rint(scaled * np.float32(127)).reshape(-1)[: x.size].astype(np.int8)  # int8: no -0
+        return {name + "#absmax": absmax, name + "#int8": codes}
+    codes = np.abs(scaled.reshape(-1)[: 2 * -(-x.size // 2), None] - NF4).argmin(axis=1).astype(np.uint8)
+    return {name + "#absmax": absmax, name + "#nf4": (codes[0::2] << 4) | codes[1::2]}
+
+
+def opened(codec: str, sent: dict, previous: dict) -> dict:
+    """An update file's tensors (not extras/) as the adapter they stand for: as they are under codec none, else the
+    previous global adapter plus their decoding."""
+    if codec == "none":
+        return sent
+    return {name: previous[name] + decoded(codec, sent, name, previous[name]) for name in previous}
+
+
+def as_broadcast(codec: str, aggregate: dict) -> dict:
+    """The global adapter the clients receive: the aggregate encoded and decoded (codec int8 or nf4), or itself."""
+    if codec == "none":
+        return aggregate
+    return {name: decoded(codec, encoded(codec, x, name), name, x) for name, x in aggregate.items()}
+
+
 def not_recomputed(config) -> str | None:
     """Why this reference verifier does not recompute the run's aggregates (spec 5.2, 5.3), or None."""
     if config is None:
@@ -532,6 +595,9 @@ def not_recomputed(config) -> str | None:
         return f"server DP ({name}): the server's Gaussian noise is drawn from its secret generator"
     if name not in ("fedavg", "fedprox") or mode not in ("separate", "ffa"):
         return f"{name}, lora_aggregation {mode}: not recomputed by this reference verifier (spec 5.2)"
+    comm = config.get("comm", {})
+    if "bf16" in (comm.get("compression"), comm.get("broadcast_compression")):
+        return "comm bf16: numpy has no bfloat16, so this reference verifier cannot decode it"
     return None
 
 
@@ -547,7 +613,10 @@ def recompute(report: Report, run_dir: Path, rounds: dict, clients: list, config
             report.notes.append(f"round {n}: not recomputed (an update file is missing)")
         elif paths:
             weights = r["numExamples"] if any(r["numExamples"]) else [1] * len(paths)
-            actual = tensors_digest(fedavg([(load_tensors(p), w) for p, w in zip(paths, weights)]))
+            comm = {"compression": "none", "broadcast_compression": "none", **config.get("comm", {})}
+            previous = load_tensors(run_dir / f"round_{n - 1}" / "adapter_model.safetensors")
+            updates = [(opened(comm["compression"], load_tensors(p), previous), w) for p, w in zip(paths, weights)]
+            actual = tensors_digest(as_broadcast(comm["broadcast_compression"], fedavg(updates)))
             report.check(
                 actual == r["globalDigest"],
                 f"round {n}: {config['strategy']['name']} of the round's update "

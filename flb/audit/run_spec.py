@@ -1,10 +1,10 @@
 """The run spec: the rules a run is checked by, anchored on chain before round 0 (docs/audit-spec.md, section 2.5).
 
 It is the part of the resolved config.json that decides what a round must be (the strategy with every parameter,
-the LoRA aggregation, the server's and the clients' DP settings, the scoring formula, the client sampling rule and
-the split), with the keys --resume --set may change (operational ones) left out. A verifier reads the rules from
-config.json only after checking its run spec digest against the chain, so no later edit of the file can switch
-recomputation off or change a formula.
+the LoRA aggregation, the server's and the clients' DP settings, the scoring formula, the client sampling rule, how
+updates and the global adapter are compressed, and the split), with the keys --resume --set may change (operational
+ones) left out. A verifier reads the rules from config.json only after checking its run spec digest against the
+chain, so no later edit of the file can switch recomputation off or change a formula.
 """
 
 from __future__ import annotations
@@ -22,6 +22,9 @@ RUN_SPEC_KEYS = (
     "client",
     "chain.scoring",
     "chain.record_participants",
+    "comm.compression",
+    "comm.broadcast_compression",
+    "comm.topk_fraction",
     "split.head_layers",
     "split.tail_layers",
     "split.trunk",

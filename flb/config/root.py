@@ -31,7 +31,7 @@ class Config:
     strategy: StrategySettings = described("Aggregation strategy.", default_factory=StrategySettings)
     partition: PartitionSettings = described("Data partitioning.", default_factory=PartitionSettings)
     eval: EvalSettings = described("Evaluation.", default_factory=EvalSettings)
-    comm: CommSettings = described("Communication accounting.", default_factory=CommSettings)
+    comm: CommSettings = described("Communication: compression and accounting.", default_factory=CommSettings)
     execution: ExecutionSettings = described("How the sampled clients are run.", default_factory=ExecutionSettings)
     notify: NotifySettings = described("Round notifications.", default_factory=NotifySettings)
     tracking: TrackingSettings = described("Experiment tracking.", default_factory=TrackingSettings)
@@ -118,6 +118,14 @@ class Config:
             "federated with local or server DP (split mode's privacy "
             "knob is split.activation_noise; set client.local_dp=false and a strategy without dp_)",
         )
+        for key in ("compression", "broadcast_compression"):
+            value = getattr(self.comm, key)
+            require(
+                value == "none",
+                f"comm.{key}",
+                value,
+                "none with mode split (its updates are the client's parts, and the trunk is trained on the server)",
+            )
         require(
             not STRATEGIES[self.strategy.aggregator].client_objective,
             "strategy.name",

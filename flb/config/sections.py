@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from flb.adapters.compression import CODECS
 from flb.config.fields import described, one_of, probability
 from flb.errors import require
 
@@ -248,12 +249,31 @@ class PartitionSettings:
         require(0 < self.alpha <= 1e6, "partition.alpha", self.alpha, "a number in (0, 1e6]")
 
 
+# top-k's sparse change needs the receiver's previous adapter, which a client not sampled last round does not have
+BROADCAST_CODECS = tuple(codec for codec in CODECS if codec != "topk")
+
+
 @dataclass(frozen=True)
 class CommSettings:
     budget_mb: float | None = described(
         "Warn once when the adapter bytes sent to and from clients pass this many "
         "MB (10^6 bytes) in total; null: no budget.",
         default=None,
+    )
+    compression: str = described(
+        "How each client's update is sent: none (its adapter in full precision) | bf16 | int8 (blockwise, linear) "
+        "| nf4 (blockwise 4-bit NormalFloat) | topk (the comm.topk_fraction largest changes, the rest carried to the "
+        "next round); all but none send the change from the global adapter. What is sent is what is digested, "
+        "signed and recorded.",
+        default="none",
+    )
+    broadcast_compression: str = described(
+        "How the global adapter is sent to the clients: none | bf16 | int8 | nf4; each round's global adapter is "
+        "then the decoding of what is sent, and that is what is recorded and evaluated.",
+        default="none",
+    )
+    topk_fraction: float = described(
+        "comm.compression topk: the fraction of each tensor's elements a client sends.", default=0.1
     )
 
     def __post_init__(self):
@@ -263,6 +283,9 @@ class CommSettings:
             self.budget_mb,
             "a number > 0, or null for no budget",
         )
+        one_of("comm.compression", self.compression, CODECS)
+        one_of("comm.broadcast_compression", self.broadcast_compression, BROADCAST_CODECS)
+        require(0 < self.topk_fraction <= 1, "comm.topk_fraction", self.topk_fraction, "a number in (0, 1]")
 
 
 EXECUTION_MODES = ("sequential", "batched", "processes")

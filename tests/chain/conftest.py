@@ -182,8 +182,15 @@ def whole_run(model_dir, output_dir, *extra: str) -> Path:
 
 @pytest.fixture(scope="session")
 def embedded_run(tiny_model_dir, tmp_path_factory) -> Path:
-    """A finished 2-round run on the embedded chain. Shared: tests that change it work on a copy (copy_run)."""
-    return whole_run(tiny_model_dir, tmp_path_factory.mktemp("embedded-runs"))
+    """A finished 2-round run on the embedded chain whose clients send int8 updates and receive an nf4 global adapter
+    (comm.*), so every check of it runs over compressed payloads (anvil_run's are whole). Shared: tests that change it
+    work on a copy (copy_run)."""
+    return whole_run(
+        tiny_model_dir,
+        tmp_path_factory.mktemp("embedded-runs"),
+        "comm.compression=int8",
+        "comm.broadcast_compression=nf4",
+    )
 
 
 @pytest.fixture(scope="session")

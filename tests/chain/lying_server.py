@@ -14,6 +14,7 @@ from chain.deployment import RunAnchors
 from chain.ledger import open_ledger
 from chain.transact import send_signed, sign_call
 from flb.adapters.arithmetic import weighted_average
+from flb.adapters.compression import as_received, open_update
 from flb.audit.attestation import sign_update
 from flb.audit.digests import adapter_config_digest, adapter_digest, metrics_digest
 from flb.audit.keystore import run_key_account
@@ -52,9 +53,20 @@ class LyingServer:
         return len(self.addresses) - 1
 
     def honest_aggregate(self, updates: list[tuple[int, dict, int]]) -> dict:
-        """FedAvg of (client id, tensors, examples) in the chain's order: what an honest server would publish."""
+        """What an honest server would publish: the mean of `updates` sent as the run's
+        comm.broadcast_compression says."""
+        return as_received(self._comm()["broadcast_compression"], self.mean_of(updates))
+
+    def mean_of(self, updates: list[tuple[int, dict, int]]) -> dict:
+        """FedAvg of (client id, update as sent, examples) in the chain's order, each update opened (under the run's
+        comm.compression) from the last global adapter."""
+        previous = self.global_adapter(self.ledger.contract.functions.nextRound().call() - 1)
         in_chain_order = sorted(updates, key=lambda u: int(self.addresses[u[0]], 16))
-        return weighted_average([(tensors, count) for _, tensors, count in in_chain_order])
+        codec = self._comm()["compression"]
+        return weighted_average([(open_update(codec, sent, previous), count) for _, sent, count in in_chain_order])
+
+    def _comm(self) -> dict:
+        return json.loads((self.run_dir / "config.json").read_text())["comm"]
 
     def record_round(
         self,

@@ -17,7 +17,7 @@ import main_simple_fl
 from chain.explorer import main
 from chain.trail import read_trail
 from chain.verify import rounds_from
-from flb.audit.digests import adapter_file_digest
+from flb.audit.digests import adapter_digest, adapter_file_digest
 from tests.chain.conftest import whole_run
 from tests.chain.lying_server import LyingServer
 
@@ -83,8 +83,24 @@ def test_untouched_run_passes_and_says_it_checks_a_local_export(finished_run, ca
 
 
 def test_recompute_of_an_honest_run_is_bit_exact(embedded_run, capsys):
+    """From the payloads as sent: int8 changes, decoded and added to the previous global adapter, and each round's
+    mean put through the nf4 broadcast."""
+    sent = load_file(str(embedded_run / "round_2" / "updates" / "client_1.safetensors"))
+    assert {name.rpartition("#")[2] for name in sent} == {"int8", "absmax"}
     code, lines = verify(capsys, embedded_run, "--recompute")
     assert code == 0 and not any("not recomputable" in line for line in lines)
+
+
+def test_a_compressed_payload_altered_after_signing_fails(embedded_run, copy_run, capsys):
+    run_dir = copy_run(embedded_run)
+    path = run_dir / "round_2" / "updates" / "client_1.safetensors"
+    sent = load_file(str(path))
+    codes = next(name for name in sorted(sent) if name.endswith("#int8"))
+    sent[codes][0] = 127 if sent[codes][0] != 127 else -127  # still a well-formed int8 payload
+    save_file(sent, str(path), metadata={"format": "pt"})
+    code, lines = verify(capsys, run_dir, "--recompute")
+    assert code == 1
+    assert mismatches(lines)[0].startswith("MISMATCH round 2 client 1: ")
 
 
 def test_the_module_verifies_with_the_flag_after_the_run_dir(embedded_run):
@@ -288,7 +304,6 @@ def test_recompute_follows_the_runs_lora_aggregation(tmp_path):
     from chain.verify import Report, _recompute
     from flb.adapters.arithmetic import weighted_average
     from flb.adapters.lora_aggregation import svd_average
-    from flb.audit.digests import adapter_digest
     from flb.config import Config
 
     generator = torch.Generator().manual_seed(0)
@@ -357,8 +372,8 @@ def test_a_sybil_key_registered_mid_run_and_a_round_of_its_own_fail(embedded_run
     real = list(server.addresses)
     sybil = Account.create()
     sybil_id = server.register(sybil)
-    update = server.update_of(2, 0)
-    number = server.record_round([(sybil_id, update, 10**18)], update, keys={sybil_id: sybil})
+    sybil_round = [(sybil_id, server.update_of(2, 0), 10**18)]
+    number = server.record_round(sybil_round, server.honest_aggregate(sybil_round), keys={sybil_id: sybil})
     server.close()
     code, lines = verify(capsys, server.run_dir, "--recompute")
     assert code == 1
@@ -383,6 +398,38 @@ def test_a_round_that_ignores_every_update_fails_recompute(embedded_run, copy_ru
     number = server.record_round(updates, server.global_adapter(2))  # the previous global adapter, published again
     server.close()
     assert verify(capsys, server.run_dir)[0] == 0  # files and chain agree: only recomputing shows it
+    code, lines = verify(capsys, server.run_dir, "--recompute")
+    assert code == 1
+    (problem,) = mismatches(lines)
+    assert problem.startswith(f"MISMATCH round {number}: fedavg of the recorded updates has digest ")
+
+
+def test_an_update_file_that_does_not_decode_is_a_problem_not_a_crash(embedded_run, copy_run, capsys):
+    run_dir = copy_run(embedded_run)
+    path = run_dir / "round_1" / "updates" / "client_0.safetensors"
+    sent = load_file(str(path))
+    del sent[next(name for name in sorted(sent) if name.endswith("#absmax"))]
+    save_file(sent, str(path), metadata={"format": "pt"})
+    code, lines = verify(capsys, run_dir, "--recompute")
+    assert code == 1
+    assert mismatches(lines)[0].startswith("MISMATCH round 1 client 0: ")
+    assert any(
+        "an update file does not decode as comm.compression int8 (int8 payload: " in line
+        and "#absmax is missing" in line
+        and line.endswith("that round and later are not recomputed")
+        for line in lines
+    )
+
+
+def test_a_round_whose_global_adapter_skips_the_broadcast_codec_fails_recompute(embedded_run, copy_run, capsys):
+    """The run anchors comm.broadcast_compression nf4: a server that publishes the mean at full precision (which no
+    client received) records a global adapter that is not the round's."""
+    server = LyingServer(copy_run(embedded_run))
+    updates = [(i, server.update_of(2, i), 7 + i) for i in (0, 1)]
+    full_precision = server.mean_of(updates)
+    assert adapter_digest(full_precision) != adapter_digest(server.honest_aggregate(updates))
+    number = server.record_round(updates, full_precision)
+    server.close()
     code, lines = verify(capsys, server.run_dir, "--recompute")
     assert code == 1
     (problem,) = mismatches(lines)

@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
+from flb.audit.digests import adapter_digest
+
 pytestmark = [pytest.mark.chain, pytest.mark.anvil]
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "examples" / "audit" / "verify_run.py"
@@ -71,6 +73,27 @@ def test_the_worked_example_of_spec_2_1():
         "m.lora_A.weight": np.array([[1.0, -2.0]], np.float32),
     }
     assert module.tensors_digest(tensors) == WORKED_EXAMPLE
+
+
+@pytest.mark.parametrize("codec", ["int8", "nf4", "topk"])
+def test_spec_2_7_written_out_in_numpy_opens_updates_and_broadcasts_as_the_project_does(codec):
+    """The reference's decoders and encoders, from the spec alone, against flb.adapters.compression, bit for bit: an
+    update opened from the previous global adapter and, for the full-state codecs, a broadcast's round trip."""
+    import torch
+
+    from flb.adapters.compression import as_received, compress_update, open_update
+
+    module = reference_module()
+    generator = torch.Generator().manual_seed(7)
+    previous = {"m.lora_A.weight": torch.randn(8, 65, generator=generator), "m.lora_B.weight": torch.zeros(65, 3)}
+    trained = {name: t + 0.01 * torch.randn(t.shape, generator=generator) for name, t in previous.items()}
+    sent, _ = compress_update(codec, trained, previous, {}, 0.3)
+    as_numpy = {name: t.numpy() for name, t in sent.items()}
+    reference = module.opened(codec, as_numpy, {name: t.numpy() for name, t in previous.items()})
+    assert module.tensors_digest(reference) == adapter_digest(open_update(codec, sent, previous))
+    if codec != "topk":
+        reference = module.as_broadcast(codec, {name: t.numpy() for name, t in trained.items()})
+        assert module.tensors_digest(reference) == adapter_digest(as_received(codec, trained))
 
 
 def test_it_loads_nothing_of_the_project_nor_its_contract_artifact(anvil_run, node):
