@@ -97,6 +97,7 @@ def build_client(
     ClientApp builds its client with this."""
     from client.sft import SFTClient
     from flb.local_objective import LocalObjective
+    from flb.simulation import slowdown
 
     return SFTClient(
         client_id=client_id,
@@ -115,6 +116,7 @@ def build_client(
         trainers=trainers,
         privacy=client_privacy(config, client_id, len(shard)),
         comm=config.comm,
+        slowdown=slowdown(config.simulation, client_id),
     )
 
 

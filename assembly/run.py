@@ -114,6 +114,7 @@ def coordinate(
     from flb.model.sft_settings import round_learning_rate
     from flb.privacy.disclosure import Disclosure
     from flb.run.comm import CommTracker
+    from flb.simulation import with_dropouts
     from server.coordinator import RoundCoordinator
     from server.evaluation import Evaluator
 
@@ -149,7 +150,7 @@ def coordinate(
         lora_a_frozen=config.strategy.lora_a_frozen,
         update_compression=config.comm.compression,
         broadcast_compression=config.comm.broadcast_compression,
-        fit_all=fit_all,
+        fit_all=with_dropouts(fit_all, config.simulation),
         comm=CommTracker(config.comm.budget_mb, cut=fit_all.round_traffic if plan else None),
         update_parts=plan.parts if plan else None,
         num_rounds=config.num_rounds,

@@ -33,6 +33,7 @@ from flb.model.sft_settings import quiet_trainer, round_learning_rate, sft_confi
 from flb.privacy.private_state import PrivateState
 from flb.privacy.secret_random import SecretRandom
 from flb.seeding import derived_seed
+from flb.simulation import wait_out
 from flb.types import AdapterState, ClientUpdate, SignedUpload
 
 RESIDUAL_PREFIX = "residual/"  # in the private state's tensors; no adapter tensor name starts with it
@@ -59,6 +60,7 @@ class SFTClient:
     objective: LocalObjective = field(default_factory=LocalObjective)
     trainers: ClientTrainer | None = None  # shared with the process's other clients; None: one of its own
     comm: CommSettings = field(default_factory=CommSettings)  # how its update is compressed (comm.compression)
+    slowdown: float = 1.0  # simulation.client_speed: it takes this many times its training time
 
     def __post_init__(self):
         # Built now, not at the first fit: building tokenizes the shard, and for a quantized base trl
@@ -118,9 +120,12 @@ class SFTClient:
         self.begin_round(global_adapter, round)
         correction = self.objective.correction(adapter_parameters(self.model), global_adapter, extras, self.variate)
         train_loss = self._train(correction)
-        return self.end_round(
+        update = self.end_round(
             get_adapter_state(self.model), global_adapter, round, extras, correction, train_loss, started
         )
+        wait_out(self.slowdown, update.wall_time_s)
+        update.wall_time_s = time.perf_counter() - started
+        return update
 
     def begin_round(self, global_adapter: AdapterState, round: int) -> None:
         """The round's starting point: the client's secret state as it was before `round` (a round run again starts

@@ -25,7 +25,8 @@ REPO = Path(__file__).resolve().parents[1]
 LOCK = Path(tempfile.gettempdir()) / "flb-flower-loopback.lock"
 CONNECTION = "loopback"  # the connection's name in $FLWR_HOME/config.toml
 # with tiny_run_overrides: the runs compared (in process, over Flower, in worker processes); their updates and global
-# adapters cross each wire compressed, top-k's residual carried in each client's private state
+# adapters cross each wire compressed, top-k's residual carried in each client's private state, and client 1 drops
+# out of round 2 (simulation.seed 1 draws it), so each path must leave it out alike
 FLOWER_RUN = [
     "local_steps=2",
     "eval.size=8",
@@ -33,6 +34,8 @@ FLOWER_RUN = [
     "comm.compression=topk",
     "comm.topk_fraction=0.3",
     "comm.broadcast_compression=bf16",
+    "simulation.dropout=0.3",
+    "simulation.seed=1",
 ]
 
 

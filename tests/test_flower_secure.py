@@ -68,7 +68,10 @@ def secure_run(secure, tiny_model_dir, tmp_path_factory, flower_reference_run):
 @pytest.mark.flower
 def test_a_secure_run_gives_the_in_process_final_adapter(secure_run, secure):
     flower, in_process, _ = secure_run
-    assert [r["num_clients"] for r in round_records(flower)] == [0, 2, 2], secure.logs()
+    assert [r["num_clients"] for r in round_records(flower)] == [0, 2, 1], secure.logs()  # 1 dropped out of 2
+    assert round_records(flower)[2]["rejected"] == [
+        {"client_id": 1, "reason": "ClientUnavailable: client 1: dropped out of round 2 (simulation.dropout = 0.3)"}
+    ]
     assert adapter_file_digest(flower / "final_adapter") == adapter_file_digest(in_process / "final_adapter")
 
 

@@ -43,6 +43,7 @@ from flb.config.sections import (
     ServerDPSettings,
     ServerSettings,
     SFTSettings,
+    SimulationSettings,
     SplitSettings,
 )
 from flb.config.services import (
@@ -106,6 +107,7 @@ __all__ = [
     "ScaffoldSettings",
     "ServerDPSettings",
     "ServerSettings",
+    "SimulationSettings",
     "SplitSettings",
     "StrategySettings",
     "StrategySpec",

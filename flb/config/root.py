@@ -15,6 +15,7 @@ from flb.config.sections import (
     PartitionSettings,
     ServerSettings,
     SFTSettings,
+    SimulationSettings,
     SplitSettings,
 )
 from flb.config.services import ChainSettings, NotifySettings, TrackingSettings
@@ -36,6 +37,9 @@ class Config:
     notify: NotifySettings = described("Round notifications.", default_factory=NotifySettings)
     tracking: TrackingSettings = described("Experiment tracking.", default_factory=TrackingSettings)
     split: SplitSettings = described("Split learning (mode split).", default_factory=SplitSettings)
+    simulation: SimulationSettings = described(
+        "Simulated stragglers and dropouts, to study them on one machine.", default_factory=SimulationSettings
+    )
     chain: ChainSettings = described(
         "Ledger backend and scoring (used when chain_record is true).", default_factory=ChainSettings
     )
@@ -93,6 +97,12 @@ class Config:
             "gradient through the model's own layers; the stacked client adapters of batched mode are not "
             "ones it can hook, so its clipping would not be exact)",
         )
+        require(
+            not (self.simulation.active and self.execution.mode == "batched"),
+            "execution.mode",
+            self.execution.mode,
+            "sequential or processes with simulation.* (batched clients train in one pass, so none can be slower)",
+        )
         if self.mode == "split":
             self._check_split()
         require(
@@ -117,6 +127,12 @@ class Config:
             self.mode,
             "federated with local or server DP (split mode's privacy "
             "knob is split.activation_noise; set client.local_dp=false and a strategy without dp_)",
+        )
+        require(
+            not self.simulation.active,
+            "mode",
+            self.mode,
+            "federated with simulation.* (a split client trains with the server step by step)",
         )
         for key in ("compression", "broadcast_compression"):
             value = getattr(self.comm, key)

@@ -288,6 +288,45 @@ class CommSettings:
         require(0 < self.topk_fraction <= 1, "comm.topk_fraction", self.topk_fraction, "a number in (0, 1]")
 
 
+@dataclass(frozen=True)
+class SimulationSettings:
+    client_speed: list[float] | None = described(
+        "Slowdown factors (>= 1) of simulated slow clients, cycled over the clients (client i gets the i mod "
+        "len-th): a client with factor f takes f times its training time (it waits f - 1 times it after training, "
+        "where it trains); null: every client at its own speed.",
+        default=None,
+    )
+    speed_spread: float = described(
+        "Log-normal spread (sigma) of each client's slowdown around its client_speed factor, drawn once per client "
+        "from simulation.seed (never below 1); 0: exactly the factors.",
+        default=0.0,
+    )
+    dropout: float = described(
+        "Probability that a sampled client drops out of a round (it answers as unreachable), drawn per round and "
+        "client from simulation.seed.",
+        default=0.0,
+    )
+    seed: int = described(
+        "Seed of the simulated speeds and dropouts: public, and deciding nothing about privacy.", default=0
+    )
+
+    def __post_init__(self):
+        speeds = self.client_speed
+        require(
+            speeds is None or (len(speeds) > 0 and all(speed >= 1 for speed in speeds)),
+            "simulation.client_speed",
+            speeds,
+            "a list of slowdown factors >= 1, or null",
+        )
+        require(self.speed_spread >= 0, "simulation.speed_spread", self.speed_spread, "a number >= 0")
+        require(0 <= self.dropout < 1, "simulation.dropout", self.dropout, "a probability in [0, 1)")
+        require(0 <= self.seed < 2**32, "simulation.seed", self.seed, "an integer in [0, 2**32)")
+
+    @property
+    def active(self) -> bool:
+        return self.client_speed is not None or self.speed_spread > 0 or self.dropout > 0
+
+
 EXECUTION_MODES = ("sequential", "batched", "processes")
 
 
