@@ -14,6 +14,8 @@ RESUMABLE_KEYS = (
     "eval.max_new_tokens",
     "eval.batch_size",
     "server.max_client_failures",
+    "server.round_deadline_s",
+    "server.min_fit_fraction",
     "chain.rpc_url",
     "chain.explorer_url",
     "chain.password_env",

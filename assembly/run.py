@@ -147,6 +147,8 @@ def coordinate(
         secret_sampling=config.uses_dp,
         max_update_norm=config.server.max_update_norm,
         max_client_failures=config.server.max_client_failures,
+        round_deadline_s=config.server.round_deadline_s,
+        min_fit_fraction=config.server.min_fit_fraction,
         lora_a_frozen=config.strategy.lora_a_frozen,
         update_compression=config.comm.compression,
         broadcast_compression=config.comm.broadcast_compression,

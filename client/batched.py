@@ -143,11 +143,18 @@ class BatchedFit:
     device: str
 
     def __call__(
-        self, clients: Sequence, global_adapter: AdapterState, round: int, extras: AdapterState
+        self, clients: Sequence, global_adapter: AdapterState, round: int, extras: AdapterState, deadline=None
     ) -> list[ClientUpdate | Exception]:
+        """server.coordinator.FitAll: the clients in groups as the admission allows; a group whose turn comes once
+        the `deadline` (flb.types.RoundDeadline) has closed the round is late, and so is what a group sends after."""
         results: dict[int, ClientUpdate | Exception] = {}
         pending = list(clients)
         while pending:
+            if deadline and deadline.closed(list(results.values())):
+                for client in pending:
+                    results[client.client_id] = deadline.late_before_turn(list(results.values()), client.client_id)
+                break
+            before = list(results.values())
             group = pending[: self.admission.concurrency]
             outcome = self._train_group(group, global_adapter, round, extras)
             if isinstance(outcome, Exception) and len(group) > 1:
@@ -157,7 +164,9 @@ class BatchedFit:
                     pending = pending[len(group) :]
                 continue  # out of memory: the admission lowered the concurrency; retry as smaller groups
             for client, result in zip(group, outcome if isinstance(outcome, list) else [outcome]):
-                results[client.client_id] = result
+                results[client.client_id] = (
+                    deadline.on_arrival(before, result, client.client_id) if deadline else result
+                )
             pending = pending[len(group) :]
         return [results[client.client_id] for client in clients]
 

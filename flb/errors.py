@@ -1,5 +1,7 @@
 """One root for every error FLB raises on purpose; each message says what is wrong and the fix."""
 
+from __future__ import annotations
+
 
 class FLBError(Exception):
     """Root of FLB's errors: the message is a single line meant for the user."""
@@ -34,6 +36,23 @@ class UpdateRejected(FLBError):
 
 class ClientUnavailable(FLBError):
     """A client could not be reached in time (its node is down or too slow); its round goes on without it."""
+
+
+class ClientLate(FLBError):
+    """A client's update did not arrive by the round's deadline (server.round_deadline_s); the round was aggregated
+    without it, which is recorded as late, not as a failure."""
+
+    @classmethod
+    def before_turn(cls, client_id: int) -> ClientLate:
+        return cls(f"client {client_id}: the round closed at its deadline before its turn to train")
+
+    @classmethod
+    def after_deadline(cls, client_id: int) -> ClientLate:
+        return cls(f"client {client_id}: its update came after the round's deadline")
+
+    @classmethod
+    def still_training(cls, client_id: int) -> ClientLate:
+        return cls(f"client {client_id}: still training when the round closed at its deadline")
 
 
 class RunDirError(FLBError):

@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from flb.config import SimulationSettings
 from flb.errors import ClientUnavailable
 from flb.seeding import derived_seed
-from flb.types import AdapterState, Client, ClientUpdate
+from flb.types import AdapterState, Client, ClientUpdate, RoundDeadline
 
 _SPEED_STREAM, _DROPOUT_STREAM = 0x51, 0x52
 
@@ -46,7 +46,7 @@ def drops_out(settings: SimulationSettings, round: int, client_id: int) -> bool:
     return bool(draw < settings.dropout)
 
 
-FitAll = Callable[[Sequence[Client], AdapterState, int, AdapterState], list]
+FitAll = Callable[[Sequence[Client], AdapterState, int, AdapterState, RoundDeadline | None], list]
 
 
 def with_dropouts(fit_all: FitAll, settings: SimulationSettings) -> FitAll:
@@ -56,11 +56,15 @@ def with_dropouts(fit_all: FitAll, settings: SimulationSettings) -> FitAll:
         return fit_all
 
     def fit_those_present(
-        clients: Sequence[Client], global_adapter: AdapterState, round: int, extras: AdapterState
+        clients: Sequence[Client],
+        global_adapter: AdapterState,
+        round: int,
+        extras: AdapterState,
+        deadline: RoundDeadline | None = None,
     ) -> list[ClientUpdate | Exception]:
         absent = {c.client_id for c in clients if drops_out(settings, round, c.client_id)}
         present = [c for c in clients if c.client_id not in absent]
-        answers = iter(fit_all(present, global_adapter, round, extras) if present else [])
+        answers = iter(fit_all(present, global_adapter, round, extras, deadline) if present else [])
         return [
             ClientUnavailable(
                 f"client {c.client_id}: dropped out of round {round} (simulation.dropout = {settings.dropout:g})"

@@ -3,6 +3,7 @@ small interfaces the round coordinator drives (a Client and a Ledger)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
@@ -85,6 +86,46 @@ def update_from_header(header: dict, tensors: AdapterState, extras: AdapterState
         extras=extras,
         attestation=None if attestation is None else Attestation(*attestation),
     )
+
+
+@dataclass(frozen=True)
+class RoundDeadline:
+    """When a round stops waiting (server.round_deadline_s, server.min_fit_fraction): at `at` (a time.monotonic()
+    instant) once `needed` updates are in, or else as soon as they are; a client whose update is not in by then is
+    late (flb.errors.ClientLate)."""
+
+    at: float
+    needed: int
+
+    def closed(self, answers: Iterable) -> bool:
+        """Whether the round has stopped waiting, with `answers` in (the updates among them count)."""
+        return self.closed_with(sum(isinstance(a, ClientUpdate) for a in answers))
+
+    def closed_with(self, arrived: int) -> bool:
+        """Whether the round has stopped waiting, with `arrived` updates in."""
+        import time
+
+        return arrived >= self.needed and time.monotonic() >= self.at
+
+    def seconds_left(self) -> float:
+        import time
+
+        return max(0.0, self.at - time.monotonic())
+
+    def late_before_turn(self, answers: list, client_id: int) -> Exception | None:
+        """flb.errors.ClientLate for a client whose turn to train comes once the round has closed on `answers`."""
+        from flb.errors import ClientLate
+
+        return ClientLate.before_turn(client_id) if self.closed(answers) else None
+
+    def on_arrival(self, answers: list, result, client_id: int):
+        """`result`, or flb.errors.ClientLate where it is an update that came once the round had closed on
+        `answers` (the ones before it)."""
+        from flb.errors import ClientLate
+
+        if isinstance(result, ClientUpdate) and self.closed(answers):
+            return ClientLate.after_deadline(client_id)
+        return result
 
 
 @dataclass

@@ -12,17 +12,24 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 from flwr.app import Message
 from flwr.common.constant import ErrorCode
 
-from flb.errors import ClientUnavailable, RunFailed, UpdateRejected
-from flb.types import AdapterState, ClientUpdate, ProxyClient, SignedUpload
+from flb.errors import ClientLate, ClientUnavailable, RunFailed, UpdateRejected
+from flb.types import AdapterState, ClientUpdate, ProxyClient, RoundDeadline, SignedUpload
 from flb_flower import wire
 
 log = logging.getLogger(__name__)
 # Errors the SuperLink itself returns when a node is gone or its message expired: the node is unavailable.
 UNAVAILABLE = (ErrorCode.NODE_UNAVAILABLE, ErrorCode.MESSAGE_UNAVAILABLE, ErrorCode.REPLY_MESSAGE_UNAVAILABLE)
+LATE = object()  # in place of the reply of a node that had not answered when the round's deadline closed it
+
+
+def _answered(reply: Message | None) -> bool:
+    """A reply that carries an update (it may still be rejected): what a round's deadline counts."""
+    return reply is not None and not reply.has_error() and reply.has_content()
 
 
 class Fleet:
@@ -138,9 +145,18 @@ class Fleet:
             group_id=group,
         )
 
-    def fit_all(self, clients: list[ProxyClient], global_adapter: AdapterState, round: int, extras: AdapterState):
+    def fit_all(
+        self,
+        clients: list[ProxyClient],
+        global_adapter: AdapterState,
+        round: int,
+        extras: AdapterState,
+        deadline: RoundDeadline | None = None,
+    ):
         """One train message per client whose node is known (the global adapter and the strategy's extras), sent
-        together; a ClientUpdate or the Exception saying why there is none, per client, in order."""
+        together, waited for until the replies are in, round-timeout-s passes or the `deadline` closes the round; a
+        ClientUpdate or the Exception saying why there is none, per client, in order (ClientLate for a node that
+        had not answered when the deadline closed the round: it is slow, not gone)."""
         self.discover()
         served = [c for c in clients if c.client_id in self.nodes]
         messages = [
@@ -154,13 +170,16 @@ class Fleet:
             )
             for c in served
         ]
-        replies = dict(zip((c.client_id for c in served), self.exchange(messages, self.round_timeout_s)))
+        closed = None if deadline is None else (lambda replies: deadline.closed_with(sum(map(_answered, replies))))
+        replies = dict(zip((c.client_id for c in served), self.exchange(messages, self.round_timeout_s, closed)))
         log.info(
             "round %d: %d bytes to SuperNodes, %d bytes back",
             round,
             sum(wire.payload_bytes(m.content) for m in messages),
             sum(wire.payload_bytes(r.content) for r in replies.values() if r is not None and r.has_content()),
         )
+        if closed is not None and closed(list(replies.values())):
+            replies = {i: reply if reply is not None else LATE for i, reply in replies.items()}
         return [self._result(c, replies, round) for c in clients]
 
     def _result(self, client: ProxyClient, replies: dict, round: int) -> ClientUpdate | Exception:
@@ -172,6 +191,8 @@ class Fleet:
                 f'"partition-id={client.client_id} num-partitions={len(self.clients)}"'
             )
         reply = replies[client.client_id]
+        if reply is LATE:
+            return ClientLate.still_training(client.client_id)
         if reply is None or (reply.has_error() and reply.error.code in UNAVAILABLE):
             node = self.nodes.pop(client.client_id)
             self.silent.add(node)
@@ -195,12 +216,14 @@ class Fleet:
         client.spent = update.privacy
         return update
 
-    def exchange(self, messages: list, timeout_s: float) -> list:
-        """Push the messages, then pull until each has its reply or the deadline passes: replies in order, None
-        where none came."""
+    def exchange(self, messages: list, timeout_s: float, closed: Callable[[list], bool] | None = None) -> list:
+        """Push the messages, then pull until each has its reply, `timeout_s` passes or `closed(replies so far)`:
+        replies in order, None where none came."""
         ids = list(self.grid.push_messages(messages)) if messages else []
         replies, deadline = {}, time.monotonic() + timeout_s
         while len(replies) < len(ids) and time.monotonic() < deadline:
+            if closed is not None and closed(list(replies.values())):
+                break
             time.sleep(self.poll_s)
             for reply in self.grid.pull_messages([i for i in ids if i not in replies]):
                 replies[reply.metadata.reply_to_message_id] = reply

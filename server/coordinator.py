@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -11,7 +12,7 @@ from flb.adapters.compression import as_received, encode
 from flb.adapters.lora_aggregation import aggregation_error
 from flb.audit.attestation import SALT_BYTES, commitment
 from flb.audit.digests import adapter_digest, json_digest, metrics_digest, update_content
-from flb.errors import ClientUnavailable, RunFailed, UpdateRejected, first_line
+from flb.errors import ClientLate, ClientUnavailable, RunFailed, UpdateRejected, first_line
 from flb.privacy.accounting import run_privacy
 from flb.privacy.disclosure import Disclosure
 from flb.privacy.private_state import PrivateState
@@ -21,32 +22,44 @@ from flb.run.directory import RunDir
 from flb.run.stop import durable
 from flb.run.summary import round_line
 from flb.seeding import round_rng
-from flb.types import AdapterState, Client, ClientUpdate, Ledger, RoundRecord
+from flb.types import AdapterState, Client, ClientUpdate, Ledger, RoundDeadline, RoundRecord
 from server.contribution import leave_one_out_scores
 from server.strategy.base import Strategy
 from server.validation import Expected, outliers, validate_update
 
 log = logging.getLogger(__name__)
 _SAMPLING_STREAM = 0x5A
-# (clients, global adapter, round, the strategy's extras for the clients) -> an update or a failure per client
-FitAll = Callable[[Sequence[Client], AdapterState, int, AdapterState], list["ClientUpdate | Exception"]]
+# (clients, global adapter, round, the strategy's extras for the clients, the round's deadline or None) -> an update
+# or a failure per client (flb.errors.ClientLate for one not in by the deadline)
+FitAll = Callable[
+    [Sequence[Client], AdapterState, int, AdapterState, "RoundDeadline | None"], list["ClientUpdate | Exception"]
+]
 
 
 EXPECTED_FAILURES = (ClientUnavailable, UpdateRejected)
 
 
 def fit_in_turn(
-    clients: Sequence[Client], global_adapter: AdapterState, round: int, extras: AdapterState
+    clients: Sequence[Client],
+    global_adapter: AdapterState,
+    round: int,
+    extras: AdapterState,
+    deadline: RoundDeadline | None = None,
 ) -> list[ClientUpdate | Exception]:
     """In-process clients share one model, so they train one after another; a failure is returned, not raised, and
-    the coordinator decides what it costs."""
-    results = []
+    the coordinator decides what it costs. Once the `deadline` has closed the round, an update that comes after is
+    late, and the clients whose turn had not come are late without training."""
+    results: list[ClientUpdate | Exception] = []
     for client in clients:
+        if deadline and (late := deadline.late_before_turn(results, client.client_id)):
+            results.append(late)
+            continue
         try:
-            results.append(client.fit(global_adapter, round, extras))
+            result = client.fit(global_adapter, round, extras)
         except Exception as exc:
             log.exception("round %d: client %d failed", round, client.client_id)
-            results.append(exc)
+            result = exc
+        results.append(deadline.on_arrival(results, result, client.client_id) if deadline else result)
     return results
 
 
@@ -69,6 +82,8 @@ class RoundCoordinator:
     lora_a_frozen: bool = False  # ffa: an update whose LoRA A is not the global's is rejected
     update_compression: str = "none"  # comm.compression: how the clients' updates are encoded
     broadcast_compression: str = "none"  # comm.broadcast_compression: the global adapter is as its encoding decodes
+    round_deadline_s: float | None = None  # server.round_deadline_s: a round aggregates the updates in by then
+    min_fit_fraction: float = 0.5  # server.min_fit_fraction: ... once this share of the sampled clients' are
     contribution_loss: Callable[[AdapterState], float] | None = None  # set: leave-one-out scores each round
     fit_all: FitAll = fit_in_turn  # the Flower app sends to every sampled SuperNode at once
     comm: CommTracker = field(default_factory=CommTracker)
@@ -204,22 +219,32 @@ class RoundCoordinator:
         return [self.clients[i] for i in sorted(chosen)]
 
     def collect(self, sampled: list[Client], global_adapter: AdapterState, round: int):
-        """Fit every sampled client, sending it the strategy's extras too; keep the updates that validate, log why the
-        others do not. A failure that is neither a timeout nor a rejection counts against server.max_client_failures.
-        Returns the valid updates (in client id order), the rejections, and the round's bytes sent and received
-        (flb.run.comm)."""
+        """Fit every sampled client, sending it the strategy's extras too, until the round's deadline if it has one;
+        keep the updates that validate, log why the others do not. A failure that is neither a timeout nor a rejection
+        counts against server.max_client_failures. Returns the valid updates (in client id order), the rejections, and
+        the round's metrics so far: bytes sent and received (flb.run.comm) and, with a deadline, who was late."""
         global_digest = adapter_digest(global_adapter)
         extras = self.strategy.client_extras(global_adapter)
-        results = self.fit_all(sampled, global_adapter, round, extras)
-        comm = self.comm.count(
+        results = self.fit_all(sampled, global_adapter, round, extras, self._deadline(len(sampled)))
+        row = self.comm.count(
             round,
             encode(self.broadcast_compression, global_adapter),
             extras,
             len(sampled),
             [r for r in results if isinstance(r, ClientUpdate)],
         )
+        if self.round_deadline_s is not None:
+            row["late"] = [
+                {"client_id": client.client_id, "reason": first_line(result)}
+                for client, result in zip(sampled, results)
+                if isinstance(result, ClientLate)
+            ]
+            for entry in row["late"]:
+                log.info("round %d: %s", round, entry["reason"])
         valid, rejected = [], []
         for client, result in zip(sampled, results):
+            if isinstance(result, ClientLate):
+                continue
             checked = self._checked(client, result, global_adapter, global_digest, extras, round)
             if isinstance(checked, ClientUpdate):
                 valid.append(checked)
@@ -229,7 +254,15 @@ class RoundCoordinator:
         rejected += [{"client_id": client_id, "reason": reason} for client_id, reason in too_large.items()]
         for entry in rejected:
             log.warning("round %d: client %d update rejected: %s", round, entry["client_id"], entry["reason"])
-        return [u for u in valid if u.client_id not in too_large], rejected, comm
+        return [u for u in valid if u.client_id not in too_large], rejected, row
+
+    def _deadline(self, num_sampled: int) -> RoundDeadline | None:
+        """This round's deadline, from now: server.round_deadline_s, waiting past it for server.min_fit_fraction of
+        the sampled clients' updates."""
+        if self.round_deadline_s is None:
+            return None
+        needed = max(1, math.ceil(self.min_fit_fraction * num_sampled))
+        return RoundDeadline(time.monotonic() + self.round_deadline_s, needed)
 
     def _chain_position(self, update: ClientUpdate) -> tuple[int, int]:
         return int(self.declared[update.client_id]["address"] or "0", 16), update.client_id

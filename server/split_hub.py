@@ -133,26 +133,35 @@ class SplitHub:
         return SignedUpload(str(header["recorded_digest"]), str(header["signature"]))
 
     def __call__(
-        self, clients: list, global_adapter: AdapterState, round: int, extras: AdapterState
+        self, clients: list, global_adapter: AdapterState, round: int, extras: AdapterState, deadline=None
     ) -> list[ClientUpdate | Exception]:
-        """server.coordinator.FitAll: the round's trunk set up, then the clients one at a time."""
+        """server.coordinator.FitAll: the round's trunk set up, then the clients one at a time (until the deadline
+        closes the round: flb.types.RoundDeadline)."""
         self.trunk.start_round(global_adapter, round)
         results = []
         for client in clients:
-            self.trunk.expect(client.client_id)
-            try:
-                header, sent = self._ask(
-                    client.client_id,
-                    {"kind": "fit", "round": round},
-                    grouped(global_adapter=global_adapter, extras=extras),
-                )
-                results.append(_update(header, sent))
-            except Exception as exc:
-                log.warning("round %d: client %d failed: %s", round, client.client_id, first_line(exc))
-                results.append(exc)
-            finally:
-                self.trunk.expect(None)
+            if deadline and (late := deadline.late_before_turn(results, client.client_id)):
+                results.append(late)
+                continue
+            results.append(self._fit(client.client_id, global_adapter, round, extras))
+            if deadline:
+                results[-1] = deadline.on_arrival(results[:-1], results[-1], client.client_id)
         return results
+
+    def _fit(
+        self, client_id: int, global_adapter: AdapterState, round: int, extras: AdapterState
+    ) -> ClientUpdate | Exception:
+        self.trunk.expect(client_id)
+        try:
+            header, sent = self._ask(
+                client_id, {"kind": "fit", "round": round}, grouped(global_adapter=global_adapter, extras=extras)
+            )
+            return _update(header, sent)
+        except Exception as exc:
+            log.warning("round %d: client %d failed: %s", round, client_id, first_line(exc))
+            return exc
+        finally:
+            self.trunk.expect(None)
 
     def round_traffic(self):
         return self.trunk.traffic

@@ -60,13 +60,15 @@ class TrunkServer:
         self._global = self.plan.trunk_part(global_adapter)
         self._trunk, self._round, self._session, self.traffic = dict(self._global), round, None, Traffic()
 
-    def __call__(self, clients: list, global_adapter: AdapterState, round: int, extras: AdapterState) -> list:
+    def __call__(
+        self, clients: list, global_adapter: AdapterState, round: int, extras: AdapterState, deadline=None
+    ) -> list:
         """server.coordinator.FitAll for in-process split clients: the round's trunk set up, then the clients in
         turn."""
         from server.coordinator import fit_in_turn
 
         self.start_round(global_adapter, round)
-        return fit_in_turn(clients, global_adapter, round, extras)
+        return fit_in_turn(clients, global_adapter, round, extras, deadline)
 
     def round_traffic(self) -> Traffic:
         return self.traffic

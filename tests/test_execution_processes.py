@@ -17,9 +17,9 @@ import pytest
 
 from client.workers import WorkerError, WorkerPool
 from flb.audit.digests import adapter_digest
-from flb.errors import ModelError, RunFailed
+from flb.errors import ClientLate, ModelError, RunFailed
 from flb.scheduler import WorkerDied
-from flb.types import ClientUpdate
+from flb.types import ClientUpdate, RoundDeadline
 from tests.flower_loopback import FLOWER_RUN
 from tests.tiny_model import tiny_run_overrides
 
@@ -87,7 +87,7 @@ class StandIn:
         running = self.folder / f"running-{self.client_id}"
         running.touch()
         started = time.monotonic()
-        time.sleep(FIT_S)
+        time.sleep(FIT_S * (400 if (self.folder / f"slow-{self.client_id}").exists() else 1))
         crowd = [p for p in self.folder.glob("running-*") if p != running]
         running.unlink()
         if crowd and (self.folder / "crowds-run-out-of-memory").exists():
@@ -211,6 +211,29 @@ def test_a_worker_killed_mid_round_is_that_clients_failure_and_is_replaced(pool_
     assert "\n" not in str(results[1])
     (folder / "kill-1").unlink()
     assert all(isinstance(r, ClientUpdate) for r in pool.fit_all(pool.clients, adapter(), 2, {}))
+
+
+def test_a_round_deadline_stops_a_straggler_and_its_worker_starts_again(pool_of_stand_ins):
+    """Client 1 would take 100 s: at the deadline the two others are in, so client 1 is late, its worker is stopped
+    (its round never finishes, so its private state stays as before it) and started again for the next round."""
+    folder, start = pool_of_stand_ins
+    pool = start()
+    (folder / "slow-1").touch()
+    started = time.monotonic()
+    results = pool.fit_all(pool.clients, adapter(), 1, {}, RoundDeadline(time.monotonic() + 2.0, needed=2))
+    assert 2.0 <= time.monotonic() - started < 30
+    assert isinstance(results[0], ClientUpdate) and isinstance(results[2], ClientUpdate)
+    assert isinstance(results[1], ClientLate)
+    assert str(results[1]) == "client 1: still training when the round closed at its deadline"
+    (folder / "slow-1").unlink()
+    assert all(isinstance(r, ClientUpdate) for r in pool.fit_all(pool.clients, adapter(), 2, {}))
+
+
+def test_a_round_waits_past_its_deadline_for_the_updates_it_needs(pool_of_stand_ins):
+    folder, start = pool_of_stand_ins
+    pool = start()
+    results = pool.fit_all(pool.clients, adapter(), 1, {}, RoundDeadline(time.monotonic(), needed=3))
+    assert all(isinstance(r, ClientUpdate) for r in results)
 
 
 class LeavesAFile:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import time
 
 import numpy as np
 import pytest
@@ -27,7 +28,7 @@ from flb.errors import ClientUnavailable, RunFailed, UpdateRejected
 from flb.model.load import get_adapter_state
 from flb.privacy.accounting import NoisePlan
 from flb.privacy.private_state import OPENINGS, PrivateState
-from flb.types import ClientUpdate, SignedUpload
+from flb.types import ClientUpdate, RoundDeadline, SignedUpload
 from flb_flower import wire
 from flb_flower.fleet import Fleet
 from server.strategy.scaffold import Scaffold
@@ -336,6 +337,24 @@ def test_a_node_that_never_replies_is_unavailable(server_task):
     fleet = fleet_over(StubGrid([100], node_answers(lambda client: None)))
     (result,) = fleet.fit_all(fleet.join(RUN_ID, 1, BASE_MODEL), plain_update().tensors, 1, {})
     assert isinstance(result, ClientUnavailable) and "sent no reply in round 1" in str(result)
+
+
+def test_a_node_silent_at_the_rounds_deadline_is_late_and_stays_known(server_task):
+    """Node 101 has not answered when the deadline closes the round (the others are in): it is slow, not gone, so
+    the fleet keeps it for the next round; before the deadline the round waits for it."""
+    answer = node_answers(lambda client: None if client == 1 else wire.update_content(plain_update()))
+    fleet = fleet_over(StubGrid([100, 101, 102], answer))
+    fleet.round_timeout_s = 10.0
+    clients = fleet.join(RUN_ID, 3, BASE_MODEL)
+    started = time.monotonic()
+    results = fleet.fit_all(clients, plain_update().tensors, 1, {}, RoundDeadline(time.monotonic() + 0.3, needed=2))
+    assert 0.3 <= time.monotonic() - started < 5  # the deadline with enough updates, not round-timeout-s
+    assert [type(r).__name__ for r in results] == ["ClientUpdate", "ClientLate", "ClientUpdate"]
+    assert str(results[1]) == "client 1: still training when the round closed at its deadline"
+    assert 1 in fleet.nodes
+    fleet.round_timeout_s = 0.5
+    (result,) = fleet.fit_all([clients[1]], plain_update().tensors, 2, {}, RoundDeadline(time.monotonic(), needed=1))
+    assert isinstance(result, ClientUnavailable)  # with too few updates in, round-timeout-s still decides
 
 
 def test_a_malformed_data_upload_fails_the_run_in_one_line(server_task):

@@ -52,7 +52,7 @@ def test_a_client_that_drops_out_is_unavailable_and_the_others_train_in_order():
     assert 0 < len(absent) < len(clients)  # this seed has both in round 3
     asked = []
 
-    def fit_all(present, global_adapter, round, extras):
+    def fit_all(present, global_adapter, round, extras, deadline):
         asked.extend(c.client_id for c in present)
         return [f"update of {c.client_id}" for c in present]
 

@@ -26,13 +26,14 @@ from dataclasses import dataclass, field
 from client.workers.channel import Channel, read_update
 from client.workers.loop import serve
 from flb.adapters.compression import encode
-from flb.errors import FLBError, RunFailed, first_line
+from flb.errors import ClientLate, FLBError, RunFailed, first_line
 from flb.frames import grouped
 from flb.scheduler import Admission, WorkerDied, cpu_threads, is_out_of_memory
-from flb.types import AdapterState, ClientUpdate, ProxyClient, SignedUpload
+from flb.types import AdapterState, ClientUpdate, ProxyClient, RoundDeadline, SignedUpload
 
 log = logging.getLogger("client.workers")
 WAIT_S = 5.0  # the longest one wait for pipes and sentinels lasts before the loop looks again
+MIN_WAIT_S = 0.05  # the shortest, once a round's deadline is near
 STOP_S = 30.0  # how long a worker told to stop may take before it is terminated
 
 
@@ -229,17 +230,22 @@ class WorkerPool:
         return SignedUpload(reply["recorded_digest"], reply["signature"])
 
     def fit_all(
-        self, clients: list[ProxyClient], global_adapter: AdapterState, round: int, extras: AdapterState
+        self,
+        clients: list[ProxyClient],
+        global_adapter: AdapterState,
+        round: int,
+        extras: AdapterState,
+        deadline: RoundDeadline | None = None,
     ) -> list[ClientUpdate | Exception]:
-        """One job per client, as many at once as each device's Admission allows; a ClientUpdate or the Exception
-        saying why there is none, per client, in order."""
+        """One job per client, as many at once as each device's Admission allows, until the `deadline` closes the
+        round; a ClientUpdate or the Exception saying why there is none, per client, in order."""
         tensors = grouped(global_adapter=encode(self.broadcast_compression, global_adapter), extras=extras or {})
         jobs = [
             _Job(i, "fit", client_id=c.client_id, header={"round": round}, tensors=tensors, admitted=True)
             for i, c in enumerate(clients)
         ]
         results = []
-        for client, outcome in zip(clients, self._run(jobs)):
+        for client, outcome in zip(clients, self._run(jobs, deadline)):
             if not isinstance(outcome, Exception):
                 outcome = read_update(*outcome)
                 client.spent = outcome.privacy
@@ -248,19 +254,22 @@ class WorkerPool:
 
     # the main process's loop: hand jobs to idle workers, read what comes back, replace workers that die
 
-    def _run(self, jobs: list[_Job]) -> list:
+    def _run(self, jobs: list[_Job], deadline: RoundDeadline | None = None) -> list:
         """Run `jobs` on the workers; per job, (reply header, tensors) or the Exception it ended with."""
         pending, results = deque(jobs), [None] * len(jobs)
         while pending or any(w.job for w in self.workers):
-            if not self._step(pending, results):
+            if deadline and deadline.closed_with(sum(isinstance(r, tuple) for r in results)):
+                self._close_round(pending, results)
+                break
+            if not self._step(pending, results, deadline.seconds_left() if deadline else WAIT_S):
                 break
         for job in pending:
             results[job.position] = WorkerDied(f"execution: no worker is left to {job.op} (see run.log for why)", None)
         return results
 
-    def _step(self, pending: deque, results: list) -> bool:
-        """Hand out what can start, then wait (at most WAIT_S) for messages and deaths and take them in; False when
-        no worker is left."""
+    def _step(self, pending: deque, results: list, wait_s: float = WAIT_S) -> bool:
+        """Hand out what can start, then wait (at most `wait_s`, and WAIT_S) for messages and deaths and take them in;
+        False when no worker is left."""
         from multiprocessing.connection import wait
 
         self._dispatch(pending, results)
@@ -268,9 +277,26 @@ class WorkerPool:
         for worker in self.workers:
             if not worker.lost:
                 waiting[worker.channel.conn] = waiting[worker.process.sentinel] = worker
-        for worker in {waiting[ready].index: waiting[ready] for ready in wait(list(waiting), WAIT_S)}.values():
+        timeout = min(WAIT_S, max(wait_s, MIN_WAIT_S))
+        for worker in {waiting[ready].index: waiting[ready] for ready in wait(list(waiting), timeout)}.values():
             self._receive(worker, pending, results)
         return bool(waiting)
+
+    def _close_round(self, pending: deque, results: list) -> None:
+        """The round's deadline has passed with enough updates in: the jobs not started are late, and so are those
+        still running, whose workers are stopped and started again (a client's round that does not finish leaves
+        its private state as it was before the round)."""
+        for job in pending:
+            results[job.position] = ClientLate.before_turn(job.client_id)
+        pending.clear()
+        for worker in list(self.workers):
+            if worker.job is not None:
+                results[worker.job.position] = ClientLate.still_training(worker.job.client_id)
+                worker.process.kill()
+                worker.process.join()
+                worker.channel.close()
+                log.info("execution: worker %d stopped at the round's deadline; starting it again", worker.index)
+                self.workers[worker.index] = self._spawn(worker.index, worker.device)
 
     def _dispatch(self, pending: deque, results: list) -> None:
         for job in list(pending):

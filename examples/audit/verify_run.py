@@ -65,7 +65,12 @@ RUN_SPEC_KEYS = (
     "split.activation_noise",
     "split.activation_clip",
 )  # spec 2.5
-NOT_RULES = ("server.max_client_failures", "client.dp.allow_over_target")
+NOT_RULES = (
+    "server.max_client_failures",
+    "server.round_deadline_s",
+    "server.min_fit_fraction",
+    "client.dp.allow_over_target",
+)
 
 
 class BadInput(Exception):

@@ -33,7 +33,12 @@ RUN_SPEC_KEYS = (
     "split.activation_clip",
 )
 # Inside those, what --resume --set may change: neither decides what a recorded round holds.
-NOT_RULES = ("server.max_client_failures", "client.dp.allow_over_target")
+NOT_RULES = (
+    "server.max_client_failures",
+    "server.round_deadline_s",
+    "server.min_fit_fraction",
+    "client.dp.allow_over_target",
+)
 
 
 def run_spec(config: dict) -> dict:

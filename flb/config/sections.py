@@ -218,6 +218,17 @@ class ServerSettings:
     max_client_failures: int = described(
         "Client failures other than timeouts and rejected updates a run tolerates before it stops.", default=0
     )
+    round_deadline_s: float | None = described(
+        "Seconds from a round's start after which it aggregates the updates that are in (once "
+        "server.min_fit_fraction of the sampled clients' are) and records the others as late; null: it waits for "
+        "every sampled client.",
+        default=None,
+    )
+    min_fit_fraction: float = described(
+        "With server.round_deadline_s: the share of the sampled clients whose updates a round waits for, past its "
+        "deadline if need be.",
+        default=0.5,
+    )
     dp: ServerDPSettings = described(
         "Server-side DP accounting and adaptive clipping.", default_factory=ServerDPSettings
     )
@@ -235,6 +246,13 @@ class ServerSettings:
         require(
             self.max_client_failures >= 0, "server.max_client_failures", self.max_client_failures, "an integer >= 0"
         )
+        require(
+            self.round_deadline_s is None or self.round_deadline_s > 0,
+            "server.round_deadline_s",
+            self.round_deadline_s,
+            "a number of seconds > 0, or null to wait for every sampled client",
+        )
+        require(0 < self.min_fit_fraction <= 1, "server.min_fit_fraction", self.min_fit_fraction, "a number in (0, 1]")
 
 
 @dataclass(frozen=True)

