@@ -14,7 +14,7 @@ from flb.config import Config
 
 @contextlib.contextmanager
 def clients_and_fit_all(config: Config, run_dir, prepared: Prepared, fleet):
-    """The run's clients and how a round fits them (server.coordinator.FitAll): the Flower fleet's SuperNodes, or by
+    """The run's clients and how a round fits them (flb.types.FitAll): the Flower fleet's SuperNodes, or by
     execution.mode in-process clients in turn (sequential) or together (batched), or proxies of clients that train in
     a pool of worker processes (processes; the workers stop when the block ends)."""
     from flb.model.load import base_model_digest

@@ -130,7 +130,7 @@ class ClientRun:
 
 @dataclass
 class BatchedFit:
-    """server.coordinator.FitAll for execution.mode batched: the sampled clients trained together in groups. The
+    """flb.types.FitAll for execution.mode batched: the sampled clients trained together in groups. The
     first group is one client, whose peak memory sizes the next groups to the budget (flb.scheduler.Admission);
     a group that runs out of memory is retried as smaller groups. A group that fails otherwise is retried one client
     at a time, so a failure is that client's alone. A client's result does not depend on the group it trained in
@@ -145,7 +145,7 @@ class BatchedFit:
     def __call__(
         self, clients: Sequence, global_adapter: AdapterState, round: int, extras: AdapterState, deadline=None
     ) -> list[ClientUpdate | Exception]:
-        """server.coordinator.FitAll: the clients in groups as the admission allows; a group whose turn comes once
+        """flb.types.FitAll: the clients in groups as the admission allows; a group whose turn comes once
         the `deadline` (flb.types.RoundDeadline) has closed the round is late, and so is what a group sends after."""
         results: dict[int, ClientUpdate | Exception] = {}
         pending = list(clients)

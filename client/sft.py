@@ -120,12 +120,10 @@ class SFTClient:
         self.begin_round(global_adapter, round)
         correction = self.objective.correction(adapter_parameters(self.model), global_adapter, extras, self.variate)
         train_loss = self._train(correction)
-        update = self.end_round(
+        wait_out(self.slowdown, time.perf_counter() - started)  # before the round's state is saved, as training is
+        return self.end_round(
             get_adapter_state(self.model), global_adapter, round, extras, correction, train_loss, started
         )
-        wait_out(self.slowdown, update.wall_time_s)
-        update.wall_time_s = time.perf_counter() - started
-        return update
 
     def begin_round(self, global_adapter: AdapterState, round: int) -> None:
         """The round's starting point: the client's secret state as it was before `round` (a round run again starts

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from flb.config import SimulationSettings
 from flb.errors import ClientUnavailable
 from flb.seeding import derived_seed
-from flb.types import AdapterState, Client, ClientUpdate, RoundDeadline
+from flb.types import AdapterState, Client, ClientUpdate, FitAll, RoundDeadline
 
 _SPEED_STREAM, _DROPOUT_STREAM = 0x51, 0x52
 
@@ -46,11 +46,8 @@ def drops_out(settings: SimulationSettings, round: int, client_id: int) -> bool:
     return bool(draw < settings.dropout)
 
 
-FitAll = Callable[[Sequence[Client], AdapterState, int, AdapterState, RoundDeadline | None], list]
-
-
 def with_dropouts(fit_all: FitAll, settings: SimulationSettings) -> FitAll:
-    """`fit_all` (server.coordinator.FitAll) for the sampled clients that do not drop out of the round; each one that
+    """`fit_all` (flb.types.FitAll) for the sampled clients that do not drop out of the round; each one that
     does is ClientUnavailable, as an unreachable node is (the round goes on without it)."""
     if settings.dropout == 0:
         return fit_all

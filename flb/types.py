@@ -3,7 +3,7 @@ small interfaces the round coordinator drives (a Client and a Ledger)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
@@ -169,6 +169,13 @@ class Client(Protocol):
 
     def privacy_spent(self) -> dict:
         """Epsilon its local DP has spent so far, as the client reports it; {} without local DP."""
+
+
+# How a round fits its sampled clients: (clients, global adapter, round, the strategy's extras for the clients, the
+# round's deadline or None) -> an update or a failure per client, in order (flb.errors.ClientLate for one not in by
+# the deadline). server.coordinator.fit_in_turn in one process; the worker pool, the Flower fleet and the split
+# trunk have their own.
+FitAll = Callable[[Sequence[Client], AdapterState, int, AdapterState, RoundDeadline | None], list]
 
 
 @dataclass

@@ -22,18 +22,13 @@ from flb.run.directory import RunDir
 from flb.run.stop import durable
 from flb.run.summary import round_line
 from flb.seeding import round_rng
-from flb.types import AdapterState, Client, ClientUpdate, Ledger, RoundDeadline, RoundRecord
+from flb.types import AdapterState, Client, ClientUpdate, FitAll, Ledger, RoundDeadline, RoundRecord
 from server.contribution import leave_one_out_scores
 from server.strategy.base import Strategy
 from server.validation import Expected, outliers, validate_update
 
 log = logging.getLogger(__name__)
 _SAMPLING_STREAM = 0x5A
-# (clients, global adapter, round, the strategy's extras for the clients, the round's deadline or None) -> an update
-# or a failure per client (flb.errors.ClientLate for one not in by the deadline)
-FitAll = Callable[
-    [Sequence[Client], AdapterState, int, AdapterState, "RoundDeadline | None"], list["ClientUpdate | Exception"]
-]
 
 
 EXPECTED_FAILURES = (ClientUnavailable, UpdateRejected)
@@ -234,13 +229,7 @@ class RoundCoordinator:
             [r for r in results if isinstance(r, ClientUpdate)],
         )
         if self.round_deadline_s is not None:
-            row["late"] = [
-                {"client_id": client.client_id, "reason": first_line(result)}
-                for client, result in zip(sampled, results)
-                if isinstance(result, ClientLate)
-            ]
-            for entry in row["late"]:
-                log.info("round %d: %s", round, entry["reason"])
+            row["late"] = self._late(round, sampled, results)
         valid, rejected = [], []
         for client, result in zip(sampled, results):
             if isinstance(result, ClientLate):
@@ -255,6 +244,17 @@ class RoundCoordinator:
         for entry in rejected:
             log.warning("round %d: client %d update rejected: %s", round, entry["client_id"], entry["reason"])
         return [u for u in valid if u.client_id not in too_large], rejected, row
+
+    def _late(self, round: int, sampled: list[Client], results: list) -> list[dict]:
+        """The clients not in by the round's deadline, for its metrics row; logged."""
+        late = [
+            {"client_id": client.client_id, "reason": first_line(result)}
+            for client, result in zip(sampled, results)
+            if isinstance(result, ClientLate)
+        ]
+        for entry in late:
+            log.info("round %d: %s", round, entry["reason"])
+        return late
 
     def _deadline(self, num_sampled: int) -> RoundDeadline | None:
         """This round's deadline, from now: server.round_deadline_s, waiting past it for server.min_fit_fraction of

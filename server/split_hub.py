@@ -135,7 +135,7 @@ class SplitHub:
     def __call__(
         self, clients: list, global_adapter: AdapterState, round: int, extras: AdapterState, deadline=None
     ) -> list[ClientUpdate | Exception]:
-        """server.coordinator.FitAll: the round's trunk set up, then the clients one at a time (until the deadline
+        """flb.types.FitAll: the round's trunk set up, then the clients one at a time (until the deadline
         closes the round: flb.types.RoundDeadline)."""
         self.trunk.start_round(global_adapter, round)
         results = []

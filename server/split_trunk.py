@@ -63,7 +63,7 @@ class TrunkServer:
     def __call__(
         self, clients: list, global_adapter: AdapterState, round: int, extras: AdapterState, deadline=None
     ) -> list:
-        """server.coordinator.FitAll for in-process split clients: the round's trunk set up, then the clients in
+        """flb.types.FitAll for in-process split clients: the round's trunk set up, then the clients in
         turn."""
         from server.coordinator import fit_in_turn
 

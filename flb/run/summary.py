@@ -74,13 +74,14 @@ EPSILON_FOOTER = "; epsilon: the run's so far (the largest of server and clients
 
 
 def round_line(row: dict, client_rows: list[dict], num_rounds: int | None = None) -> str:
-    """One round's result as it completes, for the terminal and run.log: e.g. `round 2/5 (2 clients): eval_loss
+    """One round's result as it completes, for the terminal and run.log: e.g. `round 2/5 (2 clients, 1 late): eval_loss
     1.8821 (ppl 6.57), accuracy 0.250, train_loss 2.0134, epsilon 1.21, 0.53 MB, train 41.2 s + eval 12.9 s`."""
     of = f"/{num_rounds}" if num_rounds else ""
+    late = f", {len(row['late'])} late" if row.get("late") else ""  # past server.round_deadline_s
     if row.get("skipped"):
         return (
             f"round {row['round']}{of}: skipped ({len(row.get('rejected', []))} of {row.get('num_sampled', 0)} "
-            "sampled updates rejected; the global adapter is unchanged)"
+            f"sampled updates rejected{late}; the global adapter is unchanged)"
         )
     parts = [f"eval_loss {row['eval_loss']:.4f} (ppl {row['perplexity']:.2f})"]
     if "accuracy" in row:
@@ -95,7 +96,7 @@ def round_line(row: dict, client_rows: list[dict], num_rounds: int | None = None
     if row["round"] == 0:
         return f"round 0{of} (base model): " + ", ".join(parts + [f"eval {row.get('eval_time_s', 0):.1f} s"])
     parts.append(f"train {row.get('round_time_s', 0):.1f} s + eval {row.get('eval_time_s', 0):.1f} s")
-    return f"round {row['round']}{of} ({row['num_clients']} clients): " + ", ".join(parts)
+    return f"round {row['round']}{of} ({row['num_clients']} clients{late}): " + ", ".join(parts)
 
 
 def ledger_lines(summary: dict, verbose: bool = False, last: int = 3) -> list[str]:
