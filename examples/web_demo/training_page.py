@@ -91,14 +91,12 @@ def _dashboard(run: rundata.Run) -> None:
     if run.config.get("mode") == "split":
         _split(run.config["split"], [m for m in rounds if "split_to_server_bytes" in m])
     _privacy(run.config, metrics, [m for m in rounds if m.get("privacy")])
-    rejected = [
-        (m["round"], r["client_id"], r["reason"])
-        for m in rounds + [m for m in metrics if m.get("skipped")]
-        for r in m.get("rejected", [])
-    ]
-    if rejected:
-        st.subheader("Rejected updates")
-        st.table(pd.DataFrame(rejected, columns=["round", "client", "reason"]))
+    every_round = rounds + [m for m in metrics if m.get("skipped")]
+    for key, title in (("rejected", "Rejected updates"), ("late", "Late updates (past server.round_deadline_s)")):
+        entries = [(m["round"], r["client_id"], r["reason"]) for m in every_round for r in m.get(key, [])]
+        if entries:
+            st.subheader(title)
+            st.table(pd.DataFrame(entries, columns=["round", "client", "reason"]))
 
 
 def _suites(rounds: list[dict]) -> None:

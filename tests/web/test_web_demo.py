@@ -4,6 +4,7 @@ A screenshot of each page is saved under test-artifacts/web/."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -237,6 +238,21 @@ def test_training_page_shows_the_curves_and_the_config(app_url, page):
     for direction in ("to clients", "from clients"):
         expect(traffic.locator(f'[aria-roledescription="bar"][aria-label*="series: {direction}"]')).to_have_count(1)
     assert traffic.locator("[aria-label^=\"Y-axis titled 'MB'\"] .role-axis-label text").count() >= 3
+
+
+def test_training_page_lists_the_updates_that_missed_the_rounds_deadline(app_url, web_run, page):
+    from playwright.sync_api import expect
+
+    late = shutil.copytree(web_run, web_run.parent / "late")
+    rows = [json.loads(line) for line in (late / "metrics.jsonl").read_text().splitlines()]
+    for row in rows:
+        if row["kind"] == "round" and row["round"] == 1:
+            row["late"] = [{"client_id": 1, "reason": "client 1: its update came after the round's deadline"}]
+    (late / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    page.goto(f"{app_url}/training?run=late")
+    expect(page.get_by_text("Late updates (past server.round_deadline_s)")).to_be_visible()
+    expect(page.get_by_text("client 1: its update came after the round's deadline")).to_be_visible()
+    assert "Rejected updates" not in settle_and_screenshot(page, "training-late")
 
 
 def test_ledger_page_shows_the_scores_and_verified_rounds(app_url, web_run, page):
