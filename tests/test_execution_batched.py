@@ -123,6 +123,26 @@ def test_the_budget_bounds_each_group(trio, monkeypatch):
     assert groups == [[0], [1], [2]]
 
 
+def test_a_group_whose_turn_comes_after_the_deadline_is_late(trio, monkeypatch):
+    """The first client trains alone (the admission measures it), by when a deadline already past has closed the
+    round with the one update it needs: the other two do not train."""
+    import time
+
+    from flb.errors import ClientLate
+    from flb.types import RoundDeadline
+
+    prepared, clients, start = trio
+    groups = spy_on_groups(monkeypatch)
+    fit = batched.BatchedFit(prepared.model, prepared.tokenizer, Admission(10**12, limit=3, device="cpu"), "cpu")
+    results = fit(clients, start, 1, {}, RoundDeadline(time.monotonic(), needed=1))
+    assert groups == [[0]]
+    assert not isinstance(results[0], Exception)
+    assert [str(r) for r in results[1:]] == [
+        f"client {i}: the round closed at its deadline before its turn to train" for i in (1, 2)
+    ]
+    assert all(isinstance(r, ClientLate) for r in results[1:])
+
+
 def peak_of(group_bytes: int):
     """flb.scheduler.peak_memory measuring `group_bytes` for any group."""
     import contextlib
