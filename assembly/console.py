@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import sys
+import warnings
 from pathlib import Path
 
 
@@ -18,6 +19,8 @@ def configure_logging() -> None:
     for name in ("flb", "server", "client", "chain", "flb_flower"):
         logging.getLogger(name).setLevel(logging.INFO)
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)  # a CPU kernel hint on import, not a problem
+    # transformers deprecates the name peft still calls (once per loaded model): not the user's to act on
+    warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
 
 @contextlib.contextmanager
