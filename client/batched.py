@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 from tqdm.auto import trange
 
-from flb.errors import first_line
+from flb.errors import ClientLate, first_line
 from flb.model.sft_settings import IGNORE_INDEX, SCORED_INPUTS, optimizer_and_scheduler, target_log_probs
 from flb.scheduler import is_out_of_memory, peak_memory
 from flb.types import AdapterState, ClientUpdate
@@ -151,8 +151,7 @@ class BatchedFit:
         pending = list(clients)
         while pending:
             if deadline and deadline.closed(list(results.values())):
-                for client in pending:
-                    results[client.client_id] = deadline.late_before_turn(list(results.values()), client.client_id)
+                results.update({client.client_id: ClientLate.before_turn(client.client_id) for client in pending})
                 break
             before = list(results.values())
             group = pending[: self.admission.concurrency]

@@ -24,7 +24,6 @@ from flb_flower import wire
 log = logging.getLogger(__name__)
 # Errors the SuperLink itself returns when a node is gone or its message expired: the node is unavailable.
 UNAVAILABLE = (ErrorCode.NODE_UNAVAILABLE, ErrorCode.MESSAGE_UNAVAILABLE, ErrorCode.REPLY_MESSAGE_UNAVAILABLE)
-LATE = object()  # in place of the reply of a node that had not answered when the round's deadline closed it
 
 
 def _answered(reply: Message | None) -> bool:
@@ -171,27 +170,28 @@ class Fleet:
             for c in served
         ]
         closed = None if deadline is None else (lambda replies: deadline.closed_with(sum(map(_answered, replies))))
-        replies = dict(zip((c.client_id for c in served), self.exchange(messages, self.round_timeout_s, closed)))
+        answers = self.exchange(messages, self.round_timeout_s, closed)
+        replies = dict(zip((c.client_id for c in served), answers))
+        late = closed is not None and closed(answers)  # a node with no reply by then is slow, not gone
         log.info(
             "round %d: %d bytes to SuperNodes, %d bytes back",
             round,
             sum(wire.payload_bytes(m.content) for m in messages),
             sum(wire.payload_bytes(r.content) for r in replies.values() if r is not None and r.has_content()),
         )
-        if closed is not None and closed(list(replies.values())):
-            replies = {i: reply if reply is not None else LATE for i, reply in replies.items()}
-        return [self._result(c, replies, round) for c in clients]
+        return [self._result(c, replies, round, late) for c in clients]
 
-    def _result(self, client: ProxyClient, replies: dict, round: int) -> ClientUpdate | Exception:
+    def _result(self, client: ProxyClient, replies: dict, round: int, late: bool) -> ClientUpdate | Exception:
         """The reply to client's train message as a ClientUpdate, or why there is none: ClientUnavailable (no node,
-        no reply, node gone), UpdateRejected (a malformed reply), or the node's own error."""
+        no reply, node gone), ClientLate (no reply when the round's deadline closed it: `late`), UpdateRejected (a
+        malformed reply), or the node's own error."""
         if client.client_id not in replies:
             return ClientUnavailable(
                 f"no SuperNode serves client {client.client_id}; start one with --node-config "
                 f'"partition-id={client.client_id} num-partitions={len(self.clients)}"'
             )
         reply = replies[client.client_id]
-        if reply is LATE:
+        if reply is None and late:
             return ClientLate.still_training(client.client_id)
         if reply is None or (reply.has_error() and reply.error.code in UNAVAILABLE):
             node = self.nodes.pop(client.client_id)
