@@ -152,5 +152,6 @@ def open_ledger(config: Config, run_path: Path, peft_config):
     from flb.audit.digests import adapter_config_digest
     from flb.audit.run_spec import run_spec_digest
 
-    anchors = RunAnchors(adapter_config_digest(peft_config), run_spec_digest(config.to_dict()))
+    max_staleness = config.strategy.fedbuff.max_staleness if config.strategy.name == "fedbuff" else None
+    anchors = RunAnchors(adapter_config_digest(peft_config), run_spec_digest(config.to_dict()), max_staleness)
     return open_chain_ledger(config.chain, run_path, anchors)

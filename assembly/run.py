@@ -159,6 +159,7 @@ def coordinate(
         learning_rate=functools.partial(round_learning_rate, config.sft, num_rounds=config.num_rounds),
         contribution_loss=evaluator.eval_loss if scores_by_quality(config) else None,
         on_round=on_round,
+        **buffered(config, fit_all),
     )
     if checkpoint is not None:
         coordinator.restore(checkpoint)
@@ -171,6 +172,26 @@ def coordinate(
     # are registered (it took ~1 s per client with 10,000)
     gc.freeze()
     return coordinator.run_rounds(global_adapter, last_round + 1, config.num_rounds)
+
+
+def buffered(config: Config, fit_all) -> dict:
+    """The coordinator's fedbuff part (server/buffered.py): its settings, its clock (a job takes the client's
+    simulation slowdown), how a job trains (in turn here, or side by side by the worker pool or the Flower fleet whose
+    fit_all this is) and which jobs never answer (simulation.dropout); nothing for a synchronous strategy."""
+    from flb.simulation import dropout, slowdown
+    from server.buffered import BufferedRounds, BufferedSchedule, FitWhenAwaited
+
+    if not config.strategy.spec.asynchronous:
+        return {}
+    host = getattr(fit_all, "__self__", None)
+    return {
+        "buffered": BufferedRounds(
+            settings=config.strategy.fedbuff,
+            schedule=BufferedSchedule(config.clients_per_round, functools.partial(slowdown, config.simulation)),
+            jobs=host if hasattr(host, "submit") else FitWhenAwaited(),
+            dropout=functools.partial(dropout, config.simulation),
+        )
+    }
 
 
 def scores_by_quality(config: Config) -> bool:

@@ -34,6 +34,15 @@ FIXES = {
     "WrongRound": "rounds are recorded in order; this contract expects round {expected}",
     "LengthMismatch": "a round needs one update digest, example count, score and signature per client",
     "ClientsNotAscending": "a round's clients must be sorted by address, ascending, each once (index {index} is not)",
+    "StalenessWithoutBuffer": "a synchronous run anchors max staleness 0, not {maxStaleness}; anchor buffered rounds "
+    "(strategy fedbuff) to allow stale updates",
+    "NotBuffered": "this contract's run is synchronous; record its rounds with recordRound",
+    "NotSynchronous": "this contract's run is buffered (strategy fedbuff); record its rounds with clients with "
+    "recordBufferedRound, each client with its start round",
+    "TooStale": "{client}'s update started from round {startRound}, which is not before this round or is more rounds "
+    "before the previous one than the anchored maxStaleness; drop updates staler than strategy.fedbuff.max_staleness",
+    "StartReused": "{client}'s update started from round {startRound}, not after the start of its update recorded "
+    "before: a client's updates are recorded once each, in the order it started them",
 }
 
 

@@ -26,11 +26,14 @@ ZERO_HEX = "00" * 32
 
 @dataclass(frozen=True)
 class RunAnchors:
-    """What a run's contract anchors once, before any round (hex sha256 each): the canonical adapter_config.json
-    (flb.audit.digests.adapter_config_digest) and the run spec (flb.audit.run_spec.run_spec_digest)."""
+    """What a run's contract anchors once, before any round: the canonical adapter_config.json
+    (flb.audit.digests.adapter_config_digest) and the run spec (flb.audit.run_spec.run_spec_digest), hex sha256 each,
+    and `max_staleness`: None for a synchronous run, else the run's rounds are buffered (strategy fedbuff) and an
+    update may start at most that many rounds before the previous one."""
 
     adapter_config: str
     run_spec: str
+    max_staleness: int | None = None
 
 
 RECEIPT_TIMEOUT_S = 120.0
@@ -138,21 +141,37 @@ def _check_contract(w3, deployment: dict, admin_account, anchors: RunAnchors, de
     if version != DOMAIN_VERSION:
         raise ChainError(
             f"the FLB contract at {address} is version {version or '2 or older'}, not {DOMAIN_VERSION} "
-            "(this version batches data uploads and anchors the run spec); its runs cannot be continued "
+            "(this version records buffered rounds); its runs cannot be continued "
             "by this version: start a new run"
         )
+    functions = contract.functions
     anchored = RunAnchors(
-        contract.functions.adapterConfigDigest().call().hex(), contract.functions.runSpecDigest().call().hex()
+        functions.adapterConfigDigest().call().hex(),
+        functions.runSpecDigest().call().hex(),
+        functions.maxStaleness().call() if functions.buffered().call() else None,
     )
     if anchored.adapter_config == ZERO_HEX:
-        call = contract.functions.anchorRun(bytes.fromhex(anchors.adapter_config), bytes.fromhex(anchors.run_spec))
+        buffered = anchors.max_staleness is not None
+        call = functions.anchorRun(
+            bytes.fromhex(anchors.adapter_config),
+            bytes.fromhex(anchors.run_spec),
+            buffered,
+            anchors.max_staleness if buffered else 0,
+        )
         _mined(send_signed(w3, sign_call(w3, admin_account, call, "run anchor"), RECEIPT_TIMEOUT_S), "run anchor")
     elif anchored != anchors:
         raise ChainError(
-            f"the FLB contract at {address} anchors adapter config 0x{anchored.adapter_config} and run "
-            f"spec 0x{anchored.run_spec}, not this run's 0x{anchors.adapter_config} and "
-            f"0x{anchors.run_spec}: the run's LoRA settings or rules changed; start a new run"
+            f"the FLB contract at {address} anchors adapter config 0x{anchored.adapter_config}, run "
+            f"spec 0x{anchored.run_spec} and {_rounds_kind(anchored)}, not this run's 0x{anchors.adapter_config}, "
+            f"0x{anchors.run_spec} and {_rounds_kind(anchors)}: the run's LoRA settings or rules changed; start a new "
+            "run"
         )
+
+
+def _rounds_kind(anchors: RunAnchors) -> str:
+    if anchors.max_staleness is None:
+        return "synchronous rounds"
+    return f"buffered rounds (max staleness {anchors.max_staleness})"
 
 
 def _contract_version(contract) -> str | None:

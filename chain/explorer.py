@@ -75,10 +75,12 @@ def format_trail(trail: dict) -> list[str]:
         if "participants_commitment" in record:
             lines.append(f"    participants sealed: commitment 0x{record['participants_commitment']}")
             continue
-        for address, digest, count, score in zip(
-            record["clients"], record["update_digests"], record["num_examples"], record["scores"]
+        starts = record.get("start_rounds")
+        for index, (address, digest, count, score) in enumerate(
+            zip(record["clients"], record["update_digests"], record["num_examples"], record["scores"])
         ):
-            lines.append(f"    {name(address)}  update 0x{digest}  examples {count}  score {score}")
+            started = "" if starts is None else f"  from round {starts[index]} (staleness {number - 1 - starts[index]})"
+            lines.append(f"    {name(address)}  update 0x{digest}{started}  examples {count}  score {score}")
     lines += [f"resent: {entry['record']}: {entry['note']}" for entry in trail.get("resent", [])]
     return lines
 

@@ -1,7 +1,8 @@
 """Ledger records as outbox payloads, and each payload as the contract call that writes it.
 
 Payloads are plain JSON (the outbox keeps them on disk); the contract wants a round's clients sorted by
-address, so `round_payload` sorts them once, keeping every per-client list aligned. Registrations and data
+address, so `round_payload` sorts them once, keeping every per-client list aligned. A buffered (fedbuff) round with
+clients also has each client's start round ("start_rounds") and goes to recordBufferedRound. Registrations and data
 uploads go in batches (`batches`) that each fit one transaction under the chain's block gas limit.
 """
 
@@ -69,45 +70,48 @@ def upload_payload(uploads: dict[int, tuple[str, SignedUpload]]) -> dict:
 
 
 def round_payload(record: RoundRecord, scoring: str, uploads: dict[int, int]) -> dict:
-    """The round as recordRound (or, with a participants commitment, recordSealedRound) will take it."""
+    """The round as recordRound (with a participants commitment, recordSealedRound; with clients and their start
+    rounds, recordBufferedRound) will take it."""
     to_bytes32(record.global_digest, f"round {record.round} global digest")
     to_bytes32(record.metrics_digest, f"round {record.round} metrics digest")
+    # a buffered run records its rounds without clients (round 0, skipped rounds) as any run does
+    buffered = record.start_rounds is not None and len(record.client_ids) + len(record.start_rounds) > 0
     if record.participants_commitment is not None:
+        if buffered:
+            raise ChainError(
+                f"round {record.round}: a buffered round cannot be sealed (the contract checks each update against "
+                "the round it started from); record its participants (chain.record_participants: true)"
+            )
         return {
             "round": record.round,
             "global_digest": record.global_digest,
             "metrics_digest": record.metrics_digest,
             "participants_commitment": record.participants_commitment,
         }
-    columns = (
-        record.client_ids,
-        record.addresses,
-        record.update_digests,
-        record.num_examples,
-        record.signatures,
-        round_scores(record, scoring, uploads),
-    )
-    if len({len(column) for column in columns}) != 1:
+    columns = {
+        "client_ids": record.client_ids,
+        "clients": record.addresses,
+        "update_digests": record.update_digests,
+        "num_examples": record.num_examples,
+        "scores": round_scores(record, scoring, uploads),
+        "signatures": record.signatures,
+    }
+    if buffered:
+        columns["start_rounds"] = record.start_rounds
+    if len({len(column) for column in columns.values()}) != 1:
         raise ChainError(
             f"round {record.round}: the per-client lists of its record differ in length; give one entry "
             "per accepted client"
         )
-    rows = sorted(zip(*columns), key=lambda row: int(row[1], 16))
+    rows = sorted(zip(*columns.values()), key=lambda row: int(row[1], 16))
     for client_id, _, digest, *_ in rows:
         to_bytes32(digest, f"round {record.round} client {client_id} update digest")
-    client_ids, addresses, digests, counts, signatures, scores = (
-        (list(column) for column in zip(*rows)) if rows else ([], [], [], [], [], [])
-    )
+    sorted_columns = {key: [row[i] for row in rows] for i, key in enumerate(columns)}
     return {
         "round": record.round,
         "global_digest": record.global_digest,
         "metrics_digest": record.metrics_digest,
-        "client_ids": client_ids,
-        "clients": addresses,
-        "update_digests": digests,
-        "num_examples": counts,
-        "scores": scores,
-        "signatures": signatures,
+        **sorted_columns,
     }
 
 
@@ -137,17 +141,16 @@ def call_for(contract, kind: str, payload: dict):
             ),
             f"round {round_number} record",
         )
+    signatures = [_signature(s) for s in payload["signatures"]]
+    if "start_rounds" in payload:
+        return (
+            functions.recordBufferedRound(
+                round_number, global_digest, metrics_digest, *_client_columns(payload), signatures
+            ),
+            f"round {round_number} record",
+        )
     return (
-        functions.recordRound(
-            round_number,
-            global_digest,
-            metrics_digest,
-            payload["clients"],
-            [to_bytes32(d, "update digest") for d in payload["update_digests"]],
-            payload["num_examples"],
-            payload["scores"],
-            [_signature(s) for s in payload["signatures"]],
-        ),
+        functions.recordRound(round_number, global_digest, metrics_digest, *_client_columns(payload), signatures),
         f"round {round_number} record",
     )
 
@@ -178,16 +181,8 @@ def on_chain(contract, kind: str, payload: dict) -> bool | str:
             to_bytes32(payload["participants_commitment"], "commitment"),
         ).call()
     else:
-        same = functions.verifyRound(
-            round_number,
-            previous,
-            global_digest,
-            metrics_digest,
-            payload["clients"],
-            [to_bytes32(d, "update digest") for d in payload["update_digests"]],
-            payload["num_examples"],
-            payload["scores"],
-        ).call()
+        verify = functions.verifyBufferedRound if "start_rounds" in payload else functions.verifyRound
+        same = verify(round_number, previous, global_digest, metrics_digest, *_client_columns(payload)).call()
     return True if same else f"round {round_number} is on chain with another record"
 
 
@@ -209,6 +204,19 @@ def _upload_columns(payload: dict) -> tuple[list[str], list[bytes], list[str]]:
         [to_bytes32(r["data"], "data digest") for r in rows],
         [r["signature"] for r in rows],
     )
+
+
+def _client_columns(payload: dict) -> list[list]:
+    """A round's per-client arguments, as recordRound and verifyRound take them (with each client's start round
+    after the clients, as recordBufferedRound and verifyBufferedRound do)."""
+    starts = [payload["start_rounds"]] if "start_rounds" in payload else []
+    return [
+        payload["clients"],
+        *starts,
+        [to_bytes32(d, "update digest") for d in payload["update_digests"]],
+        payload["num_examples"],
+        payload["scores"],
+    ]
 
 
 def _round_digests(payload: dict) -> tuple[bytes, bytes]:

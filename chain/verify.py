@@ -1,17 +1,19 @@
 """Check a run directory against what a chain node holds, without trusting the server that wrote either.
 
-docs/audit-spec.md is the specification this module implements (and examples/audit/verify_run.py implements
-again, independently). Input: the trail collected from a node (never the run's own trail.json), optionally the
-openings of salted commitments from their owners, the addresses the auditor knows to be real participants, and a
-way to replay the run's strategy. Checked: the contract was deployed from the committed artifact; the run's
-config.json is the run spec the contract anchors; every participant was registered before round 0 (or is one the
-auditor trusts); rounds are contiguous and chained, and a round without clients changes nothing; every global
-adapter, update file, adapter_config.json, final_adapter/ and every metrics.jsonl round row (so eval loss, accuracy,
-suites and privacy) match the chain, and summary.json says what those rows say; each recorded update and data
-upload is signed by its registered client; committed digests open to the files; each score is re-derived where
-the scoring formula allows; and with a replayer every round whose aggregate is deterministic is recomputed from
-the update files and compared bit for bit with the recorded digest (an svd round may match in its LoRA products
-instead: see `_svd_matches`).
+docs/audit-spec.md is the specification this module implements (and examples/audit/verify_run.py implements again,
+independently). Input: the trail collected from a node (never the run's own trail.json), optionally the openings of
+salted commitments from their owners, the addresses the auditor knows to be real participants, and a way to replay
+the run's strategy. Checked: the contract was deployed from the committed artifact; the run's config.json is the run
+spec the contract anchors, and the anchored kind of rounds (buffered, with its max staleness, or synchronous) is the
+one its strategy has; every participant was registered before round 0 (or is one the auditor trusts); rounds are
+contiguous and chained, and a round without clients changes nothing; in a buffered (fedbuff) run every update
+started at most max staleness rounds before the previous round, and each client's start rounds increase; every
+global adapter, update file, adapter_config.json, final_adapter/ and every metrics.jsonl round row (so eval loss,
+accuracy, suites and privacy) match the chain, and summary.json says what those rows say; each recorded update and
+data upload is signed by its registered client (a buffered update over the round it started from); committed digests
+open to the files; each score is re-derived where the scoring formula allows; and with a replayer every round whose
+aggregate is deterministic is recomputed from the update files and compared bit for bit with the recorded digest (an
+svd round may match in its LoRA products instead: see `_svd_matches`).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from flb.audit.digests import (
 )
 
 ZERO_DIGEST = "00" * 32
+ROUND_EVENTS = ("RoundRecorded", "BufferedRoundRecorded", "RoundSealed")
 SVD_TOLERANCE = 1e-5  # relative, in B A: another LAPACK build's SVD may differ from the server's in the last bits
 
 
@@ -56,8 +59,9 @@ class Report:
 class Replayer:
     """How the run's strategy aggregates, handed over by the caller (server/replay.py: chain/ imports no server/):
     `not_replayable(config)` says why no round can be recomputed, or None; `replay(config, rounds)` takes
-    (round, previous global adapter, [(update file content, on-chain example count)] in the chain's order) per round
-    and yields (round, recomputed global adapter)."""
+    (round, previous global adapter, [(update file content, on-chain example count, start round, base adapter)] in
+    the chain's order) per round, the base being the recorded global adapter of the start round (in a synchronous
+    round: round - 1 and the previous adapter), and yields (round, recomputed global adapter)."""
 
     not_replayable: Callable[[dict], str | None]
     replay: Callable[[dict, Iterable[tuple]], Iterator[tuple[int, dict]]]
@@ -65,12 +69,13 @@ class Replayer:
 
 def rounds_from(trail: dict) -> dict[int, dict]:
     """Every recorded round: previous, global and metrics digest, and per client its address, recorded digest,
-    example count, score and signature (signatures from the call's data); sealed rounds carry their commitment."""
+    example count, score and signature (signatures from the call's data); buffered rounds carry each client's start
+    round ("start_rounds"), sealed rounds their commitment."""
     rounds = {}
     for tx in _successful(trail):
         for event in tx["events"]:
             args = event["args"]
-            if event["event"] not in ("RoundRecorded", "RoundSealed"):
+            if event["event"] not in ROUND_EVENTS:
                 continue
             record = {
                 "previous": _hex(args["previousGlobalDigest"]),
@@ -78,7 +83,7 @@ def rounds_from(trail: dict) -> dict[int, dict]:
                 "metrics_digest": _hex(args["metricsDigest"]),
                 "clients": [],
             }
-            if event["event"] == "RoundRecorded":
+            if event["event"] != "RoundSealed":
                 record.update(
                     clients=args["clients"],
                     update_digests=[_hex(d) for d in args["updateDigests"]],
@@ -86,7 +91,9 @@ def rounds_from(trail: dict) -> dict[int, dict]:
                     scores=args["scores"],
                     signatures=tx["args"].get("signatures", []),
                 )
-            else:
+            if event["event"] == "BufferedRoundRecorded":
+                record["start_rounds"] = args["startRounds"]
+            elif event["event"] == "RoundSealed":
                 record["participants_commitment"] = _hex(args["participantsCommitment"])
             rounds[args["round"]] = record
     return rounds
@@ -130,14 +137,16 @@ def verify(
     config = _check_run_spec(report, run_dir, anchors)
     _check_participants(report, trail, rounds, trusted_clients)
     _check_chain_of_rounds(report, rounds)
+    if anchors is not None:
+        _check_round_kind(report, rounds, clients, anchors, config)
     config_digest = anchors["adapter_config"] if anchors else None
     for number, record in sorted(rounds.items()):
         folder = run_dir / f"round_{number}"
         _check_adapter_dir(report, folder, record["global_digest"], config_digest, f"round {number} global adapter")
         if "participants_commitment" in record:
-            record.update(_check_sealed(report, number, record, openings, trail, folder, clients))
+            record.update(_check_sealed(report, number, record, openings, trail, folder, clients, rounds))
         else:
-            _check_updates(report, number, record, openings, trail, folder, clients)
+            _check_updates(report, number, record, openings, trail, folder, clients, rounds)
     for number in sorted(_rounds_on_disk(run_dir) - rounds.keys()):
         report.problems.append(
             f"round {number}: {run_dir / f'round_{number}'} exists but the chain holds no record of it"
@@ -154,7 +163,7 @@ def verify(
     _check_uploads(report, trail, clients, openings)
     _check_scores(report, run_dir, trail, rounds, clients, config)
     if replayer is not None:
-        _recompute(report, run_dir, rounds, clients, config, replayer)
+        _recompute(report, run_dir, rounds, clients, config, replayer, (anchors or {}).get("max_staleness") or 0)
     report.notes += [f"{entry['record']}: {entry['note']}" for entry in _resent(run_dir)]
     return report
 
@@ -191,8 +200,13 @@ def _check_deployment(report: Report, trail: dict) -> None:
 
 
 def _anchors(trail: dict) -> dict | None:
+    """The run's anchors: adapter config and run spec digests, and max_staleness (None: synchronous rounds)."""
     anchors = [
-        {"adapter_config": _hex(e["args"]["adapterConfigDigest"]), "run_spec": _hex(e["args"]["runSpecDigest"])}
+        {
+            "adapter_config": _hex(e["args"]["adapterConfigDigest"]),
+            "run_spec": _hex(e["args"]["runSpecDigest"]),
+            "max_staleness": e["args"]["maxStaleness"] if e["args"]["buffered"] else None,
+        }
         for e in _events(trail, "RunAnchored")
     ]
     return anchors[0] if anchors else None
@@ -264,6 +278,53 @@ def _check_chain_of_rounds(report: Report, rounds: dict[int, dict]) -> None:
             )
 
 
+def _check_round_kind(
+    report: Report, rounds: dict[int, dict], clients: list[str], anchors: dict, config: dict | None
+) -> None:
+    """The anchored kind of rounds is the run spec's (buffered, with strategy.fedbuff.max_staleness, for strategy
+    fedbuff; synchronous for any other); each round with clients is of that kind; in a buffered run every update
+    started from a round before this one, at most max staleness rounds before the previous round, and each client's
+    start rounds increase (so no signed update counts twice)."""
+    max_staleness = anchors["max_staleness"]
+    if config is not None:
+        strategy = config["strategy"]
+        expected = strategy["fedbuff"]["max_staleness"] if strategy["name"] == "fedbuff" else None
+        report.check(
+            max_staleness == expected,
+            f"config.json: strategy {strategy['name']} has {_rounds_kind(expected)}, but the chain anchors "
+            f"{_rounds_kind(max_staleness)}",
+        )
+    last_start: dict[str, int] = {}
+    for number, record in sorted(rounds.items()):
+        if not record["clients"] or "participants_commitment" in record:
+            continue
+        buffered = "start_rounds" in record
+        as_anchored = report.check(
+            buffered == (max_staleness is not None),
+            f"round {number}: recorded as {'buffered' if buffered else 'synchronous'}, but the chain anchors "
+            f"{_rounds_kind(max_staleness)}",
+        )
+        if not (as_anchored and buffered):
+            continue
+        for address, start in zip(record["clients"], record["start_rounds"]):
+            who = f"round {number} client {_client_id(clients, address)}"
+            report.check(
+                0 <= number - 1 - start <= max_staleness,
+                f"{who}: its update started from round {start}, staleness {number - 1 - start}, outside the anchored "
+                f"0..{max_staleness}",
+            )
+            report.check(
+                start > last_start.get(address, -1),
+                f"{who}: its update started from round {start}, not after its update recorded before (round "
+                f"{last_start.get(address)}): one signed update counted twice?",
+            )
+            last_start[address] = start
+
+
+def _rounds_kind(max_staleness: int | None) -> str:
+    return "synchronous rounds" if max_staleness is None else f"buffered rounds (max staleness {max_staleness})"
+
+
 def _check_adapter_dir(report: Report, folder: Path, expected: str, config_digest: str | None, what: str) -> None:
     _check_file(report, folder / "adapter_model.safetensors", expected, what)
     config = folder / ADAPTER_CONFIG
@@ -290,23 +351,33 @@ def _check_file(report: Report, path: Path, expected: str, what: str) -> bool:
 
 
 def _check_updates(
-    report: Report, number: int, record: dict, openings: dict, trail: dict, folder: Path, clients: list[str]
+    report: Report,
+    number: int,
+    record: dict,
+    openings: dict,
+    trail: dict,
+    folder: Path,
+    clients: list[str],
+    rounds: dict[int, dict],
 ) -> None:
     from flb.audit.attestation import update_signer
 
     domain = _domain(trail)
-    for index, address in enumerate(record["clients"]):
+    starts = record.get("start_rounds") or [number - 1] * len(record["clients"])
+    for index, (address, start) in enumerate(zip(record["clients"], starts)):
         who = f"round {number} client {_client_id(clients, address)}"
         if not report.check(address in clients, f"{who}: {address} is not a registered client"):
             continue
         digest, count = record["update_digests"][index], record["num_examples"][index]
         signature = record["signatures"][index] if index < len(record["signatures"]) else None
+        # each client signs the round after the one it started from, and that round's global digest
+        started_from = record["previous"] if start == number - 1 else rounds.get(start, {}).get("global_digest")
         signer = _recovered(
             update_signer,
             domain,
-            signature,
-            round=number,
-            previous_global_digest=record["previous"],
+            signature if started_from is not None else None,
+            round=start + 1,
+            previous_global_digest=started_from,
             update_digest=digest,
             num_examples=count,
         )
@@ -339,7 +410,14 @@ def _check_recorded_file(
 
 
 def _check_sealed(
-    report: Report, number: int, record: dict, openings: dict, trail: dict, folder: Path, clients: list[str]
+    report: Report,
+    number: int,
+    record: dict,
+    openings: dict,
+    trail: dict,
+    folder: Path,
+    clients: list[str],
+    rounds: dict[int, dict],
 ) -> dict:
     """The sealed round's participants (clients, update digests, example counts, signatures) when an opening opens
     its commitment, checked like a published round's; else {}."""
@@ -353,7 +431,7 @@ def _check_sealed(
         f"round {number}: the opening does not open the sealed participants commitment",
     ):
         return {}
-    _check_updates(report, number, {**record, **participants}, openings, trail, folder, clients)
+    _check_updates(report, number, {**record, **participants}, openings, trail, folder, clients, rounds)
     return participants
 
 
@@ -520,7 +598,7 @@ def _uploads_before_each_round(trail: dict) -> dict[int, dict[str, int]]:
         for event in tx["events"]:
             if event["event"] == "DataUpload":
                 counts[event["args"]["user"]] = counts.get(event["args"]["user"], 0) + 1
-            elif event["event"] == "RoundRecorded":
+            elif event["event"] in ROUND_EVENTS:
                 before[event["args"]["round"]] = dict(counts)
     return before
 
@@ -539,7 +617,13 @@ def _tensor_bytes(path: Path) -> int:
 
 
 def _recompute(
-    report: Report, run_dir: Path, rounds: dict[int, dict], clients: list[str], config: dict | None, replayer: Replayer
+    report: Report,
+    run_dir: Path,
+    rounds: dict[int, dict],
+    clients: list[str],
+    config: dict | None,
+    replayer: Replayer,
+    max_staleness: int,
 ) -> None:
     """Every round with clients again, by the anchored rules, from the update files and the on-chain example counts:
     the result must have the recorded digest, bit for bit (svd: see _svd_matches). Rounds whose aggregate depends on
@@ -564,7 +648,7 @@ def _recompute(
         report.notes += [f"round {n}: not recomputable ({reason})" for n in with_clients]
         return
     strategy, mode = config["strategy"]["name"], config["strategy"].get("lora_aggregation", "separate")
-    inputs = _published_rounds(report, run_dir, with_clients, clients, sealed)
+    inputs = _published_rounds(report, run_dir, rounds, with_clients, clients, sealed, max_staleness)
     replayed = replayer.replay(config, inputs)
     while True:
         try:
@@ -589,28 +673,54 @@ def _recompute(
 
 
 def _published_rounds(
-    report: Report, run_dir: Path, with_clients: dict[int, dict], clients: list[str], sealed: list[int]
+    report: Report,
+    run_dir: Path,
+    rounds: dict[int, dict],
+    with_clients: dict[int, dict],
+    clients: list[str],
+    sealed: list[int],
+    max_staleness: int,
 ) -> Iterator[tuple]:
-    """(round, previous global adapter, [(update file content, on-chain count)] in the chain's order) for each round
-    in turn; a missing file stops the replay there (a stateful strategy needs every round before the next)."""
+    """(round, previous global adapter, [(update file content, on-chain count, start round, base adapter)] in the
+    chain's order) for each round in turn, the base being the recorded global adapter of the round the update started
+    from (the previous one in a synchronous round), checked against the chain's digest; a missing or altered file stops
+    the replay there (a stateful strategy needs every round before the next)."""
     from safetensors.torch import load_file
 
+    from flb.audit.digests import adapter_digest
+
+    recorded: dict[int, dict] = {}  # global adapters by round, as far back as an update may start
     for number, record in with_clients.items():
-        previous = run_dir / f"round_{number - 1}" / "adapter_model.safetensors"
+        starts = record.get("start_rounds") or [number - 1] * len(record["clients"])
         paths = [
             run_dir / f"round_{number}" / "updates" / f"client_{_client_id(clients, a)}.safetensors"
             for a in record["clients"]
         ]
-        missing = [str(p) for p in (previous, *paths) if not p.is_file()]
+        bases = {start: run_dir / f"round_{start}" / "adapter_model.safetensors" for start in {number - 1, *starts}}
+        missing = [str(p) for p in (*bases.values(), *paths) if not p.is_file()]
         if missing or any(n < number for n in sealed):
             why = f"{', '.join(missing)} missing" if missing else "a sealed round before it was not opened"
             report.problems.append(f"round {number} and later: not recomputed ({why})")
             return
+        for start in sorted(bases.keys() - recorded.keys()):
+            adapter = load_file(str(bases[start]))
+            if start not in rounds or adapter_digest(adapter) != rounds[start]["global_digest"]:
+                report.problems.append(
+                    f"round {number} and later: not recomputed ({bases[start]} is not the global adapter the chain "
+                    f"records for round {start})"
+                )
+                return
+            recorded[start] = adapter
         yield (
             number,
-            load_file(str(previous)),
-            [(load_file(str(p)), count) for p, count in zip(paths, record["num_examples"])],
+            recorded[number - 1],
+            [
+                (load_file(str(path)), count, start, recorded[start])
+                for path, count, start in zip(paths, record["num_examples"], starts)
+            ],
         )
+        for start in [s for s in recorded if s < number - max_staleness]:  # no later update starts this far back
+            del recorded[start]
 
 
 def _svd_matches(report: Report, number: int, recomputed: dict, run_dir: Path) -> bool:

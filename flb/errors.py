@@ -39,8 +39,8 @@ class ClientUnavailable(FLBError):
 
 
 class ClientLate(FLBError):
-    """A client's update did not arrive by the round's deadline (server.round_deadline_s); the round was aggregated
-    without it, which is recorded as late, not as a failure."""
+    """A client's update did not arrive by the round's deadline (server.round_deadline_s), or under fedbuff arrived
+    too stale; the round was aggregated without it, which is recorded as late, not as a failure."""
 
     @classmethod
     def before_turn(cls, client_id: int) -> ClientLate:
@@ -53,6 +53,13 @@ class ClientLate(FLBError):
     @classmethod
     def still_training(cls, client_id: int) -> ClientLate:
         return cls(f"client {client_id}: still training when the round closed at its deadline")
+
+    @classmethod
+    def stale(cls, client_id: int, start_round: int, round: int, max_staleness: int) -> ClientLate:
+        return cls(
+            f"client {client_id}: its update started from round {start_round}, {round - 1 - start_round} rounds "
+            f"stale in round {round} (strategy.fedbuff.max_staleness = {max_staleness})"
+        )
 
 
 class RunDirError(FLBError):

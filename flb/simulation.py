@@ -46,6 +46,15 @@ def drops_out(settings: SimulationSettings, round: int, client_id: int) -> bool:
     return bool(draw < settings.dropout)
 
 
+def dropout(settings: SimulationSettings, round: int, client_id: int) -> ClientUnavailable | None:
+    """ClientUnavailable for a client that drops out of `round` (drops_out), else None."""
+    if not drops_out(settings, round, client_id):
+        return None
+    return ClientUnavailable(
+        f"client {client_id}: dropped out of round {round} (simulation.dropout = {settings.dropout:g})"
+    )
+
+
 def with_dropouts(fit_all: FitAll, settings: SimulationSettings) -> FitAll:
     """`fit_all` (flb.types.FitAll) for the sampled clients that do not drop out of the round; each one that
     does is ClientUnavailable, as an unreachable node is (the round goes on without it)."""
@@ -59,16 +68,9 @@ def with_dropouts(fit_all: FitAll, settings: SimulationSettings) -> FitAll:
         extras: AdapterState,
         deadline: RoundDeadline | None = None,
     ) -> list[ClientUpdate | Exception]:
-        absent = {c.client_id for c in clients if drops_out(settings, round, c.client_id)}
+        absent = {c.client_id: error for c in clients if (error := dropout(settings, round, c.client_id))}
         present = [c for c in clients if c.client_id not in absent]
         answers = iter(fit_all(present, global_adapter, round, extras, deadline) if present else [])
-        return [
-            ClientUnavailable(
-                f"client {c.client_id}: dropped out of round {round} (simulation.dropout = {settings.dropout:g})"
-            )
-            if c.client_id in absent
-            else next(answers)
-            for c in clients
-        ]
+        return [absent[c.client_id] if c.client_id in absent else next(answers) for c in clients]
 
     return fit_those_present

@@ -55,6 +55,9 @@ class ClientUpdate:
     # set by the server once it has opened a compressed update (comm.compression): the tensors as the client sent
     # them, which `digest`, the signature and the run directory's update file cover; `tensors` is then their decoding
     sent: AdapterState | None = None
+    # set by the server once it has validated the update: the global adapter the client started from (the one it
+    # was sent for its `round`); what strategy fedbuff measures its change from
+    base: AdapterState | None = None
 
     @property
     def as_sent(self) -> AdapterState:
@@ -62,7 +65,9 @@ class ClientUpdate:
         return self.tensors if self.sent is None else self.sent
 
 
-_UPDATE_FIELDS = [f.name for f in fields(ClientUpdate) if f.name not in ("tensors", "extras", "attestation", "sent")]
+_UPDATE_FIELDS = [
+    f.name for f in fields(ClientUpdate) if f.name not in ("tensors", "extras", "attestation", "sent", "base")
+]
 
 
 def update_header(update: ClientUpdate) -> dict:
@@ -146,6 +151,9 @@ class RoundRecord:
     metrics: dict
     metrics_digest: str  # of the round's metrics.jsonl row (flb.audit.digests.metrics_digest), anchored with the record
     participants_commitment: str | None = None
+    # strategy fedbuff: per client, the round whose global adapter its update started from (each signed that
+    # round + 1 and its global digest); None in a synchronous run, where every client started from the previous one
+    start_rounds: list[int] | None = None
 
 
 @runtime_checkable
@@ -176,6 +184,16 @@ class Client(Protocol):
 # the deadline). server.coordinator.fit_in_turn in one process; the worker pool, the Flower fleet and the split
 # trunk have their own.
 FitAll = Callable[[Sequence[Client], AdapterState, int, AdapterState, RoundDeadline | None], list]
+
+
+class Jobs(Protocol):
+    """How strategy fedbuff's clients train: one job per client at a time, started from a global adapter and awaited
+    on its own, while others train (server.buffered.FitWhenAwaited in one process; the worker pool)."""
+
+    def submit(self, client: Client, global_adapter: AdapterState, round: int) -> None: ...
+
+    def result(self, client: Client) -> ClientUpdate | Exception:
+        """The update of `client`'s started job once it is done, or why there is none."""
 
 
 @dataclass

@@ -55,6 +55,10 @@ class Fleet:
         self.silent: set[int] = set()  # listed nodes that missed a deadline: not asked again while listed
         self.uploads: dict[int, SignedUpload | RunFailed] = {}  # signed data uploads fetched, not yet recorded
         self.clients: list[ProxyClient] = []
+        # strategy fedbuff's jobs (flb.types.Jobs): client id -> (its train message's id, the round it was sent for,
+        # when it was sent); replies pulled for jobs not awaited yet
+        self.submitted: dict[int, tuple[str, int, float]] = {}
+        self.pulled: dict[str, Message] = {}
 
     def join(self, run_id: str, num_clients: int, base_model_digest: str) -> list[ProxyClient]:
         """The run's clients: block until a node serves every client id (round 0 registers every client), each
@@ -158,17 +162,7 @@ class Fleet:
         had not answered when the deadline closed the round: it is slow, not gone)."""
         self.discover()
         served = [c for c in clients if c.client_id in self.nodes]
-        messages = [
-            Message(
-                wire.train_content(
-                    self.config, self.run_id, global_adapter, round, self.domain, self.base_model_digest, extras
-                ),
-                message_type=wire.TRAIN,
-                dst_node_id=self.nodes[c.client_id],
-                group_id=f"round-{round}",
-            )
-            for c in served
-        ]
+        messages = [self._train_message(c, global_adapter, round, extras) for c in served]
         closed = None if deadline is None else (lambda replies: deadline.closed_with(sum(map(_answered, replies))))
         answers = self.exchange(messages, self.round_timeout_s, closed)
         replies = dict(zip((c.client_id for c in served), answers))
@@ -180,6 +174,37 @@ class Fleet:
             sum(wire.payload_bytes(r.content) for r in replies.values() if r is not None and r.has_content()),
         )
         return [self._result(c, replies, round, late) for c in clients]
+
+    def _train_message(self, client: ProxyClient, global_adapter: AdapterState, round: int, extras: AdapterState):
+        return Message(
+            wire.train_content(
+                self.config, self.run_id, global_adapter, round, self.domain, self.base_model_digest, extras
+            ),
+            message_type=wire.TRAIN,
+            dst_node_id=self.nodes[client.client_id],
+            group_id=f"round-{round}",
+        )
+
+    def submit(self, client: ProxyClient, global_adapter: AdapterState, round: int) -> None:
+        """Send `client`'s node a train message now (fedbuff); its reply is awaited by `result`."""
+        self.discover()
+        if client.client_id not in self.nodes:
+            return  # result says so
+        (message_id,) = self.grid.push_messages([self._train_message(client, global_adapter, round, {})])
+        self.submitted[client.client_id] = (message_id, round, time.monotonic())
+
+    def result(self, client: ProxyClient) -> ClientUpdate | Exception:
+        """The reply to `client`'s submitted train message, waited for until round-timeout-s after it was sent (the
+        other nodes' replies pulled meanwhile are kept for their turn)."""
+        if client.client_id not in self.submitted:
+            return self._result(client, {}, 0, late=False)
+        message_id, round, sent = self.submitted.pop(client.client_id)
+        while message_id not in self.pulled and time.monotonic() < sent + self.round_timeout_s:
+            time.sleep(self.poll_s)
+            waiting = [message_id, *(m for m, _, _ in self.submitted.values() if m not in self.pulled)]
+            for reply in self.grid.pull_messages(waiting):
+                self.pulled[reply.metadata.reply_to_message_id] = reply
+        return self._result(client, {client.client_id: self.pulled.pop(message_id, None)}, round, late=False)
 
     def _result(self, client: ProxyClient, replies: dict, round: int, late: bool) -> ClientUpdate | Exception:
         """The reply to client's train message as a ClientUpdate, or why there is none: ClientUnavailable (no node,

@@ -23,12 +23,13 @@ from flb.run.stop import durable
 from flb.run.summary import round_line
 from flb.seeding import round_rng
 from flb.types import AdapterState, Client, ClientUpdate, FitAll, Ledger, RoundDeadline, RoundRecord
+from server.buffered import BufferedRounds, Job
 from server.contribution import leave_one_out_scores
 from server.strategy.base import Strategy
 from server.validation import Expected, outliers, validate_update
 
 log = logging.getLogger(__name__)
-_SAMPLING_STREAM = 0x5A
+_SAMPLING_STREAM, _START_STREAM = 0x5A, 0x5B
 
 
 EXPECTED_FAILURES = (ClientUnavailable, UpdateRejected)
@@ -81,6 +82,7 @@ class RoundCoordinator:
     min_fit_fraction: float = 0.5  # server.min_fit_fraction: ... once this share of the sampled clients' are
     contribution_loss: Callable[[AdapterState], float] | None = None  # set: leave-one-out scores each round
     fit_all: FitAll = fit_in_turn  # the Flower app sends to every sampled SuperNode at once
+    buffered: BufferedRounds | None = None  # strategy fedbuff: its clock, its jobs and how they train
     comm: CommTracker = field(default_factory=CommTracker)
     learning_rate: Callable[[int], float] | None = None  # the clients' learning rate in a round, for the metrics
     declared: dict[int, dict] = field(default_factory=dict)  # client id -> its round-0 shard size and address
@@ -133,11 +135,16 @@ class RoundCoordinator:
         secret = self.private.load_before(checkpoint["round"] + 1)
         if secret is not None:
             self.random.load_state_dict(secret["random"])
+        if self.buffered is not None:
+            self.buffered.restart(checkpoint["schedule"], self.clients, self.run.round_adapter)
 
     def run_round(self, round: int, global_adapter: AdapterState) -> AdapterState:
         started = time.perf_counter()
-        sampled = self.sample(round)
-        updates, rejected, cost = self.collect(sampled, global_adapter, round)
+        if self.buffered is None:
+            sampled = self.sample(round)
+            updates, rejected, cost = self.collect(sampled, global_adapter, round)
+        else:
+            sampled, updates, rejected, cost = self.collect_buffered(global_adapter, round)
         if self.learning_rate is not None:
             cost["learning_rate"] = self.learning_rate(round)
         if len(updates) < self.min_clients:
@@ -230,23 +237,72 @@ class RoundCoordinator:
         )
         if self.round_deadline_s is not None:
             row["late"] = self._late(round, sampled, results)
+        valid, rejected = self._validated(
+            round,
+            [(client, result, global_adapter, global_digest, round) for client, result in zip(sampled, results)],
+            extras,
+        )
+        return valid, rejected, row
+
+    def collect_buffered(self, global_adapter: AdapterState, round: int):
+        """fedbuff's round (server/buffered.py): idle clients start from the newest global adapter until
+        clients_per_round train, and the round is the next buffer_size arrivals on the clock, each validated against
+        the global adapter it started from (one that started over max_staleness rounds ago is late, and dropped).
+        Returns the clients that arrived, and what collect returns."""
+        buffered = self.buffered
+        buffered.begin_round(round, global_adapter)
+        arrived: list[tuple[Client, Job, object]] = []
+        started = buffered.start_idle(self.clients, round - 1, set(), self._draw_starts)
+        while len(arrived) < buffered.settings.buffer_size:
+            job = buffered.schedule.next_arrival()
+            client = self.clients[job.client_id]
+            arrived.append((client, job, buffered.arrival(client, job, round)))
+            if len(arrived) < buffered.settings.buffer_size:
+                waiting = {c.client_id for c, _, _ in arrived}
+                started += buffered.start_idle(self.clients, round - 1, waiting, self._draw_starts)
+        sampled, results = [client for client, _, _ in arrived], [result for _, _, result in arrived]
+        row = self.comm.count(
+            round,
+            encode(self.broadcast_compression, global_adapter),
+            {},
+            started,
+            [r for r in results if isinstance(r, ClientUpdate)],
+        )
+        row["late"] = self._late(round, sampled, results)
+        checks = []
+        for client, job, result in arrived:
+            base = buffered.versions[job.start_round]
+            checks.append((client, result, base, adapter_digest(base), job.start_round + 1))
+        valid, rejected = self._validated(round, checks, {})
+        return sampled, valid, rejected, row
+
+    def _draw_starts(self, number: int, population: int, count: int) -> list[int]:
+        """fedbuff: which `count` of `population` idle clients start, as `sample` draws: under DP from the server's
+        secret generator, otherwise from (seed, the draw's `number`) alone."""
+        if self.secret_sampling:
+            return self.random.sample(population, count)
+        return sorted(round_rng(self.seed, number, _START_STREAM).choice(population, count, replace=False))
+
+    def _validated(self, round: int, checks: list[tuple], extras: AdapterState):
+        """The valid updates among (client, result, the global adapter and digest it was sent, the round it was sent
+        for) (in order) and the rejections; ClientLate results are neither. Logs why each rejection."""
         valid, rejected = [], []
-        for client, result in zip(sampled, results):
+        for client, result, base, digest, sent_round in checks:
             if isinstance(result, ClientLate):
                 continue
-            checked = self._checked(client, result, global_adapter, global_digest, extras, round)
+            checked = self._checked(client, result, base, digest, extras, sent_round)
             if isinstance(checked, ClientUpdate):
                 valid.append(checked)
             else:
                 rejected.append({"client_id": client.client_id, "reason": checked})
-        too_large = outliers(valid, global_adapter, self.max_update_norm)
+        too_large = outliers(valid, self.max_update_norm)
         rejected += [{"client_id": client_id, "reason": reason} for client_id, reason in too_large.items()]
         for entry in rejected:
             log.warning("round %d: client %d update rejected: %s", round, entry["client_id"], entry["reason"])
-        return [u for u in valid if u.client_id not in too_large], rejected, row
+        return [u for u in valid if u.client_id not in too_large], rejected
 
     def _late(self, round: int, sampled: list[Client], results: list) -> list[dict]:
-        """The clients not in by the round's deadline, for its metrics row; logged."""
+        """The clients not in by the round's deadline (or too stale), for its metrics row; logged."""
         late = [
             {"client_id": client.client_id, "reason": first_line(result)}
             for client, result in zip(sampled, results)
@@ -325,7 +381,7 @@ class RoundCoordinator:
         is logged once its metrics are. Then `on_round` hears of it."""
         digest = adapter_digest(global_adapter)
         metrics.update(self.privacy_metrics(sampled))
-        client_rows = [_client_metrics(u) for u in updates]
+        client_rows = [_client_metrics(u, round) for u in updates]
         row = {"kind": "round", "round": round, "global_digest": digest, "num_clients": len(updates), **metrics}
         with durable():
             self.run.save_round(
@@ -339,7 +395,13 @@ class RoundCoordinator:
             if self.ledger.signing_domain is not None:
                 self.ledger.record_round(self._record(round, previous, digest, updates, metrics, metrics_digest(row)))
             self.private.save(round, {"random": self.random.state_dict()})
-            self.run.write_checkpoint(round, global_adapter, self.strategy.state_dict(), self.declared)
+            self.run.write_checkpoint(
+                round,
+                global_adapter,
+                self.strategy.state_dict(),
+                self.declared,
+                schedule=None if self.buffered is None else self.buffered.schedule.state_dict(),
+            )
         self.ledger.check()
         if self.on_round is not None:
             self.on_round(row)
@@ -365,6 +427,7 @@ class RoundCoordinator:
             update_num_bytes=[u.num_bytes for u in updates],
             metrics=metrics,
             metrics_digest=row_digest,
+            start_rounds=None if self.buffered is None else [u.round - 1 for u in updates],
         )
         if not self.disclosure.record_participants:
             record.participants_commitment = self._participants_commitment(record)
@@ -395,10 +458,13 @@ class RoundCoordinator:
         return {"privacy": privacy} if privacy else {}
 
 
-def _client_metrics(update: ClientUpdate) -> dict:
+def _client_metrics(update: ClientUpdate, round: int) -> dict:
+    """A client's metrics.jsonl row for `round`; with the round its update started from where that is older than the
+    previous one (fedbuff)."""
     return {
         "kind": "client",
-        "round": update.round,
+        "round": round,
+        **({"start_round": update.round - 1} if update.round != round else {}),
         "client_id": update.client_id,
         "train_loss": update.train_loss,
         "num_examples": update.num_examples,

@@ -5,7 +5,8 @@ section 5).
 The strategy is built from the run's config.json (whose run spec digest the verifier has checked against the chain)
 and driven exactly as the coordinator drives it: round after round from round 1, so a stateful strategy (the FedOpt
 family's moments, SCAFFOLD's control variate) carries its state, each round starting from the previous recorded
-global adapter, the updates in the chain's order (decoded as comm.compression says, from that previous adapter),
+global adapter, the updates in the chain's order (decoded as comm.compression says, from the global adapter each
+started from: the previous one, or under fedbuff the one of its recorded start round),
 weighed by their on-chain example counts (all alike where counts are not published), and the aggregate put through
 comm.broadcast_compression as the clients received it. Rounds whose aggregate depends on a secret cannot be
 replayed, and say why.
@@ -24,8 +25,9 @@ SPLIT_TRUNK = "mode split: the trunk is trained on the server from hidden states
 
 
 # One recorded round with clients, as the verifier read it: its number, the previous global adapter (its file checked
-# against the chain) and each update's file content with its on-chain example count, in the chain's order.
-PublishedRound = tuple[int, AdapterState, list[tuple[AdapterState, int]]]
+# against the chain) and per update, in the chain's order: its file content, its on-chain example count, the round
+# whose global adapter it started from and that adapter (the previous round and adapter but under fedbuff).
+PublishedRound = tuple[int, AdapterState, list[tuple[AdapterState, int, int, AdapterState]]]
 
 
 def not_replayable(config: dict) -> str | None:
@@ -53,29 +55,30 @@ def replay(config: dict, rounds: Iterable[PublishedRound]) -> Iterator[tuple[int
     counts_published = Disclosure.of(settings).publish_num_examples
     for number, previous, published in rounds:
         updates = [
-            _update(position, number, content, count if counts_published else 1, previous, settings.comm.compression)
-            for position, (content, count) in enumerate(published)
+            _update(position, start + 1, content, count if counts_published else 1, base, settings.comm.compression)
+            for position, (content, count, start, base) in enumerate(published)
         ]
         aggregate = strategy.aggregate(previous, updates, number, len(updates))
         yield number, as_received(settings.comm.broadcast_compression, aggregate)
 
 
 def _update(
-    position: int, round: int, content: AdapterState, num_examples: int, previous: AdapterState, compression: str
+    position: int, round: int, content: AdapterState, num_examples: int, base: AdapterState, compression: str
 ) -> ClientUpdate:
-    """A published update as the strategy sees it: its adapter (decoded from what the client sent, under
-    comm.compression), its extras (SCAFFOLD's delta c_i) and its weight. MalformedPayload for one that does not
-    decode."""
+    """A published update as the strategy sees it: sent for `round` from `base`, its adapter (decoded from what the
+    client sent, under comm.compression, from `base`), its extras (SCAFFOLD's delta c_i) and its weight.
+    MalformedPayload for one that does not decode."""
     sent = {name: t for name, t in content.items() if not name.startswith(EXTRAS_PREFIX)}
     extras = {name.removeprefix(EXTRAS_PREFIX): t for name, t in content.items() if name.startswith(EXTRAS_PREFIX)}
     return ClientUpdate(
         client_id=position,
         round=round,
-        tensors=open_update(compression, sent, previous),
+        tensors=open_update(compression, sent, base),
         num_examples=num_examples,
         train_loss=None,
         wall_time_s=0.0,
         num_bytes=0,
         digest="",
         extras=extras,
+        base=base,
     )

@@ -5,8 +5,8 @@ finite tensors with the global adapter's names, shapes and dtypes (under ffa, th
 comm.compression, once decoded: a payload that does not decode is rejected), claims a positive whole number of
 examples no larger than the shard the client declared at round 0, matches its digest and its size in bytes, and,
 when the run is recorded, carries the client's own signature over what the ledger will record. Then, over the round,
-an update whose change to the global adapter is far larger than the others' is rejected (`server.max_update_norm`),
-so one client cannot take over the model.
+an update whose change from the global adapter it started from is far larger than the others' is rejected
+(`server.max_update_norm`), so one client cannot take over the model.
 """
 
 from __future__ import annotations
@@ -49,7 +49,8 @@ def validate_update(
     global_digest: str,
     extras: AdapterState | None = None,
 ) -> ClientUpdate:
-    """The update to aggregate (a compressed one opened: its decoded adapter as `tensors`, what it sent as `sent`);
+    """The update to aggregate, with `global_adapter` as its `base` (a compressed one opened: its decoded adapter as
+    `tensors`, what it sent as `sent`);
     raise UpdateRejected unless `update` is a sound answer to `expected`. Its `extras` must match the names, shapes
     and dtypes of the `extras` the round sent (SCAFFOLD's variate; none for most strategies)."""
     who = f"client {expected.client_id}"
@@ -82,7 +83,9 @@ def validate_update(
         )
     if expected.address is not None:
         _check_attestation(who, update, expected, global_digest)
-    return update if expected.compression == "none" else replace(update, tensors=opened, sent=update.tensors)
+    if expected.compression == "none":
+        return replace(update, base=global_adapter)
+    return replace(update, tensors=opened, sent=update.tensors, base=global_adapter)
 
 
 def _opened(who: str, tensors: object, global_adapter: AdapterState, compression: str) -> object:
@@ -172,13 +175,12 @@ def update_norm_bound(norms: list[float], max_update_norm: float | None) -> floa
     return NORM_BOUND_MULTIPLE * ordered[(len(ordered) - 1) // 2]
 
 
-def outliers(
-    updates: list[ClientUpdate], global_adapter: AdapterState, max_update_norm: float | None
-) -> dict[int, str]:
-    """Client id -> reason, for each update whose change to the global adapter exceeds the round's bound."""
+def outliers(updates: list[ClientUpdate], max_update_norm: float | None) -> dict[int, str]:
+    """Client id -> reason, for each validated update whose change to its `base` (the global adapter it started
+    from) exceeds the round's bound."""
     if not updates:
         return {}
-    norms = [l2_norm(subtract(u.tensors, global_adapter)) for u in updates]
+    norms = [l2_norm(subtract(u.tensors, u.base)) for u in updates]
     bound = update_norm_bound(norms, max_update_norm)
     source = (
         "server.max_update_norm"

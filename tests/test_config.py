@@ -38,7 +38,7 @@ def test_overrides_parse_as_yaml():
             "strategy.name=fedsgd",
             "strategy.name: invalid value 'fedsgd'; allowed: fedavg | fedprox | fedavgm | "
             "fedadagrad | fedadam | fedyogi | scaffold | median | trimmed_mean | krum | multi_krum | "
-            "bulyan | norm_bounding | dp_fixed_clipping | dp_adaptive_clipping",
+            "bulyan | fedbuff | norm_bounding | dp_fixed_clipping | dp_adaptive_clipping",
         ),
         (
             "strategy.wraps=dp_fixed_clipping",

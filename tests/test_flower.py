@@ -112,3 +112,32 @@ def test_the_server_reports_each_clients_own_epsilon(recorded_run, loopback):
         state = PrivateState(loopback.state_dir(partition) / recorded_run.name / "private").latest()
         on_node = epsilon(rdp_accountant(state["privacy"]["accountant"]), report["delta"])
         assert report["mechanism"] == "local_update" and report["epsilon"] == on_node
+
+
+def test_a_fedbuff_run_over_flower_ends_on_the_in_process_adapter(recorded_run, loopback, tiny_model_dir, tmp_path):
+    """strategy fedbuff on the SuperNodes (each job a train message of its own, awaited in the clock's order, the
+    slow node's arriving stale) ends on the adapter of the same run in this process, and verifies."""
+    import assembly
+    from flb.audit.digests import adapter_file_digest
+    from flb.config import load_config
+    from tests.tiny_model import tiny_run_overrides
+
+    fedbuff = [
+        "num_rounds=3",
+        "local_steps=2",
+        "eval.size=8",
+        "eval.max_new_tokens=2",
+        "chain_record=true",
+        "strategy.name=fedbuff",
+        "strategy.fedbuff.buffer_size=1",
+        "server.min_clients=1",
+        "simulation.client_speed=[1, 2]",  # client 1 lands at clock 2 after client 0 twice: round 3, from round 0
+    ]
+    in_process = assembly.run(load_config(None, [*tiny_run_overrides(tiny_model_dir, tmp_path / "here"), *fedbuff]))
+    overrides = [*tiny_run_overrides(tiny_model_dir, tmp_path / "flower"), *fedbuff]
+    finish(loopback, loopback.flwr_run(flb_args(overrides), RUN_TIMEOUT_S))
+    flower = (tmp_path / "flower" / "latest").resolve()
+    clients = [json.loads(line) for line in (flower / "metrics.jsonl").read_text().splitlines()]
+    assert [c.get("start_round") for c in clients if c["kind"] == "client" and c["client_id"] == 1] == [0]
+    assert adapter_file_digest(flower / "final_adapter") == adapter_file_digest(in_process / "final_adapter")
+    assert explorer.main([str(flower), "--verify", "--recompute"]) == 0

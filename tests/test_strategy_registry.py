@@ -26,6 +26,7 @@ WEIGHTS = [1, 5, 2]
 # every registered name loads with these: Krum's family needs 2f + 3 <= server.min_clients updates
 LOADS = [
     "server.min_clients=3",
+    "strategy.fedbuff.buffer_size=3",
     "strategy.norm_bounding.max_norm=1e6",
     "server.clip_threshold=1e6",
     "server.noise_multiplier=0",
@@ -34,7 +35,7 @@ LOADS = [
 
 def updates(weights=WEIGHTS):
     return [
-        ClientUpdate(i, 1, {"w": state}, count, None, 0.0, 0, "", extras={"w": torch.zeros(3)})
+        ClientUpdate(i, 1, {"w": state}, count, None, 0.0, 0, "", extras={"w": torch.zeros(3)}, base=GLOBAL)
         for i, (state, count) in enumerate(zip(STATES, weights))
     ]
 
@@ -72,7 +73,7 @@ def test_the_configs_names_are_the_registrys():
     assert str(info.value) == f"strategy.name: invalid value 'fedsgd'; allowed: {' | '.join(STRATEGIES)}"
     with pytest.raises(ConfigError) as info:
         load_config(None, ["strategy.wraps=fedsgd"])
-    unwrapped = [name for name, spec in STRATEGIES.items() if not spec.wraps]
+    unwrapped = [name for name, spec in STRATEGIES.items() if not spec.wraps and not spec.asynchronous]
     assert str(info.value) == f"strategy.wraps: invalid value 'fedsgd'; allowed: {' | '.join(unwrapped)}"
     help_text = {field.name: field.metadata["help"] for field in dataclasses.fields(StrategySettings)}
     assert help_text["name"] == "Aggregation strategy: " + " | ".join(STRATEGIES) + "."
@@ -137,6 +138,9 @@ def test_client_objective_says_whether_the_clients_change_their_loss(name):
         with pytest.raises(
             ConfigError, match="^strategy.name: invalid value .*; allowed: a strategy without a client-side objective"
         ):
+            load_config(None, [*LOADS, f"strategy.name={name}", "mode=split"])
+    elif STRATEGIES[name].asynchronous:  # refused in split mode for its own reason
+        with pytest.raises(ConfigError, match="^strategy.name: invalid value .*; allowed: a synchronous strategy"):
             load_config(None, [*LOADS, f"strategy.name={name}", "mode=split"])
     else:
         assert load_config(None, [*LOADS, f"strategy.name={name}", "mode=split"]).mode == "split"

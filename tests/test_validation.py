@@ -4,6 +4,7 @@ rejected with a reason before any strategy sees them; sound ones pass; nothing e
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -214,23 +215,33 @@ def test_a_signed_statement_must_match_the_update():
         check(make(signer=CLIENT), hidden)
 
 
-def shifted(client_id, scale):
-    return make({k: torch.full_like(v, scale) for k, v in GLOBAL.items()}, client_id=client_id)
+def shifted(client_id, scale, base=GLOBAL):
+    """A validated update whose every element is `scale` above `base`, the global adapter it started from."""
+    return replace(
+        make({k: b + scale for k, b in base.items()}, client_id=client_id),
+        base=base,
+    )
 
 
 def test_an_outsized_update_is_rejected_even_against_one_honest_peer():
     honest, attacker = shifted(0, 0.01), shifted(1, 1e6)
-    rejected = outliers([honest, attacker], GLOBAL, None)
+    rejected = outliers([honest, attacker], None)
     assert set(rejected) == {1} and "update norm" in rejected[1] and "lower-median" in rejected[1]
-    assert outliers([honest, shifted(1, 0.02)], GLOBAL, None) == {}
-    assert outliers([shifted(0, 1e30), shifted(1, 0.01), shifted(2, 0.01)], GLOBAL, None).keys() == {0}
-    assert outliers([honest], GLOBAL, None) == {}
+    assert outliers([honest, shifted(1, 0.02)], None) == {}
+    assert outliers([shifted(0, 1e30), shifted(1, 0.01), shifted(2, 0.01)], None).keys() == {0}
+    assert outliers([honest], None) == {}
 
 
 def test_a_configured_norm_bound_applies_to_every_update():
     updates = [shifted(0, 0.01), shifted(1, 1.0)]
-    assert set(outliers(updates, GLOBAL, max_update_norm=0.5)) == {1}
+    assert set(outliers(updates, max_update_norm=0.5)) == {1}
     assert NORM_BOUND_MULTIPLE == 10.0
+
+
+def test_an_update_is_measured_from_the_global_adapter_it_started_from():
+    older = {k: v + 5.0 for k, v in GLOBAL.items()}  # fedbuff: a client that started from another global adapter
+    assert outliers([shifted(0, 0.01), shifted(1, 0.01, base=older), shifted(2, 0.01)], None) == {}
+    assert set(outliers([shifted(0, 0.01), shifted(1, 0.5, base=older), shifted(2, 0.01)], None)) == {1}
 
 
 values = st.one_of(

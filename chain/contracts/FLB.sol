@@ -8,15 +8,17 @@ import {EIP712} from "@openzeppelin/contracts/utils/cryptography/EIP712.sol";
 import {SafeCast} from "@openzeppelin/contracts/utils/math/SafeCast.sol";
 import {EnumerableSet} from "@openzeppelin/contracts/utils/structs/EnumerableSet.sol";
 
-/// @title FLB audit trail, version 4: the run's rules, who may take part, their data uploads, and every round in
+/// @title FLB audit trail, version 5: the run's rules, who may take part, their data uploads, and every round in
 /// order.
-/// @notice Stored: the run's anchors (adapter config and run spec digests, set once); the registered clients; each
-/// client's data digests; each user's cumulative score; and per round two words, the global adapter digest and a
-/// hash of the round's record (the full record is in the round's event). Every update digest and data digest is
-/// accepted only with the client's own EIP-712 signature (domain "FLB", version "4", this chain and
-/// this contract), so the owner cannot attribute to a client an update it did not send, and nobody
+/// @notice Stored: the run's anchors (adapter config and run spec digests, and whether rounds are buffered, set
+/// once); the registered clients; each client's data digests; each user's cumulative score; and per round two words,
+/// the global adapter digest and a hash of the round's record (the full record is in the round's event). Every update
+/// digest and data digest is accepted only with the client's own EIP-712 signature (domain "FLB", version "5", this
+/// chain and this contract), so the owner cannot attribute to a client an update it did not send, and nobody
 /// else can claim a client's data. Rounds are chained: round n is recorded only after round n-1, and
-/// each client signs the global digest its update started from, read here, not chosen by the owner.
+/// each client signs the global digest its update started from, read here, not chosen by the owner. In a buffered
+/// (asynchronous, FedBuff) run a round's update may have started from an older round, at most maxStaleness rounds
+/// before the previous one; each client's start rounds strictly increase, so no signed update counts twice.
 /// docs/audit-spec.md specifies every digest, schema and event for an outsider's own verifier.
 contract FLB is Ownable2Step, EIP712 {
     using EnumerableSet for EnumerableSet.AddressSet;
@@ -45,8 +47,10 @@ contract FLB is Ownable2Step, EIP712 {
     mapping(address => mapping(uint256 => bytes32)) private _userData;
     mapping(address => mapping(bytes32 => bool)) private _uploaded;
     mapping(uint256 => Round) private _rounds;
+    /// @dev Buffered runs only: per client, the least round its next update may start from (its last start + 1).
+    mapping(address => uint256) private _nextStart;
 
-    /// @notice The round the next recordRound/recordSealedRound must carry.
+    /// @notice The round the next recordRound, recordBufferedRound or recordSealedRound must carry.
     uint256 public nextRound;
     /// @notice The global digest of the last recorded round (0x0 before round 0).
     bytes32 public lastGlobalDigest;
@@ -57,8 +61,12 @@ contract FLB is Ownable2Step, EIP712 {
     /// @notice sha256 of the run's spec (strategy and its parameters, LoRA aggregation, DP settings, scoring,
     /// client sampling), so no later edit of the run's files can change the rules a verifier checks it by.
     bytes32 public runSpecDigest;
+    /// @notice Whether rounds are buffered (asynchronous: recordBufferedRound), anchored with runSpecDigest.
+    bool public buffered;
+    /// @notice In a buffered run, the most rounds an update's start may lie before the previous round (0 otherwise).
+    uint256 public maxStaleness;
 
-    event RunAnchored(bytes32 adapterConfigDigest, bytes32 runSpecDigest);
+    event RunAnchored(bytes32 adapterConfigDigest, bytes32 runSpecDigest, bool buffered, uint256 maxStaleness);
     /// @dev `round` is nextRound when the client was registered: 0 for a client registered before the run began.
     event ClientRegistered(address indexed client, uint256 round);
     event DataUpload(address indexed user, bytes32 dataDigest);
@@ -69,6 +77,19 @@ contract FLB is Ownable2Step, EIP712 {
         bytes32 globalDigest,
         bytes32 metricsDigest,
         address[] clients,
+        bytes32[] updateDigests,
+        uint256[] numExamples,
+        uint256[] scores
+    );
+    /// @dev `startRounds[i]`: the round whose global adapter clients[i]'s update started from (it signed round
+    /// startRounds[i] + 1 and that round's global digest).
+    event BufferedRoundRecorded(
+        uint256 indexed round,
+        bytes32 previousGlobalDigest,
+        bytes32 globalDigest,
+        bytes32 metricsDigest,
+        address[] clients,
+        uint256[] startRounds,
         bytes32[] updateDigests,
         uint256[] numExamples,
         uint256[] scores
@@ -92,8 +113,13 @@ contract FLB is Ownable2Step, EIP712 {
     error ClientsNotAscending(uint256 index);
     error RenounceDisabled();
     error AlreadyAnchored(bytes32 adapterConfigDigest, bytes32 runSpecDigest);
+    error StalenessWithoutBuffer(uint256 maxStaleness);
+    error NotBuffered();
+    error NotSynchronous();
+    error TooStale(address client, uint256 startRound);
+    error StartReused(address client, uint256 startRound);
 
-    constructor(address initialOwner) Ownable(initialOwner) EIP712("FLB", "4") {}
+    constructor(address initialOwner) Ownable(initialOwner) EIP712("FLB", "5") {}
 
     /// @notice Ownership moves only by transferOwnership + acceptOwnership; an ownerless trail
     /// could record no further round, so renouncing always reverts.
@@ -101,13 +127,22 @@ contract FLB is Ownable2Step, EIP712 {
         revert RenounceDisabled();
     }
 
-    /// @notice Anchor the run's adapter config and run spec digests; once, neither zero.
-    function anchorRun(bytes32 adapterConfig, bytes32 runSpec) external onlyOwner {
+    /// @notice Anchor the run's adapter config and run spec digests (once, neither zero), and whether its rounds are
+    /// buffered, with the most rounds an update's start may lie before the previous round (0 when not buffered).
+    function anchorRun(bytes32 adapterConfig, bytes32 runSpec, bool isBuffered, uint256 maxStale)
+        external
+        onlyOwner
+    {
         if (adapterConfig == 0 || runSpec == 0) revert ZeroDigest();
         if (adapterConfigDigest != 0) revert AlreadyAnchored(adapterConfigDigest, runSpecDigest);
+        if (!isBuffered && maxStale != 0) revert StalenessWithoutBuffer(maxStale);
         adapterConfigDigest = adapterConfig;
         runSpecDigest = runSpec;
-        emit RunAnchored(adapterConfig, runSpec);
+        if (isBuffered) {
+            buffered = true;
+            maxStaleness = maxStale;
+        }
+        emit RunAnchored(adapterConfig, runSpec, isBuffered, maxStale);
     }
 
     /// @notice Allow `clients` to upload data and take part in rounds; each address once, never zero.
@@ -158,7 +193,8 @@ contract FLB is Ownable2Step, EIP712 {
     /// @notice Record round `round` (must equal nextRound) in one transaction: its global digest, the
     /// sha256 of its metrics (evaluation results), and per client its update digest and example count
     /// (each signed by that client over this round and the stored lastGlobalDigest) and the score
-    /// credited to it. No clients is valid (round 0, the base model, and skipped rounds).
+    /// credited to it. No clients is valid (round 0, the base model, and skipped rounds), and is the only form a
+    /// buffered run records here.
     function recordRound(
         uint256 round,
         bytes32 globalDigest,
@@ -174,6 +210,7 @@ contract FLB is Ownable2Step, EIP712 {
             updateDigests.length != count || numExamples.length != count || scores.length != count
                 || signatures.length != count
         ) revert LengthMismatch();
+        if (count != 0 && buffered) revert NotSynchronous();
         bytes32 previous = _checkNextRound(round, globalDigest);
         for (uint256 i = 0; i < count; ++i) {
             // Strictly ascending addresses are distinct without a storage or memory lookup per pair.
@@ -188,8 +225,57 @@ contract FLB is Ownable2Step, EIP712 {
         emit RoundRecorded(round, previous, globalDigest, metricsDigest, clients, updateDigests, numExamples, scores);
     }
 
+    /// @notice Record buffered round `round` (must equal nextRound) of a buffered run in one transaction: as
+    /// recordRound, but clients[i]'s update started from the global adapter of round startRounds[i], at most
+    /// maxStaleness rounds before round - 1, and is signed over (startRounds[i] + 1, that round's stored global
+    /// digest). A client's start rounds strictly increase over the run, so one signed update counts once.
+    function recordBufferedRound(
+        uint256 round,
+        bytes32 globalDigest,
+        bytes32 metricsDigest,
+        address[] calldata clients,
+        uint256[] calldata startRounds,
+        bytes32[] calldata updateDigests,
+        uint256[] calldata numExamples,
+        uint256[] calldata scores,
+        bytes[] calldata signatures
+    ) external onlyOwner {
+        if (!buffered) revert NotBuffered();
+        uint256 count = clients.length;
+        if (
+            startRounds.length != count || updateDigests.length != count || numExamples.length != count
+                || scores.length != count || signatures.length != count
+        ) revert LengthMismatch();
+        bytes32 previous = _checkNextRound(round, globalDigest);
+        uint256 staleness = maxStaleness;
+        for (uint256 i = 0; i < count; ++i) {
+            address client = clients[i];
+            if (i > 0 && client <= clients[i - 1]) revert ClientsNotAscending(i);
+            if (updateDigests[i] == 0) revert ZeroDigest();
+            uint256 start = startRounds[i];
+            if (start >= round || round - 1 - start > staleness) revert TooStale(client, start);
+            if (start < _nextStart[client]) revert StartReused(client, start);
+            _nextStart[client] = start + 1;
+            _checkUpdate(
+                client,
+                _updateHash(start + 1, _rounds[start].globalDigest, updateDigests[i], numExamples[i]),
+                signatures[i]
+            );
+            _credit(client, round, scores[i]);
+        }
+        _storeRound(
+            round,
+            globalDigest,
+            _bufferedHash(previous, metricsDigest, clients, startRounds, updateDigests, numExamples, scores)
+        );
+        emit BufferedRoundRecorded(
+            round, previous, globalDigest, metricsDigest, clients, startRounds, updateDigests, numExamples, scores
+        );
+    }
+
     /// @notice Record round `round` (must equal nextRound) without publishing who took part: only a
-    /// commitment to the participants (e.g. a salted hash kept by the owner). Credits no scores.
+    /// commitment to the participants (e.g. a salted hash kept by the owner). Credits no scores. Not in a buffered
+    /// run, whose rounds must show each update's start round.
     function recordSealedRound(
         uint256 round,
         bytes32 globalDigest,
@@ -197,6 +283,7 @@ contract FLB is Ownable2Step, EIP712 {
         bytes32 participantsCommitment
     ) external onlyOwner {
         if (participantsCommitment == 0) revert ZeroDigest();
+        if (buffered) revert NotSynchronous();
         bytes32 previous = _checkNextRound(round, globalDigest);
         _storeRound(round, globalDigest, _sealedHash(previous, metricsDigest, participantsCommitment));
         emit RoundSealed(round, previous, globalDigest, metricsDigest, participantsCommitment);
@@ -253,7 +340,8 @@ contract FLB is Ownable2Step, EIP712 {
         }
     }
 
-    /// @notice A round's stored words; its record is in the RoundRecorded or RoundSealed event with this round.
+    /// @notice A round's stored words; its record is in the RoundRecorded, BufferedRoundRecorded or RoundSealed event
+    /// with this round.
     function getRound(uint256 round) external view returns (bytes32 globalDigest, bytes32 recordHash) {
         Round storage r = _rounds[round];
         return (r.globalDigest, r.recordHash);
@@ -279,6 +367,25 @@ contract FLB is Ownable2Step, EIP712 {
             round,
             globalDigest,
             _recordHash(previousGlobalDigest, metricsDigest, clients, updateDigests, numExamples, scores)
+        );
+    }
+
+    /// @notice True when the given record is exactly what recordBufferedRound stored for `round`.
+    function verifyBufferedRound(
+        uint256 round,
+        bytes32 previousGlobalDigest,
+        bytes32 globalDigest,
+        bytes32 metricsDigest,
+        address[] calldata clients,
+        uint256[] calldata startRounds,
+        bytes32[] calldata updateDigests,
+        uint256[] calldata numExamples,
+        uint256[] calldata scores
+    ) external view returns (bool) {
+        return _isStored(
+            round,
+            globalDigest,
+            _bufferedHash(previousGlobalDigest, metricsDigest, clients, startRounds, updateDigests, numExamples, scores)
         );
     }
 
@@ -388,6 +495,20 @@ contract FLB is Ownable2Step, EIP712 {
         uint256[] calldata scores
     ) private pure returns (bytes32) {
         return keccak256(abi.encode(previousGlobalDigest, metricsDigest, clients, updateDigests, numExamples, scores));
+    }
+
+    function _bufferedHash(
+        bytes32 previousGlobalDigest,
+        bytes32 metricsDigest,
+        address[] calldata clients,
+        uint256[] calldata startRounds,
+        bytes32[] calldata updateDigests,
+        uint256[] calldata numExamples,
+        uint256[] calldata scores
+    ) private pure returns (bytes32) {
+        return keccak256(
+            abi.encode(previousGlobalDigest, metricsDigest, clients, startRounds, updateDigests, numExamples, scores)
+        );
     }
 
     function _sealedHash(bytes32 previousGlobalDigest, bytes32 metricsDigest, bytes32 participantsCommitment)

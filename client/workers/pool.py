@@ -101,6 +101,9 @@ class WorkerPool:
         self.workers: list[_Worker] = []
         self.admissions: dict[str, Admission] = {}
         self.clients: list[ProxyClient] = []
+        # strategy fedbuff's jobs (flb.types.Jobs): submitted one by one, awaited one by one, by client id
+        self.submitted: deque = deque()
+        self.done: dict[int, object] = {}
 
     def __enter__(self) -> WorkerPool:
         return self.start()
@@ -240,17 +243,21 @@ class WorkerPool:
         """One job per client, as many at once as each device's Admission allows, until the `deadline` closes the
         round; a ClientUpdate or the Exception saying why there is none, per client, in order."""
         tensors = grouped(global_adapter=encode(self.broadcast_compression, global_adapter), extras=extras or {})
-        jobs = [
-            _Job(i, "fit", client_id=c.client_id, header={"round": round}, tensors=tensors, admitted=True)
-            for i, c in enumerate(clients)
-        ]
-        results = []
-        for client, outcome in zip(clients, self._run(jobs, deadline)):
-            if not isinstance(outcome, Exception):
-                outcome = read_update(*outcome)
-                client.spent = outcome.privacy
-            results.append(outcome)
-        return results
+        jobs = [_fit_job(i, c.client_id, round, tensors) for i, c in enumerate(clients)]
+        return [_answer(client, outcome) for client, outcome in zip(clients, self._run(jobs, deadline))]
+
+    def submit(self, client: ProxyClient, global_adapter: AdapterState, round: int) -> None:
+        """Start `client` training from `global_adapter` for `round` as soon as a worker and its device admit it."""
+        tensors = grouped(global_adapter=encode(self.broadcast_compression, global_adapter), extras={})
+        self.submitted.append(_fit_job(client.client_id, client.client_id, round, tensors))
+        self._dispatch(self.submitted, self.done)
+
+    def result(self, client: ProxyClient) -> ClientUpdate | Exception:
+        """The update of `client`'s submitted job, waiting for it while the other jobs go on."""
+        while client.client_id not in self.done:
+            if not self._step(self.submitted, self.done):
+                return WorkerDied("execution: no worker is left to fit (see run.log for why)", None)
+        return _answer(client, self.done.pop(client.client_id))
 
     # the main process's loop: hand jobs to idle workers, read what comes back, replace workers that die
 
@@ -414,6 +421,19 @@ class WorkerPool:
         process.start()
         child.close()
         return _Worker(index, device, process, Channel(parent))
+
+
+def _fit_job(position: int, client_id: int, round: int, tensors: dict) -> _Job:
+    return _Job(position, "fit", client_id=client_id, header={"round": round}, tensors=tensors, admitted=True)
+
+
+def _answer(client: ProxyClient, outcome) -> ClientUpdate | Exception:
+    """A fit job's outcome as the coordinator takes it (the client's epsilon report kept on its proxy)."""
+    if isinstance(outcome, Exception):
+        return outcome
+    update = read_update(*outcome)
+    client.spent = update.privacy
+    return update
 
 
 def _exit_reason(exitcode: int | None) -> str:

@@ -4,10 +4,11 @@
     python examples/audit/verify_run.py --rpc URL --contract ADDR RUN_DIR [--clients FILE]
 
 Reads the contract's events and calldata from a node and the published run directory, and checks spec section 5
-(items 1-8; item 8 for FedAvg/FedProx with lora_aggregation separate or ffa, with the int8, nf4 and topk
-compression of spec 2.7; bf16 is noted, as numpy has no bfloat16). Uses numpy, safetensors, web3 and its
-eth-* dependencies and the standard library, nothing of FLB. Prints "MISMATCH ..." per failed check, "NOTE ..." per
-item it could not check, then "reference verify: N checks passed, M problems"; exit 1 on a MISMATCH, 2 on bad input.
+(items 1-8, buffered rounds included; item 8 for FedAvg/FedProx and FedBuff with lora_aggregation separate or ffa,
+with the int8, nf4 and topk compression of spec 2.7; bf16 is noted, as numpy has no bfloat16). Uses numpy,
+safetensors, web3 and its eth-* dependencies and the standard library, nothing of FLB. Prints "MISMATCH ..." per
+failed check, "NOTE ..." per item it could not check, then "reference verify: N checks passed, M problems"; exit 1 on
+a MISMATCH, 2 on bad input.
 """
 
 import argparse
@@ -27,14 +28,17 @@ from web3 import Web3
 
 ZERO = "00" * 32
 HALF_ORDER = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141 // 2  # secp256k1 n / 2
-DTYPES = ("F32", "F16", "F64", "I64", "I32", "U8", "BOOL")  # spec 2.1, less BF16: numpy has no bfloat16
+DTYPES = ("F32", "F16", "F64", "I64", "I32", "I8", "U8", "BOOL")  # spec 2.1, less BF16: numpy has no bfloat16
 EVENTS = (
-    "RunAnchored(bytes32 adapterConfigDigest, bytes32 runSpecDigest)",  # spec 4, verbatim
+    "RunAnchored(bytes32 adapterConfigDigest, bytes32 runSpecDigest, bool buffered, uint256 maxStaleness)",  # spec 4
     "ClientRegistered(address indexed client, uint256 round)",
     "DataUpload(address indexed user, bytes32 dataDigest)",
     "ScoreAdd(address indexed user, uint256 indexed round, uint256 score)",
     "RoundRecorded(uint256 indexed round, bytes32 previousGlobalDigest, bytes32 globalDigest, bytes32 "
     "metricsDigest, address[] clients, bytes32[] updateDigests, uint256[] numExamples, uint256[] scores)",
+    "BufferedRoundRecorded(uint256 indexed round, bytes32 previousGlobalDigest, bytes32 globalDigest, bytes32 "
+    "metricsDigest, address[] clients, uint256[] startRounds, bytes32[] updateDigests, uint256[] numExamples, "
+    "uint256[] scores)",
     "RoundSealed(uint256 indexed round, bytes32 previousGlobalDigest, bytes32 globalDigest, bytes32 "
     "metricsDigest, bytes32 participantsCommitment)",
 )
@@ -44,6 +48,9 @@ MESSAGES = (
     "DataUpload(bytes32 dataDigest)",
 )
 RECORD_ROUND = "recordRound(uint256,bytes32,bytes32,address[],bytes32[],uint256[],uint256[],bytes[])"
+RECORD_BUFFERED = (
+    "recordBufferedRound(uint256,bytes32,bytes32,address[],uint256[],bytes32[],uint256[],uint256[],bytes[])"
+)
 UPLOAD = "uploadUserData(address[],bytes32[],bytes[])"
 RUN_SPEC_KEYS = (
     "mode",
@@ -216,7 +223,7 @@ def recover(chain: dict, primary: str, message: dict, signature: bytes):
     if len(signature) != 65 or signature[64] not in (27, 28) or int.from_bytes(signature[32:64], "big") > HALF_ORDER:
         return None
     types = {name: [{"name": n, "type": t} for t, n, _ in fields] for name, fields, _ in map(parse_signature, MESSAGES)}
-    domain = {"name": "FLB", "version": "4", "chainId": chain["chain_id"], "verifyingContract": chain["contract"]}
+    domain = {"name": "FLB", "version": "5", "chainId": chain["chain_id"], "verifyingContract": chain["contract"]}
     full = {
         "types": {"EIP712Domain": types["EIP712Domain"], primary: types[primary]},
         "primaryType": primary,
@@ -227,7 +234,8 @@ def recover(chain: dict, primary: str, message: dict, signature: bytes):
 
 
 def rounds_of(chain: dict) -> dict:
-    """round -> its RoundRecorded / RoundSealed arguments, with `sealed`, its transaction and its event position."""
+    """round -> its RoundRecorded / BufferedRoundRecorded / RoundSealed arguments, with `sealed`, `buffered`, its
+    transaction and its event position."""
     return {
         e["args"]["round"]: {
             "clients": [],
@@ -236,12 +244,18 @@ def rounds_of(chain: dict) -> dict:
             "scores": [],
             **e["args"],
             "sealed": e["event"] == "RoundSealed",
+            "buffered": e["event"] == "BufferedRoundRecorded",
             "tx": e["tx"],
             "position": position,
         }
         for position, e in enumerate(chain["events"])
-        if e["event"] in ("RoundRecorded", "RoundSealed")
+        if e["event"] in ("RoundRecorded", "BufferedRoundRecorded", "RoundSealed")
     }
+
+
+def starts_of(n: int, r: dict) -> list:
+    """Spec 3: the round each update of round n started from (n - 1 in a synchronous round)."""
+    return r["startRounds"] if r["buffered"] else [n - 1] * len(r["clients"])
 
 
 def client_id(clients: list, address: str):
@@ -321,6 +335,39 @@ def check_chain_of_rounds(report: Report, rounds: dict) -> None:
                 r["globalDigest"] == r["previousGlobalDigest"],
                 f"round {n}: no clients, but a new globalDigest {r['globalDigest']}",
             )
+
+
+def check_buffered(report: Report, chain: dict, rounds: dict, config) -> None:
+    """Items 2 and 4 for buffered runs: the anchored buffered/maxStaleness are config.json's (strategy fedbuff and its
+    max_staleness; any other strategy: not buffered, 0); each round with clients is of the anchored kind; in a
+    buffered run every update started 0..maxStaleness rounds before round n - 1, and each client's starts increase."""
+    anchors = [e["args"] for e in chain["events"] if e["event"] == "RunAnchored"]
+    if len(anchors) != 1:
+        return  # item 1's problem
+    buffered, most = anchors[0]["buffered"], anchors[0]["maxStaleness"]
+    if config is not None:
+        strategy = config["strategy"]
+        fedbuff = strategy["name"] == "fedbuff"
+        expected = (fedbuff, strategy["fedbuff"]["max_staleness"] if fedbuff else 0)
+        report.check(
+            (buffered, most) == expected,
+            f"config.json: strategy {strategy['name']} gives (buffered, maxStaleness) {expected}, but the chain "
+            f"anchors {(buffered, most)}",
+        )
+    last = {}
+    for n, r in sorted((n, r) for n, r in rounds.items() if r["clients"] and not r["sealed"]):
+        if not report.check(r["buffered"] == buffered, f"round {n}: buffered {r['buffered']}, anchored {buffered}"):
+            continue
+        for address, s in zip(r["clients"], starts_of(n, r)):
+            report.check(
+                0 <= n - 1 - s <= most,
+                f"round {n} client {address}: start round {s}, staleness {n - 1 - s} outside 0..{most}",
+            )
+            report.check(
+                s > last.get(address, -1),
+                f"round {n} client {address}: start round {s} is not after its last ({last.get(address)})",
+            )
+            last[address] = s
 
 
 def check_file(report: Report, run_dir: Path, path: Path, expected: str, who: str, committed=False) -> None:
@@ -453,17 +500,21 @@ def check_signatures(report: Report, chain: dict, rounds: dict, clients: list) -
     """Item 6: each recorded update (recordRound calldata) and data upload (uploadUserData calldata) recovers
     (spec 3) to its registered client."""
     for n, r in sorted((n, r) for n, r in rounds.items() if r["clients"]):
-        if (args := calldata(chain, r["tx"], RECORD_ROUND)) is None or args[0] != n:
-            report.notes.append(f"round {n}: not recorded by a direct recordRound call: signatures not checked")
+        function = RECORD_BUFFERED if r["buffered"] else RECORD_ROUND
+        if (args := calldata(chain, r["tx"], function)) is None or args[0] != n:
+            report.notes.append(
+                f"round {n}: not recorded by a direct {function[: function.index('(')]} call: signatures not checked"
+            )
             continue
-        for k, (address, digest, count) in enumerate(zip(r["clients"], r["updateDigests"], r["numExamples"])):
-            message = {
-                "round": n,
-                "previousGlobalDigest": r["previousGlobalDigest"],
-                "updateDigest": digest,
-                "numExamples": count,
-            }
-            signer = recover(chain, "Update", message, bytes(args[7][k])) if k < len(args[7]) else None
+        signatures = args[-1]
+        for k, (address, digest, count, s) in enumerate(
+            zip(r["clients"], r["updateDigests"], r["numExamples"], starts_of(n, r))
+        ):
+            started = rounds.get(s, {}).get("globalDigest") if r["buffered"] else r["previousGlobalDigest"]
+            message = {"round": s + 1, "previousGlobalDigest": started, "updateDigest": digest, "numExamples": count}
+            signer = (
+                recover(chain, "Update", message, bytes(signatures[k])) if k < len(signatures) and started else None
+            )
             report.check(
                 signer == address and address in clients,
                 f"round {n} client {client_id(clients, address)}: the update is signed by {signer}, not by it",
@@ -589,6 +640,25 @@ def as_broadcast(codec: str, aggregate: dict) -> dict:
     return {name: decoded(codec, encoded(codec, x, name), name, x) for name, x in aggregate.items()}
 
 
+def fedbuff(previous: dict, updates: list, settings: dict) -> dict:
+    """Spec 5.5 on [(x_k, b_k, w_k, tau_k)] in chain order (x_k opened from its base b_k): g + the staleness-weighted
+    change, c_k = ((eta * w_k) * s(tau_k)) / W in Python floats, accumulated in float64 and rounded once."""
+    eta, exponent = settings["server_learning_rate"], settings["staleness_exponent"]
+
+    def weight(tau: int) -> float:
+        return 1.0 if settings["staleness"] == "constant" else (1.0 + tau) ** -exponent
+
+    total = float(sum(w for _, _, w, _ in updates))
+    coefficients = [eta * w * weight(tau) / total for _, _, w, tau in updates]
+    result = {}
+    for name, current in ((n, t) for n, t in previous.items() if not n.startswith("extras/")):
+        acc = np.zeros(current.shape, np.float64)
+        for (x, base, _, _), c in zip(updates, coefficients):
+            acc = acc + (x[name].astype(np.float64) - base[name].astype(np.float64)) * c
+        result[name] = (current.astype(np.float64) + acc).astype(current.dtype)
+    return result
+
+
 def not_recomputed(config) -> str | None:
     """Why this reference verifier does not recompute the run's aggregates (spec 5.2, 5.3), or None."""
     if config is None:
@@ -598,7 +668,7 @@ def not_recomputed(config) -> str | None:
         return "split mode: the trunk is trained on the server from hidden states"
     if str(name).startswith("dp_"):
         return f"server DP ({name}): the server's Gaussian noise is drawn from its secret generator"
-    if name not in ("fedavg", "fedprox") or mode not in ("separate", "ffa"):
+    if name not in ("fedavg", "fedprox", "fedbuff") or mode not in ("separate", "ffa"):
         return f"{name}, lora_aggregation {mode}: not recomputed by this reference verifier (spec 5.2)"
     comm = config.get("comm", {})
     if "bf16" in (comm.get("compression"), comm.get("broadcast_compression")):
@@ -612,16 +682,28 @@ def recompute(report: Report, run_dir: Path, rounds: dict, clients: list, config
     reason = not_recomputed(config)
     for n, r in sorted(rounds.items()):
         paths = [update_file(run_dir, n, address, clients) for address in r["clients"]]
+        starts = starts_of(n, r)
+        adapters = {s: run_dir / f"round_{s}" / "adapter_model.safetensors" for s in {n - 1, *starts}}
         if r["sealed"] or (reason and paths):
             report.notes.append(f"round {n}: not recomputed ({reason or 'sealed: who took part is a commitment'})")
-        elif paths and not all(p.is_file() for p in paths):
-            report.notes.append(f"round {n}: not recomputed (an update file is missing)")
+        elif paths and not all(p.is_file() for p in [*paths, *adapters.values()]):
+            report.notes.append(f"round {n}: not recomputed (an update file or a global adapter is missing)")
         elif paths:
             weights = r["numExamples"] if any(r["numExamples"]) else [1] * len(paths)
             comm = {"compression": "none", "broadcast_compression": "none", **config.get("comm", {})}
-            previous = load_tensors(run_dir / f"round_{n - 1}" / "adapter_model.safetensors")
-            updates = [(opened(comm["compression"], load_tensors(p), previous), w) for p, w in zip(paths, weights)]
-            actual = tensors_digest(as_broadcast(comm["broadcast_compression"], fedavg(updates)))
+            recorded = {s: load_tensors(path) for s, path in adapters.items()}  # each checked by item 5
+            sent = [load_tensors(p) for p in paths]
+            if config["strategy"]["name"] == "fedbuff":
+                updates = [
+                    (opened(comm["compression"], x, recorded[s]), recorded[s], w, n - 1 - s)
+                    for x, w, s in zip(sent, weights, starts)
+                ]
+                aggregate = fedbuff(recorded[n - 1], updates, config["strategy"]["fedbuff"])
+            else:
+                aggregate = fedavg(
+                    [(opened(comm["compression"], x, recorded[n - 1]), w) for x, w in zip(sent, weights)]
+                )
+            actual = tensors_digest(as_broadcast(comm["broadcast_compression"], aggregate))
             report.check(
                 actual == r["globalDigest"],
                 f"round {n}: {config['strategy']['name']} of the round's update "
@@ -652,6 +734,7 @@ def main(argv=None) -> int:
         config = check_anchors(report, chain, args.run_dir, rounds)
         clients = check_participants(report, chain, trusted)
         check_chain_of_rounds(report, rounds)
+        check_buffered(report, chain, rounds, config)
         check_files(report, args.run_dir, rounds, clients)
         check_signatures(report, chain, rounds, clients)
         check_scores(report, chain, args.run_dir, rounds, clients, config)

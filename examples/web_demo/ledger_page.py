@@ -182,6 +182,7 @@ def _round(number: int, record: dict, problems: list[str] | None, names: dict[st
                 "(chain.record_participants: false; the server's opening reveals it to an auditor)."
             )
         elif record["clients"]:
+            starts = record.get("start_rounds", [number - 1] * len(record["clients"]))  # fedbuff: from older rounds
             st.table(
                 [
                     {
@@ -189,9 +190,10 @@ def _round(number: int, record: dict, problems: list[str] | None, names: dict[st
                         "update digest": digest,
                         "examples": str(count) if count else "not published (DP)",
                         "score": score,
+                        **({"started from": f"round {start}"} if "start_rounds" in record else {}),
                     }
-                    for address, digest, count, score in zip(
-                        record["clients"], record["update_digests"], record["num_examples"], record["scores"]
+                    for address, digest, count, score, start in zip(
+                        record["clients"], record["update_digests"], record["num_examples"], record["scores"], starts
                     )
                 ],
                 hide_index=True,

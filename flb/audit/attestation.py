@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from flb.errors import FLBError
 
 DOMAIN_NAME = "FLB"
-DOMAIN_VERSION = "4"
+DOMAIN_VERSION = "5"
 SALT_BYTES = 32
 SIGNATURE_BYTES = 65
 # secp256k1's group order: OpenZeppelin rejects s above half of it, so every signature has one form.

@@ -145,6 +145,52 @@ class NormBoundingSettings:
         require(self.max_norm > 0, "strategy.norm_bounding.max_norm", self.max_norm, "a number > 0")
 
 
+@dataclass(frozen=True)
+class FedBuffSettings:
+    """FedBuff (Nguyen et al., 2022, https://arxiv.org/abs/2106.06639): clients_per_round clients train at once,
+    each from the newest global adapter when it starts; every buffer_size arrivals are one round."""
+
+    buffer_size: int = described(
+        "fedbuff: K, the arrivals that make one round (at most clients_per_round, the clients training at once).",
+        default=2,
+    )
+    staleness: str = described(
+        "fedbuff: how an update's weight falls with its staleness tau (rounds recorded since the global adapter it "
+        "started from): constant (1) | polynomial ((1 + tau)^-staleness_exponent).",
+        default="polynomial",
+    )
+    staleness_exponent: float = described("fedbuff: a in (1 + tau)^-a, the polynomial weighting.", default=0.5)
+    max_staleness: int = described(
+        "fedbuff: an update that started more than this many rounds before the round it arrives in is dropped "
+        "(the contract refuses it too).",
+        default=4,
+    )
+    server_learning_rate: float = described(
+        "fedbuff: eta_g, the server's step on the staleness-weighted mean change.", default=1.0
+    )
+
+    def __post_init__(self):
+        require(self.buffer_size >= 1, "strategy.fedbuff.buffer_size", self.buffer_size, "an integer >= 1")
+        one_of("strategy.fedbuff.staleness", self.staleness, ("constant", "polynomial"))
+        require(
+            self.staleness_exponent >= 0,
+            "strategy.fedbuff.staleness_exponent",
+            self.staleness_exponent,
+            "a number >= 0",
+        )
+        require(self.max_staleness >= 0, "strategy.fedbuff.max_staleness", self.max_staleness, "an integer >= 0")
+        require(
+            self.server_learning_rate > 0,
+            "strategy.fedbuff.server_learning_rate",
+            self.server_learning_rate,
+            "a number > 0",
+        )
+
+    def weight(self, staleness: int) -> float:
+        """s(tau): how much an update `staleness` rounds stale counts (docs/audit-spec.md, FedBuff)."""
+        return 1.0 if self.staleness == "constant" else (1.0 + staleness) ** -self.staleness_exponent
+
+
 def _refused_with_dp(config: Config, key: str) -> None:
     """SCAFFOLD's rule: no differential privacy, local or server, can cover what its clients send."""
     require(
@@ -186,6 +232,45 @@ def _tolerates(per_malicious: int) -> Callable[[Config, str], None]:
     return check
 
 
+def _buffered_rules(config: Config, key: str) -> None:
+    """FedBuff's rules: a round is buffer_size arrivals of clients_per_round training at once, each update recorded
+    with the round it started from (which a sealed round cannot carry), from in-process clients or workers."""
+    settings = config.strategy.fedbuff
+    require(
+        settings.buffer_size <= config.clients_per_round,
+        "strategy.fedbuff.buffer_size",
+        settings.buffer_size,
+        f"an integer in [1, clients_per_round={config.clients_per_round}] (the clients training at once)",
+    )
+    require(
+        config.server.min_clients <= settings.buffer_size,
+        "server.min_clients",
+        config.server.min_clients,
+        f"an integer in [1, strategy.fedbuff.buffer_size={settings.buffer_size}] with fedbuff",
+    )
+    require(
+        config.execution.mode in ("sequential", "processes") and config.mode == "federated",
+        "strategy.name",
+        "fedbuff",
+        "a synchronous strategy with mode split or execution.mode batched (fedbuff's clients start and finish "
+        "one by one; use execution.mode=processes to train them at once)",
+    )
+    require(
+        config.server.round_deadline_s is None,
+        "server.round_deadline_s",
+        config.server.round_deadline_s,
+        "null with fedbuff (its rounds do not wait for the slow clients: a round is strategy.fedbuff.buffer_size "
+        "arrivals)",
+    )
+    require(
+        config.chain.record_participants or not config.chain_record,
+        "chain.record_participants",
+        False,
+        "true with fedbuff (the chain checks each update against the round it started from, which a sealed round "
+        "does not publish)",
+    )
+
+
 def _adaptive_noise_splits(config: Config, key: str) -> None:
     """Adaptive clipping splits z between the update and the unclipped count; that needs z < 2 * sigma_b."""
     z, sigma_b = config.server.noise_multiplier, config.server.dp.clipped_count_stddev
@@ -210,6 +295,7 @@ class StrategySpec:
     wraps: bool = False  # it bounds the updates, then hands them to the strategy strategy.wraps names
     dp: bool = False  # server-side differential privacy: its noise is secret, its epsilon accounted
     client_objective: bool = False  # its clients change their local objective (flb.local_objective)
+    asynchronous: bool = False  # its clients train from older global adapters (server/buffered.py); no wrapper
     # its rules across sections, checked on the whole config when it is chosen (`key`: strategy.name or .wraps)
     check: Callable[[Config, str], None] | None = None
 
@@ -229,6 +315,7 @@ STRATEGIES: dict[str, StrategySpec] = {
         StrategySpec("krum", KrumSettings, "Krum.", check=_tolerates(2)),
         StrategySpec("multi_krum", MultiKrumSettings, "Multi-Krum.", check=_tolerates(2)),
         StrategySpec("bulyan", BulyanSettings, "Bulyan.", check=_tolerates(4)),
+        StrategySpec("fedbuff", FedBuffSettings, "FedBuff.", asynchronous=True, check=_buffered_rules),
         StrategySpec("norm_bounding", NormBoundingSettings, "Norm bounding.", wraps=True),
         StrategySpec("dp_fixed_clipping", wraps=True, dp=True),
         StrategySpec("dp_adaptive_clipping", wraps=True, dp=True, check=_adaptive_noise_splits),
@@ -261,7 +348,7 @@ class _StrategyChoice:
 
     def __post_init__(self):
         one_of("strategy.name", self.name, tuple(STRATEGIES))
-        one_of("strategy.wraps", self.wraps, strategy_names(wraps=False))
+        one_of("strategy.wraps", self.wraps, strategy_names(wraps=False, asynchronous=False))
         one_of("strategy.lora_aggregation", self.lora_aggregation, ("separate", "ffa", "svd"))
         means = strategy_names(output_is_mean=True)
         require(
@@ -273,6 +360,12 @@ class _StrategyChoice:
             f"strategy.name={' | '.join(strategy_names(wraps=True, dp=False))}",
         )
         if self.lora_aggregation == "svd":
+            require(
+                not self.spec.asynchronous,
+                "strategy.lora_aggregation",
+                "svd",
+                f"separate | ffa with {self.name} (its rounds add changes from different global adapters)",
+            )
             require(
                 not self.spec.dp,
                 "strategy.lora_aggregation",

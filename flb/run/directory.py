@@ -154,15 +154,20 @@ class RunDir:
             records.append(record)
         return records, False
 
-    def write_checkpoint(self, round: int, adapter: AdapterState, strategy_state: dict, declared: dict) -> None:
-        """The strategy's state (privacy accountant, adaptive clip norm, moments) and what each client declared at
-        round 0 (shard size, address), as JSON and safetensors, never pickles. No party's secrets: those are in
-        private/. Tensors in the strategy's state go to checkpoint_<round>.safetensors, written before
-        checkpoint.json names it, so a crash between the two leaves the previous pair whole."""
+    def write_checkpoint(
+        self, round: int, adapter: AdapterState, strategy_state: dict, declared: dict, schedule: dict | None = None
+    ) -> None:
+        """The strategy's state (privacy accountant, adaptive clip norm, moments), what each client declared at
+        round 0 (shard size, address) and, under fedbuff, its clock and jobs (server/buffered.py), as JSON and
+        safetensors, never pickles. No party's secrets: those are in private/. Tensors in the strategy's state go
+        to checkpoint_<round>.safetensors, written before checkpoint.json names it, so a crash between the two
+        leaves the previous pair whole."""
         from safetensors.torch import save
 
         state, tensors = split_tensors(strategy_state)
         checkpoint = {"round": round, "global_digest": adapter_digest(adapter), "strategy": state, "declared": declared}
+        if schedule is not None:
+            checkpoint["schedule"] = schedule
         kept = None
         if tensors:
             kept = STATE_TENSORS.format(round=round)
@@ -202,6 +207,18 @@ class RunDir:
             )
         self._drop_metrics_after(state["round"])
         return {**state, "strategy": self._strategy_state(state, path), "adapter": adapter}
+
+    def round_adapter(self, round: int) -> AdapterState:
+        """A completed round's global adapter, checked against the digest of its metrics.jsonl line."""
+        weights = self.round_dir(round) / "adapter_model.safetensors"
+        adapter = _load_adapter(weights)
+        rows = [m for m in self.metrics() if m["kind"] == "round" and m["round"] == round]
+        if adapter is None or [adapter_digest(adapter)] != [m["global_digest"] for m in rows]:
+            raise RunDirError(
+                f"--resume: {weights} is missing or does not match round {round}'s digest in metrics.jsonl; the run "
+                "directory was modified"
+            )
+        return adapter
 
     def _strategy_state(self, checkpoint: dict, path: Path) -> dict:
         """The checkpoint's strategy state with its tensors put back from the digest-checked safetensors file."""

@@ -77,7 +77,9 @@ def round_line(row: dict, client_rows: list[dict], num_rounds: int | None = None
     """One round's result as it completes, for the terminal and run.log: e.g. `round 2/5 (2 clients, 1 late): eval_loss
     1.8821 (ppl 6.57), accuracy 0.250, train_loss 2.0134, epsilon 1.21, 0.53 MB, train 41.2 s + eval 12.9 s`."""
     of = f"/{num_rounds}" if num_rounds else ""
-    late = f", {len(row['late'])} late" if row.get("late") else ""  # past server.round_deadline_s
+    late = f", {len(row['late'])} late" if row.get("late") else ""  # past server.round_deadline_s, or too stale
+    stale = [row["round"] - 1 - c["start_round"] for c in client_rows if "start_round" in c]  # fedbuff
+    late += f", {len(stale)} stale (up to {max(stale)})" if stale else ""
     if row.get("skipped"):
         return (
             f"round {row['round']}{of}: skipped ({len(row.get('rejected', []))} of {row.get('num_sampled', 0)} "

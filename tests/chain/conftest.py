@@ -12,6 +12,7 @@ NO_NODE_MODULES = "chain/node_modules is absent; run `cd chain && npm ci`"
 ANCHORS = RunAnchors(
     "c0" * 32, "c1" * 32
 )  # what the ledger anchors for a run; any non-zero digests will do in unit tests
+BUFFERED_ANCHORS = RunAnchors("c0" * 32, "c1" * 32, max_staleness=1)  # a fedbuff run's
 
 
 def pytest_collection_modifyitems(items):
@@ -73,11 +74,13 @@ def signed_record(
     signed_round: int | None = None,
     metrics: dict | None = None,
     num_bytes: int = 1000,
+    start_rounds=None,
 ):
     """A RoundRecord for `round_number` whose updates are signed by `clients[i]` (eth-account accounts) for `domain`,
     as a client signs its update: over (round, previous global digest, update digest, example count).
     `previous` defaults to the helpers' digest of the round before (none for round 0); `signers` and
-    `signed_round` forge the signatures (another key, another round)."""
+    `signed_round` forge the signatures (another key, another round). `start_rounds` (one per client) makes it a
+    buffered round's record: each update signed over (its start + 1, the helpers' digest of its start round)."""
     from flb.audit.attestation import sign_update
     from flb.types import RoundRecord
 
@@ -87,16 +90,20 @@ def signed_record(
     counts = list(num_examples or [10 + c for c in client_ids])
     digests = list(update_digests or [update_digest(round_number, c) for c in client_ids])
     keys = signers or [clients[c] for c in client_ids]
+    # what each client started from: the previous round, or in a buffered round its own start round
+    started = [(round_number, previous)] * len(client_ids)
+    if start_rounds is not None:
+        started = [(start + 1, global_digest(start)) for start in start_rounds]
     signatures = [
         sign_update(
             key,
             domain,
-            round=round_number if signed_round is None else signed_round,
-            previous_global_digest=previous or "00" * 32,
+            round=signed if signed_round is None else signed_round,
+            previous_global_digest=base or "00" * 32,
             update_digest=d,
             num_examples=n,
         )
-        for key, d, n in zip(keys, digests, counts)
+        for key, d, n, (signed, base) in zip(keys, digests, counts, started)
     ]
     return RoundRecord(
         round=round_number,
@@ -110,6 +117,7 @@ def signed_record(
         update_num_bytes=[num_bytes] * len(client_ids),
         metrics=metrics or {},
         metrics_digest=f"{round_number + 1:064x}",
+        start_rounds=None if start_rounds is None else list(start_rounds),
     )
 
 
@@ -134,15 +142,15 @@ def clients():
 
 @pytest.fixture
 def open_run_ledger(tmp_path):
-    """open_run_ledger(settings=None, run_dir=tmp_path) -> a ChainLedger on the run's contract; every ledger it
-    opened is closed at the end of the test (close() twice is harmless)."""
+    """open_run_ledger(settings=None, run_dir=tmp_path, anchors=ANCHORS) -> a ChainLedger on the run's contract; every
+    ledger it opened is closed at the end of the test (close() twice is harmless)."""
     from chain.ledger import open_ledger
     from flb.config import ChainSettings
 
     opened = []
 
-    def open_(settings=None, run_dir=None):
-        ledger = open_ledger(settings or ChainSettings(), run_dir or tmp_path, ANCHORS)
+    def open_(settings=None, run_dir=None, anchors=ANCHORS):
+        ledger = open_ledger(settings or ChainSettings(), run_dir or tmp_path, anchors)
         opened.append(ledger)
         return ledger
 

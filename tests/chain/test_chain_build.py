@@ -40,10 +40,15 @@ def test_artifact_loads_from_the_package():
         "uploadUserData",
         "recordRound",
         "recordSealedRound",
+        "recordBufferedRound",
         "verifyRound",
+        "verifyBufferedRound",
         "RoundRecorded",
+        "BufferedRoundRecorded",
         "BadSignature",
         "WrongRound",
+        "TooStale",
+        "StartReused",
     }
     assert "addScore" not in {item.get("name") for item in artifact["abi"]}
     assert artifact["deployedBytecode"][2:] in artifact["bytecode"], "the creation code holds the runtime code"

@@ -1,4 +1,4 @@
-"""The FLB contract (version 3) itself, on the embedded EVM and on a real anvil."""
+"""The FLB contract (version 5) itself, on the embedded EVM and on a real anvil."""
 
 from dataclasses import dataclass
 
@@ -127,7 +127,7 @@ def test_a_batch_of_uploads_records_each_or_none(deployed):
     assert [e["user"] for e in deployed.events("DataUpload", receipt)] == addresses
     assert functions.countUploaded(addresses, digests).call() == 3
     assert functions.countRegistered(addresses + [OUTSIDER.address]).call() == 3
-    assert deployed.contract.functions.eip712Domain().call()[2] == "4"
+    assert deployed.contract.functions.eip712Domain().call()[2] == "5"
 
 
 def test_upload_signed_by_an_unregistered_account_reverts(deployed):
@@ -393,6 +393,198 @@ def test_sealed_rounds_are_chained_and_verifiable(deployed):
     assert functions.nextRound().call() == 3
 
 
+# --- buffered rounds (strategy fedbuff) -------------------------------------------------------------
+
+BUFFERED_FIELDS = (
+    "round",
+    "previousGlobalDigest",
+    "globalDigest",
+    "metricsDigest",
+    "clients",
+    "startRounds",
+    "updateDigests",
+    "numExamples",
+    "scores",
+)
+
+
+def buffered_run(chain, max_staleness: int, rounds: int = 1):
+    """Anchor a buffered run and record rounds 0..rounds-1 without clients (recordRound, as in any run)."""
+    functions = chain.contract.functions
+    chain.send(functions.anchorRun(DIGEST_A, DIGEST_B, True, max_staleness))
+    for number in range(rounds):
+        record(chain, round_args(chain, number, []))  # distinct digests, so that a signature names one round
+
+
+def stored_digest(chain, round_number: int) -> bytes:
+    return chain.contract.functions.getRound(round_number).call()[0]
+
+
+def buffered_args(chain, round_number, starts, *, signed_over=None, global_digest=None, scores=None):
+    """recordBufferedRound's arguments for `starts` ({signer: start round}): each update signed as its client signs
+    it, over (start + 1, the stored global digest of round start); `signed_over` ({signer: (round, digest)}) forges
+    what one of them signed."""
+    signers = sorted(starts, key=lambda a: int(a.address, 16))
+    digests = [bytes([0x40 + round_number, i + 1]) * 16 for i in range(len(signers))]
+    counts = [20 + i for i in range(len(signers))]
+    signatures = []
+    for signer, digest, count in zip(signers, digests, counts):
+        signed_round, previous = (signed_over or {}).get(
+            signer, (starts[signer] + 1, stored_digest(chain, starts[signer]))
+        )
+        signatures.append(
+            sign_update(
+                signer,
+                chain.domain,
+                round=signed_round,
+                previous_global_digest=previous,
+                update_digest=digest,
+                num_examples=count,
+            )
+        )
+    return [
+        round_number,
+        global_digest or bytes([0x80 + round_number]) * 32,
+        metrics_digest(round_number),
+        [a.address for a in signers],
+        [starts[a] for a in signers],
+        digests,
+        counts,
+        scores or [7 * (i + 1) for i in range(len(signers))],
+        signatures,
+    ]
+
+
+def record_buffered(chain, args):
+    return chain.send(chain.contract.functions.recordBufferedRound(*args))
+
+
+def test_a_buffered_round_records_stale_and_fresh_updates(deployed):
+    """Round 2 takes one update started from round 0 (stale by one) and one from round 1 (fresh, signed as in a
+    synchronous round 2): each signature is checked over its own start, and the record is hashed with the starts."""
+    from eth_abi import encode
+    from eth_utils import keccak
+
+    first, second, third = deployed.accounts.clients[:3]
+    buffered_run(deployed, max_staleness=1)
+    record_buffered(deployed, buffered_args(deployed, 1, {first: 0}))
+    args = buffered_args(deployed, 2, {second: 0, third: 1})
+    assert args[4] == [{second: 0, third: 1}[a] for a in sorted((second, third), key=lambda a: int(a.address, 16))]
+    receipt = record_buffered(deployed, args)
+    previous = stored_digest(deployed, 1)
+    event = deployed.events("BufferedRoundRecorded", receipt)[0]
+    assert [event[k] for k in BUFFERED_FIELDS] == [2, previous, *args[1:8]]
+    record_hash = keccak(
+        encode(
+            ["bytes32", "bytes32", "address[]", "uint256[]", "bytes32[]", "uint256[]", "uint256[]"],
+            [previous, args[2], *args[3:8]],
+        )
+    )
+    functions = deployed.contract.functions
+    assert functions.getRound(2).call() == [args[1], record_hash]
+    assert functions.nextRound().call() == 3 and functions.lastGlobalDigest().call() == args[1]
+    assert deployed.events("ScoreAdd", receipt) == [
+        {"user": address, "round": 2, "score": score} for address, score in zip(args[3], args[7])
+    ]
+    assert deployed.events("RoundRecorded", receipt) == []
+
+
+@pytest.mark.parametrize("start", [0, 3, 4], ids=["two rounds stale", "the round itself", "a later round"])
+def test_an_update_too_stale_or_from_the_future_reverts(deployed, start):
+    client = deployed.accounts.clients[0]
+    buffered_run(deployed, max_staleness=1, rounds=3)
+    fresh = {client: (start + 1, stored_digest(deployed, 2))}  # signed over something: the start is what fails
+    args = buffered_args(deployed, 3, {client: 2}, signed_over=fresh)
+    args[4] = [start]
+    deployed.rejects(
+        deployed.contract.functions.recordBufferedRound(*args),
+        rf"TooStale\(client={client.address}, startRound={start}\)",
+    )
+    record_buffered(deployed, buffered_args(deployed, 3, {client: 1}))  # one round stale: allowed
+
+
+def test_a_signed_update_cannot_be_recorded_twice(deployed):
+    """The owner replays a client's signed update (start round 0) in a later round, where it is still fresh enough,
+    or records an update the client started before one already recorded: both revert."""
+    client, other = deployed.accounts.clients[:2]
+    buffered_run(deployed, max_staleness=2)
+    functions = deployed.contract.functions
+    replayed = buffered_args(deployed, 1, {client: 0})
+    record_buffered(deployed, replayed)
+    again = [2, b"\x92" * 32, *replayed[2:]]
+    deployed.rejects(functions.recordBufferedRound(*again), rf"StartReused\(client={client.address}, startRound=0\)")
+    record_buffered(deployed, buffered_args(deployed, 2, {client: 1, other: 0}))
+    deployed.rejects(
+        functions.recordBufferedRound(*buffered_args(deployed, 3, {client: 1})),
+        rf"StartReused\(client={client.address}, startRound=1\)",
+    )
+    record_buffered(deployed, buffered_args(deployed, 3, {client: 2, other: 1}))
+
+
+@pytest.mark.parametrize(
+    "forgery", ["another round's digest", "the previous round's digest", "the arrival round", "the start round"]
+)
+def test_a_signature_over_another_start_reverts(deployed, forgery):
+    """An update started from round 0 arrives in round 3: only its signature over (1, round 0's digest) is valid."""
+    client = deployed.accounts.clients[0]
+    buffered_run(deployed, max_staleness=2, rounds=3)
+    signed_over = {
+        "another round's digest": (1, stored_digest(deployed, 1)),
+        "the previous round's digest": (3, stored_digest(deployed, 2)),  # as a fresh update of round 3 signs
+        "the arrival round": (3, stored_digest(deployed, 0)),
+        "the start round": (0, stored_digest(deployed, 0)),
+    }[forgery]
+    forged = buffered_args(deployed, 3, {client: 0}, signed_over={client: signed_over})
+    deployed.rejects(deployed.contract.functions.recordBufferedRound(*forged), "BadSignature")
+    record_buffered(deployed, buffered_args(deployed, 3, {client: 0}))
+
+
+def test_each_kind_of_run_refuses_the_other_kinds_rounds(deployed):
+    """A synchronous run records no buffered round; a buffered one records no round with clients but by
+    recordBufferedRound (its rounds without clients go to recordRound, as in any run) and no sealed round."""
+    client = deployed.accounts.clients[0]
+    functions = deployed.contract.functions
+    record(deployed, round_args(deployed, 0, []))
+    deployed.rejects(functions.recordBufferedRound(*buffered_args(deployed, 1, {client: 0})), r"NotBuffered\(\)")
+
+    w3, admin = deployed.w3, deployed.accounts.admin
+    receipt = send_signed(w3, sign_call(w3, admin, flb_contract(w3).constructor(admin.address), "deploy"), 30)
+    contract = flb_contract(w3, receipt["contractAddress"])
+    chain = Deployed(w3, deployed.accounts, contract, SigningDomain(w3.eth.chain_id, contract.address))
+    chain.send(contract.functions.registerClients([client.address]))
+    buffered_run(chain, max_staleness=1)
+    synchronous = round_args(chain, 1, [client], previous=stored_digest(chain, 0))
+    chain.rejects(contract.functions.recordRound(*synchronous), r"NotSynchronous\(\)")
+    chain.rejects(contract.functions.recordSealedRound(1, b"\x02" * 32, metrics_digest(1), DIGEST_A), "NotSynchronous")
+    record(chain, round_args(chain, 1, [], global_digest=stored_digest(chain, 0)))
+    record_buffered(chain, buffered_args(chain, 2, {client: 1}))
+
+
+def test_verify_buffered_round_accepts_only_the_exact_record(deployed):
+    first, second = deployed.accounts.clients[:2]
+    buffered_run(deployed, max_staleness=1, rounds=2)
+    args = buffered_args(deployed, 2, {first: 0, second: 1})
+    record_buffered(deployed, args)
+    claim = [2, stored_digest(deployed, 1), *args[1:8]]
+    verify = deployed.contract.functions.verifyBufferedRound
+    assert verify(*claim).call()
+    assert not deployed.contract.functions.verifyRound(*claim[:5], *claim[6:]).call()
+    alterations = {
+        "round": (0, 1),
+        "previousGlobalDigest": (1, stored_digest(deployed, 0)),
+        "globalDigest": (2, DIGEST_A),
+        "metricsDigest": (3, DIGEST_B),
+        "clients": (4, claim[4][::-1]),
+        "startRounds": (5, claim[5][::-1]),
+        "updateDigests": (6, [DIGEST_A, claim[6][1]]),
+        "numExamples": (7, [claim[7][0] + 1, claim[7][1]]),
+        "scores": (8, [claim[8][0], claim[8][1] + 1]),
+    }
+    for field, (index, value) in alterations.items():
+        altered = claim[:index] + [value] + claim[index + 1 :]
+        assert not verify(*altered).call(), f"verifyBufferedRound accepted an altered {field}"
+
+
 # --- ownership -------------------------------------------------------------------------------
 
 
@@ -400,14 +592,30 @@ def test_adapter_config_and_run_spec_are_anchored_once_by_the_owner(deployed):
     functions = deployed.contract.functions
     assert (functions.adapterConfigDigest().call(), functions.runSpecDigest().call()) == (ZERO, ZERO)
     deployed.rejects(
-        functions.anchorRun(DIGEST_A, DIGEST_B), "OwnableUnauthorizedAccount", sender=deployed.accounts.clients[0]
+        functions.anchorRun(DIGEST_A, DIGEST_B, False, 0),
+        "OwnableUnauthorizedAccount",
+        sender=deployed.accounts.clients[0],
     )
-    deployed.rejects(functions.anchorRun(ZERO, DIGEST_B), "ZeroDigest")
-    deployed.rejects(functions.anchorRun(DIGEST_A, ZERO), "ZeroDigest")
-    receipt = deployed.send(functions.anchorRun(DIGEST_A, DIGEST_B))
-    assert deployed.events("RunAnchored", receipt) == [{"adapterConfigDigest": DIGEST_A, "runSpecDigest": DIGEST_B}]
-    deployed.rejects(functions.anchorRun(DIGEST_A, DIGEST_A), "AlreadyAnchored")
+    deployed.rejects(functions.anchorRun(ZERO, DIGEST_B, False, 0), "ZeroDigest")
+    deployed.rejects(functions.anchorRun(DIGEST_A, ZERO, False, 0), "ZeroDigest")
+    deployed.rejects(functions.anchorRun(DIGEST_A, DIGEST_B, False, 1), r"StalenessWithoutBuffer\(maxStaleness=1\)")
+    receipt = deployed.send(functions.anchorRun(DIGEST_A, DIGEST_B, False, 0))
+    assert deployed.events("RunAnchored", receipt) == [
+        {"adapterConfigDigest": DIGEST_A, "runSpecDigest": DIGEST_B, "buffered": False, "maxStaleness": 0}
+    ]
+    deployed.rejects(functions.anchorRun(DIGEST_A, DIGEST_A, False, 0), "AlreadyAnchored")
+    deployed.rejects(functions.anchorRun(DIGEST_A, DIGEST_B, True, 2), "AlreadyAnchored")
     assert (functions.adapterConfigDigest().call(), functions.runSpecDigest().call()) == (DIGEST_A, DIGEST_B)
+    assert (functions.buffered().call(), functions.maxStaleness().call()) == (False, 0)
+
+
+def test_a_buffered_run_is_anchored_with_its_max_staleness(deployed):
+    functions = deployed.contract.functions
+    receipt = deployed.send(functions.anchorRun(DIGEST_A, DIGEST_B, True, 3))
+    assert deployed.events("RunAnchored", receipt) == [
+        {"adapterConfigDigest": DIGEST_A, "runSpecDigest": DIGEST_B, "buffered": True, "maxStaleness": 3}
+    ]
+    assert (functions.buffered().call(), functions.maxStaleness().call()) == (True, 3)
 
 
 def test_registration_says_which_round_the_contract_was_at(deployed):

@@ -62,6 +62,26 @@ def test_explorer_decodes_rounds_with_previous_digest_counts_and_per_round_score
     assert out.count("https://explorer.example/tx/0x") == out.count("  tx 0x")
 
 
+def test_explorer_shows_each_buffered_updates_start_round(open_run_ledger, clients, tmp_path, capsys):
+    from tests.chain.conftest import BUFFERED_ANCHORS
+
+    ledger = open_run_ledger(anchors=BUFFERED_ANCHORS)
+    register(ledger, clients)
+    ledger.record_round(signed_record(ledger.signing_domain, clients, 0, client_ids=()))
+    ledger.record_round(signed_record(ledger.signing_domain, clients, 1, client_ids=(0,), start_rounds=[0]))
+    ledger.record_round(signed_record(ledger.signing_domain, clients, 2, client_ids=(1,), start_rounds=[0]))
+    assert ledger.close() is None
+    out = explorer_output(tmp_path, capsys)
+    assert "buffered=True, maxStaleness=1)" in out
+    assert (
+        f"event BufferedRoundRecorded(round=2, previousGlobalDigest=0x{global_digest(1)}, "
+        f'globalDigest=0x{global_digest(2)}, metricsDigest=0x{3:064x}, clients=["{clients[1].address}"], '
+        f'startRounds=[0], updateDigests=["0x{update_digest(2, 1)}"], numExamples=[11], scores=[11])'
+    ) in out
+    assert f"(client 1)  update 0x{update_digest(2, 1)}  from round 0 (staleness 1)  examples 11  score 11" in out
+    assert f"(client 0)  update 0x{update_digest(1, 0)}  from round 0 (staleness 0)  examples 10" in out
+
+
 def test_explorer_without_trail_says_what_to_do(tmp_path, capsys):
     assert main([str(tmp_path)]) == 2
     assert "chain_record: true" in capsys.readouterr().err

@@ -8,6 +8,7 @@ import time
 
 import pytest
 from eth_account import Account
+from web3.logs import DISCARD
 
 from chain.contract import flb_contract
 from chain.embedded import EMBEDDED_CHAIN_FILE
@@ -17,7 +18,7 @@ from chain.sender import LOST
 from chain.transact import send_signed, sign_call
 from flb.config import ChainSettings
 from flb.errors import RunFailed
-from tests.chain.conftest import global_digest, register, signed_record, signed_upload
+from tests.chain.conftest import BUFFERED_ANCHORS, global_digest, register, signed_record, signed_upload
 
 pytestmark = pytest.mark.chain
 OUTSIDER = Account.from_key(b"\x07" * 32)  # a key no one registered
@@ -213,6 +214,81 @@ def test_quality_scoring_takes_scores_from_metrics(open_run_ledger, clients):
     record_rounds(ledger, clients, (1,), metrics={"scores": [0, 42]})
     assert ledger.wait_until_sent(30)
     assert ledger.scores() == {0: 0, 1: 42, 2: 0}
+
+
+# --- buffered runs (strategy fedbuff) --------------------------------------------------------------------------
+
+
+def record_buffered_rounds(ledger, clients, starts: dict[int, dict[int, int]]):
+    """Rounds given as {round: {client id: start round}}: round 0 and rounds without clients as in any run."""
+    for number, started in starts.items():
+        ids = sorted(started)
+        record = signed_record(
+            ledger.signing_domain, clients, number, client_ids=ids, start_rounds=[started[i] for i in ids] or None
+        )
+        ledger.record_round(record)
+
+
+def test_a_buffered_run_records_each_updates_start_round(open_run_ledger, clients):
+    """Round 2 holds client 2's update started from round 0 (stale by one) beside clients 0 and 1's fresh ones; the
+    payload keeps each start beside its client when it sorts them by address, and the chain checks each signature
+    against its own start."""
+    from chain.records import ROUND, on_chain
+
+    ledger = open_run_ledger(anchors=BUFFERED_ANCHORS)
+    functions = ledger.contract.functions
+    assert (functions.buffered().call(), functions.maxStaleness().call()) == (True, 1)
+    register(ledger, clients)
+    record_buffered_rounds(ledger, clients, {0: {}, 1: {0: 0, 1: 0}, 2: {0: 1, 2: 0}})
+    assert ledger.wait_until_sent(30) and ledger.sender.fatal_error is None
+    payload = ledger.outbox.get("round:2").payload
+    by_address = sorted(zip((clients[0].address, clients[2].address), (0, 2), (1, 0)), key=lambda r: int(r[0], 16))
+    assert list(zip(payload["clients"], payload["client_ids"], payload["start_rounds"])) == by_address
+    assert "start_rounds" not in ledger.outbox.get("round:0").payload
+    receipt = ledger.node.w3.eth.get_transaction_receipt(ledger.outbox.get("round:2").tx)
+    event = ledger.contract.events.BufferedRoundRecorded().process_receipt(receipt, errors=DISCARD)[0]["args"]
+    assert (event["clients"], event["startRounds"]) == (payload["clients"], payload["start_rounds"])
+    assert on_chain(ledger.contract, ROUND, payload) is True
+    assert "another record" in on_chain(
+        ledger.contract, ROUND, {**payload, "start_rounds": payload["start_rounds"][::-1]}
+    )
+    assert ledger.scores() == {0: 10 + 10, 1: 11, 2: 12}
+
+
+def test_a_buffered_round_the_chain_lost_is_sent_again(open_run_ledger, clients, tmp_path):
+    chain_file = tmp_path / "chain" / EMBEDDED_CHAIN_FILE
+    first = open_run_ledger(anchors=BUFFERED_ANCHORS)
+    register(first, clients)
+    record_buffered_rounds(first, clients, {0: {}, 1: {0: 0}})
+    assert first.wait_until_sent(30)
+    shutil.copyfile(chain_file, tmp_path / "before_round_2.db")
+    record_buffered_rounds(first, clients, {2: {1: 0, 0: 1}})
+    assert first.close() is None
+    shutil.copyfile(tmp_path / "before_round_2.db", chain_file)  # the chain rewound: round 2 is gone
+
+    second = open_run_ledger(anchors=BUFFERED_ANCHORS)
+    record_buffered_rounds(second, clients, {3: {1: 2}})
+    assert second.wait_until_sent(30) and second.sender.fatal_error is None
+    assert [stored_global_digest(second, n) for n in (2, 3)] == [global_digest(2), global_digest(3)]
+    assert LOST in second.outbox.get("round:2").error
+    assert len(submissions(tmp_path, "round:2")) == 2
+    assert second.close() is None
+
+
+def test_a_run_reopened_with_other_round_kind_or_staleness_is_refused(open_run_ledger, clients):
+    from chain.deployment import RunAnchors
+
+    assert open_run_ledger(anchors=BUFFERED_ANCHORS).close() is None
+    for other in (RunAnchors("c0" * 32, "c1" * 32), RunAnchors("c0" * 32, "c1" * 32, max_staleness=2)):
+        with pytest.raises(ChainError, match=r"and buffered rounds \(max staleness 1\), not this run's .* and "):
+            open_run_ledger(anchors=other)
+
+
+def test_a_stale_update_past_the_anchored_bound_ends_the_run(open_run_ledger, clients):
+    ledger = open_run_ledger(anchors=BUFFERED_ANCHORS)
+    register(ledger, clients)
+    record_buffered_rounds(ledger, clients, {0: {}, 1: {0: 0}, 2: {}, 3: {1: 0}})  # 3 - 1 - 0 = 2 rounds stale
+    assert f"TooStale(client={clients[1].address}, startRound=0)" in fails_with(ledger, "round 3 record")
 
 
 @pytest.mark.anvil

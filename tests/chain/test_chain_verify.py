@@ -323,10 +323,8 @@ def test_recompute_follows_the_runs_lora_aggregation(tmp_path):
         save_file(state, str(tmp_path / "round_1" / "updates" / f"client_{i}.safetensors"))
     config = Config().to_dict()
     config["strategy"].update(name="fedavg", lora_aggregation="svd")
-    save_file(
-        {"m.lora_A.weight": torch.zeros(2, 6), "m.lora_B.weight": torch.zeros(5, 2)},
-        str(tmp_path / "round_0" / "adapter_model.safetensors"),
-    )
+    initial = {"m.lora_A.weight": torch.zeros(2, 6), "m.lora_B.weight": torch.zeros(5, 2)}
+    save_file(initial, str(tmp_path / "round_0" / "adapter_model.safetensors"))
     honest = svd_average(updates)
     flipped = {
         "m.lora_A.weight": honest["m.lora_A.weight"] * torch.tensor([[-1.0], [1.0]]),
@@ -337,14 +335,15 @@ def test_recompute_follows_the_runs_lora_aggregation(tmp_path):
         save_file(recorded, str(tmp_path / "round_1" / "adapter_model.safetensors"))
         report = Report()
         rounds = {
+            0: {"clients": [], "previous": "00", "global_digest": adapter_digest(initial)},
             1: {
                 "clients": ["0xa", "0xb"],
                 "num_examples": [3, 5],
                 "previous": "00",
                 "global_digest": adapter_digest(recorded),
-            }
+            },
         }
-        _recompute(report, tmp_path, rounds, ["0xa", "0xb"], config, _replayer())
+        _recompute(report, tmp_path, rounds, ["0xa", "0xb"], config, _replayer(), max_staleness=0)
         return report
 
     assert (recompute(honest).problems, recompute(honest).notes) == ([], [])
@@ -535,3 +534,170 @@ def test_typical_mistakes_with_the_auditors_flags_are_one_line(embedded_run, cap
     assert main([str(embedded_run), "--verify", *flags]) == 2
     (error,) = capsys.readouterr().err.splitlines()
     assert error.startswith(expected)
+
+
+# --- buffered runs (strategy fedbuff), recorded by the ledger alone -----------------------------------------------
+
+
+def fedbuff_config(max_staleness: int = 1, strategy: str = "fedbuff") -> dict:
+    from flb.config import load_config
+
+    overrides = ["num_clients=3", "clients_per_round=2", f"strategy.fedbuff.max_staleness={max_staleness}"]
+    return load_config(None, [f"strategy.name={strategy}", *overrides]).to_dict()
+
+
+def buffered_trail(open_run_ledger, clients, run_dir: Path, config: dict, max_staleness: int | None = 1) -> dict:
+    """The trail, read from the chain, of a run that anchored `config`'s run spec and buffered rounds: round 1 holds
+    clients 0 and 1 started from round 0; round 2 client 0 started from round 1 and client 2 from round 0."""
+    from chain.deployment import RunAnchors
+    from chain.explorer import chain_of_run, live_trail
+    from flb.audit.run_spec import run_spec_digest
+    from tests.chain.conftest import register, signed_record
+
+    (run_dir / "config.json").write_text(json.dumps(config))
+    anchors = RunAnchors("c0" * 32, run_spec_digest(config), max_staleness=max_staleness)
+    ledger = open_run_ledger(run_dir=run_dir, anchors=anchors)
+    register(ledger, clients)
+    for number, started in {0: {}, 1: {0: 0, 1: 0}, 2: {0: 1, 2: 0}}.items():
+        ids = sorted(started)
+        starts = [started[i] for i in ids] or None
+        ledger.record_round(signed_record(ledger.signing_domain, clients, number, client_ids=ids, start_rounds=starts))
+    assert ledger.close() is None
+    with chain_of_run(run_dir, None) as (w3, _):
+        deployment = json.loads((run_dir / "chain" / "deployment.json").read_text())
+        return live_trail(w3, deployment["address"], 0, {}, "test")
+
+
+def buffered_problems(run_dir: Path, trail: dict) -> list[str]:
+    """verify()'s problems about signatures, starts and the kind of rounds (the run directory holds no files)."""
+    from chain.verify import verify
+
+    words = ("signed by", "started from", "anchors synchronous", "anchors buffered", "recorded as")
+    return [p for p in verify(run_dir, trail).problems if any(word in p for word in words)]
+
+
+def round_event(trail: dict, name: str, number: int | None = None) -> dict:
+    return next(
+        e
+        for tx in trail["transactions"]
+        for e in tx["events"]
+        if e["event"] == name and (number is None or e["args"]["round"] == number)
+    )
+
+
+def test_an_honest_buffered_run_has_its_signatures_over_each_start(open_run_ledger, clients, tmp_path):
+    from chain.verify import rounds_from
+
+    trail = buffered_trail(open_run_ledger, clients, tmp_path, fedbuff_config())
+    assert buffered_problems(tmp_path, trail) == []
+    rounds = rounds_from(trail)
+    order = sorted((clients[0].address, clients[2].address), key=lambda a: int(a, 16))
+    assert rounds[2]["start_rounds"] == [{clients[0].address: 1, clients[2].address: 0}[a] for a in order]
+    assert "start_rounds" not in rounds[0]
+
+
+@pytest.mark.parametrize(
+    "tamper, expected",
+    [
+        ("a start moved", "signed by"),
+        ("a start reused", "not after its update recorded before (round 0)"),
+        ("a lower anchored staleness", "started from round 0, staleness 1, outside the anchored 0..0"),
+        ("a synchronous record", "round 2: recorded as synchronous, but the chain anchors buffered rounds"),
+    ],
+)
+def test_a_trail_of_other_starts_fails(open_run_ledger, clients, tmp_path, tamper, expected):
+    """What the contract refuses, checked again by the verifier on a trail as a node (or another contract) could
+    serve it."""
+    trail = buffered_trail(open_run_ledger, clients, tmp_path, fedbuff_config())
+    event = round_event(trail, "BufferedRoundRecorded", 2)
+    position = event["args"]["clients"].index(clients[2].address if tamper != "a start reused" else clients[0].address)
+    if tamper == "a start moved":
+        event["args"]["startRounds"][position] = 1
+    elif tamper == "a start reused":
+        event["args"]["startRounds"][position] = 0
+    elif tamper == "a lower anchored staleness":
+        round_event(trail, "RunAnchored")["args"]["maxStaleness"] = 0
+    else:
+        event["event"] = "RoundRecorded"
+    problems = buffered_problems(tmp_path, trail)
+    assert any(expected in p for p in problems), problems
+
+
+@pytest.mark.parametrize(
+    "config, anchored, expected",
+    [
+        (
+            fedbuff_config(strategy="fedavg"),
+            1,
+            "strategy fedavg has synchronous rounds, but the chain anchors buffered",
+        ),
+        (fedbuff_config(max_staleness=2), 1, "strategy fedbuff has buffered rounds (max staleness 2), but the chain"),
+    ],
+)
+def test_anchored_rounds_of_another_kind_than_the_strategys_fail(
+    open_run_ledger, clients, tmp_path, config, anchored, expected
+):
+    trail = buffered_trail(open_run_ledger, clients, tmp_path, config, max_staleness=anchored)
+    assert any(expected in p for p in buffered_problems(tmp_path, trail))
+
+
+def test_recompute_of_a_buffered_round_opens_each_update_from_its_own_start(tmp_path):
+    """Round 2 takes an update started from round 0 and one from round 1: the replay gets each with the recorded
+    global adapter of its start round (checked against the chain), and gives FedBuff's aggregate bit for bit; one
+    measured from the previous round instead, or from an altered base file, is caught."""
+    import torch
+
+    from chain.explorer import _replayer
+    from chain.verify import Report, _recompute
+    from flb.config import FedBuffSettings
+    from flb.types import ClientUpdate
+    from server.strategy.fedbuff import FedBuff
+
+    generator = torch.Generator().manual_seed(3)
+
+    def adapter(scale: float = 1.0) -> dict:
+        return {name: scale * torch.randn(3, 5, generator=generator) for name in ("m.lora_A.weight", "m.lora_B.weight")}
+
+    config = fedbuff_config(max_staleness=1)
+    globals_ = {0: adapter(), 1: adapter()}
+    for number, state in globals_.items():
+        (tmp_path / f"round_{number}").mkdir()
+        save_file(state, str(tmp_path / f"round_{number}" / "adapter_model.safetensors"))
+    starts, counts = [0, 1], [4, 9]
+    trained = [{name: t + adapter(0.01)[name] for name, t in globals_[s].items()} for s in starts]
+    (tmp_path / "round_2" / "updates").mkdir(parents=True)
+    for i, state in enumerate(trained):
+        save_file(state, str(tmp_path / "round_2" / "updates" / f"client_{i}.safetensors"))
+    fedbuff = FedBuff(settings=FedBuffSettings(**config["strategy"]["fedbuff"]))
+
+    def aggregate(bases: list[dict]) -> dict:
+        updates = [
+            ClientUpdate(i, s + 1, x, n, None, 0.0, 0, "", base=b)
+            for i, (x, s, n, b) in enumerate(zip(trained, starts, counts, bases))
+        ]
+        return fedbuff.aggregate(globals_[1], updates, 2, len(updates))
+
+    def recompute(recorded: dict) -> Report:
+        rounds = {
+            number: {"clients": [], "previous": "00", "global_digest": adapter_digest(state)}
+            for number, state in globals_.items()
+        }
+        rounds[2] = {
+            "clients": ["0xa", "0xb"],
+            "start_rounds": starts,
+            "num_examples": counts,
+            "previous": rounds[1]["global_digest"],
+            "global_digest": adapter_digest(recorded),
+        }
+        report = Report()
+        _recompute(report, tmp_path, rounds, ["0xa", "0xb"], config, _replayer(), max_staleness=1)
+        return report
+
+    honest = aggregate([globals_[s] for s in starts])
+    assert recompute(honest).problems == []
+    assert "is not the aggregate of the recorded updates" in recompute(aggregate([globals_[1]] * 2)).problems[0]
+    nudge_tensor(tmp_path / "round_0" / "adapter_model.safetensors")
+    assert (
+        "round_0/adapter_model.safetensors is not the global adapter the chain records for round 0"
+        in (recompute(honest).problems[0])
+    )

@@ -29,18 +29,45 @@ def reference_module():
     return module
 
 
-@pytest.fixture(scope="module")
-def node(anvil_run, tmp_path_factory):
-    """(url, contract address) of one anvil node holding the finished run's chain, for the whole module."""
+def serve(run_dir: Path, folder: Path):
+    """(url, contract address) of an anvil node started on a copy of the run's chain, and the node."""
     from chain.anvil import AnvilProcess
     from chain.backends import ANVIL_STATE_FILE
 
-    run_dir = anvil_run[0]
-    state = tmp_path_factory.mktemp("reference-node") / "node_state.json"
+    state = folder / "node_state.json"
     shutil.copyfile(run_dir / "chain" / ANVIL_STATE_FILE, state)
     process = AnvilProcess(state, num_accounts=1)
     process.start()
-    yield process.url, json.loads((run_dir / "chain" / "deployment.json").read_text())["address"]
+    return (process.url, json.loads((run_dir / "chain" / "deployment.json").read_text())["address"]), process
+
+
+@pytest.fixture(scope="module")
+def node(anvil_run, tmp_path_factory):
+    """(url, contract address) of one anvil node holding the finished run's chain, for the whole module."""
+    where, process = serve(anvil_run[0], tmp_path_factory.mktemp("reference-node"))
+    yield where
+    process.stop()
+
+
+@pytest.fixture(scope="module")
+def fedbuff_run(tiny_model_dir, tmp_path_factory):
+    """A finished fedbuff run on anvil (int8 updates, one arrival a round, so that rounds 2-4 each take an update
+    started a round before the previous one), and (url, contract address) of a node holding its chain."""
+    from tests.chain.conftest import whole_run
+
+    folder = tmp_path_factory.mktemp("fedbuff-runs")
+    run_dir = whole_run(
+        tiny_model_dir,
+        folder,
+        "chain.backend=anvil",
+        "comm.compression=int8",
+        "strategy.name=fedbuff",
+        "strategy.fedbuff.buffer_size=1",
+        "num_clients=3",
+        "num_rounds=4",
+    )
+    where, process = serve(run_dir, folder)
+    yield run_dir, where
     process.stop()
 
 
@@ -94,6 +121,47 @@ def test_spec_2_7_written_out_in_numpy_opens_updates_and_broadcasts_as_the_proje
     if codec != "topk":
         reference = module.as_broadcast(codec, {name: t.numpy() for name, t in trained.items()})
         assert module.tensors_digest(reference) == adapter_digest(as_received(codec, trained))
+
+
+@pytest.mark.parametrize(
+    "staleness, exponent, eta", [("polynomial", 0.5, 1.0), ("polynomial", 0.7, 0.3), ("constant", 0.5, 2.5)]
+)
+def test_spec_fedbuff_written_out_in_numpy_is_the_servers_bit_for_bit(staleness, exponent, eta):
+    """Round 5 of a fedbuff run: three updates started from rounds 4 (fresh), 2 and 3, each changed from its own base;
+    the reference's arithmetic (from the spec alone) against server.strategy.fedbuff on random float32 tensors."""
+    import torch
+
+    from flb.config import FedBuffSettings
+    from flb.types import ClientUpdate
+    from server.strategy.fedbuff import FedBuff
+
+    module = reference_module()
+    generator = torch.Generator().manual_seed(11)
+
+    def adapter(scale: float = 1.0) -> dict:
+        shapes = {"m.lora_A.weight": (4, 33), "m.lora_B.weight": (33, 4)}
+        return {name: scale * torch.randn(shape, generator=generator) for name, shape in shapes.items()}
+
+    recorded = {s: adapter() for s in (2, 3, 4)}  # the global adapters of rounds 2-4
+    starts, counts = [4, 2, 3], [7, 13, 1]
+    trained = [{name: t + adapter(0.01)[name] for name, t in recorded[s].items()} for s in starts]
+    settings = FedBuffSettings(staleness=staleness, staleness_exponent=exponent, server_learning_rate=eta)
+    updates = [
+        ClientUpdate(i, s + 1, x, n, None, 0.0, 0, "", base=recorded[s])
+        for i, (x, s, n) in enumerate(zip(trained, starts, counts))
+    ]
+    server = FedBuff(settings=settings).aggregate(recorded[4], updates, 5, len(updates))
+
+    def numpy(state: dict) -> dict:
+        return {name: t.numpy() for name, t in state.items()}
+
+    rules = {"staleness": staleness, "staleness_exponent": exponent, "server_learning_rate": eta}
+    written_out = [(numpy(x), numpy(recorded[s]), n, 5 - 1 - s) for x, s, n in zip(trained, starts, counts)]
+    reference = module.fedbuff(numpy(recorded[4]), written_out, rules)
+    assert module.tensors_digest(reference) == adapter_digest(server)
+    assert module.tensors_digest(reference) != module.tensors_digest(numpy(recorded[4]))
+    stale_as_fresh = [(x, numpy(recorded[4]), n, 0) for x, _, n, _ in written_out]  # each change from round 4
+    assert module.tensors_digest(module.fedbuff(numpy(recorded[4]), stale_as_fresh, rules)) != adapter_digest(server)
 
 
 def test_it_loads_nothing_of_the_project_nor_its_contract_artifact(anvil_run, node):
@@ -176,6 +244,94 @@ CASES = {  # tampering -> what both verifiers' MISMATCH lines must name
     "config strategy": (tamper_strategy, ("config.json",)),
     "summary eval_loss": (tamper_summary_loss, ("summary.json: eval_loss",)),
 }
+
+
+@pytest.mark.parametrize(
+    "strategy, anchored, starts, expected",
+    [
+        ("fedbuff", (True, 1), [[0], [1, 0]], []),
+        (
+            "fedavg",
+            (True, 1),
+            [[0], [1, 0]],
+            ["config.json: strategy fedavg gives (buffered, maxStaleness) (False, 0)"],
+        ),
+        (
+            "fedbuff",
+            (True, 0),
+            [[0], [1, 0]],
+            ["anchors (True, 0)", "round 2 client 0xB: start round 0, staleness 1 outside 0..0"],
+        ),
+        ("fedbuff", (True, 1), [[0], [0, 0]], ["round 2 client 0xA: start round 0 is not after its last (0)"]),
+        ("fedbuff", (False, 0), [[0], [1, 0]], ["(False, 0)", "buffered True, anchored False"]),
+    ],
+)
+def test_spec_checks_of_buffered_rounds_written_out(strategy, anchored, starts, expected):
+    """The reference's items 2 and 4 for buffered runs on a chain written out by hand: the anchor agrees with the
+    strategy, every start is within the anchored staleness, and a client's starts increase."""
+    module = reference_module()
+    config = {"strategy": {"name": strategy, "fedbuff": {"max_staleness": 1}}}
+    buffered, most = anchored
+    chain = {"events": [{"event": "RunAnchored", "args": {"buffered": buffered, "maxStaleness": most}}]}
+    rounds = {
+        n: {"clients": ["0xA", "0xB"][: len(s)], "startRounds": s, "buffered": True, "sealed": False}
+        for n, s in enumerate(starts, 1)
+    }
+    report = module.Report()
+    module.check_buffered(report, chain, rounds, config)
+    assert [p for p in report.problems if not any(e in p for e in expected)] == []
+    assert all(any(e in p for p in report.problems) for e in expected), report.problems
+
+
+def stale_update(run_dir: Path) -> Path:
+    """The update file of the first update that started before the previous round (read from metrics' chain)."""
+    from chain.trail import read_trail
+    from chain.verify import registered_clients, rounds_from
+
+    trail = read_trail(run_dir)
+    clients = registered_clients(trail)
+    for number, record in sorted(rounds_from(trail).items()):
+        for address, start in zip(record["clients"], record.get("start_rounds", [])):
+            if start < number - 1:
+                return run_dir / f"round_{number}" / "updates" / f"client_{clients.index(address)}.safetensors"
+    raise AssertionError("no stale update in the fedbuff run")
+
+
+def tamper_stale_update(run_dir: Path) -> None:
+    path = stale_update(run_dir)
+    sent = load_file(str(path))
+    codes = next(name for name in sorted(sent) if name.endswith("#int8"))
+    sent[codes][0] = 127 if sent[codes][0] != 127 else -127  # still a well-formed int8 payload
+    save_file(sent, str(path), metadata={"format": "pt"})
+
+
+def tamper_max_staleness(run_dir: Path) -> None:
+    edit_json(run_dir / "config.json", lambda config: config["strategy"]["fedbuff"].update(max_staleness=9))
+
+
+FEDBUFF_CASES = {  # tampering -> what both verifiers' MISMATCH lines must name, and whether rounds are recomputed
+    "honest": (None, (), True),
+    "stale update": (tamper_stale_update, ("updates/client_",), True),
+    "config max_staleness": (tamper_max_staleness, ("config.json",), False),
+}
+
+
+@pytest.mark.parametrize("case", list(FEDBUFF_CASES))
+def test_the_reference_and_the_project_verifier_agree_on_a_fedbuff_run(case, fedbuff_run, copy_run, capsys):
+    """Stale updates signed over their own start round, opened from that round's adapter and weighed by FedBuff's
+    rule (spec 5.5): both verifiers recompute them, and both fail on a stale update's file or the anchored rules."""
+    tamper, named, recomputed = FEDBUFF_CASES[case]
+    run_dir = copy_run(fedbuff_run[0])
+    if tamper is not None:
+        tamper(run_dir)
+    ours, our_lines = project(capsys, run_dir, *fedbuff_run[1])
+    theirs, their_lines = reference(run_dir, *fedbuff_run[1])
+    assert their_lines[-1].startswith("reference verify: ")
+    assert any("not recomputed" in line for line in our_lines + their_lines) != recomputed
+    assert (ours, theirs) == ((1, 1) if tamper else (0, 0)), "\n".join(our_lines + ["--- reference:"] + their_lines)
+    for lines in (our_lines, their_lines):
+        problems = "\n".join(line for line in lines if line.startswith("MISMATCH"))
+        assert all(what in problems for what in named), f"{named} not all in:\n{problems}"
 
 
 @pytest.mark.parametrize("case", list(CASES))

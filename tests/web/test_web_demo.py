@@ -325,6 +325,31 @@ def test_ledger_page_of_a_private_run_verifies_and_publishes_no_counts(app_url, 
 
 
 @pytest.fixture(scope="module")
+def buffered_run(web_run, tiny_model_dir) -> Path:
+    """The same run with strategy fedbuff over 3 rounds of one arrival: client 1, twice as slow, lands in round 3
+    with the update it started from round 0."""
+    overrides = recorded_run_overrides(tiny_model_dir, web_run.parent) + [
+        "num_rounds=3",
+        "strategy.name=fedbuff",
+        "strategy.fedbuff.buffer_size=1",
+        "server.min_clients=1",
+        "simulation.client_speed=[1, 2]",
+    ]
+    return assembly.run(load_config(None, overrides))
+
+
+def test_ledger_page_of_a_fedbuff_run_shows_where_each_update_started(app_url, buffered_run, page):
+    from playwright.sync_api import expect
+
+    page.goto(f"{app_url}/ledger?run={buffered_run.name}")
+    for number in (0, 1, 2, 3):
+        expect(page.locator(f".st-key-round-{number}")).to_contain_text("verified")
+    expect(page.locator(".st-key-round-3").get_by_role("row").filter(has_text="client 1")).to_contain_text("round 0")
+    expect(page.locator(".st-key-round-2")).to_contain_text("round 1")
+    assert "mismatch" not in settle_and_screenshot(page, "ledger-fedbuff").lower()
+
+
+@pytest.fixture(scope="module")
 def crowded_run(web_run, tiny_model_dir) -> Path:
     """60 registered clients, 2 of them in its one round; a small block gas limit splits the uploads in two
     transactions."""
