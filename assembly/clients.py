@@ -21,7 +21,10 @@ def clients_and_fit_all(config: Config, run_dir, prepared: Prepared, fleet):
     from server.coordinator import fit_in_turn
 
     if fleet is not None:
-        yield fleet.join(run_dir.path.name, config.num_clients, base_model_digest(prepared.model)), fleet.fit_all
+        # under DP every node must join before round 0: who takes part is drawn from every registered client
+        joined = config.num_clients if config.uses_dp else config.clients_per_round
+        digest = base_model_digest(prepared.model)
+        yield fleet.join(run_dir.path.name, config.num_clients, digest, min_joined=joined), fleet.fit_all
     elif config.mode == "split":
         with split_clients_and_fit_all(config, run_dir, prepared) as clients_and_fit:
             yield clients_and_fit
@@ -158,7 +161,7 @@ def start_workers(config: Config, run_dir, prepared: Prepared):
 
     with WorkerPool(
         load_model=functools.partial(build_worker_model, config),
-        build_client=functools.partial(build_worker_client, config, run_dir),
+        build_clients=functools.partial(build_worker_clients, config, run_dir),
         shards=prepared.shards,
         devices=config.execution.devices or [config.model.device_map],
         workers_per_device=config.execution.workers,
@@ -175,12 +178,14 @@ def build_worker_model(config: Config, device: str):
     return build_model(on_device(config, device))
 
 
-def build_worker_client(config: Config, run_dir, device: str, client_id: int, shard: list[dict], model, tokenizer):
-    """A client in a worker process; the worker's clients share the trainer its first client made."""
+def build_worker_clients(config: Config, run_dir, device: str, shards: dict[int, list[dict]], model, tokenizer):
+    """Clients in a worker process (client id -> client), sharing one trainer over the worker's model: its first
+    clients' shards (its share, before round 0) are tokenized in one pass, a client added later alone."""
+    config = on_device(config, device)
     trainers = _WORKER_TRAINERS.get(id(model))
-    client = build_run_client(on_device(config, device), run_dir, client_id, shard, model, tokenizer, trainers)
-    _WORKER_TRAINERS[id(model)] = client.trainers
-    return client
+    if trainers is None:
+        trainers = _WORKER_TRAINERS[id(model)] = client_trainer(config, shards, model, tokenizer, run_dir.path / "work")
+    return {i: build_run_client(config, run_dir, i, shard, model, tokenizer, trainers) for i, shard in shards.items()}
 
 
 _WORKER_TRAINERS: dict[int, object] = {}  # a worker process's model (one per worker) -> its clients' trainer

@@ -119,6 +119,7 @@ def coordinate(
     from server.evaluation import Evaluator
 
     model, plan = prepared.model, prepared.split_plan
+    host = getattr(fit_all, "__self__", None)  # the worker pool or the Flower fleet whose method fit_all is, if any
     if ledger.signing_domain is not None:
         for client in clients:
             client.bind_ledger(ledger.signing_domain)
@@ -159,7 +160,8 @@ def coordinate(
         learning_rate=functools.partial(round_learning_rate, config.sft, num_rounds=config.num_rounds),
         contribution_loss=evaluator.eval_loss if scores_by_quality(config) else None,
         on_round=on_round,
-        **buffered(config, fit_all),
+        roster=getattr(host, "roster", None),  # a Flower fleet's nodes may join late
+        **buffered(config, host),
     )
     if checkpoint is not None:
         coordinator.restore(checkpoint)
@@ -174,16 +176,15 @@ def coordinate(
     return coordinator.run_rounds(global_adapter, last_round + 1, config.num_rounds)
 
 
-def buffered(config: Config, fit_all) -> dict:
+def buffered(config: Config, host) -> dict:
     """The coordinator's fedbuff part (server/buffered.py): its settings, its clock (a job takes the client's
-    simulation slowdown), how a job trains (in turn here, or side by side by the worker pool or the Flower fleet whose
-    fit_all this is) and which jobs never answer (simulation.dropout); nothing for a synchronous strategy."""
+    simulation slowdown), how a job trains (in turn here, or side by side by `host`, the worker pool or the Flower
+    fleet) and which jobs never answer (simulation.dropout); nothing for a synchronous strategy."""
     from flb.simulation import dropout, slowdown
     from server.buffered import BufferedRounds, BufferedSchedule, FitWhenAwaited
 
     if not config.strategy.spec.asynchronous:
         return {}
-    host = getattr(fit_all, "__self__", None)
     return {
         "buffered": BufferedRounds(
             settings=config.strategy.fedbuff,

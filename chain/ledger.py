@@ -72,10 +72,15 @@ class ChainLedger:
 
     def register_clients(self, addresses: dict[int, str]) -> None:
         """Queue the clients' registration (only registered clients can upload or be recorded), in batches that each
-        fit one transaction."""
+        fit one transaction; clients registered later (their nodes joined late) come after the others, in client id
+        order as the chain lists them."""
+        earlier = self._accounts_or_admin()["clients"]
         write_json_atomic(
             self.chain_dir / "accounts.json",
-            {"admin": self.node.accounts.admin.address, "clients": [addresses[i] for i in sorted(addresses)]},
+            {
+                "admin": self.node.accounts.admin.address,
+                "clients": earlier + [addresses[i] for i in sorted(addresses)],
+            },
         )
         for name, batch in batches(addresses, batch_size(REGISTER, self.gas_limit)):
             self._enqueue(f"register:{name}", REGISTER, register_payload(batch))

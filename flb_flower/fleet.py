@@ -4,8 +4,10 @@ Each round the fleet sends one train message per sampled client to the node serv
 waits until every reply is in or `round_timeout_s` passes: a node that died mid-round (no reply, or the
 SuperLink reporting it unavailable) costs the round its update, not the run, and a malformed reply is a
 rejected update with its reason. Before each round it asks nodes it does not know yet which client they
-serve, so a node that joins late (or restarts) takes part from the next round. The config sent to nodes has
-the credentials in its URLs redacted: nodes never reach the server's chain node.
+serve, so a node that joins late (or restarts) takes part from the next round: a run starts once every client's
+node has joined, or, after wait-for-nodes-s, with those that have if they are at least `min_joined`; a client whose
+node joins later is registered before the first round it can be sampled in (server.coordinator, `roster`). The
+config sent to nodes has the credentials in its URLs redacted: nodes never reach the server's chain node.
 """
 
 from __future__ import annotations
@@ -54,25 +56,48 @@ class Fleet:
         self.info: dict[int, tuple[int, str | None]] = {}  # client id -> (num_examples, address)
         self.silent: set[int] = set()  # listed nodes that missed a deadline: not asked again while listed
         self.uploads: dict[int, SignedUpload | RunFailed] = {}  # signed data uploads fetched, not yet recorded
+        self.asked: set[int] = set()  # clients whose data upload has been asked for
         self.clients: list[ProxyClient] = []
         # strategy fedbuff's jobs (flb.types.Jobs): client id -> (its train message's id, the round it was sent for,
         # when it was sent); replies pulled for jobs not awaited yet
         self.submitted: dict[int, tuple[str, int, float]] = {}
         self.pulled: dict[str, Message] = {}
 
-    def join(self, run_id: str, num_clients: int, base_model_digest: str) -> list[ProxyClient]:
-        """The run's clients: block until a node serves every client id (round 0 registers every client), each
-        keeping its secrets under its state-dir/<run_id> and training only the base model with this digest."""
+    def join(
+        self, run_id: str, num_clients: int, base_model_digest: str, *, min_joined: int | None = None
+    ) -> list[ProxyClient]:
+        """The run's clients, each keeping its secrets under its state-dir/<run_id> and training only the base model
+        with this digest: block until a node serves every client id, or until wait-for-nodes-s has passed with at
+        least `min_joined` (None: all) served; `roster` says which have joined (a client whose node has not yet
+        declares nothing)."""
         self.run_id, self.base_model_digest = run_id, base_model_digest
         deadline = time.monotonic() + self.wait_for_nodes_s
         self.discover()
         while missing := [i for i in range(num_clients) if i not in self.nodes]:
             if time.monotonic() > deadline:
-                raise self._nodes_missing(missing, num_clients)
+                if num_clients - len(missing) < (num_clients if min_joined is None else min_joined):
+                    raise self._nodes_missing(missing, num_clients)
+                log.warning(
+                    "no SuperNode serves %d of the %d clients yet (partition-id %s%s): starting with the %d that "
+                    "joined; each of the others takes part once its node joins",
+                    len(missing),
+                    num_clients,
+                    missing[:5],
+                    "..." if len(missing) > 5 else "",
+                    num_clients - len(missing),
+                )
+                break
             time.sleep(1.0)  # each query starts a ClientApp process on the node: do not spin
             self.discover()
-        self.clients = [ProxyClient(i, *self.info[i], host=self) for i in range(num_clients)]
+        self.clients = [ProxyClient(i, *self.info.get(i, (0, None)), host=self) for i in range(num_clients)]
         return self.clients
+
+    def roster(self) -> list[ProxyClient]:
+        """The clients whose node has joined so far (asking the nodes not known yet), in client id order."""
+        self.discover()
+        for client in self.clients:
+            client.num_examples, client.address = self.info.get(client.client_id, (0, None))
+        return [client for client in self.clients if client.client_id in self.info]
 
     def _nodes_missing(self, missing: list[int], num_clients: int) -> RunFailed:
         """Why round 0 cannot start, with the likely causes: a node that never reached the SuperLink says why only
@@ -115,14 +140,16 @@ class Fleet:
         self.domain = domain.to_dict()
 
     def data_upload(self, client_id: int) -> SignedUpload:
-        """Client `client_id`'s data upload, signed on its node for the bound ledger. The first request asks every
-        client's node at once: each answer starts a ClientApp process, so they run side by side, not in turn."""
+        """Client `client_id`'s data upload, signed on its node for the bound ledger. A request asks every joined
+        client's node not asked yet at once: each answer starts a ClientApp process, so they run side by side, not in
+        turn."""
         if client_id not in self.uploads:
-            pending = [c.client_id for c in self.clients if c.client_id not in self.uploads]
+            pending = [i for i in self.nodes if i == client_id or i not in self.asked]
+            self.asked.update(pending)
             messages = [self._query(self.nodes[i], wire.UPLOAD, "upload") for i in pending]
             for i, reply in zip(pending, self.exchange(messages, self.query_timeout_s)):
                 self.uploads[i] = self._upload(i, reply)
-        upload = self.uploads.pop(client_id)
+        upload = self.uploads.pop(client_id, None) or RunFailed(f"client {client_id}: no SuperNode serves it")
         if isinstance(upload, RunFailed):
             raise upload
         return upload

@@ -83,6 +83,8 @@ class RoundCoordinator:
     contribution_loss: Callable[[AdapterState], float] | None = None  # set: leave-one-out scores each round
     fit_all: FitAll = fit_in_turn  # the Flower app sends to every sampled SuperNode at once
     buffered: BufferedRounds | None = None  # strategy fedbuff: its clock, its jobs and how they train
+    # the clients that have joined so far (a Flower fleet's nodes may join late); None: all of them, from round 0
+    roster: Callable[[], list[Client]] | None = None
     comm: CommTracker = field(default_factory=CommTracker)
     learning_rate: Callable[[int], float] | None = None  # the clients' learning rate in a round, for the metrics
     declared: dict[int, dict] = field(default_factory=dict)  # client id -> its round-0 shard size and address
@@ -110,10 +112,7 @@ class RoundCoordinator:
         """Round 0: the clients' addresses and signed data uploads, then the base model (LoRA B is zero) evaluated
         and recorded; the global adapter round 1 starts from (as the clients receive it)."""
         global_adapter = as_received(self.broadcast_compression, global_adapter)
-        self.declared = {c.client_id: {"num_examples": c.num_examples, "address": c.address} for c in self.clients}
-        if self.ledger.signing_domain is not None:
-            self.ledger.register_clients({c.client_id: c.address for c in self.clients})
-            self.ledger.record_data_uploads({c.client_id: c.data_upload() for c in self.clients})
+        self.admit_joined()
         started = time.perf_counter()
         metrics = self.evaluate(global_adapter)
         self._complete(
@@ -124,6 +123,30 @@ class RoundCoordinator:
             {**metrics, "num_sampled": 0, "round_time_s": 0.0, "eval_time_s": time.perf_counter() - started},
         )
         return global_adapter
+
+    def admit_joined(self) -> None:
+        """Declare the clients that have joined since the last call (all of them at round 0 but on a Flower fleet
+        whose nodes join late): their shard size and address, their registration and signed data upload on the
+        ledger; only declared clients are sampled. Clients are declared in client id order, each once every lower id
+        has been (the chain's registration order is what maps a client id to its address: docs/audit-spec.md)."""
+        joined = {c.client_id for c in (self.clients if self.roster is None else self.roster())}
+        new = []
+        for client in self.clients[len(self.declared) :]:
+            if client.client_id not in joined:
+                break
+            new.append(client)
+        if not new:
+            return
+        if self.declared:
+            log.info("clients %s joined: registering them", [c.client_id for c in new][:10])
+        self.declared.update({c.client_id: {"num_examples": c.num_examples, "address": c.address} for c in new})
+        if self.ledger.signing_domain is not None:
+            self.ledger.register_clients({c.client_id: c.address for c in new})
+            self.ledger.record_data_uploads({c.client_id: c.data_upload() for c in new})
+
+    def admitted(self) -> list[Client]:
+        """The clients that may be sampled: those declared, in client id order."""
+        return [c for c in self.clients if c.client_id in self.declared]
 
     def restore(self, checkpoint: dict) -> None:
         """Put back the strategy's state, the clients' round-0 declarations and the server's secret generator."""
@@ -140,6 +163,8 @@ class RoundCoordinator:
 
     def run_round(self, round: int, global_adapter: AdapterState) -> AdapterState:
         started = time.perf_counter()
+        if self.roster is not None:
+            self.admit_joined()
         if self.buffered is None:
             sampled = self.sample(round)
             updates, rejected, cost = self.collect(sampled, global_adapter, round)
@@ -210,15 +235,16 @@ class RoundCoordinator:
         return global_adapter
 
     def sample(self, round: int) -> list[Client]:
-        """clients_per_round clients without replacement: under DP from the server's secret generator (who takes
-        part decides the amplification by sampling), otherwise from (seed, round) alone."""
+        """clients_per_round of the admitted clients without replacement: under DP from the server's secret generator
+        (who takes part decides the amplification by sampling), otherwise from (seed, round) alone."""
+        admitted = self.admitted()
         if self.secret_sampling:
-            chosen = self.random.sample(len(self.clients), self.clients_per_round)
+            chosen = self.random.sample(len(admitted), self.clients_per_round)
         else:
             chosen = round_rng(self.seed, round, _SAMPLING_STREAM).choice(
-                len(self.clients), self.clients_per_round, replace=False
+                len(admitted), self.clients_per_round, replace=False
             )
-        return [self.clients[i] for i in sorted(chosen)]
+        return [admitted[i] for i in sorted(chosen)]
 
     def collect(self, sampled: list[Client], global_adapter: AdapterState, round: int):
         """Fit every sampled client, sending it the strategy's extras too, until the round's deadline if it has one;
@@ -252,14 +278,14 @@ class RoundCoordinator:
         buffered = self.buffered
         buffered.begin_round(round, global_adapter)
         arrived: list[tuple[Client, Job, object]] = []
-        started = buffered.start_idle(self.clients, round - 1, set(), self._draw_starts)
+        started = buffered.start_idle(self.admitted(), round - 1, set(), self._draw_starts)
         while len(arrived) < buffered.settings.buffer_size:
             job = buffered.schedule.next_arrival()
             client = self.clients[job.client_id]
             arrived.append((client, job, buffered.arrival(client, job, round)))
             if len(arrived) < buffered.settings.buffer_size:
                 waiting = {c.client_id for c, _, _ in arrived}
-                started += buffered.start_idle(self.clients, round - 1, waiting, self._draw_starts)
+                started += buffered.start_idle(self.admitted(), round - 1, waiting, self._draw_starts)
         sampled, results = [client for client, _, _ in arrived], [result for _, _, result in arrived]
         row = self.comm.count(
             round,

@@ -59,8 +59,8 @@ def missing_model(device: str):
     raise ModelError("model.model_path: no model in /nowhere; point it at a model directory")
 
 
-def stand_in_client(folder: str, device: str, client_id: int, shard: list[dict], model, tokenizer):
-    return StandIn(client_id, len(shard), Path(folder))
+def stand_in_clients(folder: str, device: str, shards: dict[int, list[dict]], model, tokenizer):
+    return {client_id: StandIn(client_id, len(shard), Path(folder)) for client_id, shard in shards.items()}
 
 
 @dataclass
@@ -114,7 +114,7 @@ def pool_of_stand_ins(tmp_path):
     def start(**kwargs):
         pool = WorkerPool(
             load_model=no_model,
-            build_client=functools.partial(stand_in_client, str(tmp_path)),
+            build_clients=functools.partial(stand_in_clients, str(tmp_path)),
             shards=[[{}], [{}, {}], [{}]],
             devices=["cpu"],
             workers_per_device=2,
@@ -188,7 +188,7 @@ def test_a_client_that_raises_is_its_failure_in_one_line(pool_of_stand_ins, capl
 def test_a_worker_that_cannot_load_the_model_stops_the_start(tmp_path):
     pool = WorkerPool(
         load_model=missing_model,
-        build_client=functools.partial(stand_in_client, str(tmp_path)),
+        build_clients=functools.partial(stand_in_clients, str(tmp_path)),
         shards=[[{}]],
         devices=["cpu"],
         workers_per_device=2,

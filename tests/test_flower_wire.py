@@ -431,3 +431,31 @@ def test_scaffold_variates_travel_both_ways_bit_for_bit(server_task):
         adapter_digest(global_adapter),
         server_variate,
     )
+
+
+def test_a_run_starts_with_the_nodes_that_joined_and_takes_in_a_late_one(server_task):
+    """Nodes for clients 0 and 1 are up, client 2's is not: after wait-for-nodes-s the fleet starts with two (at
+    least min_joined), declares nothing for client 2, and takes it in once its node joins, asking only that node for
+    its data upload; with fewer than min_joined it fails in one line."""
+
+    def answer(node: int, message: Message):
+        if wire.read_run(message.content)["action"] == wire.UPLOAD:
+            return wire.upload_content(SignedUpload("ab" * 32, "0x" + "cd" * 65))
+        return wire.info_content(node - 100, 5, None)
+
+    grid = StubGrid([100, 101], answer)
+    fleet = fleet_over(grid, {"num_clients": 3, "comm": {"broadcast_compression": "none"}})
+    fleet.wait_for_nodes_s = 0.2
+    with pytest.raises(RunFailed, match=r"^no SuperNode serves partition-id \[2\]") as error:
+        fleet.join(RUN_ID, 3, BASE_MODEL)
+    assert "\n" not in str(error.value)
+    clients = fleet.join(RUN_ID, 3, BASE_MODEL, min_joined=2)
+    assert [(c.client_id, c.num_examples) for c in clients] == [(0, 5), (1, 5), (2, 0)]
+    assert [c.client_id for c in fleet.roster()] == [0, 1]
+    fleet.data_upload(0)
+    asked = len(grid.pushed)
+    grid.node_ids.append(102)
+    assert [c.client_id for c in fleet.roster()] == [0, 1, 2] and clients[2].num_examples == 5
+    fleet.data_upload(2)
+    uploads = [m for m in grid.pushed[asked:] if wire.read_run(m.content)["action"] == wire.UPLOAD]
+    assert [m.metadata.dst_node_id for m in uploads] == [102]  # the others signed theirs already

@@ -22,7 +22,7 @@ from flb.scheduler import is_out_of_memory
 log = logging.getLogger("client.workers")
 
 
-def serve(conn, device: str, threads: int, load_model: Callable, build_client: Callable, domain: dict | None) -> None:
+def serve(conn, device: str, threads: int, load_model: Callable, build_clients: Callable, domain: dict | None) -> None:
     """A worker: load the model, say it is ready, then answer the main process's jobs until it says stop or its end of
     the pipe closes."""
     os.environ["TQDM_DISABLE"] = "1"  # before anything here imports tqdm: no progress bars from workers
@@ -32,7 +32,7 @@ def serve(conn, device: str, threads: int, load_model: Callable, build_client: C
     root.handlers[:] = [_PipeHandler(channel)]
     root.setLevel(logging.WARNING)
     try:
-        worker = _Served(_visible(device), threads, load_model, build_client, domain)
+        worker = _Served(_visible(device), threads, load_model, build_clients, domain)
     except Exception as exc:
         log.exception("execution: loading the model on %s failed", device)
         channel.send("failed", {"error": f"{type(exc).__name__}: {first_line(exc)}"})
@@ -69,11 +69,11 @@ Reply = tuple[str, dict, dict]  # a frame's op, header and tensors
 class _Served:
     """A worker's model and the clients it has built; one method per job, each returning its reply."""
 
-    def __init__(self, device: str, threads: int, load_model: Callable, build_client: Callable, domain: dict | None):
+    def __init__(self, device: str, threads: int, load_model: Callable, build_clients: Callable, domain: dict | None):
         import torch
 
         torch.set_num_threads(threads)
-        self.device, self.build_client, self.domain = device, build_client, domain
+        self.device, self.build_clients, self.domain = device, build_clients, domain
         self.tokenizer, self.model = load_model(device)
         self.clients: dict[int, object] = {}
         self.frozen = False  # gc.freeze() done (at its first fit)
@@ -92,21 +92,26 @@ class _Served:
             return "error", {"error": f"{type(exc).__name__}: {first_line(exc)}", "out_of_memory": out_of_memory}, {}
 
     def _client(self, header: dict):
+        """The job's client, built here first from the shard the job carries if this worker has not built it."""
         client_id = header["client_id"]
         if client_id not in self.clients:
-            client = self.build_client(self.device, client_id, header["shard"], self.model, self.tokenizer)
+            self._add({client_id: header["shard"]})
+        return self.clients[client_id]
+
+    def _add(self, shards: dict[int, list[dict]]) -> None:
+        for client_id, client in self.build_clients(self.device, shards, self.model, self.tokenizer).items():
             if self.domain is not None:
                 client.bind_ledger(_domain(self.domain))
             self.clients[client_id] = client
-        return self.clients[client_id]
 
     def _build(self, header: dict, tensors: dict) -> Reply:
-        client = self._client(header)
-        return (
-            "done",
-            {"num_examples": client.num_examples, "address": client.address, "privacy": client.privacy_spent()},
-            {},
-        )
+        """Build this worker's share of the clients (client id -> shard) at once; what each declares."""
+        shards = {int(client_id): shard for client_id, shard in header["shards"].items()}
+        self._add(shards)
+        declared = [
+            [i, self.clients[i].num_examples, self.clients[i].address, self.clients[i].privacy_spent()] for i in shards
+        ]
+        return "done", {"clients": declared}, {}
 
     def _bind(self, header: dict, tensors: dict) -> Reply:
         self.domain = header["domain"]

@@ -2,9 +2,10 @@
 what the client declared, its last epsilon report), which the round coordinator drives unchanged through
 `WorkerPool.fit_all`.
 
-Every client is built once, by one worker (round robin), before any other may build it: only that first
-construction creates its secrets and signs its data record. From then on any worker may run any client (its
-secrets are in its private directory, client.workers.loop), so a round's clients spread over all workers.
+Every client is built once, by one worker (round robin, each worker's share in one job, so their shards are tokenized
+in one pass), before any other may build it: only that first construction creates its secrets and signs its data
+record. From then on any worker may run any client (its secrets are in its private directory, client.workers.loop),
+so a round's clients spread over all workers.
 
 A round queues one job per client and starts as many at once on each device as its flb.scheduler.Admission allows:
 one until a job's peak memory has been measured (in the worker, around the fit), then as many as the budget holds.
@@ -69,7 +70,8 @@ class _Worker:
 
 class WorkerPool:
     """`workers_per_device` worker processes on each of `devices`. `load_model(device)` -> (tokenizer, model) and
-    `build_client(device, client_id, shard, model, tokenizer)` -> a flb.types.Client run in the workers; both must be
+    `build_clients(device, shards, model, tokenizer)` -> {client id: flb.types.Client} for `shards` (client id ->
+    records), run in the workers; both must be
     picklable (module-level functions, or functools.partial of them), `device` being the worker's own name for its
     device (cuda:N is that worker's only visible GPU, so it says cuda)."""
 
@@ -77,7 +79,7 @@ class WorkerPool:
         self,
         *,
         load_model: Callable,
-        build_client: Callable,
+        build_clients: Callable,
         shards: list[list[dict]],
         devices: list[str],
         workers_per_device: int,
@@ -91,7 +93,7 @@ class WorkerPool:
                 f"WorkerPool: devices {devices!r}, workers_per_device {workers_per_device}: give at "
                 "least one device and one worker"
             )
-        self.load_model, self.build_client, self.shards = load_model, build_client, shards
+        self.load_model, self.build_clients, self.shards = load_model, build_clients, shards
         self.devices = list(dict.fromkeys(devices))  # a device listed twice is one memory budget
         self.workers_per_device, self.memory_budget_mb = workers_per_device, memory_budget_mb
         self.broadcast_compression = broadcast_compression  # how the global adapter crosses to the workers
@@ -126,15 +128,16 @@ class WorkerPool:
                     raise RunFailed(
                         f"execution: worker {worker.index} on {worker.device} could not start: {worker.lost}"
                     )
+            count = min(len(self.workers), len(self.shards))  # a worker with no share builds nothing
+            shares = [{i: self.shards[i] for i in range(w, len(self.shards), count)} for w in range(count)]
             built = self._must(
-                self._run(
-                    [_Job(i, "build", client_id=i, worker=i % len(self.workers)) for i in range(len(self.shards))]
-                ),
-                lambda i: f"build client {i}",
+                self._run([_Job(w, "build", header={"shards": share}, worker=w) for w, share in enumerate(shares)]),
+                lambda w: f"build the clients of worker {w}",
             )
+            declared = {client_id: rest for reply, _ in built for client_id, *rest in reply["clients"]}
             self.clients = [
-                ProxyClient(i, reply["num_examples"], reply["address"], self, reply["privacy"])
-                for i, (reply, _) in enumerate(built)
+                ProxyClient(i, num_examples, address, self, privacy)
+                for i, (num_examples, address, privacy) in sorted(declared.items())
             ]
             self._set_budgets()
         except BaseException:
@@ -367,6 +370,7 @@ class WorkerPool:
         else:
             job, worker.job = worker.job, None
             if op == "done":
+                worker.built.update(job.header.get("shards", ()))
                 if job.client_id is not None:
                     worker.built.add(job.client_id)
                 if job.admitted:
@@ -416,7 +420,7 @@ class WorkerPool:
         process = self.context.Process(
             target=serve,
             name=f"flb-worker-{index}",
-            args=(child, device, self.threads, self.load_model, self.build_client, self.domain),
+            args=(child, device, self.threads, self.load_model, self.build_clients, self.domain),
         )
         process.start()
         child.close()
