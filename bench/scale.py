@@ -1,13 +1,14 @@
 """Scale: the cost of a round as the number of registered clients grows, ledger on.
 
-    python -m bench.scale [--registered 10 100 1000 10000] [--per-round 10] [--rounds 3]
+    python -m bench.scale [--registered 10 100 1000 10000] [--per-round 10] [--rounds 3] [--execution processes]
 
 Each size runs in its own process on the tiny model (so peak RSS is that run's alone), with the flb-tasks
 generator's records (two per registered client, plus the evaluation set) and the embedded chain. Prints a
 table: wall time, time before round 1, each round's wall and CPU time (training, aggregation, evaluation, saving
 and recording; the CPU time is this process's, all threads, so other load on the machine does not inflate it),
 the mean round CPU time against the first size's, peak RSS, the run directory's size, and the gas of
-registration, data uploads and a round record.
+registration, data uploads and a round record. With `--execution processes` the clients train in two worker
+processes: the CPU columns are then the main process's alone (evaluation, aggregation, recording), and peak RSS too.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ RECORDS_PER_CLIENT = 2
 EVAL_SIZE = 8
 
 
-def measure(registered: int, per_round: int, rounds: int) -> dict:
+def measure(registered: int, per_round: int, rounds: int, execution: str = "sequential") -> dict:
     import assembly
     from flb.config import load_config
     from flb.data.tasks import generate_tasks, write_jsonl
@@ -53,6 +54,8 @@ def measure(registered: int, per_round: int, rounds: int) -> dict:
             "sft.max_length=128",
             f"eval.size={EVAL_SIZE}",
             "eval.max_new_tokens=2",
+            f"execution.mode={execution}",
+            "execution.workers=2",
         ],
     )
     run_path = assembly.run(config)
@@ -133,10 +136,11 @@ def main() -> None:
     parser.add_argument("--registered", type=int, nargs="+", default=[10, 100, 1000, 10000])
     parser.add_argument("--per-round", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--execution", default="sequential", choices=["sequential", "processes"])
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)  # child process mode
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(measure(args.registered[0], args.per_round, args.rounds)))
+        print(json.dumps(measure(args.registered[0], args.per_round, args.rounds, args.execution)))
         return
     results = []
     for registered in args.registered:
@@ -150,6 +154,8 @@ def main() -> None:
                     str(args.per_round),
                     "--rounds",
                     str(args.rounds),
+                    "--execution",
+                    args.execution,
                 )
             )
         except RuntimeError as exc:

@@ -92,7 +92,8 @@ def _dashboard(run: rundata.Run) -> None:
         _split(run.config["split"], [m for m in rounds if "split_to_server_bytes" in m])
     _privacy(run.config, metrics, [m for m in rounds if m.get("privacy")])
     every_round = rounds + [m for m in metrics if m.get("skipped")]
-    for key, title in (("rejected", "Rejected updates"), ("late", "Late updates (past server.round_deadline_s)")):
+    late = "Late updates (past server.round_deadline_s, or too stale under fedbuff)"
+    for key, title in (("rejected", "Rejected updates"), ("late", late)):
         entries = [(m["round"], r["client_id"], r["reason"]) for m in every_round for r in m.get(key, [])]
         if entries:
             st.subheader(title)
