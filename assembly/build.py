@@ -14,10 +14,14 @@ log = logging.getLogger("flb")
 
 
 def build_data(config: Config):
-    from flb.data.load import load_records, normalize, split_train_eval
+    from flb.data.load import PREFERENCES_SOURCE, load_records, normalize, normalize_preferences, split_train_eval
     from flb.data.partition import partition_indices
 
-    records = normalize(load_records(config.dataset_name))
+    if config.dpo_objective is None:
+        records = normalize(load_records(config.dataset_name))
+    else:  # preference pairs; our generated ones unless a source is given
+        source = PREFERENCES_SOURCE if config.dataset_name == "flb-tasks" else config.dataset_name
+        records = normalize_preferences(load_records(source))
     train, evaluation = split_train_eval(records, config.eval.size, config.seed)
     parts = partition_indices(
         train,
@@ -117,6 +121,11 @@ def prepare(config: Config, export_merged: bool = False, in_process_clients: boo
     from server.strategy import build_strategy
     from server.suites import build_suites
 
+    if config.dpo_objective is not None and not in_process_clients:
+        raise ConfigError(
+            "client.objective: dpo runs its clients in this process only (not on a Flower fleet); set "
+            "client.objective=sft or run main_simple_fl.py"
+        )
     if export_merged and config.model.quantization is not None:
         raise ConfigError("--export-merged: cannot merge into a quantized base; rerun with model.quantization: null")
     check_device(config.model.device_map)  # first: without the device, SFTConfig's own refusal would mislead

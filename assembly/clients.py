@@ -59,6 +59,7 @@ def client_trainer(config: Config, shards: dict[int, list[dict]], model, tokeniz
         work_dir=work_dir,
         use_cpu=config.model.device_map == "cpu",
         seed=config.seed,
+        dpo=config.dpo_objective,
     )
 
 
@@ -120,6 +121,7 @@ def build_client(
         privacy=client_privacy(config, client_id, len(shard)),
         comm=config.comm,
         slowdown=slowdown(config.simulation, client_id),
+        dpo=config.dpo_objective,
     )
 
 

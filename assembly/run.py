@@ -132,6 +132,7 @@ def coordinate(
         work_dir=run_dir.path / "work",
         suites=prepared.suites,
         use_cpu=config.model.device_map == "cpu",
+        dpo=config.dpo_objective,
     )
     coordinator = RoundCoordinator(
         clients=clients,

@@ -1,4 +1,5 @@
-"""A client that fine-tunes the shared LoRA model on its own shard with trl's SFTTrainer.
+"""A client that fine-tunes the shared LoRA model on its own shard with trl's SFTTrainer (or DPOTrainer, with
+client.objective dpo: the same client, its trainer optimising preference pairs against the base as reference).
 
 The base model is shared by every client in the process: a client only swaps the adapter in,
 trains `local_steps`, and reads the adapter out. The strategy's client-side part (flb.local_objective: FedProx's
@@ -26,8 +27,9 @@ from client.privacy import NoPrivacy, UpdatePrivacy
 from client.signing import ClientSigner
 from flb.adapters.compression import compress_update, decode, payload_bytes
 from flb.audit.digests import adapter_digest, records_digest, update_content
-from flb.config import CommSettings, SFTSettings
+from flb.config import CommSettings, DPOSettings, SFTSettings
 from flb.local_objective import GradientCorrection, LocalObjective
+from flb.model.dpo import dpo_config, quiet_dpo_trainer, tokenized_pairs
 from flb.model.load import adapter_parameters, get_adapter_state, set_adapter_state
 from flb.model.sft_settings import quiet_trainer, round_learning_rate, sft_config, to_dataset
 from flb.privacy.private_state import PrivateState
@@ -61,6 +63,7 @@ class SFTClient:
     trainers: ClientTrainer | None = None  # shared with the process's other clients; None: one of its own
     comm: CommSettings = field(default_factory=CommSettings)  # how its update is compressed (comm.compression)
     slowdown: float = 1.0  # simulation.client_speed: it takes this many times its training time
+    dpo: DPOSettings | None = None  # client.objective dpo's settings; None: SFT
 
     def __post_init__(self):
         # Built now, not at the first fit: building tokenizes the shard, and for a quantized base trl
@@ -75,6 +78,7 @@ class SFTClient:
                 work_dir=self.work_dir,
                 use_cpu=self.use_cpu,
                 seed=self.seed,
+                dpo=self.dpo,
             )
         self._rows = self.trainers.rows_of(self.client_id, self.records)
         self.private = PrivateState(self.private_dir)
@@ -217,9 +221,9 @@ class SFTClient:
 
 
 class ClientTrainer:
-    """One trl trainer for the clients that share `model`, built over their shards (client id -> records): trl
-    tokenizes them all in one pass, and each client trains on its own rows of the result. A client added later has
-    its shard tokenized alone, as trl tokenizes a train set."""
+    """One trl trainer (SFT, or DPO when `dpo` is given) for the clients that share `model`, built over their shards
+    (client id -> records): trl tokenizes them all in one pass, and each client trains on its own rows of the result.
+    A client added later has its shard tokenized alone, as trl tokenizes a train set."""
 
     def __init__(
         self,
@@ -232,11 +236,16 @@ class ClientTrainer:
         work_dir: Path,
         use_cpu: bool,
         seed: int,
+        dpo: DPOSettings | None = None,
     ):
-        args = sft_config(
-            settings, max_steps=local_steps, output_dir=Path(work_dir) / "clients", use_cpu=use_cpu, seed=seed
-        )
-        self.trainer = quiet_trainer(model, tokenizer, args, to_dataset(_owned(shards)))
+        output_dir = Path(work_dir) / "clients"
+        if dpo is None:
+            args = sft_config(settings, max_steps=local_steps, output_dir=output_dir, use_cpu=use_cpu, seed=seed)
+            self.trainer = quiet_trainer(model, tokenizer, args, to_dataset(_owned(shards)))
+        else:
+            args = dpo_config(settings, dpo, max_steps=local_steps, output_dir=output_dir, use_cpu=use_cpu, seed=seed)
+            self.trainer = quiet_dpo_trainer(model, tokenizer, args, to_dataset(_owned(shards)))
+        self.dpo = dpo
         self.tokenized = self.trainer.train_dataset
         self._rows = _rows_by_owner(self.tokenized[OWNER_COLUMN], shards)
         self._progress, self._corrected = StepProgress("client"), CorrectedSteps()
@@ -248,15 +257,13 @@ class ClientTrainer:
         `records` tokenized now."""
         if client_id in self._rows:
             return self.tokenized.select(self._rows.pop(client_id))
-        trainer = self.trainer
-        tokenized = trainer._prepare_dataset(
-            to_dataset(_owned({client_id: records})),
-            trainer.processing_class,
-            trainer.args,
-            trainer.args.packing,
-            None,
-            "train",
-        )
+        trainer, dataset = self.trainer, to_dataset(_owned({client_id: records}))
+        if self.dpo is not None:
+            tokenized = tokenized_pairs(trainer, dataset)
+        else:
+            tokenized = trainer._prepare_dataset(
+                dataset, trainer.processing_class, trainer.args, trainer.args.packing, None, "train"
+            )
         _rows_by_owner(tokenized[OWNER_COLUMN], {client_id: records})  # the same check: rows left to train on
         return tokenized
 

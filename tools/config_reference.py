@@ -44,7 +44,7 @@ Every default lives in `config.yaml`; the same keys, with their help text, are t
 - The resolved config is saved in every run directory as `config.json` (URLs with credentials redacted).
 
 What the keys do is explained on the topic pages: [models and training](models.md),
-[strategies](strategies.md), [privacy](privacy.md), [evaluation](evaluation.md),
+[preference alignment](dpo.md), [strategies](strategies.md), [privacy](privacy.md), [evaluation](evaluation.md),
 [execution modes](execution.md), [watching a run](runs.md), [split learning](split-learning.md) and
 [the ledger](ledger.md) (the `chain:` keys).
 """

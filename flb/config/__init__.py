@@ -3,7 +3,7 @@
 Each section is a frozen dataclass whose fields carry their help text; `__post_init__` rejects bad values with one line
 naming the key, the bad value and what is allowed. Unknown keys are errors with a "did you mean" hint. Inside:
   fields.py      a field with its help text, the value rules several sections share
-  sections.py    model, sft, client, server, partition, comm, execution, split
+  sections.py    model, sft, dpo, client, server, partition, comm, execution, split
   evaluation.py  eval and its suites
   services.py    notify, tracking, chain
   strategies.py  each strategy's section and STRATEGIES, the one registry of strategies
@@ -30,12 +30,15 @@ from flb.config.root import (
     Config,
 )
 from flb.config.sections import (
+    CLIENT_OBJECTIVES,
+    DPO_LOSS_TYPES,
     EXECUTION_MODES,
     SPLIT_CHANNELS,
     TARGET_MODULE_RULES,
     ClientDPSettings,
     ClientSettings,
     CommSettings,
+    DPOSettings,
     ExecutionSettings,
     LoraSettings,
     ModelSettings,
@@ -75,12 +78,15 @@ from flb.config.strategies import (
 
 __all__ = [
     "BulyanSettings",
+    "CLIENT_OBJECTIVES",
     "ChainSettings",
     "ClientDPSettings",
     "ClientSettings",
     "CommSettings",
     "Config",
     "DEFAULT_CONFIG_PATH",
+    "DPOSettings",
+    "DPO_LOSS_TYPES",
     "ENV_VAR_NAME",
     "EVAL_SUITES",
     "EXECUTION_MODES",

@@ -10,6 +10,7 @@ from flb.config.fields import described, one_of
 from flb.config.sections import (
     ClientSettings,
     CommSettings,
+    DPOSettings,
     ExecutionSettings,
     ModelSettings,
     PartitionSettings,
@@ -26,7 +27,11 @@ from flb.errors import require
 @dataclass(frozen=True)
 class Config:
     model: ModelSettings = described("Base model and LoRA.", default_factory=ModelSettings)
-    sft: SFTSettings = described("Local supervised fine-tuning.", default_factory=SFTSettings)
+    sft: SFTSettings = described(
+        "Local training (its learning rate, batch size and length serve client.objective dpo too).",
+        default_factory=SFTSettings,
+    )
+    dpo: DPOSettings = described("Direct preference optimisation (client.objective dpo).", default_factory=DPOSettings)
     client: ClientSettings = described("Client options.", default_factory=ClientSettings)
     server: ServerSettings = described("Server options.", default_factory=ServerSettings)
     strategy: StrategySettings = described("Aggregation strategy.", default_factory=StrategySettings)
@@ -49,8 +54,9 @@ class Config:
         default="federated",
     )
     dataset_name: str = described(
-        "Training data: 'flb-tasks' (our generated tasks), a .json/.jsonl/.csv/.parquet file, a local "
-        "dataset directory, or a hub name.",
+        "Training data: 'flb-tasks' (our generated tasks; with client.objective dpo, 'flb-preferences': "
+        "preference pairs generated from them), a .json/.jsonl/.csv/.parquet file, a local dataset directory, or a "
+        "hub name.",
         default="flb-tasks",
     )
     num_clients: int = described("Number of clients the data is partitioned over.", default=3)
@@ -105,6 +111,8 @@ class Config:
         )
         if self.mode == "split":
             self._check_split()
+        if self.client.objective == "dpo":
+            self._check_dpo()
         require(
             not (self.uses_dp and self.chain_record and self.chain.scoring == "quality"),
             "chain.scoring",
@@ -149,6 +157,40 @@ class Config:
             "a strategy without a client-side objective (not "
             f"{' or '.join(strategy_names(client_objective=True))}) with mode split",
         )
+
+    def _check_dpo(self) -> None:
+        """What client.objective dpo does not combine with, each a one-line error naming the way out."""
+        require(
+            self.execution.mode == "sequential",
+            "execution.mode",
+            self.execution.mode,
+            "sequential with client.objective dpo (batched clients share one SFT pass, and worker processes build "
+            "SFT trainers)",
+        )
+        require(
+            self.mode == "federated",
+            "mode",
+            self.mode,
+            "federated with client.objective dpo (split mode's trunk server trains with the SFT loss)",
+        )
+        require(
+            not (self.client.local_dp and self.client.dp.mode == "dpsgd"),
+            "client.dp.mode",
+            self.client.dp.mode,
+            "update with client.objective dpo (DP-SGD clips each example's gradient, and DPO's loss couples a "
+            "chosen and a rejected sequence, which opacus' per-sample hooks do not see as one example)",
+        )
+        require(
+            not self.sft.training_arguments,
+            "sft.training_arguments",
+            self.sft.training_arguments,
+            "{} with client.objective dpo (they are SFTConfig's arguments; trl's DPOConfig takes others)",
+        )
+
+    @property
+    def dpo_objective(self) -> DPOSettings | None:
+        """The one place the objective is chosen: dpo's settings when the clients optimise DPO, None for SFT."""
+        return self.dpo if self.client.objective == "dpo" else None
 
     @property
     def fewest_aggregated(self) -> int:

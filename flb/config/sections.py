@@ -1,4 +1,4 @@
-"""The sections of what is trained and how: model, sft, client, server, partition, comm, execution, split."""
+"""The sections of what is trained and how: model, sft, dpo, client, server, partition, comm, execution, split."""
 
 from __future__ import annotations
 
@@ -174,10 +174,43 @@ class ClientDPSettings:
         probability("client.dp.delta", self.delta)
 
 
+CLIENT_OBJECTIVES = ("sft", "dpo")
+
+
 @dataclass(frozen=True)
 class ClientSettings:
+    objective: str = described(
+        "What the clients optimise: sft (supervised fine-tuning on prompt/completion data) | dpo (direct "
+        "preference optimisation on prompt/chosen/rejected pairs, as dpo.* says; the reference is the base model "
+        "with the adapter disabled).",
+        default="sft",
+    )
     local_dp: bool = described("Client-side differential privacy, as client.dp says.", default=False)
     dp: ClientDPSettings = described("Local DP mechanism and budget.", default_factory=ClientDPSettings)
+
+    def __post_init__(self):
+        one_of("client.objective", self.objective, CLIENT_OBJECTIVES)
+
+
+# trl's DPO losses that need no setting beyond beta (exo_pair needs label smoothing; aot sorts across a batch)
+DPO_LOSS_TYPES = ("sigmoid", "hinge", "ipo", "robust", "bco_pair", "nca_pair", "sppo_hard", "apo_zero", "apo_down")
+
+
+@dataclass(frozen=True)
+class DPOSettings:
+    beta: float = described(
+        "beta: how far the policy may move from the reference (larger: closer to it); for ipo, its tau.",
+        default=0.1,
+    )
+    loss_type: str = described(
+        "trl's DPO loss: sigmoid (the DPO paper's -log sigmoid(beta * margin)) | hinge | ipo | robust | bco_pair "
+        "| nca_pair | sppo_hard | apo_zero | apo_down.",
+        default="sigmoid",
+    )
+
+    def __post_init__(self):
+        require(self.beta > 0, "dpo.beta", self.beta, "a number > 0")
+        one_of("dpo.loss_type", self.loss_type, DPO_LOSS_TYPES)
 
 
 @dataclass(frozen=True)

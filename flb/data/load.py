@@ -1,6 +1,7 @@
 """Load any data source and normalise it to one of trl's formats.
 
-Sources: 'flb-tasks' (our generated JSONL), a .json/.jsonl/.csv/.parquet file, a local dataset
+Sources: 'flb-tasks' (our generated JSONL), 'flb-preferences' (preference pairs generated from the same task
+families), a .json/.jsonl/.csv/.parquet file, a local dataset
 directory (saved with `save_to_disk`, or holding such files, at its top or in data/: the ones named
 train* when there are any), or a hub name.
 CSV and JSON files are read as written, with no column type guessed from the data: every CSV value
@@ -11,6 +12,8 @@ Format out:
 - {"messages": [...]} unless every conversation ends with an assistant turn after another turn, or
 - {"text": str};
 other columns (such as a task label) are kept as text, "" where a record has no value.
+Preference data (client.objective dpo; normalize_preferences): prompt, chosen and rejected, each text or a list of
+chat messages, out as {"prompt": [messages], "chosen": [assistant msg...], "rejected": [...]}.
 Errors name rows counted from 1 in file order (a CSV's header is not a row).
 """
 
@@ -35,6 +38,7 @@ _FORMATS = {
     "text": ("text",),
 }
 _OWN_COLUMNS = {
+    "preference": ("prompt", "chosen", "rejected"),
     "alpaca": ("instruction", "input", "output"),
     "messages": ("messages",),
     "prompt/completion": ("prompt", "completion"),
@@ -45,10 +49,17 @@ _TRL_COLUMNS = ("prompt", "completion", "messages", "text")
 _KNOWN_FORMATS = "give alpaca (instruction/input/output), messages, prompt/completion or text records"
 
 
+PREFERENCES_SOURCE = "flb-preferences"
+
+
 def load_records(dataset_name: str) -> list:
     """Raw records from any source, as a list (of dicts, unless the file is wrong: `normalize` checks)."""
     if dataset_name == "flb-tasks":
         return _read_file(DEFAULT_TASKS_PATH)
+    if dataset_name == PREFERENCES_SOURCE:
+        from flb.data.tasks import DEFAULT_NUM_EXAMPLES, DEFAULT_SEED, generate_preferences
+
+        return generate_preferences(DEFAULT_NUM_EXAMPLES, DEFAULT_SEED)
     path = Path(dataset_name).expanduser()
     if path.is_file():
         return _read_file(path)
@@ -241,6 +252,10 @@ def normalize(records: list) -> list[dict]:
         raise DataError("dataset_name: the data set is empty; give a source with at least one record")
     kind = _format_of(records[0], 1)
     if kind is None:
+        if all(column in records[0] for column in PREFERENCE_COLUMNS):
+            raise DataError(
+                "dataset_name: row 1 is a preference pair (prompt/chosen/rejected); set client.objective=dpo"
+            )
         raise DataError(f"dataset_name: unrecognised columns {list(records[0])} in row 1; {_KNOWN_FORMATS}")
     for row, record in enumerate(records[1:], 2):
         _check_format(record, row, kind)
@@ -383,6 +398,48 @@ def _unicode(text: str, where: str) -> str:
             "Unicode text; fix that value"
         ) from None
     return text
+
+
+PREFERENCE_COLUMNS = ("prompt", "chosen", "rejected")
+
+
+def normalize_preferences(records: list) -> list[dict]:
+    """Preference pairs for client.objective dpo: every record needs prompt, chosen and rejected (text, or lists of
+    chat messages), converted to chat messages; other columns kept as text. A missing column or value, or a pair
+    whose chosen and rejected answers are the same, is a DataError naming its row."""
+    if not records:
+        raise DataError("dataset_name: the data set is empty; give a source with at least one record")
+    for row, record in enumerate(records, 1):
+        if not isinstance(record, dict):
+            raise DataError(f"dataset_name: row {row} is {shown(record)}, not an object of named columns")
+        missing = [column for column in PREFERENCE_COLUMNS if column not in record]
+        if missing:
+            raise DataError(
+                f"dataset_name: row {row} has no {missing[0]!r} column (columns: {list(record)}); client.objective "
+                "dpo needs prompt, chosen and rejected in every record: add it, or set client.objective=sft"
+            )
+    extras = _extra_columns(records, "preference")
+    converted = []
+    for row, record in enumerate(records, 1):
+        pair = {
+            "prompt": _turns(record["prompt"], row, "prompt", "user"),
+            "chosen": _turns(record["chosen"], row, "chosen", "assistant"),
+            "rejected": _turns(record["rejected"], row, "rejected", "assistant"),
+        }
+        if pair["chosen"] == pair["rejected"]:
+            raise DataError(
+                f"dataset_name: row {row} has the same chosen and rejected answer, which teaches no preference; "
+                "fix or remove the row"
+            )
+        converted.append({**{name: _extra_text(record.get(name), row, name) for name in extras}, **pair})
+    return converted
+
+
+def _turns(value, row: int, column: str, role: str) -> list[dict]:
+    """A preference column as chat messages: a list as given, text as one message of `role`."""
+    if isinstance(value, list):
+        return _messages(value, row, column)
+    return [{"role": role, "content": _text(value, row, column)}]
 
 
 def split_train_eval(records: list[dict], eval_size: int, seed: int) -> tuple[list[dict], list[dict]]:

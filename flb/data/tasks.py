@@ -1,7 +1,9 @@
 """Our own instruction tasks with exact, checkable answers, deterministic by seed.
 
 `python -m flb.data.tasks --out examples/datasets/flb_tasks.jsonl` writes the default data set.
-Each record: {"task": family, "prompt": str, "completion": str}.
+Each record: {"task": family, "prompt": str, "completion": str}. generate_preferences makes preference pairs of the
+same families for client.objective dpo: {"task", "prompt", "chosen": the correct answer, "rejected": a plausible
+wrong one}.
 """
 
 from __future__ import annotations
@@ -131,6 +133,60 @@ def generate_tasks(num_examples: int, seed: int) -> list[dict]:
         prompt, completion = make(rng)
         records.append({"task": family, "prompt": prompt, "completion": completion})
     return records
+
+
+def _near_number(answer: str, rng: random.Random) -> str:
+    """Off by a slip: one to ten away, never the answer."""
+    return str(int(answer) + rng.choice((-10, -2, -1, 1, 2, 10)))
+
+
+def _wrong_string_edit(prompt: str, answer: str, rng: random.Random) -> str:
+    if "backwards" in prompt:
+        return answer[::-1]  # the word as given
+    if "capital" in prompt:
+        return answer.capitalize()
+    return answer[0] + answer[0] if answer[1] != answer[0] else answer[0] + "x"  # the first letter twice
+
+
+def _wrong_sorting(prompt: str, answer: str, rng: random.Random) -> str:
+    return ", ".join(reversed(answer.split(", ")))  # the other order
+
+
+def _wrong_date(prompt: str, answer: str, rng: random.Random) -> str:
+    year, month, day = answer.split("-")
+    if day != month and int(day) <= 12:
+        return f"{year}-{day}-{month}"  # day and month swapped
+    return f"{year}-{month}-{int(day) % 28 + 1:02d}"  # the next day
+
+
+def _wrong_json_value(prompt: str, answer: str, rng: random.Random) -> str:
+    record = json.loads(prompt.removeprefix("Given the JSON ").split(", what is")[0])
+    return rng.choice([str(value) for value in record.values() if str(value) != answer])  # another key's value
+
+
+# family -> a plausible wrong answer to (prompt, answer)
+WRONG_ANSWERS: dict[str, Callable[[str, str, random.Random], str]] = {
+    "arithmetic": lambda prompt, answer, rng: _near_number(answer, rng),
+    "unit_conversion": lambda prompt, answer, rng: str(int(answer) // 10),  # a factor of ten too small
+    "string_edit": _wrong_string_edit,
+    "list_sorting": _wrong_sorting,
+    "date_formatting": _wrong_date,
+    "json_extraction": _wrong_json_value,
+}
+
+
+def generate_preferences(num_examples: int, seed: int) -> list[dict]:
+    """generate_tasks' records as preference pairs: chosen the correct answer, rejected a plausible wrong one."""
+    rng = random.Random(seed + 1)  # the wrong answers' own draws: the tasks stay those of generate_tasks
+    return [
+        {
+            "task": record["task"],
+            "prompt": record["prompt"],
+            "chosen": record["completion"],
+            "rejected": WRONG_ANSWERS[record["task"]](record["prompt"], record["completion"], rng),
+        }
+        for record in generate_tasks(num_examples, seed)
+    ]
 
 
 def write_jsonl(records: list[dict], path: str | Path) -> None:
