@@ -250,7 +250,7 @@ def test_training_page_lists_the_updates_that_missed_the_rounds_deadline(app_url
             row["late"] = [{"client_id": 1, "reason": "client 1: its update came after the round's deadline"}]
     (late / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
     page.goto(f"{app_url}/training?run=late")
-    expect(page.get_by_text("Late updates (past server.round_deadline_s)")).to_be_visible()
+    expect(page.get_by_text("Late updates (past server.round_deadline_s, or too stale under fedbuff)")).to_be_visible()
     expect(page.get_by_text("client 1: its update came after the round's deadline")).to_be_visible()
     assert "Rejected updates" not in settle_and_screenshot(page, "training-late")
 
