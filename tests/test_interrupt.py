@@ -3,11 +3,14 @@ process at once. Real signals."""
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+import traceback
 from pathlib import Path
 
 import pytest
@@ -29,6 +32,32 @@ def test_a_signal_inside_a_durable_section_stops_the_run_only_once_the_section_i
     assert done == ["the round's checkpoint"]
     assert stopped.value.signal_name == "SIGTERM"
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handlers are put back
+
+
+def test_a_signal_inside_logging_stops_the_run_once_out_of_it_and_leaves_the_handlers_lock_free():
+    """Raised inside a handler (between its acquire() and its try, at worst) the stop would leave the handler's lock
+    held, and the ledger's sender thread blocked on its next log line: it is raised once logging has returned."""
+
+    class SlowHandler(logging.Handler):
+        def emit(self, record):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)  # the signal lands here, inside logging
+
+    handler, logger = SlowHandler(), logging.getLogger("flb.test-stop")
+    logger.addHandler(handler)
+    try:
+        with stop_signals(), pytest.raises(StopRequested) as stopped:
+            logger.warning("a line")
+            time.sleep(5)
+    finally:
+        logger.removeHandler(handler)
+    assert [frame.name for frame in traceback.extract_tb(stopped.tb)][-1] != "emit"
+    assert all("logging" not in frame.filename for frame in traceback.extract_tb(stopped.tb))
+    locked = []
+    other = threading.Thread(target=lambda: locked.append(handler.lock.acquire(timeout=1)))
+    other.start()
+    other.join()
+    assert locked == [True]
 
 
 # cleans up slowly after the first signal, as a run waiting for its ledger's confirmations would
