@@ -103,6 +103,8 @@ def test_a_round_line_says_what_the_round_did_and_where_its_time_went():
     )
     late = {**row, "late": [{"client_id": 2, "reason": "client 2: its update came after the round's deadline"}]}
     assert round_line(late, [], 5).startswith("round 2/5 (2 clients, 1 late): eval_loss 0.8000")
+    preferred = round_line({**row, "preference_accuracy": 0.875, "preference_margin": 1.25}, [], 5)
+    assert "accuracy 0.250, preference accuracy 0.875 (margin 1.250), multiple_choice" in preferred  # objective dpo
     stale = [client_row(2, 0, 2.0), {**client_row(2, 1, 3.0), "start_round": 0}]  # fedbuff: it started from round 0
     assert round_line(row, stale, 5).startswith("round 2/5 (2 clients, 1 stale (up to 1)): eval_loss")
     assert round_line({**skipped, "late": late["late"]}, [], 5) == (

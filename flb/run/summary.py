@@ -88,6 +88,8 @@ def round_line(row: dict, client_rows: list[dict], num_rounds: int | None = None
     parts = [f"eval_loss {row['eval_loss']:.4f} (ppl {row['perplexity']:.2f})"]
     if "accuracy" in row:
         parts.append(f"accuracy {row['accuracy']:.3f}")
+    if "preference_accuracy" in row:  # client.objective dpo
+        parts.append(f"preference accuracy {row['preference_accuracy']:.3f} (margin {row['preference_margin']:.3f})")
     parts += [f"{name} {score:.3f}" for name, score in suite_scores(row).items()]
     if (train_loss := _mean_train_loss(client_rows).get(row["round"])) is not None:
         parts.append(f"train_loss {train_loss:.4f}")
