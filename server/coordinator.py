@@ -295,10 +295,12 @@ class RoundCoordinator:
             [r for r in results if isinstance(r, ClientUpdate)],
         )
         row["late"] = self._late(round, sampled, results)
-        checks = []
-        for client, job, result in arrived:
-            base = buffered.versions[job.start_round]
-            checks.append((client, result, base, adapter_digest(base), job.start_round + 1))
+        starts = {job.start_round for _, job, _ in arrived}
+        digests = {start: adapter_digest(buffered.versions[start]) for start in starts}  # one hash per adapter
+        checks = [
+            (client, result, buffered.versions[job.start_round], digests[job.start_round], job.start_round + 1)
+            for client, job, result in arrived
+        ]
         valid, rejected = self._validated(round, checks, {})
         return sampled, valid, rejected, row
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from flb.config import DPOSettings, SFTSettings
+from flb.model.sft_settings import trainer_arguments
 
 if TYPE_CHECKING:
     import torch
@@ -22,31 +23,11 @@ REFERENCE_ADAPTER = "ref"  # the adapter trl adds to a PeftModel as its referenc
 def dpo_config(
     settings: SFTSettings, dpo: DPOSettings, *, max_steps: int, output_dir: str | Path, use_cpu: bool, seed: int
 ):
-    """trl's DPOConfig from our settings: sft's learning rate, batch size and length, dpo's beta and loss."""
+    """trl's DPOConfig from our settings: the arguments SFT's trainer takes too, dpo's beta and loss."""
     from trl import DPOConfig
 
-    arguments = dict(
-        output_dir=str(output_dir),
-        max_steps=max_steps,
-        per_device_train_batch_size=settings.batch_size,
-        per_device_eval_batch_size=settings.batch_size,
-        learning_rate=settings.learning_rate,
-        max_length=settings.max_length,
-        beta=dpo.beta,
-        loss_type=[dpo.loss_type],
-        lr_scheduler_type="constant",
-        activation_checkpointing=False,
-        report_to="none",
-        save_strategy="no",
-        logging_strategy="no",
-        use_cpu=use_cpu,
-        seed=seed,
-        dataloader_pin_memory=not use_cpu,
-        disable_tqdm=True,
-    )
-    if use_cpu:  # as sft_config: no bf16 autocast on a CPU
-        arguments["bf16"] = False
-    return DPOConfig(**arguments)
+    arguments = trainer_arguments(settings, max_steps=max_steps, output_dir=output_dir, use_cpu=use_cpu, seed=seed)
+    return DPOConfig(**arguments, beta=dpo.beta, loss_type=[dpo.loss_type])
 
 
 def quiet_dpo_trainer(model, tokenizer, args, train_dataset, eval_dataset=None):

@@ -32,11 +32,9 @@ FLB_SETS = {
 }
 
 
-def sft_config(settings: SFTSettings, *, max_steps: int, output_dir: str | Path, use_cpu: bool, seed: int):
-    """trl's SFTConfig from our settings: on the CPU in float32, on a GPU under trl's default mixed precision;
-    `sft.training_arguments` override anything here."""
-    from trl import SFTConfig
-
+def trainer_arguments(settings: SFTSettings, *, max_steps: int, output_dir: str | Path, use_cpu: bool, seed: int):
+    """The arguments every trl trainer of ours takes (SFT's and DPO's): sft's steps, batch size, learning rate and
+    length, no saving, logging or bars; on the CPU in float32, on a GPU under trl's default mixed precision."""
     arguments = dict(
         output_dir=str(output_dir),
         max_steps=max_steps,
@@ -56,6 +54,14 @@ def sft_config(settings: SFTSettings, *, max_steps: int, output_dir: str | Path,
     )
     if use_cpu:  # trl's default bf16 autocast: on a CPU without bf16 units a SmolLM2 step takes 3.5 x as long
         arguments["bf16"] = False
+    return arguments
+
+
+def sft_config(settings: SFTSettings, *, max_steps: int, output_dir: str | Path, use_cpu: bool, seed: int):
+    """trl's SFTConfig from our settings (trainer_arguments); `sft.training_arguments` override anything there."""
+    from trl import SFTConfig
+
+    arguments = trainer_arguments(settings, max_steps=max_steps, output_dir=output_dir, use_cpu=use_cpu, seed=seed)
     arguments.update(settings.training_arguments)
     try:
         return SFTConfig(**arguments)
