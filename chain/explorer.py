@@ -31,7 +31,7 @@ from pathlib import Path
 
 from chain.deployment import check_same_chain
 from chain.errors import ChainError
-from chain.trail import collect_trail, contract_tx_hashes, read_trail
+from chain.trail import client_ids, collect_trail, contract_tx_hashes, read_trail
 from chain.verify import Replayer, Report, rounds_from, scores_from, verify
 from flb.run.redaction import REDACTED, redact_text, redact_url
 
@@ -115,7 +115,7 @@ def _short(value) -> str:
 
 def account_names(trail: dict) -> dict[str, str]:
     accounts = trail.get("accounts") or {}
-    names = {address: f"client {i}" for i, address in enumerate(accounts.get("clients", []))}
+    names = {address: f"client {client_id}" for address, client_id in client_ids(accounts).items()}
     if accounts.get("admin"):
         names[accounts["admin"]] = "admin"
     return names

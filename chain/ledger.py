@@ -19,7 +19,7 @@ from chain.errors import ChainError
 from chain.outbox import CONFIRMED, QUEUED, SUBMITTED, Outbox
 from chain.records import REGISTER, ROUND, UPLOAD, batch_size, batches, register_payload, round_payload, upload_payload
 from chain.sender import LOST, OutboxSender, is_transient, permanent
-from chain.trail import collect_trail, contract_tx_hashes, write_trail
+from chain.trail import client_ids, collect_trail, contract_tx_hashes, write_trail
 from flb.atomic import write_json_atomic
 from flb.audit.attestation import SigningDomain
 from flb.errors import RunFailed, first_line
@@ -73,13 +73,15 @@ class ChainLedger:
     def register_clients(self, addresses: dict[int, str]) -> None:
         """Queue the clients' registration (only registered clients can upload or be recorded), in batches that each
         fit one transaction; clients registered later (their nodes joined late) come after the others, in client id
-        order as the chain lists them."""
-        earlier = self._accounts_or_admin()["clients"]
+        order as the chain lists them. accounts.json lists each address with its client id."""
+        earlier = client_ids(self._accounts_or_admin())
+        ordered = sorted(addresses)
         write_json_atomic(
             self.chain_dir / "accounts.json",
             {
                 "admin": self.node.accounts.admin.address,
-                "clients": earlier + [addresses[i] for i in sorted(addresses)],
+                "clients": [*earlier, *(addresses[i] for i in ordered)],
+                "ids": [*earlier.values(), *ordered],
             },
         )
         for name, batch in batches(addresses, batch_size(REGISTER, self.gas_limit)):
@@ -88,7 +90,7 @@ class ChainLedger:
     def record_data_uploads(self, uploads: dict[int, SignedUpload]) -> None:
         """Queue the clients' signed data uploads (relayed by the admin: clients need no funds), in batches that
         each fit one transaction."""
-        addresses = self._accounts()["clients"]
+        addresses = {client_id: address for address, client_id in client_ids(self._accounts()).items()}
         with_address = {client_id: (addresses[client_id], upload) for client_id, upload in uploads.items()}
         for name, batch in batches(with_address, batch_size(UPLOAD, self.gas_limit)):
             self._enqueue(f"upload:{name}", UPLOAD, upload_payload(batch))
@@ -168,8 +170,8 @@ class ChainLedger:
         """Cumulative on-chain score of each client."""
         with self.sender.lock:
             return {
-                i: self.contract.functions.getScore(address).call()
-                for i, address in enumerate(self._accounts()["clients"])
+                client_id: self.contract.functions.getScore(address).call()
+                for address, client_id in client_ids(self._accounts()).items()
             }
 
     # --- internals ------------------------------------------------------------------------

@@ -14,6 +14,14 @@ from flb.atomic import write_json_atomic
 TRAIL_FILE = "trail.json"
 
 
+def client_ids(accounts: dict) -> dict[str, int]:
+    """Each registered client's address -> its client id, as RUN_DIR/chain/accounts.json lists them (`clients` in
+    registration order, `ids` beside them; a run written before `ids` registered its clients in id order). The ids only
+    say which `client_<id>` files are whose: every file is checked against its address's on-chain record."""
+    clients = accounts.get("clients", [])
+    return dict(zip(clients, accounts.get("ids", range(len(clients)))))
+
+
 def collect_trail(w3, address: str, tx_hashes: list[str], meta: dict, known: dict | None = None) -> dict:
     """Blocks, transactions and decoded events of `tx_hashes` on the FLB contract at `address`.
     `known` caches decoded transactions by hash across calls (a mined transaction never changes)."""

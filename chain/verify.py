@@ -108,14 +108,18 @@ def scores_from(trail: dict) -> dict[str, int]:
 
 
 def registrations(trail: dict) -> dict[str, int]:
-    """Each registered client address (registration order: the run registers them in client id order) and the round
-    the contract was at when it was registered (0: before the run began)."""
+    """Each registered client address, in registration order, and the round the contract was at when it was
+    registered (0: before the run began)."""
     return {event["args"]["client"]: event["args"]["round"] for event in _events(trail, "ClientRegistered")}
 
 
-def registered_clients(trail: dict) -> list[str]:
-    """Client addresses in registration order."""
-    return list(registrations(trail))
+def registered_clients(trail: dict) -> dict[str, int | None]:
+    """Client addresses in registration order, each with its client id as the run lists it (chain.trail.client_ids;
+    None for an address the run does not list)."""
+    from chain.trail import client_ids
+
+    ids = client_ids(trail.get("accounts") or {})
+    return {address: ids.get(address) for address in registrations(trail)}
 
 
 def verify(
@@ -279,7 +283,7 @@ def _check_chain_of_rounds(report: Report, rounds: dict[int, dict]) -> None:
 
 
 def _check_round_kind(
-    report: Report, rounds: dict[int, dict], clients: list[str], anchors: dict, config: dict | None
+    report: Report, rounds: dict[int, dict], clients: dict[str, int | None], anchors: dict, config: dict | None
 ) -> None:
     """The anchored kind of rounds is the run spec's (buffered, with strategy.fedbuff.max_staleness, for strategy
     fedbuff; synchronous for any other); each round with clients is of that kind; in a buffered run every update
@@ -357,7 +361,7 @@ def _check_updates(
     openings: dict,
     trail: dict,
     folder: Path,
-    clients: list[str],
+    clients: dict[str, int | None],
     rounds: dict[int, dict],
 ) -> None:
     from flb.audit.attestation import update_signer
@@ -382,7 +386,7 @@ def _check_updates(
             num_examples=count,
         )
         report.check(signer == address, f"{who}: the recorded update is signed by {signer}, not by the client")
-        path = folder / "updates" / f"client_{clients.index(address)}.safetensors"
+        path = folder / "updates" / f"client_{_client_id(clients, address)}.safetensors"
         _check_recorded_file(report, path, digest, openings, who, committed_regime=count == 0)
 
 
@@ -416,7 +420,7 @@ def _check_sealed(
     openings: dict,
     trail: dict,
     folder: Path,
-    clients: list[str],
+    clients: dict[str, int | None],
     rounds: dict[int, dict],
 ) -> dict:
     """The sealed round's participants (clients, update digests, example counts, signatures) when an opening opens
@@ -435,7 +439,7 @@ def _check_sealed(
     return participants
 
 
-def _check_uploads(report: Report, trail: dict, clients: list[str], openings: dict) -> None:
+def _check_uploads(report: Report, trail: dict, clients: dict[str, int | None], openings: dict) -> None:
     from flb.audit.attestation import data_upload_signer
 
     domain = _domain(trail)
@@ -481,7 +485,9 @@ def _domain(trail: dict):
 # --- the run's own summaries ------------------------------------------------------------------
 
 
-def _check_metrics(report: Report, run_dir: Path, rounds: dict[int, dict], clients: list[str]) -> list[dict]:
+def _check_metrics(
+    report: Report, run_dir: Path, rounds: dict[int, dict], clients: dict[str, int | None]
+) -> list[dict]:
     """Each recorded round's metrics.jsonl row against the chain's metrics digest (so its eval loss, accuracy,
     suites, privacy... are the ones recorded when the round was), and each published update's digest; returns the
     checked round rows in order."""
@@ -509,11 +515,12 @@ def _check_metrics(report: Report, run_dir: Path, rounds: dict[int, dict], clien
             checked.append(row)
     for number in sorted({row["round"] for row in rows if row["kind"] == "round"} - rounds.keys()):
         report.problems.append(f"metrics.jsonl: a row for round {number}, which the chain does not hold")
+    addresses = {client_id: address for address, client_id in clients.items()}
     for row in rows:
         record = rounds.get(row["round"])
-        if row["kind"] != "client" or record is None or not record["clients"] or row["client_id"] >= len(clients):
+        if row["kind"] != "client" or record is None or not record["clients"]:
             continue
-        address = clients[row["client_id"]]
+        address = addresses.get(row["client_id"])
         if address in record["clients"]:
             index = record["clients"].index(address)
             if record["num_examples"][index]:  # published: the recorded digest is the update's own
@@ -556,7 +563,12 @@ def _check_summary(report: Report, run_dir: Path, last: int, last_digest: str, r
 
 
 def _check_scores(
-    report: Report, run_dir: Path, trail: dict, rounds: dict[int, dict], clients: list[str], config: dict | None
+    report: Report,
+    run_dir: Path,
+    trail: dict,
+    rounds: dict[int, dict],
+    clients: dict[str, int | None],
+    config: dict | None,
 ) -> None:
     """Each ScoreAdd re-derived where the anchored scoring formula allows: flb scores (the client's data uploads
     recorded before the round x its update's tensor bytes + its recorded example count) from the chain and the update
@@ -620,7 +632,7 @@ def _recompute(
     report: Report,
     run_dir: Path,
     rounds: dict[int, dict],
-    clients: list[str],
+    clients: dict[str, int | None],
     config: dict | None,
     replayer: Replayer,
     max_staleness: int,
@@ -677,7 +689,7 @@ def _published_rounds(
     run_dir: Path,
     rounds: dict[int, dict],
     with_clients: dict[int, dict],
-    clients: list[str],
+    clients: dict[str, int | None],
     sealed: list[int],
     max_staleness: int,
 ) -> Iterator[tuple]:
@@ -692,10 +704,8 @@ def _published_rounds(
     recorded: dict[int, dict] = {}  # global adapters by round, as far back as an update may start
     for number, record in with_clients.items():
         starts = record.get("start_rounds") or [number - 1] * len(record["clients"])
-        paths = [
-            run_dir / f"round_{number}" / "updates" / f"client_{_client_id(clients, a)}.safetensors"
-            for a in record["clients"]
-        ]
+        ids = [_client_id(clients, address) for address in record["clients"]]
+        paths = [run_dir / f"round_{number}" / "updates" / f"client_{client_id}.safetensors" for client_id in ids]
         bases = {start: run_dir / f"round_{start}" / "adapter_model.safetensors" for start in {number - 1, *starts}}
         missing = [str(p) for p in (*bases.values(), *paths) if not p.is_file()]
         if missing or any(n < number for n in sealed):
@@ -766,8 +776,10 @@ def _rounds_on_disk(run_dir: Path) -> set[int]:
     return {int(p.name[6:]) for p in run_dir.glob("round_*") if p.is_dir() and p.name[6:].isdigit()}
 
 
-def _client_id(clients: list[str], address: str) -> str:
-    return str(clients.index(address)) if address in clients else address
+def _client_id(clients: dict[str, int | None], address: str) -> str:
+    """The client id the run lists for `address` (its update files are client_<id>), or the address itself."""
+    client_id = clients.get(address)
+    return address if client_id is None else str(client_id)
 
 
 def _successful(trail: dict):

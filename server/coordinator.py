@@ -126,15 +126,11 @@ class RoundCoordinator:
 
     def admit_joined(self) -> None:
         """Declare the clients that have joined since the last call (all of them at round 0 but on a Flower fleet
-        whose nodes join late): their shard size and address, their registration and signed data upload on the
-        ledger; only declared clients are sampled. Clients are declared in client id order, each once every lower id
-        has been (the chain's registration order is what maps a client id to its address: docs/audit-spec.md)."""
-        joined = {c.client_id for c in (self.clients if self.roster is None else self.roster())}
-        new = []
-        for client in self.clients[len(self.declared) :]:
-            if client.client_id not in joined:
-                break
-            new.append(client)
+        whose nodes join late, or never): their shard size and address, their registration and signed data upload
+        on the ledger, in client id order; only declared clients are sampled. A client whose node has not joined
+        holds back no other (the ledger lists each address with its id: docs/audit-spec.md, section 1)."""
+        joined = self.clients if self.roster is None else self.roster()
+        new = sorted((c for c in joined if c.client_id not in self.declared), key=lambda c: c.client_id)
         if not new:
             return
         if self.declared:

@@ -117,9 +117,11 @@ def test_a_run_whose_every_round_is_skipped_fails_after_saving_its_files(tiny_ov
 def test_a_client_that_joins_late_is_registered_then_sampled_and_verifies_only_if_the_auditor_lists_it(
     tiny_overrides, monkeypatch, capsys
 ):
-    """As on a Flower fleet whose third node joins before round 2: clients 0 and 1 are registered at round 0, client
-    2 before round 2, and only then sampled; the chain says when, so a verifier without the participants' list flags
-    it (it could be a key the server added) and one with the list accepts the run."""
+    """As on a Flower fleet whose second node joins before round 2: clients 0 and 2 are registered at round 0 (client
+    1's absence holds back no higher id), client 1 before round 2, and only then sampled; the chain says when, so a
+    verifier without the participants' list flags it (it could be a key the server added) and one with the list
+    accepts the run and recomputes every round from the files named by client id, though the chain registered client 2
+    before client 1."""
     from chain import explorer
     from chain.trail import read_trail
     from server import coordinator as coordinator_module
@@ -129,17 +131,20 @@ def test_a_client_that_joins_late_is_registered_then_sampled_and_verifies_only_i
     class LateJoin(coordinator_module.RoundCoordinator):
         def __post_init__(self):
             super().__post_init__()
-            # asked at round 0, then before each round: the third client's node joins before round 2
-            self.roster = lambda: calls.append(None) or self.clients[: 2 if len(calls) <= 2 else 3]
+            # asked at round 0, then before each round: client 1's node joins before round 2
+            self.roster = lambda: calls.append(None) or [c for c in self.clients if len(calls) > 2 or c.client_id != 1]
 
     monkeypatch.setattr(coordinator_module, "RoundCoordinator", LateJoin)
-    overrides = tiny_overrides + ["num_clients=3", "clients_per_round=2", "num_rounds=3", "chain_record=true"]
+    overrides = tiny_overrides + ["num_clients=3", "clients_per_round=2", "num_rounds=3", "chain_record=true", "seed=3"]
     run_path = assembly.run(load_config(None, overrides))
-    sampled = {r["round"]: r["client_id"] for r in rows(run_path) if r["kind"] == "client" and r["client_id"] == 2}
-    assert 1 not in sampled and sampled  # not before it joined; drawn afterwards (seed 42 draws it)
+    sampled = {r["round"] for r in rows(run_path) if r["kind"] == "client" and r["client_id"] == 1}
+    assert sampled == {2, 3}  # not before it joined; drawn afterwards (seed 3 draws it in both)
     assert explorer.main([str(run_path), "--verify"]) == 1
     assert "was registered before round 2, after the run began" in capsys.readouterr().out
-    addresses = read_trail(run_path)["accounts"]["clients"]
+    accounts = read_trail(run_path)["accounts"]
+    assert accounts["ids"] == [0, 2, 1]  # in registration order
     listed = run_path.parent / "participants.txt"
-    listed.write_text("\n".join(addresses) + "\n")
-    assert explorer.main([str(run_path), "--verify", "--clients", str(listed)]) == 0, capsys.readouterr().out
+    listed.write_text("\n".join(accounts["clients"]) + "\n")
+    assert explorer.main([str(run_path), "--verify", "--recompute", "--clients", str(listed)]) == 0, (
+        capsys.readouterr().out
+    )

@@ -141,3 +141,41 @@ def test_a_fedbuff_run_over_flower_ends_on_the_in_process_adapter(recorded_run, 
     assert [c.get("start_round") for c in clients if c["kind"] == "client" and c["client_id"] == 1] == [0]
     assert adapter_file_digest(flower / "final_adapter") == adapter_file_digest(in_process / "final_adapter")
     assert explorer.main([str(flower), "--verify", "--recompute"]) == 0
+
+
+def test_a_node_down_at_the_start_joins_later_and_holds_back_no_other_client(
+    recorded_run, loopback, tiny_model_dir, tmp_path, capsys
+):
+    """Node 0 is down when the run starts: after wait-for-nodes-s the run starts with client 1 alone, registered
+    first; node 0 comes up once round 1 is under way, and client 0 is registered then and sampled only afterwards.
+    The chain lists client 1 before client 0, and the run verifies and recomputes with both listed as participants."""
+    from chain.trail import read_trail
+    from tests.tiny_model import tiny_run_overrides
+
+    stop(loopback.nodes[0])
+    overrides = [
+        *tiny_run_overrides(tiny_model_dir, tmp_path),
+        "clients_per_round=1",
+        "num_rounds=4",
+        "local_steps=2",
+        "eval.size=8",
+        "eval.max_new_tokens=2",
+        "chain_record=true",
+        "seed=6",  # rounds 2, 3 and 4 each draw the first of the two clients: client 0, once it has joined
+    ]
+    trained_before = loopback.received(loopback.nodes[1], "train")
+    run = loopback.flwr_run(flb_args(overrides), RUN_TIMEOUT_S, **{"wait-for-nodes-s": 5})
+    loopback.wait_until_received(loopback.nodes[1], "train", trained_before + 1, RUN_TIMEOUT_S)
+    loopback.nodes[0] = loopback.start_supernode(0, 2)
+    finish(loopback, run)
+    run_path = (tmp_path / "latest").resolve()
+    accounts = read_trail(run_path)["accounts"]
+    assert accounts["ids"] == [1, 0]
+    rows = [json.loads(line) for line in (run_path / "metrics.jsonl").read_text().splitlines()]
+    sampled = [r["round"] for r in rows if r["kind"] == "client" and r["client_id"] == 0]
+    assert sampled and 1 not in sampled
+    listed = tmp_path / "participants.txt"
+    listed.write_text("\n".join(accounts["clients"]) + "\n")
+    assert explorer.main([str(run_path), "--verify", "--recompute", "--clients", str(listed)]) == 0, (
+        capsys.readouterr().out
+    )

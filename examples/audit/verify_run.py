@@ -258,12 +258,21 @@ def starts_of(n: int, r: dict) -> list:
     return r["startRounds"] if r["buffered"] else [n - 1] * len(r["clients"])
 
 
-def client_id(clients: list, address: str):
-    """The address's 0-based position among the ClientRegistered events (spec 1), or the address itself."""
-    return clients.index(address) if address in clients else address
+def client_ids(run_dir: Path, registered: list) -> dict:
+    """Spec 1: each registered address -> its client id, as the run's chain/accounts.json lists it (`ids` beside
+    `clients`), or without `ids` its 0-based position among the ClientRegistered events."""
+    path = run_dir / "chain" / "accounts.json"
+    accounts = json.loads(path.read_text()) if path.is_file() else {}
+    listed = dict(zip(accounts.get("clients", []), accounts["ids"])) if "ids" in accounts else {}
+    return {address: listed.get(address) if listed else i for i, address in enumerate(registered)}
 
 
-def update_file(run_dir: Path, n: int, address: str, clients: list) -> Path:
+def client_id(clients: dict, address: str):
+    """The client id of a registered address (spec 1), or the address itself."""
+    return address if clients.get(address) is None else clients[address]
+
+
+def update_file(run_dir: Path, n: int, address: str, clients: dict) -> Path:
     return run_dir / f"round_{n}" / "updates" / f"client_{client_id(clients, address)}.safetensors"
 
 
@@ -385,7 +394,7 @@ def check_file(report: Report, run_dir: Path, path: Path, expected: str, who: st
         report.check(actual == expected, f"{who}: {name} has digest {actual}, but the chain holds {expected}")
 
 
-def check_files(report: Report, run_dir: Path, rounds: dict, clients: list) -> None:
+def check_files(report: Report, run_dir: Path, rounds: dict, clients: dict) -> None:
     """Item 5: global adapters, update files, final_adapter/, metrics.jsonl and summary.json."""
     for n, r in sorted(rounds.items()):
         check_file(
@@ -496,7 +505,7 @@ def check_summary(report: Report, run_dir: Path, rounds: dict, rows) -> None:
         report.notes.append("summary.json: suites not compared (the spec does not define a suite's headline number)")
 
 
-def check_signatures(report: Report, chain: dict, rounds: dict, clients: list) -> None:
+def check_signatures(report: Report, chain: dict, rounds: dict, clients: dict) -> None:
     """Item 6: each recorded update (recordRound calldata) and data upload (uploadUserData calldata) recovers
     (spec 3) to its registered client."""
     for n, r in sorted((n, r) for n, r in rounds.items() if r["clients"]):
@@ -539,7 +548,7 @@ def check_signatures(report: Report, chain: dict, rounds: dict, clients: list) -
         )
 
 
-def check_scores(report: Report, chain: dict, run_dir: Path, rounds: dict, clients: list, config) -> None:
+def check_scores(report: Report, chain: dict, run_dir: Path, rounds: dict, clients: dict, config) -> None:
     """Item 7: by the anchored chain.scoring, flb scores re-derived as U * B + n; quality ones noted."""
     scored = {n: r for n, r in sorted(rounds.items()) if r["clients"]}
     if scored and (scoring := (config or {}).get("chain", {}).get("scoring")) != "flb":
@@ -676,7 +685,7 @@ def not_recomputed(config) -> str | None:
     return None
 
 
-def recompute(report: Report, run_dir: Path, rounds: dict, clients: list, config) -> None:
+def recompute(report: Report, run_dir: Path, rounds: dict, clients: dict, config) -> None:
     """Item 8: every round with clients, from its update files and recorded numExamples (all 0 under DP: equal
     weights), must give the recorded globalDigest bit for bit."""
     reason = not_recomputed(config)
@@ -732,7 +741,7 @@ def main(argv=None) -> int:
         chain = read_chain(args.rpc, args.contract)
         rounds = rounds_of(chain)
         config = check_anchors(report, chain, args.run_dir, rounds)
-        clients = check_participants(report, chain, trusted)
+        clients = client_ids(args.run_dir, check_participants(report, chain, trusted))
         check_chain_of_rounds(report, rounds)
         check_buffered(report, chain, rounds, config)
         check_files(report, args.run_dir, rounds, clients)

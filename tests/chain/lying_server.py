@@ -50,7 +50,11 @@ class LyingServer:
                 == 1
             )
         self.addresses.append(account.address)
-        return len(self.addresses) - 1
+        client_id = len(self.addresses) - 1
+        path = self.run_dir / "chain" / "accounts.json"  # and lists it with its id, as its ledger would
+        accounts = json.loads(path.read_text())
+        path.write_text(json.dumps({**accounts, "clients": self.addresses, "ids": [*accounts["ids"], client_id]}))
+        return client_id
 
     def honest_aggregate(self, updates: list[tuple[int, dict, int]]) -> dict:
         """What an honest server would publish: the mean of `updates` sent as the run's

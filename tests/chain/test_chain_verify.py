@@ -343,7 +343,7 @@ def test_recompute_follows_the_runs_lora_aggregation(tmp_path):
                 "global_digest": adapter_digest(recorded),
             },
         }
-        _recompute(report, tmp_path, rounds, ["0xa", "0xb"], config, _replayer(), max_staleness=0)
+        _recompute(report, tmp_path, rounds, {"0xa": 0, "0xb": 1}, config, _replayer(), max_staleness=0)
         return report
 
     assert (recompute(honest).problems, recompute(honest).notes) == ([], [])
@@ -690,7 +690,7 @@ def test_recompute_of_a_buffered_round_opens_each_update_from_its_own_start(tmp_
             "global_digest": adapter_digest(recorded),
         }
         report = Report()
-        _recompute(report, tmp_path, rounds, ["0xa", "0xb"], config, _replayer(), max_staleness=1)
+        _recompute(report, tmp_path, rounds, {"0xa": 0, "0xb": 1}, config, _replayer(), max_staleness=1)
         return report
 
     honest = aggregate([globals_[s] for s in starts])

@@ -293,7 +293,7 @@ def stale_update(run_dir: Path) -> Path:
     for number, record in sorted(rounds_from(trail).items()):
         for address, start in zip(record["clients"], record.get("start_rounds", [])):
             if start < number - 1:
-                return run_dir / f"round_{number}" / "updates" / f"client_{clients.index(address)}.safetensors"
+                return run_dir / f"round_{number}" / "updates" / f"client_{clients[address]}.safetensors"
     raise AssertionError("no stale update in the fedbuff run")
 
 
