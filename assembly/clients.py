@@ -54,13 +54,23 @@ def client_trainer(config: Config, shards: dict[int, list[dict]], model, tokeniz
         model,
         tokenizer,
         config.sft,
-        shards,
+        {client_id: own_split(config, client_id, shard)[0] for client_id, shard in shards.items()},
         local_steps=config.local_steps,
         work_dir=work_dir,
         use_cpu=config.model.device_map == "cpu",
         seed=config.seed,
         dpo=config.dpo_objective,
     )
+
+
+def own_split(config: Config, client_id: int, shard: list[dict]) -> tuple[list[dict], list[dict]]:
+    """(the records client `client_id` trains on, those it holds out to compare its personal adapter with the global
+    one: the last eval.personal_size under strategy.personalization, none otherwise)."""
+    if config.strategy.personalization == "none":
+        return shard, []
+    from client.personal import split_shard
+
+    return split_shard(shard, client_id, config.eval.personal_size)
 
 
 def build_run_client(config: Config, run_dir, client_id: int, shard: list[dict], model, tokenizer, trainers=None):
@@ -99,13 +109,15 @@ def build_client(
     """One SFTClient with its privacy hook, its strategy's local objective and its signing key, on `trainers` (a
     client.sft.ClientTrainer shared with other clients of `model`; None: a trainer of its own); the Flower
     ClientApp builds its client with this."""
+    from client.personal import personal_adapter
     from client.sft import SFTClient
     from flb.local_objective import LocalObjective
     from flb.simulation import slowdown
 
+    records, held_out = own_split(config, client_id, shard)
     return SFTClient(
         client_id=client_id,
-        records=shard,
+        records=records,
         model=model,
         tokenizer=tokenizer,
         settings=config.sft,
@@ -122,7 +134,19 @@ def build_client(
         comm=config.comm,
         slowdown=slowdown(config.simulation, client_id),
         dpo=config.dpo_objective,
+        rank=client_rank(config, client_id),
+        personal=personal_adapter(config.strategy, held_out),
     )
+
+
+def client_rank(config: Config, client_id: int):
+    """Client `client_id`'s own LoRA rank under model.lora.client_ranks (with hetlora's self-pruning), or None."""
+    from client.ranks import ClientRank
+
+    if config.model.lora.client_ranks is None:
+        return None
+    pruning = config.strategy.hetlora if config.strategy.lora_aggregation == "hetlora" else None
+    return ClientRank(client_id, config.model.lora.rank_of(client_id), pruning)
 
 
 def build_signer(config: Config, private_dir: Path, keystore: Path | None):

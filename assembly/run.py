@@ -32,6 +32,12 @@ def run(
             f"execution.mode: {config.execution.mode} does not apply to a Flower run (each SuperNode "
             "trains its own client); leave execution.mode sequential"
         )
+    if fleet is not None and config.strategy.personalization != "none":
+        raise ConfigError(
+            f"strategy.personalization: {config.strategy.personalization} does not run on Flower's deployment engine "
+            "yet (its train reply carries no personal losses); run main_simple_fl.py or set "
+            "strategy.personalization=none"
+        )
     if fleet is not None and config.mode == "split":
         raise ConfigError(
             "mode: split does not run on Flower's deployment engine; use split.channel grpc (python -m "
@@ -152,7 +158,9 @@ def coordinate(
         round_deadline_s=config.server.round_deadline_s,
         min_fit_fraction=config.server.min_fit_fraction,
         lora_a_frozen=config.strategy.lora_a_frozen,
+        client_rank=config.model.lora.rank_of if config.model.lora.client_ranks else None,
         update_compression=config.comm.compression,
+        personalization=config.strategy.personalization,
         broadcast_compression=config.comm.broadcast_compression,
         fit_all=with_dropouts(fit_all, config.simulation),
         comm=CommTracker(config.comm.budget_mb, cut=fit_all.round_traffic if plan else None),

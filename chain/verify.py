@@ -660,7 +660,7 @@ def _recompute(
         report.notes += [f"round {n}: not recomputable ({reason})" for n in with_clients]
         return
     strategy, mode = config["strategy"]["name"], config["strategy"].get("lora_aggregation", "separate")
-    inputs = _published_rounds(report, run_dir, rounds, with_clients, clients, sealed, max_staleness)
+    inputs = _published_rounds(report, run_dir, rounds, with_clients, clients, sealed, max_staleness, _ranks(config))
     replayed = replayer.replay(config, inputs)
     while True:
         try:
@@ -692,11 +692,13 @@ def _published_rounds(
     clients: dict[str, int | None],
     sealed: list[int],
     max_staleness: int,
+    rank_of: Callable[[int], int] | None,
 ) -> Iterator[tuple]:
     """(round, previous global adapter, [(update file content, on-chain count, start round, base adapter)] in the
     chain's order) for each round in turn, the base being the recorded global adapter of the round the update started
-    from (the previous one in a synchronous round), checked against the chain's digest; a missing or altered file stops
-    the replay there (a stateful strategy needs every round before the next)."""
+    from (the previous one in a synchronous round), checked against the chain's digest, at the client's rank under
+    model.lora.client_ranks (`rank_of`); a missing or altered file stops the replay there (a stateful strategy needs
+    every round before the next)."""
     from safetensors.torch import load_file
 
     from flb.audit.digests import adapter_digest
@@ -725,12 +727,27 @@ def _published_rounds(
             number,
             recorded[number - 1],
             [
-                (load_file(str(path)), count, start, recorded[start])
-                for path, count, start in zip(paths, record["num_examples"], starts)
+                (load_file(str(path)), count, start, _at_rank(recorded[start], rank_of, client_id))
+                for path, count, start, client_id in zip(paths, record["num_examples"], starts, ids)
             ],
         )
         for start in [s for s in recorded if s < number - max_staleness]:  # no later update starts this far back
             del recorded[start]
+
+
+def _ranks(config: dict) -> Callable[[int], int] | None:
+    """A client's LoRA rank by its id, under model.lora.client_ranks; None when every client has the global rank."""
+    from flb.config import config_from_dict
+
+    lora = config_from_dict(config).model.lora
+    return lora.rank_of if lora.client_ranks else None
+
+
+def _at_rank(adapter: dict, rank_of: Callable[[int], int] | None, client_id: str) -> dict:
+    """The global adapter as client `client_id` started from it: its first components, as many as its rank."""
+    from flb.adapters.ranks import at_rank
+
+    return adapter if rank_of is None else at_rank(adapter, rank_of(int(client_id)))
 
 
 def _svd_matches(report: Report, number: int, recomputed: dict, run_dir: Path) -> bool:

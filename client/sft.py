@@ -1,16 +1,17 @@
 """A client that fine-tunes the shared LoRA model on its own shard with trl's SFTTrainer (or DPOTrainer, with
 client.objective dpo: the same client, its trainer optimising preference pairs against the base as reference).
 
-The base model is shared by every client in the process: a client only swaps the adapter in,
-trains `local_steps`, and reads the adapter out. The strategy's client-side part (flb.local_objective: FedProx's
-proximal term, SCAFFOLD's correction) changes each step's gradients; SCAFFOLD's client variate c_i is kept in the
-client's private state, since it is derived from its data. Randomness that decides privacy (noise, Poisson
-batches, salts) comes from the client's own secret generator; the rest (dropout, data order without
-DP-SGD) from the public seed, so a run without DP reproduces bit for bit. The clients that share a model in one
-process share one trainer too (ClientTrainer: building a trl trainer costs about half a second, so one per client
-would cost minutes before round 1 with thousands of clients); their shards are tokenized together before round 0,
-and each client trains that trainer on its own rows, with a fresh optimizer every round. With DP-SGD the client
-trains with its own opacus loop over its tokenized rows and the trainer's collator instead.
+The base model is shared by every client in the process: a client only swaps the adapter in, trains `local_steps`,
+and reads the adapter out. The strategy's client-side part (flb.local_objective: FedProx's proximal term, SCAFFOLD's
+correction) changes each step's gradients; SCAFFOLD's client variate c_i is kept in the client's private state,
+since it is derived from its data, and so is a personal adapter (strategy.personalization: client/personal.py, which
+also trains ditto's and evaluates both on the records the client holds out). Randomness that decides privacy (noise,
+Poisson batches, salts) comes from the client's own secret generator; the rest (dropout, data order without DP-SGD)
+from the public seed, so a run without DP reproduces bit for bit. The clients that share a model in one process
+share one trainer too (ClientTrainer: building a trl trainer costs about half a second, so one per client would cost
+minutes before round 1 with thousands of clients); their shards are tokenized together before round 0, and each
+client trains that trainer on its own rows, with a fresh optimizer every round. With DP-SGD the client trains with
+its own opacus loop over its tokenized rows and the trainer's collator instead.
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ from tqdm.auto import tqdm
 from transformers import TrainerCallback
 
 from client.dpsgd import DPSGD
+from client.personal import PERSONAL_PREFIX, PersonalAdapter
 from client.privacy import NoPrivacy, UpdatePrivacy
+from client.ranks import ClientRank, combined
 from client.signing import ClientSigner
 from flb.adapters.compression import compress_update, decode, payload_bytes
 from flb.audit.digests import adapter_digest, records_digest, update_content
@@ -39,6 +42,7 @@ from flb.simulation import wait_out
 from flb.types import AdapterState, ClientUpdate, SignedUpload
 
 RESIDUAL_PREFIX = "residual/"  # in the private state's tensors; no adapter tensor name starts with it
+_PERSONAL_STREAM = 0x9E  # derived_seed's last part for a ditto client's personal training
 
 
 @dataclass
@@ -64,6 +68,8 @@ class SFTClient:
     comm: CommSettings = field(default_factory=CommSettings)  # how its update is compressed (comm.compression)
     slowdown: float = 1.0  # simulation.client_speed: it takes this many times its training time
     dpo: DPOSettings | None = None  # client.objective dpo's settings; None: SFT
+    rank: ClientRank | None = None  # model.lora.client_ranks: its own LoRA rank; None: the global adapter's
+    personal: PersonalAdapter | None = None  # strategy.personalization: its personal part and held-out records
 
     def __post_init__(self):
         # Built now, not at the first fit: building tokenizes the shard, and for a quantized base trl
@@ -121,23 +127,34 @@ class SFTClient:
     def fit(self, global_adapter: AdapterState, round: int, extras: AdapterState | None = None) -> ClientUpdate:
         started = time.perf_counter()
         extras = extras or {}
-        self.begin_round(global_adapter, round)
-        correction = self.objective.correction(adapter_parameters(self.model), global_adapter, extras, self.variate)
-        train_loss = self._train(correction)
+        start = self.begin_round(global_adapter, round)
+        if self.personal is not None:
+            start = self.personal.start(self.model, start)
+        parameters = adapter_parameters(self.model)
+        correction = self.objective.correction(parameters, start, extras, self.variate)
+        train_loss = self._train(combined(correction, self.rank.decay(parameters) if self.rank else None))
         wait_out(self.slowdown, time.perf_counter() - started)  # before the round's state is saved, as training is
-        return self.end_round(
-            get_adapter_state(self.model), global_adapter, round, extras, correction, train_loss, started
-        )
+        trained = get_adapter_state(self.model)
+        if self.rank is not None:
+            trained, start = self.rank.sent(trained, start)
+        if self.personal is not None:
+            seed = derived_seed(self.seed, round, self.client_id, _PERSONAL_STREAM)
+            self.personal.after_training(self.model, self.trainers, self.client_id, trained, global_adapter, seed)
+            trained = self.personal.sent(trained)
+        return self.end_round(trained, global_adapter, round, extras, correction, train_loss, started, base=start)
 
-    def begin_round(self, global_adapter: AdapterState, round: int) -> None:
+    def begin_round(self, global_adapter: AdapterState, round: int) -> AdapterState:
         """The round's starting point: the client's secret state as it was before `round` (a round run again starts
-        from the same one), the global adapter in the model, the round's seed and learning rate."""
+        from the same one), the global adapter in the model (at the client's rank), the round's seed and learning
+        rate. Returns the adapter it put in the model."""
         from transformers import set_seed
 
         self._restore(self.private.load_before(round))
-        set_adapter_state(self.model, global_adapter)
+        start = global_adapter if self.rank is None else self.rank.start(global_adapter)
+        set_adapter_state(self.model, start)
         set_seed(derived_seed(self.seed, round, self.client_id))
         self.trainers.train_on(self.client_id, self._rows, round_learning_rate(self.settings, round, self.num_rounds))
+        return start
 
     def end_round(
         self,
@@ -148,13 +165,18 @@ class SFTClient:
         correction: GradientCorrection | None,
         train_loss: float,
         started: float,
+        base: AdapterState | None = None,
     ) -> ClientUpdate:
         """The update for the adapter this client trained: its strategy's extras, its privacy, its compression (after
-        the noise: post-processing), its signature over what it sends; the client's secret state saved for the round."""
+        the noise: post-processing), its signature over what it sends; the client's secret state saved for the round.
+        `base`: what its change is measured from, when not `global_adapter` (the global adapter at its rank)."""
+        base = global_adapter if base is None else base
         returned, self.variate = self.objective.returned(correction, extras, self.variate)
-        local = self.privacy.privatize(trained, global_adapter, self.random)
+        if self.personal is not None:  # a salted commitment to its personal part, signed with the update
+            returned = {**returned, **self.personal.commitment(self.random, self.private, round)}
+        local = self.privacy.privatize(trained, base, self.random)
         sent, self.residual = compress_update(
-            self.comm.compression, local, global_adapter, self.residual, self.comm.topk_fraction
+            self.comm.compression, local, base, self.residual, self.comm.topk_fraction
         )
         digest = adapter_digest(update_content(sent, returned))
         attestation = (
@@ -182,6 +204,7 @@ class SFTClient:
             privacy=self.privacy.privacy_spent(),
             attestation=attestation,
             extras=returned,
+            personal=self.personal.losses if self.personal is not None else {},
         )
 
     @property
@@ -203,19 +226,35 @@ class SFTClient:
     def _save(self, round: int) -> None:
         self.private.save(
             round,
-            {"random": self.random.state_dict(), "privacy": self.privacy.state_dict(), "data_record": self.data_record},
-            tensors={**self.variate, **{RESIDUAL_PREFIX + name: t for name, t in self.residual.items()}},
+            {
+                "random": self.random.state_dict(),
+                "privacy": self.privacy.state_dict(),
+                "data_record": self.data_record,
+                "active_rank": self.rank.active if self.rank else None,
+            },
+            tensors={
+                **self.variate,
+                **{RESIDUAL_PREFIX + name: t for name, t in self.residual.items()},
+                **(self.personal.private_tensors() if self.personal is not None else {}),
+            },
         )
 
     def _restore(self, state: dict) -> None:
         self.random = SecretRandom.from_state(state["random"])
         self.data_record = state["data_record"]
+        if self.rank is not None:
+            self.rank.active = state.get("active_rank") or self.rank.rank
         tensors = state["tensors"]
-        # SCAFFOLD's c_i, and top-k's error feedback (what compression has not sent yet); {} where unused
-        self.variate = {name: t for name, t in tensors.items() if not name.startswith(RESIDUAL_PREFIX)}
+        # SCAFFOLD's c_i, top-k's error feedback (what compression has not sent yet) and the personal part apart;
+        # {} where unused
+        self.variate = {
+            name: t for name, t in tensors.items() if not name.startswith((RESIDUAL_PREFIX, PERSONAL_PREFIX))
+        }
         self.residual = {
             name.removeprefix(RESIDUAL_PREFIX): t for name, t in tensors.items() if name.startswith(RESIDUAL_PREFIX)
         }
+        if self.personal is not None:
+            self.personal.restore(tensors)
         if state["privacy"]:
             self.privacy.restore(state["privacy"], state["round"])
 
@@ -257,6 +296,10 @@ class ClientTrainer:
         `records` tokenized now."""
         if client_id in self._rows:
             return self.tokenized.select(self._rows.pop(client_id))
+        return self.tokenize(client_id, records)
+
+    def tokenize(self, client_id: int, records: list[dict]):
+        """Client `client_id`'s `records` tokenized alone, as trl tokenizes a train set (a datasets.Dataset)."""
         trainer, dataset = self.trainer, to_dataset(_owned({client_id: records}))
         if self.dpo is not None:
             tokenized = tokenized_pairs(trainer, dataset)
@@ -266,6 +309,11 @@ class ClientTrainer:
             )
         _rows_by_owner(tokenized[OWNER_COLUMN], {client_id: records})  # the same check: rows left to train on
         return tokenized
+
+    def eval_loss(self, adapter: AdapterState, rows) -> float:
+        """The mean loss of `adapter` (put in the model) on tokenized `rows`, as trl computes the training loss."""
+        set_adapter_state(self.trainer.model, adapter)
+        return float(self.trainer.evaluate(eval_dataset=rows)["eval_loss"])
 
     def train_on(self, client_id: int, rows, learning_rate: float) -> None:
         """Point the trainer at a client's rows for its round."""

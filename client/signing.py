@@ -19,6 +19,15 @@ from flb.privacy.secret_random import SecretRandom
 from flb.types import Attestation, SignedUpload
 
 
+def salted_commitment(digest: str, random: SecretRandom, private: PrivateState, what: str) -> str:
+    """sha256(salt || digest) with a fresh salt from the client's secret generator; the opening (salt, digest) is kept
+    in its private openings, so the client alone can later prove what the commitment hides."""
+    salt = random.random_bytes(SALT_BYTES)
+    committed = commitment(salt, digest)
+    private.record_opening(committed, salt, digest, what)
+    return committed
+
+
 @dataclass
 class ClientSigner:
     account: object  # eth_account LocalAccount: the client's own key
@@ -31,12 +40,7 @@ class ClientSigner:
 
     def recorded(self, digest: str, commit: bool, random: SecretRandom, private: PrivateState, what: str) -> str:
         """`digest` as the chain will hold it: itself, or a fresh salted commitment to it (opening kept)."""
-        if not commit:
-            return digest
-        salt = random.random_bytes(SALT_BYTES)
-        committed = commitment(salt, digest)
-        private.record_opening(committed, salt, digest, what)
-        return committed
+        return salted_commitment(digest, random, private, what) if commit else digest
 
     def upload(self, recorded_data: str) -> SignedUpload:
         return SignedUpload(recorded_data, sign_data_upload(self.account, self._domain(), recorded_data))

@@ -52,6 +52,9 @@ class ClientUpdate:
     # shapes and dtypes of the extras the round sent; empty for most strategies. `digest` covers them too
     # (flb.audit.digests.update_content).
     extras: AdapterState = field(default_factory=dict)
+    # strategy.personalization: the losses the client measured on the records it holds out of its own shard, of the
+    # global adapter it received and of its personal adapter (client/personal.py); empty without personal adapters
+    personal: dict = field(default_factory=dict)
     # set by the server once it has opened a compressed update (comm.compression): the tensors as the client sent
     # them, which `digest`, the signature and the run directory's update file cover; `tensors` is then their decoding
     sent: AdapterState | None = None

@@ -13,6 +13,7 @@ from flb.adapters.lora_aggregation import aggregation_error
 from flb.audit.attestation import SALT_BYTES, commitment
 from flb.audit.digests import adapter_digest, json_digest, metrics_digest, update_content
 from flb.errors import ClientLate, ClientUnavailable, RunFailed, UpdateRejected, first_line
+from flb.personalization import completed, expected_extras, shared_part
 from flb.privacy.accounting import run_privacy
 from flb.privacy.disclosure import Disclosure
 from flb.privacy.private_state import PrivateState
@@ -76,7 +77,9 @@ class RoundCoordinator:
     max_update_norm: float | None = None
     max_client_failures: int = 0
     lora_a_frozen: bool = False  # ffa: an update whose LoRA A is not the global's is rejected
+    client_rank: Callable[[int], int] | None = None  # model.lora.client_ranks: a client's LoRA rank, by its id
     update_compression: str = "none"  # comm.compression: how the clients' updates are encoded
+    personalization: str = "none"  # strategy.personalization: what each client keeps (flb.personalization)
     broadcast_compression: str = "none"  # comm.broadcast_compression: the global adapter is as its encoding decodes
     round_deadline_s: float | None = None  # server.round_deadline_s: a round aggregates the updates in by then
     min_fit_fraction: float = 0.5  # server.min_fit_fraction: ... once this share of the sampled clients' are
@@ -246,7 +249,9 @@ class RoundCoordinator:
         """Fit every sampled client, sending it the strategy's extras too, until the round's deadline if it has one;
         keep the updates that validate, log why the others do not. A failure that is neither a timeout nor a rejection
         counts against server.max_client_failures. Returns the valid updates (in client id order), the rejections, and
-        the round's metrics so far: bytes sent and received (flb.run.comm) and, with a deadline, who was late."""
+        the round's metrics so far: bytes sent and received (flb.run.comm) and, with a deadline, who was late. Under
+        strategy.personalization each update also returns a commitment to its client's personal part (checked for its
+        form and digest, read by no strategy); under fedsa it holds no LoRA B and stands for the global one's."""
         global_digest = adapter_digest(global_adapter)
         extras = self.strategy.client_extras(global_adapter)
         results = self.fit_all(sampled, global_adapter, round, extras, self._deadline(len(sampled)))
@@ -259,12 +264,13 @@ class RoundCoordinator:
         )
         if self.round_deadline_s is not None:
             row["late"] = self._late(round, sampled, results)
+        shared = shared_part(global_adapter, self.personalization)  # fedsa: the LoRA B each client keeps is not sent
         valid, rejected = self._validated(
             round,
-            [(client, result, global_adapter, global_digest, round) for client, result in zip(sampled, results)],
-            extras,
+            [(client, result, shared, global_digest, round) for client, result in zip(sampled, results)],
+            expected_extras(extras, self.personalization),
         )
-        return valid, rejected, row
+        return [completed(u, global_adapter) for u in valid], rejected, row
 
     def collect_buffered(self, global_adapter: AdapterState, round: int):
         """fedbuff's round (server/buffered.py): idle clients start from the newest global adapter until
@@ -388,6 +394,7 @@ class RoundCoordinator:
             domain=domain,
             disclosure=self.disclosure,
             lora_a_frozen=self.lora_a_frozen,
+            rank=self.client_rank(client_id) if self.client_rank else None,
             compression=self.update_compression,
         )
 
@@ -496,4 +503,5 @@ def _client_metrics(update: ClientUpdate, round: int) -> dict:
         "num_bytes": update.num_bytes,
         "digest": update.digest,
         **({"privacy": update.privacy} if update.privacy else {}),
+        **({"personal": update.personal} if update.personal else {}),
     }

@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 
 from flb.adapters.compression import as_received, open_update
+from flb.adapters.ranks import padded
 from flb.audit.digests import EXTRAS_PREFIX
 from flb.types import AdapterState, ClientUpdate
 
@@ -55,7 +56,7 @@ def replay(config: dict, rounds: Iterable[PublishedRound]) -> Iterator[tuple[int
     counts_published = Disclosure.of(settings).publish_num_examples
     for number, previous, published in rounds:
         updates = [
-            _update(position, start + 1, content, count if counts_published else 1, base, settings.comm.compression)
+            _update(position, start + 1, content, count if counts_published else 1, base, previous, settings)
             for position, (content, count, start, base) in enumerate(published)
         ]
         aggregate = strategy.aggregate(previous, updates, number, len(updates))
@@ -63,22 +64,30 @@ def replay(config: dict, rounds: Iterable[PublishedRound]) -> Iterator[tuple[int
 
 
 def _update(
-    position: int, round: int, content: AdapterState, num_examples: int, base: AdapterState, compression: str
+    position: int,
+    round: int,
+    content: AdapterState,
+    num_examples: int,
+    base: AdapterState,
+    previous: AdapterState,
+    settings,
 ) -> ClientUpdate:
     """A published update as the strategy sees it: sent for `round` from `base`, its adapter (decoded from what the
-    client sent, under comm.compression, from `base`), its extras (SCAFFOLD's delta c_i) and its weight.
-    MalformedPayload for one that does not decode."""
+    client sent, under comm.compression, from `base`), its extras (SCAFFOLD's delta c_i) and its weight; a client's of
+    a lower rank (model.lora.client_ranks: its `base` is the global adapter at its rank) padded with zero components
+    to the rank of `previous`, as the coordinator pads it. MalformedPayload for one that does not decode."""
     sent = {name: t for name, t in content.items() if not name.startswith(EXTRAS_PREFIX)}
     extras = {name.removeprefix(EXTRAS_PREFIX): t for name, t in content.items() if name.startswith(EXTRAS_PREFIX)}
     return ClientUpdate(
         client_id=position,
         round=round,
-        tensors=open_update(compression, sent, base),
+        # an update that leaves tensors out (fedsa's LoRA B, kept by its client) stands for `base` with those unchanged
+        tensors={**base, **padded(open_update(settings.comm.compression, sent, base), previous)},
         num_examples=num_examples,
         train_loss=None,
         wall_time_s=0.0,
         num_bytes=0,
         digest="",
         extras=extras,
-        base=base,
+        base=padded(base, previous),
     )

@@ -1,7 +1,8 @@
 """Checks every client update before any strategy or score sees it; a bad one is rejected with its reason.
 
 An update is taken only if it is what the sampled client was asked for (its id, this round), holds
-finite tensors with the global adapter's names, shapes and dtypes (under ffa, the global's LoRA A itself; under
+finite tensors with the global adapter's names, shapes and dtypes (at the client's rank where model.lora.client_ranks
+gives it one; under ffa, the global's LoRA A itself; under
 comm.compression, once decoded: a payload that does not decode is rejected), claims a positive whole number of
 examples no larger than the shard the client declared at round 0, matches its digest and its size in bytes, and,
 when the run is recorded, carries the client's own signature over what the ledger will record. Then, over the round,
@@ -20,6 +21,7 @@ import torch
 from flb.adapters.arithmetic import l2_norm, subtract
 from flb.adapters.compression import MalformedPayload, open_update, payload_bytes
 from flb.adapters.lora_aggregation import is_lora_a
+from flb.adapters.ranks import at_rank, padded
 from flb.audit.digests import adapter_digest, update_content
 from flb.errors import FLBError, UpdateRejected
 from flb.privacy.disclosure import Disclosure
@@ -40,6 +42,7 @@ class Expected:
     disclosure: Disclosure | None = None
     lora_a_frozen: bool = False  # ffa: its LoRA A must be the global adapter's, bit for bit
     compression: str = "none"  # comm.compression: how its tensors encode its adapter
+    rank: int | None = None  # model.lora.client_ranks: the client's LoRA rank, when it may be below the global's
 
 
 def validate_update(
@@ -50,7 +53,8 @@ def validate_update(
     extras: AdapterState | None = None,
 ) -> ClientUpdate:
     """The update to aggregate, with `global_adapter` as its `base` (a compressed one opened: its decoded adapter as
-    `tensors`, what it sent as `sent`);
+    `tensors`, what it sent as `sent`; one of a lower `expected.rank` padded to the global rank with zero components,
+    its base too);
     raise UpdateRejected unless `update` is a sound answer to `expected`. Its `extras` must match the names, shapes
     and dtypes of the `extras` the round sent (SCAFFOLD's variate; none for most strategies)."""
     who = f"client {expected.client_id}"
@@ -61,8 +65,10 @@ def validate_update(
             f"{who}: the update says client {update.client_id!r}, round {update.round!r}; "
             f"it was asked for round {expected.round}"
         )
-    opened = _opened(who, update.tensors, global_adapter, expected.compression)
-    _check_tensors(who, opened, global_adapter)
+    # a client of a lower rank sends the global adapter's first components, as many as its rank (flb.adapters.ranks)
+    start = global_adapter if expected.rank is None else at_rank(global_adapter, expected.rank)
+    opened = _opened(who, update.tensors, start, expected.compression)
+    _check_tensors(who, opened, start)
     if expected.lora_a_frozen:
         _check_frozen_lora_a(who, opened, global_adapter)
     _check_tensors(who, update.extras, extras or {}, what="extras", source="the extras the round sent")
@@ -83,9 +89,11 @@ def validate_update(
         )
     if expected.address is not None:
         _check_attestation(who, update, expected, global_digest)
-    if expected.compression == "none":
+    if expected.compression == "none" and expected.rank is None:
         return replace(update, base=global_adapter)
-    return replace(update, tensors=opened, sent=update.tensors, base=global_adapter)
+    return replace(
+        update, tensors=padded(opened, global_adapter), sent=update.tensors, base=padded(start, global_adapter)
+    )
 
 
 def _opened(who: str, tensors: object, global_adapter: AdapterState, compression: str) -> object:

@@ -708,8 +708,8 @@ def recompute(report: Report, run_dir: Path, rounds: dict, clients: dict, config
                     for x, w, s in zip(sent, weights, starts)
                 ]
                 aggregate = fedbuff(recorded[n - 1], updates, config["strategy"]["fedbuff"])
-            else:
-                aggregate = fedavg(
+            else:  # a tensor no update holds (fedsa's LoRA B, kept by each client) keeps its value (spec 5.1)
+                aggregate = recorded[n - 1] | fedavg(
                     [(opened(comm["compression"], x, recorded[n - 1]), w) for x, w in zip(sent, weights)]
                 )
             actual = tensors_digest(as_broadcast(comm["broadcast_compression"], aggregate))

@@ -1,7 +1,8 @@
 """Training: the run's curves from metrics.jsonl (eval loss, perplexity, accuracy per task family,
-per-client train loss, the eval suites' scores, the MB of adapter tensors sent to and from the clients, in split mode
-the MB that cross the cut, and ε at its δ beside its target: each client's as it reports it, the server's against
-users of the model and against a chain reader) and its resolved config; refreshes by itself while the run is going.
+per-client train loss, personal adapters against the global one on each client's own records, the eval suites'
+scores, the MB of adapter tensors sent to and from the clients, in split mode the MB that cross the cut, and ε at its δ
+beside its target: each client's as it reports it, the server's against users of the model and against a chain reader)
+and its resolved config; refreshes by itself while the run is going.
 Series with the same values are drawn as one line named after all of them, so none hides another."""
 
 from __future__ import annotations
@@ -86,6 +87,7 @@ def _dashboard(run: rundata.Run) -> None:
             "No local train loss: under client-side DP it stays with each client (it is a statistic "
             "of the client's data that no noise covers)."
         )
+    _personal(clients)
     _suites([m for m in rounds if "suites" in m])
     _communication([m for m in metrics if m.get("kind") == "round" and "comm_down_bytes" in m])
     if run.config.get("mode") == "split":
@@ -98,6 +100,37 @@ def _dashboard(run: rundata.Run) -> None:
         if entries:
             st.subheader(title)
             st.table(pd.DataFrame(entries, columns=["round", "client", "reason"]))
+
+
+def _personal(clients: list[dict]) -> None:
+    """strategy.personalization: the loss of the personal adapters beside the global one's on each client's own
+    held-out records, as each client measured it (the records never leave it): the round means, and the last round's
+    clients."""
+    import pandas as pd
+
+    from flb.run.summary import personal_losses
+
+    own = personal_losses(clients)
+    if not own:
+        return
+    st.subheader("Personal adapters")
+    st.caption(
+        "Each sampled client's loss on the records it holds out of its own shard (eval.personal_size): its personal "
+        "adapter after the round's training, and the global adapter it received that round."
+    )
+    means = pd.DataFrame.from_dict(own, orient="index").rename_axis("round")
+    means = means.rename(columns={"personal_loss": "personal adapters", "global_loss": "global adapter"})
+    _chart(st, "Mean loss on the clients' own held-out records", means)
+    last = max(own)
+    columns = {"personal_loss": "personal adapter", "global_loss": "global adapter"}
+    table = [
+        {"client": m["client_id"], **{columns[key]: round(m["personal"][key], 4) for key in columns}}
+        for m in clients
+        if m["round"] == last and "personal" in m
+    ]
+    st.caption(f"Round {last}, per client:")
+    with st.container(key="personal-clients"):
+        st.table(pd.DataFrame(table), hide_index=True)
 
 
 def _suites(rounds: list[dict]) -> None:

@@ -6,6 +6,9 @@ mean_k(B_k A_k), which averaging A and B apart ("separate") does not give: mean(
   plain mean is exact (FFA-LoRA, Sun et al., 2024, https://arxiv.org/abs/2403.12313).
 - svd: the mean of the products, re-factorised to rank r by truncated SVD: exact when that mean has rank <= r,
   otherwise the closest rank-r adapter to it (Eckart-Young), so never further from it than "separate".
+- flexlora, hetlora: svd and separate for clients of different ranks (flb.adapters.ranks): the server pads each
+  update with zero components to the global rank first, which leaves its B A as it was; a client then starts from
+  the global adapter's first components, as many as its rank (under flexlora the largest singular values').
 `aggregation_error` measures how far a global adapter's products are from the mean of the clients' products.
 """
 
@@ -84,6 +87,9 @@ MEANS: dict[str, Callable[[StatesAndWeights], AdapterState]] = {
     "separate": weighted_average,
     "ffa": weighted_average,
     "svd": svd_average,
+    # clients of different ranks (flb.adapters.ranks): each update zero-padded to the global rank first
+    "flexlora": svd_average,  # FlexLoRA (Bai et al., 2024, https://arxiv.org/abs/2402.11505)
+    "hetlora": weighted_average,  # HetLoRA (Cho et al., 2024, https://arxiv.org/abs/2401.06432), by examples
 }
 
 

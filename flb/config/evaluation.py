@@ -69,11 +69,17 @@ class EvalSettings:
     )
     humaneval: HumanEvalSettings = described("The humaneval suite.", default_factory=HumanEvalSettings)
     lm_eval: LmEvalSettings = described("The lm_eval suite.", default_factory=LmEvalSettings)
+    personal_size: int = described(
+        "With strategy.personalization fedsa or ditto: records each client holds out of its own shard (never trained "
+        "on, never sent) to compare its personal adapter with the global one after every round.",
+        default=4,
+    )
 
     def __post_init__(self):
         require(self.size >= 1, "eval.size", self.size, "an integer >= 1")
         require(self.max_new_tokens >= 1, "eval.max_new_tokens", self.max_new_tokens, "an integer >= 1")
         require(self.batch_size >= 1, "eval.batch_size", self.batch_size, "an integer >= 1")
+        require(self.personal_size >= 1, "eval.personal_size", self.personal_size, "an integer >= 1")
         for suite in self.suites:
             one_of("eval.suites", suite, EVAL_SUITES)
         require(len(set(self.suites)) == len(self.suites), "eval.suites", self.suites, "each suite at most once")

@@ -157,6 +157,14 @@ def _coerce(kind, value, key: str):
         numbers = [_to_float(v) for v in value] if isinstance(value, list) else [None]
         require(all(n is not None and math.isfinite(n) for n in numbers), key, value, "a list of finite numbers")
         return numbers
+    if origin is list and typing.get_args(kind) == (int,):
+        require(
+            isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value),
+            key,
+            value,
+            "a list of integers",
+        )
+        return list(value)
     if origin is list:
         require(isinstance(value, list) and all(isinstance(v, str) for v in value), key, value, "a list of strings")
         return list(value)

@@ -20,7 +20,7 @@ from flb.config.sections import (
     SplitSettings,
 )
 from flb.config.services import ChainSettings, NotifySettings, TrackingSettings
-from flb.config.strategies import STRATEGIES, StrategySettings, strategy_names
+from flb.config.strategies import HETEROGENEOUS_RANKS, STRATEGIES, StrategySettings, strategy_names
 from flb.errors import require
 
 
@@ -113,6 +113,9 @@ class Config:
             self._check_split()
         if self.client.objective == "dpo":
             self._check_dpo()
+        self._check_client_ranks()
+        if self.strategy.personalization != "none":
+            self._check_personalization()
         require(
             not (self.uses_dp and self.chain_record and self.chain.scoring == "quality"),
             "chain.scoring",
@@ -157,6 +160,84 @@ class Config:
             "a strategy without a client-side objective (not "
             f"{' or '.join(strategy_names(client_objective=True))}) with mode split",
         )
+
+    def _check_client_ranks(self) -> None:
+        """model.lora.client_ranks and the aggregation modes made for it go together, in the modes that keep a
+        client's components above its rank at zero."""
+        mode, ranks = self.strategy.lora_aggregation, self.model.lora.client_ranks
+        if ranks is None:
+            require(
+                mode not in HETEROGENEOUS_RANKS,
+                "strategy.lora_aggregation",
+                mode,
+                "separate | ffa | svd when every client has model.lora.r (or give the clients ranks with "
+                "model.lora.client_ranks, e.g. [4, 8])",
+            )
+            return
+        require(
+            mode in HETEROGENEOUS_RANKS,
+            "strategy.lora_aggregation",
+            mode,
+            f"{' | '.join(HETEROGENEOUS_RANKS)} with model.lora.client_ranks (clients of different ranks)",
+        )
+        for key, value, allowed in (
+            ("execution.mode", self.execution.mode, ("sequential", "processes")),
+            ("mode", self.mode, ("federated",)),
+            ("client.objective", self.client.objective, ("sft",)),
+        ):
+            require(
+                value in allowed,
+                key,
+                value,
+                f"{' | '.join(allowed)} with model.lora.client_ranks (batched clients, split mode and DPO train "
+                "the full-rank adapter)",
+            )
+        require(
+            not (self.client.local_dp and self.client.dp.mode == "dpsgd"),
+            "client.dp.mode",
+            self.client.dp.mode,
+            "update with model.lora.client_ranks (DP-SGD's noise would reach the components above a client's rank, "
+            "which must stay zero while it trains)",
+        )
+
+    def _check_personalization(self) -> None:
+        """What personal adapters (strategy.personalization) do not combine with: what would not stay exact, or would
+        send or publish what each client keeps to itself. Each a one-line error naming the way out."""
+        strategy, fedsa = self.strategy, self.strategy.personalization == "fedsa"
+        rules = [
+            (self.execution.mode != "batched", "execution.mode", self.execution.mode,
+             "sequential | processes with strategy.personalization (batched clients train their global adapters in "
+             "one stacked pass, with no room for personal ones)"),
+            (self.mode == "federated", "mode", self.mode,
+             "federated with strategy.personalization (split mode keeps parts of the model on each client already: "
+             "split.client_parts personal)"),
+            (self.client.objective == "sft", "client.objective", self.client.objective,
+             "sft with strategy.personalization (personal adapters are trained and evaluated with the SFT loss)"),
+            (not self.client.local_dp, "client.local_dp", self.client.local_dp,
+             "false with strategy.personalization (a personal adapter is trained without noise and each client "
+             "reports its own held-out losses: local DP would cover neither)"),
+            (not strategy.spec.asynchronous, "strategy.name", strategy.name,
+             "a synchronous strategy with strategy.personalization (a fedbuff client trains from whichever global "
+             "adapter was newest when it started; personal adapters are kept for synchronous rounds)"),
+            (not (fedsa and strategy.spec.dp), "strategy.name", strategy.name,
+             "a strategy without server DP with strategy.personalization fedsa (the server's noise would turn the "
+             "global LoRA B, zero for every client, into noise), or personalization ditto"),
+            (not (fedsa and strategy.aggregator == "scaffold"), "strategy.name", strategy.name,
+             "a strategy other than scaffold with strategy.personalization fedsa (control variates over LoRA B "
+             "would carry each client's private B gradients to the server)"),
+            (not fedsa or strategy.lora_aggregation == "separate", "strategy.lora_aggregation",
+             strategy.lora_aggregation,
+             "separate with strategy.personalization fedsa (ffa freezes A, the one factor fedsa shares; svd, flexlora "
+             "and hetlora merge products B_k A_k, and fedsa's B never leaves its client)"),
+            (strategy.lora_aggregation in ("separate", "ffa", "svd"), "strategy.lora_aggregation",
+             strategy.lora_aggregation,
+             "separate | ffa | svd with strategy.personalization (a personal adapter has the global adapter's rank)"),
+            (not fedsa or self.comm.compression == "none", "comm.compression", self.comm.compression,
+             "none with strategy.personalization fedsa (a compressed update is decoded against the whole global "
+             "adapter, and fedsa's update holds LoRA A only)"),
+        ]  # fmt: skip
+        for ok, key, value, allowed in rules:
+            require(ok, key, value, allowed)
 
     def _check_dpo(self) -> None:
         """What client.objective dpo does not combine with, each a one-line error naming the way out."""

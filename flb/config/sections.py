@@ -16,11 +16,28 @@ class LoraSettings:
     r: int = described("LoRA rank.", default=8)
     alpha: int = described("LoRA scaling numerator (scale = alpha / r).", default=16)
     dropout: float = described("Dropout on the LoRA input.", default=0.05)
+    client_ranks: list[int] | None = described(
+        "Each client's own LoRA rank, cycled over the clients (client i gets the i mod len-th), each at most r: the "
+        "global adapter has rank r, and a client of rank k trains and sends its first k components (scale alpha / r "
+        "for all); needs strategy.lora_aggregation flexlora or hetlora. null: every client at rank r.",
+        default=None,
+    )
 
     def __post_init__(self):
         require(self.r >= 1, "model.lora.r", self.r, "an integer >= 1")
         require(self.alpha > 0, "model.lora.alpha", self.alpha, "a number > 0")
         require(0 <= self.dropout < 1, "model.lora.dropout", self.dropout, "a number in [0, 1)")
+        ranks = self.client_ranks
+        require(
+            ranks is None or (len(ranks) > 0 and all(1 <= rank <= self.r for rank in ranks)),
+            "model.lora.client_ranks",
+            ranks,
+            f"a list of ranks from 1 to model.lora.r={self.r}, or null",
+        )
+
+    def rank_of(self, client_id: int) -> int:
+        """Client `client_id`'s LoRA rank."""
+        return self.r if self.client_ranks is None else self.client_ranks[client_id % len(self.client_ranks)]
 
 
 TARGET_MODULE_RULES = ("auto", "all-linear")

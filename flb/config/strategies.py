@@ -191,6 +191,57 @@ class FedBuffSettings:
         return 1.0 if self.staleness == "constant" else (1.0 + staleness) ** -self.staleness_exponent
 
 
+LORA_AGGREGATIONS = ("separate", "ffa", "svd", "flexlora", "hetlora")
+HETEROGENEOUS_RANKS = ("flexlora", "hetlora")  # the modes for clients of different ranks (model.lora.client_ranks)
+
+
+@dataclass(frozen=True)
+class HetLoRASettings:
+    """HetLoRA's rank self-pruning (Cho et al., 2024, https://arxiv.org/abs/2401.06432), as this project does it: a
+    client's top components (the last prune_fraction of its rank) are decayed towards zero while it trains, and
+    once they carry less than prune_below of its adapter's change it drops them for good."""
+
+    prune_fraction: float = described(
+        "hetlora: the share of a client's rank (at least one component) that it decays and may prune; 0: never prune.",
+        default=0.25,
+    )
+    tail_decay: float = described(
+        "hetlora: lambda of the decay lambda * theta added to the gradients of those components each step.",
+        default=0.01,
+    )
+    prune_below: float = described(
+        "hetlora: a client prunes them when ||B_tail A_tail|| < prune_below * ||B A|| (Frobenius, every LoRA "
+        "module together) after its local steps.",
+        default=0.1,
+    )
+
+    def __post_init__(self):
+        require(
+            0 <= self.prune_fraction < 1, "strategy.hetlora.prune_fraction", self.prune_fraction, "a number in [0, 1)"
+        )
+        require(self.tail_decay >= 0, "strategy.hetlora.tail_decay", self.tail_decay, "a number >= 0")
+        require(0 <= self.prune_below < 1, "strategy.hetlora.prune_below", self.prune_below, "a number in [0, 1)")
+
+
+PERSONALIZATIONS = ("none", "fedsa", "ditto")
+
+
+@dataclass(frozen=True)
+class DittoSettings:
+    """Ditto (Li et al., 2021, https://arxiv.org/abs/2012.04221): each client also trains a personal adapter v_k with
+    the proximal term lambda/2 ||v_k - w_global||^2. `lambda` is a Python keyword, which no dataclass field (and so no
+    config key) may be: the key is strategy.ditto.lam."""
+
+    lam: float = described(
+        "ditto: lambda, the weight of the proximal term lambda/2 ||v_k - w_global||^2 that pulls each client's "
+        "personal adapter towards the global one (0: purely local).",
+        default=0.1,
+    )
+
+    def __post_init__(self):
+        require(self.lam >= 0, "strategy.ditto.lam", self.lam, "a number >= 0")
+
+
 def _refused_with_dp(config: Config, key: str) -> None:
     """SCAFFOLD's rule: no differential privacy, local or server, can cover what its clients send."""
     require(
@@ -342,14 +393,30 @@ class _StrategyChoice:
     lora_aggregation: str = described(
         "How LoRA factors are merged: separate (average A and B independently) | ffa (A "
         "frozen, B averaged: exact) | svd (average B_k A_k, re-factorise to rank r; with "
-        f"{' or '.join(strategy_names(output_is_mean=True))} only, without server DP).",
+        f"{' or '.join(strategy_names(output_is_mean=True))} only, without server DP) | flexlora (svd over clients "
+        "of different ranks, model.lora.client_ranks: each starts from the first components of the re-factorised "
+        "mean, as many as its rank) | hetlora (separate over clients of different ranks, each update zero-padded to "
+        "rank r; with strategy.hetlora's rank self-pruning).",
         default="separate",
+    )
+    hetlora: HetLoRASettings = described(
+        "lora_aggregation hetlora: each client's rank self-pruning.", default_factory=HetLoRASettings
+    )
+    personalization: str = described(
+        "Personal adapters kept by each client (docs/strategies.md#personal-adapters): none | fedsa (LoRA A "
+        "aggregated, each client's LoRA B its own, never sent) | ditto (each client also trains a personal adapter "
+        "near the global one, strategy.ditto.lam).",
+        default="none",
+    )
+    ditto: DittoSettings = described(
+        "personalization ditto: the personal adapters' proximal term.", default_factory=DittoSettings
     )
 
     def __post_init__(self):
         one_of("strategy.name", self.name, tuple(STRATEGIES))
         one_of("strategy.wraps", self.wraps, strategy_names(wraps=False, asynchronous=False))
-        one_of("strategy.lora_aggregation", self.lora_aggregation, ("separate", "ffa", "svd"))
+        one_of("strategy.lora_aggregation", self.lora_aggregation, LORA_AGGREGATIONS)
+        one_of("strategy.personalization", self.personalization, PERSONALIZATIONS)
         means = strategy_names(output_is_mean=True)
         require(
             not self.spec.dp or STRATEGIES[self.wraps].output_is_mean,
@@ -359,25 +426,46 @@ class _StrategyChoice:
             f"clipped updates; set strategy.wraps={means[0]}, or bound the updates without DP with "
             f"strategy.name={' | '.join(strategy_names(wraps=True, dp=False))}",
         )
-        if self.lora_aggregation == "svd":
+        if self.lora_aggregation in ("svd", "flexlora"):
+            self._check_svd()
+        if self.lora_aggregation in HETEROGENEOUS_RANKS:
+            self._check_heterogeneous_ranks()
+
+    def _check_svd(self) -> None:
+        """svd's (and flexlora's) refusals: it re-factorises a mean of the clients' adapters, and nothing else."""
+        mode, means = self.lora_aggregation, strategy_names(output_is_mean=True)
+        require(
+            not self.spec.asynchronous,
+            "strategy.lora_aggregation",
+            mode,
+            f"separate | ffa with {self.name} (its rounds add changes from different global adapters)",
+        )
+        require(
+            not self.spec.dp,
+            "strategy.lora_aggregation",
+            mode,
+            f"separate | ffa with {self.name} (its DP guarantee is for a noised mean of the clipped updates, "
+            "not noised SVD factors)",
+        )
+        require(
+            STRATEGIES[self.aggregator].output_is_mean,
+            "strategy.lora_aggregation",
+            mode,
+            f"separate | ffa with {self.aggregator} ({mode} re-factorises a mean: use it with {' | '.join(means)})",
+        )
+
+    def _check_heterogeneous_ranks(self) -> None:
+        """What clients of different ranks cannot be aggregated with: a client's zero-padded components are ones it
+        did not train, so neither clipping (server DP) nor a control variate (SCAFFOLD) nor fedbuff's change from a
+        start adapter applies to them."""
+        for name in self.chosen.values():
+            spec = STRATEGIES[name]
             require(
-                not self.spec.asynchronous,
+                not (spec.dp or spec.asynchronous or name == "scaffold"),
                 "strategy.lora_aggregation",
-                "svd",
-                f"separate | ffa with {self.name} (its rounds add changes from different global adapters)",
-            )
-            require(
-                not self.spec.dp,
-                "strategy.lora_aggregation",
-                "svd",
-                f"separate | ffa with {self.name} (its DP guarantee is for a noised mean of the clipped updates, "
-                "not noised SVD factors)",
-            )
-            require(
-                STRATEGIES[self.aggregator].output_is_mean,
-                "strategy.lora_aggregation",
-                "svd",
-                f"separate | ffa with {self.aggregator} (svd re-factorises a mean: use it with {' | '.join(means)})",
+                self.lora_aggregation,
+                f"separate | ffa with {name} (it measures each update from the full-rank global adapter, and a "
+                "client of a lower rank leaves the components above its rank untrained)",
             )
 
     @property

@@ -93,6 +93,8 @@ def round_line(row: dict, client_rows: list[dict], num_rounds: int | None = None
     parts += [f"{name} {score:.3f}" for name, score in suite_scores(row).items()]
     if (train_loss := _mean_train_loss(client_rows).get(row["round"])) is not None:
         parts.append(f"train_loss {train_loss:.4f}")
+    if (own := personal_losses(client_rows).get(row["round"])) is not None:  # strategy.personalization
+        parts.append(f"own split: personal {own['personal_loss']:.4f} vs global {own['global_loss']:.4f}")
     if "privacy" in row:
         parts.append(f"epsilon {_epsilon(row['privacy']['epsilon'])}")
     if (megabytes := _round_mb(row)) is not None:
@@ -124,6 +126,19 @@ def ledger_lines(summary: dict, verbose: bool = False, last: int = 3) -> list[st
     if summary["pending"]:
         lines.append(f"  {summary['pending']} records not yet on chain (sent by --resume; see run.log)")
     return lines + [f"inspect: {summary['explorer']}", f"verify the files against the chain: {summary['verify']}"]
+
+
+def personal_losses(metrics: list[dict]) -> dict[int, dict[str, float]]:
+    """strategy.personalization: per round, the mean over its clients of the loss each measured on its own held-out
+    records, of its personal adapter and of the global one ("personal_loss", "global_loss")."""
+    by_round = defaultdict(list)
+    for m in metrics:
+        if m["kind"] == "client" and "personal" in m:
+            by_round[m["round"]].append(m["personal"])
+    return {
+        round: {key: sum(p[key] for p in rows) / len(rows) for key in ("personal_loss", "global_loss")}
+        for round, rows in sorted(by_round.items())
+    }
 
 
 def _mean_train_loss(metrics: list[dict]) -> dict[int, float]:
@@ -252,7 +267,8 @@ def summary_numbers(rows: list[dict]) -> dict:
 
 
 def write_plots(run: RunDir) -> list[Path]:
-    """eval_loss.png, accuracy.png (overall and per task family), client_train_loss.png, comm.png (MB per round and
+    """eval_loss.png, accuracy.png (overall and per task family), client_train_loss.png, personal.png (personal
+    against global adapters on the clients' own records, under strategy.personalization), comm.png (MB per round and
     in total), suites.png (each eval suite's headline score) when eval.suites has more than exact_match, and
     epsilon.png when the run uses DP."""
     import matplotlib
@@ -299,6 +315,14 @@ def write_plots(run: RunDir) -> list[Path]:
     if by_client:
         ax.legend(fontsize=7)
     save(fig, "client_train_loss.png")
+
+    if own := personal_losses(metrics):
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for key, label in (("personal_loss", "personal adapters"), ("global_loss", "global adapter")):
+            ax.plot(list(own), [losses[key] for losses in own.values()], marker="o", label=label)
+        ax.set(xlabel="round", ylabel="loss", title="Clients' own held-out records (mean over the round's clients)")
+        ax.legend(fontsize=7)
+        save(fig, "personal.png")
 
     scored = [(r["round"], suite_scores(r)) for r in rounds if "suites" in r]
     if scored:

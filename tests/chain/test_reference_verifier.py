@@ -334,6 +334,22 @@ def test_the_reference_and_the_project_verifier_agree_on_a_fedbuff_run(case, fed
         assert all(what in problems for what in named), f"{named} not all in:\n{problems}"
 
 
+def test_both_verifiers_recompute_a_fedsa_run_whose_updates_hold_no_lora_b(tiny_model_dir, tmp_path, capsys):
+    """strategy.personalization fedsa: each update file holds LoRA A and the personal commitment (spec 2.8), and a
+    global tensor no update holds keeps its value (spec 5.1): both verifiers recompute every round from the files."""
+    from tests.chain.conftest import whole_run
+
+    run_dir = whole_run(tiny_model_dir, tmp_path, "chain.backend=anvil", "strategy.personalization=fedsa")
+    where, process = serve(run_dir, tmp_path)
+    try:
+        theirs, their_lines = reference(run_dir, *where)
+        ours, our_lines = project(capsys, run_dir, *where)
+    finally:
+        process.stop()
+    assert (ours, theirs) == (0, 0), "\n".join(our_lines + ["--- reference:"] + their_lines)
+    assert not any("not recomputed" in line for line in our_lines + their_lines)
+
+
 @pytest.mark.parametrize("case", list(CASES))
 def test_the_reference_and_the_project_verifier_agree(case, anvil_run, node, copy_run, capsys):
     tamper, named = CASES[case]
