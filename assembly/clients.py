@@ -135,7 +135,7 @@ def build_client(
         slowdown=slowdown(config.simulation, client_id),
         dpo=config.dpo_objective,
         rank=client_rank(config, client_id),
-        personal=personal_adapter(config.strategy, held_out),
+        personal=personal_adapter(config, held_out),
     )
 
 

@@ -10,8 +10,9 @@ global adapter is trained, for the update's commitment, and for what the update 
   lambda (v_k - w_global) is FedProx's (flb.local_objective.GradientCorrection). The personal part is v_k.
 
 The personal part lives in the client's private state (saved with its round, restored by a resumed run). What leaves
-the client is a salted commitment to it, in its signed update, and its held-out losses: the global adapter's it
-received this round and its personal adapter's after this round's training, each the newest it holds.
+the client is a salted commitment to it, in its signed update, and its held-out losses and exact-match accuracies: the
+global adapter's it received this round and its personal adapter's after this round's training, each the newest it
+holds.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from client.signing import salted_commitment
 from flb.audit.digests import adapter_digest
 from flb.errors import DataError
 from flb.local_objective import GradientCorrection
+from flb.model.generation import exact_matches
 from flb.model.load import adapter_parameters, get_adapter_state, set_adapter_state
 from flb.personalization import COMMITMENT, commitment_tensor, private_part, shared_part
 from flb.types import AdapterState
@@ -46,6 +48,7 @@ class PersonalAdapter:
     personalization: str  # fedsa | ditto
     lam: float  # ditto's lambda
     held_out: list[dict]
+    max_new_tokens: int  # eval.max_new_tokens: the exact-match answers on the held-out records
     part: AdapterState = field(default_factory=dict)  # fedsa: its LoRA B; ditto: v_k; {} before its first round
     losses: dict = field(default_factory=dict)  # this round's own-split losses, reported with the update
     _rows: object = field(default=None, repr=False)  # the held-out records tokenized, at their first evaluation
@@ -77,11 +80,18 @@ class PersonalAdapter:
             personal, self.part = trained, private_part(trained, self.personalization)
         if self._rows is None:
             self._rows = trainers.tokenize(client_id, self.held_out)
-        self.losses = {
-            "global_loss": trainers.eval_loss(global_adapter, self._rows),
-            "personal_loss": trainers.eval_loss(personal, self._rows),
-            "held_out": len(self.held_out),
-        }
+        self.losses = {"held_out": len(self.held_out)}
+        for name, adapter in (("global", global_adapter), ("personal", personal)):
+            self.losses[f"{name}_loss"] = trainers.eval_loss(adapter, self._rows)  # puts `adapter` in the model
+            if "prompt" in self.held_out[0]:  # prompt-completion records: their answers can be matched
+                self.losses[f"{name}_accuracy"] = self._accuracy(model, trainers.trainer.processing_class)
+
+    def _accuracy(self, model, tokenizer) -> float:
+        """The share of the held-out records whose answer greedy decoding with the model's adapter gives exactly."""
+        matches = exact_matches(
+            model, tokenizer, self.held_out, max_new_tokens=self.max_new_tokens, batch_size=8, answer="completion"
+        )
+        return sum(matches) / len(matches)
 
     def commitment(self, random, private, round: int) -> AdapterState:
         """The update's extra: sha256(salt || digest of the personal part), the salt drawn from the client's secret
@@ -101,8 +111,9 @@ class PersonalAdapter:
         self.part = {n.removeprefix(PERSONAL_PREFIX): t for n, t in tensors.items() if n.startswith(PERSONAL_PREFIX)}
 
 
-def personal_adapter(strategy, held_out: list[dict]) -> PersonalAdapter | None:
-    """A client's PersonalAdapter under flb.config's strategy section, or None without personalization."""
+def personal_adapter(config, held_out: list[dict]) -> PersonalAdapter | None:
+    """A client's PersonalAdapter under the run's config, or None without personalization."""
+    strategy = config.strategy
     if strategy.personalization == "none":
         return None
-    return PersonalAdapter(strategy.personalization, strategy.ditto.lam, held_out)
+    return PersonalAdapter(strategy.personalization, strategy.ditto.lam, held_out, config.eval.max_new_tokens)

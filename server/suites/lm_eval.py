@@ -15,7 +15,7 @@ from pathlib import Path
 
 from flb.config import LmEvalSettings
 from flb.errors import ConfigError, DataError, first_line
-from server.suites.generation import evaluation_mode
+from flb.model.generation import evaluation_mode
 
 INSTALL_HINT = 'pip install "lm-eval[hf]==0.4.13"'
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from flb.config import MultipleChoiceSettings
 from flb.errors import DataError, first_line, shown
-from server.suites.generation import chat_text, greedy_continuations
+from flb.model.generation import chat_text, greedy_continuations
 
 KEY = "eval.multiple_choice.path"
 FIELDS_HINT = "give question, choices (a list, or columns A, B, C, D) and answer (a letter or a 0-based index)"

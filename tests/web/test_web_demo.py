@@ -256,15 +256,22 @@ def test_training_page_lists_the_updates_that_missed_the_rounds_deadline(app_url
 
 
 def test_training_page_sets_each_clients_personal_adapter_beside_the_global_one(app_url, web_run, page):
-    """The losses clients report under strategy.personalization (tests/test_personalization.py checks them in a run)
-    written into a copy of the run's metrics: a chart of the round means and a row per client."""
+    """The losses and exact-match accuracies clients report under strategy.personalization
+    (tests/test_personalization.py checks them in a run) written into a copy of the run's metrics: a chart of the round
+    mean losses and a row per client."""
     from playwright.sync_api import expect
 
     personal = shutil.copytree(web_run, web_run.parent / "personal")
     rows = [json.loads(line) for line in (personal / "metrics.jsonl").read_text().splitlines()]
     for row in rows:
         if row["kind"] == "client":
-            row["personal"] = {"global_loss": 10.5, "personal_loss": 9.25 + row["client_id"], "held_out": 4}
+            row["personal"] = {
+                "global_loss": 10.5,
+                "personal_loss": 9.25 + row["client_id"],
+                "global_accuracy": 0.25,
+                "personal_accuracy": 0.75,
+                "held_out": 4,
+            }
     (personal / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
     page.goto(f"{app_url}/training?run=personal")
     expect(page.get_by_text("Personal adapters", exact=True)).to_be_visible()
@@ -272,7 +279,7 @@ def test_training_page_sets_each_clients_personal_adapter_beside_the_global_one(
     expect(means.locator('[aria-roledescription="line mark"]')).to_have_count(2)
     for client_id, loss in ((0, "9.2500"), (1, "10.2500")):
         row = page.locator(".st-key-personal-clients").get_by_role("row").filter(has_text=loss)
-        expect(row.get_by_role("cell")).to_have_text([str(client_id), loss, "10.5000"])
+        expect(row.get_by_role("cell")).to_have_text([str(client_id), loss, "10.5000", "0.7500", "0.2500"])
     settle_and_screenshot(page, "training-personal")
 
 

@@ -1,4 +1,5 @@
-"""Greedy generation for the suites: batched, left-padded continuations of already-formatted texts."""
+"""Greedy generation for evaluation (the server's suites, a client's own held-out records): batched, left-padded
+continuations of already-formatted texts, and exact match against a prompt-completion record's answer."""
 
 from __future__ import annotations
 
@@ -66,3 +67,19 @@ def greedy_continuations(
 def cut_at_stop(text: str, stop: tuple[str, ...]) -> str:
     """`text` up to (not including) the earliest of the stop sequences in it."""
     return text[: min([text.find(s) for s in stop if s in text], default=len(text))]
+
+
+def exact_matches(
+    model, tokenizer, records: list[dict], *, max_new_tokens: int, batch_size: int, answer: str
+) -> list[bool]:
+    """Whether greedy decoding of each conversational record's prompt gives its `answer` column's last message
+    (completion; chosen for preference pairs), both stripped."""
+    answers = greedy_continuations(
+        model,
+        tokenizer,
+        [chat_prompt(tokenizer, record["prompt"]) for record in records],
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        label="exact_match",
+    )
+    return [text.strip() == record[answer][-1]["content"].strip() for record, text in zip(records, answers)]
