@@ -114,6 +114,10 @@ def test_the_decay_reaches_only_the_top_components_gradients():
             "strategy.lora_aggregation",
         ),
         (
+            ["model.lora.client_ranks=[4, 8]", "strategy.lora_aggregation=hetlora", "strategy.name=norm_bounding"],
+            "strategy.lora_aggregation",
+        ),
+        (
             ["model.lora.client_ranks=[4, 8]", "strategy.lora_aggregation=hetlora", "execution.mode=batched"],
             "execution.mode",
         ),

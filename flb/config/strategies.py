@@ -456,12 +456,12 @@ class _StrategyChoice:
 
     def _check_heterogeneous_ranks(self) -> None:
         """What clients of different ranks cannot be aggregated with: a client's zero-padded components are ones it
-        did not train, so neither clipping (server DP) nor a control variate (SCAFFOLD) nor fedbuff's change from a
-        start adapter applies to them."""
+        did not train, so neither clipping its change (server DP, norm_bounding) nor a control variate (SCAFFOLD) nor
+        fedbuff's change from a start adapter applies to them."""
         for name in self.chosen.values():
             spec = STRATEGIES[name]
             require(
-                not (spec.dp or spec.asynchronous or name == "scaffold"),
+                not (spec.wraps or spec.asynchronous or name == "scaffold"),
                 "strategy.lora_aggregation",
                 self.lora_aggregation,
                 f"separate | ffa with {name} (it measures each update from the full-rank global adapter, and a "
