@@ -12,7 +12,8 @@ client sampled every round, the ledger off; one whole run (`assembly.run`) per s
 - personal: strategy.personalization fedsa and ditto: each client's loss and exact-match accuracy on the records it
   holds out of its own shard (eval.personal_size), of the global adapter it received in the last round and of its
   personal adapter after that round, averaged over the clients (client/personal.py measures them on the client).
-  Without personalization a client holds nothing out: the global columns stand for it.
+  Without personalization a client holds nothing out: the global columns stand for it. Each client needs more
+  records than eval.personal_size (4): at --alpha 0.1 one of 8 clients gets 2, so run this part at --alpha 0.2.
 Prints tables and JSON; exits 1 when a run fails.
 """
 
