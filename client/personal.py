@@ -89,7 +89,13 @@ class PersonalAdapter:
     def _accuracy(self, model, tokenizer) -> float:
         """The share of the held-out records whose answer greedy decoding with the model's adapter gives exactly."""
         matches = exact_matches(
-            model, tokenizer, self.held_out, max_new_tokens=self.max_new_tokens, batch_size=8, answer="completion"
+            model,
+            tokenizer,
+            self.held_out,
+            max_new_tokens=self.max_new_tokens,
+            batch_size=8,
+            answer="completion",
+            label="own exact_match",
         )
         return sum(matches) / len(matches)
 

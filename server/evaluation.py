@@ -81,6 +81,7 @@ class Evaluator:
             max_new_tokens=self.settings.max_new_tokens,
             batch_size=self.settings.batch_size,
             answer="chosen" if self.dpo is not None else "completion",
+            label="eval exact_match",
         )
         for record, match in zip(self.records, matches):
             task = str(record.get(self.task_column, "all"))

@@ -70,16 +70,16 @@ def cut_at_stop(text: str, stop: tuple[str, ...]) -> str:
 
 
 def exact_matches(
-    model, tokenizer, records: list[dict], *, max_new_tokens: int, batch_size: int, answer: str
+    model, tokenizer, records: list[dict], *, max_new_tokens: int, batch_size: int, answer: str, label: str
 ) -> list[bool]:
     """Whether greedy decoding of each conversational record's prompt gives its `answer` column's last message
-    (completion; chosen for preference pairs), both stripped."""
+    (completion; chosen for preference pairs), both stripped; `label` names the progress bar."""
     answers = greedy_continuations(
         model,
         tokenizer,
         [chat_prompt(tokenizer, record["prompt"]) for record in records],
         max_new_tokens=max_new_tokens,
         batch_size=batch_size,
-        label="exact_match",
+        label=label,
     )
     return [text.strip() == record[answer][-1]["content"].strip() for record, text in zip(records, answers)]
