@@ -40,31 +40,13 @@ def flower_task(monkeypatch):
 
 
 @pytest.fixture
-def run_and_resume_after_round_1(monkeypatch, tmp_path):
+def run_and_resume_after_round_1(tmp_path):
     """run(overrides) -> (the whole run, a copy of its directory as it stood after round 1 resumed to the end): the
     copy holds every party's secrets and the strategy's state as they were, so both must end alike."""
-    import shutil
-
-    import assembly
     from flb.config import load_config
-    from server import coordinator as coordinator_module
+    from tests.snapshots import run_and_resume_after_round_1 as run_and_resume
 
-    def run(overrides: list[str]):
-        snapshot = tmp_path / "after-round-1"
-        complete = coordinator_module.RoundCoordinator._complete
-
-        def complete_and_copy(self, round, *args):
-            complete(self, round, *args)
-            if round == 1:  # the ledger's sender may be writing the embedded chain beside: its temp file is not state
-                shutil.copytree(self.run.path, snapshot, ignore=shutil.ignore_patterns("*.tmp"))
-
-        monkeypatch.setattr(coordinator_module.RoundCoordinator, "_complete", complete_and_copy)
-        uninterrupted = assembly.run(load_config(None, overrides))
-        monkeypatch.undo()
-        args = assembly.parse_args(["--resume", str(snapshot)])
-        return uninterrupted, assembly.run(assembly.resolve_config(args), resume=str(snapshot))
-
-    return run
+    return lambda overrides: run_and_resume(load_config(None, overrides), tmp_path / "after-round-1")
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,6 @@ process; the audit recomputes every round)."""
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -183,19 +182,10 @@ RANKS = ["model.lora.r=16", "model.lora.client_ranks=[4, 8, 16]", "num_clients=3
 def hetlora_runs(tiny_model_dir, tmp_path_factory):
     """A hetlora run of clients at ranks 4, 8 and 16 in worker processes, pruning readily, the ledger on; and, from a
     copy of it after round 1, the same run resumed in process."""
-    import assembly
-    from server import coordinator as coordinator_module
+    from tests.snapshots import run_and_resume_after_round_1
     from tests.tiny_model import tiny_run_overrides
 
     output = tmp_path_factory.mktemp("hetlora")
-    snapshot = output / "after-round-1"
-    complete = coordinator_module.RoundCoordinator._complete
-
-    def complete_and_copy(self, round, *args):
-        complete(self, round, *args)
-        if round == 1:
-            shutil.copytree(self.run.path, snapshot, ignore=shutil.ignore_patterns("*.tmp"))
-
     overrides = [
         *tiny_run_overrides(tiny_model_dir, output),
         *RANKS,
@@ -206,14 +196,9 @@ def hetlora_runs(tiny_model_dir, tmp_path_factory):
         "execution.mode=processes",
         "execution.workers=2",
     ]
-    patch = pytest.MonkeyPatch()
-    patch.setattr(coordinator_module.RoundCoordinator, "_complete", complete_and_copy)
-    try:
-        in_workers = assembly.run(load_config(None, overrides))
-    finally:
-        patch.undo()
-    args = assembly.parse_args(["--resume", str(snapshot), "--set", "execution.mode=sequential"])
-    return in_workers, assembly.run(assembly.resolve_config(args), resume=str(snapshot))
+    return run_and_resume_after_round_1(
+        load_config(None, overrides), output / "after-round-1", ("execution.mode=sequential",)
+    )
 
 
 def rows(run_dir: Path, kind: str) -> list[dict]:

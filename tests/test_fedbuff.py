@@ -113,30 +113,14 @@ def by_hand(run_dir: Path, round: int, clients: list[dict], settings: FedBuffSet
 @pytest.fixture(scope="module")
 def fedbuff_runs(tiny_model_dir, tmp_path_factory):
     """A fedbuff run in worker processes and, from a copy of it after round 1, the same run resumed in process."""
-    import shutil
-
-    import assembly
-    from server import coordinator as coordinator_module
+    from tests.snapshots import run_and_resume_after_round_1
     from tests.tiny_model import tiny_run_overrides
 
     output = tmp_path_factory.mktemp("fedbuff")
-    snapshot = output / "after-round-1"
-    complete = coordinator_module.RoundCoordinator._complete
-
-    def complete_and_copy(self, round, *args):
-        complete(self, round, *args)
-        if round == 1:
-            shutil.copytree(self.run.path, snapshot, ignore=shutil.ignore_patterns("*.tmp"))
-
-    patch = pytest.MonkeyPatch()
-    patch.setattr(coordinator_module.RoundCoordinator, "_complete", complete_and_copy)
     overrides = [*tiny_run_overrides(tiny_model_dir, output), *FEDBUFF, "execution.mode=processes"]
-    try:
-        in_workers = assembly.run(load_config(None, overrides))
-    finally:
-        patch.undo()
-    args = assembly.parse_args(["--resume", str(snapshot), "--set", "execution.mode=sequential"])
-    return in_workers, assembly.run(assembly.resolve_config(args), resume=str(snapshot))
+    return run_and_resume_after_round_1(
+        load_config(None, overrides), output / "after-round-1", ("execution.mode=sequential",)
+    )
 
 
 def test_a_slow_client_lands_stale_and_each_round_is_its_weighted_sum(fedbuff_runs):

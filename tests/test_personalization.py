@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 from pathlib import Path
 from unittest import mock
 
@@ -24,7 +23,7 @@ from flb.personalization import COMMITMENT
 from flb.privacy.private_state import PrivateState
 from flb.run.directory import RunDir
 from flb.run.summary import round_line
-from server import coordinator as coordinator_module
+from tests.snapshots import run_and_resume_after_round_1
 from tests.tiny_model import tiny_run_overrides
 
 FAST = ["local_steps=2", "eval.size=4", "eval.batch_size=4", "eval.max_new_tokens=1", "eval.personal_size=4"]
@@ -54,21 +53,8 @@ def fedsa_run(tiny_model_dir, tmp_path_factory):
 def ditto_runs(tiny_model_dir, tmp_path_factory):
     """(a ditto run, a copy of its directory as it stood after round 1 resumed to the end)."""
     root = tmp_path_factory.mktemp("ditto")
-    snapshot = root / "after-round-1"
-    complete = coordinator_module.RoundCoordinator._complete
-
-    def complete_and_copy(self, round, *args):
-        complete(self, round, *args)
-        if round == 1:
-            shutil.copytree(self.run.path, snapshot)
-
-    with mock.patch.object(coordinator_module.RoundCoordinator, "_complete", complete_and_copy):
-        config = load_config(None, overrides(tiny_model_dir, root / "runs", "ditto", "strategy.ditto.lam=0.5"))
-        uninterrupted = assembly.run(config)
-    resumed = assembly.run(
-        assembly.resolve_config(assembly.parse_args(["--resume", str(snapshot)])), resume=str(snapshot)
-    )
-    return uninterrupted, resumed
+    config = load_config(None, overrides(tiny_model_dir, root / "runs", "ditto", "strategy.ditto.lam=0.5"))
+    return run_and_resume_after_round_1(config, root / "after-round-1")
 
 
 def personal_part(run_path: Path, client_id: int) -> dict:
