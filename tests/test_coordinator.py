@@ -148,3 +148,10 @@ def test_a_client_that_joins_late_is_registered_then_sampled_and_verifies_only_i
     assert explorer.main([str(run_path), "--verify", "--recompute", "--clients", str(listed)]) == 0, (
         capsys.readouterr().out
     )
+    # a server that swaps two clients' ids in its list points each address at the other's files: that fails
+    for path in (run_path / "chain" / "accounts.json", run_path / "chain" / "trail.json"):
+        written = json.loads(path.read_text())
+        (written["accounts"] if "accounts" in written else written)["ids"] = [0, 1, 2]
+        path.write_text(json.dumps(written))
+    assert explorer.main([str(run_path), "--verify", "--recompute", "--clients", str(listed)]) == 1
+    assert "client 2" in capsys.readouterr().out
