@@ -1,5 +1,6 @@
 """Atomic file writes: a reader, or a run killed at any moment (power cut included), finds the old file or the new
-one, never part of one. The one writer of the run directory, the embedded chain and the key files."""
+one, never part of one. The one writer of the run directory, the key files and the embedded chain's snapshot (its blocks
+are appended after it: chain.embedded)."""
 
 from __future__ import annotations
 

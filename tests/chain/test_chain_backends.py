@@ -187,15 +187,20 @@ while True:
 """
 
 
-@pytest.mark.parametrize("damage", ["truncated", "flipped byte", "empty", "foreign"])
+@pytest.mark.parametrize(
+    "damage", ["truncated snapshot", "flipped byte", "damaged block", "damaged block length", "empty", "foreign"]
+)
 def test_damaged_embedded_chain_file_is_a_one_line_chain_error(chain_file, damage):
     node = embedded_node(chain_file, num_clients=2)
+    snapshot = chain_file.stat().st_size  # the whole database as opened; each block's changes follow it
     send_transfers(node, 1)
     node.stop()
     data = chain_file.read_bytes()
     damaged = {
-        "truncated": data[: len(data) // 2],
+        "truncated snapshot": data[: snapshot // 2],
         "flipped byte": data[:100] + bytes([data[100] ^ 1]) + data[101:],
+        "damaged block": data[: snapshot + 10] + bytes([data[snapshot + 10] ^ 1]) + data[snapshot + 11 :],
+        "damaged block length": data[: snapshot + 2] + bytes([data[snapshot + 2] ^ 1]) + data[snapshot + 3 :],
         "empty": b"",
         "foreign": b'{"block": 1}',
     }[damage]
@@ -205,6 +210,74 @@ def test_damaged_embedded_chain_file_is_a_one_line_chain_error(chain_file, damag
             open_chain()
         assert str(chain_file) in str(error.value) and "\n" not in str(error.value)
         assert "move it away" in str(error.value)
+
+
+def test_a_block_whose_save_was_cut_short_is_dropped_and_the_chain_goes_on_from_the_one_before(chain_file, caplog):
+    """A save that did not finish (the run killed while appending, a full disk) leaves part of a block at the end of
+    the file: readers open the chain at the block before it, and the writer says so, then mines on from there."""
+    node = embedded_node(chain_file, num_clients=2)
+    transfer(node.w3, node.accounts.clients[0], node.accounts.admin.address, 1)
+    head, before_last = node.w3.eth.block_number, chain_file.stat().st_size
+    transfer(node.w3, node.accounts.clients[0], node.accounts.admin.address, 2)
+    node.stop()
+    data = chain_file.read_bytes()
+    zeros = data[:before_last] + bytes(len(data) - before_last)  # the file's length written, not its data
+    for cut in (data[: before_last + 20], data[:-1], data[:-40] + bytes(40), zeros):  # in an entry, in its digest
+        chain_file.write_bytes(cut)
+        assert open_embedded_export(chain_file).eth.block_number == head
+        caplog.clear()
+        with caplog.at_level("WARNING", "chain.embedded"):
+            node = embedded_node(chain_file, num_clients=2)
+        assert node.w3.eth.block_number == head
+        assert f"its last {len(cut) - before_last} bytes were a block whose save did not finish" in caplog.text
+        assert transfer(node.w3, node.accounts.clients[1], node.accounts.admin.address, 3)["blockNumber"] == head + 1
+        node.stop()
+        assert open_embedded_export(chain_file).eth.block_number == head + 1
+
+
+def test_saving_a_block_appends_what_it_changed_and_never_rewrites_the_chain(chain_file, monkeypatch):
+    """Per block the file gets the keys that block changed (a few kB for a transfer), however long the chain is:
+    the whole database is written once, when the chain is opened."""
+    import chain.embedded
+
+    snapshots, appended = [], []
+    write, append = chain.embedded.write_chain_file, chain.embedded.append_segment
+    monkeypatch.setattr(chain.embedded, "write_chain_file", lambda *a: snapshots.append(a[0]) or write(*a))
+
+    def recording_append(path, end, changes):
+        appended.append(sum(len(k) + len(v or b"") for k, v in changes.items()))
+        return append(path, end, changes)
+
+    monkeypatch.setattr(chain.embedded, "append_segment", recording_append)
+    node = embedded_node(chain_file, num_clients=2)
+    for i in range(12):
+        transfer(node.w3, node.accounts.clients[i % 2], node.accounts.admin.address, 1 + i)
+    node.stop()
+    assert snapshots == [chain_file] and len(appended) == 12
+    assert max(appended) < 4000 and max(appended[6:]) <= 1.1 * max(appended[:6])  # no more for the 12th than the 1st
+    assert open_embedded_export(chain_file).eth.block_number == 12
+
+
+def test_a_chain_file_of_version_1_opens_and_is_written_on_as_version_2(chain_file):
+    """Runs made before the file had segments saved a snapshot alone (MAGIC_V1): they resume, and open in the
+    explorer, as they were."""
+    import hashlib
+
+    from chain.embedded import MAGIC, MAGIC_V1, encode_chain_database, read_chain_file
+
+    node = embedded_node(chain_file, num_clients=2)
+    send_transfers(node, 2)
+    head = node.w3.eth.block_number
+    node.stop()
+    saved = read_chain_file(chain_file)
+    body = MAGIC_V1 + encode_chain_database(saved.chain_id, saved.database)[len(MAGIC) : -32]
+    chain_file.write_bytes(body + hashlib.sha256(body).digest())
+    assert open_embedded_export(chain_file).eth.block_number == head
+    node = embedded_node(chain_file, num_clients=2)
+    assert transfer(node.w3, node.accounts.clients[0], node.accounts.admin.address, 1)["blockNumber"] == head + 1
+    node.stop()
+    assert chain_file.read_bytes().startswith(MAGIC)
+    assert open_embedded_export(chain_file).eth.block_number == head + 1
 
 
 def test_missing_embedded_export_is_a_one_line_chain_error(tmp_path):
