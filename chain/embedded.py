@@ -98,6 +98,7 @@ class DurablePyEVMBackend(PyEVMBackend):
         # pending block is built on the saved head) or the genesis one, in a store that notes what each block changes
         store = ChangedKeys(self.database if database is None else database)
         self.chain = type(self.chain)(AtomicDB(MemoryDB(store)))
+        self.chain.gas_estimator = estimate_gas
         self.on_block = on_block
 
     @property
@@ -133,6 +134,38 @@ class DurablePyEVMBackend(PyEVMBackend):
     def _changed(self) -> None:
         if self.on_block is not None:
             self.on_block(self.database)
+
+
+CALL_STIPEND = 2300  # the gas a value-bearing call hands its callee on top of what it forwards
+
+
+def estimate_gas(state, transaction) -> int:
+    """The gas `transaction` needs, found as geth first tries it: one run with the block's gas limit, then one with
+    what that run spent before refunds, plus a call's stipend, times 64/63 (what a call must keep back); py-evm's
+    binary search (about a dozen runs, each checking every signature a round record holds) only when that fails."""
+    from eth.estimators.gas import binary_gas_search_intrinsic_tolerance
+
+    computation = _run_with_gas(state, transaction, state.gas_limit)
+    if computation.is_error:
+        raise computation.error
+    spent = state.gas_limit - computation.get_gas_remaining()
+    if spent <= transaction.intrinsic_gas:
+        return transaction.intrinsic_gas
+    enough = min(state.gas_limit, (spent + CALL_STIPEND) * 64 // 63)
+    if not _run_with_gas(state, transaction, enough).is_error:
+        return enough
+    return binary_gas_search_intrinsic_tolerance(state, transaction)
+
+
+def _run_with_gas(state, transaction, gas: int):
+    """The computation of `transaction` given `gas` (priced at zero), the state left as it was."""
+    from eth.vm.spoof import SpoofTransaction
+
+    snapshot = state.snapshot()
+    try:
+        return state.apply_transaction(SpoofTransaction(transaction, gas=gas, gas_price=0))
+    finally:
+        state.revert(snapshot)
 
 
 class DurableChain:

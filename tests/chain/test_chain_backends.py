@@ -280,6 +280,70 @@ def test_a_chain_file_of_version_1_opens_and_is_written_on_as_version_2(chain_fi
     assert open_embedded_export(chain_file).eth.block_number == head + 1
 
 
+# init code that deploys a contract which reverts unless it is called with at least 1,000,000 gas left:
+# GAS PUSH3 1000000 LT PUSH1 13 JUMPI PUSH1 0 DUP1 REVERT JUMPDEST STOP
+NEEDS_A_MILLION = "0x600f600c600039600f6000f3" + "5a620f424010600d57600080fd5b00"
+# init code that deploys a contract which stores 42 in slot 0 when called: PUSH1 42 PUSH1 0 SSTORE STOP
+STORES_42_WHEN_CALLED = "0x6006600c60003960066000f3" + "602a60005500"
+
+
+def test_embedded_gas_estimates_run_a_call_twice_and_search_only_when_that_is_not_enough(tmp_path, monkeypatch):
+    """The estimate (every ledger record's) runs the transaction with the block's gas limit, then with what it spent
+    plus a call's stipend times 64/63; a call that needs more gas than it spends still gets an estimate it succeeds
+    with (py-evm's binary search), and a plain transfer its exact 21,000."""
+    import chain.embedded
+
+    runs = []
+    run = chain.embedded._run_with_gas
+    monkeypatch.setattr(chain.embedded, "_run_with_gas", lambda *a: runs.append(a[2]) or run(*a))
+    node = embedded_node(tmp_path / EMBEDDED_CHAIN_FILE, num_clients=2)
+    w3, sender = node.w3, node.accounts.clients[0]
+    assert w3.eth.estimate_gas({"from": sender.address, "to": RECIPIENT, "value": 1}) == 21000
+    stores = deploy_code(w3, node.accounts.admin, STORES_42_WHEN_CALLED)
+    runs.clear()
+    estimate = w3.eth.estimate_gas({"from": sender.address, "to": stores, "data": "0x"})
+    assert len(runs) == 2 and estimate == runs[1]
+    picky = deploy_code(w3, node.accounts.admin, NEEDS_A_MILLION)
+    estimate = w3.eth.estimate_gas({"from": sender.address, "to": picky})
+    assert estimate > 1_000_000
+    for gas, status in ((estimate, 1), (1_000_000, 0)):
+        signed = sender.sign_transaction(
+            {
+                "to": picky,
+                "gas": gas,
+                "maxFeePerGas": 3 * 10**9,
+                "maxPriorityFeePerGas": 10**9,
+                "nonce": w3.eth.get_transaction_count(sender.address),
+                "chainId": w3.eth.chain_id,
+            }
+        )
+        receipt = w3.eth.wait_for_transaction_receipt(w3.eth.send_raw_transaction(signed.raw_transaction))
+        assert receipt["status"] == status
+    node.stop()
+
+
+def test_keys_and_the_embedded_chains_ecrecover_use_libsecp256k1():
+    """coincurve (requirements.txt) makes eth-keys sign and recover in C: a round record's signature checks cost
+    the embedded chain milliseconds, not the ~60 ms each of the pure-Python backend eth-keys falls back to."""
+    from eth_keys import KeyAPI
+    from eth_keys.backends import CoinCurveECCBackend
+
+    assert isinstance(KeyAPI().backend, CoinCurveECCBackend)
+
+
+def deploy_code(w3, sender, init_code: str) -> str:
+    signed = sender.sign_transaction(
+        {
+            "data": init_code,
+            "gas": 200_000,
+            "gasPrice": 3 * 10**9,
+            "chainId": w3.eth.chain_id,
+            "nonce": w3.eth.get_transaction_count(sender.address),
+        }
+    )
+    return w3.eth.wait_for_transaction_receipt(w3.eth.send_raw_transaction(signed.raw_transaction))["contractAddress"]
+
+
 def test_missing_embedded_export_is_a_one_line_chain_error(tmp_path):
     with pytest.raises(ChainError, match=r"embedded_chain\.db: not found") as error:
         open_embedded_export(tmp_path / EMBEDDED_CHAIN_FILE)
