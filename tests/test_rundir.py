@@ -75,6 +75,45 @@ def test_intact_checkpoint_reads_back(tmp_path):
     assert torch.equal(next(iter(checkpoint["adapter"].values())), next(iter(ADAPTER.values())))
 
 
+def test_declarations_are_written_when_clients_join_not_every_round(tmp_path, monkeypatch):
+    """checkpoint.json names the file of what the clients declared; with 10,000 registered a round writes neither
+    it nor a checkpoint that grows with them, and a client that joins makes a new file (the old one goes)."""
+    import flb.run.directory
+
+    run = checkpointed_run(tmp_path)
+    declared = {client_id: {"num_examples": 2, "address": f"0x{client_id:040x}"} for client_id in range(10_000)}
+    written = []
+    real = flb.run.directory.write_atomic
+    monkeypatch.setattr(flb.run.directory, "write_atomic", lambda path, *a: written.append(path.name) or real(path, *a))
+    for round in (2, 3, 4):
+        run.round_dir(round).mkdir()
+        save_file(ADAPTER, str(run.round_dir(round) / "adapter_model.safetensors"))
+        run.append_metrics({"kind": "round", "round": round})
+        if round == 4:
+            declared[10_000] = {"num_examples": 3, "address": "0x" + "ab" * 20}
+        run.write_checkpoint(round, ADAPTER, {}, declared)
+    files = [p.name for p in run.path.glob("declared_*.json")]
+    declared_writes = [name for name in written if name.startswith("declared_")]  # rounds 2 and 4, not 3
+    assert len(declared_writes) == 2 and declared_writes[1] == files[0] and declared_writes[0] not in files
+    assert len(files) == 1 and (run.path / "checkpoint.json").stat().st_size < 2000
+    checkpoint = run.read_checkpoint()
+    assert checkpoint["round"] == 4 and len(checkpoint["declared"]) == 10_001
+    assert checkpoint["declared"]["10000"]["num_examples"] == 3
+
+
+def test_a_changed_declarations_file_or_an_old_checkpoint_with_them_inline(tmp_path):
+    run = checkpointed_run(tmp_path)
+    (declared,) = run.path.glob("declared_*.json")
+    declared.write_text('{"0": {"num_examples": 300}}')  # a client that claims a larger shard than it declared
+    with pytest.raises(RunDirError) as info:
+        run.read_checkpoint()
+    assert_one_line(info, declared.name, "does not match the digest in checkpoint.json", "directory was modified")
+    checkpoint = json.loads((run.path / "checkpoint.json").read_text())
+    checkpoint["declared"] = {"0": {"num_examples": 3}}  # as every checkpoint before the declarations had a file
+    (run.path / "checkpoint.json").write_text(json.dumps(checkpoint))
+    assert run.read_checkpoint()["declared"] == {"0": {"num_examples": 3}}
+
+
 @pytest.mark.parametrize(
     "content, fragment",
     [

@@ -14,6 +14,7 @@ Layout:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -30,6 +31,7 @@ from flb.types import AdapterState
 
 CHECKPOINT = "checkpoint.json"
 STATE_TENSORS = "checkpoint_{round}.safetensors"
+DECLARED = "declared_{digest}.json"  # what the clients declared (shard size, address), named by its digest
 METRICS = "metrics.jsonl"
 CONFIG = "config.json"
 RESUMES = "resumes.jsonl"
@@ -43,6 +45,7 @@ log = logging.getLogger(__name__)
 class RunDir:
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        self._declared_written: tuple[tuple[int, int], dict] | None = None  # (the declarations' version, reference)
 
     @classmethod
     def create(cls, output_dir: str | Path, config: dict) -> RunDir:
@@ -157,15 +160,21 @@ class RunDir:
     def write_checkpoint(
         self, round: int, adapter: AdapterState, strategy_state: dict, declared: dict, schedule: dict | None = None
     ) -> None:
-        """The strategy's state (privacy accountant, adaptive clip norm, moments), what each client declared at
-        round 0 (shard size, address) and, under fedbuff, its clock and jobs (server/buffered.py), as JSON and
+        """The strategy's state (privacy accountant, adaptive clip norm, moments), what each client declared when it
+        joined (shard size, address) and, under fedbuff, its clock and jobs (server/buffered.py), as JSON and
         safetensors, never pickles. No party's secrets: those are in private/. Tensors in the strategy's state go
-        to checkpoint_<round>.safetensors, written before checkpoint.json names it, so a crash between the two
-        leaves the previous pair whole."""
+        to checkpoint_<round>.safetensors and the declarations to declared_<digest>.json, each written before
+        checkpoint.json names it, so a crash between them leaves the previous checkpoint whole; the declarations
+        only when clients have joined since (a round costs the same with 10 or 10,000 of them)."""
         from safetensors.torch import save
 
         state, tensors = split_tensors(strategy_state)
-        checkpoint = {"round": round, "global_digest": adapter_digest(adapter), "strategy": state, "declared": declared}
+        checkpoint = {
+            "round": round,
+            "global_digest": adapter_digest(adapter),
+            "strategy": state,
+            "declared": self._declared_file(declared),
+        }
         if schedule is not None:
             checkpoint["schedule"] = schedule
         kept = None
@@ -174,9 +183,21 @@ class RunDir:
             write_atomic(self.path / kept, save(tensors), 0o644)
             checkpoint["strategy_tensors"] = {"file": kept, "digest": adapter_digest(tensors)}
         write_json_atomic(self.path / CHECKPOINT, checkpoint)
-        for stale in self.path.glob(STATE_TENSORS.format(round="*")):
-            if stale.name != kept:
+        for stale in (*self.path.glob(STATE_TENSORS.format(round="*")), *self.path.glob(DECLARED.format(digest="*"))):
+            if stale.name not in (kept, checkpoint["declared"]["file"]):
                 stale.unlink()
+
+    def _declared_file(self, declared: dict) -> dict:
+        """The checkpoint's reference to the file of `declared` (client id -> what it declared), written when that
+        has changed: clients are only ever added to it, so the dict and its size tell a new version from the last."""
+        version = (id(declared), len(declared))
+        if self._declared_written is None or self._declared_written[0] != version:
+            data = json.dumps(declared, sort_keys=True).encode()
+            digest = hashlib.sha256(data).hexdigest()
+            name = DECLARED.format(digest=digest[:16])
+            write_atomic(self.path / name, data, 0o644)
+            self._declared_written = (version, {"file": name, "digest": digest, "clients": len(declared)})
+        return self._declared_written[1]
 
     def read_checkpoint(self) -> dict:
         """The last completed round, its global adapter (digest-checked) as "adapter", the strategy's state and the
@@ -206,7 +227,12 @@ class RunDir:
                 "directory was modified"
             )
         self._drop_metrics_after(state["round"])
-        return {**state, "strategy": self._strategy_state(state, path), "adapter": adapter}
+        return {
+            **state,
+            "strategy": self._strategy_state(state, path),
+            "declared": self._declarations(state, path),
+            "adapter": adapter,
+        }
 
     def round_adapter(self, round: int) -> AdapterState:
         """A completed round's global adapter, checked against the digest of its metrics.jsonl line."""
@@ -219,6 +245,25 @@ class RunDir:
                 "directory was modified"
             )
         return adapter
+
+    def _declarations(self, checkpoint: dict, path: Path) -> dict:
+        """What the clients declared, from the digest-checked file the checkpoint names."""
+        reference = checkpoint["declared"]
+        if "file" not in reference:  # the declarations themselves, as in every checkpoint before they had a file
+            return reference
+        name = reference["file"]
+        if not (isinstance(name, str) and Path(name).name == name and name.endswith(".json")):
+            raise RunDirError(f"--resume: {str(path)!r} has no valid 'declared'; {START_AGAIN}")
+        try:
+            data = (self.path / name).read_bytes()
+        except OSError:
+            data = None
+        if data is None or hashlib.sha256(data).hexdigest() != reference.get("digest"):
+            raise RunDirError(
+                f"--resume: {str(self.path / name)!r} is missing or does not match the digest in {CHECKPOINT}; "
+                "the run directory was modified"
+            )
+        return json.loads(data)
 
     def _strategy_state(self, checkpoint: dict, path: Path) -> dict:
         """The checkpoint's strategy state with its tensors put back from the digest-checked safetensors file."""
