@@ -1,14 +1,22 @@
 """Scale: the cost of a round as the number of registered clients grows, ledger on.
 
     python -m bench.scale [--registered 10 100 1000 10000] [--per-round 10] [--rounds 3] [--execution processes]
+                          [--repeat 3]
 
-Each size runs in its own process on the tiny model (so peak RSS is that run's alone), with the flb-tasks
-generator's records (two per registered client, plus the evaluation set) and the embedded chain. Prints a
-table: wall time, time before round 1, each round's wall and CPU time (training, aggregation, evaluation, saving
-and recording; the CPU time is this process's, all threads, so other load on the machine does not inflate it),
-the mean round CPU time against the first size's, peak RSS, the run directory's size, and the gas of
+Each size runs in its own process on the tiny model (so peak RSS is that run's alone), with two records per
+registered client plus the evaluation set, every one of them the same flb-tasks record (so each sampled client's
+local steps and the evaluation cost the same at every size, whichever clients are sampled: what differs between
+sizes is the registry alone), and the embedded chain. `--repeat N` runs every size N times, the sizes in turn, so
+that a slow spell of the machine (on a shared 2-core VM identical runs differ by up to 40 %) falls on all sizes.
+
+Prints a line per size: wall time and time before round 1 (medians over the repeats); the median, lowest and
+highest wall and CPU time of all its rounds (training, aggregation, evaluation, saving and recording; the CPU time
+is this process's, all threads, the chain's sender included, so other load on the machine inflates it less than
+the wall), the median round against the first size's, peak RSS, the run directory's size, and the gas of
 registration, data uploads and a round record. With `--execution processes` the clients train in two worker
-processes: the CPU columns are then the main process's alone (evaluation, aggregation, recording), and peak RSS too.
+processes: the CPU columns are then the main process's alone (evaluation, aggregation, recording), and peak RSS
+too. The children run with OMP_WAIT_POLICY=PASSIVE: torch's idle threads sleep instead of spinning, whose CPU time
+would otherwise swamp the work's and vary by a factor of two from round to round.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from statistics import median
 
 from bench import measure_in_child
 
@@ -38,7 +47,7 @@ def measure(registered: int, per_round: int, rounds: int, execution: str = "sequ
     work = Path(tempfile.mkdtemp(prefix="flb-scale-"))
     model_dir = save_tiny_llama(work / "tiny")
     data = work / "tasks.jsonl"
-    write_jsonl(generate_tasks(registered * RECORDS_PER_CLIENT + EVAL_SIZE, seed=0), data)
+    write_jsonl(generate_tasks(1, seed=0) * (registered * RECORDS_PER_CLIENT + EVAL_SIZE), data)
     round_starts, round_walls, round_cpus = _time_calls(coordinator.RoundCoordinator, "run_round")
     config = load_config(
         None,
@@ -110,25 +119,37 @@ def _time_calls(owner, name: str) -> tuple[list[float], list[float], list[float]
     return starts, walls, cpus
 
 
-def table(results: list[dict]) -> str:
+def table(runs: dict[int, list[dict]]) -> str:
+    """One line per size: the median over its repeats of the run's wall time and time before round 1, the median,
+    lowest and highest of every round of every repeat, the median round against the first size's, the highest peak
+    RSS, and the first repeat's run directory and gas (the same in every repeat)."""
     header = (
-        f"{'registered':>10} {'wall s':>8} {'before r1 s':>11} {'rounds wall s':>20} {'rounds CPU s':>20} "
-        f"{'CPU vs first':>12} {'RSS GB':>7} {'dir MB':>7} {'register gas':>13} {'gas/client':>10} "
-        f"{'upload gas':>11} {'round gas':>10}"
+        f"{'registered':>10} {'runs':>4} {'wall s':>7} {'before r1 s':>11} {'round wall s (min-max)':>23} "
+        f"{'round CPU s (min-max)':>22} {'wall vs first':>13} {'CPU vs first':>12} {'RSS GB':>7} {'dir MB':>7} "
+        f"{'register gas':>13} {'gas/client':>10} {'upload gas':>11} {'round gas':>10}"
     )
-    base = sum(results[0]["round_cpu_s"]) / len(results[0]["round_cpu_s"])
+    first = next(iter(runs.values()))
     lines = [header]
-    for r in results:
-        walls = " / ".join(f"{s:.1f}" for s in r["round_s"])
-        cpus = " / ".join(f"{s:.1f}" for s in r["round_cpu_s"])
-        mean = sum(r["round_cpu_s"]) / len(r["round_cpu_s"])
+    for registered, repeats in runs.items():
+        walls, cpus = _rounds(repeats, "round_s"), _rounds(repeats, "round_cpu_s")
+        r = repeats[0]
         lines.append(
-            f"{r['registered']:>10} {r['wall_s']:>8.1f} {r['before_round_1_s']:>11.1f} {walls:>20} "
-            f"{cpus:>20} {mean / base - 1:>+12.1%} {r['peak_rss_gb']:>7.2f} {r['run_dir_mb']:>7.1f} "
-            f"{r['register_gas']:>13,} {r['register_gas'] // r['registered']:>10,} {r['upload_gas']:>11,} "
-            f"{r['round_gas']:>10,}"
+            f"{registered:>10} {len(repeats):>4} {median(x['wall_s'] for x in repeats):>7.1f} "
+            f"{median(x['before_round_1_s'] for x in repeats):>11.1f} {_spread(walls):>23} {_spread(cpus):>22} "
+            f"{median(walls) / median(_rounds(first, 'round_s')) - 1:>+13.1%} "
+            f"{median(cpus) / median(_rounds(first, 'round_cpu_s')) - 1:>+12.1%} "
+            f"{max(x['peak_rss_gb'] for x in repeats):>7.2f} {r['run_dir_mb']:>7.1f} {r['register_gas']:>13,} "
+            f"{r['register_gas'] // registered:>10,} {r['upload_gas']:>11,} {r['round_gas']:>10,}"
         )
     return "\n".join(lines)
+
+
+def _rounds(repeats: list[dict], key: str) -> list[float]:
+    return [seconds for run in repeats for seconds in run[key]]
+
+
+def _spread(values: list[float]) -> str:
+    return f"{median(values):.2f} ({min(values):.2f}-{max(values):.2f})"
 
 
 def main() -> None:
@@ -137,32 +158,37 @@ def main() -> None:
     parser.add_argument("--per-round", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--execution", default="sequential", choices=["sequential", "processes"])
+    parser.add_argument("--repeat", type=int, default=1, help="runs of each size, the sizes taken in turn")
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)  # child process mode
     args = parser.parse_args()
     if args.one:
         print(json.dumps(measure(args.registered[0], args.per_round, args.rounds, args.execution)))
         return
-    results = []
-    for registered in args.registered:
-        try:
-            results.append(
-                measure_in_child(
-                    "bench.scale",
-                    "--registered",
-                    str(registered),
-                    "--per-round",
-                    str(args.per_round),
-                    "--rounds",
-                    str(args.rounds),
-                    "--execution",
-                    args.execution,
-                )
-            )
-        except RuntimeError as exc:
-            print(f"{registered} registered clients: failed ({exc})", file=sys.stderr)
-            continue
-        print(json.dumps(results[-1]), file=sys.stderr)
-    print(table(results))
+    runs: dict[int, list[dict]] = {registered: [] for registered in args.registered}
+    for _ in range(args.repeat):
+        for registered in args.registered:
+            try:
+                runs[registered].append(measure_one(registered, args))
+            except RuntimeError as exc:
+                print(f"{registered} registered clients: failed ({exc})", file=sys.stderr)
+                continue
+            print(json.dumps(runs[registered][-1]), file=sys.stderr)
+    print(table({registered: repeats for registered, repeats in runs.items() if repeats}))
+
+
+def measure_one(registered: int, args) -> dict:
+    return measure_in_child(
+        "bench.scale",
+        "--registered",
+        str(registered),
+        "--per-round",
+        str(args.per_round),
+        "--rounds",
+        str(args.rounds),
+        "--execution",
+        args.execution,
+        env={"OMP_WAIT_POLICY": "PASSIVE"},
+    )
 
 
 if __name__ == "__main__":

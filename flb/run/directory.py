@@ -6,9 +6,11 @@ Layout:
   round_<n>/                  global adapter after round n (peft adapter dir; round_0 = base model)
   round_<n>/updates/client_<id>.safetensors   each accepted update of round n
   final_adapter/              the last global adapter
-  checkpoint.json             the last completed round, its adapter digest, strategy and client states
+  checkpoint.json             the last completed round, its adapter digest, the strategy's state
   checkpoint_<n>.safetensors  the tensors of the strategy's state after round n (moments, control variates),
                               named in checkpoint.json with their digest
+  declared_<digest>.json      what each client declared when it joined (shard size, address), named in
+                              checkpoint.json with its digest
   plots/*.png, summary.json
 """
 
