@@ -90,12 +90,14 @@ def preference_pair(i: int) -> dict:
     }
 
 
-def test_two_federated_rounds_raise_preference_accuracy(tiny_overrides, tmp_path):
+def test_two_federated_rounds_raise_preference_accuracy_and_resume_to_the_same_adapter(
+    tiny_overrides, tmp_path, run_and_resume_after_round_1
+):
     """Pairs of our tasks' prompts where the answer is preferred to a refusal, 2 clients, 2 rounds: the base ties every
     held-out pair (margin 0, accuracy 0, loss log 2); each round the held-out pairs prefer the answer more, and after
     two rounds nearly all of them do. (A tiny random model cannot tell a right answer from a near miss, so the
-    generated pairs would test luck; a reference that followed the adapter would keep every margin at 0.)"""
-    import assembly
+    generated pairs would test luck; a reference that followed the adapter would keep every margin at 0.) The run's
+    directory as it stood after round 1, resumed, ends on the same final adapter and margin."""
     from flb.data.tasks import generate_tasks
 
     pairs = [
@@ -104,19 +106,16 @@ def test_two_federated_rounds_raise_preference_accuracy(tiny_overrides, tmp_path
     ]
     data = write_jsonl(tmp_path / "answer-over-refusal.jsonl", pairs)
     overrides = tiny_overrides + DPO + [f"dataset_name={data}", "eval.size=24"]
-    rows = metrics_rows(assembly.run(load_config(None, overrides)))
+    uninterrupted, resumed = run_and_resume_after_round_1(overrides)
+    rows = metrics_rows(uninterrupted)
     assert [row["round"] for row in rows] == [0, 1, 2]
     assert rows[0]["preference_accuracy"] == 0.0 and rows[0]["preference_margin"] == 0.0
     assert rows[0]["eval_loss"] == pytest.approx(math.log(2), abs=1e-5)
     assert 0 < rows[1]["preference_margin"] < rows[2]["preference_margin"]
     assert rows[2]["preference_accuracy"] >= 0.9
     assert rows[2]["eval_loss"] < rows[1]["eval_loss"] < rows[0]["eval_loss"]
-
-
-def test_a_resumed_dpo_run_ends_on_the_uninterrupted_final_adapter(tiny_overrides, run_and_resume_after_round_1):
-    uninterrupted, resumed = run_and_resume_after_round_1(tiny_overrides + DPO + ["num_rounds=3", "local_steps=2"])
     assert adapter_file_digest(resumed / "final_adapter") == adapter_file_digest(uninterrupted / "final_adapter")
-    assert metrics_rows(resumed)[-1]["preference_margin"] == metrics_rows(uninterrupted)[-1]["preference_margin"]
+    assert metrics_rows(resumed)[-1]["preference_margin"] == rows[-1]["preference_margin"]
 
 
 def write_jsonl(path, records: list[dict]) -> str:
