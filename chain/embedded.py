@@ -95,14 +95,17 @@ class DurablePyEVMBackend(PyEVMBackend):
             genesis_parameters=parameters, genesis_state=genesis, mnemonic=DEV_MNEMONIC, hd_path=DEV_HD_PATH
         )
         # same chain class (chain id, VM schedule) as the fresh genesis chain, over the saved database (its
-        # pending block is built on the saved head) or the genesis one, in a store that notes what each block changes
-        store = ChangedKeys(self.database if database is None else database)
+        # pending block is built on the saved head) or the genesis one; where blocks are saved, in a store that
+        # notes what each block changes
+        kind = dict if on_block is None else ChangedKeys
+        store = kind(self.database if database is None else database)
         self.chain = type(self.chain)(AtomicDB(MemoryDB(store)))
         self.chain.gas_estimator = estimate_gas
         self.on_block = on_block
 
     @property
-    def database(self) -> ChangedKeys:
+    def database(self) -> Database:
+        """py-evm's key/value store: a ChangedKeys where `on_block` saves the blocks."""
         return self.chain.chaindb.db.wrapped_db.kv_store
 
     def call(self, transaction, block_number="latest"):
