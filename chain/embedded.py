@@ -180,13 +180,8 @@ class DurableChain:
         self.lock.acquire()
         try:
             saved = read_chain_file(self.path) if self.path.exists() else None
-            if saved is not None and saved.dropped:
-                log.warning(
-                    "embedded chain %s: its last %d bytes were a block whose save did not finish (the run stopped "
-                    "while writing it); reopened at the block before it",
-                    self.path,
-                    saved.dropped,
-                )
+            if saved is not None:
+                _say_dropped(self.path, saved, "(the run stopped while writing it); reopened at the block before it")
             self.backend = _backend_over(self.path, num_accounts, saved, on_block=self._save, gas_limit=gas_limit)
             # the whole database once (for a new chain its genesis block, so a reopened chain has the same one), then
             # what each block changes
@@ -223,7 +218,17 @@ def in_memory_web3(num_accounts: int, gas_limit: int | None = None) -> Web3:
 def open_embedded_export(path: str | Path) -> Web3:
     """A read-only Web3 on a saved embedded chain (for explorers): the file is read once, never
     written, and needs no lock; transactions sent to it stay in this process's memory."""
-    return _web3(_backend_over(Path(path), 1, read_chain_file(Path(path))))
+    saved = read_chain_file(Path(path))
+    _say_dropped(path, saved, "(or one a run is writing now); read up to the block before it")
+    return _web3(_backend_over(Path(path), 1, saved))
+
+
+def _say_dropped(path: str | Path, saved: SavedChain, then: str) -> None:
+    """Log the bytes at the end of the file that were left out of `saved`, if any."""
+    if saved.dropped:
+        log.warning(
+            "embedded chain %s: its last %d bytes were a block whose save did not finish %s", path, saved.dropped, then
+        )
 
 
 def _web3(backend: PyEVMBackend) -> Web3:
