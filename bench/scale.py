@@ -161,6 +161,8 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1, help="runs of each size, the sizes taken in turn")
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)  # child process mode
     args = parser.parse_args()
+    if args.repeat < 1:
+        parser.error(f"--repeat {args.repeat}: give 1 or more runs of each size")
     if args.one:
         print(json.dumps(measure(args.registered[0], args.per_round, args.rounds, args.execution)))
         return
@@ -173,7 +175,10 @@ def main() -> None:
                 print(f"{registered} registered clients: failed ({exc})", file=sys.stderr)
                 continue
             print(json.dumps(runs[registered][-1]), file=sys.stderr)
-    print(table({registered: repeats for registered, repeats in runs.items() if repeats}))
+    measured = {registered: repeats for registered, repeats in runs.items() if repeats}
+    if not measured:
+        sys.exit("bench.scale: every size failed (see the lines above)")
+    print(table(measured))
 
 
 def measure_one(registered: int, args) -> dict:
