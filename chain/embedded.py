@@ -31,6 +31,8 @@ from pathlib import Path
 
 from eth.db.atomic import AtomicDB
 from eth.db.backends.memory import MemoryDB
+from eth.estimators.gas import binary_gas_search_intrinsic_tolerance
+from eth.vm.spoof import SpoofTransaction
 from eth_tester import EthereumTester, PyEVMBackend
 from eth_tester.backends.pyevm.main import ZERO_ADDRESS
 from web3 import EthereumTesterProvider, Web3
@@ -146,8 +148,6 @@ def estimate_gas(state, transaction) -> int:
     """The gas `transaction` needs, found as geth first tries it: one run with the block's gas limit, then one with
     what that run spent before refunds, plus a call's stipend, times 64/63 (what a call must keep back); py-evm's
     binary search (about a dozen runs, each checking every signature a round record holds) only when that fails."""
-    from eth.estimators.gas import binary_gas_search_intrinsic_tolerance
-
     computation = _run_with_gas(state, transaction, state.gas_limit)
     if computation.is_error:
         raise computation.error
@@ -162,8 +162,6 @@ def estimate_gas(state, transaction) -> int:
 
 def _run_with_gas(state, transaction, gas: int):
     """The computation of `transaction` given `gas` (priced at zero), the state left as it was."""
-    from eth.vm.spoof import SpoofTransaction
-
     snapshot = state.snapshot()
     try:
         return state.apply_transaction(SpoofTransaction(transaction, gas=gas, gas_price=0))

@@ -17,7 +17,9 @@ def run_and_resume_after_round_1(config, snapshot: Path, resume_sets: tuple[str,
 
     def complete_and_copy(self, round, *args):
         complete(self, round, *args)
-        if round == 1:  # the ledger's sender may be writing the embedded chain beside: its temp file is not state
+        # the ledger's sender may be appending a block to the embedded chain meanwhile: a copy holding part of it
+        # reopens at the block before (the outbox sends the rest again); an atomic write's temporary file is no state
+        if round == 1:
             shutil.copytree(self.run.path, snapshot, ignore=shutil.ignore_patterns("*.tmp"))
 
     with mock.patch.object(coordinator_module.RoundCoordinator, "_complete", complete_and_copy):

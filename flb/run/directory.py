@@ -22,6 +22,7 @@ import logging
 import os
 import secrets
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from flb.atomic import write_atomic, write_json_atomic
@@ -195,7 +196,7 @@ class RunDir:
         version = (id(declared), len(declared))
         if self._declared_written is None or self._declared_written[0] != version:
             data = json.dumps(declared, sort_keys=True).encode()
-            digest = hashlib.sha256(data).hexdigest()
+            digest = _sha256(data)
             name = DECLARED.format(digest=digest[:16])
             write_atomic(self.path / name, data, 0o644)
             self._declared_written = (version, {"file": name, "digest": digest, "clients": len(declared)})
@@ -253,18 +254,7 @@ class RunDir:
         reference = checkpoint["declared"]
         if "file" not in reference:  # the declarations themselves, as in every checkpoint before they had a file
             return reference
-        name = reference["file"]
-        if not (isinstance(name, str) and Path(name).name == name and name.endswith(".json")):
-            raise RunDirError(f"--resume: {str(path)!r} has no valid 'declared'; {START_AGAIN}")
-        try:
-            data = (self.path / name).read_bytes()
-        except OSError:
-            data = None
-        if data is None or hashlib.sha256(data).hexdigest() != reference.get("digest"):
-            raise RunDirError(
-                f"--resume: {str(self.path / name)!r} is missing or does not match the digest in {CHECKPOINT}; "
-                "the run directory was modified"
-            )
+        data = self._referenced(reference, "declared", ".json", path, _read_bytes, _sha256)
         return json.loads(data)
 
     def _strategy_state(self, checkpoint: dict, path: Path) -> dict:
@@ -272,21 +262,27 @@ class RunDir:
         reference = checkpoint.get("strategy_tensors")
         if reference is None:  # a state of plain JSON, as every checkpoint before tensors were allowed
             return checkpoint["strategy"]
-        name = reference.get("file") if isinstance(reference, dict) else None
-        if not (isinstance(name, str) and Path(name).name == name and name.endswith(".safetensors")):
-            raise RunDirError(f"--resume: {str(path)!r} has no valid 'strategy_tensors'; {START_AGAIN}")
-        tensors = _load_adapter(self.path / name)
-        if tensors is None or adapter_digest(tensors) != reference.get("digest"):
-            raise RunDirError(
-                f"--resume: {str(self.path / name)!r} is missing or does not match the digest in "
-                f"{CHECKPOINT}; the run directory was modified"
-            )
+        tensors = self._referenced(reference, "strategy_tensors", ".safetensors", path, _load_adapter, adapter_digest)
         try:
             return join_tensors(checkpoint["strategy"], tensors)
         except (KeyError, TypeError):
             raise RunDirError(
-                f"--resume: {str(path)!r} names a strategy tensor that {name} does not hold; {START_AGAIN}"
+                f"--resume: {str(path)!r} names a strategy tensor that {reference['file']} does not hold; {START_AGAIN}"
             ) from None
+
+    def _referenced(self, reference, key: str, suffix: str, path: Path, load: Callable, digest: Callable):
+        """What the file that checkpoint `path`'s `key` names ({"file": name in this directory, "digest"}) holds,
+        read by `load` (None when it cannot be) and checked against the digest by `digest`."""
+        name = reference.get("file") if isinstance(reference, dict) else None
+        if not (isinstance(name, str) and Path(name).name == name and name.endswith(suffix)):
+            raise RunDirError(f"--resume: {str(path)!r} has no valid {key!r}; {START_AGAIN}")
+        content = load(self.path / name)
+        if content is None or digest(content) != reference.get("digest"):
+            raise RunDirError(
+                f"--resume: {str(self.path / name)!r} is missing or does not match the digest in {CHECKPOINT}; "
+                "the run directory was modified"
+            )
+        return content
 
     def record_resume(self, config: dict) -> None:
         """Write the resumed run's config back (redacted) and append what it changed to resumes.jsonl."""
@@ -327,6 +323,17 @@ def _load_json(path: Path):
         return json.loads(_read_text(path))
     except (ValueError, RecursionError) as exc:  # an empty or truncated file, a crash mid-write
         raise RunDirError(f"{str(path)!r} is not valid JSON ({first_line(exc)}); {START_AGAIN}") from None
+
+
+def _read_bytes(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return None
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 def _load_adapter(weights: Path):
